@@ -1,0 +1,127 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Limits on a declaration, beyond the HTTP body cap.
+const (
+	maxTemplateName = 128
+	maxIntent       = 4096
+	maxTools        = 256
+	maxToolName     = 128
+	maxTTL          = 24 * time.Hour
+)
+
+// declarationWire is the JSON body of POST /v1/tasks.
+type declarationWire struct {
+	Template   string          `json:"template"`
+	Intent     string          `json:"intent"`
+	Tools      []string        `json:"tools"`
+	TTLSeconds *int64          `json:"ttl_seconds"`
+	Context    json.RawMessage `json:"context"`
+}
+
+// DecodeDeclaration reads and validates a task declaration. Every error is an
+// *Error with CodeInvalid that names the offending field.
+func DecodeDeclaration(r io.Reader) (Declaration, error) {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	var w declarationWire
+	if err := dec.Decode(&w); err != nil {
+		return Declaration{}, jsonError(err)
+	}
+	if dec.More() {
+		return Declaration{}, Errorf(CodeInvalid, "request body must hold exactly one JSON object")
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Declaration{}, Errorf(CodeInvalid, "request body must hold exactly one JSON object")
+	}
+	return w.validate()
+}
+
+func (w declarationWire) validate() (Declaration, error) {
+	d := Declaration{Template: w.Template, Intent: w.Intent, Tools: w.Tools}
+	switch {
+	case w.Template == "":
+		return d, invalidField("template", "template is required")
+	case len(w.Template) > maxTemplateName || !utf8.ValidString(w.Template):
+		return d, invalidField("template", "template must be a valid name of at most %d bytes", maxTemplateName)
+	case strings.TrimSpace(w.Intent) == "":
+		return d, invalidField("intent", "intent is required: say what the task is for")
+	case len(w.Intent) > maxIntent || !utf8.ValidString(w.Intent):
+		return d, invalidField("intent", "intent must be valid UTF-8 of at most %d bytes", maxIntent)
+	case len(w.Tools) == 0:
+		return d, invalidField("tools", "tools must list at least one tool")
+	case len(w.Tools) > maxTools:
+		return d, invalidField("tools", "tools may list at most %d tools", maxTools)
+	}
+	seen := make(map[string]bool, len(w.Tools))
+	for i, tool := range w.Tools {
+		field := fmt.Sprintf("tools[%d]", i)
+		switch {
+		case tool == "":
+			return d, invalidField(field, "%s is empty", field)
+		case len(tool) > maxToolName || !utf8.ValidString(tool):
+			return d, invalidField(field, "%s must be valid UTF-8 of at most %d bytes", field, maxToolName)
+		case seen[tool]:
+			return d, invalidField(field, "%s: tool %q is listed twice", field, tool)
+		}
+		seen[tool] = true
+	}
+	if w.TTLSeconds != nil {
+		ttl := *w.TTLSeconds
+		if ttl <= 0 {
+			return d, invalidField("ttl_seconds", "ttl_seconds must be positive, got %d", ttl)
+		}
+		if ttl > int64(maxTTL/time.Second) {
+			return d, invalidField("ttl_seconds", "ttl_seconds must be at most %d", int64(maxTTL/time.Second))
+		}
+		d.TTL = time.Duration(ttl) * time.Second
+	}
+	if len(w.Context) > 0 && !bytes.Equal(w.Context, []byte("null")) {
+		if err := json.Unmarshal(w.Context, &d.Context); err != nil {
+			return d, invalidField("context", "context must be a JSON object")
+		}
+	}
+	return d, nil
+}
+
+func invalidField(field, format string, args ...any) *Error {
+	e := Errorf(CodeInvalid, format, args...)
+	e.Field = field
+	return e
+}
+
+// jsonError turns a decoder error into a message that says what and where.
+// The cause stays in Err, so the HTTP layer can recognise a body that hit
+// its size cap.
+func jsonError(err error) *Error {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	var e *Error
+	switch {
+	case errors.Is(err, io.EOF):
+		e = Errorf(CodeInvalid, "request body is empty")
+	case errors.As(err, &syntax):
+		e = Errorf(CodeInvalid, "malformed JSON at byte %d: %v", syntax.Offset, syntax)
+	case errors.As(err, &typ):
+		e = invalidField(typ.Field, "field %q must be %s, not JSON %s", typ.Field, typ.Type, typ.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		e = invalidField(name, "unknown field %q", name)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		e = Errorf(CodeInvalid, "malformed JSON: unexpected end of body")
+	default:
+		e = Errorf(CodeInvalid, "request body could not be read as JSON")
+	}
+	e.Err = err
+	return e
+}

@@ -1,0 +1,72 @@
+package httpapi
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/valet-dev/valet/broker"
+)
+
+const codeMethodNotAllowed broker.Code = "method_not_allowed"
+
+// statusOf is the one table from domain error codes to HTTP statuses.
+var statusOf = map[broker.Code]int{
+	broker.CodeInvalid:         http.StatusBadRequest,
+	broker.CodeUnauthenticated: http.StatusUnauthorized,
+	broker.CodeForbidden:       http.StatusForbidden,
+	broker.CodeNotFound:        http.StatusNotFound,
+	codeMethodNotAllowed:       http.StatusMethodNotAllowed,
+	broker.CodeConflict:        http.StatusConflict,
+	broker.CodeTooLarge:        http.StatusRequestEntityTooLarge,
+	broker.CodeUnsupportedType: http.StatusUnsupportedMediaType,
+	broker.CodeUnavailable:     http.StatusServiceUnavailable,
+	broker.CodeInternal:        http.StatusInternalServerError,
+}
+
+// errorBody is the one error shape of the API (Error in openapi.yaml).
+type errorBody struct {
+	Error     broker.Code `json:"error"`
+	Message   string      `json:"message"`
+	Rule      string      `json:"rule,omitempty"`
+	Field     string      `json:"field,omitempty"`
+	RequestID string      `json:"request_id,omitempty"`
+}
+
+// writeError answers with err's code and caller-safe message; the cause
+// goes to the log only, at Warn for client errors and Error for ours.
+func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var e *broker.Error
+	if !errors.As(err, &e) {
+		e = &broker.Error{Code: broker.CodeInternal, Message: "internal error", Err: err}
+	}
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		e = &broker.Error{Code: broker.CodeTooLarge, Message: "request body is larger than the limit", Err: err}
+	}
+	status, ok := statusOf[e.Code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	level := slog.LevelWarn
+	if status >= 500 {
+		level = slog.LevelError
+	}
+	attrs := []slog.Attr{slog.String("request_id", broker.RequestID(r.Context())), slog.String("method", r.Method),
+		slog.String("path", r.URL.Path), slog.Int("status", status), slog.String("code", string(e.Code)),
+		slog.String("message", e.Message)}
+	if e.Rule != "" {
+		attrs = append(attrs, slog.String("rule", e.Rule))
+	}
+	if e.Err != nil {
+		attrs = append(attrs, slog.String("cause", e.Err.Error()))
+	}
+	a.log.LogAttrs(r.Context(), level, "request failed", attrs...)
+	switch status {
+	case http.StatusUnauthorized:
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, status, errorBody{Error: e.Code, Message: e.Message, Rule: e.Rule, Field: e.Field, RequestID: broker.RequestID(r.Context())})
+}

@@ -1,0 +1,309 @@
+// Package httpapi is Valet's HTTP surface: every route in one function,
+// thin handlers over broker.Service, and one writeError.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/valet-dev/valet/broker"
+)
+
+// Options wires the HTTP layer. Service is required.
+type Options struct {
+	Service *broker.Service
+	// Issuer is Valet's public URL (the iss of its tokens).
+	Issuer string
+	// JWKS is the published key set document.
+	JWKS []byte
+	// SigningAlgs are the algorithms of the published keys.
+	SigningAlgs []string
+	// OpenAPI is the contract served at /openapi.yaml.
+	OpenAPI []byte
+	// Ready checks, beyond the ledger, for /readyz (keys loaded, IdPs).
+	Ready []func(context.Context) error
+	// DevIdP, when set, is mounted at /dev: the development issuer of
+	// `valet dev` (discovery, JWKS, POST /dev/token). Never set in
+	// production.
+	DevIdP http.Handler
+	// MaxBodyBytes caps request bodies; default 64 KiB.
+	MaxBodyBytes int64
+	// RequestTimeout bounds each request; default 10 s.
+	RequestTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// api holds the handlers' dependencies.
+type api struct {
+	svc  *broker.Service
+	opts Options
+	log  *slog.Logger
+}
+
+// Handler builds the whole HTTP surface.
+func Handler(opts Options) (http.Handler, error) {
+	if opts.Service == nil {
+		return nil, errors.New("httpapi: service cannot be nil")
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 64 << 10
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 10 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &api{svc: opts.Service, opts: opts, log: opts.Logger}
+
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID, a.requestContext, a.accessLog, middleware.Recoverer,
+		middleware.RequestSize(opts.MaxBodyBytes), middleware.Timeout(opts.RequestTimeout))
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		a.writeError(w, r, broker.Errorf(broker.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		a.writeError(w, r, &broker.Error{Code: codeMethodNotAllowed, Message: "method " + r.Method + " is not allowed on " + r.URL.Path})
+	})
+
+	r.Get("/healthz", a.healthz)
+	r.Get("/readyz", a.readyz)
+	r.Get("/openapi.yaml", a.openapi)
+	r.Get("/.well-known/jwks.json", a.jwks)
+	r.Get("/.well-known/oauth-authorization-server", a.metadata)
+
+	r.Post("/v1/tasks", a.declare)
+	r.Get("/v1/tasks/{id}", a.getTask)
+	r.Post("/v1/tasks/{id}/complete", a.complete)
+	r.Post("/v1/introspect", a.introspect)
+	r.Post("/v1/revoke", a.revoke)
+
+	if opts.DevIdP != nil {
+		r.Mount("/dev", http.StripPrefix("/dev", opts.DevIdP))
+	}
+	return r, nil
+}
+
+// requestContext carries chi's request id into the domain's context, so
+// logs and audit events name it.
+func (a *api) requestContext(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := middleware.GetReqID(r.Context())
+		w.Header().Set("X-Request-Id", id)
+		next.ServeHTTP(w, r.WithContext(broker.WithRequestID(r.Context(), id)))
+	})
+}
+
+func (a *api) accessLog(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		start := time.Now()
+		next.ServeHTTP(ww, r)
+		a.log.LogAttrs(r.Context(), slog.LevelDebug, "http request",
+			slog.String("request_id", broker.RequestID(r.Context())),
+			slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.Int("status", ww.Status()), slog.Duration("took", time.Since(start)))
+	})
+}
+
+func (a *api) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
+	checks := append([]func(context.Context) error{a.svc.Ready}, a.opts.Ready...)
+	for _, check := range checks {
+		if err := check(r.Context()); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (a *api) openapi(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/yaml")
+	_, _ = w.Write(a.opts.OpenAPI)
+}
+
+func (a *api) jwks(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/jwk-set+json")
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	_, _ = w.Write(a.opts.JWKS)
+}
+
+// metadata is the RFC 8414 authorization server metadata.
+func (a *api) metadata(w http.ResponseWriter, r *http.Request) {
+	base := strings.TrimSuffix(a.opts.Issuer, "/")
+	writeJSON(w, http.StatusOK, map[string]any{
+		"issuer":                   a.opts.Issuer,
+		"jwks_uri":                 base + "/.well-known/jwks.json",
+		"introspection_endpoint":   base + "/v1/introspect",
+		"revocation_endpoint":      base + "/v1/revoke",
+		"response_types_supported": []string{},
+		"introspection_endpoint_auth_methods_supported":    []string{"client_secret_basic", "bearer"},
+		"revocation_endpoint_auth_methods_supported":       []string{"client_secret_basic", "bearer"},
+		"token_endpoint_auth_signing_alg_values_supported": a.opts.SigningAlgs,
+		"service_documentation":                            base + "/openapi.yaml",
+	})
+}
+
+func (a *api) declare(w http.ResponseWriter, r *http.Request) {
+	if err := requireContentType(r, "application/json"); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	d, err := broker.DecodeDeclaration(r.Body)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	task, minted, err := a.svc.Declare(r.Context(), bearer(r), d)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/tasks/"+task.ID)
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusCreated, declareResponse{Task: task, Credentials: credentialsJSON(minted)})
+}
+
+type declareResponse struct {
+	Task        broker.Task      `json:"task"`
+	Credentials []map[string]any `json:"credentials"`
+}
+
+// credentialsJSON puts each credential's id, kind and expiry beside the
+// material its issuer hands to the client.
+func credentialsJSON(ms []broker.Minted) []map[string]any {
+	out := make([]map[string]any, len(ms))
+	for i, m := range ms {
+		c := map[string]any{"id": m.ID, "kind": m.Kind, "expires_at": m.ExpiresAt.UTC().Format(time.RFC3339)}
+		for k, v := range m.Material {
+			if _, taken := c[k]; !taken {
+				c[k] = v
+			}
+		}
+		out[i] = c
+	}
+	return out
+}
+
+func (a *api) getTask(w http.ResponseWriter, r *http.Request) {
+	task, err := a.svc.Task(r.Context(), bearer(r), chi.URLParam(r, "id"))
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"task": task})
+}
+
+func (a *api) complete(w http.ResponseWriter, r *http.Request) {
+	task, err := a.svc.Complete(r.Context(), bearer(r), chi.URLParam(r, "id"))
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"task": task})
+}
+
+// introspect is RFC 7662.
+func (a *api) introspect(w http.ResponseWriter, r *http.Request) {
+	token, _, err := a.tokenForm(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	in, err := a.svc.Introspect(r.Context(), token)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	if !in.Active {
+		writeJSON(w, http.StatusOK, map[string]any{"active": false})
+		return
+	}
+	c := in.Claims
+	body := map[string]any{
+		"active": true, "token_type": "Bearer", "client_id": c.ClientID, "sub": c.Subject,
+		"aud": c.Audience, "iss": a.opts.Issuer, "exp": c.ExpiresAt.Unix(), "iat": c.IssuedAt.Unix(),
+		"jti": c.ID, "task_id": c.TaskID, "template": c.Template, "tools": c.Tools,
+	}
+	if c.Scope != "" {
+		body["scope"] = c.Scope
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+// revoke is RFC 7009: 200 with an empty body once the token is dead.
+func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
+	token, caller, err := a.tokenForm(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if err := a.svc.Revoke(r.Context(), token, caller); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// tokenForm authenticates the caller of introspection or revocation and
+// returns the form's token parameter and the caller's name.
+func (a *api) tokenForm(r *http.Request) (token, caller string, err error) {
+	id, secret, basic := r.BasicAuth()
+	var bt string
+	if !basic {
+		id, secret, bt = "", "", bearer(r)
+		if bt == "" {
+			return "", "", &broker.Error{Code: broker.CodeUnauthenticated, Message: "client authentication required (HTTP Basic or Bearer)"}
+		}
+	}
+	if caller, err = a.svc.AuthorizeClient(r.Context(), id, secret, bt); err != nil {
+		return "", "", err
+	}
+	if err := requireContentType(r, "application/x-www-form-urlencoded"); err != nil {
+		return "", "", err
+	}
+	if err := r.ParseForm(); err != nil {
+		return "", "", &broker.Error{Code: broker.CodeInvalid, Message: "malformed form body", Err: err}
+	}
+	if token = r.PostForm.Get("token"); token == "" {
+		return "", "", &broker.Error{Code: broker.CodeInvalid, Message: "the token parameter is required", Field: "token"}
+	}
+	return token, caller, nil
+}
+
+// bearer returns the token of an "Authorization: Bearer" header, or "".
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+func requireContentType(r *http.Request, want string) error {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != want {
+		return &broker.Error{Code: broker.CodeUnsupportedType, Message: "Content-Type must be " + want}
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,962 @@
+package broker
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	jose "github.com/go-jose/go-jose/v4"
+)
+
+// IssuerConfig is one trusted OIDC issuer of agent identity tokens.
+type IssuerConfig struct {
+	// Name is the configured name templates refer to ("dev", "k8s", "github").
+	Name string
+	// IssuerURL is the exact iss of its tokens; no normalisation is applied.
+	IssuerURL string
+	// Audiences are the accepted aud values (at least one).
+	Audiences []string
+	// Algorithms are the allowed signing algorithms; default RS256, ES256,
+	// EdDSA. Only asymmetric algorithms are accepted.
+	Algorithms []string
+	// SubjectClaim names the claim that names the agent; default "sub".
+	SubjectClaim string
+	// Condition is an optional CEL expression over `claims` that must be true.
+	Condition string
+	// JWKSURL, if set, skips discovery: keys are fetched from here
+	// (Kubernetes-style issuers).
+	JWKSURL string
+	// StaticJWKS, if set, is the issuer's JWKS document: no network at all.
+	StaticJWKS []byte
+}
+
+// IdentityOptions tune an Identity. The zero value is usable.
+type IdentityOptions struct {
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Leeway is the clock skew allowed on exp, nbf and iat; default 30s,
+	// at most 60s.
+	Leeway time.Duration
+	// MaxTokenBytes bounds a token's length, checked before any parsing;
+	// default 16384.
+	MaxTokenBytes int
+	// RefreshInterval is the least time between two key fetches of one
+	// issuer (at start-up, on an unknown kid, or while the issuer is down);
+	// default 30s.
+	RefreshInterval time.Duration
+	// HTTPClient fetches discovery documents and JWKS; default a client with
+	// a 5s timeout. Response bodies are capped at 1 MiB whatever the client.
+	HTTPClient *http.Client
+	// SelfIssuer is the issuer URL of Valet's own task tokens: such tokens
+	// are never identity, and no trusted issuer may name it.
+	SelfIssuer string
+	// Logger receives key-fetch events; default slog.Default(). Rejections
+	// are not logged here: the caller logs them once, with the request.
+	Logger *slog.Logger
+}
+
+const (
+	defaultIDLeeway           = 30 * time.Second
+	maxIDLeeway               = 60 * time.Second
+	defaultMaxIDTokenBytes    = 16 << 10
+	defaultKeyRefreshInterval = 30 * time.Second
+	idpHTTPTimeout            = 5 * time.Second
+	maxIDPResponseBytes       = 1 << 20
+	maxJWKSKeys               = 100
+	minJWKSRSABits            = 2048
+	maxQuotedLen              = 128 // how much of an untrusted value an error quotes
+)
+
+var defaultIDTokenAlgs = []string{"RS256", "ES256", "EdDSA"}
+
+// allowedIDTokenAlgs are the only algorithms an issuer may be configured with.
+var allowedIDTokenAlgs = map[string]bool{
+	"RS256": true, "RS384": true, "RS512": true,
+	"PS256": true, "PS384": true, "PS512": true,
+	"ES256": true, "ES384": true, "ES512": true,
+	"EdDSA": true,
+}
+
+// Identity verifies agent identity tokens from the trusted issuers. It
+// implements Authenticator and is safe for concurrent use.
+type Identity struct {
+	issuers []*trustedIssuer
+	byURL   map[string]*trustedIssuer
+	anyAlg  map[string]bool // union of every issuer's algorithms
+	now     func() time.Time
+	leeway  time.Duration
+	maxLen  int
+	self    string
+	log     *slog.Logger
+}
+
+// trustedIssuer is one IssuerConfig made ready for requests.
+type trustedIssuer struct {
+	cfg       IssuerConfig
+	algs      map[string]bool
+	audiences map[string]bool
+	cond      *Condition
+	keys      *issuerKeys
+	verifier  *oidc.IDTokenVerifier
+}
+
+// ValidateIssuers checks a trusted-issuer configuration and returns every
+// problem found, each naming the field (issuers[i].field). selfIssuer is
+// Valet's own token issuer, which may not be trusted.
+func ValidateIssuers(cfgs []IssuerConfig, selfIssuer string) []error {
+	_, errs := prepareIssuers(cfgs, selfIssuer)
+	return errs
+}
+
+// preparedIssuer is a validated config with its compiled parts.
+type preparedIssuer struct {
+	cfg        IssuerConfig // with defaults applied
+	cond       *Condition
+	staticKeys []jose.JSONWebKey
+}
+
+func prepareIssuers(cfgs []IssuerConfig, selfIssuer string) ([]preparedIssuer, []error) {
+	var errs []error
+	bad := func(i int, field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("issuers[%d].%s: %s", i, field, fmt.Sprintf(format, args...)))
+	}
+	if len(cfgs) == 0 {
+		errs = append(errs, errors.New("issuers: at least one trusted issuer is required"))
+	}
+	env, err := claimsEnv()
+	if err != nil {
+		return nil, append(errs, fmt.Errorf("building the CEL environment: %w", err))
+	}
+	names := map[string]int{}
+	urls := map[string]int{}
+	out := make([]preparedIssuer, 0, len(cfgs))
+	for i, c := range cfgs {
+		p := preparedIssuer{cfg: c}
+		p.cfg.Audiences = slices.Clone(c.Audiences)
+		p.cfg.StaticJWKS = slices.Clone(c.StaticJWKS)
+
+		switch prev, dup := names[c.Name]; {
+		case strings.TrimSpace(c.Name) == "":
+			bad(i, "name", "is required")
+		case c.Name != strings.TrimSpace(c.Name):
+			bad(i, "name", "has leading or trailing spaces")
+		case dup:
+			bad(i, "name", "%q is also the name of issuers[%d]", c.Name, prev)
+		default:
+			names[c.Name] = i
+		}
+
+		switch prev, dup := urls[c.IssuerURL]; {
+		case c.IssuerURL == "":
+			bad(i, "issuer_url", "is required")
+		case c.IssuerURL != strings.TrimSpace(c.IssuerURL):
+			bad(i, "issuer_url", "has leading or trailing spaces")
+		case dup:
+			bad(i, "issuer_url", "%q is also the issuer of issuers[%d]", c.IssuerURL, prev)
+		default:
+			urls[c.IssuerURL] = i
+			if len(c.StaticJWKS) == 0 {
+				if err := checkIssuerURL(c.IssuerURL); err != nil {
+					bad(i, "issuer_url", "%v", err)
+				}
+			}
+		}
+		if selfIssuer != "" && c.IssuerURL != "" &&
+			strings.TrimSuffix(c.IssuerURL, "/") == strings.TrimSuffix(selfIssuer, "/") {
+			bad(i, "issuer_url", "is Valet's own token issuer %q, which can never vouch for an agent", selfIssuer)
+		}
+
+		if len(c.Audiences) == 0 {
+			bad(i, "audiences", "at least one audience is required")
+		}
+		for j, a := range c.Audiences {
+			if strings.TrimSpace(a) == "" {
+				bad(i, fmt.Sprintf("audiences[%d]", j), "is empty")
+			}
+		}
+
+		if len(c.Algorithms) == 0 {
+			p.cfg.Algorithms = slices.Clone(defaultIDTokenAlgs)
+		} else {
+			p.cfg.Algorithms = slices.Clone(c.Algorithms)
+		}
+		for j, a := range c.Algorithms {
+			if !allowedIDTokenAlgs[a] {
+				bad(i, fmt.Sprintf("algorithms[%d]", j), "%q is not allowed; use one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA", a)
+			}
+		}
+
+		if c.SubjectClaim == "" {
+			p.cfg.SubjectClaim = "sub"
+		} else if strings.TrimSpace(c.SubjectClaim) != c.SubjectClaim {
+			bad(i, "subject_claim", "has spaces")
+		}
+
+		if c.Condition != "" {
+			cond, err := compileCondition(env, fmt.Sprintf("issuers[%d].condition", i), c.Condition)
+			if err != nil {
+				bad(i, "condition", "%v", err)
+			} else {
+				p.cond = &cond
+			}
+		}
+
+		if c.JWKSURL != "" && len(c.StaticJWKS) > 0 {
+			bad(i, "jwks_url", "cannot be set together with static_jwks")
+		}
+		if c.JWKSURL != "" {
+			if err := checkIssuerURL(c.JWKSURL); err != nil {
+				bad(i, "jwks_url", "%v", err)
+			}
+		}
+		if len(c.StaticJWKS) > 0 {
+			keys, err := parseJWKS(c.StaticJWKS)
+			if err != nil {
+				bad(i, "static_jwks", "%v", err)
+			}
+			p.staticKeys = keys
+		}
+		out = append(out, p)
+	}
+	return out, errs
+}
+
+// checkIssuerURL accepts absolute https URLs, and http ones only on loopback
+// (tests and local development).
+func checkIssuerURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("is not a URL: %v", err)
+	}
+	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("%q must be an absolute URL without user, query or fragment", raw)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		host := u.Hostname()
+		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+			return nil
+		}
+		return fmt.Errorf("%q must use https (http is allowed only on loopback)", raw)
+	}
+	return fmt.Errorf("%q must use https", raw)
+}
+
+// NewIdentity validates cfgs, compiles their conditions and loads every
+// issuer's keys. An issuer that cannot be reached now does not fail
+// start-up: its keys are fetched again on use, at most once per
+// RefreshInterval, and until then Authenticate answers with an error
+// wrapping ErrUnavailable.
+func NewIdentity(ctx context.Context, cfgs []IssuerConfig, opts IdentityOptions) (*Identity, error) {
+	prepared, errs := prepareIssuers(cfgs, opts.SelfIssuer)
+	if opts.Leeway < 0 || opts.Leeway > maxIDLeeway {
+		errs = append(errs, fmt.Errorf("identity: leeway %s must be between 0 and %s", opts.Leeway, maxIDLeeway))
+	}
+	if opts.MaxTokenBytes < 0 {
+		errs = append(errs, fmt.Errorf("identity: max token bytes %d is negative", opts.MaxTokenBytes))
+	}
+	if opts.RefreshInterval < 0 {
+		errs = append(errs, fmt.Errorf("identity: refresh interval %s is negative", opts.RefreshInterval))
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("configuring trusted issuers: %w", errors.Join(errs...))
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Leeway == 0 {
+		opts.Leeway = defaultIDLeeway
+	}
+	if opts.MaxTokenBytes == 0 {
+		opts.MaxTokenBytes = defaultMaxIDTokenBytes
+	}
+	if opts.RefreshInterval == 0 {
+		opts.RefreshInterval = defaultKeyRefreshInterval
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{Timeout: idpHTTPTimeout}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+
+	id := &Identity{
+		byURL:  map[string]*trustedIssuer{},
+		anyAlg: map[string]bool{},
+		now:    opts.Now,
+		leeway: opts.Leeway,
+		maxLen: opts.MaxTokenBytes,
+		self:   opts.SelfIssuer,
+		log:    opts.Logger,
+	}
+	for _, p := range prepared {
+		ti := &trustedIssuer{
+			cfg:       p.cfg,
+			algs:      map[string]bool{},
+			audiences: map[string]bool{},
+			cond:      p.cond,
+		}
+		var joseAlgs []jose.SignatureAlgorithm
+		for _, a := range p.cfg.Algorithms {
+			ti.algs[a] = true
+			id.anyAlg[a] = true
+			joseAlgs = append(joseAlgs, jose.SignatureAlgorithm(a))
+		}
+		for _, a := range p.cfg.Audiences {
+			ti.audiences[a] = true
+		}
+		ti.keys = &issuerKeys{
+			issuer:   p.cfg.Name,
+			issURL:   p.cfg.IssuerURL,
+			jwksURL:  p.cfg.JWKSURL,
+			static:   len(p.cfg.StaticJWKS) > 0,
+			algs:     joseAlgs,
+			client:   opts.HTTPClient,
+			now:      opts.Now,
+			interval: opts.RefreshInterval,
+			log:      opts.Logger,
+		}
+		if ti.keys.static {
+			ti.keys.keys, ti.keys.loaded = p.staticKeys, true
+		}
+		ti.verifier = oidc.NewVerifier(p.cfg.IssuerURL, ti.keys, &oidc.Config{
+			SkipClientIDCheck:    true, // audiences are checked below, against a list
+			SkipExpiryCheck:      true, // exp, nbf and iat are checked below, with our leeway
+			SupportedSigningAlgs: slices.Clone(p.cfg.Algorithms),
+			Now:                  opts.Now,
+		})
+		id.issuers = append(id.issuers, ti)
+		id.byURL[p.cfg.IssuerURL] = ti
+	}
+
+	var wg sync.WaitGroup
+	for _, ti := range id.issuers {
+		if ti.keys.static {
+			continue
+		}
+		wg.Go(func() {
+			if _, err := ti.keys.load(ctx); err != nil {
+				id.log.Warn("trusted issuer unreachable at start; will retry on use",
+					"issuer", ti.cfg.Name, "issuer_url", ti.cfg.IssuerURL, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+	return id, nil
+}
+
+// Issuers returns the trusted issuers as configured, with defaults applied.
+func (id *Identity) Issuers() []IssuerConfig {
+	out := make([]IssuerConfig, len(id.issuers))
+	for i, ti := range id.issuers {
+		c := ti.cfg
+		c.Audiences = slices.Clone(c.Audiences)
+		c.Algorithms = slices.Clone(c.Algorithms)
+		c.StaticJWKS = slices.Clone(c.StaticJWKS)
+		out[i] = c
+	}
+	return out
+}
+
+// Ready reports whether every issuer has keys loaded, trying to load them
+// now (within the refresh rate limit) for those that do not. Errors wrap
+// ErrUnavailable.
+func (id *Identity) Ready(ctx context.Context) error {
+	var errs []error
+	for _, ti := range id.issuers {
+		if _, err := ti.keys.load(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("issuer %q: %w", ti.cfg.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Authenticate verifies raw as an identity token from one of the trusted
+// issuers and returns the agent it names. An error wrapping ErrUnavailable
+// means the issuer's keys could not be fetched; any other error means the
+// token is not acceptable. Errors never contain the token.
+func (id *Identity) Authenticate(ctx context.Context, raw string) (Principal, error) {
+	return id.authenticate(ctx, raw)
+}
+
+// Header parameters that make a token carry or point at its own key, or
+// change how it is processed; an identity token never needs them.
+var forbiddenIDTokenHeaders = []string{"jku", "x5u", "jwk", "x5c", "crit", "b64", "cty", "zip", "enc"}
+
+func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, error) {
+	// (1) Size, before anything else.
+	if len(raw) > id.maxLen {
+		return Principal{}, fmt.Errorf("token is %d bytes, more than the limit of %d", len(raw), id.maxLen)
+	}
+	// (2) Shape: compact serialization, three non-empty base64url segments.
+	if n := strings.Count(raw, "."); n != 2 {
+		return Principal{}, fmt.Errorf("token has %d '.' separators, not 2", n)
+	}
+	h64, rest, _ := strings.Cut(raw, ".")
+	p64, s64, _ := strings.Cut(rest, ".")
+	var segs [3][]byte
+	for i, s := range []string{h64, p64, s64} {
+		b, err := decodeJWTSegment(s)
+		if err != nil {
+			return Principal{}, fmt.Errorf("token segment %d: %w", i+1, err)
+		}
+		segs[i] = b
+	}
+
+	// (3) Header.
+	var hdrFields map[string]json.RawMessage
+	if err := json.Unmarshal(segs[0], &hdrFields); err != nil || hdrFields == nil {
+		return Principal{}, errors.New("token header is not a JSON object")
+	}
+	for _, f := range forbiddenIDTokenHeaders {
+		if _, ok := hdrFields[f]; ok {
+			return Principal{}, fmt.Errorf("token header %q is not accepted", f)
+		}
+	}
+	var hdr [3]string // alg, typ, kid; the map keeps names exact ("ALG" is not "alg")
+	for i, name := range []string{"alg", "typ", "kid"} {
+		v, ok := hdrFields[name]
+		if !ok {
+			continue
+		}
+		if err := json.Unmarshal(v, &hdr[i]); err != nil {
+			return Principal{}, fmt.Errorf("token header %q is not a string", name)
+		}
+	}
+	alg, typ := hdr[0], hdr[1]
+	if !id.anyAlg[alg] {
+		return Principal{}, fmt.Errorf("token alg %s is not allowed", quoteUntrusted(alg))
+	}
+	switch strings.ToLower(typ) {
+	case "at+jwt", "application/at+jwt":
+		return Principal{}, fmt.Errorf("token typ %s is an access token, not an identity token", quoteUntrusted(typ))
+	}
+
+	// (4) Pick the issuer by the unverified iss, exactly.
+	// A map, not a struct: encoding/json matches struct fields without
+	// regard to case, and "ISS" is not "iss".
+	var unverified map[string]json.RawMessage
+	if err := json.Unmarshal(segs[1], &unverified); err != nil || unverified == nil {
+		return Principal{}, errors.New("token payload is not a JSON object")
+	}
+	var issStr string
+	if err := json.Unmarshal(unverified["iss"], &issStr); err != nil || issStr == "" {
+		return Principal{}, errors.New("token iss is missing or not a string")
+	}
+	if id.self != "" && issStr == id.self {
+		return Principal{}, errors.New("token is one of Valet's own task tokens, not an identity token")
+	}
+	ti, ok := id.byURL[issStr]
+	if !ok {
+		return Principal{}, fmt.Errorf("token iss %s is not a trusted issuer", quoteUntrusted(issStr))
+	}
+	if !ti.algs[alg] {
+		return Principal{}, fmt.Errorf("token alg %s is not allowed for issuer %q", quoteUntrusted(alg), ti.cfg.Name)
+	}
+
+	// (5) Signature (our key set) and issuer (go-oidc).
+	var sigErr error
+	vctx := context.WithValue(ctx, keySetErrKey{}, &sigErr)
+	tok, err := ti.verifier.Verify(vctx, raw)
+	if err != nil {
+		if sigErr != nil {
+			// go-oidc flattens the key set's error; keep ours so that
+			// ErrUnavailable survives.
+			return Principal{}, fmt.Errorf("verifying token from issuer %q: %w", ti.cfg.Name, sigErr)
+		}
+		return Principal{}, fmt.Errorf("verifying token from issuer %q: %v", ti.cfg.Name, err)
+	}
+
+	// (6) Claims, after the signature.
+	var claims map[string]any
+	if err := tok.Claims(&claims); err != nil || claims == nil {
+		return Principal{}, errors.New("token claims are not a JSON object")
+	}
+	now := id.now()
+	exp, err := claimTime(claims, "exp")
+	if err != nil {
+		return Principal{}, err
+	}
+	if exp.IsZero() {
+		return Principal{}, errors.New("token has no exp")
+	}
+	if !now.Before(exp.Add(id.leeway)) {
+		return Principal{}, fmt.Errorf("token expired at %s", exp.UTC().Format(time.RFC3339))
+	}
+	for _, name := range []string{"nbf", "iat"} {
+		t, err := claimTime(claims, name)
+		if err != nil {
+			return Principal{}, err
+		}
+		if !t.IsZero() && t.After(now.Add(id.leeway)) {
+			return Principal{}, fmt.Errorf("token %s %s is in the future", name, t.UTC().Format(time.RFC3339))
+		}
+	}
+	if err := ti.checkAudience(claims["aud"]); err != nil {
+		return Principal{}, err
+	}
+	if sub, _ := claims["sub"].(string); sub == "" {
+		return Principal{}, errors.New("token sub is missing or empty")
+	}
+	subject, _ := claims[ti.cfg.SubjectClaim].(string)
+	if subject == "" {
+		return Principal{}, fmt.Errorf("token claim %q naming the agent is missing, empty or not a string", ti.cfg.SubjectClaim)
+	}
+	if _, ok := claims["task_id"]; ok {
+		return Principal{}, errors.New("token carries task_id: a task token is not an identity token")
+	}
+	if iss, _ := claims["iss"].(string); iss != ti.cfg.IssuerURL || (id.self != "" && iss == id.self) {
+		return Principal{}, fmt.Errorf("token iss %s does not match issuer %q", quoteUntrusted(iss), ti.cfg.Name)
+	}
+
+	// (7) The issuer's condition.
+	if ti.cond != nil {
+		ok, err := ti.cond.Eval(map[string]any{"claims": claims})
+		if err != nil {
+			return Principal{}, fmt.Errorf("issuer %q condition: %v", ti.cfg.Name, err)
+		}
+		if !ok {
+			return Principal{}, fmt.Errorf("issuer %q condition %q is false for this token", ti.cfg.Name, ti.cond.Expression)
+		}
+	}
+
+	return Principal{
+		Issuer:      ti.cfg.Name,
+		IssuerURL:   ti.cfg.IssuerURL,
+		Subject:     subject,
+		Claims:      claims,
+		TokenExpiry: exp,
+	}, nil
+}
+
+// decodeJWTSegment decodes one strict, unpadded base64url segment. Unlike
+// base64.RawURLEncoding.DecodeString alone it refuses newlines and other
+// characters outside the alphabet.
+func decodeJWTSegment(s string) ([]byte, error) {
+	if s == "" {
+		return nil, errors.New("is empty")
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return nil, errors.New("is not base64url")
+		}
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, errors.New("is not base64url")
+	}
+	return b, nil
+}
+
+// claimTime reads an optional NumericDate claim. A present claim that is
+// not a number in a sane range is an error; an absent one is the zero time.
+func claimTime(claims map[string]any, name string) (time.Time, error) {
+	v, ok := claims[name]
+	if !ok {
+		return time.Time{}, nil
+	}
+	f, ok := v.(float64)
+	if !ok {
+		return time.Time{}, fmt.Errorf("token %s is not a number", name)
+	}
+	// 0 < f < year 10000: anything else is no date an issuer means.
+	if math.IsNaN(f) || f <= 0 || f >= 253402300800 {
+		return time.Time{}, fmt.Errorf("token %s %g is out of range", name, f)
+	}
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(frac*1e9)), nil
+}
+
+// checkAudience requires aud to be a non-empty string, or a non-empty list of
+// non-empty strings, naming at least one configured audience.
+func (ti *trustedIssuer) checkAudience(aud any) error {
+	var values []string
+	switch a := aud.(type) {
+	case nil:
+		return errors.New("token has no aud")
+	case string:
+		values = []string{a}
+	case []any:
+		if len(a) == 0 {
+			return errors.New("token aud is an empty list")
+		}
+		for _, v := range a {
+			s, ok := v.(string)
+			if !ok {
+				return errors.New("token aud has a value that is not a string")
+			}
+			values = append(values, s)
+		}
+	default:
+		return errors.New("token aud is neither a string nor a list of strings")
+	}
+	match := false
+	for _, v := range values {
+		if v == "" {
+			return errors.New("token aud has an empty value")
+		}
+		match = match || ti.audiences[v]
+	}
+	if !match {
+		return fmt.Errorf("token aud is not one of issuer %q's audiences", ti.cfg.Name)
+	}
+	return nil
+}
+
+// quoteUntrusted renders an untrusted value for an error message, truncated.
+func quoteUntrusted(s string) string {
+	if len(s) > maxQuotedLen {
+		return fmt.Sprintf("%q...", s[:maxQuotedLen])
+	}
+	return fmt.Sprintf("%q", s)
+}
+
+// keySetErrKey carries a pointer through go-oidc to the key set, so the key
+// set's own error (which go-oidc formats with %v) reaches Authenticate.
+type keySetErrKey struct{}
+
+// issuerKeys is one issuer's verification keys. It implements oidc.KeySet.
+// Keys are cached; an unknown kid refreshes them at most once per interval,
+// and concurrent callers share one fetch. Unlike oidc.RemoteKeySet, a flood
+// of unknown kids cannot turn into a flood of JWKS requests.
+type issuerKeys struct {
+	issuer   string // configured name, for messages
+	issURL   string
+	jwksURL  string // configured; empty means discover it
+	static   bool
+	algs     []jose.SignatureAlgorithm
+	client   *http.Client
+	now      func() time.Time
+	interval time.Duration
+	log      *slog.Logger
+
+	mu         sync.Mutex
+	keys       []jose.JSONWebKey // replaced on refresh, never mutated
+	loaded     bool
+	discovered string // jwks_uri from discovery
+	last       time.Time
+	lastErr    error
+	inflight   *keyFetch
+}
+
+type keyFetch struct {
+	done chan struct{}
+	err  error
+}
+
+// errKeyRefreshLimited means a fetch was wanted but the last one is too recent.
+var errKeyRefreshLimited = errors.New("key refresh rate-limited")
+
+// VerifySignature implements oidc.KeySet.
+func (ks *issuerKeys) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
+	payload, err := ks.verify(ctx, raw)
+	if err != nil {
+		if p, ok := ctx.Value(keySetErrKey{}).(*error); ok {
+			*p = err
+		}
+		return nil, err
+	}
+	return payload, nil
+}
+
+func (ks *issuerKeys) verify(ctx context.Context, raw string) ([]byte, error) {
+	jws, err := jose.ParseSignedCompact(raw, ks.algs)
+	if err != nil {
+		return nil, fmt.Errorf("parsing token: %v", err)
+	}
+	if len(jws.Signatures) != 1 {
+		return nil, errors.New("token must have exactly one signature")
+	}
+	h := jws.Signatures[0].Header
+	kid, alg := h.KeyID, h.Algorithm
+
+	keys, err := ks.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	payload, candidates := verifyWithKeys(jws, keys, kid, alg)
+	if payload != nil {
+		return payload, nil
+	}
+	// A kid we do not know may be a key the issuer just rotated in; a token
+	// without kid that no key verifies, likewise.
+	if ks.static || (kid != "" && candidates > 0) {
+		return nil, ks.noKeyError(kid, alg, candidates)
+	}
+	keys, err = ks.refresh(ctx)
+	if errors.Is(err, errKeyRefreshLimited) {
+		return nil, ks.noKeyError(kid, alg, candidates)
+	}
+	if err != nil {
+		return nil, err
+	}
+	payload, candidates = verifyWithKeys(jws, keys, kid, alg)
+	if payload != nil {
+		return payload, nil
+	}
+	return nil, ks.noKeyError(kid, alg, candidates)
+}
+
+func (ks *issuerKeys) noKeyError(kid, alg string, candidates int) error {
+	if candidates > 0 {
+		return fmt.Errorf("signature does not verify with issuer %q's %s keys", ks.issuer, alg)
+	}
+	return fmt.Errorf("issuer %q has no %s key with kid %s", ks.issuer, alg, quoteUntrusted(kid))
+}
+
+// verifyWithKeys tries the keys that match kid (any key when kid is empty) and
+// alg. It returns the payload if one verifies, and how many keys it tried.
+func verifyWithKeys(jws *jose.JSONWebSignature, keys []jose.JSONWebKey, kid, alg string) ([]byte, int) {
+	tried := 0
+	for i := range keys {
+		k := &keys[i]
+		if kid != "" && k.KeyID != kid {
+			continue
+		}
+		if !keyFitsAlg(k, alg) {
+			continue
+		}
+		tried++
+		if payload, err := jws.Verify(k.Key); err == nil {
+			return payload, tried
+		}
+	}
+	return nil, tried
+}
+
+// keyFitsAlg reports whether k may verify a signature made with alg.
+func keyFitsAlg(k *jose.JSONWebKey, alg string) bool {
+	if k.Algorithm != "" && k.Algorithm != alg {
+		return false
+	}
+	switch pub := k.Key.(type) {
+	case *rsa.PublicKey:
+		return strings.HasPrefix(alg, "RS") || strings.HasPrefix(alg, "PS")
+	case *ecdsa.PublicKey:
+		switch alg {
+		case "ES256":
+			return pub.Curve == elliptic.P256()
+		case "ES384":
+			return pub.Curve == elliptic.P384()
+		case "ES512":
+			return pub.Curve == elliptic.P521()
+		}
+	case ed25519.PublicKey:
+		return alg == "EdDSA"
+	}
+	return false
+}
+
+// load returns the cached keys, fetching them first if they were never
+// loaded (within the rate limit). Errors wrap ErrUnavailable.
+func (ks *issuerKeys) load(ctx context.Context) ([]jose.JSONWebKey, error) {
+	ks.mu.Lock()
+	if ks.loaded {
+		keys := ks.keys
+		ks.mu.Unlock()
+		return keys, nil
+	}
+	ks.mu.Unlock()
+	keys, err := ks.refresh(ctx)
+	if err == nil {
+		return keys, nil
+	}
+	ks.mu.Lock()
+	loaded, last := ks.loaded, ks.lastErr
+	keys = ks.keys
+	ks.mu.Unlock()
+	if loaded {
+		return keys, nil
+	}
+	if errors.Is(err, errKeyRefreshLimited) && last != nil {
+		err = last
+	}
+	if errors.Is(err, ErrUnavailable) {
+		return nil, err
+	}
+	return nil, fmt.Errorf("keys of issuer %q: %w: %w", ks.issuer, ErrUnavailable, err)
+}
+
+// refresh fetches the keys unless the last fetch began less than interval
+// ago (errKeyRefreshLimited). Concurrent callers share one fetch.
+func (ks *issuerKeys) refresh(ctx context.Context) ([]jose.JSONWebKey, error) {
+	if ks.static {
+		return nil, errKeyRefreshLimited
+	}
+	ks.mu.Lock()
+	if call := ks.inflight; call != nil {
+		ks.mu.Unlock()
+		select {
+		case <-call.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the keys of issuer %q: %w: %w", ks.issuer, ErrUnavailable, ctx.Err())
+		}
+		if call.err != nil {
+			return nil, call.err
+		}
+		ks.mu.Lock()
+		keys := ks.keys
+		ks.mu.Unlock()
+		return keys, nil
+	}
+	now := ks.now()
+	if !ks.last.IsZero() && now.Sub(ks.last) < ks.interval {
+		ks.mu.Unlock()
+		return nil, errKeyRefreshLimited
+	}
+	ks.last = now
+	call := &keyFetch{done: make(chan struct{})}
+	ks.inflight = call
+	ks.mu.Unlock()
+
+	// The fetch is shared: one caller giving up must not fail the others.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*idpHTTPTimeout)
+	defer cancel()
+	keys, discovered, err := ks.fetch(fctx)
+	if err != nil {
+		err = fmt.Errorf("fetching keys of issuer %q: %w: %w", ks.issuer, ErrUnavailable, err)
+	}
+
+	ks.mu.Lock()
+	if err == nil {
+		ks.keys, ks.loaded, ks.discovered = keys, true, discovered
+	}
+	ks.lastErr = err
+	ks.inflight = nil
+	ks.mu.Unlock()
+	call.err = err
+	close(call.done)
+
+	if err != nil {
+		ks.log.Warn("fetching trusted issuer keys failed", "issuer", ks.issuer, "err", err)
+		return nil, err
+	}
+	ks.log.Info("trusted issuer keys loaded", "issuer", ks.issuer, "keys", len(keys))
+	return keys, nil
+}
+
+// fetch runs discovery (once, unless a JWKS URL is configured) and fetches
+// the JWKS.
+func (ks *issuerKeys) fetch(ctx context.Context) ([]jose.JSONWebKey, string, error) {
+	ks.mu.Lock()
+	jwksURL := ks.jwksURL
+	if jwksURL == "" {
+		jwksURL = ks.discovered
+	}
+	ks.mu.Unlock()
+	if jwksURL == "" {
+		body, err := ks.get(ctx, strings.TrimSuffix(ks.issURL, "/")+"/.well-known/openid-configuration")
+		if err != nil {
+			return nil, "", fmt.Errorf("discovery: %w", err)
+		}
+		var doc oidc.ProviderConfig
+		if err := json.Unmarshal(body, &doc); err != nil {
+			return nil, "", fmt.Errorf("discovery: decoding: %w", err)
+		}
+		if doc.IssuerURL != ks.issURL {
+			return nil, "", fmt.Errorf("discovery: document names issuer %s, not %q", quoteUntrusted(doc.IssuerURL), ks.issURL)
+		}
+		if err := checkIssuerURL(doc.JWKSURL); err != nil {
+			return nil, "", fmt.Errorf("discovery: jwks_uri %w", err)
+		}
+		jwksURL = doc.JWKSURL
+	}
+	body, err := ks.get(ctx, jwksURL)
+	if err != nil {
+		return nil, "", fmt.Errorf("jwks: %w", err)
+	}
+	keys, err := parseJWKS(body)
+	if err != nil {
+		return nil, "", fmt.Errorf("jwks: %w", err)
+	}
+	discovered := ""
+	if ks.jwksURL == "" {
+		discovered = jwksURL
+	}
+	return keys, discovered, nil
+}
+
+// get fetches u and returns its body, at most maxIDPResponseBytes of it.
+func (ks *issuerKeys) get(ctx context.Context, u string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := ks.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxIDPResponseBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxIDPResponseBytes {
+		return nil, fmt.Errorf("GET %s: response larger than %d bytes", u, maxIDPResponseBytes)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return body, nil
+}
+
+// parseJWKS reads a JWKS document and keeps the keys fit to verify
+// signatures: public RSA (2048 bits or more), EC and Ed25519 keys not
+// reserved for encryption. Keys it cannot read are skipped, so one odd key
+// does not take the issuer down; a document with no usable key is an error.
+func parseJWKS(data []byte) ([]jose.JSONWebKey, error) {
+	var doc struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("not a JWKS document: %v", err)
+	}
+	if len(doc.Keys) > maxJWKSKeys {
+		return nil, fmt.Errorf("%d keys, more than %d", len(doc.Keys), maxJWKSKeys)
+	}
+	var keys []jose.JSONWebKey
+	for _, raw := range doc.Keys {
+		var k jose.JSONWebKey
+		if err := k.UnmarshalJSON(raw); err != nil {
+			continue
+		}
+		if !k.Valid() || !k.IsPublic() || (k.Use != "" && k.Use != "sig") {
+			continue
+		}
+		switch pub := k.Key.(type) {
+		case *rsa.PublicKey:
+			if pub.N.BitLen() < minJWKSRSABits {
+				continue
+			}
+		case *ecdsa.PublicKey, ed25519.PublicKey:
+		default:
+			continue
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("no usable signing key")
+	}
+	return keys, nil
+}

@@ -1,0 +1,99 @@
+package broker
+
+import (
+	"context"
+	"time"
+)
+
+// Authenticator verifies an agent's identity token from a trusted OIDC
+// issuer. Implementations must be safe for concurrent use. Errors wrapping
+// ErrUnavailable mean the issuer could not be reached (the caller answers
+// 503); any other error means the token is not acceptable (401).
+type Authenticator interface {
+	Authenticate(ctx context.Context, rawToken string) (Principal, error)
+}
+
+// Issuer mints one kind of credential for a task and kills it at its source.
+// Implementations must be safe for concurrent use.
+type Issuer interface {
+	Kind() CredentialKind
+	// Mint issues the credentials of this kind that grant asks for (none is
+	// a valid answer). Every credential must expire by itself at or before
+	// task.Deadline. On error nothing it made may stay live: the issuer
+	// revokes what it created before returning.
+	Mint(ctx context.Context, task Task, p Principal, g Grant) ([]Minted, error)
+	// Revoke kills c at its source. Revoking a credential that is already
+	// gone returns nil. An error wrapping ErrUnavailable is worth retrying.
+	Revoke(ctx context.Context, c Credential) error
+}
+
+// TaskClaims are the verified claims of a Valet-minted task token.
+type TaskClaims struct {
+	ID        string // jti
+	TaskID    string
+	Subject   string
+	Template  string
+	Tools     []string
+	Audience  []string
+	Scope     string
+	ClientID  string
+	IssuedAt  time.Time
+	ExpiresAt time.Time
+}
+
+// TaskTokens is the issuer of Valet's own task JWTs, which can also verify
+// what it minted.
+type TaskTokens interface {
+	Issuer
+	// Verify checks a task token's signature, type, issuer and expiry and
+	// returns its claims. It never consults the ledger.
+	Verify(raw string) (TaskClaims, error)
+}
+
+// Ledger is the record of every task and credential that Valet handed out.
+// Implementations must be safe for concurrent use by several brokers at once
+// (the Redis ledger is shared by replicas). Errors wrap ErrNotFound,
+// ErrNotActive or ErrUnavailable where those apply.
+type Ledger interface {
+	// Record stores a new active task and its credentials in one atomic
+	// write. Every record it writes expires by itself after the task's
+	// deadline plus the ledger's retention.
+	Record(ctx context.Context, t Task, creds []Credential) error
+	// Task returns a task and its credentials.
+	Task(ctx context.Context, id string) (Task, []Credential, error)
+	// End moves an active task to the final state given and puts all its
+	// credentials on the deny list, atomically. Of concurrent calls exactly
+	// one succeeds; the others get ErrNotActive together with the task as
+	// it is stored.
+	End(ctx context.Context, id string, state State, reason string, at time.Time) (Task, []Credential, error)
+	// Credential returns a credential's record and whether it is on the deny
+	// list, in one round trip. Unknown ids give ErrNotFound.
+	Credential(ctx context.Context, id string) (Credential, bool, error)
+	// Due lists up to limit active tasks whose deadline is at or before now.
+	Due(ctx context.Context, now time.Time, limit int) ([]string, error)
+	// Ping reports whether the ledger is reachable.
+	Ping(ctx context.Context) error
+}
+
+// Event is one audit record. It carries ids, never secrets.
+type Event struct {
+	Time      time.Time      `json:"time"`
+	Type      string         `json:"type"`
+	RequestID string         `json:"request_id,omitempty"`
+	Actor     string         `json:"actor,omitempty"` // who caused it: agent, admin, "reaper"
+	Issuer    string         `json:"issuer,omitempty"`
+	TaskID    string         `json:"task_id,omitempty"`
+	Template  string         `json:"template,omitempty"`
+	Outcome   string         `json:"outcome,omitempty"` // granted, denied, ...
+	Rule      string         `json:"rule,omitempty"`
+	Reason    string         `json:"reason,omitempty"`
+	Creds     []string       `json:"credentials,omitempty"` // ids: jti, accessor, lease id
+	Detail    map[string]any `json:"detail,omitempty"`
+}
+
+// Auditor writes audit events. Record returns only once the event is
+// written; an error means the action that caused the event must fail.
+// Implementations must be safe for concurrent use.
+type Auditor interface {
+	Record(ctx context.Context, e Event) error
+}

@@ -1,0 +1,588 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Timeouts that keep a dead dependency from hanging a request.
+const (
+	defaultMintTimeout   = 5 * time.Second
+	defaultLedgerTimeout = 2 * time.Second
+	reapBatch            = 256
+)
+
+// Config holds the Service's dependencies. Every field but Issuers, Clients,
+// IntrospectionIssuers, Now and Logger is required.
+type Config struct {
+	Identity Authenticator
+	Tokens   TaskTokens
+	// Issuers mint further credential kinds (Vault) beside the task token.
+	Issuers   []Issuer
+	Ledger    Ledger
+	Auditor   Auditor
+	Templates *TemplateSet
+	// Clients may call introspection and revocation with a client secret.
+	Clients []Client
+	// IntrospectionIssuers names trusted issuers whose identity tokens may
+	// call introspection and revocation. Empty means none.
+	IntrospectionIssuers []string
+	Now                  func() time.Time
+	Logger               *slog.Logger
+}
+
+// Client is a confidential client of the introspection and revocation
+// endpoints (a tool server). Only the SHA-256 of its secret is kept.
+type Client struct {
+	ID           string
+	SecretSHA256 [32]byte
+}
+
+// Service is Valet's domain API. It is safe for concurrent use.
+type Service struct {
+	identity     Authenticator
+	tokens       TaskTokens
+	issuers      map[CredentialKind]Issuer
+	extra        []Issuer
+	ledger       Ledger
+	audit        Auditor
+	templates    atomic.Pointer[TemplateSet]
+	clients      []Client
+	introIssuers map[string]bool
+	now          func() time.Time
+	log          *slog.Logger
+}
+
+// NewService checks cfg and builds a Service.
+func NewService(cfg Config) (*Service, error) {
+	var missing []string
+	if cfg.Identity == nil {
+		missing = append(missing, "identity")
+	}
+	if cfg.Tokens == nil {
+		missing = append(missing, "task token issuer")
+	}
+	if cfg.Ledger == nil {
+		missing = append(missing, "ledger")
+	}
+	if cfg.Auditor == nil {
+		missing = append(missing, "auditor")
+	}
+	if cfg.Templates == nil {
+		missing = append(missing, "templates")
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("broker: %s cannot be nil", strings.Join(missing, ", "))
+	}
+	s := &Service{
+		identity:     cfg.Identity,
+		tokens:       cfg.Tokens,
+		issuers:      map[CredentialKind]Issuer{cfg.Tokens.Kind(): cfg.Tokens},
+		ledger:       cfg.Ledger,
+		audit:        cfg.Auditor,
+		clients:      cfg.Clients,
+		introIssuers: map[string]bool{},
+		now:          cfg.Now,
+		log:          cfg.Logger,
+	}
+	for _, is := range cfg.Issuers {
+		if _, dup := s.issuers[is.Kind()]; dup {
+			return nil, fmt.Errorf("broker: two issuers of kind %q", is.Kind())
+		}
+		s.issuers[is.Kind()] = is
+		s.extra = append(s.extra, is)
+	}
+	for _, name := range cfg.IntrospectionIssuers {
+		s.introIssuers[name] = true
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.templates.Store(cfg.Templates)
+	return s, nil
+}
+
+// SetTemplates swaps in a newly loaded template set. Tasks already declared
+// keep the grant they got.
+func (s *Service) SetTemplates(set *TemplateSet) {
+	if set != nil {
+		s.templates.Store(set)
+	}
+}
+
+// Templates returns the set in use.
+func (s *Service) Templates() *TemplateSet { return s.templates.Load() }
+
+// Declare verifies the agent's identity, decides the declaration against its
+// template, mints the task's credentials, records them and audits the grant.
+// Nothing is returned unless every one of those steps succeeded; anything
+// minted before a later step failed is revoked before Declare returns.
+func (s *Service) Declare(ctx context.Context, identityToken string, d Declaration) (Task, []Minted, error) {
+	p, err := s.authenticate(ctx, identityToken)
+	if err != nil {
+		return Task{}, nil, err
+	}
+	now := s.now()
+	g, err := s.decide(p, d, now)
+	if err != nil {
+		s.recordDenial(ctx, p, d, err)
+		return Task{}, nil, err
+	}
+	task := Task{
+		ID:        newID("tsk"),
+		State:     StateActive,
+		Agent:     p.Subject,
+		Issuer:    p.Issuer,
+		Template:  g.Template.Name,
+		Intent:    d.Intent,
+		Tools:     g.Tools,
+		CreatedAt: now,
+		Deadline:  now.Add(g.TTL),
+	}
+	minted, err := s.mint(ctx, task, p, g)
+	if err != nil {
+		return Task{}, nil, err
+	}
+	creds := make([]Credential, len(minted))
+	ids := make([]string, len(minted))
+	for i, m := range minted {
+		creds[i] = m.Credential
+		ids[i] = m.ID
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	err = s.ledger.Record(lctx, task, creds)
+	cancel()
+	if err != nil {
+		s.revokeAtSource(ctx, creds, "ledger write failed")
+		return Task{}, nil, unavailable("the credential ledger", fmt.Errorf("recording task %s: %w", task.ID, err))
+	}
+	ev := s.event(ctx, "task.granted", p.Subject, task)
+	ev.Outcome = "granted"
+	ev.Creds = ids
+	ev.Detail = map[string]any{"intent": task.Intent, "tools": task.Tools, "deadline": task.Deadline, "ttl_seconds": int64(g.TTL / time.Second)}
+	if err := s.audit.Record(ctx, ev); err != nil {
+		s.log.ErrorContext(ctx, "audit write failed; revoking the task it would have granted", "task_id", task.ID, "err", err)
+		if _, _, endErr := s.end(context.WithoutCancel(ctx), task.ID, StateRevoked, "audit write failed", "valet"); endErr != nil {
+			s.log.ErrorContext(ctx, "revoking unaudited task", "task_id", task.ID, "err", endErr)
+		}
+		return Task{}, nil, unavailable("the audit log", err)
+	}
+	s.log.InfoContext(ctx, "task granted", "task_id", task.ID, "agent", task.Agent, "issuer", task.Issuer,
+		"template", task.Template, "tools", task.Tools, "deadline", task.Deadline, "credentials", ids)
+	return task, minted, nil
+}
+
+// authenticate maps identity failures to the fixed 401 (or 503 when the
+// issuer is unreachable); the reason is only logged.
+func (s *Service) authenticate(ctx context.Context, raw string) (Principal, error) {
+	if raw == "" {
+		return Principal{}, unauthenticated(errors.New("no bearer token"))
+	}
+	p, err := s.identity.Authenticate(ctx, raw)
+	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			return Principal{}, unavailable("the identity provider", err)
+		}
+		s.log.WarnContext(ctx, "identity token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
+		return Principal{}, unauthenticated(err)
+	}
+	return p, nil
+}
+
+// decide applies the template to the declaration: the principal must be
+// admitted, every tool allowed, the TTL within bounds and every condition
+// true. The grant never holds more than the template and the request both
+// allow.
+func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, error) {
+	tmpl, ok := s.templates.Load().Get(d.Template)
+	if !ok {
+		return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q is not available to this agent", d.Template),
+			Rule: "template", Field: "template", Err: errors.New("no such template")}
+	}
+	admitted, err := tmpl.AdmitsPrincipal(p)
+	if err != nil || !admitted {
+		return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q is not available to this agent", d.Template),
+			Rule: "principals", Field: "template", Err: fmt.Errorf("principal %s/%s not admitted: %v", p.Issuer, p.Subject, err)}
+	}
+	for i, tool := range d.Tools {
+		if !tmpl.AllowsTool(tool) {
+			return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("tool %q is not allowed by template %q", tool, tmpl.Name),
+				Rule: "tools", Field: fmt.Sprintf("tools[%d]", i)}
+		}
+	}
+	ttl := d.TTL
+	switch {
+	case ttl == 0:
+		ttl = tmpl.DefaultTTL
+	case ttl > tmpl.MaxTTL:
+		return Grant{}, invalidField("ttl_seconds", "ttl_seconds %d exceeds the maximum of template %q (%d)",
+			int64(ttl/time.Second), tmpl.Name, int64(tmpl.MaxTTL/time.Second))
+	}
+	rule, err := tmpl.Check(p, d, ttl, now)
+	if rule != "" {
+		return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("denied by rule %q of template %q", rule, tmpl.Name),
+			Rule: rule, Err: err}
+	}
+	return Grant{
+		Template:  tmpl,
+		Tools:     append([]string(nil), d.Tools...),
+		TTL:       ttl,
+		Audiences: tmpl.Audiences,
+		Scopes:    tmpl.Scopes,
+	}, nil
+}
+
+// mint asks every issuer for its credentials, task token first. If one
+// fails, what the others made is revoked before returning.
+func (s *Service) mint(ctx context.Context, task Task, p Principal, g Grant) ([]Minted, error) {
+	mctx, cancel := context.WithTimeout(ctx, defaultMintTimeout)
+	defer cancel()
+	var all []Minted
+	for _, is := range append([]Issuer{s.tokens}, s.extra...) {
+		m, err := is.Mint(mctx, task, p, g)
+		if err != nil {
+			creds := make([]Credential, len(all))
+			for i := range all {
+				creds[i] = all[i].Credential
+			}
+			s.revokeAtSource(ctx, creds, "a later mint failed")
+			if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+				return nil, unavailable(fmt.Sprintf("the %s issuer", is.Kind()), err)
+			}
+			return nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued", Err: fmt.Errorf("minting %s: %w", is.Kind(), err)}
+		}
+		for _, c := range m {
+			if c.ExpiresAt.After(task.Deadline) {
+				s.revokeAtSource(ctx, credentialsOf(append(all, m...)), "credential outlives its task")
+				return nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued",
+					Err: fmt.Errorf("%s credential %s expires at %s, after the task deadline %s", c.Kind, c.ID, c.ExpiresAt, task.Deadline)}
+			}
+		}
+		all = append(all, m...)
+	}
+	return all, nil
+}
+
+func credentialsOf(ms []Minted) []Credential {
+	out := make([]Credential, len(ms))
+	for i := range ms {
+		out[i] = ms[i].Credential
+	}
+	return out
+}
+
+// revokeAtSource kills credentials at their issuer, children before parents.
+// A JWT needs nothing here: it dies by the ledger's deny list and its exp.
+func (s *Service) revokeAtSource(ctx context.Context, creds []Credential, why string) {
+	ctx = context.WithoutCancel(ctx)
+	for i := len(creds) - 1; i >= 0; i-- {
+		c := creds[i]
+		is, ok := s.issuers[c.Kind]
+		if !ok || c.Kind == KindJWT {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, defaultMintTimeout)
+		err := is.Revoke(rctx, c)
+		cancel()
+		if err != nil {
+			s.log.ErrorContext(ctx, "revoking credential at its source failed", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID, "why", why, "err", err)
+			continue
+		}
+		s.log.InfoContext(ctx, "credential revoked at its source", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID, "why", why)
+	}
+}
+
+// recordDenial logs and audits a refused declaration. The refusal stands
+// whether or not the audit write succeeds.
+func (s *Service) recordDenial(ctx context.Context, p Principal, d Declaration, cause error) {
+	var e *Error
+	errors.As(cause, &e)
+	rule, reason := "", cause.Error()
+	if e != nil {
+		rule = e.Rule
+	}
+	s.log.WarnContext(ctx, "declaration denied", "agent", p.Subject, "issuer", p.Issuer, "template", d.Template,
+		"tools", d.Tools, "rule", rule, "reason", reason)
+	ev := s.event(ctx, "task.denied", p.Subject, Task{Issuer: p.Issuer, Template: d.Template})
+	ev.Outcome, ev.Rule, ev.Reason = "denied", rule, reason
+	ev.Detail = map[string]any{"intent": d.Intent, "tools": d.Tools}
+	if err := s.audit.Record(ctx, ev); err != nil {
+		s.log.ErrorContext(ctx, "audit write of a denial failed", "err", err)
+	}
+}
+
+// Task returns a task to a caller that owns it: the agent's identity token
+// or one of the task's own tokens.
+func (s *Service) Task(ctx context.Context, bearer, id string) (Task, error) {
+	t, err := s.authorizeTaskCaller(ctx, bearer, id)
+	if err != nil {
+		return Task{}, err
+	}
+	return t, nil
+}
+
+// Complete ends a task at the agent's request and revokes every credential
+// it holds. Completing a completed task again answers the task unchanged.
+func (s *Service) Complete(ctx context.Context, bearer, id string) (Task, error) {
+	t, err := s.authorizeTaskCaller(ctx, bearer, id)
+	if err != nil {
+		return Task{}, err
+	}
+	ended, _, err := s.end(ctx, t.ID, StateCompleted, "completed by the agent", t.Agent)
+	if errors.Is(err, ErrNotActive) {
+		if ended.State == StateCompleted {
+			return ended, nil
+		}
+		return ended, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already ended: %s", t.ID, ended.State), Err: err}
+	}
+	if err != nil {
+		return Task{}, err
+	}
+	return ended, nil
+}
+
+// authorizeTaskCaller accepts a task token of task id, or an identity token
+// of the agent that declared it. Anything else is 404, so task ids cannot be
+// probed.
+func (s *Service) authorizeTaskCaller(ctx context.Context, bearer, id string) (Task, error) {
+	notFound := Errorf(CodeNotFound, "task %q not found", id)
+	if bearer == "" {
+		return Task{}, unauthenticated(errors.New("no bearer token"))
+	}
+	var agent, issuer string
+	if c, err := s.tokens.Verify(bearer); err == nil {
+		if c.TaskID != id {
+			return Task{}, notFound
+		}
+		agent = c.Subject
+	} else {
+		p, err := s.authenticate(ctx, bearer)
+		if err != nil {
+			return Task{}, err
+		}
+		agent, issuer = p.Subject, p.Issuer
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	t, _, err := s.ledger.Task(lctx, id)
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Task{}, notFound
+	case err != nil:
+		return Task{}, unavailable("the credential ledger", err)
+	case t.Agent != agent || (issuer != "" && t.Issuer != issuer):
+		return Task{}, notFound
+	}
+	return t, nil
+}
+
+// end finishes a task in the ledger (which denies its JWTs in the same
+// step), revokes its other credentials at their source and audits it.
+func (s *Service) end(ctx context.Context, id string, state State, reason, actor string) (Task, []Credential, error) {
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	t, creds, err := s.ledger.End(lctx, id, state, reason, s.now())
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotActive):
+		return t, nil, err
+	case errors.Is(err, ErrNotFound):
+		return Task{}, nil, Errorf(CodeNotFound, "task %q not found", id)
+	case err != nil:
+		return Task{}, nil, unavailable("the credential ledger", fmt.Errorf("ending task %s: %w", id, err))
+	}
+	s.revokeAtSource(ctx, creds, reason)
+	ids := make([]string, len(creds))
+	for i, c := range creds {
+		ids[i] = c.ID
+	}
+	ev := s.event(ctx, "task."+string(state), actor, t)
+	ev.Reason, ev.Creds = reason, ids
+	if err := s.audit.Record(ctx, ev); err != nil {
+		// The credentials are dead already; losing the record of their
+		// death must not bring them back.
+		s.log.ErrorContext(ctx, "audit write of a task end failed", "task_id", id, "err", err)
+	}
+	s.log.InfoContext(ctx, "task ended", "task_id", id, "state", state, "reason", reason, "credentials", ids)
+	return t, creds, nil
+}
+
+// Introspection is the RFC 7662 answer for one token.
+type Introspection struct {
+	Active bool
+	Claims TaskClaims
+	Task   Task
+}
+
+// Introspect answers whether a task token is live: it verifies, is on
+// record, is not denied and its task is active. Only a ledger that cannot
+// be reached is an error (fail closed: nobody is told "active").
+func (s *Service) Introspect(ctx context.Context, raw string) (Introspection, error) {
+	c, err := s.tokens.Verify(raw)
+	if err != nil {
+		return Introspection{}, nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	cred, denied, err := s.ledger.Credential(lctx, c.ID)
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Introspection{}, nil
+	case err != nil:
+		return Introspection{}, unavailable("the credential ledger", err)
+	case denied || cred.TaskID != c.TaskID || !s.now().Before(cred.ExpiresAt):
+		return Introspection{}, nil
+	}
+	return Introspection{Active: true, Claims: c}, nil
+}
+
+// Revoke implements RFC 7009 for task tokens: revoking a task token revokes
+// its task and every credential of it. A token that is not valid needs no
+// revocation and answers success, as the RFC asks; a ledger that cannot be
+// reached is an error, never a false success.
+func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
+	c, err := s.tokens.Verify(raw)
+	if err != nil {
+		return nil
+	}
+	_, _, err = s.end(ctx, c.TaskID, StateRevoked, "revoked by "+actor, actor)
+	if err == nil || errors.Is(err, ErrNotActive) || ErrorCode(err) == CodeNotFound {
+		return nil
+	}
+	return err
+}
+
+// AuthorizeClient checks the caller of introspection and revocation: a
+// configured client secret, or an identity token from an issuer allowed to
+// introspect. It returns a name for the audit trail.
+func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer string) (string, error) {
+	if clientID != "" {
+		sum := sha256.Sum256([]byte(secret))
+		for _, c := range s.clients {
+			if subtle.ConstantTimeCompare([]byte(c.ID), []byte(clientID)) == 1 && subtle.ConstantTimeCompare(c.SecretSHA256[:], sum[:]) == 1 {
+				return "client:" + c.ID, nil
+			}
+		}
+		s.log.WarnContext(ctx, "client authentication failed", "client_id", clientID)
+		return "", unauthenticated(errors.New("bad client credentials"))
+	}
+	p, err := s.authenticate(ctx, bearer)
+	if err != nil {
+		return "", err
+	}
+	if !s.introIssuers[p.Issuer] {
+		return "", &Error{Code: CodeForbidden, Message: "this identity may not introspect or revoke tokens",
+			Err: fmt.Errorf("issuer %s is not allowed to introspect", p.Issuer)}
+	}
+	return p.Issuer + ":" + p.Subject, nil
+}
+
+// ReapOnce ends every active task whose deadline has passed, in batches,
+// and reports how many it ended. Several brokers may reap the same ledger:
+// the ledger lets exactly one of them end each task.
+func (s *Service) ReapOnce(ctx context.Context) (int, error) {
+	ended := 0
+	for {
+		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		ids, err := s.ledger.Due(lctx, s.now(), reapBatch)
+		cancel()
+		if err != nil {
+			return ended, fmt.Errorf("listing due tasks: %w", err)
+		}
+		for _, id := range ids {
+			_, _, err := s.end(ctx, id, StateExpired, "deadline passed", "reaper")
+			switch {
+			case err == nil:
+				ended++
+			case errors.Is(err, ErrNotActive), ErrorCode(err) == CodeNotFound:
+			default:
+				return ended, err
+			}
+		}
+		if len(ids) < reapBatch {
+			return ended, nil
+		}
+	}
+}
+
+// RunReaper calls ReapOnce every interval until ctx ends.
+func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if n, err := s.ReapOnce(ctx); err != nil {
+			s.log.ErrorContext(ctx, "reaper pass failed", "ended", n, "err", err)
+		} else if n > 0 {
+			s.log.InfoContext(ctx, "reaper ended expired tasks", "ended", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Ready reports whether the service can issue: the ledger answers.
+func (s *Service) Ready(ctx context.Context) error {
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	defer cancel()
+	if err := s.ledger.Ping(lctx); err != nil {
+		return unavailable("the credential ledger", err)
+	}
+	return nil
+}
+
+func (s *Service) event(ctx context.Context, typ, actor string, t Task) Event {
+	return Event{
+		Time:      s.now().UTC(),
+		Type:      typ,
+		RequestID: RequestID(ctx),
+		Actor:     actor,
+		Issuer:    t.Issuer,
+		TaskID:    t.ID,
+		Template:  t.Template,
+	}
+}
+
+// TokenHash is the first 12 hex digits of a token's SHA-256: enough to
+// correlate log lines, useless to an attacker.
+func TokenHash(raw string) string {
+	sum := sha256.Sum256([]byte(raw))
+	return fmt.Sprintf("%x", sum[:6])
+}
+
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// newID returns prefix_ followed by 128 random bits.
+func newID(prefix string) string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return prefix + "_" + idEncoding.EncodeToString(b[:])
+}
+
+type ctxKey int
+
+const requestIDKey ctxKey = iota
+
+// WithRequestID attaches the HTTP request id to ctx for logs and audit.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey, id)
+}
+
+// RequestID returns the request id attached to ctx, or "".
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey).(string)
+	return id
+}

@@ -1,0 +1,103 @@
+package broker
+
+import (
+	"time"
+)
+
+// State is where a task is in its life. Only StateActive tasks have live
+// credentials; every other state is final.
+type State string
+
+const (
+	StateActive    State = "active"
+	StateCompleted State = "completed" // the agent said it is done
+	StateExpired   State = "expired"   // the deadline passed (the reaper ended it)
+	StateRevoked   State = "revoked"   // someone revoked it (RFC 7009, a responder)
+)
+
+// Final reports whether s is an end state.
+func (s State) Final() bool { return s != StateActive }
+
+// Principal is a verified caller: the agent, as its identity token names it.
+type Principal struct {
+	// Issuer is the configured name of the trusted issuer that vouched for
+	// the token (not its URL), so templates survive an IdP move.
+	Issuer string `json:"issuer"`
+	// IssuerURL is the token's exact iss.
+	IssuerURL string `json:"issuer_url"`
+	// Subject is the value of the issuer's agent claim: the agent's name.
+	Subject string `json:"subject"`
+	// Claims are all verified claims of the identity token, for policy.
+	Claims map[string]any `json:"-"`
+	// TokenExpiry is the identity token's exp.
+	TokenExpiry time.Time `json:"-"`
+}
+
+// Declaration is what an agent asks for in POST /v1/tasks.
+type Declaration struct {
+	Template string         `json:"template"`
+	Intent   string         `json:"intent"`
+	Tools    []string       `json:"tools"`
+	TTL      time.Duration  `json:"-"`
+	Context  map[string]any `json:"context,omitempty"`
+}
+
+// Task is one unit of agent work and the root of every credential issued for
+// it. Credentials never outlive Deadline.
+type Task struct {
+	ID        string    `json:"id"`
+	State     State     `json:"state"`
+	Agent     string    `json:"agent"`
+	Issuer    string    `json:"issuer"`
+	Template  string    `json:"template"`
+	Intent    string    `json:"intent"`
+	Tools     []string  `json:"tools"`
+	CreatedAt time.Time `json:"created_at"`
+	Deadline  time.Time `json:"deadline"`
+	EndedAt   time.Time `json:"ended_at,omitzero"`
+	EndReason string    `json:"end_reason,omitempty"`
+}
+
+// CredentialKind names an issuer. It is stored in the ledger, so values are
+// stable strings.
+type CredentialKind string
+
+const (
+	KindJWT        CredentialKind = "jwt"
+	KindVaultToken CredentialKind = "vault_token"
+	KindVaultLease CredentialKind = "vault_lease"
+)
+
+// Credential is the ledger's record of an issued credential: ids only. The
+// secret itself is never stored or logged.
+type Credential struct {
+	// ID identifies the credential at its source: a JWT's jti, a Vault
+	// token's accessor, a Vault lease id.
+	ID     string         `json:"id"`
+	Kind   CredentialKind `json:"kind"`
+	TaskID string         `json:"task_id"`
+	// Parent is the credential whose revocation also kills this one at the
+	// source (a lease under a Vault token), if any.
+	Parent    string    `json:"parent,omitempty"`
+	IssuedAt  time.Time `json:"issued_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Minted is a credential as an issuer hands it over: the ledger record plus
+// the material for the client. Material goes into the HTTP answer and nowhere
+// else.
+type Minted struct {
+	Credential
+	// Material is what the client receives (a token string, a
+	// username/password pair, a wrapping token). Never logged.
+	Material map[string]any
+}
+
+// Grant is the outcome of policy for one declaration: what the task may do.
+type Grant struct {
+	Template  *Template
+	Tools     []string
+	TTL       time.Duration
+	Audiences []string
+	Scopes    []string
+}

@@ -1,0 +1,172 @@
+package broker
+
+import (
+	"path"
+	"slices"
+	"time"
+)
+
+// Template is what an ops team writes: who may use it, for how long, which
+// tools, what goes into the token, and the conditions a declaration must
+// meet. Templates are immutable once loaded; a reload builds a new set.
+type Template struct {
+	Name        string
+	Description string
+	// Source is the file the template came from, for error messages.
+	Source     string
+	Principals []PrincipalRule
+	DefaultTTL time.Duration
+	MaxTTL     time.Duration
+	// Tools is the allowlist: exact names and "prefix.*" patterns.
+	Tools      []string
+	Audiences  []string
+	Scopes     []string
+	Conditions []Condition
+}
+
+// PrincipalRule admits principals from one trusted issuer (by its configured
+// name), optionally narrowed by a CEL condition over the token's claims.
+type PrincipalRule struct {
+	Issuer    string
+	Condition *Condition
+}
+
+// AllowsTool reports whether name is on the template's allowlist. A pattern
+// "prefix.*" matches any name that starts with "prefix." and has something
+// after it; nothing else is a wildcard.
+func (t *Template) AllowsTool(name string) bool {
+	for _, pat := range t.Tools {
+		if prefix, ok := cutWildcard(pat); ok {
+			if len(name) > len(prefix) && name[:len(prefix)] == prefix {
+				return true
+			}
+			continue
+		}
+		if pat == name {
+			return true
+		}
+	}
+	return false
+}
+
+// cutWildcard splits "prefix.*" into "prefix." and true.
+func cutWildcard(pat string) (string, bool) {
+	if path.Ext(pat) == ".*" {
+		return pat[:len(pat)-1], true
+	}
+	return "", false
+}
+
+// TemplateSet is an immutable, loaded and compiled set of templates.
+type TemplateSet struct {
+	byName map[string]*Template
+}
+
+// Get returns the template called name.
+func (s *TemplateSet) Get(name string) (*Template, bool) {
+	if s == nil {
+		return nil, false
+	}
+	t, ok := s.byName[name]
+	return t, ok
+}
+
+// Names lists the templates in the set, sorted.
+func (s *TemplateSet) Names() []string {
+	if s == nil {
+		return nil
+	}
+	names := make([]string, 0, len(s.byName))
+	for n := range s.byName {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// AdmitsPrincipal reports whether p may use the template: some principal
+// rule names p's issuer and either has no condition or its condition holds
+// over p's claims. A rule whose condition fails to evaluate admits no one;
+// if no rule admits p, the first such error is returned so the caller can
+// log why (the caller denies either way).
+func (t *Template) AdmitsPrincipal(p Principal) (bool, error) {
+	var firstErr error
+	for _, r := range t.Principals {
+		if r.Issuer != p.Issuer {
+			continue
+		}
+		if r.Condition == nil {
+			return true, nil
+		}
+		ok, err := r.Condition.Eval(map[string]any{"claims": claimsVar(p.Claims)})
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		if ok {
+			return true, nil
+		}
+	}
+	return false, firstErr
+}
+
+// Check evaluates the template's conditions in order against who asks (p),
+// what they ask for (d, with ttl the lifetime the task would get) and when
+// (now). It returns the Name of the first condition that does not hold, or
+// "" when all hold. A condition that fails to evaluate counts as not
+// holding: its name comes back together with the error, and the caller
+// denies by that rule.
+//
+// Conditions see principal = {issuer, issuer_url, subject, claims},
+// request = {template, intent, tools, ttl, context} and now (a timestamp);
+// request.ttl is a CEL duration.
+func (t *Template) Check(p Principal, d Declaration, ttl time.Duration, now time.Time) (failedRule string, err error) {
+	if len(t.Conditions) == 0 {
+		return "", nil
+	}
+	tools := d.Tools
+	if tools == nil {
+		tools = []string{}
+	}
+	reqCtx := d.Context
+	if reqCtx == nil {
+		reqCtx = map[string]any{}
+	}
+	vars := map[string]any{
+		"principal": map[string]any{
+			"issuer":     p.Issuer,
+			"issuer_url": p.IssuerURL,
+			"subject":    p.Subject,
+			"claims":     claimsVar(p.Claims),
+		},
+		"request": map[string]any{
+			"template": d.Template,
+			"intent":   d.Intent,
+			"tools":    tools,
+			"ttl":      ttl,
+			"context":  reqCtx,
+		},
+		"now": now,
+	}
+	for _, c := range t.Conditions {
+		ok, err := c.Eval(vars)
+		if err != nil {
+			return c.Name, err
+		}
+		if !ok {
+			return c.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// claimsVar gives conditions an empty map rather than null when a principal
+// carries no claims.
+func claimsVar(claims map[string]any) map[string]any {
+	if claims == nil {
+		return map[string]any{}
+	}
+	return claims
+}

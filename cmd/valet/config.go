@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the file given to `valet serve --config`. Every field is listed
+// in the README's configuration reference; env overrides are in envOverrides.
+type Config struct {
+	Addr      string          `yaml:"addr"`
+	PublicURL string          `yaml:"public_url"`
+	Log       LogConfig       `yaml:"log"`
+	Redis     RedisConfig     `yaml:"redis"`
+	Signing   SigningConfig   `yaml:"signing"`
+	Issuers   []IssuerEntry   `yaml:"issuers"`
+	Templates TemplatesConfig `yaml:"templates"`
+	Clients   ClientsConfig   `yaml:"introspection"`
+	Audit     AuditConfig     `yaml:"audit"`
+	Reaper    ReaperConfig    `yaml:"reaper"`
+	Limits    LimitsConfig    `yaml:"limits"`
+	Identity  IdentityConfig  `yaml:"identity"`
+
+	// dir is the config file's folder; relative paths resolve against it.
+	dir string
+}
+
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // json, text
+}
+
+type RedisConfig struct {
+	URL       string   `yaml:"url"`
+	Prefix    string   `yaml:"prefix"`
+	Retention Duration `yaml:"retention"`
+}
+
+type SigningConfig struct {
+	Algorithm string       `yaml:"algorithm"`
+	ActiveKID string       `yaml:"active_kid"`
+	Keys      []SigningKey `yaml:"keys"`
+}
+
+type SigningKey struct {
+	KID  string `yaml:"kid"`
+	File string `yaml:"file"`
+	// Retired keys are published so their live tokens still verify, but
+	// never sign.
+	Retired bool `yaml:"retired"`
+}
+
+type IssuerEntry struct {
+	Name         string   `yaml:"name"`
+	IssuerURL    string   `yaml:"issuer_url"`
+	Audiences    []string `yaml:"audiences"`
+	Algorithms   []string `yaml:"algorithms"`
+	SubjectClaim string   `yaml:"subject_claim"`
+	Condition    string   `yaml:"condition"`
+	JWKSURL      string   `yaml:"jwks_url"`
+}
+
+type TemplatesConfig struct {
+	Paths []string `yaml:"paths"`
+	Watch *bool    `yaml:"watch"`
+}
+
+type ClientsConfig struct {
+	Clients []ClientEntry `yaml:"clients"`
+	Issuers []string      `yaml:"issuers"`
+}
+
+type ClientEntry struct {
+	ID           string `yaml:"id"`
+	SecretSHA256 string `yaml:"secret_sha256"`
+	SecretEnv    string `yaml:"secret_env"`
+}
+
+type AuditConfig struct {
+	// File is a path, or "stdout".
+	File string `yaml:"file"`
+}
+
+type ReaperConfig struct {
+	Interval Duration `yaml:"interval"`
+}
+
+type LimitsConfig struct {
+	MaxBodyBytes   int64    `yaml:"max_body_bytes"`
+	MaxTokenBytes  int      `yaml:"max_token_bytes"`
+	RequestTimeout Duration `yaml:"request_timeout"`
+}
+
+type IdentityConfig struct {
+	Leeway          Duration `yaml:"leeway"`
+	RefreshInterval Duration `yaml:"refresh_interval"`
+}
+
+// Duration reads Go duration strings ("90s", "15m") from YAML.
+type Duration time.Duration
+
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (try \"30s\" or \"5m\")", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// envOverrides are the environment variables that override the file. The
+// README's reference lists the same set (a test checks it).
+var envOverrides = map[string]func(c *Config, v string) error{
+	"VALET_ADDR":       func(c *Config, v string) error { c.Addr = v; return nil },
+	"VALET_PUBLIC_URL": func(c *Config, v string) error { c.PublicURL = v; return nil },
+	"VALET_REDIS_URL":  func(c *Config, v string) error { c.Redis.URL = v; return nil },
+	"VALET_LOG_LEVEL":  func(c *Config, v string) error { c.Log.Level = v; return nil },
+	"VALET_LOG_FORMAT": func(c *Config, v string) error { c.Log.Format = v; return nil },
+	"VALET_AUDIT_FILE": func(c *Config, v string) error { c.Audit.File = v; return nil },
+	"VALET_SIGNING_KEY_FILE": func(c *Config, v string) error {
+		c.Signing.Keys, c.Signing.ActiveKID = []SigningKey{{File: v}}, ""
+		return nil
+	},
+	"VALET_TEMPLATES": func(c *Config, v string) error {
+		c.Templates.Paths = strings.Split(v, string(os.PathListSeparator))
+		return nil
+	},
+	"VALET_REAPER_INTERVAL": func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.Reaper.Interval = Duration(d)
+		return err
+	},
+}
+
+// loadConfig reads path, applies env overrides and defaults, and validates,
+// reporting every problem at once.
+func loadConfig(path string, getenv func(string) string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	c.dir = filepath.Dir(path)
+	if err := c.applyEnv(getenv); err != nil {
+		return nil, err
+	}
+	c.defaults()
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("config %s:\n%w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) applyEnv(getenv func(string) string) error {
+	var errs []error
+	for name, set := range envOverrides {
+		if v := getenv(name); v != "" {
+			if err := set(c, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) defaults() {
+	if c.Addr == "" {
+		c.Addr = "127.0.0.1:8080"
+	}
+	if c.PublicURL == "" {
+		c.PublicURL = "http://" + c.Addr
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+	if c.Redis.Prefix == "" {
+		c.Redis.Prefix = "valet"
+	}
+	if c.Redis.Retention == 0 {
+		c.Redis.Retention = Duration(time.Hour)
+	}
+	if c.Signing.Algorithm == "" {
+		c.Signing.Algorithm = "EdDSA"
+	}
+	if c.Audit.File == "" {
+		c.Audit.File = "stdout"
+	}
+	if c.Reaper.Interval == 0 {
+		c.Reaper.Interval = Duration(time.Second)
+	}
+	if c.Templates.Watch == nil {
+		t := true
+		c.Templates.Watch = &t
+	}
+	if c.Limits.MaxBodyBytes == 0 {
+		c.Limits.MaxBodyBytes = 64 << 10
+	}
+	if c.Limits.RequestTimeout == 0 {
+		c.Limits.RequestTimeout = Duration(10 * time.Second)
+	}
+	for i := range c.Signing.Keys {
+		c.Signing.Keys[i].File = c.path(c.Signing.Keys[i].File)
+	}
+	for i := range c.Templates.Paths {
+		c.Templates.Paths[i] = c.path(c.Templates.Paths[i])
+	}
+	if c.Audit.File != "stdout" {
+		c.Audit.File = c.path(c.Audit.File)
+	}
+}
+
+// path resolves p against the config file's folder.
+func (c *Config) path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if u, err := url.Parse(c.PublicURL); err != nil || u.Scheme == "" || u.Host == "" {
+		bad("public_url", "%q must be an absolute URL", c.PublicURL)
+	}
+	if c.Redis.URL == "" {
+		bad("redis.url", "is required (or set VALET_REDIS_URL)")
+	} else if u, err := url.Parse(c.Redis.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+		bad("redis.url", "must be a redis:// or rediss:// URL")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q must be debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		bad("log.format", "%q must be json or text", c.Log.Format)
+	}
+	if len(c.Signing.Keys) == 0 {
+		bad("signing.keys", "at least one key file is required (create one with `valet keys generate`)")
+	}
+	for i, k := range c.Signing.Keys {
+		if k.File == "" {
+			bad(fmt.Sprintf("signing.keys[%d].file", i), "is required")
+		}
+	}
+	if len(c.Issuers) == 0 {
+		bad("issuers", "at least one trusted issuer is required")
+	}
+	if len(c.Templates.Paths) == 0 {
+		bad("templates.paths", "at least one template file or folder is required")
+	}
+	for i, cl := range c.Clients.Clients {
+		field := fmt.Sprintf("introspection.clients[%d]", i)
+		if cl.ID == "" {
+			bad(field+".id", "is required")
+		}
+		if (cl.SecretSHA256 == "") == (cl.SecretEnv == "") {
+			bad(field, "set exactly one of secret_sha256 and secret_env")
+		}
+		if cl.SecretSHA256 != "" {
+			if b, err := hex.DecodeString(cl.SecretSHA256); err != nil || len(b) != sha256.Size {
+				bad(field+".secret_sha256", "must be 64 hex digits (sha256sum of the secret)")
+			}
+		}
+	}
+	if c.Reaper.Interval < Duration(100*time.Millisecond) {
+		bad("reaper.interval", "must be at least 100ms")
+	}
+	if c.Limits.MaxBodyBytes < 1024 {
+		bad("limits.max_body_bytes", "must be at least 1024")
+	}
+	if c.Identity.Leeway > Duration(time.Minute) {
+		bad("identity.leeway", "must be at most 60s")
+	}
+	return errors.Join(errs...)
+}
+
+// clientSecrets resolves the introspection clients' secret hashes.
+func (c *Config) clientSecrets(getenv func(string) string) ([]clientSecret, error) {
+	var out []clientSecret
+	var errs []error
+	for i, cl := range c.Clients.Clients {
+		var sum [32]byte
+		if cl.SecretEnv != "" {
+			v := getenv(cl.SecretEnv)
+			if len(v) < 16 {
+				errs = append(errs, fmt.Errorf("introspection.clients[%d]: environment variable %s must hold a secret of at least 16 characters", i, cl.SecretEnv))
+				continue
+			}
+			sum = sha256.Sum256([]byte(v))
+		} else {
+			b, _ := hex.DecodeString(cl.SecretSHA256)
+			copy(sum[:], b)
+		}
+		out = append(out, clientSecret{id: cl.ID, sum: sum})
+	}
+	return out, errors.Join(errs...)
+}
+
+type clientSecret struct {
+	id  string
+	sum [32]byte
+}
+
+// atoiDefault parses s or returns def.
+func atoiDefault(s string, def int) int {
+	if n, err := strconv.Atoi(s); err == nil {
+		return n
+	}
+	return def
+}

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/examples"
+	"github.com/valet-dev/valet/internal/devidp"
+	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/openapi"
+	"github.com/valet-dev/valet/revocation"
+)
+
+// devClientSecret is the introspection secret of the "tool-server" client
+// in `valet dev`. Development only, and printed on start.
+const devClientSecret = "dev-secret-not-for-production"
+
+// cmdDev runs the embedded default: in-memory ledger, a generated signing
+// key, the built-in development issuer and the example templates.
+func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "token" {
+		return cmdDevToken(ctx, args[1:], getenv, stdout)
+	}
+	if len(args) > 0 && args[0] == "idp" {
+		return cmdDevIdP(ctx, args[1:], getenv, stdout, stderr)
+	}
+	fs := newFlags("dev")
+	addr := fs.String("addr", envOr(getenv, "VALET_ADDR", defaultAddr), "listen address (env VALET_ADDR)")
+	tmplPaths := fs.String("templates", getenv("VALET_TEMPLATES"), "template files or folders (default: the built-in examples)")
+	redisURL := fs.String("redis", getenv("VALET_REDIS_URL"), "use this Redis instead of the in-memory ledger")
+	auditFile := fs.String("audit", envOr(getenv, "VALET_AUDIT_FILE", filepath.Join(os.TempDir(), "valet-dev-audit.jsonl")), "audit file")
+	logLevel := fs.String("log-level", envOr(getenv, "VALET_LOG_LEVEL", "info"), "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log := newLogger(stderr, *logLevel, "text")
+
+	// Listen first: the public URL must carry the real port when --addr
+	// asks for port 0.
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", *addr, err)
+	}
+	publicURL := "http://" + ln.Addr().String()
+	idp, err := devidp.New(publicURL+"/dev", time.Now)
+	if err != nil {
+		return err
+	}
+	key, err := issuers.GenerateSigningKey("EdDSA")
+	if err != nil {
+		return err
+	}
+	tokens, err := issuers.NewJWT(issuers.JWTConfig{Issuer: publicURL, Keys: []issuers.SigningKey{{Private: key}}}, time.Now)
+	if err != nil {
+		return err
+	}
+	identity, err := broker.NewIdentity(ctx, []broker.IssuerConfig{{
+		Name: "dev", IssuerURL: idp.Issuer(), Audiences: []string{devidp.Audience}, StaticJWKS: idp.JWKS(),
+	}}, broker.IdentityOptions{SelfIssuer: publicURL, Logger: log})
+	if err != nil {
+		return err
+	}
+	files, err := devTemplateFiles(*tmplPaths)
+	if err != nil {
+		return err
+	}
+	templates, err := broker.LoadTemplates(files, []string{"dev"})
+	if err != nil {
+		return fmt.Errorf("templates:\n%w", err)
+	}
+	var ledger broker.Ledger = revocation.NewMemoryLedger(time.Now, time.Hour)
+	ledgerName := "in-memory (lost on exit)"
+	if *redisURL != "" {
+		rc, err := revocation.NewClient(*redisURL)
+		if err != nil {
+			return fmt.Errorf("--redis: %w", err)
+		}
+		defer rc.Close()
+		if ledger, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{}); err != nil {
+			return err
+		}
+		ledgerName = "redis " + *redisURL
+	}
+	auditor, closeAudit, err := openAudit(*auditFile, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeAudit.Close()
+	svc, err := broker.NewService(broker.Config{
+		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
+		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	handler, err := httpapi.Handler(httpapi.Options{
+		Service: svc, Issuer: publicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
+		DevIdP: idp.Handler(), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	ln.Close()
+	return serveHTTP(ctx, ln.Addr().String(), handler, svc, time.Second, log, func(net.Addr) {
+		printWalkthrough(stdout, publicURL, ledgerName, *auditFile, templates)
+	})
+}
+
+// cmdDevIdP runs the development issuer alone, for trying `valet serve`
+// without a real identity provider.
+func cmdDevIdP(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlags("dev idp")
+	addr := fs.String("addr", "127.0.0.1:8081", "listen address")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", *addr, err)
+	}
+	idp, err := devidp.New("http://"+ln.Addr().String(), time.Now)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: idp.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	fmt.Fprintf(stdout, "development issuer %s (never trust it in production)\n", idp.Issuer())
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != http.ErrServerClosed {
+		return err
+	}
+	return nil
+}
+
+// devTemplateFiles reads the given paths, or the built-in examples.
+func devTemplateFiles(paths string) ([]broker.TemplateFile, error) {
+	if paths != "" {
+		return broker.ReadTemplateFiles(strings.Split(paths, string(os.PathListSeparator)))
+	}
+	var files []broker.TemplateFile
+	err := fs.WalkDir(examples.Templates, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := examples.Templates.ReadFile(p)
+		files = append(files, broker.TemplateFile{Name: "examples/" + p, Data: data})
+		return err
+	})
+	return files, err
+}
+
+func printWalkthrough(w io.Writer, url, ledger, auditFile string, set *broker.TemplateSet) {
+	fmt.Fprintf(w, `Valet development server on %[1]s
+  ledger:    %[2]s
+  audit:     %[3]s
+  templates: %[4]s
+  issuer:    %[1]s/dev (development identity tokens; never trust it in production)
+
+Try it in another shell:
+
+  export VALET=%[1]s
+  TOKEN=$(curl -s -X POST "$VALET/dev/token?agent=agent-7" | jq -r .identity_token)
+  curl -s -X POST $VALET/v1/tasks -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    -d '{"template":"support-triage","intent":"triage ticket 4521","tools":["tickets.read","kb.search"],"ttl_seconds":120}' | tee task.json
+  TASK=$(jq -r .task.id task.json); TT=$(jq -r '.credentials[0].access_token' task.json)
+  curl -s -u tool-server:%[5]s -d "token=$TT" $VALET/v1/introspect
+  curl -s -X POST -H "Authorization: Bearer $TT" $VALET/v1/tasks/$TASK/complete
+  curl -s -u tool-server:%[5]s -d "token=$TT" $VALET/v1/introspect
+
+`, url, ledger, auditFile, strings.Join(set.Names(), ", "), devClientSecret)
+}

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/valet-dev/valet/audit"
+	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/openapi"
+	"github.com/valet-dev/valet/revocation"
+)
+
+const defaultAddr = "127.0.0.1:8080"
+
+// maxHeaderBytes lets an oversized bearer token reach the identity check,
+// which answers 401 after looking at its length only.
+const maxHeaderBytes = 2 << 20
+
+// cmdServe is production mode: Redis ledger, signing keys from files,
+// trusted issuers and templates from the config file.
+func cmdServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlags("serve")
+	cfgPath := fs.String("config", getenv("VALET_CONFIG"), "config file (env VALET_CONFIG)")
+	addr := fs.String("addr", "", "listen address (env VALET_ADDR; overrides the file)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *cfgPath == "" {
+		return usageError("serve: --config is required")
+	}
+	cfg, err := loadConfig(*cfgPath, getenv)
+	if err != nil {
+		return err
+	}
+	if *addr != "" {
+		cfg.Addr = *addr
+	}
+	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+
+	redisClient, err := revocation.NewClient(cfg.Redis.URL)
+	if err != nil {
+		return fmt.Errorf("redis.url: %w", err)
+	}
+	defer redisClient.Close()
+	ledger, err := revocation.NewRedisLedger(redisClient, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention)})
+	if err != nil {
+		return err
+	}
+	keys, err := loadSigningKeys(cfg.Signing)
+	if err != nil {
+		return err
+	}
+	tokens, err := issuers.NewJWT(issuers.JWTConfig{Issuer: cfg.PublicURL, Algorithm: cfg.Signing.Algorithm, Keys: keys, ActiveKID: cfg.Signing.ActiveKID}, time.Now)
+	if err != nil {
+		return fmt.Errorf("signing: %w", err)
+	}
+	trusted := make([]broker.IssuerConfig, len(cfg.Issuers))
+	names := make([]string, len(cfg.Issuers))
+	for i, is := range cfg.Issuers {
+		trusted[i] = broker.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
+			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL}
+		names[i] = is.Name
+	}
+	identity, err := broker.NewIdentity(ctx, trusted, broker.IdentityOptions{
+		Leeway: time.Duration(cfg.Identity.Leeway), MaxTokenBytes: cfg.Limits.MaxTokenBytes,
+		RefreshInterval: time.Duration(cfg.Identity.RefreshInterval), SelfIssuer: cfg.PublicURL, Logger: log})
+	if err != nil {
+		return fmt.Errorf("issuers: %w", err)
+	}
+	templates, err := loadTemplatePaths(cfg.Templates.Paths, names)
+	if err != nil {
+		return err
+	}
+	auditor, closeAudit, err := openAudit(cfg.Audit.File, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeAudit.Close()
+	secrets, err := cfg.clientSecrets(getenv)
+	if err != nil {
+		return err
+	}
+	clients := make([]broker.Client, len(secrets))
+	for i, s := range secrets {
+		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
+	}
+	svc, err := broker.NewService(broker.Config{
+		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
+		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	handler, err := httpapi.Handler(httpapi.Options{
+		Service: svc, Issuer: cfg.PublicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
+		Ready: []func(context.Context) error{identity.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	reload := func() error {
+		set, err := loadTemplatePaths(cfg.Templates.Paths, names)
+		if err != nil {
+			return err
+		}
+		svc.SetTemplates(set)
+		log.Info("templates reloaded", "templates", set.Names())
+		return nil
+	}
+	go watchTemplates(ctx, cfg.Templates.Paths, *cfg.Templates.Watch, reload, log)
+	log.Info("valet serving", "addr", cfg.Addr, "public_url", cfg.PublicURL, "templates", templates.Names(), "version", version)
+	return serveHTTP(ctx, cfg.Addr, handler, svc, time.Duration(cfg.Reaper.Interval), log, nil)
+}
+
+// serveHTTP listens on addr, runs the reaper and shuts both down when ctx
+// ends. ready, when set, is called once the listener is open.
+func serveHTTP(ctx context.Context, addr string, h http.Handler, svc *broker.Service, reapEvery time.Duration, log *slog.Logger, ready func(net.Addr)) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	reapCtx, stopReaper := context.WithCancel(ctx)
+	defer stopReaper()
+	go svc.RunReaper(reapCtx, reapEvery)
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutting down: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func loadSigningKeys(sc SigningConfig) ([]issuers.SigningKey, error) {
+	keys := make([]issuers.SigningKey, 0, len(sc.Keys))
+	var errs []error
+	for i, k := range sc.Keys {
+		data, err := os.ReadFile(k.File)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("signing.keys[%d].file: %w", i, err))
+			continue
+		}
+		signer, err := issuers.LoadSigningKeyPEM(data)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("signing.keys[%d].file %s: %w", i, k.File, err))
+			continue
+		}
+		sk := issuers.SigningKey{KID: k.KID, Private: signer}
+		if k.Retired {
+			sk = issuers.SigningKey{KID: k.KID, Public: signer.Public()}
+		}
+		keys = append(keys, sk)
+	}
+	return keys, errors.Join(errs...)
+}
+
+func loadTemplatePaths(paths, issuerNames []string) (*broker.TemplateSet, error) {
+	files, err := broker.ReadTemplateFiles(paths)
+	if err != nil {
+		return nil, fmt.Errorf("templates: %w", err)
+	}
+	set, err := broker.LoadTemplates(files, issuerNames)
+	if err != nil {
+		return nil, fmt.Errorf("templates:\n%w", err)
+	}
+	return set, nil
+}
+
+// openAudit opens the audit sink: "stdout" or a file whose existing chain is
+// continued.
+func openAudit(sink string, stdout io.Writer) (*audit.Log, io.Closer, error) {
+	if sink == "stdout" {
+		return audit.NewLog(stdout), io.NopCloser(nil), nil
+	}
+	if err := os.MkdirAll(filepath.Dir(sink), 0o700); err != nil {
+		return nil, nil, fmt.Errorf("audit.file: %w", err)
+	}
+	l, c, err := audit.OpenFile(sink)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit.file: %w", err)
+	}
+	return l, c, nil
+}
+
+// watchTemplates reloads templates on SIGHUP and, if watch is set, when a
+// file in their folders changes. A failed reload keeps the last good set.
+func watchTemplates(ctx context.Context, paths []string, watch bool, reload func() error, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var events <-chan fsnotify.Event
+	if watch {
+		w, err := fsnotify.NewWatcher()
+		if err != nil {
+			log.Error("cannot watch template files; reload with SIGHUP", "err", err)
+		} else {
+			defer w.Close()
+			for _, p := range paths {
+				dir := p
+				if st, err := os.Stat(p); err == nil && !st.IsDir() {
+					dir = filepath.Dir(p)
+				}
+				if err := w.Add(dir); err != nil {
+					log.Error("cannot watch template folder", "path", dir, "err", err)
+				}
+			}
+			events = w.Events
+		}
+	}
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			debounce = time.After(0)
+		case ev := <-events:
+			if ext := filepath.Ext(ev.Name); ext == ".yaml" || ext == ".yml" {
+				debounce = time.After(200 * time.Millisecond)
+			}
+		case <-debounce:
+			debounce = nil
+			if err := reload(); err != nil {
+				log.Error("template reload failed; still serving the last good set", "err", err)
+			}
+		}
+	}
+}
+
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

@@ -1,0 +1,340 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+
+	"github.com/valet-dev/valet/audit"
+	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/internal/oidctest"
+	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/openapi"
+	"github.com/valet-dev/valet/revocation"
+)
+
+const (
+	// maxHeaderBytes matches `valet serve`: big enough that an oversized
+	// token reaches the identity check and gets its 401.
+	maxHeaderBytes = 2 << 20
+	clientID     = "tool-server"
+	clientSecret = "a-long-enough-test-secret"
+)
+
+// testTemplates are the templates every end-to-end test runs with.
+const testTemplates = `
+templates:
+  - name: triage
+    description: Triage support tickets.
+    principals:
+      - issuer: test
+        condition: 'claims.sub.startsWith("agent-")'
+    ttl: {default: 5m, max: 15m}
+    tools: [tickets.read, tickets.comment, "kb.*"]
+    audiences: [https://tools.example.com]
+    scopes: [tickets:read]
+    conditions:
+      - name: intent-stated
+        expression: 'size(request.intent) >= 5'
+      - name: no-export
+        expression: '!("export" in request.context) || request.context.export == false'
+`
+
+// clock is the broker's settable clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// countingLedger counts the writes that reach the ledger.
+type countingLedger struct {
+	broker.Ledger
+	writes atomic.Int64
+}
+
+func (l *countingLedger) Record(ctx context.Context, t broker.Task, c []broker.Credential) error {
+	l.writes.Add(1)
+	return l.Ledger.Record(ctx, t, c)
+}
+
+func (l *countingLedger) End(ctx context.Context, id string, s broker.State, reason string, at time.Time) (broker.Task, []broker.Credential, error) {
+	l.writes.Add(1)
+	return l.Ledger.End(ctx, id, s, reason, at)
+}
+
+// syncBuffer is an audit sink the test can read while the broker writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+func (b *syncBuffer) String() string { b.mu.Lock(); defer b.mu.Unlock(); return b.buf.String() }
+
+// env is one broker under test, with everything it talks to.
+type env struct {
+	t       *testing.T
+	redis   *redistest.Server
+	idp     *oidctest.Issuer
+	ledger  *countingLedger
+	raw     *revocation.RedisLedger
+	clock   *clock
+	svc     *broker.Service
+	srv     *httptest.Server
+	client  *http.Client
+	audit   *syncBuffer
+	tokens  *issuers.JWT
+	stopped func()
+}
+
+type envOptions struct {
+	redis *redistest.Server
+	idp   *oidctest.Issuer
+	key   issuers.SigningKey
+	clock *clock
+}
+
+func newEnv(t *testing.T, o envOptions) *env {
+	t.Helper()
+	e := &env{t: t, redis: o.redis, idp: o.idp, clock: o.clock, audit: &syncBuffer{}}
+	if e.redis == nil {
+		e.redis = redistest.Start(t, redistest.WithAOF())
+	}
+	if e.idp == nil {
+		e.idp = oidctest.New(t)
+	}
+	if e.clock == nil {
+		e.clock = &clock{t: time.Now()}
+	}
+	if o.key.Private == nil {
+		k, err := issuers.GenerateSigningKey("EdDSA")
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.key = issuers.SigningKey{Private: k}
+	}
+	rc, err := revocation.NewClient(e.redis.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	e.raw, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: "valet"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.ledger = &countingLedger{Ledger: e.raw}
+
+	// The broker's public URL must be known before the server starts.
+	mux := &handlerSwap{}
+	e.srv = httptest.NewUnstartedServer(mux)
+	e.srv.Config.MaxHeaderBytes = maxHeaderBytes
+	e.srv.Start()
+	t.Cleanup(e.srv.Close)
+	e.tokens, err = issuers.NewJWT(issuers.JWTConfig{Issuer: e.srv.URL, Keys: []issuers.SigningKey{o.key}}, e.clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	identity, err := broker.NewIdentity(context.Background(), []broker.IssuerConfig{{
+		Name: "test", IssuerURL: e.idp.URL(), Audiences: []string{"valet"},
+	}}, broker.IdentityOptions{Now: e.clock.Now, SelfIssuer: e.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(testTemplates)}}, []string{"test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.svc, err = broker.NewService(broker.Config{
+		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: audit.NewLog(e.audit), Templates: set,
+		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := httpapi.Handler(httpapi.Options{Service: e.svc, Issuer: e.srv.URL, JWKS: e.tokens.JWKS(),
+		SigningAlgs: e.tokens.Algorithms(), OpenAPI: openapi.Spec, MaxBodyBytes: 16 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux.set(h)
+	e.client = &http.Client{Transport: &validatingTransport{t: t, router: specRouter(t, e.srv.URL)}, Timeout: 10 * time.Second}
+	return e
+}
+
+type handlerSwap struct {
+	mu sync.RWMutex
+	h  http.Handler
+}
+
+func (s *handlerSwap) set(h http.Handler) { s.mu.Lock(); s.h = h; s.mu.Unlock() }
+func (s *handlerSwap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.RLock()
+	h := s.h
+	s.mu.RUnlock()
+	h.ServeHTTP(w, r)
+}
+
+// identity returns an identity token for agent from the test issuer.
+func (e *env) identity(agent string) string {
+	return e.idp.Token(e.t, map[string]any{"sub": agent}, oidctest.WithNow(e.clock.Now()))
+}
+
+type response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func (r response) json(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("answer is not JSON: %v: %s", err, r.Body)
+	}
+	return m
+}
+
+func (e *env) do(method, path, bearer, contentType string, body io.Reader, basic bool) response {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.srv.URL+path, body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	if basic {
+		req.SetBasicAuth(clientID, clientSecret)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := e.client.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: b}
+}
+
+// declare posts a declaration body with an identity token.
+func (e *env) declare(identity, body string) response {
+	e.t.Helper()
+	return e.do(http.MethodPost, "/v1/tasks", identity, "application/json", strings.NewReader(body), false)
+}
+
+// declared declares a default task for agent and returns its id and token.
+func (e *env) declared(agent string, ttlSeconds int) (taskID, taskToken string) {
+	e.t.Helper()
+	body := `{"template":"triage","intent":"triage ticket 4521","tools":["tickets.read","kb.search"],"ttl_seconds":` + itoa(ttlSeconds) + `}`
+	r := e.declare(e.identity(agent), body)
+	if r.Status != http.StatusCreated {
+		e.t.Fatalf("declare: %d %s", r.Status, r.Body)
+	}
+	m := r.json(e.t)
+	creds := m["credentials"].([]any)
+	return m["task"].(map[string]any)["id"].(string), creds[0].(map[string]any)["access_token"].(string)
+}
+
+func (e *env) introspect(token string) map[string]any {
+	e.t.Helper()
+	r := e.do(http.MethodPost, "/v1/introspect", "", "application/x-www-form-urlencoded",
+		strings.NewReader(url.Values{"token": {token}}.Encode()), true)
+	if r.Status != http.StatusOK {
+		e.t.Fatalf("introspect: %d %s", r.Status, r.Body)
+	}
+	return r.json(e.t)
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// specRouter loads openapi.yaml for validating answers.
+func specRouter(t *testing.T, serverURL string) routers.Router {
+	t.Helper()
+	doc, err := openapi3.NewLoader().LoadFromData(openapi.Spec)
+	if err != nil {
+		t.Fatalf("loading openapi.yaml: %v", err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		t.Fatalf("openapi.yaml is not valid: %v", err)
+	}
+	doc.Servers = openapi3.Servers{{URL: serverURL}}
+	r, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// validatingTransport checks every answer against openapi.yaml.
+type validatingTransport struct {
+	t      *testing.T
+	router routers.Router
+}
+
+func (v *validatingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	var reqBody []byte
+	if req.Body != nil {
+		reqBody, _ = io.ReadAll(req.Body)
+		req.Body = io.NopCloser(bytes.NewReader(reqBody))
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		return resp, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	route, params, err := v.router.FindRoute(req)
+	if err != nil {
+		v.t.Errorf("%s %s is not in openapi.yaml: %v", req.Method, req.URL.Path, err)
+		return resp, nil
+	}
+	req.Body = io.NopCloser(bytes.NewReader(reqBody))
+	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
+		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, IncludeResponseStatus: true}}
+	if err := openapi3filter.ValidateResponse(req.Context(), &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: in, Status: resp.StatusCode, Header: resp.Header, Body: io.NopCloser(bytes.NewReader(body)),
+		Options: in.Options,
+	}); err != nil {
+		v.t.Errorf("%s %s answered %d, which openapi.yaml does not allow: %v\nbody: %s", req.Method, req.URL.Path, resp.StatusCode, err, body)
+	}
+	return resp, nil
+}
+
+func sha(s string) [32]byte { return sha256.Sum256([]byte(s)) }

@@ -1,0 +1,209 @@
+// Package redistest runs a private redis-server for one test, so tests that
+// need real Redis never share state with each other or with a developer's
+// instance.
+package redistest
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startTimeout bounds how long Start and Restart wait for PING to answer.
+const startTimeout = 5 * time.Second
+
+// Option changes how the server is started.
+type Option func(*config)
+
+type config struct {
+	aof bool
+}
+
+// WithAOF turns on the append-only file with appendfsync always, so data
+// written before Kill survives Restart.
+func WithAOF() Option { return func(c *config) { c.aof = true } }
+
+// Server is a redis-server process owned by one test. Its methods must be
+// called from the test's own goroutine (they may call t.Fatal).
+type Server struct {
+	t    testing.TB
+	bin  string
+	dir  string
+	port int
+	cfg  config
+
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+}
+
+// Start launches redis-server on a free loopback port with its data in a
+// fresh temporary directory, waits until it answers PING, and stops it when
+// the test ends. A missing redis-server fails the test: the Redis tests are
+// part of the suite, not optional.
+func Start(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal("redis-server not found on PATH: install the Debian package redis-server")
+	}
+	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	for _, o := range opts {
+		o(&s.cfg)
+	}
+	t.Cleanup(s.stop)
+
+	// Another process may take the port between choosing it and binding
+	// it; try a few ports before giving up.
+	var lastErr error
+	for range 3 {
+		if s.port, lastErr = freePort(); lastErr != nil {
+			continue
+		}
+		if lastErr = s.launch(); lastErr == nil {
+			return s
+		}
+	}
+	t.Fatalf("starting redis-server: %v", lastErr)
+	return nil
+}
+
+// Addr is the server's host:port.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// URL is a redis:// URL for database 0 of the server.
+func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
+
+// Kill ends the server with SIGKILL, as a crash would, and waits until the
+// process has exited. Killing a stopped server does nothing.
+func (s *Server) Kill() {
+	s.t.Helper()
+	if s.cmd == nil {
+		return
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		s.t.Fatalf("killing redis-server: %v", err)
+	}
+	<-s.done
+	s.cmd = nil
+}
+
+// Restart starts the server again on the same port and data directory (after
+// killing it if it still runs) and waits until it answers PING.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Kill()
+	if err := s.launch(); err != nil {
+		s.t.Fatalf("restarting redis-server: %v", err)
+	}
+}
+
+// launch starts the process and waits for PING. On failure the process is
+// gone and the error carries the tail of its log.
+func (s *Server) launch() error {
+	args := []string{
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--dir", s.dir,
+		"--logfile", "redis.log",
+	}
+	if s.cfg.aof {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
+	cmd := exec.Command(s.bin, args...)
+	cmd.Dir = s.dir
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	s.cmd, s.done = cmd, done
+
+	deadline := time.Now().Add(startTimeout)
+	for {
+		err := ping(s.Addr())
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-done:
+			s.cmd = nil
+			return fmt.Errorf("redis-server on port %d exited at start; log:\n%s", s.port, s.logTail())
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Kill()
+			return fmt.Errorf("redis-server on port %d did not answer PING within %v (%v); log:\n%s",
+				s.port, startTimeout, err, s.logTail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop ends the server at test cleanup.
+func (s *Server) stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.done
+	s.cmd = nil
+}
+
+// logTail returns the last lines of the server's log, for failure messages.
+func (s *Server) logTail() string {
+	b, err := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ping sends an inline PING and expects +PONG.
+func ping(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(line) != "+PONG" {
+		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
+	}
+	return nil
+}
+
+// freePort asks the kernel for an unused loopback port.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,549 @@
+package revocation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/valet-dev/valet/broker"
+)
+
+// ErrDuplicate: Record was given a task or credential id that the ledger
+// already holds. Nothing was written.
+var ErrDuplicate = errors.New("already recorded")
+
+// DefaultRetention is how long a finished task's records stay readable after
+// its deadline when RedisOptions.Retention is zero.
+const DefaultRetention = time.Hour
+
+// NewClient connects to the Redis at url (redis:// or rediss://) with
+// timeouts short enough that a dead Redis answers within about a second
+// instead of hanging a request: 500 ms to dial, read and write, 1 s to wait
+// for a pooled connection, one retry, one dial attempt per try, pipelines on
+// the main pool, and context deadlines honoured. Timeouts and retries given as URL query parameters
+// (dial_timeout=2s, ...) take precedence.
+func NewClient(url string) (*redis.Client, error) {
+	if !strings.HasPrefix(url, "redis://") && !strings.HasPrefix(url, "rediss://") {
+		return nil, errors.New("parsing redis url: scheme must be redis:// or rediss://")
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		// The url may carry a password; the parser's error does not echo
+		// it, and neither do we.
+		return nil, fmt.Errorf("parsing redis url: %w", err)
+	}
+	setDefault := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	setDefault(&opt.DialTimeout, 500*time.Millisecond)
+	setDefault(&opt.ReadTimeout, 500*time.Millisecond)
+	setDefault(&opt.WriteTimeout, 500*time.Millisecond)
+	setDefault(&opt.PoolTimeout, time.Second)
+	if opt.MaxRetries == 0 {
+		opt.MaxRetries = 1
+	}
+	if opt.DialerRetries == 0 {
+		// go-redis otherwise dials 5 times, 100 ms apart, per try: with a
+		// refused port that alone takes half a second per try.
+		opt.DialerRetries = 1
+	}
+	if opt.PipelinePoolSize == 0 {
+		// Pipelines here are two commands; the dedicated pipeline pool buys
+		// nothing, and when Redis hangs a pipeline that fails there is tried
+		// again on the main pool, doubling the time to fail.
+		opt.PipelinePoolSize = -1
+	}
+	opt.ContextTimeoutEnabled = true
+	return redis.NewClient(opt), nil
+}
+
+// RedisOptions configures a RedisLedger.
+type RedisOptions struct {
+	// Prefix starts every key; default "valet".
+	Prefix string
+	// Retention is how long a finished task's records stay readable after
+	// its deadline; default DefaultRetention.
+	Retention time.Duration
+}
+
+// RedisLedger is the broker.Ledger kept in Redis, shared by every broker
+// replica. It is safe for concurrent use. Errors that mean Redis could not
+// be reached or could not serve (refused, timed out, loading, read-only)
+// wrap broker.ErrUnavailable.
+type RedisLedger struct {
+	c         redis.UniversalClient
+	keys      keys
+	retention time.Duration
+}
+
+var _ broker.Ledger = (*RedisLedger)(nil)
+
+// NewRedisLedger returns a ledger that keeps its records in c.
+func NewRedisLedger(c redis.UniversalClient, opts RedisOptions) (*RedisLedger, error) {
+	if c == nil {
+		return nil, errors.New("redis ledger: client cannot be nil")
+	}
+	if opts.Retention < 0 {
+		return nil, fmt.Errorf("redis ledger: retention %v is negative", opts.Retention)
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "valet"
+	}
+	if opts.Retention == 0 {
+		opts.Retention = DefaultRetention
+	}
+	return &RedisLedger{c: c, keys: keys{prefix: opts.Prefix}, retention: opts.Retention}, nil
+}
+
+// keys names every key the ledger writes; see the package documentation.
+type keys struct{ prefix string }
+
+// keyEscaper keeps ":" out of the parts of a key, so that one id can never
+// spell another record's key ("x:creds" as a task id, say).
+var keyEscaper = strings.NewReplacer("%", "%25", ":", "%3A")
+
+func part(s string) string { return keyEscaper.Replace(s) }
+
+func (k keys) task(id string) string      { return k.prefix + ":task:" + part(id) }
+func (k keys) taskCreds(id string) string { return k.task(id) + ":creds" }
+func (k keys) cred(id string) string      { return k.prefix + ":cred:" + part(id) }
+func (k keys) denyPrefix() string         { return k.prefix + ":deny:" }
+func (k keys) deny(id string) string      { return k.denyPrefix() + part(id) }
+func (k keys) deadlines() string          { return k.prefix + ":deadlines" }
+func (k keys) agentIndex(issuer, agent string) string {
+	return k.prefix + ":idx:agent:" + part(issuer) + ":" + part(agent)
+}
+func (k keys) templateIndex(name string) string { return k.prefix + ":idx:template:" + part(name) }
+func (k keys) issuerIndex(issuer string) string { return k.prefix + ":idx:issuer:" + part(issuer) }
+
+// luaCommon is shared by the scripts: the Redis clock in unix ms, the key
+// escaping of keys.part, and an expiry that only ever moves later. (EXPIRE
+// GT treats a key without a TTL as never expiring, so a new key needs a
+// plain EXPIRE first.)
+const luaCommon = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function part(s)
+  return (string.gsub(s, '[%%:]', {['%'] = '%25', [':'] = '%3A'}))
+end
+local function expire_at_least(key, at)
+  if redis.call('PTTL', key) == -1 then
+    redis.call('PEXPIREAT', key, at)
+  else
+    redis.call('PEXPIREAT', key, at, 'GT')
+  end
+end
+`
+
+// recordScript writes a new task and its credentials, or nothing.
+//
+// KEYS: task, task creds, deadlines, agent index, template index, issuer
+// index, then one cred key per credential.
+// ARGV: task id, deadline ms, records expire-at ms, retention ms, number of
+// task hash arguments n, n hash arguments (field, value, ...), then one JSON
+// record per credential.
+var recordScript = redis.NewScript(luaCommon + `
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+  return redis.error_reply('VALET_DUPLICATE task ' .. ARGV[1])
+end
+for i = 7, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) > 0 then
+    return redis.error_reply('VALET_DUPLICATE credential key ' .. KEYS[i])
+  end
+end
+local id, deadline, expire_at = ARGV[1], ARGV[2], ARGV[3]
+local trim_below = '(' .. string.format('%d', now_ms() - tonumber(ARGV[4]))
+local nf = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + nf))
+redis.call('PEXPIREAT', KEYS[1], expire_at)
+for i = 7, #KEYS do
+  local rec = ARGV[5 + nf + i - 6]
+  redis.call('SET', KEYS[i], rec, 'PXAT', expire_at)
+  redis.call('RPUSH', KEYS[2], rec)
+end
+if #KEYS > 6 then
+  redis.call('PEXPIREAT', KEYS[2], expire_at)
+end
+for i = 3, 6 do
+  redis.call('ZADD', KEYS[i], deadline, id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', trim_below)
+  expire_at_least(KEYS[i], expire_at)
+end
+return 'OK'
+`)
+
+// endScript moves an active task to a final state and denies its
+// credentials. It answers {"ended"|"not_active", task hash, cred records} or
+// {"not_found"}. A missing task is also dropped from the deadlines, so a
+// task whose records expired before anyone ended it cannot stay due forever.
+//
+// KEYS: task, task creds, deadlines.
+// ARGV: task id, state, reason, ended-at ms, deny key prefix.
+var endScript = redis.NewScript(luaCommon + `
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return {'not_found'}
+end
+local creds = redis.call('LRANGE', KEYS[2], 0, -1)
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then
+  return {'not_active', redis.call('HGETALL', KEYS[1]), creds}
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'end_reason', ARGV[3], 'ended_at', ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[1])
+local now = now_ms()
+for _, rec in ipairs(creds) do
+  local c = cjson.decode(rec)
+  local ttl = math.max(tonumber(c.expires_at) - now, 1000)
+  redis.call('SET', ARGV[5] .. part(c.id), ARGV[1], 'PX', string.format('%d', ttl))
+end
+return {'ended', redis.call('HGETALL', KEYS[1]), creds}
+`)
+
+// Record implements broker.Ledger: one script, one round trip. A task or
+// credential id the ledger already holds gives ErrDuplicate.
+func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.Credential) error {
+	if err := validateRecord(t, creds); err != nil {
+		return err
+	}
+	expireAt := recordsExpireAt(t, creds, l.retention).UnixMilli()
+	keys := []string{
+		l.keys.task(t.ID), l.keys.taskCreds(t.ID), l.keys.deadlines(),
+		l.keys.agentIndex(t.Issuer, t.Agent), l.keys.templateIndex(t.Template), l.keys.issuerIndex(t.Issuer),
+	}
+	fields, err := taskFields(t)
+	if err != nil {
+		return fmt.Errorf("recording task %s: %w", t.ID, err)
+	}
+	args := make([]any, 0, 5+len(fields)+len(creds))
+	args = append(args, t.ID, t.Deadline.UnixMilli(), expireAt, l.retention.Milliseconds(), len(fields))
+	args = append(args, fields...)
+	for _, c := range creds {
+		keys = append(keys, l.keys.cred(c.ID))
+		rec, err := json.Marshal(toCredRecord(c))
+		if err != nil {
+			return fmt.Errorf("recording task %s: encoding credential %s: %w", t.ID, c.ID, err)
+		}
+		args = append(args, rec)
+	}
+	err = recordScript.Eval(ctx, l.c, keys, args...).Err()
+	if redis.HasErrorPrefix(err, "VALET_DUPLICATE") {
+		return fmt.Errorf("recording task %s: %w (%v)", t.ID, ErrDuplicate, err)
+	}
+	return wrapErr("recording task "+t.ID, err)
+}
+
+// Task implements broker.Ledger in one pipelined round trip.
+func (l *RedisLedger) Task(ctx context.Context, id string) (broker.Task, []broker.Credential, error) {
+	var hash *redis.MapStringStringCmd
+	var recs *redis.StringSliceCmd
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		hash = p.HGetAll(ctx, l.keys.task(id))
+		recs = p.LRange(ctx, l.keys.taskCreds(id), 0, -1)
+		return nil
+	})
+	if err != nil {
+		return broker.Task{}, nil, wrapErr("reading task "+id, err)
+	}
+	if len(hash.Val()) == 0 {
+		return broker.Task{}, nil, fmt.Errorf("reading task %s: %w", id, broker.ErrNotFound)
+	}
+	return decodeTask(id, hash.Val(), recs.Val())
+}
+
+// End implements broker.Ledger in one script.
+func (l *RedisLedger) End(ctx context.Context, id string, state broker.State, reason string, at time.Time) (broker.Task, []broker.Credential, error) {
+	if err := validateEnd(state, at); err != nil {
+		return broker.Task{}, nil, fmt.Errorf("ending task %s: %w", id, err)
+	}
+	keys := []string{l.keys.task(id), l.keys.taskCreds(id), l.keys.deadlines()}
+	reply, err := endScript.Eval(ctx, l.c, keys, id, string(state), reason, at.UnixMilli(), l.keys.denyPrefix()).Slice()
+	if err != nil {
+		return broker.Task{}, nil, wrapErr("ending task "+id, err)
+	}
+	var status string
+	if len(reply) > 0 {
+		status, _ = reply[0].(string)
+	}
+	if status == "not_found" {
+		return broker.Task{}, nil, fmt.Errorf("ending task %s: %w", id, broker.ErrNotFound)
+	}
+	if len(reply) != 3 {
+		return broker.Task{}, nil, fmt.Errorf("ending task %s: unexpected script reply %v", id, reply)
+	}
+	hash, err := stringMap(reply[1])
+	if err != nil {
+		return broker.Task{}, nil, fmt.Errorf("ending task %s: %w", id, err)
+	}
+	recs, err := stringSlice(reply[2])
+	if err != nil {
+		return broker.Task{}, nil, fmt.Errorf("ending task %s: %w", id, err)
+	}
+	task, creds, err := decodeTask(id, hash, recs)
+	if err != nil {
+		return broker.Task{}, nil, err
+	}
+	if status != "ended" {
+		return task, creds, fmt.Errorf("ending task %s: it is %s: %w", id, task.State, broker.ErrNotActive)
+	}
+	return task, creds, nil
+}
+
+// Credential implements broker.Ledger in one pipelined round trip.
+func (l *RedisLedger) Credential(ctx context.Context, id string) (broker.Credential, bool, error) {
+	var rec *redis.StringCmd
+	var denied *redis.IntCmd
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		rec = p.Get(ctx, l.keys.cred(id))
+		denied = p.Exists(ctx, l.keys.deny(id))
+		return nil
+	})
+	if err != nil {
+		return broker.Credential{}, false, wrapErr("reading credential "+id, err)
+	}
+	c, err := decodeCred([]byte(rec.Val()))
+	if err != nil {
+		return broker.Credential{}, false, fmt.Errorf("reading credential %s: %w", id, err)
+	}
+	return c, denied.Val() > 0, nil
+}
+
+// Due implements broker.Ledger. An id whose records expired before any End
+// can still show up here until the next Record trims it; End answers
+// ErrNotFound for it and drops it.
+func (l *RedisLedger) Due(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	ids, err := l.c.ZRangeByScore(ctx, l.keys.deadlines(), &redis.ZRangeBy{
+		Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(limit),
+	}).Result()
+	if err != nil {
+		return nil, wrapErr("listing due tasks", err)
+	}
+	return ids, nil
+}
+
+// Ping implements broker.Ledger.
+func (l *RedisLedger) Ping(ctx context.Context) error {
+	return wrapErr("pinging redis", l.c.Ping(ctx).Err())
+}
+
+// wrapErr classifies a go-redis error: redis.Nil is ErrNotFound; anything
+// that is not an answer from Redis (refused, reset, timed out, pool
+// exhausted, client closed, context done), and answers that mean Redis
+// cannot serve now, wrap ErrUnavailable.
+func wrapErr(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, redis.Nil):
+		return fmt.Errorf("%s: %w", op, broker.ErrNotFound)
+	case unavailable(err):
+		return fmt.Errorf("%s: %w: %w", op, broker.ErrUnavailable, err)
+	default:
+		return fmt.Errorf("%s: %w", op, err)
+	}
+}
+
+func unavailable(err error) bool {
+	var answer redis.Error
+	if !errors.As(err, &answer) {
+		return true
+	}
+	return redis.IsLoadingError(err) || redis.IsReadOnlyError(err) || redis.IsClusterDownError(err) ||
+		redis.HasErrorPrefix(err, "MASTERDOWN") || redis.HasErrorPrefix(err, "TRYAGAIN") ||
+		redis.HasErrorPrefix(err, "BUSY")
+}
+
+// credRecord is a credential as stored: times in unix ms, so the End script
+// can read expires_at.
+type credRecord struct {
+	ID        string `json:"id"`
+	Kind      string `json:"kind"`
+	TaskID    string `json:"task_id"`
+	Parent    string `json:"parent,omitempty"`
+	IssuedAt  int64  `json:"issued_at,omitempty"`
+	ExpiresAt int64  `json:"expires_at"`
+}
+
+func toCredRecord(c broker.Credential) credRecord {
+	return credRecord{
+		ID: c.ID, Kind: string(c.Kind), TaskID: c.TaskID, Parent: c.Parent,
+		IssuedAt: toMs(c.IssuedAt), ExpiresAt: toMs(c.ExpiresAt),
+	}
+}
+
+func decodeCred(b []byte) (broker.Credential, error) {
+	var r credRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return broker.Credential{}, fmt.Errorf("decoding credential record: %w", err)
+	}
+	return broker.Credential{
+		ID: r.ID, Kind: broker.CredentialKind(r.Kind), TaskID: r.TaskID, Parent: r.Parent,
+		IssuedAt: fromMs(r.IssuedAt), ExpiresAt: fromMs(r.ExpiresAt),
+	}, nil
+}
+
+// taskFields lays a new task out as HSET arguments.
+func taskFields(t broker.Task) ([]any, error) {
+	tools, err := json.Marshal(t.Tools)
+	if err != nil {
+		return nil, fmt.Errorf("encoding tools: %w", err)
+	}
+	f := []any{
+		"id", t.ID, "state", string(t.State), "agent", t.Agent, "issuer", t.Issuer,
+		"template", t.Template, "intent", t.Intent, "tools", string(tools),
+		"deadline", t.Deadline.UnixMilli(),
+	}
+	if !t.CreatedAt.IsZero() {
+		f = append(f, "created_at", t.CreatedAt.UnixMilli())
+	}
+	return f, nil
+}
+
+func decodeTask(id string, h map[string]string, recs []string) (broker.Task, []broker.Credential, error) {
+	t := broker.Task{
+		ID: h["id"], State: broker.State(h["state"]), Agent: h["agent"], Issuer: h["issuer"],
+		Template: h["template"], Intent: h["intent"], EndReason: h["end_reason"],
+	}
+	var err error
+	ms := func(field string) time.Time {
+		v, ok := h[field]
+		if !ok || err != nil {
+			return time.Time{}
+		}
+		n, perr := strconv.ParseInt(v, 10, 64)
+		if perr != nil {
+			err = fmt.Errorf("field %s: %w", field, perr)
+		}
+		return fromMs(n)
+	}
+	t.CreatedAt, t.Deadline, t.EndedAt = ms("created_at"), ms("deadline"), ms("ended_at")
+	if err == nil {
+		if terr := json.Unmarshal([]byte(h["tools"]), &t.Tools); terr != nil {
+			err = fmt.Errorf("field tools: %w", terr)
+		}
+	}
+	if err == nil && (t.ID != id || t.State == "") {
+		err = errors.New("record is incomplete")
+	}
+	if err != nil {
+		return broker.Task{}, nil, fmt.Errorf("decoding task %s: %w", id, err)
+	}
+	var creds []broker.Credential
+	for _, r := range recs {
+		c, err := decodeCred([]byte(r))
+		if err != nil {
+			return broker.Task{}, nil, fmt.Errorf("decoding task %s: %w", id, err)
+		}
+		creds = append(creds, c)
+	}
+	return t, creds, nil
+}
+
+// stringMap reads a flat HGETALL array out of a script reply.
+func stringMap(v any) (map[string]string, error) {
+	flat, err := stringSlice(v)
+	if err != nil || len(flat)%2 != 0 {
+		return nil, fmt.Errorf("unexpected hash in script reply: %v", v)
+	}
+	m := make(map[string]string, len(flat)/2)
+	for i := 0; i < len(flat); i += 2 {
+		m[flat[i]] = flat[i+1]
+	}
+	return m, nil
+}
+
+// stringSlice reads an array of strings out of a script reply.
+func stringSlice(v any) ([]string, error) {
+	arr, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("unexpected array in script reply: %T", v)
+	}
+	out := make([]string, len(arr))
+	for i, e := range arr {
+		if out[i], ok = e.(string); !ok {
+			return nil, fmt.Errorf("unexpected element in script reply: %T", e)
+		}
+	}
+	return out, nil
+}
+
+// The rest is shared by both ledgers.
+
+// validateRecord checks what Record is given before anything is written.
+func validateRecord(t broker.Task, creds []broker.Credential) error {
+	switch {
+	case t.ID == "":
+		return errors.New("recording task: id is empty")
+	case t.State != broker.StateActive:
+		return fmt.Errorf("recording task %s: state is %q, want %q", t.ID, t.State, broker.StateActive)
+	case t.Deadline.IsZero():
+		return fmt.Errorf("recording task %s: deadline is not set", t.ID)
+	}
+	seen := make(map[string]bool, len(creds))
+	for i, c := range creds {
+		switch {
+		case c.ID == "":
+			return fmt.Errorf("recording task %s: credential %d: id is empty", t.ID, i)
+		case c.TaskID != t.ID:
+			return fmt.Errorf("recording task %s: credential %s belongs to task %q", t.ID, c.ID, c.TaskID)
+		case c.ExpiresAt.IsZero():
+			return fmt.Errorf("recording task %s: credential %s has no expiry", t.ID, c.ID)
+		case seen[c.ID]:
+			return fmt.Errorf("recording task %s: credential %s twice: %w", t.ID, c.ID, ErrDuplicate)
+		}
+		seen[c.ID] = true
+	}
+	return nil
+}
+
+func validateEnd(state broker.State, at time.Time) error {
+	if !state.Final() {
+		return fmt.Errorf("state %q is not a final state", state)
+	}
+	if at.IsZero() {
+		return errors.New("end time is not set")
+	}
+	return nil
+}
+
+// recordsExpireAt is when a task's records may go: its deadline, or the
+// latest expiry of its credentials if an issuer overshot it, plus retention.
+func recordsExpireAt(t broker.Task, creds []broker.Credential, retention time.Duration) time.Time {
+	last := t.Deadline
+	for _, c := range creds {
+		if c.ExpiresAt.After(last) {
+			last = c.ExpiresAt
+		}
+	}
+	return last.Add(retention)
+}
+
+// toMs and fromMs store times as unix milliseconds, the zero time as 0.
+func toMs(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMs(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+// truncMs is what a time reads back as after a trip through either ledger.
+func truncMs(t time.Time) time.Time { return fromMs(toMs(t)) }
