@@ -34,8 +34,8 @@ const (
 	// maxHeaderBytes matches `valet serve`: big enough that an oversized
 	// token reaches the identity check and gets its 401.
 	maxHeaderBytes = 2 << 20
-	clientID     = "tool-server"
-	clientSecret = "a-long-enough-test-secret"
+	clientID       = "tool-server"
+	clientSecret   = "a-long-enough-test-secret"
 )
 
 // testTemplates are the templates every end-to-end test runs with.
