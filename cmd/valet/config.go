@@ -324,4 +324,3 @@ type clientSecret struct {
 	id  string
 	sum [32]byte
 }
-

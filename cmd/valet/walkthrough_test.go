@@ -39,8 +39,12 @@ type lockedBuffer struct {
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *lockedBuffer) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // startRun runs the valet command in the background until the test ends.
 func startRun(t *testing.T, env map[string]string, args ...string) (stdout, stderr *lockedBuffer) {
@@ -48,7 +52,9 @@ func startRun(t *testing.T, env map[string]string, args ...string) (stdout, stde
 	ctx, cancel := context.WithCancel(context.Background())
 	stdout, stderr = &lockedBuffer{}, &lockedBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, append([]string{"valet"}, args...), func(k string) string { return env[k] }, stdout, stderr) }()
+	go func() {
+		done <- run(ctx, append([]string{"valet"}, args...), func(k string) string { return env[k] }, stdout, stderr)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
