@@ -130,7 +130,18 @@ func TestWalkthroughDev(t *testing.T) {
 	runSteps(t, vars)
 }
 
-func TestWalkthroughServe(t *testing.T) {
+// servedValet is a `valet serve` process (run in-process) with its own
+// Redis, development issuer, key and template folder.
+type servedValet struct {
+	base, idpURL, templates, cfgPath string
+	stderr                           *lockedBuffer
+}
+
+// startServe writes the README's example config, pointed at this test's
+// Redis, issuer, key, ports and a copy of the example templates, and runs
+// `valet serve` with it until the test ends.
+func startServe(t *testing.T, secret string) *servedValet {
+	t.Helper()
 	redis := redistest.Start(t)
 	dir := t.TempDir()
 	idpOut, idpErr := startRun(t, nil, "dev", "idp", "--addr", "127.0.0.1:0")
@@ -141,38 +152,39 @@ func TestWalkthroughServe(t *testing.T) {
 	if code := run(context.Background(), []string{"valet", "keys", "generate", "--out", key}, os.Getenv, &keyOut, &keyOut); code != 0 {
 		t.Fatalf("keys generate: %s", keyOut.String())
 	}
+	templates := filepath.Join(dir, "templates")
+	if err := os.Mkdir(templates, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	example, err := os.ReadFile("../../examples/templates/dev.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, templates, "dev.yaml", string(example))
 
-	// The README's config, pointed at this test's Redis, issuer, key and
-	// ports.
 	cfg, err := os.ReadFile("../../examples/serve.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
-	abs, _ := filepath.Abs("../../examples/templates")
 	c := strings.NewReplacer(
 		"127.0.0.1:8080", addr,
 		"http://127.0.0.1:8081", idpURL,
 		"redis://127.0.0.1:6379/0", redis.URL(),
 		"/tmp/valet-demo/signing.pem", key,
 		"/tmp/valet-demo/audit.jsonl", filepath.Join(dir, "audit.jsonl"),
-		"paths: [templates]", "paths: ["+abs+"]",
+		"paths: [templates]", "paths: ["+templates+"]",
 	).Replace(string(cfg))
-	cfgPath := filepath.Join(dir, "valet.yaml")
-	if err := os.WriteFile(cfgPath, []byte(c), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	vars := readmeBlock(t, "serve-vars")
-	secret := regexp.MustCompile(`SECRET=(\S+)`).FindStringSubmatch(vars)[1]
+	cfgPath := writeFile(t, dir, "valet.yaml", c)
 	_, errOut := startRun(t, map[string]string{"VALET_TOOL_SERVER_SECRET": secret}, "serve", "--config", cfgPath)
-	base := "http://" + addr
+	v := &servedValet{base: "http://" + addr, idpURL: idpURL, templates: templates, cfgPath: cfgPath, stderr: errOut}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := http.Get(base + "/readyz")
+		resp, err := http.Get(v.base + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				break
+				return v
 			}
 		}
 		if time.Now().After(deadline) {
@@ -180,9 +192,15 @@ func TestWalkthroughServe(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	vars = strings.NewReplacer("http://127.0.0.1:8080", base, "http://127.0.0.1:8081", idpURL).Replace(vars)
+}
+
+func TestWalkthroughServe(t *testing.T) {
+	vars := readmeBlock(t, "serve-vars")
+	secret := regexp.MustCompile(`SECRET=(\S+)`).FindStringSubmatch(vars)[1]
+	v := startServe(t, secret)
+	vars = strings.NewReplacer("http://127.0.0.1:8080", v.base, "http://127.0.0.1:8081", v.idpURL).Replace(vars)
 	runSteps(t, vars)
-	if !strings.Contains(errOut.String(), `"task granted"`) {
-		t.Errorf("serve logged no grant:\n%s", errOut.String())
+	if !strings.Contains(v.stderr.String(), `"task granted"`) {
+		t.Errorf("serve logged no grant:\n%s", v.stderr.String())
 	}
 }
