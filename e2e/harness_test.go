@@ -120,6 +120,8 @@ type envOptions struct {
 	idp   *oidctest.Issuer
 	key   issuers.SigningKey
 	clock *clock
+	// auditor replaces the audit log (which writes to env.audit).
+	auditor broker.Auditor
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -172,8 +174,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var auditor broker.Auditor = audit.NewLog(e.audit)
+	if o.auditor != nil {
+		auditor = o.auditor
+	}
 	e.svc, err = broker.NewService(broker.Config{
-		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: audit.NewLog(e.audit), Templates: set,
+		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
 	})
 	if err != nil {
