@@ -152,7 +152,6 @@ func (a *api) metadata(w http.ResponseWriter, r *http.Request) {
 		"response_types_supported": []string{},
 		"introspection_endpoint_auth_methods_supported":    []string{"client_secret_basic", "bearer"},
 		"revocation_endpoint_auth_methods_supported":       []string{"client_secret_basic", "bearer"},
-		"token_endpoint_auth_signing_alg_values_supported": a.opts.SigningAlgs,
 		"service_documentation":                            base + "/openapi.yaml",
 	})
 }
