@@ -150,9 +150,9 @@ func (a *api) metadata(w http.ResponseWriter, r *http.Request) {
 		"introspection_endpoint":   base + "/v1/introspect",
 		"revocation_endpoint":      base + "/v1/revoke",
 		"response_types_supported": []string{},
-		"introspection_endpoint_auth_methods_supported":    []string{"client_secret_basic", "bearer"},
-		"revocation_endpoint_auth_methods_supported":       []string{"client_secret_basic", "bearer"},
-		"service_documentation":                            base + "/openapi.yaml",
+		"introspection_endpoint_auth_methods_supported": []string{"client_secret_basic", "bearer"},
+		"revocation_endpoint_auth_methods_supported":    []string{"client_secret_basic", "bearer"},
+		"service_documentation":                         base + "/openapi.yaml",
 	})
 }
 
