@@ -120,6 +120,8 @@ type envOptions struct {
 	idp   *oidctest.Issuer
 	key   issuers.SigningKey
 	clock *clock
+	// templates replaces testTemplates when set.
+	templates string
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -168,13 +170,18 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(testTemplates)}}, []string{"test"})
+	tmplText := testTemplates
+	if o.templates != "" {
+		tmplText = o.templates
+	}
+	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(tmplText)}}, []string{"test"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.svc, err = broker.NewService(broker.Config{
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: audit.NewLog(e.audit), Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
+		Agent: broker.AgentConfig{Limiter: e.raw},
 	})
 	if err != nil {
 		t.Fatal(err)
