@@ -73,7 +73,9 @@ type Error struct {
 func (e *Error) Error() string { return fmt.Sprintf("%d %s: %v", e.Status, e.Message, e.Err) }
 func (e *Error) Unwrap() error { return e.Err }
 
-func refuse(status int, msg string, err error) *Error { return &Error{Status: status, Message: msg, Err: err} }
+func refuse(status int, msg string, err error) *Error {
+	return &Error{Status: status, Message: msg, Err: err}
+}
 
 // jwksMinRefresh is the least time between two JWKS fetches on unknown kids.
 const jwksMinRefresh = 30 * time.Second
