@@ -38,6 +38,9 @@ type Config struct {
 	IntrospectionIssuers []string
 	Now                  func() time.Time
 	Logger               *slog.Logger
+	// Agent configures agent controls (delegation, DPoP, budgets, action
+	// tokens); see agent.go.
+	Agent AgentConfig
 }
 
 // Client is a confidential client of the introspection and revocation
@@ -60,6 +63,7 @@ type Service struct {
 	introIssuers map[string]bool
 	now          func() time.Time
 	log          *slog.Logger
+	agent        agentControls
 }
 
 // NewService checks cfg and builds a Service.
@@ -111,6 +115,9 @@ func NewService(cfg Config) (*Service, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.templates.Store(cfg.Templates)
+	if err := s.agent.init(cfg.Agent, cfg.Ledger); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -140,7 +147,12 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 		s.recordDenial(ctx, p, d, err)
 		return Task{}, nil, err
 	}
+	jkt, err := s.bindDeclaration(ctx, d)
+	if err != nil {
+		return Task{}, nil, err
+	}
 	task := Task{
+		JKT:       jkt,
 		ID:        newID("tsk"),
 		State:     StateActive,
 		Agent:     p.Subject,
@@ -366,7 +378,7 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, bearer, id string) (T
 		if c.TaskID != id {
 			return Task{}, notFound
 		}
-		agent = c.Subject
+		agent = c.Actor()
 	} else {
 		p, err := s.authenticate(ctx, bearer)
 		if err != nil {
@@ -396,6 +408,10 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotActive):
+		// Its descendants may have outlived a cascade that failed: end them.
+		if cerr := s.endDescendants(ctx, t); cerr != nil {
+			return t, nil, cerr
+		}
 		return t, nil, err
 	case errors.Is(err, ErrNotFound):
 		return Task{}, nil, Errorf(CodeNotFound, "task %q not found", id)
@@ -415,6 +431,9 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 		s.log.ErrorContext(ctx, "audit write of a task end failed", "task_id", id, "err", err)
 	}
 	s.log.InfoContext(ctx, "task ended", "task_id", id, "state", state, "reason", reason, "credentials", ids)
+	if err := s.endDescendants(ctx, t); err != nil {
+		return t, creds, err
+	}
 	return t, creds, nil
 }
 

@@ -22,6 +22,10 @@ type Template struct {
 	Audiences  []string
 	Scopes     []string
 	Conditions []Condition
+	// Delegation allows token exchange to sub-agents; nil forbids it.
+	Delegation *DelegationPolicy
+	// Budgets cap what one task tree may do; zero means no cap.
+	Budgets Budgets
 }
 
 // PrincipalRule admits principals from one trusted issuer (by its configured

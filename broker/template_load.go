@@ -532,6 +532,8 @@ var templateFields = []field[*Template]{
 		t.Scopes = l.stringList(n, path, "scopes", checkScope)
 	}},
 	{key: "conditions", decode: decodeConditions},
+	{key: "delegation", decode: decodeDelegation},
+	{key: "budgets", decode: decodeBudgets},
 }
 
 func decodeTemplateName(l *templateLoader, n *yaml.Node, path string, t *Template) {

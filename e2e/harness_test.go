@@ -122,6 +122,8 @@ type envOptions struct {
 	clock *clock
 	// auditor replaces the audit log (which writes to env.audit).
 	auditor broker.Auditor
+	// templates replaces testTemplates when set.
+	templates string
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -170,7 +172,11 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(testTemplates)}}, []string{"test"})
+	tmplText := testTemplates
+	if o.templates != "" {
+		tmplText = o.templates
+	}
+	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(tmplText)}}, []string{"test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,6 +187,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	e.svc, err = broker.NewService(broker.Config{
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
+		Agent: broker.AgentConfig{Limiter: e.raw},
 	})
 	if err != nil {
 		t.Fatal(err)

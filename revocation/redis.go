@@ -161,6 +161,12 @@ for i = 7, #KEYS do
     return redis.error_reply('VALET_DUPLICATE credential key ' .. KEYS[i])
   end
 end
+local parent_key = ARGV[5 + tonumber(ARGV[5]) + (#KEYS - 6) + 1]
+if parent_key and parent_key ~= '' then
+  if redis.call('HGET', parent_key, 'state') ~= 'active' then
+    return redis.error_reply('VALET_PARENT_NOT_ACTIVE ' .. parent_key)
+  end
+end
 local id, deadline, expire_at = ARGV[1], ARGV[2], ARGV[3]
 local trim_below = '(' .. string.format('%d', now_ms() - tonumber(ARGV[4]))
 local nf = tonumber(ARGV[5])
@@ -178,6 +184,11 @@ for i = 3, 6 do
   redis.call('ZADD', KEYS[i], deadline, id)
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', trim_below)
   expire_at_least(KEYS[i], expire_at)
+end
+if parent_key and parent_key ~= '' then
+  local children_key = ARGV[5 + nf + (#KEYS - 6) + 2]
+  redis.call('SADD', children_key, id)
+  expire_at_least(children_key, expire_at)
 end
 return 'OK'
 `)
@@ -235,9 +246,17 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 		}
 		args = append(args, rec)
 	}
+	if t.Parent != "" {
+		// The parent's records and children set, named in ARGV after the
+		// credential records (see redis_tree.go).
+		args = append(args, l.keys.task(t.Parent), l.keys.children(t.Parent))
+	}
 	err = recordScript.Eval(ctx, l.c, keys, args...).Err()
 	if redis.HasErrorPrefix(err, "VALET_DUPLICATE") {
 		return fmt.Errorf("recording task %s: %w (%v)", t.ID, ErrDuplicate, err)
+	}
+	if redis.HasErrorPrefix(err, "VALET_PARENT_NOT_ACTIVE") {
+		return fmt.Errorf("recording task %s: parent %s: %w", t.ID, t.Parent, broker.ErrNotActive)
 	}
 	return wrapErr("recording task "+t.ID, err)
 }
@@ -405,6 +424,7 @@ func taskFields(t broker.Task) ([]any, error) {
 		"template", t.Template, "intent", t.Intent, "tools", string(tools),
 		"deadline", t.Deadline.UnixMilli(),
 	}
+	f = append(f, treeFields(t)...)
 	if !t.CreatedAt.IsZero() {
 		f = append(f, "created_at", t.CreatedAt.UnixMilli())
 	}
@@ -433,6 +453,9 @@ func decodeTask(id string, h map[string]string, recs []string) (broker.Task, []b
 		if terr := json.Unmarshal([]byte(h["tools"]), &t.Tools); terr != nil {
 			err = fmt.Errorf("field tools: %w", terr)
 		}
+	}
+	if err == nil {
+		err = decodeTreeFields(&t, h)
 	}
 	if err == nil && (t.ID != id || t.State == "") {
 		err = errors.New("record is incomplete")

@@ -86,6 +86,7 @@ func Handler(opts Options) (http.Handler, error) {
 	r.Post("/v1/tasks/{id}/complete", a.complete)
 	r.Post("/v1/introspect", a.introspect)
 	r.Post("/v1/revoke", a.revoke)
+	r.Post("/v1/token", a.token)
 
 	if opts.DevIdP != nil {
 		r.Mount("/dev", http.StripPrefix("/dev", opts.DevIdP))
@@ -166,6 +167,7 @@ func (a *api) declare(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	d.Proof, d.Method, d.URL = r.Header.Get("DPoP"), r.Method, a.requestURL(r)
 	task, minted, err := a.svc.Declare(r.Context(), bearer(r), d)
 	if err != nil {
 		a.writeError(w, r, err)
@@ -241,6 +243,7 @@ func (a *api) introspect(w http.ResponseWriter, r *http.Request) {
 	if c.Scope != "" {
 		body["scope"] = c.Scope
 	}
+	addAgentClaims(body, c)
 	writeJSON(w, http.StatusOK, body)
 }
 

@@ -1,0 +1,64 @@
+// Package toolserver is an example tool server that accepts Valet task
+// tokens through the verify package: a tiny ticket system whose tools are
+// tickets.read (GET /tickets/{id}) and tickets.comment
+// (POST /tickets/{id}/comments).
+package toolserver
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/valet-dev/valet/verify"
+)
+
+// Server holds the tickets.
+type Server struct {
+	mu       sync.Mutex
+	comments map[string][]string
+}
+
+// New returns the tool server's handler, every route behind v.
+func New(v *verify.Verifier) http.Handler {
+	s := &Server{comments: map[string][]string{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /tickets/{id}", s.read)
+	mux.HandleFunc("POST /tickets/{id}/comments", s.comment)
+	return v.Middleware(ToolOf)(mux)
+}
+
+// ToolOf names the tool a request calls; "" for anything else, which the
+// verifier refuses.
+func ToolOf(r *http.Request) string {
+	switch {
+	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/tickets/"):
+		return "tickets.read"
+	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/comments"):
+		return "tickets.comment"
+	}
+	return ""
+}
+
+func (s *Server) read(w http.ResponseWriter, r *http.Request) {
+	c, _ := verify.FromContext(r.Context())
+	s.mu.Lock()
+	comments := append([]string{}, s.comments[r.PathValue("id")]...)
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"id": r.PathValue("id"), "title": "Printer on fire",
+		"comments": comments, "read_by": c.Actor(), "task_id": c.TaskID})
+}
+
+func (s *Server) comment(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 4096))
+	if err != nil {
+		http.Error(w, "bad body", http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	s.comments[r.PathValue("id")] = append(s.comments[r.PathValue("id")], string(body))
+	s.mu.Unlock()
+	w.WriteHeader(http.StatusCreated)
+}
