@@ -39,6 +39,9 @@ type TaskClaims struct {
 	ClientID  string
 	IssuedAt  time.Time
 	ExpiresAt time.Time
+	// AgentIssuer is the configured name of the issuer that vouched for
+	// the agent (claim agent_issuer).
+	AgentIssuer string
 }
 
 // TaskTokens is the issuer of Valet's own task JWTs, which can also verify

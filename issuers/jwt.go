@@ -469,6 +469,8 @@ func (j *JWT) Verify(raw string) (broker.TaskClaims, error) {
 		ClientID:  c.ClientID,
 		IssuedAt:  c.IssuedAt.UTC(),
 		ExpiresAt: c.ExpiresAt.UTC(),
+
+		AgentIssuer: c.AgentIssuer,
 	}, nil
 }
 
