@@ -70,7 +70,10 @@ type AdminConfig struct {
 	// InlineBudget is how long a revocation request runs its job before
 	// answering 202 and continuing in the background; default 2s.
 	InlineBudget time.Duration
-	Logger       *slog.Logger
+	// JobBatch is how many tasks a job reads per step (and saves its
+	// progress after); default 500.
+	JobBatch int
+	Logger   *slog.Logger
 }
 
 // Admin is the incident-response API: bulk revocation, controls, and the
@@ -86,6 +89,7 @@ type Admin struct {
 	issuers  []string
 	lease    time.Duration
 	inline   time.Duration
+	batch    int
 	owner    string
 	log      *slog.Logger
 
@@ -147,6 +151,9 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 	}
 	if a.inline <= 0 {
 		a.inline = 2 * time.Second
+	}
+	if a.batch = cfg.JobBatch; a.batch <= 0 {
+		a.batch = jobBatch
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -396,7 +403,7 @@ func (a *Admin) runJob(ctx context.Context, id string) (bool, error) {
 		if err != nil || !ok {
 			return false, err
 		}
-		ids, next, err := a.jobs.Candidates(ctx, j.Selector, j.Cursor, jobBatch)
+		ids, next, err := a.jobs.Candidates(ctx, j.Selector, j.Cursor, a.batch)
 		if err != nil {
 			return false, err
 		}
