@@ -313,12 +313,18 @@ func (a *Admin) Job(ctx context.Context, id string) (RevocationJob, error) {
 	return j, nil
 }
 
-// Run resumes unfinished jobs now and every interval until ctx ends; jobs
-// started later run under ctx too.
-func (a *Admin) Run(ctx context.Context, interval time.Duration) {
+// Start makes ctx the life of every background job (a job started before
+// Start runs until it is done) and, in a goroutine, resumes unfinished jobs
+// now and every interval until ctx ends: jobs of a broker that died are
+// taken over once its lease lapses.
+func (a *Admin) Start(ctx context.Context, interval time.Duration) {
 	a.mu.Lock()
 	a.base = ctx
 	a.mu.Unlock()
+	go a.resumeLoop(ctx, interval)
+}
+
+func (a *Admin) resumeLoop(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {

@@ -29,6 +29,9 @@ type incident struct {
 	logs     *syncBuffer
 	stop     context.CancelFunc
 	adminID  broker.Authenticator
+	// stopAdmin stops the env's admin from resuming jobs (tests that play
+	// several brokers).
+	stopAdmin context.CancelFunc
 }
 
 var testRoles = map[string]string{
@@ -91,7 +94,8 @@ func (e *env) incidentHTTP(h *httpapi.Options, o envOptions) {
 	e.inc.adminID = adminID
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	go e.inc.admin.Run(ctx, 200*time.Millisecond)
+	e.inc.stopAdmin = cancel
+	e.inc.admin.Start(ctx, 200*time.Millisecond)
 	h.Admin, h.Feed, h.Metrics = e.inc.admin, e.raw.Feed(), e.inc.metrics
 	h.Logger = slog.New(slog.NewJSONHandler(e.inc.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

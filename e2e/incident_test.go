@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -12,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/openapi"
@@ -369,5 +368,4 @@ func TestFeedAcrossReplicas(t *testing.T) {
 	if r := r2.do(http.MethodGet, "/v1/revocations/stream?cursor=bogus", "", "", nil, true); r.Status != http.StatusBadRequest {
 		t.Fatalf("bad cursor: %d %s", r.Status, r.Body)
 	}
-	_ = fmt.Sprint
 }
