@@ -217,3 +217,4 @@ func TestBulkRevoke100k(t *testing.T) {
 		t.Fatalf("the rerun touched %d control credentials", len(cold)-n)
 	}
 }
+
