@@ -217,4 +217,3 @@ func TestBulkRevoke100k(t *testing.T) {
 		t.Fatalf("the rerun touched %d control credentials", len(cold)-n)
 	}
 }
-
