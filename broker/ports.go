@@ -44,6 +44,9 @@ type TaskClaims struct {
 	Act []string
 	// JKT is the cnf.jkt of a DPoP-bound token, or "".
 	JKT string
+	// AgentIssuer is the configured name of the issuer that vouched for
+	// the agent (claim agent_issuer).
+	AgentIssuer string
 }
 
 // Actor is the agent that holds the token: the current actor of the act

@@ -41,6 +41,11 @@ type Config struct {
 	// Agent configures agent controls (delegation, DPoP, budgets, action
 	// tokens); see agent.go.
 	Agent AgentConfig
+	// Controls, when set, is checked by every declaration (freeze,
+	// quarantine, distrust); see incident.go.
+	Controls ControlStore
+	// Epochs, when set, makes introspection honour revoked-before epochs.
+	Epochs EpochStore
 }
 
 // Client is a confidential client of the introspection and revocation
@@ -64,6 +69,8 @@ type Service struct {
 	now          func() time.Time
 	log          *slog.Logger
 	agent        agentControls
+	controls     ControlStore
+	epochs       EpochStore
 }
 
 // NewService checks cfg and builds a Service.
@@ -97,6 +104,8 @@ func NewService(cfg Config) (*Service, error) {
 		introIssuers: map[string]bool{},
 		now:          cfg.Now,
 		log:          cfg.Logger,
+		controls:     cfg.Controls,
+		epochs:       cfg.Epochs,
 	}
 	for _, is := range cfg.Issuers {
 		if _, dup := s.issuers[is.Kind()]; dup {
@@ -139,6 +148,9 @@ func (s *Service) Templates() *TemplateSet { return s.templates.Load() }
 func (s *Service) Declare(ctx context.Context, identityToken string, d Declaration) (Task, []Minted, error) {
 	p, err := s.authenticate(ctx, identityToken)
 	if err != nil {
+		return Task{}, nil, err
+	}
+	if err := s.checkControls(ctx, p, d); err != nil {
 		return Task{}, nil, err
 	}
 	now := s.now()
@@ -453,7 +465,7 @@ func (s *Service) Introspect(ctx context.Context, raw string) (Introspection, er
 		return Introspection{}, nil
 	}
 	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
-	cred, denied, err := s.ledger.Credential(lctx, c.ID)
+	cred, denied, err := s.credentialStatus(lctx, c)
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotFound):

@@ -113,6 +113,7 @@ type env struct {
 	audit   *syncBuffer
 	tokens  *issuers.JWT
 	stopped func()
+	inc     incident // incident_harness_test.go
 }
 
 type envOptions struct {
@@ -124,6 +125,11 @@ type envOptions struct {
 	auditor broker.Auditor
 	// templates replaces testTemplates when set.
 	templates string
+	// incident wires the admin API, controls, epochs, the revocation feed,
+	// the Redis audit stream, metrics and a captured log.
+	incident bool
+	// jobLease is the admin's revocation job lease (default 15s).
+	jobLease time.Duration
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -184,16 +190,24 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.auditor != nil {
 		auditor = o.auditor
 	}
-	e.svc, err = broker.NewService(broker.Config{
+	cfg := broker.Config{
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
 		Agent: broker.AgentConfig{Limiter: e.raw},
-	})
+	}
+	if o.incident {
+		e.incidentConfig(&cfg, rc) // incident_harness_test.go
+	}
+	e.svc, err = broker.NewService(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := httpapi.Handler(httpapi.Options{Service: e.svc, Issuer: e.srv.URL, JWKS: e.tokens.JWKS(),
-		SigningAlgs: e.tokens.Algorithms(), OpenAPI: openapi.Spec, MaxBodyBytes: 16 << 10})
+	hopts := httpapi.Options{Service: e.svc, Issuer: e.srv.URL, JWKS: e.tokens.JWKS(),
+		SigningAlgs: e.tokens.Algorithms(), OpenAPI: openapi.Spec, MaxBodyBytes: 16 << 10}
+	if o.incident {
+		e.incidentHTTP(&hopts, o)
+	}
+	h, err := httpapi.Handler(hopts)
 	if err != nil {
 		t.Fatal(err)
 	}

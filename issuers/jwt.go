@@ -481,6 +481,7 @@ func (j *JWT) Verify(raw string) (broker.TaskClaims, error) {
 		ExpiresAt: c.ExpiresAt.UTC(),
 		Act:       c.Act.chain(),
 		JKT:       c.Cnf.jkt(),
+		AgentIssuer: c.AgentIssuer,
 	}, nil
 }
 

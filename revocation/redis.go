@@ -198,8 +198,10 @@ return 'OK'
 // {"not_found"}. A missing task is also dropped from the deadlines, so a
 // task whose records expired before anyone ended it cannot stay due forever.
 //
-// KEYS: task, task creds, deadlines.
-// ARGV: task id, state, reason, ended-at ms, deny key prefix.
+// KEYS: task, task creds, deadlines, revocation feed stream.
+// ARGV: task id, state, reason, ended-at ms, deny key prefix, feed max
+// length, feed trim-below ms, feed life ms. Each denied JWT is also appended to the feed
+// (governance.go), in the same script so no revocation can miss it.
 var endScript = redis.NewScript(luaCommon + `
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[3], ARGV[1])
@@ -216,6 +218,16 @@ for _, rec in ipairs(creds) do
   local c = cjson.decode(rec)
   local ttl = math.max(tonumber(c.expires_at) - now, 1000)
   redis.call('SET', ARGV[5] .. part(c.id), ARGV[1], 'PX', string.format('%d', ttl))
+  if c.kind == 'jwt' and KEYS[4] then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'type', 'revoked', 'jti', c.id, 'task_id', ARGV[1],
+      'exp', string.format('%d', math.floor(tonumber(c.expires_at) / 1000)))
+  end
+end
+if KEYS[4] then
+  redis.call('XTRIM', KEYS[4], 'MINID', '~', ARGV[7])
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    expire_at_least(KEYS[4], now + ARGV[8])
+  end
 end
 return {'ended', redis.call('HGETALL', KEYS[1]), creds}
 `)
@@ -284,8 +296,9 @@ func (l *RedisLedger) End(ctx context.Context, id string, state broker.State, re
 	if err := validateEnd(state, at); err != nil {
 		return broker.Task{}, nil, fmt.Errorf("ending task %s: %w", id, err)
 	}
-	keys := []string{l.keys.task(id), l.keys.taskCreds(id), l.keys.deadlines()}
-	reply, err := endScript.Eval(ctx, l.c, keys, id, string(state), reason, at.UnixMilli(), l.keys.denyPrefix()).Slice()
+	keys := []string{l.keys.task(id), l.keys.taskCreds(id), l.keys.deadlines(), l.keys.feed()}
+	reply, err := endScript.Eval(ctx, l.c, keys, id, string(state), reason, at.UnixMilli(), l.keys.denyPrefix(),
+		FeedMaxLen, time.Now().Add(-broker.EpochTTL).UnixMilli(), broker.EpochTTL.Milliseconds()).Slice()
 	if err != nil {
 		return broker.Task{}, nil, wrapErr("ending task "+id, err)
 	}

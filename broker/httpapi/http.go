@@ -40,13 +40,19 @@ type Options struct {
 	// RequestTimeout bounds each request; default 10 s.
 	RequestTimeout time.Duration
 	Logger         *slog.Logger
+	// Admin, Feed and Metrics, when set, add the admin API, the
+	// revocation feed and /metrics (admin.go).
+	Admin   *broker.Admin
+	Feed    broker.Feed
+	Metrics Metrics
 }
 
 // api holds the handlers' dependencies.
 type api struct {
-	svc  *broker.Service
-	opts Options
-	log  *slog.Logger
+	svc     *broker.Service
+	opts    Options
+	log     *slog.Logger
+	streams streams
 }
 
 // Handler builds the whole HTTP surface.
@@ -63,11 +69,14 @@ func Handler(opts Options) (http.Handler, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &api{svc: opts.Service, opts: opts, log: opts.Logger}
+	a := &api{svc: opts.Service, opts: opts, log: opts.Logger, streams: streams{done: make(chan struct{})}}
 
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, a.requestContext, a.accessLog, middleware.Recoverer,
-		middleware.RequestSize(opts.MaxBodyBytes), middleware.Timeout(opts.RequestTimeout))
+		middleware.RequestSize(opts.MaxBodyBytes), timeout(opts.RequestTimeout))
+	if opts.Metrics != nil {
+		r.Use(opts.Metrics.Middleware)
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, broker.Errorf(broker.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -87,6 +96,7 @@ func Handler(opts Options) (http.Handler, error) {
 	r.Post("/v1/introspect", a.introspect)
 	r.Post("/v1/revoke", a.revoke)
 	r.Post("/v1/token", a.token)
+	a.incidentRoutes(r)
 
 	if opts.DevIdP != nil {
 		r.Mount("/dev", http.StripPrefix("/dev", opts.DevIdP))

@@ -30,6 +30,7 @@ type Config struct {
 	Reaper    ReaperConfig    `yaml:"reaper"`
 	Limits    LimitsConfig    `yaml:"limits"`
 	Identity  IdentityConfig  `yaml:"identity"`
+	Admin     AdminConfig     `yaml:"admin"`
 
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string
@@ -295,6 +296,7 @@ func (c *Config) validate() error {
 	if c.Identity.Leeway > Duration(time.Minute) {
 		bad("identity.leeway", "must be at most 60s")
 	}
+	errs = append(errs, c.validateIncident()...)
 	return errors.Join(errs...)
 }
 

@@ -98,17 +98,26 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	for i, s := range secrets {
 		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
 	}
+	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, func(n string) bool { _, ok := templates.Get(n); return ok })
+	if err != nil {
+		return err
+	}
 	svc, err := broker.NewService(broker.Config{
-		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
+		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
 		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log,
+		Controls: inc.controls, Epochs: ledger,
 	})
 	if err != nil {
+		return err
+	}
+	if err := inc.startAdmin(ctx, cfg.Admin, cfg.PublicURL, svc, ledger, names, nil, log); err != nil {
 		return err
 	}
 	handler, err := httpapi.Handler(httpapi.Options{
 		Service: svc, Issuer: cfg.PublicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
 		Ready: []func(context.Context) error{identity.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), Logger: log,
+		Admin: inc.admin, Feed: inc.feed, Metrics: inc.httpMetrics(),
 	})
 	if err != nil {
 		return err
