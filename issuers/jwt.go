@@ -469,18 +469,18 @@ func (j *JWT) Verify(raw string) (broker.TaskClaims, error) {
 		return broker.TaskClaims{}, fmt.Errorf("%w: cnf claim without jkt", ErrInvalidToken)
 	}
 	return broker.TaskClaims{
-		ID:        c.ID,
-		TaskID:    c.TaskID,
-		Subject:   c.Subject,
-		Template:  c.Template,
-		Tools:     c.Tools,
-		Audience:  c.Audience,
-		Scope:     c.Scope,
-		ClientID:  c.ClientID,
-		IssuedAt:  c.IssuedAt.UTC(),
-		ExpiresAt: c.ExpiresAt.UTC(),
-		Act:       c.Act.chain(),
-		JKT:       c.Cnf.jkt(),
+		ID:          c.ID,
+		TaskID:      c.TaskID,
+		Subject:     c.Subject,
+		Template:    c.Template,
+		Tools:       c.Tools,
+		Audience:    c.Audience,
+		Scope:       c.Scope,
+		ClientID:    c.ClientID,
+		IssuedAt:    c.IssuedAt.UTC(),
+		ExpiresAt:   c.ExpiresAt.UTC(),
+		Act:         c.Act.chain(),
+		JKT:         c.Cnf.jkt(),
 		AgentIssuer: c.AgentIssuer,
 	}, nil
 }
