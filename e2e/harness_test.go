@@ -124,6 +124,8 @@ type envOptions struct {
 	auditor broker.Auditor
 	// templates replaces testTemplates when set.
 	templates string
+	// agent, when set, adjusts the broker's agent controls.
+	agent func(*broker.AgentConfig)
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -184,10 +186,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.auditor != nil {
 		auditor = o.auditor
 	}
+	agentCfg := broker.AgentConfig{Limiter: e.raw, Records: e.raw}
+	if o.agent != nil {
+		o.agent(&agentCfg)
+	}
 	e.svc, err = broker.NewService(broker.Config{
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
-		Agent: broker.AgentConfig{Limiter: e.raw},
+		Agent: agentCfg,
 	})
 	if err != nil {
 		t.Fatal(err)
