@@ -30,6 +30,9 @@ type Config struct {
 	Reaper    ReaperConfig    `yaml:"reaper"`
 	Limits    LimitsConfig    `yaml:"limits"`
 	Identity  IdentityConfig  `yaml:"identity"`
+	// Agent controls (agent_config.go).
+	Resources map[string]map[string]string `yaml:"resources"`
+	Approvals ApprovalsConfig              `yaml:"approvals"`
 
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string

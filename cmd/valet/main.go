@@ -28,6 +28,8 @@ Usage:
   valet templates check FILE|DIR...             validate template files
   valet keys generate --out FILE [--alg EdDSA|ES256]
                                                 write a new task-token signing key
+  valet approvals ls|approve ID|deny ID [--server URL] [--client ID --secret S] [-o json]
+                                                list and decide pending approvals
   valet version
 
 Environment: VALET_ADDR, VALET_REDIS_URL and the others listed in the README.
@@ -50,6 +52,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = cmdTemplates(rest, stdout)
 	case "keys":
 		err = cmdKeys(rest, stdout)
+	case "approvals":
+		err = cmdApprovals(ctx, rest, getenv, stdout)
 	case "version":
 		fmt.Fprintln(stdout, "valet", version)
 	case "help", "-h", "--help":

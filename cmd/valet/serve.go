@@ -98,9 +98,13 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	for i, s := range secrets {
 		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
 	}
+	agentCfg, err := cfg.agentConfig(getenv)
+	if err != nil {
+		return err
+	}
 	svc, err := broker.NewService(broker.Config{
 		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
-		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log,
+		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log, Agent: agentCfg,
 	})
 	if err != nil {
 		return err
