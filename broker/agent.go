@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // AgentConfig configures the agent controls of a Service. Every field is
@@ -12,11 +13,31 @@ type AgentConfig struct {
 	// budget counters. Nil means the Ledger, if it implements Limiter.
 	// Without one, DPoP, action tokens and budgets refuse with 503.
 	Limiter Limiter
+	// Records keeps action tokens, approvals and tool-call events. Nil
+	// means the Ledger, if it implements Records; without one, action
+	// tokens, approvals and events refuse with 503.
+	Records Records
+	// Actions mints and verifies action tokens. Nil means the task-token
+	// issuer, if it implements ActionTokens.
+	Actions ActionTokens
+	// ActionTTL is the life of an action token: at most (and by default)
+	// MaxActionTTL, never beyond its task's deadline.
+	ActionTTL time.Duration
+	// Resources are the ops-defined resource labels, by resource id, that
+	// sensitive-tool conditions see as resource.*.
+	Resources map[string]map[string]string
+	// Approvals configures the approval rule.
+	Approvals ApprovalConfig
 }
 
 // agentControls is the Service's share of AgentConfig, checked once.
 type agentControls struct {
-	limiter Limiter
+	limiter   Limiter
+	records   Records
+	actions   ActionTokens
+	actionTTL time.Duration
+	resources map[string]map[string]string
+	approvals ApprovalConfig
 }
 
 func (a *agentControls) init(cfg AgentConfig, ledger Ledger) error {
@@ -24,7 +45,17 @@ func (a *agentControls) init(cfg AgentConfig, ledger Ledger) error {
 	if a.limiter == nil {
 		a.limiter, _ = ledger.(Limiter)
 	}
-	return nil
+	a.records = cfg.Records
+	if a.records == nil {
+		a.records, _ = ledger.(Records)
+	}
+	a.actions = cfg.Actions
+	a.actionTTL = cfg.ActionTTL
+	if a.actionTTL <= 0 || a.actionTTL > MaxActionTTL {
+		a.actionTTL = MaxActionTTL
+	}
+	a.resources = cfg.Resources
+	return a.initApprovals(cfg.Approvals)
 }
 
 // errNoLimiter is the cause of a 503 when a control needs a Limiter and

@@ -162,7 +162,10 @@ func Attenuate(tmpl *Template, parent ParentGrant, req DelegationRequest, now ti
 	if len(req.Tools) == 0 {
 		return Grant{}, 0, invalidField("tools", "tools is required")
 	}
-	for _, tool := range req.Tools {
+	for i, tool := range req.Tools {
+		if _, sensitive := tmpl.SensitiveTool(tool); sensitive {
+			return Grant{}, 0, sensitiveDenied(tool, tmpl.Name, i)
+		}
 		if !slices.Contains(parent.Tools, tool) || !tmpl.AllowsTool(tool) {
 			return deny("tools", "tools", "tool %q is not held by the parent task", tool)
 		}

@@ -241,6 +241,9 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 			Rule: "principals", Field: "template", Err: fmt.Errorf("principal %s/%s not admitted: %v", p.Issuer, p.Subject, err)}
 	}
 	for i, tool := range d.Tools {
+		if _, sensitive := tmpl.SensitiveTool(tool); sensitive {
+			return Grant{}, sensitiveDenied(tool, tmpl.Name, i)
+		}
 		if !tmpl.AllowsTool(tool) {
 			return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("tool %q is not allowed by template %q", tool, tmpl.Name),
 				Rule: "tools", Field: fmt.Sprintf("tools[%d]", i)}

@@ -26,6 +26,9 @@ type Template struct {
 	Delegation *DelegationPolicy
 	// Budgets cap what one task tree may do; zero means no cap.
 	Budgets Budgets
+	// Sensitive are the tools used only through action tokens (see
+	// sensitive.go); none of them is ever put in a task token.
+	Sensitive []SensitiveTool
 }
 
 // PrincipalRule admits principals from one trusted issuer (by its configured

@@ -534,6 +534,7 @@ var templateFields = []field[*Template]{
 	{key: "conditions", decode: decodeConditions},
 	{key: "delegation", decode: decodeDelegation},
 	{key: "budgets", decode: decodeBudgets},
+	{key: "sensitive_tools", decode: decodeSensitiveTools},
 }
 
 func decodeTemplateName(l *templateLoader, n *yaml.Node, path string, t *Template) {

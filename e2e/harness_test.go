@@ -130,6 +130,8 @@ type envOptions struct {
 	incident bool
 	// jobLease is the admin's revocation job lease (default 15s).
 	jobLease time.Duration
+	// agent, when set, adjusts the broker's agent controls.
+	agent func(*broker.AgentConfig)
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -190,10 +192,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.auditor != nil {
 		auditor = o.auditor
 	}
+	agentCfg := broker.AgentConfig{Limiter: e.raw, Records: e.raw}
+	if o.agent != nil {
+		o.agent(&agentCfg)
+	}
 	cfg := broker.Config{
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
-		Agent: broker.AgentConfig{Limiter: e.raw},
+		Agent: agentCfg,
 	}
 	if o.incident {
 		e.incidentConfig(&cfg, rc) // incident_harness_test.go

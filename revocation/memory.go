@@ -28,6 +28,8 @@ type MemoryLedger struct {
 	tree      map[string][]string // task id → ids of its children
 	once      map[string]time.Time
 	counts    map[string]memCount
+	recsOnce  sync.Once
+	recs      *memRecords // see memory_records.go
 }
 
 type memTask struct {

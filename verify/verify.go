@@ -82,8 +82,9 @@ const jwksMinRefresh = 30 * time.Second
 
 // Verifier checks task tokens. It is safe for concurrent use.
 type Verifier struct {
-	cfg    Config
-	parser *jwt.Parser
+	cfg          Config
+	parser       *jwt.Parser
+	actionParser *jwt.Parser
 
 	keysMu    sync.Mutex
 	keys      map[string]crypto.PublicKey
@@ -122,6 +123,9 @@ func New(cfg Config) (*Verifier, error) {
 	return &Verifier{
 		cfg: cfg,
 		parser: jwt.NewParser(jwt.WithValidMethods([]string{"EdDSA", "ES256"}), jwt.WithIssuer(cfg.Issuer),
+			jwt.WithAudience(cfg.Audience), jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithTimeFunc(cfg.Now),
+			jwt.WithStrictDecoding()),
+		actionParser: jwt.NewParser(jwt.WithValidMethods([]string{"EdDSA", "ES256"}), jwt.WithIssuer(cfg.Issuer),
 			jwt.WithAudience(cfg.Audience), jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithTimeFunc(cfg.Now),
 			jwt.WithStrictDecoding()),
 		keys:  map[string]crypto.PublicKey{},
@@ -186,6 +190,22 @@ type actClaim struct {
 // Check checks the request's task token for a call of tool. Any error
 // means refuse; it is an *Error with the status to answer.
 func (v *Verifier) Check(ctx context.Context, r *http.Request, tool string) (Claims, error) {
+	c, err := v.checkToken(ctx, r)
+	if err != nil {
+		return Claims{}, err
+	}
+	if tool == "" || !slices.Contains(c.Tools, tool) {
+		return Claims{}, refuse(403, fmt.Sprintf("tool %q is not granted to this task", tool), nil)
+	}
+	if err := v.checkRevoked(ctx, bearerOf(r), c); err != nil {
+		return Claims{}, err
+	}
+	return c, nil
+}
+
+// checkToken checks the request's task token and, for a bound token, its
+// DPoP proof; not the tool, not revocation.
+func (v *Verifier) checkToken(ctx context.Context, r *http.Request) (Claims, error) {
 	raw, scheme := tokenOf(r)
 	if raw == "" {
 		return Claims{}, refuse(401, "a task token is required", errors.New("no Authorization header"))
@@ -194,7 +214,7 @@ func (v *Verifier) Check(ctx context.Context, r *http.Request, tool string) (Cla
 		return Claims{}, refuse(401, "invalid task token", errors.New("token too long"))
 	}
 	var wc wireClaims
-	tok, err := v.parser.ParseWithClaims(raw, &wc, func(t *jwt.Token) (any, error) { return v.key(ctx, t) })
+	tok, err := v.parser.ParseWithClaims(raw, &wc, func(t *jwt.Token) (any, error) { return v.key(ctx, t, "at+jwt") })
 	if err != nil || !tok.Valid {
 		return Claims{}, refuse(401, "invalid task token", err)
 	}
@@ -220,12 +240,6 @@ func (v *Verifier) Check(ctx context.Context, r *http.Request, tool string) (Cla
 		if err := v.checkProof(r, raw, c.JKT); err != nil {
 			return Claims{}, err
 		}
-	}
-	if tool == "" || !slices.Contains(c.Tools, tool) {
-		return Claims{}, refuse(403, fmt.Sprintf("tool %q is not granted to this task", tool), nil)
-	}
-	if err := v.checkRevoked(ctx, raw, c); err != nil {
-		return Claims{}, err
 	}
 	return c, nil
 }
@@ -267,9 +281,9 @@ func (v *Verifier) requestURL(r *http.Request) string {
 
 // key finds the verification key named by the token's kid, fetching the
 // JWKS when the kid is unknown, at most once per jwksMinRefresh.
-func (v *Verifier) key(ctx context.Context, t *jwt.Token) (any, error) {
-	if typ, _ := t.Header["typ"].(string); typ != "at+jwt" {
-		return nil, errors.New("typ must be at+jwt")
+func (v *Verifier) key(ctx context.Context, t *jwt.Token, wantTyp string) (any, error) {
+	if typ, _ := t.Header["typ"].(string); typ != wantTyp {
+		return nil, fmt.Errorf("typ must be %s", wantTyp)
 	}
 	if _, ok := t.Header["crit"]; ok {
 		return nil, errors.New("crit header is not supported")

@@ -97,6 +97,12 @@ func Handler(opts Options) (http.Handler, error) {
 	r.Post("/v1/revoke", a.revoke)
 	r.Post("/v1/token", a.token)
 	a.incidentRoutes(r)
+	r.Post("/v1/tasks/{id}/actions", a.requestAction)
+	r.Get("/v1/tasks/{id}/actions/{approval_id}", a.actionStatus)
+	r.Post("/v1/actions/consume", a.consumeAction)
+	r.Get("/v1/approvals", a.listApprovals)
+	r.Post("/v1/approvals/{id}/approve", a.decideApproval(true))
+	r.Post("/v1/approvals/{id}/deny", a.decideApproval(false))
 
 	if opts.DevIdP != nil {
 		r.Mount("/dev", http.StripPrefix("/dev", opts.DevIdP))

@@ -31,6 +31,9 @@ type Config struct {
 	Limits    LimitsConfig    `yaml:"limits"`
 	Identity  IdentityConfig  `yaml:"identity"`
 	Admin     AdminConfig     `yaml:"admin"`
+	// Agent controls (agent_config.go).
+	Resources map[string]map[string]string `yaml:"resources"`
+	Approvals ApprovalsConfig              `yaml:"approvals"`
 
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string

@@ -42,7 +42,12 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	redisURL := fs.String("redis", getenv("VALET_REDIS_URL"), "use this Redis instead of the in-memory ledger")
 	auditFile := fs.String("audit", envOr(getenv, "VALET_AUDIT_FILE", filepath.Join(os.TempDir(), "valet-dev-audit.jsonl")), "audit file")
 	logLevel := fs.String("log-level", envOr(getenv, "VALET_LOG_LEVEL", "info"), "debug, info, warn or error")
+	resources := fs.String("resources", "", "YAML file of resource labels (id: {label: value}) for sensitive-tool conditions")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	agentCfg, err := devAgentConfig(*resources)
+	if err != nil {
 		return err
 	}
 	log := newLogger(stderr, *logLevel, "text")
@@ -102,6 +107,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	cfg := broker.Config{
 		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
 		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Logger: log,
+		Agent: agentCfg,
 	}
 	// The incident-response side (admin API, controls, feed, audit stream)
 	// needs Redis.

@@ -28,6 +28,8 @@ Usage:
   valet templates check FILE|DIR...             validate template files
   valet keys generate --out FILE [--alg EdDSA|ES256]
                                                 write a new task-token signing key
+  valet approvals ls|approve ID|deny ID [--server URL] [--client ID --secret S] [-o json]
+                                                list and decide pending approvals
   valet version
 
 Incident response (admin API; --server URL or VALET_SERVER, --token or VALET_ADMIN_TOKEN, -o table|json):
@@ -68,6 +70,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = cmdTasks(ctx, rest, getenv, stdout, stderr)
 	case "audit":
 		err = cmdAudit(ctx, rest, getenv, stdout)
+	case "approvals":
+		err = cmdApprovals(ctx, rest, getenv, stdout)
 	case "version":
 		fmt.Fprintln(stdout, "valet", version)
 	case "help", "-h", "--help":

@@ -98,13 +98,17 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	for i, s := range secrets {
 		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
 	}
+	agentCfg, err := cfg.agentConfig(getenv)
+	if err != nil {
+		return err
+	}
 	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, func(n string) bool { _, ok := templates.Get(n); return ok })
 	if err != nil {
 		return err
 	}
 	svc, err := broker.NewService(broker.Config{
 		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
-		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log,
+		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log, Agent: agentCfg,
 		Controls: inc.controls, Epochs: ledger,
 	})
 	if err != nil {

@@ -1,11 +1,14 @@
 // Package toolserver is an example tool server that accepts Valet task
 // tokens through the verify package: a tiny ticket system whose tools are
-// tickets.read (GET /tickets/{id}) and tickets.comment
-// (POST /tickets/{id}/comments).
+// tickets.read (GET /tickets/{id}), tickets.comment
+// (POST /tickets/{id}/comments) and the sensitive tickets.delete
+// (DELETE /tickets/{id}), which needs a one-shot action token for the
+// arguments {"ticket": "<id>"}.
 package toolserver
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -16,17 +19,46 @@ import (
 
 // Server holds the tickets.
 type Server struct {
+	v        *verify.Verifier
 	mu       sync.Mutex
 	comments map[string][]string
+	deleted  map[string]bool
 }
 
 // New returns the tool server's handler, every route behind v.
 func New(v *verify.Verifier) http.Handler {
-	s := &Server{comments: map[string][]string{}}
+	s := &Server{v: v, comments: map[string][]string{}, deleted: map[string]bool{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /tickets/{id}", s.read)
 	mux.HandleFunc("POST /tickets/{id}/comments", s.comment)
-	return v.Middleware(ToolOf)(mux)
+	top := http.NewServeMux()
+	top.HandleFunc("DELETE /tickets/{id}", s.delete) // sensitive: checks its own action token
+	top.Handle("/", v.Middleware(ToolOf)(mux))
+	return top
+}
+
+// delete is the sensitive tool tickets.delete: the verifier checks the
+// action token against the arguments this handler is about to act on.
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	c, err := s.v.CheckAction(r.Context(), r, "tickets.delete", map[string]any{"ticket": id})
+	if err != nil {
+		var e *verify.Error
+		status := http.StatusInternalServerError
+		msg := "internal error"
+		if errors.As(err, &e) {
+			status, msg = e.Status, e.Message
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": http.StatusText(status), "message": msg})
+		return
+	}
+	s.mu.Lock()
+	s.deleted[id] = true
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"deleted": id, "by": c.Actor(), "task_id": c.TaskID})
 }
 
 // ToolOf names the tool a request calls; "" for anything else, which the
