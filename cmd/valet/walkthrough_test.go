@@ -105,6 +105,7 @@ func runSteps(t *testing.T, vars string) {
 	script := "set -euo pipefail\n" + vars + "\n" + readmeBlock(t, "steps")
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "TMPDIR="+cmd.Dir)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("walk-through failed: %v\n%s", err, out)
