@@ -17,7 +17,7 @@ import (
 // workers call it concurrently.
 type workload struct {
 	name   string
-	want   int // expected status
+	want   int                    // expected status
 	check  func(body string) bool // optional check of the answer's first 200 bytes
 	newReq func(i int) (*http.Request, error)
 }

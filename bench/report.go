@@ -311,4 +311,3 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
-
