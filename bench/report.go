@@ -196,7 +196,7 @@ func (r *report) print(out io.Writer) {
 	line("other measurements", "", "value", "", "", "", "")
 	tc := r.trips
 	line("Redis round trips per declaration (go-redis hook)", "", fmt.Sprintf("%.2f", tc.declTrips), "", "", "", "")
-	line("Redis commands per declaration (INFO commandstats)", "", fmt.Sprintf("%.2f", tc.declCalls), "", "", "", "")
+	line("Redis commands per declaration, incl. in-script (commandstats)", "", fmt.Sprintf("%.2f", tc.declCalls), "", "", "", "")
 	line("Redis round trips per introspection (hook)", "", fmt.Sprintf("%.2f", tc.introTrips), "", "", "", "")
 	line("Redis commands per introspection (commandstats)", "", fmt.Sprintf("%.2f", tc.introCalls), "", "", "", "")
 	if tc.bad > 0 {
