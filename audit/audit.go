@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/valet-dev/valet/broker"
 )
@@ -32,12 +33,23 @@ type Record struct {
 // Log appends hash-chained events to a writer. It implements broker.Auditor
 // and is safe for concurrent use; Record returns after the line is written
 // (and synced, when the writer is a file).
+//
+// Syncs are group commits: a record's line is written under the chain's
+// lock, then its caller waits until one fsync covers it. Callers that arrive
+// while an fsync runs are all covered by the next one, so a busy broker pays
+// one fsync per batch, not one per event. A failed fsync poisons the log:
+// what the kernel dropped cannot be known, so every later Record fails too.
 type Log struct {
-	mu   sync.Mutex
+	mu   sync.Mutex // guards the chain and the writer
 	w    io.Writer
-	sync func() error
 	seq  uint64
 	prev string
+
+	sync    func() error
+	syncMu  sync.Mutex // held while an fsync runs
+	written atomic.Uint64
+	synced  uint64 // guarded by syncMu
+	syncErr error  // guarded by syncMu; sticky
 }
 
 // NewLog appends to w. If w is an *os.File, each record is fsynced before
@@ -66,34 +78,57 @@ func OpenFile(path string) (*Log, io.Closer, error) {
 	l := NewLog(f)
 	if last.Hash != "" {
 		l.seq, l.prev = last.Seq, last.Hash
+		l.written.Store(last.Seq)
+		l.synced = last.Seq
 	}
 	return l, f, nil
 }
 
 // Record appends e to the chain.
 func (l *Log) Record(_ context.Context, e broker.Event) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	ev, err := json.Marshal(e)
 	if err != nil {
 		return fmt.Errorf("encoding audit event: %w", err)
 	}
+	l.mu.Lock()
 	r := Record{Seq: l.seq + 1, Prev: l.prev, Event: ev}
 	r.Hash = hashOf(r)
 	line, err := json.Marshal(r)
 	if err != nil {
+		l.mu.Unlock()
 		return fmt.Errorf("encoding audit event: %w", err)
 	}
 	line = append(line, '\n')
 	if _, err := l.w.Write(line); err != nil {
+		l.mu.Unlock()
 		return fmt.Errorf("writing audit event: %w", err)
 	}
-	if l.sync != nil {
-		if err := l.sync(); err != nil {
-			return fmt.Errorf("syncing audit event: %w", err)
-		}
-	}
 	l.seq, l.prev = r.Seq, r.Hash
+	l.written.Store(r.Seq)
+	l.mu.Unlock()
+	if l.sync == nil {
+		return nil
+	}
+	return l.syncThrough(r.Seq)
+}
+
+// syncThrough returns once an fsync that started after record seq was
+// written has succeeded, running one itself if none has.
+func (l *Log) syncThrough(seq uint64) error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if l.syncErr != nil {
+		return l.syncErr
+	}
+	if l.synced >= seq {
+		return nil // an fsync that ran while we waited covered us
+	}
+	upTo := l.written.Load() // everything written so far is in this fsync
+	if err := l.sync(); err != nil {
+		l.syncErr = fmt.Errorf("syncing audit events: %w", err)
+		return l.syncErr
+	}
+	l.synced = upTo
 	return nil
 }
 
