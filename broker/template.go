@@ -22,6 +22,8 @@ type Template struct {
 	Audiences  []string
 	Scopes     []string
 	Conditions []Condition
+	// Vault, when set, asks for Vault credentials per task.
+	Vault *VaultSpec
 }
 
 // PrincipalRule admits principals from one trusted issuer (by its configured

@@ -532,6 +532,7 @@ var templateFields = []field[*Template]{
 		t.Scopes = l.stringList(n, path, "scopes", checkScope)
 	}},
 	{key: "conditions", decode: decodeConditions},
+	{key: "vault", decode: decodeVault},
 }
 
 func decodeTemplateName(l *templateLoader, n *yaml.Node, path string, t *Template) {
