@@ -38,6 +38,13 @@ type Config struct {
 	IntrospectionIssuers []string
 	Now                  func() time.Time
 	Logger               *slog.Logger
+
+	// RevocationQueue, when set, keeps failed revocations at the source
+	// for RunRetries (rule 5). Without it a failure is only logged.
+	RevocationQueue RevocationQueue
+	// ReconcileGrace spares credentials younger than this from the
+	// reconciler (default 1m): their declaration may still be running.
+	ReconcileGrace time.Duration
 }
 
 // Client is a confidential client of the introspection and revocation
@@ -60,6 +67,10 @@ type Service struct {
 	introIssuers map[string]bool
 	now          func() time.Time
 	log          *slog.Logger
+
+	retryQ     RevocationQueue
+	counters   revocationCounters
+	reconGrace time.Duration
 }
 
 // NewService checks cfg and builds a Service.
@@ -91,6 +102,7 @@ func NewService(cfg Config) (*Service, error) {
 		audit:        cfg.Auditor,
 		clients:      cfg.Clients,
 		introIssuers: map[string]bool{},
+		retryQ:       cfg.RevocationQueue,
 		now:          cfg.Now,
 		log:          cfg.Logger,
 	}
@@ -106,6 +118,9 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.reconGrace = cfg.ReconcileGrace; s.reconGrace <= 0 {
+		s.reconGrace = defaultReconcileGrace
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -258,6 +273,13 @@ func (s *Service) mint(ctx context.Context, task Task, p Principal, g Grant) ([]
 				creds[i] = all[i].Credential
 			}
 			s.revokeAtSource(ctx, creds, "a later mint failed")
+			var nr *NotRevokedError
+			if errors.As(err, &nr) {
+				for _, c := range nr.Creds {
+					s.counters.failed.Add(1)
+					s.queueRevocation(ctx, c, 1, err)
+				}
+			}
 			if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 				return nil, unavailable(fmt.Sprintf("the %s issuer", is.Kind()), err)
 			}
@@ -283,9 +305,10 @@ func credentialsOf(ms []Minted) []Credential {
 	return out
 }
 
-// revokeAtSource kills credentials at their issuer, children before parents.
+// revokeAtSource kills credentials at their issuer, children before parents,
+// and queues those it could not kill for retry; it returns how many failed.
 // A JWT needs nothing here: it dies by the ledger's deny list and its exp.
-func (s *Service) revokeAtSource(ctx context.Context, creds []Credential, why string) {
+func (s *Service) revokeAtSource(ctx context.Context, creds []Credential, why string) (failed int) {
 	ctx = context.WithoutCancel(ctx)
 	for i := len(creds) - 1; i >= 0; i-- {
 		c := creds[i]
@@ -297,11 +320,16 @@ func (s *Service) revokeAtSource(ctx context.Context, creds []Credential, why st
 		err := is.Revoke(rctx, c)
 		cancel()
 		if err != nil {
+			failed++
+			s.counters.failed.Add(1)
 			s.log.ErrorContext(ctx, "revoking credential at its source failed", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID, "why", why, "err", err)
+			s.queueRevocation(ctx, c, 1, err)
 			continue
 		}
+		s.counters.revoked.Add(1)
 		s.log.InfoContext(ctx, "credential revoked at its source", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID, "why", why)
 	}
+	return failed
 }
 
 // recordDenial logs and audits a refused declaration. The refusal stands
@@ -402,7 +430,7 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 	case err != nil:
 		return Task{}, nil, unavailable("the credential ledger", fmt.Errorf("ending task %s: %w", id, err))
 	}
-	s.revokeAtSource(ctx, creds, reason)
+	failed := s.revokeAtSource(ctx, creds, reason)
 	ids := make([]string, len(creds))
 	for i, c := range creds {
 		ids[i] = c.ID
@@ -415,6 +443,10 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 		s.log.ErrorContext(ctx, "audit write of a task end failed", "task_id", id, "err", err)
 	}
 	s.log.InfoContext(ctx, "task ended", "task_id", id, "state", state, "reason", reason, "credentials", ids)
+	if failed > 0 {
+		return t, creds, &Error{Code: CodeUnavailable, Err: ErrRevocationPending,
+			Message: fmt.Sprintf("task %s ended and its tokens are denied, but %d credential(s) could not be revoked at their source yet; they are retried until they expire", id, failed)}
+	}
 	return t, creds, nil
 }
 
@@ -503,7 +535,7 @@ func (s *Service) ReapOnce(ctx context.Context) (int, error) {
 		for _, id := range ids {
 			_, _, err := s.end(ctx, id, StateExpired, "deadline passed", "reaper")
 			switch {
-			case err == nil:
+			case err == nil, errors.Is(err, ErrRevocationPending):
 				ended++
 			case errors.Is(err, ErrNotActive), ErrorCode(err) == CodeNotFound:
 			default:
