@@ -47,7 +47,7 @@ func NewRedisQueue(c redis.UniversalClient, opts RedisOptions) (*RedisQueue, err
 	return &RedisQueue{c: c, keys: keys{prefix: opts.Prefix}, retention: opts.Retention}, nil
 }
 
-func (k keys) retryDue() string         { return k.prefix + ":retry:due" }
+func (k keys) retryDue() string          { return k.prefix + ":retry:due" }
 func (k keys) retryRec(id string) string { return k.prefix + ":retry:rec:" + part(id) }
 
 type pendingRecord struct {
