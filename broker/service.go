@@ -262,6 +262,9 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 // mint asks every issuer for its credentials, task token first. If one
 // fails, what the others made is revoked before returning.
 func (s *Service) mint(ctx context.Context, task Task, p Principal, g Grant) ([]Minted, error) {
+	if g.Template != nil && g.Template.Vault != nil && s.issuers[KindVaultToken] == nil {
+		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("template %q asks for Vault credentials, but this broker has no Vault configured; nothing was issued", g.Template.Name)}
+	}
 	mctx, cancel := context.WithTimeout(ctx, defaultMintTimeout)
 	defer cancel()
 	var all []Minted
