@@ -120,6 +120,12 @@ type envOptions struct {
 	idp   *oidctest.Issuer
 	key   issuers.SigningKey
 	clock *clock
+	// issuers, queue and templates extend the broker (Vault tests):
+	// further issuers, a retry queue, and a template file loaded beside
+	// testTemplates.
+	issuers   []broker.Issuer
+	queue     broker.RevocationQueue
+	templates string
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -168,13 +174,18 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(testTemplates)}}, []string{"test"})
+	files := []broker.TemplateFile{{Name: "test.yaml", Data: []byte(testTemplates)}}
+	if o.templates != "" {
+		files = append(files, broker.TemplateFile{Name: "extra.yaml", Data: []byte(o.templates)})
+	}
+	set, err := broker.LoadTemplates(files, []string{"test"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.svc, err = broker.NewService(broker.Config{
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: audit.NewLog(e.audit), Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
+		Issuers: o.issuers, RevocationQueue: o.queue,
 	})
 	if err != nil {
 		t.Fatal(err)
