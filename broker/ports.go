@@ -39,6 +39,23 @@ type TaskClaims struct {
 	ClientID  string
 	IssuedAt  time.Time
 	ExpiresAt time.Time
+	// Act is the RFC 8693 actor chain, current actor first (empty when the
+	// subject acts itself).
+	Act []string
+	// JKT is the cnf.jkt of a DPoP-bound token, or "".
+	JKT string
+	// AgentIssuer is the configured name of the issuer that vouched for
+	// the agent (claim agent_issuer).
+	AgentIssuer string
+}
+
+// Actor is the agent that holds the token: the current actor of the act
+// chain, or the subject.
+func (c TaskClaims) Actor() string {
+	if len(c.Act) > 0 {
+		return c.Act[0]
+	}
+	return c.Subject
 }
 
 // TaskTokens is the issuer of Valet's own task JWTs, which can also verify
@@ -73,6 +90,15 @@ type Ledger interface {
 	Due(ctx context.Context, now time.Time, limit int) ([]string, error)
 	// Ping reports whether the ledger is reachable.
 	Ping(ctx context.Context) error
+	// Children lists the ids of the tasks delegated from task id (its
+	// direct children), in no particular order. A task with none, or one
+	// whose records are gone, has an empty list.
+	//
+	// Record of a task with a Parent adds it to the parent's children in
+	// the same atomic write, and refuses it with ErrNotActive if the parent
+	// is not active at that moment, so a child is either listed before its
+	// parent ends or never recorded at all.
+	Children(ctx context.Context, id string) ([]string, error)
 }
 
 // Event is one audit record. It carries ids, never secrets.

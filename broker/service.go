@@ -38,6 +38,14 @@ type Config struct {
 	IntrospectionIssuers []string
 	Now                  func() time.Time
 	Logger               *slog.Logger
+	// Agent configures agent controls (delegation, DPoP, budgets, action
+	// tokens); see agent.go.
+	Agent AgentConfig
+	// Controls, when set, is checked by every declaration (freeze,
+	// quarantine, distrust); see incident.go.
+	Controls ControlStore
+	// Epochs, when set, makes introspection honour revoked-before epochs.
+	Epochs EpochStore
 
 	// RevocationQueue, when set, keeps failed revocations at the source
 	// for RunRetries (rule 5). Without it a failure is only logged.
@@ -67,6 +75,9 @@ type Service struct {
 	introIssuers map[string]bool
 	now          func() time.Time
 	log          *slog.Logger
+	agent        agentControls
+	controls     ControlStore
+	epochs       EpochStore
 
 	retryQ     RevocationQueue
 	counters   revocationCounters
@@ -105,6 +116,8 @@ func NewService(cfg Config) (*Service, error) {
 		retryQ:       cfg.RevocationQueue,
 		now:          cfg.Now,
 		log:          cfg.Logger,
+		controls:     cfg.Controls,
+		epochs:       cfg.Epochs,
 	}
 	for _, is := range cfg.Issuers {
 		if _, dup := s.issuers[is.Kind()]; dup {
@@ -126,6 +139,9 @@ func NewService(cfg Config) (*Service, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.templates.Store(cfg.Templates)
+	if err := s.agent.init(cfg.Agent, cfg.Ledger); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -149,13 +165,21 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	if err != nil {
 		return Task{}, nil, err
 	}
+	if err := s.checkControls(ctx, p, d); err != nil {
+		return Task{}, nil, err
+	}
 	now := s.now()
 	g, err := s.decide(p, d, now)
 	if err != nil {
 		s.recordDenial(ctx, p, d, err)
 		return Task{}, nil, err
 	}
+	jkt, err := s.bindDeclaration(ctx, d)
+	if err != nil {
+		return Task{}, nil, err
+	}
 	task := Task{
+		JKT:       jkt,
 		ID:        newID("tsk"),
 		State:     StateActive,
 		Agent:     p.Subject,
@@ -232,6 +256,9 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 			Rule: "principals", Field: "template", Err: fmt.Errorf("principal %s/%s not admitted: %v", p.Issuer, p.Subject, err)}
 	}
 	for i, tool := range d.Tools {
+		if _, sensitive := tmpl.SensitiveTool(tool); sensitive {
+			return Grant{}, sensitiveDenied(tool, tmpl.Name, i)
+		}
 		if !tmpl.AllowsTool(tool) {
 			return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("tool %q is not allowed by template %q", tool, tmpl.Name),
 				Rule: "tools", Field: fmt.Sprintf("tools[%d]", i)}
@@ -397,7 +424,7 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, bearer, id string) (T
 		if c.TaskID != id {
 			return Task{}, notFound
 		}
-		agent = c.Subject
+		agent = c.Actor()
 	} else {
 		p, err := s.authenticate(ctx, bearer)
 		if err != nil {
@@ -427,6 +454,10 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotActive):
+		// Its descendants may have outlived a cascade that failed: end them.
+		if cerr := s.endDescendants(ctx, t); cerr != nil {
+			return t, nil, cerr
+		}
 		return t, nil, err
 	case errors.Is(err, ErrNotFound):
 		return Task{}, nil, Errorf(CodeNotFound, "task %q not found", id)
@@ -446,6 +477,9 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 		s.log.ErrorContext(ctx, "audit write of a task end failed", "task_id", id, "err", err)
 	}
 	s.log.InfoContext(ctx, "task ended", "task_id", id, "state", state, "reason", reason, "credentials", ids)
+	if err := s.endDescendants(ctx, t); err != nil {
+		return t, creds, err
+	}
 	if failed > 0 {
 		return t, creds, &Error{Code: CodeUnavailable, Err: ErrRevocationPending,
 			Message: fmt.Sprintf("task %s ended and its tokens are denied, but %d credential(s) could not be revoked at their source yet; they are retried until they expire", id, failed)}
@@ -469,7 +503,7 @@ func (s *Service) Introspect(ctx context.Context, raw string) (Introspection, er
 		return Introspection{}, nil
 	}
 	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
-	cred, denied, err := s.ledger.Credential(lctx, c.ID)
+	cred, denied, err := s.credentialStatus(lctx, c)
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotFound):

@@ -40,6 +40,10 @@ type Declaration struct {
 	Tools    []string       `json:"tools"`
 	TTL      time.Duration  `json:"-"`
 	Context  map[string]any `json:"context,omitempty"`
+	// Proof is the request's DPoP header, if any; Method and URL are what
+	// it must name. Set by the HTTP layer, never decoded from the body.
+	Proof       string `json:"-"`
+	Method, URL string `json:"-"`
 }
 
 // Task is one unit of agent work and the root of every credential issued for
@@ -56,6 +60,20 @@ type Task struct {
 	Deadline  time.Time `json:"deadline"`
 	EndedAt   time.Time `json:"ended_at,omitzero"`
 	EndReason string    `json:"end_reason,omitempty"`
+
+	// Delegation (see delegation.go). A root task has no Parent, Depth 0.
+	Parent string `json:"parent,omitempty"`
+	Root   string `json:"root,omitempty"`
+	Depth  int    `json:"depth,omitempty"`
+	// Subject is the token's sub when it is not Agent: the root agent of a
+	// delegation tree, or the user a task acts on behalf of.
+	Subject string `json:"subject,omitempty"`
+	// Act is the RFC 8693 actor chain, current actor first: Agent, then
+	// the agents that delegated to it. Empty for a root task.
+	Act []string `json:"act,omitempty"`
+	// JKT is the RFC 7638 thumbprint of the DPoP key the task's tokens are
+	// bound to (RFC 9449 cnf.jkt), or "".
+	JKT string `json:"jkt,omitempty"`
 }
 
 // CredentialKind names an issuer. It is stored in the ledger, so values are

@@ -22,6 +22,13 @@ type Template struct {
 	Audiences  []string
 	Scopes     []string
 	Conditions []Condition
+	// Delegation allows token exchange to sub-agents; nil forbids it.
+	Delegation *DelegationPolicy
+	// Budgets cap what one task tree may do; zero means no cap.
+	Budgets Budgets
+	// Sensitive are the tools used only through action tokens (see
+	// sensitive.go); none of them is ever put in a task token.
+	Sensitive []SensitiveTool
 	// Vault, when set, asks for Vault credentials per task.
 	Vault *VaultSpec
 }

@@ -532,6 +532,9 @@ var templateFields = []field[*Template]{
 		t.Scopes = l.stringList(n, path, "scopes", checkScope)
 	}},
 	{key: "conditions", decode: decodeConditions},
+	{key: "delegation", decode: decodeDelegation},
+	{key: "budgets", decode: decodeBudgets},
+	{key: "sensitive_tools", decode: decodeSensitiveTools},
 	{key: "vault", decode: decodeVault},
 }
 

@@ -113,6 +113,7 @@ type env struct {
 	audit   *syncBuffer
 	tokens  *issuers.JWT
 	stopped func()
+	inc     incident // incident_harness_test.go
 }
 
 type envOptions struct {
@@ -120,12 +121,21 @@ type envOptions struct {
 	idp   *oidctest.Issuer
 	key   issuers.SigningKey
 	clock *clock
-	// issuers, queue and templates extend the broker (Vault tests):
-	// further issuers, a retry queue, and a template file loaded beside
-	// testTemplates.
-	issuers   []broker.Issuer
-	queue     broker.RevocationQueue
+	// auditor replaces the audit log (which writes to env.audit).
+	auditor broker.Auditor
+	// templates replaces testTemplates when set.
 	templates string
+	// incident wires the admin API, controls, epochs, the revocation feed,
+	// the Redis audit stream, metrics and a captured log.
+	incident bool
+	// jobLease is the admin's revocation job lease (default 15s).
+	jobLease time.Duration
+	// agent, when set, adjusts the broker's agent controls.
+	agent func(*broker.AgentConfig)
+	// issuers and queue extend the broker (Vault tests): further
+	// issuers and a retry queue.
+	issuers []broker.Issuer
+	queue   broker.RevocationQueue
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -174,24 +184,40 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := []broker.TemplateFile{{Name: "test.yaml", Data: []byte(testTemplates)}}
+	tmplText := testTemplates
 	if o.templates != "" {
-		files = append(files, broker.TemplateFile{Name: "extra.yaml", Data: []byte(o.templates)})
+		tmplText = o.templates
 	}
-	set, err := broker.LoadTemplates(files, []string{"test"})
+	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(tmplText)}}, []string{"test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.svc, err = broker.NewService(broker.Config{
-		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: audit.NewLog(e.audit), Templates: set,
+	var auditor broker.Auditor = audit.NewLog(e.audit)
+	if o.auditor != nil {
+		auditor = o.auditor
+	}
+	agentCfg := broker.AgentConfig{Limiter: e.raw, Records: e.raw}
+	if o.agent != nil {
+		o.agent(&agentCfg)
+	}
+	cfg := broker.Config{
+		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
-		Issuers: o.issuers, RevocationQueue: o.queue,
-	})
+		Agent: agentCfg, Issuers: o.issuers, RevocationQueue: o.queue,
+	}
+	if o.incident {
+		e.incidentConfig(&cfg, rc) // incident_harness_test.go
+	}
+	e.svc, err = broker.NewService(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := httpapi.Handler(httpapi.Options{Service: e.svc, Issuer: e.srv.URL, JWKS: e.tokens.JWKS(),
-		SigningAlgs: e.tokens.Algorithms(), OpenAPI: openapi.Spec, MaxBodyBytes: 16 << 10})
+	hopts := httpapi.Options{Service: e.svc, Issuer: e.srv.URL, JWKS: e.tokens.JWKS(),
+		SigningAlgs: e.tokens.Algorithms(), OpenAPI: openapi.Spec, MaxBodyBytes: 16 << 10}
+	if o.incident {
+		e.incidentHTTP(&hopts, o)
+	}
+	h, err := httpapi.Handler(hopts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,10 +19,9 @@ import (
 	"github.com/valet-dev/valet/revocation"
 )
 
-// vaultTemplates adds a template whose tasks get a Vault token and
-// PostgreSQL credentials.
-const vaultTemplates = `
-templates:
+// vaultTemplates are testTemplates plus a template whose tasks get a
+// Vault token and PostgreSQL credentials.
+const vaultTemplates = testTemplates + `
   - name: db
     principals: [{issuer: test}]
     ttl: {default: 5m, max: 15m}

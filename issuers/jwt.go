@@ -299,6 +299,10 @@ type taskClaims struct {
 	Template    string   `json:"template"`
 	Tools       []string `json:"tools"`
 	AgentIssuer string   `json:"agent_issuer"`
+	// Act and Cnf are set for delegated, on-behalf-of and DPoP-bound tasks
+	// (see jwt_agent.go).
+	Act *actClaim `json:"act,omitempty"`
+	Cnf *cnfClaim `json:"cnf,omitempty"`
 }
 
 // mintClaims writes aud as an array whatever jwt.MarshalSingleStringAsArray
@@ -341,7 +345,7 @@ func (j *JWT) Mint(ctx context.Context, task broker.Task, p broker.Principal, g 
 		taskClaims: taskClaims{
 			RegisteredClaims: jwt.RegisteredClaims{
 				Issuer:    j.issuer,
-				Subject:   task.Agent,
+				Subject:   tokenSubject(task),
 				ExpiresAt: exp,
 				NotBefore: iat,
 				IssuedAt:  iat,
@@ -353,6 +357,8 @@ func (j *JWT) Mint(ctx context.Context, task broker.Task, p broker.Principal, g 
 			Template:    task.Template,
 			Tools:       append([]string{}, g.Tools...), // [] rather than null
 			AgentIssuer: p.Issuer,
+			Act:         actChain(task.Act),
+			Cnf:         cnf(task.JKT),
 		},
 		Audience: slices.Clone(g.Audiences),
 	}
@@ -457,18 +463,25 @@ func (j *JWT) Verify(raw string) (broker.TaskClaims, error) {
 		return broker.TaskClaims{}, fmt.Errorf("%w: missing or empty claims: %s", ErrInvalidToken, strings.Join(missing, ", "))
 	case c.IssuedAt == nil:
 		return broker.TaskClaims{}, fmt.Errorf("%w: missing iat", ErrInvalidToken)
+	case !c.Act.valid():
+		return broker.TaskClaims{}, fmt.Errorf("%w: act claim has an empty sub or is nested deeper than %d", ErrInvalidToken, maxActDepth)
+	case c.Cnf != nil && c.Cnf.JKT == "":
+		return broker.TaskClaims{}, fmt.Errorf("%w: cnf claim without jkt", ErrInvalidToken)
 	}
 	return broker.TaskClaims{
-		ID:        c.ID,
-		TaskID:    c.TaskID,
-		Subject:   c.Subject,
-		Template:  c.Template,
-		Tools:     c.Tools,
-		Audience:  c.Audience,
-		Scope:     c.Scope,
-		ClientID:  c.ClientID,
-		IssuedAt:  c.IssuedAt.UTC(),
-		ExpiresAt: c.ExpiresAt.UTC(),
+		ID:          c.ID,
+		TaskID:      c.TaskID,
+		Subject:     c.Subject,
+		Template:    c.Template,
+		Tools:       c.Tools,
+		Audience:    c.Audience,
+		Scope:       c.Scope,
+		ClientID:    c.ClientID,
+		IssuedAt:    c.IssuedAt.UTC(),
+		ExpiresAt:   c.ExpiresAt.UTC(),
+		Act:         c.Act.chain(),
+		JKT:         c.Cnf.jkt(),
+		AgentIssuer: c.AgentIssuer,
 	}, nil
 }
 

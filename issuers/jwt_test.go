@@ -233,6 +233,7 @@ func TestMintVerifyRoundTrip(t *testing.T) {
 				ID: jti, TaskID: "task-123", Subject: "agent-7", Template: "deploy-preview",
 				Tools: testGrant.Tools, Audience: testGrant.Audiences, Scope: "repo:read deploy",
 				ClientID: "agent-7", IssuedAt: t0.Add(time.Second), ExpiresAt: task.Deadline,
+				AgentIssuer: "corp-idp",
 			}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("Verify =\n%+v\nwant\n%+v", got, want)

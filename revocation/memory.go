@@ -25,6 +25,11 @@ type MemoryLedger struct {
 	creds     map[string]memCred
 	deny      map[string]time.Time // credential id → denied until
 	lastSweep time.Time
+	tree      map[string][]string // task id → ids of its children
+	once      map[string]time.Time
+	counts    map[string]memCount
+	recsOnce  sync.Once
+	recs      *memRecords // see memory_records.go
 }
 
 type memTask struct {
@@ -53,6 +58,7 @@ func NewMemoryLedger(now func() time.Time, retention time.Duration) *MemoryLedge
 	return &MemoryLedger{
 		now: now, retention: retention,
 		tasks: map[string]*memTask{}, creds: map[string]memCred{}, deny: map[string]time.Time{},
+		tree: map[string][]string{}, once: map[string]time.Time{}, counts: map[string]memCount{},
 	}
 }
 
@@ -73,6 +79,12 @@ func (l *MemoryLedger) Record(_ context.Context, t broker.Task, creds []broker.C
 		if _, ok := l.cred(c.ID, now); ok {
 			return fmt.Errorf("recording task %s: credential %s: %w", t.ID, c.ID, ErrDuplicate)
 		}
+	}
+	if t.Parent != "" {
+		if p, ok := l.task(t.Parent, now); !ok || p.task.State != broker.StateActive {
+			return fmt.Errorf("recording task %s: parent %s: %w", t.ID, t.Parent, broker.ErrNotActive)
+		}
+		l.tree[t.Parent] = append(l.tree[t.Parent], t.ID)
 	}
 	mt := &memTask{task: copyTask(t), expireAt: recordsExpireAt(t, creds, l.retention)}
 	for _, c := range creds {
@@ -192,12 +204,28 @@ func (l *MemoryLedger) sweep(now time.Time) {
 			delete(l.deny, id)
 		}
 	}
+	for id := range l.tree {
+		if _, ok := l.tasks[id]; !ok {
+			delete(l.tree, id)
+		}
+	}
+	for k, until := range l.once {
+		if now.After(until) {
+			delete(l.once, k)
+		}
+	}
+	for k, c := range l.counts {
+		if now.After(c.until) {
+			delete(l.counts, k)
+		}
+	}
 }
 
 // copyTask and copyCred give each caller its own copy, with times as the
 // Redis ledger stores them (unix ms, UTC).
 func copyTask(t broker.Task) broker.Task {
 	t.Tools = slices.Clone(t.Tools)
+	t.Act = slices.Clone(t.Act)
 	t.CreatedAt, t.Deadline, t.EndedAt = truncMs(t.CreatedAt), truncMs(t.Deadline), truncMs(t.EndedAt)
 	return t
 }
@@ -212,4 +240,47 @@ func later(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+type memCount struct {
+	n     int64
+	until time.Time
+}
+
+var _ broker.Limiter = (*MemoryLedger)(nil)
+
+// Children implements broker.Ledger.
+func (l *MemoryLedger) Children(_ context.Context, id string) ([]string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.task(id, l.now()); !ok {
+		return nil, nil
+	}
+	return slices.Clone(l.tree[id]), nil
+}
+
+// Once implements broker.Limiter.
+func (l *MemoryLedger) Once(_ context.Context, key string, until time.Time) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if prev, ok := l.once[key]; ok && !now.After(prev) {
+		return false, nil
+	}
+	l.once[key] = until
+	return true, nil
+}
+
+// Count implements broker.Limiter.
+func (l *MemoryLedger) Count(_ context.Context, key string, until time.Time) (int64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.counts[key]
+	if l.now().After(c.until) {
+		c = memCount{}
+	}
+	c.n++
+	c.until = later(c.until, until)
+	l.counts[key] = c
+	return c.n, nil
 }

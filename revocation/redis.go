@@ -161,6 +161,12 @@ for i = 7, #KEYS do
     return redis.error_reply('VALET_DUPLICATE credential key ' .. KEYS[i])
   end
 end
+local parent_key = ARGV[5 + tonumber(ARGV[5]) + (#KEYS - 6) + 1]
+if parent_key and parent_key ~= '' then
+  if redis.call('HGET', parent_key, 'state') ~= 'active' then
+    return redis.error_reply('VALET_PARENT_NOT_ACTIVE ' .. parent_key)
+  end
+end
 local id, deadline, expire_at = ARGV[1], ARGV[2], ARGV[3]
 local trim_below = '(' .. string.format('%d', now_ms() - tonumber(ARGV[4]))
 local nf = tonumber(ARGV[5])
@@ -179,6 +185,11 @@ for i = 3, 6 do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', trim_below)
   expire_at_least(KEYS[i], expire_at)
 end
+if parent_key and parent_key ~= '' then
+  local children_key = ARGV[5 + nf + (#KEYS - 6) + 2]
+  redis.call('SADD', children_key, id)
+  expire_at_least(children_key, expire_at)
+end
 return 'OK'
 `)
 
@@ -187,8 +198,10 @@ return 'OK'
 // {"not_found"}. A missing task is also dropped from the deadlines, so a
 // task whose records expired before anyone ended it cannot stay due forever.
 //
-// KEYS: task, task creds, deadlines.
-// ARGV: task id, state, reason, ended-at ms, deny key prefix.
+// KEYS: task, task creds, deadlines, revocation feed stream.
+// ARGV: task id, state, reason, ended-at ms, deny key prefix, feed max
+// length, feed trim-below ms, feed life ms. Each denied JWT is also appended to the feed
+// (governance.go), in the same script so no revocation can miss it.
 var endScript = redis.NewScript(luaCommon + `
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[3], ARGV[1])
@@ -205,6 +218,16 @@ for _, rec in ipairs(creds) do
   local c = cjson.decode(rec)
   local ttl = math.max(tonumber(c.expires_at) - now, 1000)
   redis.call('SET', ARGV[5] .. part(c.id), ARGV[1], 'PX', string.format('%d', ttl))
+  if c.kind == 'jwt' and KEYS[4] then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'type', 'revoked', 'jti', c.id, 'task_id', ARGV[1],
+      'exp', string.format('%d', math.floor(tonumber(c.expires_at) / 1000)))
+  end
+end
+if KEYS[4] then
+  redis.call('XTRIM', KEYS[4], 'MINID', '~', ARGV[7])
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    expire_at_least(KEYS[4], now + ARGV[8])
+  end
 end
 return {'ended', redis.call('HGETALL', KEYS[1]), creds}
 `)
@@ -235,9 +258,17 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 		}
 		args = append(args, rec)
 	}
+	if t.Parent != "" {
+		// The parent's records and children set, named in ARGV after the
+		// credential records (see redis_tree.go).
+		args = append(args, l.keys.task(t.Parent), l.keys.children(t.Parent))
+	}
 	err = recordScript.Eval(ctx, l.c, keys, args...).Err()
 	if redis.HasErrorPrefix(err, "VALET_DUPLICATE") {
 		return fmt.Errorf("recording task %s: %w (%v)", t.ID, ErrDuplicate, err)
+	}
+	if redis.HasErrorPrefix(err, "VALET_PARENT_NOT_ACTIVE") {
+		return fmt.Errorf("recording task %s: parent %s: %w", t.ID, t.Parent, broker.ErrNotActive)
 	}
 	return wrapErr("recording task "+t.ID, err)
 }
@@ -265,8 +296,9 @@ func (l *RedisLedger) End(ctx context.Context, id string, state broker.State, re
 	if err := validateEnd(state, at); err != nil {
 		return broker.Task{}, nil, fmt.Errorf("ending task %s: %w", id, err)
 	}
-	keys := []string{l.keys.task(id), l.keys.taskCreds(id), l.keys.deadlines()}
-	reply, err := endScript.Eval(ctx, l.c, keys, id, string(state), reason, at.UnixMilli(), l.keys.denyPrefix()).Slice()
+	keys := []string{l.keys.task(id), l.keys.taskCreds(id), l.keys.deadlines(), l.keys.feed()}
+	reply, err := endScript.Eval(ctx, l.c, keys, id, string(state), reason, at.UnixMilli(), l.keys.denyPrefix(),
+		FeedMaxLen, time.Now().Add(-broker.EpochTTL).UnixMilli(), broker.EpochTTL.Milliseconds()).Slice()
 	if err != nil {
 		return broker.Task{}, nil, wrapErr("ending task "+id, err)
 	}
@@ -405,6 +437,7 @@ func taskFields(t broker.Task) ([]any, error) {
 		"template", t.Template, "intent", t.Intent, "tools", string(tools),
 		"deadline", t.Deadline.UnixMilli(),
 	}
+	f = append(f, treeFields(t)...)
 	if !t.CreatedAt.IsZero() {
 		f = append(f, "created_at", t.CreatedAt.UnixMilli())
 	}
@@ -433,6 +466,9 @@ func decodeTask(id string, h map[string]string, recs []string) (broker.Task, []b
 		if terr := json.Unmarshal([]byte(h["tools"]), &t.Tools); terr != nil {
 			err = fmt.Errorf("field tools: %w", terr)
 		}
+	}
+	if err == nil {
+		err = decodeTreeFields(&t, h)
 	}
 	if err == nil && (t.ID != id || t.State == "") {
 		err = errors.New("record is incomplete")

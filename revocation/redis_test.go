@@ -150,6 +150,9 @@ func TestRedisEveryKeyExpires(t *testing.T) {
 		"ttl:idx:template:deploy":        after(3*time.Hour + retention),
 		"ttl:idx:template:audit":         after(time.Hour + retention),
 		"ttl:idx:issuer:corp":            after(3*time.Hour + retention),
+		// The revocation feed lives as long as the longest credential
+		// it could name, from its last entry.
+		"ttl:revocations": time.Now().Add(broker.EpochTTL),
 	}
 
 	var keys []string

@@ -40,13 +40,19 @@ type Options struct {
 	// RequestTimeout bounds each request; default 10 s.
 	RequestTimeout time.Duration
 	Logger         *slog.Logger
+	// Admin, Feed and Metrics, when set, add the admin API, the
+	// revocation feed and /metrics (admin.go).
+	Admin   *broker.Admin
+	Feed    broker.Feed
+	Metrics Metrics
 }
 
 // api holds the handlers' dependencies.
 type api struct {
-	svc  *broker.Service
-	opts Options
-	log  *slog.Logger
+	svc     *broker.Service
+	opts    Options
+	log     *slog.Logger
+	streams streams
 }
 
 // Handler builds the whole HTTP surface.
@@ -63,11 +69,14 @@ func Handler(opts Options) (http.Handler, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &api{svc: opts.Service, opts: opts, log: opts.Logger}
+	a := &api{svc: opts.Service, opts: opts, log: opts.Logger, streams: streams{done: make(chan struct{})}}
 
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, a.requestContext, a.accessLog, middleware.Recoverer,
-		middleware.RequestSize(opts.MaxBodyBytes), middleware.Timeout(opts.RequestTimeout))
+		middleware.RequestSize(opts.MaxBodyBytes), timeout(opts.RequestTimeout))
+	if opts.Metrics != nil {
+		r.Use(opts.Metrics.Middleware)
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, broker.Errorf(broker.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -86,6 +95,14 @@ func Handler(opts Options) (http.Handler, error) {
 	r.Post("/v1/tasks/{id}/complete", a.complete)
 	r.Post("/v1/introspect", a.introspect)
 	r.Post("/v1/revoke", a.revoke)
+	r.Post("/v1/token", a.token)
+	a.incidentRoutes(r)
+	r.Post("/v1/tasks/{id}/actions", a.requestAction)
+	r.Get("/v1/tasks/{id}/actions/{approval_id}", a.actionStatus)
+	r.Post("/v1/actions/consume", a.consumeAction)
+	r.Get("/v1/approvals", a.listApprovals)
+	r.Post("/v1/approvals/{id}/approve", a.decideApproval(true))
+	r.Post("/v1/approvals/{id}/deny", a.decideApproval(false))
 
 	if opts.DevIdP != nil {
 		r.Mount("/dev", http.StripPrefix("/dev", opts.DevIdP))
@@ -150,10 +167,9 @@ func (a *api) metadata(w http.ResponseWriter, r *http.Request) {
 		"introspection_endpoint":   base + "/v1/introspect",
 		"revocation_endpoint":      base + "/v1/revoke",
 		"response_types_supported": []string{},
-		"introspection_endpoint_auth_methods_supported":    []string{"client_secret_basic", "bearer"},
-		"revocation_endpoint_auth_methods_supported":       []string{"client_secret_basic", "bearer"},
-		"token_endpoint_auth_signing_alg_values_supported": a.opts.SigningAlgs,
-		"service_documentation":                            base + "/openapi.yaml",
+		"introspection_endpoint_auth_methods_supported": []string{"client_secret_basic", "bearer"},
+		"revocation_endpoint_auth_methods_supported":    []string{"client_secret_basic", "bearer"},
+		"service_documentation":                         base + "/openapi.yaml",
 	})
 }
 
@@ -167,6 +183,7 @@ func (a *api) declare(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	d.Proof, d.Method, d.URL = r.Header.Get("DPoP"), r.Method, a.requestURL(r)
 	task, minted, err := a.svc.Declare(r.Context(), bearer(r), d)
 	if err != nil {
 		a.writeError(w, r, err)
@@ -242,6 +259,7 @@ func (a *api) introspect(w http.ResponseWriter, r *http.Request) {
 	if c.Scope != "" {
 		body["scope"] = c.Scope
 	}
+	addAgentClaims(body, c)
 	writeJSON(w, http.StatusOK, body)
 }
 

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -31,7 +30,11 @@ type Config struct {
 	Reaper    ReaperConfig    `yaml:"reaper"`
 	Limits    LimitsConfig    `yaml:"limits"`
 	Identity  IdentityConfig  `yaml:"identity"`
+	Admin     AdminConfig     `yaml:"admin"`
 	Vault     *VaultConfig    `yaml:"vault"`
+	// Agent controls (agent_config.go).
+	Resources map[string]map[string]string `yaml:"resources"`
+	Approvals ApprovalsConfig              `yaml:"approvals"`
 
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string
@@ -307,6 +310,7 @@ func (c *Config) validate() error {
 	if c.Identity.Leeway > Duration(time.Minute) {
 		bad("identity.leeway", "must be at most 60s")
 	}
+	errs = append(errs, c.validateIncident()...)
 	return errors.Join(errs...)
 }
 
@@ -335,12 +339,4 @@ func (c *Config) clientSecrets(getenv func(string) string) ([]clientSecret, erro
 type clientSecret struct {
 	id  string
 	sum [32]byte
-}
-
-// atoiDefault parses s or returns def.
-func atoiDefault(s string, def int) int {
-	if n, err := strconv.Atoi(s); err == nil {
-		return n
-	}
-	return def
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/examples"
@@ -40,7 +42,12 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	redisURL := fs.String("redis", getenv("VALET_REDIS_URL"), "use this Redis instead of the in-memory ledger")
 	auditFile := fs.String("audit", envOr(getenv, "VALET_AUDIT_FILE", filepath.Join(os.TempDir(), "valet-dev-audit.jsonl")), "audit file")
 	logLevel := fs.String("log-level", envOr(getenv, "VALET_LOG_LEVEL", "info"), "debug, info, warn or error")
+	resources := fs.String("resources", "", "YAML file of resource labels (id: {label: value}) for sensitive-tool conditions")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	agentCfg, err := devAgentConfig(*resources)
+	if err != nil {
 		return err
 	}
 	log := newLogger(stderr, *logLevel, "text")
@@ -80,32 +87,53 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	var ledger broker.Ledger = revocation.NewMemoryLedger(time.Now, time.Hour)
 	ledgerName := "in-memory (lost on exit)"
+	var redisLedger *revocation.RedisLedger
+	var rc *redis.Client
 	if *redisURL != "" {
-		rc, err := revocation.NewClient(*redisURL)
-		if err != nil {
+		if rc, err = revocation.NewClient(*redisURL); err != nil {
 			return fmt.Errorf("--redis: %w", err)
 		}
 		defer rc.Close()
-		if ledger, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{}); err != nil {
+		if redisLedger, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{}); err != nil {
 			return err
 		}
-		ledgerName = "redis " + *redisURL
+		ledger, ledgerName = redisLedger, "redis "+*redisURL
 	}
 	auditor, closeAudit, err := openAudit(*auditFile, stdout)
 	if err != nil {
 		return err
 	}
 	defer closeAudit.Close()
-	svc, err := broker.NewService(broker.Config{
+	cfg := broker.Config{
 		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
 		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Logger: log,
-	})
+		Agent: agentCfg,
+	}
+	// The incident-response side (admin API, controls, feed, audit stream)
+	// needs Redis.
+	inc := &incident{}
+	if redisLedger != nil {
+		if inc, cfg.Auditor, err = newIncident(ctx, rc, "valet", auditor, func(n string) bool { _, ok := templates.Get(n); return ok }); err != nil {
+			return err
+		}
+		cfg.Controls, cfg.Epochs = inc.controls, redisLedger
+	}
+	svc, err := broker.NewService(cfg)
 	if err != nil {
 		return err
 	}
+	if redisLedger != nil {
+		devAdmin := AdminConfig{
+			Issuers: []IssuerEntry{{Name: "dev-admin", IssuerURL: idp.Issuer(), Audiences: []string{devidp.AdminAudience}}},
+			Roles:   map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`},
+		}
+		if err := inc.startAdmin(ctx, devAdmin, publicURL, svc, redisLedger, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()}, log); err != nil {
+			return err
+		}
+	}
 	handler, err := httpapi.Handler(httpapi.Options{
 		Service: svc, Issuer: publicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
-		DevIdP: idp.Handler(), Logger: log,
+		DevIdP: idp.Handler(), Logger: log, Admin: inc.admin, Feed: inc.feed, Metrics: inc.httpMetrics(),
 	})
 	if err != nil {
 		return err

@@ -28,7 +28,17 @@ Usage:
   valet templates check FILE|DIR...             validate template files
   valet keys generate --out FILE [--alg EdDSA|ES256]
                                                 write a new task-token signing key
+  valet approvals ls|approve ID|deny ID [--server URL] [--client ID --secret S] [-o json]
+                                                list and decide pending approvals
   valet version
+
+Incident response (admin API; --server URL or VALET_SERVER, --token or VALET_ADMIN_TOKEN, -o table|json):
+  valet revoke [--agent A] [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]
+  valet freeze agent|template|issuer NAME [--issuer I] [--revoke] [--reason R]
+  valet unfreeze agent|template|issuer NAME [--issuer I]
+  valet controls ls
+  valet tasks ls [--agent A] [--state S] [--template T] | show ID | timeline ID
+  valet audit verify FILE | --redis URL    check an audit trail's hash chain
 
 Environment: VALET_ADDR, VALET_REDIS_URL and the others listed in the README.
 `
@@ -50,6 +60,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = cmdTemplates(rest, stdout)
 	case "keys":
 		err = cmdKeys(rest, stdout)
+	case "revoke":
+		err = cmdRevoke(ctx, rest, getenv, stdout, stderr)
+	case "freeze", "unfreeze":
+		err = cmdFreeze(ctx, rest, getenv, stdout, stderr, cmd == "unfreeze")
+	case "controls":
+		err = cmdControls(ctx, rest, getenv, stdout, stderr)
+	case "tasks":
+		err = cmdTasks(ctx, rest, getenv, stdout, stderr)
+	case "audit":
+		err = cmdAudit(ctx, rest, getenv, stdout)
+	case "approvals":
+		err = cmdApprovals(ctx, rest, getenv, stdout)
 	case "version":
 		fmt.Fprintln(stdout, "valet", version)
 	case "help", "-h", "--help":

@@ -106,18 +106,31 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	for i, s := range secrets {
 		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
 	}
+	agentCfg, err := cfg.agentConfig(getenv)
+	if err != nil {
+		return err
+	}
+	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, func(n string) bool { _, ok := templates.Get(n); return ok })
+	if err != nil {
+		return err
+	}
 	svc, err := broker.NewService(broker.Config{
-		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
-		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log,
+		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
+		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log, Agent: agentCfg,
+		Controls: inc.controls, Epochs: ledger,
 		Issuers: vw.issuers, RevocationQueue: retryQ, ReconcileGrace: vw.reconcileGrace(),
 	})
 	if err != nil {
+		return err
+	}
+	if err := inc.startAdmin(ctx, cfg.Admin, cfg.PublicURL, svc, ledger, names, nil, log); err != nil {
 		return err
 	}
 	handler, err := httpapi.Handler(httpapi.Options{
 		Service: svc, Issuer: cfg.PublicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
 		Ready: append([]func(context.Context) error{identity.Ready}, vw.ready...), MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), Logger: log,
+		Admin: inc.admin, Feed: inc.feed, Metrics: inc.httpMetrics(),
 	})
 	if err != nil {
 		return err
@@ -268,12 +281,41 @@ func watchTemplates(ctx context.Context, paths []string, watch bool, reload func
 	}
 }
 
+// newLogger writes JSON (production) or text (dev) lines, each carrying the
+// request id of the request it is about.
 func newLogger(w io.Writer, level, format string) *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(level))
 	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(requestIDHandler{h})
+}
+
+// requestIDHandler adds request_id from the context to every record that
+// does not carry one already.
+type requestIDHandler struct{ slog.Handler }
+
+func (h requestIDHandler) Handle(ctx context.Context, r slog.Record) error {
+	if id := broker.RequestID(ctx); id != "" {
+		has := false
+		r.Attrs(func(a slog.Attr) bool {
+			has = a.Key == "request_id"
+			return !has
+		})
+		if !has {
+			r.AddAttrs(slog.String("request_id", id))
+		}
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h requestIDHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return requestIDHandler{h.Handler.WithAttrs(as)}
+}
+
+func (h requestIDHandler) WithGroup(name string) slog.Handler {
+	return requestIDHandler{h.Handler.WithGroup(name)}
 }

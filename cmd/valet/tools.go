@@ -98,15 +98,19 @@ func cmdKeys(args []string, stdout io.Writer) error {
 func cmdDevToken(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	fs := newFlags("dev token")
 	agent := fs.String("agent", "", "the agent's name (the token's sub)")
+	admin := fs.String("admin", "", "mint a development admin token (group valet-admins) for this name instead")
 	def := "http://" + envOr(getenv, "VALET_ADDR", defaultAddr) + "/dev"
 	issuer := fs.String("issuer", def, "the development issuer URL")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *agent == "" {
-		return usageError("dev token: --agent is required")
+	if (*agent == "") == (*admin == "") {
+		return usageError("dev token: give exactly one of --agent and --admin")
 	}
 	u := *issuer + "/token?agent=" + url.QueryEscape(*agent)
+	if *admin != "" {
+		u = *issuer + "/token?admin=" + url.QueryEscape(*admin)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
 	if err != nil {
 		return err

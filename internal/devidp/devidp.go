@@ -97,6 +97,15 @@ func (d *IdP) Handler() http.Handler {
 		_, _ = w.Write(d.jwks)
 	})
 	mux.HandleFunc("POST /token", func(w http.ResponseWriter, r *http.Request) {
+		if admin := r.URL.Query().Get("admin"); admin != "" {
+			tok, err := d.AdminToken(admin)
+			if err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "message": err.Error(), "field": "admin"})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]string{"identity_token": tok, "admin": admin})
+			return
+		}
 		agent := r.URL.Query().Get("agent")
 		if agent == "" {
 			r.Body = http.MaxBytesReader(w, r.Body, 4096)

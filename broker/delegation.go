@@ -1,0 +1,500 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Token exchange (RFC 8693) parameters and types Valet accepts.
+const (
+	GrantTypeTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+	TokenTypeAccessToken   = "urn:ietf:params:oauth:token-type:access_token"
+	TokenTypeIDToken       = "urn:ietf:params:oauth:token-type:id_token"
+	TokenTypeJWT           = "urn:ietf:params:oauth:token-type:jwt"
+)
+
+const (
+	// DefaultMaxDepth is a delegation block's max_depth when it sets none.
+	DefaultMaxDepth = 2
+	// MaxDelegationDepth is the deepest any template may allow.
+	MaxDelegationDepth = 16
+	// maxTreeNodes bounds one cascade: more descendants than this are left
+	// to die by their own deadlines, which never pass their root's.
+	maxTreeNodes = 100_000
+)
+
+// DelegationPolicy is a template's delegation block: which sub-agents a
+// task may delegate to (Condition over the sub-agent's identity claims,
+// required) and how deep a delegation tree may grow.
+type DelegationPolicy struct {
+	MaxDepth  int
+	Condition *Condition
+}
+
+// Budgets cap what one task tree may do. Zero means no cap.
+type Budgets struct {
+	// Actions caps the action tokens issued for one task.
+	Actions int
+	// Delegations caps the token exchanges in one delegation tree.
+	Delegations int
+}
+
+// DelegationRequest is a token exchange as the agent sent it.
+type DelegationRequest struct {
+	SubjectToken string
+	ActorToken   string
+	Tools        []string
+	Audiences    []string
+	Scopes       []string
+	TTL          time.Duration // 0: as long as the parent has left
+	// Proof is the request's DPoP header, Method and URL what it must
+	// name; set by the HTTP layer.
+	Proof       string
+	Method, URL string
+}
+
+// DecodeTokenExchange reads the form of POST /v1/token. A missing subject or
+// actor token is an error, never a fallback to the caller's identity.
+func DecodeTokenExchange(form url.Values) (DelegationRequest, error) {
+	for k, v := range form {
+		if len(v) > 1 && k != "resource" && k != "audience" {
+			return DelegationRequest{}, invalidField(k, "parameter %s is given more than once", k)
+		}
+	}
+	switch {
+	case form.Get("grant_type") != GrantTypeTokenExchange:
+		return DelegationRequest{}, invalidField("grant_type", "grant_type must be %s", GrantTypeTokenExchange)
+	case form.Get("subject_token") == "":
+		return DelegationRequest{}, invalidField("subject_token", "subject_token is required: the parent task token")
+	case form.Get("subject_token_type") != TokenTypeAccessToken:
+		return DelegationRequest{}, invalidField("subject_token_type", "subject_token_type must be %s", TokenTypeAccessToken)
+	case form.Get("actor_token") == "":
+		return DelegationRequest{}, invalidField("actor_token", "actor_token is required: the sub-agent's identity token")
+	case form.Get("actor_token_type") != TokenTypeIDToken && form.Get("actor_token_type") != TokenTypeJWT:
+		return DelegationRequest{}, invalidField("actor_token_type", "actor_token_type must be %s or %s", TokenTypeIDToken, TokenTypeJWT)
+	}
+	if rt := form.Get("requested_token_type"); rt != "" && rt != TokenTypeAccessToken {
+		return DelegationRequest{}, invalidField("requested_token_type", "requested_token_type must be %s", TokenTypeAccessToken)
+	}
+	r := DelegationRequest{SubjectToken: form.Get("subject_token"), ActorToken: form.Get("actor_token")}
+	var err error
+	if r.Tools, err = spaceList(form.Get("tools"), "tools", maxTools, maxToolName); err != nil {
+		return r, err
+	}
+	if len(r.Tools) == 0 {
+		return r, invalidField("tools", "tools is required: the space-separated tools the sub-agent needs")
+	}
+	if r.Scopes, err = spaceList(form.Get("scope"), "scope", 64, 256); err != nil {
+		return r, err
+	}
+	for _, k := range []string{"audience", "resource"} {
+		for i, a := range form[k] {
+			if a == "" || len(a) > 512 || !utf8.ValidString(a) {
+				return r, invalidField(fmt.Sprintf("%s[%d]", k, i), "%s must be a non-empty string of at most 512 bytes", k)
+			}
+			if !slices.Contains(r.Audiences, a) {
+				r.Audiences = append(r.Audiences, a)
+			}
+		}
+	}
+	if v := form.Get("ttl_seconds"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 || n > int64(maxTTL/time.Second) {
+			return r, invalidField("ttl_seconds", "ttl_seconds must be a whole number from 1 to %d", int64(maxTTL/time.Second))
+		}
+		r.TTL = time.Duration(n) * time.Second
+	}
+	return r, nil
+}
+
+// spaceList splits a space-separated parameter, refusing duplicates.
+func spaceList(v, field string, maxItems, maxLen int) ([]string, error) {
+	items := strings.Fields(v)
+	if len(items) > maxItems {
+		return nil, invalidField(field, "%s may list at most %d entries", field, maxItems)
+	}
+	for i, it := range items {
+		if len(it) > maxLen || !utf8.ValidString(it) {
+			return nil, invalidField(field, "%s entry %d must be valid UTF-8 of at most %d bytes", field, i, maxLen)
+		}
+		if slices.Contains(items[:i], it) {
+			return nil, invalidField(field, "%s lists %q twice", field, it)
+		}
+	}
+	return items, nil
+}
+
+// ParentGrant is what a parent task token holds, as far as attenuation is
+// concerned.
+type ParentGrant struct {
+	Tools     []string
+	Audiences []string
+	Scopes    []string
+	Deadline  time.Time // the earlier of the task's deadline and the token's exp
+	Depth     int
+}
+
+// Attenuate decides a child grant: every tool, audience and scope the child
+// gets is held by the parent and still allowed by the template, and the
+// child ends at or before the parent. Asking for more is an error naming
+// what was asked; nothing is ever widened or silently dropped. It returns
+// the grant and the child's depth.
+func Attenuate(tmpl *Template, parent ParentGrant, req DelegationRequest, now time.Time) (Grant, int, error) {
+	deny := func(rule, field, format string, args ...any) (Grant, int, error) {
+		return Grant{}, 0, &Error{Code: CodeForbidden, Message: fmt.Sprintf(format, args...), Rule: rule, Field: field}
+	}
+	if tmpl.Delegation == nil {
+		return deny("delegation", "", "template %q does not allow delegation", tmpl.Name)
+	}
+	depth := parent.Depth + 1
+	if depth > tmpl.Delegation.MaxDepth {
+		return deny("delegation.max_depth", "", "delegation depth %d exceeds the maximum of template %q (%d)", depth, tmpl.Name, tmpl.Delegation.MaxDepth)
+	}
+	if len(req.Tools) == 0 {
+		return Grant{}, 0, invalidField("tools", "tools is required")
+	}
+	for i, tool := range req.Tools {
+		if _, sensitive := tmpl.SensitiveTool(tool); sensitive {
+			return Grant{}, 0, sensitiveDenied(tool, tmpl.Name, i)
+		}
+		if !slices.Contains(parent.Tools, tool) || !tmpl.AllowsTool(tool) {
+			return deny("tools", "tools", "tool %q is not held by the parent task", tool)
+		}
+	}
+	auds := req.Audiences
+	if len(auds) == 0 {
+		auds = parent.Audiences
+	}
+	var grantedAuds []string
+	for _, a := range auds {
+		if !slices.Contains(parent.Audiences, a) || !slices.Contains(tmpl.Audiences, a) {
+			return deny("audience", "audience", "audience %q is not held by the parent task", a)
+		}
+		grantedAuds = append(grantedAuds, a)
+	}
+	if len(grantedAuds) == 0 {
+		return deny("audience", "audience", "the parent task holds no audience to delegate")
+	}
+	scopes := req.Scopes
+	if scopes == nil {
+		scopes = parent.Scopes
+	}
+	var grantedScopes []string
+	for _, sc := range scopes {
+		if !slices.Contains(parent.Scopes, sc) || !slices.Contains(tmpl.Scopes, sc) {
+			if req.Scopes == nil {
+				continue // the parent's scope the template no longer allows
+			}
+			return deny("scope", "scope", "scope %q is not held by the parent task", sc)
+		}
+		grantedScopes = append(grantedScopes, sc)
+	}
+	remaining := parent.Deadline.Sub(now).Truncate(time.Second)
+	if remaining < time.Second {
+		return deny("ttl", "", "the parent task has less than a second left")
+	}
+	ttl := req.TTL
+	switch {
+	case ttl == 0:
+		ttl = min(remaining, tmpl.MaxTTL)
+	case ttl > remaining:
+		return deny("ttl", "ttl_seconds", "ttl_seconds %d exceeds the parent task's remaining %d seconds", int64(ttl/time.Second), int64(remaining/time.Second))
+	case ttl > tmpl.MaxTTL:
+		return Grant{}, 0, invalidField("ttl_seconds", "ttl_seconds %d exceeds the maximum of template %q (%d)", int64(ttl/time.Second), tmpl.Name, int64(tmpl.MaxTTL/time.Second))
+	}
+	return Grant{
+		Template:  tmpl,
+		Tools:     slices.Clone(req.Tools),
+		TTL:       ttl,
+		Audiences: grantedAuds,
+		Scopes:    grantedScopes,
+	}, depth, nil
+}
+
+// Delegate implements token exchange: the holder of a live task token asks
+// for a narrower task token for a sub-agent, who proves its identity with
+// its own identity token. The child task is recorded under its parent, so
+// ending the parent ends it; nothing is handed out unless the ledger and
+// the audit trail both took it.
+func (s *Service) Delegate(ctx context.Context, req DelegationRequest) (Task, []Minted, error) {
+	if req.SubjectToken == "" || req.ActorToken == "" {
+		return Task{}, nil, Errorf(CodeInvalid, "subject_token and actor_token are both required")
+	}
+	pc, err := s.tokens.Verify(req.SubjectToken)
+	if err != nil {
+		s.log.WarnContext(ctx, "subject token rejected", "token_sha256", TokenHash(req.SubjectToken), "reason", err.Error())
+		return Task{}, nil, unauthenticated(fmt.Errorf("subject token: %w", err))
+	}
+	parent, err := s.liveTask(ctx, pc)
+	if err != nil {
+		return Task{}, nil, err
+	}
+	if err := s.checkBoundProof(ctx, pc, req.Proof, req.Method, req.URL, req.SubjectToken); err != nil {
+		return Task{}, nil, err
+	}
+	actor, err := s.authenticate(ctx, req.ActorToken)
+	if err != nil {
+		return Task{}, nil, err
+	}
+	now := s.now()
+	tmpl, ok := s.templates.Load().Get(parent.Template)
+	if !ok {
+		return Task{}, nil, s.delegationDenied(ctx, parent, actor, &Error{Code: CodeForbidden,
+			Message: fmt.Sprintf("template %q is no longer available", parent.Template), Rule: "template"})
+	}
+	if tmpl.Delegation != nil {
+		if ok, cerr := tmpl.Delegation.Condition.Eval(map[string]any{"claims": claimsVar(actor.Claims)}); !ok {
+			return Task{}, nil, s.delegationDenied(ctx, parent, actor, &Error{Code: CodeForbidden,
+				Message: fmt.Sprintf("template %q does not allow delegation to this agent", tmpl.Name), Rule: "delegation.condition", Err: cerr})
+		}
+	}
+	deadline := parent.Deadline
+	if pc.ExpiresAt.Before(deadline) {
+		deadline = pc.ExpiresAt
+	}
+	g, depth, err := Attenuate(tmpl, ParentGrant{
+		Tools: pc.Tools, Audiences: pc.Audience, Scopes: strings.Fields(pc.Scope), Deadline: deadline, Depth: parent.Depth,
+	}, req, now)
+	if err != nil {
+		return Task{}, nil, s.delegationDenied(ctx, parent, actor, err)
+	}
+	root := parent.Root
+	if root == "" {
+		root = parent.ID
+	}
+	if err := s.spend(ctx, "delegations", root, tmpl.Budgets.Delegations, parent.Deadline); err != nil {
+		return Task{}, nil, s.delegationDenied(ctx, parent, actor, err)
+	}
+	subject := parent.Subject
+	if subject == "" {
+		subject = parent.Agent
+	}
+	child := Task{
+		ID: newID("tsk"), State: StateActive, Agent: actor.Subject, Issuer: actor.Issuer, Template: tmpl.Name,
+		Intent: parent.Intent, Tools: g.Tools, CreatedAt: now, Deadline: now.Add(g.TTL),
+		Parent: parent.ID, Root: root, Depth: depth, Subject: subject,
+		Act: append([]string{actor.Subject}, parent.Act...), JKT: parent.JKT,
+	}
+	if child.Deadline.After(deadline) { // Attenuate guarantees this; a second lock on the door.
+		return Task{}, nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued",
+			Err: fmt.Errorf("child deadline %s after parent's %s", child.Deadline, deadline)}
+	}
+	mctx, cancel := context.WithTimeout(ctx, defaultMintTimeout)
+	minted, err := s.tokens.Mint(mctx, child, actor, g)
+	cancel()
+	if err != nil {
+		return Task{}, nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued", Err: err}
+	}
+	creds := credentialsOf(minted)
+	for _, c := range creds {
+		if c.ExpiresAt.After(child.Deadline) {
+			return Task{}, nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued",
+				Err: fmt.Errorf("credential %s outlives its task", c.ID)}
+		}
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	err = s.ledger.Record(lctx, child, creds)
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotActive):
+		return Task{}, nil, unauthenticated(fmt.Errorf("parent task %s ended during the exchange", parent.ID))
+	case err != nil:
+		return Task{}, nil, unavailable("the credential ledger", fmt.Errorf("recording delegated task %s: %w", child.ID, err))
+	}
+	ev := s.event(ctx, "task.delegated", actor.Subject, child)
+	ev.Outcome = "granted"
+	ev.Creds = []string{creds[0].ID}
+	ev.Detail = map[string]any{"parent": parent.ID, "root": root, "depth": depth, "act": child.Act, "subject": subject,
+		"tools": child.Tools, "audiences": g.Audiences, "deadline": child.Deadline}
+	if err := s.audit.Record(ctx, ev); err != nil {
+		if _, _, endErr := s.end(context.WithoutCancel(ctx), child.ID, StateRevoked, "audit write failed", "valet"); endErr != nil {
+			s.log.ErrorContext(ctx, "revoking unaudited delegated task", "task_id", child.ID, "err", endErr)
+		}
+		return Task{}, nil, unavailable("the audit log", err)
+	}
+	s.log.InfoContext(ctx, "task delegated", "task_id", child.ID, "parent", parent.ID, "agent", child.Agent,
+		"depth", depth, "tools", child.Tools, "deadline", child.Deadline, "credentials", ev.Creds)
+	return child, minted, nil
+}
+
+// liveTask checks that a verified task token is on record, not denied, and
+// that its task is active, and returns the task. Any failure is the fixed
+// 401 (503 when the ledger is down).
+func (s *Service) liveTask(ctx context.Context, c TaskClaims) (Task, error) {
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	defer cancel()
+	cred, denied, err := s.ledger.Credential(lctx, c.ID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Task{}, unauthenticated(fmt.Errorf("token %s is not on record", c.ID))
+	case err != nil:
+		return Task{}, unavailable("the credential ledger", err)
+	case denied || cred.TaskID != c.TaskID || !s.now().Before(cred.ExpiresAt):
+		return Task{}, unauthenticated(fmt.Errorf("token %s is revoked or expired", c.ID))
+	}
+	t, _, err := s.ledger.Task(lctx, c.TaskID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Task{}, unauthenticated(fmt.Errorf("task %s is not on record", c.TaskID))
+	case err != nil:
+		return Task{}, unavailable("the credential ledger", err)
+	case t.State != StateActive || !s.now().Before(t.Deadline):
+		return Task{}, unauthenticated(fmt.Errorf("task %s is %s", t.ID, t.State))
+	}
+	return t, nil
+}
+
+// delegationDenied logs and audits a refused exchange and returns err.
+func (s *Service) delegationDenied(ctx context.Context, parent Task, actor Principal, err error) error {
+	var e *Error
+	rule := ""
+	if errors.As(err, &e) {
+		rule = e.Rule
+	}
+	s.log.WarnContext(ctx, "delegation denied", "parent", parent.ID, "agent", actor.Subject, "rule", rule, "reason", err.Error())
+	ev := s.event(ctx, "task.delegation_denied", actor.Subject, parent)
+	ev.Outcome, ev.Rule, ev.Reason = "denied", rule, err.Error()
+	if aerr := s.audit.Record(ctx, ev); aerr != nil {
+		s.log.ErrorContext(ctx, "audit write of a denial failed", "err", aerr)
+	}
+	return err
+}
+
+// spend counts one use of budget for the task tree of root and refuses it
+// over limit (0: no cap). The counter lives until the later of the
+// deadlines it is given, so it outlives every task that can spend from it.
+func (s *Service) spend(ctx context.Context, budget, root string, limit int, until time.Time) error {
+	if limit <= 0 {
+		return nil
+	}
+	if s.agent.limiter == nil {
+		return unavailable("the budget store", errNoLimiter)
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	n, err := s.agent.limiter.Count(lctx, budget+":"+root, until)
+	cancel()
+	if err != nil {
+		return unavailable("the budget store", err)
+	}
+	if n > int64(limit) {
+		return &Error{Code: CodeForbidden, Message: fmt.Sprintf("budget %q of %d is spent", budget, limit), Rule: "budgets." + budget}
+	}
+	return nil
+}
+
+// endDescendants ends every task delegated, directly or not, from t:
+// breadth first over the ledger's children sets, with a visited set so no
+// id is handled twice, and at most maxTreeNodes of them. Descendants that
+// already ended are still walked, so a cascade cut short by a ledger outage
+// finishes when the parent is ended (or revoked) again.
+func (s *Service) endDescendants(ctx context.Context, t Task) error {
+	ctx = context.WithoutCancel(ctx)
+	reason := fmt.Sprintf("ancestor task %s ended (%s)", t.ID, t.State)
+	visited := map[string]bool{t.ID: true}
+	queue := []string{t.ID}
+	for len(queue) > 0 {
+		id := queue[0]
+		queue = queue[1:]
+		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		kids, err := s.ledger.Children(lctx, id)
+		cancel()
+		if err != nil {
+			return unavailable("the credential ledger", fmt.Errorf("listing children of task %s: %w", id, err))
+		}
+		for _, kid := range kids {
+			if visited[kid] {
+				continue
+			}
+			if len(visited) >= maxTreeNodes {
+				s.log.ErrorContext(ctx, "delegation tree too large to end at once; the rest end by their deadlines",
+					"task_id", t.ID, "limit", maxTreeNodes)
+				return nil
+			}
+			visited[kid] = true
+			queue = append(queue, kid)
+			lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+			ct, creds, err := s.ledger.End(lctx, kid, StateRevoked, reason, s.now())
+			cancel()
+			switch {
+			case errors.Is(err, ErrNotActive), errors.Is(err, ErrNotFound):
+				continue
+			case err != nil:
+				return unavailable("the credential ledger", fmt.Errorf("ending descendant %s of task %s: %w", kid, t.ID, err))
+			}
+			s.revokeAtSource(ctx, creds, reason)
+			ev := s.event(ctx, "task.revoked", "valet", ct)
+			ev.Reason = reason
+			for _, c := range creds {
+				ev.Creds = append(ev.Creds, c.ID)
+			}
+			if err := s.audit.Record(ctx, ev); err != nil {
+				s.log.ErrorContext(ctx, "audit write of a task end failed", "task_id", kid, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// delegationBlock is a template's delegation block as it is decoded.
+type delegationBlock struct {
+	p        DelegationPolicy
+	condNode *yaml.Node
+}
+
+func decodeDelegation(l *templateLoader, n *yaml.Node, path string, t *Template) {
+	b := &delegationBlock{p: DelegationPolicy{MaxDepth: DefaultMaxDepth}}
+	if !decodeMapping(l, n, path, delegationFields, b) || b.condNode == nil {
+		return
+	}
+	b.p.Condition = l.compile(l.claimsEnv, b.condNode, joinPath(path, "condition"), "delegation.condition")
+	if b.p.Condition != nil {
+		t.Delegation = &b.p
+	}
+}
+
+var delegationFields = []field[*delegationBlock]{
+	{key: "max_depth", decode: func(l *templateLoader, n *yaml.Node, path string, b *delegationBlock) {
+		if d, ok := l.intIn(n, path, 1, MaxDelegationDepth); ok {
+			b.p.MaxDepth = d
+		}
+	}},
+	{key: "condition", required: true, decode: func(_ *templateLoader, n *yaml.Node, _ string, b *delegationBlock) {
+		b.condNode = n
+	}},
+}
+
+func decodeBudgets(l *templateLoader, n *yaml.Node, path string, t *Template) {
+	decodeMapping(l, n, path, budgetFields, &t.Budgets)
+}
+
+var budgetFields = []field[*Budgets]{
+	{key: "actions", decode: func(l *templateLoader, n *yaml.Node, path string, b *Budgets) {
+		b.Actions, _ = l.intIn(n, path, 1, 1_000_000)
+	}},
+	{key: "delegations", decode: func(l *templateLoader, n *yaml.Node, path string, b *Budgets) {
+		b.Delegations, _ = l.intIn(n, path, 1, 1_000_000)
+	}},
+}
+
+// intIn decodes an integer from lo to hi.
+func (l *templateLoader) intIn(n *yaml.Node, path string, lo, hi int) (int, bool) {
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
+		l.report(n, path, "must be a whole number from %d to %d", lo, hi)
+		return 0, false
+	}
+	v, err := strconv.Atoi(n.Value)
+	if err != nil || v < lo || v > hi {
+		l.report(n, path, "must be a whole number from %d to %d", lo, hi)
+		return 0, false
+	}
+	return v, true
+}

@@ -1,0 +1,156 @@
+package httpapi
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/valet-dev/valet/broker"
+)
+
+// taskToken reads a task token sent as "Authorization: Bearer" or, for a
+// DPoP-bound task, "Authorization: DPoP".
+func taskToken(r *http.Request) string {
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || (!strings.EqualFold(scheme, "Bearer") && !strings.EqualFold(scheme, "DPoP")) {
+		return ""
+	}
+	return strings.TrimSpace(tok)
+}
+
+// requestAction is POST /v1/tasks/{id}/actions: a one-shot action token
+// (201), a pending approval (202), or a refusal naming the rule (403).
+func (a *api) requestAction(w http.ResponseWriter, r *http.Request) {
+	if err := requireContentType(r, "application/json"); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	req, err := broker.DecodeActionRequest(r.Body)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	req.TaskID = chi.URLParam(r, "id")
+	req.Proof, req.Method, req.URL = r.Header.Get("DPoP"), r.Method, a.requestURL(r)
+	res, err := a.svc.RequestAction(r.Context(), taskToken(r), req)
+	a.writeAction(w, r, req.TaskID, res, err)
+}
+
+// actionStatus is GET /v1/tasks/{id}/actions/{approval_id}: the agent's
+// poll of an approval.
+func (a *api) actionStatus(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	res, err := a.svc.ActionStatus(r.Context(), taskToken(r), id, chi.URLParam(r, "approval_id"),
+		r.Header.Get("DPoP"), r.Method, a.requestURL(r))
+	a.writeAction(w, r, id, res, err)
+}
+
+func (a *api) writeAction(w http.ResponseWriter, r *http.Request, taskID string, res broker.ActionResult, err error) {
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	if p := res.Pending; p != nil {
+		w.Header().Set("Location", "/v1/tasks/"+taskID+"/actions/"+p.ID)
+		w.Header().Set("Retry-After", "2")
+		writeJSON(w, http.StatusAccepted, map[string]any{"status": "pending", "approval_id": p.ID,
+			"tool": p.Tool, "args_hash": p.ArgsHash, "expires_at": p.ExpiresAt.UTC().Format(time.RFC3339)})
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"status": "granted", "action_token": res.Token, "token_type": "action+jwt",
+		"jti": res.JTI, "tool": res.Tool, "args_hash": res.ArgsHash, "expires_at": res.ExpiresAt.UTC().Format(time.RFC3339),
+		"expires_in": int64(res.ExpiresAt.Sub(res.IssuedAt) / time.Second)})
+}
+
+// consumeAction is POST /v1/actions/consume: a tool server uses up an
+// action token (client authentication as for introspection).
+func (a *api) consumeAction(w http.ResponseWriter, r *http.Request) {
+	token, caller, err := a.tokenForm(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	use, err := a.svc.ConsumeAction(r.Context(), caller, token)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	if !use.Consumed {
+		writeJSON(w, http.StatusOK, map[string]any{"consumed": false})
+		return
+	}
+	c := use.Claims
+	writeJSON(w, http.StatusOK, map[string]any{"consumed": true, "jti": c.ID, "task_id": c.TaskID, "tool": c.Tool,
+		"args_hash": c.ArgsHash, "exp": c.ExpiresAt.Unix()})
+}
+
+// approver authenticates the approver API (HTTP Basic).
+func (a *api) approver(r *http.Request) (string, error) {
+	id, secret, ok := r.BasicAuth()
+	if !ok {
+		return "", &broker.Error{Code: broker.CodeUnauthenticated, Message: "approver authentication required (HTTP Basic)"}
+	}
+	return a.svc.AuthorizeApprover(r.Context(), id, secret)
+}
+
+// listApprovals is GET /v1/approvals?state=pending.
+func (a *api) listApprovals(w http.ResponseWriter, r *http.Request) {
+	if _, err := a.approver(r); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if st := r.URL.Query().Get("state"); st != "" && st != "pending" {
+		a.writeError(w, r, &broker.Error{Code: broker.CodeInvalid, Field: "state", Message: "state must be pending"})
+		return
+	}
+	list, err := a.svc.PendingApprovals(r.Context())
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, map[string]any{"approvals": list})
+}
+
+// decideApproval is POST /v1/approvals/{id}/approve and .../deny.
+func (a *api) decideApproval(approve bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		who, err := a.approver(r)
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		var body struct {
+			Reason string `json:"reason"`
+		}
+		if r.ContentLength != 0 {
+			if err := decodeJSON(r, &body); err != nil {
+				a.writeError(w, r, err)
+				return
+			}
+		}
+		ap, err := a.svc.DecideApproval(r.Context(), who, chi.URLParam(r, "id"), approve, body.Reason)
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"approval": ap})
+	}
+}
+
+// decodeJSON reads a small JSON body with unknown fields refused.
+func decodeJSON(r *http.Request, v any) error {
+	if err := requireContentType(r, "application/json"); err != nil {
+		return err
+	}
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		return &broker.Error{Code: broker.CodeInvalid, Message: "request body could not be read", Err: err}
+	}
+	return broker.DecodeStrict(b, v)
+}

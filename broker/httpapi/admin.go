@@ -1,0 +1,376 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/valet-dev/valet/broker"
+)
+
+// Metrics is what the HTTP layer needs of the metrics adapter.
+type Metrics interface {
+	Handler() http.Handler
+	Middleware(http.Handler) http.Handler
+}
+
+// streamPath is the one route exempt from the request timeout.
+const streamPath = "/v1/revocations/stream"
+
+// feedKeepalive is the longest silence on a revocation stream; feedWait is
+// how long one read from the feed blocks (bounding shutdown).
+const (
+	feedKeepalive = 15 * time.Second
+	feedWait      = 5 * time.Second
+)
+
+// timeout is chi's Timeout for every route but the revocation stream,
+// which lives as long as its client.
+func timeout(d time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		withTimeout := middleware.Timeout(d)(next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == streamPath {
+				next.ServeHTTP(w, r)
+				return
+			}
+			withTimeout.ServeHTTP(w, r)
+		})
+	}
+}
+
+// incidentRoutes adds the revocation feed, the admin API and /metrics, for
+// whichever of them are configured.
+func (a *api) incidentRoutes(r chi.Router) {
+	if a.opts.Feed != nil {
+		r.Get("/v1/revocations", a.revocations)
+		r.Get(streamPath, a.revocationStream)
+	}
+	if a.opts.Admin != nil {
+		r.Post("/v1/admin/revocations", a.adminRevoke)
+		r.Get("/v1/admin/revocations/{id}", a.adminJob)
+		r.Get("/v1/admin/controls", a.adminControls)
+		r.Post("/v1/admin/controls", a.adminPutControl)
+		r.Delete("/v1/admin/controls", a.adminDeleteControl)
+		r.Get("/v1/admin/tasks", a.adminTasks)
+		r.Get("/v1/admin/tasks/{id}", a.adminTask)
+		r.Get("/v1/admin/tasks/{id}/timeline", a.adminTimeline)
+	}
+	if a.opts.Metrics != nil {
+		r.Method(http.MethodGet, "/metrics", a.opts.Metrics.Handler())
+	}
+}
+
+// feedCaller authenticates a feed reader like introspection: HTTP Basic
+// client secret or a bearer identity token of an allowed issuer.
+func (a *api) feedCaller(r *http.Request) (string, error) {
+	id, secret, basic := r.BasicAuth()
+	bt := ""
+	if !basic {
+		id, secret, bt = "", "", bearer(r)
+		if bt == "" {
+			return "", &broker.Error{Code: broker.CodeUnauthenticated, Message: "client authentication required (HTTP Basic or Bearer)"}
+		}
+	}
+	return a.svc.AuthorizeClient(r.Context(), id, secret, bt)
+}
+
+type feedRevoked struct {
+	JTI    string `json:"jti"`
+	TaskID string `json:"task_id"`
+	Exp    int64  `json:"exp"`
+}
+
+type feedEpoch struct {
+	Dimension broker.Dimension `json:"dimension"`
+	Key       string           `json:"key"`
+	Before    int64            `json:"before"`
+}
+
+func (a *api) revocations(w http.ResponseWriter, r *http.Request) {
+	if _, err := a.feedCaller(r); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	entries, cursor, err := a.opts.Feed.Snapshot(r.Context(), time.Now())
+	if err != nil {
+		a.writeError(w, r, &broker.Error{Code: broker.CodeUnavailable, Message: "the revocation feed is unavailable", Err: err})
+		return
+	}
+	body := struct {
+		Cursor  string        `json:"cursor"`
+		Revoked []feedRevoked `json:"revoked"`
+		Epochs  []feedEpoch   `json:"epochs"`
+	}{Cursor: cursor, Revoked: []feedRevoked{}, Epochs: []feedEpoch{}}
+	for _, e := range entries {
+		if e.Epoch != nil {
+			body.Epochs = append(body.Epochs, feedEpoch{e.Epoch.Dimension, e.Epoch.Key, e.Epoch.Before.UnixMilli()})
+		} else {
+			body.Revoked = append(body.Revoked, feedRevoked{e.JTI, e.TaskID, e.Exp.Unix()})
+		}
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, body)
+}
+
+// streams ends open revocation streams when their server shuts down (which
+// otherwise waits for them).
+type streams struct {
+	once sync.Once
+	done chan struct{}
+}
+
+func (a *api) revocationStream(w http.ResponseWriter, r *http.Request) {
+	if _, err := a.feedCaller(r); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if srv, ok := r.Context().Value(http.ServerContextKey).(*http.Server); ok {
+		a.streams.once.Do(func() { srv.RegisterOnShutdown(func() { close(a.streams.done) }) })
+	}
+	cursor := r.URL.Query().Get("cursor")
+	if cursor == "" {
+		cursor = r.Header.Get("Last-Event-ID")
+	}
+	// The first read checks the cursor before the stream is committed to.
+	entries, cursor, err := a.opts.Feed.Follow(r.Context(), cursor, time.Millisecond)
+	if err != nil {
+		if broker.ErrorCode(err) != broker.CodeInvalid {
+			err = &broker.Error{Code: broker.CodeUnavailable, Message: "the revocation feed is unavailable", Err: err}
+		}
+		a.writeError(w, r, err)
+		return
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{}) // the server's write timeout would cut the stream
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, ": cursor %s\n\n", cursor)
+	quiet := time.Now()
+	for {
+		for _, e := range entries {
+			var data []byte
+			event := "revoked"
+			if e.Epoch != nil {
+				event = "epoch"
+				data, _ = json.Marshal(feedEpoch{e.Epoch.Dimension, e.Epoch.Key, e.Epoch.Before.UnixMilli()})
+			} else {
+				data, _ = json.Marshal(feedRevoked{e.JTI, e.TaskID, e.Exp.Unix()})
+			}
+			fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", e.Cursor, event, data)
+		}
+		if len(entries) > 0 {
+			quiet = time.Now()
+		} else if time.Since(quiet) >= feedKeepalive {
+			fmt.Fprint(w, ": keepalive\n\n")
+			quiet = time.Now()
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-a.streams.done:
+			return
+		default:
+		}
+		entries, cursor, err = a.opts.Feed.Follow(r.Context(), cursor, min(feedWait, feedKeepalive-time.Since(quiet)+time.Millisecond))
+		if err != nil {
+			if r.Context().Err() == nil {
+				a.log.WarnContext(r.Context(), "revocation stream ended: feed unavailable", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// admin authorizes the caller for action with role need.
+func (a *api) admin(w http.ResponseWriter, r *http.Request, need broker.Role, action string) (broker.AdminPrincipal, bool) {
+	p, err := a.opts.Admin.Authorize(r.Context(), bearer(r), need, action)
+	if err != nil {
+		a.writeError(w, r, err)
+		return p, false
+	}
+	return p, true
+}
+
+type revokeRequest struct {
+	Selector broker.Selector `json:"selector"`
+	Reason   string          `json:"reason"`
+	DryRun   bool            `json:"dry_run"`
+}
+
+func (a *api) adminRevoke(w http.ResponseWriter, r *http.Request) {
+	p, ok := a.admin(w, r, broker.RoleResponder, "revoke")
+	if !ok {
+		return
+	}
+	var req revokeRequest
+	if err := decodeJSONBody(r, &req); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if req.DryRun {
+		d, err := a.opts.Admin.DryRun(r.Context(), req.Selector)
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"dry_run": true, "tasks_matched": d.Tasks, "matched": d.Matched, "sample": d.Sample})
+		return
+	}
+	j, err := a.opts.Admin.Revoke(r.Context(), p, req.Selector, req.Reason)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	status := http.StatusOK
+	if j.State != broker.JobDone {
+		status = http.StatusAccepted
+	}
+	w.Header().Set("Location", "/v1/admin/revocations/"+j.ID)
+	writeJSON(w, status, map[string]any{"job": j})
+}
+
+func (a *api) adminJob(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.admin(w, r, broker.RoleViewer, "revocation.read"); !ok {
+		return
+	}
+	j, err := a.opts.Admin.Job(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"job": j})
+}
+
+func (a *api) adminControls(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.admin(w, r, broker.RoleViewer, "controls.read"); !ok {
+		return
+	}
+	cs, err := a.opts.Admin.Controls(r.Context())
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"controls": cs})
+}
+
+type controlRequest struct {
+	Kind   broker.ControlKind `json:"kind"`
+	Target string             `json:"target"`
+	Issuer string             `json:"issuer"`
+	Reason string             `json:"reason"`
+	Revoke bool               `json:"revoke"`
+}
+
+func (a *api) adminPutControl(w http.ResponseWriter, r *http.Request) {
+	p, ok := a.admin(w, r, broker.RoleResponder, "controls.set")
+	if !ok {
+		return
+	}
+	var req controlRequest
+	if err := decodeJSONBody(r, &req); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	c, job, err := a.opts.Admin.PutControl(r.Context(), p, broker.Control{Kind: req.Kind, Target: req.Target, Issuer: req.Issuer, Reason: req.Reason}, req.Revoke)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	body := map[string]any{"control": c}
+	if job != nil {
+		body["job"] = job
+	}
+	writeJSON(w, http.StatusCreated, body)
+}
+
+func (a *api) adminDeleteControl(w http.ResponseWriter, r *http.Request) {
+	p, ok := a.admin(w, r, broker.RoleResponder, "controls.lift")
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	c := broker.Control{Kind: broker.ControlKind(q.Get("kind")), Target: q.Get("target"), Issuer: q.Get("issuer")}
+	if err := c.Validate(); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if err := a.opts.Admin.DeleteControl(r.Context(), p, c); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"lifted": c.ID()})
+}
+
+func (a *api) adminTasks(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.admin(w, r, broker.RoleViewer, "tasks.read"); !ok {
+		return
+	}
+	q := r.URL.Query()
+	f := broker.TaskFilter{Agent: q.Get("agent"), Issuer: q.Get("issuer"), Template: q.Get("template"), State: broker.State(q.Get("state"))}
+	switch f.State {
+	case "", broker.StateActive, broker.StateCompleted, broker.StateExpired, broker.StateRevoked:
+	default:
+		a.writeError(w, r, &broker.Error{Code: broker.CodeInvalid, Message: "state must be active, completed, expired or revoked", Field: "state"})
+		return
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			a.writeError(w, r, &broker.Error{Code: broker.CodeInvalid, Message: "limit must be a number from 1 to 1000", Field: "limit"})
+			return
+		}
+		f.Limit = n
+	}
+	ts, err := a.opts.Admin.Tasks(r.Context(), f)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tasks": ts})
+}
+
+func (a *api) adminTask(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.admin(w, r, broker.RoleViewer, "tasks.read"); !ok {
+		return
+	}
+	t, cs, err := a.opts.Admin.TaskDetail(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if cs == nil {
+		cs = []broker.Credential{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"task": t, "credentials": cs})
+}
+
+func (a *api) adminTimeline(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.admin(w, r, broker.RoleViewer, "tasks.timeline"); !ok {
+		return
+	}
+	evs, err := a.opts.Admin.Timeline(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"task_id": chi.URLParam(r, "id"), "events": evs})
+}
+
+func decodeJSONBody(r *http.Request, v any) error {
+	if err := requireContentType(r, "application/json"); err != nil {
+		return err
+	}
+	return broker.DecodeJSON(r.Body, v)
+}

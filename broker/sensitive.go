@@ -1,0 +1,148 @@
+package broker
+
+import (
+	"fmt"
+	"sync"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/ext"
+	"go.yaml.in/yaml/v3"
+)
+
+// Rules of a sensitive tool.
+const (
+	RulePolicy   = "policy"   // the condition decides, at once
+	RuleApproval = "approval" // a human approver decides
+)
+
+// SensitiveTool is one entry of a template's sensitive_tools: a tool never
+// put in a task token, used only through one-shot action tokens that
+// Valet issues per call (see actions.go).
+type SensitiveTool struct {
+	Tool string
+	// Rule is RulePolicy or RuleApproval.
+	Rule string
+	// Condition is CEL over action, task, principal, resource and now. Required for RulePolicy (true issues the token); optional for
+	// RuleApproval (it must hold before an approver is even asked).
+	Condition *Condition
+	// Resource names an ops-defined resource (config `resources:`) whose
+	// labels conditions see as resource.*.
+	Resource string
+	// ShowArgs lets audit records carry argument values; otherwise they
+	// carry the arguments' names and hash only.
+	ShowArgs bool
+}
+
+// SensitiveTool returns the template's entry for tool, if it is sensitive.
+func (t *Template) SensitiveTool(tool string) (*SensitiveTool, bool) {
+	for i := range t.Sensitive {
+		if t.Sensitive[i].Tool == tool {
+			return &t.Sensitive[i], true
+		}
+	}
+	return nil, false
+}
+
+// actionEnv is the environment of sensitive-tool conditions. action is
+// {tool, args, context} (context is what the agent asserts), task is what
+// Valet recorded, principal the agent acting, resource the ops-defined
+// labels of the entry's resource plus its id.
+var actionEnv = sync.OnceValues(func() (*cel.Env, error) {
+	return cel.NewEnv(
+		cel.Variable("action", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("task", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("principal", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("resource", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("now", cel.TimestampType),
+		ext.Strings(),
+	)
+})
+
+type sensitiveBlock struct {
+	s                  SensitiveTool
+	toolNode, condNode *yaml.Node
+}
+
+func decodeSensitiveTools(l *templateLoader, n *yaml.Node, path string, t *Template) {
+	items, ok := l.seq(n, path, "sensitive tools")
+	if !ok {
+		return
+	}
+	env, err := actionEnv()
+	if err != nil {
+		l.report(n, path, "building the action CEL environment: %v", err)
+		return
+	}
+	first := map[string]int{}
+	for i, item := range items {
+		ipath := indexPath(path, i)
+		b := &sensitiveBlock{}
+		if !decodeMapping(l, item, ipath, sensitiveFields, b) || b.toolNode == nil || b.s.Rule == "" {
+			continue
+		}
+		if j, dup := first[b.s.Tool]; dup {
+			l.report(b.toolNode, joinPath(ipath, "tool"), "tool %q is listed twice (also at %s)", b.s.Tool, indexPath(path, j))
+			continue
+		}
+		first[b.s.Tool] = i
+		switch {
+		case b.condNode != nil:
+			b.s.Condition = l.compile(env, b.condNode, joinPath(ipath, "condition"), "sensitive_tools["+b.s.Tool+"].condition")
+			if b.s.Condition == nil {
+				continue
+			}
+		case b.s.Rule == RulePolicy:
+			l.report(item, joinPath(ipath, "condition"), "is required when rule is %q", RulePolicy)
+			continue
+		}
+		t.Sensitive = append(t.Sensitive, b.s)
+	}
+}
+
+var sensitiveFields = []field[*sensitiveBlock]{
+	{key: "tool", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, b *sensitiveBlock) {
+		s, ok := l.str(n, path)
+		if !ok {
+			return
+		}
+		if !toolNameRE.MatchString(s) {
+			l.report(n, path, "%q is not a valid tool name (no wildcards here)", truncate(s, 64))
+			return
+		}
+		b.s.Tool, b.toolNode = s, n
+	}},
+	{key: "rule", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, b *sensitiveBlock) {
+		s, ok := l.str(n, path)
+		if !ok {
+			return
+		}
+		if s != RulePolicy && s != RuleApproval {
+			l.report(n, path, "must be %q or %q", RulePolicy, RuleApproval)
+			return
+		}
+		b.s.Rule = s
+	}},
+	{key: "condition", decode: func(_ *templateLoader, n *yaml.Node, _ string, b *sensitiveBlock) { b.condNode = n }},
+	{key: "resource", decode: func(l *templateLoader, n *yaml.Node, path string, b *sensitiveBlock) {
+		s, ok := l.str(n, path)
+		if ok && (s == "" || len(s) > 256) {
+			l.report(n, path, "must be a resource id of 1 to 256 bytes")
+			return
+		}
+		b.s.Resource = s
+	}},
+	{key: "show_args", decode: func(l *templateLoader, n *yaml.Node, path string, b *sensitiveBlock) {
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" {
+			l.report(n, path, "must be true or false")
+			return
+		}
+		b.s.ShowArgs = n.Value == "true"
+	}},
+}
+
+// sensitiveDenied is the 403 for a declaration or delegation that lists a
+// sensitive tool.
+func sensitiveDenied(tool, tmpl string, i int) *Error {
+	return &Error{Code: CodeForbidden, Rule: "sensitive_tools", Field: fmt.Sprintf("tools[%d]", i),
+		Message: fmt.Sprintf("tool %q is sensitive in template %q: it is never put in a task token; ask for an action token per call (POST /v1/tasks/{id}/actions)", tool, tmpl)}
+}

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/valet-dev/valet/broker"
+)
+
+// ApprovalsConfig is the `approvals:` block: who may approve, how long an
+// approval stays pending, and where to announce new ones.
+type ApprovalsConfig struct {
+	Clients    []ClientEntry `yaml:"clients"`
+	Timeout    Duration      `yaml:"timeout"`
+	WebhookURL string        `yaml:"webhook_url"`
+}
+
+// agentConfig builds the broker's agent controls from `resources:` and
+// `approvals:`, reporting every problem at once.
+func (c *Config) agentConfig(getenv func(string) string) (broker.AgentConfig, error) {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	for id, labels := range c.Resources {
+		if id == "" || len(id) > 256 {
+			bad("resources", "resource id %q must have 1 to 256 bytes", id)
+		}
+		for k := range labels {
+			if k == "id" {
+				bad("resources."+id, `the label name "id" is reserved (it holds the resource id)`)
+			}
+		}
+	}
+	a := c.Approvals
+	if t := time.Duration(a.Timeout); t < 0 || t > 24*time.Hour {
+		bad("approvals.timeout", "must be from 0 (default 5m) to 24h")
+	}
+	if a.WebhookURL != "" {
+		if u, err := url.Parse(a.WebhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad("approvals.webhook_url", "must be an absolute http(s) URL")
+		}
+	}
+	var clients []broker.Client
+	for i, cl := range a.Clients {
+		field := fmt.Sprintf("approvals.clients[%d]", i)
+		var sum [32]byte
+		switch {
+		case cl.ID == "":
+			bad(field+".id", "is required")
+			continue
+		case cl.SecretEnv != "":
+			v := getenv(cl.SecretEnv)
+			if len(v) < 16 {
+				bad(field, "environment variable %s must hold a secret of at least 16 characters", cl.SecretEnv)
+				continue
+			}
+			sum = sha256.Sum256([]byte(v))
+		default:
+			b, err := hex.DecodeString(cl.SecretSHA256)
+			if err != nil || len(b) != 32 {
+				bad(field+".secret_sha256", "must be 64 hex digits (or set secret_env)")
+				continue
+			}
+			copy(sum[:], b)
+		}
+		clients = append(clients, broker.Client{ID: cl.ID, SecretSHA256: sum})
+	}
+	if err := errors.Join(errs...); err != nil {
+		return broker.AgentConfig{}, err
+	}
+	return broker.AgentConfig{
+		Resources: c.Resources,
+		Approvals: broker.ApprovalConfig{Clients: clients, Timeout: time.Duration(a.Timeout), WebhookURL: a.WebhookURL},
+	}, nil
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, dir, name, data string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfigExample(t *testing.T) {
+	cfg, err := loadConfig("../../examples/serve.yaml", func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Redis.URL != "redis://127.0.0.1:6379/0" || cfg.Issuers[0].Name != "dev" || !strings.HasSuffix(cfg.Templates.Paths[0], "examples/templates") {
+		t.Fatalf("unexpected config: %+v", cfg)
+	}
+}
+
+func TestLoadConfigReportsEveryProblem(t *testing.T) {
+	p := writeFile(t, t.TempDir(), "bad.yaml", `
+public_url: not-a-url
+redis: {url: "http://wrong"}
+log: {level: loud, format: xml}
+introspection:
+  clients:
+    - {id: "", secret_sha256: "abc"}
+reaper: {interval: 1ms}
+identity: {leeway: 5m}
+`)
+	_, err := loadConfig(p, func(string) string { return "" })
+	if err == nil {
+		t.Fatal("bad config loaded")
+	}
+	for _, want := range []string{"public_url", "redis.url", "log.level", "log.format", "signing.keys", "issuers",
+		"templates.paths", "introspection.clients[0].id", "introspection.clients[0].secret_sha256", "reaper.interval", "identity.leeway"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s:\n%v", want, err)
+		}
+	}
+}
+
+func TestLoadConfigRejectsUnknownKeys(t *testing.T) {
+	p := writeFile(t, t.TempDir(), "typo.yaml", "redis:\n  urll: redis://x\n")
+	_, err := loadConfig(p, func(string) string { return "" })
+	if err == nil || !strings.Contains(err.Error(), "urll") || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("unknown key not reported with its line: %v", err)
+	}
+}
+
+func TestEnvOverrides(t *testing.T) {
+	env := map[string]string{
+		"VALET_ADDR": "0.0.0.0:9000", "VALET_PUBLIC_URL": "https://valet.example.com", "VALET_REDIS_URL": "redis://r:6379/2",
+		"VALET_LOG_LEVEL": "debug", "VALET_LOG_FORMAT": "text", "VALET_AUDIT_FILE": "/var/log/valet/audit.jsonl",
+		"VALET_SIGNING_KEY_FILE": "/etc/valet/key.pem", "VALET_TEMPLATES": "/a:/b", "VALET_REAPER_INTERVAL": "2s",
+		"VALET_VAULT_ADDR": "https://vault.example.com:8200", "VALET_VAULT_TOKEN": "hvs.test-token",
+	}
+	cfg, err := loadConfig("../../examples/serve.yaml", func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Addr != "0.0.0.0:9000" || cfg.PublicURL != "https://valet.example.com" || cfg.Redis.URL != "redis://r:6379/2" ||
+		cfg.Log.Level != "debug" || cfg.Log.Format != "text" || cfg.Audit.File != "/var/log/valet/audit.jsonl" ||
+		cfg.Signing.Keys[0].File != "/etc/valet/key.pem" || len(cfg.Templates.Paths) != 2 || time.Duration(cfg.Reaper.Interval) != 2*time.Second {
+		t.Fatalf("overrides not applied: %+v", cfg)
+	}
+	if cfg.Vault == nil || cfg.Vault.Address != "https://vault.example.com:8200" || cfg.Vault.Auth.Method != "token" || cfg.Vault.token != "hvs.test-token" {
+		t.Fatalf("vault overrides not applied: %+v", cfg.Vault)
+	}
+	if len(env) != len(envOverrides) {
+		t.Fatalf("test covers %d of %d overrides", len(env), len(envOverrides))
+	}
+}
+
+// TestREADMEListsEveryEnvVar keeps the configuration reference honest.
+func TestREADMEListsEveryEnvVar(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range envOverrides {
+		if !bytes.Contains(readme, []byte("`"+name+"`")) {
+			t.Errorf("README.md does not document %s", name)
+		}
+	}
+	documented := regexp.MustCompile("`(VALET_[A-Z_]+)`").FindAllSubmatch(readme, -1)
+	for _, m := range documented {
+		name := string(m[1])
+		if _, ok := envOverrides[name]; !ok && name != "VALET_CONFIG" {
+			t.Errorf("README.md documents %s, which nothing reads", name)
+		}
+	}
+}
+
+func TestTemplatesCheck(t *testing.T) {
+	dir := t.TempDir()
+	bad := writeFile(t, dir, "bad.yaml", `
+templates:
+  - name: Bad Name
+    description: x
+    principals: []
+    ttl: {default: 20m, max: 10m}
+    tools: ["*"]
+    audiences: []
+`)
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"valet", "templates", "check", "../../examples/templates", bad}, os.Getenv, &out, &errOut)
+	if code != 1 {
+		t.Fatalf("exit %d for a bad file; stderr: %s", code, errOut.String())
+	}
+	for _, want := range []string{"bad.yaml:3", "templates[0].name", "templates[0].principals", "templates[0].ttl", "templates[0].tools[0]", "templates[0].audiences"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("check output lacks %q:\n%s", want, errOut.String())
+		}
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"valet", "templates", "check", "../../examples/templates"}, os.Getenv, &out, &errOut); code != 0 {
+		t.Fatalf("the example templates fail the check: %s", errOut.String())
+	}
+	if !strings.Contains(out.String(), "support-triage") {
+		t.Fatalf("check output: %s", out.String())
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{"valet"}, {"valet", "nope"}, {"valet", "serve"}, {"valet", "keys", "generate"}, {"valet", "dev", "token"}} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), args, func(string) string { return "" }, &out, &errOut); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errOut.String())
+		}
+	}
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/valet-dev/valet/audit"
+	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/metrics"
+	"github.com/valet-dev/valet/revocation"
+)
+
+// AdminConfig is the `admin:` block: the admins' identity providers and
+// the CEL rule of each role over their tokens' claims.
+type AdminConfig struct {
+	Issuers []IssuerEntry     `yaml:"issuers"`
+	Roles   map[string]string `yaml:"roles"`
+}
+
+// validateIncident checks the admin block. An admin issuer that is also an
+// agent issuer must use other audiences, so that no agent token passes.
+func (c *Config) validateIncident() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if len(c.Admin.Issuers) > 0 && len(c.Admin.Roles) == 0 {
+		bad("admin.roles", "at least one role is required when admin.issuers is set")
+	}
+	for name := range c.Admin.Roles {
+		if _, ok := broker.ParseRole(name); !ok {
+			bad("admin.roles."+name, "is not a role (viewer, operator, responder, admin)")
+		}
+	}
+	for i, a := range c.Admin.Issuers {
+		field := fmt.Sprintf("admin.issuers[%d]", i)
+		if a.Name == "" || a.IssuerURL == "" || len(a.Audiences) == 0 {
+			bad(field, "name, issuer_url and audiences are required")
+		}
+		for _, g := range c.Issuers {
+			if g.IssuerURL != a.IssuerURL {
+				continue
+			}
+			for _, aud := range a.Audiences {
+				if slices.Contains(g.Audiences, aud) {
+					bad(field+".audiences", "%q is also an audience of agent issuer %q: agent tokens would pass as admin tokens", aud, g.Name)
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// incident is the incident-response side of a broker: controls, epochs,
+// jobs, the feed, the Redis audit stream, metrics and the admin API.
+type incident struct {
+	controls *revocation.Controls
+	trail    *audit.RedisWriter
+	metrics  *metrics.Metrics
+	admin    *broker.Admin
+	feed     broker.Feed
+}
+
+// newIncident builds the parts that the Service needs, and the auditor to
+// give it: the file/stdout log, the Redis stream log, counted by metrics.
+func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, base broker.Auditor, known func(string) bool) (*incident, broker.Auditor, error) {
+	controls, err := revocation.NewControls(rc, prefix, 5*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	controls.Reload(ctx)
+	go controls.Run(ctx)
+	trail, err := audit.NewRedisWriter(rc, prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	inc := &incident{controls: controls, trail: trail}
+	inc.metrics = metrics.New(metrics.Options{
+		KnownTemplate: known,
+		RunningJobs: func() float64 {
+			if inc.admin == nil {
+				return 0
+			}
+			return float64(inc.admin.RunningJobs())
+		},
+		FinishedJobs: func() float64 {
+			if inc.admin == nil {
+				return 0
+			}
+			return float64(inc.admin.FinishedJobs())
+		},
+	})
+	return inc, inc.metrics.Auditor(audit.Multi{base, audit.NewLog(trail)}), nil
+}
+
+// startAdmin builds the admin API over svc when admin issuers are
+// configured, and resumes unfinished revocation jobs.
+func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer string, svc *broker.Service, ledger *revocation.RedisLedger,
+	agentIssuers []string, static map[string][]byte, log *slog.Logger) error {
+	inc.feed = ledger.Feed()
+	if len(ac.Issuers) == 0 {
+		return nil
+	}
+	cfgs := make([]broker.IssuerConfig, len(ac.Issuers))
+	for i, is := range ac.Issuers {
+		cfgs[i] = broker.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
+			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL, StaticJWKS: static[is.IssuerURL]}
+	}
+	id, err := broker.NewIdentity(ctx, cfgs, broker.IdentityOptions{SelfIssuer: selfIssuer, Logger: log})
+	if err != nil {
+		return fmt.Errorf("admin.issuers: %w", err)
+	}
+	inc.admin, err = broker.NewAdmin(broker.AdminConfig{
+		Identity: id, Roles: ac.Roles, Service: svc, Controls: inc.controls, Jobs: ledger, Epochs: ledger, Timeline: inc.trail,
+		AgentIssuers: agentIssuers, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	inc.admin.Start(ctx, 5*time.Second)
+	return nil
+}
+
+// httpMetrics is the metrics for httpapi.Options, nil when there are none
+// (a nil *Metrics in the interface would not be nil).
+func (inc *incident) httpMetrics() httpapi.Metrics {
+	if inc.metrics == nil {
+		return nil
+	}
+	return inc.metrics
+}

@@ -1,0 +1,570 @@
+package revocation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/valet-dev/valet/broker"
+)
+
+// Incident-response state kept beside the ledger, in the same Redis and
+// under the same prefix (see doc.go for the key layout):
+//
+//	valet:epoch:agent:<issuer>:<agent>   string: revoked-before, unix ms (TTL: before + 24h)
+//	valet:epoch:template:<name>          string: idem
+//	valet:epoch:issuer:<issuer>          string: idem
+//	valet:epochs                         hash: "<dimension> <key>" → unix ms, for the feed snapshot
+//	valet:revocations                    stream: the revocation feed (type revoked|epoch)
+//	valet:controls                       hash: control id → JSON
+//	valet:controls:changed               pub/sub channel: a control changed
+//	valet:job:<id>                       string: a bulk revocation job (JSON)
+//	valet:job:<id>:lease                 string: the broker running it (PX)
+//	valet:jobs:running                   set: ids of unfinished jobs
+
+// FeedMaxLen caps the revocation stream (approximately); entries older than
+// broker.EpochTTL are trimmed too, as nothing they name is still live.
+const FeedMaxLen = 1_000_000
+
+const jobRetention = 7 * 24 * time.Hour
+
+func (k keys) epoch(e broker.Epoch) string {
+	key := part(e.Key)
+	if e.Dimension == broker.DimAgent {
+		if is, sub, ok := strings.Cut(e.Key, "/"); ok {
+			key = part(is) + ":" + part(sub)
+		}
+	}
+	return k.prefix + ":epoch:" + string(e.Dimension) + ":" + key
+}
+func (k keys) epochs() string          { return k.prefix + ":epochs" }
+func (k keys) feed() string            { return k.prefix + ":revocations" }
+func (k keys) controls() string        { return k.prefix + ":controls" }
+func (k keys) controlsChannel() string { return k.prefix + ":controls:changed" }
+func (k keys) job(id string) string    { return k.prefix + ":job:" + part(id) }
+func (k keys) jobLease(id string) string {
+	return k.job(id) + ":lease"
+}
+func (k keys) jobsRunning() string { return k.prefix + ":jobs:running" }
+
+// Feed returns the revocation feed of this ledger's Redis.
+func (l *RedisLedger) Feed() *RedisFeed { return &RedisFeed{c: l.c, keys: l.keys} }
+
+var _ broker.EpochStore = (*RedisLedger)(nil)
+var _ broker.JobStore = (*RedisLedger)(nil)
+
+// CredentialStatus implements broker.EpochStore: the credential record, its
+// deny entry and the epochs, in one pipelined round trip.
+func (l *RedisLedger) CredentialStatus(ctx context.Context, id string, epochs []broker.Epoch) (broker.Credential, bool, time.Time, error) {
+	var rec *redis.StringCmd
+	var denied *redis.IntCmd
+	var eps *redis.SliceCmd
+	ekeys := make([]string, len(epochs))
+	for i, e := range epochs {
+		ekeys[i] = l.keys.epoch(e)
+	}
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		rec = p.Get(ctx, l.keys.cred(id))
+		denied = p.Exists(ctx, l.keys.deny(id))
+		if len(ekeys) > 0 {
+			eps = p.MGet(ctx, ekeys...)
+		}
+		return nil
+	})
+	if err != nil {
+		return broker.Credential{}, false, time.Time{}, wrapErr("reading credential "+id, err)
+	}
+	c, err := decodeCred([]byte(rec.Val()))
+	if err != nil {
+		return broker.Credential{}, false, time.Time{}, fmt.Errorf("reading credential %s: %w", id, err)
+	}
+	var latest int64
+	if eps != nil {
+		for _, v := range eps.Val() {
+			s, _ := v.(string)
+			if n, err := strconv.ParseInt(s, 10, 64); err == nil && n > latest {
+				latest = n
+			}
+		}
+	}
+	return c, denied.Val() > 0, fromMs(latest), nil
+}
+
+// setEpochScript moves an epoch forward and publishes it, or does nothing.
+// KEYS: epoch, epochs hash, feed. ARGV: before ms, expire-at ms, hash field,
+// dimension, key, max len, trim-below ms. The hash and the stream live at
+// least as long as the epoch.
+var setEpochScript = redis.NewScript(luaCommon + `
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) <= cur then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'epoch', 'dimension', ARGV[4], 'key', ARGV[5], 'before', ARGV[1])
+redis.call('XTRIM', KEYS[3], 'MINID', '~', ARGV[7])
+expire_at_least(KEYS[2], tonumber(ARGV[2]))
+expire_at_least(KEYS[3], tonumber(ARGV[2]))
+return 1
+`)
+
+// SetEpoch implements broker.EpochStore.
+func (l *RedisLedger) SetEpoch(ctx context.Context, e broker.Epoch) error {
+	before := e.Before.UnixMilli()
+	expireAt := e.Before.Add(broker.EpochTTL)
+	if !expireAt.After(time.Now()) {
+		return nil // everything it would cover has expired by itself
+	}
+	err := setEpochScript.Run(ctx, l.c, []string{l.keys.epoch(e), l.keys.epochs(), l.keys.feed()},
+		before, expireAt.UnixMilli(), string(e.Dimension)+" "+e.Key, string(e.Dimension), e.Key,
+		FeedMaxLen, time.Now().Add(-broker.EpochTTL).UnixMilli()).Err()
+	return wrapErr("setting epoch "+string(e.Dimension)+" "+e.Key, err)
+}
+
+// SaveJob implements broker.JobStore.
+func (l *RedisLedger) SaveJob(ctx context.Context, j broker.RevocationJob) error {
+	b, err := json.Marshal(j)
+	if err != nil {
+		return fmt.Errorf("encoding job %s: %w", j.ID, err)
+	}
+	_, err = l.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, l.keys.job(j.ID), b, jobRetention)
+		if j.State == broker.JobDone {
+			p.SRem(ctx, l.keys.jobsRunning(), j.ID)
+			p.Del(ctx, l.keys.jobLease(j.ID))
+		} else {
+			p.SAdd(ctx, l.keys.jobsRunning(), j.ID)
+		}
+		return nil
+	})
+	return wrapErr("saving job "+j.ID, err)
+}
+
+// Job implements broker.JobStore.
+func (l *RedisLedger) Job(ctx context.Context, id string) (broker.RevocationJob, error) {
+	b, err := l.c.Get(ctx, l.keys.job(id)).Bytes()
+	if err != nil {
+		return broker.RevocationJob{}, wrapErr("reading job "+id, err)
+	}
+	var j broker.RevocationJob
+	if err := json.Unmarshal(b, &j); err != nil {
+		return broker.RevocationJob{}, fmt.Errorf("decoding job %s: %w", id, err)
+	}
+	return j, nil
+}
+
+// Unfinished implements broker.JobStore.
+func (l *RedisLedger) Unfinished(ctx context.Context) ([]string, error) {
+	ids, err := l.c.SMembers(ctx, l.keys.jobsRunning()).Result()
+	if err != nil {
+		return nil, wrapErr("listing running jobs", err)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+var leaseScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`)
+
+// Lease implements broker.JobStore.
+func (l *RedisLedger) Lease(ctx context.Context, id, owner string, ttl time.Duration) (bool, error) {
+	n, err := leaseScript.Run(ctx, l.c, []string{l.keys.jobLease(id)}, owner, ttl.Milliseconds()).Int()
+	if err != nil {
+		return false, wrapErr("leasing job "+id, err)
+	}
+	return n == 1, nil
+}
+
+// globEscaper escapes a key part for SCAN MATCH.
+var globEscaper = strings.NewReplacer(`\`, `\\`, "*", `\*`, "?", `\?`, "[", `\[`, "]", `\]`)
+
+// Candidates implements broker.JobStore. It walks the most selective index
+// the selector names with ZSCAN (which returns every member present for the
+// whole walk, perhaps twice; the job is idempotent). The cursor is
+// "<index key> <zscan cursor>"; indexes are walked in key order.
+func (l *RedisLedger) Candidates(ctx context.Context, sel broker.Selector, cursor string, limit int) ([]string, string, error) {
+	if sel.TaskID != "" {
+		if cursor != "" {
+			return nil, "", nil
+		}
+		return []string{sel.TaskID}, "", nil
+	}
+	sources, err := l.sources(ctx, sel)
+	if err != nil {
+		return nil, "", err
+	}
+	key, zc := "", uint64(0)
+	if cursor != "" {
+		k, c, ok := strings.Cut(cursor, " ")
+		n, perr := strconv.ParseUint(c, 10, 64)
+		if !ok || perr != nil {
+			return nil, "", fmt.Errorf("bad job cursor %q", cursor)
+		}
+		key, zc = k, n
+	}
+	i, found := slices.BinarySearch(sources, key)
+	if !found {
+		zc = 0 // that index is gone: start the next one from its top
+	}
+	for ; i < len(sources); i, zc = i+1, 0 {
+		vals, next, err := l.c.ZScan(ctx, sources[i], zc, "", int64(limit)).Result()
+		if err != nil {
+			return nil, "", wrapErr("scanning "+sources[i], err)
+		}
+		ids := make([]string, 0, len(vals)/2)
+		for j := 0; j < len(vals); j += 2 {
+			ids = append(ids, vals[j])
+		}
+		switch {
+		case next != 0:
+			return ids, sources[i] + " " + strconv.FormatUint(next, 10), nil
+		case i+1 < len(sources):
+			return ids, sources[i+1] + " 0", nil
+		default:
+			return ids, "", nil
+		}
+	}
+	return nil, "", nil
+}
+
+// sources are the index keys whose union holds every task sel can match.
+func (l *RedisLedger) sources(ctx context.Context, sel broker.Selector) ([]string, error) {
+	switch {
+	case sel.Agent != "" && sel.Issuer != "":
+		return []string{l.keys.agentIndex(sel.Issuer, sel.Agent)}, nil
+	case sel.Agent != "":
+		return l.scanKeys(ctx, globEscaper.Replace(l.keys.prefix)+":idx:agent:*:"+globEscaper.Replace(part(sel.Agent)))
+	case sel.Template != "":
+		return []string{l.keys.templateIndex(sel.Template)}, nil
+	case sel.Issuer != "":
+		return []string{l.keys.issuerIndex(sel.Issuer)}, nil
+	default:
+		return l.scanKeys(ctx, globEscaper.Replace(l.keys.prefix)+":idx:issuer:*")
+	}
+}
+
+func (l *RedisLedger) scanKeys(ctx context.Context, match string) ([]string, error) {
+	var out []string
+	iter := l.c.Scan(ctx, 0, match, 1000).Iterator()
+	for iter.Next(ctx) {
+		k := iter.Val()
+		// "*" also spans ":" so an agent index of another agent whose name
+		// ends the same way could match; keep exact ones only.
+		if strings.Count(strings.TrimPrefix(k, l.keys.prefix+":idx:"), ":") == strings.Count(strings.TrimPrefix(match, globEscaper.Replace(l.keys.prefix)+":idx:"), ":") {
+			out = append(out, k)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return nil, wrapErr("scanning indexes", err)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// Tasks implements broker.JobStore in one pipelined round trip.
+func (l *RedisLedger) Tasks(ctx context.Context, ids []string) ([]broker.Task, [][]broker.Credential, error) {
+	if len(ids) == 0 {
+		return nil, nil, nil
+	}
+	hashes := make([]*redis.MapStringStringCmd, len(ids))
+	recs := make([]*redis.StringSliceCmd, len(ids))
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			hashes[i] = p.HGetAll(ctx, l.keys.task(id))
+			recs[i] = p.LRange(ctx, l.keys.taskCreds(id), 0, -1)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, wrapErr("reading tasks", err)
+	}
+	tasks := make([]broker.Task, 0, len(ids))
+	creds := make([][]broker.Credential, 0, len(ids))
+	for i, id := range ids {
+		if len(hashes[i].Val()) == 0 {
+			continue
+		}
+		t, cs, err := decodeTask(id, hashes[i].Val(), recs[i].Val())
+		if err != nil {
+			return nil, nil, err
+		}
+		tasks = append(tasks, t)
+		creds = append(creds, cs)
+	}
+	return tasks, creds, nil
+}
+
+// RedisFeed is the revocation feed: a Redis stream written by the same
+// scripts that deny credentials and set epochs, so it misses none.
+type RedisFeed struct {
+	c    redis.UniversalClient
+	keys keys
+}
+
+var _ broker.Feed = (*RedisFeed)(nil)
+
+// Snapshot implements broker.Feed.
+func (f *RedisFeed) Snapshot(ctx context.Context, now time.Time) ([]broker.FeedEntry, string, error) {
+	var out []broker.FeedEntry
+	cursor, start := "0-0", "-"
+	for {
+		msgs, err := f.c.XRangeN(ctx, f.keys.feed(), start, "+", 10000).Result()
+		if err != nil {
+			return nil, "", wrapErr("reading the revocation feed", err)
+		}
+		for _, m := range msgs {
+			cursor = m.ID
+			if e, ok := decodeFeed(m); ok && e.Epoch == nil && e.Exp.After(now) {
+				out = append(out, e)
+			}
+		}
+		if len(msgs) < 10000 {
+			break
+		}
+		start = "(" + cursor
+	}
+	eps, err := f.c.HGetAll(ctx, f.keys.epochs()).Result()
+	if err != nil {
+		return nil, "", wrapErr("reading epochs", err)
+	}
+	var stale []string
+	for field, v := range eps {
+		dim, key, _ := strings.Cut(field, " ")
+		ms, _ := strconv.ParseInt(v, 10, 64)
+		before := fromMs(ms)
+		if !before.Add(broker.EpochTTL).After(now) {
+			stale = append(stale, field)
+			continue
+		}
+		out = append(out, broker.FeedEntry{Epoch: &broker.Epoch{Dimension: broker.Dimension(dim), Key: key, Before: before}})
+	}
+	if len(stale) > 0 {
+		_ = f.c.HDel(ctx, f.keys.epochs(), stale...).Err() // best effort: it only saves space
+	}
+	return out, cursor, nil
+}
+
+// Follow implements broker.Feed with a blocking XREAD.
+func (f *RedisFeed) Follow(ctx context.Context, cursor string, wait time.Duration) ([]broker.FeedEntry, string, error) {
+	if cursor == "" {
+		last, err := f.c.XRevRangeN(ctx, f.keys.feed(), "+", "-", 1).Result()
+		if err != nil {
+			return nil, "", wrapErr("reading the revocation feed", err)
+		}
+		cursor = "0-0"
+		if len(last) > 0 {
+			cursor = last[0].ID
+		}
+	}
+	if !validStreamID(cursor) {
+		return nil, "", &broker.Error{Code: broker.CodeInvalid, Message: "cursor must be a stream id such as 1700000000000-0", Field: "cursor"}
+	}
+	res, err := f.c.XRead(ctx, &redis.XReadArgs{Streams: []string{f.keys.feed(), cursor}, Count: 1000, Block: wait}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, cursor, nil
+	}
+	if err != nil {
+		return nil, "", wrapErr("following the revocation feed", err)
+	}
+	var out []broker.FeedEntry
+	for _, s := range res {
+		for _, m := range s.Messages {
+			cursor = m.ID
+			if e, ok := decodeFeed(m); ok {
+				out = append(out, e)
+			}
+		}
+	}
+	return out, cursor, nil
+}
+
+func validStreamID(s string) bool {
+	ms, seq, ok := strings.Cut(s, "-")
+	if !ok {
+		seq = "0"
+	}
+	_, err1 := strconv.ParseUint(ms, 10, 64)
+	_, err2 := strconv.ParseUint(seq, 10, 64)
+	return err1 == nil && err2 == nil
+}
+
+func decodeFeed(m redis.XMessage) (broker.FeedEntry, bool) {
+	str := func(k string) string { s, _ := m.Values[k].(string); return s }
+	e := broker.FeedEntry{Cursor: m.ID}
+	switch str("type") {
+	case "revoked":
+		exp, _ := strconv.ParseInt(str("exp"), 10, 64)
+		e.JTI, e.TaskID, e.Exp = str("jti"), str("task_id"), time.Unix(exp, 0).UTC()
+	case "epoch":
+		ms, _ := strconv.ParseInt(str("before"), 10, 64)
+		e.Epoch = &broker.Epoch{Dimension: broker.Dimension(str("dimension")), Key: str("key"), Before: fromMs(ms)}
+	default:
+		return e, false
+	}
+	return e, true
+}
+
+// Controls is the broker.ControlStore in Redis, with an in-memory copy that
+// every replica refreshes when told over pub/sub (and every refresh
+// interval in any case). Check answers from the copy and fails closed
+// while the copy cannot be trusted: before the first load, and after a
+// refresh failed.
+type Controls struct {
+	c       redis.UniversalClient
+	keys    keys
+	refresh time.Duration
+
+	mu     sync.RWMutex
+	list   []broker.Control
+	loaded bool
+	err    error
+}
+
+var _ broker.ControlStore = (*Controls)(nil)
+
+// NewControls returns the control store under prefix (default "valet").
+// Call Run to keep it fresh; until its first load, Check fails closed.
+func NewControls(c redis.UniversalClient, prefix string, refresh time.Duration) (*Controls, error) {
+	if c == nil {
+		return nil, errors.New("controls: client cannot be nil")
+	}
+	if prefix == "" {
+		prefix = "valet"
+	}
+	if refresh <= 0 {
+		refresh = 5 * time.Second
+	}
+	return &Controls{c: c, keys: keys{prefix: prefix}, refresh: refresh}, nil
+}
+
+// Run subscribes to changes and reloads on each, and every refresh
+// interval, until ctx ends.
+func (s *Controls) Run(ctx context.Context) {
+	sub := s.c.Subscribe(ctx, s.keys.controlsChannel())
+	defer sub.Close()
+	// Wait for the subscription before the first load, so no change made
+	// in between is missed.
+	if _, err := sub.Receive(ctx); err != nil {
+		s.fail(err)
+	}
+	s.Reload(ctx)
+	msgs := sub.Channel()
+	t := time.NewTicker(s.refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-msgs:
+			if !ok {
+				return
+			}
+			s.Reload(ctx)
+		case <-t.C:
+			s.Reload(ctx)
+		}
+	}
+}
+
+// Reload reads every control from Redis into the copy.
+func (s *Controls) Reload(ctx context.Context) {
+	list, err := s.List(ctx)
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	s.mu.Lock()
+	s.list, s.loaded, s.err = list, true, nil
+	s.mu.Unlock()
+}
+
+func (s *Controls) fail(err error) {
+	s.mu.Lock()
+	s.err = err
+	s.mu.Unlock()
+}
+
+// Check implements broker.ControlStore.
+func (s *Controls) Check(_ context.Context, issuer, subject, template string) (*broker.Control, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	switch {
+	case s.err != nil:
+		return nil, fmt.Errorf("controls: %w: %w", broker.ErrUnavailable, s.err)
+	case !s.loaded:
+		return nil, fmt.Errorf("controls: %w: not loaded yet", broker.ErrUnavailable)
+	}
+	for i := range s.list {
+		if s.list[i].Matches(issuer, subject, template) {
+			c := s.list[i]
+			return &c, nil
+		}
+	}
+	return nil, nil
+}
+
+// List implements broker.ControlStore, ordered by id.
+func (s *Controls) List(ctx context.Context) ([]broker.Control, error) {
+	m, err := s.c.HGetAll(ctx, s.keys.controls()).Result()
+	if err != nil {
+		return nil, wrapErr("reading controls", err)
+	}
+	out := make([]broker.Control, 0, len(m))
+	for id, v := range m {
+		var c broker.Control
+		if err := json.Unmarshal([]byte(v), &c); err != nil {
+			return nil, fmt.Errorf("decoding control %s: %w", id, err)
+		}
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b broker.Control) int { return strings.Compare(a.ID(), b.ID()) })
+	return out, nil
+}
+
+// Put implements broker.ControlStore: write and announce in one
+// transaction, then refresh this replica's copy.
+func (s *Controls) Put(ctx context.Context, c broker.Control) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("encoding control: %w", err)
+	}
+	_, err = s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, s.keys.controls(), c.ID(), b)
+		p.Publish(ctx, s.keys.controlsChannel(), c.ID())
+		return nil
+	})
+	if err != nil {
+		return wrapErr("saving control "+c.ID(), err)
+	}
+	s.Reload(ctx)
+	return nil
+}
+
+// Delete implements broker.ControlStore.
+func (s *Controls) Delete(ctx context.Context, c broker.Control) (bool, error) {
+	var del *redis.IntCmd
+	_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		del = p.HDel(ctx, s.keys.controls(), c.ID())
+		p.Publish(ctx, s.keys.controlsChannel(), c.ID())
+		return nil
+	})
+	if err != nil {
+		return false, wrapErr("deleting control "+c.ID(), err)
+	}
+	s.Reload(ctx)
+	return del.Val() > 0, nil
+}

@@ -1,0 +1,249 @@
+package verify
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The revocation feed's wire format (served by Valet at /v1/revocations):
+//
+//	GET /v1/revocations → {"cursor": "<stream id>",
+//	    "revoked": [{"jti", "task_id", "exp"}],
+//	    "epochs": [{"dimension": "agent|template|issuer", "key", "before": <unix ms>}]}
+//	GET /v1/revocations/stream?cursor=<id> → text/event-stream of
+//	    "event: revoked" data {"jti","task_id","exp"} and
+//	    "event: epoch" data {"dimension","key","before"}, each with an id.
+//
+// Both take the introspection client's HTTP Basic credentials.
+
+type revokedEntry struct {
+	JTI    string `json:"jti"`
+	TaskID string `json:"task_id"`
+	Exp    int64  `json:"exp"` // unix seconds
+}
+
+type epochEntry struct {
+	Dimension string `json:"dimension"`
+	Key       string `json:"key"`
+	Before    int64  `json:"before"` // unix ms
+}
+
+type snapshot struct {
+	Cursor  string         `json:"cursor"`
+	Revoked []revokedEntry `json:"revoked"`
+	Epochs  []epochEntry   `json:"epochs"`
+}
+
+// denySet is the local copy of what the feed has said.
+type denySet struct {
+	mu     sync.RWMutex
+	isLive bool
+	jtis   map[string]time.Time
+	tasks  map[string]time.Time
+	epochs map[string]int64 // dimension + "\x00" + key → before (unix ms)
+}
+
+func newDenySet() *denySet {
+	return &denySet{jtis: map[string]time.Time{}, tasks: map[string]time.Time{}, epochs: map[string]int64{}}
+}
+
+func (d *denySet) live() bool { d.mu.RLock(); defer d.mu.RUnlock(); return d.isLive }
+
+func (d *denySet) setLive(b bool) { d.mu.Lock(); d.isLive = b; d.mu.Unlock() }
+
+func (d *denySet) addRevoked(e revokedEntry) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	exp := time.Unix(e.Exp, 0)
+	if e.Exp == 0 {
+		exp = time.Now().Add(24 * time.Hour) // no exp given: keep it for the longest task life
+	}
+	if e.JTI != "" {
+		d.jtis[e.JTI] = exp
+	}
+	if e.TaskID != "" && exp.After(d.tasks[e.TaskID]) {
+		d.tasks[e.TaskID] = exp
+	}
+}
+
+func (d *denySet) addEpoch(e epochEntry) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := e.Dimension + "\x00" + e.Key
+	if e.Before > d.epochs[k] {
+		d.epochs[k] = e.Before
+	}
+}
+
+// denied reports whether c's token, its task or an epoch covering it was
+// revoked.
+func (d *denySet) denied(c Claims, now time.Time) bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if _, ok := d.jtis[c.ID]; ok {
+		return true
+	}
+	if _, ok := d.tasks[c.TaskID]; ok {
+		return true
+	}
+	iat := c.IssuedAt.UnixMilli()
+	for _, k := range []string{
+		"agent\x00" + c.AgentIssuer + "/" + c.Actor(),
+		"agent\x00" + c.AgentIssuer + "/" + c.Subject,
+		"template\x00" + c.Template,
+		"issuer\x00" + c.AgentIssuer,
+	} {
+		if before, ok := d.epochs[k]; ok && iat < before {
+			return true
+		}
+	}
+	return false
+}
+
+// prune drops entries whose tokens have expired anyway.
+func (d *denySet) prune(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, exp := range d.jtis {
+		if now.After(exp) {
+			delete(d.jtis, k)
+		}
+	}
+	for k, exp := range d.tasks {
+		if now.After(exp) {
+			delete(d.tasks, k)
+		}
+	}
+}
+
+// Run follows the revocation feed until ctx ends: it loads the snapshot,
+// then the stream from its cursor, reconnecting after a break (backing off
+// up to 5 s). While it is not connected, Check falls back to
+// introspection, so a broken feed never lets a revoked token through.
+func (v *Verifier) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := v.follow(ctx)
+		v.deny.setLive(false)
+		if ctx.Err() != nil {
+			return
+		}
+		v.cfg.Logger.WarnContext(ctx, "revocation feed broke; checking by introspection until it is back", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// Live reports whether the deny set is fed (Check then asks no one).
+func (v *Verifier) Live() bool { return v.deny.live() }
+
+func (v *Verifier) follow(ctx context.Context) error {
+	snap, err := v.snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	for _, e := range snap.Revoked {
+		v.deny.addRevoked(e)
+	}
+	for _, e := range snap.Epochs {
+		v.deny.addEpoch(e)
+	}
+	// A stream client without the overall timeout of HTTPClient: the
+	// stream is meant to stay open.
+	sc := *v.cfg.HTTPClient
+	sc.Timeout = 0
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		v.cfg.Issuer+"/v1/revocations/stream?cursor="+url.QueryEscape(snap.Cursor), nil)
+	if err != nil {
+		return err
+	}
+	req.SetBasicAuth(v.cfg.ClientID, v.cfg.ClientSecret)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := sc.Do(req)
+	if err != nil {
+		return fmt.Errorf("opening revocation stream: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("opening revocation stream: status %d", resp.StatusCode)
+	}
+	v.deny.setLive(true)
+	v.cfg.Logger.InfoContext(ctx, "revocation feed live", "cursor", snap.Cursor)
+	lastPrune := time.Now()
+	sr := bufio.NewReader(io.LimitReader(resp.Body, 1<<40))
+	var event string
+	var data strings.Builder
+	for {
+		line, err := sr.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("reading revocation stream: %w", err)
+		}
+		if len(line) > 64<<10 {
+			return errors.New("reading revocation stream: line too long")
+		}
+		line = strings.TrimRight(line, "\r\n")
+		switch {
+		case line == "":
+			v.apply(event, data.String())
+			event = ""
+			data.Reset()
+			if time.Since(lastPrune) > time.Minute {
+				v.deny.prune(v.cfg.Now())
+				lastPrune = time.Now()
+			}
+		case strings.HasPrefix(line, "event:"):
+			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "data:"):
+			data.WriteString(strings.TrimSpace(strings.TrimPrefix(line, "data:")))
+		}
+	}
+}
+
+func (v *Verifier) apply(event, data string) {
+	switch event {
+	case "revoked":
+		var e revokedEntry
+		if json.Unmarshal([]byte(data), &e) == nil {
+			v.deny.addRevoked(e)
+		}
+	case "epoch":
+		var e epochEntry
+		if json.Unmarshal([]byte(data), &e) == nil {
+			v.deny.addEpoch(e)
+		}
+	}
+}
+
+func (v *Verifier) snapshot(ctx context.Context) (snapshot, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.cfg.Issuer+"/v1/revocations", nil)
+	if err != nil {
+		return snapshot{}, err
+	}
+	req.SetBasicAuth(v.cfg.ClientID, v.cfg.ClientSecret)
+	resp, err := v.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return snapshot{}, fmt.Errorf("reading revocation snapshot: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return snapshot{}, fmt.Errorf("reading revocation snapshot: status %d", resp.StatusCode)
+	}
+	var s snapshot
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&s); err != nil {
+		return snapshot{}, fmt.Errorf("decoding revocation snapshot: %w", err)
+	}
+	return s, nil
+}
