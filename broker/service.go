@@ -46,6 +46,13 @@ type Config struct {
 	Controls ControlStore
 	// Epochs, when set, makes introspection honour revoked-before epochs.
 	Epochs EpochStore
+
+	// RevocationQueue, when set, keeps failed revocations at the source
+	// for RunRetries (rule 5). Without it a failure is only logged.
+	RevocationQueue RevocationQueue
+	// ReconcileGrace spares credentials younger than this from the
+	// reconciler (default 1m): their declaration may still be running.
+	ReconcileGrace time.Duration
 }
 
 // Client is a confidential client of the introspection and revocation
@@ -71,6 +78,10 @@ type Service struct {
 	agent        agentControls
 	controls     ControlStore
 	epochs       EpochStore
+
+	retryQ     RevocationQueue
+	counters   revocationCounters
+	reconGrace time.Duration
 }
 
 // NewService checks cfg and builds a Service.
@@ -102,6 +113,7 @@ func NewService(cfg Config) (*Service, error) {
 		audit:        cfg.Auditor,
 		clients:      cfg.Clients,
 		introIssuers: map[string]bool{},
+		retryQ:       cfg.RevocationQueue,
 		now:          cfg.Now,
 		log:          cfg.Logger,
 		controls:     cfg.Controls,
@@ -119,6 +131,9 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.reconGrace = cfg.ReconcileGrace; s.reconGrace <= 0 {
+		s.reconGrace = defaultReconcileGrace
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -274,6 +289,9 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 // mint asks every issuer for its credentials, task token first. If one
 // fails, what the others made is revoked before returning.
 func (s *Service) mint(ctx context.Context, task Task, p Principal, g Grant) ([]Minted, error) {
+	if g.Template != nil && g.Template.Vault != nil && s.issuers[KindVaultToken] == nil {
+		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("template %q asks for Vault credentials, but this broker has no Vault configured; nothing was issued", g.Template.Name)}
+	}
 	mctx, cancel := context.WithTimeout(ctx, defaultMintTimeout)
 	defer cancel()
 	var all []Minted
@@ -285,6 +303,13 @@ func (s *Service) mint(ctx context.Context, task Task, p Principal, g Grant) ([]
 				creds[i] = all[i].Credential
 			}
 			s.revokeAtSource(ctx, creds, "a later mint failed")
+			var nr *NotRevokedError
+			if errors.As(err, &nr) {
+				for _, c := range nr.Creds {
+					s.counters.failed.Add(1)
+					s.queueRevocation(ctx, c, 1, err)
+				}
+			}
 			if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 				return nil, unavailable(fmt.Sprintf("the %s issuer", is.Kind()), err)
 			}
@@ -310,9 +335,10 @@ func credentialsOf(ms []Minted) []Credential {
 	return out
 }
 
-// revokeAtSource kills credentials at their issuer, children before parents.
+// revokeAtSource kills credentials at their issuer, children before parents,
+// and queues those it could not kill for retry; it returns how many failed.
 // A JWT needs nothing here: it dies by the ledger's deny list and its exp.
-func (s *Service) revokeAtSource(ctx context.Context, creds []Credential, why string) {
+func (s *Service) revokeAtSource(ctx context.Context, creds []Credential, why string) (failed int) {
 	ctx = context.WithoutCancel(ctx)
 	for i := len(creds) - 1; i >= 0; i-- {
 		c := creds[i]
@@ -324,11 +350,16 @@ func (s *Service) revokeAtSource(ctx context.Context, creds []Credential, why st
 		err := is.Revoke(rctx, c)
 		cancel()
 		if err != nil {
+			failed++
+			s.counters.failed.Add(1)
 			s.log.ErrorContext(ctx, "revoking credential at its source failed", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID, "why", why, "err", err)
+			s.queueRevocation(ctx, c, 1, err)
 			continue
 		}
+		s.counters.revoked.Add(1)
 		s.log.InfoContext(ctx, "credential revoked at its source", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID, "why", why)
 	}
+	return failed
 }
 
 // recordDenial logs and audits a refused declaration. The refusal stands
@@ -433,7 +464,7 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 	case err != nil:
 		return Task{}, nil, unavailable("the credential ledger", fmt.Errorf("ending task %s: %w", id, err))
 	}
-	s.revokeAtSource(ctx, creds, reason)
+	failed := s.revokeAtSource(ctx, creds, reason)
 	ids := make([]string, len(creds))
 	for i, c := range creds {
 		ids[i] = c.ID
@@ -448,6 +479,10 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 	s.log.InfoContext(ctx, "task ended", "task_id", id, "state", state, "reason", reason, "credentials", ids)
 	if err := s.endDescendants(ctx, t); err != nil {
 		return t, creds, err
+	}
+	if failed > 0 {
+		return t, creds, &Error{Code: CodeUnavailable, Err: ErrRevocationPending,
+			Message: fmt.Sprintf("task %s ended and its tokens are denied, but %d credential(s) could not be revoked at their source yet; they are retried until they expire", id, failed)}
 	}
 	return t, creds, nil
 }
@@ -537,7 +572,7 @@ func (s *Service) ReapOnce(ctx context.Context) (int, error) {
 		for _, id := range ids {
 			_, _, err := s.end(ctx, id, StateExpired, "deadline passed", "reaper")
 			switch {
-			case err == nil:
+			case err == nil, errors.Is(err, ErrRevocationPending):
 				ended++
 			case errors.Is(err, ErrNotActive), ErrorCode(err) == CodeNotFound:
 			default:

@@ -29,6 +29,8 @@ type Template struct {
 	// Sensitive are the tools used only through action tokens (see
 	// sensitive.go); none of them is ever put in a task token.
 	Sensitive []SensitiveTool
+	// Vault, when set, asks for Vault credentials per task.
+	Vault *VaultSpec
 }
 
 // PrincipalRule admits principals from one trusted issuer (by its configured

@@ -38,6 +38,7 @@ func FuzzLoadTemplates(f *testing.F) {
 		"templates:\n  - {name: a, <<: {tools: [x]}}\n",
 		"templates: [" + strings.Repeat("[", 200) + "\n",
 		"---\n---\n",
+		"templates:\n  - name: a\n    principals: [{issuer: dev}]\n    ttl: {default: 1m, max: 2m}\n    tools: [a]\n    audiences: [x]\n    vault: {token_role: r, policies: [p, ROOT], num_uses: 3, database_role: d, wrap_ttl: 1m}\n",
 		"\xff\xfe",
 	} {
 		f.Add([]byte(s))

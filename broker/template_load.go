@@ -535,6 +535,7 @@ var templateFields = []field[*Template]{
 	{key: "delegation", decode: decodeDelegation},
 	{key: "budgets", decode: decodeBudgets},
 	{key: "sensitive_tools", decode: decodeSensitiveTools},
+	{key: "vault", decode: decodeVault},
 }
 
 func decodeTemplateName(l *templateLoader, n *yaml.Node, path string, t *Template) {

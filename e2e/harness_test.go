@@ -132,6 +132,10 @@ type envOptions struct {
 	jobLease time.Duration
 	// agent, when set, adjusts the broker's agent controls.
 	agent func(*broker.AgentConfig)
+	// issuers and queue extend the broker (Vault tests): further
+	// issuers and a retry queue.
+	issuers []broker.Issuer
+	queue   broker.RevocationQueue
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -199,7 +203,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	cfg := broker.Config{
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
-		Agent: agentCfg,
+		Agent: agentCfg, Issuers: o.issuers, RevocationQueue: o.queue,
 	}
 	if o.incident {
 		e.incidentConfig(&cfg, rc) // incident_harness_test.go

@@ -31,6 +31,7 @@ type Config struct {
 	Limits    LimitsConfig    `yaml:"limits"`
 	Identity  IdentityConfig  `yaml:"identity"`
 	Admin     AdminConfig     `yaml:"admin"`
+	Vault     *VaultConfig    `yaml:"vault"`
 	// Agent controls (agent_config.go).
 	Resources map[string]map[string]string `yaml:"resources"`
 	Approvals ApprovalsConfig              `yaml:"approvals"`
@@ -139,6 +140,15 @@ var envOverrides = map[string]func(c *Config, v string) error{
 		c.Templates.Paths = strings.Split(v, string(os.PathListSeparator))
 		return nil
 	},
+	"VALET_VAULT_ADDR": func(c *Config, v string) error {
+		c.vault().Address = v
+		return nil
+	},
+	"VALET_VAULT_TOKEN": func(c *Config, v string) error {
+		c.vault().Auth = VaultAuthConfig{Method: "token"}
+		c.Vault.token = v
+		return nil
+	},
 	"VALET_REAPER_INTERVAL": func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.Reaper.Interval = Duration(d)
@@ -164,7 +174,8 @@ func loadConfig(path string, getenv func(string) string) (*Config, error) {
 		return nil, err
 	}
 	c.defaults()
-	if err := c.validate(); err != nil {
+	c.vaultDefaults()
+	if err := errors.Join(c.validate(), c.validateVault(getenv)); err != nil {
 		return nil, fmt.Errorf("config %s:\n%w", path, err)
 	}
 	return &c, nil

@@ -66,6 +66,7 @@ func TestEnvOverrides(t *testing.T) {
 		"VALET_ADDR": "0.0.0.0:9000", "VALET_PUBLIC_URL": "https://valet.example.com", "VALET_REDIS_URL": "redis://r:6379/2",
 		"VALET_LOG_LEVEL": "debug", "VALET_LOG_FORMAT": "text", "VALET_AUDIT_FILE": "/var/log/valet/audit.jsonl",
 		"VALET_SIGNING_KEY_FILE": "/etc/valet/key.pem", "VALET_TEMPLATES": "/a:/b", "VALET_REAPER_INTERVAL": "2s",
+		"VALET_VAULT_ADDR": "https://vault.example.com:8200", "VALET_VAULT_TOKEN": "hvs.test-token",
 	}
 	cfg, err := loadConfig("../../examples/serve.yaml", func(k string) string { return env[k] })
 	if err != nil {
@@ -75,6 +76,9 @@ func TestEnvOverrides(t *testing.T) {
 		cfg.Log.Level != "debug" || cfg.Log.Format != "text" || cfg.Audit.File != "/var/log/valet/audit.jsonl" ||
 		cfg.Signing.Keys[0].File != "/etc/valet/key.pem" || len(cfg.Templates.Paths) != 2 || time.Duration(cfg.Reaper.Interval) != 2*time.Second {
 		t.Fatalf("overrides not applied: %+v", cfg)
+	}
+	if cfg.Vault == nil || cfg.Vault.Address != "https://vault.example.com:8200" || cfg.Vault.Auth.Method != "token" || cfg.Vault.token != "hvs.test-token" {
+		t.Fatalf("vault overrides not applied: %+v", cfg.Vault)
 	}
 	if len(env) != len(envOverrides) {
 		t.Fatalf("test covers %d of %d overrides", len(env), len(envOverrides))

@@ -94,6 +94,14 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	vw, err := setupVault(ctx, cfg, getenv, log)
+	if err != nil {
+		return err
+	}
+	retryQ, err := revocation.NewRedisQueue(redisClient, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention)})
+	if err != nil {
+		return err
+	}
 	clients := make([]broker.Client, len(secrets))
 	for i, s := range secrets {
 		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
@@ -110,6 +118,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
 		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log, Agent: agentCfg,
 		Controls: inc.controls, Epochs: ledger,
+		Issuers: vw.issuers, RevocationQueue: retryQ, ReconcileGrace: vw.reconcileGrace(),
 	})
 	if err != nil {
 		return err
@@ -119,7 +128,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	handler, err := httpapi.Handler(httpapi.Options{
 		Service: svc, Issuer: cfg.PublicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
-		Ready: []func(context.Context) error{identity.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+		Ready: append([]func(context.Context) error{identity.Ready}, vw.ready...), MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), Logger: log,
 		Admin: inc.admin, Feed: inc.feed, Metrics: inc.httpMetrics(),
 	})
@@ -136,6 +145,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return nil
 	}
 	go watchTemplates(ctx, cfg.Templates.Paths, *cfg.Templates.Watch, reload, log)
+	vw.run(ctx, svc)
 	log.Info("valet serving", "addr", cfg.Addr, "public_url", cfg.PublicURL, "templates", templates.Names(), "version", version)
 	return serveHTTP(ctx, cfg.Addr, handler, svc, time.Duration(cfg.Reaper.Interval), log, nil)
 }

@@ -1,0 +1,322 @@
+package issuers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/valet-dev/valet/broker"
+)
+
+// DefaultVaultTimeout bounds each call to Vault.
+const DefaultVaultTimeout = 3 * time.Second
+
+// Task token metadata keys. The reconciler finds Valet's tokens by
+// MetaTaskID.
+const (
+	MetaTaskID   = "valet_task_id"
+	MetaAgent    = "agent"
+	MetaTemplate = "template"
+	MetaIssuer   = "issuer"
+)
+
+// VaultConfig configures the Vault issuer.
+type VaultConfig struct {
+	// Client is logged in as Valet (a VaultSession keeps its token fresh).
+	// Required. Its own retries should be off: Valet never repeats a
+	// token creation blindly.
+	Client *api.Client
+	// Namespace is the Vault Enterprise namespace, if any.
+	Namespace string
+	// DatabaseMount is where the database secrets engine is mounted;
+	// default "database".
+	DatabaseMount string
+	// Timeout bounds each call to Vault; default DefaultVaultTimeout.
+	Timeout time.Duration
+	Now     func() time.Time
+	Logger  *slog.Logger
+}
+
+// Vault issues a Vault token per task, through the token role its template
+// names, and optionally database credentials read with that token, so they
+// are a child lease of it and die with it. It is safe for concurrent use.
+type Vault struct {
+	client    *api.Client
+	namespace string
+	dbMount   string
+	timeout   time.Duration
+	now       func() time.Time
+	log       *slog.Logger
+}
+
+var (
+	_ broker.Issuer          = (*Vault)(nil)
+	_ broker.SourceInventory = (*Vault)(nil)
+)
+
+// NewVault checks cfg and builds the issuer.
+func NewVault(cfg VaultConfig) (*Vault, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("vault issuer: client cannot be nil")
+	}
+	v := &Vault{client: cfg.Client, namespace: cfg.Namespace, dbMount: strings.Trim(cfg.DatabaseMount, "/"),
+		timeout: cfg.Timeout, now: cfg.Now, log: cfg.Logger}
+	if v.dbMount == "" {
+		v.dbMount = "database"
+	}
+	if v.timeout <= 0 {
+		v.timeout = DefaultVaultTimeout
+	}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	if v.log == nil {
+		v.log = slog.New(slog.DiscardHandler)
+	}
+	return v, nil
+}
+
+// Kind implements broker.Issuer. The database leases it records are of
+// kind vault_lease; they die with their parent token, so only tokens are
+// ever revoked through the issuer.
+func (v *Vault) Kind() broker.CredentialKind { return broker.KindVaultToken }
+
+// Mint implements broker.Issuer. A template without a vault block gets
+// nothing. The task token's ttl and explicit_max_ttl are the task's
+// remaining time, rounded down to whole seconds, so Vault kills it by the
+// deadline even if Valet is gone. If any step after the token's creation
+// fails, the token (and with it any lease) is revoked before returning; if
+// that fails too, the error is a *broker.NotRevokedError naming it.
+func (v *Vault) Mint(ctx context.Context, task broker.Task, p broker.Principal, g broker.Grant) ([]broker.Minted, error) {
+	if g.Template == nil || g.Template.Vault == nil {
+		return nil, nil
+	}
+	spec := g.Template.Vault
+	now := v.now()
+	ttl := task.Deadline.Sub(now).Truncate(time.Second)
+	if ttl < time.Second {
+		return nil, fmt.Errorf("minting vault token for task %s: less than a second of the task is left", task.ID)
+	}
+	no := false
+	ctx1, cancel := context.WithTimeout(ctx, v.timeout)
+	sec, err := v.client.Auth().Token().CreateWithRoleWithContext(ctx1, &api.TokenCreateRequest{
+		Policies:       spec.Policies,
+		TTL:            secs(ttl),
+		ExplicitMaxTTL: secs(ttl),
+		Renewable:      &no,
+		NumUses:        spec.NumUses,
+		DisplayName:    "valet-" + task.ID,
+		Metadata: map[string]string{
+			MetaTaskID: task.ID, MetaAgent: task.Agent, MetaTemplate: task.Template, MetaIssuer: task.Issuer,
+		},
+	}, spec.TokenRole)
+	cancel()
+	if err != nil {
+		return nil, classify("creating vault token through role "+spec.TokenRole, err)
+	}
+	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" || sec.Auth.Accessor == "" {
+		return nil, errors.New("creating vault token: Vault answered without a token")
+	}
+	token, accessor := sec.Auth.ClientToken, sec.Auth.Accessor
+	tokCred := broker.Credential{ID: accessor, Kind: broker.KindVaultToken, TaskID: task.ID, IssuedAt: now, ExpiresAt: now.Add(ttl)}
+	fail := func(err error) ([]broker.Minted, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.timeout)
+		defer cancel()
+		if rerr := v.Revoke(rctx, tokCred); rerr != nil {
+			v.log.ErrorContext(ctx, "revoking a half-minted vault token failed", "accessor", accessor, "task_id", task.ID, "err", rerr)
+			return nil, &broker.NotRevokedError{Creds: []broker.Credential{tokCred}, Err: err}
+		}
+		v.log.InfoContext(ctx, "half-minted vault token revoked", "accessor", accessor, "task_id", task.ID, "why", err.Error())
+		return nil, err
+	}
+	if got := time.Duration(sec.Auth.LeaseDuration) * time.Second; got > ttl {
+		return fail(fmt.Errorf("vault token %s got a ttl of %s, more than the %s asked for", accessor, got, ttl))
+	}
+	out := []broker.Minted{{Credential: tokCred, Material: map[string]any{"type": "vault_token", "token": token, "accessor": accessor}}}
+
+	if spec.DatabaseRole != "" {
+		tc, err := v.client.Clone()
+		if err != nil {
+			return fail(fmt.Errorf("cloning vault client: %w", err))
+		}
+		tc.SetToken(token)
+		if v.namespace != "" {
+			tc.SetNamespace(v.namespace)
+		}
+		ctx2, cancel := context.WithTimeout(ctx, v.timeout)
+		ds, err := tc.Logical().ReadWithContext(ctx2, v.dbMount+"/creds/"+spec.DatabaseRole)
+		cancel()
+		if err != nil {
+			return fail(classify("reading database credentials of role "+spec.DatabaseRole, err))
+		}
+		if ds == nil || ds.LeaseID == "" {
+			return fail(errors.New("reading database credentials: Vault answered without a lease"))
+		}
+		username, _ := ds.Data["username"].(string)
+		password, _ := ds.Data["password"].(string)
+		exp := now.Add(time.Duration(ds.LeaseDuration) * time.Second)
+		if exp.After(tokCred.ExpiresAt) {
+			exp = tokCred.ExpiresAt // the lease dies with its token
+		}
+		out = append(out, broker.Minted{
+			Credential: broker.Credential{ID: ds.LeaseID, Kind: broker.KindVaultLease, TaskID: task.ID, Parent: accessor,
+				IssuedAt: now, ExpiresAt: exp},
+			Material: map[string]any{"type": "database", "username": username, "password": password, "lease_id": ds.LeaseID},
+		})
+	}
+
+	if spec.WrapTTL > 0 {
+		wrapTTL := min(spec.WrapTTL, ttl)
+		for i := range out {
+			wrapped, err := v.wrap(ctx, out[i].Material, wrapTTL)
+			if err != nil {
+				return fail(err)
+			}
+			out[i].Material = wrapped
+		}
+	}
+	return out, nil
+}
+
+// wrap puts material into a single-use response-wrapping token. The answer
+// keeps the non-secret ids (accessor, lease id) beside the wrapping token.
+func (v *Vault) wrap(ctx context.Context, material map[string]any, ttl time.Duration) (map[string]any, error) {
+	wc, err := v.client.Clone()
+	if err != nil {
+		return nil, fmt.Errorf("cloning vault client: %w", err)
+	}
+	wc.SetToken(v.client.Token())
+	if v.namespace != "" {
+		wc.SetNamespace(v.namespace)
+	}
+	wc.SetWrappingLookupFunc(func(string, string) string { return secs(ttl) })
+	ctx, cancel := context.WithTimeout(ctx, v.timeout)
+	defer cancel()
+	sec, err := wc.Logical().WriteWithContext(ctx, "sys/wrapping/wrap", material)
+	if err != nil {
+		return nil, classify("wrapping secrets", err)
+	}
+	if sec == nil || sec.WrapInfo == nil || sec.WrapInfo.Token == "" {
+		return nil, errors.New("wrapping secrets: Vault answered without a wrapping token")
+	}
+	out := map[string]any{
+		"type":              material["type"],
+		"wrapped":           true,
+		"wrapping_token":    sec.WrapInfo.Token,
+		"wrapping_accessor": sec.WrapInfo.Accessor,
+		"wrap_ttl_seconds":  sec.WrapInfo.TTL,
+	}
+	for _, k := range []string{"accessor", "lease_id"} {
+		if id, ok := material[k]; ok {
+			out[k] = id
+		}
+	}
+	return out, nil
+}
+
+// Revoke implements broker.Issuer: a token by accessor (its leases go with
+// it), a lease by id. One that is gone already is not an error.
+func (v *Vault) Revoke(ctx context.Context, c broker.Credential) error {
+	ctx, cancel := context.WithTimeout(ctx, v.timeout)
+	defer cancel()
+	var err error
+	switch c.Kind {
+	case broker.KindVaultToken:
+		err = v.client.Auth().Token().RevokeAccessorWithContext(ctx, c.ID)
+	case broker.KindVaultLease:
+		_, err = v.client.Logical().WriteWithContext(ctx, "sys/leases/revoke", map[string]any{"lease_id": c.ID})
+	default:
+		return fmt.Errorf("vault issuer cannot revoke a %s credential", c.Kind)
+	}
+	if err != nil && !isGone(err) {
+		return classify(fmt.Sprintf("revoking %s %s", c.Kind, c.ID), err)
+	}
+	return nil
+}
+
+// Live implements broker.SourceInventory: every token in Vault that carries
+// a Valet task id in its metadata. It lists all accessors (which needs sudo
+// on auth/token/accessors) and looks each up, so one pass costs one
+// request per token in Vault.
+func (v *Vault) Live(ctx context.Context) ([]broker.Credential, error) {
+	lctx, cancel := context.WithTimeout(ctx, v.timeout)
+	sec, err := v.client.Logical().ListWithContext(lctx, "auth/token/accessors")
+	cancel()
+	if err != nil {
+		return nil, classify("listing vault token accessors", err)
+	}
+	if sec == nil {
+		return nil, nil
+	}
+	keys, _ := sec.Data["keys"].([]any)
+	var out []broker.Credential
+	for _, k := range keys {
+		accessor, _ := k.(string)
+		if accessor == "" {
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, v.timeout)
+		info, err := v.client.Auth().Token().LookupAccessorWithContext(lctx, accessor)
+		cancel()
+		if isGone(err) {
+			continue // expired or revoked since the listing
+		}
+		if err != nil {
+			return nil, classify("looking up vault token accessor "+accessor, err)
+		}
+		if info == nil {
+			continue
+		}
+		meta, _ := info.Data["meta"].(map[string]any)
+		taskID, _ := meta[MetaTaskID].(string)
+		if taskID == "" {
+			continue
+		}
+		c := broker.Credential{ID: accessor, Kind: broker.KindVaultToken, TaskID: taskID}
+		if n, ok := info.Data["creation_time"].(json.Number); ok {
+			if sec, err := n.Int64(); err == nil {
+				c.IssuedAt = time.Unix(sec, 0)
+			}
+		}
+		if s, ok := info.Data["expire_time"].(string); ok {
+			c.ExpiresAt, _ = time.Parse(time.RFC3339Nano, s)
+		}
+		if c.ExpiresAt.IsZero() {
+			c.ExpiresAt = v.now().Add(broker.MaxTemplateTTL)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// classify wraps a Vault error: no answer, a timeout, or an answer that
+// means Vault cannot serve now (5xx, 429, sealed) wraps
+// broker.ErrUnavailable; a 4xx answer (permission, a bad role) does not.
+func classify(op string, err error) error {
+	var re *api.ResponseError
+	if errors.As(err, &re) && re.StatusCode < 500 && re.StatusCode != http.StatusTooManyRequests {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return fmt.Errorf("%s: %w: %w", op, broker.ErrUnavailable, err)
+}
+
+// isGone reports whether Vault said the accessor or lease does not exist.
+func isGone(err error) bool {
+	var re *api.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest {
+		return false
+	}
+	msg := strings.Join(re.Errors, " ")
+	return strings.Contains(msg, "invalid accessor") || strings.Contains(msg, "invalid lease")
+}
+
+// secs formats d as whole seconds for Vault ("300s").
+func secs(d time.Duration) string { return strconv.FormatInt(int64(d/time.Second), 10) + "s" }
