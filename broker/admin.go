@@ -423,7 +423,7 @@ func (a *Admin) runJob(ctx context.Context, id string) (bool, error) {
 			_ = a.jobs.SaveJob(context.WithoutCancel(ctx), j)
 			return false, err
 		}
-		j.Tasks, j.Matched, j.Revoked = j.Tasks+b.Tasks, j.Matched+b.Matched, j.Revoked+b.Revoked
+		j.Tasks, j.Matched, j.Revoked, j.Failed = j.Tasks+b.Tasks, j.Matched+b.Matched, j.Revoked+b.Revoked, j.Failed+b.Failed
 		j.Cursor, j.LastError = next, ""
 		if next == "" {
 			j.State, j.Finished = JobDone, a.svc.now()
@@ -434,7 +434,7 @@ func (a *Admin) runJob(ctx context.Context, id string) (bool, error) {
 		if j.State == JobDone {
 			a.done.Add(1)
 			ev := a.svc.event(ctx, "revocation.finished", j.By, Task{})
-			ev.Detail = map[string]any{"job_id": j.ID, "tasks_matched": j.Tasks, "matched": j.Matched, "revoked": j.Revoked}
+			ev.Detail = map[string]any{"job_id": j.ID, "tasks_matched": j.Tasks, "matched": j.Matched, "revoked": j.Revoked, "failed": j.Failed}
 			if err := a.svc.audit.Record(ctx, ev); err != nil {
 				a.log.ErrorContext(ctx, "audit write of a finished revocation job failed", "job_id", j.ID, "err", err)
 			}
@@ -457,12 +457,18 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 		wg    sync.WaitGroup
 		sem   = make(chan struct{}, 8)
 	)
-	count := func(n int, revoked bool) {
+	// count adds a task's n credentials as revoked, as failed (ended and
+	// denied, but killing some at their source failed and waits in the
+	// retry queue), or as neither.
+	count := func(n int, revoked, failed bool) {
 		mu.Lock()
 		out.Tasks++
 		out.Matched += n
-		if revoked {
+		switch {
+		case revoked:
 			out.Revoked += n
+		case failed:
+			out.Failed += n
 		}
 		mu.Unlock()
 	}
@@ -472,7 +478,7 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 		}
 		if t.State != StateActive {
 			if t.State == StateRevoked && t.EndReason == reason {
-				count(len(creds[i]), true) // ended by this job before it was interrupted
+				count(len(creds[i]), true, false) // ended by this job before it was interrupted
 			}
 			continue
 		}
@@ -483,10 +489,12 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 			ended, cs, err := a.svc.end(context.WithoutCancel(ctx), t.ID, StateRevoked, reason, j.By)
 			switch {
 			case err == nil:
-				count(len(cs), true)
+				count(len(cs), true, false)
+			case errors.Is(err, ErrRevocationPending):
+				count(len(cs), false, true)
 			case errors.Is(err, ErrNotActive):
 				if ended.State == StateRevoked && ended.EndReason == reason {
-					count(len(creds[i]), true)
+					count(len(creds[i]), true, false)
 				}
 			case ErrorCode(err) == CodeNotFound:
 			default:

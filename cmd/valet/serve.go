@@ -110,11 +110,31 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, func(n string) bool { _, ok := templates.Get(n); return ok })
+	// Metrics label declarations by the templates in force, which a reload
+	// changes; svc is set just below.
+	var svc *broker.Service
+	known := func(n string) bool {
+		set := templates
+		if svc != nil {
+			set = svc.Templates()
+		}
+		_, ok := set.Get(n)
+		return ok
+	}
+	pending := func() float64 {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		n, err := retryQ.Pending(pctx)
+		if err != nil {
+			return -1 // the queue cannot be read: visibly wrong, never a reassuring 0
+		}
+		return float64(n)
+	}
+	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, known, pending)
 	if err != nil {
 		return err
 	}
-	svc, err := broker.NewService(broker.Config{
+	svc, err = broker.NewService(broker.Config{
 		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
 		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log, Agent: agentCfg,
 		Controls: inc.controls, Epochs: ledger,
