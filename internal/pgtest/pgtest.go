@@ -16,12 +16,13 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/valet-dev/valet/internal/proctest"
 )
 
 // BinDirEnv names the folder of initdb and postgres, if not the default.
@@ -41,8 +42,7 @@ type Server struct {
 	dir      string
 	port     int
 	password string
-	cmd      *exec.Cmd
-	done     chan struct{}
+	proc     *proctest.Process // nil while stopped
 }
 
 // Start creates a cluster in a fresh folder (initdb --auth=scram-sha-256
@@ -111,18 +111,9 @@ func Start(t testing.TB) *Server {
 			"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=50",
 			"-c", "logging_collector=off", "-c", "log_min_messages=warning")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		logf, err := os.Create(filepath.Join(dir, "postgres.log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if lastErr = cmd.Start(); lastErr != nil {
-			logf.Close()
+		if s.proc, lastErr = proctest.Start(cmd, filepath.Join(dir, "postgres.log")); lastErr != nil {
 			continue
 		}
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-		s.cmd, s.done = cmd, done
 		if lastErr = s.waitReady(); lastErr == nil {
 			return s
 		}
@@ -141,10 +132,8 @@ func (s *Server) waitReady() error {
 		if err == nil {
 			return nil
 		}
-		select {
-		case <-s.done:
+		if s.proc.Exited() {
 			return errors.New("postgres exited at start")
-		default:
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("postgres did not accept a login within %v: %w", startTimeout, err)
@@ -200,30 +189,13 @@ func (s *Server) RoleExists(ctx context.Context, name string) (bool, error) {
 // stop ends postgres with a fast shutdown (SIGINT), then SIGKILL if it does
 // not go within 10 s.
 func (s *Server) stop() {
-	if s.cmd == nil {
-		return
+	if s.proc != nil {
+		s.proc.Stop(syscall.SIGINT, 10*time.Second)
+		s.proc = nil
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	}
-	s.cmd = nil
 }
 
-func (s *Server) logTail() string {
-	b, err := os.ReadFile(filepath.Join(s.dir, "postgres.log"))
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (s *Server) logTail() string { return proctest.Tail(filepath.Join(s.dir, "postgres.log"), 20) }
 
 // runAs returns the credential of the "postgres" user when running as root
 // (PostgreSQL refuses root), or nil to run as the current user.

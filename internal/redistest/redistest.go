@@ -5,10 +5,8 @@ package redistest
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -16,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/valet-dev/valet/internal/proctest"
 )
 
 // startTimeout bounds how long Start and Restart wait for PING to answer.
@@ -41,8 +41,7 @@ type Server struct {
 	port int
 	cfg  config
 
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
+	proc *proctest.Process // nil while stopped
 }
 
 // Start launches redis-server on a free loopback port with its data in a
@@ -86,14 +85,11 @@ func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 // process has exited. Killing a stopped server does nothing.
 func (s *Server) Kill() {
 	s.t.Helper()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return
 	}
-	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		s.t.Fatalf("killing redis-server: %v", err)
-	}
-	<-s.done
-	s.cmd = nil
+	s.proc.Stop(syscall.SIGKILL, 0)
+	s.proc = nil
 }
 
 // Restart starts the server again on the same port and data directory (after
@@ -123,15 +119,11 @@ func (s *Server) launch() error {
 	}
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
-	if err := cmd.Start(); err != nil {
+	proc, err := proctest.Start(cmd, filepath.Join(s.dir, "stdout.log"))
+	if err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	s.cmd, s.done = cmd, done
+	s.proc = proc
 
 	deadline := time.Now().Add(startTimeout)
 	for {
@@ -139,11 +131,9 @@ func (s *Server) launch() error {
 		if err == nil {
 			return nil
 		}
-		select {
-		case <-done:
-			s.cmd = nil
+		if proc.Exited() {
+			s.proc = nil
 			return fmt.Errorf("redis-server on port %d exited at start; log:\n%s", s.port, s.logTail())
-		default:
 		}
 		if time.Now().After(deadline) {
 			s.Kill()
@@ -156,26 +146,14 @@ func (s *Server) launch() error {
 
 // stop ends the server at test cleanup.
 func (s *Server) stop() {
-	if s.cmd == nil {
-		return
+	if s.proc != nil {
+		s.proc.Stop(syscall.SIGKILL, 0)
+		s.proc = nil
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
-	s.cmd = nil
 }
 
 // logTail returns the last lines of the server's log, for failure messages.
-func (s *Server) logTail() string {
-	b, err := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (s *Server) logTail() string { return proctest.Tail(filepath.Join(s.dir, "redis.log"), 20) }
 
 // ping sends an inline PING and expects +PONG.
 func ping(addr string) error {

@@ -6,7 +6,6 @@
 package vaulttest
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -28,6 +27,8 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/valet-dev/valet/internal/pgtest"
+
+	"github.com/valet-dev/valet/internal/proctest"
 )
 
 // BinEnv names the vault binary to run; the default is <repo>/.bin/vault,
@@ -53,10 +54,9 @@ type Server struct {
 	t         testing.TB
 	dir       string
 	rootToken string
-	vaultAddr string // Vault's own listener: for the test's checks
-	proxy     *proxy // what Valet talks to
-	cmd       *exec.Cmd
-	done      chan struct{}
+	vaultAddr string            // Vault's own listener: for the test's checks
+	proxy     *proxy            // what Valet talks to
+	proc      *proctest.Process // nil while stopped
 	root      *api.Client
 }
 
@@ -143,22 +143,15 @@ func Start(t testing.TB, o Options) *Server {
 }
 
 func (s *Server) launch(bin string) error {
-	logf, err := os.Create(filepath.Join(s.dir, "vault.log"))
-	if err != nil {
-		return err
-	}
 	cmd := exec.Command(bin, "server", "-dev", "-dev-root-token-id="+s.rootToken,
 		"-dev-listen-address="+s.vaultAddr, "-dev-no-store-token", "-log-level=warn")
 	cmd.Env = append(os.Environ(), "HOME="+s.dir, "VAULT_ADDR=", "VAULT_TOKEN=")
-	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
+	proc, err := proctest.Start(cmd, filepath.Join(s.dir, "vault.log"))
+	if err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	s.cmd, s.done = cmd, done
+	s.proc = proc
 	deadline := time.Now().Add(startTimeout)
 	for {
 		resp, err := http.Get("http://" + s.vaultAddr + "/v1/sys/health")
@@ -168,11 +161,9 @@ func (s *Server) launch(bin string) error {
 				return nil
 			}
 		}
-		select {
-		case <-done:
-			s.cmd = nil
+		if proc.Exited() {
+			s.proc = nil
 			return fmt.Errorf("vault exited at start; log:\n%s", s.logTail())
-		default:
 		}
 		if time.Now().After(deadline) {
 			s.stop()
@@ -324,35 +315,13 @@ func (s *Server) LeaseExists(leaseID string) (bool, error) {
 }
 
 func (s *Server) stop() {
-	if s.cmd == nil {
-		return
+	if s.proc != nil {
+		s.proc.Stop(syscall.SIGTERM, 10*time.Second)
+		s.proc = nil
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	}
-	s.cmd = nil
 }
 
-func (s *Server) logTail() string {
-	f, err := os.Open(filepath.Join(s.dir, "vault.log"))
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-	}
-	if len(lines) > 30 {
-		lines = lines[len(lines)-30:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (s *Server) logTail() string { return proctest.Tail(filepath.Join(s.dir, "vault.log"), 30) }
 
 type proxyMode int
 
