@@ -15,6 +15,14 @@ import (
 // declareStatus declares a task on a served Valet and returns the status.
 func (v *servedValet) declareStatus(t *testing.T, template string) int {
 	t.Helper()
+	status, _ := v.declare(t, template)
+	return status
+}
+
+// declare declares a task for agent-7 with one tool and returns the status
+// and, on success, the task token.
+func (v *servedValet) declare(t *testing.T, template string) (int, string) {
+	t.Helper()
 	resp, err := http.Post(v.idpURL+"/token?agent=agent-7", "", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -22,8 +30,11 @@ func (v *servedValet) declareStatus(t *testing.T, template string) int {
 	var tok struct {
 		Token string `json:"identity_token"`
 	}
-	json.NewDecoder(resp.Body).Decode(&tok)
+	err = json.NewDecoder(resp.Body).Decode(&tok)
 	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	body := `{"template":"` + template + `","intent":"triage ticket 4521","tools":["tickets.read"]}`
 	req, _ := http.NewRequest(http.MethodPost, v.base+"/v1/tasks", strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+tok.Token)
@@ -32,8 +43,17 @@ func (v *servedValet) declareStatus(t *testing.T, template string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode
+	defer resp.Body.Close()
+	var out struct {
+		Credentials []map[string]any `json:"credentials"`
+	}
+	if resp.StatusCode != http.StatusCreated {
+		return resp.StatusCode, ""
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, out.Credentials[0]["access_token"].(string)
 }
 
 // eventually polls cond for up to 10 s (the watcher's debounce is 200 ms).

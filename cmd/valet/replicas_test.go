@@ -92,7 +92,10 @@ func TestRevocationReachesOtherReplica(t *testing.T) {
 
 	// A task declared on replica 1.
 	v := &servedValet{base: bases[0], idpURL: idpURL}
-	token := v.taskToken(t)
+	status, token := v.declare(t, "support-triage")
+	if status != http.StatusCreated {
+		t.Fatalf("declare on replica 1: %d", status)
+	}
 
 	// Replica 2's stream, from now on.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -145,36 +148,6 @@ func TestRevocationReachesOtherReplica(t *testing.T) {
 			t.Fatal("replica 2 never streamed the revocation")
 		}
 	}
-}
-
-// taskToken declares a support-triage task for agent-7 and returns its token.
-func (v *servedValet) taskToken(t *testing.T) string {
-	t.Helper()
-	resp, err := http.Post(v.idpURL+"/token?agent=agent-7", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tok struct {
-		Token string `json:"identity_token"`
-	}
-	json.NewDecoder(resp.Body).Decode(&tok)
-	resp.Body.Close()
-	body := `{"template":"support-triage","intent":"triage ticket 4521","tools":["tickets.read"]}`
-	req, _ := http.NewRequest(http.MethodPost, v.base+"/v1/tasks", strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+tok.Token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out struct {
-		Credentials []map[string]any `json:"credentials"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("declare: %s %v", resp.Status, err)
-	}
-	return out.Credentials[0]["access_token"].(string)
 }
 
 // jwtClaims decodes a JWT's payload without verifying it (test only).
