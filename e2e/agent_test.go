@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,10 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/valet-dev/valet/examples/toolserver"
-	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -45,85 +40,6 @@ func (c *countingTransport) get(path string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.calls[path]
-}
-
-// mountTestFeed serves the revocation feed's wire format beside the broker
-// under test, from the Redis ledger's own deny keys (valet:deny:<jti> →
-// task id, expiring with the credential): this branch does not have the
-// broker's feed yet, and the verifier must be tested against its format.
-// The stream polls Redis every 20 ms.
-func mountTestFeed(t *testing.T, e *env) {
-	rc, err := revocation.NewClient(e.redis.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rc.Close() })
-	scan := func(ctx context.Context) map[string]map[string]any {
-		out := map[string]map[string]any{}
-		iter := rc.Scan(ctx, 0, "valet:deny:*", 1000).Iterator()
-		for iter.Next(ctx) {
-			key := iter.Val()
-			task, err := rc.Get(ctx, key).Result()
-			if err == redis.Nil {
-				continue
-			}
-			ttl, _ := rc.PTTL(ctx, key).Result()
-			jti := strings.NewReplacer("%3A", ":", "%25", "%").Replace(strings.TrimPrefix(key, "valet:deny:"))
-			out[jti] = map[string]any{"jti": jti, "task_id": task, "exp": time.Now().Add(ttl).Unix()}
-		}
-		return out
-	}
-	hs := e.srv.Config.Handler.(*handlerSwap)
-	valet := hs.h
-	mux := http.NewServeMux()
-	mux.Handle("/", valet)
-	auth := func(w http.ResponseWriter, r *http.Request) bool {
-		if id, secret, ok := r.BasicAuth(); !ok || id != clientID || secret != clientSecret {
-			http.Error(w, "unauthenticated", http.StatusUnauthorized)
-			return false
-		}
-		return true
-	}
-	mux.HandleFunc("GET /v1/revocations", func(w http.ResponseWriter, r *http.Request) {
-		if !auth(w, r) {
-			return
-		}
-		revoked := []map[string]any{}
-		for _, v := range scan(r.Context()) {
-			revoked = append(revoked, v)
-		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"cursor": "0-0", "revoked": revoked, "epochs": []any{}})
-	})
-	mux.HandleFunc("GET /v1/revocations/stream", func(w http.ResponseWriter, r *http.Request) {
-		if !auth(w, r) {
-			return
-		}
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.WriteHeader(http.StatusOK)
-		w.(http.Flusher).Flush()
-		sent := scan(r.Context())
-		n := 0
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-r.Context().Done():
-				return
-			case <-tick.C:
-			}
-			for jti, v := range scan(r.Context()) {
-				if _, ok := sent[jti]; ok {
-					continue
-				}
-				sent[jti] = v
-				n++
-				b, _ := json.Marshal(v)
-				fmt.Fprintf(w, "id: %d-0\nevent: revoked\ndata: %s\n\n", n, b)
-			}
-			w.(http.Flusher).Flush()
-		}
-	})
-	hs.set(mux)
 }
 
 // newToolServer runs the example tool server with a verifier of its own.
@@ -169,8 +85,7 @@ func call(t *testing.T, ts *httptest.Server, token, method, path string) int {
 // token with no call to Valet per request, and refuses it within 1 s of
 // its task's revocation, still with no call per request.
 func TestVerifierRevocationByFeed(t *testing.T) {
-	e := newEnv(t, envOptions{templates: agentTemplates})
-	mountTestFeed(t, e)
+	e := newEnv(t, envOptions{templates: agentTemplates, incident: true})
 	ts, _, ct := newToolServer(t, e, true)
 	_, tok := e.declareIn("crew", "agent-a", "tickets.read")
 
@@ -232,9 +147,8 @@ func TestTreeRevocation(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			e := newEnv(t, envOptions{templates: agentTemplates})
-			mountTestFeed(t, e)
-			viaFeed, _, _ := newToolServer(t, e, true)
+			e := newEnv(t, envOptions{templates: agentTemplates, incident: true})
+			viaFeed, _, feedCalls := newToolServer(t, e, true)
 			viaIntro, vi, _ := newToolServer(t, e, false)
 			if vi.Live() {
 				t.Fatal("verifier without Run is live")
@@ -283,6 +197,9 @@ func TestTreeRevocation(t *testing.T) {
 					}
 					time.Sleep(10 * time.Millisecond)
 				}
+			}
+			if n := feedCalls.get("/v1/introspect"); n != 0 {
+				t.Fatalf("the verifier on the feed introspected %d times, want 0", n)
 			}
 		})
 	}
