@@ -74,6 +74,8 @@ type AdminConfig struct {
 	// progress after); default 500.
 	JobBatch int
 	Logger   *slog.Logger
+	// Rollback says which undo webhooks `valet tasks rollback` may call.
+	Rollback RollbackConfig
 }
 
 // Admin is the incident-response API: bulk revocation, controls, and the
@@ -92,6 +94,7 @@ type Admin struct {
 	batch    int
 	owner    string
 	log      *slog.Logger
+	rollback RollbackConfig
 
 	mu      sync.Mutex
 	base    context.Context
@@ -127,7 +130,9 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 		identity: cfg.Identity, svc: cfg.Service, controls: cfg.Controls, jobs: cfg.Jobs, epochs: cfg.Epochs,
 		timeline: cfg.Timeline, issuers: cfg.AgentIssuers, lease: cfg.JobLease, inline: cfg.InlineBudget,
 		owner: newID("brk"), log: cfg.Logger, base: context.Background(), running: map[string]bool{},
+		rollback: cfg.Rollback,
 	}
+	a.rollback.init()
 	var errs []error
 	for name, expr := range cfg.Roles {
 		r, ok := ParseRole(name)

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,10 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/valet-dev/valet/examples/toolserver"
-	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -41,89 +36,29 @@ func (c *countingTransport) total() int {
 	return n
 }
 
+// checks counts the calls made to check tokens (JWKS, feed,
+// introspection, consumption): everything but the tool-call reports
+// (POST /v1/tasks/{id}/events), which are sent after the answer, off the
+// request path.
+func (c *countingTransport) checks() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for p, v := range c.calls {
+		if !strings.HasSuffix(p, "/events") {
+			n += v
+		}
+	}
+	return n
+}
+
+// reports counts the tool-call reports.
+func (c *countingTransport) reports() int { return c.total() - c.checks() }
+
 func (c *countingTransport) get(path string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.calls[path]
-}
-
-// mountTestFeed serves the revocation feed's wire format beside the broker
-// under test, from the Redis ledger's own deny keys (valet:deny:<jti> →
-// task id, expiring with the credential): this branch does not have the
-// broker's feed yet, and the verifier must be tested against its format.
-// The stream polls Redis every 20 ms.
-func mountTestFeed(t *testing.T, e *env) {
-	rc, err := revocation.NewClient(e.redis.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rc.Close() })
-	scan := func(ctx context.Context) map[string]map[string]any {
-		out := map[string]map[string]any{}
-		iter := rc.Scan(ctx, 0, "valet:deny:*", 1000).Iterator()
-		for iter.Next(ctx) {
-			key := iter.Val()
-			task, err := rc.Get(ctx, key).Result()
-			if err == redis.Nil {
-				continue
-			}
-			ttl, _ := rc.PTTL(ctx, key).Result()
-			jti := strings.NewReplacer("%3A", ":", "%25", "%").Replace(strings.TrimPrefix(key, "valet:deny:"))
-			out[jti] = map[string]any{"jti": jti, "task_id": task, "exp": time.Now().Add(ttl).Unix()}
-		}
-		return out
-	}
-	hs := e.srv.Config.Handler.(*handlerSwap)
-	valet := hs.h
-	mux := http.NewServeMux()
-	mux.Handle("/", valet)
-	auth := func(w http.ResponseWriter, r *http.Request) bool {
-		if id, secret, ok := r.BasicAuth(); !ok || id != clientID || secret != clientSecret {
-			http.Error(w, "unauthenticated", http.StatusUnauthorized)
-			return false
-		}
-		return true
-	}
-	mux.HandleFunc("GET /v1/revocations", func(w http.ResponseWriter, r *http.Request) {
-		if !auth(w, r) {
-			return
-		}
-		revoked := []map[string]any{}
-		for _, v := range scan(r.Context()) {
-			revoked = append(revoked, v)
-		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"cursor": "0-0", "revoked": revoked, "epochs": []any{}})
-	})
-	mux.HandleFunc("GET /v1/revocations/stream", func(w http.ResponseWriter, r *http.Request) {
-		if !auth(w, r) {
-			return
-		}
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.WriteHeader(http.StatusOK)
-		w.(http.Flusher).Flush()
-		sent := scan(r.Context())
-		n := 0
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-r.Context().Done():
-				return
-			case <-tick.C:
-			}
-			for jti, v := range scan(r.Context()) {
-				if _, ok := sent[jti]; ok {
-					continue
-				}
-				sent[jti] = v
-				n++
-				b, _ := json.Marshal(v)
-				fmt.Fprintf(w, "id: %d-0\nevent: revoked\ndata: %s\n\n", n, b)
-			}
-			w.(http.Flusher).Flush()
-		}
-	})
-	hs.set(mux)
 }
 
 // newToolServer runs the example tool server with a verifier of its own.
@@ -169,23 +104,22 @@ func call(t *testing.T, ts *httptest.Server, token, method, path string) int {
 // token with no call to Valet per request, and refuses it within 1 s of
 // its task's revocation, still with no call per request.
 func TestVerifierRevocationByFeed(t *testing.T) {
-	e := newEnv(t, envOptions{templates: agentTemplates})
-	mountTestFeed(t, e)
+	e := newEnv(t, envOptions{templates: agentTemplates, incident: true})
 	ts, _, ct := newToolServer(t, e, true)
 	_, tok := e.declareIn("crew", "agent-a", "tickets.read")
 
 	if s := call(t, ts, tok, http.MethodGet, "/tickets/1"); s != http.StatusOK {
 		t.Fatalf("first call: %d", s)
 	}
-	warm := ct.total()
+	warm := ct.checks()
 	const calls = 200
 	for range calls {
 		if s := call(t, ts, tok, http.MethodGet, "/tickets/1"); s != http.StatusOK {
 			t.Fatalf("warm call: %d", s)
 		}
 	}
-	if got := ct.total() - warm; got != 0 {
-		t.Fatalf("%d warm tool calls made %d calls to Valet, want 0 (%v)", calls, got, ct.calls)
+	if got := ct.checks() - warm; got != 0 {
+		t.Fatalf("%d warm tool calls made %d checking calls to Valet, want 0 (%v)", calls, got, ct.calls)
 	}
 	if s := call(t, ts, tok, http.MethodPost, "/tickets/1/comments"); s != http.StatusForbidden {
 		t.Fatalf("a tool the task lacks: %d", s)
@@ -196,7 +130,7 @@ func TestVerifierRevocationByFeed(t *testing.T) {
 	if r := e.do(http.MethodPost, "/v1/revoke", "", "application/x-www-form-urlencoded", strings.NewReader("token="+tok), true); r.Status != 200 {
 		t.Fatalf("revoke: %d", r.Status)
 	}
-	before := ct.total()
+	before := ct.checks()
 	n := 0
 	for call(t, ts, tok, http.MethodGet, "/tickets/1") == http.StatusOK {
 		n++
@@ -206,11 +140,11 @@ func TestVerifierRevocationByFeed(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // bounded polling of real background work
 	}
 	took := time.Since(revoked)
-	if got := ct.total() - before; got != 0 {
+	if got := ct.checks() - before; got != 0 {
 		t.Fatalf("the tool server called Valet %d times while checking, want 0", got)
 	}
-	t.Logf("revoked token refused %s after the revocation (%d calls accepted in between); JWKS fetches %d, snapshots %d, streams %d, introspections %d",
-		took.Round(time.Millisecond), n, ct.get("/.well-known/jwks.json"), ct.get("/v1/revocations"), ct.get("/v1/revocations/stream"), ct.get("/v1/introspect"))
+	t.Logf("revoked token refused %s after the revocation (%d calls accepted in between); JWKS fetches %d, snapshots %d, streams %d, introspections %d; tool-call reports sent after the answers (off the request path): %d",
+		took.Round(time.Millisecond), n, ct.get("/.well-known/jwks.json"), ct.get("/v1/revocations"), ct.get("/v1/revocations/stream"), ct.get("/v1/introspect"), ct.reports())
 }
 
 // TestTreeRevocation: trees of depth 1, 2 and 10, and a chain that cycles
@@ -232,9 +166,8 @@ func TestTreeRevocation(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			e := newEnv(t, envOptions{templates: agentTemplates})
-			mountTestFeed(t, e)
-			viaFeed, _, _ := newToolServer(t, e, true)
+			e := newEnv(t, envOptions{templates: agentTemplates, incident: true})
+			viaFeed, _, feedCalls := newToolServer(t, e, true)
 			viaIntro, vi, _ := newToolServer(t, e, false)
 			if vi.Live() {
 				t.Fatal("verifier without Run is live")
@@ -283,6 +216,9 @@ func TestTreeRevocation(t *testing.T) {
 					}
 					time.Sleep(10 * time.Millisecond)
 				}
+			}
+			if n := feedCalls.get("/v1/introspect"); n != 0 {
+				t.Fatalf("the verifier on the feed introspected %d times, want 0", n)
 			}
 		})
 	}

@@ -130,6 +130,8 @@ type envOptions struct {
 	incident bool
 	// jobLease is the admin's revocation job lease (default 15s).
 	jobLease time.Duration
+	// rollbackHosts are the admin's rollback.allowed_hosts.
+	rollbackHosts []string
 	// agent, when set, adjusts the broker's agent controls.
 	agent func(*broker.AgentConfig)
 	// issuers and queue extend the broker (Vault tests): further

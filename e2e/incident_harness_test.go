@@ -86,7 +86,7 @@ func (e *env) incidentHTTP(h *httpapi.Options, o envOptions) {
 	e.inc.admin, err = broker.NewAdmin(broker.AdminConfig{
 		Identity: adminID, Service: e.svc, Controls: e.inc.controls, Jobs: e.raw, Epochs: e.raw, Timeline: e.inc.trail,
 		AgentIssuers: []string{"test"}, JobLease: o.jobLease, Logger: slog.New(slog.NewJSONHandler(e.inc.logs, nil)),
-		Roles: testRoles,
+		Roles: testRoles, Rollback: broker.RollbackConfig{AllowedHosts: o.rollbackHosts},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -50,11 +50,35 @@ type denySet struct {
 	jtis   map[string]time.Time
 	tasks  map[string]time.Time
 	epochs map[string]int64 // dimension + "\x00" + key → before (unix ms)
+	// cursor is the last event id applied; heard when the stream last spoke.
+	cursor string
+	heard  time.Time
 }
 
 func newDenySet() *denySet {
 	return &denySet{jtis: map[string]time.Time{}, tasks: map[string]time.Time{}, epochs: map[string]int64{}}
 }
+
+// resumePoint is the id of the last event applied (or the snapshot's
+// cursor) and when the stream was last heard from.
+func (d *denySet) resumePoint() (string, time.Time) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.cursor, d.heard
+}
+
+// advance records that the stream was heard at now and, when id is not
+// empty, that everything up to id has been applied.
+func (d *denySet) advance(id string, now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if id != "" {
+		d.cursor = id
+	}
+	d.heard = now
+}
+
+func (d *denySet) forgetCursor() { d.mu.Lock(); d.cursor = ""; d.mu.Unlock() }
 
 func (d *denySet) live() bool { d.mu.RLock(); defer d.mu.RUnlock(); return d.isLive }
 
@@ -129,10 +153,15 @@ func (d *denySet) prune(now time.Time) {
 // then the stream from its cursor, reconnecting after a break (backing off
 // up to 5 s). While it is not connected, Check falls back to
 // introspection, so a broken feed never lets a revoked token through.
+// Run also sends the queued tool-call reports.
 func (v *Verifier) Run(ctx context.Context) {
+	go v.sendReports(ctx)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := v.follow(ctx)
+		if v.deny.live() {
+			backoff = 100 * time.Millisecond // it was connected: retry soon
+		}
 		v.deny.setLive(false)
 		if ctx.Err() != nil {
 			return
@@ -150,23 +179,33 @@ func (v *Verifier) Run(ctx context.Context) {
 // Live reports whether the deny set is fed (Check then asks no one).
 func (v *Verifier) Live() bool { return v.deny.live() }
 
+// resumeWithin is how recent the last stream read must be for a
+// reconnection to resume from the last event id instead of reloading the
+// snapshot; the feed keeps 24 h, so this is only about a long outage.
+const resumeWithin = time.Minute
+
 func (v *Verifier) follow(ctx context.Context) error {
-	snap, err := v.snapshot(ctx)
-	if err != nil {
-		return err
-	}
-	for _, e := range snap.Revoked {
-		v.deny.addRevoked(e)
-	}
-	for _, e := range snap.Epochs {
-		v.deny.addEpoch(e)
+	cursor, seen := v.deny.resumePoint()
+	if cursor == "" || v.cfg.Now().Sub(seen) > resumeWithin {
+		snap, err := v.snapshot(ctx)
+		if err != nil {
+			return err
+		}
+		for _, e := range snap.Revoked {
+			v.deny.addRevoked(e)
+		}
+		for _, e := range snap.Epochs {
+			v.deny.addEpoch(e)
+		}
+		cursor = snap.Cursor
+		v.deny.advance(cursor, v.cfg.Now())
 	}
 	// A stream client without the overall timeout of HTTPClient: the
 	// stream is meant to stay open.
 	sc := *v.cfg.HTTPClient
 	sc.Timeout = 0
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
-		v.cfg.Issuer+"/v1/revocations/stream?cursor="+url.QueryEscape(snap.Cursor), nil)
+		v.cfg.Issuer+"/v1/revocations/stream?cursor="+url.QueryEscape(cursor), nil)
 	if err != nil {
 		return err
 	}
@@ -178,13 +217,14 @@ func (v *Verifier) follow(ctx context.Context) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		v.deny.forgetCursor() // e.g. a cursor the feed no longer holds: reload the snapshot next time
 		return fmt.Errorf("opening revocation stream: status %d", resp.StatusCode)
 	}
 	v.deny.setLive(true)
-	v.cfg.Logger.InfoContext(ctx, "revocation feed live", "cursor", snap.Cursor)
+	v.cfg.Logger.InfoContext(ctx, "revocation feed live", "cursor", cursor)
 	lastPrune := time.Now()
 	sr := bufio.NewReader(io.LimitReader(resp.Body, 1<<40))
-	var event string
+	var event, id string
 	var data strings.Builder
 	for {
 		line, err := sr.ReadString('\n')
@@ -198,12 +238,19 @@ func (v *Verifier) follow(ctx context.Context) error {
 		switch {
 		case line == "":
 			v.apply(event, data.String())
-			event = ""
+			if id != "" {
+				v.deny.advance(id, v.cfg.Now()) // after applying: a resume never skips it
+			} else {
+				v.deny.advance("", v.cfg.Now())
+			}
+			event, id = "", ""
 			data.Reset()
 			if time.Since(lastPrune) > time.Minute {
 				v.deny.prune(v.cfg.Now())
 				lastPrune = time.Now()
 			}
+		case strings.HasPrefix(line, "id:"):
+			id = strings.TrimSpace(strings.TrimPrefix(line, "id:"))
 		case strings.HasPrefix(line, "event:"):
 			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
 		case strings.HasPrefix(line, "data:"):

@@ -90,8 +90,9 @@ type Verifier struct {
 	keys      map[string]crypto.PublicKey
 	lastFetch time.Time
 
-	deny  *denySet
-	proof *replay
+	deny    *denySet
+	proof   *replay
+	reports *reports
 }
 
 // New checks cfg and builds a Verifier. Call Run to follow the revocation
@@ -128,14 +129,17 @@ func New(cfg Config) (*Verifier, error) {
 		actionParser: jwt.NewParser(jwt.WithValidMethods([]string{"EdDSA", "ES256"}), jwt.WithIssuer(cfg.Issuer),
 			jwt.WithAudience(cfg.Audience), jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithTimeFunc(cfg.Now),
 			jwt.WithStrictDecoding()),
-		keys:  map[string]crypto.PublicKey{},
-		deny:  newDenySet(),
-		proof: newReplay(),
+		keys:    map[string]crypto.PublicKey{},
+		deny:    newDenySet(),
+		proof:   newReplay(),
+		reports: newReports(),
 	}, nil
 }
 
 // Middleware checks every request with Check, tool(r) naming the tool it
 // calls, and puts the claims in the request's context (see FromContext).
+// After the handler has run it queues a report of the call (see Report
+// and Describe).
 // Refusals are answered as JSON {"error", "message"} with their status.
 func (v *Verifier) Middleware(tool func(*http.Request) string) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
@@ -155,7 +159,17 @@ func (v *Verifier) Middleware(tool func(*http.Request) string) func(http.Handler
 				_ = json.NewEncoder(w).Encode(map[string]string{"error": http.StatusText(e.Status), "message": e.Message})
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, c)))
+			h := &effectHolder{}
+			ctx := context.WithValue(context.WithValue(r.Context(), claimsKey{}, c), effectKey{}, h)
+			sw := &statusWriter{ResponseWriter: w}
+			next.ServeHTTP(sw, r.WithContext(ctx))
+			if sw.status == 0 {
+				sw.status = http.StatusOK
+			}
+			h.mu.Lock()
+			e := h.e
+			h.mu.Unlock()
+			v.Report(r, c, tool(r), sw.status, e)
 		})
 	}
 }

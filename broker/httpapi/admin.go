@@ -61,6 +61,8 @@ func (a *api) incidentRoutes(r chi.Router) {
 		r.Get("/v1/admin/tasks", a.adminTasks)
 		r.Get("/v1/admin/tasks/{id}", a.adminTask)
 		r.Get("/v1/admin/tasks/{id}/timeline", a.adminTimeline)
+		r.Get("/v1/admin/tasks/{id}/rollback", a.adminRollbackPlan)
+		r.Post("/v1/admin/tasks/{id}/rollback/{event_id}", a.adminRollbackStep)
 	}
 	if a.opts.Metrics != nil {
 		r.Method(http.MethodGet, "/metrics", a.opts.Metrics.Handler())

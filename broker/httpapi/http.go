@@ -100,6 +100,8 @@ func Handler(opts Options) (http.Handler, error) {
 	r.Post("/v1/tasks/{id}/actions", a.requestAction)
 	r.Get("/v1/tasks/{id}/actions/{approval_id}", a.actionStatus)
 	r.Post("/v1/actions/consume", a.consumeAction)
+	r.Post("/v1/tasks/{id}/events", a.reportEvent)
+	r.Get("/v1/tasks/{id}/events", a.listEvents)
 	r.Get("/v1/approvals", a.listApprovals)
 	r.Post("/v1/approvals/{id}/approve", a.decideApproval(true))
 	r.Post("/v1/approvals/{id}/deny", a.decideApproval(false))

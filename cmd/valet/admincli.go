@@ -316,9 +316,12 @@ func cmdControls(ctx context.Context, args []string, getenv func(string) string,
 // `valet tasks show ID` and `valet tasks timeline ID`.
 func cmdTasks(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) < 1 {
-		return usageError("usage: valet tasks ls|show ID|timeline ID")
+		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue]")
 	}
 	sub, rest := args[0], args[1:]
+	if sub == "rollback" {
+		return cmdRollback(ctx, rest, getenv, stdout, stderr) // rollback.go
+	}
 	id := ""
 	if sub == "show" || sub == "timeline" {
 		if len(rest) < 1 {
@@ -392,7 +395,8 @@ func cmdTasks(ctx context.Context, args []string, getenv func(string) string, st
 		var ans struct {
 			Events []struct {
 				Time, Type, Actor, Outcome, Rule, Reason string
-				Creds                                    []string `json:"credentials"`
+				Creds                                    []string       `json:"credentials"`
+				Detail                                   map[string]any `json:"detail"`
 			} `json:"events"`
 		}
 		if _, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks/"+url.PathEscape(id)+"/timeline", nil, &ans); err != nil {
@@ -403,11 +407,14 @@ func cmdTasks(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		rows := [][]string{}
 		for _, e := range ans.Events {
+			if e.Type == "tool.called" && e.Reason == "" { // what the agent did
+				e.Reason = fmt.Sprintf("%v %v", e.Detail["tool"], e.Detail["side_effect"])
+			}
 			rows = append(rows, []string{e.Time, e.Type, e.Actor, e.Outcome + e.Rule, e.Reason, strings.Join(e.Creds, ",")})
 		}
 		c.table("TIME\tEVENT\tACTOR\tOUTCOME\tREASON\tCREDENTIALS", rows)
 	default:
-		return usageError("usage: valet tasks ls|show ID|timeline ID")
+		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue]")
 	}
 	return nil
 }

@@ -35,6 +35,7 @@ type Config struct {
 	// Agent controls (agent_config.go).
 	Resources map[string]map[string]string `yaml:"resources"`
 	Approvals ApprovalsConfig              `yaml:"approvals"`
+	Rollback  RollbackConfig               `yaml:"rollback"`
 
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string
@@ -258,6 +259,7 @@ func (c *Config) validate() error {
 	if u, err := url.Parse(c.PublicURL); err != nil || u.Scheme == "" || u.Host == "" {
 		bad("public_url", "%q must be an absolute URL", c.PublicURL)
 	}
+	errs = append(errs, c.Rollback.validate()...)
 	if c.Redis.URL == "" {
 		bad("redis.url", "is required (or set VALET_REDIS_URL)")
 	} else if u, err := url.Parse(c.Redis.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {

@@ -42,6 +42,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	redisURL := fs.String("redis", getenv("VALET_REDIS_URL"), "use this Redis instead of the in-memory ledger")
 	auditFile := fs.String("audit", envOr(getenv, "VALET_AUDIT_FILE", filepath.Join(os.TempDir(), "valet-dev-audit.jsonl")), "audit file")
 	logLevel := fs.String("log-level", envOr(getenv, "VALET_LOG_LEVEL", "info"), "debug, info, warn or error")
+	rollbackHosts := fs.String("rollback-hosts", "127.0.0.1:9090,localhost:9090", "comma-separated hosts whose undo webhooks `valet tasks rollback` may call (the example tool server's)")
 	resources := fs.String("resources", "", "YAML file of resource labels (id: {label: value}) for sensitive-tool conditions")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -127,6 +128,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 			Issuers: []IssuerEntry{{Name: "dev-admin", IssuerURL: idp.Issuer(), Audiences: []string{devidp.AdminAudience}}},
 			Roles:   map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`},
 		}
+		inc.rollbackHosts = splitList(*rollbackHosts)
 		if err := inc.startAdmin(ctx, devAdmin, publicURL, svc, redisLedger, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()}, log); err != nil {
 			return err
 		}

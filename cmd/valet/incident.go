@@ -60,11 +60,14 @@ func (c *Config) validateIncident() []error {
 // incident is the incident-response side of a broker: controls, epochs,
 // jobs, the feed, the Redis audit stream, metrics and the admin API.
 type incident struct {
-	controls *revocation.Controls
-	trail    *audit.RedisWriter
-	metrics  *metrics.Metrics
-	admin    *broker.Admin
-	feed     broker.Feed
+	// rollbackHosts are the hosts whose undo webhooks a rollback may call
+	// (config rollback.allowed_hosts).
+	rollbackHosts []string
+	controls      *revocation.Controls
+	trail         *audit.RedisWriter
+	metrics       *metrics.Metrics
+	admin         *broker.Admin
+	feed          broker.Feed
 }
 
 // newIncident builds the parts that the Service needs, and the auditor to
@@ -119,7 +122,7 @@ func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer 
 	}
 	inc.admin, err = broker.NewAdmin(broker.AdminConfig{
 		Identity: id, Roles: ac.Roles, Service: svc, Controls: inc.controls, Jobs: ledger, Epochs: ledger, Timeline: inc.trail,
-		AgentIssuers: agentIssuers, Logger: log,
+		AgentIssuers: agentIssuers, Logger: log, Rollback: broker.RollbackConfig{AllowedHosts: inc.rollbackHosts},
 	})
 	if err != nil {
 		return err

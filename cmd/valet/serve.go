@@ -107,6 +107,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
 	}
 	agentCfg, err := cfg.agentConfig(getenv)
+	agentCfg.EventRetention = time.Duration(cfg.Redis.Retention)
 	if err != nil {
 		return err
 	}
@@ -143,6 +144,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	inc.rollbackHosts = cfg.Rollback.AllowedHosts
 	if err := inc.startAdmin(ctx, cfg.Admin, cfg.PublicURL, svc, ledger, names, nil, log); err != nil {
 		return err
 	}

@@ -1,0 +1,357 @@
+package broker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Tool-call events: what a tool server reports that an agent actually did,
+// kept beside the task (Records list "events"/<task id>) for as long as the
+// task's records, shown in the admin timeline as audit events
+// `tool.called`, and walked backwards by a rollback (rollback.go).
+
+const (
+	// DefaultEventRetention is how long events stay after their task's
+	// deadline when AgentConfig.EventRetention is zero: the Redis ledger's
+	// default retention of task records.
+	DefaultEventRetention = time.Hour
+	// maxEvents is the most events kept per task; a report beyond it is 409.
+	maxEvents = 1000
+	// maxUndoBody caps an undo webhook's body.
+	maxUndoBody = 8 << 10
+	// maxSideEffect caps the side-effect text.
+	maxSideEffect = 1024
+)
+
+// LateVerifier is implemented by a task-token issuer that can verify a
+// token whose exp passed at most grace ago (signature, type, issuer and
+// claims checked as by Verify). The broker uses it only to accept late
+// tool-call reports, never to grant anything.
+type LateVerifier interface {
+	VerifyExpired(raw string, grace time.Duration) (TaskClaims, error)
+}
+
+// Undo is how a tool server says a call can be undone: a webhook Valet
+// calls on rollback. Body is kept verbatim (it may hold a secret, such as
+// a one-time undo key) and is never audited, logged or listed: only its
+// SHA-256 prefix is.
+type Undo struct {
+	URL         string `json:"url"`
+	Method      string `json:"method"`
+	Body        string `json:"body,omitempty"`
+	ContentType string `json:"content_type,omitempty"`
+}
+
+// EventReport is the body of POST /v1/tasks/{id}/events.
+type EventReport struct {
+	Tool       string `json:"tool"`
+	Outcome    string `json:"outcome"` // ok | error | refused
+	Status     int    `json:"status,omitempty"`
+	SideEffect string `json:"side_effect,omitempty"`
+	Undo       *Undo  `json:"undo,omitempty"`
+}
+
+// ReportAuth is how the report was authenticated, beside the task token:
+// set by the HTTP layer.
+type ReportAuth struct {
+	TaskID string
+	// Proof, Method and URL: the request's DPoP header and what it names.
+	Proof, Method, URL string
+	// ClientID and ClientSecret, when sent (header
+	// Valet-Client-Authorization), authenticate the tool server that
+	// reports. A DPoP-bound token without a proof needs them.
+	ClientID, ClientSecret string
+}
+
+// ToolEvent is one stored tool-call event.
+type ToolEvent struct {
+	ID         string    `json:"id"`
+	TaskID     string    `json:"task_id"`
+	Tool       string    `json:"tool"`
+	Outcome    string    `json:"outcome"`
+	Status     int       `json:"status,omitempty"`
+	SideEffect string    `json:"side_effect,omitempty"`
+	Undo       *Undo     `json:"undo,omitempty"`
+	Agent      string    `json:"agent"`
+	Reporter   string    `json:"reporter"`
+	JTI        string    `json:"jti"`
+	ReportedAt time.Time `json:"reported_at"`
+	// Late is set when the report came after the task ended.
+	Late bool `json:"late,omitempty"`
+}
+
+// UndoView is what listings show of an Undo: never its body.
+type UndoView struct {
+	URL        string `json:"url"`
+	Method     string `json:"method"`
+	BodySHA256 string `json:"body_sha256,omitempty"`
+}
+
+// View is the event as listed: the undo body replaced by its hash.
+func (e ToolEvent) View() map[string]any {
+	m := map[string]any{"id": e.ID, "task_id": e.TaskID, "tool": e.Tool, "outcome": e.Outcome, "agent": e.Agent,
+		"reporter": e.Reporter, "jti": e.JTI, "reported_at": e.ReportedAt.UTC().Format(time.RFC3339Nano), "late": e.Late}
+	if e.Status != 0 {
+		m["status"] = e.Status
+	}
+	if e.SideEffect != "" {
+		m["side_effect"] = e.SideEffect
+	}
+	if e.Undo != nil {
+		m["undo"] = e.Undo.view()
+	}
+	return m
+}
+
+func (u *Undo) view() UndoView {
+	v := UndoView{URL: u.URL, Method: u.Method}
+	if u.Body != "" {
+		v.BodySHA256 = shaPrefix(u.Body)
+	}
+	return v
+}
+
+// auditURL is the URL without its query, which may carry a key.
+func (u *Undo) auditURL() string {
+	p, err := url.Parse(u.URL)
+	if err != nil {
+		return ""
+	}
+	p.RawQuery, p.Fragment, p.User = "", "", nil
+	return p.String()
+}
+
+func shaPrefix(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return fmt.Sprintf("%x", sum[:6])
+}
+
+// DecodeEventReport reads and validates a report body.
+func DecodeEventReport(r io.Reader) (EventReport, error) {
+	b, err := io.ReadAll(io.LimitReader(r, 64<<10))
+	if err != nil {
+		return EventReport{}, &Error{Code: CodeInvalid, Message: "request body could not be read", Err: err}
+	}
+	var e EventReport
+	if err := DecodeStrict(b, &e); err != nil {
+		return e, err
+	}
+	return e, e.validate()
+}
+
+func (e EventReport) validate() error {
+	switch {
+	case e.Tool == "" || len(e.Tool) > maxToolName || !utf8.ValidString(e.Tool):
+		return invalidField("tool", "tool is required: valid UTF-8 of at most %d bytes", maxToolName)
+	case e.Outcome != "ok" && e.Outcome != "error" && e.Outcome != "refused":
+		return invalidField("outcome", "outcome must be ok, error or refused")
+	case e.Status != 0 && (e.Status < 100 || e.Status > 599):
+		return invalidField("status", "status must be an HTTP status code")
+	case len(e.SideEffect) > maxSideEffect || !utf8.ValidString(e.SideEffect):
+		return invalidField("side_effect", "side_effect must be valid UTF-8 of at most %d bytes", maxSideEffect)
+	}
+	if u := e.Undo; u != nil {
+		p, err := url.Parse(u.URL)
+		switch {
+		case err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" || p.User != nil || len(u.URL) > 2048:
+			return invalidField("undo.url", "undo.url must be an absolute http(s) URL without user info, at most 2048 bytes")
+		case !slices.Contains([]string{"DELETE", "POST", "PUT", "PATCH"}, u.Method):
+			return invalidField("undo.method", "undo.method must be DELETE, POST, PUT or PATCH")
+		case len(u.Body) > maxUndoBody:
+			return invalidField("undo.body", "undo.body must be at most %d bytes", maxUndoBody)
+		case len(u.ContentType) > 128 || strings.ContainsAny(u.ContentType, "\r\n"):
+			return invalidField("undo.content_type", "undo.content_type is not a media type")
+		}
+	}
+	return nil
+}
+
+// reportCaller authenticates a report: the task token of task a.TaskID,
+// verified even if it expired within the retention, on record for that
+// task. A live task also needs the token live; an ended one (a late
+// report) does not. A DPoP-bound token needs a proof by its key or the
+// reporting tool server's client credentials. It returns the claims, the
+// task, whether the report is late, and the reporter.
+func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (TaskClaims, Task, bool, string, error) {
+	fail := func(err error) (TaskClaims, Task, bool, string, error) { return TaskClaims{}, Task{}, false, "", err }
+	if raw == "" {
+		return fail(unauthenticated(errors.New("no task token")))
+	}
+	c, err := s.tokens.Verify(raw)
+	if err != nil {
+		lv, ok := s.tokens.(LateVerifier)
+		if !ok {
+			s.log.WarnContext(ctx, "task token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
+			return fail(unauthenticated(err))
+		}
+		if c, err = lv.VerifyExpired(raw, s.agent.eventRetention); err != nil {
+			s.log.WarnContext(ctx, "task token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
+			return fail(unauthenticated(err))
+		}
+	}
+	if c.TaskID != a.TaskID {
+		return fail(Errorf(CodeNotFound, "task %q not found", a.TaskID))
+	}
+	reporter := c.Actor()
+	if a.ClientID != "" {
+		if reporter, err = s.AuthorizeClient(ctx, a.ClientID, a.ClientSecret, ""); err != nil {
+			return fail(err)
+		}
+	}
+	if c.JKT != "" && (a.Proof != "" || a.ClientID == "") {
+		if err := s.checkProof(ctx, a.Proof, a.Method, a.URL, raw, c.JKT); err != nil {
+			return fail(err)
+		}
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	defer cancel()
+	cred, denied, err := s.ledger.Credential(lctx, c.ID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return fail(unauthenticated(fmt.Errorf("token %s is not on record", c.ID)))
+	case err != nil:
+		return fail(unavailable("the credential ledger", err))
+	case cred.TaskID != c.TaskID:
+		return fail(unauthenticated(fmt.Errorf("token %s is not of task %s", c.ID, c.TaskID)))
+	}
+	t, _, err := s.ledger.Task(lctx, c.TaskID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return fail(unauthenticated(fmt.Errorf("task %s is not on record", c.TaskID)))
+	case err != nil:
+		return fail(unavailable("the credential ledger", err))
+	}
+	now := s.now()
+	ended := t.State != StateActive || !now.Before(t.Deadline)
+	if !ended && (denied || !now.Before(cred.ExpiresAt)) {
+		return fail(unauthenticated(fmt.Errorf("token %s is revoked or expired while its task is active", c.ID)))
+	}
+	if !now.Before(t.Deadline.Add(s.agent.eventRetention)) {
+		return fail(unauthenticated(fmt.Errorf("task %s ended more than the retention ago", t.ID)))
+	}
+	return c, t, ended, reporter, nil
+}
+
+// ReportEvent stores and audits one tool call reported with the task's
+// token (see reportCaller). The tool must be one the token grants or a
+// sensitive tool of the task's template.
+func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep EventReport) (ToolEvent, error) {
+	store, err := s.recordsStore()
+	if err != nil {
+		return ToolEvent{}, err
+	}
+	c, t, late, reporter, err := s.reportCaller(ctx, raw, a)
+	if err != nil {
+		return ToolEvent{}, err
+	}
+	if !slices.Contains(c.Tools, rep.Tool) {
+		sensitive := false
+		if tmpl, ok := s.templates.Load().Get(t.Template); ok {
+			_, sensitive = tmpl.SensitiveTool(rep.Tool)
+		}
+		if !sensitive {
+			return ToolEvent{}, &Error{Code: CodeForbidden, Rule: "tools", Field: "tool",
+				Message: fmt.Sprintf("tool %q is not granted to this task", rep.Tool)}
+		}
+	}
+	ev := ToolEvent{ID: newID("evt"), TaskID: t.ID, Tool: rep.Tool, Outcome: rep.Outcome, Status: rep.Status,
+		SideEffect: rep.SideEffect, Undo: rep.Undo, Agent: c.Actor(), Reporter: reporter, JTI: c.ID,
+		ReportedAt: s.now().UTC(), Late: late}
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return ToolEvent{}, &Error{Code: CodeInternal, Message: "encoding the event failed", Err: err}
+	}
+	ae := s.event(ctx, "tool.called", reporter, t)
+	ae.Outcome, ae.Creds = rep.Outcome, []string{c.ID}
+	ae.Detail = map[string]any{"event_id": ev.ID, "tool": rep.Tool, "agent": ev.Agent, "late": late}
+	if rep.Status != 0 {
+		ae.Detail["status"] = rep.Status
+	}
+	if rep.SideEffect != "" {
+		ae.Detail["side_effect"] = rep.SideEffect
+	}
+	if u := rep.Undo; u != nil {
+		undo := map[string]any{"method": u.Method, "url": u.auditURL()}
+		if u.Body != "" {
+			undo["body_sha256"] = shaPrefix(u.Body)
+		}
+		ae.Detail["undo"] = undo
+	}
+	// Audit first: an event that is not in the trail is not kept.
+	if err := s.audit.Record(ctx, ae); err != nil {
+		return ToolEvent{}, unavailable("the audit log", err)
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	defer cancel()
+	err = store.Append(lctx, "events", t.ID, b, t.Deadline.Add(s.agent.eventRetention), maxEvents)
+	switch {
+	case errors.Is(err, ErrExists):
+		return ToolEvent{}, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already has %d events; no more are kept", t.ID, maxEvents), Err: err}
+	case err != nil:
+		return ToolEvent{}, unavailable("the record store", err)
+	}
+	s.log.InfoContext(ctx, "tool call reported", "task_id", t.ID, "event_id", ev.ID, "tool", rep.Tool, "outcome", rep.Outcome, "late", late)
+	return ev, nil
+}
+
+// TaskEvents lists a task's events for the holder of one of its tokens
+// (authenticated as for a report).
+func (s *Service) TaskEvents(ctx context.Context, raw string, a ReportAuth) ([]ToolEvent, error) {
+	if _, _, _, _, err := s.reportCaller(ctx, raw, a); err != nil {
+		return nil, err
+	}
+	return s.events(ctx, a.TaskID)
+}
+
+// IsTaskToken reports whether raw verifies as one of Valet's task tokens
+// (even expired within the event retention): the HTTP layer uses it to
+// tell a task token from an admin token on GET /v1/tasks/{id}/events.
+func (s *Service) IsTaskToken(raw string) bool {
+	if _, err := s.tokens.Verify(raw); err == nil {
+		return true
+	}
+	lv, ok := s.tokens.(LateVerifier)
+	if !ok {
+		return false
+	}
+	_, err := lv.VerifyExpired(raw, s.agent.eventRetention)
+	return err == nil
+}
+
+// events reads a task's stored events, oldest first.
+func (s *Service) events(ctx context.Context, taskID string) ([]ToolEvent, error) {
+	store, err := s.recordsStore()
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	defer cancel()
+	items, err := store.Items(lctx, "events", taskID, maxEvents)
+	if err != nil {
+		return nil, unavailable("the record store", err)
+	}
+	out := make([]ToolEvent, 0, len(items))
+	for _, b := range items {
+		var e ToolEvent
+		if err := json.Unmarshal(b, &e); err != nil {
+			s.log.ErrorContext(ctx, "skipping an unreadable event record", "task_id", taskID, "err", err)
+			continue
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// TaskEvents lists a task's events for an admin (viewer and up).
+func (a *Admin) TaskEvents(ctx context.Context, id string) ([]ToolEvent, error) {
+	return a.svc.events(ctx, id)
+}

@@ -1,0 +1,262 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// RollbackConfig says which undo webhooks a rollback may call.
+type RollbackConfig struct {
+	// AllowedHosts are the hosts (host or host:port, compared lower-case)
+	// whose undo webhooks Valet calls. Empty: none is called.
+	AllowedHosts []string
+	// Client calls the webhooks; default a client that follows no
+	// redirects. Each call is bounded by Timeout.
+	Client *http.Client
+	// Timeout bounds one undo call; default (and at most) 5 s.
+	Timeout time.Duration
+}
+
+const maxUndoTimeout = 5 * time.Second
+
+func (c *RollbackConfig) init() {
+	if c.Timeout <= 0 || c.Timeout > maxUndoTimeout {
+		c.Timeout = maxUndoTimeout
+	}
+	if c.Client == nil {
+		c.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
+	hosts := make([]string, 0, len(c.AllowedHosts))
+	for _, h := range c.AllowedHosts {
+		hosts = append(hosts, strings.ToLower(strings.TrimSpace(h)))
+	}
+	c.AllowedHosts = hosts
+}
+
+func (c *RollbackConfig) allowed(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	return slices.Contains(c.AllowedHosts, strings.ToLower(u.Host)) || slices.Contains(c.AllowedHosts, strings.ToLower(u.Hostname()))
+}
+
+// RollbackStep is one undo of a rollback plan.
+type RollbackStep struct {
+	EventID    string    `json:"event_id"`
+	Tool       string    `json:"tool"`
+	SideEffect string    `json:"side_effect,omitempty"`
+	ReportedAt time.Time `json:"reported_at"`
+	Late       bool      `json:"late"`
+	Undo       UndoView  `json:"undo"`
+	// Allowed: the webhook's host is in rollback.allowed_hosts.
+	Allowed bool `json:"allowed"`
+	// State: "pending" (not run), "done", "failed" or "running".
+	State  string `json:"state"`
+	Status int    `json:"status,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// stepRecord is what Valet keeps of a step run (Records kind "rollback",
+// id <task>/<event>), so an undo that succeeded is never called twice.
+type stepRecord struct {
+	State  string    `json:"state"`
+	Status int       `json:"status,omitempty"`
+	Error  string    `json:"error,omitempty"`
+	At     time.Time `json:"at"`
+	By     string    `json:"by"`
+}
+
+// RollbackPlan lists the undo steps of a task's events, newest first (the
+// order to run them in), with what has been run already.
+func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep, error) {
+	evs, err := a.svc.events(ctx, taskID)
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) == 0 {
+		if _, _, err := a.TaskDetail(ctx, taskID); err != nil {
+			return nil, err
+		}
+	}
+	store, err := a.svc.recordsStore()
+	if err != nil {
+		return nil, err
+	}
+	steps := []RollbackStep{}
+	for i := len(evs) - 1; i >= 0; i-- {
+		e := evs[i]
+		if e.Undo == nil {
+			continue
+		}
+		st := RollbackStep{EventID: e.ID, Tool: e.Tool, SideEffect: e.SideEffect, ReportedAt: e.ReportedAt, Late: e.Late,
+			Undo: e.Undo.view(), Allowed: a.rollback.allowed(e.Undo.URL), State: "pending"}
+		b, err := store.Get(ctx, "rollback", taskID+"/"+e.ID)
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case err != nil:
+			return nil, unavailable("the record store", err)
+		default:
+			var r stepRecord
+			if json.Unmarshal(b, &r) == nil {
+				st.State, st.Status, st.Error = r.State, r.Status, r.Error
+			}
+		}
+		steps = append(steps, st)
+	}
+	return steps, nil
+}
+
+// RollbackRun calls the undo webhook of one event of a task, once: a step
+// already done is 409; a step running elsewhere is 409; a failed one may be
+// run again. The call is audited (`rollback.step`) before and after it is
+// made; its host must be allowed (403, rule rollback.allowed_hosts).
+func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eventID string) (RollbackStep, error) {
+	evs, err := a.svc.events(ctx, taskID)
+	if err != nil {
+		return RollbackStep{}, err
+	}
+	i := slices.IndexFunc(evs, func(e ToolEvent) bool { return e.ID == eventID })
+	if i < 0 || evs[i].Undo == nil {
+		return RollbackStep{}, Errorf(CodeNotFound, "task %q has no event %q with an undo", taskID, eventID)
+	}
+	e := evs[i]
+	step := RollbackStep{EventID: e.ID, Tool: e.Tool, SideEffect: e.SideEffect, ReportedAt: e.ReportedAt, Late: e.Late,
+		Undo: e.Undo.view(), Allowed: a.rollback.allowed(e.Undo.URL)}
+	t, _, err := a.TaskDetail(ctx, taskID)
+	if err != nil {
+		return RollbackStep{}, err
+	}
+	audit := func(outcome string, detail map[string]any) error {
+		ev := a.svc.event(ctx, "rollback.step", who.Actor(), t)
+		ev.Outcome = outcome
+		ev.Detail = map[string]any{"event_id": e.ID, "tool": e.Tool, "method": e.Undo.Method, "url": e.Undo.auditURL()}
+		for k, v := range detail {
+			ev.Detail[k] = v
+		}
+		return a.svc.audit.Record(ctx, ev)
+	}
+	if !step.Allowed {
+		if err := audit("denied", map[string]any{"rule": "rollback.allowed_hosts"}); err != nil {
+			a.log.ErrorContext(ctx, "audit write of a denied rollback step failed", "err", err)
+		}
+		return RollbackStep{}, &Error{Code: CodeForbidden, Rule: "rollback.allowed_hosts",
+			Message: fmt.Sprintf("the undo webhook's host is not in rollback.allowed_hosts (event %s)", e.ID)}
+	}
+	store, err := a.svc.recordsStore()
+	if err != nil {
+		return RollbackStep{}, err
+	}
+	key := taskID + "/" + eventID
+	until := t.Deadline.Add(a.svc.agent.eventRetention)
+	if !until.After(a.svc.now()) {
+		until = a.svc.now().Add(time.Hour)
+	}
+	running, _ := json.Marshal(stepRecord{State: "running", At: a.svc.now().UTC(), By: who.Actor()})
+	if err := a.claimStep(ctx, store, key, running, until); err != nil {
+		return RollbackStep{}, err
+	}
+	if err := audit("started", nil); err != nil {
+		a.finishStep(ctx, store, key, running, stepRecord{State: "failed", Error: "audit write failed", At: a.svc.now().UTC(), By: who.Actor()})
+		return RollbackStep{}, unavailable("the audit log", err)
+	}
+	status, callErr := a.callUndo(ctx, *e.Undo)
+	rec := stepRecord{State: "done", Status: status, At: a.svc.now().UTC(), By: who.Actor()}
+	if callErr != nil {
+		rec.State, rec.Error = "failed", callErr.Error()
+	}
+	a.finishStep(ctx, store, key, running, rec)
+	step.State, step.Status, step.Error = rec.State, rec.Status, rec.Error
+	detail := map[string]any{"status": status}
+	if callErr != nil {
+		detail["error"] = callErr.Error()
+	}
+	if err := audit(map[bool]string{true: "ok", false: "failed"}[callErr == nil], detail); err != nil {
+		return step, unavailable("the audit log", err)
+	}
+	a.log.InfoContext(ctx, "rollback step", "task_id", taskID, "event_id", eventID, "state", rec.State, "status", status, "by", who.Actor())
+	return step, nil
+}
+
+// claimStep marks a step running, unless it is done or running (a running
+// claim older than twice the timeout is taken over: its broker died).
+func (a *Admin) claimStep(ctx context.Context, store Records, key string, running []byte, until time.Time) error {
+	err := store.Put(ctx, "rollback", key, running, until)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, ErrExists) {
+		return unavailable("the record store", err)
+	}
+	old, err := store.Get(ctx, "rollback", key)
+	if err != nil {
+		return unavailable("the record store", err)
+	}
+	var r stepRecord
+	_ = json.Unmarshal(old, &r)
+	switch {
+	case r.State == "done":
+		return &Error{Code: CodeConflict, Message: "this undo step has already run successfully"}
+	case r.State == "running" && a.svc.now().Sub(r.At) < 2*a.rollback.Timeout:
+		return &Error{Code: CodeConflict, Message: "this undo step is running"}
+	}
+	if err := store.Swap(ctx, "rollback", key, old, running); err != nil {
+		if errors.Is(err, ErrNotActive) {
+			return &Error{Code: CodeConflict, Message: "this undo step is running"}
+		}
+		return unavailable("the record store", err)
+	}
+	return nil
+}
+
+func (a *Admin) finishStep(ctx context.Context, store Records, key string, running []byte, rec stepRecord) {
+	b, _ := json.Marshal(rec)
+	if err := store.Swap(context.WithoutCancel(ctx), "rollback", key, running, b); err != nil {
+		a.log.ErrorContext(ctx, "recording a rollback step failed", "step", key, "err", err)
+	}
+}
+
+// callUndo calls one webhook within the timeout: a 2xx answer is success.
+func (a *Admin) callUndo(ctx context.Context, u Undo) (int, error) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.rollback.Timeout)
+	defer cancel()
+	var body io.Reader
+	if u.Body != "" {
+		body = bytes.NewReader([]byte(u.Body))
+	}
+	req, err := http.NewRequestWithContext(cctx, u.Method, u.URL, body)
+	if err != nil {
+		return 0, fmt.Errorf("building the undo request: %w", err)
+	}
+	if u.Body != "" {
+		ct := u.ContentType
+		if ct == "" {
+			ct = "application/json"
+		}
+		req.Header.Set("Content-Type", ct)
+	}
+	req.Header.Set("User-Agent", "valet-rollback")
+	resp, err := a.rollback.Client.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error names the URL, whose query may hold a key
+		}
+		return 0, fmt.Errorf("calling the undo webhook: %w", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return resp.StatusCode, fmt.Errorf("the undo webhook answered %d", resp.StatusCode)
+	}
+	return resp.StatusCode, nil
+}
