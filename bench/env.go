@@ -237,8 +237,10 @@ func (h *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 }
 
 // valet is a broker wired as `valet serve` wires it (Redis ledger, EdDSA
-// task tokens, the trusted issuer, templates, audit to a file, JSON logs at
-// info), serving on a real loopback listener.
+// task tokens, the trusted issuer, templates, controls and epochs, the
+// revocation feed, audit to a file, JSON logs at info), serving on a real
+// loopback listener. Unlike `valet serve`, it does not copy the audit trail
+// to the Redis stream (see README).
 type valet struct {
 	url    string
 	srv    *http.Server
@@ -306,15 +308,24 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 		return nil, err
 	}
 	v.close = append(v.close, func() { auditFile.Close() })
+	controls, err := revocation.NewControls(v.redis, "valet", 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	cctx, stopControls := context.WithCancel(context.WithoutCancel(ctx))
+	v.close = append(v.close, stopControls)
+	controls.Reload(cctx)
+	go controls.Run(cctx)
 	v.svc, err = broker.NewService(broker.Config{
 		Identity: identity, Tokens: tokens, Ledger: v.ledger, Auditor: auditor, Templates: templates,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha256Of(clientSecret)}}, Logger: log,
+		Controls: controls, Epochs: v.ledger,
 	})
 	if err != nil {
 		return nil, err
 	}
 	h, err := httpapi.Handler(httpapi.Options{Service: v.svc, Issuer: v.url, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(),
-		OpenAPI: openapi.Spec, Ready: []func(context.Context) error{identity.Ready}, Logger: log})
+		OpenAPI: openapi.Spec, Ready: []func(context.Context) error{identity.Ready}, Logger: log, Feed: v.ledger.Feed()})
 	if err != nil {
 		return nil, err
 	}

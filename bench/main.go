@@ -220,9 +220,15 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return err
 	}
+	progress("verifier checks with the revocation feed live...")
+	taskTokens, err := declareMany(ctx, v, idTokens, 1024)
+	if err != nil {
+		return fmt.Errorf("declaring tasks to verify: %w", err)
+	}
+	rep.verifier = verifierChecks(ctx, v, taskTokens, o.duration)
 	for _, n := range o.bulk {
-		progress("bulk revocation of %d credentials...", n)
-		rep.bulk = append(rep.bulk, bulkRevoke(ctx, rs.url(), n))
+		progress("bulk revocation of one agent holding %d credentials...", n)
+		rep.bulk = append(rep.bulk, epochRevoke(ctx, p, rs.url(), dir, n))
 	}
 	if o.memoryTasks > 0 {
 		progress("RSS of a broker holding %d live tasks (child process)...", o.memoryTasks)

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -114,7 +115,6 @@ type trustedIssuer struct {
 	audiences map[string]bool
 	cond      *Condition
 	keys      *issuerKeys
-	verifier  *oidc.IDTokenVerifier
 }
 
 // ValidateIssuers checks a trusted-issuer configuration and returns every
@@ -338,12 +338,6 @@ func NewIdentity(ctx context.Context, cfgs []IssuerConfig, opts IdentityOptions)
 		if ti.keys.static {
 			ti.keys.keys, ti.keys.loaded = p.staticKeys, true
 		}
-		ti.verifier = oidc.NewVerifier(p.cfg.IssuerURL, ti.keys, &oidc.Config{
-			SkipClientIDCheck:    true, // audiences are checked below, against a list
-			SkipExpiryCheck:      true, // exp, nbf and iat are checked below, with our leeway
-			SupportedSigningAlgs: slices.Clone(p.cfg.Algorithms),
-			Now:                  opts.Now,
-		})
 		id.issuers = append(id.issuers, ti)
 		id.byURL[p.cfg.IssuerURL] = ti
 	}
@@ -451,15 +445,16 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 		return Principal{}, fmt.Errorf("token typ %s is an access token, not an identity token", quoteUntrusted(typ))
 	}
 
-	// (4) Pick the issuer by the unverified iss, exactly.
-	// A map, not a struct: encoding/json matches struct fields without
-	// regard to case, and "ISS" is not "iss".
-	var unverified map[string]json.RawMessage
-	if err := json.Unmarshal(segs[1], &unverified); err != nil || unverified == nil {
+	// (4) Pick the issuer by the unverified iss, exactly. The payload is
+	// decoded once, here; nothing but iss is read from it before the
+	// signature is verified. A map, not a struct: encoding/json matches
+	// struct fields without regard to case, and "ISS" is not "iss".
+	var claims map[string]any
+	if err := json.Unmarshal(segs[1], &claims); err != nil || claims == nil {
 		return Principal{}, errors.New("token payload is not a JSON object")
 	}
-	var issStr string
-	if err := json.Unmarshal(unverified["iss"], &issStr); err != nil || issStr == "" {
+	issStr, _ := claims["iss"].(string)
+	if issStr == "" {
 		return Principal{}, errors.New("token iss is missing or not a string")
 	}
 	if id.self != "" && issStr == id.self {
@@ -473,23 +468,20 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 		return Principal{}, fmt.Errorf("token alg %s is not allowed for issuer %q", quoteUntrusted(alg), ti.cfg.Name)
 	}
 
-	// (5) Signature (our key set) and issuer (go-oidc).
-	var sigErr error
-	vctx := context.WithValue(ctx, keySetErrKey{}, &sigErr)
-	tok, err := ti.verifier.Verify(vctx, raw)
+	// (5) Signature, with the issuer's keys and algorithms. The verified
+	// payload must be the very bytes decoded above, so the claims read
+	// below are the signed ones.
+	payload, err := ti.keys.verify(ctx, raw)
 	if err != nil {
-		if sigErr != nil {
-			// go-oidc flattens the key set's error; keep ours so that
-			// ErrUnavailable survives.
-			return Principal{}, fmt.Errorf("verifying token from issuer %q: %w", ti.cfg.Name, sigErr)
-		}
-		return Principal{}, fmt.Errorf("verifying token from issuer %q: %v", ti.cfg.Name, err)
+		return Principal{}, fmt.Errorf("verifying token from issuer %q: %w", ti.cfg.Name, err)
+	}
+	if !bytes.Equal(payload, segs[1]) {
+		return Principal{}, fmt.Errorf("verifying token from issuer %q: signed payload differs from the decoded one", ti.cfg.Name)
 	}
 
 	// (6) Claims, after the signature.
-	var claims map[string]any
-	if err := tok.Claims(&claims); err != nil || claims == nil {
-		return Principal{}, errors.New("token claims are not a JSON object")
+	if err := checkOIDCClaimTypes(claims); err != nil {
+		return Principal{}, err
 	}
 	now := id.now()
 	exp, err := claimTime(claims, "exp")
@@ -568,6 +560,56 @@ func decodeJWTSegment(s string) ([]byte, error) {
 	return b, nil
 }
 
+// checkOIDCClaimTypes refuses the standard claims an OIDC client could not
+// decode: nonce and at_hash that are not strings, and distributed claims
+// (_claim_names) naming a source that _claim_sources does not hold. These
+// are the refusals go-oidc's IDTokenVerifier made when it decoded the
+// payload; exp, nbf, iat, aud, sub and iss are checked where they are used.
+func checkOIDCClaimTypes(claims map[string]any) error {
+	for _, name := range []string{"nonce", "at_hash"} {
+		if v, ok := claims[name]; ok && v != nil {
+			if _, ok := v.(string); !ok {
+				return fmt.Errorf("token %s is not a string", name)
+			}
+		}
+	}
+	var sources map[string]any
+	if v, ok := claims["_claim_sources"]; ok && v != nil {
+		if sources, ok = v.(map[string]any); !ok {
+			return errors.New("token _claim_sources is not an object")
+		}
+		for _, src := range sources {
+			m, ok := src.(map[string]any)
+			if src != nil && !ok {
+				return errors.New("token _claim_sources has a source that is not an object")
+			}
+			for _, f := range []string{"endpoint", "access_token"} {
+				if fv, ok := m[f]; ok && fv != nil {
+					if _, ok := fv.(string); !ok {
+						return fmt.Errorf("token _claim_sources has a %s that is not a string", f)
+					}
+				}
+			}
+		}
+	}
+	if v, ok := claims["_claim_names"]; ok && v != nil {
+		names, ok := v.(map[string]any)
+		if !ok {
+			return errors.New("token _claim_names is not an object")
+		}
+		for _, src := range names {
+			s, ok := src.(string)
+			if src != nil && !ok {
+				return errors.New("token _claim_names has a source that is not a string")
+			}
+			if _, ok := sources[s]; !ok || s == "" {
+				return errors.New("token _claim_names names a source that does not exist")
+			}
+		}
+	}
+	return nil
+}
+
 // claimTime reads an optional NumericDate claim. A present claim that is
 // not a number in a sane range is an error; an absent one is the zero time.
 func claimTime(claims map[string]any, name string) (time.Time, error) {
@@ -631,11 +673,7 @@ func quoteUntrusted(s string) string {
 	return fmt.Sprintf("%q", s)
 }
 
-// keySetErrKey carries a pointer through go-oidc to the key set, so the key
-// set's own error (which go-oidc formats with %v) reaches Authenticate.
-type keySetErrKey struct{}
-
-// issuerKeys is one issuer's verification keys. It implements oidc.KeySet.
+// issuerKeys is one issuer's verification keys.
 // Keys are cached; an unknown kid refreshes them at most once per interval,
 // and concurrent callers share one fetch. Unlike oidc.RemoteKeySet, a flood
 // of unknown kids cannot turn into a flood of JWKS requests.
@@ -667,18 +705,8 @@ type keyFetch struct {
 // errKeyRefreshLimited means a fetch was wanted but the last one is too recent.
 var errKeyRefreshLimited = errors.New("key refresh rate-limited")
 
-// VerifySignature implements oidc.KeySet.
-func (ks *issuerKeys) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
-	payload, err := ks.verify(ctx, raw)
-	if err != nil {
-		if p, ok := ctx.Value(keySetErrKey{}).(*error); ok {
-			*p = err
-		}
-		return nil, err
-	}
-	return payload, nil
-}
-
+// verify checks raw's signature with the issuer's keys (refreshing them
+// on an unknown kid, within the rate limit) and returns the signed payload.
 func (ks *issuerKeys) verify(ctx context.Context, raw string) ([]byte, error) {
 	jws, err := jose.ParseSignedCompact(raw, ks.algs)
 	if err != nil {

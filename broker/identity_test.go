@@ -148,6 +148,15 @@ func TestAuthenticateRejects(t *testing.T) {
 		{"expired just past leeway", iss.Token(t, map[string]any{"exp": clock.Now().Add(-31 * time.Second).Unix()})},
 		{"nbf just past leeway", iss.Token(t, map[string]any{"nbf": clock.Now().Add(31 * time.Second).Unix()})},
 		{"self-issued", iss.Token(t, map[string]any{"iss": testSelfIssuer})},
+		{"nonce not a string", iss.Token(t, map[string]any{"nonce": 7})},
+		{"at_hash not a string", iss.Token(t, map[string]any{"at_hash": []any{"x"}})},
+		{"_claim_names not an object", iss.Token(t, map[string]any{"_claim_names": "groups"})},
+		{"_claim_names naming no source", iss.Token(t, map[string]any{"_claim_names": map[string]any{"groups": "src1"}})},
+		{"_claim_names with an empty source", iss.Token(t, map[string]any{"_claim_names": map[string]any{"groups": ""},
+			"_claim_sources": map[string]any{"": map[string]any{"endpoint": "https://x"}}})},
+		{"_claim_sources endpoint not a string", iss.Token(t, map[string]any{"_claim_names": map[string]any{"groups": "s"},
+			"_claim_sources": map[string]any{"s": map[string]any{"endpoint": 1}}})},
+		{"iat not a number", iss.Token(t, map[string]any{"iat": "yesterday"})},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

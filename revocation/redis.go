@@ -126,8 +126,9 @@ func (k keys) issuerIndex(issuer string) string { return k.prefix + ":idx:issuer
 
 // luaCommon is shared by the scripts: the Redis clock in unix ms, the key
 // escaping of keys.part, and an expiry that only ever moves later. (EXPIRE
-// GT treats a key without a TTL as never expiring, so a new key needs a
-// plain EXPIRE first.)
+// GT treats a key without a TTL as never expiring, so when it sets nothing
+// a key without a TTL gets a plain EXPIRE: one command when the expiry
+// moves later, as it usually does, three at most.)
 const luaCommon = `
 local function now_ms()
   local t = redis.call('TIME')
@@ -137,13 +138,16 @@ local function part(s)
   return (string.gsub(s, '[%%:]', {['%'] = '%25', [':'] = '%3A'}))
 end
 local function expire_at_least(key, at)
-  if redis.call('PTTL', key) == -1 then
+  if redis.call('PEXPIREAT', key, at, 'GT') == 0 and redis.call('PTTL', key) == -1 then
     redis.call('PEXPIREAT', key, at)
-  else
-    redis.call('PEXPIREAT', key, at, 'GT')
   end
 end
 `
+
+// trimEvery is how many records, on average, share one trim of the
+// indexes: a Lua script costs per command, and trimming four sorted sets on
+// every record was a third of the script.
+const trimEvery = "16"
 
 // recordScript writes a new task and its credentials, or nothing.
 //
@@ -168,7 +172,6 @@ if parent_key and parent_key ~= '' then
   end
 end
 local id, deadline, expire_at = ARGV[1], ARGV[2], ARGV[3]
-local trim_below = '(' .. string.format('%d', now_ms() - tonumber(ARGV[4]))
 local nf = tonumber(ARGV[5])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + nf))
 redis.call('PEXPIREAT', KEYS[1], expire_at)
@@ -180,9 +183,20 @@ end
 if #KEYS > 6 then
   redis.call('PEXPIREAT', KEYS[2], expire_at)
 end
+-- The indexes are trimmed of tasks past their retention on one record in
+-- trimEvery (picked by the last bytes of the random task id; deadlines are
+-- often whole seconds), not on every one: readers skip entries whose
+-- records have expired, and each index key expires with its newest task.
+local trim = (string.byte(id, -1) * 7 + string.byte(id, -2)) % ` + trimEvery + ` == 0
+local trim_below
+if trim then
+  trim_below = '(' .. string.format('%d', now_ms() - tonumber(ARGV[4]))
+end
 for i = 3, 6 do
   redis.call('ZADD', KEYS[i], deadline, id)
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', trim_below)
+  if trim then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', trim_below)
+  end
   expire_at_least(KEYS[i], expire_at)
 end
 if parent_key and parent_key ~= '' then
