@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/oidctest"
 )
 
@@ -178,5 +180,27 @@ func TestOnBehalfOfRefusals(t *testing.T) {
 	}
 	if task := r.json(t)["task"].(map[string]any); task["subject"] != "agent-1" || task["agent"] != "agent-1" {
 		t.Fatalf("task: %v", task)
+	}
+}
+
+// TestOnBehalfOfAgentEpoch: a revoked-before epoch for the agent covers its
+// on-behalf-of tokens at introspection, though their sub is the user.
+func TestOnBehalfOfAgentEpoch(t *testing.T) {
+	e := newEnv(t, envOptions{templates: onBehalfTemplates, incident: true})
+	r := e.declare(e.agentIn("agent-1", "t1"), obo("assist", e.user("user-alice", "alice@example.com", "t1")))
+	if r.Status != http.StatusCreated {
+		t.Fatalf("declare: %d %s", r.Status, r.Body)
+	}
+	tok := r.json(t)["credentials"].([]any)[0].(map[string]any)["access_token"].(string)
+	if in := e.introspect(tok); in["active"] != true {
+		t.Fatalf("fresh token inactive: %v", in)
+	}
+	e.clock.Advance(time.Second)
+	if err := e.raw.SetEpoch(context.Background(), broker.Epoch{Dimension: broker.DimAgent, Key: broker.AgentKey("test", "agent-1"),
+		Before: e.clock.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if in := e.introspect(tok); in["active"] != false {
+		t.Fatalf("token of an agent under an epoch still active: %v", in)
 	}
 }
