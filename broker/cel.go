@@ -31,10 +31,12 @@ func claimsEnv() (*cel.Env, error) {
 }
 
 // requestEnv is the environment of template conditions: who asks
-// (principal), what they ask for (request) and when (now).
+// (principal), on whose behalf (user, empty when the agent acts for
+// itself), what they ask for (request) and when (now).
 func requestEnv() (*cel.Env, error) {
 	return cel.NewEnv(
 		cel.Variable("principal", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("user", cel.MapType(cel.StringType, cel.DynType)),
 		cel.Variable("request", cel.MapType(cel.StringType, cel.DynType)),
 		cel.Variable("now", cel.TimestampType),
 		ext.Strings(),

@@ -18,6 +18,8 @@ const (
 	maxTools        = 256
 	maxToolName     = 128
 	maxTTL          = 24 * time.Hour
+	// maxSubjectToken caps the end user's token in a declaration.
+	maxSubjectToken = 16 << 10
 )
 
 // declarationWire is the JSON body of POST /v1/tasks.
@@ -27,6 +29,9 @@ type declarationWire struct {
 	Tools      []string        `json:"tools"`
 	TTLSeconds *int64          `json:"ttl_seconds"`
 	Context    json.RawMessage `json:"context"`
+	// SubjectToken is a pointer so that an explicit "" is refused rather
+	// than read as "no user".
+	SubjectToken *string `json:"subject_token"`
 }
 
 // DecodeDeclaration reads and validates a task declaration. Every error is an
@@ -85,6 +90,16 @@ func (w declarationWire) validate() (Declaration, error) {
 			return d, invalidField("ttl_seconds", "ttl_seconds must be at most %d", int64(maxTTL/time.Second))
 		}
 		d.TTL = time.Duration(ttl) * time.Second
+	}
+	if w.SubjectToken != nil {
+		switch tok := *w.SubjectToken; {
+		case tok == "":
+			return d, invalidField("subject_token", "subject_token must not be empty: omit it when the agent acts for itself")
+		case len(tok) > maxSubjectToken:
+			return d, invalidField("subject_token", "subject_token must be at most %d bytes", maxSubjectToken)
+		default:
+			d.SubjectToken = tok
+		}
 	}
 	if len(w.Context) > 0 && !bytes.Equal(w.Context, []byte("null")) {
 		if err := json.Unmarshal(w.Context, &d.Context); err != nil {

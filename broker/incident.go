@@ -328,7 +328,11 @@ func (s *Service) credentialStatus(ctx context.Context, c TaskClaims) (Credentia
 	if s.epochs == nil {
 		return s.ledger.Credential(ctx, c.ID)
 	}
-	cred, denied, before, err := s.epochs.CredentialStatus(ctx, c.ID, epochsOf(c.AgentIssuer, c.Subject, c.Template))
+	eps := epochsOf(c.AgentIssuer, c.Subject, c.Template)
+	if a := c.Actor(); a != c.Subject { // a delegated or on-behalf-of token: its agent's epoch covers it too, as at the verifier
+		eps = append(eps, Epoch{Dimension: DimAgent, Key: AgentKey(c.AgentIssuer, a)})
+	}
+	cred, denied, before, err := s.epochs.CredentialStatus(ctx, c.ID, eps)
 	if err != nil {
 		return cred, denied, err
 	}

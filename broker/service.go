@@ -165,6 +165,14 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	if err != nil {
 		return Task{}, nil, err
 	}
+	d.User = nil // only a verified subject_token sets it
+	if d.SubjectToken != "" {
+		u, err := s.authenticateUser(ctx, d.SubjectToken)
+		if err != nil {
+			return Task{}, nil, err
+		}
+		d.User = &u
+	}
 	if err := s.checkControls(ctx, p, d); err != nil {
 		return Task{}, nil, err
 	}
@@ -190,6 +198,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 		CreatedAt: now,
 		Deadline:  now.Add(g.TTL),
 	}
+	actOnBehalf(&task, d.User)
 	minted, err := s.mint(ctx, task, p, g)
 	if err != nil {
 		return Task{}, nil, err
@@ -211,6 +220,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	ev.Outcome = "granted"
 	ev.Creds = ids
 	ev.Detail = map[string]any{"intent": task.Intent, "tools": task.Tools, "deadline": task.Deadline, "ttl_seconds": int64(g.TTL / time.Second)}
+	onBehalfDetail(ev.Detail, task)
 	if err := s.audit.Record(ctx, ev); err != nil {
 		s.log.ErrorContext(ctx, "audit write failed; revoking the task it would have granted", "task_id", task.ID, "err", err)
 		if _, _, endErr := s.end(context.WithoutCancel(ctx), task.ID, StateRevoked, "audit write failed", "valet"); endErr != nil {
@@ -255,6 +265,9 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 	if err != nil || !admitted {
 		return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q is not available to this agent", d.Template),
 			Rule: "principals", Field: "template", Err: fmt.Errorf("principal %s/%s not admitted: %v", p.Issuer, p.Subject, err)}
+	}
+	if err := checkUser(tmpl, d.User); err != nil {
+		return Grant{}, err
 	}
 	for i, tool := range d.Tools {
 		if _, sensitive := tmpl.SensitiveTool(tool); sensitive {

@@ -44,6 +44,11 @@ type Declaration struct {
 	// it must name. Set by the HTTP layer, never decoded from the body.
 	Proof       string `json:"-"`
 	Method, URL string `json:"-"`
+	// SubjectToken is the end user's identity token when the agent acts on
+	// a user's behalf (see onbehalf.go); User is that token once verified,
+	// set by Declare. Neither is ever logged or stored.
+	SubjectToken string     `json:"-"`
+	User         *Principal `json:"-"`
 }
 
 // Task is one unit of agent work and the root of every credential issued for
@@ -68,6 +73,9 @@ type Task struct {
 	// Subject is the token's sub when it is not Agent: the root agent of a
 	// delegation tree, or the user a task acts on behalf of.
 	Subject string `json:"subject,omitempty"`
+	// SubjectIssuer is the configured name of the issuer that vouched for
+	// Subject when it is a user (an on-behalf-of task), else "".
+	SubjectIssuer string `json:"subject_issuer,omitempty"`
 	// Act is the RFC 8693 actor chain, current actor first: Agent, then
 	// the agents that delegated to it. Empty for a root task.
 	Act []string `json:"act,omitempty"`

@@ -15,6 +15,9 @@ type Template struct {
 	// Source is the file the template came from, for error messages.
 	Source     string
 	Principals []PrincipalRule
+	// Users admits end users a task may act on behalf of (subject_token in
+	// the declaration); none means no task of this template may.
+	Users      []PrincipalRule
 	DefaultTTL time.Duration
 	MaxTTL     time.Duration
 	// Tools is the allowlist: exact names and "prefix.*" patterns.
@@ -129,8 +132,9 @@ func (t *Template) AdmitsPrincipal(p Principal) (bool, error) {
 // denies by that rule.
 //
 // Conditions see principal = {issuer, issuer_url, subject, claims},
-// request = {template, intent, tools, ttl, context} and now (a timestamp);
-// request.ttl is a CEL duration.
+// request = {template, intent, tools, ttl, context}, user = the end user a
+// task acts for ({issuer, issuer_url, subject, claims}, or an empty map) and
+// now (a timestamp); request.ttl is a CEL duration.
 func (t *Template) Check(p Principal, d Declaration, ttl time.Duration, now time.Time) (failedRule string, err error) {
 	if len(t.Conditions) == 0 {
 		return "", nil
@@ -157,7 +161,8 @@ func (t *Template) Check(p Principal, d Declaration, ttl time.Duration, now time
 			"ttl":      ttl,
 			"context":  reqCtx,
 		},
-		"now": now,
+		"user": userVar(d.User),
+		"now":  now,
 	}
 	for _, c := range t.Conditions {
 		ok, err := c.Eval(vars)

@@ -515,6 +515,7 @@ var templateFields = []field[*Template]{
 		t.Description, _ = l.str(n, path)
 	}},
 	{key: "principals", required: true, decode: decodePrincipals},
+	{key: "users", decode: decodeUsers},
 	{key: "ttl", required: true, decode: decodeTTL},
 	{key: "tools", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, t *Template) {
 		t.Tools = l.stringList(n, path, "tool names", checkToolPattern)

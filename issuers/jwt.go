@@ -313,9 +313,11 @@ type mintClaims struct {
 }
 
 // Mint issues one task token for task: an RFC 9068 access token whose
-// subject and client_id are the agent, whose audiences, scopes and tools are
-// the grant's, and which expires at the task's deadline (rounded down to the
-// second), never later. It refuses a task whose deadline has passed, or is
+// client_id is the agent, whose subject is the agent or, when set,
+// task.Subject (the user or root agent the task acts for, with the agent in
+// act), whose audiences, scopes and tools are the grant's, and which
+// expires at the task's deadline (rounded down to the second), never later.
+// It refuses a task whose deadline has passed, or is
 // less than a second away, and a grant with no audience.
 func (j *JWT) Mint(ctx context.Context, task broker.Task, p broker.Principal, g broker.Grant) ([]broker.Minted, error) {
 	if err := ctx.Err(); err != nil {

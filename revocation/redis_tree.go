@@ -81,6 +81,7 @@ func treeFields(t broker.Task) []any {
 		f = append(f, "depth", strconv.Itoa(t.Depth))
 	}
 	add("subject", t.Subject)
+	add("subject_issuer", t.SubjectIssuer)
 	if len(t.Act) > 0 {
 		act, _ := json.Marshal(t.Act) // a []string always encodes
 		f = append(f, "act", string(act))
@@ -91,6 +92,7 @@ func treeFields(t broker.Task) []any {
 
 func decodeTreeFields(t *broker.Task, h map[string]string) error {
 	t.Parent, t.Root, t.Subject, t.JKT = h["parent"], h["root"], h["subject"], h["jkt"]
+	t.SubjectIssuer = h["subject_issuer"]
 	if v, ok := h["depth"]; ok {
 		d, err := strconv.Atoi(v)
 		if err != nil {

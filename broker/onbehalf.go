@@ -1,0 +1,147 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// On behalf of a user: a declaration may carry the end user's identity
+// token (subject_token). Valet verifies it against the trusted issuers, the
+// template's users block must admit the user, and the task's tokens then
+// name the user as sub and the agent in act (RFC 8693 section 4.1), so a
+// tool server sees both and policy can use both.
+
+// authenticateUser verifies a declaration's subject_token with the same
+// Authenticator as agents (which refuses Valet's own task tokens). Every
+// failure is the fixed 401 (503 when the issuer is unreachable), never a
+// fallback to the agent acting as itself.
+func (s *Service) authenticateUser(ctx context.Context, raw string) (Principal, error) {
+	u, err := s.identity.Authenticate(ctx, raw)
+	if err == nil && u.Subject == "" {
+		err = errors.New("subject token names no subject")
+	}
+	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			return Principal{}, unavailable("the identity provider", err)
+		}
+		s.log.WarnContext(ctx, "subject token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
+		return Principal{}, unauthenticated(fmt.Errorf("subject token: %w", err))
+	}
+	return u, nil
+}
+
+// AdmitsUser reports whether the template lets a task act on behalf of u:
+// some users rule names u's issuer and either has no condition or its
+// condition holds over u's claims. With no users block nobody is admitted.
+// As with AdmitsPrincipal, the first evaluation error comes back when no
+// rule admits u.
+func (t *Template) AdmitsUser(u Principal) (bool, error) {
+	var firstErr error
+	for _, r := range t.Users {
+		if r.Issuer != u.Issuer {
+			continue
+		}
+		if r.Condition == nil {
+			return true, nil
+		}
+		ok, err := r.Condition.Eval(map[string]any{"claims": claimsVar(u.Claims)})
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		if ok {
+			return true, nil
+		}
+	}
+	return false, firstErr
+}
+
+// checkUser is decide's users rule: a declaration without a user passes;
+// one with a user needs the template to admit that user.
+func checkUser(tmpl *Template, u *Principal) error {
+	if u == nil {
+		return nil
+	}
+	ok, err := tmpl.AdmitsUser(*u)
+	if ok {
+		return nil
+	}
+	why := fmt.Errorf("user %s/%s not admitted: %v", u.Issuer, u.Subject, err)
+	if len(tmpl.Users) == 0 {
+		why = errors.New("template has no users block")
+	}
+	return &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q does not allow acting on behalf of this user", tmpl.Name),
+		Rule: "users", Field: "subject_token", Err: why}
+}
+
+// actOnBehalf makes task a task of user u: its tokens' sub is the user and
+// its act chain names the agent.
+func actOnBehalf(task *Task, u *Principal) {
+	if u == nil {
+		return
+	}
+	task.Subject, task.SubjectIssuer = u.Subject, u.Issuer
+	task.Act = []string{task.Agent}
+}
+
+// onBehalfDetail adds the user's ids (never the token) to an audit event's
+// detail.
+func onBehalfDetail(detail map[string]any, task Task) {
+	if task.SubjectIssuer == "" {
+		return
+	}
+	detail["subject"], detail["subject_issuer"], detail["act"] = task.Subject, task.SubjectIssuer, task.Act
+}
+
+// userVar is the user variable of template conditions: an empty map when
+// the agent acts for itself.
+func userVar(u *Principal) map[string]any {
+	if u == nil {
+		return map[string]any{}
+	}
+	return map[string]any{
+		"issuer":     u.Issuer,
+		"issuer_url": u.IssuerURL,
+		"subject":    u.Subject,
+		"claims":     claimsVar(u.Claims),
+	}
+}
+
+// decodeUsers decodes a template's users block: rules shaped like
+// principal rules, over the end user's token.
+func decodeUsers(l *templateLoader, n *yaml.Node, path string, t *Template) {
+	items, ok := l.seq(n, path, "user rules")
+	if !ok {
+		return
+	}
+	if isEmptyList(n) {
+		l.report(n, path, "must list at least one user rule, or be left out")
+		return
+	}
+	for i, item := range items {
+		ipath := indexPath(path, i)
+		r := &PrincipalRule{}
+		if decodeMapping(l, item, ipath, userFields, r) {
+			t.Users = append(t.Users, *r)
+		}
+	}
+}
+
+// userFields is the schema of one users rule: the issuer check of a
+// principal rule, and a condition named like "users[0].condition".
+var userFields = []field[*PrincipalRule]{
+	principalFields[0],
+	{key: "condition", decode: func(l *templateLoader, n *yaml.Node, path string, r *PrincipalRule) {
+		name := path
+		if i := strings.LastIndex(path, "users["); i >= 0 {
+			name = path[i:]
+		}
+		r.Condition = l.compile(l.claimsEnv, n, path, name)
+	}},
+}
