@@ -40,26 +40,7 @@ func (s *Service) authenticateUser(ctx context.Context, raw string) (Principal, 
 // As with AdmitsPrincipal, the first evaluation error comes back when no
 // rule admits u.
 func (t *Template) AdmitsUser(u Principal) (bool, error) {
-	var firstErr error
-	for _, r := range t.Users {
-		if r.Issuer != u.Issuer {
-			continue
-		}
-		if r.Condition == nil {
-			return true, nil
-		}
-		ok, err := r.Condition.Eval(map[string]any{"claims": claimsVar(u.Claims)})
-		if err != nil {
-			if firstErr == nil {
-				firstErr = err
-			}
-			continue
-		}
-		if ok {
-			return true, nil
-		}
-	}
-	return false, firstErr
+	return admits(t.Users, u)
 }
 
 // checkUser is decide's users rule: a declaration without a user passes;

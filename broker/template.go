@@ -102,8 +102,14 @@ func (s *TemplateSet) Names() []string {
 // if no rule admits p, the first such error is returned so the caller can
 // log why (the caller denies either way).
 func (t *Template) AdmitsPrincipal(p Principal) (bool, error) {
+	return admits(t.Principals, p)
+}
+
+// admits is the check of a rule list: some rule names p's issuer and either
+// has no condition or its condition holds over p's claims.
+func admits(rules []PrincipalRule, p Principal) (bool, error) {
 	var firstErr error
-	for _, r := range t.Principals {
+	for _, r := range rules {
 		if r.Issuer != p.Issuer {
 			continue
 		}

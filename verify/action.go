@@ -2,12 +2,9 @@ package verify
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -93,26 +90,11 @@ func bearerOf(r *http.Request) string { raw, _ := tokenOf(r); return raw }
 
 // consume asks Valet to use up an action token.
 func (v *Verifier) consume(ctx context.Context, raw string) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.cfg.Issuer+"/v1/actions/consume",
-		strings.NewReader(url.Values{"token": {raw}}.Encode()))
-	if err != nil {
-		return false, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.SetBasicAuth(v.cfg.ClientID, v.cfg.ClientSecret)
-	resp, err := v.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return false, fmt.Errorf("consuming action token: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return false, fmt.Errorf("consuming action token: status %d", resp.StatusCode)
-	}
 	var body struct {
 		Consumed bool `json:"consumed"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
-		return false, fmt.Errorf("decoding consumption: %w", err)
+	if err := v.postToken(ctx, "/v1/actions/consume", raw, &body); err != nil {
+		return false, fmt.Errorf("consuming action token: %w", err)
 	}
 	return body.Consumed, nil
 }

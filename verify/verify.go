@@ -374,28 +374,37 @@ func (v *Verifier) checkRevoked(ctx context.Context, raw string, c Claims) error
 
 // introspect asks Valet (RFC 7662) whether raw is active.
 func (v *Verifier) introspect(ctx context.Context, raw string) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.cfg.Issuer+"/v1/introspect",
+	var body struct {
+		Active bool `json:"active"`
+	}
+	if err := v.postToken(ctx, "/v1/introspect", raw, &body); err != nil {
+		return false, fmt.Errorf("introspecting: %w", err)
+	}
+	return body.Active, nil
+}
+
+// postToken posts token=raw to one of Valet's form endpoints with the tool
+// server's client credentials and decodes the JSON answer into out.
+func (v *Verifier) postToken(ctx context.Context, path, raw string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.cfg.Issuer+path,
 		strings.NewReader(url.Values{"token": {raw}}.Encode()))
 	if err != nil {
-		return false, err
+		return err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.SetBasicAuth(v.cfg.ClientID, v.cfg.ClientSecret)
 	resp, err := v.cfg.HTTPClient.Do(req)
 	if err != nil {
-		return false, fmt.Errorf("introspecting: %w", err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return false, fmt.Errorf("introspecting: status %d", resp.StatusCode)
+		return fmt.Errorf("status %d", resp.StatusCode)
 	}
-	var body struct {
-		Active bool `json:"active"`
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out); err != nil {
+		return fmt.Errorf("decoding the answer: %w", err)
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
-		return false, fmt.Errorf("decoding introspection: %w", err)
-	}
-	return body.Active, nil
+	return nil
 }
 
 // replay remembers DPoP proof jtis this process has accepted.
