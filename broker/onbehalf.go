@@ -97,21 +97,7 @@ func userVar(u *Principal) map[string]any {
 // decodeUsers decodes a template's users block: rules shaped like
 // principal rules, over the end user's token.
 func decodeUsers(l *templateLoader, n *yaml.Node, path string, t *Template) {
-	items, ok := l.seq(n, path, "user rules")
-	if !ok {
-		return
-	}
-	if isEmptyList(n) {
-		l.report(n, path, "must list at least one user rule, or be left out")
-		return
-	}
-	for i, item := range items {
-		ipath := indexPath(path, i)
-		r := &PrincipalRule{}
-		if decodeMapping(l, item, ipath, userFields, r) {
-			t.Users = append(t.Users, *r)
-		}
-	}
+	t.Users = decodeRules(l, n, path, "user rules", "must list at least one user rule, or be left out", userFields)
 }
 
 // userFields is the schema of one users rule: the issuer check of a

@@ -557,21 +557,27 @@ func decodeTemplateName(l *templateLoader, n *yaml.Node, path string, t *Templat
 }
 
 func decodePrincipals(l *templateLoader, n *yaml.Node, path string, t *Template) {
-	items, ok := l.seq(n, path, "principal rules")
+	t.Principals = decodeRules(l, n, path, "principal rules", "must list at least one principal rule", principalFields)
+}
+
+// decodeRules decodes a non-empty list of principal-shaped rules.
+func decodeRules(l *templateLoader, n *yaml.Node, path, what, empty string, fields []field[*PrincipalRule]) []PrincipalRule {
+	items, ok := l.seq(n, path, what)
 	if !ok {
-		return
+		return nil
 	}
 	if isEmptyList(n) {
-		l.report(n, path, "must list at least one principal rule")
-		return
+		l.report(n, path, "%s", empty)
+		return nil
 	}
+	var rules []PrincipalRule
 	for i, item := range items {
-		ipath := indexPath(path, i)
 		r := &PrincipalRule{}
-		if decodeMapping(l, item, ipath, principalFields, r) {
-			t.Principals = append(t.Principals, *r)
+		if decodeMapping(l, item, indexPath(path, i), fields, r) {
+			rules = append(rules, *r)
 		}
 	}
+	return rules
 }
 
 // principalFields is the schema of one principal rule.

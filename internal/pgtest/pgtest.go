@@ -103,7 +103,7 @@ func Start(t testing.TB) *Server {
 
 	var lastErr error
 	for range 3 {
-		if s.port, lastErr = freePort(); lastErr != nil {
+		if s.port, lastErr = proctest.FreePort(); lastErr != nil {
 			continue
 		}
 		cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", s.data(), "-p", strconv.Itoa(s.port),
@@ -210,15 +210,6 @@ func runAs() (*syscall.Credential, error) {
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func randomHex(n int) string {

@@ -64,7 +64,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 	// it; try a few ports before giving up.
 	var lastErr error
 	for range 3 {
-		if s.port, lastErr = freePort(); lastErr != nil {
+		if s.port, lastErr = proctest.FreePort(); lastErr != nil {
 			continue
 		}
 		if lastErr = s.launch(); lastErr == nil {
@@ -174,14 +174,4 @@ func ping(addr string) error {
 		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
 	}
 	return nil
-}
-
-// freePort asks the kernel for an unused loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -116,7 +116,7 @@ func Start(t testing.TB, o Options) *Server {
 	t.Cleanup(s.stop)
 	var lastErr error
 	for range 3 {
-		port, err := freePort()
+		port, err := proctest.FreePort()
 		if err != nil {
 			lastErr = err
 			continue
@@ -437,15 +437,6 @@ func (p *proxy) close() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func randomHex(n int) string {
