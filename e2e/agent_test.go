@@ -55,6 +55,17 @@ func (c *countingTransport) checks() int {
 // reports counts the tool-call reports.
 func (c *countingTransport) reports() int { return c.total() - c.checks() }
 
+// snapshot copies the counts, for messages.
+func (c *countingTransport) snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := make(map[string]int, len(c.calls))
+	for k, v := range c.calls {
+		m[k] = v
+	}
+	return m
+}
+
 func (c *countingTransport) get(path string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -119,12 +130,12 @@ func TestVerifierRevocationByFeed(t *testing.T) {
 		}
 	}
 	if got := ct.checks() - warm; got != 0 {
-		t.Fatalf("%d warm tool calls made %d checking calls to Valet, want 0 (%v)", calls, got, ct.calls)
+		t.Fatalf("%d warm tool calls made %d checking calls to Valet, want 0 (%v)", calls, got, ct.snapshot())
 	}
 	if s := call(t, ts, tok, http.MethodPost, "/tickets/1/comments"); s != http.StatusForbidden {
 		t.Fatalf("a tool the task lacks: %d", s)
 	}
-	t.Logf("calls to Valet after warm-up: %v", ct.calls)
+	t.Logf("calls to Valet after warm-up: %v", ct.snapshot())
 
 	revoked := time.Now()
 	if r := e.do(http.MethodPost, "/v1/revoke", "", "application/x-www-form-urlencoded", strings.NewReader("token="+tok), true); r.Status != 200 {
