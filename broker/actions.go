@@ -366,13 +366,13 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 		s.log.ErrorContext(ctx, "action token does not match its record", "jti", ac.ID)
 		return ActionUse{}, nil
 	}
-	t, _, err := s.ledger.Task(lctx, ac.TaskID)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return ActionUse{}, nil
-	case err != nil:
-		return ActionUse{}, unavailable("the credential ledger", err)
-	case t.State != StateActive || !s.now().Before(t.Deadline):
+	t, err := s.gateRecordedTask(lctx, ac.TaskID)
+	switch code := ErrorCode(err); {
+	case err == nil:
+	case code == CodeUnavailable || code == CodeInternal:
+		return ActionUse{}, err
+	default:
+		s.log.WarnContext(ctx, "action token refused by the gate", "jti", ac.ID, "task_id", ac.TaskID, "caller", caller, "reason", err.Error())
 		return ActionUse{}, nil
 	}
 	first, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second))

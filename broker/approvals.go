@@ -336,14 +336,19 @@ func (s *Service) DecideApproval(ctx context.Context, who, id string, approve bo
 	state := ApprovalDenied
 	if approve {
 		state = ApprovalApproved
-		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
-		t, _, terr := s.ledger.Task(lctx, a.TaskID)
-		cancel()
+		// The task must still pass the gate: an approval approved after a
+		// freeze (or a revocation) issues nothing.
+		_, terr := s.gateRecordedTask(ctx, a.TaskID)
+		var ge *Error
 		switch {
-		case terr != nil && !errors.Is(terr, ErrNotFound):
-			return Approval{}, unavailable("the credential ledger", terr)
-		case terr != nil || t.State != StateActive || !s.now().Before(t.Deadline):
-			return a, &Error{Code: CodeConflict, Message: fmt.Sprintf("the task of approval %s has ended", id)}
+		case terr == nil:
+		case ErrorCode(terr) == CodeUnavailable || ErrorCode(terr) == CodeInternal:
+			return Approval{}, terr
+		case errors.As(terr, &ge) && ge.Code == CodeForbidden:
+			return a, &Error{Code: CodeConflict, Rule: ge.Rule, Err: terr,
+				Message: fmt.Sprintf("the task of approval %s may no longer act: %s", id, ge.Message)}
+		default:
+			return a, &Error{Code: CodeConflict, Message: fmt.Sprintf("the task of approval %s has ended", id), Err: terr}
 		}
 	}
 	return s.settle(ctx, id, state, who, reason)

@@ -245,6 +245,13 @@ func (s *Service) Delegate(ctx context.Context, req DelegationRequest) (Task, []
 	if err != nil {
 		return Task{}, nil, err
 	}
+	// The child's whole chain, the sub-agent and its issuer included,
+	// passes the gate before anything is spent or minted for it.
+	chain := append(parent.agents(), Link{Agent: actor.Subject, Issuer: actor.Issuer})
+	childLinks := Task{Chain: chain, Subject: parent.Subject, SubjectIssuer: parent.SubjectIssuer}.Links()
+	if err := s.gate(ctx, standing{links: childLinks, template: parent.Template}); err != nil {
+		return Task{}, nil, s.delegationDenied(ctx, parent, actor, err)
+	}
 	now := s.now()
 	tmpl, ok := s.templates.Load().Get(parent.Template)
 	if !ok {
@@ -281,8 +288,9 @@ func (s *Service) Delegate(ctx context.Context, req DelegationRequest) (Task, []
 	child := Task{
 		ID: newID("tsk"), State: StateActive, Agent: actor.Subject, Issuer: actor.Issuer, Template: tmpl.Name,
 		Intent: parent.Intent, Tools: g.Tools, CreatedAt: now, Deadline: now.Add(g.TTL),
-		Parent: parent.ID, Root: root, Depth: depth, Subject: subject,
+		Parent: parent.ID, Root: root, Depth: depth, Subject: subject, SubjectIssuer: parent.SubjectIssuer,
 		Act: append([]string{actor.Subject}, parent.Act...), JKT: parent.JKT,
+		Chain: chain,
 	}
 	if child.Deadline.After(deadline) { // Attenuate guarantees this; a second lock on the door.
 		return Task{}, nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued",
@@ -326,31 +334,11 @@ func (s *Service) Delegate(ctx context.Context, req DelegationRequest) (Task, []
 	return child, minted, nil
 }
 
-// liveTask checks that a verified task token is on record, not denied, and
-// that its task is active, and returns the task. Any failure is the fixed
-// 401 (503 when the ledger is down).
+// liveTask passes a verified task token through the gate (gate.go) and
+// returns its task: on record, not denied, not covered by an epoch, its
+// task active, and no incident control on its chain or template.
 func (s *Service) liveTask(ctx context.Context, c TaskClaims) (Task, error) {
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
-	defer cancel()
-	cred, denied, err := s.ledger.Credential(lctx, c.ID)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return Task{}, unauthenticated(fmt.Errorf("token %s is not on record", c.ID))
-	case err != nil:
-		return Task{}, unavailable("the credential ledger", err)
-	case denied || cred.TaskID != c.TaskID || !s.now().Before(cred.ExpiresAt):
-		return Task{}, unauthenticated(fmt.Errorf("token %s is revoked or expired", c.ID))
-	}
-	t, _, err := s.ledger.Task(lctx, c.TaskID)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return Task{}, unauthenticated(fmt.Errorf("task %s is not on record", c.TaskID))
-	case err != nil:
-		return Task{}, unavailable("the credential ledger", err)
-	case t.State != StateActive || !s.now().Before(t.Deadline):
-		return Task{}, unauthenticated(fmt.Errorf("task %s is %s", t.ID, t.State))
-	}
-	return t, nil
+	return s.gateTaskToken(ctx, c, nil)
 }
 
 // delegationDenied logs and audits a refused exchange and returns err.

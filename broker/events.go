@@ -212,6 +212,16 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (T
 			return fail(err)
 		}
 	}
+	if a.ClientID == "" {
+		// The agent reports (or reads) with its own token: the gate
+		// decides, so a revoked, frozen, quarantined or distrusted chain,
+		// or one under a revoked-before epoch, reports nothing.
+		t, err := s.gateTaskToken(ctx, c, nil)
+		if err != nil {
+			return fail(err)
+		}
+		return c, t, false, reporter, nil
+	}
 	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
 	defer cancel()
 	cred, denied, err := s.ledger.Credential(lctx, c.ID)

@@ -294,56 +294,19 @@ type TimelineReader interface {
 	Timeline(ctx context.Context, taskID string) ([]Event, error)
 }
 
-// checkControls is the freeze/quarantine/distrust gate of Declare.
+// checkControls is Declare's use of the gate: the declaring agent and the
+// user it acts for, under the template it names. A refusal is audited as a
+// denied declaration.
 func (s *Service) checkControls(ctx context.Context, p Principal, d Declaration) error {
-	if s.controls == nil {
-		return nil
+	links := []Link{{Agent: p.Subject, Issuer: p.Issuer}}
+	if d.User != nil {
+		links = append(links, Link{Agent: d.User.Subject, Issuer: d.User.Issuer})
 	}
-	c, err := s.controls.Check(ctx, p.Issuer, p.Subject, d.Template)
-	if err != nil {
-		return unavailable("the control store", err)
+	err := s.gate(ctx, standing{links: links, template: d.Template})
+	if err != nil && ErrorCode(err) == CodeForbidden {
+		s.recordDenial(ctx, p, d, err)
 	}
-	if c == nil {
-		return nil
-	}
-	what := map[ControlKind]string{
-		ControlFreezeAgent:        "agent " + p.Subject + " is frozen",
-		ControlQuarantineTemplate: "template " + d.Template + " is quarantined",
-		ControlDistrustIssuer:     "issuer " + p.Issuer + " is distrusted",
-	}[c.Kind]
-	msg := what
-	if c.Reason != "" {
-		msg += ": " + c.Reason
-	}
-	e := &Error{Code: CodeForbidden, Message: msg, Rule: c.Kind.Rule(), Err: fmt.Errorf("control %s", c.ID())}
-	s.recordDenial(ctx, p, d, e)
-	return e
-}
-
-// credentialStatus reads a task token's ledger record, deny flag and the
-// epochs of its agent, template and issuer, in one round trip when an
-// epoch store is configured. A credential issued at or before an epoch
-// that covers it reads as denied.
-func (s *Service) credentialStatus(ctx context.Context, c TaskClaims) (Credential, bool, error) {
-	if s.epochs == nil {
-		return s.ledger.Credential(ctx, c.ID)
-	}
-	eps := epochsOf(c.AgentIssuer, c.Subject, c.Template)
-	if a := c.Actor(); a != c.Subject { // a delegated or on-behalf-of token: its agent's epoch covers it too, as at the verifier
-		eps = append(eps, Epoch{Dimension: DimAgent, Key: AgentKey(c.AgentIssuer, a)})
-	}
-	cred, denied, before, err := s.epochs.CredentialStatus(ctx, c.ID, eps)
-	if err != nil {
-		return cred, denied, err
-	}
-	issued := cred.IssuedAt
-	if issued.IsZero() {
-		issued = c.IssuedAt
-	}
-	if !before.IsZero() && !issued.After(before) {
-		denied = true
-	}
-	return cred, denied, nil
+	return err
 }
 
 // validName is what may go into a control or selector from outside: no

@@ -197,6 +197,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 		Tools:     g.Tools,
 		CreatedAt: now,
 		Deadline:  now.Add(g.TTL),
+		Chain:     []Link{{Agent: p.Subject, Issuer: p.Issuer}},
 	}
 	actOnBehalf(&task, d.User)
 	minted, err := s.mint(ctx, task, p, g)
@@ -395,20 +396,28 @@ func (s *Service) recordDenial(ctx context.Context, p Principal, d Declaration, 
 	}
 }
 
+// TaskRequest is how GET /v1/tasks/{id} and its completion were called:
+// the bearer (a task token of the task, or the declaring agent's identity
+// token) and, for a DPoP-bound task token, the request's proof and what it
+// must name. Set by the HTTP layer.
+type TaskRequest struct {
+	ID, Bearer         string
+	Proof, Method, URL string
+}
+
 // Task returns a task to a caller that owns it: the agent's identity token
-// or one of the task's own tokens.
-func (s *Service) Task(ctx context.Context, bearer, id string) (Task, error) {
-	t, err := s.authorizeTaskCaller(ctx, bearer, id)
-	if err != nil {
-		return Task{}, err
-	}
-	return t, nil
+// or one of the task's own live tokens (with its DPoP proof when bound).
+// Both pass the gate: a frozen agent cannot read, a revoked token neither.
+func (s *Service) Task(ctx context.Context, r TaskRequest) (Task, error) {
+	return s.authorizeTaskCaller(ctx, r, false)
 }
 
 // Complete ends a task at the agent's request and revokes every credential
 // it holds. Completing a completed task again answers the task unchanged.
-func (s *Service) Complete(ctx context.Context, bearer, id string) (Task, error) {
-	t, err := s.authorizeTaskCaller(ctx, bearer, id)
+// Completing only gives power up, so a frozen agent may; a revoked or
+// expired task token may not.
+func (s *Service) Complete(ctx context.Context, r TaskRequest) (Task, error) {
+	t, err := s.authorizeTaskCaller(ctx, r, true)
 	if err != nil {
 		return Task{}, err
 	}
@@ -425,26 +434,34 @@ func (s *Service) Complete(ctx context.Context, bearer, id string) (Task, error)
 	return ended, nil
 }
 
-// authorizeTaskCaller accepts a task token of task id, or an identity token
-// of the agent that declared it. Anything else is 404, so task ids cannot be
-// probed.
-func (s *Service) authorizeTaskCaller(ctx context.Context, bearer, id string) (Task, error) {
+// authorizeTaskCaller accepts a live task token of task id (with its DPoP
+// proof when bound), or an identity token of the agent that declared it,
+// and passes the caller through the gate: reading needs no incident
+// control on the task's chain; completing (reducing) skips them. A task
+// token of another task, or an agent that does not own the task, is 404,
+// so task ids cannot be probed.
+func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reducing bool) (Task, error) {
+	id := r.ID
 	notFound := Errorf(CodeNotFound, "task %q not found", id)
-	if bearer == "" {
+	if r.Bearer == "" {
 		return Task{}, unauthenticated(errors.New("no bearer token"))
 	}
-	var agent, issuer string
-	if c, err := s.tokens.Verify(bearer); err == nil {
+	if c, err := s.tokens.Verify(r.Bearer); err == nil {
 		if c.TaskID != id {
 			return Task{}, notFound
 		}
-		agent = c.Actor()
-	} else {
-		p, err := s.authenticate(ctx, bearer)
+		t, err := s.gateTaskToken(ctx, c, func(st *standing) { st.anyState, st.reducing = true, reducing })
 		if err != nil {
 			return Task{}, err
 		}
-		agent, issuer = p.Subject, p.Issuer
+		if err := s.checkBoundProof(ctx, c, r.Proof, r.Method, r.URL, r.Bearer); err != nil {
+			return Task{}, err
+		}
+		return t, nil
+	}
+	p, err := s.authenticate(ctx, r.Bearer)
+	if err != nil {
+		return Task{}, err
 	}
 	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
 	t, _, err := s.ledger.Task(lctx, id)
@@ -454,8 +471,11 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, bearer, id string) (T
 		return Task{}, notFound
 	case err != nil:
 		return Task{}, unavailable("the credential ledger", err)
-	case t.Agent != agent || (issuer != "" && t.Issuer != issuer):
+	case t.Agent != p.Subject || t.Issuer != p.Issuer:
 		return Task{}, notFound
+	}
+	if err := s.gate(ctx, standing{links: t.Links(), template: t.Template, task: &t, anyState: true, reducing: reducing}); err != nil {
+		return Task{}, err
 	}
 	return t, nil
 }
@@ -516,18 +536,14 @@ func (s *Service) Introspect(ctx context.Context, raw string) (Introspection, er
 	if err != nil {
 		return Introspection{}, nil
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
-	cred, denied, err := s.credentialStatus(lctx, c)
-	cancel()
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return Introspection{}, nil
-	case err != nil:
-		return Introspection{}, unavailable("the credential ledger", err)
-	case denied || cred.TaskID != c.TaskID || !s.now().Before(cred.ExpiresAt):
-		return Introspection{}, nil
+	t, err := s.gateTaskToken(ctx, c, nil)
+	switch code := ErrorCode(err); {
+	case err == nil:
+		return Introspection{Active: true, Claims: c, Task: t}, nil
+	case code == CodeUnavailable || code == CodeInternal:
+		return Introspection{}, err
 	}
-	return Introspection{Active: true, Claims: c}, nil
+	return Introspection{}, nil
 }
 
 // Revoke implements RFC 7009 for task tokens: revoking a task token revokes

@@ -82,6 +82,51 @@ type Task struct {
 	// JKT is the RFC 7638 thumbprint of the DPoP key the task's tokens are
 	// bound to (RFC 9449 cnf.jkt), or "".
 	JKT string `json:"jkt,omitempty"`
+	// Chain is every agent the task's authority passed through, root
+	// agent first and Agent last, each with the issuer that vouched for
+	// it. Incident controls and revoked-before epochs apply to all of them
+	// (see gate.go). Empty in records written before it existed: Links
+	// then derives it.
+	Chain []Link `json:"chain,omitempty"`
+}
+
+// Link is one principal of a task's chain: an agent (or the user a task
+// acts for) and the configured name of the issuer that vouched for it.
+type Link struct {
+	Agent  string `json:"agent"`
+	Issuer string `json:"issuer"`
+}
+
+// Links are every principal a task acts for or through: its chain (root
+// agent first, then each sub-agent, ending with Agent) and, last, the user
+// of an on-behalf-of task. The gate checks controls and epochs of each;
+// bulk revocation selects a task by any of them.
+func (t Task) Links() []Link {
+	out := t.agents()
+	if t.SubjectIssuer != "" && t.Subject != "" {
+		out = append(out, Link{Agent: t.Subject, Issuer: t.SubjectIssuer})
+	}
+	return out
+}
+
+// agents is the task's chain without the user: Chain, or what an older
+// record names.
+func (t Task) agents() []Link {
+	var out []Link
+	if len(t.Chain) > 0 {
+		out = append(out, t.Chain...)
+	} else {
+		// A record from before Chain: the agents it names, under the
+		// task's issuer (the only one it recorded).
+		if t.Subject != "" && t.SubjectIssuer == "" && t.Subject != t.Agent {
+			out = append(out, Link{Agent: t.Subject, Issuer: t.Issuer})
+		}
+		for i := len(t.Act) - 1; i >= 1; i-- {
+			out = append(out, Link{Agent: t.Act[i], Issuer: t.Issuer})
+		}
+		out = append(out, Link{Agent: t.Agent, Issuer: t.Issuer})
+	}
+	return out
 }
 
 // CredentialKind names an issuer. It is stored in the ledger, so values are

@@ -218,7 +218,7 @@ func credentialsJSON(ms []broker.Minted) []map[string]any {
 }
 
 func (a *api) getTask(w http.ResponseWriter, r *http.Request) {
-	task, err := a.svc.Task(r.Context(), bearer(r), chi.URLParam(r, "id"))
+	task, err := a.svc.Task(r.Context(), a.taskRequest(r))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -227,12 +227,20 @@ func (a *api) getTask(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) complete(w http.ResponseWriter, r *http.Request) {
-	task, err := a.svc.Complete(r.Context(), bearer(r), chi.URLParam(r, "id"))
+	task, err := a.svc.Complete(r.Context(), a.taskRequest(r))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"task": task})
+}
+
+// taskRequest reads the caller of GET /v1/tasks/{id} and its completion:
+// a bearer (or, for a DPoP-bound task token, "Authorization: DPoP") and the
+// DPoP proof its binding needs.
+func (a *api) taskRequest(r *http.Request) broker.TaskRequest {
+	return broker.TaskRequest{ID: chi.URLParam(r, "id"), Bearer: taskToken(r),
+		Proof: r.Header.Get("DPoP"), Method: r.Method, URL: a.requestURL(r)}
 }
 
 // introspect is RFC 7662.
