@@ -172,11 +172,18 @@ func (s Selector) Validate() error {
 	return nil
 }
 
-// Matches reports whether a task is covered by the selector.
+// Matches reports whether a task is covered by the selector: the same
+// tasks the selector's epochs cover. An agent (with or without its issuer)
+// matches any principal of the task's Links (root agent, every sub-agent,
+// the user it acts for); an issuer alone matches any of their issuers.
 func (s Selector) Matches(t Task) bool {
+	links := t.Links()
+	agent := s.Agent == "" || slices.ContainsFunc(links, func(l Link) bool {
+		return l.Agent == s.Agent && (s.Issuer == "" || l.Issuer == s.Issuer)
+	})
+	issuer := s.Issuer == "" || s.Agent != "" || slices.ContainsFunc(links, func(l Link) bool { return l.Issuer == s.Issuer })
 	switch {
-	case s.Agent != "" && t.Agent != s.Agent,
-		s.Issuer != "" && t.Issuer != s.Issuer,
+	case !agent, !issuer,
 		s.Template != "" && t.Template != s.Template,
 		s.TaskID != "" && t.ID != s.TaskID,
 		s.Tool != "" && !slices.Contains(t.Tools, s.Tool),

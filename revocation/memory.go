@@ -226,6 +226,7 @@ func (l *MemoryLedger) sweep(now time.Time) {
 func copyTask(t broker.Task) broker.Task {
 	t.Tools = slices.Clone(t.Tools)
 	t.Act = slices.Clone(t.Act)
+	t.Chain = slices.Clone(t.Chain)
 	t.CreatedAt, t.Deadline, t.EndedAt = truncMs(t.CreatedAt), truncMs(t.Deadline), truncMs(t.EndedAt)
 	return t
 }

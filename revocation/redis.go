@@ -151,36 +151,40 @@ const trimEvery = "16"
 
 // recordScript writes a new task and its credentials, or nothing.
 //
-// KEYS: task, task creds, deadlines, agent index, template index, issuer
-// index, then one cred key per credential.
+// KEYS: task, task creds, deadlines, then ni index keys (template, and the
+// agent and issuer index of every link of the task: see Task.Links), then
+// one cred key per credential.
 // ARGV: task id, deadline ms, records expire-at ms, retention ms, number of
-// task hash arguments n, n hash arguments (field, value, ...), then one JSON
-// record per credential.
+// task hash arguments nf, number of index keys ni, nf hash arguments
+// (field, value, ...), one JSON record per credential, then for a
+// delegated task the parent's task key and children key.
 var recordScript = redis.NewScript(luaCommon + `
+local nf, ni = tonumber(ARGV[5]), tonumber(ARGV[6])
+local first_cred = 4 + ni
+local ncreds = #KEYS - first_cred + 1
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
   return redis.error_reply('VALET_DUPLICATE task ' .. ARGV[1])
 end
-for i = 7, #KEYS do
+for i = first_cred, #KEYS do
   if redis.call('EXISTS', KEYS[i]) > 0 then
     return redis.error_reply('VALET_DUPLICATE credential key ' .. KEYS[i])
   end
 end
-local parent_key = ARGV[5 + tonumber(ARGV[5]) + (#KEYS - 6) + 1]
+local parent_key = ARGV[6 + nf + ncreds + 1]
 if parent_key and parent_key ~= '' then
   if redis.call('HGET', parent_key, 'state') ~= 'active' then
     return redis.error_reply('VALET_PARENT_NOT_ACTIVE ' .. parent_key)
   end
 end
 local id, deadline, expire_at = ARGV[1], ARGV[2], ARGV[3]
-local nf = tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + nf))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + nf))
 redis.call('PEXPIREAT', KEYS[1], expire_at)
-for i = 7, #KEYS do
-  local rec = ARGV[5 + nf + i - 6]
+for i = first_cred, #KEYS do
+  local rec = ARGV[6 + nf + i - first_cred + 1]
   redis.call('SET', KEYS[i], rec, 'PXAT', expire_at)
   redis.call('RPUSH', KEYS[2], rec)
 end
-if #KEYS > 6 then
+if ncreds > 0 then
   redis.call('PEXPIREAT', KEYS[2], expire_at)
 end
 -- The indexes are trimmed of tasks past their retention on one record in
@@ -192,7 +196,7 @@ local trim_below
 if trim then
   trim_below = '(' .. string.format('%d', now_ms() - tonumber(ARGV[4]))
 end
-for i = 3, 6 do
+for i = 3, 3 + ni do
   redis.call('ZADD', KEYS[i], deadline, id)
   if trim then
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', trim_below)
@@ -200,7 +204,7 @@ for i = 3, 6 do
   expire_at_least(KEYS[i], expire_at)
 end
 if parent_key and parent_key ~= '' then
-  local children_key = ARGV[5 + nf + (#KEYS - 6) + 2]
+  local children_key = ARGV[6 + nf + ncreds + 2]
   redis.call('SADD', children_key, id)
   expire_at_least(children_key, expire_at)
 end
@@ -253,16 +257,15 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 		return err
 	}
 	expireAt := recordsExpireAt(t, creds, l.retention).UnixMilli()
-	keys := []string{
-		l.keys.task(t.ID), l.keys.taskCreds(t.ID), l.keys.deadlines(),
-		l.keys.agentIndex(t.Issuer, t.Agent), l.keys.templateIndex(t.Template), l.keys.issuerIndex(t.Issuer),
-	}
+	keys := []string{l.keys.task(t.ID), l.keys.taskCreds(t.ID), l.keys.deadlines()}
+	indexes := l.indexesOf(t)
+	keys = append(keys, indexes...)
 	fields, err := taskFields(t)
 	if err != nil {
 		return fmt.Errorf("recording task %s: %w", t.ID, err)
 	}
-	args := make([]any, 0, 5+len(fields)+len(creds))
-	args = append(args, t.ID, t.Deadline.UnixMilli(), expireAt, l.retention.Milliseconds(), len(fields))
+	args := make([]any, 0, 6+len(fields)+len(creds))
+	args = append(args, t.ID, t.Deadline.UnixMilli(), expireAt, l.retention.Milliseconds(), len(fields), len(indexes))
 	args = append(args, fields...)
 	for _, c := range creds {
 		keys = append(keys, l.keys.cred(c.ID))
@@ -285,6 +288,26 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 		return fmt.Errorf("recording task %s: parent %s: %w", t.ID, t.Parent, broker.ErrNotActive)
 	}
 	return wrapErr("recording task "+t.ID, err)
+}
+
+// indexesOf are the index keys a task is listed under, for bulk
+// revocation (Candidates): its template, and the agent and issuer index of
+// every principal of its chain and of the user it acts for, so a job
+// selects the same tasks its epochs cover.
+func (l *RedisLedger) indexesOf(t broker.Task) []string {
+	out := []string{l.keys.templateIndex(t.Template)}
+	seen := map[string]bool{out[0]: true}
+	add := func(k string) {
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	for _, ln := range t.Links() {
+		add(l.keys.agentIndex(ln.Issuer, ln.Agent))
+		add(l.keys.issuerIndex(ln.Issuer))
+	}
+	return out
 }
 
 // Task implements broker.Ledger in one pipelined round trip.

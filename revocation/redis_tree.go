@@ -87,6 +87,10 @@ func treeFields(t broker.Task) []any {
 		f = append(f, "act", string(act))
 	}
 	add("jkt", t.JKT)
+	if len(t.Chain) > 0 {
+		chain, _ := json.Marshal(t.Chain) // strings only: always encodes
+		f = append(f, "chain", string(chain))
+	}
 	return f
 }
 
@@ -103,6 +107,11 @@ func decodeTreeFields(t *broker.Task, h map[string]string) error {
 	if v, ok := h["act"]; ok {
 		if err := json.Unmarshal([]byte(v), &t.Act); err != nil {
 			return fmt.Errorf("field act: %w", err)
+		}
+	}
+	if v, ok := h["chain"]; ok {
+		if err := json.Unmarshal([]byte(v), &t.Chain); err != nil {
+			return fmt.Errorf("field chain: %w", err)
 		}
 	}
 	return nil
