@@ -96,6 +96,9 @@ func DecodeTokenExchange(form url.Values) (DelegationRequest, error) {
 	if r.Scopes, err = spaceList(form.Get("scope"), "scope", 64, 256); err != nil {
 		return r, err
 	}
+	if !form.Has("scope") {
+		r.Scopes = nil // no scope asked for: the parent's, as far as the template still allows
+	}
 	for _, k := range []string{"audience", "resource"} {
 		for i, a := range form[k] {
 			if a == "" || len(a) > 512 || !utf8.ValidString(a) {

@@ -138,6 +138,8 @@ type envOptions struct {
 	// issuers and a retry queue.
 	issuers []broker.Issuer
 	queue   broker.RevocationQueue
+	// other, when set, is a second trusted agent issuer named "other".
+	other *oidctest.Issuer
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -180,9 +182,13 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	identity, err := broker.NewIdentity(context.Background(), []broker.IssuerConfig{{
-		Name: "test", IssuerURL: e.idp.URL(), Audiences: []string{"valet"},
-	}}, broker.IdentityOptions{Now: e.clock.Now, SelfIssuer: e.srv.URL})
+	trusted := []broker.IssuerConfig{{Name: "test", IssuerURL: e.idp.URL(), Audiences: []string{"valet"}}}
+	names := []string{"test"}
+	if o.other != nil {
+		trusted = append(trusted, broker.IssuerConfig{Name: "other", IssuerURL: o.other.URL(), Audiences: []string{"valet"}})
+		names = append(names, "other")
+	}
+	identity, err := broker.NewIdentity(context.Background(), trusted, broker.IdentityOptions{Now: e.clock.Now, SelfIssuer: e.srv.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +196,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.templates != "" {
 		tmplText = o.templates
 	}
-	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(tmplText)}}, []string{"test"})
+	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(tmplText)}}, names)
 	if err != nil {
 		t.Fatal(err)
 	}
