@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -161,6 +162,12 @@ func (s *Service) RequestAction(ctx context.Context, raw string, req ActionReque
 	if !ok {
 		return ActionResult{}, s.actionDenied(ctx, task, req, nil, &Error{Code: CodeForbidden, Rule: "sensitive_tools", Field: "tool",
 			Message: fmt.Sprintf("tool %q is not a sensitive tool of template %q", req.Tool, tmpl.Name)})
+	}
+	if !slices.Contains(c.ActionTools, req.Tool) {
+		// Bounded by the task's own grant: a sensitive tool is declared
+		// (or delegated) like any tool before action tokens are issued.
+		return ActionResult{}, s.actionDenied(ctx, task, req, st, &Error{Code: CodeForbidden, Rule: "tools", Field: "tool",
+			Message: fmt.Sprintf("tool %q is not granted to this task", req.Tool)})
 	}
 	resource, err := s.resourceOf(st)
 	if err != nil {

@@ -139,11 +139,12 @@ func spaceList(v, field string, maxItems, maxLen int) ([]string, error) {
 // ParentGrant is what a parent task token holds, as far as attenuation is
 // concerned.
 type ParentGrant struct {
-	Tools     []string
-	Audiences []string
-	Scopes    []string
-	Deadline  time.Time // the earlier of the task's deadline and the token's exp
-	Depth     int
+	Tools       []string
+	ActionTools []string
+	Audiences   []string
+	Scopes      []string
+	Deadline    time.Time // the earlier of the task's deadline and the token's exp
+	Depth       int
 }
 
 // Attenuate decides a child grant: every tool, audience and scope the child
@@ -165,13 +166,21 @@ func Attenuate(tmpl *Template, parent ParentGrant, req DelegationRequest, now ti
 	if len(req.Tools) == 0 {
 		return Grant{}, 0, invalidField("tools", "tools is required")
 	}
-	for i, tool := range req.Tools {
+	var tools, actionTools []string
+	for _, tool := range req.Tools {
 		if _, sensitive := tmpl.SensitiveTool(tool); sensitive {
-			return Grant{}, 0, sensitiveDenied(tool, tmpl.Name, i)
+			// A sensitive tool attenuates like any tool: only one the
+			// parent holds, still sensitive in the template.
+			if !slices.Contains(parent.ActionTools, tool) {
+				return deny("tools", "tools", "tool %q is not held by the parent task", tool)
+			}
+			actionTools = append(actionTools, tool)
+			continue
 		}
 		if !slices.Contains(parent.Tools, tool) || !tmpl.AllowsTool(tool) {
 			return deny("tools", "tools", "tool %q is not held by the parent task", tool)
 		}
+		tools = append(tools, tool)
 	}
 	auds := req.Audiences
 	if len(auds) == 0 {
@@ -215,11 +224,12 @@ func Attenuate(tmpl *Template, parent ParentGrant, req DelegationRequest, now ti
 		return Grant{}, 0, invalidField("ttl_seconds", "ttl_seconds %d exceeds the maximum of template %q (%d)", int64(ttl/time.Second), tmpl.Name, int64(tmpl.MaxTTL/time.Second))
 	}
 	return Grant{
-		Template:  tmpl,
-		Tools:     slices.Clone(req.Tools),
-		TTL:       ttl,
-		Audiences: grantedAuds,
-		Scopes:    grantedScopes,
+		Template:    tmpl,
+		Tools:       tools,
+		ActionTools: actionTools,
+		TTL:         ttl,
+		Audiences:   grantedAuds,
+		Scopes:      grantedScopes,
 	}, depth, nil
 }
 
@@ -272,7 +282,7 @@ func (s *Service) Delegate(ctx context.Context, req DelegationRequest) (Task, []
 		deadline = pc.ExpiresAt
 	}
 	g, depth, err := Attenuate(tmpl, ParentGrant{
-		Tools: pc.Tools, Audiences: pc.Audience, Scopes: strings.Fields(pc.Scope), Deadline: deadline, Depth: parent.Depth,
+		Tools: pc.Tools, ActionTools: pc.ActionTools, Audiences: pc.Audience, Scopes: strings.Fields(pc.Scope), Deadline: deadline, Depth: parent.Depth,
 	}, req, now)
 	if err != nil {
 		return Task{}, nil, s.delegationDenied(ctx, parent, actor, err)
@@ -290,7 +300,7 @@ func (s *Service) Delegate(ctx context.Context, req DelegationRequest) (Task, []
 	}
 	child := Task{
 		ID: newID("tsk"), State: StateActive, Agent: actor.Subject, Issuer: actor.Issuer, Template: tmpl.Name,
-		Intent: parent.Intent, Tools: g.Tools, CreatedAt: now, Deadline: now.Add(g.TTL),
+		Intent: parent.Intent, Tools: append(slices.Clone(g.Tools), g.ActionTools...), CreatedAt: now, Deadline: now.Add(g.TTL),
 		Parent: parent.ID, Root: root, Depth: depth, Subject: subject, SubjectIssuer: parent.SubjectIssuer,
 		Act: append([]string{actor.Subject}, parent.Act...), JKT: parent.JKT,
 		Chain: chain,

@@ -263,15 +263,9 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	if err != nil {
 		return ToolEvent{}, err
 	}
-	if !slices.Contains(c.Tools, rep.Tool) {
-		sensitive := false
-		if tmpl, ok := s.templates.Load().Get(t.Template); ok {
-			_, sensitive = tmpl.SensitiveTool(rep.Tool)
-		}
-		if !sensitive {
-			return ToolEvent{}, &Error{Code: CodeForbidden, Rule: "tools", Field: "tool",
-				Message: fmt.Sprintf("tool %q is not granted to this task", rep.Tool)}
-		}
+	if !slices.Contains(c.Tools, rep.Tool) && !slices.Contains(c.ActionTools, rep.Tool) {
+		return ToolEvent{}, &Error{Code: CodeForbidden, Rule: "tools", Field: "tool",
+			Message: fmt.Sprintf("tool %q is not granted to this task", rep.Tool)}
 	}
 	ev := ToolEvent{ID: newID("evt"), TaskID: t.ID, Tool: rep.Tool, Outcome: rep.Outcome, Status: rep.Status,
 		SideEffect: rep.SideEffect, Undo: rep.Undo, Agent: c.Actor(), Reporter: reporter, JTI: c.ID,

@@ -47,6 +47,12 @@ type TaskClaims struct {
 	// AgentIssuer is the configured name of the issuer that vouched for
 	// the agent (claim agent_issuer).
 	AgentIssuer string
+
+	// ActionTools are the sensitive tools the task may ask action tokens
+	// for (claim action_tools): granted and attenuated like any tool, but
+	// never in Tools, so no tool server accepts them without an action
+	// token.
+	ActionTools []string
 }
 
 // Actor is the agent that holds the token: the current actor of the act

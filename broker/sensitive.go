@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"fmt"
 	"sync"
 
 	"cel.dev/cel-go/cel"
@@ -15,9 +14,10 @@ const (
 	RuleApproval = "approval" // a human approver decides
 )
 
-// SensitiveTool is one entry of a template's sensitive_tools: a tool never
-// put in a task token, used only through one-shot action tokens that
-// Valet issues per call (see actions.go).
+// SensitiveTool is one entry of a template's sensitive_tools: a tool that
+// is granted (declared, delegated) like any other, but carried in a task
+// token's action_tools, never its tools, and used only through one-shot
+// action tokens that Valet issues per call (see actions.go).
 type SensitiveTool struct {
 	Tool string
 	// Rule is RulePolicy or RuleApproval.
@@ -138,11 +138,4 @@ var sensitiveFields = []field[*sensitiveBlock]{
 		}
 		b.s.ShowArgs = n.Value == "true"
 	}},
-}
-
-// sensitiveDenied is the 403 for a declaration or delegation that lists a
-// sensitive tool.
-func sensitiveDenied(tool, tmpl string, i int) *Error {
-	return &Error{Code: CodeForbidden, Rule: "sensitive_tools", Field: fmt.Sprintf("tools[%d]", i),
-		Message: fmt.Sprintf("tool %q is sensitive in template %q: it is never put in a task token; ask for an action token per call (POST /v1/tasks/{id}/actions)", tool, tmpl)}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -194,7 +195,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 		Issuer:    p.Issuer,
 		Template:  g.Template.Name,
 		Intent:    d.Intent,
-		Tools:     g.Tools,
+		Tools:     append(slices.Clone(g.Tools), g.ActionTools...),
 		CreatedAt: now,
 		Deadline:  now.Add(g.TTL),
 		Chain:     []Link{{Agent: p.Subject, Issuer: p.Issuer}},
@@ -270,10 +271,13 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 	if err := checkUser(tmpl, d.User); err != nil {
 		return Grant{}, err
 	}
+	var tools, actionTools []string
 	for i, tool := range d.Tools {
 		if _, sensitive := tmpl.SensitiveTool(tool); sensitive {
-			return Grant{}, sensitiveDenied(tool, tmpl.Name, i)
+			actionTools = append(actionTools, tool) // granted as any tool; used only through action tokens
+			continue
 		}
+		tools = append(tools, tool)
 		if !tmpl.AllowsTool(tool) {
 			return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("tool %q is not allowed by template %q", tool, tmpl.Name),
 				Rule: "tools", Field: fmt.Sprintf("tools[%d]", i)}
@@ -293,11 +297,12 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 			Rule: rule, Err: err}
 	}
 	return Grant{
-		Template:  tmpl,
-		Tools:     append([]string(nil), d.Tools...),
-		TTL:       ttl,
-		Audiences: tmpl.Audiences,
-		Scopes:    tmpl.Scopes,
+		Template:    tmpl,
+		Tools:       tools,
+		ActionTools: actionTools,
+		TTL:         ttl,
+		Audiences:   tmpl.Audiences,
+		Scopes:      tmpl.Scopes,
 	}, nil
 }
 

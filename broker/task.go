@@ -171,4 +171,8 @@ type Grant struct {
 	TTL       time.Duration
 	Audiences []string
 	Scopes    []string
+
+	// ActionTools are the granted sensitive tools (TaskClaims.ActionTools);
+	// Tools are the others, which go into the task token's tools.
+	ActionTools []string
 }

@@ -165,11 +165,18 @@ func TestActionTokens(t *testing.T) {
 	ts, _, ct := newToolServer(t, e, false)
 	keyA, keyB := newDPoPSigner(t), newDPoPSigner(t)
 
-	if r := e.declare(e.identity("agent-a"), `{"template":"ops","intent":"clean up duplicates","tools":["tickets.delete"]}`); r.Status != 403 || r.json(t)["rule"] != "sensitive_tools" {
-		t.Fatalf("declaring a sensitive tool: %d %s", r.Status, r.Body)
+	// A sensitive tool is granted like any tool, but into the token's
+	// action_tools, never its tools: no tool server takes it without an
+	// action token.
+	a := e.boundTask(keyA, "tickets.read", "tickets.delete", "tickets.wipe")
+	b := e.boundTask(keyB, "tickets.read", "tickets.delete")
+	if c := jwtPart(t, a.token, 1); strings.Contains(string(mustJSON(c["tools"])), "tickets.delete") || !strings.Contains(string(mustJSON(c["action_tools"])), "tickets.delete") {
+		t.Fatalf("task token tools %v action_tools %v", c["tools"], c["action_tools"])
 	}
-	a := e.boundTask(keyA, "tickets.read")
-	b := e.boundTask(keyB, "tickets.read")
+	// Issue 9 finding 5: an action is bounded by the task's own grant.
+	if r := b.askAction("tickets.wipe", `{}`); r.Status != 403 || r.json(t)["rule"] != "tools" {
+		t.Fatalf("action for a sensitive tool the task was not granted: %d %s", r.Status, r.Body)
+	}
 
 	tok := a.actionToken("tickets.delete", `{"ticket":"7"}`)
 	h, c := jwtPart(t, tok, 0), jwtPart(t, tok, 1)
@@ -255,3 +262,5 @@ func TestActionTokens(t *testing.T) {
 	}
 	t.Logf("consume calls to Valet: %d (one per sensitive call that reached consumption)", consumes())
 }
+
+func mustJSON(v any) []byte { b, _ := json.Marshal(v); return b }

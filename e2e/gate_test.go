@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -52,7 +53,7 @@ func newGateScene(t *testing.T) *gateScene {
 		c.Approvals.Clients = []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}
 	}})
 	g := &gateScene{e: e, other: other}
-	r := e.declare(e.identity("agent-a"), `{"template":"gate","intent":"answer user-u","tools":["tickets.read","kb.search"],"subject_token":"`+
+	r := e.declare(e.identity("agent-a"), `{"template":"gate","intent":"answer user-u","tools":["tickets.read","kb.search","kb.delete","tickets.purge"],"subject_token":"`+
 		e.user("user-u", "u@example.com", "")+`"}`)
 	if r.Status != http.StatusCreated {
 		t.Fatalf("declare: %d %s", r.Status, r.Body)
@@ -80,7 +81,11 @@ func (g *gateScene) otherIdentity(agent string) string {
 }
 
 func (g *gateScene) exchange(parent, actorToken string) response {
-	return g.e.exchange(parent, "", "tickets.read", url.Values{"actor_token": {actorToken}})
+	return g.exchangeTools(parent, actorToken, "tickets.read kb.delete tickets.purge")
+}
+
+func (g *gateScene) exchangeTools(parent, actorToken, tools string) response {
+	return g.e.exchange(parent, "", tools, url.Values{"actor_token": {actorToken}})
 }
 
 func (g *gateScene) session() *agentSession {
@@ -275,4 +280,40 @@ func TestGateObservedAttacks(t *testing.T) {
 			t.Fatalf("exchange after the job: %d %s", r.Status, r.Body)
 		}
 	})
+}
+
+// TestSensitiveToolsAttenuate guards issue 9 finding 5: a child delegated
+// only tickets.read got a kb.delete action token and filed a tickets.purge
+// approval. A sensitive tool is granted or not like any tool and
+// attenuates the same way; the verifier refuses an action token for a
+// tool the task token does not grant.
+func TestSensitiveToolsAttenuate(t *testing.T) {
+	g := newGateScene(t)
+	e := g.e
+	r := g.exchangeTools(g.root, e.identity("agent-c"), "tickets.read")
+	if r.Status != http.StatusOK {
+		t.Fatalf("exchange: %d %s", r.Status, r.Body)
+	}
+	narrow := r.json(t)["access_token"].(string)
+	s := &agentSession{e: e, taskID: taskIDOf(t, narrow), token: narrow}
+	for _, tool := range []string{"kb.delete", "tickets.purge"} {
+		if r := s.askAction(tool, `{"doc":"7"}`); r.Status != http.StatusForbidden || r.json(t)["rule"] != "tools" {
+			t.Errorf("%s for a child holding only tickets.read: %d %s", tool, r.Status, r.Body)
+		}
+	}
+	// Nor can a child ask for a sensitive tool its parent does not hold.
+	r = g.exchangeTools(narrow, e.identity("agent-d"), "tickets.read kb.delete")
+	if r.Status != http.StatusForbidden || !strings.Contains(string(r.Body), "kb.delete") {
+		t.Errorf("delegating a sensitive tool the parent lacks: %d %s", r.Status, r.Body)
+	}
+	// The verifier: the full child's action token, presented with the
+	// narrow child's task token, names a tool that token does not grant.
+	tok := g.session().actionToken("kb.delete", `{"doc":"7"}`)
+	req := httptest.NewRequest(http.MethodDelete, "https://tools.example.com/docs/7", nil)
+	req.Header.Set("Authorization", "Bearer "+narrow)
+	req.Header.Set("Valet-Action", tok)
+	_, v, _ := newToolServer(t, e, false)
+	if _, err := v.CheckAction(context.Background(), req, "kb.delete", map[string]any{"doc": "7"}); err == nil || !strings.Contains(err.Error(), "not granted") {
+		t.Fatalf("CheckAction for a tool the task token does not grant: %v", err)
+	}
 }

@@ -298,6 +298,7 @@ type taskClaims struct {
 	TaskID      string   `json:"task_id"`
 	Template    string   `json:"template"`
 	Tools       []string `json:"tools"`
+	ActionTools []string `json:"action_tools,omitempty"`
 	AgentIssuer string   `json:"agent_issuer"`
 	// Act and Cnf are set for delegated, on-behalf-of and DPoP-bound tasks
 	// (see jwt_agent.go).
@@ -358,6 +359,7 @@ func (j *JWT) Mint(ctx context.Context, task broker.Task, p broker.Principal, g 
 			TaskID:      task.ID,
 			Template:    task.Template,
 			Tools:       append([]string{}, g.Tools...), // [] rather than null
+			ActionTools: slices.Clone(g.ActionTools),
 			AgentIssuer: p.Issuer,
 			Act:         actChain(task.Act),
 			Cnf:         cnf(task.JKT),
@@ -482,6 +484,7 @@ func (j *JWT) verifyWith(parser *jwt.Parser, raw string) (broker.TaskClaims, err
 		Subject:     c.Subject,
 		Template:    c.Template,
 		Tools:       c.Tools,
+		ActionTools: c.ActionTools,
 		Audience:    c.Audience,
 		Scope:       c.Scope,
 		ClientID:    c.ClientID,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -40,6 +41,9 @@ func (v *Verifier) CheckAction(ctx context.Context, r *http.Request, tool string
 	c, err := v.checkToken(ctx, r)
 	if err != nil {
 		return Claims{}, err
+	}
+	if tool == "" || !slices.Contains(c.ActionTools, tool) {
+		return Claims{}, refuse(403, fmt.Sprintf("tool %q is not granted to this task", tool), nil)
 	}
 	if err := v.checkRevoked(ctx, bearerOf(r), c); err != nil {
 		return Claims{}, err

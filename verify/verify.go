@@ -52,6 +52,10 @@ type Claims struct {
 	ID, TaskID, Subject, Template, AgentIssuer, Scope, JKT string
 	Tools, Audience, Act                                   []string
 	IssuedAt, ExpiresAt                                    time.Time
+
+	// ActionTools are the sensitive tools the task may use with an action
+	// token (claim action_tools); never accepted by Check.
+	ActionTools []string
 }
 
 // Actor is the agent holding the token.
@@ -188,6 +192,7 @@ type wireClaims struct {
 	TaskID      string    `json:"task_id"`
 	Template    string    `json:"template"`
 	Tools       []string  `json:"tools"`
+	ActionTools []string  `json:"action_tools"`
 	Scope       string    `json:"scope"`
 	AgentIssuer string    `json:"agent_issuer"`
 	Act         *actClaim `json:"act"`
@@ -236,7 +241,7 @@ func (v *Verifier) checkToken(ctx context.Context, r *http.Request) (Claims, err
 		return Claims{}, refuse(401, "invalid task token", errors.New("missing jti, task_id or sub"))
 	}
 	c := Claims{ID: wc.ID, TaskID: wc.TaskID, Subject: wc.Subject, Template: wc.Template, AgentIssuer: wc.AgentIssuer,
-		Scope: wc.Scope, Tools: wc.Tools, Audience: wc.Audience, IssuedAt: wc.IssuedAt.Time, ExpiresAt: wc.ExpiresAt.Time}
+		Scope: wc.Scope, Tools: wc.Tools, ActionTools: wc.ActionTools, Audience: wc.Audience, IssuedAt: wc.IssuedAt.Time, ExpiresAt: wc.ExpiresAt.Time}
 	for a, n := wc.Act, 0; a != nil; a, n = a.Act, n+1 {
 		if a.Sub == "" || n >= 32 {
 			return Claims{}, refuse(401, "invalid task token", errors.New("bad act claim"))
