@@ -269,6 +269,9 @@ func (a *api) introspect(w http.ResponseWriter, r *http.Request) {
 	if c.Scope != "" {
 		body["scope"] = c.Scope
 	}
+	if len(c.ActionTools) > 0 {
+		body["action_tools"] = c.ActionTools
+	}
 	addAgentClaims(body, c)
 	writeJSON(w, http.StatusOK, body)
 }
