@@ -68,6 +68,26 @@ func Run(t *testing.T, newLedger func(t *testing.T, clock *Clock) broker.Ledger,
 		return t.Context(), clock, newLedger(t, clock)
 	}
 
+	// ChainRoundTrip: the chain and the user a task acts for come back as
+	// recorded; incident controls, epochs and bulk jobs read them.
+	t.Run("ChainRoundTrip", func(t *testing.T) {
+		ctx, clock, l := setup(t)
+		task, creds := newTask(clock.Now(), "chain", 1)
+		task.Agent, task.Issuer = "agent-b", "other-idp"
+		task.Subject, task.SubjectIssuer, task.Act = "user-u", "corp-idp", []string{"agent-b", "agent-a"}
+		task.Chain = []broker.Link{{Agent: "agent-a", Issuer: "corp-idp"}, {Agent: "agent-b", Issuer: "other-idp"}}
+		if err := l.Record(ctx, task, creds); err != nil {
+			t.Fatalf("Record: %v", err)
+		}
+		got, _, err := l.Task(ctx, task.ID)
+		if err != nil {
+			t.Fatalf("Task: %v", err)
+		}
+		if !slices.Equal(got.Chain, task.Chain) || got.SubjectIssuer != task.SubjectIssuer || !slices.Equal(got.Links(), task.Links()) {
+			t.Errorf("chain differs:\n got  %+v\n want %+v", got, task)
+		}
+	})
+
 	t.Run("RecordRoundTrip", func(t *testing.T) {
 		ctx, clock, l := setup(t)
 		now := clock.Now()
