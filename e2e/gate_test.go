@@ -317,3 +317,48 @@ func TestSensitiveToolsAttenuate(t *testing.T) {
 		t.Fatalf("CheckAction for a tool the task token does not grant: %v", err)
 	}
 }
+
+// TestDPoPBindingOnTaskRoutes guards issue 9 finding 8: a stolen
+// DPoP-bound task token without its key read and completed the task (and
+// so its delegation tree). Every route that takes a task token checks its
+// binding.
+func TestDPoPBindingOnTaskRoutes(t *testing.T) {
+	e := newEnv(t, envOptions{templates: actionTemplates, agent: actionAgentConfig})
+	key, thief := newDPoPSigner(t), newDPoPSigner(t)
+	a := e.boundTask(key, "tickets.read")
+	stolen := &agentSession{e: e, key: thief, taskID: a.taskID, token: a.token}
+	for _, path := range []string{"/v1/tasks/" + a.taskID, "/v1/tasks/" + a.taskID + "/complete"} {
+		method := http.MethodGet
+		if strings.HasSuffix(path, "/complete") {
+			method = http.MethodPost
+		}
+		for _, scheme := range []string{"Bearer", "DPoP"} {
+			if r := e.do(method, path, "", "", nil, false); r.Status != http.StatusUnauthorized {
+				t.Errorf("%s %s without a token: %d", method, path, r.Status)
+			}
+			req, _ := http.NewRequest(method, e.srv.URL+path, nil)
+			req.Header.Set("Authorization", scheme+" "+a.token)
+			if r := e.send(req); r.Status != http.StatusUnauthorized {
+				t.Errorf("%s %s with the bound token as %s and no proof: %d %s", method, path, scheme, r.Status, r.Body)
+			}
+		}
+		req, _ := http.NewRequest(method, e.srv.URL+path, nil)
+		stolen.authorize(req, e.client)
+		if r := e.send(req); r.Status != http.StatusUnauthorized {
+			t.Errorf("%s %s with a proof by another key: %d %s", method, path, r.Status, r.Body)
+		}
+	}
+	if in := e.introspect(a.token); in["active"] != true {
+		t.Fatalf("the thief's attempts ended the task: %v", in)
+	}
+	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/v1/tasks/"+a.taskID, nil)
+	a.authorize(req, e.client)
+	if r := e.send(req); r.Status != http.StatusOK {
+		t.Fatalf("read with the key: %d %s", r.Status, r.Body)
+	}
+	req, _ = http.NewRequest(http.MethodPost, e.srv.URL+"/v1/tasks/"+a.taskID+"/complete", nil)
+	a.authorize(req, e.client)
+	if r := e.send(req); r.Status != http.StatusOK {
+		t.Fatalf("complete with the key: %d %s", r.Status, r.Body)
+	}
+}
