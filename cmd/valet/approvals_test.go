@@ -154,7 +154,7 @@ func (b *approvalBroker) cli(args ...string) (int, string, string) {
 func TestApprovalFlowThroughCLI(t *testing.T) {
 	b := newApprovalBroker(t)
 	id := b.idp.Token(t, map[string]any{"sub": "agent-a"}, oidctest.WithNow(b.clock.Now()))
-	st, m := b.call(t, http.MethodPost, b.url+"/v1/tasks", id, `{"template":"ops","intent":"remove spam ticket 5","tools":["tickets.read"]}`, nil)
+	st, m := b.call(t, http.MethodPost, b.url+"/v1/tasks", id, `{"template":"ops","intent":"remove spam ticket 5","tools":["tickets.read","tickets.delete"]}`, nil)
 	if st != 201 {
 		t.Fatalf("declare: %d %v", st, m)
 	}
