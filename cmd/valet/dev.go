@@ -114,7 +114,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	// needs Redis.
 	inc := &incident{}
 	if redisLedger != nil {
-		if inc, cfg.Auditor, err = newIncident(ctx, rc, "valet", auditor, func(n string) bool { _, ok := templates.Get(n); return ok }, nil); err != nil {
+		if inc, cfg.Auditor, err = newIncident(ctx, rc, "valet", auditor, func(n string) bool { _, ok := templates.Get(n); return ok }, nil, redisLedger, log); err != nil {
 			return err
 		}
 		cfg.Controls, cfg.Epochs = inc.controls, redisLedger

@@ -72,7 +72,8 @@ type incident struct {
 
 // newIncident builds the parts that the Service needs, and the auditor to
 // give it: the file/stdout log, the Redis stream log, counted by metrics.
-func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, base broker.Auditor, known func(string) bool, pending func() float64) (*incident, broker.Auditor, error) {
+func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, base broker.Auditor, known func(string) bool, pending func() float64,
+	ledger *revocation.RedisLedger, log *slog.Logger) (*incident, broker.Auditor, error) {
 	controls, err := revocation.NewControls(rc, prefix, 5*time.Second)
 	if err != nil {
 		return nil, nil, err
@@ -87,6 +88,8 @@ func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, b
 	inc.metrics = metrics.New(metrics.Options{
 		KnownTemplate: known,
 		Pending:       pending,
+		Live:          func(ctx context.Context) (int64, int64, error) { return ledger.LiveCounts(ctx, time.Now()) },
+		Logger:        log,
 		RunningJobs: func() float64 {
 			if inc.admin == nil {
 				return 0

@@ -131,7 +131,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		return float64(n)
 	}
-	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, known, pending)
+	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, known, pending, ledger, log)
 	if err != nil {
 		return err
 	}
