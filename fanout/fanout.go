@@ -49,7 +49,8 @@ type Limits struct {
 	JoinTimeout time.Duration
 }
 
-func (l Limits) withDefaults() Limits {
+// WithDefaults fills in the zero fields.
+func (l Limits) WithDefaults() Limits {
 	def := func(v *int, d int) {
 		if *v <= 0 {
 			*v = d
@@ -124,7 +125,7 @@ func New(src broker.Feed, lim Limits, now func() time.Time, log *slog.Logger) (*
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	lim = lim.withDefaults()
+	lim = lim.WithDefaults()
 	return &Hub{src: src, lim: lim, now: now, log: log, readers: make(chan struct{}, lim.Readers),
 		perCaller: map[string]int{}, wake: make(chan struct{})}, nil
 }

@@ -34,6 +34,8 @@ type Options struct {
 	// RunningJobs and FinishedJobs count this broker's bulk revocation jobs.
 	RunningJobs  func() float64
 	FinishedJobs func() float64
+	// FeedSubscribers counts this broker's open revocation streams.
+	FeedSubscribers func() float64
 	// Pending counts revocations that failed at their source and wait in a
 	// retry queue (the Vault issuer's).
 	Pending func() float64
@@ -96,6 +98,8 @@ func New(o Options) *Metrics {
 			ConstLabels: prometheus.Labels{"state": "running"}}, or(o.RunningJobs)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "valet_revocation_jobs_finished_total", Help: "Bulk revocation jobs this broker finished."},
 			or(o.FinishedJobs)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "valet_feed_subscribers", Help: "Revocation streams this broker serves now."},
+			or(o.FeedSubscribers)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "valet_revocations_pending", Help: "Revocations that failed at their source and are queued for retry."},
 			or(o.Pending)),
 	)

@@ -16,7 +16,8 @@ import (
 	"github.com/valet-dev/valet/fanout"
 )
 
-// Metrics is what the HTTP layer needs of the metrics adapter.
+// Metrics is what the HTTP layer needs of the metrics adapter. A nil
+// Handler leaves /metrics off this surface.
 type Metrics interface {
 	Handler() http.Handler
 	Middleware(http.Handler) http.Handler
@@ -68,7 +69,7 @@ func (a *api) incidentRoutes(r chi.Router) {
 		r.Get("/v1/admin/tasks/{id}/rollback", a.adminRollbackPlan)
 		r.Post("/v1/admin/tasks/{id}/rollback/{event_id}", a.adminRollbackStep)
 	}
-	if a.opts.Metrics != nil {
+	if a.opts.Metrics != nil && a.opts.Metrics.Handler() != nil { // nil: served on a listener of its own
 		r.Method(http.MethodGet, "/metrics", a.opts.Metrics.Handler())
 	}
 }

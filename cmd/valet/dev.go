@@ -17,6 +17,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/examples"
+	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/internal/devidp"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/openapi"
@@ -132,10 +133,13 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		if err := inc.startAdmin(ctx, devAdmin, publicURL, svc, redisLedger, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()}, log); err != nil {
 			return err
 		}
+		if err := inc.startFeed(ctx, rc, "valet", fanout.Limits{}, log); err != nil {
+			return err
+		}
 	}
 	handler, err := httpapi.Handler(httpapi.Options{
 		Service: svc, Issuer: publicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
-		DevIdP: idp.Handler(), Logger: log, Admin: inc.admin, Feed: inc.feed, Metrics: inc.httpMetrics(),
+		DevIdP: idp.Handler(), Logger: log, Admin: inc.admin, Feed: inc.feed, FeedHub: inc.hub, Metrics: inc.httpMetrics(MetricsConfig{}, ""),
 	})
 	if err != nil {
 		return err

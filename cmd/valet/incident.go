@@ -12,6 +12,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -68,6 +69,20 @@ type incident struct {
 	metrics       *metrics.Metrics
 	admin         *broker.Admin
 	feed          broker.Feed
+	hub           *fanout.Hub
+}
+
+// startFeed serves the revocation feed through a Redis client of its own
+// (closed when ctx ends) and one fan-out, so that followers never hold a
+// connection of the ledger's pool.
+func (inc *incident) startFeed(ctx context.Context, rc *redis.Client, prefix string, lim fanout.Limits, log *slog.Logger) error {
+	lim = lim.WithDefaults()
+	fc := revocation.NewFeedClient(rc, lim.Readers)
+	context.AfterFunc(ctx, func() { fc.Close() })
+	inc.feed = revocation.NewFeed(fc, prefix)
+	var err error
+	inc.hub, err = fanout.New(inc.feed, lim, nil, log)
+	return err
 }
 
 // newIncident builds the parts that the Service needs, and the auditor to
@@ -102,6 +117,12 @@ func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, b
 			}
 			return float64(inc.admin.FinishedJobs())
 		},
+		FeedSubscribers: func() float64 {
+			if inc.hub == nil {
+				return 0
+			}
+			return float64(inc.hub.Subscribers())
+		},
 	})
 	return inc, inc.metrics.Auditor(audit.Multi{base, audit.NewLog(trail)}), nil
 }
@@ -110,7 +131,6 @@ func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, b
 // configured, and resumes unfinished revocation jobs.
 func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer string, svc *broker.Service, ledger *revocation.RedisLedger,
 	agentIssuers []string, static map[string][]byte, log *slog.Logger) error {
-	inc.feed = ledger.Feed()
 	if len(ac.Issuers) == 0 {
 		return nil
 	}
@@ -136,9 +156,14 @@ func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer 
 
 // httpMetrics is the metrics for httpapi.Options, nil when there are none
 // (a nil *Metrics in the interface would not be nil).
-func (inc *incident) httpMetrics() httpapi.Metrics {
+// With mc.Listen set, the main surface times requests but serves no
+// /metrics (serveMetrics does).
+func (inc *incident) httpMetrics(mc MetricsConfig, secret string) httpapi.Metrics {
 	if inc.metrics == nil {
 		return nil
 	}
-	return inc.metrics
+	if mc.Listen != "" {
+		return routedMetrics{inc.metrics, nil}
+	}
+	return routedMetrics{inc.metrics, metricsHandler(inc.metrics, secret)}
 }
