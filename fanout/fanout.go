@@ -36,9 +36,6 @@ type Limits struct {
 	// while catching up to the ring (default 100,000); past it the stream
 	// ends and the follower reconnects from where it got to.
 	MaxCatchup int
-	// CatchupWindow is how old a resume cursor may be (default 10 min);
-	// older cursors are refused (409) so the follower loads the snapshot.
-	CatchupWindow time.Duration
 	// Readers caps concurrent catch-up and snapshot reads of the source
 	// (default 4), beside the one live reader.
 	Readers int
@@ -61,9 +58,6 @@ func (l Limits) WithDefaults() Limits {
 	def(&l.Backlog, 10_000)
 	def(&l.MaxCatchup, 100_000)
 	def(&l.Readers, 4)
-	if l.CatchupWindow <= 0 {
-		l.CatchupWindow = 10 * time.Minute
-	}
 	if l.Wait <= 0 {
 		l.Wait = 5 * time.Second
 	}
@@ -90,7 +84,6 @@ var (
 type Hub struct {
 	src     broker.Feed
 	lim     Limits
-	now     func() time.Time
 	log     *slog.Logger
 	readers chan struct{} // catch-up and snapshot reads in flight
 
@@ -113,20 +106,16 @@ type entry struct {
 	id id
 }
 
-// New returns the fan-out over src. now is the clock the catch-up window is
-// judged by (nil: time.Now).
-func New(src broker.Feed, lim Limits, now func() time.Time, log *slog.Logger) (*Hub, error) {
+// New returns the fan-out over src.
+func New(src broker.Feed, lim Limits, log *slog.Logger) (*Hub, error) {
 	if src == nil {
 		return nil, errors.New("fanout: feed cannot be nil")
-	}
-	if now == nil {
-		now = time.Now
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	lim = lim.WithDefaults()
-	return &Hub{src: src, lim: lim, now: now, log: log, readers: make(chan struct{}, lim.Readers),
+	return &Hub{src: src, lim: lim, log: log, readers: make(chan struct{}, lim.Readers),
 		perCaller: map[string]int{}, wake: make(chan struct{})}, nil
 }
 
@@ -157,19 +146,15 @@ func (h *Hub) acquire(ctx context.Context) error {
 func (h *Hub) release() { <-h.readers }
 
 // Subscribe opens a stream for caller from cursor ("" means from now). It
-// answers invalid_request for a malformed cursor, conflict for one older
-// than the catch-up window, too_many_requests past the caller's cap and
-// unavailable past the total cap or while the source cannot be read.
+// answers invalid_request for a malformed cursor, too_many_requests past
+// the caller's cap and unavailable past the total cap or while the source
+// cannot be read.
 func (h *Hub) Subscribe(ctx context.Context, caller, cursor string) (*Subscription, error) {
 	var after id
 	if cursor != "" {
 		var ok bool
 		if after, ok = parseID(cursor); !ok {
 			return nil, &broker.Error{Code: broker.CodeInvalid, Message: "cursor must be a stream id such as 1700000000000-0", Field: "cursor"}
-		}
-		if oldest := h.now().Add(-h.lim.CatchupWindow).UnixMilli(); after.ms < uint64(max(oldest, 0)) {
-			return nil, &broker.Error{Code: broker.CodeConflict, Field: "cursor", Message: fmt.Sprintf(
-				"cursor is older than the feed's catch-up window (%s): load GET /v1/revocations and follow from its cursor", h.lim.CatchupWindow)}
 		}
 	}
 	h.mu.Lock()

@@ -23,7 +23,7 @@ type world struct {
 	n      int
 }
 
-func newWorld(t *testing.T, lim fanout.Limits, now func() time.Time) *world {
+func newWorld(t *testing.T, lim fanout.Limits) *world {
 	t.Helper()
 	srv := redistest.Start(t)
 	rc, err := revocation.NewClient(srv.URL())
@@ -40,7 +40,7 @@ func newWorld(t *testing.T, lim fanout.Limits, now func() time.Time) *world {
 	if lim.Wait == 0 {
 		lim.Wait = 50 * time.Millisecond
 	}
-	hub, err := fanout.New(revocation.NewFeed(fc, ""), lim, now, nil)
+	hub, err := fanout.New(revocation.NewFeed(fc, ""), lim, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func sameKeys(t *testing.T, got []broker.FeedEntry, want []string) {
 // follower that stops reading never holds the others back; once it is a
 // whole backlog behind it is dropped with ErrLagged.
 func TestSlowSubscriberIsDroppedOthersKeepReading(t *testing.T) {
-	w := newWorld(t, fanout.Limits{Backlog: 8}, nil)
+	w := newWorld(t, fanout.Limits{Backlog: 8})
 	slow := w.subscribe("client:slow", "")
 	fast := w.subscribe("client:fast", "")
 	for range 20 {
@@ -129,7 +129,7 @@ func TestSlowSubscriberIsDroppedOthersKeepReading(t *testing.T) {
 // TestCaps guards the caps per caller (429) and in total (503), and that
 // closing a stream frees its place.
 func TestCaps(t *testing.T) {
-	w := newWorld(t, fanout.Limits{MaxSubscribers: 3, MaxPerCaller: 2}, nil)
+	w := newWorld(t, fanout.Limits{MaxSubscribers: 3, MaxPerCaller: 2})
 	a1 := w.subscribe("client:a", "")
 	w.subscribe("client:a", "")
 	_, err := w.hub.Subscribe(context.Background(), "client:a", "")
@@ -154,10 +154,9 @@ func TestCaps(t *testing.T) {
 
 // TestResumeByCursor guards resume: from a cursor inside the ring, from
 // one older than the ring (caught up from the source, then joined, with no
-// gap and no repeat), and the bounds on catching up.
+// gap and no repeat), and the bound on catching up.
 func TestResumeByCursor(t *testing.T) {
-	now := time.Now()
-	w := newWorld(t, fanout.Limits{Backlog: 4, MaxCatchup: 6, CatchupWindow: time.Hour}, func() time.Time { return now })
+	w := newWorld(t, fanout.Limits{Backlog: 4, MaxCatchup: 6})
 	live := w.subscribe("client:live", "")
 	var keys []string
 	var got []broker.FeedEntry
@@ -187,10 +186,10 @@ func TestResumeByCursor(t *testing.T) {
 			t.Fatalf("%v, want ErrCatchupLimit", err)
 		}
 	})
-	t.Run("older than the window", func(t *testing.T) {
-		old := fmt.Sprintf("%d-0", now.Add(-2*time.Hour).UnixMilli())
-		if _, err := w.hub.Subscribe(context.Background(), "client:x", old); broker.ErrorCode(err) != broker.CodeConflict {
-			t.Fatalf("%v, want conflict (load the snapshot)", err)
+	t.Run("0-0, the snapshot cursor of an empty feed, is accepted and bounded", func(t *testing.T) {
+		s := w.subscribe("client:zero", "0-0")
+		if _, err := s.Next(context.Background(), time.Millisecond); !errors.Is(err, fanout.ErrCatchupLimit) {
+			t.Fatalf("%v, want ErrCatchupLimit (11 entries > 6)", err)
 		}
 	})
 	t.Run("malformed", func(t *testing.T) {
@@ -206,7 +205,7 @@ func TestResumeByCursor(t *testing.T) {
 // (its follower falls back and reconnects) and new ones get 503 until the
 // source is back.
 func TestReaderFailureEndsStreams(t *testing.T) {
-	w := newWorld(t, fanout.Limits{}, nil)
+	w := newWorld(t, fanout.Limits{})
 	s := w.subscribe("client:a", "")
 	w.redis.Kill()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -16,10 +16,13 @@ func FeedPoolSize(readers int) int { return readers + 2 }
 // when done.
 func NewFeedClient(c *redis.Client, readers int) *redis.Client {
 	opt := *c.Options()
-	if m := opt.MaintNotificationsConfig; m != nil { // as go-redis's own clone: a shared one breaks the new client
+	// The copy must not share what c's construction filled in: go-redis
+	// registers handlers on them (and refuses a second registration).
+	if m := opt.MaintNotificationsConfig; m != nil {
 		mc := *m
 		opt.MaintNotificationsConfig = &mc
 	}
+	opt.PushNotificationProcessor = nil
 	opt.PoolSize = FeedPoolSize(readers)
 	opt.MinIdleConns, opt.MaxIdleConns, opt.MaxActiveConns = 0, opt.PoolSize, opt.PoolSize
 	return redis.NewClient(&opt)

@@ -74,7 +74,7 @@ func Handler(opts Options) (_ http.Handler, err error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Feed != nil && opts.FeedHub == nil {
-		if opts.FeedHub, err = fanout.New(opts.Feed, fanout.Limits{}, nil, opts.Logger); err != nil {
+		if opts.FeedHub, err = fanout.New(opts.Feed, fanout.Limits{}, opts.Logger); err != nil {
 			return nil, err
 		}
 	}

@@ -19,17 +19,16 @@ import (
 // FeedConfig is the `feed:` block: what revocation-stream followers may
 // cost (fanout.Limits; zero keeps the default).
 type FeedConfig struct {
-	MaxSubscribers          int      `yaml:"max_subscribers"`
-	MaxSubscribersPerClient int      `yaml:"max_subscribers_per_client"`
-	Backlog                 int      `yaml:"backlog"`
-	MaxCatchup              int      `yaml:"max_catchup"`
-	CatchupWindow           Duration `yaml:"catchup_window"`
-	Readers                 int      `yaml:"readers"`
+	MaxSubscribers          int `yaml:"max_subscribers"`
+	MaxSubscribersPerClient int `yaml:"max_subscribers_per_client"`
+	Backlog                 int `yaml:"backlog"`
+	MaxCatchup              int `yaml:"max_catchup"`
+	Readers                 int `yaml:"readers"`
 }
 
 func (f FeedConfig) limits() fanout.Limits {
 	return fanout.Limits{MaxSubscribers: f.MaxSubscribers, MaxPerCaller: f.MaxSubscribersPerClient, Backlog: f.Backlog,
-		MaxCatchup: f.MaxCatchup, CatchupWindow: time.Duration(f.CatchupWindow), Readers: f.Readers}
+		MaxCatchup: f.MaxCatchup, Readers: f.Readers}
 }
 
 // MetricsConfig is the `metrics:` block: where /metrics is served and
@@ -55,9 +54,6 @@ func (c *Config) validateFeedMetrics(getenv func(string) string) []error {
 	}
 	if c.Feed.Readers > 64 {
 		bad("feed.readers", "must be at most 64 (each is a Redis connection)")
-	}
-	if c.Feed.CatchupWindow < 0 {
-		bad("feed.catchup_window", "must not be negative")
 	}
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {

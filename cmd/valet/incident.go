@@ -81,7 +81,7 @@ func (inc *incident) startFeed(ctx context.Context, rc *redis.Client, prefix str
 	context.AfterFunc(ctx, func() { fc.Close() })
 	inc.feed = revocation.NewFeed(fc, prefix)
 	var err error
-	inc.hub, err = fanout.New(inc.feed, lim, nil, log)
+	inc.hub, err = fanout.New(inc.feed, lim, log)
 	return err
 }
 
