@@ -13,54 +13,81 @@ import (
 	"github.com/valet-dev/valet/revocation"
 )
 
-// world is a real Redis with its ledger (which writes the feed) and a hub
-// over a feed client of its own.
+// world is a feed source (a real Redis with its ledger, the feed on a
+// client of its own; or the memory ledger and its feed) and a hub over it.
 type world struct {
 	t      *testing.T
-	redis  *redistest.Server
-	ledger *revocation.RedisLedger
+	redis  *redistest.Server // nil for the memory source
+	ledger broker.Ledger
 	hub    *fanout.Hub
 	n      int
 }
 
-func newWorld(t *testing.T, lim fanout.Limits) *world {
+// sources are the two feeds the fan-out must serve the same way.
+var sources = []string{"redis", "memory"}
+
+func newWorld(t *testing.T, source string, lim fanout.Limits) *world {
 	t.Helper()
-	srv := redistest.Start(t)
-	rc, err := revocation.NewClient(srv.URL())
-	if err != nil {
-		t.Fatal(err)
+	w := &world{t: t}
+	var feed broker.Feed
+	switch source {
+	case "redis":
+		w.redis = redistest.Start(t)
+		rc, err := revocation.NewClient(w.redis.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rc.Close() })
+		if w.ledger, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		fc := revocation.NewFeedClient(rc, 4)
+		t.Cleanup(func() { fc.Close() })
+		feed = revocation.NewFeed(fc, "")
+	case "memory":
+		ml := revocation.NewMemoryLedger(nil, 0)
+		w.ledger, feed = ml, ml.Feed()
 	}
-	t.Cleanup(func() { rc.Close() })
-	l, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc := revocation.NewFeedClient(rc, 4)
-	t.Cleanup(func() { fc.Close() })
 	if lim.Wait == 0 {
 		lim.Wait = 50 * time.Millisecond
 	}
-	hub, err := fanout.New(revocation.NewFeed(fc, ""), lim, nil)
-	if err != nil {
+	var err error
+	if w.hub, err = fanout.New(feed, lim, nil); err != nil {
 		t.Fatal(err)
 	}
-	return &world{t: t, redis: srv, ledger: l, hub: hub}
+	return w
 }
 
-// publish appends n entries to the feed (epochs of fresh templates) and
-// returns their template names.
+// forEachSource runs f as a subtest per source.
+func forEachSource(t *testing.T, lim fanout.Limits, f func(t *testing.T, w *world)) {
+	for _, src := range sources {
+		t.Run(src, func(t *testing.T) { f(t, newWorld(t, src, lim)) })
+	}
+}
+
+// publish revokes n fresh tasks of one JWT each (one feed entry each) and
+// returns their JTIs.
 func (w *world) publish(n int) []string {
 	w.t.Helper()
-	var keys []string
+	ctx := context.Background()
+	var jtis []string
 	for range n {
 		w.n++
-		k := fmt.Sprintf("t%03d", w.n)
-		if err := w.ledger.SetEpoch(context.Background(), broker.Epoch{Dimension: broker.DimTemplate, Key: k, Before: time.Now()}); err != nil {
+		now := time.Now()
+		id := fmt.Sprintf("task-%d-%03d", now.UnixNano(), w.n)
+		jti := fmt.Sprintf("jti-%03d", w.n)
+		task := broker.Task{ID: id, State: broker.StateActive, Agent: "agent-7", Issuer: "corp", Template: "triage",
+			Intent: "test", Tools: []string{"tickets.read"}, CreatedAt: now, Deadline: now.Add(time.Hour)}
+		cred := broker.Credential{ID: jti, Kind: broker.KindJWT, TaskID: id, IssuedAt: now, ExpiresAt: now.Add(time.Hour)}
+		if err := w.ledger.Record(ctx, task, []broker.Credential{cred}); err != nil {
 			w.t.Fatal(err)
 		}
-		keys = append(keys, k)
+		if _, _, err := w.ledger.End(ctx, id, broker.StateRevoked, "test", now); err != nil {
+			w.t.Fatal(err)
+		}
+		jtis = append(jtis, jti)
 	}
-	return keys
+	return jtis
 }
 
 func (w *world) subscribe(caller, cursor string) *fanout.Subscription {
@@ -95,7 +122,7 @@ func read(t *testing.T, s *fanout.Subscription, n int) []broker.FeedEntry {
 func keysOf(es []broker.FeedEntry) []string {
 	var ks []string
 	for _, e := range es {
-		ks = append(ks, e.Epoch.Key)
+		ks = append(ks, e.JTI)
 	}
 	return ks
 }
@@ -111,7 +138,10 @@ func sameKeys(t *testing.T, got []broker.FeedEntry, want []string) {
 // follower that stops reading never holds the others back; once it is a
 // whole backlog behind it is dropped with ErrLagged.
 func TestSlowSubscriberIsDroppedOthersKeepReading(t *testing.T) {
-	w := newWorld(t, fanout.Limits{Backlog: 8})
+	forEachSource(t, fanout.Limits{Backlog: 8}, testSlowSubscriber)
+}
+
+func testSlowSubscriber(t *testing.T, w *world) {
 	slow := w.subscribe("client:slow", "")
 	fast := w.subscribe("client:fast", "")
 	for range 20 {
@@ -129,7 +159,10 @@ func TestSlowSubscriberIsDroppedOthersKeepReading(t *testing.T) {
 // TestCaps guards the caps per caller (429) and in total (503), and that
 // closing a stream frees its place.
 func TestCaps(t *testing.T) {
-	w := newWorld(t, fanout.Limits{MaxSubscribers: 3, MaxPerCaller: 2})
+	forEachSource(t, fanout.Limits{MaxSubscribers: 3, MaxPerCaller: 2}, testCaps)
+}
+
+func testCaps(t *testing.T, w *world) {
 	a1 := w.subscribe("client:a", "")
 	w.subscribe("client:a", "")
 	_, err := w.hub.Subscribe(context.Background(), "client:a", "")
@@ -156,7 +189,10 @@ func TestCaps(t *testing.T) {
 // one older than the ring (caught up from the source, then joined, with no
 // gap and no repeat), and the bound on catching up.
 func TestResumeByCursor(t *testing.T) {
-	w := newWorld(t, fanout.Limits{Backlog: 4, MaxCatchup: 6})
+	forEachSource(t, fanout.Limits{Backlog: 4, MaxCatchup: 6}, testResume)
+}
+
+func testResume(t *testing.T, w *world) {
 	live := w.subscribe("client:live", "")
 	var keys []string
 	var got []broker.FeedEntry
@@ -205,7 +241,7 @@ func TestResumeByCursor(t *testing.T) {
 // (its follower falls back and reconnects) and new ones get 503 until the
 // source is back.
 func TestReaderFailureEndsStreams(t *testing.T) {
-	w := newWorld(t, fanout.Limits{})
+	w := newWorld(t, "redis", fanout.Limits{})
 	s := w.subscribe("client:a", "")
 	w.redis.Kill()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

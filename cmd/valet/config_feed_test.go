@@ -121,3 +121,57 @@ func TestFeedMetricsConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestDevMemoryFeed: `valet dev` without Redis serves the revocation feed
+// of its memory ledger through the same fan-out: a revoked task token is
+// on the stream and in the snapshot.
+func TestDevMemoryFeed(t *testing.T) {
+	addr := freeAddr(t)
+	out, errOut := startRun(t, nil, "dev", "--addr", addr, "--audit", filepath.Join(t.TempDir(), "audit.jsonl"))
+	base := waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))
+	v := &servedValet{base: base, idpURL: base + "/dev"}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/revocations/stream", nil)
+	req.SetBasicAuth("tool-server", devClientSecret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("stream: %d", resp.StatusCode)
+	}
+	st, token := v.declare(t, "support-triage")
+	if st != http.StatusCreated {
+		t.Fatalf("declare: %d", st)
+	}
+	rv, _ := http.NewRequest(http.MethodPost, base+"/v1/revoke", strings.NewReader("token="+token))
+	rv.SetBasicAuth("tool-server", devClientSecret)
+	rv.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rr, err := http.DefaultClient.Do(rv)
+	if err != nil || rr.StatusCode != http.StatusOK {
+		t.Fatalf("revoke: %v %v", rr, err)
+	}
+	rr.Body.Close()
+	buf := make([]byte, 4096)
+	var got string
+	for !strings.Contains(got, "event: revoked") {
+		n, err := resp.Body.Read(buf)
+		if err != nil {
+			t.Fatalf("stream ended before the revocation: %v\n%s", err, got)
+		}
+		got += string(buf[:n])
+	}
+	snapReq, _ := http.NewRequest(http.MethodGet, base+"/v1/revocations", nil)
+	snapReq.SetBasicAuth("tool-server", devClientSecret)
+	sr, err := http.DefaultClient.Do(snapReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(sr.Body)
+	sr.Body.Close()
+	if sr.StatusCode != http.StatusOK || !strings.Contains(string(b), `"jti"`) {
+		t.Fatalf("snapshot: %d %s", sr.StatusCode, b)
+	}
+}

@@ -87,7 +87,8 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return fmt.Errorf("templates:\n%w", err)
 	}
-	var ledger broker.Ledger = revocation.NewMemoryLedger(time.Now, time.Hour)
+	memLedger := revocation.NewMemoryLedger(time.Now, time.Hour)
+	var ledger broker.Ledger = memLedger
 	ledgerName := "in-memory (lost on exit)"
 	var redisLedger *revocation.RedisLedger
 	var rc *redis.Client
@@ -111,9 +112,9 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Logger: log,
 		Agent: agentCfg,
 	}
-	// The incident-response side (admin API, controls, feed, audit stream)
-	// needs Redis.
-	inc := &incident{}
+	// The incident-response side (admin API, controls, audit stream) needs
+	// Redis; the revocation feed is the memory ledger's without it.
+	inc := &incident{feed: memLedger.Feed()}
 	if redisLedger != nil {
 		if inc, cfg.Auditor, err = newIncident(ctx, rc, "valet", auditor, func(n string) bool { _, ok := templates.Get(n); return ok }, nil, redisLedger, log); err != nil {
 			return err
