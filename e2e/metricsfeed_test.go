@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/issuers"
 )
@@ -264,5 +265,74 @@ func TestLiveGaugeAcrossRestart(t *testing.T) {
 		if v := gauge(t, b.scrape(), "valet_credentials_live"); v != 0 {
 			t.Fatalf("after ending every task: credentials %v, want 0", v)
 		}
+	}
+}
+
+// TestFeedCatchupIsBoundedPerStream: a follower far behind gets one page
+// per stream, then `event: dropped` {"reason":"catchup_limit"} and the end
+// of the stream; reconnecting from its last id it gets the rest.
+func TestFeedCatchupIsBoundedPerStream(t *testing.T) {
+	e := newEnv(t, envOptions{incident: true, feed: fanout.Limits{MaxCatchup: 1}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	now := e.clock.Now()
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < 1001; i += 8 {
+				id := fmt.Sprintf("tsk_catchup_%04d", i)
+				task := broker.Task{ID: id, State: broker.StateActive, Agent: "agent-7", Issuer: "test", Template: "triage", Intent: "test",
+					Tools: []string{"tickets.read"}, CreatedAt: now, Deadline: now.Add(time.Hour)}
+				cred := broker.Credential{ID: "jti-" + id, Kind: broker.KindJWT, TaskID: id, IssuedAt: now, ExpiresAt: now.Add(time.Hour)}
+				if err := e.raw.Record(ctx, task, []broker.Credential{cred}); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, _, err := e.raw.End(ctx, id, broker.StateRevoked, "test", now); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	seen := map[string]bool{}
+	count := func(events <-chan sseEvent) (revoked int, last sseEvent, dropped string) {
+		timeout := time.After(20 * time.Second)
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					return revoked, last, dropped
+				}
+				switch ev.event {
+				case "revoked":
+					revoked, last = revoked+1, ev
+					seen[ev.data] = true
+				case "dropped":
+					dropped = ev.data
+				}
+			case <-timeout:
+				t.Fatalf("stream still open after %d events", revoked)
+			}
+		}
+	}
+	n, last, dropped := count(e.follow(ctx, "0-0"))
+	if n != 1000 || dropped != `{"reason":"catchup_limit"}` {
+		t.Fatalf("first stream: %d events, dropped %q", n, dropped)
+	}
+	rest := e.follow(ctx, last.id)
+	select {
+	case ev := <-rest:
+		if ev.event != "revoked" || seen[ev.data] {
+			t.Fatalf("resumed stream starts with %+v, want the one event not yet seen", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("resumed stream is silent")
 	}
 }

@@ -33,8 +33,9 @@ type Limits struct {
 	// it is also how far a subscriber may fall behind before it is dropped.
 	Backlog int
 	// MaxCatchup is how many entries one stream may read from the source
-	// while catching up to the ring (default 100,000); past it the stream
-	// ends and the follower reconnects from where it got to.
+	// while catching up to the ring (default 100,000), checked between
+	// pages of up to 1,000; past it the stream ends and the follower
+	// reconnects from where it got to.
 	MaxCatchup int
 	// Readers caps concurrent catch-up and snapshot reads of the source
 	// (default 4), beside the one live reader.
@@ -388,6 +389,11 @@ func (s *Subscription) Next(ctx context.Context, wait time.Duration) ([]broker.F
 // ring once the cursor reaches what the ring holds.
 func (s *Subscription) catchUp(ctx context.Context) ([]broker.FeedEntry, error) {
 	h := s.h
+	// Checked before a read, not after: every stream delivers at least one
+	// page, so a follower that reconnects from its last id makes progress.
+	if s.caught >= h.lim.MaxCatchup {
+		return nil, ErrCatchupLimit
+	}
 	if err := h.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -397,9 +403,6 @@ func (s *Subscription) catchUp(ctx context.Context) ([]broker.FeedEntry, error) 
 		return nil, err
 	}
 	s.caught += len(entries)
-	if s.caught > h.lim.MaxCatchup {
-		return nil, ErrCatchupLimit
-	}
 	c, ok := parseID(cur)
 	if !ok {
 		return nil, fmt.Errorf("the feed answered a bad cursor %q", cur)
