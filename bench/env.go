@@ -324,8 +324,10 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	if err != nil {
 		return nil, err
 	}
+	feedClient := revocation.NewFeedClient(v.redis, 4) // followers never take the ledger's pool
+	v.close = append(v.close, func() { feedClient.Close() })
 	h, err := httpapi.Handler(httpapi.Options{Service: v.svc, Issuer: v.url, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(),
-		OpenAPI: openapi.Spec, Ready: []func(context.Context) error{identity.Ready}, Logger: log, Feed: v.ledger.Feed()})
+		OpenAPI: openapi.Spec, Ready: []func(context.Context) error{identity.Ready}, Logger: log, Feed: revocation.NewFeed(feedClient, "")})
 	if err != nil {
 		return nil, err
 	}

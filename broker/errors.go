@@ -17,6 +17,7 @@ const (
 	CodeConflict        Code = "conflict"          // 409: the resource is not in a state that allows this
 	CodeTooLarge        Code = "too_large"         // 413
 	CodeUnsupportedType Code = "unsupported_media" // 415
+	CodeTooManyRequests Code = "too_many_requests" // 429: the caller holds as much of a capped resource as it may
 	CodeUnavailable     Code = "unavailable"       // 503: a dependency (Redis, IdP, Vault) is down
 	CodeInternal        Code = "internal"          // 500
 )

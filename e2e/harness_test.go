@@ -23,6 +23,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/issuers"
@@ -132,6 +133,8 @@ type envOptions struct {
 	jobLease time.Duration
 	// rollbackHosts are the admin's rollback.allowed_hosts.
 	rollbackHosts []string
+	// feed limits the revocation stream's fan-out (zero: the defaults).
+	feed fanout.Limits
 	// agent, when set, adjusts the broker's agent controls.
 	agent func(*broker.AgentConfig)
 	// issuers and queue extend the broker (Vault tests): further

@@ -10,6 +10,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/revocation"
@@ -29,6 +30,7 @@ type incident struct {
 	logs     *syncBuffer
 	stop     context.CancelFunc
 	adminID  broker.Authenticator
+	hub      *fanout.Hub // the revocation stream's fan-out, on a Redis client of its own
 	// stopAdmin stops the env's admin from resuming jobs (tests that play
 	// several brokers).
 	stopAdmin context.CancelFunc
@@ -70,7 +72,9 @@ func (e *env) incidentConfig(cfg *broker.Config, rc *redis.Client) {
 	if e.inc.trail, err = audit.NewRedisWriter(rc, "valet"); err != nil {
 		t.Fatal(err)
 	}
-	e.inc.metrics = metrics.New(metrics.Options{KnownTemplate: func(n string) bool { return n == "triage" }})
+	e.inc.metrics = metrics.New(metrics.Options{KnownTemplate: func(n string) bool { return n == "triage" }, Now: e.clock.Now,
+		Live:            func(ctx context.Context) (int64, int64, error) { return e.raw.LiveCounts(ctx, e.clock.Now()) },
+		FeedSubscribers: func() float64 { return float64(e.inc.hub.Subscribers()) }})
 	cfg.Controls, cfg.Epochs = e.inc.controls, e.raw
 	cfg.Auditor = e.inc.metrics.Auditor(audit.Multi{cfg.Auditor, audit.NewLog(e.inc.trail)})
 }
@@ -96,7 +100,13 @@ func (e *env) incidentHTTP(h *httpapi.Options, o envOptions) {
 	t.Cleanup(cancel)
 	e.inc.stopAdmin = cancel
 	e.inc.admin.Start(ctx, 200*time.Millisecond)
-	h.Admin, h.Feed, h.Metrics = e.inc.admin, e.raw.Feed(), e.inc.metrics
+	fc := revocation.NewFeedClient(e.inc.rc, o.feed.WithDefaults().Readers)
+	t.Cleanup(func() { fc.Close() })
+	feed := revocation.NewFeed(fc, "valet")
+	if e.inc.hub, err = fanout.New(feed, o.feed, nil); err != nil {
+		t.Fatal(err)
+	}
+	h.Admin, h.Feed, h.FeedHub, h.Metrics = e.inc.admin, feed, e.inc.hub, e.inc.metrics
 	h.Logger = slog.New(slog.NewJSONHandler(e.inc.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 

@@ -1,13 +1,18 @@
 // Package metrics exposes Valet's Prometheus metrics on a private registry:
-// declarations, live credentials, revocations, bulk revocation jobs,
-// pending revocations and request latency. Labels carry template names,
-// outcomes, reasons and route patterns, never secrets or token hashes.
+// declarations, live tasks and credentials, revocations, bulk revocation
+// jobs, pending revocations and request latency. Every label takes its
+// values from a fixed set (loaded template names, outcomes, reason classes,
+// route patterns, standard HTTP methods, status classes), never from what a
+// caller sent, so no request can add series; labels never hold secrets or
+// token hashes.
 package metrics
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -29,16 +34,33 @@ type Options struct {
 	// RunningJobs and FinishedJobs count this broker's bulk revocation jobs.
 	RunningJobs  func() float64
 	FinishedJobs func() float64
+	// FeedSubscribers counts this broker's open revocation streams.
+	FeedSubscribers func() float64
 	// Pending counts revocations that failed at their source and wait in a
 	// retry queue (the Vault issuer's).
 	Pending func() float64
+	// Live counts, in the ledger shared by every replica, the active tasks
+	// whose deadline has not passed and the credentials they hold. It is
+	// read at scrape time, at most once per LiveCacheFor; when it fails the
+	// live gauges are left out of that scrape (absent, never a wrong
+	// number). Nil leaves them out always.
+	Live func(ctx context.Context) (tasks, creds int64, err error)
+	// Logger receives a failure of Live (default: discarded).
+	Logger *slog.Logger
+	// Now is the clock of the Live cache (default time.Now).
+	Now func() time.Time
 }
+
+// LiveCacheFor is how long one reading of Options.Live serves scrapes.
+const LiveCacheFor = 5 * time.Second
+
+// liveTimeout bounds one reading of Options.Live.
+const liveTimeout = 2 * time.Second
 
 // Metrics holds the collectors. It is safe for concurrent use.
 type Metrics struct {
 	reg          *prometheus.Registry
 	declarations *prometheus.CounterVec
-	live         prometheus.Gauge
 	revocations  *prometheus.CounterVec
 	duration     *prometheus.HistogramVec
 	known        func(string) bool
@@ -51,10 +73,6 @@ func New(o Options) *Metrics {
 		declarations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_declarations_total", Help: "Task declarations by outcome (granted, denied) and template.",
 		}, []string{"outcome", "template"}),
-		live: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "valet_credentials_live",
-			Help: "Credentials granted minus credentials ended, as seen by this broker; sum over replicas for the total.",
-		}),
 		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_revocations_total", Help: "Tasks revoked, by reason (rfc7009, bulk, audit_failure, other).",
 		}, []string{"reason"}),
@@ -71,12 +89,17 @@ func New(o Options) *Metrics {
 		}
 		return f
 	}
-	m.reg.MustRegister(m.declarations, m.live, m.revocations, m.duration,
+	if o.Live != nil {
+		m.reg.MustRegister(newLiveCollector(o.Live, o.Logger, o.Now))
+	}
+	m.reg.MustRegister(m.declarations, m.revocations, m.duration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "valet_revocation_jobs", Help: "Bulk revocation jobs this broker is running now.",
 			ConstLabels: prometheus.Labels{"state": "running"}}, or(o.RunningJobs)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "valet_revocation_jobs_finished_total", Help: "Bulk revocation jobs this broker finished."},
 			or(o.FinishedJobs)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "valet_feed_subscribers", Help: "Revocation streams this broker serves now."},
+			or(o.FeedSubscribers)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "valet_revocations_pending", Help: "Revocations that failed at their source and are queued for retry."},
 			or(o.Pending)),
 	)
@@ -102,8 +125,27 @@ func (m *Metrics) Middleware(next http.Handler) http.Handler {
 		if status == 0 {
 			status = http.StatusOK
 		}
-		m.duration.WithLabelValues(route, r.Method, string(rune('0'+status/100))+"xx").Observe(time.Since(start).Seconds())
+		m.duration.WithLabelValues(route, methodLabel(r.Method), statusClass(status)).Observe(time.Since(start).Seconds())
 	})
+}
+
+// methodLabel is the method if it is one of RFC 9110's and PATCH, else
+// "OTHER": the method is whatever token the client sent, of any length.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "OTHER"
+}
+
+// statusClass is "1xx" to "5xx"; net/http allows only 100 to 999.
+func statusClass(status int) string {
+	if status < 100 || status > 599 {
+		return "other"
+	}
+	return string(rune('0'+status/100)) + "xx"
 }
 
 // Auditor wraps an auditor and counts what its events report, once they
@@ -129,14 +171,10 @@ func (m *Metrics) observe(e broker.Event) {
 	switch e.Type {
 	case "task.granted":
 		m.declarations.WithLabelValues("granted", m.template(e.Template)).Inc()
-		m.live.Add(float64(len(e.Creds)))
 	case "task.denied":
 		m.declarations.WithLabelValues("denied", m.template(e.Template)).Inc()
-	case "task.completed", "task.expired", "task.revoked":
-		m.live.Sub(float64(len(e.Creds)))
-		if e.Type == "task.revoked" {
-			m.revocations.WithLabelValues(reasonClass(e.Reason)).Inc()
-		}
+	case "task.revoked":
+		m.revocations.WithLabelValues(reasonClass(e.Reason)).Inc()
 	}
 }
 
@@ -157,4 +195,55 @@ func reasonClass(reason string) string {
 		return "audit_failure"
 	}
 	return "other"
+}
+
+// liveCollector serves valet_tasks_live and valet_credentials_live from the
+// ledger, so that they are right after a restart and the same on every
+// replica (a per-process granted-minus-ended count went negative after a
+// restart). One reading serves LiveCacheFor; concurrent scrapes share it.
+type liveCollector struct {
+	read  func(context.Context) (int64, int64, error)
+	log   *slog.Logger
+	now   func() time.Time
+	tasks *prometheus.Desc
+	creds *prometheus.Desc
+
+	mu           sync.Mutex
+	at           time.Time
+	nTask, nCred int64
+	ok           bool
+}
+
+func newLiveCollector(read func(context.Context) (int64, int64, error), log *slog.Logger, now func() time.Time) *liveCollector {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &liveCollector{read: read, log: log, now: now,
+		tasks: prometheus.NewDesc("valet_tasks_live", "Active tasks whose deadline has not passed, read from the ledger (all replicas).", nil, nil),
+		creds: prometheus.NewDesc("valet_credentials_live", "Credentials held by active tasks whose deadline has not passed, read from the ledger (all replicas; do not sum over replicas).", nil, nil),
+	}
+}
+
+func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.tasks; ch <- c.creds }
+
+func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.ok || c.now().Sub(c.at) >= LiveCacheFor || c.now().Before(c.at) {
+		ctx, cancel := context.WithTimeout(context.Background(), liveTimeout)
+		tasks, creds, err := c.read(ctx)
+		cancel()
+		c.at, c.ok = c.now(), err == nil
+		if err != nil {
+			c.log.Warn("metrics: cannot count live tasks in the ledger; valet_tasks_live and valet_credentials_live left out", "err", err)
+		}
+		c.nTask, c.nCred = max(tasks, 0), max(creds, 0)
+	}
+	if c.ok {
+		ch <- prometheus.MustNewConstMetric(c.tasks, prometheus.GaugeValue, float64(c.nTask))
+		ch <- prometheus.MustNewConstMetric(c.creds, prometheus.GaugeValue, float64(c.nCred))
+	}
 }

@@ -30,6 +30,8 @@ type MemoryLedger struct {
 	counts    map[string]memCount
 	recsOnce  sync.Once
 	recs      *memRecords // see memory_records.go
+	feedOnce  sync.Once
+	feed      *MemoryFeed // see memory_feed.go
 }
 
 type memTask struct {
@@ -127,6 +129,7 @@ func (l *MemoryLedger) End(_ context.Context, id string, state broker.State, rea
 	for _, c := range mt.creds {
 		l.deny[c.ID] = later(c.ExpiresAt, now.Add(time.Second))
 	}
+	l.feedRevoked(id, mt.creds)
 	return copyTask(mt.task), slices.Clone(mt.creds), nil
 }
 

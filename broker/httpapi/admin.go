@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -12,9 +13,11 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/fanout"
 )
 
-// Metrics is what the HTTP layer needs of the metrics adapter.
+// Metrics is what the HTTP layer needs of the metrics adapter. A nil
+// Handler leaves /metrics off this surface.
 type Metrics interface {
 	Handler() http.Handler
 	Middleware(http.Handler) http.Handler
@@ -24,10 +27,12 @@ type Metrics interface {
 const streamPath = "/v1/revocations/stream"
 
 // feedKeepalive is the longest silence on a revocation stream; feedWait is
-// how long one read from the feed blocks (bounding shutdown).
+// how long one wait for the feed blocks (bounding shutdown);
+// feedWriteTimeout is how long a follower may take to accept one write.
 const (
-	feedKeepalive = 15 * time.Second
-	feedWait      = 5 * time.Second
+	feedKeepalive    = 15 * time.Second
+	feedWait         = 5 * time.Second
+	feedWriteTimeout = 30 * time.Second
 )
 
 // timeout is chi's Timeout for every route but the revocation stream,
@@ -64,7 +69,7 @@ func (a *api) incidentRoutes(r chi.Router) {
 		r.Get("/v1/admin/tasks/{id}/rollback", a.adminRollbackPlan)
 		r.Post("/v1/admin/tasks/{id}/rollback/{event_id}", a.adminRollbackStep)
 	}
-	if a.opts.Metrics != nil {
+	if a.opts.Metrics != nil && a.opts.Metrics.Handler() != nil { // nil: served on a listener of its own
 		r.Method(http.MethodGet, "/metrics", a.opts.Metrics.Handler())
 	}
 }
@@ -100,7 +105,7 @@ func (a *api) revocations(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	entries, cursor, err := a.opts.Feed.Snapshot(r.Context(), time.Now())
+	entries, cursor, err := a.opts.FeedHub.Snapshot(r.Context(), time.Now())
 	if err != nil {
 		a.writeError(w, r, &broker.Error{Code: broker.CodeUnavailable, Message: "the revocation feed is unavailable", Err: err})
 		return
@@ -128,8 +133,11 @@ type streams struct {
 	done chan struct{}
 }
 
+// revocationStream serves one follower from the broker's fan-out: no
+// follower holds a connection of the ledger's pool, and the hub caps them.
 func (a *api) revocationStream(w http.ResponseWriter, r *http.Request) {
-	if _, err := a.feedCaller(r); err != nil {
+	caller, err := a.feedCaller(r)
+	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -140,24 +148,26 @@ func (a *api) revocationStream(w http.ResponseWriter, r *http.Request) {
 	if cursor == "" {
 		cursor = r.Header.Get("Last-Event-ID")
 	}
-	// The first read checks the cursor before the stream is committed to.
-	entries, cursor, err := a.opts.Feed.Follow(r.Context(), cursor, time.Millisecond)
+	// Subscribing checks the cursor and the caps before the stream is
+	// committed to.
+	sub, err := a.opts.FeedHub.Subscribe(r.Context(), caller, cursor)
 	if err != nil {
-		if broker.ErrorCode(err) != broker.CodeInvalid {
-			err = &broker.Error{Code: broker.CodeUnavailable, Message: "the revocation feed is unavailable", Err: err}
-		}
 		a.writeError(w, r, err)
 		return
 	}
+	defer sub.Close()
 	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{}) // the server's write timeout would cut the stream
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	fmt.Fprintf(w, ": cursor %s\n\n", cursor)
+	fmt.Fprintf(w, ": cursor %s\n\n", sub.Cursor())
 	quiet := time.Now()
+	var entries []broker.FeedEntry
 	for {
+		// A follower that stops reading is cut off after feedWriteTimeout
+		// (the server's own write timeout would cut every stream).
+		_ = rc.SetWriteDeadline(time.Now().Add(feedWriteTimeout))
 		for _, e := range entries {
 			var data []byte
 			event := "revoked"
@@ -185,14 +195,30 @@ func (a *api) revocationStream(w http.ResponseWriter, r *http.Request) {
 			return
 		default:
 		}
-		entries, cursor, err = a.opts.Feed.Follow(r.Context(), cursor, min(feedWait, feedKeepalive-time.Since(quiet)+time.Millisecond))
+		entries, err = sub.Next(r.Context(), min(feedWait, feedKeepalive-time.Since(quiet)+time.Millisecond))
 		if err != nil {
-			if r.Context().Err() == nil {
+			if reason := dropReason(err); reason != "" {
+				// The follower reconnects from the last id it applied.
+				_ = rc.SetWriteDeadline(time.Now().Add(feedWriteTimeout))
+				fmt.Fprintf(w, "event: dropped\ndata: {\"reason\":%q}\n\n", reason)
+				_ = rc.Flush()
+			} else if r.Context().Err() == nil {
 				a.log.WarnContext(r.Context(), "revocation stream ended: feed unavailable", "err", err)
 			}
 			return
 		}
 	}
+}
+
+// dropReason names why the fan-out dropped a follower, or "".
+func dropReason(err error) string {
+	switch {
+	case errors.Is(err, fanout.ErrLagged):
+		return "lagged"
+	case errors.Is(err, fanout.ErrCatchupLimit):
+		return "catchup_limit"
+	}
+	return ""
 }
 
 // admin authorizes the caller for action with role need.

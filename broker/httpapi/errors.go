@@ -20,6 +20,7 @@ var statusOf = map[broker.Code]int{
 	broker.CodeConflict:        http.StatusConflict,
 	broker.CodeTooLarge:        http.StatusRequestEntityTooLarge,
 	broker.CodeUnsupportedType: http.StatusUnsupportedMediaType,
+	broker.CodeTooManyRequests: http.StatusTooManyRequests,
 	broker.CodeUnavailable:     http.StatusServiceUnavailable,
 	broker.CodeInternal:        http.StatusInternalServerError,
 }
@@ -67,6 +68,8 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 	case http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", "1")
+	case http.StatusTooManyRequests:
+		w.Header().Set("Retry-After", "5")
 	}
 	writeJSON(w, status, errorBody{Error: e.Code, Message: e.Message, Rule: e.Rule, Field: e.Field, RequestID: broker.RequestID(r.Context())})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/fanout"
 )
 
 // Options wires the HTTP layer. Service is required.
@@ -45,6 +46,9 @@ type Options struct {
 	Admin   *broker.Admin
 	Feed    broker.Feed
 	Metrics Metrics
+	// FeedHub serves the revocation stream's followers from one reader;
+	// when nil and Feed is set, one over Feed with default limits.
+	FeedHub *fanout.Hub
 }
 
 // api holds the handlers' dependencies.
@@ -56,7 +60,7 @@ type api struct {
 }
 
 // Handler builds the whole HTTP surface.
-func Handler(opts Options) (http.Handler, error) {
+func Handler(opts Options) (_ http.Handler, err error) {
 	if opts.Service == nil {
 		return nil, errors.New("httpapi: service cannot be nil")
 	}
@@ -68,6 +72,11 @@ func Handler(opts Options) (http.Handler, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Feed != nil && opts.FeedHub == nil {
+		if opts.FeedHub, err = fanout.New(opts.Feed, fanout.Limits{}, opts.Logger); err != nil {
+			return nil, err
+		}
 	}
 	a := &api{svc: opts.Service, opts: opts, log: opts.Logger, streams: streams{done: make(chan struct{})}}
 

@@ -36,6 +36,8 @@ type Config struct {
 	Resources map[string]map[string]string `yaml:"resources"`
 	Approvals ApprovalsConfig              `yaml:"approvals"`
 	Rollback  RollbackConfig               `yaml:"rollback"`
+	Feed      FeedConfig                   `yaml:"feed"`    // config_feed.go
+	Metrics   MetricsConfig                `yaml:"metrics"` // config_feed.go
 
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string
@@ -176,7 +178,7 @@ func loadConfig(path string, getenv func(string) string) (*Config, error) {
 	}
 	c.defaults()
 	c.vaultDefaults()
-	if err := errors.Join(c.validate(), c.validateVault(getenv)); err != nil {
+	if err := errors.Join(c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...)); err != nil {
 		return nil, fmt.Errorf("config %s:\n%w", path, err)
 	}
 	return &c, nil

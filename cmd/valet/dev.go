@@ -17,6 +17,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/examples"
+	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/internal/devidp"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/openapi"
@@ -86,7 +87,8 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return fmt.Errorf("templates:\n%w", err)
 	}
-	var ledger broker.Ledger = revocation.NewMemoryLedger(time.Now, time.Hour)
+	memLedger := revocation.NewMemoryLedger(time.Now, time.Hour)
+	var ledger broker.Ledger = memLedger
 	ledgerName := "in-memory (lost on exit)"
 	var redisLedger *revocation.RedisLedger
 	var rc *redis.Client
@@ -110,11 +112,11 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Logger: log,
 		Agent: agentCfg,
 	}
-	// The incident-response side (admin API, controls, feed, audit stream)
-	// needs Redis.
-	inc := &incident{}
+	// The incident-response side (admin API, controls, audit stream) needs
+	// Redis; the revocation feed is the memory ledger's without it.
+	inc := &incident{feed: memLedger.Feed()}
 	if redisLedger != nil {
-		if inc, cfg.Auditor, err = newIncident(ctx, rc, "valet", auditor, func(n string) bool { _, ok := templates.Get(n); return ok }, nil); err != nil {
+		if inc, cfg.Auditor, err = newIncident(ctx, rc, "valet", auditor, func(n string) bool { _, ok := templates.Get(n); return ok }, nil, redisLedger, log); err != nil {
 			return err
 		}
 		cfg.Controls, cfg.Epochs = inc.controls, redisLedger
@@ -132,10 +134,13 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		if err := inc.startAdmin(ctx, devAdmin, publicURL, svc, redisLedger, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()}, log); err != nil {
 			return err
 		}
+		if err := inc.startFeed(ctx, rc, "valet", fanout.Limits{}, log); err != nil {
+			return err
+		}
 	}
 	handler, err := httpapi.Handler(httpapi.Options{
 		Service: svc, Issuer: publicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
-		DevIdP: idp.Handler(), Logger: log, Admin: inc.admin, Feed: inc.feed, Metrics: inc.httpMetrics(),
+		DevIdP: idp.Handler(), Logger: log, Admin: inc.admin, Feed: inc.feed, FeedHub: inc.hub, Metrics: inc.httpMetrics(MetricsConfig{}, ""),
 	})
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -68,11 +69,26 @@ type incident struct {
 	metrics       *metrics.Metrics
 	admin         *broker.Admin
 	feed          broker.Feed
+	hub           *fanout.Hub
+}
+
+// startFeed serves the revocation feed through a Redis client of its own
+// (closed when ctx ends) and one fan-out, so that followers never hold a
+// connection of the ledger's pool.
+func (inc *incident) startFeed(ctx context.Context, rc *redis.Client, prefix string, lim fanout.Limits, log *slog.Logger) error {
+	lim = lim.WithDefaults()
+	fc := revocation.NewFeedClient(rc, lim.Readers)
+	context.AfterFunc(ctx, func() { fc.Close() })
+	inc.feed = revocation.NewFeed(fc, prefix)
+	var err error
+	inc.hub, err = fanout.New(inc.feed, lim, log)
+	return err
 }
 
 // newIncident builds the parts that the Service needs, and the auditor to
 // give it: the file/stdout log, the Redis stream log, counted by metrics.
-func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, base broker.Auditor, known func(string) bool, pending func() float64) (*incident, broker.Auditor, error) {
+func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, base broker.Auditor, known func(string) bool, pending func() float64,
+	ledger *revocation.RedisLedger, log *slog.Logger) (*incident, broker.Auditor, error) {
 	controls, err := revocation.NewControls(rc, prefix, 5*time.Second)
 	if err != nil {
 		return nil, nil, err
@@ -87,6 +103,8 @@ func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, b
 	inc.metrics = metrics.New(metrics.Options{
 		KnownTemplate: known,
 		Pending:       pending,
+		Live:          func(ctx context.Context) (int64, int64, error) { return ledger.LiveCounts(ctx, time.Now()) },
+		Logger:        log,
 		RunningJobs: func() float64 {
 			if inc.admin == nil {
 				return 0
@@ -99,6 +117,12 @@ func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, b
 			}
 			return float64(inc.admin.FinishedJobs())
 		},
+		FeedSubscribers: func() float64 {
+			if inc.hub == nil {
+				return 0
+			}
+			return float64(inc.hub.Subscribers())
+		},
 	})
 	return inc, inc.metrics.Auditor(audit.Multi{base, audit.NewLog(trail)}), nil
 }
@@ -107,7 +131,6 @@ func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, b
 // configured, and resumes unfinished revocation jobs.
 func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer string, svc *broker.Service, ledger *revocation.RedisLedger,
 	agentIssuers []string, static map[string][]byte, log *slog.Logger) error {
-	inc.feed = ledger.Feed()
 	if len(ac.Issuers) == 0 {
 		return nil
 	}
@@ -133,9 +156,14 @@ func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer 
 
 // httpMetrics is the metrics for httpapi.Options, nil when there are none
 // (a nil *Metrics in the interface would not be nil).
-func (inc *incident) httpMetrics() httpapi.Metrics {
+// With mc.Listen set, the main surface times requests but serves no
+// /metrics (serveMetrics does).
+func (inc *incident) httpMetrics(mc MetricsConfig, secret string) httpapi.Metrics {
 	if inc.metrics == nil {
 		return nil
 	}
-	return inc.metrics
+	if mc.Listen != "" {
+		return routedMetrics{inc.metrics, nil}
+	}
+	return routedMetrics{inc.metrics, metricsHandler(inc.metrics, secret)}
 }

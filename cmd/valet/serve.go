@@ -131,7 +131,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		return float64(n)
 	}
-	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, known, pending)
+	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, known, pending, ledger, log)
 	if err != nil {
 		return err
 	}
@@ -148,11 +148,23 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err := inc.startAdmin(ctx, cfg.Admin, cfg.PublicURL, svc, ledger, names, nil, log); err != nil {
 		return err
 	}
+	if err := inc.startFeed(ctx, redisClient, cfg.Redis.Prefix, cfg.Feed.limits(), log); err != nil {
+		return err
+	}
+	metricsSecret := ""
+	if cfg.Metrics.BearerSecretEnv != "" {
+		metricsSecret = getenv(cfg.Metrics.BearerSecretEnv)
+	}
+	if cfg.Metrics.Listen != "" {
+		if err := serveMetrics(ctx, cfg.Metrics.Listen, metricsHandler(inc.metrics, metricsSecret), log); err != nil {
+			return err
+		}
+	}
 	handler, err := httpapi.Handler(httpapi.Options{
 		Service: svc, Issuer: cfg.PublicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
 		Ready: append([]func(context.Context) error{identity.Ready}, vw.ready...), MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), Logger: log,
-		Admin: inc.admin, Feed: inc.feed, Metrics: inc.httpMetrics(),
+		Admin: inc.admin, Feed: inc.feed, FeedHub: inc.hub, Metrics: inc.httpMetrics(cfg.Metrics, metricsSecret),
 	})
 	if err != nil {
 		return err
