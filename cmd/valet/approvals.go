@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/printable"
 )
 
 // devApproverSecret is the secret of the "approver" client of `valet dev`.
@@ -89,7 +90,8 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTASK\tAGENT\tTEMPLATE\tTOOL\tARGS\tINTENT\tEXPIRES")
 		for _, a := range body.Approvals {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.TaskID, agentChain(a), a.Template, a.Tool,
+			e := printable.Escape
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e(a.ID), e(a.TaskID), e(agentChain(a)), e(a.Template), e(a.Tool),
 				cell(string(a.Args), 60), cell(a.Intent, 40), a.ExpiresAt.UTC().Format(time.RFC3339))
 		}
 		return tw.Flush()
@@ -111,7 +113,8 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 		return err
 	}
 	a := body.Approval
-	fmt.Fprintf(stdout, "approval %s: %s by %s (task %s, tool %s)\n", a.ID, a.State, a.DecidedBy, a.TaskID, a.Tool)
+	e := printable.Escape
+	fmt.Fprintf(stdout, "approval %s: %s by %s (task %s, tool %s)\n", e(a.ID), e(string(a.State)), e(a.DecidedBy), e(a.TaskID), e(a.Tool))
 	return nil
 }
 
@@ -122,9 +125,10 @@ func agentChain(a broker.Approval) string {
 	return a.Agent
 }
 
-// cell keeps a table cell on one line and at most n runes.
+// cell keeps a table cell on one line and at most n runes, escaped
+// (printable.Escape).
 func cell(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
+	s = printable.Escape(strings.Join(strings.Fields(s), " "))
 	if r := []rune(s); len(r) > n {
 		return string(r[:n-1]) + "…"
 	}
@@ -161,7 +165,7 @@ func (c *approverClient) do(ctx context.Context, method, path string, body io.Re
 			Error, Message string
 		}
 		_ = json.Unmarshal(raw, &e)
-		return nil, fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, e.Error, e.Message)
+		return nil, fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, printable.Escape(e.Error), printable.Escape(e.Message))
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
 		return nil, fmt.Errorf("decoding Valet's answer: %w", err)
