@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -19,6 +20,17 @@ const DefaultApprovalTimeout = 5 * time.Minute
 
 // maxPendingList bounds one listing of approvals.
 const maxPendingList = 1000
+
+// Default caps of pending approvals (ApprovalConfig.MaxPendingPerTask and
+// MaxPendingPerAgent): one agent filing approvals cannot bury another's.
+const (
+	DefaultMaxPendingPerTask  = 8
+	DefaultMaxPendingPerAgent = 32
+)
+
+// holdKind is the Records set kind of pending-approval places: ids
+// "task/<task id>" and "agent/<issuer>/<agent>", members approval ids.
+const holdKind = "approval-pending"
 
 // ApprovalConfig configures the approval rule of sensitive tools.
 type ApprovalConfig struct {
@@ -36,8 +48,13 @@ type ApprovalConfig struct {
 	// logged and never block the answer.
 	WebhookURL string
 	// WebhookClient posts to WebhookURL; default http.Client with the 3 s
-	// timeout.
+	// timeout. Redirects are never followed (a copy of the client is
+	// used, with CheckRedirect set).
 	WebhookClient *http.Client
+	// MaxPendingPerTask and MaxPendingPerAgent cap the approvals pending at
+	// once for one task and for one agent (issuer and subject); one more is
+	// refused with 429. Zero means the default (8 and 32).
+	MaxPendingPerTask, MaxPendingPerAgent int
 }
 
 func (a *agentControls) initApprovals(cfg ApprovalConfig) error {
@@ -47,9 +64,23 @@ func (a *agentControls) initApprovals(cfg ApprovalConfig) error {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultApprovalTimeout
 	}
-	if cfg.WebhookClient == nil {
-		cfg.WebhookClient = &http.Client{Timeout: 3 * time.Second}
+	if cfg.MaxPendingPerTask < 0 || cfg.MaxPendingPerAgent < 0 {
+		return errors.New("broker: approval caps must not be negative")
 	}
+	if cfg.MaxPendingPerTask == 0 {
+		cfg.MaxPendingPerTask = DefaultMaxPendingPerTask
+	}
+	if cfg.MaxPendingPerAgent == 0 {
+		cfg.MaxPendingPerAgent = DefaultMaxPendingPerAgent
+	}
+	client := http.Client{Timeout: 3 * time.Second}
+	if cfg.WebhookClient != nil {
+		client = *cfg.WebhookClient
+	}
+	// A webhook answering with a redirect must not steer Valet's POST
+	// elsewhere (the approval's ids and intent would follow it).
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	cfg.WebhookClient = &client
 	if cfg.Authorize == nil {
 		clients := slices.Clone(cfg.Clients)
 		cfg.Authorize = func(_ context.Context, id, secret string) (string, error) {
@@ -129,10 +160,14 @@ func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req
 	if err != nil {
 		return Approval{}, invalidField("context", "context cannot be stored: %v", err)
 	}
+	if err := s.holdApproval(ctx, store, a); err != nil {
+		return Approval{}, err
+	}
 	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
 	err = store.Put(lctx, "approval", a.ID, b, task.Deadline)
 	cancel()
 	if err != nil {
+		s.releaseApproval(ctx, store, a)
 		return Approval{}, unavailable("the record store", fmt.Errorf("recording approval %s: %w", a.ID, err))
 	}
 	ev := s.event(ctx, "approval.requested", task.Agent, task)
@@ -148,6 +183,60 @@ func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req
 	s.log.InfoContext(ctx, "approval requested", "approval_id", a.ID, "task_id", task.ID, "tool", a.Tool, "expires_at", a.ExpiresAt)
 	s.notifyApproval(ctx, a)
 	return a, nil
+}
+
+// approvalHolds are the two capped sets a pending approval takes a place
+// in: its task's and its agent's.
+func (s *Service) approvalHolds(a Approval) [2]struct {
+	id, what string
+	max      int
+} {
+	cfg := s.agent.approvals
+	return [2]struct {
+		id, what string
+		max      int
+	}{
+		{"task/" + a.TaskID, "task " + a.TaskID, cfg.MaxPendingPerTask},
+		{"agent/" + a.Issuer + "/" + a.Agent, "agent " + a.Agent, cfg.MaxPendingPerAgent},
+	}
+}
+
+// holdApproval takes a place for a in its task's and its agent's sets of
+// pending approvals, or refuses with 429 naming the cap that is full.
+func (s *Service) holdApproval(ctx context.Context, store Records, a Approval) error {
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	defer cancel()
+	holds := s.approvalHolds(a)
+	for i, h := range holds {
+		err := store.Hold(lctx, holdKind, h.id, a.ID, a.ExpiresAt, h.max)
+		if err == nil {
+			continue
+		}
+		if i > 0 {
+			s.releaseApproval(ctx, store, Approval{ID: a.ID, TaskID: a.TaskID})
+		}
+		if errors.Is(err, ErrExists) {
+			return &Error{Code: CodeTooMany, Rule: "approvals.max_pending", Err: err,
+				Message: fmt.Sprintf("%s already has %d approvals pending; wait for a decision", h.what, h.max)}
+		}
+		return unavailable("the record store", err)
+	}
+	return nil
+}
+
+// releaseApproval frees a's places (best effort: a place not released
+// frees itself when the approval expires).
+func (s *Service) releaseApproval(ctx context.Context, store Records, a Approval) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), defaultLedgerTimeout)
+	defer cancel()
+	for _, h := range s.approvalHolds(a) {
+		if strings.HasPrefix(h.id, "agent/") && a.Agent == "" {
+			continue
+		}
+		if err := store.Release(lctx, holdKind, h.id, a.ID); err != nil {
+			s.log.WarnContext(ctx, "releasing a pending-approval place failed", "approval_id", a.ID, "set", h.id, "err", err)
+		}
+	}
 }
 
 func hashOf(args []byte) string { return argsDetail("", args, false)["args_hash"].(string) }
@@ -246,6 +335,7 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 	if a.State != from {
 		return a, &Error{Code: CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, a.State), Err: ErrNotActive}
 	}
+	wasPending := a.State == ApprovalPending
 	change(&a)
 	next, _ := json.Marshal(a) // it was just decoded from JSON
 	switch err := store.Swap(lctx, "approval", id, old, next); {
@@ -257,6 +347,9 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 		return cur, &Error{Code: CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, cur.State), Err: err}
 	case err != nil:
 		return Approval{}, unavailable("the record store", err)
+	}
+	if wasPending && a.State != ApprovalPending {
+		s.releaseApproval(ctx, store, a)
 	}
 	ev := s.event(ctx, typ, actor, Task{ID: a.TaskID, Issuer: a.Issuer, Template: a.Template})
 	ev.Outcome, ev.Reason = string(a.State), a.Reason

@@ -17,6 +17,7 @@ const (
 	CodeConflict        Code = "conflict"          // 409: the resource is not in a state that allows this
 	CodeTooLarge        Code = "too_large"         // 413
 	CodeUnsupportedType Code = "unsupported_media" // 415
+	CodeTooMany         Code = "too_many_requests" // 429: a cap on what one caller may have at once
 	CodeUnavailable     Code = "unavailable"       // 503: a dependency (Redis, IdP, Vault) is down
 	CodeInternal        Code = "internal"          // 500
 )

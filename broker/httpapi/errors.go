@@ -20,6 +20,7 @@ var statusOf = map[broker.Code]int{
 	broker.CodeConflict:        http.StatusConflict,
 	broker.CodeTooLarge:        http.StatusRequestEntityTooLarge,
 	broker.CodeUnsupportedType: http.StatusUnsupportedMediaType,
+	broker.CodeTooMany:         http.StatusTooManyRequests,
 	broker.CodeUnavailable:     http.StatusServiceUnavailable,
 	broker.CodeInternal:        http.StatusInternalServerError,
 }
