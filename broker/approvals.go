@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -17,9 +19,6 @@ import (
 // DefaultApprovalTimeout is how long an approval stays pending when the
 // configuration sets no timeout.
 const DefaultApprovalTimeout = 5 * time.Minute
-
-// maxPendingList bounds one listing of approvals.
-const maxPendingList = 1000
 
 // Default caps of pending approvals (ApprovalConfig.MaxPendingPerTask and
 // MaxPendingPerAgent): one agent filing approvals cannot bury another's.
@@ -384,36 +383,139 @@ func (s *Service) AuthorizeApprover(ctx context.Context, id, secret string) (str
 	return who, nil
 }
 
-// PendingApprovals lists the approvals waiting for a decision, oldest
-// first; ones past their timeout are moved to expired on the way.
-func (s *Service) PendingApprovals(ctx context.Context) ([]Approval, error) {
+// Bounds of GET /v1/approvals.
+const (
+	// maxApprovalScan is how many approval records one listing reads
+	// before it filters and pages them.
+	maxApprovalScan = 5000
+	// DefaultApprovalPage and MaxApprovalPage bound one page.
+	DefaultApprovalPage = 100
+	MaxApprovalPage     = 1000
+)
+
+// ApprovalQuery selects and pages approvals for an approver. Empty fields
+// match everything; State defaults to pending.
+type ApprovalQuery struct {
+	State    ApprovalState
+	Agent    string // the task's agent (Approval.Agent) or any actor of its chain
+	Template string
+	TaskID   string
+	// Limit is the page size: 0 means DefaultApprovalPage, at most
+	// MaxApprovalPage.
+	Limit int
+	// Cursor is the NextCursor of the previous page.
+	Cursor string
+}
+
+// Validate refuses a query Valet cannot answer, naming the parameter.
+func (q *ApprovalQuery) Validate() error {
+	switch q.State {
+	case "":
+		q.State = ApprovalPending
+	case ApprovalPending, ApprovalApproved, ApprovalDenied, ApprovalExpired, ApprovalIssued:
+	default:
+		return invalidField("state", "state must be pending, approved, denied, expired or issued")
+	}
+	for name, v := range map[string]string{"agent": q.Agent, "template": q.Template, "task_id": q.TaskID} {
+		if len(v) > 256 {
+			return invalidField(name, "%s must be at most 256 bytes", name)
+		}
+	}
+	switch {
+	case q.Limit == 0:
+		q.Limit = DefaultApprovalPage
+	case q.Limit < 0 || q.Limit > MaxApprovalPage:
+		return invalidField("limit", "limit must be from 1 to %d", MaxApprovalPage)
+	}
+	if q.Cursor != "" {
+		if _, _, err := decodeApprovalCursor(q.Cursor); err != nil {
+			return invalidField("cursor", "cursor is not one Valet gave")
+		}
+	}
+	return nil
+}
+
+func (q ApprovalQuery) match(a Approval) bool {
+	return a.State == q.State && (q.Template == "" || a.Template == q.Template) && (q.TaskID == "" || a.TaskID == q.TaskID) &&
+		(q.Agent == "" || a.Agent == q.Agent || slices.Contains(a.Act, q.Agent))
+}
+
+// The sort key of approvals: created_at, then id (both ascending). A cursor
+// is the key of the last approval of a page.
+func approvalKeyCompare(a Approval, at time.Time, id string) int {
+	if c := a.CreatedAt.Compare(at); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, id)
+}
+
+func encodeApprovalCursor(a Approval) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(a.CreatedAt.UnixNano(), 10) + "/" + a.ID))
+}
+
+func decodeApprovalCursor(c string) (time.Time, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return time.Time{}, "", err
+	}
+	ns, id, ok := strings.Cut(string(b), "/")
+	n, err := strconv.ParseInt(ns, 10, 64)
+	if !ok || err != nil || id == "" {
+		return time.Time{}, "", errors.New("malformed cursor")
+	}
+	return time.Unix(0, n), id, nil
+}
+
+// ListApprovals lists the approvals q selects, sorted by created_at then
+// id (oldest first), one page at a time: next is the cursor of the next
+// page, "" on the last. Pending ones past their timeout are moved to
+// expired on the way. It reads at most maxApprovalScan records.
+func (s *Service) ListApprovals(ctx context.Context, q ApprovalQuery) (page []Approval, next string, err error) {
+	if err := q.Validate(); err != nil {
+		return nil, "", err
+	}
 	store, err := s.recordsStore()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
-	recs, err := store.List(lctx, "approval", maxPendingList)
+	recs, err := store.List(lctx, "approval", maxApprovalScan)
 	cancel()
 	if err != nil {
-		return nil, unavailable("the record store", err)
+		return nil, "", unavailable("the record store", err)
+	}
+	var afterAt time.Time
+	var afterID string
+	if q.Cursor != "" {
+		afterAt, afterID, _ = decodeApprovalCursor(q.Cursor) // checked by Validate
 	}
 	out := []Approval{}
 	now := s.now()
 	for _, b := range recs {
 		var a Approval
-		if json.Unmarshal(b, &a) != nil || a.State != ApprovalPending {
+		if json.Unmarshal(b, &a) != nil {
 			continue
 		}
-		if !now.Before(a.ExpiresAt) {
-			if _, err := s.settle(ctx, a.ID, ApprovalExpired, "valet", "nobody decided before the approval timeout"); err != nil && ErrorCode(err) != CodeConflict {
+		if a.State == ApprovalPending && !now.Before(a.ExpiresAt) {
+			x, err := s.settle(ctx, a.ID, ApprovalExpired, "valet", "nobody decided before the approval timeout")
+			if err != nil && ErrorCode(err) != CodeConflict {
 				s.log.ErrorContext(ctx, "expiring an approval failed", "approval_id", a.ID, "err", err)
+				continue
 			}
-			continue
+			if err == nil {
+				a = x
+			}
 		}
-		out = append(out, a)
+		if q.match(a) && (q.Cursor == "" || approvalKeyCompare(a, afterAt, afterID) > 0) {
+			out = append(out, a)
+		}
 	}
-	slices.SortFunc(out, func(a, b Approval) int { return a.CreatedAt.Compare(b.CreatedAt) })
-	return out, nil
+	slices.SortFunc(out, func(a, b Approval) int { return approvalKeyCompare(a, b.CreatedAt, b.ID) })
+	if len(out) > q.Limit {
+		out = out[:q.Limit]
+		next = encodeApprovalCursor(out[len(out)-1])
+	}
+	return out, next, nil
 }
 
 // DecideApproval records an approver's decision on a pending approval.
