@@ -42,7 +42,7 @@ func devAgentConfig(resourcesFile string) (broker.AgentConfig, error) {
 
 // cmdApprovals is `valet approvals ls|approve ID|deny ID`.
 func cmdApprovals(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	const use = "usage: valet approvals ls|approve ID|deny ID [--server URL] [--client ID] [--secret S] [--reason TEXT] [-o table|json]"
+	const use = "usage: valet approvals ls [--agent A] [--template T] [--task ID] [--state S]|approve ID|deny ID [--server URL] [--client ID] [--secret S] [--reason TEXT] [-o table|json]"
 	if len(args) == 0 {
 		return usageError(use)
 	}
@@ -64,6 +64,15 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 	secret := fs.String("secret", getenv("VALET_APPROVER_SECRET"), "approver client secret (env VALET_APPROVER_SECRET)")
 	reason := fs.String("reason", "", "why (recorded with the decision)")
 	out := fs.String("o", "table", "output: table or json")
+	filter := url.Values{}
+	for _, f := range []struct{ name, param, help string }{
+		{"agent", "agent", "only approvals of this agent (or an actor of its chain)"},
+		{"template", "template", "only approvals of tasks of this template"},
+		{"task", "task_id", "only approvals of this task"},
+		{"state", "state", "pending (default), approved, denied, expired or issued"},
+	} {
+		fs.Func(f.name, f.help, func(v string) error { filter.Set(f.param, v); return nil })
+	}
 	if err := parseFlags(fs, rest); err != nil {
 		return err
 	}
@@ -76,20 +85,28 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 	c := &approverClient{base: strings.TrimSuffix(*server, "/"), id: *client, secret: *secret,
 		http: &http.Client{Timeout: 10 * time.Second}}
 	if verb == "ls" {
-		var body struct {
-			Approvals []broker.Approval `json:"approvals"`
-		}
-		raw, err := c.do(ctx, http.MethodGet, "/v1/approvals?state=pending", nil, &body)
-		if err != nil {
-			return err
+		// Every page, in Valet's order (created_at, then id); at most 100.
+		var all []broker.Approval
+		for range 100 {
+			var body struct {
+				Approvals  []broker.Approval `json:"approvals"`
+				NextCursor string            `json:"next_cursor"`
+			}
+			if _, err := c.do(ctx, http.MethodGet, "/v1/approvals?"+filter.Encode(), nil, &body); err != nil {
+				return err
+			}
+			all = append(all, body.Approvals...)
+			if body.NextCursor == "" {
+				break
+			}
+			filter.Set("cursor", body.NextCursor)
 		}
 		if *out == "json" {
-			_, err := stdout.Write(raw)
-			return err
+			return json.NewEncoder(stdout).Encode(map[string]any{"approvals": all})
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTASK\tAGENT\tTEMPLATE\tTOOL\tARGS\tINTENT\tEXPIRES")
-		for _, a := range body.Approvals {
+		for _, a := range all {
 			e := printable.Escape
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e(a.ID), e(a.TaskID), e(agentChain(a)), e(a.Template), e(a.Tool),
 				cell(string(a.Args), 60), cell(a.Intent, 40), a.ExpiresAt.UTC().Format(time.RFC3339))
