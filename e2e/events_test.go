@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/examples/toolserver"
 	"github.com/valet-dev/valet/verify"
 )
@@ -278,5 +279,30 @@ func TestRevokedTaskCannotFileUndoSteps(t *testing.T) {
 		!strings.Contains(u.BodyPreview, `"undo_key":"[redacted]"`) || !strings.Contains(u.BodyPreview, `\u001b[2J`) ||
 		!strings.Contains(u.BodyPreview, `\u202e`) || !strings.Contains(u.BodyPreview, `"comment":"c_1"`) {
 		t.Fatalf("undo as planned: %+v", u)
+	}
+}
+
+// TestReportsOverTheCapAreNotAudited guards issue 9's low: a report refused
+// because the task already has 1000 events answers 409 and leaves no
+// tool.called in the audit trail (before, it was audited and then refused).
+func TestReportsOverTheCapAreNotAudited(t *testing.T) {
+	e := newEnv(t, envOptions{templates: agentTemplates})
+	taskID, tok := e.declareIn("crew", "agent-a", "tickets.read")
+	rep := broker.EventReport{Tool: "tickets.read", Outcome: "ok"}
+	ctx := context.Background()
+	for i := range 1000 {
+		if _, err := e.svc.ReportEvent(ctx, tok, broker.ReportAuth{TaskID: taskID}, rep); err != nil {
+			t.Fatalf("report %d: %v", i+1, err)
+		}
+	}
+	if c := strings.Count(e.audit.String(), `"type":"tool.called"`); c != 1000 {
+		t.Fatalf("%d tool.called audit events, want 1000", c)
+	}
+	body, _ := json.Marshal(rep)
+	if r := e.report(taskID, tok, string(body), false); r.Status != 409 {
+		t.Fatalf("report 1001: %d %s", r.Status, r.Body)
+	}
+	if c := strings.Count(e.audit.String(), `"type":"tool.called"`); c != 1000 {
+		t.Fatalf("%d tool.called audit events after a refused report, want 1000", c)
 	}
 }
