@@ -240,6 +240,11 @@ func TestRevokedTaskCannotFileUndoSteps(t *testing.T) {
 	}
 
 	responder := e.adminToken("rita", "valet-responders")
+	// The events listing strips undo URLs as the audit does.
+	if r := e.do(http.MethodGet, "/v1/tasks/"+taskID+"/events", responder, "", nil, false); r.Status != 200 ||
+		strings.Contains(string(r.Body), "qs-s3cret") || !strings.Contains(string(r.Body), `"url":"http://127.0.0.1:9/undo"`) {
+		t.Fatalf("events as listed: %d %s", r.Status, r.Body)
+	}
 	r := e.do(http.MethodGet, "/v1/admin/tasks/"+taskID+"/rollback", responder, "", nil, false)
 	var plan struct {
 		Steps []struct {

@@ -323,7 +323,7 @@ func cmdControls(ctx context.Context, args []string, getenv func(string) string,
 // `valet tasks show ID` and `valet tasks timeline ID`.
 func cmdTasks(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) < 1 {
-		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue]")
+		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue] [--yes]")
 	}
 	sub, rest := args[0], args[1:]
 	if sub == "rollback" {
@@ -423,7 +423,7 @@ func cmdTasks(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		c.table("TIME\tEVENT\tACTOR\tOUTCOME\tREASON\tCREDENTIALS", rows)
 	default:
-		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue]")
+		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue] [--yes]")
 	}
 	return nil
 }
