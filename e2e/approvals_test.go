@@ -61,7 +61,7 @@ func TestApprovalCapsAndListing(t *testing.T) {
 	file(a1, 429, `"rule":"approvals.max_pending"`) // the task's cap (2)
 	file(a2, 202, "")
 	file(a2, 429, "agent agent-a already has 3 approvals pending") // the agent's cap (3)
-	file(b, 202, "")                                                 // another agent is not held back
+	file(b, 202, "")                                               // another agent is not held back
 	if r := e.do(http.MethodPost, "/v1/approvals/"+first+"/deny", "", "", nil, true); r.Status != 200 {
 		t.Fatalf("deny: %d %s", r.Status, r.Body)
 	}

@@ -144,7 +144,7 @@ func TestRollbackAsksBeforeRevokedReporters(t *testing.T) {
 	}
 	rep, _ := json.Marshal(map[string]any{"tool": "tickets.comment", "outcome": "ok",
 		"side_effect": "\x1b[31mfixed\x1b[0m\r\a ok \u202eexe.txt",
-		"undo": map[string]any{"method": "POST", "url": target.URL + "/undo?key=qs-s3cret", "body": `{"token":"b-s3cret","id":"\u001b]0;x\u0007"}`}})
+		"undo":        map[string]any{"method": "POST", "url": target.URL + "/undo?key=qs-s3cret", "body": `{"token":"b-s3cret","id":"\u001b]0;x\u0007"}`}})
 	if r := post(t, base+"/v1/tasks/"+task[1]+"/events", tok[1], string(rep)); !strings.Contains(r, `"reported_with":"task_token"`) {
 		t.Fatalf("report: %s", r)
 	}
