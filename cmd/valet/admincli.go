@@ -84,10 +84,16 @@ func (c *adminClient) call(ctx context.Context, method, path string, body, out a
 	return resp.StatusCode, json.Unmarshal(raw, out)
 }
 
+// json writes v as indented JSON, terminal controls escaped (printable.JSON).
 func (c *adminClient) json(v any) error {
-	enc := json.NewEncoder(c.stdout)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	_, err := c.stdout.Write(printable.JSON(b.Bytes()))
+	return err
 }
 
 // table writes rows under header, each cell escaped (printable.Escape):

@@ -102,7 +102,12 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 			filter.Set("cursor", body.NextCursor)
 		}
 		if *out == "json" {
-			return json.NewEncoder(stdout).Encode(map[string]any{"approvals": all})
+			b, err := json.Marshal(map[string]any{"approvals": all})
+			if err != nil {
+				return err
+			}
+			_, err = stdout.Write(append(printable.JSON(b), '\n'))
+			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTASK\tAGENT\tTEMPLATE\tTOOL\tARGS\tINTENT\tEXPIRES")
@@ -126,7 +131,7 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 		return err
 	}
 	if *out == "json" {
-		_, err := stdout.Write(raw)
+		_, err := stdout.Write(printable.JSON(raw))
 		return err
 	}
 	a := body.Approval

@@ -165,6 +165,16 @@ func TestRollbackAsksBeforeRevokedReporters(t *testing.T) {
 		}
 	}
 	t.Logf("valet tasks rollback %s --dry-run:\n%s", task[1], s)
+	code, s = cli("tasks", "rollback", task[1], "--dry-run", "-o", "json", "--server", base, "--token", admin)
+	var steps []map[string]any
+	if code != 0 || json.Unmarshal([]byte(s), &steps) != nil || len(steps) != 1 || !strings.Contains(steps[0]["side_effect"].(string), "\u202e") {
+		t.Fatalf("dry run -o json (%d):\n%s", code, s)
+	}
+	for _, bad := range []string{"\x1b", "\r", "\a", "\u202e"} {
+		if strings.Contains(s, bad) {
+			t.Fatalf("dry run -o json printed %q:\n%s", bad, s)
+		}
+	}
 
 	defer func(old func(string, io.Writer) (bool, bool)) { askYes = old }(askYes)
 	askYes = func(string, io.Writer) (bool, bool) { return false, false } // not a terminal

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -70,4 +71,30 @@ func clean(s string) bool {
 		}
 	}
 	return true
+}
+
+// JSON returns the JSON text b with every character Escape would escape
+// written as a JSON \u escape instead (surrogate pairs above U+FFFF), so
+// the text stays valid JSON with the same value and is safe on a terminal.
+// JSON whitespace between tokens is kept. Bytes that are not UTF-8 become
+// \ufffd.
+func JSON(b []byte) []byte {
+	if clean(string(b)) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+16)
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		switch {
+		case r == '\n' || r == '\r' || r == '\t' || keep(r):
+			out = append(out, b[i:i+n]...)
+		case r > 0xffff:
+			r1, r2 := utf16.EncodeRune(r)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+		default: // includes utf8.RuneError for a bad byte
+			out = fmt.Appendf(out, `\u%04x`, r)
+		}
+		i += n
+	}
+	return out
 }

@@ -1,6 +1,9 @@
 package printable
 
-import "testing"
+import (
+	"encoding/json"
+	"testing"
+)
 
 // TestEscape guards the responder CLI and the rollback preview against
 // agent-supplied text that drives a terminal: every member of the classes
@@ -42,5 +45,22 @@ func TestTruncate(t *testing.T) {
 	}
 	if got := Truncate("abc", 3); got != "abc" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// TestJSON: the -o json output of the CLI keeps its value and loses every
+// terminal control.
+func TestJSON(t *testing.T) {
+	in := map[string]string{"a": "\x1b[31mred\u009b\u202e\u200b\U000E0041 ok ✓", "b": "plain"}
+	raw, _ := json.MarshalIndent(in, "", "  ")
+	got := JSON(raw)
+	var back map[string]string
+	if err := json.Unmarshal(got, &back); err != nil || back["a"] != in["a"] || back["b"] != "plain" {
+		t.Fatalf("JSON changed the value: %s %v", got, err)
+	}
+	for _, r := range string(got) {
+		if r != '\n' && !keep(r) {
+			t.Fatalf("JSON left %U in %s", r, got)
+		}
 	}
 }
