@@ -258,8 +258,10 @@ func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep
 // RollbackRun calls the undo webhook of one event of a task, once: a step
 // already done is 409; a step running elsewhere is 409; a failed one may be
 // run again. The call is audited (`rollback.step`) before and after it is
-// made; its host must be allowed (403, rule rollback.allowed_hosts).
-func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eventID string) (RollbackStep, error) {
+// made; its host must be allowed (403, rule rollback.allowed_hosts). A
+// step whose reporter has been revoked since runs only when the responder
+// confirms it (confirmRevoked; else 409, rule rollback.confirm).
+func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eventID string, confirmRevoked bool) (RollbackStep, error) {
 	evs, err := a.svc.events(ctx, taskID)
 	if err != nil {
 		return RollbackStep{}, err
@@ -278,6 +280,10 @@ func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eve
 		return RollbackStep{}, err
 	}
 	step.State = ""
+	if step.ReporterRevoked && !confirmRevoked {
+		return RollbackStep{}, &Error{Code: CodeConflict, Rule: "rollback.confirm",
+			Message: fmt.Sprintf("event %s was reported by a principal revoked since (%s): confirm with confirm=revoked_reporter", e.ID, step.RevokedReason)}
+	}
 	audit := func(outcome string, detail map[string]any) error {
 		ev := a.svc.event(ctx, "rollback.step", who.Actor(), t)
 		ev.Outcome = outcome

@@ -248,6 +248,7 @@ func TestRevokedTaskCannotFileUndoSteps(t *testing.T) {
 	r := e.do(http.MethodGet, "/v1/admin/tasks/"+taskID+"/rollback", responder, "", nil, false)
 	var plan struct {
 		Steps []struct {
+			EventID         string `json:"event_id"`
 			Reporter        string `json:"reporter"`
 			ReportedWith    string `json:"reported_with"`
 			ReporterRevoked bool   `json:"reporter_revoked"`
@@ -278,6 +279,17 @@ func TestRevokedTaskCannotFileUndoSteps(t *testing.T) {
 	}
 	if agent.ReportedWith != "task_token" || agent.Reporter != "agent-a" || !agent.ReporterRevoked {
 		t.Fatalf("the revoked agent's step: %+v", agent)
+	}
+	// The revoked agent's step runs only when the responder confirms it.
+	run := "/v1/admin/tasks/" + taskID + "/rollback/" + agent.EventID
+	if r := e.do(http.MethodPost, run, responder, "", nil, false); r.Status != 409 || r.json(t)["rule"] != "rollback.confirm" {
+		t.Fatalf("unconfirmed step of a revoked reporter: %d %s", r.Status, r.Body)
+	}
+	if r := e.do(http.MethodPost, run+"?confirm=yes", responder, "", nil, false); r.Status != 400 {
+		t.Fatalf("confirm=yes: %d %s", r.Status, r.Body)
+	}
+	if r := e.do(http.MethodPost, run+"?confirm=revoked_reporter", responder, "", nil, false); r.Status != 200 {
+		t.Fatalf("confirmed step of a revoked reporter: %d %s", r.Status, r.Body)
 	}
 	u := agent.Undo
 	if u.Method != "POST" || u.URL != "http://127.0.0.1:9/undo" || !u.QueryRemoved || u.BodyBytes != len(agentBody) ||

@@ -144,7 +144,11 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 		var ans struct {
 			Step rollbackStep `json:"step"`
 		}
-		_, err := c.call(ctx, http.MethodPost, base+"/"+url.PathEscape(s.EventID), nil, &ans)
+		path := base + "/" + url.PathEscape(s.EventID)
+		if s.ReporterRevoked { // confirmed above (terminal or --yes)
+			path += "?confirm=revoked_reporter"
+		}
+		_, err := c.call(ctx, http.MethodPost, path, nil, &ans)
 		if err == nil && ans.Step.State != "done" {
 			err = fmt.Errorf("%s", ans.Step.Error)
 		}
@@ -184,7 +188,7 @@ func allowedText(ok bool) string {
 
 func lateText(late bool) string {
 	if late {
-		return "after the task ended"
+		return "late (task ended or token revoked)"
 	}
 	return "during the task"
 }
