@@ -184,17 +184,17 @@ func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req
 	return a, nil
 }
 
-// approvalHolds are the two capped sets a pending approval takes a place
-// in: its task's and its agent's.
-func (s *Service) approvalHolds(a Approval) [2]struct {
+// approvalHold is one capped set of pending approvals.
+type approvalHold struct {
 	id, what string
 	max      int
-} {
+}
+
+// approvalHolds are the two capped sets a pending approval takes a place
+// in: its task's and its agent's.
+func (s *Service) approvalHolds(a Approval) []approvalHold {
 	cfg := s.agent.approvals
-	return [2]struct {
-		id, what string
-		max      int
-	}{
+	return []approvalHold{
 		{"task/" + a.TaskID, "task " + a.TaskID, cfg.MaxPendingPerTask},
 		{"agent/" + a.Issuer + "/" + a.Agent, "agent " + a.Agent, cfg.MaxPendingPerAgent},
 	}
@@ -211,9 +211,7 @@ func (s *Service) holdApproval(ctx context.Context, store Records, a Approval) e
 		if err == nil {
 			continue
 		}
-		if i > 0 {
-			s.releaseApproval(ctx, store, Approval{ID: a.ID, TaskID: a.TaskID})
-		}
+		s.release(ctx, store, a.ID, holds[:i])
 		if errors.Is(err, ErrExists) {
 			return &Error{Code: CodeTooMany, Rule: "approvals.max_pending", Err: err,
 				Message: fmt.Sprintf("%s already has %d approvals pending; wait for a decision", h.what, h.max)}
@@ -226,14 +224,18 @@ func (s *Service) holdApproval(ctx context.Context, store Records, a Approval) e
 // releaseApproval frees a's places (best effort: a place not released
 // frees itself when the approval expires).
 func (s *Service) releaseApproval(ctx context.Context, store Records, a Approval) {
+	s.release(ctx, store, a.ID, s.approvalHolds(a))
+}
+
+func (s *Service) release(ctx context.Context, store Records, id string, holds []approvalHold) {
+	if len(holds) == 0 {
+		return
+	}
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), defaultLedgerTimeout)
 	defer cancel()
-	for _, h := range s.approvalHolds(a) {
-		if strings.HasPrefix(h.id, "agent/") && a.Agent == "" {
-			continue
-		}
-		if err := store.Release(lctx, holdKind, h.id, a.ID); err != nil {
-			s.log.WarnContext(ctx, "releasing a pending-approval place failed", "approval_id", a.ID, "set", h.id, "err", err)
+	for _, h := range holds {
+		if err := store.Release(lctx, holdKind, h.id, id); err != nil {
+			s.log.WarnContext(ctx, "releasing a pending-approval place failed", "approval_id", id, "set", h.id, "err", err)
 		}
 	}
 }
