@@ -121,7 +121,9 @@ const redacted = "[redacted]"
 // and cut to maxBodyPreview runes.
 func bodyPreview(body, contentType string) string {
 	var v any
-	if json.Unmarshal([]byte(body), &v) == nil {
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.UseNumber() // numbers shown as sent
+	if dec.Decode(&v) == nil && !dec.More() {
 		var b bytes.Buffer
 		enc := json.NewEncoder(&b)
 		enc.SetEscapeHTML(false)
@@ -139,8 +141,12 @@ func bodyPreview(body, contentType string) string {
 			return printable.Truncate(q.Encode(), maxBodyPreview)
 		}
 	}
-	return printable.Truncate(body, maxBodyPreview)
+	return printable.Truncate(secretAssignment.ReplaceAllString(body, "${1}"+redacted), maxBodyPreview)
 }
+
+// secretAssignment matches `name=value`, `name: value` and `"name":"value"`
+// in a body that is neither JSON nor a form, where name looks secret.
+var secretAssignment = regexp.MustCompile(`(?i)([\w.-]*(?:key|token|secret|passw|auth|cred|sign|sig|cookie|session|otp|nonce|private)[\w.-]*"?\s*[:=]\s*"?)(?:(?:bearer|basic|dpop)\s+)?[^"&\s,;}<]+`)
 
 func redactJSON(v any) any {
 	switch x := v.(type) {
