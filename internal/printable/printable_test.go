@@ -64,3 +64,22 @@ func TestJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestEscapeEveryRune: for every code point, Escape's output holds only
+// characters that are kept as they are (letters, marks, numbers,
+// punctuation, symbols, spaces), so no member of any control class gets
+// through; and a kept character is returned unchanged.
+func TestEscapeEveryRune(t *testing.T) {
+	for r := rune(0); r <= 0x10ffff; r++ {
+		in := string(r)
+		out := Escape(in)
+		for _, o := range out {
+			if !keep(o) {
+				t.Fatalf("Escape(%U) = %q holds %U", r, out, o)
+			}
+		}
+		if keep(r) && r != 0xfffd && out != in {
+			t.Fatalf("Escape(%U) = %q, want it unchanged", r, out)
+		}
+	}
+}
