@@ -5,11 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -17,8 +20,16 @@ import (
 // configuration sets no timeout.
 const DefaultApprovalTimeout = 5 * time.Minute
 
-// maxPendingList bounds one listing of approvals.
-const maxPendingList = 1000
+// Default caps of pending approvals (ApprovalConfig.MaxPendingPerTask and
+// MaxPendingPerAgent): one agent filing approvals cannot bury another's.
+const (
+	DefaultMaxPendingPerTask  = 8
+	DefaultMaxPendingPerAgent = 32
+)
+
+// holdKind is the Records set kind of pending-approval places: ids
+// "task/<task id>" and "agent/<issuer>/<agent>", members approval ids.
+const holdKind = "approval-pending"
 
 // ApprovalConfig configures the approval rule of sensitive tools.
 type ApprovalConfig struct {
@@ -36,8 +47,13 @@ type ApprovalConfig struct {
 	// logged and never block the answer.
 	WebhookURL string
 	// WebhookClient posts to WebhookURL; default http.Client with the 3 s
-	// timeout.
+	// timeout. Redirects are never followed (a copy of the client is
+	// used, with CheckRedirect set).
 	WebhookClient *http.Client
+	// MaxPendingPerTask and MaxPendingPerAgent cap the approvals pending at
+	// once for one task and for one agent (issuer and subject); one more is
+	// refused with 429. Zero means the default (8 and 32).
+	MaxPendingPerTask, MaxPendingPerAgent int
 }
 
 func (a *agentControls) initApprovals(cfg ApprovalConfig) error {
@@ -47,9 +63,23 @@ func (a *agentControls) initApprovals(cfg ApprovalConfig) error {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultApprovalTimeout
 	}
-	if cfg.WebhookClient == nil {
-		cfg.WebhookClient = &http.Client{Timeout: 3 * time.Second}
+	if cfg.MaxPendingPerTask < 0 || cfg.MaxPendingPerAgent < 0 {
+		return errors.New("broker: approval caps must not be negative")
 	}
+	if cfg.MaxPendingPerTask == 0 {
+		cfg.MaxPendingPerTask = DefaultMaxPendingPerTask
+	}
+	if cfg.MaxPendingPerAgent == 0 {
+		cfg.MaxPendingPerAgent = DefaultMaxPendingPerAgent
+	}
+	client := http.Client{Timeout: 3 * time.Second}
+	if cfg.WebhookClient != nil {
+		client = *cfg.WebhookClient
+	}
+	// A webhook answering with a redirect must not steer Valet's POST
+	// elsewhere (the approval's ids and intent would follow it).
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	cfg.WebhookClient = &client
 	if cfg.Authorize == nil {
 		clients := slices.Clone(cfg.Clients)
 		cfg.Authorize = func(_ context.Context, id, secret string) (string, error) {
@@ -129,10 +159,14 @@ func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req
 	if err != nil {
 		return Approval{}, invalidField("context", "context cannot be stored: %v", err)
 	}
+	if err := s.holdApproval(ctx, store, a); err != nil {
+		return Approval{}, err
+	}
 	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
 	err = store.Put(lctx, "approval", a.ID, b, task.Deadline)
 	cancel()
 	if err != nil {
+		s.releaseApproval(ctx, store, a)
 		return Approval{}, unavailable("the record store", fmt.Errorf("recording approval %s: %w", a.ID, err))
 	}
 	ev := s.event(ctx, "approval.requested", task.Agent, task)
@@ -148,6 +182,62 @@ func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req
 	s.log.InfoContext(ctx, "approval requested", "approval_id", a.ID, "task_id", task.ID, "tool", a.Tool, "expires_at", a.ExpiresAt)
 	s.notifyApproval(ctx, a)
 	return a, nil
+}
+
+// approvalHold is one capped set of pending approvals.
+type approvalHold struct {
+	id, what string
+	max      int
+}
+
+// approvalHolds are the two capped sets a pending approval takes a place
+// in: its task's and its agent's.
+func (s *Service) approvalHolds(a Approval) []approvalHold {
+	cfg := s.agent.approvals
+	return []approvalHold{
+		{"task/" + a.TaskID, "task " + a.TaskID, cfg.MaxPendingPerTask},
+		{"agent/" + a.Issuer + "/" + a.Agent, "agent " + a.Agent, cfg.MaxPendingPerAgent},
+	}
+}
+
+// holdApproval takes a place for a in its task's and its agent's sets of
+// pending approvals, or refuses with 429 naming the cap that is full.
+func (s *Service) holdApproval(ctx context.Context, store Records, a Approval) error {
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	defer cancel()
+	holds := s.approvalHolds(a)
+	for i, h := range holds {
+		err := store.Hold(lctx, holdKind, h.id, a.ID, a.ExpiresAt, h.max)
+		if err == nil {
+			continue
+		}
+		s.release(ctx, store, a.ID, holds[:i])
+		if errors.Is(err, ErrExists) {
+			return &Error{Code: CodeTooManyRequests, Rule: "approvals.max_pending", Err: err,
+				Message: fmt.Sprintf("%s already has %d approvals pending; wait for a decision", h.what, h.max)}
+		}
+		return unavailable("the record store", err)
+	}
+	return nil
+}
+
+// releaseApproval frees a's places (best effort: a place not released
+// frees itself when the approval expires).
+func (s *Service) releaseApproval(ctx context.Context, store Records, a Approval) {
+	s.release(ctx, store, a.ID, s.approvalHolds(a))
+}
+
+func (s *Service) release(ctx context.Context, store Records, id string, holds []approvalHold) {
+	if len(holds) == 0 {
+		return
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), defaultLedgerTimeout)
+	defer cancel()
+	for _, h := range holds {
+		if err := store.Release(lctx, holdKind, h.id, id); err != nil {
+			s.log.WarnContext(ctx, "releasing a pending-approval place failed", "approval_id", id, "set", h.id, "err", err)
+		}
+	}
 }
 
 func hashOf(args []byte) string { return argsDetail("", args, false)["args_hash"].(string) }
@@ -246,6 +336,7 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 	if a.State != from {
 		return a, &Error{Code: CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, a.State), Err: ErrNotActive}
 	}
+	wasPending := a.State == ApprovalPending
 	change(&a)
 	next, _ := json.Marshal(a) // it was just decoded from JSON
 	switch err := store.Swap(lctx, "approval", id, old, next); {
@@ -257,6 +348,9 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 		return cur, &Error{Code: CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, cur.State), Err: err}
 	case err != nil:
 		return Approval{}, unavailable("the record store", err)
+	}
+	if wasPending && a.State != ApprovalPending {
+		s.releaseApproval(ctx, store, a)
 	}
 	ev := s.event(ctx, typ, actor, Task{ID: a.TaskID, Issuer: a.Issuer, Template: a.Template})
 	ev.Outcome, ev.Reason = string(a.State), a.Reason
@@ -291,36 +385,139 @@ func (s *Service) AuthorizeApprover(ctx context.Context, id, secret string) (str
 	return who, nil
 }
 
-// PendingApprovals lists the approvals waiting for a decision, oldest
-// first; ones past their timeout are moved to expired on the way.
-func (s *Service) PendingApprovals(ctx context.Context) ([]Approval, error) {
+// Bounds of GET /v1/approvals.
+const (
+	// maxApprovalScan is how many approval records one listing reads
+	// before it filters and pages them.
+	maxApprovalScan = 5000
+	// DefaultApprovalPage and MaxApprovalPage bound one page.
+	DefaultApprovalPage = 100
+	MaxApprovalPage     = 1000
+)
+
+// ApprovalQuery selects and pages approvals for an approver. Empty fields
+// match everything; State defaults to pending.
+type ApprovalQuery struct {
+	State    ApprovalState
+	Agent    string // the task's agent (Approval.Agent) or any actor of its chain
+	Template string
+	TaskID   string
+	// Limit is the page size: 0 means DefaultApprovalPage, at most
+	// MaxApprovalPage.
+	Limit int
+	// Cursor is the NextCursor of the previous page.
+	Cursor string
+}
+
+// Validate refuses a query Valet cannot answer, naming the parameter.
+func (q *ApprovalQuery) Validate() error {
+	switch q.State {
+	case "":
+		q.State = ApprovalPending
+	case ApprovalPending, ApprovalApproved, ApprovalDenied, ApprovalExpired, ApprovalIssued:
+	default:
+		return invalidField("state", "state must be pending, approved, denied, expired or issued")
+	}
+	for name, v := range map[string]string{"agent": q.Agent, "template": q.Template, "task_id": q.TaskID} {
+		if len(v) > 256 {
+			return invalidField(name, "%s must be at most 256 bytes", name)
+		}
+	}
+	switch {
+	case q.Limit == 0:
+		q.Limit = DefaultApprovalPage
+	case q.Limit < 0 || q.Limit > MaxApprovalPage:
+		return invalidField("limit", "limit must be from 1 to %d", MaxApprovalPage)
+	}
+	if q.Cursor != "" {
+		if _, _, err := decodeApprovalCursor(q.Cursor); err != nil {
+			return invalidField("cursor", "cursor is not one Valet gave")
+		}
+	}
+	return nil
+}
+
+func (q ApprovalQuery) match(a Approval) bool {
+	return a.State == q.State && (q.Template == "" || a.Template == q.Template) && (q.TaskID == "" || a.TaskID == q.TaskID) &&
+		(q.Agent == "" || a.Agent == q.Agent || slices.Contains(a.Act, q.Agent))
+}
+
+// The sort key of approvals: created_at, then id (both ascending). A cursor
+// is the key of the last approval of a page.
+func approvalKeyCompare(a Approval, at time.Time, id string) int {
+	if c := a.CreatedAt.Compare(at); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, id)
+}
+
+func encodeApprovalCursor(a Approval) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(a.CreatedAt.UnixNano(), 10) + "/" + a.ID))
+}
+
+func decodeApprovalCursor(c string) (time.Time, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return time.Time{}, "", err
+	}
+	ns, id, ok := strings.Cut(string(b), "/")
+	n, err := strconv.ParseInt(ns, 10, 64)
+	if !ok || err != nil || id == "" {
+		return time.Time{}, "", errors.New("malformed cursor")
+	}
+	return time.Unix(0, n), id, nil
+}
+
+// ListApprovals lists the approvals q selects, sorted by created_at then
+// id (oldest first), one page at a time: next is the cursor of the next
+// page, "" on the last. Pending ones past their timeout are moved to
+// expired on the way. It reads at most maxApprovalScan records.
+func (s *Service) ListApprovals(ctx context.Context, q ApprovalQuery) (page []Approval, next string, err error) {
+	if err := q.Validate(); err != nil {
+		return nil, "", err
+	}
 	store, err := s.recordsStore()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
-	recs, err := store.List(lctx, "approval", maxPendingList)
+	recs, err := store.List(lctx, "approval", maxApprovalScan)
 	cancel()
 	if err != nil {
-		return nil, unavailable("the record store", err)
+		return nil, "", unavailable("the record store", err)
+	}
+	var afterAt time.Time
+	var afterID string
+	if q.Cursor != "" {
+		afterAt, afterID, _ = decodeApprovalCursor(q.Cursor) // checked by Validate
 	}
 	out := []Approval{}
 	now := s.now()
 	for _, b := range recs {
 		var a Approval
-		if json.Unmarshal(b, &a) != nil || a.State != ApprovalPending {
+		if json.Unmarshal(b, &a) != nil {
 			continue
 		}
-		if !now.Before(a.ExpiresAt) {
-			if _, err := s.settle(ctx, a.ID, ApprovalExpired, "valet", "nobody decided before the approval timeout"); err != nil && ErrorCode(err) != CodeConflict {
+		if a.State == ApprovalPending && !now.Before(a.ExpiresAt) {
+			x, err := s.settle(ctx, a.ID, ApprovalExpired, "valet", "nobody decided before the approval timeout")
+			if err != nil && ErrorCode(err) != CodeConflict {
 				s.log.ErrorContext(ctx, "expiring an approval failed", "approval_id", a.ID, "err", err)
+				continue
 			}
-			continue
+			if err == nil {
+				a = x
+			}
 		}
-		out = append(out, a)
+		if q.match(a) && (q.Cursor == "" || approvalKeyCompare(a, afterAt, afterID) > 0) {
+			out = append(out, a)
+		}
 	}
-	slices.SortFunc(out, func(a, b Approval) int { return a.CreatedAt.Compare(b.CreatedAt) })
-	return out, nil
+	slices.SortFunc(out, func(a, b Approval) int { return approvalKeyCompare(a, b.CreatedAt, b.ID) })
+	if len(out) > q.Limit {
+		out = out[:q.Limit]
+		next = encodeApprovalCursor(out[len(out)-1])
+	}
+	return out, next, nil
 }
 
 // DecideApproval records an approver's decision on a pending approval.

@@ -30,6 +30,19 @@ const (
 	maxUndoBody = 8 << 10
 	// maxSideEffect caps the side-effect text.
 	maxSideEffect = 1024
+	// maxBodyPreview caps the undo body preview a rollback plan shows, in
+	// runes after escaping.
+	maxBodyPreview = 256
+)
+
+// How a report was authenticated (ToolEvent.ReportedWith).
+const (
+	// ReportedWithTaskToken: the task token alone (the agent, or whoever
+	// holds its token).
+	ReportedWithTaskToken = "task_token"
+	// ReportedWithClient: a tool server's client credentials
+	// (Valet-Client-Authorization) beside the task token.
+	ReportedWithClient = "client"
 )
 
 // LateVerifier is implemented by a task-token issuer that can verify a
@@ -85,21 +98,41 @@ type ToolEvent struct {
 	Reporter   string    `json:"reporter"`
 	JTI        string    `json:"jti"`
 	ReportedAt time.Time `json:"reported_at"`
-	// Late is set when the report came after the task ended.
+	// ReportedWith says what authenticated the report: ReportedWithTaskToken
+	// or ReportedWithClient.
+	ReportedWith string `json:"reported_with,omitempty"`
+	// Late is set when the report came after the task ended or its token
+	// stopped being live (only a tool server's client may report then).
 	Late bool `json:"late,omitempty"`
 }
 
-// UndoView is what listings show of an Undo: never its body.
+// reportedWith is ReportedWith, derived from Reporter for events stored
+// before it was recorded.
+func (e ToolEvent) reportedWith() string {
+	switch {
+	case e.ReportedWith != "":
+		return e.ReportedWith
+	case strings.HasPrefix(e.Reporter, "client:"):
+		return ReportedWithClient
+	}
+	return ReportedWithTaskToken
+}
+
+// UndoView is what listings show of an Undo: the URL without its query
+// (as the audit trail has it), never its body.
 type UndoView struct {
-	URL        string `json:"url"`
-	Method     string `json:"method"`
-	BodySHA256 string `json:"body_sha256,omitempty"`
+	URL    string `json:"url"`
+	Method string `json:"method"`
+	// QueryRemoved: the URL had a query (or fragment), left out here.
+	QueryRemoved bool   `json:"query_removed,omitempty"`
+	BodySHA256   string `json:"body_sha256,omitempty"`
 }
 
 // View is the event as listed: the undo body replaced by its hash.
 func (e ToolEvent) View() map[string]any {
 	m := map[string]any{"id": e.ID, "task_id": e.TaskID, "tool": e.Tool, "outcome": e.Outcome, "agent": e.Agent,
-		"reporter": e.Reporter, "jti": e.JTI, "reported_at": e.ReportedAt.UTC().Format(time.RFC3339Nano), "late": e.Late}
+		"reporter": e.Reporter, "reported_with": e.reportedWith(), "jti": e.JTI,
+		"reported_at": e.ReportedAt.UTC().Format(time.RFC3339Nano), "late": e.Late}
 	if e.Status != 0 {
 		m["status"] = e.Status
 	}
@@ -113,7 +146,10 @@ func (e ToolEvent) View() map[string]any {
 }
 
 func (u *Undo) view() UndoView {
-	v := UndoView{URL: u.URL, Method: u.Method}
+	v := UndoView{URL: u.auditURL(), Method: u.Method}
+	if p, err := url.Parse(u.URL); err == nil {
+		v.QueryRemoved = p.RawQuery != "" || p.ForceQuery || p.Fragment != ""
+	}
 	if u.Body != "" {
 		v.BodySHA256 = shaPrefix(u.Body)
 	}
@@ -177,10 +213,13 @@ func (e EventReport) validate() error {
 
 // reportCaller authenticates a report: the task token of task a.TaskID,
 // verified even if it expired within the retention, on record for that
-// task. A live task also needs the token live; an ended one (a late
-// report) does not. A DPoP-bound token needs a proof by its key or the
-// reporting tool server's client credentials. It returns the claims, the
-// task, whether the report is late, and the reporter.
+// task. A DPoP-bound token needs a proof by its key or the reporting tool
+// server's client credentials. The token alone is enough only while it is
+// live (its task active and before its deadline, the token neither denied
+// nor expired): a revoked or finished agent cannot add steps to its own
+// rollback. After that, within the retention, a report is "late" and must
+// come with a tool server's client credentials. It returns the claims,
+// the task, whether the report is late, and the reporter.
 func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (TaskClaims, Task, bool, string, error) {
 	fail := func(err error) (TaskClaims, Task, bool, string, error) { return TaskClaims{}, Task{}, false, "", err }
 	if raw == "" {
@@ -241,14 +280,11 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (T
 		return fail(unavailable("the credential ledger", err))
 	}
 	now := s.now()
-	ended := t.State != StateActive || !now.Before(t.Deadline)
-	if !ended && (denied || !now.Before(cred.ExpiresAt)) {
-		return fail(unauthenticated(fmt.Errorf("token %s is revoked or expired while its task is active", c.ID)))
-	}
+	live := t.State == StateActive && now.Before(t.Deadline) && !denied && now.Before(cred.ExpiresAt)
 	if !now.Before(t.Deadline.Add(s.agent.eventRetention)) {
 		return fail(unauthenticated(fmt.Errorf("task %s ended more than the retention ago", t.ID)))
 	}
-	return c, t, ended, reporter, nil
+	return c, t, !live, reporter, nil
 }
 
 // ReportEvent stores and audits one tool call reported with the task's
@@ -267,16 +303,35 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 		return ToolEvent{}, &Error{Code: CodeForbidden, Rule: "tools", Field: "tool",
 			Message: fmt.Sprintf("tool %q is not granted to this task", rep.Tool)}
 	}
+	with := ReportedWithTaskToken
+	if a.ClientID != "" {
+		with = ReportedWithClient
+	}
 	ev := ToolEvent{ID: newID("evt"), TaskID: t.ID, Tool: rep.Tool, Outcome: rep.Outcome, Status: rep.Status,
 		SideEffect: rep.SideEffect, Undo: rep.Undo, Agent: c.Actor(), Reporter: reporter, JTI: c.ID,
-		ReportedAt: s.now().UTC(), Late: late}
+		ReportedAt: s.now().UTC(), ReportedWith: with, Late: late}
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return ToolEvent{}, &Error{Code: CodeInternal, Message: "encoding the event failed", Err: err}
 	}
+	// Take one of the task's maxEvents slots before anything is audited: a
+	// report over the cap is refused without a tool.called in the trail.
+	// The slot list never shrinks, so the events list (appended only after
+	// a slot is taken) never refuses for lack of room.
+	until := t.Deadline.Add(s.agent.eventRetention)
+	sctx, scancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	err = store.Append(sctx, "event-slots", t.ID, []byte(ev.ID), until, maxEvents)
+	scancel()
+	switch {
+	case errors.Is(err, ErrExists):
+		s.log.WarnContext(ctx, "tool-call report refused: the task's events are full", "task_id", t.ID, "max", maxEvents)
+		return ToolEvent{}, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already has %d events; no more are kept", t.ID, maxEvents), Err: err}
+	case err != nil:
+		return ToolEvent{}, unavailable("the record store", err)
+	}
 	ae := s.event(ctx, "tool.called", reporter, t)
 	ae.Outcome, ae.Creds = rep.Outcome, []string{c.ID}
-	ae.Detail = map[string]any{"event_id": ev.ID, "tool": rep.Tool, "agent": ev.Agent, "late": late}
+	ae.Detail = map[string]any{"event_id": ev.ID, "tool": rep.Tool, "agent": ev.Agent, "reported_with": with, "late": late}
 	if rep.Status != 0 {
 		ae.Detail["status"] = rep.Status
 	}
@@ -296,7 +351,7 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	}
 	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
 	defer cancel()
-	err = store.Append(lctx, "events", t.ID, b, t.Deadline.Add(s.agent.eventRetention), maxEvents)
+	err = store.Append(lctx, "events", t.ID, b, until, maxEvents)
 	switch {
 	case errors.Is(err, ErrExists):
 		return ToolEvent{}, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already has %d events; no more are kept", t.ID, maxEvents), Err: err}

@@ -34,4 +34,14 @@ type Records interface {
 	Append(ctx context.Context, kind, id string, rec []byte, until time.Time, max int) error
 	// Items returns up to limit items of the list kind/id, oldest first.
 	Items(ctx context.Context, kind, id string, limit int) ([][]byte, error)
+	// Hold adds member to the set kind/id until the given time, unless the
+	// set already holds max live members (a member whose time has passed no
+	// longer counts): then nothing changes and ErrExists comes back. Holding
+	// a member already held renews it. Of concurrent holds on a set with one
+	// free place, exactly one succeeds. It is a counting semaphore whose
+	// places free themselves if never released.
+	Hold(ctx context.Context, kind, id, member string, until time.Time, max int) error
+	// Release removes member from the set kind/id; a member not held is not
+	// an error.
+	Release(ctx context.Context, kind, id, member string) error
 }

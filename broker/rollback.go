@@ -9,9 +9,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/valet-dev/valet/internal/printable"
 )
 
 // RollbackConfig says which undo webhooks a rollback may call.
@@ -50,14 +53,27 @@ func (c *RollbackConfig) allowed(raw string) bool {
 	return slices.Contains(c.AllowedHosts, strings.ToLower(u.Host)) || slices.Contains(c.AllowedHosts, strings.ToLower(u.Hostname()))
 }
 
-// RollbackStep is one undo of a rollback plan.
+// RollbackStep is one undo of a rollback plan. It says who chose the undo
+// (Reporter, ReportedWith) and whether that principal has since been
+// revoked, so a responder can judge a step before running it.
 type RollbackStep struct {
 	EventID    string    `json:"event_id"`
 	Tool       string    `json:"tool"`
 	SideEffect string    `json:"side_effect,omitempty"`
 	ReportedAt time.Time `json:"reported_at"`
 	Late       bool      `json:"late"`
-	Undo       UndoView  `json:"undo"`
+	// Agent held the task token; Reporter authenticated the report
+	// ("client:<id>" for a tool server, else the agent); ReportedWith is
+	// ReportedWithTaskToken or ReportedWithClient.
+	Agent        string `json:"agent"`
+	Reporter     string `json:"reporter"`
+	ReportedWith string `json:"reported_with"`
+	// ReporterRevoked: the principal that reported the step has since been
+	// revoked (its task revoked or its token denied; for a client, no
+	// longer configured), with why in RevokedReason.
+	ReporterRevoked bool         `json:"reporter_revoked"`
+	RevokedReason   string       `json:"reporter_revoked_reason,omitempty"`
+	Undo            UndoPlanView `json:"undo"`
 	// Allowed: the webhook's host is in rollback.allowed_hosts.
 	Allowed bool `json:"allowed"`
 	// State: "pending" (not run), "done", "failed" or "running".
@@ -76,6 +92,134 @@ type stepRecord struct {
 	By     string    `json:"by"`
 }
 
+// UndoPlanView is an Undo as a rollback plan shows it to a responder: the
+// listing's view plus the body's size, media type and a bounded preview
+// with secret-named fields redacted and control characters escaped.
+type UndoPlanView struct {
+	UndoView
+	ContentType string `json:"content_type,omitempty"`
+	BodyBytes   int    `json:"body_bytes,omitempty"`
+	BodyPreview string `json:"body_preview,omitempty"`
+}
+
+func (u *Undo) planView() UndoPlanView {
+	v := UndoPlanView{UndoView: u.view(), BodyBytes: len(u.Body)}
+	if u.Body != "" {
+		v.ContentType = printable.Truncate(u.ContentType, 128)
+		v.BodyPreview = bodyPreview(u.Body, u.ContentType)
+	}
+	return v
+}
+
+// secretName matches field names whose values a preview never shows.
+var secretName = regexp.MustCompile(`(?i)key|token|secret|passw|auth|cred|sign|sig$|cookie|session|otp|nonce|private`)
+
+const redacted = "[redacted]"
+
+// bodyPreview shows an undo body safely: a JSON or form body with the
+// values of secret-named fields replaced, anything else as text; escaped
+// and cut to maxBodyPreview runes.
+func bodyPreview(body, contentType string) string {
+	var v any
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.UseNumber() // numbers shown as sent
+	if dec.Decode(&v) == nil && !dec.More() {
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		if enc.Encode(redactJSON(v)) == nil {
+			return printable.Truncate(strings.TrimSuffix(b.String(), "\n"), maxBodyPreview)
+		}
+	}
+	if strings.HasPrefix(strings.ToLower(strings.TrimSpace(contentType)), "application/x-www-form-urlencoded") {
+		if q, err := url.ParseQuery(body); err == nil {
+			for k := range q {
+				if secretName.MatchString(k) {
+					q[k] = []string{redacted}
+				}
+			}
+			return printable.Truncate(q.Encode(), maxBodyPreview)
+		}
+	}
+	return printable.Truncate(secretAssignment.ReplaceAllString(body, "${1}"+redacted), maxBodyPreview)
+}
+
+// secretAssignment matches `name=value`, `name: value` and `"name":"value"`
+// in a body that is neither JSON nor a form, where name looks secret.
+var secretAssignment = regexp.MustCompile(`(?i)([\w.-]*(?:key|token|secret|passw|auth|cred|sign|sig|cookie|session|otp|nonce|private)[\w.-]*"?\s*[:=]\s*"?)(?:(?:bearer|basic|dpop)\s+)?[^"&\s,;}<]+`)
+
+func redactJSON(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, val := range x {
+			if secretName.MatchString(k) {
+				x[k] = redacted
+			} else {
+				x[k] = redactJSON(val)
+			}
+		}
+	case []any:
+		for i := range x {
+			x[i] = redactJSON(x[i])
+		}
+	}
+	return v
+}
+
+// reporterRevoked says whether the principal that reported e has been
+// revoked since: for a task token, its task revoked or the token denied;
+// for a tool server, its client no longer configured. An answer Valet
+// cannot know (records gone) counts as revoked.
+func (a *Admin) reporterRevoked(ctx context.Context, t *Task, e ToolEvent) (bool, string, error) {
+	if e.reportedWith() == ReportedWithClient {
+		id := strings.TrimPrefix(e.Reporter, "client:")
+		if !slices.ContainsFunc(a.svc.clients, func(c Client) bool { return c.ID == id }) {
+			return true, "client " + id + " is no longer configured", nil
+		}
+		return false, "", nil
+	}
+	switch {
+	case t == nil:
+		return true, "the task's records are gone", nil
+	case t.State == StateRevoked:
+		return true, "task " + t.ID + " was revoked", nil
+	}
+	_, denied, err := a.svc.ledger.Credential(ctx, e.JTI)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return true, "token " + e.JTI + " is not on record", nil
+	case err != nil:
+		return false, "", unavailable("the credential ledger", err)
+	case denied && t.State == StateActive:
+		return true, "token " + e.JTI + " was revoked", nil
+	}
+	return false, "", nil
+}
+
+// rollbackStep is the plan's view of event e, which has an undo.
+func (a *Admin) rollbackStep(ctx context.Context, t *Task, e ToolEvent) (RollbackStep, error) {
+	revoked, why, err := a.reporterRevoked(ctx, t, e)
+	if err != nil {
+		return RollbackStep{}, err
+	}
+	return RollbackStep{EventID: e.ID, Tool: e.Tool, SideEffect: e.SideEffect, ReportedAt: e.ReportedAt, Late: e.Late,
+		Agent: e.Agent, Reporter: e.Reporter, ReportedWith: e.reportedWith(), ReporterRevoked: revoked, RevokedReason: why,
+		Undo: e.Undo.planView(), Allowed: a.rollback.allowed(e.Undo.URL), State: "pending"}, nil
+}
+
+// rollbackTask reads the task of a rollback: nil when its records are gone
+// but its events remain.
+func (a *Admin) rollbackTask(ctx context.Context, taskID string, haveEvents bool) (*Task, error) {
+	t, _, err := a.TaskDetail(ctx, taskID)
+	switch {
+	case err == nil:
+		return &t, nil
+	case ErrorCode(err) == CodeNotFound && haveEvents:
+		return nil, nil
+	}
+	return nil, err
+}
+
 // RollbackPlan lists the undo steps of a task's events, newest first (the
 // order to run them in), with what has been run already.
 func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep, error) {
@@ -83,10 +227,9 @@ func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep
 	if err != nil {
 		return nil, err
 	}
-	if len(evs) == 0 {
-		if _, _, err := a.TaskDetail(ctx, taskID); err != nil {
-			return nil, err
-		}
+	t, err := a.rollbackTask(ctx, taskID, len(evs) > 0)
+	if err != nil {
+		return nil, err
 	}
 	store, err := a.svc.recordsStore()
 	if err != nil {
@@ -98,8 +241,10 @@ func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep
 		if e.Undo == nil {
 			continue
 		}
-		st := RollbackStep{EventID: e.ID, Tool: e.Tool, SideEffect: e.SideEffect, ReportedAt: e.ReportedAt, Late: e.Late,
-			Undo: e.Undo.view(), Allowed: a.rollback.allowed(e.Undo.URL), State: "pending"}
+		st, err := a.rollbackStep(ctx, t, e)
+		if err != nil {
+			return nil, err
+		}
 		b, err := store.Get(ctx, "rollback", taskID+"/"+e.ID)
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -119,8 +264,10 @@ func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep
 // RollbackRun calls the undo webhook of one event of a task, once: a step
 // already done is 409; a step running elsewhere is 409; a failed one may be
 // run again. The call is audited (`rollback.step`) before and after it is
-// made; its host must be allowed (403, rule rollback.allowed_hosts).
-func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eventID string) (RollbackStep, error) {
+// made; its host must be allowed (403, rule rollback.allowed_hosts). A
+// step whose reporter has been revoked since runs only when the responder
+// confirms it (confirmRevoked; else 409, rule rollback.confirm).
+func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eventID string, confirmRevoked bool) (RollbackStep, error) {
 	evs, err := a.svc.events(ctx, taskID)
 	if err != nil {
 		return RollbackStep{}, err
@@ -130,16 +277,24 @@ func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eve
 		return RollbackStep{}, Errorf(CodeNotFound, "task %q has no event %q with an undo", taskID, eventID)
 	}
 	e := evs[i]
-	step := RollbackStep{EventID: e.ID, Tool: e.Tool, SideEffect: e.SideEffect, ReportedAt: e.ReportedAt, Late: e.Late,
-		Undo: e.Undo.view(), Allowed: a.rollback.allowed(e.Undo.URL)}
 	t, _, err := a.TaskDetail(ctx, taskID)
 	if err != nil {
 		return RollbackStep{}, err
 	}
+	step, err := a.rollbackStep(ctx, &t, e)
+	if err != nil {
+		return RollbackStep{}, err
+	}
+	step.State = ""
+	if step.ReporterRevoked && !confirmRevoked {
+		return RollbackStep{}, &Error{Code: CodeConflict, Rule: "rollback.confirm",
+			Message: fmt.Sprintf("event %s was reported by a principal revoked since (%s): confirm with confirm=revoked_reporter", e.ID, step.RevokedReason)}
+	}
 	audit := func(outcome string, detail map[string]any) error {
 		ev := a.svc.event(ctx, "rollback.step", who.Actor(), t)
 		ev.Outcome = outcome
-		ev.Detail = map[string]any{"event_id": e.ID, "tool": e.Tool, "method": e.Undo.Method, "url": e.Undo.auditURL()}
+		ev.Detail = map[string]any{"event_id": e.ID, "tool": e.Tool, "method": e.Undo.Method, "url": e.Undo.auditURL(),
+			"reporter": e.Reporter, "reported_with": step.ReportedWith, "reporter_revoked": step.ReporterRevoked}
 		for k, v := range detail {
 			ev.Detail[k] = v
 		}

@@ -19,6 +19,7 @@ type memRecords struct {
 	mu    sync.Mutex
 	recs  map[string]memRec
 	lists map[string]*memList
+	holds map[string]map[string]time.Time
 }
 
 type memRec struct {
@@ -32,7 +33,9 @@ type memList struct {
 }
 
 func (l *MemoryLedger) records() *memRecords {
-	l.recsOnce.Do(func() { l.recs = &memRecords{recs: map[string]memRec{}, lists: map[string]*memList{}} })
+	l.recsOnce.Do(func() {
+		l.recs = &memRecords{recs: map[string]memRec{}, lists: map[string]*memList{}, holds: map[string]map[string]time.Time{}}
+	})
 	return l.recs
 }
 
@@ -115,6 +118,41 @@ func (l *MemoryLedger) Append(_ context.Context, kind, id string, rec []byte, un
 	}
 	ls.items = append(ls.items, bytes.Clone(rec))
 	ls.until = later(ls.until, until)
+	return nil
+}
+
+// Hold implements broker.Records.
+func (l *MemoryLedger) Hold(_ context.Context, kind, id, member string, until time.Time, max int) error {
+	r, now := l.records(), l.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	set := r.holds[recKey(kind, id)]
+	if set == nil {
+		set = map[string]time.Time{}
+		r.holds[recKey(kind, id)] = set
+	}
+	for m, t := range set {
+		if !now.Before(t) {
+			delete(set, m)
+		}
+	}
+	if _, held := set[member]; !held && len(set) >= max {
+		return fmt.Errorf("holding %s %s: %d places taken: %w", kind, id, max, broker.ErrExists)
+	}
+	set[member] = until
+	return nil
+}
+
+// Release implements broker.Records.
+func (l *MemoryLedger) Release(_ context.Context, kind, id, member string) error {
+	r := l.records()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	set := r.holds[recKey(kind, id)]
+	delete(set, member)
+	if len(set) == 0 {
+		delete(r.holds, recKey(kind, id))
+	}
 	return nil
 }
 

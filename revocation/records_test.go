@@ -107,6 +107,58 @@ func testRecords(t *testing.T, newStore func(t *testing.T) broker.Records) {
 			t.Fatalf("items of nothing = %q %v", items, err)
 		}
 	})
+	t.Run("hold caps a set", func(t *testing.T) {
+		s := newStore(t)
+		var wins atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				switch err := s.Hold(ctx, "approval-pending", "tsk", fmt.Sprint("apr", i), until, 3); {
+				case err == nil:
+					wins.Add(1)
+				case !errors.Is(err, broker.ErrExists):
+					t.Errorf("hold: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if wins.Load() != 3 {
+			t.Fatalf("%d of 16 concurrent holds won 3 places", wins.Load())
+		}
+		if err := s.Hold(ctx, "approval-pending", "other", "apr0", until, 3); err != nil {
+			t.Fatalf("another set is its own: %v", err)
+		}
+		if err := s.Release(ctx, "approval-pending", "tsk", "nobody"); err != nil {
+			t.Fatalf("releasing a member not held: %v", err)
+		}
+		// Release one held member (which one won is unknown: release all,
+		// then fill again).
+		for i := range 16 {
+			if err := s.Release(ctx, "approval-pending", "tsk", fmt.Sprint("apr", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, m := range []string{"a", "b"} {
+			if err := s.Hold(ctx, "approval-pending", "tsk", m, until, 3); err != nil {
+				t.Fatalf("hold after release: %v", err)
+			}
+		}
+		if err := s.Hold(ctx, "approval-pending", "tsk", "a", until, 2); err != nil {
+			t.Fatalf("renewing a held member of a full set: %v", err)
+		}
+		if err := s.Hold(ctx, "approval-pending", "tsk", "c", until, 2); !errors.Is(err, broker.ErrExists) {
+			t.Fatalf("hold in a full set: %v", err)
+		}
+		// A member whose time has passed no longer counts.
+		if err := s.Hold(ctx, "approval-pending", "old", "x", time.Now().Add(-time.Second), 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Hold(ctx, "approval-pending", "old", "y", until, 1); err != nil {
+			t.Fatalf("hold where the only member expired: %v", err)
+		}
+	})
 }
 
 func TestRedisRecords(t *testing.T) {

@@ -17,7 +17,9 @@ import (
 //	valet:rec:<kind>:<id>                string: one record (JSON), until its expiry
 //	valet:recidx:<kind>                  zset: ids of kind scored by expiry (unix ms), trimmed as records are put
 //	valet:list:<kind>:<id>               list: items (JSON), oldest first, until the latest expiry given
+//	valet:hold:<kind>:<id>               zset: held members scored by their expiry (unix ms), until the latest
 func (k keys) rec(kind, id string) string  { return k.prefix + ":rec:" + part(kind) + ":" + part(id) }
+func (k keys) hold(kind, id string) string { return k.prefix + ":hold:" + part(kind) + ":" + part(id) }
 func (k keys) recIndex(kind string) string { return k.prefix + ":recidx:" + part(kind) }
 func (k keys) list(kind, id string) string { return k.prefix + ":list:" + part(kind) + ":" + part(id) }
 
@@ -124,6 +126,31 @@ func (l *RedisLedger) Append(ctx context.Context, kind, id string, rec []byte, u
 		return fmt.Errorf("appending to %s %s: list is full: %w", kind, id, broker.ErrExists)
 	}
 	return wrapErr("appending to "+kind+" "+id, err)
+}
+
+// holdScript: KEYS: set. ARGV: member, expire-at ms, max.
+var holdScript = redis.NewScript(luaCommon + `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return redis.error_reply('VALET_EXISTS')
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+expire_at_least(KEYS[1], ARGV[2])
+return 1
+`)
+
+// Hold implements broker.Records.
+func (l *RedisLedger) Hold(ctx context.Context, kind, id, member string, until time.Time, max int) error {
+	err := holdScript.Run(ctx, l.c, []string{l.keys.hold(kind, id)}, member, until.UnixMilli(), max).Err()
+	if err != nil && strings.Contains(err.Error(), "VALET_EXISTS") {
+		return fmt.Errorf("holding %s %s: %d places taken: %w", kind, id, max, broker.ErrExists)
+	}
+	return wrapErr("holding "+kind+" "+id, err)
+}
+
+// Release implements broker.Records.
+func (l *RedisLedger) Release(ctx context.Context, kind, id, member string) error {
+	return wrapErr("releasing "+kind+" "+id, l.c.ZRem(ctx, l.keys.hold(kind, id), member).Err())
 }
 
 // Items implements broker.Records.

@@ -17,7 +17,9 @@ import (
 // tells Valet what happened (POST /v1/tasks/{id}/events, authenticated by
 // the task token it was called with and this server's client
 // credentials), from a bounded queue so the response never waits. Run
-// sends them; a full queue drops the report and counts it.
+// sends them; a full queue drops the report and counts it. The client
+// credentials are what let Valet accept a report that arrives after the
+// task ended or its token was revoked (late): the token alone is not.
 
 // reportQueue is how many reports may wait to be sent.
 const reportQueue = 1024

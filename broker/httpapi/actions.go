@@ -3,6 +3,7 @@ package httpapi
 import (
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,23 +99,34 @@ func (a *api) approver(r *http.Request) (string, error) {
 	return a.svc.AuthorizeApprover(r.Context(), id, secret)
 }
 
-// listApprovals is GET /v1/approvals?state=pending.
+// listApprovals is GET /v1/approvals?state=&agent=&template=&task_id=&limit=&cursor=.
 func (a *api) listApprovals(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.approver(r); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	if st := r.URL.Query().Get("state"); st != "" && st != "pending" {
-		a.writeError(w, r, &broker.Error{Code: broker.CodeInvalid, Field: "state", Message: "state must be pending"})
-		return
+	v := r.URL.Query()
+	q := broker.ApprovalQuery{State: broker.ApprovalState(v.Get("state")), Agent: v.Get("agent"), Template: v.Get("template"),
+		TaskID: v.Get("task_id"), Cursor: v.Get("cursor")}
+	if l := v.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			a.writeError(w, r, &broker.Error{Code: broker.CodeInvalid, Field: "limit", Message: "limit must be a positive integer"})
+			return
+		}
+		q.Limit = n
 	}
-	list, err := a.svc.PendingApprovals(r.Context())
+	list, next, err := a.svc.ListApprovals(r.Context(), q)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, map[string]any{"approvals": list})
+	body := map[string]any{"approvals": list}
+	if next != "" {
+		body["next_cursor"] = next
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 // decideApproval is POST /v1/approvals/{id}/approve and .../deny.

@@ -100,13 +100,19 @@ func (a *api) adminRollbackPlan(w http.ResponseWriter, r *http.Request) {
 }
 
 // adminRollbackStep is POST /v1/admin/tasks/{id}/rollback/{event_id}: call
-// one undo webhook.
+// one undo webhook (?confirm=revoked_reporter for a step whose reporter was
+// revoked since).
 func (a *api) adminRollbackStep(w http.ResponseWriter, r *http.Request) {
 	p, ok := a.admin(w, r, broker.RoleResponder, "tasks.rollback")
 	if !ok {
 		return
 	}
-	step, err := a.opts.Admin.RollbackRun(r.Context(), p, chi.URLParam(r, "id"), chi.URLParam(r, "event_id"))
+	confirm := r.URL.Query().Get("confirm")
+	if confirm != "" && confirm != "revoked_reporter" {
+		a.writeError(w, r, &broker.Error{Code: broker.CodeInvalid, Field: "confirm", Message: "confirm must be revoked_reporter"})
+		return
+	}
+	step, err := a.opts.Admin.RollbackRun(r.Context(), p, chi.URLParam(r, "id"), chi.URLParam(r, "event_id"), confirm == "revoked_reporter")
 	if err != nil {
 		a.writeError(w, r, err)
 		return

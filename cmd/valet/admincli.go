@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/audit"
+	"github.com/valet-dev/valet/internal/printable"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -78,22 +79,34 @@ func (c *adminClient) call(ctx context.Context, method, path string, body, out a
 		if e.Message == "" {
 			e.Message = strings.TrimSpace(string(raw))
 		}
-		return resp.StatusCode, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, e.Message)
+		return resp.StatusCode, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, printable.Escape(e.Message))
 	}
 	return resp.StatusCode, json.Unmarshal(raw, out)
 }
 
+// json writes v as indented JSON, terminal controls escaped (printable.JSON).
 func (c *adminClient) json(v any) error {
-	enc := json.NewEncoder(c.stdout)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	_, err := c.stdout.Write(printable.JSON(b.Bytes()))
+	return err
 }
 
+// table writes rows under header, each cell escaped (printable.Escape):
+// cells carry what agents and tool servers sent.
 func (c *adminClient) table(header string, rows [][]string) {
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, header)
 	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
+		cells := make([]string, len(r))
+		for i, v := range r {
+			cells[i] = printable.Escape(v)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	tw.Flush()
 }
@@ -155,7 +168,7 @@ func cmdRevoke(ctx context.Context, args []string, getenv func(string) string, s
 		if c.output == "json" {
 			return c.json(d)
 		}
-		fmt.Fprintf(stdout, "dry run: %d credentials in %d tasks would be revoked\nsample tasks: %s\n", d.Matched, d.Tasks, strings.Join(d.Sample, " "))
+		fmt.Fprintf(stdout, "dry run: %d credentials in %d tasks would be revoked\nsample tasks: %s\n", d.Matched, d.Tasks, printable.Escape(strings.Join(d.Sample, " ")))
 		return nil
 	}
 	var ans struct {
@@ -177,7 +190,7 @@ func (c *adminClient) waitJob(ctx context.Context, j jobView) (jobView, error) {
 	tty := isTerminal(c.stderr)
 	for j.State != "done" {
 		if tty {
-			fmt.Fprintf(c.stderr, "\r%s %s %d revoked, %d tasks", j.ID, bar(j.Revoked, j.Matched), j.Revoked, j.Tasks)
+			fmt.Fprintf(c.stderr, "\r%s %s %d revoked, %d tasks", printable.Escape(j.ID), bar(j.Revoked, j.Matched), j.Revoked, j.Tasks)
 		}
 		select {
 		case <-ctx.Done():
@@ -193,7 +206,7 @@ func (c *adminClient) waitJob(ctx context.Context, j jobView) (jobView, error) {
 		j = ans.Job
 	}
 	if tty {
-		fmt.Fprintf(c.stderr, "\r%s %s done%30s\n", j.ID, bar(1, 1), "")
+		fmt.Fprintf(c.stderr, "\r%s %s done%30s\n", printable.Escape(j.ID), bar(1, 1), "")
 	}
 	return j, nil
 }
@@ -259,7 +272,7 @@ func cmdFreeze(ctx context.Context, args []string, getenv func(string) string, s
 		if _, err := c.call(ctx, http.MethodDelete, "/v1/admin/controls?"+q.Encode(), nil, &ans); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "lifted %v\n", ans["lifted"])
+		fmt.Fprintf(stdout, "lifted %s\n", printable.Escape(fmt.Sprint(ans["lifted"])))
 		return nil
 	}
 	var ans struct {
@@ -270,7 +283,7 @@ func cmdFreeze(ctx context.Context, args []string, getenv func(string) string, s
 	if _, err := c.call(ctx, http.MethodPost, "/v1/admin/controls", body, &ans); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s %s: in force on every replica\n", kind, target)
+	fmt.Fprintf(stdout, "%s %s: in force on every replica\n", kind, printable.Escape(target))
 	if ans.Job != nil {
 		j, err := c.waitJob(ctx, *ans.Job)
 		if err != nil {
@@ -316,7 +329,7 @@ func cmdControls(ctx context.Context, args []string, getenv func(string) string,
 // `valet tasks show ID` and `valet tasks timeline ID`.
 func cmdTasks(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) < 1 {
-		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue]")
+		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue] [--yes]")
 	}
 	sub, rest := args[0], args[1:]
 	if sub == "rollback" {
@@ -385,7 +398,9 @@ func cmdTasks(ctx context.Context, args []string, getenv func(string) string, st
 			return c.json(ans)
 		}
 		t := ans.Task
-		fmt.Fprintf(stdout, "task      %s\nstate     %s %s\nagent     %s/%s\ntemplate  %s\nintent    %s\ndeadline  %s\n\n", t.ID, t.State, t.EndReason, t.Issuer, t.Agent, t.Template, t.Intent, t.Deadline)
+		e := printable.Escape
+		fmt.Fprintf(stdout, "task      %s\nstate     %s %s\nagent     %s/%s\ntemplate  %s\nintent    %s\ndeadline  %s\n\n",
+			e(t.ID), e(t.State), e(t.EndReason), e(t.Issuer), e(t.Agent), e(t.Template), e(t.Intent), e(t.Deadline))
 		rows := [][]string{}
 		for _, cr := range ans.Credentials {
 			rows = append(rows, []string{cr.ID, cr.Kind, cr.ExpiresAt})
@@ -414,7 +429,7 @@ func cmdTasks(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		c.table("TIME\tEVENT\tACTOR\tOUTCOME\tREASON\tCREDENTIALS", rows)
 	default:
-		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue]")
+		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue] [--yes]")
 	}
 	return nil
 }
@@ -462,7 +477,7 @@ func cmdAudit(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return fmt.Errorf("%s: %w", files[0], err)
 		}
-		fmt.Fprintf(stdout, "ok: %d events verify; last hash %s\n", last.Seq, last.Hash)
+		fmt.Fprintf(stdout, "ok: %d events verify; last hash %s\n", last.Seq, printable.Escape(last.Hash))
 		return nil
 	}
 	return usageError("usage: valet audit verify FILE | --redis URL [--prefix valet]")

@@ -17,6 +17,10 @@ type ApprovalsConfig struct {
 	Clients    []ClientEntry `yaml:"clients"`
 	Timeout    Duration      `yaml:"timeout"`
 	WebhookURL string        `yaml:"webhook_url"`
+	// MaxPendingPerTask and MaxPendingPerAgent cap the approvals pending at
+	// once (default 8 per task, 32 per agent; one more is 429).
+	MaxPendingPerTask  int `yaml:"max_pending_per_task"`
+	MaxPendingPerAgent int `yaml:"max_pending_per_agent"`
 }
 
 // agentConfig builds the broker's agent controls from `resources:` and
@@ -39,6 +43,12 @@ func (c *Config) agentConfig(getenv func(string) string) (broker.AgentConfig, er
 	a := c.Approvals
 	if t := time.Duration(a.Timeout); t < 0 || t > 24*time.Hour {
 		bad("approvals.timeout", "must be from 0 (default 5m) to 24h")
+	}
+	if a.MaxPendingPerTask < 0 || a.MaxPendingPerTask > 1000 {
+		bad("approvals.max_pending_per_task", "must be from 0 (default %d) to 1000", broker.DefaultMaxPendingPerTask)
+	}
+	if a.MaxPendingPerAgent < 0 || a.MaxPendingPerAgent > 1000 {
+		bad("approvals.max_pending_per_agent", "must be from 0 (default %d) to 1000", broker.DefaultMaxPendingPerAgent)
 	}
 	if a.WebhookURL != "" {
 		if u, err := url.Parse(a.WebhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
@@ -75,6 +85,7 @@ func (c *Config) agentConfig(getenv func(string) string) (broker.AgentConfig, er
 	}
 	return broker.AgentConfig{
 		Resources: c.Resources,
-		Approvals: broker.ApprovalConfig{Clients: clients, Timeout: time.Duration(a.Timeout), WebhookURL: a.WebhookURL},
+		Approvals: broker.ApprovalConfig{Clients: clients, Timeout: time.Duration(a.Timeout), WebhookURL: a.WebhookURL,
+			MaxPendingPerTask: a.MaxPendingPerTask, MaxPendingPerAgent: a.MaxPendingPerAgent},
 	}, nil
 }

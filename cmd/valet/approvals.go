@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/printable"
 )
 
 // devApproverSecret is the secret of the "approver" client of `valet dev`.
@@ -41,7 +42,7 @@ func devAgentConfig(resourcesFile string) (broker.AgentConfig, error) {
 
 // cmdApprovals is `valet approvals ls|approve ID|deny ID`.
 func cmdApprovals(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	const use = "usage: valet approvals ls|approve ID|deny ID [--server URL] [--client ID] [--secret S] [--reason TEXT] [-o table|json]"
+	const use = "usage: valet approvals ls [--agent A] [--template T] [--task ID] [--state S]|approve ID|deny ID [--server URL] [--client ID] [--secret S] [--reason TEXT] [-o table|json]"
 	if len(args) == 0 {
 		return usageError(use)
 	}
@@ -63,6 +64,15 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 	secret := fs.String("secret", getenv("VALET_APPROVER_SECRET"), "approver client secret (env VALET_APPROVER_SECRET)")
 	reason := fs.String("reason", "", "why (recorded with the decision)")
 	out := fs.String("o", "table", "output: table or json")
+	filter := url.Values{}
+	for _, f := range []struct{ name, param, help string }{
+		{"agent", "agent", "only approvals of this agent (or an actor of its chain)"},
+		{"template", "template", "only approvals of tasks of this template"},
+		{"task", "task_id", "only approvals of this task"},
+		{"state", "state", "pending (default), approved, denied, expired or issued"},
+	} {
+		fs.Func(f.name, f.help, func(v string) error { filter.Set(f.param, v); return nil })
+	}
 	if err := parseFlags(fs, rest); err != nil {
 		return err
 	}
@@ -75,21 +85,35 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 	c := &approverClient{base: strings.TrimSuffix(*server, "/"), id: *client, secret: *secret,
 		http: &http.Client{Timeout: 10 * time.Second}}
 	if verb == "ls" {
-		var body struct {
-			Approvals []broker.Approval `json:"approvals"`
-		}
-		raw, err := c.do(ctx, http.MethodGet, "/v1/approvals?state=pending", nil, &body)
-		if err != nil {
-			return err
+		// Every page, in Valet's order (created_at, then id); at most 100.
+		var all []broker.Approval
+		for range 100 {
+			var body struct {
+				Approvals  []broker.Approval `json:"approvals"`
+				NextCursor string            `json:"next_cursor"`
+			}
+			if _, err := c.do(ctx, http.MethodGet, "/v1/approvals?"+filter.Encode(), nil, &body); err != nil {
+				return err
+			}
+			all = append(all, body.Approvals...)
+			if body.NextCursor == "" {
+				break
+			}
+			filter.Set("cursor", body.NextCursor)
 		}
 		if *out == "json" {
-			_, err := stdout.Write(raw)
+			b, err := json.Marshal(map[string]any{"approvals": all})
+			if err != nil {
+				return err
+			}
+			_, err = stdout.Write(append(printable.JSON(b), '\n'))
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTASK\tAGENT\tTEMPLATE\tTOOL\tARGS\tINTENT\tEXPIRES")
-		for _, a := range body.Approvals {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.TaskID, agentChain(a), a.Template, a.Tool,
+		for _, a := range all {
+			e := printable.Escape
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e(a.ID), e(a.TaskID), e(agentChain(a)), e(a.Template), e(a.Tool),
 				cell(string(a.Args), 60), cell(a.Intent, 40), a.ExpiresAt.UTC().Format(time.RFC3339))
 		}
 		return tw.Flush()
@@ -107,11 +131,12 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 		return err
 	}
 	if *out == "json" {
-		_, err := stdout.Write(raw)
+		_, err := stdout.Write(printable.JSON(raw))
 		return err
 	}
 	a := body.Approval
-	fmt.Fprintf(stdout, "approval %s: %s by %s (task %s, tool %s)\n", a.ID, a.State, a.DecidedBy, a.TaskID, a.Tool)
+	e := printable.Escape
+	fmt.Fprintf(stdout, "approval %s: %s by %s (task %s, tool %s)\n", e(a.ID), e(string(a.State)), e(a.DecidedBy), e(a.TaskID), e(a.Tool))
 	return nil
 }
 
@@ -122,9 +147,10 @@ func agentChain(a broker.Approval) string {
 	return a.Agent
 }
 
-// cell keeps a table cell on one line and at most n runes.
+// cell keeps a table cell on one line and at most n runes, escaped
+// (printable.Escape).
 func cell(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
+	s = printable.Escape(strings.Join(strings.Fields(s), " "))
 	if r := []rune(s); len(r) > n {
 		return string(r[:n-1]) + "…"
 	}
@@ -161,7 +187,7 @@ func (c *approverClient) do(ctx context.Context, method, path string, body io.Re
 			Error, Message string
 		}
 		_ = json.Unmarshal(raw, &e)
-		return nil, fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, e.Error, e.Message)
+		return nil, fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, printable.Escape(e.Error), printable.Escape(e.Message))
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
 		return nil, fmt.Errorf("decoding Valet's answer: %w", err)

@@ -194,6 +194,12 @@ func TestApprovalFlowThroughCLI(t *testing.T) {
 		listed.Approvals[0].Resource["env"] != "prod" || listed.Approvals[0].Context["note"] != "trust me" {
 		t.Fatalf("approvals ls -o json: %d %s", code, out)
 	}
+	if code, out, _ := b.cli("ls", "--agent", "agent-a", "--template", "ops"); code != 0 || !strings.Contains(out, apr) {
+		t.Fatalf("approvals ls --agent agent-a: %d %s", code, out)
+	}
+	if code, out, _ := b.cli("ls", "--agent", "someone-else"); code != 0 || strings.Contains(out, apr) {
+		t.Fatalf("approvals ls --agent someone-else: %d %s", code, out)
+	}
 	if st, m := poll(apr); st != 202 || m["status"] != "pending" {
 		t.Fatalf("poll while pending: %d %v", st, m)
 	}

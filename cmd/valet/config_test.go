@@ -143,3 +143,18 @@ func TestUsageErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestApprovalCapsConfig: approvals.max_pending_per_task and
+// max_pending_per_agent reach the broker and are bounded (0 = default).
+func TestApprovalCapsConfig(t *testing.T) {
+	c := &Config{Approvals: ApprovalsConfig{MaxPendingPerTask: 3, MaxPendingPerAgent: 9}}
+	ac, err := c.agentConfig(func(string) string { return "" })
+	if err != nil || ac.Approvals.MaxPendingPerTask != 3 || ac.Approvals.MaxPendingPerAgent != 9 {
+		t.Fatalf("caps %+v %v", ac.Approvals, err)
+	}
+	c = &Config{Approvals: ApprovalsConfig{MaxPendingPerTask: -1, MaxPendingPerAgent: 1001}}
+	_, err = c.agentConfig(func(string) string { return "" })
+	if err == nil || !strings.Contains(err.Error(), "approvals.max_pending_per_task") || !strings.Contains(err.Error(), "approvals.max_pending_per_agent") {
+		t.Fatalf("bad caps: %v", err)
+	}
+}

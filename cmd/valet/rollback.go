@@ -1,24 +1,37 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"strings"
+
+	"github.com/valet-dev/valet/internal/printable"
 )
 
 // rollbackStep is one undo step as Valet lists it.
 type rollbackStep struct {
-	EventID    string `json:"event_id"`
-	Tool       string `json:"tool"`
-	SideEffect string `json:"side_effect"`
-	ReportedAt string `json:"reported_at"`
-	Late       bool   `json:"late"`
-	Undo       struct {
-		URL, Method string
-		BodySHA256  string `json:"body_sha256"`
+	EventID         string `json:"event_id"`
+	Tool            string `json:"tool"`
+	SideEffect      string `json:"side_effect"`
+	ReportedAt      string `json:"reported_at"`
+	Late            bool   `json:"late"`
+	Agent           string `json:"agent"`
+	Reporter        string `json:"reporter"`
+	ReportedWith    string `json:"reported_with"`
+	ReporterRevoked bool   `json:"reporter_revoked"`
+	RevokedReason   string `json:"reporter_revoked_reason"`
+	Undo            struct {
+		URL, Method  string
+		QueryRemoved bool   `json:"query_removed"`
+		BodySHA256   string `json:"body_sha256"`
+		BodyBytes    int    `json:"body_bytes"`
+		BodyPreview  string `json:"body_preview"`
 	} `json:"undo"`
 	Allowed bool   `json:"allowed"`
 	State   string `json:"state"`
@@ -26,13 +39,47 @@ type rollbackStep struct {
 	Error   string `json:"error"`
 }
 
-// cmdRollback is `valet tasks rollback ID [--dry-run] [--continue]`: it
-// lists a task's undo steps, newest first, and (without --dry-run) asks
-// Valet to call each undo webhook in that order, printing each outcome.
-// It stops at the first failure unless --continue; steps already done are
-// skipped. Needs the responder role.
+// undoText is the step's method and URL (a query Valet hid is shown as "?…").
+func (s rollbackStep) undoText() string {
+	u := s.Undo.Method + " " + s.Undo.URL
+	if s.Undo.QueryRemoved {
+		u += "?…"
+	}
+	return u
+}
+
+// reporterText says who reported the step, and flags a revoked reporter.
+func (s rollbackStep) reporterText() string {
+	r := s.Reporter + " (" + s.ReportedWith + ")"
+	if s.ReporterRevoked {
+		r += " REVOKED"
+	}
+	return r
+}
+
+// askYes asks a yes/no question on the terminal (default no). terminal is
+// false when stdin is not a terminal: then nothing is asked. Tests replace it.
+var askYes = func(question string, stderr io.Writer) (yes, terminal bool) {
+	fi, err := os.Stdin.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return false, false
+	}
+	fmt.Fprint(stderr, question+" [y/N] ")
+	line, _ := bufio.NewReader(io.LimitReader(os.Stdin, 256)).ReadString('\n')
+	a := strings.ToLower(strings.TrimSpace(line))
+	return a == "y" || a == "yes", true
+}
+
+// cmdRollback is `valet tasks rollback ID [--dry-run] [--continue] [--yes]`:
+// it lists a task's undo steps, newest first, with who reported each, and
+// (without --dry-run) asks Valet to call each undo webhook in that order,
+// printing each outcome. Steps whose reporter has since been revoked were
+// chosen by a suspect: they run only after a y on the terminal, or with
+// --yes. It stops at the first failure unless --continue; steps already
+// done are skipped. Needs the responder role. Every field an agent or tool
+// server supplied is printed escaped (printable.Escape).
 func cmdRollback(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	const usage = "usage: valet tasks rollback ID [--dry-run] [--continue]"
+	const usage = "usage: valet tasks rollback ID [--dry-run] [--continue] [--yes]"
 	if len(args) < 1 {
 		return usageError(usage)
 	}
@@ -41,6 +88,7 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 	server, token, output := adminFlags(fs, getenv)
 	dry := fs.Bool("dry-run", false, "list the undo steps without calling them")
 	cont := fs.Bool("continue", false, "go on after a failed step")
+	yes := fs.Bool("yes", false, "run steps reported by a since-revoked principal without asking")
 	if err := parseFlags(fs, rest); err != nil {
 		return err
 	}
@@ -61,30 +109,52 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 		}
 		rows := [][]string{}
 		for i, s := range plan.Steps {
-			rows = append(rows, []string{fmt.Sprint(i + 1), s.EventID, s.Tool, s.SideEffect, s.Undo.Method + " " + s.Undo.URL,
-				allowedText(s.Allowed), s.State, lateText(s.Late)})
+			rows = append(rows, []string{fmt.Sprint(i + 1), s.EventID, s.Tool, cell(printable.Escape(s.SideEffect), 40), s.undoText(),
+				bodyText(s), s.reporterText(), allowedText(s.Allowed), s.State, lateText(s.Late)})
 		}
-		c.table("STEP\tEVENT\tTOOL\tSIDE EFFECT\tUNDO\tHOST\tSTATE\tREPORTED", rows)
+		c.table("STEP\tEVENT\tTOOL\tSIDE EFFECT\tUNDO\tBODY\tREPORTED BY\tHOST\tSTATE\tREPORTED", rows)
 		fmt.Fprintf(stdout, "dry run: %d undo steps, none called\n", len(plan.Steps))
 		return nil
+	}
+	var suspect []string
+	for i, s := range plan.Steps {
+		if s.ReporterRevoked && s.State != "done" {
+			suspect = append(suspect, fmt.Sprintf("  step %d %s %s: %s, reported by %s: %s", i+1, printable.Escape(s.EventID),
+				printable.Escape(s.Tool), printable.Escape(s.undoText()), printable.Escape(s.reporterText()), printable.Escape(s.RevokedReason)))
+		}
+	}
+	if len(suspect) > 0 && !*yes {
+		fmt.Fprintf(stderr, "%d undo steps were reported by a principal revoked since (they chose what these calls do):\n%s\n",
+			len(suspect), strings.Join(suspect, "\n"))
+		ok, terminal := askYes("run them?", stderr)
+		switch {
+		case !terminal:
+			return errors.New("rollback not run: steps reported by a revoked principal need confirmation (check with --dry-run, then --yes)")
+		case !ok:
+			return errors.New("rollback not run: not confirmed")
+		}
 	}
 	var results []rollbackStep
 	failed := 0
 	for i, s := range plan.Steps {
 		if s.State == "done" {
-			fmt.Fprintf(stdout, "step %d %s %s: already done, skipped\n", i+1, s.EventID, s.Tool)
+			fmt.Fprintf(stdout, "step %d %s %s: already done, skipped\n", i+1, printable.Escape(s.EventID), printable.Escape(s.Tool))
 			continue
 		}
 		var ans struct {
 			Step rollbackStep `json:"step"`
 		}
-		_, err := c.call(ctx, http.MethodPost, base+"/"+url.PathEscape(s.EventID), nil, &ans)
+		path := base + "/" + url.PathEscape(s.EventID)
+		if s.ReporterRevoked { // confirmed above (terminal or --yes)
+			path += "?confirm=revoked_reporter"
+		}
+		_, err := c.call(ctx, http.MethodPost, path, nil, &ans)
 		if err == nil && ans.Step.State != "done" {
 			err = fmt.Errorf("%s", ans.Step.Error)
 		}
 		if err != nil {
 			failed++
-			fmt.Fprintf(stdout, "step %d %s %s: FAILED: %v\n", i+1, s.EventID, s.Tool, err)
+			fmt.Fprintf(stdout, "step %d %s %s: FAILED: %s\n", i+1, printable.Escape(s.EventID), printable.Escape(s.Tool), printable.Escape(err.Error()))
 			results = append(results, ans.Step)
 			if !*cont {
 				return fmt.Errorf("rollback stopped at step %d of %d (use --continue to go on)", i+1, len(plan.Steps))
@@ -92,13 +162,21 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 			continue
 		}
 		results = append(results, ans.Step)
-		fmt.Fprintf(stdout, "step %d %s %s: done (%s %s → %d)\n", i+1, s.EventID, s.Tool, s.Undo.Method, s.Undo.URL, ans.Step.Status)
+		fmt.Fprintf(stdout, "step %d %s %s: done (%s → %d)\n", i+1, printable.Escape(s.EventID), printable.Escape(s.Tool), printable.Escape(s.undoText()), ans.Step.Status)
 	}
 	if failed > 0 {
 		return errors.New(fmt.Sprint(failed, " of ", len(plan.Steps), " undo steps failed"))
 	}
-	fmt.Fprintf(stdout, "rollback of %s: %d undo steps done\n", id, len(plan.Steps))
+	fmt.Fprintf(stdout, "rollback of %s: %d undo steps done\n", printable.Escape(id), len(plan.Steps))
 	return nil
+}
+
+// bodyText is the body preview Valet gives (redacted, escaped, bounded).
+func bodyText(s rollbackStep) string {
+	if s.Undo.BodyBytes == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%s (%d bytes)", cell(s.Undo.BodyPreview, 60), s.Undo.BodyBytes)
 }
 
 func allowedText(ok bool) string {
@@ -110,7 +188,7 @@ func allowedText(ok bool) string {
 
 func lateText(late bool) string {
 	if late {
-		return "after the task ended"
+		return "late (task ended or token revoked)"
 	}
 	return "during the task"
 }
