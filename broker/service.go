@@ -22,7 +22,7 @@ const (
 )
 
 // Config holds the Service's dependencies. Every field but Issuers, Clients,
-// IntrospectionIssuers, Now and Logger is required.
+// IntrospectionRules, Now and Logger is required.
 type Config struct {
 	Identity Authenticator
 	Tokens   TaskTokens
@@ -33,9 +33,9 @@ type Config struct {
 	Templates *TemplateSet
 	// Clients may call introspection and revocation with a client secret.
 	Clients []Client
-	// IntrospectionIssuers names trusted issuers whose identity tokens may
-	// call introspection and revocation. Empty means none.
-	IntrospectionIssuers []string
+	// IntrospectionRules admit identity tokens (of tool servers, not
+	// agents) as callers of introspection and revocation. Empty means none.
+	IntrospectionRules []IntrospectionRule
 	Now                  func() time.Time
 	Logger               *slog.Logger
 	// Agent configures agent controls (delegation, DPoP, budgets, action
@@ -72,7 +72,7 @@ type Service struct {
 	audit        Auditor
 	templates    atomic.Pointer[TemplateSet]
 	clients      []Client
-	introIssuers map[string]bool
+	introRules   []IntrospectionRule
 	now          func() time.Time
 	log          *slog.Logger
 	agent        agentControls
@@ -112,7 +112,6 @@ func NewService(cfg Config) (*Service, error) {
 		ledger:       cfg.Ledger,
 		audit:        cfg.Auditor,
 		clients:      cfg.Clients,
-		introIssuers: map[string]bool{},
 		retryQ:       cfg.RevocationQueue,
 		now:          cfg.Now,
 		log:          cfg.Logger,
@@ -126,8 +125,11 @@ func NewService(cfg Config) (*Service, error) {
 		s.issuers[is.Kind()] = is
 		s.extra = append(s.extra, is)
 	}
-	for _, name := range cfg.IntrospectionIssuers {
-		s.introIssuers[name] = true
+	for i, r := range cfg.IntrospectionRules {
+		if err := r.validate(); err != nil {
+			return nil, fmt.Errorf("broker: introspection rule %d: %w", i, err)
+		}
+		s.introRules = append(s.introRules, r.clone())
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -547,8 +549,10 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 }
 
 // AuthorizeClient checks the caller of introspection and revocation: a
-// configured client secret, or an identity token from an issuer allowed to
-// introspect. It returns a name for the audit trail.
+// configured client secret, or an identity token that one of the
+// introspection rules admits (issuer, audience and subject rule, so an
+// agent's own identity token is never enough). It returns a name for the
+// audit trail.
 func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer string) (string, error) {
 	if clientID != "" {
 		sum := sha256.Sum256([]byte(secret))
@@ -564,11 +568,13 @@ func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer 
 	if err != nil {
 		return "", err
 	}
-	if !s.introIssuers[p.Issuer] {
-		return "", &Error{Code: CodeForbidden, Message: "this identity may not introspect or revoke tokens",
-			Err: fmt.Errorf("issuer %s is not allowed to introspect", p.Issuer)}
+	for _, r := range s.introRules {
+		if r.admits(p) {
+			return p.Issuer + ":" + p.Subject, nil
+		}
 	}
-	return p.Issuer + ":" + p.Subject, nil
+	return "", &Error{Code: CodeForbidden, Message: "this identity may not introspect or revoke tokens",
+		Err: fmt.Errorf("no introspection rule admits %s:%s", p.Issuer, p.Subject)}
 }
 
 // ReapOnce ends every active task whose deadline has passed, in batches,

@@ -138,6 +138,8 @@ type envOptions struct {
 	// issuers and a retry queue.
 	issuers []broker.Issuer
 	queue   broker.RevocationQueue
+	// introspection admits identity tokens as introspection clients.
+	introspection []broker.IntrospectionRule
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -206,6 +208,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
 		Agent: agentCfg, Issuers: o.issuers, RevocationQueue: o.queue,
+		IntrospectionRules: o.introspection,
 	}
 	if o.incident {
 		e.incidentConfig(&cfg, rc) // incident_harness_test.go
