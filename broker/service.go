@@ -22,7 +22,7 @@ const (
 )
 
 // Config holds the Service's dependencies. Every field but Issuers, Clients,
-// IntrospectionRules, Now and Logger is required.
+// IntrospectionClients, Now and Logger is required.
 type Config struct {
 	Identity Authenticator
 	Tokens   TaskTokens
@@ -33,9 +33,9 @@ type Config struct {
 	Templates *TemplateSet
 	// Clients may call introspection and revocation with a client secret.
 	Clients []Client
-	// IntrospectionRules admit identity tokens (of tool servers, not
+	// IntrospectionClients admit identity tokens (of tool servers, not
 	// agents) as callers of introspection and revocation. Empty means none.
-	IntrospectionRules []IntrospectionRule
+	IntrospectionClients []IntrospectionRule
 	Now                  func() time.Time
 	Logger               *slog.Logger
 	// Agent configures agent controls (delegation, DPoP, budgets, action
@@ -72,7 +72,7 @@ type Service struct {
 	audit        Auditor
 	templates    atomic.Pointer[TemplateSet]
 	clients      []Client
-	introRules   []IntrospectionRule
+	introClients []IntrospectionRule
 	now          func() time.Time
 	log          *slog.Logger
 	agent        agentControls
@@ -112,6 +112,7 @@ func NewService(cfg Config) (*Service, error) {
 		ledger:       cfg.Ledger,
 		audit:        cfg.Auditor,
 		clients:      cfg.Clients,
+		introClients: make([]IntrospectionRule, 0, len(cfg.IntrospectionClients)),
 		retryQ:       cfg.RevocationQueue,
 		now:          cfg.Now,
 		log:          cfg.Logger,
@@ -125,11 +126,11 @@ func NewService(cfg Config) (*Service, error) {
 		s.issuers[is.Kind()] = is
 		s.extra = append(s.extra, is)
 	}
-	for i, r := range cfg.IntrospectionRules {
+	for i, r := range cfg.IntrospectionClients {
 		if err := r.validate(); err != nil {
 			return nil, fmt.Errorf("broker: introspection rule %d: %w", i, err)
 		}
-		s.introRules = append(s.introRules, r.clone())
+		s.introClients = append(s.introClients, r.clone())
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -568,7 +569,7 @@ func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer 
 	if err != nil {
 		return "", err
 	}
-	for _, r := range s.introRules {
+	for _, r := range s.introClients {
 		if r.admits(p) {
 			return p.Issuer + ":" + p.Subject, nil
 		}

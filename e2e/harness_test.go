@@ -208,7 +208,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
 		Agent: agentCfg, Issuers: o.issuers, RevocationQueue: o.queue,
-		IntrospectionRules: o.introspection,
+		IntrospectionClients: o.introspection,
 	}
 	if o.incident {
 		e.incidentConfig(&cfg, rc) // incident_harness_test.go

@@ -10,13 +10,13 @@ import (
 	"github.com/valet-dev/valet/internal/oidctest"
 )
 
-// TestIntrospectionRulesAdmitOnlyToolServers guards issue 9 #7: when
+// TestIntrospectionClientsAdmitOnlyToolServers guards issue 9 #7: when
 // introspection.issuers was a bare issuer name, every agent of that issuer
 // could introspect and revoke every other agent's task (agent-a revoked
 // agent-b's). A rule now names an issuer, an audience and the tool
 // server's subjects, so agent-a's identity token gets 403 and the
 // configured tool server's identity token is served.
-func TestIntrospectionRulesAdmitOnlyToolServers(t *testing.T) {
+func TestIntrospectionClientsAdmitOnlyToolServers(t *testing.T) {
 	e := newEnv(t, envOptions{introspection: []broker.IntrospectionRule{
 		{Issuer: "test", Audience: oidctest.DefaultAudience, Subjects: []string{"svc-tools"}},
 	}})

@@ -337,7 +337,7 @@ func (c *Config) validate() error {
 			}
 		}
 	}
-	errs = append(errs, c.validateIntrospectionRules()...)
+	errs = append(errs, c.validateIntrospectionClients()...)
 	if c.Reaper.Interval < Duration(100*time.Millisecond) {
 		bad("reaper.interval", "must be at least 100ms")
 	}
@@ -351,11 +351,11 @@ func (c *Config) validate() error {
 	return errors.Join(errs...)
 }
 
-// validateIntrospectionRules refuses a rule that cannot match and one that
+// validateIntrospectionClients refuses a rule that cannot match and one that
 // agents' own identity tokens could satisfy: an issuer and an audience of
 // that issuer alone are what every agent of the issuer presents, so a
 // rule needs subjects or claims naming only the tool server.
-func (c *Config) validateIntrospectionRules() []error {
+func (c *Config) validateIntrospectionClients() []error {
 	var errs []error
 	for i, r := range c.Clients.Issuers {
 		field := fmt.Sprintf("introspection.issuers[%d]", i)

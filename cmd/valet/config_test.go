@@ -144,11 +144,11 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
-// TestIntrospectionRulesConfig guards issue 9 #7: introspection.issuers
+// TestIntrospectionClientsConfig guards issue 9 #7: introspection.issuers
 // takes rules, and a rule that agents' own identity tokens satisfy (issuer
 // and audience with no subjects or claims), a bare issuer name, an unknown
 // issuer or an audience the issuer does not accept is refused, naming the key.
-func TestIntrospectionRulesConfig(t *testing.T) {
+func TestIntrospectionClientsConfig(t *testing.T) {
 	base := "addr: 127.0.0.1:8080\nredis: {url: redis://127.0.0.1:6379/0}\nsigning: {keys: [{file: k.pem}]}\n" +
 		"templates: {paths: [t]}\nissuers:\n  - {name: k8s, issuer_url: https://k8s.example.com, audiences: [valet]}\n"
 	for _, tc := range []struct {

@@ -137,7 +137,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	svc, err = broker.NewService(broker.Config{
 		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
-		Clients: clients, IntrospectionRules: cfg.introspectionRules(), Logger: log, Agent: agentCfg,
+		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Logger: log, Agent: agentCfg,
 		Controls: inc.controls, Epochs: ledger,
 		Issuers: vw.issuers, RevocationQueue: retryQ, ReconcileGrace: vw.reconcileGrace(),
 	})
