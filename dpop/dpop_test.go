@@ -150,7 +150,10 @@ func TestSignerRoundTrip(t *testing.T) {
 		name string
 		key  func() (any, jose.SignatureAlgorithm)
 	}{
-		{"EdDSA", func() (any, jose.SignatureAlgorithm) { _, k, _ := ed25519.GenerateKey(rand.Reader); return k, jose.EdDSA }},
+		{"EdDSA", func() (any, jose.SignatureAlgorithm) {
+			_, k, _ := ed25519.GenerateKey(rand.Reader)
+			return k, jose.EdDSA
+		}},
 		{"ES256", func() (any, jose.SignatureAlgorithm) {
 			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			return k, jose.ES256
