@@ -82,6 +82,7 @@ type Service struct {
 	retryQ     RevocationQueue
 	counters   revocationCounters
 	reconGrace time.Duration
+	throttle   *secretThrottle // failed client-secret attempts
 }
 
 // NewService checks cfg and builds a Service.
@@ -145,6 +146,7 @@ func NewService(cfg Config) (*Service, error) {
 	if err := s.agent.init(cfg.Agent, cfg.Ledger); err != nil {
 		return nil, err
 	}
+	s.throttle = newSecretThrottle(throttleIDs(cfg))
 	return s, nil
 }
 
@@ -556,13 +558,19 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 // audit trail.
 func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer string) (string, error) {
 	if clientID != "" {
+		if wait := s.throttle.wait("client:"+clientID, s.now()); wait > 0 {
+			s.log.WarnContext(ctx, "client authentication throttled", "client_id", quoteUntrusted(clientID))
+			return "", throttled(wait)
+		}
 		sum := sha256.Sum256([]byte(secret))
 		for _, c := range s.clients {
 			if subtle.ConstantTimeCompare([]byte(c.ID), []byte(clientID)) == 1 && subtle.ConstantTimeCompare(c.SecretSHA256[:], sum[:]) == 1 {
+				s.throttle.succeed("client:" + clientID)
 				return "client:" + c.ID, nil
 			}
 		}
-		s.log.WarnContext(ctx, "client authentication failed", "client_id", clientID)
+		s.throttle.fail("client:"+clientID, s.now())
+		s.log.WarnContext(ctx, "client authentication failed", "client_id", quoteUntrusted(clientID))
 		return "", unauthenticated(errors.New("bad client credentials"))
 	}
 	p, err := s.authenticate(ctx, bearer)
