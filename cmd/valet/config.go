@@ -425,6 +425,14 @@ func (c *Config) clientSecrets(getenv func(string) string) ([]clientSecret, erro
 			b, _ := hex.DecodeString(cl.SecretSHA256)
 			copy(sum[:], b)
 		}
+		if isPublishedSecret(sum) {
+			key := ".secret_sha256"
+			if cl.SecretEnv != "" {
+				key = " (environment variable " + cl.SecretEnv + ")"
+			}
+			errs = append(errs, fmt.Errorf("introspection.clients[%d]%s %s", i, key, publishedSecretMsg))
+			continue
+		}
 		out = append(out, clientSecret{id: cl.ID, sum: sum})
 	}
 	return out, errors.Join(errs...)
