@@ -86,3 +86,18 @@ func TestClientToolNamesFollowTheTemplateGrammar(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAllowsToolRefusesInvalidNames: the one pattern matcher refuses every
+// name outside the grammar, whatever path it came by ("kb.*" used to
+// match the pattern "kb.*" as a literal name).
+func TestAllowsToolRefusesInvalidNames(t *testing.T) {
+	tmpl := &Template{Tools: []string{"kb.*", "tickets.read"}}
+	for _, tc := range hostileToolNames {
+		if tmpl.AllowsTool(tc.tool) {
+			t.Errorf("%s: AllowsTool(%q) = true", tc.name, tc.tool)
+		}
+	}
+	if !tmpl.AllowsTool("kb.search") || !tmpl.AllowsTool("tickets.read") {
+		t.Fatal("valid names refused")
+	}
+}
