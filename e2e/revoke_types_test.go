@@ -18,7 +18,7 @@ import (
 // revoke answers 400 unsupported_token_type, token_type_hint orders the
 // search but a wrong hint never stops it, and an invalid token answers 200.
 func TestRevokeTokenTypes(t *testing.T) {
-	e := newEnv(t, envOptions{templates: actionTemplates, agent: actionAgentConfig})
+	e := newEnv(t, envOptions{templates: actionTemplates, agent: actionAgentConfig, issuers: []broker.Issuer{recognizingIssuer{}}})
 	form := "application/x-www-form-urlencoded"
 	revoke := func(tok, hint string) response {
 		v := url.Values{"token": {tok}}
@@ -69,6 +69,10 @@ func TestRevokeTokenTypes(t *testing.T) {
 	if r.Status != http.StatusBadRequest || r.json(t)["error"] != "unsupported_token_type" {
 		t.Fatalf("revoke an identity token: %d %s, want 400 unsupported_token_type", r.Status, r.Body)
 	}
+	// A credential that ends only with its task (the issuer recognises it).
+	if r := revoke("hvs.CAESIthisLooksLikeAVaultToken", ""); r.Status != http.StatusBadRequest || r.json(t)["error"] != "unsupported_token_type" {
+		t.Fatalf("revoke a Vault-shaped token: %d %s, want 400 unsupported_token_type", r.Status, r.Body)
+	}
 	// Garbage is invalid: 200, as RFC 7009 asks. An oversized hint is 400.
 	if r := revoke("garbage", broker.HintAccessToken); r.Status != http.StatusOK {
 		t.Fatalf("revoke garbage: %d", r.Status)
@@ -77,3 +81,14 @@ func TestRevokeTokenTypes(t *testing.T) {
 		t.Fatalf("oversized hint: %d %s", r.Status, r.Body)
 	}
 }
+
+// recognizingIssuer mints nothing and recognises Vault-shaped tokens, as
+// issuers.Vault does, without a Vault server.
+type recognizingIssuer struct{}
+
+func (recognizingIssuer) Kind() broker.CredentialKind { return broker.KindVaultToken }
+func (recognizingIssuer) Mint(context.Context, broker.Task, broker.Principal, broker.Grant) ([]broker.Minted, error) {
+	return nil, nil
+}
+func (recognizingIssuer) Revoke(context.Context, broker.Credential) error { return nil }
+func (recognizingIssuer) Recognizes(raw string) bool                      { return strings.HasPrefix(raw, "hvs.") }
