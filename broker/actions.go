@@ -9,7 +9,6 @@ import (
 	"io"
 	"slices"
 	"time"
-	"unicode/utf8"
 
 	"github.com/valet-dev/valet/canonical"
 )
@@ -69,8 +68,8 @@ func DecodeActionRequest(r io.Reader) (ActionRequest, error) {
 	switch {
 	case a.Tool == "":
 		return a, invalidField("tool", "tool is required")
-	case len(a.Tool) > maxToolName || !utf8.ValidString(a.Tool):
-		return a, invalidField("tool", "tool must be valid UTF-8 of at most %d bytes", maxToolName)
+	case !validToolName(a.Tool):
+		return a, checkToolName("tool", a.Tool)
 	}
 	canon, err := canonical.Args(a.Args)
 	if err != nil {

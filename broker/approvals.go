@@ -377,11 +377,16 @@ func (s *Service) AuthorizeApprover(ctx context.Context, id, secret string) (str
 	if id == "" {
 		return "", unauthenticated(errors.New("no approver credentials"))
 	}
+	if wait := s.throttle.wait("approver:"+id, s.now()); wait > 0 {
+		return "", throttled(wait)
+	}
 	who, err := s.agent.approvals.Authorize(ctx, id, secret)
 	if err != nil {
+		s.throttle.fail("approver:"+id, s.now())
 		s.log.WarnContext(ctx, "approver authentication failed", "client_id", id)
 		return "", unauthenticated(err)
 	}
+	s.throttle.succeed("approver:" + id)
 	return who, nil
 }
 

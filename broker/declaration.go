@@ -74,8 +74,8 @@ func (w declarationWire) validate() (Declaration, error) {
 		switch {
 		case tool == "":
 			return d, invalidField(field, "%s is empty", field)
-		case len(tool) > maxToolName || !utf8.ValidString(tool):
-			return d, invalidField(field, "%s must be valid UTF-8 of at most %d bytes", field, maxToolName)
+		case !validToolName(tool):
+			return d, checkToolName(field, tool)
 		case seen[tool]:
 			return d, invalidField(field, "%s: tool %q is listed twice", field, tool)
 		}

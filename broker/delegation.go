@@ -93,6 +93,9 @@ func DecodeTokenExchange(form url.Values) (DelegationRequest, error) {
 	if len(r.Tools) == 0 {
 		return r, invalidField("tools", "tools is required: the space-separated tools the sub-agent needs")
 	}
+	if err := checkToolNames("tools", r.Tools); err != nil {
+		return r, err
+	}
 	if r.Scopes, err = spaceList(form.Get("scope"), "scope", 64, 256); err != nil {
 		return r, err
 	}
@@ -127,7 +130,7 @@ func spaceList(v, field string, maxItems, maxLen int) ([]string, error) {
 	}
 	for i, it := range items {
 		if len(it) > maxLen || !utf8.ValidString(it) {
-			return nil, invalidField(field, "%s entry %d must be valid UTF-8 of at most %d bytes", field, i, maxLen)
+			return nil, invalidField(fmt.Sprintf("%s[%d]", field, i), "%s entry %d must be valid UTF-8 of at most %d bytes", field, i, maxLen)
 		}
 		if slices.Contains(items[:i], it) {
 			return nil, invalidField(field, "%s lists %q twice", field, it)

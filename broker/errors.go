@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code classifies a domain error. Each code maps to exactly one HTTP status
@@ -17,9 +18,16 @@ const (
 	CodeConflict        Code = "conflict"          // 409: the resource is not in a state that allows this
 	CodeTooLarge        Code = "too_large"         // 413
 	CodeUnsupportedType Code = "unsupported_media" // 415
-	CodeTooManyRequests Code = "too_many_requests" // 429: the caller holds as much of a capped resource as it may
 	CodeUnavailable     Code = "unavailable"       // 503: a dependency (Redis, IdP, Vault) is down
 	CodeInternal        Code = "internal"          // 500
+
+	// CodeUnsupportedTokenType (400) is RFC 7009's answer for a token Valet
+	// recognises but cannot revoke.
+	CodeUnsupportedTokenType Code = "unsupported_token_type"
+	// CodeTooManyRequests (429): the caller holds as much of a capped
+	// resource as it may, or is throttled; Error.RetryAfter, when set,
+	// becomes the Retry-After header.
+	CodeTooManyRequests Code = "too_many_requests"
 )
 
 // Error is the one error type of the domain. Message is safe to show to the
@@ -34,6 +42,8 @@ type Error struct {
 	// "tools[2]"), where there is one.
 	Field string
 	Err   error
+	// RetryAfter, when set, is sent as the Retry-After header.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

@@ -186,8 +186,10 @@ func DecodeEventReport(r io.Reader) (EventReport, error) {
 
 func (e EventReport) validate() error {
 	switch {
-	case e.Tool == "" || len(e.Tool) > maxToolName || !utf8.ValidString(e.Tool):
-		return invalidField("tool", "tool is required: valid UTF-8 of at most %d bytes", maxToolName)
+	case e.Tool == "":
+		return invalidField("tool", "tool is required")
+	case !validToolName(e.Tool):
+		return checkToolName("tool", e.Tool)
 	case e.Outcome != "ok" && e.Outcome != "error" && e.Outcome != "refused":
 		return invalidField("outcome", "outcome must be ok, error or refused")
 	case e.Status != 0 && (e.Status < 100 || e.Status > 599):

@@ -46,6 +46,25 @@ type IssuerConfig struct {
 	JWKSURL string
 	// StaticJWKS, if set, is the issuer's JWKS document: no network at all.
 	StaticJWKS []byte
+	// Types are the accepted values of the token's typ header, compared
+	// without case and without an "application/" prefix; TypAbsent
+	// accepts a token with no typ. Default: absent, JWT and at+jwt (RFC
+	// 9068 access tokens, which some IdPs issue for Valet's audience). The
+	// aud check applies to every type, and Valet's own task tokens are
+	// refused by their issuer whatever their typ.
+	Types []string
+}
+
+// TypAbsent in IssuerConfig.Types accepts tokens without a typ header.
+const TypAbsent = "absent"
+
+var defaultIDTokenTypes = []string{TypAbsent, "JWT", "at+jwt"}
+
+// normalTyp is the form in which typ values are compared (RFC 7515
+// section 4.1.9: case-insensitive, "application/" may be omitted).
+func normalTyp(s string) string {
+	s = strings.ToLower(s)
+	return strings.TrimPrefix(s, "application/")
 }
 
 // IdentityOptions tune an Identity. The zero value is usable.
@@ -113,6 +132,7 @@ type trustedIssuer struct {
 	cfg       IssuerConfig
 	algs      map[string]bool
 	audiences map[string]bool
+	types     map[string]bool // normalTyp values; TypAbsent for none
 	cond      *Condition
 	keys      *issuerKeys
 }
@@ -200,6 +220,19 @@ func prepareIssuers(cfgs []IssuerConfig, selfIssuer string) ([]preparedIssuer, [
 		for j, a := range c.Algorithms {
 			if !allowedIDTokenAlgs[a] {
 				bad(i, fmt.Sprintf("algorithms[%d]", j), "%q is not allowed; use one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA", a)
+			}
+		}
+
+		if len(c.Types) == 0 {
+			p.cfg.Types = slices.Clone(defaultIDTokenTypes)
+		} else {
+			p.cfg.Types = slices.Clone(c.Types)
+		}
+		for j, typ := range c.Types {
+			if typ == "" || typ != strings.TrimSpace(typ) || strings.ContainsAny(typ, " \t,") || len(typ) > 64 {
+				bad(i, fmt.Sprintf("types[%d]", j), "%q is not a typ value (write absent for tokens without typ)", typ)
+			} else if normalTyp(typ) == "dpop+jwt" {
+				bad(i, fmt.Sprintf("types[%d]", j), "%q is a DPoP proof type, never an identity token", typ)
 			}
 		}
 
@@ -313,7 +346,15 @@ func NewIdentity(ctx context.Context, cfgs []IssuerConfig, opts IdentityOptions)
 			cfg:       p.cfg,
 			algs:      map[string]bool{},
 			audiences: map[string]bool{},
+			types:     map[string]bool{},
 			cond:      p.cond,
+		}
+		for _, typ := range p.cfg.Types {
+			if strings.EqualFold(typ, TypAbsent) {
+				ti.types[TypAbsent] = true
+			} else {
+				ti.types[normalTyp(typ)] = true
+			}
 		}
 		var joseAlgs []jose.SignatureAlgorithm
 		for _, a := range p.cfg.Algorithms {
@@ -366,6 +407,7 @@ func (id *Identity) Issuers() []IssuerConfig {
 		c.Audiences = slices.Clone(c.Audiences)
 		c.Algorithms = slices.Clone(c.Algorithms)
 		c.StaticJWKS = slices.Clone(c.StaticJWKS)
+		c.Types = slices.Clone(c.Types)
 		out[i] = c
 	}
 	return out
@@ -426,6 +468,7 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 			return Principal{}, fmt.Errorf("token header %q is not accepted", f)
 		}
 	}
+	_, hasTyp := hdrFields["typ"]
 	var hdr [3]string // alg, typ, kid; the map keeps names exact ("ALG" is not "alg")
 	for i, name := range []string{"alg", "typ", "kid"} {
 		v, ok := hdrFields[name]
@@ -439,10 +482,6 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 	alg, typ := hdr[0], hdr[1]
 	if !id.anyAlg[alg] {
 		return Principal{}, fmt.Errorf("token alg %s is not allowed", quoteUntrusted(alg))
-	}
-	switch strings.ToLower(typ) {
-	case "at+jwt", "application/at+jwt":
-		return Principal{}, fmt.Errorf("token typ %s is an access token, not an identity token", quoteUntrusted(typ))
 	}
 
 	// (4) Pick the issuer by the unverified iss, exactly. The payload is
@@ -466,6 +505,9 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 	}
 	if !ti.algs[alg] {
 		return Principal{}, fmt.Errorf("token alg %s is not allowed for issuer %q", quoteUntrusted(alg), ti.cfg.Name)
+	}
+	if normTyp := normalTyp(typ); (!hasTyp && !ti.types[TypAbsent]) || (hasTyp && (normTyp == TypAbsent || !ti.types[normTyp])) {
+		return Principal{}, fmt.Errorf("token typ %s is not accepted for issuer %q (issuers[].types)", quoteUntrusted(typ), ti.cfg.Name)
 	}
 
 	// (5) Signature, with the issuer's keys and algorithms. The verified

@@ -105,8 +105,8 @@ var sensitiveFields = []field[*sensitiveBlock]{
 		if !ok {
 			return
 		}
-		if !toolNameRE.MatchString(s) {
-			l.report(n, path, "%q is not a valid tool name (no wildcards here)", truncate(s, 64))
+		if !validToolName(s) {
+			l.report(n, path, "%q is not a valid tool name (no wildcards here): %s", truncate(s, 64), toolNameRules)
 			return
 		}
 		b.s.Tool, b.toolNode = s, n

@@ -23,7 +23,7 @@ const (
 )
 
 // Config holds the Service's dependencies. Every field but Issuers, Clients,
-// IntrospectionIssuers, Now and Logger is required.
+// IntrospectionClients, Now and Logger is required.
 type Config struct {
 	Identity Authenticator
 	Tokens   TaskTokens
@@ -34,9 +34,9 @@ type Config struct {
 	Templates *TemplateSet
 	// Clients may call introspection and revocation with a client secret.
 	Clients []Client
-	// IntrospectionIssuers names trusted issuers whose identity tokens may
-	// call introspection and revocation. Empty means none.
-	IntrospectionIssuers []string
+	// IntrospectionClients admit identity tokens (of tool servers, not
+	// agents) as callers of introspection and revocation. Empty means none.
+	IntrospectionClients []IntrospectionRule
 	Now                  func() time.Time
 	Logger               *slog.Logger
 	// Agent configures agent controls (delegation, DPoP, budgets, action
@@ -73,7 +73,7 @@ type Service struct {
 	audit        Auditor
 	templates    atomic.Pointer[TemplateSet]
 	clients      []Client
-	introIssuers map[string]bool
+	introClients []IntrospectionRule
 	now          func() time.Time
 	log          *slog.Logger
 	agent        agentControls
@@ -83,6 +83,7 @@ type Service struct {
 	retryQ     RevocationQueue
 	counters   revocationCounters
 	reconGrace time.Duration
+	throttle   *secretThrottle // failed client-secret attempts
 }
 
 // NewService checks cfg and builds a Service.
@@ -113,7 +114,7 @@ func NewService(cfg Config) (*Service, error) {
 		ledger:       cfg.Ledger,
 		audit:        cfg.Auditor,
 		clients:      cfg.Clients,
-		introIssuers: map[string]bool{},
+		introClients: make([]IntrospectionRule, 0, len(cfg.IntrospectionClients)),
 		retryQ:       cfg.RevocationQueue,
 		now:          cfg.Now,
 		log:          cfg.Logger,
@@ -127,8 +128,11 @@ func NewService(cfg Config) (*Service, error) {
 		s.issuers[is.Kind()] = is
 		s.extra = append(s.extra, is)
 	}
-	for _, name := range cfg.IntrospectionIssuers {
-		s.introIssuers[name] = true
+	for i, r := range cfg.IntrospectionClients {
+		if err := r.validate(); err != nil {
+			return nil, fmt.Errorf("broker: introspection rule %d: %w", i, err)
+		}
+		s.introClients = append(s.introClients, r.clone())
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -143,6 +147,7 @@ func NewService(cfg Config) (*Service, error) {
 	if err := s.agent.init(cfg.Agent, cfg.Ledger); err != nil {
 		return nil, err
 	}
+	s.throttle = newSecretThrottle(throttleIDs(cfg))
 	return s, nil
 }
 
@@ -568,28 +573,38 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 }
 
 // AuthorizeClient checks the caller of introspection and revocation: a
-// configured client secret, or an identity token from an issuer allowed to
-// introspect. It returns a name for the audit trail.
+// configured client secret, or an identity token that one of the
+// introspection rules admits (issuer, audience and subject rule, so an
+// agent's own identity token is never enough). It returns a name for the
+// audit trail.
 func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer string) (string, error) {
 	if clientID != "" {
+		if wait := s.throttle.wait("client:"+clientID, s.now()); wait > 0 {
+			s.log.WarnContext(ctx, "client authentication throttled", "client_id", quoteUntrusted(clientID))
+			return "", throttled(wait)
+		}
 		sum := sha256.Sum256([]byte(secret))
 		for _, c := range s.clients {
 			if subtle.ConstantTimeCompare([]byte(c.ID), []byte(clientID)) == 1 && subtle.ConstantTimeCompare(c.SecretSHA256[:], sum[:]) == 1 {
+				s.throttle.succeed("client:" + clientID)
 				return "client:" + c.ID, nil
 			}
 		}
-		s.log.WarnContext(ctx, "client authentication failed", "client_id", clientID)
+		s.throttle.fail("client:"+clientID, s.now())
+		s.log.WarnContext(ctx, "client authentication failed", "client_id", quoteUntrusted(clientID))
 		return "", unauthenticated(errors.New("bad client credentials"))
 	}
 	p, err := s.authenticate(ctx, bearer)
 	if err != nil {
 		return "", err
 	}
-	if !s.introIssuers[p.Issuer] {
-		return "", &Error{Code: CodeForbidden, Message: "this identity may not introspect or revoke tokens",
-			Err: fmt.Errorf("issuer %s is not allowed to introspect", p.Issuer)}
+	for _, r := range s.introClients {
+		if r.admits(p) {
+			return p.Issuer + ":" + p.Subject, nil
+		}
 	}
-	return p.Issuer + ":" + p.Subject, nil
+	return "", &Error{Code: CodeForbidden, Message: "this identity may not introspect or revoke tokens",
+		Err: fmt.Errorf("no introspection rule admits %s:%s", p.Issuer, p.Subject)}
 }
 
 // ReapOnce ends every active task whose deadline has passed, in batches,

@@ -47,6 +47,9 @@ type PrincipalRule struct {
 // "prefix.*" matches any name that starts with "prefix." and has something
 // after it; nothing else is a wildcard.
 func (t *Template) AllowsTool(name string) bool {
+	if !validToolName(name) { // "kb.*" or "kb..x" must never match "kb.*"
+		return false
+	}
 	for _, pat := range t.Tools {
 		if prefix, ok := cutWildcard(pat); ok {
 			if len(name) > len(prefix) && name[:len(prefix)] == prefix {

@@ -711,7 +711,7 @@ var conditionFields = []field[*conditionBlock]{
 // prefix is itself a valid tool name.
 func checkToolPattern(s string) string {
 	if prefix, ok := strings.CutSuffix(s, ".*"); ok {
-		if !toolNameRE.MatchString(prefix) {
+		if !validToolName(prefix) {
 			return fmt.Sprintf("%q is not a valid tool pattern: the part before \".*\" must be a tool name", truncate(s, 64))
 		}
 		return ""
@@ -719,8 +719,8 @@ func checkToolPattern(s string) string {
 	if strings.Contains(s, "*") {
 		return fmt.Sprintf("%q is not a valid tool pattern: the only wildcard is a trailing \".*\" after a tool name", truncate(s, 64))
 	}
-	if !toolNameRE.MatchString(s) {
-		return fmt.Sprintf("%q is not a valid tool name: use 1 to 128 of A-Z, a-z, 0-9, '_', '.', ':', '/', '-', not starting with '.', ':', '/' or '-'", truncate(s, 64))
+	if !validToolName(s) {
+		return fmt.Sprintf("%q is not a valid tool name: %s", truncate(s, 64), toolNameRules)
 	}
 	return ""
 }

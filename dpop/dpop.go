@@ -65,7 +65,7 @@ func Check(proof, method, rawURL string, now time.Time, accessToken string) (Pro
 	if len(proof) > MaxProofBytes {
 		return bad("proof is %d bytes, more than %d", len(proof), MaxProofBytes)
 	}
-	sig, err := jose.ParseSigned(proof, Algorithms)
+	sig, err := jose.ParseSignedCompact(proof, Algorithms)
 	if err != nil {
 		return bad("parsing: %v", err)
 	}

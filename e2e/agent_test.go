@@ -76,8 +76,10 @@ func (c *countingTransport) get(path string) int {
 // feed says whether the verifier follows the revocation feed.
 func newToolServer(t *testing.T, e *env, feed bool) (*httptest.Server, *verify.Verifier, *countingTransport) {
 	ct := &countingTransport{calls: map[string]int{}}
+	ts := httptest.NewUnstartedServer(nil) // its URL is the verifier's PublicURL
 	v, err := verify.New(verify.Config{Issuer: e.srv.URL, Audience: "https://tools.example.com", ClientID: clientID,
-		ClientSecret: clientSecret, HTTPClient: &http.Client{Transport: ct, Timeout: 5 * time.Second}, Now: e.clock.Now})
+		ClientSecret: clientSecret, HTTPClient: &http.Client{Transport: ct, Timeout: 5 * time.Second}, Now: e.clock.Now,
+		PublicURL: "http://" + ts.Listener.Addr().String()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +95,8 @@ func newToolServer(t *testing.T, e *env, feed bool) (*httptest.Server, *verify.V
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	ts := httptest.NewServer(toolserver.New(v))
+	ts.Config.Handler = toolserver.New(v)
+	ts.Start()
 	t.Cleanup(ts.Close)
 	return ts, v, ct
 }

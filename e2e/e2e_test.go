@@ -203,6 +203,7 @@ func TestBadInput(t *testing.T) {
 		{"empty tools", "application/json", `{` + ok + `,"tools":[]}`, 400, "tools", ""},
 		{"empty tool name", "application/json", `{` + ok + `,"tools":["tickets.read",""]}`, 400, "tools[1]", ""},
 		{"duplicate tools", "application/json", `{` + ok + `,"tools":["tickets.read","tickets.read"]}`, 400, "tools[1]", ""},
+		{"tool name outside the grammar", "application/json", `{` + ok + `,"tools":["tickets.read","kb.search","tickets.comment","kb.se\u200barch"]}`, 400, "tools[3]", ""},
 		{"tool outside allowlist", "application/json", `{` + ok + `,"tools":["tickets.read","tickets.delete"]}`, 403, "tools[1]", "tools"},
 		{"prefix pattern is not a wildcard for its root", "application/json", `{` + ok + `,"tools":["kb"]}`, 403, "tools[0]", "tools"},
 		{"condition denies", "application/json", `{` + ok + `,"tools":["tickets.read"],"context":{"export":true}}`, 403, "", "no-export"},

@@ -143,6 +143,8 @@ type envOptions struct {
 	queue   broker.RevocationQueue
 	// other, when set, is a second trusted agent issuer named "other".
 	other *oidctest.Issuer
+	// introspection admits identity tokens as introspection clients.
+	introspection []broker.IntrospectionRule
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -215,6 +217,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
 		Agent: agentCfg, Issuers: o.issuers, RevocationQueue: o.queue,
+		IntrospectionClients: o.introspection,
 	}
 	if o.incident {
 		e.incidentConfig(&cfg, rc) // incident_harness_test.go

@@ -89,6 +89,12 @@ func NewVault(cfg VaultConfig) (*Vault, error) {
 // ever revoked through the issuer.
 func (v *Vault) Kind() broker.CredentialKind { return broker.KindVaultToken }
 
+// Recognizes implements broker.TokenRecognizer: Vault service and batch
+// tokens (hvs., hvb.) end with their task, not through RFC 7009.
+func (v *Vault) Recognizes(raw string) bool {
+	return strings.HasPrefix(raw, "hvs.") || strings.HasPrefix(raw, "hvb.")
+}
+
 // Mint implements broker.Issuer. A template without a vault block gets
 // nothing. The task token's ttl and explicit_max_ttl are the task's
 // remaining time, rounded down to whole seconds, so Vault kills it by the

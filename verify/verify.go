@@ -41,8 +41,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// Now is the clock; default time.Now.
 	Now func() time.Time
-	// PublicURL is this server's own base URL, for the htu of DPoP proofs;
-	// default the request's Host with http or https as it came.
+	// PublicURL is this server's own base URL as its clients call it, for
+	// the htu of DPoP proofs. Without it, DPoP-bound task tokens are
+	// refused: the request's Host header is the client's to choose, so a
+	// proof could never be tied to this server by it.
 	PublicURL string
 	Logger    *slog.Logger
 }
@@ -81,8 +83,12 @@ func refuse(status int, msg string, err error) *Error {
 	return &Error{Status: status, Message: msg, Err: err}
 }
 
-// jwksMinRefresh is the least time between two JWKS fetches on unknown kids.
-const jwksMinRefresh = 30 * time.Second
+const (
+	// jwksMinRefresh is the least time between two JWKS fetches on unknown kids.
+	jwksMinRefresh = 30 * time.Second
+	// jwksFetchTimeout bounds one shared JWKS fetch, whatever HTTPClient does.
+	jwksFetchTimeout = 10 * time.Second
+)
 
 // Verifier checks task tokens. It is safe for concurrent use.
 type Verifier struct {
@@ -90,9 +96,10 @@ type Verifier struct {
 	parser       *jwt.Parser
 	actionParser *jwt.Parser
 
-	keysMu    sync.Mutex
-	keys      map[string]crypto.PublicKey
+	keysMu    sync.RWMutex
+	keys      map[string]crypto.PublicKey // replaced on refresh, never mutated
 	lastFetch time.Time
+	inflight  *jwksFetch
 
 	deny    *denySet
 	proof   *replay
@@ -112,6 +119,12 @@ func New(cfg Config) (*Verifier, error) {
 	if cfg.ClientID == "" || cfg.ClientSecret == "" {
 		errs = append(errs, errors.New("client id and secret are required (introspection and the revocation feed)"))
 	}
+	if cfg.PublicURL != "" {
+		if u, err := url.Parse(cfg.PublicURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" ||
+			u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, fmt.Errorf("public URL %q must be an absolute http(s) URL without user, query or fragment", cfg.PublicURL))
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
@@ -125,6 +138,9 @@ func New(cfg Config) (*Verifier, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.Issuer = strings.TrimSuffix(cfg.Issuer, "/")
+	if cfg.PublicURL == "" {
+		cfg.Logger.Warn("verify: no PublicURL configured; DPoP-bound task tokens will be refused")
+	}
 	return &Verifier{
 		cfg: cfg,
 		parser: jwt.NewParser(jwt.WithValidMethods([]string{"EdDSA", "ES256"}), jwt.WithIssuer(cfg.Issuer),
@@ -253,6 +269,9 @@ func (v *Verifier) checkToken(ctx context.Context, r *http.Request) (Claims, err
 		if c.JKT == "" {
 			return Claims{}, refuse(401, "invalid task token", errors.New("cnf without jkt"))
 		}
+		if v.cfg.PublicURL == "" {
+			return Claims{}, refuse(401, "this tool server does not accept key-bound (DPoP) tokens", errors.New("bound token, but no PublicURL is configured to check its proof's htu against"))
+		}
 		if !strings.EqualFold(scheme, "DPoP") {
 			return Claims{}, refuse(401, "this token is bound to a key: send it with the DPoP scheme and a proof", errors.New("bound token sent as Bearer"))
 		}
@@ -287,19 +306,16 @@ func (v *Verifier) checkProof(r *http.Request, raw, jkt string) error {
 	return nil
 }
 
+// requestURL is the URL a proof's htu must name: PublicURL and the
+// request's path, never the client-chosen Host header.
 func (v *Verifier) requestURL(r *http.Request) string {
-	if v.cfg.PublicURL != "" {
-		return strings.TrimSuffix(v.cfg.PublicURL, "/") + r.URL.EscapedPath()
-	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	return scheme + "://" + r.Host + r.URL.EscapedPath()
+	return strings.TrimSuffix(v.cfg.PublicURL, "/") + r.URL.EscapedPath()
 }
 
 // key finds the verification key named by the token's kid, fetching the
-// JWKS when the kid is unknown, at most once per jwksMinRefresh.
+// JWKS when the kid is unknown, at most once per jwksMinRefresh. The fetch
+// runs outside the key lock: a check whose kid is known never waits for
+// it, and concurrent checks with unknown kids share the one fetch.
 func (v *Verifier) key(ctx context.Context, t *jwt.Token, wantTyp string) (any, error) {
 	if typ, _ := t.Header["typ"].(string); typ != wantTyp {
 		return nil, fmt.Errorf("typ must be %s", wantTyp)
@@ -311,25 +327,66 @@ func (v *Verifier) key(ctx context.Context, t *jwt.Token, wantTyp string) (any, 
 	if kid == "" {
 		return nil, errors.New("no kid")
 	}
-	v.keysMu.Lock()
-	defer v.keysMu.Unlock()
-	if k, ok := v.keys[kid]; ok {
+	v.keysMu.RLock()
+	k, ok := v.keys[kid]
+	v.keysMu.RUnlock()
+	if ok {
 		return k, nil
 	}
-	now := v.cfg.Now()
-	if !v.lastFetch.IsZero() && now.Sub(v.lastFetch) < jwksMinRefresh {
-		return nil, fmt.Errorf("kid %.64q unknown (JWKS fetched %s ago)", kid, now.Sub(v.lastFetch))
-	}
-	v.lastFetch = now
-	keys, err := v.fetchJWKS(ctx)
-	if err != nil {
+	if err := v.refreshKeys(ctx); err != nil {
 		return nil, err
 	}
-	v.keys = keys
-	if k, ok := keys[kid]; ok {
+	v.keysMu.RLock()
+	k, ok = v.keys[kid]
+	v.keysMu.RUnlock()
+	if ok {
 		return k, nil
 	}
 	return nil, fmt.Errorf("kid %.64q unknown", kid)
+}
+
+// jwksFetch is one JWKS fetch that concurrent callers wait on.
+type jwksFetch struct {
+	done chan struct{}
+	err  error
+}
+
+// refreshKeys fetches the JWKS unless one is in flight (then it waits for
+// that one) or the last began less than jwksMinRefresh ago.
+func (v *Verifier) refreshKeys(ctx context.Context) error {
+	v.keysMu.Lock()
+	if call := v.inflight; call != nil {
+		v.keysMu.Unlock()
+		select {
+		case <-call.done:
+			return call.err
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the JWKS: %w", ctx.Err())
+		}
+	}
+	now := v.cfg.Now()
+	if !v.lastFetch.IsZero() && now.Sub(v.lastFetch) < jwksMinRefresh {
+		v.keysMu.Unlock()
+		return fmt.Errorf("unknown kid (JWKS fetched %s ago)", now.Sub(v.lastFetch))
+	}
+	v.lastFetch = now
+	call := &jwksFetch{done: make(chan struct{})}
+	v.inflight = call
+	v.keysMu.Unlock()
+
+	// The fetch is shared: one caller giving up must not fail the others.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), jwksFetchTimeout)
+	keys, err := v.fetchJWKS(fctx)
+	cancel()
+	v.keysMu.Lock()
+	if err == nil {
+		v.keys = keys
+	}
+	v.inflight = nil
+	v.keysMu.Unlock()
+	call.err = err
+	close(call.done)
+	return err
 }
 
 func (v *Verifier) fetchJWKS(ctx context.Context) (map[string]crypto.PublicKey, error) {

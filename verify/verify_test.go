@@ -48,6 +48,10 @@ type valet struct {
 	events chan string
 	cut    chan struct{}
 
+	// jwksHold, when set, holds every JWKS answer until it is closed;
+	// jwksIn is told each time one is held.
+	jwksHold, jwksIn chan struct{}
+
 	mu       sync.Mutex
 	revoked  map[string]bool // jti
 	cursors  []string        // cursor of each stream request
@@ -62,6 +66,10 @@ func newValet(t *testing.T, now func() time.Time) *valet {
 	v := &valet{t: t, key: key, kid: "k1", now: now, events: make(chan string, 16), cut: make(chan struct{}, 1), revoked: map[string]bool{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/jwks.json", func(w http.ResponseWriter, r *http.Request) {
+		if v.jwksHold != nil {
+			v.jwksIn <- struct{}{}
+			<-v.jwksHold
+		}
 		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: v.kid, Algorithm: "EdDSA", Use: "sig"}}})
 	})
 	mux.HandleFunc("POST /v1/introspect", func(w http.ResponseWriter, r *http.Request) {

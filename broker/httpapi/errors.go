@@ -4,6 +4,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/valet-dev/valet/broker"
 )
@@ -20,9 +22,11 @@ var statusOf = map[broker.Code]int{
 	broker.CodeConflict:        http.StatusConflict,
 	broker.CodeTooLarge:        http.StatusRequestEntityTooLarge,
 	broker.CodeUnsupportedType: http.StatusUnsupportedMediaType,
-	broker.CodeTooManyRequests: http.StatusTooManyRequests,
 	broker.CodeUnavailable:     http.StatusServiceUnavailable,
 	broker.CodeInternal:        http.StatusInternalServerError,
+	// RFC 7009 section 2.2.1 and the client-secret throttle.
+	broker.CodeUnsupportedTokenType: http.StatusBadRequest,
+	broker.CodeTooManyRequests:      http.StatusTooManyRequests,
 }
 
 // errorBody is the one error shape of the API (Error in openapi.yaml).
@@ -70,6 +74,9 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", "1")
 	case http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", "5")
+	}
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}
 	writeJSON(w, status, errorBody{Error: e.Code, Message: e.Message, Rule: e.Rule, Field: e.Field, RequestID: broker.RequestID(r.Context())})
 }

@@ -292,7 +292,7 @@ func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if err := a.svc.Revoke(r.Context(), token, caller); err != nil {
+	if err := a.svc.RevokeToken(r.Context(), token, r.PostForm.Get("token_type_hint"), caller); err != nil {
 		a.writeError(w, r, err)
 		return
 	}

@@ -78,6 +78,10 @@ func (c *Config) agentConfig(getenv func(string) string) (broker.AgentConfig, er
 			}
 			copy(sum[:], b)
 		}
+		if isPublishedSecret(sum) {
+			bad(field, "%s", publishedSecretMsg)
+			continue
+		}
 		clients = append(clients, broker.Client{ID: cl.ID, SecretSHA256: sum})
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -9,10 +9,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/valet-dev/valet/broker"
 )
 
 // Config is the file given to `valet serve --config`. Every field is listed
@@ -76,6 +79,8 @@ type IssuerEntry struct {
 	SubjectClaim string   `yaml:"subject_claim"`
 	Condition    string   `yaml:"condition"`
 	JWKSURL      string   `yaml:"jwks_url"`
+	// Types are the accepted typ header values (broker.IssuerConfig.Types).
+	Types []string `yaml:"types"`
 }
 
 type TemplatesConfig struct {
@@ -85,7 +90,38 @@ type TemplatesConfig struct {
 
 type ClientsConfig struct {
 	Clients []ClientEntry `yaml:"clients"`
-	Issuers []string      `yaml:"issuers"`
+	// Issuers are rules admitting tool servers' identity tokens.
+	Issuers []IntrospectionRuleEntry `yaml:"issuers"`
+}
+
+// IntrospectionRuleEntry admits identity tokens of one trusted issuer, for
+// one audience, with the given subjects or claim values, as callers of
+// introspection and revocation (broker.IntrospectionRule).
+type IntrospectionRuleEntry struct {
+	Issuer   string            `yaml:"issuer"`
+	Audience string            `yaml:"audience"`
+	Subjects []string          `yaml:"subjects"`
+	Claims   map[string]string `yaml:"claims"`
+}
+
+// UnmarshalYAML refuses the old bare issuer name with a message saying
+// why, and unknown keys (a Node's Decode does not inherit KnownFields).
+func (e *IntrospectionRuleEntry) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		return fmt.Errorf("line %d: introspection.issuers: %q is a bare issuer name, which let every agent of that issuer introspect and revoke; write a rule {issuer, audience, subjects or claims}", n.Line, n.Value)
+	}
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: introspection.issuers: each entry must be a rule {issuer, audience, subjects or claims}", n.Line)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		switch k := n.Content[i]; k.Value {
+		case "issuer", "audience", "subjects", "claims":
+		default:
+			return fmt.Errorf("line %d: introspection.issuers: field %s not found in type main.IntrospectionRuleEntry", k.Line, k.Value)
+		}
+	}
+	type plain IntrospectionRuleEntry
+	return n.Decode((*plain)(e))
 }
 
 type ClientEntry struct {
@@ -305,6 +341,7 @@ func (c *Config) validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.validateIntrospectionClients()...)
 	if c.Reaper.Interval < Duration(100*time.Millisecond) {
 		bad("reaper.interval", "must be at least 100ms")
 	}
@@ -316,6 +353,61 @@ func (c *Config) validate() error {
 	}
 	errs = append(errs, c.validateIncident()...)
 	return errors.Join(errs...)
+}
+
+// validateIntrospectionClients refuses a rule that cannot match and one that
+// agents' own identity tokens could satisfy: an issuer and an audience of
+// that issuer alone are what every agent of the issuer presents, so a
+// rule needs subjects or claims naming only the tool server.
+func (c *Config) validateIntrospectionClients() []error {
+	var errs []error
+	for i, r := range c.Clients.Issuers {
+		field := fmt.Sprintf("introspection.issuers[%d]", i)
+		bad := func(key, format string, args ...any) {
+			errs = append(errs, fmt.Errorf("%s%s: %s", field, key, fmt.Sprintf(format, args...)))
+		}
+		var issuer *IssuerEntry
+		for j := range c.Issuers {
+			if c.Issuers[j].Name == r.Issuer {
+				issuer = &c.Issuers[j]
+			}
+		}
+		switch {
+		case r.Issuer == "":
+			bad(".issuer", "is required (the name of a trusted issuer)")
+		case issuer == nil:
+			bad(".issuer", "%q is not the name of a trusted issuer under issuers", r.Issuer)
+		}
+		switch {
+		case r.Audience == "":
+			bad(".audience", "is required")
+		case issuer != nil && !slices.Contains(issuer.Audiences, r.Audience):
+			bad(".audience", "%q is not one of issuer %q's audiences, so no token with it would verify", r.Audience, r.Issuer)
+		}
+		if len(r.Subjects) == 0 && len(r.Claims) == 0 {
+			bad(".subjects", "a rule with only issuer %q and audience %q admits every agent's identity token from that issuer; list the tool server's subjects (or claims only its tokens carry)", r.Issuer, r.Audience)
+		}
+		for j, s := range r.Subjects {
+			if strings.TrimSpace(s) == "" {
+				bad(fmt.Sprintf(".subjects[%d]", j), "is empty")
+			}
+		}
+		for k, v := range r.Claims {
+			if strings.TrimSpace(k) == "" || v == "" {
+				bad(".claims", "%q: claim names and values must not be empty", k)
+			}
+		}
+	}
+	return errs
+}
+
+// introspectionRules is the broker's form of introspection.issuers.
+func (c *Config) introspectionRules() []broker.IntrospectionRule {
+	out := make([]broker.IntrospectionRule, len(c.Clients.Issuers))
+	for i, r := range c.Clients.Issuers {
+		out[i] = broker.IntrospectionRule{Issuer: r.Issuer, Audience: r.Audience, Subjects: r.Subjects, Claims: r.Claims}
+	}
+	return out
 }
 
 // clientSecrets resolves the introspection clients' secret hashes.
@@ -334,6 +426,14 @@ func (c *Config) clientSecrets(getenv func(string) string) ([]clientSecret, erro
 		} else {
 			b, _ := hex.DecodeString(cl.SecretSHA256)
 			copy(sum[:], b)
+		}
+		if isPublishedSecret(sum) {
+			key := ".secret_sha256"
+			if cl.SecretEnv != "" {
+				key = " (environment variable " + cl.SecretEnv + ")"
+			}
+			errs = append(errs, fmt.Errorf("introspection.clients[%d]%s %s", i, key, publishedSecretMsg))
+			continue
 		}
 		out = append(out, clientSecret{id: cl.ID, sum: sum})
 	}

@@ -158,3 +158,44 @@ func TestApprovalCapsConfig(t *testing.T) {
 		t.Fatalf("bad caps: %v", err)
 	}
 }
+
+// TestIntrospectionClientsConfig guards issue 9 #7: introspection.issuers
+// takes rules, and a rule that agents' own identity tokens satisfy (issuer
+// and audience with no subjects or claims), a bare issuer name, an unknown
+// issuer or an audience the issuer does not accept is refused, naming the key.
+func TestIntrospectionClientsConfig(t *testing.T) {
+	base := "addr: 127.0.0.1:8080\nredis: {url: redis://127.0.0.1:6379/0}\nsigning: {keys: [{file: k.pem}]}\n" +
+		"templates: {paths: [t]}\nissuers:\n  - {name: k8s, issuer_url: https://k8s.example.com, audiences: [valet]}\n"
+	for _, tc := range []struct {
+		name, rules string
+		want        []string // each must appear in the error; none means valid
+	}{
+		{"subjects", "  issuers:\n    - {issuer: k8s, audience: valet, subjects: [system:serviceaccount:tools:kb]}\n", nil},
+		{"claims", "  issuers:\n    - {issuer: k8s, audience: valet, claims: {azp: kb-server}}\n", nil},
+		{"agents satisfy it", "  issuers:\n    - {issuer: k8s, audience: valet}\n",
+			[]string{"introspection.issuers[0].subjects", "admits every agent"}},
+		{"bare issuer name", "  issuers: [k8s]\n", []string{"introspection.issuers", "bare issuer name"}},
+		{"unknown issuer", "  issuers:\n    - {issuer: dev, audience: valet, subjects: [x]}\n", []string{"introspection.issuers[0].issuer"}},
+		{"audience not accepted", "  issuers:\n    - {issuer: k8s, audience: tools, subjects: [x]}\n", []string{"introspection.issuers[0].audience"}},
+		{"unknown key", "  issuers:\n    - {issuer: k8s, audience: valet, subject: x}\n", []string{"subject not found"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "c.yaml", base+"introspection:\n"+tc.rules)
+			cfg, err := loadConfig(p, func(string) string { return "" })
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r := cfg.introspectionRules(); len(r) != 1 || r[0].Issuer != "k8s" || r[0].Audience != "valet" {
+					t.Fatalf("rules = %+v", r)
+				}
+				return
+			}
+			for _, w := range tc.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("error %v does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -137,7 +137,7 @@ func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer 
 	cfgs := make([]broker.IssuerConfig, len(ac.Issuers))
 	for i, is := range ac.Issuers {
 		cfgs[i] = broker.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
-			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL, StaticJWKS: static[is.IssuerURL]}
+			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL, StaticJWKS: static[is.IssuerURL], Types: is.Types}
 	}
 	id, err := broker.NewIdentity(ctx, cfgs, broker.IdentityOptions{SelfIssuer: selfIssuer, Logger: log})
 	if err != nil {

@@ -72,7 +72,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	names := make([]string, len(cfg.Issuers))
 	for i, is := range cfg.Issuers {
 		trusted[i] = broker.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
-			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL}
+			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL, Types: is.Types}
 		names[i] = is.Name
 	}
 	identity, err := broker.NewIdentity(ctx, trusted, broker.IdentityOptions{
@@ -137,7 +137,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	svc, err = broker.NewService(broker.Config{
 		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
-		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log, Agent: agentCfg,
+		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Logger: log, Agent: agentCfg,
 		Controls: inc.controls, Epochs: ledger,
 		Issuers: vw.issuers, RevocationQueue: retryQ, ReconcileGrace: vw.reconcileGrace(),
 	})

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"net"
 	"net/http"
 	"os"
@@ -197,9 +198,11 @@ func startServe(t *testing.T, secret string) *servedValet {
 
 func TestWalkthroughServe(t *testing.T) {
 	vars := readmeBlock(t, "serve-vars")
-	secret := regexp.MustCompile(`SECRET=(\S+)`).FindStringSubmatch(vars)[1]
-	v := startServe(t, secret)
-	vars = strings.NewReplacer("http://127.0.0.1:8080", v.base, "http://127.0.0.1:8081", v.idpURL).Replace(vars)
+	secretFile := writeFile(t, t.TempDir(), "tool-server.secret", "walkthrough-test-"+rand.Text()+"\n")
+	secret, _ := os.ReadFile(secretFile)
+	v := startServe(t, strings.TrimSpace(string(secret)))
+	vars = strings.NewReplacer("http://127.0.0.1:8080", v.base, "http://127.0.0.1:8081", v.idpURL,
+		"/tmp/valet-demo/tool-server.secret", secretFile).Replace(vars)
 	runSteps(t, vars)
 	if !strings.Contains(v.stderr.String(), `"task granted"`) {
 		t.Errorf("serve logged no grant:\n%s", v.stderr.String())

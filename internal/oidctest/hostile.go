@@ -245,9 +245,11 @@ func HostileTokens(t testing.TB, iss *Issuer, valetTaskToken string) (cases []Ho
 		{"sub numeric", tok(map[string]any{"sub": 42})},
 
 		// Not an identity token.
-		{"typ at+jwt", tok(nil, WithHeader("typ", "at+jwt"))},
-		{"typ application/at+jwt", tok(nil, WithHeader("typ", "application/at+jwt"))},
-		{"typ AT+JWT", tok(nil, WithHeader("typ", "AT+JWT"))},
+		{"typ dpop+jwt", tok(nil, WithHeader("typ", "dpop+jwt"))},
+		{"typ application/secevent+jwt", tok(nil, WithHeader("typ", "application/secevent+jwt"))},
+		{"typ logout+JWT", tok(nil, WithHeader("typ", "logout+JWT"))},
+		{"typ empty", tok(nil, WithHeader("typ", ""))},
+		{"typ absent spelled out", tok(nil, WithHeader("typ", "absent"))},
 		{"task_id claim", tok(map[string]any{"task_id": "task-1"})},
 		{"nested JWT (cty)", tok(nil, WithHeader("cty", "JWT"))},
 		{"crit header", tok(nil, WithHeader("crit", []string{"exp"}), WithHeader("exp", now.Unix()))},

@@ -1,7 +1,7 @@
 // Command toolserver runs the example tool server against a Valet broker.
 //
 //	VALET_URL=http://127.0.0.1:8080 VALET_CLIENT_ID=tool-server VALET_CLIENT_SECRET=... \
-//	  go run ./examples/toolserver/cmd/toolserver --addr 127.0.0.1:9090 --audience https://tools.example.com
+//	  TOOLSERVER_PUBLIC_URL=http://127.0.0.1:9090 go run ./examples/toolserver/cmd/toolserver --addr 127.0.0.1:9090 --audience https://tools.example.com
 package main
 
 import (
@@ -23,7 +23,8 @@ func main() {
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	v, err := verify.New(verify.Config{Issuer: os.Getenv("VALET_URL"), Audience: *audience,
-		ClientID: os.Getenv("VALET_CLIENT_ID"), ClientSecret: os.Getenv("VALET_CLIENT_SECRET"), Logger: log})
+		ClientID: os.Getenv("VALET_CLIENT_ID"), ClientSecret: os.Getenv("VALET_CLIENT_SECRET"), Logger: log,
+		PublicURL: os.Getenv("TOOLSERVER_PUBLIC_URL")})
 	if err != nil {
 		log.Error("configuring the verifier", "err", err)
 		os.Exit(1)

@@ -1,0 +1,98 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// RFC 7009 section 2.1 token_type_hint values Valet knows. Valet issues no
+// refresh tokens; the hint is honoured as the order of the search, which
+// always extends to every type Valet can revoke (section 2.1: "If the
+// server is unable to locate the token using the given hint, it MUST
+// extend its search across all of its supported token types").
+const (
+	HintAccessToken  = "access_token"
+	HintRefreshToken = "refresh_token"
+	// HintActionToken names Valet's single-use action tokens.
+	HintActionToken = "action_token"
+	maxHintLen      = 64
+)
+
+// TokenRecognizer is implemented by an Issuer whose credentials Valet
+// mints but cannot revoke one at a time through RFC 7009 (they end with
+// their task). Recognizes must not call out: it only looks at raw.
+type TokenRecognizer interface {
+	Recognizes(raw string) bool
+}
+
+// RevokeToken implements RFC 7009 for every token type Valet can revoke:
+// a task token revokes its task (Revoke), an action token is burnt so it
+// can never be consumed. A token Valet recognises but cannot revoke (an
+// identity token of a trusted issuer, a credential that ends only with its
+// task) is an unsupported_token_type error, never a false success; any
+// other token is invalid and, as the RFC asks, answers success.
+func (s *Service) RevokeToken(ctx context.Context, raw, hint, actor string) error {
+	if len(hint) > maxHintLen {
+		return invalidField("token_type_hint", "token_type_hint must be at most %d bytes", maxHintLen)
+	}
+	task := func() (bool, error) {
+		if _, err := s.tokens.Verify(raw); err != nil {
+			return false, nil
+		}
+		return true, s.Revoke(ctx, raw, actor)
+	}
+	action := func() (bool, error) { return s.revokeAction(ctx, raw, actor) }
+	order := []func() (bool, error){task, action}
+	if hint == HintActionToken {
+		order = []func() (bool, error){action, task}
+	}
+	for _, try := range order {
+		if found, err := try(); found || err != nil {
+			return err
+		}
+	}
+	for _, is := range s.extra {
+		if r, ok := is.(TokenRecognizer); ok && r.Recognizes(raw) {
+			return &Error{Code: CodeUnsupportedTokenType, Field: "token",
+				Message: "this " + string(is.Kind()) + " credential cannot be revoked by itself: revoke (or complete) the task that holds it"}
+		}
+	}
+	if _, err := s.identity.Authenticate(ctx, raw); err == nil {
+		return &Error{Code: CodeUnsupportedTokenType, Field: "token",
+			Message: "identity tokens are issued by the identity provider, not Valet: revoke them there"}
+	}
+	return nil
+}
+
+// revokeAction burns an action token Valet issued, so it can never be
+// consumed. It reports whether raw is one. Burning an already consumed or
+// burnt token succeeds: either way it can no longer be used.
+func (s *Service) revokeAction(ctx context.Context, raw, actor string) (bool, error) {
+	at, err := s.actionTokens()
+	if err != nil {
+		return false, nil // no action tokens: raw cannot be one
+	}
+	ac, err := at.VerifyAction(raw)
+	if err != nil {
+		return false, nil
+	}
+	if s.agent.limiter == nil {
+		return true, unavailable("the replay store", errNoLimiter)
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	first, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second))
+	cancel()
+	if err != nil {
+		return true, unavailable("the replay store", err)
+	}
+	ev := s.event(ctx, "action.revoked", actor, Task{ID: ac.TaskID})
+	ev.Outcome, ev.Creds = "revoked", []string{ac.ID}
+	ev.Detail = map[string]any{"tool": ac.Tool, "args_hash": ac.ArgsHash, "already_used": !first}
+	if err := s.audit.Record(ctx, ev); err != nil {
+		// The token is burnt; a retry answers success and audits again.
+		return true, unavailable("the audit log", errors.Join(errors.New("action token burnt, not audited"), err))
+	}
+	s.log.InfoContext(ctx, "action token revoked", "jti", ac.ID, "task_id", ac.TaskID, "already_used", !first, "actor", actor)
+	return true, nil
+}

@@ -1,0 +1,103 @@
+package broker
+
+import (
+	"encoding/json"
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+// hostileToolNames are tool names a client may send that the template
+// grammar refuses: each must be refused wherever a client names a tool,
+// before any pattern match (issue 9, low). Before, declarations, token
+// exchanges, action requests and event reports only checked length and
+// UTF-8, so "kb.*" (a literal granted by the template pattern kb.*),
+// "kb..x", names with spaces, controls or zero-width characters passed.
+var hostileToolNames = []struct{ name, tool string }{
+	{"star", "kb.*"},
+	{"bare star", "*"},
+	{"dot dot", "kb..search"},
+	{"path climb", "kb/../admin"},
+	{"space", "kb search"},
+	{"leading space", " kb.search"},
+	{"tab", "kb.search\t"},
+	{"newline", "kb.search\nforged line"},
+	{"ANSI escape", "kb.\x1b[31msearch"},
+	{"NUL", "kb.search\x00"},
+	{"zero-width space", "kb.se\u200barch"},
+	{"zero-width joiner", "kb.search\u200d"},
+	{"BOM", "\ufeffkb.search"},
+	{"Cyrillic look-alike", "kb.sеarch"},
+	{"full-width", "ｋｂ.search"},
+	{"leading dot", ".kb"},
+	{"leading dash", "-kb"},
+	{"too long", strings.Repeat("a", 129)},
+}
+
+func wantToolField(t *testing.T, err error, field string) {
+	t.Helper()
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeInvalid || e.Field != field {
+		t.Fatalf("err = %#v, want a 400 naming %s", err, field)
+	}
+	if strings.ContainsAny(e.Message, "\x1b\x00\n\u200b") {
+		t.Fatalf("message echoes a raw control or zero-width character: %q", e.Message)
+	}
+}
+
+func TestClientToolNamesFollowTheTemplateGrammar(t *testing.T) {
+	for _, tc := range hostileToolNames {
+		t.Run(tc.name, func(t *testing.T) {
+			if validToolName(tc.tool) {
+				t.Fatalf("validToolName(%q) = true", tc.tool)
+			}
+			t.Run("declaration", func(t *testing.T) {
+				body, _ := json.Marshal(map[string]any{"template": "t", "intent": "do it", "tools": []string{"kb.search", "x", "y", tc.tool}})
+				_, err := DecodeDeclaration(strings.NewReader(string(body)))
+				wantToolField(t, err, "tools[3]")
+			})
+			t.Run("token exchange", func(t *testing.T) {
+				if strings.ContainsAny(tc.tool, " \t\n") {
+					t.Skip("whitespace separates the space-delimited tools parameter, so it cannot be inside one name")
+				}
+				form := url.Values{"grant_type": {GrantTypeTokenExchange}, "subject_token": {"s"}, "subject_token_type": {TokenTypeAccessToken},
+					"actor_token": {"a"}, "actor_token_type": {TokenTypeIDToken}, "tools": {"kb.search x " + tc.tool}}
+				_, err := DecodeTokenExchange(form)
+				wantToolField(t, err, "tools[2]")
+			})
+			t.Run("action request", func(t *testing.T) {
+				body, _ := json.Marshal(map[string]any{"tool": tc.tool, "args": map[string]any{}})
+				_, err := DecodeActionRequest(strings.NewReader(string(body)))
+				wantToolField(t, err, "tool")
+			})
+			t.Run("event report", func(t *testing.T) {
+				wantToolField(t, EventReport{Tool: tc.tool, Outcome: "ok"}.validate(), "tool")
+			})
+		})
+	}
+	// Valid names still pass everywhere.
+	for _, ok := range []string{"kb.search", "tickets.read", "github:repo/issues.write", "a_b-c", "x"} {
+		if !validToolName(ok) {
+			t.Errorf("validToolName(%q) = false", ok)
+		}
+	}
+	if _, err := DecodeDeclaration(strings.NewReader(`{"template":"t","intent":"do it","tools":["kb.search","github:repo/issues.write"]}`)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAllowsToolRefusesInvalidNames: the one pattern matcher refuses every
+// name outside the grammar, whatever path it came by ("kb.*" used to
+// match the pattern "kb.*" as a literal name).
+func TestAllowsToolRefusesInvalidNames(t *testing.T) {
+	tmpl := &Template{Tools: []string{"kb.*", "tickets.read"}}
+	for _, tc := range hostileToolNames {
+		if tmpl.AllowsTool(tc.tool) {
+			t.Errorf("%s: AllowsTool(%q) = true", tc.name, tc.tool)
+		}
+	}
+	if !tmpl.AllowsTool("kb.search") || !tmpl.AllowsTool("tickets.read") {
+		t.Fatal("valid names refused")
+	}
+}
