@@ -32,7 +32,7 @@ func TestRevokeTokenTypes(t *testing.T) {
 		return r.json(t)["consumed"]
 	}
 
-	a := e.boundTask(nil, "tickets.read") // as TestActionTokens does
+	a := e.boundTask(nil, "tickets.read", "tickets.delete") // a sensitive tool is granted like any (issue 9 #5)
 	for _, hint := range []string{"", broker.HintActionToken, broker.HintRefreshToken} {
 		act := a.actionToken("tickets.delete", `{"ticket":"7"}`)
 		if r := revoke(act, hint); r.Status != http.StatusOK {
