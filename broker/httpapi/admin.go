@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
 )
@@ -29,21 +28,6 @@ const (
 	feedKeepalive = 15 * time.Second
 	feedWait      = 5 * time.Second
 )
-
-// timeout is chi's Timeout for every route but the revocation stream,
-// which lives as long as its client.
-func timeout(d time.Duration) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		withTimeout := middleware.Timeout(d)(next)
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == streamPath {
-				next.ServeHTTP(w, r)
-				return
-			}
-			withTimeout.ServeHTTP(w, r)
-		})
-	}
-}
 
 // incidentRoutes adds the revocation feed, the admin API and /metrics, for
 // whichever of them are configured.
