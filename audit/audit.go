@@ -120,6 +120,10 @@ func OpenFileWith(path string, o FileOptions) (*Log, io.Closer, error) {
 		}
 		return nil, nil, fmt.Errorf("audit file %s: %w", path, err)
 	}
+	if err := endLine(f); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("audit file %s: %w", path, err)
+	}
 	l := NewLog(f)
 	if last.Hash != "" {
 		l.seq, l.prev = last.Seq, last.Hash
@@ -127,6 +131,24 @@ func OpenFileWith(path string, o FileOptions) (*Log, io.Closer, error) {
 		l.synced = last.Seq
 	}
 	return l, f, nil
+}
+
+// endLine ends a file whose last record lacks its newline with one, so the
+// next record starts on a line of its own.
+func endLine(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return err
+	}
+	var b [1]byte
+	if _, err := f.ReadAt(b[:], st.Size()-1); err != nil {
+		return fmt.Errorf("reading the last byte: %w", err)
+	}
+	if b[0] == '\n' {
+		return nil
+	}
+	_, err = f.Write([]byte{'\n'})
+	return err
 }
 
 // newSegment moves the broken file at path to the first free path.<n>,
@@ -298,10 +320,9 @@ func Verify(r io.Reader) (Record, error) {
 			return last, fmt.Errorf("reading audit trail after line %d: %w", line, err)
 		}
 		line++
-		if err != nil { // io.EOF with bytes: the last line has no newline
-			return last, &BreakError{Line: line, Reason: "is incomplete (no newline at the end): the writer stopped mid-line"}
+		if err == nil { // a final line without its newline is still read
+			b = b[:len(b)-1]
 		}
-		b = b[:len(b)-1]
 		if len(b) == 0 {
 			return last, &BreakError{Line: line, Reason: "is empty"}
 		}
@@ -318,5 +339,8 @@ func Verify(r io.Reader) (Record, error) {
 			return last, &BreakError{Line: line, Seq: rec.Seq, Reason: fmt.Sprintf("has the wrong seq, want %d", want)}
 		}
 		last, prev, want = rec, rec.Hash, want+1
+		if err != nil {
+			return last, nil
+		}
 	}
 }

@@ -45,8 +45,8 @@ const (
 type RedisWriterOptions struct {
 	// Prefix of the keys; default "valet".
 	Prefix string
-	// Retention is how long the stream keeps an entry (trimmed by MINID,
-	// approximately, on each append) and how long a task's index and a
+	// Retention is how long the stream keeps an entry (trimmed by MINID on
+	// each append) and how long a task's index and a
 	// chain's head outlive their last append; default
 	// DefaultStreamRetention.
 	Retention time.Duration
@@ -54,6 +54,10 @@ type RedisWriterOptions struct {
 	// append); default DefaultStreamMaxLen. The audit file is the durable
 	// copy; the stream is a bounded, recent one for timelines.
 	MaxLen int64
+	// Timeout bounds one append; default 2 s.
+	Timeout time.Duration
+	// Now is the clock for retention; default time.Now.
+	Now func() time.Time
 }
 
 // RedisWriter is an audit sink that appends each line of a Log to a Redis
@@ -75,6 +79,7 @@ type RedisWriter struct {
 	timeout time.Duration
 	ttl     time.Duration
 	maxLen  int64
+	now     func() time.Time
 }
 
 // NewRedisWriter writes to the stream under o.Prefix.
@@ -91,10 +96,16 @@ func NewRedisWriter(c redis.UniversalClient, o RedisWriterOptions) (*RedisWriter
 	if o.MaxLen <= 0 {
 		o.MaxLen = DefaultStreamMaxLen
 	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &RedisWriter{c: c, prefix: o.Prefix, chain: hex.EncodeToString(b[:]), timeout: 2 * time.Second,
-		ttl: o.Retention, maxLen: o.MaxLen}, nil
+	return &RedisWriter{c: c, prefix: o.Prefix, chain: hex.EncodeToString(b[:]), timeout: o.Timeout,
+		ttl: o.Retention, maxLen: o.MaxLen, now: o.Now}, nil
 }
 
 // Chain is this writer's chain id.
@@ -108,7 +119,8 @@ func (w *RedisWriter) taskIndex(id string) string {
 
 // appendScript appends a record to its chain once. KEYS: stream, chain
 // head[, task index]. ARGV: chain, line, seq, hash, prev, ttl ms, maxlen,
-// minid. A record equal to the head (a retry that already landed) is a
+// minid (ms; never past the new entry, whatever the clocks). A record
+// equal to the head (a retry that already landed) is a
 // no-op; any other record must be the head's successor.
 var appendScript = redis.NewScript(`
 local head = redis.call('HMGET', KEYS[2], 'seq', 'hash')
@@ -122,7 +134,8 @@ if last then
   end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], '*', 'chain', ARGV[1], 'line', ARGV[2])
-redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[8])
+local ms = tonumber(string.match(id, '^(%d+)'))
+redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', math.min(tonumber(ARGV[8]), ms)))
 redis.call('HSET', KEYS[2], 'seq', ARGV[3], 'hash', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 if KEYS[3] then
@@ -150,7 +163,7 @@ func (w *RedisWriter) Write(p []byte) (int, error) {
 	if rec.Event.TaskID != "" {
 		keys = append(keys, w.taskIndex(rec.Event.TaskID))
 	}
-	minID := strconv.FormatInt(time.Now().Add(-w.ttl).UnixMilli(), 10)
+	minID := strconv.FormatInt(w.now().Add(-w.ttl).UnixMilli(), 10)
 	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
 	defer cancel()
 	err := appendScript.Run(ctx, w.c, keys, w.chain, line, rec.Seq, rec.Hash, rec.Prev, w.ttl.Milliseconds(), w.maxLen, minID).Err()
