@@ -98,13 +98,15 @@ func TestRedisAppendSurvivesLostReplyAndRetry(t *testing.T) {
 	}
 }
 
-// TestRedisAppendUnderStall runs the stall for real: CLIENT PAUSE holds the
-// writes longer than the writer's timeout, the writer gives up, Redis runs
-// the queued append when the pause ends, and the chain still verifies.
+// TestRedisAppendUnderStall runs the stall for real: a busy script holds
+// the server longer than the client's read timeout, the client gives up
+// (and go-redis retries), and Redis then runs every append it had read.
+// Before the fix this left a seq twice in the stream and a broken chain.
 func TestRedisAppendUnderStall(t *testing.T) {
-	// A short read timeout makes the client give up, and retry, inside
-	// the pause, as the 3 s stall of the report did with the defaults.
-	c := redis.NewClient(&redis.Options{Addr: redistest.Start(t).Addr(), ReadTimeout: 100 * time.Millisecond})
+	srv := redistest.Start(t)
+	// A short read timeout makes the client give up inside the stall, as
+	// the 3 s stall of the report did with the defaults.
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: 100 * time.Millisecond})
 	defer c.Close()
 	w, err := NewRedisWriter(c, RedisWriterOptions{Timeout: 100 * time.Millisecond})
 	if err != nil {
@@ -115,26 +117,42 @@ func TestRedisAppendUnderStall(t *testing.T) {
 	if err := l.Record(ctx, broker.Event{Type: "before"}); err != nil {
 		t.Fatal(err)
 	}
-	admin := redis.NewClient(&redis.Options{Addr: c.Options().Addr})
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: 5 * time.Second})
 	defer admin.Close()
-	if err := admin.Do(ctx, "CLIENT", "PAUSE", "1500", "WRITE").Err(); err != nil {
+	stalling := make(chan error, 1)
+	started := make(chan struct{})
+	go func() {
+		close(started)
+
+		// Busy for 1 s of the server's own clock: nothing else runs.
+		stalling <- admin.Eval(ctx, `local t0 = redis.call('TIME')
+local s = tonumber(t0[1]) * 1e6 + tonumber(t0[2])
+while true do
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1e6 + tonumber(t[2]) - s > 1000000 then return 1 end
+end`, nil).Err()
+	}()
+	<-started
+	// The stall has begun when a PING with the short timeout fails.
+	for i := 0; c.Ping(ctx).Err() == nil; i++ {
+		if i == 1000 {
+			t.Fatal("the busy script never stalled the server")
+		}
+	}
+	var failed int
+	for range 5 {
+		if l.Record(ctx, broker.Event{Type: "during"}) != nil {
+			failed++
+		}
+	}
+	if err := <-stalling; err != nil {
 		t.Fatal(err)
 	}
-	stalled := l.Record(ctx, broker.Event{Type: "during"})
-	if stalled == nil {
-		t.Fatal("the append succeeded during the pause: the stall was not reproduced")
+	if failed == 0 {
+		t.Fatal("no append failed during the stall: the stall was not reproduced")
 	}
-	// Keep appending until Redis answers again; each either fails or lands.
-	var ok bool
-	for range 100 {
-		if err := l.Record(ctx, broker.Event{Type: "after"}); err == nil {
-			ok = true
-			break
-		}
-		time.Sleep(50 * time.Millisecond) // waiting for the real pause to end
-	}
-	if !ok {
-		t.Fatal("appends never recovered after the pause")
+	if err := l.Record(ctx, broker.Event{Type: "after"}); err != nil {
+		t.Fatal(err)
 	}
 	rep, err := VerifyStream(ctx, c, "valet")
 	if err != nil {
