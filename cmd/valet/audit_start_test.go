@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -96,5 +97,17 @@ func TestLoadConfigAuditBounds(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s: %v", want, err)
 		}
+	}
+}
+
+// TestLogLinesAreBounded: whatever a caller logs (a client id, an error
+// quoting a claim), the JSON line stays small.
+func TestLogLinesAreBounded(t *testing.T) {
+	var buf bytes.Buffer
+	log := newLogger(&buf, "info", "json")
+	huge := strings.Repeat("c", 1<<20)
+	log.Warn("client authentication failed", "client_id", huge, "err", errors.New(huge))
+	if buf.Len() > 4*broker.MaxAuditString || !strings.Contains(buf.String(), "bytes]") {
+		t.Fatalf("log line is %d bytes", buf.Len())
 	}
 }

@@ -317,12 +317,33 @@ func watchTemplates(ctx context.Context, paths []string, watch bool, reload func
 func newLogger(w io.Writer, level, format string) *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(level))
-	opts := &slog.HandlerOptions{Level: lv}
+	opts := &slog.HandlerOptions{Level: lv, ReplaceAttr: boundAttr}
 	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if format == "text" {
 		h = slog.NewTextHandler(w, opts)
 	}
 	return slog.New(requestIDHandler{h})
+}
+
+// boundAttr is the one bound on log text: every string value, and every
+// error or other value printed as text, is cut to broker.MaxAuditString
+// bytes, so no client input (a client id, a claim quoted in an error) makes
+// a log line large.
+func boundAttr(_ []string, a slog.Attr) slog.Attr {
+	switch a.Value.Kind() {
+	case slog.KindString:
+		if s := a.Value.String(); len(s) > broker.MaxAuditString {
+			a.Value = slog.StringValue(broker.Bound(s, broker.MaxAuditString))
+		}
+	case slog.KindAny:
+		switch v := a.Value.Any().(type) {
+		case error:
+			a.Value = slog.StringValue(broker.Bound(v.Error(), broker.MaxAuditString))
+		case fmt.Stringer:
+			a.Value = slog.StringValue(broker.Bound(v.String(), broker.MaxAuditString))
+		}
+	}
+	return a
 }
 
 // requestIDHandler adds request_id from the context to every record that
