@@ -263,9 +263,12 @@ func VerifyStream(ctx context.Context, c redis.UniversalClient, prefix string) (
 	case err == nil:
 		trimmed = info.EntriesAdded > info.Length || (info.MaxDeletedEntryID != "" && info.MaxDeletedEntryID != "0-0")
 	}
+	// Pages are small: a stream written before events were bounded may
+	// hold entries of megabytes.
+	const page = 200
 	start := "-"
 	for {
-		msgs, err := c.XRangeN(ctx, prefix+":audit", start, "+", 5000).Result()
+		msgs, err := c.XRangeN(ctx, prefix+":audit", start, "+", page).Result()
 		if err != nil {
 			return rep, fmt.Errorf("reading audit stream: %w", err)
 		}
@@ -303,7 +306,7 @@ func VerifyStream(ctx context.Context, c redis.UniversalClient, prefix string) (
 			rep.Events++
 			rep.Chains[chain] = rec.Seq
 		}
-		if len(msgs) < 5000 {
+		if len(msgs) < page {
 			return rep, nil
 		}
 	}

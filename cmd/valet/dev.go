@@ -165,7 +165,7 @@ func cmdDevIdP(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: idp.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: idp.Handler(), ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: maxHeaderBytes}
 	fmt.Fprintf(stdout, "development issuer %s (never trust it in production)\n", idp.Issuer())
 	go func() {
 		<-ctx.Done()
