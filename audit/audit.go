@@ -193,7 +193,7 @@ func (l *Log) Record(_ context.Context, e broker.Event) error {
 	if err != nil {
 		return err
 	}
-	ev, err := json.Marshal(e)
+	ev, err := encodeBounded(e)
 	if err != nil {
 		return fmt.Errorf("encoding audit event: %w", err)
 	}
