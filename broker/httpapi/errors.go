@@ -60,7 +60,7 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		level = slog.LevelError
 	}
 	attrs := []slog.Attr{slog.String("request_id", broker.RequestID(r.Context())), slog.String("method", broker.Bound(r.Method, broker.MaxLoggedPath)),
-		slog.String("path", routeOf(r)), slog.Int("status", status), slog.String("code", string(e.Code)),
+		slog.String("path", boundedPath(r)), slog.Int("status", status), slog.String("code", string(e.Code)),
 		slog.String("message", msg)}
 	if rule != "" {
 		attrs = append(attrs, slog.String("rule", rule))

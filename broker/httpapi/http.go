@@ -78,10 +78,10 @@ func Handler(opts Options) (http.Handler, error) {
 		r.Use(opts.Metrics.Middleware)
 	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		a.writeError(w, r, broker.Errorf(broker.CodeNotFound, "no route for %s %s", broker.Bound(r.Method, broker.MaxLoggedPath), routeOf(r)))
+		a.writeError(w, r, broker.Errorf(broker.CodeNotFound, "no route for %s %s", broker.Bound(r.Method, broker.MaxLoggedPath), boundedPath(r)))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		a.writeError(w, r, &broker.Error{Code: codeMethodNotAllowed, Message: "method " + broker.Bound(r.Method, broker.MaxLoggedPath) + " is not allowed on " + routeOf(r)})
+		a.writeError(w, r, &broker.Error{Code: codeMethodNotAllowed, Message: "method " + broker.Bound(r.Method, broker.MaxLoggedPath) + " is not allowed on " + boundedPath(r)})
 	})
 
 	r.Get("/healthz", a.healthz)
@@ -119,7 +119,7 @@ func (a *api) accessLog(next http.Handler) http.Handler {
 		next.ServeHTTP(ww, r)
 		a.log.LogAttrs(r.Context(), slog.LevelDebug, "http request",
 			slog.String("request_id", broker.RequestID(r.Context())),
-			slog.String("method", broker.Bound(r.Method, broker.MaxLoggedPath)), slog.String("path", routeOf(r)),
+			slog.String("method", broker.Bound(r.Method, broker.MaxLoggedPath)), slog.String("path", boundedPath(r)),
 			slog.Int("status", ww.Status()), slog.Duration("took", time.Since(start)))
 	})
 }

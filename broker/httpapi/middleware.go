@@ -69,7 +69,7 @@ func (a *api) recoverer(next http.Handler) http.Handler {
 			}
 			a.log.LogAttrs(r.Context(), slog.LevelError, "handler panicked",
 				slog.String("request_id", broker.RequestID(r.Context())), slog.String("method", r.Method),
-				slog.String("route", routeOf(r)), slog.String("panic_type", fmt.Sprintf("%T", v)),
+				slog.String("path", boundedPath(r)), slog.String("panic_type", fmt.Sprintf("%T", v)),
 				slog.String("panic", msg), slog.String("stack", panicFrames()))
 			if ww.Status() != 0 {
 				return // the answer has begun: nothing coherent can be added
@@ -96,8 +96,8 @@ func panicFrames() string {
 	}
 }
 
-// routeOf is the path cut to a loggable length.
-func routeOf(r *http.Request) string {
+// boundedPath is the path cut to a loggable length.
+func boundedPath(r *http.Request) string {
 	return broker.Bound(r.URL.Path, broker.MaxLoggedPath)
 }
 
