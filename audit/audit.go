@@ -14,6 +14,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/valet-dev/valet/broker"
 )
@@ -44,6 +45,9 @@ type Log struct {
 	w    io.Writer
 	seq  uint64
 	prev string
+	// unsure is set when a write failed: whether it landed is unknown
+	// until the writer says (headReader).
+	unsure bool
 
 	sync    func() error
 	syncMu  sync.Mutex // held while an fsync runs
@@ -62,16 +66,61 @@ func NewLog(w io.Writer) *Log {
 	return l
 }
 
+// FileOptions says what OpenFileWith does with a file whose chain does not
+// verify.
+type FileOptions struct {
+	// NewSegment, when the file's chain does not verify, moves the file
+	// aside unchanged to <path>.<n> (the first n not taken) and starts a new
+	// chain in path whose first record, audit.segment_started, names the
+	// moved file, the first bad line and the last good seq and hash.
+	// Without it such a file is refused: appending would hide the damage.
+	NewSegment bool
+}
+
+// BrokenFileError is OpenFileWith's answer for a file whose chain does not
+// verify. It wraps the *BreakError that names the line.
+type BrokenFileError struct {
+	Path string
+	Err  error
+}
+
+func (e *BrokenFileError) Error() string {
+	return fmt.Sprintf("audit file %s does not verify: %v. The file is left untouched as evidence; "+
+		"`valet audit verify %s` shows the break. To start anyway, restart with --audit-new-segment "+
+		"(or audit.new_segment: true), which moves the file unchanged to %s.<n> and begins a new chain "+
+		"in %s whose first record, audit.segment_started, names the moved file and its last good record",
+		e.Path, e.Err, e.Path, e.Path, e.Path)
+}
+
+func (e *BrokenFileError) Unwrap() error { return e.Err }
+
 // OpenFile opens (or creates) an audit file for appending and continues the
-// chain it holds. A file whose chain does not verify is refused: appending
-// to it would hide the damage.
+// chain it holds. A file whose chain does not verify is refused with a
+// *BrokenFileError: appending to it would hide the damage.
 func OpenFile(path string) (*Log, io.Closer, error) {
+	return OpenFileWith(path, FileOptions{})
+}
+
+// OpenFileWith is OpenFile with a choice for a broken chain (FileOptions).
+func OpenFileWith(path string, o FileOptions) (*Log, io.Closer, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening audit file: %w", err)
 	}
 	last, err := Verify(f)
+	var br *BreakError
+	if errors.As(err, &br) && o.NewSegment {
+		f.Close()
+		return newSegment(path, last, br)
+	}
 	if err != nil {
+		f.Close()
+		if br != nil {
+			return nil, nil, &BrokenFileError{Path: path, Err: err}
+		}
+		return nil, nil, fmt.Errorf("audit file %s: %w", path, err)
+	}
+	if err := endLine(f); err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("audit file %s: %w", path, err)
 	}
@@ -84,13 +133,75 @@ func OpenFile(path string) (*Log, io.Closer, error) {
 	return l, f, nil
 }
 
+// endLine ends a file whose last record lacks its newline with one, so the
+// next record starts on a line of its own.
+func endLine(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return err
+	}
+	var b [1]byte
+	if _, err := f.ReadAt(b[:], st.Size()-1); err != nil {
+		return fmt.Errorf("reading the last byte: %w", err)
+	}
+	if b[0] == '\n' {
+		return nil
+	}
+	_, err = f.Write([]byte{'\n'})
+	return err
+}
+
+// newSegment moves the broken file at path to the first free path.<n>,
+// without changing a byte, and starts a new chain in path that records the
+// break as its first event.
+func newSegment(path string, last Record, br *BreakError) (*Log, io.Closer, error) {
+	var moved string
+	for n := 1; ; n++ {
+		moved = fmt.Sprintf("%s.%d", path, n)
+		err := os.Link(path, moved) // fails if moved exists: nothing is overwritten
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return nil, nil, fmt.Errorf("moving the broken audit file aside: %w", err)
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		return nil, nil, fmt.Errorf("moving the broken audit file aside: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("starting a new audit segment: %w", err)
+	}
+	l := NewLog(f)
+	err = l.Record(context.Background(), broker.Event{
+		Time: time.Now().UTC(), Type: "audit.segment_started", Actor: "valet",
+		Reason: "the previous file's chain does not verify; it was moved aside unchanged",
+		Detail: map[string]any{"previous_file": moved, "broken_line": br.Line, "break": br.Error(),
+			"last_good_seq": last.Seq, "last_good_hash": last.Hash},
+	})
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("starting a new audit segment: %w", err)
+	}
+	return l, f, nil
+}
+
 // Record appends e to the chain.
 func (l *Log) Record(_ context.Context, e broker.Event) error {
-	ev, err := json.Marshal(e)
+	e, err := bound(e)
+	if err != nil {
+		return err
+	}
+	ev, err := encodeBounded(e)
 	if err != nil {
 		return fmt.Errorf("encoding audit event: %w", err)
 	}
 	l.mu.Lock()
+	if err := l.resync(); err != nil {
+		l.mu.Unlock()
+		return err
+	}
 	r := Record{Seq: l.seq + 1, Prev: l.prev, Event: ev}
 	r.Hash = hashOf(r)
 	line, err := json.Marshal(r)
@@ -100,6 +211,7 @@ func (l *Log) Record(_ context.Context, e broker.Event) error {
 	}
 	line = append(line, '\n')
 	if _, err := l.w.Write(line); err != nil {
+		l.unsure = true
 		l.mu.Unlock()
 		return fmt.Errorf("writing audit event: %w", err)
 	}
@@ -110,6 +222,35 @@ func (l *Log) Record(_ context.Context, e broker.Event) error {
 		return nil
 	}
 	return l.syncThrough(r.Seq)
+}
+
+// headReader is a writer that can say which record its chain ends with
+// (RedisWriter), so that a Log whose write failed, perhaps only in its
+// reply, continues after whatever landed instead of reusing a seq.
+type headReader interface {
+	Head() (seq uint64, hash string, ok bool, err error)
+}
+
+// resync, after a failed write, moves the chain to the writer's head when
+// the writer can tell it. Called with l.mu held.
+func (l *Log) resync() error {
+	if !l.unsure {
+		return nil
+	}
+	hr, ok := l.w.(headReader)
+	if !ok {
+		l.unsure = false
+		return nil
+	}
+	seq, hash, found, err := hr.Head()
+	if err != nil {
+		return fmt.Errorf("writing audit event: the outcome of the last write is still unknown: %w", err)
+	}
+	if found && seq >= l.seq {
+		l.seq, l.prev = seq, hash
+	}
+	l.unsure = false
+	return nil
 }
 
 // syncThrough returns once an fsync that started after record seq was
@@ -144,37 +285,62 @@ func hashOf(r Record) string {
 // ErrBroken means the chain does not verify.
 var ErrBroken = errors.New("audit chain broken")
 
+// BreakError names the first line of a trail that does not verify. It
+// matches ErrBroken with errors.Is.
+type BreakError struct {
+	Line   int    // 1-based
+	Seq    uint64 // the line's seq, when it could be read
+	Reason string
+}
+
+func (e *BreakError) Error() string {
+	if e.Seq != 0 {
+		return fmt.Sprintf("%s: line %d (seq %d) %s", ErrBroken, e.Line, e.Seq, e.Reason)
+	}
+	return fmt.Sprintf("%s: line %d %s", ErrBroken, e.Line, e.Reason)
+}
+
+func (e *BreakError) Unwrap() error { return ErrBroken }
+
 // Verify reads a trail from the start and checks every link: each line's
 // hash, its prev against the line before, and consecutive sequence numbers.
-// It returns the last record, or an error naming the first bad line.
+// Lines of any length are read. It returns the last good record, and a
+// *BreakError naming the first bad line, or a read error.
 func Verify(r io.Reader) (Record, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64*1024), 4*1024*1024)
+	br := bufio.NewReaderSize(r, 64<<10)
 	var last Record
 	prev, want := genesis, uint64(1)
 	line := 0
-	for sc.Scan() {
+	for {
+		b, err := br.ReadBytes('\n')
+		if len(b) == 0 && errors.Is(err, io.EOF) {
+			return last, nil
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return last, fmt.Errorf("reading audit trail after line %d: %w", line, err)
+		}
 		line++
-		if len(sc.Bytes()) == 0 {
-			return last, fmt.Errorf("%w: line %d is empty", ErrBroken, line)
+		if err == nil { // a final line without its newline is still read
+			b = b[:len(b)-1]
+		}
+		if len(b) == 0 {
+			return last, &BreakError{Line: line, Reason: "is empty"}
 		}
 		var rec Record
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			return last, fmt.Errorf("%w: line %d is not a record: %v", ErrBroken, line, err)
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return last, &BreakError{Line: line, Reason: "is not a record: " + broker.Bound(err.Error(), 256)}
 		}
-		h := hashOf(rec)
 		switch {
-		case rec.Hash != h:
-			return last, fmt.Errorf("%w: line %d (seq %d) was altered: its hash does not match its content", ErrBroken, line, rec.Seq)
+		case rec.Hash != hashOf(rec):
+			return last, &BreakError{Line: line, Seq: rec.Seq, Reason: "was altered: its hash does not match its content"}
 		case rec.Prev != prev:
-			return last, fmt.Errorf("%w: line %d (seq %d) does not follow the line before it: an event was removed, inserted or moved", ErrBroken, line, rec.Seq)
+			return last, &BreakError{Line: line, Seq: rec.Seq, Reason: "does not follow the line before it: an event was removed, inserted or moved"}
 		case rec.Seq != want:
-			return last, fmt.Errorf("%w: line %d has seq %d, want %d", ErrBroken, line, rec.Seq, want)
+			return last, &BreakError{Line: line, Seq: rec.Seq, Reason: fmt.Sprintf("has the wrong seq, want %d", want)}
 		}
 		last, prev, want = rec, rec.Hash, want+1
+		if err != nil {
+			return last, nil
+		}
 	}
-	if err := sc.Err(); err != nil {
-		return last, fmt.Errorf("reading audit trail: %w", err)
-	}
-	return last, nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,49 +32,115 @@ func (m Multi) Record(ctx context.Context, e broker.Event) error {
 	return errors.Join(errs...)
 }
 
+// Defaults of RedisWriterOptions.
+const (
+	// DefaultStreamMaxLen is the default cap on entries in the audit stream.
+	DefaultStreamMaxLen = 100_000
+	// DefaultStreamRetention is the default age after which stream entries
+	// are trimmed: the longest task (24 h) plus an hour.
+	DefaultStreamRetention = 25 * time.Hour
+)
+
+// RedisWriterOptions configure a RedisWriter. Zero values take defaults.
+type RedisWriterOptions struct {
+	// Prefix of the keys; default "valet".
+	Prefix string
+	// Retention is how long the stream keeps an entry (trimmed by MINID on
+	// each append) and how long a task's index and a
+	// chain's head outlive their last append; default
+	// DefaultStreamRetention.
+	Retention time.Duration
+	// MaxLen caps the stream's entries (trimmed by MAXLEN ~ on each
+	// append); default DefaultStreamMaxLen. The audit file is the durable
+	// copy; the stream is a bounded, recent one for timelines.
+	MaxLen int64
+	// Timeout bounds one append; default 2 s.
+	Timeout time.Duration
+	// Now is the clock for retention; default time.Now.
+	Now func() time.Time
+}
+
 // RedisWriter is an audit sink that appends each line of a Log to a Redis
 // stream (<prefix>:audit), tagged with the chain it belongs to, and indexes
 // lines by task (<prefix>:audit:task:<id>) for timelines. Each broker
 // process writes its own chain (a random chain id), so replicas sharing one
 // stream never interleave one chain. Use it as NewLog(NewRedisWriter(...)).
+//
+// Appends are idempotent: a chain's head (<prefix>:audit:chain:<id>, its
+// last seq and hash) is checked and moved in the same script as the XADD,
+// so a retried append of a record that already landed is a no-op, and a
+// record whose seq is taken or out of order is refused. After a failed
+// append the Log reads the head back (Head) before its next record, so a
+// reply lost in a stall never makes two records share a seq.
 type RedisWriter struct {
 	c       redis.UniversalClient
 	prefix  string
 	chain   string
 	timeout time.Duration
-	// taskTTL is how long a task's index of audit entries is kept.
-	taskTTL time.Duration
+	ttl     time.Duration
+	maxLen  int64
+	now     func() time.Time
 }
 
-// NewRedisWriter writes to the stream under prefix (default "valet").
-func NewRedisWriter(c redis.UniversalClient, prefix string) (*RedisWriter, error) {
+// NewRedisWriter writes to the stream under o.Prefix.
+func NewRedisWriter(c redis.UniversalClient, o RedisWriterOptions) (*RedisWriter, error) {
 	if c == nil {
 		return nil, errors.New("audit: redis client cannot be nil")
 	}
-	if prefix == "" {
-		prefix = "valet"
+	if o.Prefix == "" {
+		o.Prefix = "valet"
+	}
+	if o.Retention <= 0 {
+		o.Retention = DefaultStreamRetention
+	}
+	if o.MaxLen <= 0 {
+		o.MaxLen = DefaultStreamMaxLen
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &RedisWriter{c: c, prefix: prefix, chain: hex.EncodeToString(b[:]), timeout: 2 * time.Second, taskTTL: 7 * 24 * time.Hour}, nil
+	return &RedisWriter{c: c, prefix: o.Prefix, chain: hex.EncodeToString(b[:]), timeout: o.Timeout,
+		ttl: o.Retention, maxLen: o.MaxLen, now: o.Now}, nil
 }
 
 // Chain is this writer's chain id.
 func (w *RedisWriter) Chain() string { return w.chain }
 
 func (w *RedisWriter) stream() string { return w.prefix + ":audit" }
+func (w *RedisWriter) head() string   { return w.prefix + ":audit:chain:" + w.chain }
 func (w *RedisWriter) taskIndex(id string) string {
 	return w.prefix + ":audit:task:" + strings.NewReplacer("%", "%25", ":", "%3A").Replace(id)
 }
 
-// appendScript adds a line to the stream and, when it names a task, its
-// stream id to the task's index. KEYS: stream[, task index]. ARGV: chain,
-// line, index ttl ms.
+// appendScript appends a record to its chain once. KEYS: stream, chain
+// head[, task index]. ARGV: chain, line, seq, hash, prev, ttl ms, maxlen,
+// minid (ms; never past the new entry, whatever the clocks). A record
+// equal to the head (a retry that already landed) is a
+// no-op; any other record must be the head's successor.
 var appendScript = redis.NewScript(`
-local id = redis.call('XADD', KEYS[1], '*', 'chain', ARGV[1], 'line', ARGV[2])
-if KEYS[2] then
-  redis.call('RPUSH', KEYS[2], id)
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local head = redis.call('HMGET', KEYS[2], 'seq', 'hash')
+local last, seq = tonumber(head[1]), tonumber(ARGV[3])
+if last then
+  if seq == last and head[2] == ARGV[4] then
+    return 'duplicate'
+  end
+  if seq ~= last + 1 or head[2] ~= ARGV[5] then
+    return redis.error_reply('VALETAUDIT chain ' .. ARGV[1] .. ' is at seq ' .. last .. ': record seq ' .. seq .. ' does not follow it')
+  end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], '*', 'chain', ARGV[1], 'line', ARGV[2])
+local ms = tonumber(string.match(id, '^(%d+)'))
+redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', math.min(tonumber(ARGV[8]), ms)))
+redis.call('HSET', KEYS[2], 'seq', ARGV[3], 'hash', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+if KEYS[3] then
+  redis.call('RPUSH', KEYS[3], id)
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
 end
 return id
 `)
@@ -82,6 +149,9 @@ return id
 func (w *RedisWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSuffix(string(p), "\n")
 	var rec struct {
+		Seq   uint64 `json:"seq"`
+		Prev  string `json:"prev"`
+		Hash  string `json:"hash"`
 		Event struct {
 			TaskID string `json:"task_id"`
 		} `json:"event"`
@@ -89,16 +159,39 @@ func (w *RedisWriter) Write(p []byte) (int, error) {
 	if err := json.Unmarshal([]byte(line), &rec); err != nil {
 		return 0, fmt.Errorf("audit stream: line is not a record: %w", err)
 	}
-	keys := []string{w.stream()}
+	keys := []string{w.stream(), w.head()}
 	if rec.Event.TaskID != "" {
 		keys = append(keys, w.taskIndex(rec.Event.TaskID))
 	}
+	minID := strconv.FormatInt(w.now().Add(-w.ttl).UnixMilli(), 10)
 	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
 	defer cancel()
-	if err := appendScript.Run(ctx, w.c, keys, w.chain, line, w.taskTTL.Milliseconds()).Err(); err != nil {
+	err := appendScript.Run(ctx, w.c, keys, w.chain, line, rec.Seq, rec.Hash, rec.Prev, w.ttl.Milliseconds(), w.maxLen, minID).Err()
+	if err != nil {
 		return 0, fmt.Errorf("writing audit event to redis: %w", err)
 	}
 	return len(p), nil
+}
+
+// Head implements the Log's resync after a failed write: the seq and hash
+// of the chain's last record in Redis, ok false when the chain has none.
+func (w *RedisWriter) Head() (seq uint64, hash string, ok bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
+	defer cancel()
+	v, err := w.c.HMGet(ctx, w.head(), "seq", "hash").Result()
+	if err != nil {
+		return 0, "", false, fmt.Errorf("reading the audit chain head: %w", err)
+	}
+	s, _ := v[0].(string)
+	h, _ := v[1].(string)
+	if s == "" || h == "" {
+		return 0, "", false, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, "", false, fmt.Errorf("audit chain head seq %q: %w", s, err)
+	}
+	return n, h, true, nil
 }
 
 // Timeline implements broker.TimelineReader: the task's events in the
@@ -137,11 +230,21 @@ func (w *RedisWriter) Timeline(ctx context.Context, taskID string) ([]broker.Eve
 type StreamReport struct {
 	Events int
 	Chains map[string]uint64 // chain id → last seq
+	// Duplicates counts entries that repeat the entry before them in their
+	// chain byte for byte (same seq, same hash): a retried append written
+	// before appends were idempotent, not an edit.
+	Duplicates int
+	// Trimmed lists the chains whose first surviving entry is past seq 1
+	// because retention trimmed the stream (chain id → first seq seen).
+	Trimmed map[string]uint64
 }
 
 // VerifyStream checks every chain in the audit stream under prefix, from
-// its first entry: each chain must start at seq 1 from the genesis hash and
-// every link must hold. It names the first bad entry.
+// its first entry: each chain starts at seq 1 from the genesis hash (or,
+// once retention has trimmed the stream, at its first surviving entry) and
+// every link must hold. A repeat of a chain's previous entry (same seq and
+// hash) is counted as a duplicate, not as tampering. It names the first bad
+// entry. The stream is a bounded copy: the audit file is the durable one.
 func VerifyStream(ctx context.Context, c redis.UniversalClient, prefix string) (StreamReport, error) {
 	if prefix == "" {
 		prefix = "valet"
@@ -151,28 +254,49 @@ func VerifyStream(ctx context.Context, c redis.UniversalClient, prefix string) (
 		want uint64
 	}
 	chains := map[string]*state{}
-	rep := StreamReport{Chains: map[string]uint64{}}
+	rep := StreamReport{Chains: map[string]uint64{}, Trimmed: map[string]uint64{}}
+	trimmed := false
+	info, err := c.XInfoStream(ctx, prefix+":audit").Result()
+	switch {
+	case err != nil && !strings.Contains(err.Error(), "no such key"):
+		return rep, fmt.Errorf("reading audit stream: %w", err)
+	case err == nil:
+		trimmed = info.EntriesAdded > info.Length || (info.MaxDeletedEntryID != "" && info.MaxDeletedEntryID != "0-0")
+	}
+	// Pages are small: a stream written before events were bounded may
+	// hold entries of megabytes.
+	const page = 200
 	start := "-"
 	for {
-		msgs, err := c.XRangeN(ctx, prefix+":audit", start, "+", 5000).Result()
+		msgs, err := c.XRangeN(ctx, prefix+":audit", start, "+", page).Result()
 		if err != nil {
 			return rep, fmt.Errorf("reading audit stream: %w", err)
 		}
 		for _, m := range msgs {
+			start = "(" + m.ID
 			chain, _ := m.Values["chain"].(string)
 			line, _ := m.Values["line"].(string)
-			st := chains[chain]
-			if st == nil {
-				st = &state{prev: genesis, want: 1}
-				chains[chain] = st
-			}
 			var rec Record
 			if err := json.Unmarshal([]byte(line), &rec); err != nil {
 				return rep, fmt.Errorf("%w: entry %s (chain %s) is not a record: %v", ErrBroken, m.ID, chain, err)
 			}
-			switch {
-			case rec.Hash != hashOf(rec):
+			if rec.Hash != hashOf(rec) {
 				return rep, fmt.Errorf("%w: entry %s (chain %s, seq %d) was altered: its hash does not match its content", ErrBroken, m.ID, chain, rec.Seq)
+			}
+			st := chains[chain]
+			if st == nil {
+				st = &state{prev: genesis, want: 1}
+				if trimmed && rec.Seq > 1 {
+					st = &state{prev: rec.Prev, want: rec.Seq}
+					rep.Trimmed[chain] = rec.Seq
+				}
+				chains[chain] = st
+			}
+			if rec.Seq+1 == st.want && rec.Hash == st.prev {
+				rep.Duplicates++
+				continue
+			}
+			switch {
 			case rec.Prev != st.prev:
 				return rep, fmt.Errorf("%w: entry %s (chain %s, seq %d) does not follow the entry before it: an event was removed, inserted or moved", ErrBroken, m.ID, chain, rec.Seq)
 			case rec.Seq != st.want:
@@ -181,9 +305,8 @@ func VerifyStream(ctx context.Context, c redis.UniversalClient, prefix string) (
 			st.prev, st.want = rec.Hash, st.want+1
 			rep.Events++
 			rep.Chains[chain] = rec.Seq
-			start = "(" + m.ID
 		}
-		if len(msgs) < 5000 {
+		if len(msgs) < page {
 			return rep, nil
 		}
 	}

@@ -61,7 +61,7 @@ func epochRevoke(ctx context.Context, p *idp, redisURL, dir string, n int) epoch
 	if err != nil {
 		return fail("controls", err)
 	}
-	trail, err := audit.NewRedisWriter(c, prefix)
+	trail, err := audit.NewRedisWriter(c, audit.RedisWriterOptions{Prefix: prefix})
 	if err != nil {
 		return fail("audit stream", err)
 	}

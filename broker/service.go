@@ -695,8 +695,31 @@ type ctxKey int
 
 const requestIDKey ctxKey = iota
 
-// WithRequestID attaches the HTTP request id to ctx for logs and audit.
+// MaxRequestIDLen is the longest request id Valet keeps: ids reach every
+// audit event, log line and error body, so their grammar is strict.
+const MaxRequestIDLen = 64
+
+// ValidRequestID reports whether id is 1 to MaxRequestIDLen characters of
+// [A-Za-z0-9._-], the only request ids Valet accepts from a client.
+func ValidRequestID(id string) bool {
+	if id == "" || len(id) > MaxRequestIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// WithRequestID attaches the HTTP request id to ctx for logs and audit. An
+// id outside ValidRequestID's grammar is dropped, whoever passes it.
 func WithRequestID(ctx context.Context, id string) context.Context {
+	if !ValidRequestID(id) {
+		id = ""
+	}
 	return context.WithValue(ctx, requestIDKey, id)
 }
 

@@ -159,6 +159,21 @@ func TestHostileIdentityTokens(t *testing.T) {
 			if strings.TrimSpace(c.Token) != c.Token {
 				t.Skip("HTTP drops whitespace around a header value (RFC 9110 OWS), so this is a plain valid token on the wire; the broker's identity tests cover it")
 			}
+			if len(c.Token) > maxHeaderBytes {
+				// Larger than the header cap: net/http answers 431 itself,
+				// before Valet (or its contract) sees the request.
+				req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/v1/tasks", strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+c.Token)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+					t.Fatalf("a %d-byte token answered %d, want 431", len(c.Token), resp.StatusCode)
+				}
+				return
+			}
 			r := e.declare(c.Token, body)
 			if r.Status != http.StatusUnauthorized {
 				t.Fatalf("answered %d: %s", r.Status, r.Body)

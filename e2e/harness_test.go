@@ -32,9 +32,9 @@ import (
 )
 
 const (
-	// maxHeaderBytes matches `valet serve`: big enough that an oversized
-	// token reaches the identity check and gets its 401.
-	maxHeaderBytes = 2 << 20
+	// maxHeaderBytes matches `valet serve` (cmd/valet/serve.go): room for
+	// a token of limits.max_token_bytes, a DPoP proof and ordinary headers.
+	maxHeaderBytes = 64 << 10
 	clientID       = "tool-server"
 	clientSecret   = "a-long-enough-test-secret"
 )

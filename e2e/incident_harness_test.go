@@ -69,7 +69,7 @@ func (e *env) incidentConfig(cfg *broker.Config, rc *redis.Client) {
 	t.Cleanup(cancel)
 	e.inc.controls.Reload(ctx)
 	go e.inc.controls.Run(ctx)
-	if e.inc.trail, err = audit.NewRedisWriter(rc, "valet"); err != nil {
+	if e.inc.trail, err = audit.NewRedisWriter(rc, audit.RedisWriterOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	e.inc.metrics = metrics.New(metrics.Options{KnownTemplate: func(n string) bool { return n == "triage" }, Now: e.clock.Now,

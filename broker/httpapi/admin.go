@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/fanout"
@@ -34,21 +33,6 @@ const (
 	feedWait         = 5 * time.Second
 	feedWriteTimeout = 30 * time.Second
 )
-
-// timeout is chi's Timeout for every route but the revocation stream,
-// which lives as long as its client.
-func timeout(d time.Duration) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		withTimeout := middleware.Timeout(d)(next)
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == streamPath {
-				next.ServeHTTP(w, r)
-				return
-			}
-			withTimeout.ServeHTTP(w, r)
-		})
-	}
-}
 
 // incidentRoutes adds the revocation feed, the admin API and /metrics, for
 // whichever of them are configured.

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -45,10 +46,16 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if !errors.As(err, &e) {
 		e = &broker.Error{Code: broker.CodeInternal, Message: "internal error", Err: err}
 	}
+	if errors.Is(err, context.DeadlineExceeded) && e.Code == broker.CodeInternal {
+		e = &broker.Error{Code: broker.CodeUnavailable, Message: "the request timed out", Err: err}
+	}
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
 		e = &broker.Error{Code: broker.CodeTooLarge, Message: "request body is larger than the limit", Err: err}
 	}
+	// Messages, rules and fields can quote what a client sent: bound them
+	// for the body and the log alike.
+	msg, rule, field := broker.Bound(e.Message, broker.MaxAuditString), broker.Bound(e.Rule, broker.MaxAuditString), broker.Bound(e.Field, broker.MaxAuditString)
 	status, ok := statusOf[e.Code]
 	if !ok {
 		status = http.StatusInternalServerError
@@ -57,14 +64,14 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status >= 500 {
 		level = slog.LevelError
 	}
-	attrs := []slog.Attr{slog.String("request_id", broker.RequestID(r.Context())), slog.String("method", r.Method),
-		slog.String("path", r.URL.Path), slog.Int("status", status), slog.String("code", string(e.Code)),
-		slog.String("message", e.Message)}
-	if e.Rule != "" {
-		attrs = append(attrs, slog.String("rule", e.Rule))
+	attrs := []slog.Attr{slog.String("request_id", broker.RequestID(r.Context())), slog.String("method", broker.Bound(r.Method, broker.MaxLoggedPath)),
+		slog.String("path", boundedPath(r)), slog.Int("status", status), slog.String("code", string(e.Code)),
+		slog.String("message", msg)}
+	if rule != "" {
+		attrs = append(attrs, slog.String("rule", rule))
 	}
 	if e.Err != nil {
-		attrs = append(attrs, slog.String("cause", e.Err.Error()))
+		attrs = append(attrs, slog.String("cause", broker.Bound(e.Err.Error(), broker.MaxAuditString)))
 	}
 	a.log.LogAttrs(r.Context(), level, "request failed", attrs...)
 	switch status {
@@ -78,5 +85,5 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}
-	writeJSON(w, status, errorBody{Error: e.Code, Message: e.Message, Rule: e.Rule, Field: e.Field, RequestID: broker.RequestID(r.Context())})
+	writeJSON(w, status, errorBody{Error: e.Code, Message: msg, Rule: rule, Field: field, RequestID: broker.RequestID(r.Context())})
 }

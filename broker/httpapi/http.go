@@ -81,16 +81,16 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	a := &api{svc: opts.Service, opts: opts, log: opts.Logger, streams: streams{done: make(chan struct{})}}
 
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, a.requestContext, a.accessLog, middleware.Recoverer,
-		middleware.RequestSize(opts.MaxBodyBytes), timeout(opts.RequestTimeout))
+	r.Use(a.requestContext, a.accessLog, a.recoverer,
+		middleware.RequestSize(opts.MaxBodyBytes), a.timeout(opts.RequestTimeout))
 	if opts.Metrics != nil {
 		r.Use(opts.Metrics.Middleware)
 	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		a.writeError(w, r, broker.Errorf(broker.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
+		a.writeError(w, r, broker.Errorf(broker.CodeNotFound, "no route for %s %s", broker.Bound(r.Method, broker.MaxLoggedPath), boundedPath(r)))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		a.writeError(w, r, &broker.Error{Code: codeMethodNotAllowed, Message: "method " + r.Method + " is not allowed on " + r.URL.Path})
+		a.writeError(w, r, &broker.Error{Code: codeMethodNotAllowed, Message: "method " + broker.Bound(r.Method, broker.MaxLoggedPath) + " is not allowed on " + boundedPath(r)})
 	})
 
 	r.Get("/healthz", a.healthz)
@@ -121,16 +121,6 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	return r, nil
 }
 
-// requestContext carries chi's request id into the domain's context, so
-// logs and audit events name it.
-func (a *api) requestContext(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := middleware.GetReqID(r.Context())
-		w.Header().Set("X-Request-Id", id)
-		next.ServeHTTP(w, r.WithContext(broker.WithRequestID(r.Context(), id)))
-	})
-}
-
 func (a *api) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
@@ -138,7 +128,7 @@ func (a *api) accessLog(next http.Handler) http.Handler {
 		next.ServeHTTP(ww, r)
 		a.log.LogAttrs(r.Context(), slog.LevelDebug, "http request",
 			slog.String("request_id", broker.RequestID(r.Context())),
-			slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("method", broker.Bound(r.Method, broker.MaxLoggedPath)), slog.String("path", boundedPath(r)),
 			slog.Int("status", ww.Status()), slog.Duration("took", time.Since(start)))
 	})
 }

@@ -466,6 +466,12 @@ func cmdAudit(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 		fmt.Fprintf(stdout, "ok: %d events in %d chains verify\n", rep.Events, len(rep.Chains))
+		if rep.Duplicates > 0 {
+			fmt.Fprintf(stdout, "note: %d entries repeat the entry before them byte for byte (retried appends), not edits\n", rep.Duplicates)
+		}
+		if len(rep.Trimmed) > 0 {
+			fmt.Fprintf(stdout, "note: %d chains start after their first record: the stream was trimmed by retention; the audit file is the full copy\n", len(rep.Trimmed))
+		}
 		return nil
 	case *redisURL == "" && len(files) == 1:
 		f, err := os.Open(files[0])

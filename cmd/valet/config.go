@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/audit"
 )
 
 // Config is the file given to `valet serve --config`. Every field is listed
@@ -133,6 +134,16 @@ type ClientEntry struct {
 type AuditConfig struct {
 	// File is a path, or "stdout".
 	File string `yaml:"file"`
+	// NewSegment starts a new file when File's chain does not verify, the
+	// old one moved aside unchanged (audit.FileOptions); the flag
+	// --audit-new-segment sets it for one start.
+	NewSegment bool `yaml:"new_segment"`
+	// StreamRetention and StreamMaxLen bound the Redis audit stream (and
+	// its task indexes): entries older than StreamRetention (default 24 h
+	// plus redis.retention) or beyond the newest StreamMaxLen (default
+	// 100,000) are trimmed. The file is the durable copy.
+	StreamRetention Duration `yaml:"stream_retention"`
+	StreamMaxLen    int64    `yaml:"stream_max_len"`
 }
 
 type ReaperConfig struct {
@@ -257,6 +268,12 @@ func (c *Config) defaults() {
 	if c.Audit.File == "" {
 		c.Audit.File = "stdout"
 	}
+	if c.Audit.StreamRetention == 0 {
+		c.Audit.StreamRetention = Duration(24*time.Hour) + c.Redis.Retention
+	}
+	if c.Audit.StreamMaxLen == 0 {
+		c.Audit.StreamMaxLen = audit.DefaultStreamMaxLen
+	}
 	if c.Reaper.Interval == 0 {
 		c.Reaper.Interval = Duration(time.Second)
 	}
@@ -345,8 +362,17 @@ func (c *Config) validate() error {
 	if c.Reaper.Interval < Duration(100*time.Millisecond) {
 		bad("reaper.interval", "must be at least 100ms")
 	}
+	if c.Limits.MaxTokenBytes > maxHeaderBytes/2 {
+		bad("limits.max_token_bytes", "must be at most %d (half of the %d-byte header cap, which also carries a DPoP proof)", maxHeaderBytes/2, maxHeaderBytes)
+	}
 	if c.Limits.MaxBodyBytes < 1024 {
 		bad("limits.max_body_bytes", "must be at least 1024")
+	}
+	if c.Audit.StreamRetention < Duration(time.Minute) {
+		bad("audit.stream_retention", "must be at least 1m")
+	}
+	if c.Audit.StreamMaxLen < 1000 {
+		bad("audit.stream_max_len", "must be at least 1000")
 	}
 	if c.Identity.Leeway > Duration(time.Minute) {
 		bad("identity.leeway", "must be at most 60s")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/examples"
@@ -44,6 +45,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	auditFile := fs.String("audit", envOr(getenv, "VALET_AUDIT_FILE", filepath.Join(os.TempDir(), "valet-dev-audit.jsonl")), "audit file")
 	logLevel := fs.String("log-level", envOr(getenv, "VALET_LOG_LEVEL", "info"), "debug, info, warn or error")
 	rollbackHosts := fs.String("rollback-hosts", "127.0.0.1:9090,localhost:9090", "comma-separated hosts whose undo webhooks `valet tasks rollback` may call (the example tool server's)")
+	newSegment := fs.Bool("audit-new-segment", false, "if the audit file's chain does not verify, move it aside unchanged to FILE.<n> and start a new chain")
 	resources := fs.String("resources", "", "YAML file of resource labels (id: {label: value}) for sensitive-tool conditions")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -53,6 +55,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		return err
 	}
 	log := newLogger(stderr, *logLevel, "text")
+	redis.SetLogger(redisLogger{log})
 
 	// Listen first: the public URL must carry the real port when --addr
 	// asks for port 0.
@@ -102,7 +105,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		}
 		ledger, ledgerName = redisLedger, "redis "+*redisURL
 	}
-	auditor, closeAudit, err := openAudit(*auditFile, stdout)
+	auditor, closeAudit, err := openAudit(*auditFile, *newSegment, stdout)
 	if err != nil {
 		return err
 	}
@@ -116,7 +119,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	// Redis; the revocation feed is the memory ledger's without it.
 	inc := &incident{feed: memLedger.Feed()}
 	if redisLedger != nil {
-		if inc, cfg.Auditor, err = newIncident(ctx, rc, "valet", auditor, func(n string) bool { _, ok := templates.Get(n); return ok }, nil, redisLedger, log); err != nil {
+		if inc, cfg.Auditor, err = newIncident(ctx, rc, audit.RedisWriterOptions{Prefix: "valet"}, auditor, func(n string) bool { _, ok := templates.Get(n); return ok }, nil, redisLedger, log); err != nil {
 			return err
 		}
 		cfg.Controls, cfg.Epochs = inc.controls, redisLedger
@@ -167,7 +170,7 @@ func cmdDevIdP(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: idp.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: idp.Handler(), ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: maxHeaderBytes}
 	fmt.Fprintf(stdout, "development issuer %s (never trust it in production)\n", idp.Issuer())
 	go func() {
 		<-ctx.Done()

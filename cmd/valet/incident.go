@@ -87,15 +87,15 @@ func (inc *incident) startFeed(ctx context.Context, rc *redis.Client, prefix str
 
 // newIncident builds the parts that the Service needs, and the auditor to
 // give it: the file/stdout log, the Redis stream log, counted by metrics.
-func newIncident(ctx context.Context, rc redis.UniversalClient, prefix string, base broker.Auditor, known func(string) bool, pending func() float64,
+func newIncident(ctx context.Context, rc redis.UniversalClient, ro audit.RedisWriterOptions, base broker.Auditor, known func(string) bool, pending func() float64,
 	ledger *revocation.RedisLedger, log *slog.Logger) (*incident, broker.Auditor, error) {
-	controls, err := revocation.NewControls(rc, prefix, 5*time.Second)
+	controls, err := revocation.NewControls(rc, ro.Prefix, 5*time.Second)
 	if err != nil {
 		return nil, nil, err
 	}
 	controls.Reload(ctx)
 	go controls.Run(ctx)
-	trail, err := audit.NewRedisWriter(rc, prefix)
+	trail, err := audit.NewRedisWriter(rc, ro)
 	if err != nil {
 		return nil, nil, err
 	}

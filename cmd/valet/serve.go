@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
@@ -26,9 +27,14 @@ import (
 
 const defaultAddr = "127.0.0.1:8080"
 
-// maxHeaderBytes lets an oversized bearer token reach the identity check,
-// which answers 401 after looking at its length only.
-const maxHeaderBytes = 2 << 20
+// maxHeaderBytes caps a request's header block. What Valet needs is one
+// identity or task token (limits.max_token_bytes, default 16 KiB, at most
+// half of this cap), one DPoP proof (a compact JWS carrying a public JWK:
+// about 1 KiB for P-256, 2.5 KiB for RSA-4096) and ordinary headers (a few
+// KiB): 64 KiB leaves room for all with margin. A token between
+// max_token_bytes and this cap gets the identity check's 401; a larger
+// header block gets net/http's 431.
+const maxHeaderBytes = 64 << 10
 
 // cmdServe is production mode: Redis ledger, signing keys from files,
 // trusted issuers and templates from the config file.
@@ -36,6 +42,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	fs := newFlags("serve")
 	cfgPath := fs.String("config", getenv("VALET_CONFIG"), "config file (env VALET_CONFIG)")
 	addr := fs.String("addr", "", "listen address (env VALET_ADDR; overrides the file)")
+	newSegment := fs.Bool("audit-new-segment", false, "if the audit file's chain does not verify, move it aside unchanged to FILE.<n> and start a new chain (audit.new_segment)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -50,6 +57,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		cfg.Addr = *addr
 	}
 	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	redis.SetLogger(redisLogger{log})
 
 	redisClient, err := revocation.NewClient(cfg.Redis.URL)
 	if err != nil {
@@ -85,7 +93,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	auditor, closeAudit, err := openAudit(cfg.Audit.File, stdout)
+	auditor, closeAudit, err := openAudit(cfg.Audit.File, cfg.Audit.NewSegment || *newSegment, stdout)
 	if err != nil {
 		return err
 	}
@@ -131,7 +139,8 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		return float64(n)
 	}
-	inc, audited, err := newIncident(ctx, redisClient, cfg.Redis.Prefix, auditor, known, pending, ledger, log)
+	inc, audited, err := newIncident(ctx, redisClient, audit.RedisWriterOptions{Prefix: cfg.Redis.Prefix,
+		Retention: time.Duration(cfg.Audit.StreamRetention), MaxLen: cfg.Audit.StreamMaxLen}, auditor, known, pending, ledger, log)
 	if err != nil {
 		return err
 	}
@@ -255,15 +264,15 @@ func loadTemplatePaths(paths, issuerNames []string) (*broker.TemplateSet, error)
 }
 
 // openAudit opens the audit sink: "stdout" or a file whose existing chain is
-// continued.
-func openAudit(sink string, stdout io.Writer) (*audit.Log, io.Closer, error) {
+// continued (or, with newSegment, a new chain when it does not verify).
+func openAudit(sink string, newSegment bool, stdout io.Writer) (*audit.Log, io.Closer, error) {
 	if sink == "stdout" {
 		return audit.NewLog(stdout), io.NopCloser(nil), nil
 	}
 	if err := os.MkdirAll(filepath.Dir(sink), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("audit.file: %w", err)
 	}
-	l, c, err := audit.OpenFile(sink)
+	l, c, err := audit.OpenFileWith(sink, audit.FileOptions{NewSegment: newSegment})
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit.file: %w", err)
 	}
@@ -320,12 +329,33 @@ func watchTemplates(ctx context.Context, paths []string, watch bool, reload func
 func newLogger(w io.Writer, level, format string) *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(level))
-	opts := &slog.HandlerOptions{Level: lv}
+	opts := &slog.HandlerOptions{Level: lv, ReplaceAttr: boundAttr}
 	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if format == "text" {
 		h = slog.NewTextHandler(w, opts)
 	}
 	return slog.New(requestIDHandler{h})
+}
+
+// boundAttr is the one bound on log text: every string value, and every
+// error or other value printed as text, is cut to broker.MaxAuditString
+// bytes, so no client input (a client id, a claim quoted in an error) makes
+// a log line large.
+func boundAttr(_ []string, a slog.Attr) slog.Attr {
+	switch a.Value.Kind() {
+	case slog.KindString:
+		if s := a.Value.String(); len(s) > broker.MaxAuditString {
+			a.Value = slog.StringValue(broker.Bound(s, broker.MaxAuditString))
+		}
+	case slog.KindAny:
+		switch v := a.Value.Any().(type) {
+		case error:
+			a.Value = slog.StringValue(broker.Bound(v.Error(), broker.MaxAuditString))
+		case fmt.Stringer:
+			a.Value = slog.StringValue(broker.Bound(v.String(), broker.MaxAuditString))
+		}
+	}
+	return a
 }
 
 // requestIDHandler adds request_id from the context to every record that
