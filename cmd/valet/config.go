@@ -15,8 +15,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/audit"
+	"github.com/valet-dev/valet/broker"
 )
 
 // Config is the file given to `valet serve --config`. Every field is listed
