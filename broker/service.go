@@ -540,7 +540,10 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 		return nil
 	}
 	_, _, err = s.end(ctx, c.TaskID, StateRevoked, "revoked by "+actor, actor)
-	if err == nil || errors.Is(err, ErrNotActive) || ErrorCode(err) == CodeNotFound {
+	if ErrorCode(err) == CodeNotFound {
+		return s.denyUnrecorded(ctx, c, actor)
+	}
+	if err == nil || errors.Is(err, ErrNotActive) {
 		return nil
 	}
 	return err
@@ -625,6 +628,19 @@ func (s *Service) Ready(ctx context.Context) error {
 		return unavailable("the credential ledger", err)
 	}
 	return nil
+}
+
+// ReadyWarning is what /readyz adds to a ready answer: that the ledger lost
+// its data (see LossReporter), or "".
+func (s *Service) ReadyWarning() string {
+	for _, store := range []any{s.ledger, s.epochs} {
+		if lr, ok := store.(LossReporter); ok {
+			if w := lr.LossWarning(); w != "" {
+				return w
+			}
+		}
+	}
+	return ""
 }
 
 func (s *Service) event(ctx context.Context, typ, actor string, t Task) Event {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -72,6 +73,9 @@ type RedisOptions struct {
 	// Retention is how long a finished task's records stay readable after
 	// its deadline; default DefaultRetention.
 	Retention time.Duration
+	// Logger receives the ledger-generation messages (a detected data
+	// loss is logged at Error); default slog.Default().
+	Logger *slog.Logger
 }
 
 // RedisLedger is the broker.Ledger kept in Redis, shared by every broker
@@ -82,6 +86,7 @@ type RedisLedger struct {
 	c         redis.UniversalClient
 	keys      keys
 	retention time.Duration
+	gen       *generation
 }
 
 var _ broker.Ledger = (*RedisLedger)(nil)
@@ -100,7 +105,8 @@ func NewRedisLedger(c redis.UniversalClient, opts RedisOptions) (*RedisLedger, e
 	if opts.Retention == 0 {
 		opts.Retention = DefaultRetention
 	}
-	return &RedisLedger{c: c, keys: keys{prefix: opts.Prefix}, retention: opts.Retention}, nil
+	k := keys{prefix: opts.Prefix}
+	return &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger)}, nil
 }
 
 // keys names every key the ledger writes; see the package documentation.
@@ -149,38 +155,47 @@ end
 // every record was a third of the script.
 const trimEvery = "16"
 
-// recordScript writes a new task and its credentials, or nothing.
+// recordScript writes a new task and its credentials, or nothing. It
+// refuses a write to a generation other than the one the caller knows
+// (generation.go), so a ledger that lost its data never takes a record as
+// if nothing had happened.
 //
 // KEYS: task, task creds, deadlines, agent index, template index, issuer
-// index, then one cred key per credential.
+// index, generation, then one cred key per credential.
 // ARGV: task id, deadline ms, records expire-at ms, retention ms, number of
 // task hash arguments n, n hash arguments (field, value, ...), then one JSON
-// record per credential.
+// record per credential, then the parent's task key and children key ("" if
+// none), then the generation id the caller knows.
 var recordScript = redis.NewScript(luaCommon + `
+local ncreds = #KEYS - 7
+local nf = tonumber(ARGV[5])
+local gen = redis.call('HGET', KEYS[7], 'id')
+if gen ~= ARGV[5 + nf + ncreds + 3] then
+  return redis.error_reply('VALET_GENERATION ' .. (gen or ''))
+end
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
   return redis.error_reply('VALET_DUPLICATE task ' .. ARGV[1])
 end
-for i = 7, #KEYS do
+for i = 8, #KEYS do
   if redis.call('EXISTS', KEYS[i]) > 0 then
     return redis.error_reply('VALET_DUPLICATE credential key ' .. KEYS[i])
   end
 end
-local parent_key = ARGV[5 + tonumber(ARGV[5]) + (#KEYS - 6) + 1]
-if parent_key and parent_key ~= '' then
+local parent_key = ARGV[5 + nf + ncreds + 1]
+if parent_key ~= '' then
   if redis.call('HGET', parent_key, 'state') ~= 'active' then
     return redis.error_reply('VALET_PARENT_NOT_ACTIVE ' .. parent_key)
   end
 end
 local id, deadline, expire_at = ARGV[1], ARGV[2], ARGV[3]
-local nf = tonumber(ARGV[5])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + nf))
 redis.call('PEXPIREAT', KEYS[1], expire_at)
-for i = 7, #KEYS do
-  local rec = ARGV[5 + nf + i - 6]
+for i = 8, #KEYS do
+  local rec = ARGV[5 + nf + i - 7]
   redis.call('SET', KEYS[i], rec, 'PXAT', expire_at)
   redis.call('RPUSH', KEYS[2], rec)
 end
-if #KEYS > 6 then
+if ncreds > 0 then
   redis.call('PEXPIREAT', KEYS[2], expire_at)
 end
 -- The indexes are trimmed of tasks past their retention on one record in
@@ -199,8 +214,8 @@ for i = 3, 6 do
   end
   expire_at_least(KEYS[i], expire_at)
 end
-if parent_key and parent_key ~= '' then
-  local children_key = ARGV[5 + nf + (#KEYS - 6) + 2]
+if parent_key ~= '' then
+  local children_key = ARGV[5 + nf + ncreds + 2]
   redis.call('SADD', children_key, id)
   expire_at_least(children_key, expire_at)
 end
@@ -252,16 +267,21 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 	if err := validateRecord(t, creds); err != nil {
 		return err
 	}
+	gen, err := l.gen.current(ctx)
+	if err != nil {
+		return fmt.Errorf("recording task %s: %w", t.ID, err)
+	}
 	expireAt := recordsExpireAt(t, creds, l.retention).UnixMilli()
 	keys := []string{
 		l.keys.task(t.ID), l.keys.taskCreds(t.ID), l.keys.deadlines(),
 		l.keys.agentIndex(t.Issuer, t.Agent), l.keys.templateIndex(t.Template), l.keys.issuerIndex(t.Issuer),
+		l.keys.generation(),
 	}
 	fields, err := taskFields(t)
 	if err != nil {
 		return fmt.Errorf("recording task %s: %w", t.ID, err)
 	}
-	args := make([]any, 0, 5+len(fields)+len(creds))
+	args := make([]any, 0, 8+len(fields)+len(creds))
 	args = append(args, t.ID, t.Deadline.UnixMilli(), expireAt, l.retention.Milliseconds(), len(fields))
 	args = append(args, fields...)
 	for _, c := range creds {
@@ -276,8 +296,21 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 		// The parent's records and children set, named in ARGV after the
 		// credential records (see redis_tree.go).
 		args = append(args, l.keys.task(t.Parent), l.keys.children(t.Parent))
+	} else {
+		args = append(args, "", "")
 	}
+	args = append(args, gen)
 	err = recordScript.Eval(ctx, l.c, keys, args...).Err()
+	if redis.HasErrorPrefix(err, "VALET_GENERATION") {
+		// The data this process knew is gone: start (or adopt) the new
+		// generation, whose epoch revokes everything issued before it,
+		// and refuse this record: its credentials were minted before.
+		seen := strings.TrimSpace(strings.TrimPrefix(err.Error(), "VALET_GENERATION"))
+		if oerr := l.gen.observe(context.WithoutCancel(ctx), seen, seen != ""); oerr != nil {
+			return fmt.Errorf("recording task %s: %w", t.ID, oerr)
+		}
+		return fmt.Errorf("recording task %s: %w: the ledger lost its data (a new generation began; retry)", t.ID, broker.ErrUnavailable)
+	}
 	if redis.HasErrorPrefix(err, "VALET_DUPLICATE") {
 		return fmt.Errorf("recording task %s: %w (%v)", t.ID, ErrDuplicate, err)
 	}
@@ -370,18 +403,55 @@ func (l *RedisLedger) Due(ctx context.Context, now time.Time, limit int) ([]stri
 	if limit <= 0 {
 		return nil, nil
 	}
-	ids, err := l.c.ZRangeByScore(ctx, l.keys.deadlines(), &redis.ZRangeBy{
-		Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(limit),
-	}).Result()
+	// The generation marker rides along (generation.go): every replica's
+	// reaper reads it every pass, so a loss is noticed within one pass.
+	var due *redis.StringSliceCmd
+	var marker *redis.SliceCmd
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		due = p.ZRangeByScore(ctx, l.keys.deadlines(), &redis.ZRangeBy{
+			Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(limit),
+		})
+		marker = l.gen.readMarker(ctx, p)
+		return nil
+	})
 	if err != nil {
 		return nil, wrapErr("listing due tasks", err)
 	}
-	return ids, nil
+	id, _, ok := markerSeen(marker)
+	if err := l.gen.observe(ctx, id, ok); err != nil {
+		return nil, err
+	}
+	return due.Val(), nil
 }
 
-// Ping implements broker.Ledger.
+// LastLoss reports the last time this process saw Redis lose the ledger's
+// data (generation.go); false if it never did.
+func (l *RedisLedger) LastLoss() (LossReport, bool) { return l.gen.lastLoss() }
+
+// LossWarning implements broker.LossReporter.
+func (l *RedisLedger) LossWarning() string {
+	r, ok := l.gen.lastLoss()
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("Redis lost the ledger's data (noticed %s); every credential issued at or before %s is revoked; generation %s replaced %s",
+		r.DetectedAt.UTC().Format(time.RFC3339), r.Before.UTC().Format(time.RFC3339Nano), r.Current, r.Previous)
+}
+
+// Ping implements broker.Ledger. It reads the generation marker in the
+// same round trip, so /readyz notices a loss too.
 func (l *RedisLedger) Ping(ctx context.Context) error {
-	return wrapErr("pinging redis", l.c.Ping(ctx).Err())
+	var marker *redis.SliceCmd
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Ping(ctx)
+		marker = l.gen.readMarker(ctx, p)
+		return nil
+	})
+	if err != nil {
+		return wrapErr("pinging redis", err)
+	}
+	id, _, ok := markerSeen(marker)
+	return l.gen.observe(ctx, id, ok)
 }
 
 // wrapErr classifies a go-redis error: redis.Nil is ErrNotFound; anything
