@@ -39,7 +39,7 @@ func TestGenerationDetectsDataLoss(t *testing.T) {
 		t.Fatal("a loss reported before any")
 	}
 
-	srv.Restart() // empty
+	srv.Restart()                               // empty
 	minted := time.Now().Add(-time.Millisecond) // a credential minted before the loss was noticed
 
 	task := activeTask("during", minted, time.Hour)
