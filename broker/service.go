@@ -82,6 +82,7 @@ type Service struct {
 	retryQ     RevocationQueue
 	counters   revocationCounters
 	reconGrace time.Duration
+	refused    refusedTasks // refused.go
 }
 
 // NewService checks cfg and builds a Service.
@@ -222,10 +223,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	ev.Detail = map[string]any{"intent": task.Intent, "tools": task.Tools, "deadline": task.Deadline, "ttl_seconds": int64(g.TTL / time.Second)}
 	onBehalfDetail(ev.Detail, task)
 	if err := s.audit.Record(ctx, ev); err != nil {
-		s.log.ErrorContext(ctx, "audit write failed; revoking the task it would have granted", "task_id", task.ID, "err", err)
-		if _, _, endErr := s.end(context.WithoutCancel(ctx), task.ID, StateRevoked, "audit write failed", "valet"); endErr != nil {
-			s.log.ErrorContext(ctx, "revoking unaudited task", "task_id", task.ID, "err", endErr)
-		}
+		s.refuseUnaudited(ctx, task, creds, err) // refused.go
 		return Task{}, nil, unavailable("the audit log", err)
 	}
 	// One compact line: the audit record above holds the tools, deadline
@@ -578,7 +576,10 @@ func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer 
 // and reports how many it ended. Several brokers may reap the same ledger:
 // the ledger lets exactly one of them end each task.
 func (s *Service) ReapOnce(ctx context.Context) (int, error) {
-	ended := 0
+	ended, err := s.endRefused(ctx)
+	if err != nil {
+		return ended, err
+	}
 	for {
 		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
 		ids, err := s.ledger.Due(lctx, s.now(), reapBatch)
