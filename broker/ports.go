@@ -123,3 +123,19 @@ type Event struct {
 type Auditor interface {
 	Record(ctx context.Context, e Event) error
 }
+
+// EndedTask is a task a DueEnder ended, with its credentials.
+type EndedTask struct {
+	Task  Task
+	Creds []Credential
+}
+
+// DueEnder is a Ledger that ends due tasks in batches: EndDue takes up to
+// limit active tasks whose deadline is at or before now and ends each
+// (state expired, reason, ended at now, credentials denied) in one atomic
+// step, so concurrent callers (replicas' reapers) never get the same task.
+// Tasks whose records expired are dropped silently. The reaper uses it
+// when the ledger has it.
+type DueEnder interface {
+	EndDue(ctx context.Context, now time.Time, limit int, reason string) ([]EndedTask, error)
+}

@@ -53,6 +53,9 @@ type Config struct {
 	// ReconcileGrace spares credentials younger than this from the
 	// reconciler (default 1m): their declaration may still be running.
 	ReconcileGrace time.Duration
+	// ReaperLag, when set, observes each reaped task's lag: from its
+	// deadline to its end.
+	ReaperLag func(time.Duration)
 }
 
 // Client is a confidential client of the introspection and revocation
@@ -83,6 +86,7 @@ type Service struct {
 	counters   revocationCounters
 	reconGrace time.Duration
 	refused    refusedTasks // refused.go
+	reaperLag  func(time.Duration)
 }
 
 // NewService checks cfg and builds a Service.
@@ -119,6 +123,7 @@ func NewService(cfg Config) (*Service, error) {
 		log:          cfg.Logger,
 		controls:     cfg.Controls,
 		epochs:       cfg.Epochs,
+		reaperLag:    cfg.ReaperLag,
 	}
 	for _, is := range cfg.Issuers {
 		if _, dup := s.issuers[is.Kind()]; dup {
@@ -580,6 +585,10 @@ func (s *Service) ReapOnce(ctx context.Context) (int, error) {
 	if err != nil {
 		return ended, err
 	}
+	if de, ok := s.ledger.(DueEnder); ok {
+		n, err := s.reapBatches(ctx, de) // reap.go
+		return ended + n, err
+	}
 	for {
 		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
 		ids, err := s.ledger.Due(lctx, s.now(), reapBatch)
@@ -610,7 +619,7 @@ func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
 	for {
 		if n, err := s.ReapOnce(ctx); err != nil {
 			s.log.ErrorContext(ctx, "reaper pass failed", "ended", n, "err", err)
-		} else if n > 0 {
+		} else if _, batched := s.ledger.(DueEnder); n > 0 && !batched {
 			s.log.InfoContext(ctx, "reaper ended expired tasks", "ended", n)
 		}
 		select {

@@ -86,6 +86,13 @@ func (l *countingLedger) End(ctx context.Context, id string, s broker.State, rea
 	return l.Ledger.End(ctx, id, s, reason, at)
 }
 
+// EndDue passes the reaper's batches through (broker.DueEnder), counted
+// as one write each.
+func (l *countingLedger) EndDue(ctx context.Context, now time.Time, limit int, reason string) ([]broker.EndedTask, error) {
+	l.writes.Add(1)
+	return l.Ledger.(broker.DueEnder).EndDue(ctx, now, limit, reason)
+}
+
 // syncBuffer is an audit sink the test can read while the broker writes.
 type syncBuffer struct {
 	mu  sync.Mutex

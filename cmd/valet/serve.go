@@ -141,6 +141,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		Clients: clients, IntrospectionIssuers: cfg.Clients.Issuers, Logger: log, Agent: agentCfg,
 		Controls: inc.controls, Epochs: ledger,
 		Issuers: vw.issuers, RevocationQueue: retryQ, ReconcileGrace: vw.reconcileGrace(),
+		ReaperLag: inc.metrics.ReaperLag(),
 	})
 	if err != nil {
 		return err
