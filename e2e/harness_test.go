@@ -171,11 +171,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rc.Close() })
-	e.raw, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: "valet"})
+	e.raw, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: "valet", Now: e.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.ledger = &countingLedger{Ledger: e.raw}
+	_ = e.raw.Ping(context.Background()) // as `valet serve` does at start: read or start the ledger generation
 
 	// The broker's public URL must be known before the server starts.
 	mux := &handlerSwap{}

@@ -50,6 +50,10 @@ func TestControlsSurviveDataLoss(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t) // no persistence
 	c := newClient(t, srv.URL())
+	l := newRedisLedger(t, c, revocation.RedisOptions{})
+	if err := l.Ping(ctx); err != nil { // the ledger starts the generation
+		t.Fatal(err)
+	}
 	s, err := revocation.NewControls(c, "valet", time.Hour)
 	if err != nil {
 		t.Fatal(err)

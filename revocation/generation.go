@@ -54,6 +54,9 @@ type generation struct {
 	c    redis.UniversalClient
 	keys keys
 	log  *slog.Logger
+	now  func() time.Time
+	// initMu makes concurrent first uses start one generation, not many.
+	initMu sync.Mutex
 
 	mu     sync.Mutex
 	id     string
@@ -61,28 +64,36 @@ type generation struct {
 	loss   *LossReport
 }
 
-func newGeneration(c redis.UniversalClient, k keys, log *slog.Logger) *generation {
+func newGeneration(c redis.UniversalClient, k keys, log *slog.Logger, now func() time.Time) *generation {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &generation{c: c, keys: k, log: log}
+	if now == nil {
+		now = time.Now
+	}
+	return &generation{c: c, keys: k, log: log, now: now}
 }
 
 // genInitScript starts a generation if none is there, or answers the one
 // that is. KEYS: generation, epochs hash, feed. ARGV: new id, life ms, feed
-// max length. Answers {id, before ms, 1 if it was created here}.
+// max length, now ms (Valet's clock: the one that stamps every iat the
+// global epoch is compared with). Answers {id, before ms, 1 if it was
+// created here}.
 var genInitScript = redis.NewScript(luaCommon + `
 local cur = redis.call('HMGET', KEYS[1], 'id', 'before')
 if cur[1] then
   return {cur[1], cur[2] or '0', 0}
 end
-local now = now_ms()
-local nows = string.format('%d', now)
+local now = tonumber(ARGV[4])
+local nows = ARGV[4]
+-- Verifiers compare with a JWT iat, whole seconds: they get the instant
+-- rounded down, so a token minted in the same second after it still passes.
+local secs = string.format('%d', math.floor(now / 1000) * 1000)
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'before', nows, 'created', nows)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'all *', nows)
+redis.call('HSET', KEYS[2], 'all *', secs)
 expire_at_least(KEYS[2], now + tonumber(ARGV[2]))
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', 'epoch', 'dimension', 'all', 'key', '*', 'before', nows)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', 'epoch', 'dimension', 'all', 'key', '*', 'before', secs)
 expire_at_least(KEYS[3], now + tonumber(ARGV[2]))
 return {ARGV[1], nows, 1}
 `)
@@ -114,10 +125,18 @@ func (g *generation) observe(ctx context.Context, seen string, present bool) err
 	if present && seen == known {
 		return nil
 	}
+	g.initMu.Lock()
+	defer g.initMu.Unlock()
+	g.mu.Lock()
+	known = g.id
+	g.mu.Unlock()
+	if present && seen == known {
+		return nil
+	}
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	reply, err := genInitScript.Run(ctx, g.c, []string{g.keys.generation(), g.keys.epochs(), g.keys.feed()},
-		hex.EncodeToString(b[:]), broker.EpochTTL.Milliseconds(), FeedMaxLen).Slice()
+		hex.EncodeToString(b[:]), broker.EpochTTL.Milliseconds(), FeedMaxLen, g.now().UnixMilli()).Slice()
 	if err != nil {
 		return wrapErr("reading the ledger generation", err)
 	}

@@ -27,15 +27,22 @@ import (
 //	valet:revocations                    stream: the revocation feed (type revoked|epoch)
 //	valet:controls                       hash: control id → JSON
 //	valet:controls:changed               pub/sub channel: a control changed
-//	valet:job:<id>                       string: a bulk revocation job (JSON)
-//	valet:job:<id>:lease                 string: the broker running it (PX)
-//	valet:jobs:running                   set: ids of unfinished jobs
+//	valet:job:<id>                       string: a bulk revocation job (JSON) (TTL: max(retention, 1h) after its last save)
+//	valet:job:<id>:lease                 string: the broker running it (PX: the job lease)
+//	valet:jobs:running                   set: ids of unfinished jobs (TTL: as valet:job:<id>, from the last save of a running job)
+//	valet:generation                     hash: the ledger generation (generation.go; TTL: broker.EpochTTL, refreshed)
+//
+// valet:controls has no TTL on purpose: a control is a standing order that
+// must not lapse by itself; it goes when an admin lifts it.
 
 // FeedMaxLen caps the revocation stream (approximately); entries older than
 // broker.EpochTTL are trimmed too, as nothing they name is still live.
 const FeedMaxLen = 1_000_000
 
-const jobRetention = 7 * 24 * time.Hour
+// jobMinRetention is the shortest a job record is kept after its last
+// save, whatever redis.retention says: long enough for a responder to read
+// how a bulk revocation went.
+const jobMinRetention = time.Hour
 
 func (k keys) epoch(e broker.Epoch) string {
 	key := part(e.Key)
@@ -94,7 +101,7 @@ func (l *RedisLedger) CredentialStatus(ctx context.Context, id string, epochs []
 	}
 	if !present {
 		l.gen.mu.Lock()
-		genBefore = l.gen.before
+		genID, genBefore = l.gen.id, l.gen.before
 		l.gen.mu.Unlock()
 	}
 	if err := rec.Err(); err != nil {
@@ -104,9 +111,12 @@ func (l *RedisLedger) CredentialStatus(ctx context.Context, id string, epochs []
 	if err != nil {
 		return broker.Credential{}, false, time.Time{}, fmt.Errorf("reading credential %s: %w", id, err)
 	}
-	latest := genBefore.UnixMilli()
-	if genBefore.IsZero() {
-		latest = 0
+	// The global epoch covers what earlier generations recorded (records
+	// that outlived the marker, e.g. under eviction); a record of this
+	// generation was written after the loss was known.
+	var latest int64
+	if !genBefore.IsZero() && recordGen([]byte(rec.Val())) != genID {
+		latest = genBefore.UnixMilli()
 	}
 	if eps != nil {
 		for _, v := range eps.Val() {
@@ -117,6 +127,15 @@ func (l *RedisLedger) CredentialStatus(ctx context.Context, id string, epochs []
 		}
 	}
 	return c, denied.Val() > 0, fromMs(latest), nil
+}
+
+// recordGen is the generation a credential record was written in.
+func recordGen(b []byte) string {
+	var r struct {
+		Gen string `json:"gen"`
+	}
+	_ = json.Unmarshal(b, &r)
+	return r.Gen
 }
 
 // denyScript puts one credential on the deny list and the feed.
@@ -175,13 +194,18 @@ func (l *RedisLedger) SaveJob(ctx context.Context, j broker.RevocationJob) error
 	if err != nil {
 		return fmt.Errorf("encoding job %s: %w", j.ID, err)
 	}
+	// A job's record lives the retention after its last save (a running
+	// job saves after every batch); the running set as long as its newest
+	// member could.
+	life := max(l.retention, jobMinRetention)
 	_, err = l.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, l.keys.job(j.ID), b, jobRetention)
+		p.Set(ctx, l.keys.job(j.ID), b, life)
 		if j.State == broker.JobDone {
 			p.SRem(ctx, l.keys.jobsRunning(), j.ID)
 			p.Del(ctx, l.keys.jobLease(j.ID))
 		} else {
 			p.SAdd(ctx, l.keys.jobsRunning(), j.ID)
+			p.PExpire(ctx, l.keys.jobsRunning(), life)
 		}
 		return nil
 	})
@@ -504,7 +528,7 @@ func NewControls(c redis.UniversalClient, prefix string, refresh time.Duration) 
 		refresh = 5 * time.Second
 	}
 	k := keys{prefix: prefix}
-	return &Controls{c: c, keys: k, refresh: refresh, gen: newGeneration(c, k, nil), log: slog.Default()}, nil
+	return &Controls{c: c, keys: k, refresh: refresh, gen: newGeneration(c, k, nil, nil), log: slog.Default()}, nil
 }
 
 // Run subscribes to changes and reloads on each, and every refresh
@@ -550,14 +574,15 @@ func (s *Controls) Reload(ctx context.Context) {
 		s.fail(wrapErr("reading controls", err))
 		return
 	}
+	// The controls only watch the marker; the ledger starts generations
+	// (on its clock). A missing marker or a new id means the data was lost.
 	s.gen.mu.Lock()
 	known := s.gen.id
-	s.gen.mu.Unlock()
 	id, _, present := markerSeen(marker)
-	if err := s.gen.observe(ctx, id, present); err != nil {
-		s.fail(err)
-		return
+	if present {
+		s.gen.id = id
 	}
+	s.gen.mu.Unlock()
 	list, err := decodeControls(all.Val())
 	if err != nil {
 		s.fail(err)

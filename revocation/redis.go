@@ -76,6 +76,10 @@ type RedisOptions struct {
 	// Logger receives the ledger-generation messages (a detected data
 	// loss is logged at Error); default slog.Default().
 	Logger *slog.Logger
+	// Now is the broker's clock, which stamps credentials; a new
+	// generation's revoked-before instant is read from it. Default
+	// time.Now.
+	Now func() time.Time
 }
 
 // RedisLedger is the broker.Ledger kept in Redis, shared by every broker
@@ -106,7 +110,7 @@ func NewRedisLedger(c redis.UniversalClient, opts RedisOptions) (*RedisLedger, e
 		opts.Retention = DefaultRetention
 	}
 	k := keys{prefix: opts.Prefix}
-	return &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger)}, nil
+	return &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger, opts.Now)}, nil
 }
 
 // keys names every key the ledger writes; see the package documentation.
@@ -286,7 +290,9 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 	args = append(args, fields...)
 	for _, c := range creds {
 		keys = append(keys, l.keys.cred(c.ID))
-		rec, err := json.Marshal(toCredRecord(c))
+		cr := toCredRecord(c)
+		cr.Gen = gen // generation.go: the global epoch spares what this generation recorded
+		rec, err := json.Marshal(cr)
 		if err != nil {
 			return fmt.Errorf("recording task %s: encoding credential %s: %w", t.ID, c.ID, err)
 		}
@@ -490,6 +496,8 @@ type credRecord struct {
 	Parent    string `json:"parent,omitempty"`
 	IssuedAt  int64  `json:"issued_at,omitempty"`
 	ExpiresAt int64  `json:"expires_at"`
+	// Gen is the ledger generation the record was written in.
+	Gen string `json:"gen,omitempty"`
 }
 
 func toCredRecord(c broker.Credential) credRecord {

@@ -61,6 +61,12 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	// Read (or start) the ledger generation now, so a first start's global
+	// epoch predates every credential this process issues; if Redis is
+	// down, the first round trip that reaches it does this.
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_ = ledger.Ping(pctx)
+	cancel()
 	keys, err := loadSigningKeys(cfg.Signing)
 	if err != nil {
 		return err
