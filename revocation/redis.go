@@ -387,12 +387,21 @@ func (l *RedisLedger) End(ctx context.Context, id string, state broker.State, re
 func (l *RedisLedger) Credential(ctx context.Context, id string) (broker.Credential, bool, error) {
 	var rec *redis.StringCmd
 	var denied *redis.IntCmd
+	var marker *redis.SliceCmd
 	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		rec = p.Get(ctx, l.keys.cred(id))
 		denied = p.Exists(ctx, l.keys.deny(id))
+		marker = l.gen.readMarker(ctx, p)
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return broker.Credential{}, false, wrapErr("reading credential "+id, err)
+	}
+	gid, _, present := markerSeen(marker)
+	if err := l.gen.observe(ctx, gid, present); err != nil {
+		return broker.Credential{}, false, err
+	}
+	if err := rec.Err(); err != nil {
 		return broker.Credential{}, false, wrapErr("reading credential "+id, err)
 	}
 	c, err := decodeCred([]byte(rec.Val()))
