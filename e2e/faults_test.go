@@ -179,9 +179,11 @@ func TestFaultSoak(t *testing.T) {
 	start := time.Now()
 	refused := map[int]int{} // a loaded machine may answer 503: counted, not fatal
 	for time.Since(start) < d {
-		r := e.declare(e.identity("agent-7"), `{"template":"triage","intent":"soak","tools":["tickets.read"],"ttl_seconds":5}`)
+		r := e.declare(e.identity("agent-7"), `{"template":"triage","intent":"soak run","tools":["tickets.read"],"ttl_seconds":5}`)
 		if r.Status != http.StatusCreated {
-			refused[r.Status]++
+			if refused[r.Status]++; refused[r.Status] == 1 {
+				t.Logf("first %d: %s", r.Status, r.Body)
+			}
 			continue
 		}
 		ids = append(ids, r.json(t)["task"].(map[string]any)["id"].(string))
