@@ -119,3 +119,22 @@ func jwtID(t *testing.T, tok string) string {
 	}
 	return c.JTI
 }
+
+// TestFirstDeclarationAfterRedisRecovers guards issue 9 #14 end to end:
+// declarations kept failing for 1 to 4 s after Redis was healthy again,
+// until the cached controls' next refresh. Now the first declaration
+// after Redis answers succeeds.
+func TestFirstDeclarationAfterRedisRecovers(t *testing.T) {
+	e := newEnv(t, envOptions{incident: true})
+	e.declared("agent-7", 600)
+	e.redis.Kill()
+	e.inc.controls.Reload(context.Background()) // the refresh during the outage fails
+	body := `{"template":"triage","intent":"triage ticket 1","tools":["tickets.read"]}`
+	if r := e.declare(e.identity("agent-7"), body); r.Status != http.StatusServiceUnavailable {
+		t.Fatalf("declare with Redis down: %d %s", r.Status, r.Body)
+	}
+	e.redis.Restart()
+	if r := e.declare(e.identity("agent-7"), body); r.Status != http.StatusCreated {
+		t.Fatalf("first declaration after Redis is back: %d %s", r.Status, r.Body)
+	}
+}
