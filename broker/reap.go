@@ -12,6 +12,7 @@ import (
 // is ended twice.
 func (s *Service) reapBatches(ctx context.Context, de DueEnder) (int, error) {
 	total := 0
+	s.auditOrphans(ctx, de)
 	for {
 		now := s.now()
 		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
@@ -59,8 +60,44 @@ func (s *Service) reaped(ctx context.Context, batch []EndedTask, now time.Time) 
 	}
 	if err := s.audit.Record(ctx, ev); err != nil {
 		// The credentials are dead already; losing the record of their
-		// death must not bring them back.
+		// death must not bring them back. The batch stays unacknowledged:
+		// a reaper writes its record once its lease expires.
 		s.log.ErrorContext(ctx, "audit write of reaped tasks failed", "tasks", ids, "err", err)
+	} else if de, ok := s.ledger.(DueEnder); ok && batch[0].Batch != "" {
+		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		if err := de.AckReaped(lctx, batch[0].Batch); err != nil {
+			s.log.WarnContext(ctx, "acknowledging a reaped batch failed; its record may be written twice", "batch", batch[0].Batch, "err", err)
+		}
+		cancel()
 	}
 	s.log.InfoContext(ctx, "reaper ended expired tasks", "count", len(ids), "max_lag_ms", worst.Milliseconds())
+}
+
+// auditOrphans writes the audit record of batches another reaper ended but
+// did not acknowledge within the lease (it died between the two).
+func (s *Service) auditOrphans(ctx context.Context, de DueEnder) {
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	orphans, err := de.Unaudited(lctx, s.now())
+	cancel()
+	if err != nil {
+		s.log.WarnContext(ctx, "listing unaudited reaped batches failed", "err", err)
+		return
+	}
+	for _, b := range orphans {
+		ev := Event{Time: s.now().UTC(), Type: "task.expired", Actor: "reaper",
+			Reason: "deadline passed; recorded by another replica after the one that ended these tasks stopped", Creds: b.Credentials,
+			Detail: map[string]any{"tasks": b.Tasks, "count": len(b.Tasks), "ended_at": b.EndedAt}}
+		if len(b.Tasks) == 1 {
+			ev.TaskID = b.Tasks[0]
+		}
+		if err := s.audit.Record(ctx, ev); err != nil {
+			s.log.ErrorContext(ctx, "audit write of an orphaned reaped batch failed", "batch", b.ID, "err", err)
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		if err := de.AckReaped(lctx, b.ID); err != nil {
+			s.log.WarnContext(ctx, "acknowledging a reaped batch failed", "batch", b.ID, "err", err)
+		}
+		cancel()
+	}
 }

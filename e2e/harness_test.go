@@ -93,6 +93,14 @@ func (l *countingLedger) EndDue(ctx context.Context, now time.Time, limit int, r
 	return l.Ledger.(broker.DueEnder).EndDue(ctx, now, limit, reason)
 }
 
+func (l *countingLedger) AckReaped(ctx context.Context, batch string) error {
+	return l.Ledger.(broker.DueEnder).AckReaped(ctx, batch)
+}
+
+func (l *countingLedger) Unaudited(ctx context.Context, now time.Time) ([]broker.ReapedBatch, error) {
+	return l.Ledger.(broker.DueEnder).Unaudited(ctx, now)
+}
+
 // syncBuffer is an audit sink the test can read while the broker writes.
 type syncBuffer struct {
 	mu  sync.Mutex

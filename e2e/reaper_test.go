@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/revocation"
 )
 
 // TestReaperBatchAudit guards issue 9 #10: every reaped task cost a
@@ -137,5 +139,40 @@ func reapLag(b *testing.T, e *env, rate, seconds int) {
 	b.Logf("FIGURE reaper: %d tasks recorded in %v (%.0f/s, target %d/s): lag p50 %v, p99 %v, max %v; %d not ended", len(ids), recorded.Round(time.Millisecond), float64(len(ids))/recorded.Seconds(), rate, q(0.5), q(0.99), q(1), unended)
 	if unended > 0 {
 		b.Errorf("%d tasks never ended", unended)
+	}
+}
+
+// TestReaperOrphanedBatchAudited: a reaper that ends a batch and dies
+// before writing its audit record leaves the batch under a lease; once the
+// lease expires, another replica's reaper writes the record, once.
+func TestReaperOrphanedBatchAudited(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	id, _ := e.declared("agent-7", 60)
+	e.clock.Advance(61 * time.Second)
+	rc, err := revocation.NewClient(e.redis.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	// The dying replica: a lease of 0 ms, so the test need not wait 30 s.
+	dying, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: "valet", ReapLease: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ended, err := dying.EndDue(context.Background(), e.clock.Now(), 256, "deadline passed"); err != nil || len(ended) != 1 {
+		t.Fatalf("EndDue on the dying replica: %v %v", ended, err)
+	}
+	// It dies here: no audit record, no acknowledgement.
+	for range 2 {
+		if _, err := e.svc.ReapOnce(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs := e.auditEvents("task.expired")
+	if len(evs) != 1 || evs[0]["task_id"] != id || !strings.Contains(evs[0]["reason"].(string), "another replica") {
+		t.Fatalf("audit of the orphaned batch: %v", evs)
+	}
+	if n, err := rc.ZCard(context.Background(), "valet:reaped").Result(); err != nil || n != 0 {
+		t.Fatalf("batches still waiting: %d %v", n, err)
 	}
 }

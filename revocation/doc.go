@@ -38,6 +38,7 @@
 //	generation                           24 h, refreshed by every reaper pass and controls refresh
 //	job:<id>, jobs:running               max(redis.retention, 1 h) after the job's last save
 //	job:<id>:lease                       the job lease
+//	reaped, reaped:<batch>               a reaped batch awaiting its audit record: max(redis.retention, 30 s)
 //	controls                             no TTL: a standing order lapses only when an admin lifts it
 //
 // Every key expires by itself. Task and credential records expire at the

@@ -2,6 +2,9 @@ package revocation
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -21,8 +24,9 @@ var _ broker.DueEnder = (*MemoryLedger)(nil)
 // the claim: two reapers (replicas) never get the same task. Answers one
 // {id, task hash, cred records} per task it ended.
 //
-// KEYS: deadlines, feed. ARGV: due-by ms, limit, state, reason, ended-at
-// ms, key prefix, feed max length, feed trim-below ms, feed life ms.
+// KEYS: deadlines, feed, reaped zset. ARGV: due-by ms, limit, state,
+// reason, ended-at ms, key prefix, feed max length, feed trim-below ms, feed
+// life ms, batch id, lease ms, batch record life ms.
 var endDueScript = redis.NewScript(luaCommon + `
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
@@ -52,17 +56,90 @@ if fed then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[8])
   expire_at_least(KEYS[2], now + tonumber(ARGV[9]))
 end
+if #out > 0 then
+  -- Until the caller acknowledges its audit record, the batch waits here
+  -- under a lease; a reaper of another replica audits it if it expires.
+  local ids, creds = {}, {}
+  for _, e in ipairs(out) do
+    table.insert(ids, e[1])
+    for _, rec in ipairs(e[3]) do table.insert(creds, cjson.decode(rec).id) end
+  end
+  redis.call('SET', KEYS[3] .. ':' .. ARGV[10], cjson.encode({tasks = ids, credentials = creds, ended_at = tonumber(ARGV[5])}), 'PX', ARGV[12])
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[11]), ARGV[10])
+  expire_at_least(KEYS[3], now + tonumber(ARGV[12]))
+end
 return out
 `)
+
+// claimUnauditedScript re-leases up to 16 batches whose lease expired and
+// answers {batch id, record} for each; entries whose record expired go.
+// KEYS: reaped zset. ARGV: lease ms. Leases run on the Redis clock.
+var claimUnauditedScript = redis.NewScript(luaCommon + `
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)
+local out = {}
+for _, id in ipairs(ids) do
+  local rec = redis.call('GET', KEYS[1] .. ':' .. id)
+  if rec then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id)
+    table.insert(out, {id, rec})
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+`)
+
+func (k keys) reaped() string { return k.prefix + ":reaped" }
+
+// DefaultReapLease is how long a reaper has to write a batch's audit
+// record before another replica's reaper writes it instead.
+const DefaultReapLease = 30 * time.Second
+
+// AckReaped implements broker.DueEnder.
+func (l *RedisLedger) AckReaped(ctx context.Context, batch string) error {
+	_, err := l.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZRem(ctx, l.keys.reaped(), batch)
+		p.Del(ctx, l.keys.reaped()+":"+batch)
+		return nil
+	})
+	return wrapErr("acknowledging reaped batch "+batch, err)
+}
+
+// Unaudited implements broker.DueEnder.
+func (l *RedisLedger) Unaudited(ctx context.Context, _ time.Time) ([]broker.ReapedBatch, error) {
+	reply, err := claimUnauditedScript.Run(ctx, l.c, []string{l.keys.reaped()}, l.reapLease.Milliseconds()).Slice()
+	if err != nil {
+		return nil, wrapErr("claiming unaudited reaped batches", err)
+	}
+	var out []broker.ReapedBatch
+	for _, r := range reply {
+		parts, err := stringSlice(r)
+		if err != nil || len(parts) != 2 {
+			return out, fmt.Errorf("claiming unaudited reaped batches: unexpected reply %v", r)
+		}
+		var rec struct {
+			Tasks, Credentials []string
+			EndedAt            int64 `json:"ended_at"`
+		}
+		if err := json.Unmarshal([]byte(parts[1]), &rec); err != nil {
+			return out, fmt.Errorf("decoding reaped batch %s: %w", parts[0], err)
+		}
+		out = append(out, broker.ReapedBatch{ID: parts[0], Tasks: rec.Tasks, Credentials: rec.Credentials, EndedAt: fromMs(rec.EndedAt)})
+	}
+	return out, nil
+}
 
 // EndDue implements broker.DueEnder in one script.
 func (l *RedisLedger) EndDue(ctx context.Context, now time.Time, limit int, reason string) ([]broker.EndedTask, error) {
 	if limit <= 0 {
 		return nil, nil
 	}
-	reply, err := endDueScript.Run(ctx, l.c, []string{l.keys.deadlines(), l.keys.feed()},
+	batch := newBatchID()
+	reply, err := endDueScript.Run(ctx, l.c, []string{l.keys.deadlines(), l.keys.feed(), l.keys.reaped()},
 		strconv.FormatInt(now.UnixMilli(), 10), limit, string(broker.StateExpired), reason, now.UnixMilli(), l.keys.prefix,
-		FeedMaxLen, time.Now().Add(-broker.EpochTTL).UnixMilli(), broker.EpochTTL.Milliseconds()).Slice()
+		FeedMaxLen, time.Now().Add(-broker.EpochTTL).UnixMilli(), broker.EpochTTL.Milliseconds(),
+		batch, l.reapLease.Milliseconds(), max(l.retention, l.reapLease).Milliseconds()).Slice()
 	if err != nil {
 		return nil, wrapErr("ending due tasks", err)
 	}
@@ -85,9 +162,15 @@ func (l *RedisLedger) EndDue(ctx context.Context, now time.Time, limit int, reas
 		if err != nil {
 			return out, err
 		}
-		out = append(out, broker.EndedTask{Task: t, Creds: creds})
+		out = append(out, broker.EndedTask{Task: t, Creds: creds, Batch: batch})
 	}
 	return out, nil
+}
+
+func newBatchID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // EndDue implements broker.DueEnder.
@@ -105,4 +188,13 @@ func (l *MemoryLedger) EndDue(ctx context.Context, now time.Time, limit int, rea
 		out = append(out, broker.EndedTask{Task: t, Creds: creds})
 	}
 	return out, nil
+}
+
+// AckReaped implements broker.DueEnder: the memory ledger keeps no batches.
+func (l *MemoryLedger) AckReaped(context.Context, string) error { return nil }
+
+// Unaudited implements broker.DueEnder: the memory ledger dies with its
+// broker, so no other reaper can take over.
+func (l *MemoryLedger) Unaudited(context.Context, time.Time) ([]broker.ReapedBatch, error) {
+	return nil, nil
 }

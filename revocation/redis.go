@@ -80,6 +80,9 @@ type RedisOptions struct {
 	// generation's revoked-before instant is read from it. Default
 	// time.Now.
 	Now func() time.Time
+	// ReapLease is how long a reaper has to audit a batch it ended before
+	// another replica's reaper does (reap.go); default DefaultReapLease.
+	ReapLease time.Duration
 }
 
 // RedisLedger is the broker.Ledger kept in Redis, shared by every broker
@@ -91,6 +94,7 @@ type RedisLedger struct {
 	keys      keys
 	retention time.Duration
 	gen       *generation
+	reapLease time.Duration
 }
 
 var _ broker.Ledger = (*RedisLedger)(nil)
@@ -109,8 +113,11 @@ func NewRedisLedger(c redis.UniversalClient, opts RedisOptions) (*RedisLedger, e
 	if opts.Retention == 0 {
 		opts.Retention = DefaultRetention
 	}
+	if opts.ReapLease <= 0 {
+		opts.ReapLease = DefaultReapLease
+	}
 	k := keys{prefix: opts.Prefix}
-	return &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger, opts.Now)}, nil
+	return &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger, opts.Now), reapLease: opts.ReapLease}, nil
 }
 
 // keys names every key the ledger writes; see the package documentation.
