@@ -55,11 +55,16 @@ func epochsOf(issuer, subject, template string) []Epoch {
 // apply.
 type EpochStore interface {
 	// CredentialStatus is Ledger.Credential plus the latest Before of the
-	// given epochs (zero if none is set), all in one round trip.
+	// given epochs and of any global epoch the store keeps (zero if none is
+	// set), all in one round trip.
 	CredentialStatus(ctx context.Context, id string, epochs []Epoch) (Credential, bool, time.Time, error)
 	// SetEpoch moves an epoch forward (never back) and publishes it on the
 	// revocation feed, atomically.
 	SetEpoch(ctx context.Context, e Epoch) error
+	// Deny puts one credential the ledger has no record of on the deny list
+	// until exp and announces it on the feed (a revocation of a token whose
+	// records were lost with Redis's data).
+	Deny(ctx context.Context, jti, taskID string, exp time.Time) error
 }
 
 // ControlKind is a standing order against new declarations.

@@ -129,3 +129,35 @@ type Event struct {
 type Auditor interface {
 	Record(ctx context.Context, e Event) error
 }
+
+// EndedTask is a task a DueEnder ended, with its credentials and the id of
+// the batch it was ended in.
+type EndedTask struct {
+	Task  Task
+	Creds []Credential
+	Batch string
+}
+
+// ReapedBatch is a batch of ended tasks whose audit record was not
+// acknowledged within its lease (the reaper that ended it stopped).
+type ReapedBatch struct {
+	ID                 string
+	Tasks, Credentials []string
+	EndedAt            time.Time
+}
+
+// DueEnder is a Ledger that ends due tasks in batches: EndDue takes up to
+// limit active tasks whose deadline is at or before now and ends each
+// (state expired, reason, ended at now, credentials denied) in one atomic
+// step, so concurrent callers (replicas' reapers) never get the same task.
+// Tasks whose records expired are dropped silently. The reaper uses it
+// when the ledger has it.
+//
+// Each batch waits under a lease until AckReaped says its audit record is
+// written; Unaudited claims (re-leases) batches whose lease expired, so a
+// surviving replica writes the record of a batch whose reaper died.
+type DueEnder interface {
+	EndDue(ctx context.Context, now time.Time, limit int, reason string) ([]EndedTask, error)
+	AckReaped(ctx context.Context, batch string) error
+	Unaudited(ctx context.Context, now time.Time) ([]ReapedBatch, error)
+}

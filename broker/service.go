@@ -54,6 +54,9 @@ type Config struct {
 	// ReconcileGrace spares credentials younger than this from the
 	// reconciler (default 1m): their declaration may still be running.
 	ReconcileGrace time.Duration
+	// ReaperLag, when set, observes each reaped task's lag: from its
+	// deadline to its end.
+	ReaperLag func(time.Duration)
 }
 
 // Client is a confidential client of the introspection and revocation
@@ -84,6 +87,8 @@ type Service struct {
 	counters   revocationCounters
 	reconGrace time.Duration
 	throttle   *secretThrottle // failed client-secret attempts
+	refused    refusedTasks    // refused.go
+	reaperLag  func(time.Duration)
 }
 
 // NewService checks cfg and builds a Service.
@@ -120,6 +125,7 @@ func NewService(cfg Config) (*Service, error) {
 		log:          cfg.Logger,
 		controls:     cfg.Controls,
 		epochs:       cfg.Epochs,
+		reaperLag:    cfg.ReaperLag,
 	}
 	for _, is := range cfg.Issuers {
 		if _, dup := s.issuers[is.Kind()]; dup {
@@ -229,10 +235,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	ev.Detail = map[string]any{"intent": task.Intent, "tools": task.Tools, "deadline": task.Deadline, "ttl_seconds": int64(g.TTL / time.Second)}
 	onBehalfDetail(ev.Detail, task)
 	if err := s.audit.Record(ctx, ev); err != nil {
-		s.log.ErrorContext(ctx, "audit write failed; revoking the task it would have granted", "task_id", task.ID, "err", err)
-		if _, _, endErr := s.end(context.WithoutCancel(ctx), task.ID, StateRevoked, "audit write failed", "valet"); endErr != nil {
-			s.log.ErrorContext(ctx, "revoking unaudited task", "task_id", task.ID, "err", endErr)
-		}
+		s.refuseUnaudited(ctx, task, creds, err) // refused.go
 		return Task{}, nil, unavailable("the audit log", err)
 	}
 	// One compact line: the audit record above holds the tools, deadline
@@ -566,7 +569,10 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 		return nil
 	}
 	_, _, err = s.end(ctx, c.TaskID, StateRevoked, "revoked by "+actor, actor)
-	if err == nil || errors.Is(err, ErrNotActive) || ErrorCode(err) == CodeNotFound {
+	if ErrorCode(err) == CodeNotFound {
+		return s.denyUnrecorded(ctx, c, actor)
+	}
+	if err == nil || errors.Is(err, ErrNotActive) {
 		return nil
 	}
 	return err
@@ -611,7 +617,14 @@ func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer 
 // and reports how many it ended. Several brokers may reap the same ledger:
 // the ledger lets exactly one of them end each task.
 func (s *Service) ReapOnce(ctx context.Context) (int, error) {
-	ended := 0
+	ended, err := s.endRefused(ctx)
+	if err != nil {
+		return ended, err
+	}
+	if de, ok := s.ledger.(DueEnder); ok {
+		n, err := s.reapBatches(ctx, de) // reap.go
+		return ended + n, err
+	}
 	for {
 		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
 		ids, err := s.ledger.Due(lctx, s.now(), reapBatch)
@@ -642,7 +655,7 @@ func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
 	for {
 		if n, err := s.ReapOnce(ctx); err != nil {
 			s.log.ErrorContext(ctx, "reaper pass failed", "ended", n, "err", err)
-		} else if n > 0 {
+		} else if _, batched := s.ledger.(DueEnder); n > 0 && !batched {
 			s.log.InfoContext(ctx, "reaper ended expired tasks", "ended", n)
 		}
 		select {
@@ -661,6 +674,19 @@ func (s *Service) Ready(ctx context.Context) error {
 		return unavailable("the credential ledger", err)
 	}
 	return nil
+}
+
+// ReadyWarning is what /readyz adds to a ready answer: that the ledger lost
+// its data (see LossReporter), or "".
+func (s *Service) ReadyWarning() string {
+	for _, store := range []any{s.ledger, s.epochs} {
+		if lr, ok := store.(LossReporter); ok {
+			if w := lr.LossWarning(); w != "" {
+				return w
+			}
+		}
+	}
+	return ""
 }
 
 func (s *Service) event(ctx context.Context, typ, actor string, t Task) Event {

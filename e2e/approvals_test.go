@@ -14,7 +14,7 @@ import (
 // opsTask declares an unbound task of template ops for agent.
 func (e *env) opsTask(agent string) *agentSession {
 	e.t.Helper()
-	r := e.declare(e.identity(agent), `{"template":"ops","intent":"purge duplicates","tools":["tickets.read"]}`)
+	r := e.declare(e.identity(agent), `{"template":"ops","intent":"purge duplicates","tools":["tickets.read","tickets.purge"]}`)
 	if r.Status != http.StatusCreated {
 		e.t.Fatalf("declare: %d %s", r.Status, r.Body)
 	}

@@ -87,6 +87,21 @@ func (l *countingLedger) End(ctx context.Context, id string, s broker.State, rea
 	return l.Ledger.End(ctx, id, s, reason, at)
 }
 
+// EndDue passes the reaper's batches through (broker.DueEnder), counted
+// as one write each.
+func (l *countingLedger) EndDue(ctx context.Context, now time.Time, limit int, reason string) ([]broker.EndedTask, error) {
+	l.writes.Add(1)
+	return l.Ledger.(broker.DueEnder).EndDue(ctx, now, limit, reason)
+}
+
+func (l *countingLedger) AckReaped(ctx context.Context, batch string) error {
+	return l.Ledger.(broker.DueEnder).AckReaped(ctx, batch)
+}
+
+func (l *countingLedger) Unaudited(ctx context.Context, now time.Time) ([]broker.ReapedBatch, error) {
+	return l.Ledger.(broker.DueEnder).Unaudited(ctx, now)
+}
+
 // syncBuffer is an audit sink the test can read while the broker writes.
 type syncBuffer struct {
 	mu  sync.Mutex
@@ -171,11 +186,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rc.Close() })
-	e.raw, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: "valet"})
+	e.raw, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: "valet", Now: e.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.ledger = &countingLedger{Ledger: e.raw}
+	_ = e.raw.Ping(context.Background()) // as `valet serve` does at start: read or start the ledger generation
 
 	// The broker's public URL must be known before the server starts.
 	mux := &handlerSwap{}

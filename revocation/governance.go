@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,15 +27,22 @@ import (
 //	valet:revocations                    stream: the revocation feed (type revoked|epoch)
 //	valet:controls                       hash: control id → JSON
 //	valet:controls:changed               pub/sub channel: a control changed
-//	valet:job:<id>                       string: a bulk revocation job (JSON)
-//	valet:job:<id>:lease                 string: the broker running it (PX)
-//	valet:jobs:running                   set: ids of unfinished jobs
+//	valet:job:<id>                       string: a bulk revocation job (JSON) (TTL: max(retention, 1h) after its last save)
+//	valet:job:<id>:lease                 string: the broker running it (PX: the job lease)
+//	valet:jobs:running                   set: ids of unfinished jobs (TTL: as valet:job:<id>, from the last save of a running job)
+//	valet:generation                     hash: the ledger generation (generation.go; TTL: broker.EpochTTL, refreshed)
+//
+// valet:controls has no TTL on purpose: a control is a standing order that
+// must not lapse by itself; it goes when an admin lifts it.
 
 // FeedMaxLen caps the revocation stream (approximately); entries older than
 // broker.EpochTTL are trimmed too, as nothing they name is still live.
 const FeedMaxLen = 1_000_000
 
-const jobRetention = 7 * 24 * time.Hour
+// jobMinRetention is the shortest a job record is kept after its last
+// save, whatever redis.retention says: long enough for a responder to read
+// how a bulk revocation went.
+const jobMinRetention = time.Hour
 
 func (k keys) epoch(e broker.Epoch) string {
 	key := part(e.Key)
@@ -62,11 +70,15 @@ var _ broker.EpochStore = (*RedisLedger)(nil)
 var _ broker.JobStore = (*RedisLedger)(nil)
 
 // CredentialStatus implements broker.EpochStore: the credential record, its
-// deny entry and the epochs, in one pipelined round trip.
+// deny entry, the epochs and the generation marker, in one pipelined round
+// trip. The latest Before includes the global epoch of the ledger's
+// generation (generation.go), so a credential issued before Redis lost its
+// data is denied on every path that asks here; a marker found missing
+// starts the new generation first (one more round trip, once per loss).
 func (l *RedisLedger) CredentialStatus(ctx context.Context, id string, epochs []broker.Epoch) (broker.Credential, bool, time.Time, error) {
 	var rec *redis.StringCmd
 	var denied *redis.IntCmd
-	var eps *redis.SliceCmd
+	var eps, marker *redis.SliceCmd
 	ekeys := make([]string, len(epochs))
 	for i, e := range epochs {
 		ekeys[i] = l.keys.epoch(e)
@@ -77,16 +89,35 @@ func (l *RedisLedger) CredentialStatus(ctx context.Context, id string, epochs []
 		if len(ekeys) > 0 {
 			eps = p.MGet(ctx, ekeys...)
 		}
+		marker = l.gen.readMarker(ctx, p)
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return broker.Credential{}, false, time.Time{}, wrapErr("reading credential "+id, err)
+	}
+	genID, genBefore, present := markerSeen(marker)
+	if err := l.gen.observe(ctx, genID, present); err != nil {
+		return broker.Credential{}, false, time.Time{}, err
+	}
+	if !present {
+		l.gen.mu.Lock()
+		genID, genBefore = l.gen.id, l.gen.before
+		l.gen.mu.Unlock()
+	}
+	if err := rec.Err(); err != nil {
+		return broker.Credential{}, false, genBefore, wrapErr("reading credential "+id, err)
 	}
 	c, err := decodeCred([]byte(rec.Val()))
 	if err != nil {
 		return broker.Credential{}, false, time.Time{}, fmt.Errorf("reading credential %s: %w", id, err)
 	}
+	// The global epoch covers what earlier generations recorded (records
+	// that outlived the marker, e.g. under eviction); a record of this
+	// generation was written after the loss was known.
 	var latest int64
+	if !genBefore.IsZero() && recordGen([]byte(rec.Val())) != genID {
+		latest = genBefore.UnixMilli()
+	}
 	if eps != nil {
 		for _, v := range eps.Val() {
 			s, _ := v.(string)
@@ -96,6 +127,34 @@ func (l *RedisLedger) CredentialStatus(ctx context.Context, id string, epochs []
 		}
 	}
 	return c, denied.Val() > 0, fromMs(latest), nil
+}
+
+// recordGen is the generation a credential record was written in.
+func recordGen(b []byte) string {
+	var r struct {
+		Gen string `json:"gen"`
+	}
+	_ = json.Unmarshal(b, &r)
+	return r.Gen
+}
+
+// denyScript puts one credential on the deny list and the feed.
+// KEYS: deny key, feed. ARGV: task id, expire-at ms, jti, exp (unix s),
+// feed max len, feed life ms.
+var denyScript = redis.NewScript(luaCommon + `
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'type', 'revoked', 'jti', ARGV[3], 'task_id', ARGV[1], 'exp', ARGV[4])
+expire_at_least(KEYS[2], now_ms() + tonumber(ARGV[6]))
+return 1
+`)
+
+// Deny implements broker.EpochStore: the deny entry lives until exp (at
+// least one second).
+func (l *RedisLedger) Deny(ctx context.Context, jti, taskID string, exp time.Time) error {
+	at := max(exp.UnixMilli(), time.Now().Add(time.Second).UnixMilli())
+	err := denyScript.Run(ctx, l.c, []string{l.keys.deny(jti), l.keys.feed()}, taskID, at, jti,
+		exp.Unix(), FeedMaxLen, broker.EpochTTL.Milliseconds()).Err()
+	return wrapErr("denying credential "+jti, err)
 }
 
 // setEpochScript moves an epoch forward and publishes it, or does nothing.
@@ -135,13 +194,18 @@ func (l *RedisLedger) SaveJob(ctx context.Context, j broker.RevocationJob) error
 	if err != nil {
 		return fmt.Errorf("encoding job %s: %w", j.ID, err)
 	}
+	// A job's record lives the retention after its last save (a running
+	// job saves after every batch); the running set as long as its newest
+	// member could.
+	life := max(l.retention, jobMinRetention)
 	_, err = l.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, l.keys.job(j.ID), b, jobRetention)
+		p.Set(ctx, l.keys.job(j.ID), b, life)
 		if j.State == broker.JobDone {
 			p.SRem(ctx, l.keys.jobsRunning(), j.ID)
 			p.Del(ctx, l.keys.jobLease(j.ID))
 		} else {
 			p.SAdd(ctx, l.keys.jobsRunning(), j.ID)
+			p.PExpire(ctx, l.keys.jobsRunning(), life)
 		}
 		return nil
 	})
@@ -422,16 +486,31 @@ func decodeFeed(m redis.XMessage) (broker.FeedEntry, bool) {
 // every replica refreshes when told over pub/sub (and every refresh
 // interval in any case). Check answers from the copy and fails closed
 // while the copy cannot be trusted: before the first load, and after a
-// refresh failed.
+// refresh failed; a Check that finds the copy failed reloads it at once
+// (one reload in flight at a time), so declarations recover as soon as
+// Redis answers again rather than at the next refresh.
+//
+// Controls lost with Redis's data do not lapse: each refresh reads the
+// ledger's generation marker (generation.go) in the same round trip, and
+// when it changed the controls this replica last knew are written back
+// (HSETNX: one an admin set since is kept) and logged. A replica that
+// never loaded them (every replica restarted together with an empty
+// Redis) cannot know them: that is why Redis needs durable persistence.
 type Controls struct {
 	c       redis.UniversalClient
 	keys    keys
 	refresh time.Duration
+	gen     *generation
+	log     *slog.Logger
 
 	mu     sync.RWMutex
 	list   []broker.Control
 	loaded bool
 	err    error
+
+	// reloading is closed when the reload a failed Check started ends.
+	reloadMu  sync.Mutex
+	reloading chan struct{}
 }
 
 var _ broker.ControlStore = (*Controls)(nil)
@@ -448,7 +527,8 @@ func NewControls(c redis.UniversalClient, prefix string, refresh time.Duration) 
 	if refresh <= 0 {
 		refresh = 5 * time.Second
 	}
-	return &Controls{c: c, keys: keys{prefix: prefix}, refresh: refresh}, nil
+	k := keys{prefix: prefix}
+	return &Controls{c: c, keys: k, refresh: refresh, gen: newGeneration(c, k, nil, nil), log: slog.Default()}, nil
 }
 
 // Run subscribes to changes and reloads on each, and every refresh
@@ -480,16 +560,82 @@ func (s *Controls) Run(ctx context.Context) {
 	}
 }
 
-// Reload reads every control from Redis into the copy.
+// Reload reads every control from Redis into the copy, and writes the
+// copy back first if Redis lost its data since the last reload.
 func (s *Controls) Reload(ctx context.Context) {
-	list, err := s.List(ctx)
+	var all *redis.MapStringStringCmd
+	var marker *redis.SliceCmd
+	_, err := s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		all = p.HGetAll(ctx, s.keys.controls())
+		marker = s.gen.readMarker(ctx, p)
+		return nil
+	})
+	if err != nil {
+		s.fail(wrapErr("reading controls", err))
+		return
+	}
+	// The controls only watch the marker; the ledger starts generations
+	// (on its clock). A missing marker or a new id means the data was lost.
+	s.gen.mu.Lock()
+	known := s.gen.id
+	id, _, present := markerSeen(marker)
+	if present {
+		s.gen.id = id
+	}
+	s.gen.mu.Unlock()
+	list, err := decodeControls(all.Val())
 	if err != nil {
 		s.fail(err)
 		return
 	}
+	if known != "" && (!present || id != known) {
+		if list, err = s.restore(ctx, list); err != nil {
+			s.fail(err)
+			return
+		}
+	}
 	s.mu.Lock()
 	s.list, s.loaded, s.err = list, true, nil
 	s.mu.Unlock()
+}
+
+// restore writes back the controls of the copy that Redis no longer holds
+// and returns the union.
+func (s *Controls) restore(ctx context.Context, found []broker.Control) ([]broker.Control, error) {
+	s.mu.RLock()
+	cached := slices.Clone(s.list)
+	s.mu.RUnlock()
+	have := map[string]bool{}
+	for _, c := range found {
+		have[c.ID()] = true
+	}
+	var missing []broker.Control
+	for _, c := range cached {
+		if !have[c.ID()] {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			for _, c := range missing {
+				b, _ := json.Marshal(c)
+				p.HSetNX(ctx, s.keys.controls(), c.ID(), b)
+			}
+			p.Publish(ctx, s.keys.controlsChannel(), "restored")
+			return nil
+		})
+		if err != nil {
+			return nil, wrapErr("restoring controls lost with Redis's data", err)
+		}
+	}
+	ids := make([]string, len(missing))
+	for i, c := range missing {
+		ids[i] = c.ID()
+	}
+	s.log.ErrorContext(ctx, "Redis lost its data: the controls this replica knew were written back", "restored", ids, "held", len(found))
+	out := append(found, missing...)
+	slices.SortFunc(out, func(a, b broker.Control) int { return strings.Compare(a.ID(), b.ID()) })
+	return out, nil
 }
 
 func (s *Controls) fail(err error) {
@@ -499,7 +645,13 @@ func (s *Controls) fail(err error) {
 }
 
 // Check implements broker.ControlStore.
-func (s *Controls) Check(_ context.Context, issuer, subject, template string) (*broker.Control, error) {
+func (s *Controls) Check(ctx context.Context, issuer, subject, template string) (*broker.Control, error) {
+	s.mu.RLock()
+	failed := s.err != nil || !s.loaded
+	s.mu.RUnlock()
+	if failed {
+		s.reloadNow(ctx)
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	switch {
@@ -517,12 +669,41 @@ func (s *Controls) Check(_ context.Context, issuer, subject, template string) (*
 	return nil, nil
 }
 
+// reloadNow reloads the copy, joining a reload already in flight rather
+// than starting another, and waits for it as long as ctx allows.
+func (s *Controls) reloadNow(ctx context.Context) {
+	s.reloadMu.Lock()
+	done := s.reloading
+	if done == nil {
+		done = make(chan struct{})
+		s.reloading = done
+		go func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			s.Reload(rctx)
+			cancel()
+			s.reloadMu.Lock()
+			s.reloading = nil
+			s.reloadMu.Unlock()
+			close(done)
+		}()
+	}
+	s.reloadMu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
 // List implements broker.ControlStore, ordered by id.
 func (s *Controls) List(ctx context.Context) ([]broker.Control, error) {
 	m, err := s.c.HGetAll(ctx, s.keys.controls()).Result()
 	if err != nil {
 		return nil, wrapErr("reading controls", err)
 	}
+	return decodeControls(m)
+}
+
+func decodeControls(m map[string]string) ([]broker.Control, error) {
 	out := make([]broker.Control, 0, len(m))
 	for id, v := range m {
 		var c broker.Control

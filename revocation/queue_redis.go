@@ -17,7 +17,8 @@ import (
 // lives in Redis, so failed revocations survive a broker restart. Keys,
 // with the default prefix:
 //
-//	valet:retry:due        zset: credential ids scored by next attempt (unix ms)
+//	valet:retry:due        zset: credential ids scored by next attempt (unix ms),
+//	                       expiring with its longest-lived record
 //	valet:retry:rec:<id>   string: the pending revocation (JSON), expiring at
 //	                       the credential's expiry plus the retention
 //
@@ -70,6 +71,11 @@ func (q *RedisQueue) Enqueue(ctx context.Context, c broker.Credential, attempt i
 	pipe.Set(ctx, q.keys.retryRec(c.ID), rec, 0)
 	pipe.PExpireAt(ctx, q.keys.retryRec(c.ID), c.ExpiresAt.Add(q.retention))
 	pipe.ZAdd(ctx, q.keys.retryDue(), redis.Z{Score: float64(next.UnixMilli()), Member: c.ID})
+	// The zset lives as long as its longest-lived record (NX sets a first
+	// expiry, GT only moves it later).
+	life := time.Until(c.ExpiresAt.Add(q.retention))
+	pipe.ExpireNX(ctx, q.keys.retryDue(), life)
+	pipe.ExpireGT(ctx, q.keys.retryDue(), life)
 	_, err = pipe.Exec(ctx)
 	return wrapErr("queueing revocation", err)
 }

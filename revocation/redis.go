@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -72,6 +73,16 @@ type RedisOptions struct {
 	// Retention is how long a finished task's records stay readable after
 	// its deadline; default DefaultRetention.
 	Retention time.Duration
+	// Logger receives the ledger-generation messages (a detected data
+	// loss is logged at Error); default slog.Default().
+	Logger *slog.Logger
+	// Now is the broker's clock, which stamps credentials; a new
+	// generation's revoked-before instant is read from it. Default
+	// time.Now.
+	Now func() time.Time
+	// ReapLease is how long a reaper has to audit a batch it ended before
+	// another replica's reaper does (reap.go); default DefaultReapLease.
+	ReapLease time.Duration
 }
 
 // RedisLedger is the broker.Ledger kept in Redis, shared by every broker
@@ -82,6 +93,8 @@ type RedisLedger struct {
 	c         redis.UniversalClient
 	keys      keys
 	retention time.Duration
+	gen       *generation
+	reapLease time.Duration
 }
 
 var _ broker.Ledger = (*RedisLedger)(nil)
@@ -100,7 +113,11 @@ func NewRedisLedger(c redis.UniversalClient, opts RedisOptions) (*RedisLedger, e
 	if opts.Retention == 0 {
 		opts.Retention = DefaultRetention
 	}
-	return &RedisLedger{c: c, keys: keys{prefix: opts.Prefix}, retention: opts.Retention}, nil
+	if opts.ReapLease <= 0 {
+		opts.ReapLease = DefaultReapLease
+	}
+	k := keys{prefix: opts.Prefix}
+	return &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger, opts.Now), reapLease: opts.ReapLease}, nil
 }
 
 // keys names every key the ledger writes; see the package documentation.
@@ -149,19 +166,27 @@ end
 // every record was a third of the script.
 const trimEvery = "16"
 
-// recordScript writes a new task and its credentials, or nothing.
+// recordScript writes a new task and its credentials, or nothing. It
+// refuses a write to a generation other than the one the caller knows
+// (generation.go), so a ledger that lost its data never takes a record as
+// if nothing had happened.
 //
-// KEYS: task, task creds, deadlines, then ni index keys (template, and the
-// agent and issuer index of every link of the task: see Task.Links), then
-// one cred key per credential.
+// KEYS: task, task creds, deadlines, generation, then ni index keys
+// (template, and the agent and issuer index of every link of the task: see
+// Task.Links), then one cred key per credential.
 // ARGV: task id, deadline ms, records expire-at ms, retention ms, number of
 // task hash arguments nf, number of index keys ni, nf hash arguments
-// (field, value, ...), one JSON record per credential, then for a
-// delegated task the parent's task key and children key.
+// (field, value, ...), one JSON record per credential, then the parent's
+// task key and children key ("" if none), then the generation id the
+// caller knows.
 var recordScript = redis.NewScript(luaCommon + `
 local nf, ni = tonumber(ARGV[5]), tonumber(ARGV[6])
-local first_cred = 4 + ni
+local first_cred = 5 + ni
 local ncreds = #KEYS - first_cred + 1
+local gen = redis.call('HGET', KEYS[4], 'id')
+if gen ~= ARGV[6 + nf + ncreds + 3] then
+  return redis.error_reply('VALET_GENERATION ' .. (gen or ''))
+end
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
   return redis.error_reply('VALET_DUPLICATE task ' .. ARGV[1])
 end
@@ -171,7 +196,7 @@ for i = first_cred, #KEYS do
   end
 end
 local parent_key = ARGV[6 + nf + ncreds + 1]
-if parent_key and parent_key ~= '' then
+if parent_key ~= '' then
   if redis.call('HGET', parent_key, 'state') ~= 'active' then
     return redis.error_reply('VALET_PARENT_NOT_ACTIVE ' .. parent_key)
   end
@@ -196,14 +221,16 @@ local trim_below
 if trim then
   trim_below = '(' .. string.format('%d', now_ms() - tonumber(ARGV[4]))
 end
-for i = 3, 3 + ni do
-  redis.call('ZADD', KEYS[i], deadline, id)
-  if trim then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', trim_below)
+for i = 3, 4 + ni do
+  if i ~= 4 then -- KEYS[4] is the generation, not an index
+    redis.call('ZADD', KEYS[i], deadline, id)
+    if trim then
+      redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', trim_below)
+    end
+    expire_at_least(KEYS[i], expire_at)
   end
-  expire_at_least(KEYS[i], expire_at)
 end
-if parent_key and parent_key ~= '' then
+if parent_key ~= '' then
   local children_key = ARGV[6 + nf + ncreds + 2]
   redis.call('SADD', children_key, id)
   expire_at_least(children_key, expire_at)
@@ -256,20 +283,26 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 	if err := validateRecord(t, creds); err != nil {
 		return err
 	}
+	gen, err := l.gen.current(ctx)
+	if err != nil {
+		return fmt.Errorf("recording task %s: %w", t.ID, err)
+	}
 	expireAt := recordsExpireAt(t, creds, l.retention).UnixMilli()
-	keys := []string{l.keys.task(t.ID), l.keys.taskCreds(t.ID), l.keys.deadlines()}
+	keys := []string{l.keys.task(t.ID), l.keys.taskCreds(t.ID), l.keys.deadlines(), l.keys.generation()}
 	indexes := l.indexesOf(t)
 	keys = append(keys, indexes...)
 	fields, err := taskFields(t)
 	if err != nil {
 		return fmt.Errorf("recording task %s: %w", t.ID, err)
 	}
-	args := make([]any, 0, 6+len(fields)+len(creds))
+	args := make([]any, 0, 9+len(fields)+len(creds))
 	args = append(args, t.ID, t.Deadline.UnixMilli(), expireAt, l.retention.Milliseconds(), len(fields), len(indexes))
 	args = append(args, fields...)
 	for _, c := range creds {
 		keys = append(keys, l.keys.cred(c.ID))
-		rec, err := json.Marshal(toCredRecord(c))
+		cr := toCredRecord(c)
+		cr.Gen = gen // generation.go: the global epoch spares what this generation recorded
+		rec, err := json.Marshal(cr)
 		if err != nil {
 			return fmt.Errorf("recording task %s: encoding credential %s: %w", t.ID, c.ID, err)
 		}
@@ -279,8 +312,21 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 		// The parent's records and children set, named in ARGV after the
 		// credential records (see redis_tree.go).
 		args = append(args, l.keys.task(t.Parent), l.keys.children(t.Parent))
+	} else {
+		args = append(args, "", "")
 	}
+	args = append(args, gen)
 	err = recordScript.Eval(ctx, l.c, keys, args...).Err()
+	if redis.HasErrorPrefix(err, "VALET_GENERATION") {
+		// The data this process knew is gone: start (or adopt) the new
+		// generation, whose epoch revokes everything issued before it,
+		// and refuse this record: its credentials were minted before.
+		seen := strings.TrimSpace(strings.TrimPrefix(err.Error(), "VALET_GENERATION"))
+		if oerr := l.gen.observe(context.WithoutCancel(ctx), seen, seen != ""); oerr != nil {
+			return fmt.Errorf("recording task %s: %w", t.ID, oerr)
+		}
+		return fmt.Errorf("recording task %s: %w: the ledger lost its data (a new generation began; retry)", t.ID, broker.ErrUnavailable)
+	}
 	if redis.HasErrorPrefix(err, "VALET_DUPLICATE") {
 		return fmt.Errorf("recording task %s: %w (%v)", t.ID, ErrDuplicate, err)
 	}
@@ -371,12 +417,21 @@ func (l *RedisLedger) End(ctx context.Context, id string, state broker.State, re
 func (l *RedisLedger) Credential(ctx context.Context, id string) (broker.Credential, bool, error) {
 	var rec *redis.StringCmd
 	var denied *redis.IntCmd
+	var marker *redis.SliceCmd
 	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		rec = p.Get(ctx, l.keys.cred(id))
 		denied = p.Exists(ctx, l.keys.deny(id))
+		marker = l.gen.readMarker(ctx, p)
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return broker.Credential{}, false, wrapErr("reading credential "+id, err)
+	}
+	gid, _, present := markerSeen(marker)
+	if err := l.gen.observe(ctx, gid, present); err != nil {
+		return broker.Credential{}, false, err
+	}
+	if err := rec.Err(); err != nil {
 		return broker.Credential{}, false, wrapErr("reading credential "+id, err)
 	}
 	c, err := decodeCred([]byte(rec.Val()))
@@ -393,18 +448,55 @@ func (l *RedisLedger) Due(ctx context.Context, now time.Time, limit int) ([]stri
 	if limit <= 0 {
 		return nil, nil
 	}
-	ids, err := l.c.ZRangeByScore(ctx, l.keys.deadlines(), &redis.ZRangeBy{
-		Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(limit),
-	}).Result()
+	// The generation marker rides along (generation.go): every replica's
+	// reaper reads it every pass, so a loss is noticed within one pass.
+	var due *redis.StringSliceCmd
+	var marker *redis.SliceCmd
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		due = p.ZRangeByScore(ctx, l.keys.deadlines(), &redis.ZRangeBy{
+			Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(limit),
+		})
+		marker = l.gen.readMarker(ctx, p)
+		return nil
+	})
 	if err != nil {
 		return nil, wrapErr("listing due tasks", err)
 	}
-	return ids, nil
+	id, _, ok := markerSeen(marker)
+	if err := l.gen.observe(ctx, id, ok); err != nil {
+		return nil, err
+	}
+	return due.Val(), nil
 }
 
-// Ping implements broker.Ledger.
+// LastLoss reports the last time this process saw Redis lose the ledger's
+// data (generation.go); false if it never did.
+func (l *RedisLedger) LastLoss() (LossReport, bool) { return l.gen.lastLoss() }
+
+// LossWarning implements broker.LossReporter.
+func (l *RedisLedger) LossWarning() string {
+	r, ok := l.gen.lastLoss()
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("Redis lost the ledger's data (noticed %s); every credential issued at or before %s is revoked; generation %s replaced %s",
+		r.DetectedAt.UTC().Format(time.RFC3339), r.Before.UTC().Format(time.RFC3339Nano), r.Current, r.Previous)
+}
+
+// Ping implements broker.Ledger. It reads the generation marker in the
+// same round trip, so /readyz notices a loss too.
 func (l *RedisLedger) Ping(ctx context.Context) error {
-	return wrapErr("pinging redis", l.c.Ping(ctx).Err())
+	var marker *redis.SliceCmd
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Ping(ctx)
+		marker = l.gen.readMarker(ctx, p)
+		return nil
+	})
+	if err != nil {
+		return wrapErr("pinging redis", err)
+	}
+	id, _, ok := markerSeen(marker)
+	return l.gen.observe(ctx, id, ok)
 }
 
 // wrapErr classifies a go-redis error: redis.Nil is ErrNotFound; anything
@@ -443,6 +535,8 @@ type credRecord struct {
 	Parent    string `json:"parent,omitempty"`
 	IssuedAt  int64  `json:"issued_at,omitempty"`
 	ExpiresAt int64  `json:"expires_at"`
+	// Gen is the ledger generation the record was written in.
+	Gen string `json:"gen,omitempty"`
 }
 
 func toCredRecord(c broker.Credential) credRecord {

@@ -153,6 +153,10 @@ func TestRedisEveryKeyExpires(t *testing.T) {
 		// The revocation feed lives as long as the longest credential
 		// it could name, from its last entry.
 		"ttl:revocations": time.Now().Add(broker.EpochTTL),
+		// The generation marker and the epochs hash holding its global
+		// epoch (generation.go) live as long as any credential could.
+		"ttl:generation": time.Now().Add(broker.EpochTTL),
+		"ttl:epochs":     time.Now().Add(broker.EpochTTL),
 	}
 
 	var keys []string

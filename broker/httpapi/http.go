@@ -145,7 +145,11 @@ func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	body := map[string]string{"status": "ready"}
+	if warn := a.svc.ReadyWarning(); warn != "" {
+		body["warning"] = warn // logged at Error once, when it was seen
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 func (a *api) openapi(w http.ResponseWriter, r *http.Request) {

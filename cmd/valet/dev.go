@@ -104,6 +104,9 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 			return err
 		}
 		ledger, ledgerName = redisLedger, "redis "+*redisURL
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_ = redisLedger.Ping(pctx) // read or start the ledger generation, as serve does
+		cancel()
 	}
 	auditor, closeAudit, err := openAudit(*auditFile, *newSegment, stdout)
 	if err != nil {

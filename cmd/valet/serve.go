@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -64,10 +65,16 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return fmt.Errorf("redis.url: %w", err)
 	}
 	defer redisClient.Close()
-	ledger, err := revocation.NewRedisLedger(redisClient, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention)})
+	ledger, err := revocation.NewRedisLedger(redisClient, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention), Logger: log})
 	if err != nil {
 		return err
 	}
+	// Read (or start) the ledger generation now, so a first start's global
+	// epoch predates every credential this process issues; if Redis is
+	// down, the first round trip that reaches it does this.
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_ = ledger.Ping(pctx)
+	cancel()
 	keys, err := loadSigningKeys(cfg.Signing)
 	if err != nil {
 		return err
@@ -149,6 +156,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Logger: log, Agent: agentCfg,
 		Controls: inc.controls, Epochs: ledger,
 		Issuers: vw.issuers, RevocationQueue: retryQ, ReconcileGrace: vw.reconcileGrace(),
+		ReaperLag: inc.metrics.ReaperLag(),
 	})
 	if err != nil {
 		return err
@@ -178,9 +186,17 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	guard := &reloadGuard{settle: templateSettle, now: time.Now}
 	reload := func() error {
-		set, err := loadTemplatePaths(cfg.Templates.Paths, names)
+		files, err := broker.ReadTemplateFiles(cfg.Templates.Paths)
 		if err != nil {
+			return fmt.Errorf("templates: %w", err)
+		}
+		set, err := broker.LoadTemplates(files, names)
+		if err != nil {
+			return fmt.Errorf("templates:\n%w", err)
+		}
+		if err := guard.check(svc.Templates(), set, files); err != nil {
 			return err
 		}
 		svc.SetTemplates(set)
@@ -317,11 +333,78 @@ func watchTemplates(ctx context.Context, paths []string, watch bool, reload func
 			}
 		case <-debounce:
 			debounce = nil
-			if err := reload(); err != nil {
+			err := reload()
+			var unsettled *errUnsettled
+			switch {
+			case errors.As(err, &unsettled):
+				log.Warn("template reload deferred; still serving the last good set", "reason", err.Error(), "retry_in", unsettled.retry)
+				debounce = time.After(unsettled.retry)
+			case err != nil:
 				log.Error("template reload failed; still serving the last good set", "err", err)
 			}
 		}
 	}
+}
+
+// templateSettle is how long template files must stay unchanged before a
+// reload that removes templates is applied: an editor's truncate-then-write
+// or a file moved away and back must not take templates away for a moment.
+const templateSettle = time.Second
+
+// reloadGuard keeps the last good template set through a reload that would
+// take templates away while the files are still changing. Additions and
+// changes apply at once. A reload that removes some templates (a file
+// deleted, emptied, cut short mid-write) applies only once the files have
+// read the same for the settle time; one that would remove every template
+// never applies (an empty set makes every declaration 403). Not safe for
+// concurrent use: the watcher calls it from one goroutine.
+type reloadGuard struct {
+	settle time.Duration
+	now    func() time.Time
+
+	pending [32]byte // hash of the files of a deferred removal
+	since   time.Time
+}
+
+// errUnsettled defers a reload: retry after retry.
+type errUnsettled struct {
+	msg   string
+	retry time.Duration
+}
+
+func (e *errUnsettled) Error() string { return e.msg }
+
+func (g *reloadGuard) check(cur, next *broker.TemplateSet, files []broker.TemplateFile) error {
+	if len(next.Names()) == 0 && len(cur.Names()) > 0 {
+		return fmt.Errorf("the template files hold no template (a file vanished, is empty or is being written); refusing to remove every template: %w",
+			&errUnsettled{msg: "retrying", retry: g.settle})
+	}
+	var removed []string
+	for _, n := range cur.Names() {
+		if _, ok := next.Get(n); !ok {
+			removed = append(removed, n)
+		}
+	}
+	if len(removed) == 0 {
+		g.since = time.Time{}
+		return nil
+	}
+	h := sha256.New()
+	for _, f := range files {
+		fmt.Fprintf(h, "%s\x00%d\x00", f.Name, len(f.Data))
+		h.Write(f.Data)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	now := g.now()
+	if g.since.IsZero() || sum != g.pending {
+		g.pending, g.since = sum, now
+	}
+	if wait := g.settle - now.Sub(g.since); wait > 0 {
+		return &errUnsettled{msg: fmt.Sprintf("the reload would remove templates %v; applying it once the files have not changed for %v", removed, g.settle), retry: wait}
+	}
+	g.since = time.Time{}
+	return nil
 }
 
 // newLogger writes JSON (production) or text (dev) lines, each carrying the

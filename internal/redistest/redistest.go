@@ -25,12 +25,17 @@ const startTimeout = 5 * time.Second
 type Option func(*config)
 
 type config struct {
-	aof bool
+	aof   bool
+	fsync string
 }
 
 // WithAOF turns on the append-only file with appendfsync always, so data
 // written before Kill survives Restart.
 func WithAOF() Option { return func(c *config) { c.aof = true } }
+
+// WithAOFEverySec turns on the append-only file with appendfsync everysec,
+// the durability the README asks of production.
+func WithAOFEverySec() Option { return func(c *config) { c.aof, c.fsync = true, "everysec" } }
 
 // Server is a redis-server process owned by one test. Its methods must be
 // called from the test's own goroutine (they may call t.Fatal).
@@ -113,7 +118,11 @@ func (s *Server) launch() error {
 		"--logfile", "redis.log",
 	}
 	if s.cfg.aof {
-		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+		fsync := s.cfg.fsync
+		if fsync == "" {
+			fsync = "always"
+		}
+		args = append(args, "--appendonly", "yes", "--appendfsync", fsync)
 	} else {
 		args = append(args, "--appendonly", "no")
 	}

@@ -1,0 +1,103 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// reapBatches ends due tasks through a DueEnder: one script per batch of
+// up to reapBatch tasks, then one audit record per batch. Replicas share
+// the work: each batch is taken off the deadlines atomically, so no task
+// is ended twice.
+func (s *Service) reapBatches(ctx context.Context, de DueEnder) (int, error) {
+	total := 0
+	s.auditOrphans(ctx, de)
+	for {
+		now := s.now()
+		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		batch, err := de.EndDue(lctx, now, reapBatch, "deadline passed")
+		cancel()
+		if len(batch) > 0 {
+			s.reaped(ctx, batch, now)
+			total += len(batch)
+		}
+		if err != nil {
+			return total, fmt.Errorf("ending due tasks: %w", err)
+		}
+		if len(batch) == 0 {
+			return total, nil
+		}
+	}
+}
+
+// reaped revokes a batch's non-JWT credentials at their source, observes
+// its lag and writes its one audit record: type task.expired, the task ids
+// in detail.tasks (and task_id itself for a batch of one), every
+// credential id in credentials.
+func (s *Service) reaped(ctx context.Context, batch []EndedTask, now time.Time) {
+	var creds []Credential
+	ids := make([]string, len(batch))
+	var credIDs []string
+	var worst time.Duration
+	for i, e := range batch {
+		ids[i] = e.Task.ID
+		creds = append(creds, e.Creds...)
+		for _, c := range e.Creds {
+			credIDs = append(credIDs, c.ID)
+		}
+		lag := now.Sub(e.Task.Deadline)
+		worst = max(worst, lag)
+		if s.reaperLag != nil {
+			s.reaperLag(lag)
+		}
+	}
+	s.revokeAtSource(ctx, creds, "deadline passed")
+	ev := Event{Time: now.UTC(), Type: "task.expired", Actor: "reaper", Reason: "deadline passed", Creds: credIDs,
+		Detail: map[string]any{"tasks": ids, "count": len(ids), "max_lag_ms": worst.Milliseconds()}}
+	if len(batch) == 1 {
+		ev.TaskID, ev.Template, ev.Issuer = batch[0].Task.ID, batch[0].Task.Template, batch[0].Task.Issuer
+	}
+	if err := s.audit.Record(ctx, ev); err != nil {
+		// The credentials are dead already; losing the record of their
+		// death must not bring them back. The batch stays unacknowledged:
+		// a reaper writes its record once its lease expires.
+		s.log.ErrorContext(ctx, "audit write of reaped tasks failed", "tasks", ids, "err", err)
+	} else if de, ok := s.ledger.(DueEnder); ok && batch[0].Batch != "" {
+		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		if err := de.AckReaped(lctx, batch[0].Batch); err != nil {
+			s.log.WarnContext(ctx, "acknowledging a reaped batch failed; its record may be written twice", "batch", batch[0].Batch, "err", err)
+		}
+		cancel()
+	}
+	s.log.InfoContext(ctx, "reaper ended expired tasks", "count", len(ids), "max_lag_ms", worst.Milliseconds())
+}
+
+// auditOrphans writes the audit record of batches another reaper ended but
+// did not acknowledge within the lease (it died between the two).
+func (s *Service) auditOrphans(ctx context.Context, de DueEnder) {
+	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	orphans, err := de.Unaudited(lctx, s.now())
+	cancel()
+	if err != nil {
+		s.log.WarnContext(ctx, "listing unaudited reaped batches failed", "err", err)
+		return
+	}
+	for _, b := range orphans {
+		ev := Event{Time: s.now().UTC(), Type: "task.expired", Actor: "reaper",
+			Reason: "deadline passed; recorded by another replica after the one that ended these tasks stopped", Creds: b.Credentials,
+			Detail: map[string]any{"tasks": b.Tasks, "count": len(b.Tasks), "ended_at": b.EndedAt}}
+		if len(b.Tasks) == 1 {
+			ev.TaskID = b.Tasks[0]
+		}
+		if err := s.audit.Record(ctx, ev); err != nil {
+			s.log.ErrorContext(ctx, "audit write of an orphaned reaped batch failed", "batch", b.ID, "err", err)
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		if err := de.AckReaped(lctx, b.ID); err != nil {
+			s.log.WarnContext(ctx, "acknowledging a reaped batch failed", "batch", b.ID, "err", err)
+		}
+		cancel()
+	}
+}

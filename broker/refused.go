@@ -1,0 +1,78 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"sync"
+)
+
+// refusedReason is the end reason of a task whose declaration was refused
+// after it was recorded: the trail then explains a task that has no
+// task.granted event.
+const refusedReason = "declaration refused: its grant could not be audited; no credential was handed out"
+
+// refusedTasks are tasks recorded for a declaration that was then refused,
+// whose end the ledger did not take yet. RunReaper ends them on its next
+// pass, before their deadline. Safe for concurrent use.
+type refusedTasks struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func (r *refusedTasks) add(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ids == nil {
+		r.ids = map[string]bool{}
+	}
+	r.ids[id] = true
+}
+
+func (r *refusedTasks) list() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.ids))
+	for id := range r.ids {
+		out = append(out, id)
+	}
+	return out
+}
+
+func (r *refusedTasks) done(id string) { r.mu.Lock(); delete(r.ids, id); r.mu.Unlock() }
+
+// refuseUnaudited undoes a declaration whose grant could not be audited:
+// the task is ended in the ledger (its JWTs denied) and its other
+// credentials revoked at their source before the caller is answered. If
+// the ledger cannot take the end now (the audit log and Redis often fail
+// together), the credentials are still revoked at their source and the
+// task is kept for the reaper, which ends it, with the same reason, as
+// soon as the ledger answers. None of its credentials ever left Valet.
+func (s *Service) refuseUnaudited(ctx context.Context, task Task, creds []Credential, cause error) {
+	ctx = context.WithoutCancel(ctx)
+	s.log.ErrorContext(ctx, "audit write failed; ending the task it would have granted", "task_id", task.ID, "err", cause)
+	_, _, err := s.end(ctx, task.ID, StateRevoked, refusedReason, "valet")
+	if err == nil || errors.Is(err, ErrNotActive) || errors.Is(err, ErrRevocationPending) || ErrorCode(err) == CodeNotFound {
+		return
+	}
+	s.revokeAtSource(ctx, creds, refusedReason)
+	s.refused.add(task.ID)
+	s.log.ErrorContext(ctx, "the refused task could not be ended in the ledger yet; the reaper ends it as soon as the ledger answers",
+		"task_id", task.ID, "err", err)
+}
+
+// endRefused ends the refused tasks the ledger could not take before.
+func (s *Service) endRefused(ctx context.Context) (int, error) {
+	n := 0
+	for _, id := range s.refused.list() {
+		_, _, err := s.end(ctx, id, StateRevoked, refusedReason, "reaper")
+		switch {
+		case err == nil, errors.Is(err, ErrRevocationPending):
+			n++
+		case errors.Is(err, ErrNotActive), ErrorCode(err) == CodeNotFound:
+		default:
+			return n, err
+		}
+		s.refused.done(id)
+	}
+	return n, nil
+}

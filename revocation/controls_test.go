@@ -1,0 +1,76 @@
+package revocation_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/revocation"
+)
+
+// TestControlsRecoverWhenRedisAnswers guards issue 9 #14: after an outage
+// the cached controls stayed failed until the next periodic refresh, so
+// declarations kept answering 503 for 1 to 4 s after Redis was healthy.
+// Now the first Check after Redis answers again reloads at once. The
+// refresh interval here is an hour, so only that can make it pass.
+func TestControlsRecoverWhenRedisAnswers(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t, redistest.WithAOF())
+	c := newClient(t, srv.URL())
+	s, err := revocation.NewControls(c, "valet", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeze := broker.Control{Kind: broker.ControlFreezeAgent, Target: "agent-7", Reason: "test", At: time.Now()}
+	if err := s.Put(ctx, freeze); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	s.Reload(ctx) // a refresh during the outage fails
+	if _, err := s.Check(ctx, "i", "agent-1", "t"); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Check during the outage: %v, want ErrUnavailable", err)
+	}
+	srv.Restart()
+	got, err := s.Check(ctx, "i", "agent-7", "t")
+	if err != nil || got == nil || got.Target != "agent-7" {
+		t.Fatalf("first Check after Redis is back: %v %v, want the freeze", got, err)
+	}
+	if got, err := s.Check(ctx, "i", "agent-1", "t"); err != nil || got != nil {
+		t.Fatalf("Check of another agent: %v %v", got, err)
+	}
+}
+
+// TestControlsSurviveDataLoss guards issue 9 #9 for controls: a freeze
+// lost with Redis's data used to lapse silently. Each replica's cache is
+// written back when the refresh sees the generation change.
+func TestControlsSurviveDataLoss(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t) // no persistence
+	c := newClient(t, srv.URL())
+	l := newRedisLedger(t, c, revocation.RedisOptions{})
+	if err := l.Ping(ctx); err != nil { // the ledger starts the generation
+		t.Fatal(err)
+	}
+	s, err := revocation.NewControls(c, "valet", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeze := broker.Control{Kind: broker.ControlFreezeAgent, Target: "agent-7", Reason: "test", At: time.Now()}
+	if err := s.Put(ctx, freeze); err != nil {
+		t.Fatal(err)
+	}
+	srv.Restart() // empty
+	s.Reload(ctx)
+	list, err := s.List(ctx)
+	if err != nil || len(list) != 1 || list[0].Target != "agent-7" {
+		t.Fatalf("controls in Redis after the loss: %v %v, want the freeze written back", list, err)
+	}
+	// A second store (a replica started after the loss) reads it.
+	s2, _ := revocation.NewControls(newClient(t, srv.URL()), "valet", time.Hour)
+	if got, err := s2.Check(ctx, "i", "agent-7", "t"); err != nil || got == nil {
+		t.Fatalf("a new replica's Check: %v %v", got, err)
+	}
+}
