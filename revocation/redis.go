@@ -360,13 +360,22 @@ func (l *RedisLedger) indexesOf(t broker.Task) []string {
 func (l *RedisLedger) Task(ctx context.Context, id string) (broker.Task, []broker.Credential, error) {
 	var hash *redis.MapStringStringCmd
 	var recs *redis.StringSliceCmd
+	var marker *redis.SliceCmd
 	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		hash = p.HGetAll(ctx, l.keys.task(id))
 		recs = p.LRange(ctx, l.keys.taskCreds(id), 0, -1)
+		// Most paths read the task before its credential (the gate): the
+		// generation is checked here too, so a loss is noticed (and its
+		// global epoch announced) on the first read after it.
+		marker = l.gen.readMarker(ctx, p)
 		return nil
 	})
 	if err != nil {
 		return broker.Task{}, nil, wrapErr("reading task "+id, err)
+	}
+	gid, _, present := markerSeen(marker)
+	if err := l.gen.observe(ctx, gid, present); err != nil {
+		return broker.Task{}, nil, err
 	}
 	if len(hash.Val()) == 0 {
 		return broker.Task{}, nil, fmt.Errorf("reading task %s: %w", id, broker.ErrNotFound)
