@@ -118,7 +118,7 @@ func (w *RedisWriter) taskIndex(id string) string {
 }
 
 // appendScript appends a record to its chain once. KEYS: stream, chain
-// head[, task index]. ARGV: chain, line, seq, hash, prev, ttl ms, maxlen,
+// head, then the index of every task the record names. ARGV: chain, line, seq, hash, prev, ttl ms, maxlen,
 // minid (ms; never past the new entry, whatever the clocks). A record
 // equal to the head (a retry that already landed) is a
 // no-op; any other record must be the head's successor.
@@ -138,9 +138,9 @@ local ms = tonumber(string.match(id, '^(%d+)'))
 redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', math.min(tonumber(ARGV[8]), ms)))
 redis.call('HSET', KEYS[2], 'seq', ARGV[3], 'hash', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
-if KEYS[3] then
-  redis.call('RPUSH', KEYS[3], id)
-  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+for i = 3, #KEYS do
+  redis.call('RPUSH', KEYS[i], id)
+  redis.call('PEXPIRE', KEYS[i], ARGV[6])
 end
 return id
 `)
@@ -154,14 +154,23 @@ func (w *RedisWriter) Write(p []byte) (int, error) {
 		Hash  string `json:"hash"`
 		Event struct {
 			TaskID string `json:"task_id"`
+			Detail struct {
+				// Tasks names the tasks of a record about several (a
+				// reaped batch); each timeline shows it.
+				Tasks []string `json:"tasks"`
+			} `json:"detail"`
 		} `json:"event"`
 	}
 	if err := json.Unmarshal([]byte(line), &rec); err != nil {
 		return 0, fmt.Errorf("audit stream: line is not a record: %w", err)
 	}
 	keys := []string{w.stream(), w.head()}
-	if rec.Event.TaskID != "" {
-		keys = append(keys, w.taskIndex(rec.Event.TaskID))
+	seen := map[string]bool{"": true}
+	for _, id := range append([]string{rec.Event.TaskID}, rec.Event.Detail.Tasks...) {
+		if !seen[id] {
+			seen[id] = true
+			keys = append(keys, w.taskIndex(id))
+		}
 	}
 	minID := strconv.FormatInt(w.now().Add(-w.ttl).UnixMilli(), 10)
 	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)

@@ -53,12 +53,12 @@ func (s *Service) reaped(ctx context.Context, batch []EndedTask, now time.Time) 
 		}
 	}
 	s.revokeAtSource(ctx, creds, "deadline passed")
-	ev := Event{Time: now.UTC(), Type: "task.expired", Actor: "reaper", Reason: "deadline passed", Creds: credIDs,
-		Detail: map[string]any{"tasks": ids, "count": len(ids), "max_lag_ms": worst.Milliseconds()}}
+	ev := Event{Time: now.UTC(), Type: "task.expired", Actor: "reaper", Reason: "deadline passed",
+		Detail: map[string]any{"max_lag_ms": worst.Milliseconds()}}
 	if len(batch) == 1 {
 		ev.TaskID, ev.Template, ev.Issuer = batch[0].Task.ID, batch[0].Task.Template, batch[0].Task.Issuer
 	}
-	if err := s.audit.Record(ctx, ev); err != nil {
+	if err := s.recordReaped(ctx, ev, ids, credIDs); err != nil {
 		// The credentials are dead already; losing the record of their
 		// death must not bring them back. The batch stays unacknowledged:
 		// a reaper writes its record once its lease expires.
@@ -85,12 +85,12 @@ func (s *Service) auditOrphans(ctx context.Context, de DueEnder) {
 	}
 	for _, b := range orphans {
 		ev := Event{Time: s.now().UTC(), Type: "task.expired", Actor: "reaper",
-			Reason: "deadline passed; recorded by another replica after the one that ended these tasks stopped", Creds: b.Credentials,
-			Detail: map[string]any{"tasks": b.Tasks, "count": len(b.Tasks), "ended_at": b.EndedAt}}
+			Reason: "deadline passed; recorded by another replica after the one that ended these tasks stopped",
+			Detail: map[string]any{"ended_at": b.EndedAt}}
 		if len(b.Tasks) == 1 {
 			ev.TaskID = b.Tasks[0]
 		}
-		if err := s.audit.Record(ctx, ev); err != nil {
+		if err := s.recordReaped(ctx, ev, b.Tasks, b.Credentials); err != nil {
 			s.log.ErrorContext(ctx, "audit write of an orphaned reaped batch failed", "batch", b.ID, "err", err)
 			continue
 		}
@@ -100,4 +100,35 @@ func (s *Service) auditOrphans(ctx context.Context, de DueEnder) {
 		}
 		cancel()
 	}
+}
+
+// recordReaped audits a reaped batch as few records as the audit's list
+// bound allows: each carries at most MaxAuditList task ids (detail.tasks)
+// and credential ids, so the trail never cuts a batch's evidence short.
+// Each record's detail holds count (its own tasks) and batch_records.
+func (s *Service) recordReaped(ctx context.Context, ev Event, tasks, creds []string) error {
+	n := max((len(tasks)+MaxAuditList-1)/MaxAuditList, (len(creds)+MaxAuditList-1)/MaxAuditList, 1)
+	for i := range n {
+		part := ev
+		part.Detail = make(map[string]any, len(ev.Detail)+3)
+		for k, v := range ev.Detail {
+			part.Detail[k] = v
+		}
+		ts := chunk(tasks, i)
+		part.Detail["tasks"], part.Detail["count"], part.Detail["batch_records"] = ts, len(ts), n
+		part.Creds = chunk(creds, i)
+		if err := s.audit.Record(ctx, part); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// chunk is the i-th slice of MaxAuditList items of xs (empty past its end).
+func chunk(xs []string, i int) []string {
+	lo, hi := i*MaxAuditList, (i+1)*MaxAuditList
+	if lo >= len(xs) {
+		return []string{}
+	}
+	return xs[lo:min(hi, len(xs))]
 }

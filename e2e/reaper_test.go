@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -174,5 +175,43 @@ func TestReaperOrphanedBatchAudited(t *testing.T) {
 	}
 	if n, err := rc.ZCard(context.Background(), "valet:reaped").Result(); err != nil || n != 0 {
 		t.Fatalf("batches still waiting: %d %v", n, err)
+	}
+}
+
+// TestReaperBatchOverAuditBound: a reaped batch larger than the audit's
+// list bound (broker.MaxAuditList) is recorded in as many records as it
+// takes, so no task or credential id is cut from the evidence, and each
+// task's timeline shows its expiry even when it ended in a batch of many.
+// (Merging the batched reaper with the audit bounds cut a batch of 256
+// to its first 64 ids, and timelines of batched tasks showed no expiry.)
+func TestReaperBatchOverAuditBound(t *testing.T) {
+	e := newEnv(t, envOptions{incident: true})
+	const n = broker.MaxAuditList + 36
+	var ids []string
+	for range n {
+		id, _ := e.declared("agent-7", 60)
+		ids = append(ids, id)
+	}
+	e.clock.Advance(61 * time.Second)
+	if got, err := e.svc.ReapOnce(context.Background()); err != nil || got != n {
+		t.Fatalf("ReapOnce = %d, %v; want %d", got, err, n)
+	}
+	var tasks []string
+	creds := 0
+	for _, ev := range e.auditEvents("task.expired") {
+		for _, id := range ev["detail"].(map[string]any)["tasks"].([]any) {
+			tasks = append(tasks, id.(string))
+		}
+		creds += len(ev["credentials"].([]any))
+	}
+	slices.Sort(tasks)
+	slices.Sort(ids)
+	if !slices.Equal(tasks, ids) || creds != n {
+		t.Fatalf("the batch's records name %d tasks (want all %d) and %d credentials", len(tasks), n, creds)
+	}
+	rita := e.adminToken("rita", "valet-responders")
+	r := e.adminDo(http.MethodGet, "/v1/admin/tasks/"+ids[n-1]+"/timeline", rita, "")
+	if r.Status != http.StatusOK || !strings.Contains(string(r.Body), `"task.expired"`) {
+		t.Fatalf("timeline of a task reaped in a batch: %d %s", r.Status, r.Body)
 	}
 }

@@ -41,6 +41,11 @@ func newWorld(t *testing.T, source string, lim fanout.Limits) *world {
 		if w.ledger, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// As serve does at start: the generation (and its announcement on
+		// the feed) begins before anyone follows, not inside a test's count.
+		if err := w.ledger.Ping(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		fc := revocation.NewFeedClient(rc, 4)
 		t.Cleanup(func() { fc.Close() })
 		feed = revocation.NewFeed(fc, "")
@@ -264,6 +269,11 @@ func TestReaderFailureEndsStreams(t *testing.T) {
 		t.Fatalf("subscribe while Redis is down: %v, want unavailable", err)
 	}
 	w.redis.Restart()
+	// The restarted Redis is empty: the ledger notices the loss (a new
+	// generation, announced on the feed) on its next round trip.
+	if err := w.ledger.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	s2 := w.subscribe("client:b", "")
 	keys := w.publish(1)
 	sameKeys(t, read(t, s2, 1), keys)
