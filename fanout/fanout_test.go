@@ -232,8 +232,14 @@ func testResume(t *testing.T, w *world) {
 			if err != nil || len(page) != 1000 {
 				t.Fatalf("from %s: first page of %d entries, %v", from, len(page), err)
 			}
-			if _, err := s.Next(context.Background(), time.Second); !errors.Is(err, fanout.ErrCatchupLimit) {
-				t.Fatalf("from %s: %v, want ErrCatchupLimit", from, err)
+			// The stream ends before a second page. Usually at the
+			// catch-up limit; but when the first page brought the cursor
+			// to where the live reader started while that reader is still
+			// draining the 1,100 entries through a ring of 4, the stream
+			// joined the ring and ends lagged. Either way the follower
+			// reconnects from its last id, having made progress.
+			if _, err := s.Next(context.Background(), time.Second); !errors.Is(err, fanout.ErrCatchupLimit) && !errors.Is(err, fanout.ErrLagged) {
+				t.Fatalf("from %s: %v, want ErrCatchupLimit or ErrLagged", from, err)
 			}
 			s.Close()
 		}
