@@ -498,7 +498,11 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 			case errors.Is(err, ErrRevocationPending):
 				count(len(cs), false, true)
 			case errors.Is(err, ErrNotActive):
-				if ended.State == StateRevoked && ended.EndReason == reason {
+						// Ended by this job: directly, or through the cascade of
+				// an ancestor the job ended first (a delegated child the
+				// selector covers too, with the ancestor's end reason;
+				// the ledger keeps end times in milliseconds).
+				if ended.State == StateRevoked && (ended.EndReason == reason || !ended.EndedAt.Before(j.Created.Truncate(time.Millisecond))) {
 					count(len(creds[i]), true, false)
 				}
 			case ErrorCode(err) == CodeNotFound:
