@@ -498,7 +498,7 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 			case errors.Is(err, ErrRevocationPending):
 				count(len(cs), false, true)
 			case errors.Is(err, ErrNotActive):
-						// Ended by this job: directly, or through the cascade of
+				// Ended by this job: directly, or through the cascade of
 				// an ancestor the job ended first (a delegated child the
 				// selector covers too, with the ancestor's end reason;
 				// the ledger keeps end times in milliseconds).
