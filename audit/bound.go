@@ -66,7 +66,9 @@ func bound(e broker.Event) (broker.Event, error) {
 	if err := dec.Decode(&generic); err != nil {
 		return e, fmt.Errorf("encoding audit detail: %w", err)
 	}
-	e.Detail = boundValue(generic, 1).(map[string]any)
+	// A JSON-decoded value has only the types boundTyped knows.
+	d, _ := boundTyped(generic, 1)
+	e.Detail = d.(map[string]any)
 	return e, nil
 }
 
@@ -87,12 +89,30 @@ func encodeBounded(e broker.Event) ([]byte, error) {
 	return json.Marshal(e)
 }
 
-// boundTyped bounds detail values of the common types directly; ok is
-// false when some value is of another type.
+// boundTyped bounds detail values of the common types (and every type a
+// JSON decoder produces) directly; ok is false when some value is of
+// another type.
 func boundTyped(v any, depth int) (any, bool) {
 	switch v := v.(type) {
 	case string:
 		return broker.Bound(v, broker.MaxAuditString), true
+	case []any:
+		if depth > broker.MaxAuditDepth {
+			return fmt.Sprintf("…[list of %d items]", len(v)), true
+		}
+		out := make([]any, 0, min(len(v), broker.MaxAuditList+1))
+		for i, x := range v {
+			if i == broker.MaxAuditList {
+				out = append(out, fmt.Sprintf("…[+%d items]", len(v)-i))
+				break
+			}
+			b, ok := boundTyped(x, depth+1)
+			if !ok {
+				return nil, false
+			}
+			out = append(out, b)
+		}
+		return out, true
 	case []string:
 		if depth > broker.MaxAuditDepth {
 			return fmt.Sprintf("…[list of %d items]", len(v)), true
@@ -132,45 +152,5 @@ func boundTyped(v any, depth int) (any, bool) {
 		return v, true
 	default:
 		return nil, false
-	}
-}
-
-func boundValue(v any, depth int) any {
-	switch v := v.(type) {
-	case string:
-		return broker.Bound(v, broker.MaxAuditString)
-	case []any:
-		if depth > broker.MaxAuditDepth {
-			return fmt.Sprintf("…[list of %d items]", len(v))
-		}
-		out := make([]any, 0, min(len(v), broker.MaxAuditList+1))
-		for i, x := range v {
-			if i == broker.MaxAuditList {
-				out = append(out, fmt.Sprintf("…[+%d items]", len(v)-i))
-				break
-			}
-			out = append(out, boundValue(x, depth+1))
-		}
-		return out
-	case map[string]any:
-		if depth > broker.MaxAuditDepth {
-			return fmt.Sprintf("…[object of %d keys]", len(v))
-		}
-		keys := make([]string, 0, len(v))
-		for k := range v {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		out := make(map[string]any, min(len(v), broker.MaxAuditList+1))
-		for i, k := range keys {
-			if i == broker.MaxAuditList {
-				out["…"] = fmt.Sprintf("+%d keys", len(keys)-i)
-				break
-			}
-			out[broker.Bound(k, broker.MaxAuditString)] = boundValue(v[k], depth+1)
-		}
-		return out
-	default: // json.Number, bool, nil
-		return v
 	}
 }
