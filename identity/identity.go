@@ -1,4 +1,4 @@
-package broker
+package identity
 
 import (
 	"bytes"
@@ -24,6 +24,8 @@ import (
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/valet-dev/valet/broker"
 )
 
 // IssuerConfig is one trusted OIDC issuer of agent identity tokens.
@@ -67,8 +69,8 @@ func normalTyp(s string) string {
 	return strings.TrimPrefix(s, "application/")
 }
 
-// IdentityOptions tune an Identity. The zero value is usable.
-type IdentityOptions struct {
+// Options tune a Verifier. The zero value is usable.
+type Options struct {
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// Leeway is the clock skew allowed on exp, nbf and iat; default 30s,
@@ -114,9 +116,10 @@ var allowedIDTokenAlgs = map[string]bool{
 	"EdDSA": true,
 }
 
-// Identity verifies agent identity tokens from the trusted issuers. It
-// implements Authenticator and is safe for concurrent use.
-type Identity struct {
+// Verifier verifies identity tokens from the trusted issuers: agents',
+// end users' (subject_token) and, built with the admin issuers, admins'. It
+// implements broker.Authenticator and is safe for concurrent use.
+type Verifier struct {
 	issuers []*trustedIssuer
 	byURL   map[string]*trustedIssuer
 	anyAlg  map[string]bool // union of every issuer's algorithms
@@ -133,7 +136,7 @@ type trustedIssuer struct {
 	algs      map[string]bool
 	audiences map[string]bool
 	types     map[string]bool // normalTyp values; TypAbsent for none
-	cond      *Condition
+	cond      *broker.Condition
 	keys      *issuerKeys
 }
 
@@ -148,7 +151,7 @@ func ValidateIssuers(cfgs []IssuerConfig, selfIssuer string) []error {
 // preparedIssuer is a validated config with its compiled parts.
 type preparedIssuer struct {
 	cfg        IssuerConfig // with defaults applied
-	cond       *Condition
+	cond       *broker.Condition
 	staticKeys []jose.JSONWebKey
 }
 
@@ -159,10 +162,6 @@ func prepareIssuers(cfgs []IssuerConfig, selfIssuer string) ([]preparedIssuer, [
 	}
 	if len(cfgs) == 0 {
 		errs = append(errs, errors.New("issuers: at least one trusted issuer is required"))
-	}
-	env, err := claimsEnv()
-	if err != nil {
-		return nil, append(errs, fmt.Errorf("building the CEL environment: %w", err))
 	}
 	names := map[string]int{}
 	urls := map[string]int{}
@@ -243,7 +242,7 @@ func prepareIssuers(cfgs []IssuerConfig, selfIssuer string) ([]preparedIssuer, [
 		}
 
 		if c.Condition != "" {
-			cond, err := compileCondition(env, fmt.Sprintf("issuers[%d].condition", i), c.Condition)
+			cond, err := broker.CompileClaimsCondition(fmt.Sprintf("issuers[%d].condition", i), c.Condition)
 			if err != nil {
 				bad(i, "condition", "%v", err)
 			} else {
@@ -294,12 +293,12 @@ func checkIssuerURL(raw string) error {
 	return fmt.Errorf("%q must use https", raw)
 }
 
-// NewIdentity validates cfgs, compiles their conditions and loads every
+// New validates cfgs, compiles their conditions and loads every
 // issuer's keys. An issuer that cannot be reached now does not fail
 // start-up: its keys are fetched again on use, at most once per
 // RefreshInterval, and until then Authenticate answers with an error
-// wrapping ErrUnavailable.
-func NewIdentity(ctx context.Context, cfgs []IssuerConfig, opts IdentityOptions) (*Identity, error) {
+// wrapping broker.ErrUnavailable.
+func New(ctx context.Context, cfgs []IssuerConfig, opts Options) (*Verifier, error) {
 	prepared, errs := prepareIssuers(cfgs, opts.SelfIssuer)
 	if opts.Leeway < 0 || opts.Leeway > maxIDLeeway {
 		errs = append(errs, fmt.Errorf("identity: leeway %s must be between 0 and %s", opts.Leeway, maxIDLeeway))
@@ -332,7 +331,7 @@ func NewIdentity(ctx context.Context, cfgs []IssuerConfig, opts IdentityOptions)
 		opts.Logger = slog.Default()
 	}
 
-	id := &Identity{
+	v := &Verifier{
 		byURL:  map[string]*trustedIssuer{},
 		anyAlg: map[string]bool{},
 		now:    opts.Now,
@@ -359,7 +358,7 @@ func NewIdentity(ctx context.Context, cfgs []IssuerConfig, opts IdentityOptions)
 		var joseAlgs []jose.SignatureAlgorithm
 		for _, a := range p.cfg.Algorithms {
 			ti.algs[a] = true
-			id.anyAlg[a] = true
+			v.anyAlg[a] = true
 			joseAlgs = append(joseAlgs, jose.SignatureAlgorithm(a))
 		}
 		for _, a := range p.cfg.Audiences {
@@ -379,30 +378,30 @@ func NewIdentity(ctx context.Context, cfgs []IssuerConfig, opts IdentityOptions)
 		if ti.keys.static {
 			ti.keys.keys, ti.keys.loaded = p.staticKeys, true
 		}
-		id.issuers = append(id.issuers, ti)
-		id.byURL[p.cfg.IssuerURL] = ti
+		v.issuers = append(v.issuers, ti)
+		v.byURL[p.cfg.IssuerURL] = ti
 	}
 
 	var wg sync.WaitGroup
-	for _, ti := range id.issuers {
+	for _, ti := range v.issuers {
 		if ti.keys.static {
 			continue
 		}
 		wg.Go(func() {
 			if _, err := ti.keys.load(ctx); err != nil {
-				id.log.Warn("trusted issuer unreachable at start; will retry on use",
+				v.log.Warn("trusted issuer unreachable at start; will retry on use",
 					"issuer", ti.cfg.Name, "issuer_url", ti.cfg.IssuerURL, "err", err)
 			}
 		})
 	}
 	wg.Wait()
-	return id, nil
+	return v, nil
 }
 
 // Issuers returns the trusted issuers as configured, with defaults applied.
-func (id *Identity) Issuers() []IssuerConfig {
-	out := make([]IssuerConfig, len(id.issuers))
-	for i, ti := range id.issuers {
+func (v *Verifier) Issuers() []IssuerConfig {
+	out := make([]IssuerConfig, len(v.issuers))
+	for i, ti := range v.issuers {
 		c := ti.cfg
 		c.Audiences = slices.Clone(c.Audiences)
 		c.Algorithms = slices.Clone(c.Algorithms)
@@ -415,10 +414,10 @@ func (id *Identity) Issuers() []IssuerConfig {
 
 // Ready reports whether every issuer has keys loaded, trying to load them
 // now (within the refresh rate limit) for those that do not. Errors wrap
-// ErrUnavailable.
-func (id *Identity) Ready(ctx context.Context) error {
+// broker.ErrUnavailable.
+func (v *Verifier) Ready(ctx context.Context) error {
 	var errs []error
-	for _, ti := range id.issuers {
+	for _, ti := range v.issuers {
 		if _, err := ti.keys.load(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("issuer %q: %w", ti.cfg.Name, err))
 		}
@@ -427,25 +426,25 @@ func (id *Identity) Ready(ctx context.Context) error {
 }
 
 // Authenticate verifies raw as an identity token from one of the trusted
-// issuers and returns the agent it names. An error wrapping ErrUnavailable
+// issuers and returns the agent it names. An error wrapping broker.ErrUnavailable
 // means the issuer's keys could not be fetched; any other error means the
 // token is not acceptable. Errors never contain the token.
-func (id *Identity) Authenticate(ctx context.Context, raw string) (Principal, error) {
-	return id.authenticate(ctx, raw)
+func (v *Verifier) Authenticate(ctx context.Context, raw string) (broker.Principal, error) {
+	return v.authenticate(ctx, raw)
 }
 
 // Header parameters that make a token carry or point at its own key, or
 // change how it is processed; an identity token never needs them.
 var forbiddenIDTokenHeaders = []string{"jku", "x5u", "jwk", "x5c", "crit", "b64", "cty", "zip", "enc"}
 
-func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, error) {
+func (v *Verifier) authenticate(ctx context.Context, raw string) (broker.Principal, error) {
 	// (1) Size, before anything else.
-	if len(raw) > id.maxLen {
-		return Principal{}, fmt.Errorf("token is %d bytes, more than the limit of %d", len(raw), id.maxLen)
+	if len(raw) > v.maxLen {
+		return broker.Principal{}, fmt.Errorf("token is %d bytes, more than the limit of %d", len(raw), v.maxLen)
 	}
 	// (2) Shape: compact serialization, three non-empty base64url segments.
 	if n := strings.Count(raw, "."); n != 2 {
-		return Principal{}, fmt.Errorf("token has %d '.' separators, not 2", n)
+		return broker.Principal{}, fmt.Errorf("token has %d '.' separators, not 2", n)
 	}
 	h64, rest, _ := strings.Cut(raw, ".")
 	p64, s64, _ := strings.Cut(rest, ".")
@@ -453,7 +452,7 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 	for i, s := range []string{h64, p64, s64} {
 		b, err := decodeJWTSegment(s)
 		if err != nil {
-			return Principal{}, fmt.Errorf("token segment %d: %w", i+1, err)
+			return broker.Principal{}, fmt.Errorf("token segment %d: %w", i+1, err)
 		}
 		segs[i] = b
 	}
@@ -461,11 +460,11 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 	// (3) Header.
 	var hdrFields map[string]json.RawMessage
 	if err := json.Unmarshal(segs[0], &hdrFields); err != nil || hdrFields == nil {
-		return Principal{}, errors.New("token header is not a JSON object")
+		return broker.Principal{}, errors.New("token header is not a JSON object")
 	}
 	for _, f := range forbiddenIDTokenHeaders {
 		if _, ok := hdrFields[f]; ok {
-			return Principal{}, fmt.Errorf("token header %q is not accepted", f)
+			return broker.Principal{}, fmt.Errorf("token header %q is not accepted", f)
 		}
 	}
 	_, hasTyp := hdrFields["typ"]
@@ -476,12 +475,12 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 			continue
 		}
 		if err := json.Unmarshal(v, &hdr[i]); err != nil {
-			return Principal{}, fmt.Errorf("token header %q is not a string", name)
+			return broker.Principal{}, fmt.Errorf("token header %q is not a string", name)
 		}
 	}
 	alg, typ := hdr[0], hdr[1]
-	if !id.anyAlg[alg] {
-		return Principal{}, fmt.Errorf("token alg %s is not allowed", quoteUntrusted(alg))
+	if !v.anyAlg[alg] {
+		return broker.Principal{}, fmt.Errorf("token alg %s is not allowed", quoteUntrusted(alg))
 	}
 
 	// (4) Pick the issuer by the unverified iss, exactly. The payload is
@@ -490,24 +489,24 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 	// struct fields without regard to case, and "ISS" is not "iss".
 	var claims map[string]any
 	if err := json.Unmarshal(segs[1], &claims); err != nil || claims == nil {
-		return Principal{}, errors.New("token payload is not a JSON object")
+		return broker.Principal{}, errors.New("token payload is not a JSON object")
 	}
 	issStr, _ := claims["iss"].(string)
 	if issStr == "" {
-		return Principal{}, errors.New("token iss is missing or not a string")
+		return broker.Principal{}, errors.New("token iss is missing or not a string")
 	}
-	if id.self != "" && issStr == id.self {
-		return Principal{}, errors.New("token is one of Valet's own task tokens, not an identity token")
+	if v.self != "" && issStr == v.self {
+		return broker.Principal{}, errors.New("token is one of Valet's own task tokens, not an identity token")
 	}
-	ti, ok := id.byURL[issStr]
+	ti, ok := v.byURL[issStr]
 	if !ok {
-		return Principal{}, fmt.Errorf("token iss %s is not a trusted issuer", quoteUntrusted(issStr))
+		return broker.Principal{}, fmt.Errorf("token iss %s is not a trusted issuer", quoteUntrusted(issStr))
 	}
 	if !ti.algs[alg] {
-		return Principal{}, fmt.Errorf("token alg %s is not allowed for issuer %q", quoteUntrusted(alg), ti.cfg.Name)
+		return broker.Principal{}, fmt.Errorf("token alg %s is not allowed for issuer %q", quoteUntrusted(alg), ti.cfg.Name)
 	}
 	if normTyp := normalTyp(typ); (!hasTyp && !ti.types[TypAbsent]) || (hasTyp && (normTyp == TypAbsent || !ti.types[normTyp])) {
-		return Principal{}, fmt.Errorf("token typ %s is not accepted for issuer %q (issuers[].types)", quoteUntrusted(typ), ti.cfg.Name)
+		return broker.Principal{}, fmt.Errorf("token typ %s is not accepted for issuer %q (issuers[].types)", quoteUntrusted(typ), ti.cfg.Name)
 	}
 
 	// (5) Signature, with the issuer's keys and algorithms. The verified
@@ -515,65 +514,65 @@ func (id *Identity) authenticate(ctx context.Context, raw string) (Principal, er
 	// below are the signed ones.
 	payload, err := ti.keys.verify(ctx, raw)
 	if err != nil {
-		return Principal{}, fmt.Errorf("verifying token from issuer %q: %w", ti.cfg.Name, err)
+		return broker.Principal{}, fmt.Errorf("verifying token from issuer %q: %w", ti.cfg.Name, err)
 	}
 	if !bytes.Equal(payload, segs[1]) {
-		return Principal{}, fmt.Errorf("verifying token from issuer %q: signed payload differs from the decoded one", ti.cfg.Name)
+		return broker.Principal{}, fmt.Errorf("verifying token from issuer %q: signed payload differs from the decoded one", ti.cfg.Name)
 	}
 
 	// (6) Claims, after the signature.
 	if err := checkOIDCClaimTypes(claims); err != nil {
-		return Principal{}, err
+		return broker.Principal{}, err
 	}
-	now := id.now()
+	now := v.now()
 	exp, err := claimTime(claims, "exp")
 	if err != nil {
-		return Principal{}, err
+		return broker.Principal{}, err
 	}
 	if exp.IsZero() {
-		return Principal{}, errors.New("token has no exp")
+		return broker.Principal{}, errors.New("token has no exp")
 	}
-	if !now.Before(exp.Add(id.leeway)) {
-		return Principal{}, fmt.Errorf("token expired at %s", exp.UTC().Format(time.RFC3339))
+	if !now.Before(exp.Add(v.leeway)) {
+		return broker.Principal{}, fmt.Errorf("token expired at %s", exp.UTC().Format(time.RFC3339))
 	}
 	for _, name := range []string{"nbf", "iat"} {
 		t, err := claimTime(claims, name)
 		if err != nil {
-			return Principal{}, err
+			return broker.Principal{}, err
 		}
-		if !t.IsZero() && t.After(now.Add(id.leeway)) {
-			return Principal{}, fmt.Errorf("token %s %s is in the future", name, t.UTC().Format(time.RFC3339))
+		if !t.IsZero() && t.After(now.Add(v.leeway)) {
+			return broker.Principal{}, fmt.Errorf("token %s %s is in the future", name, t.UTC().Format(time.RFC3339))
 		}
 	}
 	if err := ti.checkAudience(claims["aud"]); err != nil {
-		return Principal{}, err
+		return broker.Principal{}, err
 	}
 	if sub, _ := claims["sub"].(string); sub == "" {
-		return Principal{}, errors.New("token sub is missing or empty")
+		return broker.Principal{}, errors.New("token sub is missing or empty")
 	}
 	subject, _ := claims[ti.cfg.SubjectClaim].(string)
 	if subject == "" {
-		return Principal{}, fmt.Errorf("token claim %q naming the agent is missing, empty or not a string", ti.cfg.SubjectClaim)
+		return broker.Principal{}, fmt.Errorf("token claim %q naming the agent is missing, empty or not a string", ti.cfg.SubjectClaim)
 	}
 	if _, ok := claims["task_id"]; ok {
-		return Principal{}, errors.New("token carries task_id: a task token is not an identity token")
+		return broker.Principal{}, errors.New("token carries task_id: a task token is not an identity token")
 	}
-	if iss, _ := claims["iss"].(string); iss != ti.cfg.IssuerURL || (id.self != "" && iss == id.self) {
-		return Principal{}, fmt.Errorf("token iss %s does not match issuer %q", quoteUntrusted(iss), ti.cfg.Name)
+	if iss, _ := claims["iss"].(string); iss != ti.cfg.IssuerURL || (v.self != "" && iss == v.self) {
+		return broker.Principal{}, fmt.Errorf("token iss %s does not match issuer %q", quoteUntrusted(iss), ti.cfg.Name)
 	}
 
 	// (7) The issuer's condition.
 	if ti.cond != nil {
 		ok, err := ti.cond.Eval(map[string]any{"claims": claims})
 		if err != nil {
-			return Principal{}, fmt.Errorf("issuer %q condition: %v", ti.cfg.Name, err)
+			return broker.Principal{}, fmt.Errorf("issuer %q condition: %v", ti.cfg.Name, err)
 		}
 		if !ok {
-			return Principal{}, fmt.Errorf("issuer %q condition %q is false for this token", ti.cfg.Name, ti.cond.Expression)
+			return broker.Principal{}, fmt.Errorf("issuer %q condition %q is false for this token", ti.cfg.Name, ti.cond.Expression)
 		}
 	}
 
-	return Principal{
+	return broker.Principal{
 		Issuer:      ti.cfg.Name,
 		IssuerURL:   ti.cfg.IssuerURL,
 		Subject:     subject,
@@ -707,7 +706,8 @@ func (ti *trustedIssuer) checkAudience(aud any) error {
 	return nil
 }
 
-// quoteUntrusted renders an untrusted value for an error message, truncated.
+// quoteUntrusted renders an untrusted value for an error message, truncated
+// (as broker's error messages do).
 func quoteUntrusted(s string) string {
 	if len(s) > maxQuotedLen {
 		return fmt.Sprintf("%q...", s[:maxQuotedLen])
@@ -838,7 +838,7 @@ func keyFitsAlg(k *jose.JSONWebKey, alg string) bool {
 }
 
 // load returns the cached keys, fetching them first if they were never
-// loaded (within the rate limit). Errors wrap ErrUnavailable.
+// loaded (within the rate limit). Errors wrap broker.ErrUnavailable.
 func (ks *issuerKeys) load(ctx context.Context) ([]jose.JSONWebKey, error) {
 	ks.mu.Lock()
 	if ks.loaded {
@@ -861,10 +861,10 @@ func (ks *issuerKeys) load(ctx context.Context) ([]jose.JSONWebKey, error) {
 	if errors.Is(err, errKeyRefreshLimited) && last != nil {
 		err = last
 	}
-	if errors.Is(err, ErrUnavailable) {
+	if errors.Is(err, broker.ErrUnavailable) {
 		return nil, err
 	}
-	return nil, fmt.Errorf("keys of issuer %q: %w: %w", ks.issuer, ErrUnavailable, err)
+	return nil, fmt.Errorf("keys of issuer %q: %w: %w", ks.issuer, broker.ErrUnavailable, err)
 }
 
 // refresh fetches the keys unless the last fetch began less than interval
@@ -879,7 +879,7 @@ func (ks *issuerKeys) refresh(ctx context.Context) ([]jose.JSONWebKey, error) {
 		select {
 		case <-call.done:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for the keys of issuer %q: %w: %w", ks.issuer, ErrUnavailable, ctx.Err())
+			return nil, fmt.Errorf("waiting for the keys of issuer %q: %w: %w", ks.issuer, broker.ErrUnavailable, ctx.Err())
 		}
 		if call.err != nil {
 			return nil, call.err
@@ -904,7 +904,7 @@ func (ks *issuerKeys) refresh(ctx context.Context) ([]jose.JSONWebKey, error) {
 	defer cancel()
 	keys, discovered, err := ks.fetch(fctx)
 	if err != nil {
-		err = fmt.Errorf("fetching keys of issuer %q: %w: %w", ks.issuer, ErrUnavailable, err)
+		err = fmt.Errorf("fetching keys of issuer %q: %w: %w", ks.issuer, broker.ErrUnavailable, err)
 	}
 
 	ks.mu.Lock()
