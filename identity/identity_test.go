@@ -55,7 +55,7 @@ func newTestIdentity(t testing.TB, clock *testClock, cfgs ...IssuerConfig) *Veri
 		Logger:     quietLogger(),
 	})
 	if err != nil {
-		t.Fatalf("NewIdentity: %v", err)
+		t.Fatalf("New: %v", err)
 	}
 	return id
 }
