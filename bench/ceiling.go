@@ -15,6 +15,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -40,7 +41,7 @@ type ceilingFixture struct {
 	edKey    ed25519.PrivateKey
 	signing  []byte // header.payload of a real task token
 	ledger   *revocation.RedisLedger
-	identity *broker.Identity
+	identity *identity.Verifier
 	tokens   *issuers.JWT
 }
 
@@ -84,8 +85,8 @@ func newCeilingFixture(ctx context.Context, p *idp, redisURL string, idTokens in
 	tok, _ := minted[0].Material["access_token"].(string)
 	f.signing = []byte(tok[:strings.LastIndexByte(tok, '.')])
 
-	f.identity, err = broker.NewIdentity(ctx, []broker.IssuerConfig{{Name: "bench", IssuerURL: p.url, Audiences: []string{audience},
-		StaticJWKS: p.jwks}}, broker.IdentityOptions{})
+	f.identity, err = identity.New(ctx, []identity.IssuerConfig{{Name: "bench", IssuerURL: p.url, Audiences: []string{audience},
+		StaticJWKS: p.jwks}}, identity.Options{})
 	if err != nil {
 		return nil, err
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
@@ -291,12 +292,12 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	if err != nil {
 		return nil, err
 	}
-	identity, err := broker.NewIdentity(ctx, []broker.IssuerConfig{{Name: "bench", IssuerURL: p.url, Audiences: []string{audience}}},
-		broker.IdentityOptions{SelfIssuer: v.url, Logger: log})
+	verifier, err := identity.New(ctx, []identity.IssuerConfig{{Name: "bench", IssuerURL: p.url, Audiences: []string{audience}}},
+		identity.Options{SelfIssuer: v.url, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	if err := identity.Ready(ctx); err != nil {
+	if err := verifier.Ready(ctx); err != nil {
 		return nil, fmt.Errorf("loading the issuer's keys: %w", err)
 	}
 	templates, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "bench.yaml", Data: []byte(benchTemplates)}}, []string{"bench"})
@@ -317,7 +318,7 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	controls.Reload(cctx)
 	go controls.Run(cctx)
 	v.svc, err = broker.NewService(broker.Config{
-		Identity: identity, Tokens: tokens, Ledger: v.ledger, Auditor: auditor, Templates: templates,
+		Identity: verifier, Tokens: tokens, Ledger: v.ledger, Auditor: auditor, Templates: templates,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha256Of(clientSecret)}}, Logger: log,
 		Controls: controls, Epochs: v.ledger,
 	})
@@ -327,7 +328,7 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	feedClient := revocation.NewFeedClient(v.redis, 4) // followers never take the ledger's pool
 	v.close = append(v.close, func() { feedClient.Close() })
 	h, err := httpapi.Handler(httpapi.Options{Service: v.svc, Issuer: v.url, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(),
-		OpenAPI: openapi.Spec, Ready: []func(context.Context) error{identity.Ready}, Logger: log, Feed: revocation.NewFeed(feedClient, "")})
+		OpenAPI: openapi.Spec, Ready: []func(context.Context) error{verifier.Ready}, Logger: log, Feed: revocation.NewFeed(feedClient, "")})
 	if err != nil {
 		return nil, err
 	}

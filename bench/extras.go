@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -117,8 +118,8 @@ func memoryChild(n int, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	identity, err := broker.NewIdentity(ctx, []broker.IssuerConfig{{Name: "bench", IssuerURL: p.url, Audiences: []string{audience},
-		StaticJWKS: p.jwks}}, broker.IdentityOptions{SelfIssuer: self})
+	verifier, err := identity.New(ctx, []identity.IssuerConfig{{Name: "bench", IssuerURL: p.url, Audiences: []string{audience},
+		StaticJWKS: p.jwks}}, identity.Options{SelfIssuer: self})
 	if err != nil {
 		return err
 	}
@@ -126,7 +127,7 @@ func memoryChild(n int, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	svc, err := broker.NewService(broker.Config{Identity: identity, Tokens: tokens, Ledger: revocation.NewMemoryLedger(time.Now, 0),
+	svc, err := broker.NewService(broker.Config{Identity: verifier, Tokens: tokens, Ledger: revocation.NewMemoryLedger(time.Now, 0),
 		Auditor: discardAuditor{}, Templates: templates})
 	if err != nil {
 		return err

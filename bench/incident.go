@@ -13,6 +13,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/verify"
@@ -79,8 +80,8 @@ func epochRevoke(ctx context.Context, p *idp, redisURL, dir string, n int) epoch
 	if err != nil {
 		return fail("tokens", err)
 	}
-	identity, err := broker.NewIdentity(ctx, []broker.IssuerConfig{{Name: "bench", IssuerURL: p.url, Audiences: []string{audience},
-		StaticJWKS: p.jwks}}, broker.IdentityOptions{SelfIssuer: self})
+	verifier, err := identity.New(ctx, []identity.IssuerConfig{{Name: "bench", IssuerURL: p.url, Audiences: []string{audience},
+		StaticJWKS: p.jwks}}, identity.Options{SelfIssuer: self})
 	if err != nil {
 		return fail("identity", err)
 	}
@@ -88,12 +89,12 @@ func epochRevoke(ctx context.Context, p *idp, redisURL, dir string, n int) epoch
 	if err != nil {
 		return fail("templates", err)
 	}
-	svc, err := broker.NewService(broker.Config{Identity: identity, Tokens: tokens, Ledger: l, Auditor: auditor,
+	svc, err := broker.NewService(broker.Config{Identity: verifier, Tokens: tokens, Ledger: l, Auditor: auditor,
 		Templates: templates, Controls: controls, Epochs: l})
 	if err != nil {
 		return fail("service", err)
 	}
-	admin, err := broker.NewAdmin(broker.AdminConfig{Identity: identity, Service: svc, Controls: controls, Jobs: l, Epochs: l,
+	admin, err := broker.NewAdmin(broker.AdminConfig{Identity: verifier, Service: svc, Controls: controls, Jobs: l, Epochs: l,
 		Timeline: trail, AgentIssuers: []string{"bench"}, InlineBudget: time.Nanosecond})
 	if err != nil {
 		return fail("admin", err)

@@ -30,6 +30,17 @@ func claimsEnv() (*cel.Env, error) {
 	)
 }
 
+// CompileClaimsCondition compiles expr as a condition over an identity
+// token's claims alone (the variable `claims`), as trusted-issuer conditions
+// are; name labels its errors.
+func CompileClaimsCondition(name, expr string) (Condition, error) {
+	env, err := claimsEnv()
+	if err != nil {
+		return Condition{}, fmt.Errorf("building the CEL environment: %w", err)
+	}
+	return compileCondition(env, name, expr)
+}
+
 // requestEnv is the environment of template conditions: who asks
 // (principal), on whose behalf (user, empty when the agent acts for
 // itself), what they ask for (request) and when (now).

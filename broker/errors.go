@@ -90,3 +90,14 @@ func unauthenticated(err error) *Error {
 func unavailable(what string, err error) *Error {
 	return &Error{Code: CodeUnavailable, Message: what + " is unavailable; nothing was issued", Err: err}
 }
+
+// maxQuotedLen is how much of an untrusted value an error or log line quotes.
+const maxQuotedLen = 128
+
+// quoteUntrusted renders an untrusted value for an error message, truncated.
+func quoteUntrusted(s string) string {
+	if len(s) > maxQuotedLen {
+		return fmt.Sprintf("%q...", s[:maxQuotedLen])
+	}
+	return fmt.Sprintf("%q", s)
+}

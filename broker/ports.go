@@ -5,8 +5,10 @@ import (
 	"time"
 )
 
-// Authenticator verifies an agent's identity token from a trusted OIDC
-// issuer. Implementations must be safe for concurrent use. Errors wrapping
+// Authenticator verifies an identity token from a trusted OIDC issuer: an
+// agent's bearer token, the subject_token of the user an agent acts for, or
+// (given to Admin, trusting only the admin issuers) an admin's. Package
+// identity implements it. Implementations must be safe for concurrent use. Errors wrapping
 // ErrUnavailable mean the issuer could not be reached (the caller answers
 // 503); any other error means the token is not acceptable (401).
 type Authenticator interface {

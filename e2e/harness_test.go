@@ -24,6 +24,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/issuers"
@@ -203,13 +204,13 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trusted := []broker.IssuerConfig{{Name: "test", IssuerURL: e.idp.URL(), Audiences: []string{"valet"}}}
+	trusted := []identity.IssuerConfig{{Name: "test", IssuerURL: e.idp.URL(), Audiences: []string{"valet"}}}
 	names := []string{"test"}
 	if o.other != nil {
-		trusted = append(trusted, broker.IssuerConfig{Name: "other", IssuerURL: o.other.URL(), Audiences: []string{"valet"}})
+		trusted = append(trusted, identity.IssuerConfig{Name: "other", IssuerURL: o.other.URL(), Audiences: []string{"valet"}})
 		names = append(names, "other")
 	}
-	identity, err := broker.NewIdentity(context.Background(), trusted, broker.IdentityOptions{Now: e.clock.Now, SelfIssuer: e.srv.URL})
+	verifier, err := identity.New(context.Background(), trusted, identity.Options{Now: e.clock.Now, SelfIssuer: e.srv.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +231,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		o.agent(&agentCfg)
 	}
 	cfg := broker.Config{
-		Identity: identity, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
+		Identity: verifier, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
 		Agent: agentCfg, Issuers: o.issuers, RevocationQueue: o.queue,
 		IntrospectionClients: o.introspection,

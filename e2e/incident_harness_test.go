@@ -11,6 +11,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/revocation"
@@ -81,9 +82,9 @@ func (e *env) incidentConfig(cfg *broker.Config, rc *redis.Client) {
 
 func (e *env) incidentHTTP(h *httpapi.Options, o envOptions) {
 	t := e.t
-	adminID, err := broker.NewIdentity(context.Background(), []broker.IssuerConfig{{
+	adminID, err := identity.New(context.Background(), []identity.IssuerConfig{{
 		Name: "corp", IssuerURL: e.idp.URL(), Audiences: []string{adminAudience},
-	}}, broker.IdentityOptions{Now: e.clock.Now, SelfIssuer: e.srv.URL})
+	}}, identity.Options{Now: e.clock.Now, SelfIssuer: e.srv.URL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/examples/toolserver"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/issuers"
@@ -84,8 +85,8 @@ func newApprovalBroker(t *testing.T) *approvalBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	identity, err := broker.NewIdentity(context.Background(), []broker.IssuerConfig{{Name: "test", IssuerURL: b.idp.URL(),
-		Audiences: []string{"valet"}}}, broker.IdentityOptions{Now: b.clock.Now, SelfIssuer: srv.URL})
+	verifier, err := identity.New(context.Background(), []identity.IssuerConfig{{Name: "test", IssuerURL: b.idp.URL(),
+		Audiences: []string{"valet"}}}, identity.Options{Now: b.clock.Now, SelfIssuer: srv.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +94,7 @@ func newApprovalBroker(t *testing.T) *approvalBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := broker.NewService(broker.Config{Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: audit.NewLog(b.audit),
+	svc, err := broker.NewService(broker.Config{Identity: verifier, Tokens: tokens, Ledger: ledger, Auditor: audit.NewLog(b.audit),
 		Templates: set, Now: b.clock.Now, Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of("tool-server-secret-123")}},
 		Agent: broker.AgentConfig{
 			Resources: map[string]map[string]string{"db:tickets": {"env": "prod"}},

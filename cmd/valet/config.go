@@ -80,7 +80,7 @@ type IssuerEntry struct {
 	SubjectClaim string   `yaml:"subject_claim"`
 	Condition    string   `yaml:"condition"`
 	JWKSURL      string   `yaml:"jwks_url"`
-	// Types are the accepted typ header values (broker.IssuerConfig.Types).
+	// Types are the accepted typ header values (identity.IssuerConfig.Types).
 	Types []string `yaml:"types"`
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/examples"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/devidp"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/openapi"
@@ -76,9 +77,9 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
-	identity, err := broker.NewIdentity(ctx, []broker.IssuerConfig{{
+	verifier, err := identity.New(ctx, []identity.IssuerConfig{{
 		Name: "dev", IssuerURL: idp.Issuer(), Audiences: []string{devidp.Audience}, StaticJWKS: idp.JWKS(),
-	}}, broker.IdentityOptions{SelfIssuer: publicURL, Logger: log})
+	}}, identity.Options{SelfIssuer: publicURL, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -114,7 +115,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	defer closeAudit.Close()
 	cfg := broker.Config{
-		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
+		Identity: verifier, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
 		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Logger: log,
 		Agent: agentCfg,
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -134,12 +135,12 @@ func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer 
 	if len(ac.Issuers) == 0 {
 		return nil
 	}
-	cfgs := make([]broker.IssuerConfig, len(ac.Issuers))
+	cfgs := make([]identity.IssuerConfig, len(ac.Issuers))
 	for i, is := range ac.Issuers {
-		cfgs[i] = broker.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
+		cfgs[i] = identity.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
 			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL, StaticJWKS: static[is.IssuerURL], Types: is.Types}
 	}
-	id, err := broker.NewIdentity(ctx, cfgs, broker.IdentityOptions{SelfIssuer: selfIssuer, Logger: log})
+	id, err := identity.New(ctx, cfgs, identity.Options{SelfIssuer: selfIssuer, Logger: log})
 	if err != nil {
 		return fmt.Errorf("admin.issuers: %w", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
@@ -83,14 +84,14 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return fmt.Errorf("signing: %w", err)
 	}
-	trusted := make([]broker.IssuerConfig, len(cfg.Issuers))
+	trusted := make([]identity.IssuerConfig, len(cfg.Issuers))
 	names := make([]string, len(cfg.Issuers))
 	for i, is := range cfg.Issuers {
-		trusted[i] = broker.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
+		trusted[i] = identity.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
 			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL, Types: is.Types}
 		names[i] = is.Name
 	}
-	identity, err := broker.NewIdentity(ctx, trusted, broker.IdentityOptions{
+	verifier, err := identity.New(ctx, trusted, identity.Options{
 		Leeway: time.Duration(cfg.Identity.Leeway), MaxTokenBytes: cfg.Limits.MaxTokenBytes,
 		RefreshInterval: time.Duration(cfg.Identity.RefreshInterval), SelfIssuer: cfg.PublicURL, Logger: log})
 	if err != nil {
@@ -152,7 +153,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	svc, err = broker.NewService(broker.Config{
-		Identity: identity, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
+		Identity: verifier, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
 		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Logger: log, Agent: agentCfg,
 		Controls: inc.controls, Epochs: ledger,
 		Issuers: vw.issuers, RevocationQueue: retryQ, ReconcileGrace: vw.reconcileGrace(),
@@ -179,7 +180,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	handler, err := httpapi.Handler(httpapi.Options{
 		Service: svc, Issuer: cfg.PublicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
-		Ready: append([]func(context.Context) error{identity.Ready}, vw.ready...), MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+		Ready: append([]func(context.Context) error{verifier.Ready}, vw.ready...), MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), Logger: log,
 		Admin: inc.admin, Feed: inc.feed, FeedHub: inc.hub, Metrics: inc.httpMetrics(cfg.Metrics, metricsSecret),
 	})

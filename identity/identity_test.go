@@ -1,4 +1,4 @@
-package broker
+package identity
 
 import (
 	"context"
@@ -16,11 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/oidctest"
 )
 
 // Authenticate must satisfy the port the Service consumes.
-var _ Authenticator = (*Identity)(nil)
+var _ broker.Authenticator = (*Verifier)(nil)
 
 const testSelfIssuer = "https://valet.example"
 
@@ -46,15 +47,15 @@ func (c *testClock) Advance(d time.Duration) {
 
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-func newTestIdentity(t testing.TB, clock *testClock, cfgs ...IssuerConfig) *Identity {
+func newTestIdentity(t testing.TB, clock *testClock, cfgs ...IssuerConfig) *Verifier {
 	t.Helper()
-	id, err := NewIdentity(context.Background(), cfgs, IdentityOptions{
+	id, err := New(context.Background(), cfgs, Options{
 		Now:        clock.Now,
 		SelfIssuer: testSelfIssuer,
 		Logger:     quietLogger(),
 	})
 	if err != nil {
-		t.Fatalf("NewIdentity: %v", err)
+		t.Fatalf("New: %v", err)
 	}
 	return id
 }
@@ -164,7 +165,7 @@ func TestAuthenticateRejects(t *testing.T) {
 			if err == nil {
 				t.Fatalf("accepted: %+v", p)
 			}
-			if errors.Is(err, ErrUnavailable) {
+			if errors.Is(err, broker.ErrUnavailable) {
 				t.Errorf("rejection reported as unavailable: %v", err)
 			}
 		})
@@ -221,7 +222,7 @@ func TestHostileTokensRejected(t *testing.T) {
 			if err == nil {
 				t.Fatalf("accepted: %+v", p)
 			}
-			if errors.Is(err, ErrUnavailable) {
+			if errors.Is(err, broker.ErrUnavailable) {
 				t.Errorf("reported as unavailable, not rejected: %v", err)
 			}
 			t.Logf("rejected: %.300s", err)
@@ -259,7 +260,7 @@ func randomKID(t testing.TB) string {
 }
 
 // flood authenticates n tokens with unknown kids concurrently; all must fail.
-func flood(t *testing.T, id *Identity, tokens []string) {
+func flood(t *testing.T, id *Verifier, tokens []string) {
 	t.Helper()
 	var wg sync.WaitGroup
 	var accepted, unavailable atomic.Int64
@@ -268,7 +269,7 @@ func flood(t *testing.T, id *Identity, tokens []string) {
 			_, err := id.Authenticate(context.Background(), tok)
 			if err == nil {
 				accepted.Add(1)
-			} else if errors.Is(err, ErrUnavailable) {
+			} else if errors.Is(err, broker.ErrUnavailable) {
 				unavailable.Add(1)
 			}
 		})
@@ -380,16 +381,16 @@ func TestIdPDownAtStart(t *testing.T) {
 	id := newTestIdentity(t, clock, IssuerConfig{Name: "flaky", IssuerURL: idp.srv.URL, Audiences: []string{"valet"}})
 	tok := iss.Token(t, map[string]any{"iss": idp.srv.URL})
 
-	if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("IdP down: got %v, want ErrUnavailable", err)
+	if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("IdP down: got %v, want broker.ErrUnavailable", err)
 	}
-	if err := id.Ready(context.Background()); !errors.Is(err, ErrUnavailable) {
+	if err := id.Ready(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("Ready with the IdP down: %v", err)
 	}
 	hits := idp.hits.Load()
 	for range 100 {
-		if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("got %v, want ErrUnavailable", err)
+		if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
+			t.Fatalf("got %v, want broker.ErrUnavailable", err)
 		}
 	}
 	if n := idp.hits.Load(); n != hits {
@@ -397,7 +398,7 @@ func TestIdPDownAtStart(t *testing.T) {
 	}
 
 	idp.down.Store(false)
-	if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, ErrUnavailable) {
+	if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("retried before the interval passed: %v", err)
 	}
 	clock.Advance(31 * time.Second)
@@ -444,8 +445,8 @@ func TestKeysUnavailable(t *testing.T) {
 			cfg.Name, cfg.Audiences = "x", []string{"valet"}
 			id := newTestIdentity(t, newTestClock(), cfg)
 			_, err := id.Authenticate(context.Background(), iss.Token(t, map[string]any{"iss": cfg.IssuerURL}))
-			if !errors.Is(err, ErrUnavailable) {
-				t.Errorf("got %v, want ErrUnavailable", err)
+			if !errors.Is(err, broker.ErrUnavailable) {
+				t.Errorf("got %v, want broker.ErrUnavailable", err)
 			}
 		})
 	}
@@ -489,7 +490,7 @@ func TestStaticJWKSNeverFetches(t *testing.T) {
 	}
 	clock.Advance(time.Hour)
 	rotated := iss.Token(t, nil, oidctest.WithKID(iss.AddKey("RS256")), oidctest.WithNow(clock.Now()))
-	if _, err := id.Authenticate(context.Background(), rotated); err == nil || errors.Is(err, ErrUnavailable) {
+	if _, err := id.Authenticate(context.Background(), rotated); err == nil || errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("unknown kid with static keys: got %v, want a rejection", err)
 	}
 	if n := iss.JWKSFetches() - before; n != 0 || iss.DiscoveryFetches() != 0 {
@@ -510,7 +511,7 @@ func TestMillionDotsAllocatesLittle(t *testing.T) {
 		{"size limit above the token", 2 << 20}, // the shape check alone must hold
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			id, err := NewIdentity(context.Background(), []IssuerConfig{devIssuer(iss)}, IdentityOptions{
+			id, err := New(context.Background(), []IssuerConfig{devIssuer(iss)}, Options{
 				MaxTokenBytes: tc.maxBytes, Logger: quietLogger(),
 			})
 			if err != nil {
@@ -581,18 +582,18 @@ func TestNewIdentityRejectsBadConfig(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		cfgs []IssuerConfig
-		opts IdentityOptions
+		opts Options
 		want string
 	}{
-		{"leeway above 60s", ok, IdentityOptions{Leeway: 61 * time.Second}, "leeway"},
-		{"negative leeway", ok, IdentityOptions{Leeway: -time.Second}, "leeway"},
+		{"leeway above 60s", ok, Options{Leeway: 61 * time.Second}, "leeway"},
+		{"negative leeway", ok, Options{Leeway: -time.Second}, "leeway"},
 		{"self issuer trusted", []IssuerConfig{{Name: "me", IssuerURL: testSelfIssuer, Audiences: []string{"valet"}}},
-			IdentityOptions{SelfIssuer: testSelfIssuer}, "own token issuer"},
-		{"static JWKS with no usable key", ok, IdentityOptions{}, "no usable signing key"},
+			Options{SelfIssuer: testSelfIssuer}, "own token issuer"},
+		{"static JWKS with no usable key", ok, Options{}, "no usable signing key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.opts.Logger = quietLogger()
-			_, err := NewIdentity(context.Background(), tc.cfgs, tc.opts)
+			_, err := New(context.Background(), tc.cfgs, tc.opts)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("got %v, want an error about %q", err, tc.want)
 			}

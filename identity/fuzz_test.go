@@ -1,4 +1,4 @@
-package broker
+package identity
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/oidctest"
 )
 
@@ -17,7 +18,7 @@ import (
 func FuzzAuthenticate(f *testing.F) {
 	iss := oidctest.New(f)
 	start := time.Now()
-	id, err := NewIdentity(context.Background(), []IssuerConfig{devIssuer(iss)}, IdentityOptions{
+	id, err := New(context.Background(), []IssuerConfig{devIssuer(iss)}, Options{
 		Now:        func() time.Time { return start }, // frozen: no refresh after start-up
 		SelfIssuer: testSelfIssuer,
 		Logger:     quietLogger(),
@@ -47,7 +48,7 @@ func FuzzAuthenticate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw string) {
 		p, err := id.Authenticate(context.Background(), raw)
 		if err != nil {
-			if errors.Is(err, ErrUnavailable) {
+			if errors.Is(err, broker.ErrUnavailable) {
 				t.Fatalf("keys were loaded at start, yet: %v", err)
 			}
 			return
