@@ -115,6 +115,8 @@ type env struct {
 	tokens  *issuers.JWT
 	stopped func()
 	inc     incident // incident_harness_test.go
+	// issuerNames are the agent issuers trusted (config names).
+	issuerNames []string
 }
 
 type envOptions struct {
@@ -193,6 +195,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		trusted = append(trusted, broker.IssuerConfig{Name: "other", IssuerURL: o.other.URL(), Audiences: []string{"valet"}})
 		names = append(names, "other")
 	}
+	e.issuerNames = names
 	identity, err := broker.NewIdentity(context.Background(), trusted, broker.IdentityOptions{Now: e.clock.Now, SelfIssuer: e.srv.URL})
 	if err != nil {
 		t.Fatal(err)
