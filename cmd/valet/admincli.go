@@ -417,7 +417,7 @@ func cmdTasksLs(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	c.table("TASK\tSTATE\tAGENT\tTEMPLATE\tDEADLINE\tEND REASON", rows)
 	if ans.NextCursor != "" {
-		fmt.Fprintf(stderr, "more tasks match: add --cursor %s for the next page\n", printable.Escape(ans.NextCursor))
+		fmt.Fprintf(stdout, "more tasks match: add --cursor %s for the next page\n", printable.Escape(ans.NextCursor))
 	}
 	return nil
 }

@@ -189,6 +189,7 @@ func TestApprovalFlowThroughCLI(t *testing.T) {
 	}
 	t.Logf("valet approvals ls:\n%s", out)
 	code, out, _ = b.cli("ls", "-o", "json")
+	checkJSON(t, "valet approvals ls", out, specSchema(t, loadSpec(t), "GET", "/v1/approvals", 200))
 	var listed struct{ Approvals []broker.Approval }
 	if code != 0 || json.Unmarshal([]byte(out), &listed) != nil || len(listed.Approvals) != 1 ||
 		listed.Approvals[0].Resource["env"] != "prod" || listed.Approvals[0].Context["note"] != "trust me" {
