@@ -52,7 +52,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if *cfgPath == "" {
 		return usageError("serve: --config is required")
 	}
-	cfg, err := loadConfig(*cfgPath, getenv)
+	cfg, err := loadServeConfig(*cfgPath, getenv)
 	if err != nil {
 		return err
 	}
