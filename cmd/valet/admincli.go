@@ -72,6 +72,9 @@ func (c *adminClient) call(ctx context.Context, method, path string, body, out a
 	if err != nil {
 		return nil, err
 	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, fmt.Errorf("%s %s: Valet did not accept the admin token: it may have expired, or come from an issuer that is not under admin.issuers (--token or VALET_ADMIN_TOKEN; with valet dev: valet dev token --admin NAME)", method, path)
+	}
 	if resp.StatusCode/100 != 2 {
 		var e struct{ Error, Message, Rule string }
 		_ = json.Unmarshal(raw, &e)

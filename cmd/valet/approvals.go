@@ -184,6 +184,10 @@ func (c *approverClient) do(ctx context.Context, method, path string, body io.Re
 	if err != nil {
 		return nil, fmt.Errorf("reading Valet's answer: %w", err)
 	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, fmt.Errorf("%s %s: Valet did not accept approver client %q with that secret: check --client and --secret (or VALET_APPROVER_CLIENT and VALET_APPROVER_SECRET) against approvals.clients in its config",
+			method, path, printable.Escape(c.id))
+	}
 	if resp.StatusCode/100 != 2 {
 		var e struct {
 			Error, Message string

@@ -266,7 +266,7 @@ func TestApprovalFlowThroughCLI(t *testing.T) {
 	if strings.Contains(log, `"ticket":"5"`) {
 		t.Error("an argument value reached the audit log")
 	}
-	if code, _, _ := b.cli("ls", "--secret", "wrong-secret-value"); code != 1 {
-		t.Errorf("a wrong approver secret: exit %d, want 1", code)
+	if code, _, errOut := b.cli("ls", "--secret", "wrong-secret-value"); code != 1 || !strings.Contains(errOut, `did not accept approver client "alice" with that secret`) {
+		t.Errorf("a wrong approver secret: exit %d, want 1 and a message saying so: %s", code, errOut)
 	}
 }

@@ -67,7 +67,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		return err
 	}
 	log := newLogger(stderr, *logLevel, "text")
-	redis.SetLogger(redisLogger{log})
+	redis.SetLogger(newRedisLogger(log))
 
 	// Listen first: the public URL must carry the real port when --addr
 	// asks for port 0.

@@ -60,13 +60,18 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		cfg.Addr = *addr
 	}
 	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
-	redis.SetLogger(redisLogger{log})
+	redis.SetLogger(newRedisLogger(log))
 
 	redisClient, err := revocation.NewClient(cfg.Redis.URL)
 	if err != nil {
 		return fmt.Errorf("redis.url: %w", err)
 	}
 	defer redisClient.Close()
+	pingCtx, cancelPing := context.WithTimeout(ctx, 2*time.Second)
+	if err := redisClient.Ping(pingCtx).Err(); err != nil {
+		log.Error("redis is unreachable at start: Valet serves, answers /readyz with 503 and refuses to issue until it is reachable", "err", err)
+	}
+	cancelPing()
 	ledger, err := revocation.NewRedisLedger(redisClient, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention)})
 	if err != nil {
 		return err
