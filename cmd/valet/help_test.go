@@ -117,3 +117,21 @@ func TestFlagsAfterArguments(t *testing.T) {
 		t.Fatal("an unknown flag parsed")
 	}
 }
+
+// TestVersion: `valet version` prints the version and commit set at build
+// time (-ldflags -X), else what Go recorded.
+func TestVersion(t *testing.T) {
+	defer func(v, c string) { version, commit = v, c }(version, commit)
+	version, commit = "v1.2.3", "0123abc"
+	var out, errOut strings.Builder
+	if code := run(context.Background(), []string{"valet", "version"}, func(string) string { return "" }, &out, &errOut); code != 0 ||
+		!strings.HasPrefix(out.String(), "valet v1.2.3 (commit 0123abc, go") {
+		t.Fatalf("valet version: %d %q %s", code, out.String(), errOut.String())
+	}
+	version, commit = "", ""
+	out.Reset()
+	if code := run(context.Background(), []string{"valet", "version"}, func(string) string { return "" }, &out, &errOut); code != 0 ||
+		!strings.HasPrefix(out.String(), "valet ") || !strings.Contains(out.String(), "commit ") {
+		t.Fatalf("valet version without ldflags: %d %q", code, out.String())
+	}
+}
