@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -133,5 +136,22 @@ func TestVersion(t *testing.T) {
 	if code := run(context.Background(), []string{"valet", "version"}, func(string) string { return "" }, &out, &errOut); code != 0 ||
 		!strings.HasPrefix(out.String(), "valet ") || !strings.Contains(out.String(), "commit ") {
 		t.Fatalf("valet version without ldflags: %d %q", code, out.String())
+	}
+}
+
+// TestDevAuditFilePerRun: two `valet dev` runs without --audit write two
+// audit files, so their chains never mix.
+func TestDevAuditFilePerRun(t *testing.T) {
+	audit := regexp.MustCompile(`audit:\s+(\S+)`)
+	var files []string
+	for range 2 {
+		out, errOut := startRun(t, nil, "dev", "--addr", freeAddr(t))
+		files = append(files, waitFor(t, out, errOut, audit))
+	}
+	if files[0] == files[1] || !strings.HasPrefix(files[0], os.TempDir()) {
+		t.Fatalf("audit files %q: want two files under %s", files, os.TempDir())
+	}
+	for _, f := range files {
+		t.Cleanup(func() { os.RemoveAll(filepath.Dir(f)) })
 	}
 }
