@@ -323,7 +323,7 @@ func cmdControls(ctx context.Context, args []string, getenv func(string) string,
 	if done, err := groupHelp(args, stdout, "controls", []subcommand{{"ls", "list the controls in force"}}); done {
 		return err
 	}
-	fs := newFlags(stdout, "controls ls [-o json]", "List the freezes, quarantines and distrusts in force (viewer role), by kind, then target.")
+	fs := newFlags(stdout, "controls ls [-o json]", "List the freezes, quarantines and distrusts in force (viewer role), all of them, sorted by kind, then issuer, then target.")
 	server, token, output := adminFlags(fs, getenv)
 	if _, err := fs.parseN(args[1:], 0); err != nil {
 		return err
