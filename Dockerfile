@@ -4,7 +4,11 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/valet ./cmd/valet
+# scripts/release passes the version and commit; without them `valet
+# version` reports what Go recorded (the module version, "(devel)").
+ARG VERSION=""
+ARG COMMIT=""
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/valet ./cmd/valet
 
 FROM alpine:3.22
 RUN adduser -D -u 10001 valet && mkdir /data && chown valet /data

@@ -2,10 +2,12 @@ package broker
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -529,13 +531,32 @@ func (a *Admin) Controls(ctx context.Context) ([]Control, error) {
 }
 
 // PutControl sets a control; with revoke, it also revokes the live tasks
-// the control covers and returns that job.
-func (a *Admin) PutControl(ctx context.Context, who AdminPrincipal, c Control, revoke bool) (Control, *RevocationJob, error) {
+// the control covers and returns that job. A target Valet does not know
+// (no such template, no such configured issuer, an agent with no task in
+// the ledger) is refused unless force. Setting a control again without a
+// reason keeps the reason it had.
+func (a *Admin) PutControl(ctx context.Context, who AdminPrincipal, c Control, revoke, force bool) (Control, *RevocationJob, error) {
 	if err := c.Validate(); err != nil {
 		return Control{}, nil, err
 	}
 	if !validName(c.Target) || !validName(c.Issuer) || !validName(c.Reason) {
 		return Control{}, nil, &Error{Code: CodeInvalid, Message: "target, issuer and reason must be printable", Field: "target"}
+	}
+	if !force {
+		if err := a.knownTarget(ctx, c); err != nil {
+			return Control{}, nil, err
+		}
+	}
+	if c.Reason == "" {
+		cs, err := a.controls.List(ctx)
+		if err != nil {
+			return Control{}, nil, unavailable("the control store", err)
+		}
+		for _, old := range cs {
+			if old.ID() == c.ID() {
+				c.Reason = old.Reason
+			}
+		}
 	}
 	c.By, c.At = who.Actor(), a.svc.now().UTC()
 	ev := a.svc.event(ctx, "control.set", who.Actor(), Task{})
@@ -566,6 +587,36 @@ func (a *Admin) PutControl(ctx context.Context, who AdminPrincipal, c Control, r
 	return c, &j, nil
 }
 
+// knownTarget refuses a control over a name Valet does not know, which is
+// most often a typo that would otherwise look like a control in force.
+func (a *Admin) knownTarget(ctx context.Context, c Control) error {
+	unknown := func(format string, args ...any) error {
+		return &Error{Code: CodeNotFound, Message: fmt.Sprintf(format, args...) + " (set force to set the control anyway)", Field: "target"}
+	}
+	if c.Issuer != "" && !slices.Contains(a.issuers, c.Issuer) {
+		return unknown("no agent issuer is named %q", c.Issuer)
+	}
+	switch c.Kind {
+	case ControlQuarantineTemplate:
+		if _, ok := a.svc.Templates().Get(c.Target); !ok {
+			return unknown("no template is named %q", c.Target)
+		}
+	case ControlDistrustIssuer:
+		if !slices.Contains(a.issuers, c.Target) {
+			return unknown("no agent issuer is named %q", c.Target)
+		}
+	case ControlFreezeAgent:
+		ids, _, err := a.jobs.Candidates(ctx, Selector{Agent: c.Target, Issuer: c.Issuer}, "", 1)
+		if err != nil {
+			return unavailable("the credential ledger", err)
+		}
+		if len(ids) == 0 {
+			return unknown("agent %q has no task in the ledger", c.Target)
+		}
+	}
+	return nil
+}
+
 // DeleteControl lifts a control (reinstate).
 func (a *Admin) DeleteControl(ctx context.Context, who AdminPrincipal, c Control) error {
 	ev := a.svc.event(ctx, "control.lifted", who.Actor(), Task{})
@@ -588,38 +639,97 @@ type TaskFilter struct {
 	Agent, Issuer, Template string
 	State                   State
 	Limit                   int
+	// Cursor is the NextCursor of the previous page ("" for the first).
+	Cursor string
 }
 
-// Tasks lists tasks that match f, newest deadline first in each index.
+// maxTaskListing bounds the tasks one listing reads from the ledger.
+const maxTaskListing = 10000
+
+// Tasks is the first page of TaskPage.
 func (a *Admin) Tasks(ctx context.Context, f TaskFilter) ([]Task, error) {
+	ts, _, err := a.TaskPage(ctx, f)
+	return ts, err
+}
+
+// TaskPage lists the tasks that match f, newest first: by created_at,
+// then id, both descending. A page holds at most f.Limit (1 to 1000,
+// default 100); next is set when more match. One listing reads at most
+// maxTaskListing tasks of the ledger.
+func (a *Admin) TaskPage(ctx context.Context, f TaskFilter) (page []Task, next string, err error) {
 	if f.Limit <= 0 || f.Limit > 1000 {
 		f.Limit = 100
 	}
+	after, err := parseTaskCursor(f.Cursor)
+	if err != nil {
+		return nil, "", err
+	}
 	sel := Selector{Agent: f.Agent, Issuer: f.Issuer, Template: f.Template}
-	out := []Task{}
-	cursor := ""
-	for {
+	var all []Task
+	seen := map[string]bool{} // the index walk may return a task twice
+	for cursor, read := "", 0; read < maxTaskListing; {
 		ids, next, err := a.jobs.Candidates(ctx, sel, cursor, jobBatch)
 		if err != nil {
-			return nil, unavailable("the credential ledger", err)
+			return nil, "", unavailable("the credential ledger", err)
 		}
+		read += len(ids)
 		tasks, _, err := a.jobs.Tasks(ctx, ids)
 		if err != nil {
-			return nil, unavailable("the credential ledger", err)
+			return nil, "", unavailable("the credential ledger", err)
 		}
 		for _, t := range tasks {
-			if sel.Matches(t) && (f.State == "" || t.State == f.State) {
-				out = append(out, t)
-				if len(out) == f.Limit {
-					return out, nil
-				}
+			if !seen[t.ID] && sel.Matches(t) && (f.State == "" || t.State == f.State) && (after == nil || taskBefore(*after, t)) {
+				seen[t.ID] = true
+				all = append(all, t)
 			}
 		}
 		if next == "" {
-			return out, nil
+			break
 		}
 		cursor = next
 	}
+	slices.SortFunc(all, func(x, y Task) int {
+		if taskBefore(x, y) {
+			return -1
+		}
+		return 1
+	})
+	if len(all) > f.Limit {
+		last := all[f.Limit-1]
+		return all[:f.Limit], base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(last.CreatedAt.UnixNano(), 10) + " " + last.ID)), nil
+	}
+	if all == nil {
+		all = []Task{}
+	}
+	return all, "", nil
+}
+
+// taskBefore reports whether x comes before y in a listing: newer
+// created_at first, then the greater id.
+func taskBefore(x, y Task) bool {
+	if !x.CreatedAt.Equal(y.CreatedAt) {
+		return x.CreatedAt.After(y.CreatedAt)
+	}
+	return x.ID > y.ID
+}
+
+// parseTaskCursor reads a TaskPage cursor: the sort key of the last task
+// of the page before.
+func parseTaskCursor(c string) (*Task, error) {
+	if c == "" {
+		return nil, nil
+	}
+	bad := &Error{Code: CodeInvalid, Message: "cursor is not one Valet gave", Field: "cursor"}
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return nil, bad
+	}
+	ns, id, ok := strings.Cut(string(raw), " ")
+	n, err := strconv.ParseInt(ns, 10, 64)
+	if !ok || err != nil || id == "" {
+		return nil, bad
+	}
+	return &Task{ID: id, CreatedAt: time.Unix(0, n)}, nil
 }
 
 // TaskDetail returns a task and its credential records (ids only).

@@ -131,6 +131,8 @@ type env struct {
 	tokens  *issuers.JWT
 	stopped func()
 	inc     incident // incident_harness_test.go
+	// issuerNames are the agent issuers trusted (config names).
+	issuerNames []string
 }
 
 type envOptions struct {
@@ -210,6 +212,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		trusted = append(trusted, identity.IssuerConfig{Name: "other", IssuerURL: o.other.URL(), Audiences: []string{"valet"}})
 		names = append(names, "other")
 	}
+	e.issuerNames = names
 	verifier, err := identity.New(context.Background(), trusted, identity.Options{Now: e.clock.Now, SelfIssuer: e.srv.URL})
 	if err != nil {
 		t.Fatal(err)

@@ -48,7 +48,7 @@ var testRoles = map[string]string{
 func (e *env) newAdmin(jobs broker.JobStore, lease time.Duration, batch int) *broker.Admin {
 	a, err := broker.NewAdmin(broker.AdminConfig{
 		Identity: e.inc.adminID, Service: e.svc, Controls: e.inc.controls, Jobs: jobs, Epochs: e.raw, Timeline: e.inc.trail,
-		AgentIssuers: []string{"test"}, JobLease: lease, JobBatch: batch, InlineBudget: time.Nanosecond, Roles: testRoles,
+		AgentIssuers: e.issuerNames, JobLease: lease, JobBatch: batch, InlineBudget: time.Nanosecond, Roles: testRoles,
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -90,7 +90,7 @@ func (e *env) incidentHTTP(h *httpapi.Options, o envOptions) {
 	}
 	e.inc.admin, err = broker.NewAdmin(broker.AdminConfig{
 		Identity: adminID, Service: e.svc, Controls: e.inc.controls, Jobs: e.raw, Epochs: e.raw, Timeline: e.inc.trail,
-		AgentIssuers: []string{"test"}, JobLease: o.jobLease, Logger: slog.New(slog.NewJSONHandler(e.inc.logs, nil)),
+		AgentIssuers: e.issuerNames, JobLease: o.jobLease, Logger: slog.New(slog.NewJSONHandler(e.inc.logs, nil)),
 		Roles: testRoles, Rollback: broker.RollbackConfig{AllowedHosts: o.rollbackHosts},
 	})
 	if err != nil {

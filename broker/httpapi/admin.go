@@ -283,6 +283,7 @@ type controlRequest struct {
 	Issuer string             `json:"issuer"`
 	Reason string             `json:"reason"`
 	Revoke bool               `json:"revoke"`
+	Force  bool               `json:"force"`
 }
 
 func (a *api) adminPutControl(w http.ResponseWriter, r *http.Request) {
@@ -295,7 +296,7 @@ func (a *api) adminPutControl(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	c, job, err := a.opts.Admin.PutControl(r.Context(), p, broker.Control{Kind: req.Kind, Target: req.Target, Issuer: req.Issuer, Reason: req.Reason}, req.Revoke)
+	c, job, err := a.opts.Admin.PutControl(r.Context(), p, broker.Control{Kind: req.Kind, Target: req.Target, Issuer: req.Issuer, Reason: req.Reason}, req.Revoke, req.Force)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -330,7 +331,8 @@ func (a *api) adminTasks(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	f := broker.TaskFilter{Agent: q.Get("agent"), Issuer: q.Get("issuer"), Template: q.Get("template"), State: broker.State(q.Get("state"))}
+	f := broker.TaskFilter{Agent: q.Get("agent"), Issuer: q.Get("issuer"), Template: q.Get("template"), State: broker.State(q.Get("state")),
+		Cursor: q.Get("cursor")}
 	switch f.State {
 	case "", broker.StateActive, broker.StateCompleted, broker.StateExpired, broker.StateRevoked:
 	default:
@@ -345,12 +347,16 @@ func (a *api) adminTasks(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
-	ts, err := a.opts.Admin.Tasks(r.Context(), f)
+	ts, next, err := a.opts.Admin.TaskPage(r.Context(), f)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"tasks": ts})
+	body := map[string]any{"tasks": ts}
+	if next != "" {
+		body["next_cursor"] = next
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 func (a *api) adminTask(w http.ResponseWriter, r *http.Request) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -27,10 +26,10 @@ type adminClient struct {
 }
 
 // adminFlags adds --server, --token and -o to fs.
-func adminFlags(fs *flag.FlagSet, getenv func(string) string) (server, token, output *string) {
-	server = fs.String("server", envOr(getenv, "VALET_SERVER", "http://"+defaultAddr), "Valet's URL (env VALET_SERVER)")
-	token = fs.String("token", getenv("VALET_ADMIN_TOKEN"), "admin token (env VALET_ADMIN_TOKEN)")
-	output = fs.String("o", "table", "output: table or json")
+func adminFlags(fs *flags, getenv func(string) string) (server, token, output *string) {
+	server = fs.String("server", envOr(getenv, "VALET_SERVER", "http://"+defaultAddr), "Valet's `URL` (env VALET_SERVER)")
+	token = fs.String("token", getenv("VALET_ADMIN_TOKEN"), "admin `token` (env VALET_ADMIN_TOKEN; `valet dev token --admin NAME` in development)")
+	output = fs.String("o", "table", "output `format`: table, or json (the API's answer as it is)")
 	return
 }
 
@@ -45,20 +44,20 @@ func newAdminClient(server, token, output string, stdout, stderr io.Writer) (*ad
 		http: &http.Client{Timeout: 30 * time.Second}}, nil
 }
 
-// call sends a request and decodes a 2xx JSON answer into out; other
-// answers become errors carrying Valet's message.
-func (c *adminClient) call(ctx context.Context, method, path string, body, out any) (int, error) {
+// call sends a request, decodes a 2xx JSON answer into out and returns it
+// raw; other answers become errors carrying Valet's message.
+func (c *adminClient) call(ctx context.Context, method, path string, body, out any) ([]byte, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.server+path, rd)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	if body != nil {
@@ -66,12 +65,15 @@ func (c *adminClient) call(ctx context.Context, method, path string, body, out a
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("calling %s: %w", c.server, err)
+		return nil, fmt.Errorf("calling %s: %w", c.server, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return resp.StatusCode, err
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, fmt.Errorf("%s %s: Valet did not accept the admin token: it may have expired, or come from an issuer that is not under admin.issuers (--token or VALET_ADMIN_TOKEN; with valet dev: valet dev token --admin NAME)", method, path)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e struct{ Error, Message, Rule string }
@@ -79,19 +81,19 @@ func (c *adminClient) call(ctx context.Context, method, path string, body, out a
 		if e.Message == "" {
 			e.Message = strings.TrimSpace(string(raw))
 		}
-		return resp.StatusCode, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, printable.Escape(e.Message))
+		return nil, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, printable.Escape(e.Message))
 	}
-	return resp.StatusCode, json.Unmarshal(raw, out)
+	return raw, json.Unmarshal(raw, out)
 }
 
-// json writes v as indented JSON, terminal controls escaped (printable.JSON).
-func (c *adminClient) json(v any) error {
+// json writes an answer of the API as it came (the shapes of openapi.yaml),
+// indented, terminal controls escaped (printable.JSON).
+func (c *adminClient) json(raw []byte) error {
 	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(v); err != nil {
+	if err := json.Indent(&b, raw, "", "  "); err != nil {
 		return err
 	}
+	b.WriteByte('\n')
 	_, err := c.stdout.Write(printable.JSON(b.Bytes()))
 	return err
 }
@@ -126,7 +128,8 @@ type jobView struct {
 
 // cmdRevoke is `valet revoke --agent X [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]`.
 func cmdRevoke(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags("revoke")
+	fs := newFlags(stdout, "revoke [--agent A] [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]",
+		"Revoke every live credential the selector matches (bulk revocation, responder role), following the job\nuntil it is done. The selectors combine (all must match); --dry-run counts and samples instead.")
 	server, token, output := adminFlags(fs, getenv)
 	var sel struct {
 		Agent        string `json:"agent,omitempty"`
@@ -137,15 +140,15 @@ func cmdRevoke(ctx context.Context, args []string, getenv func(string) string, s
 		IssuedAfter  string `json:"issued_after,omitempty"`
 		IssuedBefore string `json:"issued_before,omitempty"`
 	}
-	fs.StringVar(&sel.Agent, "agent", "", "the agent (subject)")
-	fs.StringVar(&sel.Issuer, "issuer", "", "the agent's issuer (name)")
-	fs.StringVar(&sel.Template, "template", "", "template name")
-	fs.StringVar(&sel.Tool, "tool", "", "tool name")
-	fs.StringVar(&sel.TaskID, "task", "", "task id")
-	since := fs.Duration("since", 0, "only credentials issued in the last DURATION (e.g. 2h)")
+	fs.StringVar(&sel.Agent, "agent", "", "the agent (subject) `name`")
+	fs.StringVar(&sel.Issuer, "issuer", "", "the agent's issuer (`name` in the config)")
+	fs.StringVar(&sel.Template, "template", "", "template `name`")
+	fs.StringVar(&sel.Tool, "tool", "", "tool `name`")
+	fs.StringVar(&sel.TaskID, "task", "", "task `id`")
+	since := fs.Duration("since", 0, "only credentials issued in the last `duration` (e.g. 2h)")
 	reason := fs.String("reason", "", "why (goes to the audit trail)")
 	dry := fs.Bool("dry-run", false, "count and sample what would be revoked; change nothing")
-	if err := parseFlags(fs, args); err != nil {
+	if _, err := fs.parseN(args, 0); err != nil {
 		return err
 	}
 	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
@@ -162,11 +165,12 @@ func cmdRevoke(ctx context.Context, args []string, getenv func(string) string, s
 			Matched int      `json:"matched"`
 			Sample  []string `json:"sample"`
 		}
-		if _, err := c.call(ctx, http.MethodPost, "/v1/admin/revocations", body, &d); err != nil {
+		raw, err := c.call(ctx, http.MethodPost, "/v1/admin/revocations", body, &d)
+		if err != nil {
 			return err
 		}
 		if c.output == "json" {
-			return c.json(d)
+			return c.json(raw)
 		}
 		fmt.Fprintf(stdout, "dry run: %d credentials in %d tasks would be revoked\nsample tasks: %s\n", d.Matched, d.Tasks, printable.Escape(strings.Join(d.Sample, " ")))
 		return nil
@@ -174,19 +178,20 @@ func cmdRevoke(ctx context.Context, args []string, getenv func(string) string, s
 	var ans struct {
 		Job jobView `json:"job"`
 	}
-	if _, err := c.call(ctx, http.MethodPost, "/v1/admin/revocations", body, &ans); err != nil {
-		return err
-	}
-	j, err := c.waitJob(ctx, ans.Job)
+	raw, err := c.call(ctx, http.MethodPost, "/v1/admin/revocations", body, &ans)
 	if err != nil {
 		return err
 	}
-	return c.printJob(j)
+	j, raw, err := c.waitJob(ctx, ans.Job, raw)
+	if err != nil {
+		return err
+	}
+	return c.printJob(j, raw)
 }
 
 // waitJob polls a job until it is done, drawing a progress bar on stderr
-// when stderr is a terminal.
-func (c *adminClient) waitJob(ctx context.Context, j jobView) (jobView, error) {
+// when stderr is a terminal. It returns the job and Valet's last answer.
+func (c *adminClient) waitJob(ctx context.Context, j jobView, raw []byte) (jobView, []byte, error) {
 	tty := isTerminal(c.stderr)
 	for j.State != "done" {
 		if tty {
@@ -194,21 +199,22 @@ func (c *adminClient) waitJob(ctx context.Context, j jobView) (jobView, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return j, ctx.Err()
+			return j, raw, ctx.Err()
 		case <-time.After(300 * time.Millisecond):
 		}
 		var ans struct {
 			Job jobView `json:"job"`
 		}
-		if _, err := c.call(ctx, http.MethodGet, "/v1/admin/revocations/"+url.PathEscape(j.ID), nil, &ans); err != nil {
-			return j, err
+		var err error
+		if raw, err = c.call(ctx, http.MethodGet, "/v1/admin/revocations/"+url.PathEscape(j.ID), nil, &ans); err != nil {
+			return j, raw, err
 		}
 		j = ans.Job
 	}
 	if tty {
 		fmt.Fprintf(c.stderr, "\r%s %s done%30s\n", printable.Escape(j.ID), bar(1, 1), "")
 	}
-	return j, nil
+	return j, raw, nil
 }
 
 func bar(n, total int) string {
@@ -229,9 +235,9 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-func (c *adminClient) printJob(j jobView) error {
+func (c *adminClient) printJob(j jobView, raw []byte) error {
 	if c.output == "json" {
-		return c.json(j)
+		return c.json(raw)
 	}
 	c.table("JOB\tSTATE\tTASKS\tMATCHED\tREVOKED\tFAILED\tPENDING\tBY", [][]string{{j.ID, j.State, fmt.Sprint(j.Tasks),
 		fmt.Sprint(j.Matched), fmt.Sprint(j.Revoked), fmt.Sprint(j.Failed), fmt.Sprint(j.Pending), j.By}})
@@ -243,21 +249,29 @@ var controlKinds = map[string]string{"agent": "freeze_agent", "template": "quara
 // cmdFreeze is `valet freeze agent|template|issuer NAME [--issuer I] [--revoke] [--reason R]`
 // (and, with lift, `valet unfreeze ...`).
 func cmdFreeze(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, lift bool) error {
-	name := "freeze"
+	name, about := "freeze", "Freeze an agent, quarantine a template or distrust an issuer on every replica (responder role).\n"+
+		"Valet refuses a name it does not know (no template of that name; no configured issuer; an agent never seen)\n"+
+		"unless --force. Freezing again keeps the earlier reason unless --reason gives a new one."
 	if lift {
-		name = "unfreeze"
+		name, about = "unfreeze", "Lift a freeze, quarantine or distrust (responder role)."
 	}
-	if len(args) < 2 || controlKinds[args[0]] == "" {
-		return usageError("usage: valet " + name + " agent|template|issuer NAME [flags]")
-	}
-	kind, target := controlKinds[args[0]], args[1]
-	fs := newFlags(name)
+	fs := newFlags(stdout, name+" agent|template|issuer NAME [flags]", about)
 	server, token, output := adminFlags(fs, getenv)
-	issuer := fs.String("issuer", "", "freeze the agent of this issuer only")
-	revoke := fs.Bool("revoke", false, "also revoke the live tasks it covers")
-	reason := fs.String("reason", "", "why (shown to refused agents and in the audit trail)")
-	if err := parseFlags(fs, args[2:]); err != nil {
+	issuer := fs.String("issuer", "", "with agent: the agent of this issuer `name` only")
+	var revoke, force *bool
+	var reason *string
+	if !lift {
+		revoke = fs.Bool("revoke", false, "also revoke the live tasks it covers")
+		reason = fs.String("reason", "", "why (shown to refused agents and in the audit trail)")
+		force = fs.Bool("force", false, "set the control even though Valet knows no such name (to block it before it appears)")
+	}
+	pos, err := fs.parseN(args, 2)
+	if err != nil {
 		return err
+	}
+	kind, target := controlKinds[pos[0]], pos[1]
+	if kind == "" {
+		return usageError("usage: valet " + name + " agent|template|issuer NAME [flags] (see --help)")
 	}
 	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
 	if err != nil {
@@ -269,39 +283,49 @@ func cmdFreeze(ctx context.Context, args []string, getenv func(string) string, s
 			q.Set("issuer", *issuer)
 		}
 		var ans map[string]any
-		if _, err := c.call(ctx, http.MethodDelete, "/v1/admin/controls?"+q.Encode(), nil, &ans); err != nil {
+		raw, err := c.call(ctx, http.MethodDelete, "/v1/admin/controls?"+q.Encode(), nil, &ans)
+		if err != nil {
 			return err
+		}
+		if c.output == "json" {
+			return c.json(raw)
 		}
 		fmt.Fprintf(stdout, "lifted %s\n", printable.Escape(fmt.Sprint(ans["lifted"])))
 		return nil
 	}
 	var ans struct {
-		Control map[string]any `json:"control"`
-		Job     *jobView       `json:"job"`
+		Control struct{ Reason string } `json:"control"`
+		Job     *jobView                `json:"job"`
 	}
-	body := map[string]any{"kind": kind, "target": target, "issuer": *issuer, "reason": *reason, "revoke": *revoke}
-	if _, err := c.call(ctx, http.MethodPost, "/v1/admin/controls", body, &ans); err != nil {
+	body := map[string]any{"kind": kind, "target": target, "issuer": *issuer, "reason": *reason, "revoke": *revoke, "force": *force}
+	raw, err := c.call(ctx, http.MethodPost, "/v1/admin/controls", body, &ans)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s %s: in force on every replica\n", kind, printable.Escape(target))
+	if ans.Job == nil && c.output == "json" {
+		return c.json(raw)
+	}
+	if c.output != "json" {
+		fmt.Fprintf(stdout, "%s %s: in force on every replica (reason: %s)\n", kind, printable.Escape(target), printable.Escape(or(ans.Control.Reason, "none given")))
+	}
 	if ans.Job != nil {
-		j, err := c.waitJob(ctx, *ans.Job)
+		j, raw, err := c.waitJob(ctx, *ans.Job, nil)
 		if err != nil {
 			return err
 		}
-		return c.printJob(j)
+		return c.printJob(j, raw)
 	}
 	return nil
 }
 
 // cmdControls is `valet controls ls`.
 func cmdControls(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) < 1 || args[0] != "ls" {
-		return usageError("usage: valet controls ls")
+	if done, err := groupHelp(args, stdout, "controls", []subcommand{{"ls", "list the controls in force"}}); done {
+		return err
 	}
-	fs := newFlags("controls ls")
+	fs := newFlags(stdout, "controls ls [-o json]", "List the freezes, quarantines and distrusts in force (viewer role), all of them, sorted by kind, then issuer, then target.")
 	server, token, output := adminFlags(fs, getenv)
-	if err := parseFlags(fs, args[1:]); err != nil {
+	if _, err := fs.parseN(args[1:], 0); err != nil {
 		return err
 	}
 	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
@@ -311,11 +335,12 @@ func cmdControls(ctx context.Context, args []string, getenv func(string) string,
 	var ans struct {
 		Controls []struct{ Kind, Target, Issuer, Reason, By, At string } `json:"controls"`
 	}
-	if _, err := c.call(ctx, http.MethodGet, "/v1/admin/controls", nil, &ans); err != nil {
+	raw, err := c.call(ctx, http.MethodGet, "/v1/admin/controls", nil, &ans)
+	if err != nil {
 		return err
 	}
 	if c.output == "json" {
-		return c.json(ans.Controls)
+		return c.json(raw)
 	}
 	rows := [][]string{}
 	for _, k := range ans.Controls {
@@ -325,134 +350,172 @@ func cmdControls(ctx context.Context, args []string, getenv func(string) string,
 	return nil
 }
 
-// cmdTasks is `valet tasks ls [--agent A] [--state S] [--template T]`,
-// `valet tasks show ID` and `valet tasks timeline ID`.
+var taskCommands = []subcommand{
+	{"ls", "list tasks, newest first (by created_at, then id), one page at a time"},
+	{"show", "show a task and its credentials"},
+	{"timeline", "show a task's audit events, in order"},
+	{"rollback", "call a task's undo webhooks, newest first"},
+}
+
+// cmdTasks is `valet tasks ls|show ID|timeline ID|rollback ID`.
 func cmdTasks(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) < 1 {
-		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue] [--yes]")
+	if done, err := groupHelp(args, stdout, "tasks", taskCommands); done {
+		return err
 	}
-	sub, rest := args[0], args[1:]
-	if sub == "rollback" {
-		return cmdRollback(ctx, rest, getenv, stdout, stderr) // rollback.go
+	switch args[0] {
+	case "ls":
+		return cmdTasksLs(ctx, args[1:], getenv, stdout, stderr)
+	case "show":
+		return cmdTaskShow(ctx, args[1:], getenv, stdout, stderr)
+	case "timeline":
+		return cmdTaskTimeline(ctx, args[1:], getenv, stdout, stderr)
+	default:
+		return cmdRollback(ctx, args[1:], getenv, stdout, stderr) // rollback.go
 	}
-	id := ""
-	if sub == "show" || sub == "timeline" {
-		if len(rest) < 1 {
-			return usageError("usage: valet tasks " + sub + " ID")
-		}
-		id, rest = rest[0], rest[1:]
-	}
-	fs := newFlags("tasks " + sub)
+}
+
+// cmdTasksLs is `valet tasks ls`: one page of tasks, newest first.
+func cmdTasksLs(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlags(stdout, "tasks ls [--agent A] [--issuer I] [--state S] [--template T] [--limit N] [--cursor C]",
+		"List tasks (viewer role), newest first: by created_at, then id, both descending. One page of --limit\n"+
+			"tasks; when more match, the command says so and how to get the next page (--cursor).")
 	server, token, output := adminFlags(fs, getenv)
-	agent := fs.String("agent", "", "agent")
-	issuer := fs.String("issuer", "", "issuer")
-	state := fs.String("state", "", "active, completed, expired or revoked")
-	template := fs.String("template", "", "template")
-	limit := fs.Int("limit", 100, "at most this many")
-	if err := parseFlags(fs, rest); err != nil {
+	q := url.Values{}
+	for _, f := range []struct{ name, help string }{
+		{"agent", "only tasks of this agent `name`"},
+		{"issuer", "only tasks whose agent this issuer (`name`) vouched for"},
+		{"state", "only tasks in this `state`: active, completed, expired or revoked"},
+		{"template", "only tasks of this template `name`"},
+		{"cursor", "the next page after this `cursor` (printed by the previous page)"},
+	} {
+		fs.Func(f.name, f.help, func(v string) error { q.Set(f.name, v); return nil })
+	}
+	limit := fs.Int("limit", 100, "at most this many tasks in a page (1 to 1000)")
+	if _, err := fs.parseN(args, 0); err != nil {
 		return err
 	}
 	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
 	if err != nil {
 		return err
 	}
-	type task struct {
-		ID, State, Agent, Issuer, Template, Intent string
-		Deadline                                   string `json:"deadline"`
-		EndReason                                  string `json:"end_reason"`
+	q.Set("limit", fmt.Sprint(*limit))
+	var ans struct {
+		Tasks []struct {
+			ID, State, Agent, Issuer, Template string
+			Deadline                           string `json:"deadline"`
+			EndReason                          string `json:"end_reason"`
+		} `json:"tasks"`
+		NextCursor string `json:"next_cursor"`
 	}
-	switch sub {
-	case "ls":
-		q := url.Values{"limit": {fmt.Sprint(*limit)}}
-		for k, v := range map[string]string{"agent": *agent, "issuer": *issuer, "state": *state, "template": *template} {
-			if v != "" {
-				q.Set(k, v)
-			}
-		}
-		var ans struct {
-			Tasks []task `json:"tasks"`
-		}
-		if _, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks?"+q.Encode(), nil, &ans); err != nil {
-			return err
-		}
-		if c.output == "json" {
-			return c.json(ans.Tasks)
-		}
-		rows := [][]string{}
-		for _, t := range ans.Tasks {
-			rows = append(rows, []string{t.ID, t.State, t.Issuer + "/" + t.Agent, t.Template, t.Deadline, t.EndReason})
-		}
-		c.table("TASK\tSTATE\tAGENT\tTEMPLATE\tDEADLINE\tEND REASON", rows)
-	case "show":
-		var ans struct {
-			Task        task `json:"task"`
-			Credentials []struct {
-				ID, Kind  string
-				ExpiresAt string `json:"expires_at"`
-			} `json:"credentials"`
-		}
-		if _, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks/"+url.PathEscape(id), nil, &ans); err != nil {
-			return err
-		}
-		if c.output == "json" {
-			return c.json(ans)
-		}
-		t := ans.Task
-		e := printable.Escape
-		fmt.Fprintf(stdout, "task      %s\nstate     %s %s\nagent     %s/%s\ntemplate  %s\nintent    %s\ndeadline  %s\n\n",
-			e(t.ID), e(t.State), e(t.EndReason), e(t.Issuer), e(t.Agent), e(t.Template), e(t.Intent), e(t.Deadline))
-		rows := [][]string{}
-		for _, cr := range ans.Credentials {
-			rows = append(rows, []string{cr.ID, cr.Kind, cr.ExpiresAt})
-		}
-		c.table("CREDENTIAL\tKIND\tEXPIRES", rows)
-	case "timeline":
-		var ans struct {
-			Events []struct {
-				Time, Type, Actor, Outcome, Rule, Reason string
-				Creds                                    []string       `json:"credentials"`
-				Detail                                   map[string]any `json:"detail"`
-			} `json:"events"`
-		}
-		if _, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks/"+url.PathEscape(id)+"/timeline", nil, &ans); err != nil {
-			return err
-		}
-		if c.output == "json" {
-			return c.json(ans.Events)
-		}
-		rows := [][]string{}
-		for _, e := range ans.Events {
-			if e.Type == "tool.called" && e.Reason == "" { // what the agent did
-				e.Reason = fmt.Sprintf("%v %v", e.Detail["tool"], e.Detail["side_effect"])
-			}
-			rows = append(rows, []string{e.Time, e.Type, e.Actor, e.Outcome + e.Rule, e.Reason, strings.Join(e.Creds, ",")})
-		}
-		c.table("TIME\tEVENT\tACTOR\tOUTCOME\tREASON\tCREDENTIALS", rows)
-	default:
-		return usageError("usage: valet tasks ls|show ID|timeline ID|rollback ID [--dry-run] [--continue] [--yes]")
+	raw, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks?"+q.Encode(), nil, &ans)
+	if err != nil {
+		return err
 	}
+	if c.output == "json" {
+		return c.json(raw)
+	}
+	rows := [][]string{}
+	for _, t := range ans.Tasks {
+		rows = append(rows, []string{t.ID, t.State, t.Issuer + "/" + t.Agent, t.Template, t.Deadline, t.EndReason})
+	}
+	c.table("TASK\tSTATE\tAGENT\tTEMPLATE\tDEADLINE\tEND REASON", rows)
+	if ans.NextCursor != "" {
+		fmt.Fprintf(stdout, "more tasks match: add --cursor %s for the next page\n", printable.Escape(ans.NextCursor))
+	}
+	return nil
+}
+
+// cmdTaskShow is `valet tasks show ID`.
+func cmdTaskShow(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlags(stdout, "tasks show ID", "Show a task and the ids of its credentials (viewer role).")
+	server, token, output := adminFlags(fs, getenv)
+	pos, err := fs.parseN(args, 1)
+	if err != nil {
+		return err
+	}
+	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	var ans struct {
+		Task struct {
+			ID, State, Agent, Issuer, Template, Intent string
+			Deadline                                   string `json:"deadline"`
+			EndReason                                  string `json:"end_reason"`
+		} `json:"task"`
+		Credentials []struct {
+			ID, Kind  string
+			ExpiresAt string `json:"expires_at"`
+		} `json:"credentials"`
+	}
+	raw, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks/"+url.PathEscape(pos[0]), nil, &ans)
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return c.json(raw)
+	}
+	t := ans.Task
+	e := printable.Escape
+	fmt.Fprintf(stdout, "task      %s\nstate     %s %s\nagent     %s/%s\ntemplate  %s\nintent    %s\ndeadline  %s\n\n",
+		e(t.ID), e(t.State), e(t.EndReason), e(t.Issuer), e(t.Agent), e(t.Template), e(t.Intent), e(t.Deadline))
+	rows := [][]string{}
+	for _, cr := range ans.Credentials {
+		rows = append(rows, []string{cr.ID, cr.Kind, cr.ExpiresAt})
+	}
+	c.table("CREDENTIAL\tKIND\tEXPIRES", rows)
+	return nil
+}
+
+// cmdTaskTimeline is `valet tasks timeline ID`.
+func cmdTaskTimeline(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlags(stdout, "tasks timeline ID", "Show a task's audit events in the order they happened (viewer role; needs the Redis audit stream).")
+	server, token, output := adminFlags(fs, getenv)
+	pos, err := fs.parseN(args, 1)
+	if err != nil {
+		return err
+	}
+	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	var ans struct {
+		Events []struct {
+			Time, Type, Actor, Outcome, Rule, Reason string
+			Creds                                    []string       `json:"credentials"`
+			Detail                                   map[string]any `json:"detail"`
+		} `json:"events"`
+	}
+	raw, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks/"+url.PathEscape(pos[0])+"/timeline", nil, &ans)
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return c.json(raw)
+	}
+	rows := [][]string{}
+	for _, e := range ans.Events {
+		if e.Type == "tool.called" && e.Reason == "" { // what the agent did
+			e.Reason = fmt.Sprintf("%v %v", e.Detail["tool"], e.Detail["side_effect"])
+		}
+		rows = append(rows, []string{e.Time, e.Type, e.Actor, e.Outcome + e.Rule, e.Reason, strings.Join(e.Creds, ",")})
+	}
+	c.table("TIME\tEVENT\tACTOR\tOUTCOME\tREASON\tCREDENTIALS", rows)
 	return nil
 }
 
 // cmdAudit is `valet audit verify FILE` and `valet audit verify --redis URL`.
 func cmdAudit(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	if len(args) < 1 || args[0] != "verify" {
-		return usageError("usage: valet audit verify FILE | --redis URL [--prefix valet]")
+	if done, err := groupHelp(args, stdout, "audit", []subcommand{{"verify", "check an audit trail's hash chain"}}); done {
+		return err
 	}
-	fs := newFlags("audit verify")
-	redisURL := fs.String("redis", "", "verify the audit stream in this Redis instead of a file")
-	prefix := fs.String("prefix", "valet", "Redis key prefix")
-	// Flags may come before or after the file.
-	var files []string
-	rest := args[1:]
-	for len(rest) > 0 {
-		if err := parseFlags(fs, rest); err != nil {
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		files, rest = append(files, fs.Arg(0)), fs.Args()[1:]
+	fs := newFlags(stdout, "audit verify FILE | --redis URL [--prefix valet]",
+		"Check the hash chain of an audit file, or of the audit stream in Redis, and say where it breaks.")
+	redisURL := fs.String("redis", "", "verify the audit stream in the Redis at this `URL` instead of a file")
+	prefix := fs.String("prefix", "valet", "Redis key `prefix`")
+	files, err := fs.parse(args[1:])
+	if err != nil {
+		return err
 	}
 	switch {
 	case *redisURL != "" && len(files) == 0:
@@ -486,5 +549,5 @@ func cmdAudit(ctx context.Context, args []string, getenv func(string) string, st
 		fmt.Fprintf(stdout, "ok: %d events verify; last hash %s\n", last.Seq, printable.Escape(last.Hash))
 		return nil
 	}
-	return usageError("usage: valet audit verify FILE | --redis URL [--prefix valet]")
+	return usageError("usage: valet audit verify FILE | --redis URL [--prefix valet] (see --help)")
 }

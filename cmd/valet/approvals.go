@@ -40,40 +40,47 @@ func devAgentConfig(resourcesFile string) (broker.AgentConfig, error) {
 	return cfg, nil
 }
 
+var approvalCommands = []subcommand{
+	{"ls", "list approvals, oldest first (by created_at, then id), one page at a time"},
+	{"approve", "approve a pending approval"},
+	{"deny", "deny a pending approval"},
+}
+
 // cmdApprovals is `valet approvals ls|approve ID|deny ID`.
 func cmdApprovals(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	const use = "usage: valet approvals ls [--agent A] [--template T] [--task ID] [--state S]|approve ID|deny ID [--server URL] [--client ID] [--secret S] [--reason TEXT] [-o table|json]"
-	if len(args) == 0 {
-		return usageError(use)
+	if done, err := groupHelp(args, stdout, "approvals", approvalCommands); done {
+		return err
 	}
-	verb, rest := args[0], args[1:]
-	var id string
-	switch verb {
-	case "ls":
-	case "approve", "deny":
-		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
-			return usageError(use)
-		}
-		id, rest = rest[0], rest[1:]
-	default:
-		return usageError(use)
+	verb := args[0]
+	synopsis, about, npos := "approvals "+verb+" ID [--reason TEXT]", "Decide a pending approval, as an approver client (approvals.clients in the config).", 1
+	if verb == "ls" {
+		synopsis, npos = "approvals ls [--state S] [--agent A] [--template T] [--task ID] [--limit N] [--cursor C]", 0
+		about = "List approvals, as an approver client: oldest first (by created_at, then id). One page of --limit\n" +
+			"approvals; when more match, the command says so and how to get the next page (--cursor)."
 	}
-	fs := newFlags("approvals " + verb)
-	server := fs.String("server", envOr(getenv, "VALET_SERVER", "http://127.0.0.1:8080"), "Valet's URL (env VALET_SERVER)")
-	client := fs.String("client", getenv("VALET_APPROVER_CLIENT"), "approver client id (env VALET_APPROVER_CLIENT)")
-	secret := fs.String("secret", getenv("VALET_APPROVER_SECRET"), "approver client secret (env VALET_APPROVER_SECRET)")
-	reason := fs.String("reason", "", "why (recorded with the decision)")
-	out := fs.String("o", "table", "output: table or json")
+	fs := newFlags(stdout, synopsis, about)
+	server := fs.String("server", envOr(getenv, "VALET_SERVER", "http://127.0.0.1:8080"), "Valet's `URL` (env VALET_SERVER)")
+	client := fs.String("client", getenv("VALET_APPROVER_CLIENT"), "approver client `id` (env VALET_APPROVER_CLIENT)")
+	secret := fs.String("secret", getenv("VALET_APPROVER_SECRET"), "approver client `secret` (env VALET_APPROVER_SECRET)")
+	out := fs.String("o", "table", "output `format`: table, or json (the API's answer as it is)")
 	filter := url.Values{}
-	for _, f := range []struct{ name, param, help string }{
-		{"agent", "agent", "only approvals of this agent (or an actor of its chain)"},
-		{"template", "template", "only approvals of tasks of this template"},
-		{"task", "task_id", "only approvals of this task"},
-		{"state", "state", "pending (default), approved, denied, expired or issued"},
-	} {
-		fs.Func(f.name, f.help, func(v string) error { filter.Set(f.param, v); return nil })
+	var reason *string
+	if verb == "ls" {
+		for _, f := range []struct{ name, param, help string }{
+			{"agent", "agent", "only approvals of this agent `name` (or an actor of its chain)"},
+			{"template", "template", "only approvals of tasks of this template `name`"},
+			{"task", "task_id", "only approvals of this task `id`"},
+			{"state", "state", "only approvals in this `state`: pending (default), approved, denied, expired or issued"},
+			{"limit", "limit", "at most this `many` approvals in a page (1 to 1000, default 100)"},
+			{"cursor", "cursor", "the next page after this `cursor` (printed by the previous page)"},
+		} {
+			fs.Func(f.name, f.help, func(v string) error { filter.Set(f.param, v); return nil })
+		}
+	} else {
+		reason = fs.String("reason", "", "why (recorded with the decision)")
 	}
-	if err := parseFlags(fs, rest); err != nil {
+	pos, err := fs.parseN(args[1:], npos)
+	if err != nil {
 		return err
 	}
 	if *client == "" || *secret == "" {
@@ -85,39 +92,34 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 	c := &approverClient{base: strings.TrimSuffix(*server, "/"), id: *client, secret: *secret,
 		http: &http.Client{Timeout: 10 * time.Second}}
 	if verb == "ls" {
-		// Every page, in Valet's order (created_at, then id); at most 100.
-		var all []broker.Approval
-		for range 100 {
-			var body struct {
-				Approvals  []broker.Approval `json:"approvals"`
-				NextCursor string            `json:"next_cursor"`
-			}
-			if _, err := c.do(ctx, http.MethodGet, "/v1/approvals?"+filter.Encode(), nil, &body); err != nil {
-				return err
-			}
-			all = append(all, body.Approvals...)
-			if body.NextCursor == "" {
-				break
-			}
-			filter.Set("cursor", body.NextCursor)
+		var body struct {
+			Approvals  []broker.Approval `json:"approvals"`
+			NextCursor string            `json:"next_cursor"`
+		}
+		raw, err := c.do(ctx, http.MethodGet, "/v1/approvals?"+filter.Encode(), nil, &body)
+		if err != nil {
+			return err
 		}
 		if *out == "json" {
-			b, err := json.Marshal(map[string]any{"approvals": all})
-			if err != nil {
-				return err
-			}
-			_, err = stdout.Write(append(printable.JSON(b), '\n'))
+			_, err = stdout.Write(append(printable.JSON(raw), '\n'))
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTASK\tAGENT\tTEMPLATE\tTOOL\tARGS\tINTENT\tEXPIRES")
-		for _, a := range all {
+		for _, a := range body.Approvals {
 			e := printable.Escape
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e(a.ID), e(a.TaskID), e(agentChain(a)), e(a.Template), e(a.Tool),
 				cell(string(a.Args), 60), cell(a.Intent, 40), a.ExpiresAt.UTC().Format(time.RFC3339))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if body.NextCursor != "" {
+			fmt.Fprintf(stdout, "more approvals match: add --cursor %s for the next page\n", printable.Escape(body.NextCursor))
+		}
+		return nil
 	}
+	id := pos[0]
 	var payload io.Reader
 	if *reason != "" {
 		b, _ := json.Marshal(map[string]string{"reason": *reason}) // a string map always encodes
@@ -181,6 +183,10 @@ func (c *approverClient) do(ctx context.Context, method, path string, body io.Re
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	if err != nil {
 		return nil, fmt.Errorf("reading Valet's answer: %w", err)
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, fmt.Errorf("%s %s: Valet did not accept approver client %q with that secret: check --client and --secret (or VALET_APPROVER_CLIENT and VALET_APPROVER_SECRET) against approvals.clients in its config",
+			method, path, printable.Escape(c.id))
 	}
 	if resp.StatusCode/100 != 2 {
 		var e struct {

@@ -190,6 +190,7 @@ func TestApprovalFlowThroughCLI(t *testing.T) {
 	}
 	t.Logf("valet approvals ls:\n%s", out)
 	code, out, _ = b.cli("ls", "-o", "json")
+	checkJSON(t, "valet approvals ls", out, specSchema(t, loadSpec(t), "GET", "/v1/approvals", 200))
 	var listed struct{ Approvals []broker.Approval }
 	if code != 0 || json.Unmarshal([]byte(out), &listed) != nil || len(listed.Approvals) != 1 ||
 		listed.Approvals[0].Resource["env"] != "prod" || listed.Approvals[0].Context["note"] != "trust me" {
@@ -266,7 +267,7 @@ func TestApprovalFlowThroughCLI(t *testing.T) {
 	if strings.Contains(log, `"ticket":"5"`) {
 		t.Error("an argument value reached the audit log")
 	}
-	if code, _, _ := b.cli("ls", "--secret", "wrong-secret-value"); code != 1 {
-		t.Errorf("a wrong approver secret: exit %d, want 1", code)
+	if code, _, errOut := b.cli("ls", "--secret", "wrong-secret-value"); code != 1 || !strings.Contains(errOut, `did not accept approver client "alice" with that secret`) {
+		t.Errorf("a wrong approver secret: exit %d, want 1 and a message saying so: %s", code, errOut)
 	}
 }

@@ -23,7 +23,7 @@ import (
 // installed they are slog records.
 func TestRedisLogLinesGoThroughSlog(t *testing.T) {
 	var buf bytes.Buffer
-	redis.SetLogger(redisLogger{slog.New(slog.NewJSONHandler(&buf, nil))})
+	redis.SetLogger(newRedisLogger(slog.New(slog.NewJSONHandler(&buf, nil))))
 	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 	defer c.Close()
 	_ = c.Set(context.Background(), "k", "v", 500*time.Microsecond) // go-redis logs the truncation to 1 ms

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -9,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -106,20 +106,13 @@ type IntrospectionRuleEntry struct {
 }
 
 // UnmarshalYAML refuses the old bare issuer name with a message saying
-// why, and unknown keys (a Node's Decode does not inherit KnownFields).
+// why (unknown keys are reported by unknownKeys, for the whole file).
 func (e *IntrospectionRuleEntry) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind == yaml.ScalarNode {
-		return fmt.Errorf("line %d: introspection.issuers: %q is a bare issuer name, which let every agent of that issuer introspect and revoke; write a rule {issuer, audience, subjects or claims}", n.Line, n.Value)
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: introspection.issuers: %q is a bare issuer name, which let every agent of that issuer introspect and revoke; write a rule {issuer, audience, subjects or claims}", n.Line, n.Value)}}
 	}
 	if n.Kind != yaml.MappingNode {
-		return fmt.Errorf("line %d: introspection.issuers: each entry must be a rule {issuer, audience, subjects or claims}", n.Line)
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		switch k := n.Content[i]; k.Value {
-		case "issuer", "audience", "subjects", "claims":
-		default:
-			return fmt.Errorf("line %d: introspection.issuers: field %s not found in type main.IntrospectionRuleEntry", k.Line, k.Value)
-		}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: introspection.issuers: each entry must be a rule {issuer, audience, subjects or claims}", n.Line)}}
 	}
 	type plain IntrospectionRuleEntry
 	return n.Decode((*plain)(e))
@@ -167,7 +160,8 @@ type Duration time.Duration
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration (try \"30s\" or \"5m\")", n.Line, n.Value)
+		// A TypeError lets the decoder go on and report the other problems.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration (try \"30s\" or \"5m\")", n.Line, n.Value)}}
 	}
 	*d = Duration(v)
 	return nil
@@ -207,28 +201,99 @@ var envOverrides = map[string]func(c *Config, v string) error{
 }
 
 // loadConfig reads path, applies env overrides and defaults, and validates,
-// reporting every problem at once.
+// reporting every problem at once: unknown keys (with the valid ones),
+// values of the wrong kind and invalid settings.
 func loadConfig(path string, getenv func(string) string) (*Config, error) {
+	c, errs := readConfig(path, getenv)
+	if err := configError(path, errs); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// loadServeConfig is loadConfig plus what `valet serve` reads from files
+// and the environment before it starts (signing keys, templates, client
+// secrets, agent controls), so one run reports every problem.
+func loadServeConfig(path string, getenv func(string) string) (*Config, error) {
+	c, errs := readConfig(path, getenv)
+	if c != nil {
+		if _, err := loadSigningKeys(c.Signing); err != nil {
+			errs = append(errs, err)
+		}
+		if len(c.Templates.Paths) > 0 {
+			names := make([]string, len(c.Issuers))
+			for i, is := range c.Issuers {
+				names[i] = is.Name
+			}
+			if _, err := loadTemplatePaths(c.Templates.Paths, names); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if _, err := c.clientSecrets(getenv); err != nil {
+			errs = append(errs, err)
+		}
+		if _, err := c.agentConfig(getenv); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := configError(path, errs); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// configError is every problem found, one a line, counted.
+func configError(path string, errs []error) error {
+	var flat []error
+	var add func(error)
+	add = func(err error) {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				add(e)
+			}
+			return
+		}
+		flat = append(flat, err)
+	}
+	for _, err := range errs {
+		add(err)
+	}
+	if len(flat) == 0 {
+		return nil
+	}
+	return fmt.Errorf("config %s: %d problem(s):\n%w", path, len(flat), errors.Join(flat...))
+}
+
+// readConfig is loadConfig's work: the config (nil only when the file
+// cannot be read or parsed) and every problem found.
+func readConfig(path string, getenv func(string) string) (*Config, []error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
+		return nil, []error{fmt.Errorf("reading config: %w", err)}
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, plainYAMLError(err)
+	}
+	errs := unknownKeys(&root, reflect.TypeFor[Config]())
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+	if len(root.Content) > 0 {
+		if err := root.Decode(&c); err != nil {
+			errs = append(errs, plainYAMLError(err)...)
+		}
 	}
 	c.dir = filepath.Dir(path)
 	if err := c.applyEnv(getenv); err != nil {
-		return nil, err
+		errs = append(errs, err)
 	}
 	c.defaults()
 	c.vaultDefaults()
-	if err := errors.Join(c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...)); err != nil {
-		return nil, fmt.Errorf("config %s:\n%w", path, err)
+	for _, err := range []error{c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...)} {
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
-	return &c, nil
+	return &c, errs
 }
 
 func (c *Config) applyEnv(getenv func(string) string) error {

@@ -177,7 +177,7 @@ func TestIntrospectionClientsConfig(t *testing.T) {
 		{"bare issuer name", "  issuers: [k8s]\n", []string{"introspection.issuers", "bare issuer name"}},
 		{"unknown issuer", "  issuers:\n    - {issuer: dev, audience: valet, subjects: [x]}\n", []string{"introspection.issuers[0].issuer"}},
 		{"audience not accepted", "  issuers:\n    - {issuer: k8s, audience: tools, subjects: [x]}\n", []string{"introspection.issuers[0].audience"}},
-		{"unknown key", "  issuers:\n    - {issuer: k8s, audience: valet, subject: x}\n", []string{"subject not found"}},
+		{"unknown key", "  issuers:\n    - {issuer: k8s, audience: valet, subject: x}\n", []string{`unknown key "subject"; valid keys here: audience, claims, issuer, subjects`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeFile(t, t.TempDir(), "c.yaml", base+"introspection:\n"+tc.rules)
@@ -197,5 +197,40 @@ func TestIntrospectionClientsConfig(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestServeConfigEveryProblemInOneRun: unknown keys (with the valid keys
+// listed), values of the wrong kind, invalid settings and missing files
+// are all reported by one `valet serve`, with no Go type names.
+func TestServeConfigEveryProblemInOneRun(t *testing.T) {
+	p := writeFile(t, t.TempDir(), "bad.yaml", `
+public_url: nope
+log: {level: loud, formatt: json}
+redis: {url: "http://x", retention: forever, prefixx: a}
+signing:
+  keys: [{file: /nonexistent/key.pem, kidd: x}]
+issuers: {name: dev}
+templates: {paths: [/nonexistent/templates]}
+limits: {max_body_bytes: lots}
+`)
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"valet", "serve", "--config", p}, func(string) string { return "" }, &out, &errOut); code != 1 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	msg := errOut.String()
+	for _, want := range []string{
+		`log.formatt: unknown key "formatt"; valid keys here: format, level`,
+		`redis.prefixx: unknown key "prefixx"; valid keys here: prefix, retention, url`,
+		`signing.keys[0].kidd: unknown key "kidd"; valid keys here: file, kid, retired`,
+		`"forever" is not a duration`, `found a mapping where a list is expected`, `found "lots" where a whole number is expected`,
+		"public_url", "redis.url", "log.level", "signing.keys[0].file", "/nonexistent/templates",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("one run does not report %s:\n%s", want, msg)
+		}
+	}
+	if regexp.MustCompile(`main\.|int64|\[\]string|!!`).MatchString(msg) {
+		t.Errorf("Go type names or YAML tags in the message:\n%s", msg)
 	}
 }

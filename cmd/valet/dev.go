@@ -39,24 +39,36 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if len(args) > 0 && args[0] == "idp" {
 		return cmdDevIdP(ctx, args[1:], getenv, stdout, stderr)
 	}
-	fs := newFlags("dev")
-	addr := fs.String("addr", envOr(getenv, "VALET_ADDR", defaultAddr), "listen address (env VALET_ADDR)")
-	tmplPaths := fs.String("templates", getenv("VALET_TEMPLATES"), "template files or folders (default: the built-in examples)")
-	redisURL := fs.String("redis", getenv("VALET_REDIS_URL"), "use this Redis instead of the in-memory ledger")
-	auditFile := fs.String("audit", envOr(getenv, "VALET_AUDIT_FILE", filepath.Join(os.TempDir(), "valet-dev-audit.jsonl")), "audit file")
-	logLevel := fs.String("log-level", envOr(getenv, "VALET_LOG_LEVEL", "info"), "debug, info, warn or error")
-	rollbackHosts := fs.String("rollback-hosts", "127.0.0.1:9090,localhost:9090", "comma-separated hosts whose undo webhooks `valet tasks rollback` may call (the example tool server's)")
+	fs := newFlags(stdout, "dev [flags] | dev token [flags] | dev idp [flags]",
+		"Run Valet for development: a generated signing key, the built-in development issuer, the example\n"+
+			"templates and an in-memory ledger (with --redis: Redis, and the admin API, controls and the audit stream).\n"+
+			"Never for production. `valet dev token --help` and `valet dev idp --help` describe the other two.")
+	addr := fs.String("addr", envOr(getenv, "VALET_ADDR", defaultAddr), "listen `address` (env VALET_ADDR)")
+	tmplPaths := fs.String("templates", getenv("VALET_TEMPLATES"), "template `files or folders`, separated by the OS path list separator (env VALET_TEMPLATES; default: the built-in examples)")
+	redisURL := fs.String("redis", getenv("VALET_REDIS_URL"), "use the Redis at this `URL` instead of the in-memory ledger (env VALET_REDIS_URL)")
+	auditFile := fs.String("audit", getenv("VALET_AUDIT_FILE"), "audit `file` (env VALET_AUDIT_FILE; default: a new file under the temporary folder for each run)")
+	logLevel := fs.String("log-level", envOr(getenv, "VALET_LOG_LEVEL", "info"), "log `level`: debug, info, warn or error")
+	rollbackHosts := fs.String("rollback-hosts", "127.0.0.1:9090,localhost:9090", "comma-separated `hosts` whose undo webhooks `valet tasks rollback` may call (the example tool server's)")
 	newSegment := fs.Bool("audit-new-segment", false, "if the audit file's chain does not verify, move it aside unchanged to FILE.<n> and start a new chain")
-	resources := fs.String("resources", "", "YAML file of resource labels (id: {label: value}) for sensitive-tool conditions")
-	if err := parseFlags(fs, args); err != nil {
+	resources := fs.String("resources", "", "YAML `file` of resource labels (id: {label: value}) for sensitive-tool conditions")
+	if _, err := fs.parseN(args, 0); err != nil {
 		return err
+	}
+	if *auditFile == "" {
+		// A chain of its own for every run: two runs sharing one file
+		// would interleave two chains and break both.
+		dir, err := os.MkdirTemp("", "valet-dev-")
+		if err != nil {
+			return fmt.Errorf("creating the audit folder: %w", err)
+		}
+		*auditFile = filepath.Join(dir, "audit.jsonl")
 	}
 	agentCfg, err := devAgentConfig(*resources)
 	if err != nil {
 		return err
 	}
 	log := newLogger(stderr, *logLevel, "text")
-	redis.SetLogger(redisLogger{log})
+	redis.SetLogger(newRedisLogger(log))
 
 	// Listen first: the public URL must carry the real port when --addr
 	// asks for port 0.
@@ -64,6 +76,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", *addr, err)
 	}
+	defer ln.Close() // served below; closed here if start-up fails first
 	publicURL := "http://" + ln.Addr().String()
 	idp, err := devidp.New(publicURL+"/dev", time.Now)
 	if err != nil {
@@ -152,8 +165,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
-	ln.Close()
-	return serveHTTP(ctx, ln.Addr().String(), handler, svc, time.Second, log, func(net.Addr) {
+	return serveHTTP(ctx, ln, handler, svc, time.Second, log, func(net.Addr) {
 		printWalkthrough(stdout, publicURL, ledgerName, *auditFile, templates)
 	})
 }
@@ -161,9 +173,9 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 // cmdDevIdP runs the development issuer alone, for trying `valet serve`
 // without a real identity provider.
 func cmdDevIdP(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags("dev idp")
-	addr := fs.String("addr", "127.0.0.1:8081", "listen address")
-	if err := parseFlags(fs, args); err != nil {
+	fs := newFlags(stdout, "dev idp [--addr ADDR]", "Run only the development OIDC issuer, to try `valet serve` without a real identity provider.\nIts tokens are for development only: never trust it in production.")
+	addr := fs.String("addr", "127.0.0.1:8081", "listen `address`")
+	if _, err := fs.parseN(args, 0); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", *addr)

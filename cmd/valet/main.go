@@ -1,9 +1,11 @@
 // Command valet is Valet's one binary: the broker (`serve`, `dev`) and the
-// tools around it (`templates check`, `keys generate`, `dev token`).
+// tools around it (`templates check`, `keys generate`, `dev token`) and the
+// responder's commands over the admin API.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -21,25 +23,32 @@ func main() {
 const usage = `valet: just-in-time, per-task credentials for AI agents
 
 Usage:
-  valet dev [--addr ADDR]                       run with no Redis, IdP or Vault (in-memory, development only)
-  valet dev token --agent NAME [--issuer URL]   print a development identity token
+  valet dev [--addr ADDR] [--redis URL] [--audit FILE]
+                                                run with no IdP or Vault (in-memory unless --redis; development only)
+  valet dev token --agent NAME | --admin NAME [--issuer URL]
+                                                print a development identity (or admin) token
   valet dev idp [--addr ADDR]                   run only the development OIDC issuer
   valet serve --config FILE [--addr ADDR]       run in production mode
   valet templates check FILE|DIR...             validate template files
   valet keys generate --out FILE [--alg EdDSA|ES256]
                                                 write a new task-token signing key
-  valet approvals ls|approve ID|deny ID [--server URL] [--client ID --secret S] [-o json]
-                                                list and decide pending approvals
-  valet version
+  valet approvals ls [--state S]                list approvals (approver client: --client ID --secret S)
+  valet approvals approve ID [--reason R]       approve a pending approval
+  valet approvals deny ID [--reason R]          deny a pending approval
+  valet audit verify FILE | --redis URL         check an audit trail's hash chain
+  valet version                                 print the version and commit
 
 Incident response (admin API; --server URL or VALET_SERVER, --token or VALET_ADMIN_TOKEN, -o table|json):
   valet revoke [--agent A] [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]
   valet freeze agent|template|issuer NAME [--issuer I] [--revoke] [--reason R]
   valet unfreeze agent|template|issuer NAME [--issuer I]
   valet controls ls
-  valet tasks ls [--agent A] [--state S] [--template T] | show ID | timeline ID
-  valet audit verify FILE | --redis URL    check an audit trail's hash chain
+  valet tasks ls [--agent A] [--issuer I] [--state S] [--template T] [--limit N] [--cursor C]
+  valet tasks show ID
+  valet tasks timeline ID
+  valet tasks rollback ID [--dry-run] [--continue] [--yes]
 
+Every command takes --help. Flags may come before or after arguments.
 Environment: VALET_ADDR, VALET_REDIS_URL and the others listed in the README.
 `
 
@@ -73,12 +82,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "approvals":
 		err = cmdApprovals(ctx, rest, getenv, stdout)
 	case "version":
-		fmt.Fprintln(stdout, "valet", version)
-	case "help", "-h", "--help":
+		err = cmdVersion(rest, stdout)
+	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "valet: unknown command %q\n\n%s", cmd, usage)
 		return 2
+	}
+	if errors.Is(err, errHelp) {
+		return 0
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "valet: %v\n", err)
@@ -89,10 +101,3 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	return 0
 }
-
-var version = "dev"
-
-// usageError is a mistake on the command line (exit status 2).
-type usageError string
-
-func (e usageError) Error() string { return string(e) }

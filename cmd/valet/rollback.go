@@ -79,19 +79,19 @@ var askYes = func(question string, stderr io.Writer) (yes, terminal bool) {
 // done are skipped. Needs the responder role. Every field an agent or tool
 // server supplied is printed escaped (printable.Escape).
 func cmdRollback(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	const usage = "usage: valet tasks rollback ID [--dry-run] [--continue] [--yes]"
-	if len(args) < 1 {
-		return usageError(usage)
-	}
-	id, rest := args[0], args[1:]
-	fs := newFlags("tasks rollback")
+	fs := newFlags(stdout, "tasks rollback ID [--dry-run] [--continue] [--yes]",
+		"List a task's undo steps, newest first, with who reported each, and (without --dry-run) call each undo\n"+
+			"webhook in that order (responder role). Steps reported by a principal revoked since run only after a y\n"+
+			"on the terminal, or with --yes. Stops at the first failure unless --continue; steps done are skipped.")
 	server, token, output := adminFlags(fs, getenv)
 	dry := fs.Bool("dry-run", false, "list the undo steps without calling them")
 	cont := fs.Bool("continue", false, "go on after a failed step")
 	yes := fs.Bool("yes", false, "run steps reported by a since-revoked principal without asking")
-	if err := parseFlags(fs, rest); err != nil {
+	pos, err := fs.parseN(args, 1)
+	if err != nil {
 		return err
 	}
+	id := pos[0]
 	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
 	if err != nil {
 		return err
@@ -100,12 +100,13 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 	var plan struct {
 		Steps []rollbackStep `json:"steps"`
 	}
-	if _, err := c.call(ctx, http.MethodGet, base, nil, &plan); err != nil {
+	raw, err := c.call(ctx, http.MethodGet, base, nil, &plan)
+	if err != nil {
 		return err
 	}
 	if *dry {
 		if c.output == "json" {
-			return c.json(plan.Steps)
+			return c.json(raw)
 		}
 		rows := [][]string{}
 		for i, s := range plan.Steps {

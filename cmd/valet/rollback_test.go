@@ -166,8 +166,8 @@ func TestRollbackAsksBeforeRevokedReporters(t *testing.T) {
 	}
 	t.Logf("valet tasks rollback %s --dry-run:\n%s", task[1], s)
 	code, s = cli("tasks", "rollback", task[1], "--dry-run", "-o", "json", "--server", base, "--token", admin)
-	var steps []map[string]any
-	if code != 0 || json.Unmarshal([]byte(s), &steps) != nil || len(steps) != 1 || !strings.Contains(steps[0]["side_effect"].(string), "\u202e") {
+	var plan struct{ Steps []map[string]any } // the API's answer as it is
+	if code != 0 || json.Unmarshal([]byte(s), &plan) != nil || len(plan.Steps) != 1 || !strings.Contains(plan.Steps[0]["side_effect"].(string), "\u202e") {
 		t.Fatalf("dry run -o json (%d):\n%s", code, s)
 	}
 	for _, bad := range []string{"\x1b", "\r", "\a", "\u202e"} {

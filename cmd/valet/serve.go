@@ -41,17 +41,20 @@ const maxHeaderBytes = 64 << 10
 // cmdServe is production mode: Redis ledger, signing keys from files,
 // trusted issuers and templates from the config file.
 func cmdServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags("serve")
-	cfgPath := fs.String("config", getenv("VALET_CONFIG"), "config file (env VALET_CONFIG)")
-	addr := fs.String("addr", "", "listen address (env VALET_ADDR; overrides the file)")
+	fs := newFlags(stdout, "serve --config FILE [--addr ADDR]",
+		"Run Valet in production mode: the Redis ledger, signing keys from files, and the trusted issuers and\n"+
+			"templates of the config file (examples/serve.yaml is a commented example). Every configuration problem\n"+
+			"is reported at once, before anything starts.")
+	cfgPath := fs.String("config", getenv("VALET_CONFIG"), "config `file` (env VALET_CONFIG)")
+	addr := fs.String("addr", "", "listen `address` (env VALET_ADDR; overrides the file)")
 	newSegment := fs.Bool("audit-new-segment", false, "if the audit file's chain does not verify, move it aside unchanged to FILE.<n> and start a new chain (audit.new_segment)")
-	if err := parseFlags(fs, args); err != nil {
+	if _, err := fs.parseN(args, 0); err != nil {
 		return err
 	}
 	if *cfgPath == "" {
 		return usageError("serve: --config is required")
 	}
-	cfg, err := loadConfig(*cfgPath, getenv)
+	cfg, err := loadServeConfig(*cfgPath, getenv)
 	if err != nil {
 		return err
 	}
@@ -59,13 +62,18 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		cfg.Addr = *addr
 	}
 	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
-	redis.SetLogger(redisLogger{log})
+	redis.SetLogger(newRedisLogger(log))
 
 	redisClient, err := revocation.NewClient(cfg.Redis.URL)
 	if err != nil {
 		return fmt.Errorf("redis.url: %w", err)
 	}
 	defer redisClient.Close()
+	pingCtx, cancelPing := context.WithTimeout(ctx, 2*time.Second)
+	if err := redisClient.Ping(pingCtx).Err(); err != nil {
+		log.Error("redis is unreachable at start: Valet serves, answers /readyz with 503 and refuses to issue until it is reachable", "err", err)
+	}
+	cancelPing()
 	ledger, err := revocation.NewRedisLedger(redisClient, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention), Logger: log})
 	if err != nil {
 		return err
@@ -206,17 +214,19 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	go watchTemplates(ctx, cfg.Templates.Paths, *cfg.Templates.Watch, reload, log)
 	vw.run(ctx, svc)
-	log.Info("valet serving", "addr", cfg.Addr, "public_url", cfg.PublicURL, "templates", templates.Names(), "version", version)
-	return serveHTTP(ctx, cfg.Addr, handler, svc, time.Duration(cfg.Reaper.Interval), log, nil)
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.Addr, err)
+	}
+	ver, rev := buildVersion()
+	return serveHTTP(ctx, ln, handler, svc, time.Duration(cfg.Reaper.Interval), log, func(a net.Addr) {
+		log.Info("valet serving", "addr", a.String(), "public_url", cfg.PublicURL, "templates", templates.Names(), "version", ver, "commit", rev)
+	})
 }
 
-// serveHTTP listens on addr, runs the reaper and shuts both down when ctx
-// ends. ready, when set, is called once the listener is open.
-func serveHTTP(ctx context.Context, addr string, h http.Handler, svc *broker.Service, reapEvery time.Duration, log *slog.Logger, ready func(net.Addr)) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", addr, err)
-	}
+// serveHTTP serves h on the bound listener ln, runs the reaper and shuts
+// both down when ctx ends. ready, when set, is called just before serving.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, svc *broker.Service, reapEvery time.Duration, log *slog.Logger, ready func(net.Addr)) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,26 +16,20 @@ import (
 	"github.com/valet-dev/valet/issuers"
 )
 
-// newFlags is a flag set that reports its errors instead of exiting.
-func newFlags(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	return fs
-}
-
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return usageError(fmt.Sprintf("%s: %v", fs.Name(), err))
-	}
-	return nil
-}
-
 // cmdTemplates is `valet templates check FILE|DIR...`.
 func cmdTemplates(args []string, stdout io.Writer) error {
-	if len(args) < 2 || args[0] != "check" {
-		return usageError("usage: valet templates check FILE|DIR...")
+	if done, err := groupHelp(args, stdout, "templates", []subcommand{{"check", "validate template files"}}); done {
+		return err
 	}
-	files, err := broker.ReadTemplateFiles(args[1:])
+	fs := newFlags(stdout, "templates check FILE|DIR...", "Load and compile every template in the files and folders given (YAML, *.yaml and *.yml),\nprinting each problem with its file and line.")
+	paths, err := fs.parse(args[1:])
+	if err != nil {
+		return err
+	}
+	if len(paths) == 0 {
+		return usageError("usage: valet templates check FILE|DIR... (see --help)")
+	}
+	files, err := broker.ReadTemplateFiles(paths)
 	if err != nil {
 		return err
 	}
@@ -54,13 +47,13 @@ func cmdTemplates(args []string, stdout io.Writer) error {
 
 // cmdKeys is `valet keys generate`.
 func cmdKeys(args []string, stdout io.Writer) error {
-	if len(args) < 1 || args[0] != "generate" {
-		return usageError("usage: valet keys generate --out FILE [--alg EdDSA|ES256]")
+	if done, err := groupHelp(args, stdout, "keys", []subcommand{{"generate", "write a new task-token signing key"}}); done {
+		return err
 	}
-	fs := newFlags("keys generate")
-	out := fs.String("out", "", "file to write the PEM private key to")
-	alg := fs.String("alg", "EdDSA", "EdDSA or ES256")
-	if err := parseFlags(fs, args[1:]); err != nil {
+	fs := newFlags(stdout, "keys generate --out FILE [--alg EdDSA|ES256]", "Write a new private key for signing task tokens (PEM, mode 0600; an existing file is never overwritten)\nand print its key id.")
+	out := fs.String("out", "", "`file` to write the PEM private key to (required)")
+	alg := fs.String("alg", "EdDSA", "`algorithm`: EdDSA or ES256")
+	if _, err := fs.parseN(args[1:], 0); err != nil {
 		return err
 	}
 	if *out == "" {
@@ -96,12 +89,13 @@ func cmdKeys(args []string, stdout io.Writer) error {
 // cmdDevToken is `valet dev token`: it asks a running development issuer
 // for an identity token and prints it alone, for $(...) in a shell.
 func cmdDevToken(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := newFlags("dev token")
-	agent := fs.String("agent", "", "the agent's name (the token's sub)")
-	admin := fs.String("admin", "", "mint a development admin token (group valet-admins) for this name instead")
+	fs := newFlags(stdout, "dev token --agent NAME | --admin NAME [--issuer URL]",
+		"Ask a running `valet dev` (or `valet dev idp`) for a development identity token and print it alone,\nfor TOKEN=$(valet dev token --agent agent-7).")
+	agent := fs.String("agent", "", "the agent's `name` (the token's sub)")
+	admin := fs.String("admin", "", "mint a development admin token (group valet-admins) for this `name` instead")
 	def := "http://" + envOr(getenv, "VALET_ADDR", defaultAddr) + "/dev"
-	issuer := fs.String("issuer", def, "the development issuer URL")
-	if err := parseFlags(fs, args); err != nil {
+	issuer := fs.String("issuer", def, "the development issuer `URL`")
+	if _, err := fs.parseN(args, 0); err != nil {
 		return err
 	}
 	if (*agent == "") == (*admin == "") {

@@ -207,4 +207,15 @@ func TestWalkthroughServe(t *testing.T) {
 	if !strings.Contains(v.stderr.String(), `"task granted"`) {
 		t.Errorf("serve logged no grant:\n%s", v.stderr.String())
 	}
+
+	// The README's admin block: a bare `valet` is this test's binary.
+	bin := filepath.Join(t.TempDir(), "valet")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	admin := strings.ReplaceAll(readmeBlock(t, "serve-admin"), "valet ", bin+" ")
+	out, err := exec.Command("bash", "-euo", "pipefail", "-c", vars+"\n"+admin).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "TASK") || !strings.Contains(string(out), "tsk_") {
+		t.Fatalf("README's admin block against valet serve: %v\n%s", err, out)
+	}
 }
