@@ -18,7 +18,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/revocation"
-	"github.com/valet-dev/valet/revocation/ledgertest"
+	"github.com/valet-dev/valet/revocation/conformance"
 )
 
 // newClient connects to srv the way production does.
@@ -41,13 +41,25 @@ func newRedisLedger(t testing.TB, c redis.UniversalClient, opts revocation.Redis
 	return l
 }
 
-func TestRedisLedgerConformance(t *testing.T) {
+// redisOptions: the Redis ledger expires by Redis's own clock, so its
+// expiry is tested by its TTLs.
+var redisOptions = conformance.Options{RealClockExpiry: "TestRedisEveryKeyExpires (the TTL of every key)"}
+
+// redisLedgers returns a constructor of Redis ledgers on one server, each
+// in a fresh key space.
+func redisLedgers(t *testing.T) func(t *testing.T, clock *conformance.Clock) *revocation.RedisLedger {
 	c := newClient(t, redistest.Start(t).URL())
 	var n atomic.Int64
-	ledgertest.Run(t, func(t *testing.T, _ *ledgertest.Clock) broker.Ledger {
-		// One server, a fresh key space per case.
-		return newRedisLedger(t, c, revocation.RedisOptions{Prefix: fmt.Sprint("case", n.Add(1))})
-	})
+	return func(t *testing.T, clock *conformance.Clock) *revocation.RedisLedger {
+		return newRedisLedger(t, c, revocation.RedisOptions{Prefix: fmt.Sprint("case", n.Add(1)), Now: clock.Now})
+	}
+}
+
+func TestRedisLedgerConformance(t *testing.T) {
+	newLedger := redisLedgers(t)
+	conformance.Ledger(t, func(t *testing.T, clock *conformance.Clock) broker.Ledger {
+		return newLedger(t, clock)
+	}, redisOptions)
 }
 
 func TestNewRedisLedgerRejects(t *testing.T) {
