@@ -27,3 +27,10 @@ func TestMemoryLedgerConformance(t *testing.T) {
 		return newMemoryLedger(t, clock)
 	}, memoryOptions)
 }
+
+func TestMemoryFeedConformance(t *testing.T) {
+	conformance.Feed(t, func(t *testing.T, clock *conformance.Clock) (broker.Ledger, broker.Feed) {
+		l := newMemoryLedger(t, clock)
+		return l, l.Feed()
+	})
+}

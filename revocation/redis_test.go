@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"slices"
@@ -51,9 +52,13 @@ func redisLedgers(t *testing.T) func(t *testing.T, clock *conformance.Clock) *re
 	c := newClient(t, redistest.Start(t).URL())
 	var n atomic.Int64
 	return func(t *testing.T, clock *conformance.Clock) *revocation.RedisLedger {
-		return newRedisLedger(t, c, revocation.RedisOptions{Prefix: fmt.Sprint("case", n.Add(1)), Now: clock.Now})
+		return newRedisLedger(t, c, revocation.RedisOptions{Prefix: fmt.Sprint("case", n.Add(1)), Now: clock.Now, Logger: quiet})
 	}
 }
+
+// quiet drops the ledger's log lines (each fresh key space logs a new
+// generation).
+var quiet = slog.New(slog.DiscardHandler)
 
 func TestRedisLedgerConformance(t *testing.T) {
 	newLedger := redisLedgers(t)
@@ -460,4 +465,12 @@ func activeTask(name string, now time.Time, ttl time.Duration) broker.Task {
 
 func jwt(taskID, id string, expires time.Time) broker.Credential {
 	return broker.Credential{ID: id, Kind: broker.KindJWT, TaskID: taskID, IssuedAt: time.Now(), ExpiresAt: expires}
+}
+
+func TestRedisFeedConformance(t *testing.T) {
+	newLedger := redisLedgers(t)
+	conformance.Feed(t, func(t *testing.T, clock *conformance.Clock) (broker.Ledger, broker.Feed) {
+		l := newLedger(t, clock)
+		return l, l.Feed()
+	})
 }
