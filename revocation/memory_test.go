@@ -34,3 +34,18 @@ func TestMemoryFeedConformance(t *testing.T) {
 		return l, l.Feed()
 	})
 }
+
+func TestMemoryDueEnderConformance(t *testing.T) {
+	o := memoryOptions
+	o.NoReapLeases = "the memory ledger dies with its only reaper, so no other reaper could take a batch over"
+	conformance.DueEnder(t, func(t *testing.T, clock *conformance.Clock) (a, b conformance.DueLedger) {
+		l := newMemoryLedger(t, clock)
+		return l, l
+	}, o)
+}
+
+func TestMemoryLimiterConformance(t *testing.T) {
+	conformance.Limiter(t, func(t *testing.T, clock *conformance.Clock) broker.Limiter {
+		return newMemoryLedger(t, clock)
+	}, memoryOptions)
+}

@@ -23,9 +23,9 @@ func TestMemoryRecords(t *testing.T) {
 	}, memoryOptions)
 }
 
-// TestRedisRecordsExpire: every key a record, a list or a held set lives
-// in expires at the time it was given (the Redis side of the suite's
-// RecordsExpireAtTheirTime).
+// TestRedisRecordsExpire: every key a record, a list, a held set, a
+// one-time use or a counter lives in expires at the time it was given (the
+// Redis side of the suites' expiry cases, which advance a fake clock).
 func TestRedisRecordsExpire(t *testing.T) {
 	ctx := t.Context()
 	c := newClient(t, redistest.Start(t).URL())
@@ -40,7 +40,16 @@ func TestRedisRecordsExpire(t *testing.T) {
 	must(l.Put(ctx, "action", "x", []byte("1"), until))
 	must(l.Append(ctx, "event", "tsk", []byte("1"), until, 10))
 	must(l.Hold(ctx, "approval-pending", "tsk", "m", until, 10))
-	for _, k := range []string{"r:rec:action:x", "r:recidx:action", "r:list:event:tsk", "r:hold:approval-pending:tsk"} {
+	if _, err := l.Once(ctx, "jti-1", until); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Count(ctx, "budget", until); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Count(ctx, "budget", until.Add(-time.Minute)); err != nil { // an earlier time does not shorten it
+		t.Fatal(err)
+	}
+	for _, k := range []string{"r:rec:action:x", "r:recidx:action", "r:list:event:tsk", "r:hold:approval-pending:tsk", "r:once:jti-1", "r:count:budget"} {
 		ttl, err := c.PTTL(ctx, k).Result()
 		if err != nil {
 			t.Fatalf("PTTL %s: %v", k, err)

@@ -474,3 +474,23 @@ func TestRedisFeedConformance(t *testing.T) {
 		return l, l.Feed()
 	})
 }
+
+func TestRedisDueEnderConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	const lease = 200 * time.Millisecond
+	var n atomic.Int64
+	o := redisOptions
+	o.ReapLease = lease
+	conformance.DueEnder(t, func(t *testing.T, clock *conformance.Clock) (a, b conformance.DueLedger) {
+		// Two replicas: one key space, a client each.
+		opts := revocation.RedisOptions{Prefix: fmt.Sprint("due", n.Add(1)), Now: clock.Now, Logger: quiet, ReapLease: lease}
+		return newRedisLedger(t, newClient(t, srv.URL()), opts), newRedisLedger(t, newClient(t, srv.URL()), opts)
+	}, o)
+}
+
+func TestRedisLimiterConformance(t *testing.T) {
+	newLedger := redisLedgers(t)
+	conformance.Limiter(t, func(t *testing.T, clock *conformance.Clock) broker.Limiter {
+		return newLedger(t, clock)
+	}, conformance.Options{RealClockExpiry: "TestRedisRecordsExpire (the TTL of every one-time use and counter key)"})
+}

@@ -65,6 +65,13 @@ type Options struct {
 	// NoJobs says why the ledger is not a broker.JobStore; empty means it
 	// must be one, and the job cases run on it.
 	NoJobs string
+	// NoReapLeases says why the DueEnder keeps no leases on the batches it
+	// ends (AckReaped and Unaudited do nothing); empty means it keeps them
+	// for ReapLease, and the lease cases run.
+	NoReapLeases string
+	// ReapLease is the reap lease the DueEnder was built with, at most a
+	// second: the lease cases wait it out on the store's real clock.
+	ReapLease time.Duration
 }
 
 // check fails the suite on options that contradict themselves.
