@@ -46,6 +46,7 @@ var ledgerCases = []namedCase[ledgerEnv]{
 	{"ChildrenOfUnknownIsEmpty", childrenOfUnknownIsEmpty},
 	{"ChildrenAreDirectOnly", childrenAreDirectOnly},
 	{"RecordsExpireAfterDeadlinePlusRetention", recordsExpireAfterDeadlinePlusRetention},
+	{"ReusedIDStartsWithoutChildren", reusedIDStartsWithoutChildren},
 	{"DenyLastsUntilCredentialExpiry", denyLastsUntilCredentialExpiry},
 }
 
@@ -655,6 +656,28 @@ func recordsExpireAfterDeadlinePlusRetention(t *testing.T, e ledgerEnv) {
 	creds[0].ExpiresAt = task.Deadline
 	if err := e.l.Record(e.ctx, task, creds); err != nil {
 		t.Errorf("Record after expiry: %v", err)
+	}
+}
+
+// reusedIDStartsWithoutChildren: once a task's records are gone, a new
+// task recorded under its id has no children, however soon it comes.
+func reusedIDStartsWithoutChildren(t *testing.T, e ledgerEnv) {
+	e.o.needClockExpiry(t)
+	parent, _ := newTask(e.clock.Now(), "reused", 0)
+	e.record(t, parent, nil)
+	child, _ := childOf(e.clock.Now(), parent, "of-reused", 0)
+	e.record(t, child, nil)
+	// Another write just before the parent's records expire, so a store
+	// that cleans up on writes has just done so.
+	e.clock.Advance(parent.Deadline.Sub(e.clock.Now()) + e.o.Retention)
+	other, _ := newTask(e.clock.Now(), "other", 0)
+	e.record(t, other, nil)
+	e.clock.Advance(time.Millisecond)
+	again := parent
+	again.CreatedAt, again.Deadline = e.clock.Now(), e.clock.Now().Add(time.Hour)
+	e.record(t, again, nil)
+	if got := e.children(t, again.ID); len(got) != 0 {
+		t.Errorf("Children of a new task under a reused id = %v, want none (the old task's children)", got)
 	}
 }
 
