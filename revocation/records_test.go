@@ -39,6 +39,7 @@ func TestRedisRecordsExpire(t *testing.T) {
 	}
 	must(l.Put(ctx, "action", "x", []byte("1"), until))
 	must(l.Append(ctx, "event", "tsk", []byte("1"), until, 10))
+	must(l.Append(ctx, "event", "tsk", []byte("2"), until.Add(-time.Minute), 10)) // an earlier time does not shorten it
 	must(l.Hold(ctx, "approval-pending", "tsk", "m", until, 10))
 	if _, err := l.Once(ctx, "jti-1", until); err != nil {
 		t.Fatal(err)

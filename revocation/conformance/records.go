@@ -41,6 +41,8 @@ var recordsCases = []namedCase[recordsEnv]{
 	{"ReleaseFreesAPlace", releaseFreesAPlace},
 	{"ExpiredMemberFreesItsPlace", expiredMemberFreesItsPlace},
 	{"RecordsExpireAtTheirTime", recordsExpireAtTheirTime},
+	{"SwapKeepsExpiry", swapKeepsExpiry},
+	{"ListLivesUntilItsLatestTime", listLivesUntilItsLatestTime},
 }
 
 // Records runs the broker.Records suite.
@@ -260,5 +262,41 @@ func recordsExpireAtTheirTime(t *testing.T, e recordsEnv) {
 	}
 	if err := e.s.Put(e.ctx, "action", "x", []byte("2"), e.clock.Now().Add(time.Minute)); err != nil {
 		t.Errorf("Put over an expired record: %v", err)
+	}
+}
+
+// swapKeepsExpiry: a swapped record expires when the one it replaced
+// would have.
+func swapKeepsExpiry(t *testing.T, e recordsEnv) {
+	e.o.needClockExpiry(t)
+	must(t, e.s.Put(e.ctx, "approval", "s", []byte("pending"), e.clock.Now().Add(time.Minute)))
+	e.clock.Advance(30 * time.Second)
+	must(t, e.s.Swap(e.ctx, "approval", "s", []byte("pending"), []byte("approved")))
+	e.clock.Advance(30 * time.Second)
+	if _, err := e.s.Get(e.ctx, "approval", "s"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Get of a swapped record past its first expiry: %v, want ErrNotFound", err)
+	}
+	if got, err := e.s.List(e.ctx, "approval", 10); err != nil || len(got) != 0 {
+		t.Errorf("List past its expiry = %q, %v; want none", got, err)
+	}
+}
+
+// listLivesUntilItsLatestTime: a list lives until the latest time any
+// Append gave, then is gone (and takes max items again).
+func listLivesUntilItsLatestTime(t *testing.T, e recordsEnv) {
+	e.o.needClockExpiry(t)
+	now := e.clock.Now()
+	must(t, e.s.Append(e.ctx, "event", "l", []byte("0"), now.Add(2*time.Minute), 2))
+	must(t, e.s.Append(e.ctx, "event", "l", []byte("1"), now.Add(time.Minute), 2))
+	e.clock.Advance(time.Minute + time.Millisecond)
+	if items, err := e.s.Items(e.ctx, "event", "l", 10); err != nil || len(items) != 2 {
+		t.Fatalf("Items between the two times = %q, %v; want both (the later time holds)", items, err)
+	}
+	e.clock.Advance(time.Minute)
+	if items, err := e.s.Items(e.ctx, "event", "l", 10); err != nil || len(items) != 0 {
+		t.Fatalf("Items past the latest time = %q, %v; want none", items, err)
+	}
+	if err := e.s.Append(e.ctx, "event", "l", []byte("2"), e.clock.Now().Add(time.Minute), 2); err != nil {
+		t.Errorf("Append to an expired full list: %v", err)
 	}
 }
