@@ -44,7 +44,7 @@ func (f *flakyIssuer) Revoke(_ context.Context, c Credential) error {
 
 // sliceQueue is the smallest RevocationQueue, so the retry policy can be
 // tested inside the package (the real queues have their own conformance
-// suite in revocation/queuetest).
+// suite in revocation/conformance).
 type sliceQueue struct {
 	mu sync.Mutex
 	m  map[string]PendingRevocation

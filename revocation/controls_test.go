@@ -3,12 +3,15 @@ package revocation_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/revocation"
+	"github.com/valet-dev/valet/revocation/conformance"
 )
 
 // TestControlsRecoverWhenRedisAnswers guards issue 9 #14: after an outage
@@ -73,4 +76,40 @@ func TestControlsSurviveDataLoss(t *testing.T) {
 	if got, err := s2.Check(ctx, "i", "agent-7", "t"); err != nil || got == nil {
 		t.Fatalf("a new replica's Check: %v %v", got, err)
 	}
+}
+
+func TestRedisControlsConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	var n atomic.Int64
+	conformance.Controls(t, func(t *testing.T) (broker.ControlStore, broker.ControlStore) {
+		prefix := fmt.Sprint("ctl", n.Add(1))
+		replica := func() broker.ControlStore {
+			// An hour's refresh: only the change notices keep a replica fresh.
+			s, err := revocation.NewControls(newClient(t, srv.URL()), prefix, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); s.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+			return s
+		}
+		a, b := replica(), replica()
+		// Both are subscribed to change notices before the case starts
+		// (a change made earlier reaches a replica only by its refresh).
+		c := newClient(t, srv.URL())
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+			subs, err := c.PubSubNumSub(t.Context(), prefix+":controls:changed").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if subs[prefix+":controls:changed"] == 2 {
+				return a, b
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Fatal("the replicas did not subscribe to change notices within 5s")
+		return nil, nil
+	})
 }

@@ -1,8 +1,9 @@
 // Package revocation owns the ledger of live credentials: which tasks are
 // active, which credentials each task holds, and which credentials are on
 // the deny list. It provides the Redis ledger shared by broker replicas and
-// an in-memory ledger for `valet dev` and tests; both pass the conformance
-// suite in revocation/ledgertest.
+// an in-memory ledger for `valet dev` and tests, with the stores beside
+// them (records, retry queue, feed, controls); both pass the one
+// conformance suite in revocation/conformance.
 //
 // # Redis key layout
 //

@@ -82,6 +82,9 @@ func (l *MemoryLedger) Record(_ context.Context, t broker.Task, creds []broker.C
 			return fmt.Errorf("recording task %s: credential %s: %w", t.ID, c.ID, ErrDuplicate)
 		}
 	}
+	// A new task has no children yet, even under the id of a task whose
+	// records expired since the last sweep.
+	delete(l.tree, t.ID)
 	if t.Parent != "" {
 		if p, ok := l.task(t.Parent, now); !ok || p.task.State != broker.StateActive {
 			return fmt.Errorf("recording task %s: parent %s: %w", t.ID, t.Parent, broker.ErrNotActive)

@@ -10,17 +10,19 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/revocation"
-	"github.com/valet-dev/valet/revocation/queuetest"
+	"github.com/valet-dev/valet/revocation/conformance"
 )
 
 func TestMemoryQueueConformance(t *testing.T) {
-	queuetest.Run(t, func(t *testing.T) broker.RevocationQueue { return revocation.NewMemoryQueue(nil, 0) })
+	conformance.Queue(t, func(t *testing.T, clock *conformance.Clock) broker.RevocationQueue {
+		return revocation.NewMemoryQueue(clock.Now, 0)
+	})
 }
 
 func TestRedisQueueConformance(t *testing.T) {
 	srv := redistest.Start(t)
 	n := 0
-	queuetest.Run(t, func(t *testing.T) broker.RevocationQueue {
+	conformance.Queue(t, func(t *testing.T, _ *conformance.Clock) broker.RevocationQueue {
 		n++
 		return newRedisQueue(t, srv, "q"+strconv.Itoa(n))
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"slices"
@@ -18,7 +19,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/revocation"
-	"github.com/valet-dev/valet/revocation/ledgertest"
+	"github.com/valet-dev/valet/revocation/conformance"
 )
 
 // newClient connects to srv the way production does.
@@ -41,13 +42,29 @@ func newRedisLedger(t testing.TB, c redis.UniversalClient, opts revocation.Redis
 	return l
 }
 
-func TestRedisLedgerConformance(t *testing.T) {
+// redisOptions: the Redis ledger expires by Redis's own clock, so its
+// expiry is tested by its TTLs.
+var redisOptions = conformance.Options{RealClockExpiry: "TestRedisEveryKeyExpires (the TTL of every key)"}
+
+// redisLedgers returns a constructor of Redis ledgers on one server, each
+// in a fresh key space.
+func redisLedgers(t *testing.T) func(t *testing.T, clock *conformance.Clock) *revocation.RedisLedger {
 	c := newClient(t, redistest.Start(t).URL())
 	var n atomic.Int64
-	ledgertest.Run(t, func(t *testing.T, _ *ledgertest.Clock) broker.Ledger {
-		// One server, a fresh key space per case.
-		return newRedisLedger(t, c, revocation.RedisOptions{Prefix: fmt.Sprint("case", n.Add(1))})
-	})
+	return func(t *testing.T, clock *conformance.Clock) *revocation.RedisLedger {
+		return newRedisLedger(t, c, revocation.RedisOptions{Prefix: fmt.Sprint("case", n.Add(1)), Now: clock.Now, Logger: quiet})
+	}
+}
+
+// quiet drops the ledger's log lines (each fresh key space logs a new
+// generation).
+var quiet = slog.New(slog.DiscardHandler)
+
+func TestRedisLedgerConformance(t *testing.T) {
+	newLedger := redisLedgers(t)
+	conformance.Ledger(t, func(t *testing.T, clock *conformance.Clock) broker.Ledger {
+		return newLedger(t, clock)
+	}, redisOptions)
 }
 
 func TestNewRedisLedgerRejects(t *testing.T) {
@@ -448,4 +465,32 @@ func activeTask(name string, now time.Time, ttl time.Duration) broker.Task {
 
 func jwt(taskID, id string, expires time.Time) broker.Credential {
 	return broker.Credential{ID: id, Kind: broker.KindJWT, TaskID: taskID, IssuedAt: time.Now(), ExpiresAt: expires}
+}
+
+func TestRedisFeedConformance(t *testing.T) {
+	newLedger := redisLedgers(t)
+	conformance.Feed(t, func(t *testing.T, clock *conformance.Clock) (broker.Ledger, broker.Feed) {
+		l := newLedger(t, clock)
+		return l, l.Feed()
+	})
+}
+
+func TestRedisDueEnderConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	const lease = 200 * time.Millisecond
+	var n atomic.Int64
+	o := redisOptions
+	o.ReapLease = lease
+	conformance.DueEnder(t, func(t *testing.T, clock *conformance.Clock) (a, b conformance.DueLedger) {
+		// Two replicas: one key space, a client each.
+		opts := revocation.RedisOptions{Prefix: fmt.Sprint("due", n.Add(1)), Now: clock.Now, Logger: quiet, ReapLease: lease}
+		return newRedisLedger(t, newClient(t, srv.URL()), opts), newRedisLedger(t, newClient(t, srv.URL()), opts)
+	}, o)
+}
+
+func TestRedisLimiterConformance(t *testing.T) {
+	newLedger := redisLedgers(t)
+	conformance.Limiter(t, func(t *testing.T, clock *conformance.Clock) broker.Limiter {
+		return newLedger(t, clock)
+	}, conformance.Options{RealClockExpiry: "TestRedisRecordsExpire (the TTL of every one-time use and counter key)"})
 }
