@@ -268,7 +268,7 @@ func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl
 		return ActionResult{}, &Error{Code: CodeInternal, Message: "issuing the action token failed; nothing was issued", Err: err}
 	}
 	rec, _ := json.Marshal(actionRecord{TaskID: task.ID, Tool: tool, ArgsHash: hash, ExpiresAt: exp}) // plain struct
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	err = store.Put(lctx, "action", ac.ID, rec, exp)
 	cancel()
 	if err != nil {
@@ -295,7 +295,7 @@ func (s *Service) burnAction(ctx context.Context, ac ActionClaims) {
 	if s.agent.limiter == nil {
 		return
 	}
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	if _, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second)); err != nil {
 		s.log.ErrorContext(ctx, "burning an action token failed; its record is kept until it expires", "jti", ac.ID, "err", err)
@@ -358,7 +358,7 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 		s.log.WarnContext(ctx, "action token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
 		return ActionUse{}, nil
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	b, err := store.Get(lctx, "action", ac.ID)
 	switch {

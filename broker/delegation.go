@@ -325,7 +325,7 @@ func (s *Service) Delegate(ctx context.Context, req DelegationRequest) (Task, []
 				Err: fmt.Errorf("credential %s outlives its task", c.ID)}
 		}
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	err = s.ledger.Record(lctx, child, creds)
 	cancel()
 	switch {
@@ -383,7 +383,7 @@ func (s *Service) spend(ctx context.Context, budget, root string, limit int, unt
 	if s.agent.limiter == nil {
 		return unavailable("the budget store", errNoLimiter)
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	n, err := s.agent.limiter.Count(lctx, budget+":"+root, until)
 	cancel()
 	if err != nil {
@@ -408,7 +408,7 @@ func (s *Service) endDescendants(ctx context.Context, t Task) error {
 	for len(queue) > 0 {
 		id := queue[0]
 		queue = queue[1:]
-		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		lctx, cancel := ledgerCtx(ctx)
 		kids, err := s.ledger.Children(lctx, id)
 		cancel()
 		if err != nil {
@@ -425,7 +425,7 @@ func (s *Service) endDescendants(ctx context.Context, t Task) error {
 			}
 			visited[kid] = true
 			queue = append(queue, kid)
-			lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+			lctx, cancel := ledgerCtx(ctx)
 			ct, creds, err := s.ledger.End(lctx, kid, StateRevoked, reason, s.now())
 			cancel()
 			switch {

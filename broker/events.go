@@ -263,7 +263,7 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (T
 		}
 		return c, t, false, reporter, nil
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	cred, denied, err := s.ledger.Credential(lctx, c.ID)
 	switch {
@@ -321,7 +321,7 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	// The slot list never shrinks, so the events list (appended only after
 	// a slot is taken) never refuses for lack of room.
 	until := t.Deadline.Add(s.agent.eventRetention)
-	sctx, scancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	sctx, scancel := ledgerCtx(ctx)
 	err = store.Append(sctx, "event-slots", t.ID, []byte(ev.ID), until, maxEvents)
 	scancel()
 	switch {
@@ -351,7 +351,7 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	if err := s.audit.Record(ctx, ae); err != nil {
 		return ToolEvent{}, unavailable("the audit log", err)
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	err = store.Append(lctx, "events", t.ID, b, until, maxEvents)
 	switch {
@@ -394,7 +394,7 @@ func (s *Service) events(ctx context.Context, taskID string) ([]ToolEvent, error
 	if err != nil {
 		return nil, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	items, err := store.Items(lctx, "events", taskID, maxEvents)
 	if err != nil {

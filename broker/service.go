@@ -22,6 +22,12 @@ const (
 	reapBatch            = 256
 )
 
+// ledgerCtx bounds one call to the ledger or another shared store, so a
+// dead Redis fails the request instead of hanging it.
+func ledgerCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, defaultLedgerTimeout)
+}
+
 // Config holds the Service's dependencies. Every field but Issuers, Clients,
 // IntrospectionClients, Now and Logger is required.
 type Config struct {
@@ -222,7 +228,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 		creds[i] = m.Credential
 		ids[i] = m.ID
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	err = s.ledger.Record(lctx, task, creds)
 	cancel()
 	if err != nil {
@@ -476,7 +482,7 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 	if err != nil {
 		return Task{}, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	t, _, err := s.ledger.Task(lctx, id)
 	cancel()
 	switch {
@@ -496,7 +502,7 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 // end finishes a task in the ledger (which denies its JWTs in the same
 // step), revokes its other credentials at their source and audits it.
 func (s *Service) end(ctx context.Context, id string, state State, reason, actor string) (Task, []Credential, error) {
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	t, creds, err := s.ledger.End(lctx, id, state, reason, s.now())
 	cancel()
 	switch {
@@ -626,7 +632,7 @@ func (s *Service) ReapOnce(ctx context.Context) (int, error) {
 		return ended + n, err
 	}
 	for {
-		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		lctx, cancel := ledgerCtx(ctx)
 		ids, err := s.ledger.Due(lctx, s.now(), reapBatch)
 		cancel()
 		if err != nil {
@@ -668,7 +674,7 @@ func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
 
 // Ready reports whether the service can issue: the ledger answers.
 func (s *Service) Ready(ctx context.Context) error {
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	if err := s.ledger.Ping(lctx); err != nil {
 		return unavailable("the credential ledger", err)
