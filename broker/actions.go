@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,14 +55,9 @@ type ActionRequest struct {
 
 // DecodeActionRequest reads and validates an action request body.
 func DecodeActionRequest(r io.Reader) (ActionRequest, error) {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
 	var a ActionRequest
-	if err := dec.Decode(&a); err != nil {
-		return a, jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return a, Errorf(CodeInvalid, "request body must hold exactly one JSON object")
+	if err := DecodeJSON(r, &a); err != nil {
+		return a, err
 	}
 	switch {
 	case a.Tool == "":
@@ -402,18 +396,4 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 		return ActionUse{}, unavailable("the audit log", err) // the token is burnt: fail closed
 	}
 	return ActionUse{Consumed: true, Claims: ac}, nil
-}
-
-// DecodeStrict decodes one JSON object from b into v, refusing unknown
-// fields and trailing data, with the errors of DecodeDeclaration.
-func DecodeStrict(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Errorf(CodeInvalid, "request body must hold exactly one JSON object")
-	}
-	return nil
 }

@@ -173,12 +173,8 @@ func shaPrefix(s string) string {
 
 // DecodeEventReport reads and validates a report body.
 func DecodeEventReport(r io.Reader) (EventReport, error) {
-	b, err := io.ReadAll(io.LimitReader(r, 64<<10))
-	if err != nil {
-		return EventReport{}, &Error{Code: CodeInvalid, Message: "request body could not be read", Err: err}
-	}
 	var e EventReport
-	if err := DecodeStrict(b, &e); err != nil {
+	if err := DecodeJSON(io.LimitReader(r, 64<<10), &e); err != nil {
 		return e, err
 	}
 	return e, e.validate()

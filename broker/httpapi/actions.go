@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -153,16 +152,4 @@ func (a *api) decideApproval(approve bool) http.HandlerFunc {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"approval": ap})
 	}
-}
-
-// decodeJSON reads a small JSON body with unknown fields refused.
-func decodeJSON(r *http.Request, v any) error {
-	if err := requireContentType(r, "application/json"); err != nil {
-		return err
-	}
-	b, err := io.ReadAll(r.Body)
-	if err != nil {
-		return &broker.Error{Code: broker.CodeInvalid, Message: "request body could not be read", Err: err}
-	}
-	return broker.DecodeStrict(b, v)
 }
