@@ -3,23 +3,12 @@ package httpapi
 import (
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-dev/valet/broker"
 )
-
-// taskToken reads a task token sent as "Authorization: Bearer" or, for a
-// DPoP-bound task, "Authorization: DPoP".
-func taskToken(r *http.Request) string {
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || (!strings.EqualFold(scheme, "Bearer") && !strings.EqualFold(scheme, "DPoP")) {
-		return ""
-	}
-	return strings.TrimSpace(tok)
-}
 
 // requestAction is POST /v1/tasks/{id}/actions: a one-shot action token
 // (201), a pending approval (202), or a refusal naming the rule (403).
