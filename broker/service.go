@@ -218,7 +218,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 		Chain:     []Link{{Agent: p.Subject, Issuer: p.Issuer}},
 	}
 	actOnBehalf(&task, d.User)
-	if g.Template != nil && g.Template.Vault != nil && s.issuers[KindVaultToken] == nil {
+	if g.Template.Vault != nil && s.issuers[KindVaultToken] == nil {
 		return Task{}, nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("template %q asks for Vault credentials, but this broker has no Vault configured; nothing was issued", g.Template.Name)}
 	}
 	ev := s.event(ctx, "task.granted", p.Subject, task)
