@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,14 +55,9 @@ type ActionRequest struct {
 
 // DecodeActionRequest reads and validates an action request body.
 func DecodeActionRequest(r io.Reader) (ActionRequest, error) {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
 	var a ActionRequest
-	if err := dec.Decode(&a); err != nil {
-		return a, jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return a, Errorf(CodeInvalid, "request body must hold exactly one JSON object")
+	if err := DecodeJSON(r, &a); err != nil {
+		return a, err
 	}
 	switch {
 	case a.Tool == "":
@@ -268,7 +262,7 @@ func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl
 		return ActionResult{}, &Error{Code: CodeInternal, Message: "issuing the action token failed; nothing was issued", Err: err}
 	}
 	rec, _ := json.Marshal(actionRecord{TaskID: task.ID, Tool: tool, ArgsHash: hash, ExpiresAt: exp}) // plain struct
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	err = store.Put(lctx, "action", ac.ID, rec, exp)
 	cancel()
 	if err != nil {
@@ -295,7 +289,7 @@ func (s *Service) burnAction(ctx context.Context, ac ActionClaims) {
 	if s.agent.limiter == nil {
 		return
 	}
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	if _, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second)); err != nil {
 		s.log.ErrorContext(ctx, "burning an action token failed; its record is kept until it expires", "jti", ac.ID, "err", err)
@@ -358,7 +352,7 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 		s.log.WarnContext(ctx, "action token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
 		return ActionUse{}, nil
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	b, err := store.Get(lctx, "action", ac.ID)
 	switch {
@@ -402,18 +396,4 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 		return ActionUse{}, unavailable("the audit log", err) // the token is burnt: fail closed
 	}
 	return ActionUse{Consumed: true, Claims: ac}, nil
-}
-
-// DecodeStrict decodes one JSON object from b into v, refusing unknown
-// fields and trailing data, with the errors of DecodeDeclaration.
-func DecodeStrict(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Errorf(CodeInvalid, "request body must hold exactly one JSON object")
-	}
-	return nil
 }

@@ -162,7 +162,7 @@ func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req
 	if err := s.holdApproval(ctx, store, a); err != nil {
 		return Approval{}, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	err = store.Put(lctx, "approval", a.ID, b, task.Deadline)
 	cancel()
 	if err != nil {
@@ -203,7 +203,7 @@ func (s *Service) approvalHolds(a Approval) []approvalHold {
 // holdApproval takes a place for a in its task's and its agent's sets of
 // pending approvals, or refuses with 429 naming the cap that is full.
 func (s *Service) holdApproval(ctx context.Context, store Records, a Approval) error {
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	holds := s.approvalHolds(a)
 	for i, h := range holds {
@@ -231,7 +231,7 @@ func (s *Service) release(ctx context.Context, store Records, id string, holds [
 	if len(holds) == 0 {
 		return
 	}
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	for _, h := range holds {
 		if err := store.Release(lctx, holdKind, h.id, id); err != nil {
@@ -285,7 +285,7 @@ func (s *Service) loadApproval(ctx context.Context, id string) (Approval, error)
 	if err != nil {
 		return Approval{}, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	b, err := store.Get(lctx, "approval", id)
 	cancel()
 	switch {
@@ -320,7 +320,7 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 	if err != nil {
 		return Approval{}, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	old, err := store.Get(lctx, "approval", id)
 	switch {
@@ -485,7 +485,7 @@ func (s *Service) ListApprovals(ctx context.Context, q ApprovalQuery) (page []Ap
 	if err != nil {
 		return nil, "", err
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	recs, err := store.List(lctx, "approval", maxApprovalScan)
 	cancel()
 	if err != nil {

@@ -37,17 +37,9 @@ type declarationWire struct {
 // DecodeDeclaration reads and validates a task declaration. Every error is an
 // *Error with CodeInvalid that names the offending field.
 func DecodeDeclaration(r io.Reader) (Declaration, error) {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
 	var w declarationWire
-	if err := dec.Decode(&w); err != nil {
-		return Declaration{}, jsonError(err)
-	}
-	if dec.More() {
-		return Declaration{}, Errorf(CodeInvalid, "request body must hold exactly one JSON object")
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Declaration{}, Errorf(CodeInvalid, "request body must hold exactly one JSON object")
+	if err := DecodeJSON(r, &w); err != nil {
+		return Declaration{}, err
 	}
 	return w.validate()
 }
@@ -113,6 +105,21 @@ func invalidField(field, format string, args ...any) *Error {
 	e := Errorf(CodeInvalid, format, args...)
 	e.Field = field
 	return e
+}
+
+// DecodeJSON reads exactly one JSON object from r into v, refusing unknown
+// fields and trailing data: the one strict decoder of every request body.
+// Every error is an *Error with CodeInvalid that says what and where.
+func DecodeJSON(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Errorf(CodeInvalid, "request body must hold exactly one JSON object")
+	}
+	return nil
 }
 
 // jsonError turns a decoder error into a message that says what and where.

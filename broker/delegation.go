@@ -242,112 +242,135 @@ func Attenuate(tmpl *Template, parent ParentGrant, req DelegationRequest, now ti
 // ending the parent ends it; nothing is handed out unless the ledger and
 // the audit trail both took it.
 func (s *Service) Delegate(ctx context.Context, req DelegationRequest) (Task, []Minted, error) {
+	pc, parent, actor, err := s.exchangeParties(ctx, req)
+	if err != nil {
+		return Task{}, nil, err
+	}
+	tmpl, err := s.admitDelegation(ctx, parent, actor)
+	if err != nil {
+		return Task{}, nil, s.delegationDenied(ctx, parent, actor, err)
+	}
+	now := s.now()
+	g, depth, limit, err := s.attenuateDelegation(ctx, tmpl, pc, parent, req, now)
+	if err != nil {
+		return Task{}, nil, s.delegationDenied(ctx, parent, actor, err)
+	}
+	child := childTask(parent, actor, tmpl, g, depth, now)
+	if child.Deadline.After(limit) { // Attenuate guarantees this; a second lock on the door.
+		return Task{}, nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued",
+			Err: fmt.Errorf("child deadline %s after parent's %s", child.Deadline, limit)}
+	}
+	ev := s.event(ctx, "task.delegated", actor.Subject, child)
+	ev.Detail = map[string]any{"parent": parent.ID, "root": child.Root, "depth": depth, "act": child.Act, "subject": child.Subject,
+		"tools": child.Tools, "audiences": g.Audiences, "deadline": child.Deadline}
+	minted, err := s.issue(ctx, child, actor, g, []Issuer{s.tokens}, ev) // a child gets a task token only
+	if err != nil {
+		return Task{}, nil, err
+	}
+	s.log.InfoContext(ctx, "task delegated", "task_id", child.ID, "parent", parent.ID, "agent", child.Agent,
+		"depth", depth, "tools", child.Tools, "deadline", child.Deadline, "credentials", credentialIDs(minted))
+	return child, minted, nil
+}
+
+// exchangeParties checks both sides of a token exchange: the subject token
+// (verified, its task live, its DPoP proof when bound) and the actor's
+// identity token. It returns the subject token's claims, its task (the
+// parent) and the actor.
+func (s *Service) exchangeParties(ctx context.Context, req DelegationRequest) (TaskClaims, Task, Principal, error) {
 	if req.SubjectToken == "" || req.ActorToken == "" {
-		return Task{}, nil, Errorf(CodeInvalid, "subject_token and actor_token are both required")
+		return TaskClaims{}, Task{}, Principal{}, Errorf(CodeInvalid, "subject_token and actor_token are both required")
 	}
 	pc, err := s.tokens.Verify(req.SubjectToken)
 	if err != nil {
 		s.log.WarnContext(ctx, "subject token rejected", "token_sha256", TokenHash(req.SubjectToken), "reason", err.Error())
-		return Task{}, nil, unauthenticated(fmt.Errorf("subject token: %w", err))
+		return TaskClaims{}, Task{}, Principal{}, unauthenticated(fmt.Errorf("subject token: %w", err))
 	}
 	parent, err := s.liveTask(ctx, pc)
 	if err != nil {
-		return Task{}, nil, err
+		return TaskClaims{}, Task{}, Principal{}, err
 	}
 	if err := s.checkBoundProof(ctx, pc, req.Proof, req.Method, req.URL, req.SubjectToken); err != nil {
-		return Task{}, nil, err
+		return TaskClaims{}, Task{}, Principal{}, err
 	}
 	actor, err := s.authenticate(ctx, req.ActorToken)
 	if err != nil {
-		return Task{}, nil, err
+		return TaskClaims{}, Task{}, Principal{}, err
 	}
-	// The child's whole chain, the sub-agent and its issuer included,
-	// passes the gate before anything is spent or minted for it.
-	chain := append(parent.agents(), Link{Agent: actor.Subject, Issuer: actor.Issuer})
-	childLinks := Task{Chain: chain, Subject: parent.Subject, SubjectIssuer: parent.SubjectIssuer}.Links()
+	return pc, parent, actor, nil
+}
+
+// admitDelegation decides whether parent may delegate to actor at all: the
+// child's whole chain, the sub-agent and its issuer included, passes the
+// gate before anything is spent or minted for it; the parent's template
+// must still exist and its delegation condition admit the actor. It
+// returns that template.
+func (s *Service) admitDelegation(ctx context.Context, parent Task, actor Principal) (*Template, error) {
+	childLinks := Task{Chain: childChain(parent, actor), Subject: parent.Subject, SubjectIssuer: parent.SubjectIssuer}.Links()
 	if err := s.gate(ctx, standing{links: childLinks, template: parent.Template}); err != nil {
-		return Task{}, nil, s.delegationDenied(ctx, parent, actor, err)
+		return nil, err
 	}
-	now := s.now()
 	tmpl, ok := s.templates.Load().Get(parent.Template)
 	if !ok {
-		return Task{}, nil, s.delegationDenied(ctx, parent, actor, &Error{Code: CodeForbidden,
-			Message: fmt.Sprintf("template %q is no longer available", parent.Template), Rule: "template"})
+		return nil, &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q is no longer available", parent.Template), Rule: "template"}
 	}
 	if tmpl.Delegation != nil {
 		if ok, cerr := tmpl.Delegation.Condition.Eval(map[string]any{"claims": claimsVar(actor.Claims)}); !ok {
-			return Task{}, nil, s.delegationDenied(ctx, parent, actor, &Error{Code: CodeForbidden,
-				Message: fmt.Sprintf("template %q does not allow delegation to this agent", tmpl.Name), Rule: "delegation.condition", Err: cerr})
+			return nil, &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q does not allow delegation to this agent", tmpl.Name),
+				Rule: "delegation.condition", Err: cerr}
 		}
 	}
-	deadline := parent.Deadline
-	if pc.ExpiresAt.Before(deadline) {
-		deadline = pc.ExpiresAt
+	return tmpl, nil
+}
+
+// attenuateDelegation narrows the parent's grant (as its token carries it)
+// to what req asks and tmpl allows, then spends one of the tree's
+// delegations budget. It returns the child's grant, its depth, and the
+// deadline it may not outlive: the parent's, or the subject token's expiry
+// if sooner.
+func (s *Service) attenuateDelegation(ctx context.Context, tmpl *Template, pc TaskClaims, parent Task, req DelegationRequest, now time.Time) (Grant, int, time.Time, error) {
+	limit := parent.Deadline
+	if pc.ExpiresAt.Before(limit) {
+		limit = pc.ExpiresAt
 	}
 	g, depth, err := Attenuate(tmpl, ParentGrant{
-		Tools: pc.Tools, ActionTools: pc.ActionTools, Audiences: pc.Audience, Scopes: strings.Fields(pc.Scope), Deadline: deadline, Depth: parent.Depth,
+		Tools: pc.Tools, ActionTools: pc.ActionTools, Audiences: pc.Audience, Scopes: strings.Fields(pc.Scope), Deadline: limit, Depth: parent.Depth,
 	}, req, now)
 	if err != nil {
-		return Task{}, nil, s.delegationDenied(ctx, parent, actor, err)
+		return Grant{}, 0, time.Time{}, err
 	}
-	root := parent.Root
-	if root == "" {
-		root = parent.ID
+	if err := s.spend(ctx, "delegations", rootOf(parent), tmpl.Budgets.Delegations, parent.Deadline); err != nil {
+		return Grant{}, 0, time.Time{}, err
 	}
-	if err := s.spend(ctx, "delegations", root, tmpl.Budgets.Delegations, parent.Deadline); err != nil {
-		return Task{}, nil, s.delegationDenied(ctx, parent, actor, err)
-	}
+	return g, depth, limit, nil
+}
+
+// childTask is the task delegated from parent to actor under grant g: same
+// tree, subject, intent and DPoP key, one link longer.
+func childTask(parent Task, actor Principal, tmpl *Template, g Grant, depth int, now time.Time) Task {
 	subject := parent.Subject
 	if subject == "" {
 		subject = parent.Agent
 	}
-	child := Task{
+	return Task{
 		ID: newID("tsk"), State: StateActive, Agent: actor.Subject, Issuer: actor.Issuer, Template: tmpl.Name,
 		Intent: parent.Intent, Tools: append(slices.Clone(g.Tools), g.ActionTools...), CreatedAt: now, Deadline: now.Add(g.TTL),
-		Parent: parent.ID, Root: root, Depth: depth, Subject: subject, SubjectIssuer: parent.SubjectIssuer,
+		Parent: parent.ID, Root: rootOf(parent), Depth: depth, Subject: subject, SubjectIssuer: parent.SubjectIssuer,
 		Act: append([]string{actor.Subject}, parent.Act...), JKT: parent.JKT,
-		Chain: chain,
+		Chain: childChain(parent, actor),
 	}
-	if child.Deadline.After(deadline) { // Attenuate guarantees this; a second lock on the door.
-		return Task{}, nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued",
-			Err: fmt.Errorf("child deadline %s after parent's %s", child.Deadline, deadline)}
+}
+
+// childChain is the chain of agents of a task parent delegates to actor.
+func childChain(parent Task, actor Principal) []Link {
+	return append(parent.agents(), Link{Agent: actor.Subject, Issuer: actor.Issuer})
+}
+
+// rootOf is the id of the first task of t's delegation tree.
+func rootOf(t Task) string {
+	if t.Root == "" {
+		return t.ID
 	}
-	mctx, cancel := context.WithTimeout(ctx, defaultMintTimeout)
-	minted, err := s.tokens.Mint(mctx, child, actor, g)
-	cancel()
-	if err != nil {
-		return Task{}, nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued", Err: err}
-	}
-	creds := credentialsOf(minted)
-	for _, c := range creds {
-		if c.ExpiresAt.After(child.Deadline) {
-			return Task{}, nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued",
-				Err: fmt.Errorf("credential %s outlives its task", c.ID)}
-		}
-	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
-	err = s.ledger.Record(lctx, child, creds)
-	cancel()
-	switch {
-	case errors.Is(err, ErrNotActive):
-		return Task{}, nil, unauthenticated(fmt.Errorf("parent task %s ended during the exchange", parent.ID))
-	case err != nil:
-		return Task{}, nil, unavailable("the credential ledger", fmt.Errorf("recording delegated task %s: %w", child.ID, err))
-	}
-	ev := s.event(ctx, "task.delegated", actor.Subject, child)
-	ev.Outcome = "granted"
-	ev.Creds = []string{creds[0].ID}
-	ev.Detail = map[string]any{"parent": parent.ID, "root": root, "depth": depth, "act": child.Act, "subject": subject,
-		"tools": child.Tools, "audiences": g.Audiences, "deadline": child.Deadline}
-	if err := s.audit.Record(ctx, ev); err != nil {
-		if _, _, endErr := s.end(context.WithoutCancel(ctx), child.ID, StateRevoked, "audit write failed", "valet"); endErr != nil {
-			s.log.ErrorContext(ctx, "revoking unaudited delegated task", "task_id", child.ID, "err", endErr)
-		}
-		return Task{}, nil, unavailable("the audit log", err)
-	}
-	s.log.InfoContext(ctx, "task delegated", "task_id", child.ID, "parent", parent.ID, "agent", child.Agent,
-		"depth", depth, "tools", child.Tools, "deadline", child.Deadline, "credentials", ev.Creds)
-	return child, minted, nil
+	return t.Root
 }
 
 // liveTask passes a verified task token through the gate (gate.go) and
@@ -383,7 +406,7 @@ func (s *Service) spend(ctx context.Context, budget, root string, limit int, unt
 	if s.agent.limiter == nil {
 		return unavailable("the budget store", errNoLimiter)
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	n, err := s.agent.limiter.Count(lctx, budget+":"+root, until)
 	cancel()
 	if err != nil {
@@ -408,7 +431,7 @@ func (s *Service) endDescendants(ctx context.Context, t Task) error {
 	for len(queue) > 0 {
 		id := queue[0]
 		queue = queue[1:]
-		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		lctx, cancel := ledgerCtx(ctx)
 		kids, err := s.ledger.Children(lctx, id)
 		cancel()
 		if err != nil {
@@ -425,7 +448,7 @@ func (s *Service) endDescendants(ctx context.Context, t Task) error {
 			}
 			visited[kid] = true
 			queue = append(queue, kid)
-			lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+			lctx, cancel := ledgerCtx(ctx)
 			ct, creds, err := s.ledger.End(lctx, kid, StateRevoked, reason, s.now())
 			cancel()
 			switch {

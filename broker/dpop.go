@@ -32,7 +32,7 @@ func (s *Service) proofKey(ctx context.Context, proof, method, url, raw, jkt str
 	if s.agent.limiter == nil {
 		return "", unavailable("the replay store", errNoLimiter)
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	first, err := s.agent.limiter.Once(lctx, "dpop:"+p.JKT+":"+p.JTI, p.IssuedAt.Add(2*dpop.Window))
 	cancel()
 	switch {

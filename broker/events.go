@@ -173,12 +173,8 @@ func shaPrefix(s string) string {
 
 // DecodeEventReport reads and validates a report body.
 func DecodeEventReport(r io.Reader) (EventReport, error) {
-	b, err := io.ReadAll(io.LimitReader(r, 64<<10))
-	if err != nil {
-		return EventReport{}, &Error{Code: CodeInvalid, Message: "request body could not be read", Err: err}
-	}
 	var e EventReport
-	if err := DecodeStrict(b, &e); err != nil {
+	if err := DecodeJSON(io.LimitReader(r, 64<<10), &e); err != nil {
 		return e, err
 	}
 	return e, e.validate()
@@ -263,7 +259,7 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (T
 		}
 		return c, t, false, reporter, nil
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	cred, denied, err := s.ledger.Credential(lctx, c.ID)
 	switch {
@@ -321,7 +317,7 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	// The slot list never shrinks, so the events list (appended only after
 	// a slot is taken) never refuses for lack of room.
 	until := t.Deadline.Add(s.agent.eventRetention)
-	sctx, scancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	sctx, scancel := ledgerCtx(ctx)
 	err = store.Append(sctx, "event-slots", t.ID, []byte(ev.ID), until, maxEvents)
 	scancel()
 	switch {
@@ -351,7 +347,7 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	if err := s.audit.Record(ctx, ae); err != nil {
 		return ToolEvent{}, unavailable("the audit log", err)
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	err = store.Append(lctx, "events", t.ID, b, until, maxEvents)
 	switch {
@@ -394,7 +390,7 @@ func (s *Service) events(ctx context.Context, taskID string) ([]ToolEvent, error
 	if err != nil {
 		return nil, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	items, err := store.Items(lctx, "events", taskID, maxEvents)
 	if err != nil {

@@ -62,7 +62,7 @@ func (s *Service) gate(ctx context.Context, st standing) error {
 
 // liveCredential is the credential half of the gate.
 func (s *Service) liveCredential(ctx context.Context, st standing, now time.Time) error {
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	var (
 		cred   Credential
@@ -168,7 +168,7 @@ func tokenOf(creds []Credential) string {
 // from the ledger and, with the token, must pass st's checks. Any refusal
 // of the token or its task is the fixed 401.
 func (s *Service) gateTaskToken(ctx context.Context, c TaskClaims, adjust func(*standing)) (Task, error) {
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	t, _, err := s.ledger.Task(lctx, c.TaskID)
 	cancel()
 	switch {
@@ -190,7 +190,7 @@ func (s *Service) gateTaskToken(ctx context.Context, c TaskClaims, adjust func(*
 // gateRecordedTask is the gate for a task known by id (an action token's
 // or an approval's task): the task and its own task token must pass.
 func (s *Service) gateRecordedTask(ctx context.Context, id string) (Task, error) {
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	t, creds, err := s.ledger.Task(lctx, id)
 	cancel()
 	switch {

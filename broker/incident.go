@@ -2,10 +2,7 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
@@ -325,18 +322,4 @@ func (s *Service) checkControls(ctx context.Context, p Principal, d Declaration)
 // control characters.
 func validName(s string) bool {
 	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
-}
-
-// DecodeJSON reads exactly one JSON object into v, refusing unknown
-// fields. Every error is an *Error with CodeInvalid that says where.
-func DecodeJSON(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Errorf(CodeInvalid, "request body must hold exactly one JSON object")
-	}
-	return nil
 }

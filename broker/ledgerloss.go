@@ -26,7 +26,7 @@ func (s *Service) denyUnrecorded(ctx context.Context, c TaskClaims, actor string
 	if s.epochs == nil {
 		return unavailable("the credential ledger", errors.New("the token's task is not on record and this ledger cannot deny unknown tokens"))
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	err := s.epochs.Deny(lctx, c.ID, c.TaskID, c.ExpiresAt)
 	cancel()
 	if err != nil {

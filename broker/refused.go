@@ -6,10 +6,11 @@ import (
 	"sync"
 )
 
-// refusedReason is the end reason of a task whose declaration was refused
-// after it was recorded: the trail then explains a task that has no
-// task.granted event.
-const refusedReason = "declaration refused: its grant could not be audited; no credential was handed out"
+// RefusedReason is the end reason of a task, declared or delegated, whose
+// grant was refused after it was recorded because its audit event could
+// not be written: the trail then explains a task that has no task.granted
+// (or task.delegated) event.
+const RefusedReason = "grant refused: it could not be audited; no credential was handed out"
 
 // refusedTasks are tasks recorded for a declaration that was then refused,
 // whose end the ledger did not take yet. RunReaper ends them on its next
@@ -40,8 +41,8 @@ func (r *refusedTasks) list() []string {
 
 func (r *refusedTasks) done(id string) { r.mu.Lock(); delete(r.ids, id); r.mu.Unlock() }
 
-// refuseUnaudited undoes a declaration whose grant could not be audited:
-// the task is ended in the ledger (its JWTs denied) and its other
+// refuseUnaudited undoes a grant (declared or delegated) that could not be
+// audited: the task is ended in the ledger (its JWTs denied) and its other
 // credentials revoked at their source before the caller is answered. If
 // the ledger cannot take the end now (the audit log and Redis often fail
 // together), the credentials are still revoked at their source and the
@@ -50,11 +51,11 @@ func (r *refusedTasks) done(id string) { r.mu.Lock(); delete(r.ids, id); r.mu.Un
 func (s *Service) refuseUnaudited(ctx context.Context, task Task, creds []Credential, cause error) {
 	ctx = context.WithoutCancel(ctx)
 	s.log.ErrorContext(ctx, "audit write failed; ending the task it would have granted", "task_id", task.ID, "err", cause)
-	_, _, err := s.end(ctx, task.ID, StateRevoked, refusedReason, "valet")
+	_, _, err := s.end(ctx, task.ID, StateRevoked, RefusedReason, "valet")
 	if err == nil || errors.Is(err, ErrNotActive) || errors.Is(err, ErrRevocationPending) || ErrorCode(err) == CodeNotFound {
 		return
 	}
-	s.revokeAtSource(ctx, creds, refusedReason)
+	s.revokeAtSource(ctx, creds, RefusedReason)
 	s.refused.add(task.ID)
 	s.log.ErrorContext(ctx, "the refused task could not be ended in the ledger yet; the reaper ends it as soon as the ledger answers",
 		"task_id", task.ID, "err", err)
@@ -64,7 +65,7 @@ func (s *Service) refuseUnaudited(ctx context.Context, task Task, creds []Creden
 func (s *Service) endRefused(ctx context.Context) (int, error) {
 	n := 0
 	for _, id := range s.refused.list() {
-		_, _, err := s.end(ctx, id, StateRevoked, refusedReason, "reaper")
+		_, _, err := s.end(ctx, id, StateRevoked, RefusedReason, "reaper")
 		switch {
 		case err == nil, errors.Is(err, ErrRevocationPending):
 			n++

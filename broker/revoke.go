@@ -80,7 +80,7 @@ func (s *Service) revokeAction(ctx context.Context, raw, actor string) (bool, er
 	if s.agent.limiter == nil {
 		return true, unavailable("the replay store", errNoLimiter)
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	first, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second))
 	cancel()
 	if err != nil {

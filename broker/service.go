@@ -22,6 +22,12 @@ const (
 	reapBatch            = 256
 )
 
+// ledgerCtx bounds one call to the ledger or another shared store, so a
+// dead Redis fails the request instead of hanging it.
+func ledgerCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, defaultLedgerTimeout)
+}
+
 // Config holds the Service's dependencies. Every field but Issuers, Clients,
 // IntrospectionClients, Now and Logger is required.
 type Config struct {
@@ -212,31 +218,15 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 		Chain:     []Link{{Agent: p.Subject, Issuer: p.Issuer}},
 	}
 	actOnBehalf(&task, d.User)
-	minted, err := s.mint(ctx, task, p, g)
-	if err != nil {
-		return Task{}, nil, err
-	}
-	creds := make([]Credential, len(minted))
-	ids := make([]string, len(minted))
-	for i, m := range minted {
-		creds[i] = m.Credential
-		ids[i] = m.ID
-	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
-	err = s.ledger.Record(lctx, task, creds)
-	cancel()
-	if err != nil {
-		s.revokeAtSource(ctx, creds, "ledger write failed")
-		return Task{}, nil, unavailable("the credential ledger", fmt.Errorf("recording task %s: %w", task.ID, err))
+	if g.Template.Vault != nil && s.issuers[KindVaultToken] == nil {
+		return Task{}, nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("template %q asks for Vault credentials, but this broker has no Vault configured; nothing was issued", g.Template.Name)}
 	}
 	ev := s.event(ctx, "task.granted", p.Subject, task)
-	ev.Outcome = "granted"
-	ev.Creds = ids
 	ev.Detail = map[string]any{"intent": task.Intent, "tools": task.Tools, "deadline": task.Deadline, "ttl_seconds": int64(g.TTL / time.Second)}
 	onBehalfDetail(ev.Detail, task)
-	if err := s.audit.Record(ctx, ev); err != nil {
-		s.refuseUnaudited(ctx, task, creds, err) // refused.go
-		return Task{}, nil, unavailable("the audit log", err)
+	minted, err := s.issue(ctx, task, p, g, append([]Issuer{s.tokens}, s.extra...), ev)
+	if err != nil {
+		return Task{}, nil, err
 	}
 	// One compact line: the audit record above holds the tools, deadline
 	// and credential ids.
@@ -314,23 +304,47 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 	}, nil
 }
 
-// mint asks every issuer for its credentials, task token first. If one
-// fails, what the others made is revoked before returning.
-func (s *Service) mint(ctx context.Context, task Task, p Principal, g Grant) ([]Minted, error) {
-	if g.Template != nil && g.Template.Vault != nil && s.issuers[KindVaultToken] == nil {
-		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("template %q asks for Vault credentials, but this broker has no Vault configured; nothing was issued", g.Template.Name)}
+// issue is the one way a task gets credentials, declared or delegated: it
+// mints them with issuers (task token first), records the task and them in
+// the ledger, then audits ev, the grant's event, with their ids. Nothing is
+// returned unless all three succeeded: what was minted before a later step
+// failed is revoked at its source, and a task recorded but not audited is
+// ended (refused.go) before the 503.
+func (s *Service) issue(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer, ev Event) ([]Minted, error) {
+	minted, err := s.mint(ctx, task, p, g, issuers)
+	if err != nil {
+		return nil, err
 	}
+	creds := credentialsOf(minted)
+	lctx, cancel := ledgerCtx(ctx)
+	err = s.ledger.Record(lctx, task, creds)
+	cancel()
+	if err != nil {
+		s.revokeAtSource(ctx, creds, "ledger write failed")
+		if errors.Is(err, ErrNotActive) && task.Parent != "" {
+			return nil, unauthenticated(fmt.Errorf("parent task %s ended during the exchange", task.Parent))
+		}
+		return nil, unavailable("the credential ledger", fmt.Errorf("recording task %s: %w", task.ID, err))
+	}
+	ev.Time, ev.Outcome, ev.Creds = s.now().UTC(), "granted", credentialIDs(minted)
+	if err := s.audit.Record(ctx, ev); err != nil {
+		s.refuseUnaudited(ctx, task, creds, err)
+		return nil, unavailable("the audit log", err)
+	}
+	return minted, nil
+}
+
+// mint asks each of issuers for its credentials, in order. If one fails,
+// or makes a credential that outlives the task, what was made is revoked
+// before returning.
+func (s *Service) mint(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer) ([]Minted, error) {
 	mctx, cancel := context.WithTimeout(ctx, defaultMintTimeout)
 	defer cancel()
 	var all []Minted
-	for _, is := range append([]Issuer{s.tokens}, s.extra...) {
+	for _, is := range issuers {
 		m, err := is.Mint(mctx, task, p, g)
 		if err != nil {
-			creds := make([]Credential, len(all))
-			for i := range all {
-				creds[i] = all[i].Credential
-			}
-			s.revokeAtSource(ctx, creds, "a later mint failed")
+			s.revokeAtSource(ctx, credentialsOf(all), "a later mint failed")
 			var nr *NotRevokedError
 			if errors.As(err, &nr) {
 				for _, c := range nr.Creds {
@@ -359,6 +373,14 @@ func credentialsOf(ms []Minted) []Credential {
 	out := make([]Credential, len(ms))
 	for i := range ms {
 		out[i] = ms[i].Credential
+	}
+	return out
+}
+
+func credentialIDs(ms []Minted) []string {
+	out := make([]string, len(ms))
+	for i := range ms {
+		out[i] = ms[i].ID
 	}
 	return out
 }
@@ -476,7 +498,7 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 	if err != nil {
 		return Task{}, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	t, _, err := s.ledger.Task(lctx, id)
 	cancel()
 	switch {
@@ -496,7 +518,7 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 // end finishes a task in the ledger (which denies its JWTs in the same
 // step), revokes its other credentials at their source and audits it.
 func (s *Service) end(ctx context.Context, id string, state State, reason, actor string) (Task, []Credential, error) {
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	t, creds, err := s.ledger.End(lctx, id, state, reason, s.now())
 	cancel()
 	switch {
@@ -626,7 +648,7 @@ func (s *Service) ReapOnce(ctx context.Context) (int, error) {
 		return ended + n, err
 	}
 	for {
-		lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+		lctx, cancel := ledgerCtx(ctx)
 		ids, err := s.ledger.Due(lctx, s.now(), reapBatch)
 		cancel()
 		if err != nil {
@@ -668,7 +690,7 @@ func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
 
 // Ready reports whether the service can issue: the ledger answers.
 func (s *Service) Ready(ctx context.Context) error {
-	lctx, cancel := context.WithTimeout(ctx, defaultLedgerTimeout)
+	lctx, cancel := ledgerCtx(ctx)
 	defer cancel()
 	if err := s.ledger.Ping(lctx); err != nil {
 		return unavailable("the credential ledger", err)

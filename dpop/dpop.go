@@ -12,12 +12,33 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 )
+
+// The Authorization schemes that carry a task token: a plain bearer token
+// (RFC 6750) and a DPoP-bound one (RFC 9449 section 7.1).
+const (
+	Bearer = "Bearer"
+	DPoP   = "DPoP"
+)
+
+// AccessToken reads r's "Authorization: <scheme> <token>" header when its
+// scheme is one of schemes (compared case-insensitively), and returns the
+// token and the scheme as sent; "", "" for any other header or none. It is
+// the one reader of that header for the broker and the verifier alike.
+func AccessToken(r *http.Request, schemes ...string) (token, scheme string) {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !slices.ContainsFunc(schemes, func(s string) bool { return strings.EqualFold(s, scheme) }) {
+		return "", ""
+	}
+	return strings.TrimSpace(token), scheme
+}
 
 const (
 	// HeaderType is the typ of every proof.

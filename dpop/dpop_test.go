@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -183,6 +184,36 @@ func TestSignerRoundTrip(t *testing.T) {
 					t.Fatalf("Check = %+v, %v (jkt %s, seen %v)", p, err, s.JKT(), seen)
 				}
 				seen[p.JTI] = true
+			}
+		})
+	}
+}
+
+func TestAccessToken(t *testing.T) {
+	for _, tc := range []struct {
+		name, header      string
+		schemes           []string
+		token, wantScheme string
+	}{
+		{"bearer", "Bearer abc", []string{dpop.Bearer}, "abc", "Bearer"},
+		{"case-insensitive scheme, scheme as sent", "bEaReR abc", []string{dpop.Bearer, dpop.DPoP}, "abc", "bEaReR"},
+		{"dpop", "DPoP abc", []string{dpop.Bearer, dpop.DPoP}, "abc", "DPoP"},
+		{"dpop where only bearer is taken", "DPoP abc", []string{dpop.Bearer}, "", ""},
+		{"spaces trimmed", "Bearer   abc  ", []string{dpop.Bearer}, "abc", "Bearer"},
+		{"no token", "Bearer", []string{dpop.Bearer}, "", ""},
+		{"empty token", "Bearer ", []string{dpop.Bearer}, "", "Bearer"},
+		{"other scheme", "Basic abc", []string{dpop.Bearer, dpop.DPoP}, "", ""},
+		{"tab is no separator", "Bearer\tabc", []string{dpop.Bearer}, "", ""},
+		{"no header", "", []string{dpop.Bearer}, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+			if tc.header != "" {
+				r.Header.Set("Authorization", tc.header)
+			}
+			tok, scheme := dpop.AccessToken(r, tc.schemes...)
+			if tok != tc.token || scheme != tc.wantScheme {
+				t.Fatalf("AccessToken(%q) = %q, %q; want %q, %q", tc.header, tok, scheme, tc.token, tc.wantScheme)
 			}
 		})
 	}

@@ -191,7 +191,7 @@ func reasonClass(reason string) string {
 		return "bulk"
 	case strings.HasPrefix(reason, "revoked by "):
 		return "rfc7009"
-	case reason == "audit write failed":
+	case reason == broker.RefusedReason:
 		return "audit_failure"
 	}
 	return "other"

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/valet-dev/valet/broker"
 )
 
 // router is a small chi surface timed by m, shaped like Valet's.
@@ -178,5 +180,20 @@ func TestLiveGaugeReadsTheLedger(t *testing.T) {
 	now, fail = now.Add(LiveCacheFor), true
 	if s := scrape(); strings.Contains(s, "valet_credentials_live") {
 		t.Fatalf("a failed reading must leave the gauge out:\n%s", s)
+	}
+}
+
+func TestReasonClass(t *testing.T) {
+	for _, tc := range []struct{ reason, want string }{
+		{"bulk revocation by alice: incident 7", "bulk"},
+		{"revoked by client-1", "rfc7009"},
+		{broker.RefusedReason, "audit_failure"},
+		{"deadline passed", "other"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			if got := reasonClass(tc.reason); got != tc.want {
+				t.Fatalf("reasonClass(%q) = %q, want %q", tc.reason, got, tc.want)
+			}
+		})
 	}
 }

@@ -90,8 +90,6 @@ func (v *Verifier) CheckAction(ctx context.Context, r *http.Request, tool string
 	return c, nil
 }
 
-func bearerOf(r *http.Request) string { raw, _ := tokenOf(r); return raw }
-
 // consume asks Valet to use up an action token.
 func (v *Verifier) consume(ctx context.Context, raw string) (bool, error) {
 	var body struct {

@@ -282,14 +282,12 @@ func (v *Verifier) checkToken(ctx context.Context, r *http.Request) (Claims, err
 	return c, nil
 }
 
-// tokenOf reads "Authorization: Bearer|DPoP <token>".
+// tokenOf reads the task token of "Authorization: Bearer|DPoP <token>".
 func tokenOf(r *http.Request) (token, scheme string) {
-	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || (!strings.EqualFold(scheme, "Bearer") && !strings.EqualFold(scheme, "DPoP")) {
-		return "", ""
-	}
-	return strings.TrimSpace(token), scheme
+	return dpop.AccessToken(r, dpop.Bearer, dpop.DPoP)
 }
+
+func bearerOf(r *http.Request) string { raw, _ := tokenOf(r); return raw }
 
 func (v *Verifier) checkProof(r *http.Request, raw, jkt string) error {
 	now := v.cfg.Now()

@@ -1,26 +1,14 @@
 package httpapi
 
 import (
-	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-dev/valet/broker"
 )
-
-// taskToken reads a task token sent as "Authorization: Bearer" or, for a
-// DPoP-bound task, "Authorization: DPoP".
-func taskToken(r *http.Request) string {
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || (!strings.EqualFold(scheme, "Bearer") && !strings.EqualFold(scheme, "DPoP")) {
-		return ""
-	}
-	return strings.TrimSpace(tok)
-}
 
 // requestAction is POST /v1/tasks/{id}/actions: a one-shot action token
 // (201), a pending approval (202), or a refusal naming the rule (403).
@@ -153,16 +141,4 @@ func (a *api) decideApproval(approve bool) http.HandlerFunc {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"approval": ap})
 	}
-}
-
-// decodeJSON reads a small JSON body with unknown fields refused.
-func decodeJSON(r *http.Request, v any) error {
-	if err := requireContentType(r, "application/json"); err != nil {
-		return err
-	}
-	b, err := io.ReadAll(r.Body)
-	if err != nil {
-		return &broker.Error{Code: broker.CodeInvalid, Message: "request body could not be read", Err: err}
-	}
-	return broker.DecodeStrict(b, v)
 }

@@ -227,7 +227,7 @@ func (a *api) adminRevoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req revokeRequest
-	if err := decodeJSONBody(r, &req); err != nil {
+	if err := decodeJSON(r, &req); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -292,7 +292,7 @@ func (a *api) adminPutControl(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req controlRequest
-	if err := decodeJSONBody(r, &req); err != nil {
+	if err := decodeJSON(r, &req); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -386,7 +386,9 @@ func (a *api) adminTimeline(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"task_id": chi.URLParam(r, "id"), "events": evs})
 }
 
-func decodeJSONBody(r *http.Request, v any) error {
+// decodeJSON reads a JSON request body strictly (broker.DecodeJSON) after
+// checking its Content-Type.
+func decodeJSON(r *http.Request, v any) error {
 	if err := requireContentType(r, "application/json"); err != nil {
 		return err
 	}

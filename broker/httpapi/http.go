@@ -16,6 +16,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/fanout"
 )
 
@@ -319,14 +320,13 @@ func (a *api) tokenForm(r *http.Request) (token, caller string, err error) {
 	return token, caller, nil
 }
 
-// bearer returns the token of an "Authorization: Bearer" header, or "".
-func bearer(r *http.Request) string {
-	h := r.Header.Get("Authorization")
-	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		return strings.TrimSpace(h[7:])
-	}
-	return ""
-}
+// bearer returns the token of an "Authorization: Bearer" header (an
+// identity or admin token), or "".
+func bearer(r *http.Request) string { t, _ := dpop.AccessToken(r, dpop.Bearer); return t }
+
+// taskToken returns a task token sent as "Authorization: Bearer" or, for a
+// DPoP-bound task, "Authorization: DPoP"; or "".
+func taskToken(r *http.Request) string { t, _ := dpop.AccessToken(r, dpop.Bearer, dpop.DPoP); return t }
 
 func requireContentType(r *http.Request, want string) error {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
