@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -126,11 +127,12 @@ func memoryChild(n int, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	svc, err := broker.NewService(broker.Config{Identity: identity, Tokens: tokens, Ledger: revocation.NewMemoryLedger(time.Now, 0),
-		Auditor: discardAuditor{}, Templates: templates})
+	srv, err := server.New(ctx, server.Options{PublicURL: self, Identity: identity, Tokens: tokens,
+		Ledger: revocation.NewMemoryLedger(time.Now, 0), Auditors: []broker.Auditor{discardAuditor{}}, Templates: templates})
 	if err != nil {
 		return err
 	}
+	svc := srv.Service()
 	d := broker.Declaration{Template: "triage", Intent: "triage ticket 4521", Tools: []string{"tickets.read", "kb.search"}, TTL: 10 * time.Minute}
 	rep := memoryReport{Tasks: n}
 	runtime.GC()
