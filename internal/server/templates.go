@@ -49,10 +49,13 @@ func (s *Server) watchTemplates(ctx context.Context, r TemplateReload) {
 		s.log.Info("templates reloaded", "templates", set.Names())
 		return nil
 	}
-	watchTemplates(ctx, r.Paths, r.Watch, reload, s.log)
+	runWatcher(ctx, r.Paths, r.Watch, reload, s.log)
 }
 
-func watchTemplates(ctx context.Context, paths []string, watch bool, reload func() error, log *slog.Logger) {
+// runWatcher calls reload on SIGHUP and, with watch, 200 ms after the
+// last change of a .yaml or .yml file in the folders of paths; a reload
+// deferred by the guard is retried when it says.
+func runWatcher(ctx context.Context, paths []string, watch bool, reload func() error, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
