@@ -28,10 +28,9 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
-	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -237,19 +236,21 @@ func (h *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 	}
 }
 
-// valet is a broker wired as `valet serve` wires it (Redis ledger, EdDSA
-// task tokens, the trusted issuer, templates, controls and epochs, the
-// revocation feed, audit to a file, JSON logs at info), serving on a real
-// loopback listener. Unlike `valet serve`, it does not copy the audit trail
-// to the Redis stream (see README).
+// valet is a broker built through internal/server as `valet serve` builds
+// it (Redis ledger, EdDSA task tokens, the trusted issuer, templates,
+// controls and epochs, the revocation feed, the reaper every second, audit
+// to a file, JSON logs at info), serving on a real loopback listener.
+// Unlike `valet serve`, it does not copy the audit trail to the Redis
+// stream (see README).
 type valet struct {
-	url    string
-	srv    *http.Server
-	svc    *broker.Service
-	ledger *revocation.RedisLedger
-	redis  *redis.Client
-	hook   *countHook
-	close  []func()
+	url string
+	svc *broker.Service
+	// stopServing ends Run (graceful shutdown) and waits for it.
+	stopServing func()
+	ledger      *revocation.RedisLedger
+	redis       *redis.Client
+	hook        *countHook
+	close       []func()
 }
 
 func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, error) {
@@ -313,36 +314,33 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	if err != nil {
 		return nil, err
 	}
-	cctx, stopControls := context.WithCancel(context.WithoutCancel(ctx))
-	v.close = append(v.close, stopControls)
-	controls.Reload(cctx)
-	go controls.Run(cctx)
-	v.svc, err = broker.NewService(broker.Config{
-		Identity: verifier, Tokens: tokens, Ledger: v.ledger, Auditor: auditor, Templates: templates,
-		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha256Of(clientSecret)}}, Logger: log,
-		Controls: controls, Epochs: v.ledger,
+	feedClient := revocation.NewFeedClient(v.redis, 4) // followers never take the ledger's pool
+	v.close = append(v.close, func() { feedClient.Close() })
+	srv, err := server.New(ctx, server.Options{
+		PublicURL: v.url, Identity: verifier, Tokens: tokens, Ledger: v.ledger, Epochs: v.ledger, Controls: controls,
+		Auditors: []broker.Auditor{auditor}, Templates: templates,
+		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha256Of(clientSecret)}},
+		Feed:    revocation.NewFeed(feedClient, ""), Ready: []func(context.Context) error{verifier.Ready},
+		ReapInterval: time.Second, Logger: log,
 	})
 	if err != nil {
 		return nil, err
 	}
-	feedClient := revocation.NewFeedClient(v.redis, 4) // followers never take the ledger's pool
-	v.close = append(v.close, func() { feedClient.Close() })
-	h, err := httpapi.Handler(httpapi.Options{Service: v.svc, Issuer: v.url, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(),
-		OpenAPI: openapi.Spec, Ready: []func(context.Context) error{verifier.Ready}, Logger: log, Feed: revocation.NewFeed(feedClient, "")})
-	if err != nil {
-		return nil, err
+	v.svc = srv.Service()
+	rctx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(rctx, ln) }()
+	v.stopServing = func() {
+		stopServing()
+		<-done
 	}
-	v.srv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 2 << 20,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	go func() { _ = v.srv.Serve(ln) }()
 	ok = true
 	return v, nil
 }
 
 func (v *valet) stop() {
-	if v.srv != nil {
-		_ = v.srv.Close()
+	if v.stopServing != nil {
+		v.stopServing()
 	}
 	for i := len(v.close) - 1; i >= 0; i-- {
 		v.close[i]()

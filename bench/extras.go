@@ -19,6 +19,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -127,11 +128,12 @@ func memoryChild(n int, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	svc, err := broker.NewService(broker.Config{Identity: verifier, Tokens: tokens, Ledger: revocation.NewMemoryLedger(time.Now, 0),
-		Auditor: discardAuditor{}, Templates: templates})
+	srv, err := server.New(ctx, server.Options{PublicURL: self, Identity: verifier, Tokens: tokens,
+		Ledger: revocation.NewMemoryLedger(time.Now, 0), Auditors: []broker.Auditor{discardAuditor{}}, Templates: templates})
 	if err != nil {
 		return err
 	}
+	svc := srv.Service()
 	d := broker.Declaration{Template: "triage", Intent: "triage ticket 4521", Tools: []string{"tickets.read", "kb.search"}, TTL: 10 * time.Minute}
 	rep := memoryReport{Tasks: n}
 	runtime.GC()

@@ -14,6 +14,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/verify"
@@ -89,16 +90,13 @@ func epochRevoke(ctx context.Context, p *idp, redisURL, dir string, n int) epoch
 	if err != nil {
 		return fail("templates", err)
 	}
-	svc, err := broker.NewService(broker.Config{Identity: verifier, Tokens: tokens, Ledger: l, Auditor: auditor,
-		Templates: templates, Controls: controls, Epochs: l})
+	srv, err := server.New(ctx, server.Options{PublicURL: self, Identity: verifier, Tokens: tokens, Ledger: l, Epochs: l,
+		Controls: controls, Auditors: []broker.Auditor{auditor}, Templates: templates,
+		Admin: &server.AdminOptions{Identity: verifier, Jobs: l, Timeline: trail, AgentIssuers: []string{"bench"}, InlineBudget: time.Nanosecond}})
 	if err != nil {
-		return fail("service", err)
+		return fail("server", err)
 	}
-	admin, err := broker.NewAdmin(broker.AdminConfig{Identity: verifier, Service: svc, Controls: controls, Jobs: l, Epochs: l,
-		Timeline: trail, AgentIssuers: []string{"bench"}, InlineBudget: time.Nanosecond})
-	if err != nil {
-		return fail("admin", err)
-	}
+	svc, admin := srv.Service(), srv.Admin()
 
 	runtime.GC()
 	before, err := redisInfo(ctx, c, "memory", "used_memory")

@@ -156,9 +156,6 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 		return fmt.Errorf("starting valet: %w", err)
 	}
 	defer v.stop()
-	reapCtx, stopReaper := context.WithCancel(ctx)
-	defer stopReaper()
-	go v.svc.RunReaper(reapCtx, time.Second) // as `valet serve` does
 
 	var vt *vault
 	vaultBin := vaultBinary(getenv)

@@ -119,8 +119,7 @@ func TestBulkRevoke100k(t *testing.T) {
 	if testing.Short() {
 		t.Skip("seeds 110,000 signed credentials; skipped with -short")
 	}
-	e := newEnv(t, envOptions{incident: true})
-	e.inc.stopAdmin() // brokers A and B below are the only ones working on jobs
+	e := newEnv(t, envOptions{incident: true, noAdminResume: true}) // brokers A and B below are the only ones working on jobs
 	tasks, per := 1000, 100
 	t0 := time.Now()
 	hot := e.seed(t, "agent-hot", tasks, per)

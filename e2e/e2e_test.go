@@ -13,6 +13,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/oidctest"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/openapi"
 )
 
@@ -159,7 +160,7 @@ func TestHostileIdentityTokens(t *testing.T) {
 			if strings.TrimSpace(c.Token) != c.Token {
 				t.Skip("HTTP drops whitespace around a header value (RFC 9110 OWS), so this is a plain valid token on the wire; the broker's identity tests cover it")
 			}
-			if len(c.Token) > maxHeaderBytes {
+			if len(c.Token) > server.MaxHeaderBytes {
 				// Larger than the header cap: net/http answers 431 itself,
 				// before Valet (or its contract) sees the request.
 				req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/v1/tasks", strings.NewReader(body))
@@ -327,7 +328,7 @@ func TestRoutesInSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := e.srv.Config.Handler.(*handlerSwap).h.(chi.Routes)
+	h := e.srv.Handler.(chi.Routes)
 	n := 0
 	err = chi.Walk(h, func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
 		n++

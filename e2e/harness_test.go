@@ -6,8 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -22,22 +22,19 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
 )
 
 const (
-	// maxHeaderBytes matches `valet serve` (cmd/valet/serve.go): room for
-	// a token of limits.max_token_bytes, a DPoP proof and ordinary headers.
-	maxHeaderBytes = 64 << 10
-	clientID       = "tool-server"
-	clientSecret   = "a-long-enough-test-secret"
+	clientID     = "tool-server"
+	clientSecret = "a-long-enough-test-secret"
 )
 
 // testTemplates are the templates every end-to-end test runs with.
@@ -125,7 +122,7 @@ type env struct {
 	raw     *revocation.RedisLedger
 	clock   *clock
 	svc     *broker.Service
-	srv     *httptest.Server
+	srv     *testServer
 	client  *http.Client
 	audit   *syncBuffer
 	tokens  *issuers.JWT
@@ -147,6 +144,9 @@ type envOptions struct {
 	// incident wires the admin API, controls, epochs, the revocation feed,
 	// the Redis audit stream, metrics and a captured log.
 	incident bool
+	// noAdminResume keeps the env's admin from resuming revocation jobs
+	// (tests that play several brokers).
+	noAdminResume bool
 	// jobLease is the admin's revocation job lease (default 15s).
 	jobLease time.Duration
 	// rollbackHosts are the admin's rollback.allowed_hosts.
@@ -196,12 +196,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 	e.ledger = &countingLedger{Ledger: e.raw}
 	_ = e.raw.Ping(context.Background()) // as `valet serve` does at start: read or start the ledger generation
 
-	// The broker's public URL must be known before the server starts.
-	mux := &handlerSwap{}
-	e.srv = httptest.NewUnstartedServer(mux)
-	e.srv.Config.MaxHeaderBytes = maxHeaderBytes
-	e.srv.Start()
-	t.Cleanup(e.srv.Close)
+	// The broker's public URL must be known before it is built: listen first.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv = &testServer{URL: "http://" + ln.Addr().String(), Listener: ln}
 	e.tokens, err = issuers.NewJWT(issuers.JWTConfig{Issuer: e.srv.URL, Keys: []issuers.SigningKey{o.key}}, e.clock.Now)
 	if err != nil {
 		t.Fatal(err)
@@ -233,44 +233,51 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.agent != nil {
 		o.agent(&agentCfg)
 	}
-	cfg := broker.Config{
-		Identity: verifier, Tokens: e.tokens, Ledger: e.ledger, Auditor: auditor, Templates: set,
-		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
-		Agent: agentCfg, Issuers: o.issuers, RevocationQueue: o.queue,
-		IntrospectionClients: o.introspection,
+	opts := server.Options{
+		PublicURL: e.srv.URL, Identity: verifier, Tokens: e.tokens, Ledger: e.ledger, Auditors: []broker.Auditor{auditor},
+		Templates: set, Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
+		Agent: agentCfg, Issuers: o.issuers, Queue: o.queue, IntrospectionClients: o.introspection, MaxBodyBytes: 16 << 10,
+		// The tests reap by hand (ReapOnce, RunReaper), or play replicas
+		// whose reaper never runs.
+		ReapInterval: -1,
 	}
 	if o.incident {
-		e.incidentConfig(&cfg, rc) // incident_harness_test.go
+		e.incidentOptions(&opts, rc, o) // incident_harness_test.go
 	}
-	e.svc, err = broker.NewService(cfg)
+	srv, err := server.New(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hopts := httpapi.Options{Service: e.svc, Issuer: e.srv.URL, JWKS: e.tokens.JWKS(),
-		SigningAlgs: e.tokens.Algorithms(), OpenAPI: openapi.Spec, MaxBodyBytes: 16 << 10}
+	e.svc, e.srv.Handler = srv.Service(), srv.Handler()
 	if o.incident {
-		e.incidentHTTP(&hopts, o)
+		e.inc.admin, e.inc.metrics, e.inc.hub = srv.Admin(), srv.Metrics(), srv.FeedHub()
 	}
-	h, err := httpapi.Handler(hopts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux.set(h)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serving: %v", err)
+		}
+	})
 	e.client = &http.Client{Transport: &validatingTransport{t: t, router: specRouter(t, e.srv.URL)}, Timeout: 10 * time.Second}
+	// Run starts the background loops before it serves: once /healthz
+	// answers, every one is running.
+	resp, err := http.Get(e.srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 	return e
 }
 
-type handlerSwap struct {
-	mu sync.RWMutex
-	h  http.Handler
-}
-
-func (s *handlerSwap) set(h http.Handler) { s.mu.Lock(); s.h = h; s.mu.Unlock() }
-func (s *handlerSwap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.RLock()
-	h := s.h
-	s.mu.RUnlock()
-	h.ServeHTTP(w, r)
+// testServer is where an env's broker serves.
+type testServer struct {
+	URL      string
+	Listener net.Listener
+	// Handler is the broker's whole HTTP surface (a chi router).
+	Handler http.Handler
 }
 
 // identity returns an identity token for agent from the test issuer.

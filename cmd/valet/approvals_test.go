@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,13 +14,12 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/examples/toolserver"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
-	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/verify"
 )
@@ -76,17 +76,18 @@ func newApprovalBroker(t *testing.T) *approvalBroker {
 		b.hooks <- string(body)
 	}))
 	t.Cleanup(hook.Close)
-	var h http.Handler
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
-	t.Cleanup(srv.Close)
-	b.url = srv.URL
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.url = "http://" + ln.Addr().String()
 	key, _ := issuers.GenerateSigningKey("EdDSA")
-	tokens, err := issuers.NewJWT(issuers.JWTConfig{Issuer: srv.URL, Keys: []issuers.SigningKey{{Private: key}}}, b.clock.Now)
+	tokens, err := issuers.NewJWT(issuers.JWTConfig{Issuer: b.url, Keys: []issuers.SigningKey{{Private: key}}}, b.clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	verifier, err := identity.New(context.Background(), []identity.IssuerConfig{{Name: "test", IssuerURL: b.idp.URL(),
-		Audiences: []string{"valet"}}}, identity.Options{Now: b.clock.Now, SelfIssuer: srv.URL})
+		Audiences: []string{"valet"}}}, identity.Options{Now: b.clock.Now, SelfIssuer: b.url})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,21 +95,29 @@ func newApprovalBroker(t *testing.T) *approvalBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := broker.NewService(broker.Config{Identity: verifier, Tokens: tokens, Ledger: ledger, Auditor: audit.NewLog(b.audit),
-		Templates: set, Now: b.clock.Now, Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of("tool-server-secret-123")}},
+	srv, err := server.New(context.Background(), server.Options{PublicURL: b.url, Identity: verifier, Tokens: tokens, Ledger: ledger,
+		Auditors: []broker.Auditor{audit.NewLog(b.audit)}, Templates: set, Now: b.clock.Now,
+		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of("tool-server-secret-123")}},
 		Agent: broker.AgentConfig{
 			Resources: map[string]map[string]string{"db:tickets": {"env": "prod"}},
 			Approvals: broker.ApprovalConfig{Timeout: 2 * time.Minute, WebhookURL: hook.URL,
 				Clients: []broker.Client{{ID: "alice", SecretSHA256: sha256Of("alice-approver-secret")}}},
-		}})
+		},
+		ReapInterval: -1, // the test moves its clock; nothing reaped it before
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err = httpapi.Handler(httpapi.Options{Service: svc, Issuer: srv.URL, JWKS: tokens.JWKS(), OpenAPI: openapi.Spec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := verify.New(verify.Config{Issuer: srv.URL, Audience: "https://tools.example.com", ClientID: "tool-server",
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serving: %v", err)
+		}
+	})
+	v, err := verify.New(verify.Config{Issuer: b.url, Audience: "https://tools.example.com", ClientID: "tool-server",
 		ClientSecret: "tool-server-secret-123", Now: b.clock.Now})
 	if err != nil {
 		t.Fatal(err)

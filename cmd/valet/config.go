@@ -17,6 +17,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/server"
 )
 
 // Config is the file given to `valet serve --config`. Every field is listed
@@ -427,8 +428,8 @@ func (c *Config) validate() error {
 	if c.Reaper.Interval < Duration(100*time.Millisecond) {
 		bad("reaper.interval", "must be at least 100ms")
 	}
-	if c.Limits.MaxTokenBytes > maxHeaderBytes/2 {
-		bad("limits.max_token_bytes", "must be at most %d (half of the %d-byte header cap, which also carries a DPoP proof)", maxHeaderBytes/2, maxHeaderBytes)
+	if c.Limits.MaxTokenBytes > server.MaxHeaderBytes/2 {
+		bad("limits.max_token_bytes", "must be at most %d (half of the %d-byte header cap, which also carries a DPoP proof)", server.MaxHeaderBytes/2, server.MaxHeaderBytes)
 	}
 	if c.Limits.MaxBodyBytes < 1024 {
 		bad("limits.max_body_bytes", "must be at least 1024")

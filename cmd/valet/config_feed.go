@@ -1,19 +1,10 @@
 package main
 
 import (
-	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
-	"strings"
-	"time"
 
 	"github.com/valet-dev/valet/fanout"
-	"github.com/valet-dev/valet/metrics"
 )
 
 // FeedConfig is the `feed:` block: what revocation-stream followers may
@@ -66,59 +57,4 @@ func (c *Config) validateFeedMetrics(getenv func(string) string) []error {
 		bad("metrics.bearer_secret_env", "environment variable %s must hold a secret of at least 16 characters", c.Metrics.BearerSecretEnv)
 	}
 	return errs
-}
-
-// metricsHandler is /metrics, behind the bearer secret when one is set.
-func metricsHandler(m *metrics.Metrics, secret string) http.Handler {
-	h := m.Handler()
-	if secret == "" {
-		return h
-	}
-	want := sha256.Sum256([]byte(secret))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(got))
-		if !ok || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="metrics"`)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = w.Write([]byte(`{"error":"unauthenticated","message":"metrics require the metrics bearer secret"}` + "\n"))
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-// routedMetrics is the metrics of the main listener with the /metrics
-// handler it serves (nil: none, /metrics is served on metrics.listen).
-type routedMetrics struct {
-	*metrics.Metrics
-	h http.Handler
-}
-
-func (m routedMetrics) Handler() http.Handler { return m.h }
-
-// serveMetrics serves h at /metrics on addr until ctx ends.
-func serveMetrics(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("metrics.listen %s: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", h)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
-		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics listener failed", "err", err)
-		}
-	}()
-	log.Info("metrics serving", "addr", ln.Addr().String())
-	return nil
 }

@@ -16,13 +16,12 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/examples"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/devidp"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
-	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -105,69 +104,61 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		return fmt.Errorf("templates:\n%w", err)
 	}
 	memLedger := revocation.NewMemoryLedger(time.Now, time.Hour)
-	var ledger broker.Ledger = memLedger
+	opts := server.Options{
+		PublicURL: publicURL, Identity: verifier, Tokens: tokens, Ledger: memLedger, Templates: templates,
+		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Agent: agentCfg,
+		Feed: memLedger.Feed(), DevIdP: idp.Handler(), ReapInterval: time.Second, Logger: log,
+	}
 	ledgerName := "in-memory (lost on exit)"
-	var redisLedger *revocation.RedisLedger
 	var rc *redis.Client
 	if *redisURL != "" {
 		if rc, err = revocation.NewClient(*redisURL); err != nil {
 			return fmt.Errorf("--redis: %w", err)
 		}
 		defer rc.Close()
-		if redisLedger, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{}); err != nil {
+		redisLedger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{})
+		if err != nil {
 			return err
 		}
-		ledger, ledgerName = redisLedger, "redis "+*redisURL
+		opts.Ledger, ledgerName = redisLedger, "redis "+*redisURL
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_ = redisLedger.Ping(pctx) // read or start the ledger generation, as serve does
 		cancel()
+		// The incident-response side (admin API, controls, audit stream,
+		// metrics, the Redis revocation feed) needs Redis.
+		if opts.Controls, err = revocation.NewControls(rc, "valet", 5*time.Second); err != nil {
+			return err
+		}
+		trail, err := audit.NewRedisWriter(rc, audit.RedisWriterOptions{Prefix: "valet"})
+		if err != nil {
+			return err
+		}
+		opts.Epochs, opts.Auditors = redisLedger, []broker.Auditor{audit.NewLog(trail)}
+		opts.Metrics = &server.MetricsOptions{Live: redisLedger.LiveCounts}
+		devAdmin := AdminConfig{
+			Issuers: []IssuerEntry{{Name: "dev-admin", IssuerURL: idp.Issuer(), Audiences: []string{devidp.AdminAudience}}},
+			Roles:   map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`},
+		}
+		if opts.Admin, err = adminOptions(ctx, devAdmin, publicURL, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()},
+			splitList(*rollbackHosts), redisLedger, trail, log); err != nil {
+			return err
+		}
+		feedClient := revocation.NewFeedClient(rc, fanout.Limits{}.WithDefaults().Readers)
+		defer feedClient.Close()
+		opts.Feed = revocation.NewFeed(feedClient, "valet")
 	}
 	auditor, closeAudit, err := openAudit(*auditFile, *newSegment, stdout)
 	if err != nil {
 		return err
 	}
 	defer closeAudit.Close()
-	cfg := broker.Config{
-		Identity: verifier, Tokens: tokens, Ledger: ledger, Auditor: auditor, Templates: templates,
-		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Logger: log,
-		Agent: agentCfg,
-	}
-	// The incident-response side (admin API, controls, audit stream) needs
-	// Redis; the revocation feed is the memory ledger's without it.
-	inc := &incident{feed: memLedger.Feed()}
-	if redisLedger != nil {
-		if inc, cfg.Auditor, err = newIncident(ctx, rc, audit.RedisWriterOptions{Prefix: "valet"}, auditor, func(n string) bool { _, ok := templates.Get(n); return ok }, nil, redisLedger, log); err != nil {
-			return err
-		}
-		cfg.Controls, cfg.Epochs = inc.controls, redisLedger
-	}
-	svc, err := broker.NewService(cfg)
+	opts.Auditors = append([]broker.Auditor{auditor}, opts.Auditors...)
+	srv, err := server.New(ctx, opts)
 	if err != nil {
 		return err
 	}
-	if redisLedger != nil {
-		devAdmin := AdminConfig{
-			Issuers: []IssuerEntry{{Name: "dev-admin", IssuerURL: idp.Issuer(), Audiences: []string{devidp.AdminAudience}}},
-			Roles:   map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`},
-		}
-		inc.rollbackHosts = splitList(*rollbackHosts)
-		if err := inc.startAdmin(ctx, devAdmin, publicURL, svc, redisLedger, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()}, log); err != nil {
-			return err
-		}
-		if err := inc.startFeed(ctx, rc, "valet", fanout.Limits{}, log); err != nil {
-			return err
-		}
-	}
-	handler, err := httpapi.Handler(httpapi.Options{
-		Service: svc, Issuer: publicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
-		DevIdP: idp.Handler(), Logger: log, Admin: inc.admin, Feed: inc.feed, FeedHub: inc.hub, Metrics: inc.httpMetrics(MetricsConfig{}, ""),
-	})
-	if err != nil {
-		return err
-	}
-	return serveHTTP(ctx, ln, handler, svc, time.Second, log, func(net.Addr) {
-		printWalkthrough(stdout, publicURL, ledgerName, *auditFile, templates)
-	})
+	printWalkthrough(stdout, publicURL, ledgerName, *auditFile, templates)
+	return srv.Run(ctx, ln)
 }
 
 // cmdDevIdP runs the development issuer alone, for trying `valet serve`
@@ -186,7 +177,7 @@ func cmdDevIdP(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: idp.Handler(), ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: maxHeaderBytes}
+	srv := &http.Server{Handler: idp.Handler(), ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: server.MaxHeaderBytes}
 	fmt.Fprintf(stdout, "development issuer %s (never trust it in production)\n", idp.Issuer())
 	go func() {
 		<-ctx.Done()

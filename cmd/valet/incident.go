@@ -5,17 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/broker/httpapi"
-	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/identity"
-	"github.com/valet-dev/valet/metrics"
-	"github.com/valet-dev/valet/revocation"
+	"github.com/valet-dev/valet/internal/server"
 )
 
 // AdminConfig is the `admin:` block: the admins' identity providers and
@@ -59,81 +52,14 @@ func (c *Config) validateIncident() []error {
 	return errs
 }
 
-// incident is the incident-response side of a broker: controls, epochs,
-// jobs, the feed, the Redis audit stream, metrics and the admin API.
-type incident struct {
-	// rollbackHosts are the hosts whose undo webhooks a rollback may call
-	// (config rollback.allowed_hosts).
-	rollbackHosts []string
-	controls      *revocation.Controls
-	trail         *audit.RedisWriter
-	metrics       *metrics.Metrics
-	admin         *broker.Admin
-	feed          broker.Feed
-	hub           *fanout.Hub
-}
-
-// startFeed serves the revocation feed through a Redis client of its own
-// (closed when ctx ends) and one fan-out, so that followers never hold a
-// connection of the ledger's pool.
-func (inc *incident) startFeed(ctx context.Context, rc *redis.Client, prefix string, lim fanout.Limits, log *slog.Logger) error {
-	lim = lim.WithDefaults()
-	fc := revocation.NewFeedClient(rc, lim.Readers)
-	context.AfterFunc(ctx, func() { fc.Close() })
-	inc.feed = revocation.NewFeed(fc, prefix)
-	var err error
-	inc.hub, err = fanout.New(inc.feed, lim, log)
-	return err
-}
-
-// newIncident builds the parts that the Service needs, and the auditor to
-// give it: the file/stdout log, the Redis stream log, counted by metrics.
-func newIncident(ctx context.Context, rc redis.UniversalClient, ro audit.RedisWriterOptions, base broker.Auditor, known func(string) bool, pending func() float64,
-	ledger *revocation.RedisLedger, log *slog.Logger) (*incident, broker.Auditor, error) {
-	controls, err := revocation.NewControls(rc, ro.Prefix, 5*time.Second)
-	if err != nil {
-		return nil, nil, err
-	}
-	controls.Reload(ctx)
-	go controls.Run(ctx)
-	trail, err := audit.NewRedisWriter(rc, ro)
-	if err != nil {
-		return nil, nil, err
-	}
-	inc := &incident{controls: controls, trail: trail}
-	inc.metrics = metrics.New(metrics.Options{
-		KnownTemplate: known,
-		Pending:       pending,
-		Live:          func(ctx context.Context) (int64, int64, error) { return ledger.LiveCounts(ctx, time.Now()) },
-		Logger:        log,
-		RunningJobs: func() float64 {
-			if inc.admin == nil {
-				return 0
-			}
-			return float64(inc.admin.RunningJobs())
-		},
-		FinishedJobs: func() float64 {
-			if inc.admin == nil {
-				return 0
-			}
-			return float64(inc.admin.FinishedJobs())
-		},
-		FeedSubscribers: func() float64 {
-			if inc.hub == nil {
-				return 0
-			}
-			return float64(inc.hub.Subscribers())
-		},
-	})
-	return inc, inc.metrics.Auditor(audit.Multi{base, audit.NewLog(trail)}), nil
-}
-
-// startAdmin builds the admin API over svc when admin issuers are
-// configured, and resumes unfinished revocation jobs.
-func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer string, svc *broker.Service, ledger *revocation.RedisLedger,
-	agentIssuers []string, static map[string][]byte, log *slog.Logger) error {
+// adminOptions builds the admin API's options when admin issuers are
+// configured (nil otherwise): the admins' identity verifier, their roles,
+// the job store and the audit trail the task timelines are read from.
+// static gives JWKS documents by issuer URL (the development issuer's).
+func adminOptions(ctx context.Context, ac AdminConfig, selfIssuer string, agentIssuers []string, static map[string][]byte,
+	rollbackHosts []string, jobs broker.JobStore, timeline broker.TimelineReader, log *slog.Logger) (*server.AdminOptions, error) {
 	if len(ac.Issuers) == 0 {
-		return nil
+		return nil, nil
 	}
 	cfgs := make([]identity.IssuerConfig, len(ac.Issuers))
 	for i, is := range ac.Issuers {
@@ -142,29 +68,8 @@ func (inc *incident) startAdmin(ctx context.Context, ac AdminConfig, selfIssuer 
 	}
 	id, err := identity.New(ctx, cfgs, identity.Options{SelfIssuer: selfIssuer, Logger: log})
 	if err != nil {
-		return fmt.Errorf("admin.issuers: %w", err)
+		return nil, fmt.Errorf("admin.issuers: %w", err)
 	}
-	inc.admin, err = broker.NewAdmin(broker.AdminConfig{
-		Identity: id, Roles: ac.Roles, Service: svc, Controls: inc.controls, Jobs: ledger, Epochs: ledger, Timeline: inc.trail,
-		AgentIssuers: agentIssuers, Logger: log, Rollback: broker.RollbackConfig{AllowedHosts: inc.rollbackHosts},
-	})
-	if err != nil {
-		return err
-	}
-	inc.admin.Start(ctx, 5*time.Second)
-	return nil
-}
-
-// httpMetrics is the metrics for httpapi.Options, nil when there are none
-// (a nil *Metrics in the interface would not be nil).
-// With mc.Listen set, the main surface times requests but serves no
-// /metrics (serveMetrics does).
-func (inc *incident) httpMetrics(mc MetricsConfig, secret string) httpapi.Metrics {
-	if inc.metrics == nil {
-		return nil
-	}
-	if mc.Listen != "" {
-		return routedMetrics{inc.metrics, nil}
-	}
-	return routedMetrics{inc.metrics, metricsHandler(inc.metrics, secret)}
+	return &server.AdminOptions{Identity: id, Roles: ac.Roles, Jobs: jobs, Timeline: timeline, AgentIssuers: agentIssuers,
+		RollbackHosts: rollbackHosts}, nil
 }

@@ -2,41 +2,26 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
-	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
 )
 
 const defaultAddr = "127.0.0.1:8080"
-
-// maxHeaderBytes caps a request's header block. What Valet needs is one
-// identity or task token (limits.max_token_bytes, default 16 KiB, at most
-// half of this cap), one DPoP proof (a compact JWS carrying a public JWK:
-// about 1 KiB for P-256, 2.5 KiB for RSA-4096) and ordinary headers (a few
-// KiB): 64 KiB leaves room for all with margin. A token between
-// max_token_bytes and this cap gets the identity check's 401; a larger
-// header block gets net/http's 431.
-const maxHeaderBytes = 64 << 10
 
 // cmdServe is production mode: Redis ledger, signing keys from files,
 // trusted issuers and templates from the config file.
@@ -135,124 +120,54 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	// Metrics label declarations by the templates in force, which a reload
-	// changes; svc is set just below.
-	var svc *broker.Service
-	known := func(n string) bool {
-		set := templates
-		if svc != nil {
-			set = svc.Templates()
-		}
-		_, ok := set.Get(n)
-		return ok
-	}
-	pending := func() float64 {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		n, err := retryQ.Pending(pctx)
-		if err != nil {
-			return -1 // the queue cannot be read: visibly wrong, never a reassuring 0
-		}
-		return float64(n)
-	}
-	inc, audited, err := newIncident(ctx, redisClient, audit.RedisWriterOptions{Prefix: cfg.Redis.Prefix,
-		Retention: time.Duration(cfg.Audit.StreamRetention), MaxLen: cfg.Audit.StreamMaxLen}, auditor, known, pending, ledger, log)
+	controls, err := revocation.NewControls(redisClient, cfg.Redis.Prefix, 5*time.Second)
 	if err != nil {
 		return err
 	}
-	svc, err = broker.NewService(broker.Config{
-		Identity: verifier, Tokens: tokens, Ledger: ledger, Auditor: audited, Templates: templates,
-		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Logger: log, Agent: agentCfg,
-		Controls: inc.controls, Epochs: ledger,
-		Issuers: vw.issuers, RevocationQueue: retryQ, ReconcileGrace: vw.reconcileGrace(),
-		ReaperLag: inc.metrics.ReaperLag(),
-	})
+	trail, err := audit.NewRedisWriter(redisClient, audit.RedisWriterOptions{Prefix: cfg.Redis.Prefix,
+		Retention: time.Duration(cfg.Audit.StreamRetention), MaxLen: cfg.Audit.StreamMaxLen})
 	if err != nil {
 		return err
 	}
-	inc.rollbackHosts = cfg.Rollback.AllowedHosts
-	if err := inc.startAdmin(ctx, cfg.Admin, cfg.PublicURL, svc, ledger, names, nil, log); err != nil {
+	admin, err := adminOptions(ctx, cfg.Admin, cfg.PublicURL, names, nil, cfg.Rollback.AllowedHosts, ledger, trail, log)
+	if err != nil {
 		return err
 	}
-	if err := inc.startFeed(ctx, redisClient, cfg.Redis.Prefix, cfg.Feed.limits(), log); err != nil {
-		return err
-	}
-	metricsSecret := ""
+	// The revocation feed reads through a Redis client of its own, so that
+	// followers never hold a connection of the ledger's pool.
+	feedLimits := cfg.Feed.limits().WithDefaults()
+	feedClient := revocation.NewFeedClient(redisClient, feedLimits.Readers)
+	defer feedClient.Close()
+	metricsOpts := &server.MetricsOptions{Live: ledger.LiveCounts}
 	if cfg.Metrics.BearerSecretEnv != "" {
-		metricsSecret = getenv(cfg.Metrics.BearerSecretEnv)
+		metricsOpts.BearerSecret = getenv(cfg.Metrics.BearerSecretEnv)
 	}
 	if cfg.Metrics.Listen != "" {
-		if err := serveMetrics(ctx, cfg.Metrics.Listen, metricsHandler(inc.metrics, metricsSecret), log); err != nil {
-			return err
+		if metricsOpts.Listener, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
+			return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 		}
 	}
-	handler, err := httpapi.Handler(httpapi.Options{
-		Service: svc, Issuer: cfg.PublicURL, JWKS: tokens.JWKS(), SigningAlgs: tokens.Algorithms(), OpenAPI: openapi.Spec,
-		Ready: append([]func(context.Context) error{verifier.Ready}, vw.ready...), MaxBodyBytes: cfg.Limits.MaxBodyBytes,
-		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), Logger: log,
-		Admin: inc.admin, Feed: inc.feed, FeedHub: inc.hub, Metrics: inc.httpMetrics(cfg.Metrics, metricsSecret),
-	})
+	opts := server.Options{
+		PublicURL: cfg.PublicURL, Identity: verifier, Tokens: tokens, Ledger: ledger, Epochs: ledger, Controls: controls,
+		Queue: retryQ, Auditors: []broker.Auditor{auditor, audit.NewLog(trail)}, Templates: templates,
+		Reload:  &server.TemplateReload{Paths: cfg.Templates.Paths, Watch: *cfg.Templates.Watch, Issuers: names},
+		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Agent: agentCfg, Admin: admin,
+		Feed: revocation.NewFeed(feedClient, cfg.Redis.Prefix), FeedLimits: feedLimits, Metrics: metricsOpts,
+		Ready: []func(context.Context) error{verifier.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), ReapInterval: time.Duration(cfg.Reaper.Interval), Logger: log,
+	}
+	vw.apply(&opts)
+	srv, err := server.New(ctx, opts)
 	if err != nil {
 		return err
 	}
-	guard := &reloadGuard{settle: templateSettle, now: time.Now}
-	reload := func() error {
-		files, err := broker.ReadTemplateFiles(cfg.Templates.Paths)
-		if err != nil {
-			return fmt.Errorf("templates: %w", err)
-		}
-		set, err := broker.LoadTemplates(files, names)
-		if err != nil {
-			return fmt.Errorf("templates:\n%w", err)
-		}
-		if err := guard.check(svc.Templates(), set, files); err != nil {
-			return err
-		}
-		svc.SetTemplates(set)
-		log.Info("templates reloaded", "templates", set.Names())
-		return nil
-	}
-	go watchTemplates(ctx, cfg.Templates.Paths, *cfg.Templates.Watch, reload, log)
-	vw.run(ctx, svc)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Addr, err)
 	}
 	ver, rev := buildVersion()
-	return serveHTTP(ctx, ln, handler, svc, time.Duration(cfg.Reaper.Interval), log, func(a net.Addr) {
-		log.Info("valet serving", "addr", a.String(), "public_url", cfg.PublicURL, "templates", templates.Names(), "version", ver, "commit", rev)
-	})
-}
-
-// serveHTTP serves h on the bound listener ln, runs the reaper and shuts
-// both down when ctx ends. ready, when set, is called just before serving.
-func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, svc *broker.Service, reapEvery time.Duration, log *slog.Logger, ready func(net.Addr)) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: maxHeaderBytes,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	reapCtx, stopReaper := context.WithCancel(ctx)
-	defer stopReaper()
-	go svc.RunReaper(reapCtx, reapEvery)
-	if ready != nil {
-		ready(ln.Addr())
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutting down: %w", err)
-	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	log.Info("valet serving", "addr", ln.Addr().String(), "public_url", cfg.PublicURL, "templates", templates.Names(), "version", ver, "commit", rev)
+	return srv.Run(ctx, ln)
 }
 
 func loadSigningKeys(sc SigningConfig) ([]issuers.SigningKey, error) {
@@ -304,118 +219,6 @@ func openAudit(sink string, newSegment bool, stdout io.Writer) (*audit.Log, io.C
 		return nil, nil, fmt.Errorf("audit.file: %w", err)
 	}
 	return l, c, nil
-}
-
-// watchTemplates reloads templates on SIGHUP and, if watch is set, when a
-// file in their folders changes. A failed reload keeps the last good set.
-func watchTemplates(ctx context.Context, paths []string, watch bool, reload func() error, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	var events <-chan fsnotify.Event
-	if watch {
-		w, err := fsnotify.NewWatcher()
-		if err != nil {
-			log.Error("cannot watch template files; reload with SIGHUP", "err", err)
-		} else {
-			defer w.Close()
-			for _, p := range paths {
-				dir := p
-				if st, err := os.Stat(p); err == nil && !st.IsDir() {
-					dir = filepath.Dir(p)
-				}
-				if err := w.Add(dir); err != nil {
-					log.Error("cannot watch template folder", "path", dir, "err", err)
-				}
-			}
-			events = w.Events
-		}
-	}
-	var debounce <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-			debounce = time.After(0)
-		case ev := <-events:
-			if ext := filepath.Ext(ev.Name); ext == ".yaml" || ext == ".yml" {
-				debounce = time.After(200 * time.Millisecond)
-			}
-		case <-debounce:
-			debounce = nil
-			err := reload()
-			var unsettled *errUnsettled
-			switch {
-			case errors.As(err, &unsettled):
-				log.Warn("template reload deferred; still serving the last good set", "reason", err.Error(), "retry_in", unsettled.retry)
-				debounce = time.After(unsettled.retry)
-			case err != nil:
-				log.Error("template reload failed; still serving the last good set", "err", err)
-			}
-		}
-	}
-}
-
-// templateSettle is how long template files must stay unchanged before a
-// reload that removes templates is applied: an editor's truncate-then-write
-// or a file moved away and back must not take templates away for a moment.
-const templateSettle = time.Second
-
-// reloadGuard keeps the last good template set through a reload that would
-// take templates away while the files are still changing. Additions and
-// changes apply at once. A reload that removes some templates (a file
-// deleted, emptied, cut short mid-write) applies only once the files have
-// read the same for the settle time; one that would remove every template
-// never applies (an empty set makes every declaration 403). Not safe for
-// concurrent use: the watcher calls it from one goroutine.
-type reloadGuard struct {
-	settle time.Duration
-	now    func() time.Time
-
-	pending [32]byte // hash of the files of a deferred removal
-	since   time.Time
-}
-
-// errUnsettled defers a reload: retry after retry.
-type errUnsettled struct {
-	msg   string
-	retry time.Duration
-}
-
-func (e *errUnsettled) Error() string { return e.msg }
-
-func (g *reloadGuard) check(cur, next *broker.TemplateSet, files []broker.TemplateFile) error {
-	if len(next.Names()) == 0 && len(cur.Names()) > 0 {
-		return fmt.Errorf("the template files hold no template (a file vanished, is empty or is being written); refusing to remove every template: %w",
-			&errUnsettled{msg: "retrying", retry: g.settle})
-	}
-	var removed []string
-	for _, n := range cur.Names() {
-		if _, ok := next.Get(n); !ok {
-			removed = append(removed, n)
-		}
-	}
-	if len(removed) == 0 {
-		g.since = time.Time{}
-		return nil
-	}
-	h := sha256.New()
-	for _, f := range files {
-		fmt.Fprintf(h, "%s\x00%d\x00", f.Name, len(f.Data))
-		h.Write(f.Data)
-	}
-	var sum [32]byte
-	h.Sum(sum[:0])
-	now := g.now()
-	if g.since.IsZero() || sum != g.pending {
-		g.pending, g.since = sum, now
-	}
-	if wait := g.settle - now.Sub(g.since); wait > 0 {
-		return &errUnsettled{msg: fmt.Sprintf("the reload would remove templates %v; applying it once the files have not changed for %v", removed, g.settle), retry: wait}
-	}
-	g.since = time.Time{}
-	return nil
 }
 
 // newLogger writes JSON (production) or text (dev) lines, each carrying the

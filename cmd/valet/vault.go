@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
 )
 
@@ -48,21 +49,17 @@ func setupVault(ctx context.Context, cfg *Config, getenv func(string) string, lo
 	return w, nil
 }
 
-// reconcileGrace is the configured grace, or 0 (the Service's default).
-func (w *vaultWiring) reconcileGrace() time.Duration {
-	if w.cfg == nil {
-		return 0
-	}
-	return time.Duration(w.cfg.ReconcileGrace)
-}
-
-// run starts the background work until ctx ends: keeping Valet's own token
-// alive, retrying failed revocations and reconciling orphan tokens.
-func (w *vaultWiring) run(ctx context.Context, svc *broker.Service) {
+// apply adds the Vault issuer to o: its readiness check, the renewal of
+// Valet's own token, the retry of failed revocations and the reconciler
+// of orphan tokens.
+func (w *vaultWiring) apply(o *server.Options) {
 	if w.session == nil {
 		return
 	}
-	go w.session.Run(ctx)
-	go svc.RunRetries(ctx, time.Duration(w.cfg.RetryInterval))
-	go svc.RunReconciler(ctx, time.Duration(w.cfg.ReconcileInterval))
+	o.Issuers = append(o.Issuers, w.issuers...)
+	o.Ready = append(o.Ready, w.ready...)
+	o.ReconcileGrace = time.Duration(w.cfg.ReconcileGrace)
+	o.RetryInterval = time.Duration(w.cfg.RetryInterval)
+	o.ReconcileInterval = time.Duration(w.cfg.ReconcileInterval)
+	o.Background = append(o.Background, w.session.Run)
 }

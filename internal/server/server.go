@@ -1,0 +1,377 @@
+// Package server is Valet's one assembly: it turns already-built parts
+// (identity, task tokens, stores, auditors, templates and settings) into the
+// Service, the admin API, the HTTP handler and the background loops, and
+// serves them on a listener; `valet serve`, `valet dev`, the end-to-end
+// tests and the bench all build through it.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/valet-dev/valet/audit"
+	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/metrics"
+	"github.com/valet-dev/valet/openapi"
+)
+
+// MaxHeaderBytes caps a request's header block. What Valet needs is one
+// identity or task token (limits.max_token_bytes, default 16 KiB, at most
+// half of this cap), one DPoP proof (a compact JWS carrying a public JWK:
+// about 1 KiB for P-256, 2.5 KiB for RSA-4096) and ordinary headers (a few
+// KiB): 64 KiB leaves room for all with margin. A token between
+// max_token_bytes and this cap gets the identity check's 401; a larger
+// header block gets net/http's 431.
+const MaxHeaderBytes = 64 << 10
+
+// shutdownGrace is how long Run lets requests in flight finish once its
+// context ends.
+const shutdownGrace = 10 * time.Second
+
+// TaskTokens is the task-token issuer as the server needs it: it mints and
+// verifies task tokens (broker.TaskTokens) and publishes its keys.
+// issuers.JWT implements it.
+type TaskTokens interface {
+	broker.TaskTokens
+	// JWKS is the published key set document.
+	JWKS() []byte
+	// Algorithms are the algorithms of the published keys.
+	Algorithms() []string
+}
+
+// Controls is the incident controls store with its refresh loop
+// (revocation.Controls): Reload reads every control once, Run keeps the
+// copy current until its context ends. Safe for concurrent use.
+type Controls interface {
+	broker.ControlStore
+	Reload(ctx context.Context)
+	Run(ctx context.Context)
+}
+
+// Options are the server's parts, already built, and its settings. Reading
+// config files, flags, key files and the environment is the caller's work.
+type Options struct {
+	// PublicURL is Valet's own URL: the iss of its task tokens.
+	PublicURL string
+	// Identity verifies the agents' identity tokens.
+	Identity broker.Authenticator
+	// Tokens issues the task tokens.
+	Tokens TaskTokens
+	// Issuers mint further credential kinds (Vault) beside the task token.
+	Issuers []broker.Issuer
+	// Ledger tracks every task and credential.
+	Ledger broker.Ledger
+	// Epochs, when set, makes introspection honour revoked-before epochs.
+	Epochs broker.EpochStore
+	// Controls, when set, is checked by every declaration (freeze,
+	// quarantine, distrust); New loads it once, Run keeps it current.
+	Controls Controls
+	// Queue, when set, keeps failed revocations for the retry loop.
+	Queue broker.RevocationQueue
+	// ReconcileGrace spares credentials younger than it from the
+	// reconciler (0: the Service's default).
+	ReconcileGrace time.Duration
+	// Auditors receive every audit event; each must accept it (at least
+	// one is required).
+	Auditors []broker.Auditor
+	// Templates are the templates in force at start.
+	Templates *broker.TemplateSet
+	// Reload, when set, is where the template watcher reloads templates
+	// from (on SIGHUP and, if Watch, when a file changes).
+	Reload *TemplateReload
+	// Clients may call introspection and revocation with a client secret.
+	Clients []broker.Client
+	// IntrospectionClients admit identity tokens as introspection callers.
+	IntrospectionClients []broker.IntrospectionRule
+	// Agent configures the agent controls (approvals, resources, DPoP...).
+	Agent broker.AgentConfig
+	// Admin, when set, adds the admin API.
+	Admin *AdminOptions
+	// Feed, when set, serves the revocation stream through one fan-out
+	// limited by FeedLimits (zero: the defaults).
+	Feed       broker.Feed
+	FeedLimits fanout.Limits
+	// Metrics, when set, counts declarations, revocations and requests and
+	// serves /metrics.
+	Metrics *MetricsOptions
+	// Ready are the checks, beyond the ledger, of /readyz.
+	Ready []func(context.Context) error
+	// DevIdP, when set, is mounted at /dev (`valet dev` only).
+	DevIdP http.Handler
+	// MaxBodyBytes and RequestTimeout bound each request (0: httpapi's
+	// defaults).
+	MaxBodyBytes   int64
+	RequestTimeout time.Duration
+	// ReapInterval is how often the reaper ends tasks past their deadline
+	// (default 1s). Below 0, Run starts no reaper: for tests that reap by
+	// hand or play a replica whose reaper never runs.
+	ReapInterval time.Duration
+	// RetryInterval and ReconcileInterval, when above 0, run the retry
+	// loop of failed revocations and the reconciler of orphan credentials.
+	RetryInterval     time.Duration
+	ReconcileInterval time.Duration
+	// Background are further loops run for the life of Run (the Vault
+	// session's renewal); each returns when its context ends.
+	Background []func(context.Context)
+	// Logger receives the server's logs (default: discarded).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// AdminOptions configure the admin API.
+type AdminOptions struct {
+	// Identity verifies the admins' identity tokens; Roles maps each role
+	// to a CEL rule over their claims.
+	Identity broker.Authenticator
+	Roles    map[string]string
+	// Jobs keeps bulk revocation jobs; Timeline reads the audit trail.
+	Jobs     broker.JobStore
+	Timeline broker.TimelineReader
+	// AgentIssuers are the names of the agents' trusted issuers.
+	AgentIssuers []string
+	// JobLease, InlineBudget and JobBatch tune revocation jobs (0: the
+	// defaults of broker.AdminConfig).
+	JobLease     time.Duration
+	InlineBudget time.Duration
+	JobBatch     int
+	// RollbackHosts are the hosts whose undo webhooks a rollback may call.
+	RollbackHosts []string
+	// ResumeEvery is how often unfinished revocation jobs are looked for
+	// and resumed (default 5s).
+	ResumeEvery time.Duration
+}
+
+// MetricsOptions configure the metrics.
+type MetricsOptions struct {
+	// BearerSecret, when set, is required of /metrics callers as
+	// "Authorization: Bearer <secret>".
+	BearerSecret string
+	// Listener, when set, serves /metrics alone (and the main listener
+	// serves none).
+	Listener net.Listener
+	// Live counts the live tasks and credentials in the shared ledger at
+	// a time (nil: those gauges are left out).
+	Live func(ctx context.Context, now time.Time) (tasks, creds int64, err error)
+}
+
+// Server is one assembled broker. Build it with New, serve it with Run.
+type Server struct {
+	o       Options
+	svc     *broker.Service
+	admin   *broker.Admin
+	metrics *metrics.Metrics
+	hub     *fanout.Hub
+	handler http.Handler
+	log     *slog.Logger
+}
+
+// New assembles the server from o; ctx bounds the start-up reads (the
+// controls' first load).
+func New(ctx context.Context, o Options) (*Server, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.ReapInterval == 0 {
+		o.ReapInterval = time.Second
+	}
+	if len(o.Auditors) == 0 {
+		return nil, errors.New("server: at least one auditor is required")
+	}
+	if o.Tokens == nil {
+		return nil, errors.New("server: task token issuer cannot be nil")
+	}
+	s := &Server{o: o, log: o.Logger}
+	var auditor broker.Auditor = o.Auditors[0]
+	if len(o.Auditors) > 1 {
+		auditor = audit.Multi(o.Auditors)
+	}
+	var reaperLag func(time.Duration)
+	if o.Metrics != nil {
+		s.metrics = s.newMetrics()
+		auditor = s.metrics.Auditor(auditor)
+		reaperLag = s.metrics.ReaperLag()
+	}
+	cfg := broker.Config{
+		Identity: o.Identity, Tokens: o.Tokens, Issuers: o.Issuers, Ledger: o.Ledger, Auditor: auditor, Templates: o.Templates,
+		Clients: o.Clients, IntrospectionClients: o.IntrospectionClients, Now: o.Now, Logger: o.Logger, Agent: o.Agent,
+		Epochs: o.Epochs, RevocationQueue: o.Queue, ReconcileGrace: o.ReconcileGrace, ReaperLag: reaperLag,
+	}
+	if o.Controls != nil {
+		o.Controls.Reload(ctx)
+		cfg.Controls = o.Controls
+	}
+	var err error
+	if s.svc, err = broker.NewService(cfg); err != nil {
+		return nil, err
+	}
+	if a := o.Admin; a != nil {
+		if o.Controls == nil || o.Epochs == nil {
+			return nil, errors.New("server: the admin API needs controls and epochs")
+		}
+		s.admin, err = broker.NewAdmin(broker.AdminConfig{
+			Identity: a.Identity, Roles: a.Roles, Service: s.svc, Controls: o.Controls, Jobs: a.Jobs, Epochs: o.Epochs,
+			Timeline: a.Timeline, AgentIssuers: a.AgentIssuers, JobLease: a.JobLease, InlineBudget: a.InlineBudget,
+			JobBatch: a.JobBatch, Logger: o.Logger, Rollback: broker.RollbackConfig{AllowedHosts: a.RollbackHosts},
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if o.Feed != nil {
+		if s.hub, err = fanout.New(o.Feed, o.FeedLimits, o.Logger); err != nil {
+			return nil, err
+		}
+	}
+	hopts := httpapi.Options{
+		Service: s.svc, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
+		Ready: o.Ready, DevIdP: o.DevIdP, MaxBodyBytes: o.MaxBodyBytes, RequestTimeout: o.RequestTimeout, Logger: o.Logger,
+		Admin: s.admin, Feed: o.Feed, FeedHub: s.hub,
+	}
+	if s.metrics != nil {
+		hopts.Metrics = s.httpMetrics()
+	}
+	if s.handler, err = httpapi.Handler(hopts); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// newMetrics builds the metrics; their gauges read the server's parts at
+// scrape time.
+func (s *Server) newMetrics() *metrics.Metrics {
+	o := s.o
+	mo := metrics.Options{
+		KnownTemplate: func(n string) bool {
+			set := o.Templates
+			if s.svc != nil {
+				set = s.svc.Templates()
+			}
+			if set == nil {
+				return false
+			}
+			_, ok := set.Get(n)
+			return ok
+		},
+		RunningJobs: func() float64 {
+			if s.admin == nil {
+				return 0
+			}
+			return float64(s.admin.RunningJobs())
+		},
+		FinishedJobs: func() float64 {
+			if s.admin == nil {
+				return 0
+			}
+			return float64(s.admin.FinishedJobs())
+		},
+		FeedSubscribers: func() float64 {
+			if s.hub == nil {
+				return 0
+			}
+			return float64(s.hub.Subscribers())
+		},
+		Logger: o.Logger,
+		Now:    o.Now,
+	}
+	if q := o.Queue; q != nil {
+		mo.Pending = func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			n, err := q.Pending(ctx)
+			if err != nil {
+				return -1 // the queue cannot be read: visibly wrong, never a reassuring 0
+			}
+			return float64(n)
+		}
+	}
+	if live := o.Metrics.Live; live != nil {
+		mo.Live = func(ctx context.Context) (int64, int64, error) { return live(ctx, o.Now()) }
+	}
+	return metrics.New(mo)
+}
+
+// Service is the domain API the server serves.
+func (s *Server) Service() *broker.Service { return s.svc }
+
+// Admin is the admin API, nil without Options.Admin.
+func (s *Server) Admin() *broker.Admin { return s.admin }
+
+// Handler is the whole HTTP surface.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Metrics are the server's metrics, nil without Options.Metrics.
+func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
+
+// FeedHub is the revocation stream's fan-out, nil without Options.Feed.
+func (s *Server) FeedHub() *fanout.Hub { return s.hub }
+
+// Run starts the background loops (controls refresh, reaper, revocation
+// retries and reconciler, admin job resumption, template watcher, the
+// Options' own loops), serves on ln (and /metrics on its own listener when
+// set) and, once ctx ends, stops taking requests and lets those in flight
+// finish for up to 10 seconds. It closes ln. It returns nil after a
+// graceful shutdown, or the error that stopped serving.
+func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+	o := s.o
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if o.Controls != nil {
+		go o.Controls.Run(ctx)
+	}
+	if s.admin != nil {
+		every := o.Admin.ResumeEvery
+		if every <= 0 {
+			every = 5 * time.Second
+		}
+		s.admin.Start(ctx, every)
+	}
+	for _, f := range o.Background {
+		go f(ctx)
+	}
+	if o.RetryInterval > 0 {
+		go s.svc.RunRetries(ctx, o.RetryInterval)
+	}
+	if o.ReconcileInterval > 0 {
+		go s.svc.RunReconciler(ctx, o.ReconcileInterval)
+	}
+	if o.Reload != nil {
+		go s.watchTemplates(ctx, *o.Reload)
+	}
+	if s.metrics != nil && o.Metrics.Listener != nil {
+		s.serveMetrics(ctx, o.Metrics.Listener)
+	}
+	if o.ReapInterval > 0 {
+		go s.svc.RunReaper(ctx, o.ReapInterval)
+	}
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: MaxHeaderBytes,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutting down: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
