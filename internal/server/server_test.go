@@ -12,8 +12,8 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 )
