@@ -25,7 +25,7 @@ func TestRedisDataLossFailsClosed(t *testing.T) {
 	e := newEnv(t, envOptions{incident: true, redis: redistest.Start(t)}) // no AOF: a restart loses everything
 	rita := e.adminToken("rita", "valet-responders")
 	_, before := e.declared("agent-1", 600)
-	if r := e.adminDo(http.MethodPost, "/v1/admin/controls", rita, `{"kind":"freeze_agent","target":"agent-7","reason":"leaked key"}`); r.Status != http.StatusCreated {
+	if r := e.adminDo(http.MethodPost, "/v1/admin/controls", rita, `{"kind":"freeze_agent","target":"agent-7","reason":"leaked key","force":true}`); r.Status != http.StatusCreated {
 		t.Fatalf("freeze: %d %s", r.Status, r.Body)
 	}
 	if r := e.do(http.MethodGet, "/readyz", "", "", nil, false); r.Status != http.StatusOK || strings.Contains(string(r.Body), "warning") {
