@@ -81,7 +81,7 @@ func (e *env) incidentOptions(opts *server.Options, rc *redis.Client, o envOptio
 		resume = time.Hour
 	}
 	opts.Admin = &server.AdminOptions{Identity: e.inc.adminID, Roles: testRoles, Jobs: e.raw, Timeline: e.inc.trail,
-		AgentIssuers: []string{"test"}, JobLease: o.jobLease, RollbackHosts: o.rollbackHosts, ResumeEvery: resume}
+		AgentIssuers: e.issuerNames, JobLease: o.jobLease, RollbackHosts: o.rollbackHosts, ResumeEvery: resume}
 	fc := revocation.NewFeedClient(rc, o.feed.WithDefaults().Readers)
 	t.Cleanup(func() { fc.Close() })
 	opts.Feed, opts.FeedLimits = revocation.NewFeed(fc, "valet"), o.feed
