@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -110,42 +111,13 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		Feed: memLedger.Feed(), DevIdP: idp.Handler(), ReapInterval: time.Second, Logger: log,
 	}
 	ledgerName := "in-memory (lost on exit)"
-	var rc *redis.Client
 	if *redisURL != "" {
-		if rc, err = revocation.NewClient(*redisURL); err != nil {
-			return fmt.Errorf("--redis: %w", err)
-		}
-		defer rc.Close()
-		redisLedger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{})
+		closeRedis, err := devRedis(ctx, &opts, *redisURL, splitList(*rollbackHosts), idp, log)
 		if err != nil {
 			return err
 		}
-		opts.Ledger, ledgerName = redisLedger, "redis "+*redisURL
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_ = redisLedger.Ping(pctx) // read or start the ledger generation, as serve does
-		cancel()
-		// The incident-response side (admin API, controls, audit stream,
-		// metrics, the Redis revocation feed) needs Redis.
-		if opts.Controls, err = revocation.NewControls(rc, "valet", 5*time.Second); err != nil {
-			return err
-		}
-		trail, err := audit.NewRedisWriter(rc, audit.RedisWriterOptions{Prefix: "valet"})
-		if err != nil {
-			return err
-		}
-		opts.Epochs, opts.Auditors = redisLedger, []broker.Auditor{audit.NewLog(trail)}
-		opts.Metrics = &server.MetricsOptions{Live: redisLedger.LiveCounts}
-		devAdmin := AdminConfig{
-			Issuers: []IssuerEntry{{Name: "dev-admin", IssuerURL: idp.Issuer(), Audiences: []string{devidp.AdminAudience}}},
-			Roles:   map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`},
-		}
-		if opts.Admin, err = adminOptions(ctx, devAdmin, publicURL, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()},
-			splitList(*rollbackHosts), redisLedger, trail, log); err != nil {
-			return err
-		}
-		feedClient := revocation.NewFeedClient(rc, fanout.Limits{}.WithDefaults().Readers)
-		defer feedClient.Close()
-		opts.Feed = revocation.NewFeed(feedClient, "valet")
+		defer closeRedis()
+		ledgerName = "redis " + *redisURL
 	}
 	auditor, closeAudit, err := openAudit(*auditFile, *newSegment, stdout)
 	if err != nil {
@@ -225,4 +197,51 @@ Try it in another shell:
   curl -s -u tool-server:%[5]s -d "token=$TT" $VALET/v1/introspect
 
 `, url, ledger, auditFile, strings.Join(set.Names(), ", "), devClientSecret)
+}
+
+// devRedis puts `valet dev --redis` on Redis: the Redis ledger instead of
+// the memory one and the incident-response side that needs Redis (admin
+// API for the dev admin issuer, controls, audit stream, metrics, the Redis
+// revocation feed). The returned function closes the clients it opened.
+func devRedis(ctx context.Context, opts *server.Options, url string, rollbackHosts []string, idp *devidp.IdP, log *slog.Logger) (func(), error) {
+	rc, err := revocation.NewClient(url)
+	if err != nil {
+		return nil, fmt.Errorf("--redis: %w", err)
+	}
+	closers := []func(){func() { rc.Close() }}
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	fail := func(err error) (func(), error) { closeAll(); return nil, err }
+	redisLedger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{})
+	if err != nil {
+		return fail(err)
+	}
+	opts.Ledger = redisLedger
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_ = redisLedger.Ping(pctx) // read or start the ledger generation, as serve does
+	cancel()
+	if opts.Controls, err = revocation.NewControls(rc, "valet", 5*time.Second); err != nil {
+		return fail(err)
+	}
+	trail, err := audit.NewRedisWriter(rc, audit.RedisWriterOptions{Prefix: "valet"})
+	if err != nil {
+		return fail(err)
+	}
+	opts.Epochs, opts.Auditors = redisLedger, []broker.Auditor{audit.NewLog(trail)}
+	opts.Metrics = &server.MetricsOptions{Live: redisLedger.LiveCounts}
+	devAdmin := AdminConfig{
+		Issuers: []IssuerEntry{{Name: "dev-admin", IssuerURL: idp.Issuer(), Audiences: []string{devidp.AdminAudience}}},
+		Roles:   map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`},
+	}
+	if opts.Admin, err = adminOptions(ctx, devAdmin, opts.PublicURL, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()},
+		rollbackHosts, redisLedger, trail, log); err != nil {
+		return fail(err)
+	}
+	feedClient := revocation.NewFeedClient(rc, fanout.Limits{}.WithDefaults().Readers)
+	closers = append(closers, func() { feedClient.Close() })
+	opts.Feed = revocation.NewFeed(feedClient, "valet")
+	return closeAll, nil
 }

@@ -49,26 +49,11 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	redis.SetLogger(newRedisLogger(log))
 
-	redisClient, err := revocation.NewClient(cfg.Redis.URL)
-	if err != nil {
-		return fmt.Errorf("redis.url: %w", err)
-	}
-	defer redisClient.Close()
-	pingCtx, cancelPing := context.WithTimeout(ctx, 2*time.Second)
-	if err := redisClient.Ping(pingCtx).Err(); err != nil {
-		log.Error("redis is unreachable at start: Valet serves, answers /readyz with 503 and refuses to issue until it is reachable", "err", err)
-	}
-	cancelPing()
-	ledger, err := revocation.NewRedisLedger(redisClient, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention), Logger: log})
+	redisClient, ledger, err := serveRedis(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	// Read (or start) the ledger generation now, so a first start's global
-	// epoch predates every credential this process issues; if Redis is
-	// down, the first round trip that reaches it does this.
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	_ = ledger.Ping(pctx)
-	cancel()
+	defer redisClient.Close()
 	keys, err := loadSigningKeys(cfg.Signing)
 	if err != nil {
 		return err
@@ -77,18 +62,9 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return fmt.Errorf("signing: %w", err)
 	}
-	trusted := make([]identity.IssuerConfig, len(cfg.Issuers))
-	names := make([]string, len(cfg.Issuers))
-	for i, is := range cfg.Issuers {
-		trusted[i] = identity.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
-			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL, Types: is.Types}
-		names[i] = is.Name
-	}
-	verifier, err := identity.New(ctx, trusted, identity.Options{
-		Leeway: time.Duration(cfg.Identity.Leeway), MaxTokenBytes: cfg.Limits.MaxTokenBytes,
-		RefreshInterval: time.Duration(cfg.Identity.RefreshInterval), SelfIssuer: cfg.PublicURL, Logger: log})
+	verifier, names, err := serveIdentity(ctx, cfg, log)
 	if err != nil {
-		return fmt.Errorf("issuers: %w", err)
+		return err
 	}
 	templates, err := loadTemplatePaths(cfg.Templates.Paths, names)
 	if err != nil {
@@ -116,10 +92,10 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
 	}
 	agentCfg, err := cfg.agentConfig(getenv)
-	agentCfg.EventRetention = time.Duration(cfg.Redis.Retention)
 	if err != nil {
 		return err
 	}
+	agentCfg.EventRetention = time.Duration(cfg.Redis.Retention)
 	controls, err := revocation.NewControls(redisClient, cfg.Redis.Prefix, 5*time.Second)
 	if err != nil {
 		return err
@@ -168,6 +144,52 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	ver, rev := buildVersion()
 	log.Info("valet serving", "addr", ln.Addr().String(), "public_url", cfg.PublicURL, "templates", templates.Names(), "version", ver, "commit", rev)
 	return srv.Run(ctx, ln)
+}
+
+// serveRedis opens the Redis client and ledger of `serve`. Redis down at
+// start is one clear log line, not a refusal: Valet serves, /readyz says
+// 503 and nothing is issued until Redis answers.
+func serveRedis(ctx context.Context, cfg *Config, log *slog.Logger) (*redis.Client, *revocation.RedisLedger, error) {
+	rc, err := revocation.NewClient(cfg.Redis.URL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("redis.url: %w", err)
+	}
+	pingCtx, cancelPing := context.WithTimeout(ctx, 2*time.Second)
+	if err := rc.Ping(pingCtx).Err(); err != nil {
+		log.Error("redis is unreachable at start: Valet serves, answers /readyz with 503 and refuses to issue until it is reachable", "err", err)
+	}
+	cancelPing()
+	ledger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention), Logger: log})
+	if err != nil {
+		rc.Close()
+		return nil, nil, err
+	}
+	// Read (or start) the ledger generation now, so a first start's global
+	// epoch predates every credential this process issues; if Redis is
+	// down, the first round trip that reaches it does this.
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_ = ledger.Ping(pctx)
+	cancel()
+	return rc, ledger, nil
+}
+
+// serveIdentity builds the verifier of the agents' (and users') trusted
+// issuers, and returns their configured names.
+func serveIdentity(ctx context.Context, cfg *Config, log *slog.Logger) (*identity.Verifier, []string, error) {
+	trusted := make([]identity.IssuerConfig, len(cfg.Issuers))
+	names := make([]string, len(cfg.Issuers))
+	for i, is := range cfg.Issuers {
+		trusted[i] = identity.IssuerConfig{Name: is.Name, IssuerURL: is.IssuerURL, Audiences: is.Audiences, Algorithms: is.Algorithms,
+			SubjectClaim: is.SubjectClaim, Condition: is.Condition, JWKSURL: is.JWKSURL, Types: is.Types}
+		names[i] = is.Name
+	}
+	verifier, err := identity.New(ctx, trusted, identity.Options{
+		Leeway: time.Duration(cfg.Identity.Leeway), MaxTokenBytes: cfg.Limits.MaxTokenBytes,
+		RefreshInterval: time.Duration(cfg.Identity.RefreshInterval), SelfIssuer: cfg.PublicURL, Logger: log})
+	if err != nil {
+		return nil, nil, fmt.Errorf("issuers: %w", err)
+	}
+	return verifier, names, nil
 }
 
 func loadSigningKeys(sc SigningConfig) ([]issuers.SigningKey, error) {
