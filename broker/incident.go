@@ -278,13 +278,15 @@ type JobStore interface {
 }
 
 // FeedEntry is one revocation as the feed carries it: a credential (JTI,
-// TaskID, Exp) or an epoch.
+// TaskID, Exp), an epoch, or a control put (ControlActive) or lifted.
 type FeedEntry struct {
-	Cursor string
-	JTI    string
-	TaskID string
-	Exp    time.Time
-	Epoch  *Epoch
+	Cursor        string
+	JTI           string
+	TaskID        string
+	Exp           time.Time
+	Epoch         *Epoch
+	Control       *Control
+	ControlActive bool
 }
 
 // Feed is the revocation feed tool servers follow. Implementations must be

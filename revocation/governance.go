@@ -24,7 +24,7 @@ import (
 //	valet:epoch:template:<name>          string: idem
 //	valet:epoch:issuer:<issuer>          string: idem
 //	valet:epochs                         hash: "<dimension> <key>" → unix ms, for the feed snapshot
-//	valet:revocations                    stream: the revocation feed (type revoked|epoch)
+//	valet:revocations                    stream: the revocation feed (type revoked|epoch|control)
 //	valet:controls                       hash: control id → JSON
 //	valet:controls:changed               pub/sub channel: a control changed
 //	valet:job:<id>                       string: a bulk revocation job (JSON) (TTL: max(retention, 1h) after its last save)
@@ -392,7 +392,7 @@ func (f *RedisFeed) Snapshot(ctx context.Context, now time.Time) ([]broker.FeedE
 		}
 		for _, m := range msgs {
 			cursor = m.ID
-			if e, ok := decodeFeed(m); ok && e.Epoch == nil && e.Exp.After(now) {
+			if e, ok := decodeFeed(m); ok && e.Epoch == nil && e.Control == nil && e.Exp.After(now) {
 				out = append(out, e)
 			}
 		}
@@ -418,6 +418,19 @@ func (f *RedisFeed) Snapshot(ctx context.Context, now time.Time) ([]broker.FeedE
 	}
 	if len(stale) > 0 {
 		_ = f.c.HDel(ctx, f.keys.epochs(), stale...).Err() // best effort: it only saves space
+	}
+	// The controls in force, read after the stream: a change made since
+	// the cursor is also replayed by the stream after it.
+	cm, err := f.c.HGetAll(ctx, f.keys.controls()).Result()
+	if err != nil {
+		return nil, "", wrapErr("reading controls", err)
+	}
+	controls, err := decodeControls(cm)
+	if err != nil {
+		return nil, "", err
+	}
+	for i := range controls {
+		out = append(out, broker.FeedEntry{Control: &controls[i], ControlActive: true})
 	}
 	return out, cursor, nil
 }
@@ -476,6 +489,9 @@ func decodeFeed(m redis.XMessage) (broker.FeedEntry, bool) {
 	case "epoch":
 		ms, _ := strconv.ParseInt(str("before"), 10, 64)
 		e.Epoch = &broker.Epoch{Dimension: broker.Dimension(str("dimension")), Key: str("key"), Before: fromMs(ms)}
+	case "control":
+		e.Control = &broker.Control{Kind: broker.ControlKind(str("kind")), Target: str("target"), Issuer: str("issuer")}
+		e.ControlActive = str("active") == "1"
 	default:
 		return e, false
 	}
@@ -616,16 +632,10 @@ func (s *Controls) restore(ctx context.Context, found []broker.Control) ([]broke
 		}
 	}
 	if len(missing) > 0 {
-		_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			for _, c := range missing {
-				b, _ := json.Marshal(c)
-				p.HSetNX(ctx, s.keys.controls(), c.ID(), b)
+		for _, c := range missing {
+			if _, err := s.run(ctx, "restore", c); err != nil {
+				return nil, wrapErr("restoring controls lost with Redis's data", err)
 			}
-			p.Publish(ctx, s.keys.controlsChannel(), "restored")
-			return nil
-		})
-		if err != nil {
-			return nil, wrapErr("restoring controls lost with Redis's data", err)
 		}
 	}
 	ids := make([]string, len(missing))
@@ -716,36 +726,57 @@ func decodeControls(m map[string]string) ([]broker.Control, error) {
 	return out, nil
 }
 
-// Put implements broker.ControlStore: write and announce in one
-// transaction, then refresh this replica's copy.
-func (s *Controls) Put(ctx context.Context, c broker.Control) error {
+// controlScript changes one control, tells the replicas (pub/sub) and
+// tells the tool servers (a control entry on the revocation feed), in one
+// script so that no change misses the feed. KEYS: controls hash, feed.
+// ARGV: put|restore|delete, id, JSON, kind, target, issuer, feed max len,
+// feed life ms, channel. Returns how many fields it set or removed.
+var controlScript = redis.NewScript(luaCommon + `
+local n, active
+if ARGV[1] == 'delete' then
+  n, active = redis.call('HDEL', KEYS[1], ARGV[2]), '0'
+elseif ARGV[1] == 'restore' then
+  n, active = redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]), '1'
+else
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  n, active = 1, '1'
+end
+if n > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'type', 'control', 'kind', ARGV[4], 'target', ARGV[5], 'issuer', ARGV[6], 'active', active)
+  expire_at_least(KEYS[2], now_ms() + tonumber(ARGV[8]))
+end
+redis.call('PUBLISH', ARGV[9], ARGV[2])
+return n
+`)
+
+// run runs controlScript for c.
+func (s *Controls) run(ctx context.Context, op string, c broker.Control) (int64, error) {
 	b, err := json.Marshal(c)
 	if err != nil {
-		return fmt.Errorf("encoding control: %w", err)
+		return 0, fmt.Errorf("encoding control: %w", err)
 	}
-	_, err = s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, s.keys.controls(), c.ID(), b)
-		p.Publish(ctx, s.keys.controlsChannel(), c.ID())
-		return nil
-	})
-	if err != nil {
+	return controlScript.Run(ctx, s.c, []string{s.keys.controls(), s.keys.feed()}, op, c.ID(), b,
+		string(c.Kind), c.Target, c.Issuer, FeedMaxLen, broker.EpochTTL.Milliseconds(), s.keys.controlsChannel()).Int64()
+}
+
+// Put implements broker.ControlStore: write, announce to the replicas and
+// publish on the revocation feed in one script, then refresh this
+// replica's copy.
+func (s *Controls) Put(ctx context.Context, c broker.Control) error {
+	if _, err := s.run(ctx, "put", c); err != nil {
 		return wrapErr("saving control "+c.ID(), err)
 	}
 	s.Reload(ctx)
 	return nil
 }
 
-// Delete implements broker.ControlStore.
+// Delete implements broker.ControlStore: a control that was there is
+// lifted on the revocation feed too.
 func (s *Controls) Delete(ctx context.Context, c broker.Control) (bool, error) {
-	var del *redis.IntCmd
-	_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		del = p.HDel(ctx, s.keys.controls(), c.ID())
-		p.Publish(ctx, s.keys.controlsChannel(), c.ID())
-		return nil
-	})
+	n, err := s.run(ctx, "delete", c)
 	if err != nil {
 		return false, wrapErr("deleting control "+c.ID(), err)
 	}
 	s.Reload(ctx)
-	return del.Val() > 0, nil
+	return n > 0, nil
 }

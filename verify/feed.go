@@ -18,10 +18,13 @@ import (
 //
 //	GET /v1/revocations → {"cursor": "<stream id>",
 //	    "revoked": [{"jti", "task_id", "exp"}],
-//	    "epochs": [{"dimension": "agent|template|issuer", "key", "before": <unix ms>}]}
+//	    "epochs": [{"dimension": "agent|template|issuer", "key", "before": <unix ms>}],
+//	    "controls": [{"kind", "target", "issuer", "active": true}]}
 //	GET /v1/revocations/stream?cursor=<id> → text/event-stream of
-//	    "event: revoked" data {"jti","task_id","exp"} and
-//	    "event: epoch" data {"dimension","key","before"}, each with an id.
+//	    "event: revoked" data {"jti","task_id","exp"},
+//	    "event: epoch" data {"dimension","key","before"} and
+//	    "event: control" data {"kind","target","issuer","active"}, each with
+//	    an id. Other event types are ignored.
 //
 // Both take the introspection client's HTTP Basic credentials.
 
@@ -37,10 +40,30 @@ type epochEntry struct {
 	Before    int64  `json:"before"` // unix ms
 }
 
+// controlEntry is an incident control put (Active) or lifted: a frozen
+// agent (Target, narrowed to Issuer when set), a quarantined template or a
+// distrusted issuer. While one is in force Valet refuses every path of the
+// tasks it covers, and so does the verifier.
+type controlEntry struct {
+	Kind   string `json:"kind"`
+	Target string `json:"target"`
+	Issuer string `json:"issuer"`
+	Active bool   `json:"active"`
+}
+
+const (
+	freezeAgent        = "freeze_agent"
+	quarantineTemplate = "quarantine_template"
+	distrustIssuer     = "distrust_issuer"
+)
+
+func (e controlEntry) key() string { return e.Kind + "\x00" + e.Issuer + "\x00" + e.Target }
+
 type snapshot struct {
-	Cursor  string         `json:"cursor"`
-	Revoked []revokedEntry `json:"revoked"`
-	Epochs  []epochEntry   `json:"epochs"`
+	Cursor   string         `json:"cursor"`
+	Revoked  []revokedEntry `json:"revoked"`
+	Epochs   []epochEntry   `json:"epochs"`
+	Controls []controlEntry `json:"controls"`
 }
 
 // denySet is the local copy of what the feed has said.
@@ -50,13 +73,15 @@ type denySet struct {
 	jtis   map[string]time.Time
 	tasks  map[string]time.Time
 	epochs map[string]int64 // dimension + "\x00" + key → before (unix ms)
+	// controls are the incident controls in force, by controlEntry.key.
+	controls map[string]controlEntry
 	// cursor is the last event id applied; heard when the stream last spoke.
 	cursor string
 	heard  time.Time
 }
 
 func newDenySet() *denySet {
-	return &denySet{jtis: map[string]time.Time{}, tasks: map[string]time.Time{}, epochs: map[string]int64{}}
+	return &denySet{jtis: map[string]time.Time{}, tasks: map[string]time.Time{}, epochs: map[string]int64{}, controls: map[string]controlEntry{}}
 }
 
 // resumePoint is the id of the last event applied (or the snapshot's
@@ -106,6 +131,78 @@ func (d *denySet) addEpoch(e epochEntry) {
 	if e.Before > d.epochs[k] {
 		d.epochs[k] = e.Before
 	}
+}
+
+// applyControl puts a control in force or lifts it.
+func (d *denySet) applyControl(e controlEntry) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if e.Active {
+		d.controls[e.key()] = e
+	} else {
+		delete(d.controls, e.key())
+	}
+}
+
+// setControls replaces the controls with a snapshot's: a lift missed
+// while the stream was down is not kept.
+func (d *denySet) setControls(list []controlEntry) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	clear(d.controls)
+	for _, e := range list {
+		d.controls[e.key()] = e
+	}
+}
+
+// controlled reports whether a control in force covers c's task, with
+// broker.Control.Matches semantics over every link the token names: the
+// agent holding it (of issuer agent_issuer), the other agents of its act
+// chain and its subject (the user or root agent it acts for), its template
+// and agent_issuer. The token does not say the issuer of a link other than
+// the holder; when a control could cover such a link only by that issuer
+// (a freeze narrowed to an issuer, a distrusted issuer) the answer is
+// unsure: the caller asks Valet, which knows the task's chain.
+func (d *denySet) controlled(c Claims) (deny, unsure bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if len(d.controls) == 0 {
+		return false, false
+	}
+	// The links of unnamed issuer: the subject and the act chain beyond
+	// the holder (none when the holder is the subject).
+	var others []string
+	if len(c.Act) > 0 {
+		others = append([]string{c.Subject}, c.Act[1:]...)
+	}
+	for _, e := range d.controls {
+		switch e.Kind {
+		case freezeAgent:
+			if e.Target == c.Actor() && (e.Issuer == "" || e.Issuer == c.AgentIssuer) {
+				return true, false
+			}
+			for _, who := range others {
+				if who == e.Target {
+					if e.Issuer == "" {
+						return true, false
+					}
+					unsure = true
+				}
+			}
+		case quarantineTemplate:
+			if e.Target == c.Template {
+				return true, false
+			}
+		case distrustIssuer:
+			if e.Target == c.AgentIssuer {
+				return true, false
+			}
+			if len(c.Act) > 0 {
+				unsure = true // the subject or another agent of the chain may be of that issuer
+			}
+		}
+	}
+	return false, unsure
 }
 
 // denied reports whether c's token, its task or an epoch covering it was
@@ -198,6 +295,7 @@ func (v *Verifier) follow(ctx context.Context) error {
 		for _, e := range snap.Epochs {
 			v.deny.addEpoch(e)
 		}
+		v.deny.setControls(snap.Controls)
 		cursor = snap.Cursor
 		v.deny.advance(cursor, v.cfg.Now())
 	}
@@ -271,6 +369,11 @@ func (v *Verifier) apply(event, data string) {
 		var e epochEntry
 		if json.Unmarshal([]byte(data), &e) == nil {
 			v.deny.addEpoch(e)
+		}
+	case "control":
+		var e controlEntry
+		if json.Unmarshal([]byte(data), &e) == nil {
+			v.deny.applyControl(e)
 		}
 	}
 }

@@ -84,6 +84,19 @@ type feedEpoch struct {
 	Before    int64            `json:"before"`
 }
 
+// feedControl is a control put (Active) or lifted, as tool servers apply
+// it: kind, target and the issuer a freeze is narrowed to.
+type feedControl struct {
+	Kind   broker.ControlKind `json:"kind"`
+	Target string             `json:"target"`
+	Issuer string             `json:"issuer"`
+	Active bool               `json:"active"`
+}
+
+func feedControlOf(e broker.FeedEntry) feedControl {
+	return feedControl{e.Control.Kind, e.Control.Target, e.Control.Issuer, e.ControlActive}
+}
+
 func (a *api) revocations(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.feedCaller(r); err != nil {
 		a.writeError(w, r, err)
@@ -95,12 +108,17 @@ func (a *api) revocations(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body := struct {
-		Cursor  string        `json:"cursor"`
-		Revoked []feedRevoked `json:"revoked"`
-		Epochs  []feedEpoch   `json:"epochs"`
-	}{Cursor: cursor, Revoked: []feedRevoked{}, Epochs: []feedEpoch{}}
+		Cursor   string        `json:"cursor"`
+		Revoked  []feedRevoked `json:"revoked"`
+		Epochs   []feedEpoch   `json:"epochs"`
+		Controls []feedControl `json:"controls"`
+	}{Cursor: cursor, Revoked: []feedRevoked{}, Epochs: []feedEpoch{}, Controls: []feedControl{}}
 	for _, e := range entries {
-		if e.Epoch != nil {
+		if e.Control != nil {
+			if e.ControlActive {
+				body.Controls = append(body.Controls, feedControlOf(e))
+			}
+		} else if e.Epoch != nil {
 			body.Epochs = append(body.Epochs, feedEpoch{e.Epoch.Dimension, e.Epoch.Key, e.Epoch.Before.UnixMilli()})
 		} else {
 			body.Revoked = append(body.Revoked, feedRevoked{e.JTI, e.TaskID, e.Exp.Unix()})
@@ -155,7 +173,10 @@ func (a *api) revocationStream(w http.ResponseWriter, r *http.Request) {
 		for _, e := range entries {
 			var data []byte
 			event := "revoked"
-			if e.Epoch != nil {
+			if e.Control != nil {
+				event = "control"
+				data, _ = json.Marshal(feedControlOf(e))
+			} else if e.Epoch != nil {
 				event = "epoch"
 				data, _ = json.Marshal(feedEpoch{e.Epoch.Dimension, e.Epoch.Key, e.Epoch.Before.UnixMilli()})
 			} else {
