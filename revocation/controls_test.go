@@ -113,3 +113,77 @@ func TestRedisControlsConformance(t *testing.T) {
 		return nil, nil
 	})
 }
+
+// TestControlsOnTheFeed guards the feed's side of controls: Put and Delete
+// used to change only the controls hash and tell the replicas, so tool
+// servers following the revocation feed never heard of a freeze. Now the
+// same script publishes a control entry (a lift only when there was one),
+// and the snapshot lists the controls in force.
+func TestControlsOnTheFeed(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	c := newClient(t, srv.URL())
+	l := newRedisLedger(t, c, revocation.RedisOptions{Prefix: "feedctl"})
+	feed := l.Feed()
+	s, err := revocation.NewControls(c, "feedctl", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, cursor, err := feed.Snapshot(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeze := broker.Control{Kind: broker.ControlFreezeAgent, Target: "agent-7", Issuer: "corp", Reason: "test", At: time.Now()}
+	quarantine := broker.Control{Kind: broker.ControlQuarantineTemplate, Target: "deploy", Reason: "test", At: time.Now()}
+	for _, ctl := range []broker.Control{freeze, quarantine} {
+		if err := s.Put(ctx, ctl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, err := s.Delete(ctx, quarantine); err != nil || !ok {
+		t.Fatalf("Delete: %v %v", ok, err)
+	}
+	if ok, err := s.Delete(ctx, quarantine); err != nil || ok { // nothing to lift: no entry
+		t.Fatalf("second Delete: %v %v", ok, err)
+	}
+	entries, _, err := feed.Follow(ctx, cursor, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type seen struct {
+		kind           broker.ControlKind
+		target, issuer string
+		active         bool
+	}
+	var got []seen
+	for _, e := range entries {
+		if e.Control == nil {
+			t.Fatalf("unexpected entry %+v", e)
+		}
+		got = append(got, seen{e.Control.Kind, e.Control.Target, e.Control.Issuer, e.ControlActive})
+	}
+	want := []seen{
+		{broker.ControlFreezeAgent, "agent-7", "corp", true},
+		{broker.ControlQuarantineTemplate, "deploy", "", true},
+		{broker.ControlQuarantineTemplate, "deploy", "", false},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("feed entries = %v, want %v", got, want)
+	}
+	snap, _, err := feed.Snapshot(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inForce []seen
+	for _, e := range snap {
+		if e.Control != nil {
+			inForce = append(inForce, seen{e.Control.Kind, e.Control.Target, e.Control.Issuer, e.ControlActive})
+		}
+	}
+	if fmt.Sprint(inForce) != fmt.Sprint(want[:1]) {
+		t.Fatalf("snapshot controls = %v, want %v", inForce, want[:1])
+	}
+	if ttl := c.PTTL(ctx, "feedctl:revocations").Val(); ttl <= 0 {
+		t.Fatalf("feed stream TTL = %v, want one (it must not outlive its entries forever)", ttl)
+	}
+}
