@@ -15,7 +15,8 @@ import (
 // denies, with the Redis feed's cursors ("<unix ms>-<seq>") and its
 // bounds (FeedMaxLen entries, none older than broker.EpochTTL), so that
 // `valet dev` without Redis serves the same feed through the same
-// fan-out. The memory ledger has no epochs, so neither has its feed. It is
+// fan-out. The memory ledger has no epochs and no controls (controls live
+// only in Redis), so neither has its feed. It is
 // safe for concurrent use.
 type MemoryFeed struct {
 	now func() time.Time
