@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // TestRevocationReachesOtherReplica runs two real `valet serve` processes
@@ -49,7 +50,7 @@ func TestRevocationReachesOtherReplica(t *testing.T) {
 	const secret = "replica-test-secret-0123456789"
 	var bases []string
 	for i := range 2 {
-		addr := freeAddr(t)
+		addr := testkit.FreeAddr(t)
 		c := strings.NewReplacer(
 			"public_url: http://127.0.0.1:8080", "public_url: "+public,
 			"http://127.0.0.1:8081", idpURL,

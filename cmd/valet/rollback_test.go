@@ -16,6 +16,7 @@ import (
 
 	"github.com/valet-dev/valet/examples/toolserver"
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -25,7 +26,7 @@ import (
 // both (the comments are gone); a second run skips them as done.
 func TestRollbackThroughCLI(t *testing.T) {
 	rd := redistest.Start(t)
-	out, errOut := startRun(t, nil, "dev", "--addr", freeAddr(t), "--redis", rd.URL(), "--rollback-hosts", "127.0.0.1",
+	out, errOut := startRun(t, nil, "dev", "--addr", testkit.FreeAddr(t), "--redis", rd.URL(), "--rollback-hosts", "127.0.0.1",
 		"--audit", filepath.Join(t.TempDir(), "audit.jsonl"))
 	base := waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -120,7 +121,7 @@ func post(t *testing.T, url, bearer, body string) string {
 // a run refuses without a terminal, refuses on "n", and runs with --yes.
 func TestRollbackAsksBeforeRevokedReporters(t *testing.T) {
 	rd := redistest.Start(t)
-	out, errOut := startRun(t, nil, "dev", "--addr", freeAddr(t), "--redis", rd.URL(), "--rollback-hosts", "127.0.0.1",
+	out, errOut := startRun(t, nil, "dev", "--addr", testkit.FreeAddr(t), "--redis", rd.URL(), "--rollback-hosts", "127.0.0.1",
 		"--audit", filepath.Join(t.TempDir(), "audit.jsonl"))
 	base := waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))
 	ctx, cancel := context.WithCancel(context.Background())
