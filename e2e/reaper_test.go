@@ -84,14 +84,10 @@ func faultRun(t *testing.T) {
 func reapLag(b *testing.T, e *env, rate, seconds int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e.clock.mu.Lock()
-	e.clock.t = time.Now()
-	e.clock.mu.Unlock()
+	e.clock.Set(time.Now())
 	go func() { // the broker's clock follows real time
 		for ctx.Err() == nil {
-			e.clock.mu.Lock()
-			e.clock.t = time.Now()
-			e.clock.mu.Unlock()
+			e.clock.Set(time.Now())
 			time.Sleep(time.Millisecond)
 		}
 	}()

@@ -16,6 +16,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -24,15 +25,6 @@ const (
 	client   = "tool-server"
 	secret   = "a-long-enough-test-secret"
 )
-
-// clock is an injected clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 // valet is a stand-in for Valet's public surface as the verifier sees it:
 // a JWKS, introspection (answers from the revoked set) and the revocation
@@ -189,7 +181,7 @@ func waitFor(t *testing.T, ok func() bool, what string) {
 // TestKidFlood: tokens naming ever new unknown kids cost at most one JWKS
 // fetch per 30 s of the verifier's clock, and every one is refused.
 func TestKidFlood(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	v := newValet(t, c.Now)
 	ver := newVerifier(t, v, c.Now)
 	_, rogue, _ := ed25519.GenerateKey(rand.Reader)
@@ -235,7 +227,7 @@ func TestKidFlood(t *testing.T) {
 // introspection (one call each; revoked → 401; Valet down → 503, never
 // allowed); once live, checks cost no call.
 func TestIntrospectionBeforeFeed(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	v := newValet(t, c.Now)
 	ver := newVerifier(t, v, c.Now)
 	live, dead := v.token(t, "live", v.kid, v.key), v.token(t, "dead", v.kid, v.key)
@@ -283,7 +275,7 @@ func TestIntrospectionBeforeFeed(t *testing.T) {
 // introspection, reconnects from the id of the last event it applied (not
 // a new snapshot), and applies a revocation made while it was away.
 func TestFeedReconnect(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	v := newValet(t, c.Now)
 	ver := newVerifier(t, v, c.Now)
 	a, b := v.token(t, "a", v.kid, v.key), v.token(t, "b", v.kid, v.key)
