@@ -8,12 +8,13 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // NewFeed returns an empty ledger, reading the time from clock where it
 // reads time at all, and the revocation feed its Ends are published on. It
 // is called once per case.
-type NewFeed func(t *testing.T, clock *Clock) (broker.Ledger, broker.Feed)
+type NewFeed func(t *testing.T, clock *testkit.Clock) (broker.Ledger, broker.Feed)
 
 type feedEnv struct {
 	ledgerEnv
@@ -34,7 +35,7 @@ var feedCases = []namedCase[feedEnv]{
 // Feed runs the broker.Feed suite.
 func Feed(t *testing.T, newFeed NewFeed) {
 	run(t, feedCases, func(t *testing.T) feedEnv {
-		clock := NewClock(time.Now().Truncate(time.Millisecond))
+		clock := testkit.NewClock(time.Now().Truncate(time.Millisecond))
 		l, f := newFeed(t, clock)
 		return feedEnv{ledgerEnv: ledgerEnv{ctx: t.Context(), clock: clock, l: l}, f: f}
 	})

@@ -9,15 +9,16 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // NewLimiter returns an empty limiter that reads the time from clock where
 // it reads time at all. It is called once per case.
-type NewLimiter func(t *testing.T, clock *Clock) broker.Limiter
+type NewLimiter func(t *testing.T, clock *testkit.Clock) broker.Limiter
 
 type limiterEnv struct {
 	ctx   context.Context
-	clock *Clock
+	clock *testkit.Clock
 	l     broker.Limiter
 	o     Options
 	until time.Time
@@ -37,7 +38,7 @@ var limiterCases = []namedCase[limiterEnv]{
 func Limiter(t *testing.T, newLimiter NewLimiter, o Options) {
 	o.check(t)
 	run(t, limiterCases, func(t *testing.T) limiterEnv {
-		clock := NewClock(time.Now().Truncate(time.Millisecond))
+		clock := testkit.NewClock(time.Now().Truncate(time.Millisecond))
 		return limiterEnv{ctx: t.Context(), clock: clock, l: newLimiter(t, clock), o: o, until: clock.Now().Add(time.Hour)}
 	})
 }

@@ -11,15 +11,16 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // NewRecords returns an empty store that reads the time from clock where it
 // reads time at all. It is called once per case.
-type NewRecords func(t *testing.T, clock *Clock) broker.Records
+type NewRecords func(t *testing.T, clock *testkit.Clock) broker.Records
 
 type recordsEnv struct {
 	ctx   context.Context
-	clock *Clock
+	clock *testkit.Clock
 	s     broker.Records
 	o     Options
 	until time.Time // an hour from the clock's start
@@ -49,7 +50,7 @@ var recordsCases = []namedCase[recordsEnv]{
 func Records(t *testing.T, newStore NewRecords, o Options) {
 	o.check(t)
 	run(t, recordsCases, func(t *testing.T) recordsEnv {
-		clock := NewClock(time.Now().Truncate(time.Millisecond))
+		clock := testkit.NewClock(time.Now().Truncate(time.Millisecond))
 		return recordsEnv{ctx: t.Context(), clock: clock, s: newStore(t, clock), o: o, until: clock.Now().Add(time.Hour)}
 	})
 }
