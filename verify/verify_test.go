@@ -166,18 +166,6 @@ func check(ver *verify.Verifier, token string) int {
 	return http.StatusOK
 }
 
-// waitFor polls background work (the feed goroutine) for at most 5 s.
-func waitFor(t *testing.T, ok func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // bounded polling of real background work
-	}
-}
-
 // TestKidFlood: tokens naming ever new unknown kids cost at most one JWKS
 // fetch per 30 s of the verifier's clock, and every one is refused.
 func TestKidFlood(t *testing.T) {
@@ -256,7 +244,7 @@ func TestIntrospectionBeforeFeed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go ver.Run(ctx)
-	waitFor(t, ver.Live, "the feed to go live")
+	testkit.Eventually(t, ver.Live, "the feed to go live")
 	before := v.count("/v1/introspect")
 	for range 100 {
 		if s := check(ver, live); s != 200 {
@@ -282,10 +270,10 @@ func TestFeedReconnect(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go ver.Run(ctx)
-	waitFor(t, ver.Live, "the feed to go live")
+	testkit.Eventually(t, ver.Live, "the feed to go live")
 
 	v.events <- v.revoke("a", "5-0")
-	waitFor(t, func() bool { return check(ver, a) == 401 }, "token a refused from the stream")
+	testkit.Eventually(t, func() bool { return check(ver, a) == 401 }, "token a refused from the stream")
 	if n := v.count("/v1/introspect"); n != 0 {
 		t.Fatalf("introspections while live: %d", n)
 	}
@@ -293,7 +281,7 @@ func TestFeedReconnect(t *testing.T) {
 	// The stream drops. While it is down, b is revoked; the event will be
 	// sent on the next stream.
 	v.cut <- struct{}{}
-	waitFor(t, func() bool { return !ver.Live() }, "the verifier to notice the drop")
+	testkit.Eventually(t, func() bool { return !ver.Live() }, "the verifier to notice the drop")
 	ev := v.revoke("b", "6-0")
 	if s := check(ver, b); s != 401 {
 		t.Fatalf("token b while the feed is down (introspection): %d", s)
@@ -302,11 +290,11 @@ func TestFeedReconnect(t *testing.T) {
 		t.Fatal("no introspection while the feed was down")
 	}
 	v.events <- ev
-	waitFor(t, ver.Live, "the feed to come back")
+	testkit.Eventually(t, ver.Live, "the feed to come back")
 	v.mu.Lock()
 	v.introOff = true // from now on only the deny set can refuse b
 	v.mu.Unlock()
-	waitFor(t, func() bool { return check(ver, b) == 401 }, "token b refused from the resumed stream")
+	testkit.Eventually(t, func() bool { return check(ver, b) == 401 }, "token b refused from the resumed stream")
 	v.mu.Lock()
 	cursors := append([]string{}, v.cursors...)
 	v.mu.Unlock()

@@ -48,14 +48,14 @@ func TestServeMetricsListenerSecretAndFeedCaps(t *testing.T) {
 	p := writeFile(t, dir, "valet.yaml", c)
 	_, errOut := startRun(t, map[string]string{"VALET_TOOL_SERVER_SECRET": toolSecret, "VALET_METRICS_SECRET": metricsSecret}, "serve", "--config", p)
 	v := &servedValet{base: "http://" + addr, idpURL: idpURL}
-	eventually(t, "valet serve ready", func() bool {
+	testkit.Eventually(t, func() bool {
 		resp, err := http.Get(v.base + "/readyz")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
-	})
+	}, "valet serve ready")
 	get := func(url, bearer string) (int, string) {
 		req, _ := http.NewRequest(http.MethodGet, url, nil)
 		if bearer != "" {
