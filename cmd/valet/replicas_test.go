@@ -75,20 +75,14 @@ func TestRevocationReachesOtherReplica(t *testing.T) {
 		bases = append(bases, "http://"+addr)
 	}
 	for _, b := range bases {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		testkit.EventuallyWithin(t, 30*time.Second, func() bool {
 			resp, err := http.Get(b + "/readyz")
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					break
-				}
+			if err != nil {
+				return false
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("replica %s never became ready", b)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		}, "replica "+b+" to become ready")
 	}
 
 	// A task declared on replica 1.

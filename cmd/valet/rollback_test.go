@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/valet-dev/valet/examples/toolserver"
 	"github.com/valet-dev/valet/internal/redistest"
@@ -62,13 +61,7 @@ func TestRollbackThroughCLI(t *testing.T) {
 			t.Fatalf("comment: %s", r)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for v.Reports().Sent < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("reports: %+v", v.Reports())
-		}
-		time.Sleep(10 * time.Millisecond) // bounded polling of real background work
-	}
+	testkit.Eventually(t, func() bool { return v.Reports().Sent >= 2 }, "2 tool-call reports sent")
 	_, admin := cli("dev", "token", "--admin", "alice", "--issuer", base+"/dev")
 	admin = strings.TrimSpace(admin)
 
