@@ -318,49 +318,12 @@ func TestKIDFloodIsRateLimited(t *testing.T) {
 	}
 }
 
-// switchableIdP fronts a real issuer under its own URL and can be taken
-// down (503) and brought back. Tokens for it carry iss = its URL.
-type switchableIdP struct {
-	srv  *httptest.Server
-	down atomic.Bool
-	hits atomic.Int64
-}
-
-func newSwitchableIdP(t *testing.T, iss *oidctest.Issuer) *switchableIdP {
-	s := &switchableIdP{}
-	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.hits.Add(1)
-		if s.down.Load() {
-			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-			return
-		}
-		switch r.URL.Path {
-		case "/.well-known/openid-configuration":
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = io.WriteString(w, `{"issuer":"`+s.srv.URL+`","jwks_uri":"`+s.srv.URL+`/jwks"}`)
-		case "/jwks":
-			resp, err := http.Get(iss.URL() + "/jwks")
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadGateway)
-				return
-			}
-			defer resp.Body.Close()
-			_, _ = io.Copy(w, resp.Body)
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	t.Cleanup(s.srv.Close)
-	return s
-}
-
 func TestIdPDownAtStart(t *testing.T) {
 	iss := oidctest.New(t)
-	idp := newSwitchableIdP(t, iss)
-	idp.down.Store(true)
+	iss.SetDown(true)
 	clock := testkit.NewClock(time.Now())
-	id := newTestIdentity(t, clock, IssuerConfig{Name: "flaky", IssuerURL: idp.srv.URL, Audiences: []string{"valet"}})
-	tok := iss.Token(t, map[string]any{"iss": idp.srv.URL})
+	id := newTestIdentity(t, clock, IssuerConfig{Name: "flaky", IssuerURL: iss.URL(), Audiences: []string{"valet"}})
+	tok := iss.Token(t, nil)
 
 	if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("IdP down: got %v, want broker.ErrUnavailable", err)
@@ -368,17 +331,18 @@ func TestIdPDownAtStart(t *testing.T) {
 	if err := id.Ready(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("Ready with the IdP down: %v", err)
 	}
-	hits := idp.hits.Load()
+	fetches := func() int { return iss.DiscoveryFetches() + iss.JWKSFetches() }
+	hits := fetches()
 	for range 100 {
 		if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
 			t.Fatalf("got %v, want broker.ErrUnavailable", err)
 		}
 	}
-	if n := idp.hits.Load(); n != hits {
+	if n := fetches(); n != hits {
 		t.Errorf("retried %d times within the refresh interval", n-hits)
 	}
 
-	idp.down.Store(false)
+	iss.SetDown(false)
 	if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("retried before the interval passed: %v", err)
 	}
@@ -395,7 +359,7 @@ func TestIdPDownAtStart(t *testing.T) {
 	}
 
 	// Going down again does not lose the cached keys.
-	idp.down.Store(true)
+	iss.SetDown(true)
 	clock.Advance(time.Minute)
 	if _, err := id.Authenticate(context.Background(), tok); err != nil {
 		t.Errorf("cached keys lost while the IdP is down: %v", err)
