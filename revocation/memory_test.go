@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/revocation/conformance"
 )
@@ -19,18 +18,18 @@ var memoryOptions = conformance.Options{
 	NoJobs:            "the memory ledger backs `valet dev`, which runs without bulk revocation jobs",
 }
 
-func newMemoryLedger(_ *testing.T, clock *testkit.Clock) *revocation.MemoryLedger {
+func newMemoryLedger(_ *testing.T, clock *conformance.Clock) *revocation.MemoryLedger {
 	return revocation.NewMemoryLedger(clock.Now, memoryOptions.Retention)
 }
 
 func TestMemoryLedgerConformance(t *testing.T) {
-	conformance.Ledger(t, func(t *testing.T, clock *testkit.Clock) broker.Ledger {
+	conformance.Ledger(t, func(t *testing.T, clock *conformance.Clock) broker.Ledger {
 		return newMemoryLedger(t, clock)
 	}, memoryOptions)
 }
 
 func TestMemoryFeedConformance(t *testing.T) {
-	conformance.Feed(t, func(t *testing.T, clock *testkit.Clock) (broker.Ledger, broker.Feed) {
+	conformance.Feed(t, func(t *testing.T, clock *conformance.Clock) (broker.Ledger, broker.Feed) {
 		l := newMemoryLedger(t, clock)
 		return l, l.Feed()
 	})
@@ -39,14 +38,14 @@ func TestMemoryFeedConformance(t *testing.T) {
 func TestMemoryDueEnderConformance(t *testing.T) {
 	o := memoryOptions
 	o.NoReapLeases = "the memory ledger dies with its only reaper, so no other reaper could take a batch over"
-	conformance.DueEnder(t, func(t *testing.T, clock *testkit.Clock) (a, b conformance.DueLedger) {
+	conformance.DueEnder(t, func(t *testing.T, clock *conformance.Clock) (a, b conformance.DueLedger) {
 		l := newMemoryLedger(t, clock)
 		return l, l
 	}, o)
 }
 
 func TestMemoryLimiterConformance(t *testing.T) {
-	conformance.Limiter(t, func(t *testing.T, clock *testkit.Clock) broker.Limiter {
+	conformance.Limiter(t, func(t *testing.T, clock *conformance.Clock) broker.Limiter {
 		return newMemoryLedger(t, clock)
 	}, memoryOptions)
 }

@@ -9,13 +9,12 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
-	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/revocation/conformance"
 )
 
 func TestMemoryQueueConformance(t *testing.T) {
-	conformance.Queue(t, func(t *testing.T, clock *testkit.Clock) broker.RevocationQueue {
+	conformance.Queue(t, func(t *testing.T, clock *conformance.Clock) broker.RevocationQueue {
 		return revocation.NewMemoryQueue(clock.Now, 0)
 	})
 }
@@ -23,7 +22,7 @@ func TestMemoryQueueConformance(t *testing.T) {
 func TestRedisQueueConformance(t *testing.T) {
 	srv := redistest.Start(t)
 	n := 0
-	conformance.Queue(t, func(t *testing.T, _ *testkit.Clock) broker.RevocationQueue {
+	conformance.Queue(t, func(t *testing.T, _ *conformance.Clock) broker.RevocationQueue {
 		n++
 		return newRedisQueue(t, srv, "q"+strconv.Itoa(n))
 	})

@@ -6,20 +6,19 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
-	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/revocation/conformance"
 )
 
 func TestRedisRecords(t *testing.T) {
 	newLedger := redisLedgers(t)
-	conformance.Records(t, func(t *testing.T, clock *testkit.Clock) broker.Records {
+	conformance.Records(t, func(t *testing.T, clock *conformance.Clock) broker.Records {
 		return newLedger(t, clock)
 	}, conformance.Options{RealClockExpiry: "TestRedisRecordsExpire (the TTL of every record key)"})
 }
 
 func TestMemoryRecords(t *testing.T) {
-	conformance.Records(t, func(t *testing.T, clock *testkit.Clock) broker.Records {
+	conformance.Records(t, func(t *testing.T, clock *conformance.Clock) broker.Records {
 		return newMemoryLedger(t, clock)
 	}, memoryOptions)
 }

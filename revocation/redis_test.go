@@ -18,7 +18,6 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
-	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/revocation/conformance"
 )
@@ -49,10 +48,10 @@ var redisOptions = conformance.Options{RealClockExpiry: "TestRedisEveryKeyExpire
 
 // redisLedgers returns a constructor of Redis ledgers on one server, each
 // in a fresh key space.
-func redisLedgers(t *testing.T) func(t *testing.T, clock *testkit.Clock) *revocation.RedisLedger {
+func redisLedgers(t *testing.T) func(t *testing.T, clock *conformance.Clock) *revocation.RedisLedger {
 	c := newClient(t, redistest.Start(t).URL())
 	var n atomic.Int64
-	return func(t *testing.T, clock *testkit.Clock) *revocation.RedisLedger {
+	return func(t *testing.T, clock *conformance.Clock) *revocation.RedisLedger {
 		return newRedisLedger(t, c, revocation.RedisOptions{Prefix: fmt.Sprint("case", n.Add(1)), Now: clock.Now, Logger: quiet})
 	}
 }
@@ -63,7 +62,7 @@ var quiet = slog.New(slog.DiscardHandler)
 
 func TestRedisLedgerConformance(t *testing.T) {
 	newLedger := redisLedgers(t)
-	conformance.Ledger(t, func(t *testing.T, clock *testkit.Clock) broker.Ledger {
+	conformance.Ledger(t, func(t *testing.T, clock *conformance.Clock) broker.Ledger {
 		return newLedger(t, clock)
 	}, redisOptions)
 }
@@ -470,7 +469,7 @@ func jwt(taskID, id string, expires time.Time) broker.Credential {
 
 func TestRedisFeedConformance(t *testing.T) {
 	newLedger := redisLedgers(t)
-	conformance.Feed(t, func(t *testing.T, clock *testkit.Clock) (broker.Ledger, broker.Feed) {
+	conformance.Feed(t, func(t *testing.T, clock *conformance.Clock) (broker.Ledger, broker.Feed) {
 		l := newLedger(t, clock)
 		return l, l.Feed()
 	})
@@ -482,7 +481,7 @@ func TestRedisDueEnderConformance(t *testing.T) {
 	var n atomic.Int64
 	o := redisOptions
 	o.ReapLease = lease
-	conformance.DueEnder(t, func(t *testing.T, clock *testkit.Clock) (a, b conformance.DueLedger) {
+	conformance.DueEnder(t, func(t *testing.T, clock *conformance.Clock) (a, b conformance.DueLedger) {
 		// Two replicas: one key space, a client each.
 		opts := revocation.RedisOptions{Prefix: fmt.Sprint("due", n.Add(1)), Now: clock.Now, Logger: quiet, ReapLease: lease}
 		return newRedisLedger(t, newClient(t, srv.URL()), opts), newRedisLedger(t, newClient(t, srv.URL()), opts)
@@ -491,7 +490,7 @@ func TestRedisDueEnderConformance(t *testing.T) {
 
 func TestRedisLimiterConformance(t *testing.T) {
 	newLedger := redisLedgers(t)
-	conformance.Limiter(t, func(t *testing.T, clock *testkit.Clock) broker.Limiter {
+	conformance.Limiter(t, func(t *testing.T, clock *conformance.Clock) broker.Limiter {
 		return newLedger(t, clock)
 	}, conformance.Options{RealClockExpiry: "TestRedisRecordsExpire (the TTL of every one-time use and counter key)"})
 }

@@ -14,7 +14,12 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
+
+// Clock is the settable fake clock the suite hands each store: testkit's
+// one fake clock, under a name a store outside this module can write.
+type Clock = testkit.Clock
 
 // Options says what the store under test can show beyond the common part of
 // the contract. A case that needs a capability the store lacks is skipped

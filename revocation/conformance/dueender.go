@@ -20,7 +20,7 @@ type DueLedger interface {
 // NewDueEnder returns two replicas of one empty ledger (the same value
 // twice for a ledger held in one process), reading the time from clock
 // where they read time at all. It is called once per case.
-type NewDueEnder func(t *testing.T, clock *testkit.Clock) (a, b DueLedger)
+type NewDueEnder func(t *testing.T, clock *Clock) (a, b DueLedger)
 
 type dueEnv struct {
 	ledgerEnv

@@ -14,7 +14,7 @@ import (
 // NewFeed returns an empty ledger, reading the time from clock where it
 // reads time at all, and the revocation feed its Ends are published on. It
 // is called once per case.
-type NewFeed func(t *testing.T, clock *testkit.Clock) (broker.Ledger, broker.Feed)
+type NewFeed func(t *testing.T, clock *Clock) (broker.Ledger, broker.Feed)
 
 type feedEnv struct {
 	ledgerEnv

@@ -16,12 +16,12 @@ import (
 
 // NewLedger returns an empty ledger that reads the time from clock where it
 // reads time at all. It is called once per case.
-type NewLedger func(t *testing.T, clock *testkit.Clock) broker.Ledger
+type NewLedger func(t *testing.T, clock *Clock) broker.Ledger
 
 // ledgerEnv is what every ledger case gets: a fresh ledger and its clock.
 type ledgerEnv struct {
 	ctx   context.Context
-	clock *testkit.Clock
+	clock *Clock
 	l     broker.Ledger
 	o     Options
 }

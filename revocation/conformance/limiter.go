@@ -14,11 +14,11 @@ import (
 
 // NewLimiter returns an empty limiter that reads the time from clock where
 // it reads time at all. It is called once per case.
-type NewLimiter func(t *testing.T, clock *testkit.Clock) broker.Limiter
+type NewLimiter func(t *testing.T, clock *Clock) broker.Limiter
 
 type limiterEnv struct {
 	ctx   context.Context
-	clock *testkit.Clock
+	clock *Clock
 	l     broker.Limiter
 	o     Options
 	until time.Time

@@ -13,7 +13,7 @@ import (
 
 // NewQueue returns an empty queue that reads the time from clock where it
 // reads time at all. It is called once per case.
-type NewQueue func(t *testing.T, clock *testkit.Clock) broker.RevocationQueue
+type NewQueue func(t *testing.T, clock *Clock) broker.RevocationQueue
 
 type queueEnv struct {
 	ctx  context.Context

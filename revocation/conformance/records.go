@@ -16,11 +16,11 @@ import (
 
 // NewRecords returns an empty store that reads the time from clock where it
 // reads time at all. It is called once per case.
-type NewRecords func(t *testing.T, clock *testkit.Clock) broker.Records
+type NewRecords func(t *testing.T, clock *Clock) broker.Records
 
 type recordsEnv struct {
 	ctx   context.Context
-	clock *testkit.Clock
+	clock *Clock
 	s     broker.Records
 	o     Options
 	until time.Time // an hour from the clock's start
