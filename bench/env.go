@@ -30,6 +30,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/server"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -76,7 +77,7 @@ func startRedis(dir string) (*redisServer, error) {
 	if err != nil {
 		return nil, errors.New("redis-server not found on PATH (Debian: apt-get install redis-server)")
 	}
-	port, err := freePort()
+	port, err := testkit.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -110,15 +111,6 @@ func (r *redisServer) pid() int    { return r.cmd.Process.Pid }
 func (r *redisServer) stop() {
 	_ = r.cmd.Process.Signal(syscall.SIGKILL)
 	<-r.done
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // idp is an OIDC issuer on a loopback listener: discovery and JWKS, one
@@ -395,7 +387,7 @@ func repoRoot() (string, error) {
 }
 
 func startVault(ctx context.Context, bin string, p *idp, dir string) (*vault, error) {
-	port, err := freePort()
+	port, err := testkit.FreePort()
 	if err != nil {
 		return nil, err
 	}

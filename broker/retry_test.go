@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 func TestBackoffBounds(t *testing.T) {
@@ -83,16 +85,16 @@ func (q *sliceQueue) Pending(context.Context) (int, error) {
 // waits while the source is down, revoked once it is back, and dropped as
 // "expired unrevoked" when the credential's own expiry comes first.
 func TestRetryPolicy(t *testing.T) {
-	now := time.Now()
+	clock := testkit.NewClock(time.Now())
 	is := &flakyIssuer{}
 	q := &sliceQueue{m: map[string]PendingRevocation{}}
-	s := &Service{issuers: map[CredentialKind]Issuer{KindVaultToken: is}, retryQ: q, now: func() time.Time { return now },
+	s := &Service{issuers: map[CredentialKind]Issuer{KindVaultToken: is}, retryQ: q, now: clock.Now,
 		log: slog.New(slog.DiscardHandler)}
 	ctx := context.Background()
-	a := Credential{ID: "acc-a", Kind: KindVaultToken, TaskID: "tsk_a", ExpiresAt: now.Add(time.Hour)}
-	b := Credential{ID: "acc-b", Kind: KindVaultToken, TaskID: "tsk_b", ExpiresAt: now.Add(90 * time.Second)}
-	jwt := Credential{ID: "jti", Kind: KindJWT, TaskID: "tsk_a", ExpiresAt: now.Add(time.Hour)}
-	lease := Credential{ID: "lease", Kind: KindVaultLease, TaskID: "tsk_a", Parent: "acc-a", ExpiresAt: now.Add(time.Hour)}
+	a := Credential{ID: "acc-a", Kind: KindVaultToken, TaskID: "tsk_a", ExpiresAt: clock.Now().Add(time.Hour)}
+	b := Credential{ID: "acc-b", Kind: KindVaultToken, TaskID: "tsk_b", ExpiresAt: clock.Now().Add(90 * time.Second)}
+	jwt := Credential{ID: "jti", Kind: KindJWT, TaskID: "tsk_a", ExpiresAt: clock.Now().Add(time.Hour)}
+	lease := Credential{ID: "lease", Kind: KindVaultLease, TaskID: "tsk_a", Parent: "acc-a", ExpiresAt: clock.Now().Add(time.Hour)}
 
 	if failed := s.revokeAtSource(ctx, []Credential{jwt, a, lease, b}, "test"); failed != 2 {
 		t.Fatalf("revokeAtSource failed %d, want 2 (JWT and lease need nothing here)", failed)
@@ -105,24 +107,24 @@ func TestRetryPolicy(t *testing.T) {
 	}
 	var lastNext time.Time
 	for attempt := 1; attempt <= 5; attempt++ {
-		now = now.Add(time.Minute)
+		clock.Advance(time.Minute)
 		if n, err := s.RetryOnce(ctx); n != 0 || err != nil {
 			t.Fatalf("RetryOnce with the source down = %d, %v", n, err)
 		}
 		p := q.m["acc-a"]
-		if p.Attempt != attempt+1 || !p.Next.After(now) || p.LastError == "" {
+		if p.Attempt != attempt+1 || !p.Next.After(clock.Now()) || p.LastError == "" {
 			t.Fatalf("after retry %d: %+v", attempt, p)
 		}
 		lastNext = p.Next
 	}
-	if w := lastNext.Sub(now); w < 16*time.Second || w > 32*time.Second {
+	if w := lastNext.Sub(clock.Now()); w < 16*time.Second || w > 32*time.Second {
 		t.Fatalf("after 6 attempts the wait is %v; want 32s jittered to [16s, 32s]", w)
 	}
 	if _, ok := q.m["acc-b"]; ok {
 		t.Fatal("acc-b, past its expiry, is still queued")
 	}
 	is.up = true
-	now = now.Add(time.Minute)
+	clock.Advance(time.Minute)
 	if n, err := s.RetryOnce(ctx); n != 1 || err != nil {
 		t.Fatalf("RetryOnce with the source back = %d, %v", n, err)
 	}

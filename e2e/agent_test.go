@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/examples/toolserver"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -87,13 +88,7 @@ func newToolServer(t *testing.T, e *env, feed bool) (*httptest.Server, *verify.V
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
 		go v.Run(ctx)
-		deadline := time.Now().Add(5 * time.Second)
-		for !v.Live() {
-			if time.Now().After(deadline) {
-				t.Fatal("revocation feed never went live")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		testkit.Eventually(t, v.Live, "the revocation feed to go live")
 	}
 	ts.Config.Handler = toolserver.New(v)
 	ts.Start()

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // opsTask declares an unbound task of template ops for agent.
@@ -124,7 +125,7 @@ func TestApprovalCapsAndListing(t *testing.T) {
 
 	// The webhook answered every new approval with a redirect elsewhere;
 	// Valet logged the 307 and went nowhere else.
-	waitFor(t, func() bool { return strings.Count(e.inc.logs.String(), "approval webhook refused") == 5 }, "5 refused webhooks")
+	testkit.Eventually(t, func() bool { return strings.Count(e.inc.logs.String(), "approval webhook refused") == 5 }, "5 refused webhooks")
 	if hooked.Load() != 5 || followed.Load() != 0 {
 		t.Fatalf("webhook called %d times, redirect followed %d times", hooked.Load(), followed.Load())
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/examples/toolserver"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -47,7 +48,7 @@ func TestToolEventsAndRollback(t *testing.T) {
 	if n := len(tsrv.Comments("1")); n != 2 {
 		t.Fatalf("%d comments, want 2", n)
 	}
-	waitFor(t, func() bool { return v.Reports().Sent == 3 }, "3 reports sent")
+	testkit.Eventually(t, func() bool { return v.Reports().Sent == 3 }, "3 reports sent")
 
 	r := e.do(http.MethodGet, "/v1/tasks/"+taskID+"/events", tok, "", nil, false)
 	if r.Status != 200 {
@@ -154,18 +155,6 @@ func TestToolEventsAndRollback(t *testing.T) {
 		t.Fatalf("a report beyond the retention: %d %s", r.Status, r.Body)
 	}
 	t.Logf("reports: %+v", v.Reports())
-}
-
-// waitFor polls a condition of background work, for at most 5 s.
-func waitFor(t *testing.T, ok func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // bounded polling of real background work
-	}
 }
 
 // report posts a tool-call report with the task token, and with the tool

@@ -14,6 +14,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // The fault runs of issue 9 ("Reliability under faults"). Each logs its
@@ -21,8 +22,8 @@ import (
 // time. They are long: scripts/faults runs them (VALET_FAULTS=1).
 
 // followRealTime makes the env's clock follow the wall clock until ctx ends.
-func followRealTime(ctx context.Context, c *clock) {
-	set := func() { c.mu.Lock(); c.t = time.Now(); c.mu.Unlock() }
+func followRealTime(ctx context.Context, c *testkit.Clock) {
+	set := func() { c.Set(time.Now()) }
 	set()
 	go func() {
 		for ctx.Err() == nil {

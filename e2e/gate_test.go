@@ -11,6 +11,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/oidctest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // gateTemplates: one template with everything the gate stands in front of:
@@ -262,7 +263,7 @@ func TestGateObservedAttacks(t *testing.T) {
 			t.Fatalf("revoke: %d %s", r.Status, r.Body)
 		}
 		job := r.json(t)["job"].(map[string]any)
-		waitFor(t, func() bool {
+		testkit.Eventually(t, func() bool {
 			r := e.adminDo(http.MethodGet, "/v1/admin/revocations/"+job["id"].(string), e.adminToken("vera", "valet-viewers"), "")
 			job = r.json(t)["job"].(map[string]any)
 			return job["state"] == "done"

@@ -27,6 +27,7 @@ import (
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/internal/server"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
@@ -55,19 +56,6 @@ templates:
       - name: no-export
         expression: '!("export" in request.context) || request.context.export == false'
 `
-
-// clock is the broker's settable clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // countingLedger counts the writes that reach the ledger.
 type countingLedger struct {
@@ -120,7 +108,7 @@ type env struct {
 	idp     *oidctest.Issuer
 	ledger  *countingLedger
 	raw     *revocation.RedisLedger
-	clock   *clock
+	clock   *testkit.Clock
 	svc     *broker.Service
 	srv     *testServer
 	client  *http.Client
@@ -136,7 +124,7 @@ type envOptions struct {
 	redis *redistest.Server
 	idp   *oidctest.Issuer
 	key   issuers.SigningKey
-	clock *clock
+	clock *testkit.Clock
 	// auditor replaces the audit log (which writes to env.audit).
 	auditor broker.Auditor
 	// templates replaces testTemplates when set.
@@ -175,7 +163,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		e.idp = oidctest.New(t)
 	}
 	if e.clock == nil {
-		e.clock = &clock{t: time.Now()}
+		e.clock = testkit.NewClock(time.Now())
 	}
 	if o.key.Private == nil {
 		k, err := issuers.GenerateSigningKey("EdDSA")

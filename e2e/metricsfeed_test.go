@@ -18,6 +18,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
 )
 
@@ -197,24 +198,16 @@ func TestAttackFeedFollowers(t *testing.T) {
 		t.Fatalf("reaper: ended %d, %v", n, err)
 	}
 	// Every follower hears the revocation.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testkit.EventuallyWithin(t, 20*time.Second, func() bool {
 		mu.Lock()
-		missing := 0
+		defer mu.Unlock()
 		for i := range followers {
 			if !strings.Contains(heard[i], claims.ID) {
-				missing++
+				return false
 			}
 		}
-		mu.Unlock()
-		if missing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d followers did not hear the revocation", missing, followers)
-		}
-		time.Sleep(20 * time.Millisecond) // polling for delivery, not passing time
-	}
+		return true
+	}, "every follower to hear the revocation")
 	// The ledger's pool held none of the streams.
 	if st := e.inc.rc.PoolStats(); st.TotalConns > 20 {
 		t.Fatalf("the ledger's Redis pool has %d connections with %d followers open", st.TotalConns, followers)

@@ -84,17 +84,7 @@ func faultRun(t *testing.T) {
 func reapLag(b *testing.T, e *env, rate, seconds int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e.clock.mu.Lock()
-	e.clock.t = time.Now()
-	e.clock.mu.Unlock()
-	go func() { // the broker's clock follows real time
-		for ctx.Err() == nil {
-			e.clock.mu.Lock()
-			e.clock.t = time.Now()
-			e.clock.mu.Unlock()
-			time.Sleep(time.Millisecond)
-		}
-	}()
+	followRealTime(ctx, e.clock)
 	go e.svc.RunReaper(ctx, time.Second)
 
 	var mu sync.Mutex

@@ -14,6 +14,7 @@ import (
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/pgtest"
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/internal/vaulttest"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
@@ -41,18 +42,18 @@ type vaultWorld struct {
 	idp   *oidctest.Issuer
 	pg    *pgtest.Server
 	vault *vaulttest.Server
-	clock *clock
+	clock *testkit.Clock
 	token string // Valet's own Vault token, with the documented policy
 }
 
 func newVaultWorld(t *testing.T) *vaultWorld {
 	w := &vaultWorld{t: t, redis: redistest.Start(t, redistest.WithAOF()), idp: oidctest.New(t), pg: pgtest.Start(t),
-		clock: &clock{t: time.Now()}}
+		clock: testkit.NewClock(time.Now())}
 	w.vault = vaulttest.Start(t, vaulttest.Options{Postgres: w.pg})
 	w.token = w.vault.ValetToken(time.Hour)
 	// Starting Vault and PostgreSQL takes seconds: start the broker's clock
 	// at the real time now, as Vault's is, so expiries compare.
-	w.clock = &clock{t: time.Now()}
+	w.clock = testkit.NewClock(time.Now())
 	return w
 }
 

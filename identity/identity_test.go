@@ -18,6 +18,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/oidctest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // Authenticate must satisfy the port the Service consumes.
@@ -25,29 +26,9 @@ var _ broker.Authenticator = (*Verifier)(nil)
 
 const testSelfIssuer = "https://valet.example"
 
-// testClock is an injected clock the tests move by hand.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock() *testClock { return &testClock{now: time.Now()} }
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-func newTestIdentity(t testing.TB, clock *testClock, cfgs ...IssuerConfig) *Verifier {
+func newTestIdentity(t testing.TB, clock *testkit.Clock, cfgs ...IssuerConfig) *Verifier {
 	t.Helper()
 	id, err := New(context.Background(), cfgs, Options{
 		Now:        clock.Now,
@@ -66,7 +47,7 @@ func devIssuer(iss *oidctest.Issuer) IssuerConfig {
 
 func TestAuthenticateAccepts(t *testing.T) {
 	iss := oidctest.New(t)
-	clock := newTestClock()
+	clock := testkit.NewClock(time.Now())
 	id := newTestIdentity(t, clock,
 		devIssuer(iss),
 		IssuerConfig{
@@ -126,7 +107,7 @@ func merge(a, b map[string]any) map[string]any {
 
 func TestAuthenticateRejects(t *testing.T) {
 	iss := oidctest.New(t)
-	clock := newTestClock()
+	clock := testkit.NewClock(time.Now())
 	id := newTestIdentity(t, clock,
 		devIssuer(iss),
 		IssuerConfig{
@@ -174,7 +155,7 @@ func TestAuthenticateRejects(t *testing.T) {
 
 func TestMultipleIssuersRouted(t *testing.T) {
 	a, b := oidctest.New(t), oidctest.New(t)
-	id := newTestIdentity(t, newTestClock(),
+	id := newTestIdentity(t, testkit.NewClock(time.Now()),
 		IssuerConfig{Name: "a", IssuerURL: a.URL(), Audiences: []string{"valet"}},
 		IssuerConfig{Name: "b", IssuerURL: b.URL(), Audiences: []string{"valet"}},
 	)
@@ -209,7 +190,7 @@ func TestMultipleIssuersRouted(t *testing.T) {
 
 func TestHostileTokensRejected(t *testing.T) {
 	iss := oidctest.New(t)
-	clock := newTestClock()
+	clock := testkit.NewClock(time.Now())
 	id := newTestIdentity(t, clock, devIssuer(iss))
 	taskToken := iss.Token(t, map[string]any{"iss": testSelfIssuer, "task_id": "task_1"}, oidctest.WithHeader("typ", "at+jwt"))
 	cases, outboundHits := oidctest.HostileTokens(t, iss, taskToken)
@@ -282,7 +263,7 @@ func flood(t *testing.T, id *Verifier, tokens []string) {
 
 func TestKIDFloodIsRateLimited(t *testing.T) {
 	iss := oidctest.New(t)
-	clock := newTestClock()
+	clock := testkit.NewClock(time.Now())
 	id := newTestIdentity(t, clock, devIssuer(iss))
 	if n := iss.JWKSFetches(); n != 1 {
 		t.Fatalf("JWKS fetched %d times at start-up, want 1", n)
@@ -337,49 +318,12 @@ func TestKIDFloodIsRateLimited(t *testing.T) {
 	}
 }
 
-// switchableIdP fronts a real issuer under its own URL and can be taken
-// down (503) and brought back. Tokens for it carry iss = its URL.
-type switchableIdP struct {
-	srv  *httptest.Server
-	down atomic.Bool
-	hits atomic.Int64
-}
-
-func newSwitchableIdP(t *testing.T, iss *oidctest.Issuer) *switchableIdP {
-	s := &switchableIdP{}
-	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.hits.Add(1)
-		if s.down.Load() {
-			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-			return
-		}
-		switch r.URL.Path {
-		case "/.well-known/openid-configuration":
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = io.WriteString(w, `{"issuer":"`+s.srv.URL+`","jwks_uri":"`+s.srv.URL+`/jwks"}`)
-		case "/jwks":
-			resp, err := http.Get(iss.URL() + "/jwks")
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadGateway)
-				return
-			}
-			defer resp.Body.Close()
-			_, _ = io.Copy(w, resp.Body)
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	t.Cleanup(s.srv.Close)
-	return s
-}
-
 func TestIdPDownAtStart(t *testing.T) {
 	iss := oidctest.New(t)
-	idp := newSwitchableIdP(t, iss)
-	idp.down.Store(true)
-	clock := newTestClock()
-	id := newTestIdentity(t, clock, IssuerConfig{Name: "flaky", IssuerURL: idp.srv.URL, Audiences: []string{"valet"}})
-	tok := iss.Token(t, map[string]any{"iss": idp.srv.URL})
+	iss.SetDown(true)
+	clock := testkit.NewClock(time.Now())
+	id := newTestIdentity(t, clock, IssuerConfig{Name: "flaky", IssuerURL: iss.URL(), Audiences: []string{"valet"}})
+	tok := iss.Token(t, nil)
 
 	if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("IdP down: got %v, want broker.ErrUnavailable", err)
@@ -387,17 +331,18 @@ func TestIdPDownAtStart(t *testing.T) {
 	if err := id.Ready(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("Ready with the IdP down: %v", err)
 	}
-	hits := idp.hits.Load()
+	fetches := func() int { return iss.DiscoveryFetches() + iss.JWKSFetches() }
+	hits := fetches()
 	for range 100 {
 		if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
 			t.Fatalf("got %v, want broker.ErrUnavailable", err)
 		}
 	}
-	if n := idp.hits.Load(); n != hits {
+	if n := fetches(); n != hits {
 		t.Errorf("retried %d times within the refresh interval", n-hits)
 	}
 
-	idp.down.Store(false)
+	iss.SetDown(false)
 	if _, err := id.Authenticate(context.Background(), tok); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("retried before the interval passed: %v", err)
 	}
@@ -414,7 +359,7 @@ func TestIdPDownAtStart(t *testing.T) {
 	}
 
 	// Going down again does not lose the cached keys.
-	idp.down.Store(true)
+	iss.SetDown(true)
 	clock.Advance(time.Minute)
 	if _, err := id.Authenticate(context.Background(), tok); err != nil {
 		t.Errorf("cached keys lost while the IdP is down: %v", err)
@@ -443,7 +388,7 @@ func TestKeysUnavailable(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tc.cfg
 			cfg.Name, cfg.Audiences = "x", []string{"valet"}
-			id := newTestIdentity(t, newTestClock(), cfg)
+			id := newTestIdentity(t, testkit.NewClock(time.Now()), cfg)
 			_, err := id.Authenticate(context.Background(), iss.Token(t, map[string]any{"iss": cfg.IssuerURL}))
 			if !errors.Is(err, broker.ErrUnavailable) {
 				t.Errorf("got %v, want broker.ErrUnavailable", err)
@@ -456,7 +401,7 @@ func TestJWKSURLSkipsDiscovery(t *testing.T) {
 	iss := oidctest.New(t)
 	cfg := devIssuer(iss)
 	cfg.JWKSURL = iss.URL() + "/jwks"
-	id := newTestIdentity(t, newTestClock(), cfg)
+	id := newTestIdentity(t, testkit.NewClock(time.Now()), cfg)
 	if _, err := id.Authenticate(context.Background(), iss.Token(t, nil, oidctest.WithAlg("ES256"))); err != nil {
 		t.Fatal(err)
 	}
@@ -478,7 +423,7 @@ func TestStaticJWKSNeverFetches(t *testing.T) {
 	}
 	before := iss.JWKSFetches()
 
-	clock := newTestClock()
+	clock := testkit.NewClock(time.Now())
 	cfg := devIssuer(iss)
 	cfg.StaticJWKS = jwks
 	id := newTestIdentity(t, clock, cfg)
@@ -603,7 +548,7 @@ func TestNewIdentityRejectsBadConfig(t *testing.T) {
 
 func TestIssuersAppliesDefaults(t *testing.T) {
 	iss := oidctest.New(t)
-	id := newTestIdentity(t, newTestClock(), devIssuer(iss))
+	id := newTestIdentity(t, testkit.NewClock(time.Now()), devIssuer(iss))
 	got := id.Issuers()[0]
 	if got.SubjectClaim != "sub" || strings.Join(got.Algorithms, ",") != "RS256,ES256,EdDSA" {
 		t.Errorf("defaults not applied: %+v", got)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/valet-dev/valet/internal/oidctest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // TestIdentityTokenTypes guards issue 9 (low, RFC 9068): identity tokens
@@ -16,7 +18,7 @@ import (
 // refused by issuer whatever their typ.
 func TestIdentityTokenTypes(t *testing.T) {
 	iss := oidctest.New(t)
-	clock := newTestClock()
+	clock := testkit.NewClock(time.Now())
 	id := newTestIdentity(t, clock,
 		devIssuer(iss),
 		IssuerConfig{Name: "strict", IssuerURL: iss.URL() + "/strict", JWKSURL: iss.URL() + "/jwks", Audiences: []string{"valet"}, Types: []string{"JWT"}},

@@ -26,6 +26,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 const testIssuer = "https://valet.example.com"
@@ -34,26 +35,6 @@ var (
 	t0   = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	algs = []string{AlgEdDSA, AlgES256}
 )
-
-// clock is a settable time source; tests move it instead of sleeping.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock(t time.Time) *clock { return &clock{t: t} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
 
 func newKey(t testing.TB, alg string) crypto.Signer {
 	t.Helper()
@@ -422,7 +403,7 @@ func TestKindAndRevoke(t *testing.T) {
 func TestVerifyRejects(t *testing.T) {
 	for _, alg := range algs {
 		t.Run(alg, func(t *testing.T) {
-			clk := newClock(t0)
+			clk := testkit.NewClock(t0)
 			key := newKey(t, alg)
 			m := methodFor(alg)
 			j := newIssuer(t, JWTConfig{Algorithm: alg, Keys: []SigningKey{{KID: "k1", Private: key}}}, clk.Now)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/oidctest"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/internal/vaulttest"
 	"github.com/valet-dev/valet/issuers"
 )
@@ -65,13 +66,8 @@ func TestVaultLoginAppRoleRenewsAndLogsInAgain(t *testing.T) {
 	defer cancel()
 	go sess.Run(ctx)
 	// The token's max TTL is 4s: Run must have logged in again by ~5s.
-	deadline := time.Now().Add(15 * time.Second)
-	for sess.Client().Token() == first {
-		if time.Now().After(deadline) {
-			t.Fatal("Valet did not log in again when its token reached its max TTL")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testkit.EventuallyWithin(t, 15*time.Second, func() bool { return sess.Client().Token() != first },
+		"Valet to log in again when its token reaches its max TTL")
 	// The new token does Valet's work.
 	mintWith(t, sess)
 	if err := sess.Ready(context.Background()); err != nil {

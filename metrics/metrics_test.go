@@ -16,6 +16,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // router is a small chi surface timed by m, shaped like Valet's.
@@ -152,9 +153,9 @@ func TestHugeMethodThroughARealListener(t *testing.T) {
 // from the ledger (never a per-process count that goes negative), one
 // reading serves LiveCacheFor, and a failed reading leaves them out.
 func TestLiveGaugeReadsTheLedger(t *testing.T) {
-	now := time.Unix(1_700_000_000, 0)
+	clock := testkit.NewClock(time.Unix(1_700_000_000, 0))
 	reads, tasks, fail := 0, int64(3), false
-	m := New(Options{Now: func() time.Time { return now }, Live: func(context.Context) (int64, int64, error) {
+	m := New(Options{Now: clock.Now, Live: func(context.Context) (int64, int64, error) {
 		reads++
 		if fail {
 			return 0, 0, errors.New("redis down")
@@ -173,11 +174,12 @@ func TestLiveGaugeReadsTheLedger(t *testing.T) {
 	if s := scrape(); !strings.Contains(s, "valet_credentials_live 6\n") || reads != 1 {
 		t.Fatalf("within the cache: %d reads\n%s", reads, s)
 	}
-	now = now.Add(LiveCacheFor)
+	clock.Advance(LiveCacheFor)
 	if s := scrape(); !strings.Contains(s, "valet_credentials_live 2\n") || reads != 2 {
 		t.Fatalf("after the cache: %d reads", reads)
 	}
-	now, fail = now.Add(LiveCacheFor), true
+	clock.Advance(LiveCacheFor)
+	fail = true
 	if s := scrape(); strings.Contains(s, "valet_credentials_live") {
 		t.Fatalf("a failed reading must leave the gauge out:\n%s", s)
 	}

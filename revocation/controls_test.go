@@ -10,6 +10,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/revocation/conformance"
 )
@@ -99,18 +100,14 @@ func TestRedisControlsConformance(t *testing.T) {
 		// Both are subscribed to change notices before the case starts
 		// (a change made earlier reaches a replica only by its refresh).
 		c := newClient(t, srv.URL())
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		testkit.Eventually(t, func() bool {
 			subs, err := c.PubSubNumSub(t.Context(), prefix+":controls:changed").Result()
 			if err != nil {
 				t.Fatal(err)
 			}
-			if subs[prefix+":controls:changed"] == 2 {
-				return a, b
-			}
-			time.Sleep(time.Millisecond)
-		}
-		t.Fatal("the replicas did not subscribe to change notices within 5s")
-		return nil, nil
+			return subs[prefix+":controls:changed"] == 2
+		}, "both replicas to subscribe to change notices")
+		return a, b
 	})
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/valet-dev/valet/dpop"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -26,7 +27,7 @@ import (
 // with a known kid completes while a fetch hangs, and the checks with
 // unknown kids that arrive meanwhile share that one fetch.
 func TestJWKSFetchOutsideTheKeyLock(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	v := newValet(t, c.Now)
 	// A client that outwaits the guard below, so a fetch that held the
 	// lock would hold it until the test gives up.
@@ -96,7 +97,7 @@ func boundToken(t *testing.T, v *valet, jti, jkt string) string {
 // is refused unless PublicURL is set, the htu is checked against it, and a
 // replayed proof jti is refused.
 func TestDPoPNeedsPublicURL(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	v := newValet(t, c.Now)
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	signer, err := dpop.NewSigner(k, jose.ES256)

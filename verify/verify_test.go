@@ -16,6 +16,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -24,15 +25,6 @@ const (
 	client   = "tool-server"
 	secret   = "a-long-enough-test-secret"
 )
-
-// clock is an injected clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 // valet is a stand-in for Valet's public surface as the verifier sees it:
 // a JWKS, introspection (answers from the revoked set) and the revocation
@@ -174,22 +166,10 @@ func check(ver *verify.Verifier, token string) int {
 	return http.StatusOK
 }
 
-// waitFor polls background work (the feed goroutine) for at most 5 s.
-func waitFor(t *testing.T, ok func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // bounded polling of real background work
-	}
-}
-
 // TestKidFlood: tokens naming ever new unknown kids cost at most one JWKS
 // fetch per 30 s of the verifier's clock, and every one is refused.
 func TestKidFlood(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	v := newValet(t, c.Now)
 	ver := newVerifier(t, v, c.Now)
 	_, rogue, _ := ed25519.GenerateKey(rand.Reader)
@@ -235,7 +215,7 @@ func TestKidFlood(t *testing.T) {
 // introspection (one call each; revoked → 401; Valet down → 503, never
 // allowed); once live, checks cost no call.
 func TestIntrospectionBeforeFeed(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	v := newValet(t, c.Now)
 	ver := newVerifier(t, v, c.Now)
 	live, dead := v.token(t, "live", v.kid, v.key), v.token(t, "dead", v.kid, v.key)
@@ -264,7 +244,7 @@ func TestIntrospectionBeforeFeed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go ver.Run(ctx)
-	waitFor(t, ver.Live, "the feed to go live")
+	testkit.Eventually(t, ver.Live, "the feed to go live")
 	before := v.count("/v1/introspect")
 	for range 100 {
 		if s := check(ver, live); s != 200 {
@@ -283,17 +263,17 @@ func TestIntrospectionBeforeFeed(t *testing.T) {
 // introspection, reconnects from the id of the last event it applied (not
 // a new snapshot), and applies a revocation made while it was away.
 func TestFeedReconnect(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	v := newValet(t, c.Now)
 	ver := newVerifier(t, v, c.Now)
 	a, b := v.token(t, "a", v.kid, v.key), v.token(t, "b", v.kid, v.key)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go ver.Run(ctx)
-	waitFor(t, ver.Live, "the feed to go live")
+	testkit.Eventually(t, ver.Live, "the feed to go live")
 
 	v.events <- v.revoke("a", "5-0")
-	waitFor(t, func() bool { return check(ver, a) == 401 }, "token a refused from the stream")
+	testkit.Eventually(t, func() bool { return check(ver, a) == 401 }, "token a refused from the stream")
 	if n := v.count("/v1/introspect"); n != 0 {
 		t.Fatalf("introspections while live: %d", n)
 	}
@@ -301,7 +281,7 @@ func TestFeedReconnect(t *testing.T) {
 	// The stream drops. While it is down, b is revoked; the event will be
 	// sent on the next stream.
 	v.cut <- struct{}{}
-	waitFor(t, func() bool { return !ver.Live() }, "the verifier to notice the drop")
+	testkit.Eventually(t, func() bool { return !ver.Live() }, "the verifier to notice the drop")
 	ev := v.revoke("b", "6-0")
 	if s := check(ver, b); s != 401 {
 		t.Fatalf("token b while the feed is down (introspection): %d", s)
@@ -310,11 +290,11 @@ func TestFeedReconnect(t *testing.T) {
 		t.Fatal("no introspection while the feed was down")
 	}
 	v.events <- ev
-	waitFor(t, ver.Live, "the feed to come back")
+	testkit.Eventually(t, ver.Live, "the feed to come back")
 	v.mu.Lock()
 	v.introOff = true // from now on only the deny set can refuse b
 	v.mu.Unlock()
-	waitFor(t, func() bool { return check(ver, b) == 401 }, "token b refused from the resumed stream")
+	testkit.Eventually(t, func() bool { return check(ver, b) == 401 }, "token b refused from the resumed stream")
 	v.mu.Lock()
 	cursors := append([]string{}, v.cursors...)
 	v.mu.Unlock()

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/internal/server"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/verify"
@@ -38,30 +38,18 @@ templates:
         resource: db:tickets
 `
 
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // approvalBroker is a whole broker on real Redis with an injected clock,
 // an approver client, a webhook receiver and the example tool server.
 type approvalBroker struct {
 	url, tools string
-	clock      *testClock
+	clock      *testkit.Clock
 	idp        *oidctest.Issuer
 	audit      *lockedBuffer
 	hooks      chan string
 }
 
 func newApprovalBroker(t *testing.T) *approvalBroker {
-	b := &approvalBroker{clock: &testClock{t: time.Now()}, idp: oidctest.New(t), audit: &lockedBuffer{}, hooks: make(chan string, 16)}
+	b := &approvalBroker{clock: testkit.NewClock(time.Now()), idp: oidctest.New(t), audit: &lockedBuffer{}, hooks: make(chan string, 16)}
 	rc, err := revocation.NewClient(redistest.Start(t).URL())
 	if err != nil {
 		t.Fatal(err)

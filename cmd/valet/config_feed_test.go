@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // TestServeMetricsListenerSecretAndFeedCaps runs `valet serve` with
@@ -35,7 +36,7 @@ func TestServeMetricsListenerSecretAndFeedCaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, maddr := freeAddr(t), freeAddr(t)
+	addr, maddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	c := strings.NewReplacer(
 		"127.0.0.1:8080", addr,
 		"http://127.0.0.1:8081", idpURL,
@@ -47,14 +48,14 @@ func TestServeMetricsListenerSecretAndFeedCaps(t *testing.T) {
 	p := writeFile(t, dir, "valet.yaml", c)
 	_, errOut := startRun(t, map[string]string{"VALET_TOOL_SERVER_SECRET": toolSecret, "VALET_METRICS_SECRET": metricsSecret}, "serve", "--config", p)
 	v := &servedValet{base: "http://" + addr, idpURL: idpURL}
-	eventually(t, "valet serve ready", func() bool {
+	testkit.Eventually(t, func() bool {
 		resp, err := http.Get(v.base + "/readyz")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
-	})
+	}, "valet serve ready")
 	get := func(url, bearer string) (int, string) {
 		req, _ := http.NewRequest(http.MethodGet, url, nil)
 		if bearer != "" {
@@ -126,7 +127,7 @@ func TestFeedMetricsConfigValidation(t *testing.T) {
 // of its memory ledger through the same fan-out: a revoked task token is
 // on the stream and in the snapshot.
 func TestDevMemoryFeed(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	out, errOut := startRun(t, nil, "dev", "--addr", addr, "--audit", filepath.Join(t.TempDir(), "audit.jsonl"))
 	base := waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))
 	v := &servedValet{base: base, idpURL: base + "/dev"}

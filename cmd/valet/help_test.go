@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // everyCommand is every subcommand of valet with the flags its --help
@@ -145,7 +147,7 @@ func TestDevAuditFilePerRun(t *testing.T) {
 	audit := regexp.MustCompile(`audit:\s+(\S+)`)
 	var files []string
 	for range 2 {
-		out, errOut := startRun(t, nil, "dev", "--addr", freeAddr(t))
+		out, errOut := startRun(t, nil, "dev", "--addr", testkit.FreeAddr(t))
 		files = append(files, waitFor(t, out, errOut, audit))
 	}
 	if files[0] == files[1] || !strings.HasPrefix(files[0], os.TempDir()) {

@@ -12,6 +12,7 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/openapi"
 )
 
@@ -68,7 +69,7 @@ func loadSpec(t *testing.T) *openapi3.T {
 func TestListingJSONMatchesSpec(t *testing.T) {
 	doc := loadSpec(t)
 	rd := redistest.Start(t)
-	out, errOut := startRun(t, nil, "dev", "--addr", freeAddr(t), "--redis", rd.URL(), "--audit", filepath.Join(t.TempDir(), "audit.jsonl"))
+	out, errOut := startRun(t, nil, "dev", "--addr", testkit.FreeAddr(t), "--redis", rd.URL(), "--audit", filepath.Join(t.TempDir(), "audit.jsonl"))
 	base := waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))
 	cli := func(args ...string) (int, string, string) {
 		var o, e bytes.Buffer

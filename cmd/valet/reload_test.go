@@ -9,7 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // declareStatus declares a task on a served Valet and returns the status.
@@ -56,18 +57,6 @@ func (v *servedValet) declare(t *testing.T, template string) (int, string) {
 	return resp.StatusCode, out.Credentials[0]["access_token"].(string)
 }
 
-// eventually polls cond for up to 10 s (the watcher's debounce is 200 ms).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 const extraTemplate = `
 templates:
   - name: extra
@@ -84,13 +73,13 @@ func TestServeReloadsTemplatesAndKeepsLastGoodSet(t *testing.T) {
 		t.Fatalf("template extra before it exists: %d", got)
 	}
 	writeFile(t, v.templates, "extra.yaml", extraTemplate)
-	eventually(t, "the file watch loads template extra", func() bool { return v.declareStatus(t, "extra") == http.StatusCreated })
+	testkit.Eventually(t, func() bool { return v.declareStatus(t, "extra") == http.StatusCreated }, "the file watch loads template extra")
 
 	// A broken file: the reload fails and the last good set stays.
 	writeFile(t, v.templates, "extra.yaml", strings.Replace(extraTemplate, "max: 2m", "max: banana", 1))
-	eventually(t, "the failed reload is logged", func() bool {
+	testkit.Eventually(t, func() bool {
 		return strings.Contains(v.stderr.String(), "template reload failed") && strings.Contains(v.stderr.String(), "extra.yaml")
-	})
+	}, "the failed reload is logged")
 	if got := v.declareStatus(t, "extra"); got != http.StatusCreated {
 		t.Fatalf("after a failed reload the last good set must still serve: %d", got)
 	}
@@ -102,7 +91,7 @@ func TestServeReloadsTemplatesAndKeepsLastGoodSet(t *testing.T) {
 	if err := os.Remove(filepath.Join(v.templates, "extra.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "template extra goes away", func() bool { return v.declareStatus(t, "extra") == http.StatusForbidden })
+	testkit.Eventually(t, func() bool { return v.declareStatus(t, "extra") == http.StatusForbidden }, "template extra goes away")
 }
 
 func TestServeRefusesInvalidTemplates(t *testing.T) {

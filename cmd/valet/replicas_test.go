@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // TestRevocationReachesOtherReplica runs two real `valet serve` processes
@@ -49,7 +50,7 @@ func TestRevocationReachesOtherReplica(t *testing.T) {
 	const secret = "replica-test-secret-0123456789"
 	var bases []string
 	for i := range 2 {
-		addr := freeAddr(t)
+		addr := testkit.FreeAddr(t)
 		c := strings.NewReplacer(
 			"public_url: http://127.0.0.1:8080", "public_url: "+public,
 			"http://127.0.0.1:8081", idpURL,
@@ -74,20 +75,14 @@ func TestRevocationReachesOtherReplica(t *testing.T) {
 		bases = append(bases, "http://"+addr)
 	}
 	for _, b := range bases {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		testkit.EventuallyWithin(t, 30*time.Second, func() bool {
 			resp, err := http.Get(b + "/readyz")
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					break
-				}
+			if err != nil {
+				return false
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("replica %s never became ready", b)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		}, "replica "+b+" to become ready")
 	}
 
 	// A task declared on replica 1.

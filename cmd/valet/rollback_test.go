@@ -12,10 +12,10 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/valet-dev/valet/examples/toolserver"
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -25,7 +25,7 @@ import (
 // both (the comments are gone); a second run skips them as done.
 func TestRollbackThroughCLI(t *testing.T) {
 	rd := redistest.Start(t)
-	out, errOut := startRun(t, nil, "dev", "--addr", freeAddr(t), "--redis", rd.URL(), "--rollback-hosts", "127.0.0.1",
+	out, errOut := startRun(t, nil, "dev", "--addr", testkit.FreeAddr(t), "--redis", rd.URL(), "--rollback-hosts", "127.0.0.1",
 		"--audit", filepath.Join(t.TempDir(), "audit.jsonl"))
 	base := waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -61,13 +61,7 @@ func TestRollbackThroughCLI(t *testing.T) {
 			t.Fatalf("comment: %s", r)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for v.Reports().Sent < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("reports: %+v", v.Reports())
-		}
-		time.Sleep(10 * time.Millisecond) // bounded polling of real background work
-	}
+	testkit.Eventually(t, func() bool { return v.Reports().Sent >= 2 }, "2 tool-call reports sent")
 	_, admin := cli("dev", "token", "--admin", "alice", "--issuer", base+"/dev")
 	admin = strings.TrimSpace(admin)
 
@@ -120,7 +114,7 @@ func post(t *testing.T, url, bearer, body string) string {
 // a run refuses without a terminal, refuses on "n", and runs with --yes.
 func TestRollbackAsksBeforeRevokedReporters(t *testing.T) {
 	rd := redistest.Start(t)
-	out, errOut := startRun(t, nil, "dev", "--addr", freeAddr(t), "--redis", rd.URL(), "--rollback-hosts", "127.0.0.1",
+	out, errOut := startRun(t, nil, "dev", "--addr", testkit.FreeAddr(t), "--redis", rd.URL(), "--rollback-hosts", "127.0.0.1",
 		"--audit", filepath.Join(t.TempDir(), "audit.jsonl"))
 	base := waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))
 	ctx, cancel := context.WithCancel(context.Background())

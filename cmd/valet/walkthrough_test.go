@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // readmeBlock returns the shell block that follows <!-- walkthrough:NAME -->
@@ -84,16 +84,6 @@ func waitFor(t *testing.T, out, errOut *lockedBuffer, match *regexp.Regexp) stri
 	return ""
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // runSteps pastes the README's steps into bash after vars, and checks what
 // the README says the steps show.
 func runSteps(t *testing.T, vars string) {
@@ -125,7 +115,7 @@ func runSteps(t *testing.T, vars string) {
 }
 
 func TestWalkthroughDev(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	out, errOut := startRun(t, nil, "dev", "--addr", addr, "--audit", filepath.Join(t.TempDir(), "audit.jsonl"))
 	url := waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))
 	vars := strings.ReplaceAll(readmeBlock(t, "dev-vars"), "http://127.0.0.1:8080", url)
@@ -168,7 +158,7 @@ func startServe(t *testing.T, secret string) *servedValet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	c := strings.NewReplacer(
 		"127.0.0.1:8080", addr,
 		"http://127.0.0.1:8081", idpURL,

@@ -46,6 +46,7 @@ type Issuer struct {
 
 	jwksFetches      atomic.Int64
 	discoveryFetches atomic.Int64
+	down             atomic.Bool
 }
 
 type signingKey struct {
@@ -81,6 +82,19 @@ func (iss *Issuer) JWKSFetches() int { return int(iss.jwksFetches.Load()) }
 // DiscoveryFetches counts the GET requests served on
 // /.well-known/openid-configuration so far.
 func (iss *Issuer) DiscoveryFetches() int { return int(iss.discoveryFetches.Load()) }
+
+// SetDown takes the issuer down (an IdP outage: discovery and JWKS answer
+// 503, and are still counted as fetches) or brings it back.
+func (iss *Issuer) SetDown(down bool) { iss.down.Store(down) }
+
+// outage answers 503 when the issuer is down.
+func (iss *Issuer) outage(w http.ResponseWriter) bool {
+	if !iss.down.Load() {
+		return false
+	}
+	http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+	return true
+}
 
 // AddKey generates a key for alg, publishes it in the JWKS (key rotation) and
 // returns its kid. Supported: RS256/384/512 and PS256/384/512 (RSA-2048),
@@ -246,6 +260,9 @@ func (iss *Issuer) pick(kid, alg string) (signingKey, error) {
 
 func (iss *Issuer) serveDiscovery(w http.ResponseWriter, _ *http.Request) {
 	iss.discoveryFetches.Add(1)
+	if iss.outage(w) {
+		return
+	}
 	iss.mu.RLock()
 	var algs []string
 	seen := map[string]bool{}
@@ -268,6 +285,9 @@ func (iss *Issuer) serveDiscovery(w http.ResponseWriter, _ *http.Request) {
 
 func (iss *Issuer) serveJWKS(w http.ResponseWriter, _ *http.Request) {
 	iss.jwksFetches.Add(1)
+	if iss.outage(w) {
+		return
+	}
 	iss.mu.RLock()
 	set := jose.JSONWebKeySet{}
 	for _, k := range iss.keys {

@@ -2,6 +2,7 @@ package oidctest
 
 import (
 	"context"
+	"net/http"
 	"testing"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -76,5 +77,28 @@ func TestHostileTokens(t *testing.T) {
 	}
 	if hits() != 0 {
 		t.Errorf("outbound hits = %d before anything ran", hits())
+	}
+}
+
+func TestSetDown(t *testing.T) {
+	iss := New(t)
+	get := func(path string) int {
+		resp, err := http.Get(iss.URL() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	iss.SetDown(true)
+	if a, b := get("/.well-known/openid-configuration"), get("/jwks"); a != http.StatusServiceUnavailable || b != http.StatusServiceUnavailable {
+		t.Fatalf("down: discovery %d, jwks %d; want 503", a, b)
+	}
+	if iss.DiscoveryFetches() != 1 || iss.JWKSFetches() != 1 {
+		t.Fatalf("fetches while down not counted: %d, %d", iss.DiscoveryFetches(), iss.JWKSFetches())
+	}
+	iss.SetDown(false)
+	if a, b := get("/.well-known/openid-configuration"), get("/jwks"); a != http.StatusOK || b != http.StatusOK {
+		t.Fatalf("back: discovery %d, jwks %d; want 200", a, b)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/valet-dev/valet/internal/proctest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // BinDirEnv names the folder of initdb and postgres, if not the default.
@@ -103,7 +104,7 @@ func Start(t testing.TB) *Server {
 
 	var lastErr error
 	for range 3 {
-		if s.port, lastErr = proctest.FreePort(); lastErr != nil {
+		if s.port, lastErr = testkit.FreePort(); lastErr != nil {
 			continue
 		}
 		cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", s.data(), "-p", strconv.Itoa(s.port),

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/internal/proctest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // startTimeout bounds how long Start and Restart wait for PING to answer.
@@ -69,7 +70,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 	// it; try a few ports before giving up.
 	var lastErr error
 	for range 3 {
-		if s.port, lastErr = proctest.FreePort(); lastErr != nil {
+		if s.port, lastErr = testkit.FreePort(); lastErr != nil {
 			continue
 		}
 		if lastErr = s.launch(); lastErr == nil {

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
+	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -27,21 +27,9 @@ templates:
     audiences: [https://tools.example.com]
 `
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // testOptions are the options of a small broker on the memory ledger, on a
 // listener of its own.
-func testOptions(t *testing.T, clock *fakeClock) (Options, net.Listener, *oidctest.Issuer, *revocation.MemoryLedger) {
+func testOptions(t *testing.T, clock *testkit.Clock) (Options, net.Listener, *oidctest.Issuer, *revocation.MemoryLedger) {
 	t.Helper()
 	idp := oidctest.New(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -75,7 +63,7 @@ func testOptions(t *testing.T, clock *fakeClock) (Options, net.Listener, *oidcte
 // listener, runs the reaper, and returns nil once its context ends, having
 // closed the listener.
 func TestRunServesReapsAndShutsDown(t *testing.T) {
-	clock := &fakeClock{t: time.Now()}
+	clock := testkit.NewClock(time.Now())
 	o, ln, idp, ledger := testOptions(t, clock)
 	srv, err := New(context.Background(), o)
 	if err != nil {
@@ -131,7 +119,7 @@ func TestRunServesReapsAndShutsDown(t *testing.T) {
 // TestNewRejectsMissingParts: New names what is missing instead of
 // building a server that fails later.
 func TestNewRejectsMissingParts(t *testing.T) {
-	clock := &fakeClock{t: time.Now()}
+	clock := testkit.NewClock(time.Now())
 	for name, edit := range map[string]func(*Options){
 		"no auditor":         func(o *Options) { o.Auditors = nil },
 		"no task tokens":     func(o *Options) { o.Tokens = nil },

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 const extraTemplate = `
@@ -36,14 +37,14 @@ func TestReloadGuard(t *testing.T) {
 	both, onlyA := load(t, a, b), load(t, a, empty)
 	none := load(t, broker.TemplateFile{Name: "a.yaml"})
 
-	now := time.Unix(1000, 0)
-	g := &reloadGuard{settle: time.Second, now: func() time.Time { return now }}
+	clock := testkit.NewClock(time.Unix(1000, 0))
+	g := &reloadGuard{settle: time.Second, now: clock.Now}
 	deferred := func(err error) bool { var u *errUnsettled; return errors.As(err, &u) }
 
 	if err := g.check(both, none, []broker.TemplateFile{{Name: "a.yaml"}}); !deferred(err) {
 		t.Fatalf("a reload removing every template: %v, want deferred", err)
 	}
-	now = now.Add(time.Hour)
+	clock.Advance(time.Hour)
 	if err := g.check(both, none, []broker.TemplateFile{{Name: "a.yaml"}}); !deferred(err) {
 		t.Fatalf("a reload removing every template, an hour on: %v, want still refused", err)
 	}
@@ -53,16 +54,16 @@ func TestReloadGuard(t *testing.T) {
 	if err := g.check(both, onlyA, []broker.TemplateFile{a, empty}); !deferred(err) {
 		t.Fatalf("a file emptied: %v, want deferred", err)
 	}
-	now = now.Add(500 * time.Millisecond)
+	clock.Advance(500 * time.Millisecond)
 	half := broker.TemplateFile{Name: "b.yaml", Data: []byte("templates:\n")}
 	if err := g.check(both, onlyA, []broker.TemplateFile{a, half}); !deferred(err) {
 		t.Fatalf("files still changing: %v, want deferred", err)
 	}
-	now = now.Add(999 * time.Millisecond)
+	clock.Advance(999 * time.Millisecond)
 	if err := g.check(both, onlyA, []broker.TemplateFile{a, half}); !deferred(err) {
 		t.Fatalf("unchanged for less than the settle time: %v, want deferred", err)
 	}
-	now = now.Add(time.Millisecond)
+	clock.Advance(time.Millisecond)
 	if err := g.check(both, onlyA, []broker.TemplateFile{a, half}); err != nil {
 		t.Fatalf("unchanged for the settle time: %v, want the removal applied", err)
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/valet-dev/valet/internal/pgtest"
 
 	"github.com/valet-dev/valet/internal/proctest"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // BinEnv names the vault binary to run; the default is <repo>/.bin/vault,
@@ -116,7 +117,7 @@ func Start(t testing.TB, o Options) *Server {
 	t.Cleanup(s.stop)
 	var lastErr error
 	for range 3 {
-		port, err := proctest.FreePort()
+		port, err := testkit.FreePort()
 		if err != nil {
 			lastErr = err
 			continue

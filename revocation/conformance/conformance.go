@@ -9,38 +9,17 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
-// Clock is a settable fake clock. The suite starts it at the real time, so a
-// store whose records expire by a real clock (Redis TTLs) sees sensible
-// times too.
-type Clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-// NewClock returns a clock that reads t until moved.
-func NewClock(t time.Time) *Clock { return &Clock{now: t} }
-
-// Now returns the clock's time.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock forward by d.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+// Clock is the settable fake clock the suite hands each store: testkit's
+// one fake clock, under a name a store outside this module can write.
+type Clock = testkit.Clock
 
 // Options says what the store under test can show beyond the common part of
 // the contract. A case that needs a capability the store lacks is skipped

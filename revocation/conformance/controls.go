@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // NewControls returns two replicas of one empty control store, each kept
@@ -178,22 +179,9 @@ func replicaSeesPutAndDelete(t *testing.T, e controlsEnv) {
 		t.Fatalf("replica Check before Put = %+v", c)
 	}
 	must(t, e.a.Put(e.ctx, freeze))
-	eventually(t, "the replica sees the freeze", func() bool { return e.check(t, e.b, "idp", "agent-7", "deploy") != nil })
+	testkit.Eventually(t, func() bool { return e.check(t, e.b, "idp", "agent-7", "deploy") != nil }, "the replica sees the freeze")
 	if _, err := e.a.Delete(e.ctx, freeze); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
-	eventually(t, "the replica sees the freeze lifted", func() bool { return e.check(t, e.b, "idp", "agent-7", "deploy") == nil })
-}
-
-// eventually polls cond for up to five seconds, for changes that reach
-// another replica asynchronously.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after 5s: not yet %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, func() bool { return e.check(t, e.b, "idp", "agent-7", "deploy") == nil }, "the replica sees the freeze lifted")
 }

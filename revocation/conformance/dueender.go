@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // DueLedger is a ledger that ends due tasks in batches.
@@ -44,7 +45,7 @@ func DueEnder(t *testing.T, newDueEnder NewDueEnder, o Options) {
 		t.Fatal("conformance: Options.ReapLease must be the store's reap lease, at most a second, unless NoReapLeases says why it has none")
 	}
 	run(t, dueEnderCases, func(t *testing.T) dueEnv {
-		clock := NewClock(time.Now().Truncate(time.Millisecond))
+		clock := testkit.NewClock(time.Now().Truncate(time.Millisecond))
 		a, b := newDueEnder(t, clock)
 		return dueEnv{ledgerEnv: ledgerEnv{ctx: t.Context(), clock: clock, l: a, o: o}, a: a, b: b}
 	})
@@ -201,14 +202,14 @@ func unackedBatchClaimedAfterItsLease(t *testing.T, e dueEnv) {
 		t.Fatalf("Unaudited within the lease = %+v, %v; want none", got, err)
 	}
 	var claimed []broker.ReapedBatch
-	eventually(t, "the batch is claimed once its lease expired", func() bool {
+	testkit.Eventually(t, func() bool {
 		got, err := e.b.Unaudited(e.ctx, e.clock.Now())
 		if err != nil {
 			t.Fatalf("Unaudited: %v", err)
 		}
 		claimed = got
 		return len(got) > 0
-	})
+	}, "the batch is claimed once its lease expired")
 	tasks := slices.Clone(claimed[0].Tasks)
 	slices.Sort(tasks)
 	if len(claimed) != 1 || claimed[0].ID != ended[0].Batch || !slices.Equal(tasks, ids) || len(claimed[0].Credentials) != 2 ||
@@ -233,14 +234,14 @@ func ackedBatchNeverClaimed(t *testing.T, e dueEnv) {
 	}
 	must(t, e.a.AckReaped(e.ctx, acked[0].Batch))
 	var claimed []broker.ReapedBatch
-	eventually(t, "the unacknowledged batch is claimed", func() bool {
+	testkit.Eventually(t, func() bool {
 		got, err := e.b.Unaudited(e.ctx, e.clock.Now())
 		if err != nil {
 			t.Fatalf("Unaudited: %v", err)
 		}
 		claimed = append(claimed, got...)
 		return slices.ContainsFunc(claimed, func(b broker.ReapedBatch) bool { return b.ID == unacked[0].Batch })
-	})
+	}, "the unacknowledged batch is claimed")
 	for _, b := range claimed {
 		if b.ID == acked[0].Batch {
 			t.Errorf("the acknowledged batch %s was claimed", b.ID)

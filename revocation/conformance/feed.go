@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // NewFeed returns an empty ledger, reading the time from clock where it
@@ -34,7 +35,7 @@ var feedCases = []namedCase[feedEnv]{
 // Feed runs the broker.Feed suite.
 func Feed(t *testing.T, newFeed NewFeed) {
 	run(t, feedCases, func(t *testing.T) feedEnv {
-		clock := NewClock(time.Now().Truncate(time.Millisecond))
+		clock := testkit.NewClock(time.Now().Truncate(time.Millisecond))
 		l, f := newFeed(t, clock)
 		return feedEnv{ledgerEnv: ledgerEnv{ctx: t.Context(), clock: clock, l: l}, f: f}
 	})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // NewLedger returns an empty ledger that reads the time from clock where it
@@ -56,7 +57,7 @@ var ledgerCases = []namedCase[ledgerEnv]{
 func Ledger(t *testing.T, newLedger NewLedger, o Options) {
 	o.check(t)
 	setup := func(t *testing.T) ledgerEnv {
-		clock := NewClock(time.Now().Truncate(time.Millisecond))
+		clock := testkit.NewClock(time.Now().Truncate(time.Millisecond))
 		return ledgerEnv{ctx: t.Context(), clock: clock, l: newLedger(t, clock), o: o}
 	}
 	run(t, ledgerCases, setup)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // NewLimiter returns an empty limiter that reads the time from clock where
@@ -37,7 +38,7 @@ var limiterCases = []namedCase[limiterEnv]{
 func Limiter(t *testing.T, newLimiter NewLimiter, o Options) {
 	o.check(t)
 	run(t, limiterCases, func(t *testing.T) limiterEnv {
-		clock := NewClock(time.Now().Truncate(time.Millisecond))
+		clock := testkit.NewClock(time.Now().Truncate(time.Millisecond))
 		return limiterEnv{ctx: t.Context(), clock: clock, l: newLimiter(t, clock), o: o, until: clock.Now().Add(time.Hour)}
 	})
 }

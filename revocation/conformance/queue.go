@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // NewQueue returns an empty queue that reads the time from clock where it
@@ -37,7 +38,7 @@ var queueCases = []namedCase[queueEnv]{
 // sensible values.
 func Queue(t *testing.T, newQueue NewQueue) {
 	run(t, queueCases, func(t *testing.T) queueEnv {
-		clock := NewClock(time.Now().Truncate(time.Millisecond))
+		clock := testkit.NewClock(time.Now().Truncate(time.Millisecond))
 		return queueEnv{ctx: t.Context(), base: clock.Now(), q: newQueue(t, clock)}
 	})
 }

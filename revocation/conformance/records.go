@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // NewRecords returns an empty store that reads the time from clock where it
@@ -49,7 +50,7 @@ var recordsCases = []namedCase[recordsEnv]{
 func Records(t *testing.T, newStore NewRecords, o Options) {
 	o.check(t)
 	run(t, recordsCases, func(t *testing.T) recordsEnv {
-		clock := NewClock(time.Now().Truncate(time.Millisecond))
+		clock := testkit.NewClock(time.Now().Truncate(time.Millisecond))
 		return recordsEnv{ctx: t.Context(), clock: clock, s: newStore(t, clock), o: o, until: clock.Now().Add(time.Hour)}
 	})
 }
