@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/valet-dev/valet/internal/testkit"
 )
 
 // TestFeedControls guards controls at a feed-following verifier: a freeze
@@ -16,20 +18,20 @@ import (
 // than guessed. Before, control events were ignored and the frozen agent's
 // token was accepted.
 func TestFeedControls(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	v := newValet(t, c.Now)
 	ver := newVerifier(t, v, c.Now)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go ver.Run(ctx)
-	waitFor(t, ver.Live, "the feed to go live")
+	testkit.Eventually(t, ver.Live, "the feed to go live")
 	tok := v.token(t, "a", v.kid, v.key) // sub agent-a, no act
 
 	v.events <- "id: 2-0\nevent: control\ndata: {\"kind\":\"freeze_agent\",\"target\":\"agent-a\",\"issuer\":\"\",\"active\":true}\n\n"
-	waitFor(t, func() bool { return check(ver, tok) == 401 }, "the frozen agent's token refused from the stream")
+	testkit.Eventually(t, func() bool { return check(ver, tok) == 401 }, "the frozen agent's token refused from the stream")
 	v.events <- "id: 3-0\nevent: something_new\ndata: {\"kind\":\"freeze_agent\",\"active\":false}\n\n"
 	v.events <- "id: 4-0\nevent: control\ndata: {\"kind\":\"freeze_agent\",\"target\":\"agent-a\",\"issuer\":\"\",\"active\":false}\n\n"
-	waitFor(t, func() bool { return check(ver, tok) == 200 }, "the token accepted after the lift")
+	testkit.Eventually(t, func() bool { return check(ver, tok) == 200 }, "the token accepted after the lift")
 	if n := v.count("/v1/introspect"); n != 0 {
 		t.Fatalf("introspections while live: %d", n)
 	}
@@ -47,7 +49,7 @@ func TestFeedControls(t *testing.T) {
 		t.Fatal(err)
 	}
 	v.events <- "id: 5-0\nevent: control\ndata: {\"kind\":\"freeze_agent\",\"target\":\"alice\",\"issuer\":\"users\",\"active\":true}\n\n"
-	waitFor(t, func() bool { check(ver, oboTok); return v.count("/v1/introspect") > 0 }, "Valet asked about the narrowed freeze of the user")
+	testkit.Eventually(t, func() bool { check(ver, oboTok); return v.count("/v1/introspect") > 0 }, "Valet asked about the narrowed freeze of the user")
 	if s := check(ver, oboTok); s != 200 { // the stand-in's introspection says active
 		t.Fatalf("token Valet calls active: %d", s)
 	}
