@@ -509,13 +509,7 @@ func childOfEndedParentRefused(t *testing.T, e ledgerEnv) {
 		t.Fatalf("End parent: %v", err)
 	}
 	child, childCreds := childOf(now, parent, "orphan", 2)
-	if err := e.l.Record(e.ctx, child, childCreds); !errors.Is(err, broker.ErrNotActive) {
-		t.Fatalf("Record of a child of an ended parent: err = %v, want ErrNotActive", err)
-	}
-	e.wantGone(t, child, childCreds)
-	if got := e.children(t, parent.ID); len(got) != 0 {
-		t.Errorf("Children(parent) = %v after a refused child, want none", got)
-	}
+	e.wantChildRefused(t, child, childCreds, "an ended parent")
 }
 
 // childOfUnknownParentRefused: a parent the ledger does not hold is not
@@ -524,12 +518,19 @@ func childOfUnknownParentRefused(t *testing.T, e ledgerEnv) {
 	now := e.clock.Now()
 	ghost, _ := newTask(now, "ghost", 0)
 	child, childCreds := childOf(now, ghost, "of-ghost", 1)
-	if err := e.l.Record(e.ctx, child, childCreds); !errors.Is(err, broker.ErrNotActive) {
-		t.Fatalf("Record of a child of an unknown parent: err = %v, want ErrNotActive", err)
+	e.wantChildRefused(t, child, childCreds, "an unknown parent")
+}
+
+// wantChildRefused records child and wants it refused with ErrNotActive,
+// leaving no record of it and no entry in its parent's children.
+func (e ledgerEnv) wantChildRefused(t *testing.T, child broker.Task, creds []broker.Credential, parentIs string) {
+	t.Helper()
+	if err := e.l.Record(e.ctx, child, creds); !errors.Is(err, broker.ErrNotActive) {
+		t.Fatalf("Record of a child of %s: err = %v, want ErrNotActive", parentIs, err)
 	}
-	e.wantGone(t, child, childCreds)
-	if got := e.children(t, ghost.ID); len(got) != 0 {
-		t.Errorf("Children(unknown parent) = %v after a refused child, want none", got)
+	e.wantGone(t, child, creds)
+	if got := e.children(t, child.Parent); len(got) != 0 {
+		t.Errorf("Children of %s = %v after a refused child, want none", parentIs, got)
 	}
 }
 
