@@ -61,13 +61,13 @@ func DecodeActionRequest(r io.Reader) (ActionRequest, error) {
 	}
 	switch {
 	case a.Tool == "":
-		return a, invalidField("tool", "tool is required")
+		return a, InvalidField("tool", "tool is required")
 	case !validToolName(a.Tool):
 		return a, checkToolName("tool", a.Tool)
 	}
 	canon, err := canonical.Args(a.Args)
 	if err != nil {
-		return a, invalidField("args", "%s", err.Error())
+		return a, InvalidField("args", "%s", err.Error())
 	}
 	a.Args = canon
 	return a, nil
@@ -102,12 +102,12 @@ func (s *Service) actionTokens() (ActionTokens, error) {
 	if a, ok := s.tokens.(ActionTokens); ok {
 		return a, nil
 	}
-	return nil, unavailable("the action token issuer", errors.New("the task-token issuer cannot mint action tokens"))
+	return nil, Unavailable("the action token issuer", errors.New("the task-token issuer cannot mint action tokens"))
 }
 
-func (s *Service) recordsStore() (Records, error) {
+func (s *Service) RecordsStore() (Records, error) {
 	if s.agent.records == nil {
-		return nil, unavailable("the record store", errors.New("no record store configured"))
+		return nil, Unavailable("the record store", errors.New("no record store configured"))
 	}
 	return s.agent.records, nil
 }
@@ -117,21 +117,21 @@ func (s *Service) recordsStore() (Records, error) {
 // and a bound token comes with a valid DPoP proof by its key.
 func (s *Service) taskCaller(ctx context.Context, raw, id, proof, method, url string) (TaskClaims, Task, error) {
 	if raw == "" {
-		return TaskClaims{}, Task{}, unauthenticated(errors.New("no task token"))
+		return TaskClaims{}, Task{}, Unauthenticated(errors.New("no task token"))
 	}
 	c, err := s.tokens.Verify(raw)
 	if err != nil {
 		s.log.WarnContext(ctx, "task token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
-		return TaskClaims{}, Task{}, unauthenticated(err)
+		return TaskClaims{}, Task{}, Unauthenticated(err)
 	}
 	if c.TaskID != id {
 		return TaskClaims{}, Task{}, Errorf(CodeNotFound, "task %q not found", id)
 	}
-	t, err := s.liveTask(ctx, c)
+	t, err := s.LiveTask(ctx, c)
 	if err != nil {
 		return TaskClaims{}, Task{}, err
 	}
-	if err := s.checkBoundProof(ctx, c, proof, method, url, raw); err != nil {
+	if err := s.CheckBoundProof(ctx, c, proof, method, url, raw); err != nil {
 		return TaskClaims{}, Task{}, err
 	}
 	return c, t, nil
@@ -230,7 +230,7 @@ func (s *Service) actionVars(task Task, c TaskClaims, req ActionRequest, resourc
 // issueAction spends the actions budget, mints an action token, records it
 // and audits it, in that order; it returns nothing unless all succeeded.
 func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl *Template, tool string, args []byte, showArgs bool, approvalID, how string) (ActionResult, error) {
-	store, err := s.recordsStore()
+	store, err := s.RecordsStore()
 	if err != nil {
 		return ActionResult{}, err
 	}
@@ -250,25 +250,25 @@ func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl
 	if exp.Sub(now) < time.Second {
 		return ActionResult{}, &Error{Code: CodeForbidden, Rule: "ttl", Message: "the task has less than a second left"}
 	}
-	if err := s.spend(ctx, "actions", task.ID, tmpl.Budgets.Actions, task.Deadline); err != nil {
+	if err := s.Spend(ctx, "actions", task.ID, tmpl.Budgets.Actions, task.Deadline); err != nil {
 		req := ActionRequest{Tool: tool, Args: args}
 		return ActionResult{}, s.actionDenied(ctx, task, req, &SensitiveTool{ShowArgs: showArgs}, err)
 	}
 	hash := canonical.Hash(args)
-	ac := ActionClaims{ID: newID("act"), TaskID: task.ID, Tool: tool, ArgsHash: hash, Subject: c.Subject,
+	ac := ActionClaims{ID: NewID("act"), TaskID: task.ID, Tool: tool, ArgsHash: hash, Subject: c.Subject,
 		Template: task.Template, Audience: c.Audience, JKT: task.JKT, IssuedAt: now, ExpiresAt: exp}
 	tok, err := at.MintAction(ac)
 	if err != nil {
 		return ActionResult{}, &Error{Code: CodeInternal, Message: "issuing the action token failed; nothing was issued", Err: err}
 	}
 	rec, _ := json.Marshal(actionRecord{TaskID: task.ID, Tool: tool, ArgsHash: hash, ExpiresAt: exp}) // plain struct
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	err = store.Put(lctx, "action", ac.ID, rec, exp)
 	cancel()
 	if err != nil {
-		return ActionResult{}, unavailable("the record store", fmt.Errorf("recording action token %s: %w", ac.ID, err))
+		return ActionResult{}, Unavailable("the record store", fmt.Errorf("recording action token %s: %w", ac.ID, err))
 	}
-	ev := s.event(ctx, "action.granted", task.Agent, task)
+	ev := s.TaskEvent(ctx, "action.granted", task.Agent, task)
 	ev.Outcome, ev.Rule, ev.Creds = "granted", how, []string{ac.ID}
 	ev.Detail = argsDetail(tool, args, showArgs)
 	ev.Detail["expires_at"] = exp
@@ -277,7 +277,7 @@ func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl
 	}
 	if err := s.audit.Record(ctx, ev); err != nil {
 		s.burnAction(ctx, ac)
-		return ActionResult{}, unavailable("the audit log", err)
+		return ActionResult{}, Unavailable("the audit log", err)
 	}
 	s.log.InfoContext(ctx, "action token issued", "task_id", task.ID, "tool", tool, "jti", ac.ID, "args_hash", hash, "expires_at", exp)
 	return ActionResult{Token: tok, JTI: ac.ID, Tool: tool, ArgsHash: hash, IssuedAt: now, ExpiresAt: exp}, nil
@@ -289,7 +289,7 @@ func (s *Service) burnAction(ctx context.Context, ac ActionClaims) {
 	if s.agent.limiter == nil {
 		return
 	}
-	lctx, cancel := ledgerCtx(context.WithoutCancel(ctx))
+	lctx, cancel := LedgerCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	if _, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second)); err != nil {
 		s.log.ErrorContext(ctx, "burning an action token failed; its record is kept until it expires", "jti", ac.ID, "err", err)
@@ -314,7 +314,7 @@ func (s *Service) actionDenied(ctx context.Context, task Task, req ActionRequest
 		rule = e.Rule
 	}
 	s.log.WarnContext(ctx, "action denied", "task_id", task.ID, "tool", req.Tool, "rule", rule, "reason", err.Error())
-	ev := s.event(ctx, "action.denied", task.Agent, task)
+	ev := s.TaskEvent(ctx, "action.denied", task.Agent, task)
 	ev.Outcome, ev.Rule, ev.Reason = "denied", rule, err.Error()
 	ev.Detail = argsDetail(req.Tool, req.Args, st != nil && st.ShowArgs)
 	if aerr := s.audit.Record(ctx, ev); aerr != nil {
@@ -340,33 +340,33 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 	if err != nil {
 		return ActionUse{}, err
 	}
-	store, err := s.recordsStore()
+	store, err := s.RecordsStore()
 	if err != nil {
 		return ActionUse{}, err
 	}
 	if s.agent.limiter == nil {
-		return ActionUse{}, unavailable("the replay store", errNoLimiter)
+		return ActionUse{}, Unavailable("the replay store", errNoLimiter)
 	}
 	ac, err := at.VerifyAction(raw)
 	if err != nil {
 		s.log.WarnContext(ctx, "action token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
 		return ActionUse{}, nil
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	defer cancel()
 	b, err := store.Get(lctx, "action", ac.ID)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return ActionUse{}, nil
 	case err != nil:
-		return ActionUse{}, unavailable("the record store", err)
+		return ActionUse{}, Unavailable("the record store", err)
 	}
 	var rec actionRecord
 	if json.Unmarshal(b, &rec) != nil || rec.TaskID != ac.TaskID || rec.Tool != ac.Tool || rec.ArgsHash != ac.ArgsHash {
 		s.log.ErrorContext(ctx, "action token does not match its record", "jti", ac.ID)
 		return ActionUse{}, nil
 	}
-	t, err := s.gateRecordedTask(lctx, ac.TaskID)
+	t, err := s.GateRecordedTask(lctx, ac.TaskID)
 	switch code := ErrorCode(err); {
 	case err == nil:
 	case code == CodeUnavailable || code == CodeInternal:
@@ -378,10 +378,10 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 	first, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second))
 	switch {
 	case err != nil:
-		return ActionUse{}, unavailable("the replay store", err)
+		return ActionUse{}, Unavailable("the replay store", err)
 	case !first:
 		s.log.WarnContext(ctx, "action token replayed", "jti", ac.ID, "task_id", ac.TaskID, "caller", caller)
-		ev := s.event(ctx, "action.replayed", caller, t)
+		ev := s.TaskEvent(ctx, "action.replayed", caller, t)
 		ev.Outcome, ev.Creds = "denied", []string{ac.ID}
 		ev.Detail = map[string]any{"tool": ac.Tool, "args_hash": ac.ArgsHash}
 		if aerr := s.audit.Record(ctx, ev); aerr != nil {
@@ -389,11 +389,11 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 		}
 		return ActionUse{}, nil
 	}
-	ev := s.event(ctx, "action.consumed", caller, t)
+	ev := s.TaskEvent(ctx, "action.consumed", caller, t)
 	ev.Outcome, ev.Creds = "consumed", []string{ac.ID}
 	ev.Detail = map[string]any{"tool": ac.Tool, "args_hash": ac.ArgsHash}
 	if err := s.audit.Record(ctx, ev); err != nil {
-		return ActionUse{}, unavailable("the audit log", err) // the token is burnt: fail closed
+		return ActionUse{}, Unavailable("the audit log", err) // the token is burnt: fail closed
 	}
 	return ActionUse{Consumed: true, Claims: ac}, nil
 }

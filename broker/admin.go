@@ -131,7 +131,7 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 	a := &Admin{
 		identity: cfg.Identity, svc: cfg.Service, controls: cfg.Controls, jobs: cfg.Jobs, epochs: cfg.Epochs,
 		timeline: cfg.Timeline, issuers: cfg.AgentIssuers, lease: cfg.JobLease, inline: cfg.InlineBudget,
-		owner: newID("brk"), log: cfg.Logger, base: context.Background(), running: map[string]bool{},
+		owner: NewID("brk"), log: cfg.Logger, base: context.Background(), running: map[string]bool{},
 		rollback: cfg.Rollback,
 	}
 	a.rollback.init()
@@ -172,7 +172,7 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 // Every attempt, allowed or not, is audited; an allowed attempt whose audit
 // write fails is refused (no audit, no action).
 func (a *Admin) Authorize(ctx context.Context, bearer string, need Role, action string) (AdminPrincipal, error) {
-	ev := a.svc.event(ctx, "admin."+action, "", Task{})
+	ev := a.svc.TaskEvent(ctx, "admin."+action, "", Task{})
 	ev.Detail = map[string]any{"required_role": need.String()}
 	deny := func(actor, reason string, e *Error) (AdminPrincipal, error) {
 		ev.Actor, ev.Outcome, ev.Reason = actor, "denied", reason
@@ -183,15 +183,15 @@ func (a *Admin) Authorize(ctx context.Context, bearer string, need Role, action 
 		return AdminPrincipal{}, e
 	}
 	if bearer == "" {
-		return deny("unknown", "no bearer token", unauthenticated(errors.New("no bearer token")))
+		return deny("unknown", "no bearer token", Unauthenticated(errors.New("no bearer token")))
 	}
 	p, err := a.identity.Authenticate(ctx, bearer)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
-			return AdminPrincipal{}, unavailable("the admin identity provider", err)
+			return AdminPrincipal{}, Unavailable("the admin identity provider", err)
 		}
 		ev.Detail["token_sha256"] = TokenHash(bearer)
-		return deny("unknown", "admin token rejected: "+err.Error(), unauthenticated(err))
+		return deny("unknown", "admin token rejected: "+err.Error(), Unauthenticated(err))
 	}
 	ap := AdminPrincipal{Issuer: p.Issuer, Subject: p.Subject}
 	for _, r := range a.roles {
@@ -208,7 +208,7 @@ func (a *Admin) Authorize(ctx context.Context, bearer string, need Role, action 
 	}
 	ev.Actor, ev.Outcome = ap.Actor(), "allowed"
 	if err := a.svc.audit.Record(ctx, ev); err != nil {
-		return AdminPrincipal{}, unavailable("the audit log", err)
+		return AdminPrincipal{}, Unavailable("the audit log", err)
 	}
 	return ap, nil
 }
@@ -236,11 +236,11 @@ func (a *Admin) DryRun(ctx context.Context, sel Selector) (DryRun, error) {
 	for {
 		ids, next, err := a.jobs.Candidates(ctx, sel, cursor, jobBatch)
 		if err != nil {
-			return DryRun{}, unavailable("the credential ledger", err)
+			return DryRun{}, Unavailable("the credential ledger", err)
 		}
 		tasks, creds, err := a.jobs.Tasks(ctx, ids)
 		if err != nil {
-			return DryRun{}, unavailable("the credential ledger", err)
+			return DryRun{}, Unavailable("the credential ledger", err)
 		}
 		for i, t := range tasks {
 			if t.State != StateActive || !sel.Matches(t) {
@@ -277,22 +277,22 @@ func (a *Admin) Revoke(ctx context.Context, who AdminPrincipal, sel Selector, re
 	if sel.IssuedBefore.IsZero() || sel.IssuedBefore.After(now) {
 		sel.IssuedBefore = now
 	}
-	j := RevocationJob{ID: newID("job"), State: JobRunning, Selector: sel, By: who.Actor(), Reason: reason, Created: now}
+	j := RevocationJob{ID: NewID("job"), State: JobRunning, Selector: sel, By: who.Actor(), Reason: reason, Created: now}
 	j.Epochs = sel.epochs(a.issuers, now)
 	if err := a.jobs.SaveJob(ctx, j); err != nil {
-		return RevocationJob{}, unavailable("the job store", err)
+		return RevocationJob{}, Unavailable("the job store", err)
 	}
-	ev := a.svc.event(ctx, "revocation.started", who.Actor(), Task{})
+	ev := a.svc.TaskEvent(ctx, "revocation.started", who.Actor(), Task{})
 	ev.Reason = reason
 	ev.Detail = map[string]any{"job_id": j.ID, "selector": sel, "epochs": len(j.Epochs)}
 	if err := a.svc.audit.Record(ctx, ev); err != nil {
-		return RevocationJob{}, unavailable("the audit log", err)
+		return RevocationJob{}, Unavailable("the audit log", err)
 	}
 	for _, e := range j.Epochs {
 		if err := a.epochs.SetEpoch(ctx, e); err != nil {
 			// The job is recorded and will be resumed; but nothing may be
 			// reported as revoked yet.
-			return RevocationJob{}, unavailable("the credential ledger", fmt.Errorf("setting epoch %s %s: %w", e.Dimension, e.Key, err))
+			return RevocationJob{}, Unavailable("the credential ledger", fmt.Errorf("setting epoch %s %s: %w", e.Dimension, e.Key, err))
 		}
 	}
 	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.inline)
@@ -314,7 +314,7 @@ func (a *Admin) Job(ctx context.Context, id string) (RevocationJob, error) {
 	case errors.Is(err, ErrNotFound):
 		return RevocationJob{}, Errorf(CodeNotFound, "revocation job %q not found", id)
 	case err != nil:
-		return RevocationJob{}, unavailable("the job store", err)
+		return RevocationJob{}, Unavailable("the job store", err)
 	}
 	j.Pending = max(j.Matched-j.Revoked-j.Failed, 0)
 	return j, nil
@@ -440,7 +440,7 @@ func (a *Admin) runJob(ctx context.Context, id string) (bool, error) {
 		}
 		if j.State == JobDone {
 			a.done.Add(1)
-			ev := a.svc.event(ctx, "revocation.finished", j.By, Task{})
+			ev := a.svc.TaskEvent(ctx, "revocation.finished", j.By, Task{})
 			ev.Detail = map[string]any{"job_id": j.ID, "tasks_matched": j.Tasks, "matched": j.Matched, "revoked": j.Revoked, "failed": j.Failed}
 			if err := a.svc.audit.Record(ctx, ev); err != nil {
 				a.log.ErrorContext(ctx, "audit write of a finished revocation job failed", "job_id", j.ID, "err", err)
@@ -525,7 +525,7 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 func (a *Admin) Controls(ctx context.Context) ([]Control, error) {
 	cs, err := a.controls.List(ctx)
 	if err != nil {
-		return nil, unavailable("the control store", err)
+		return nil, Unavailable("the control store", err)
 	}
 	return cs, nil
 }
@@ -550,7 +550,7 @@ func (a *Admin) PutControl(ctx context.Context, who AdminPrincipal, c Control, r
 	if c.Reason == "" {
 		cs, err := a.controls.List(ctx)
 		if err != nil {
-			return Control{}, nil, unavailable("the control store", err)
+			return Control{}, nil, Unavailable("the control store", err)
 		}
 		for _, old := range cs {
 			if old.ID() == c.ID() {
@@ -559,14 +559,14 @@ func (a *Admin) PutControl(ctx context.Context, who AdminPrincipal, c Control, r
 		}
 	}
 	c.By, c.At = who.Actor(), a.svc.now().UTC()
-	ev := a.svc.event(ctx, "control.set", who.Actor(), Task{})
+	ev := a.svc.TaskEvent(ctx, "control.set", who.Actor(), Task{})
 	ev.Reason = c.Reason
 	ev.Detail = map[string]any{"control": c.ID(), "kind": c.Kind, "target": c.Target, "issuer": c.Issuer, "revoke": revoke}
 	if err := a.svc.audit.Record(ctx, ev); err != nil {
-		return Control{}, nil, unavailable("the audit log", err)
+		return Control{}, nil, Unavailable("the audit log", err)
 	}
 	if err := a.controls.Put(ctx, c); err != nil {
-		return Control{}, nil, unavailable("the control store", err)
+		return Control{}, nil, Unavailable("the control store", err)
 	}
 	if !revoke {
 		return c, nil, nil
@@ -608,7 +608,7 @@ func (a *Admin) knownTarget(ctx context.Context, c Control) error {
 	case ControlFreezeAgent:
 		ids, _, err := a.jobs.Candidates(ctx, Selector{Agent: c.Target, Issuer: c.Issuer}, "", 1)
 		if err != nil {
-			return unavailable("the credential ledger", err)
+			return Unavailable("the credential ledger", err)
 		}
 		if len(ids) == 0 {
 			return unknown("agent %q has no task in the ledger", c.Target)
@@ -619,14 +619,14 @@ func (a *Admin) knownTarget(ctx context.Context, c Control) error {
 
 // DeleteControl lifts a control (reinstate).
 func (a *Admin) DeleteControl(ctx context.Context, who AdminPrincipal, c Control) error {
-	ev := a.svc.event(ctx, "control.lifted", who.Actor(), Task{})
+	ev := a.svc.TaskEvent(ctx, "control.lifted", who.Actor(), Task{})
 	ev.Detail = map[string]any{"control": c.ID()}
 	if err := a.svc.audit.Record(ctx, ev); err != nil {
-		return unavailable("the audit log", err)
+		return Unavailable("the audit log", err)
 	}
 	ok, err := a.controls.Delete(ctx, c)
 	if err != nil {
-		return unavailable("the control store", err)
+		return Unavailable("the control store", err)
 	}
 	if !ok {
 		return Errorf(CodeNotFound, "no control %s", c.ID())
@@ -670,12 +670,12 @@ func (a *Admin) TaskPage(ctx context.Context, f TaskFilter) (page []Task, next s
 	for cursor, read := "", 0; read < maxTaskListing; {
 		ids, next, err := a.jobs.Candidates(ctx, sel, cursor, jobBatch)
 		if err != nil {
-			return nil, "", unavailable("the credential ledger", err)
+			return nil, "", Unavailable("the credential ledger", err)
 		}
 		read += len(ids)
 		tasks, _, err := a.jobs.Tasks(ctx, ids)
 		if err != nil {
-			return nil, "", unavailable("the credential ledger", err)
+			return nil, "", Unavailable("the credential ledger", err)
 		}
 		for _, t := range tasks {
 			if !seen[t.ID] && sel.Matches(t) && (f.State == "" || t.State == f.State) && (after == nil || taskBefore(*after, t)) {
@@ -739,7 +739,7 @@ func (a *Admin) TaskDetail(ctx context.Context, id string) (Task, []Credential, 
 	case errors.Is(err, ErrNotFound):
 		return Task{}, nil, Errorf(CodeNotFound, "task %q not found", id)
 	case err != nil:
-		return Task{}, nil, unavailable("the credential ledger", err)
+		return Task{}, nil, Unavailable("the credential ledger", err)
 	}
 	return t, cs, nil
 }
@@ -748,7 +748,7 @@ func (a *Admin) TaskDetail(ctx context.Context, id string) (Task, []Credential, 
 func (a *Admin) Timeline(ctx context.Context, id string) ([]Event, error) {
 	evs, err := a.timeline.Timeline(ctx, id)
 	if err != nil {
-		return nil, unavailable("the audit stream", err)
+		return nil, Unavailable("the audit stream", err)
 	}
 	if len(evs) == 0 {
 		return nil, Errorf(CodeNotFound, "no audit events for task %q", id)

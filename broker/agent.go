@@ -71,12 +71,12 @@ func (a *agentControls) init(cfg AgentConfig, ledger Ledger) error {
 // none is configured.
 var errNoLimiter = errors.New("no limiter configured for one-time uses and budgets")
 
-// checkBoundProof is the DPoP check of a request made with task token raw:
+// CheckBoundProof is the DPoP check of a request made with task token raw:
 // a token without cnf.jkt needs nothing; a bound one needs a valid proof by
 // its key for this method and URL (see dpop.go).
-func (s *Service) checkBoundProof(ctx context.Context, c TaskClaims, proof, method, url, raw string) error {
+func (s *Service) CheckBoundProof(ctx context.Context, c TaskClaims, proof, method, url, raw string) error {
 	if c.JKT == "" {
 		return nil
 	}
-	return s.checkProof(ctx, proof, method, url, raw, c.JKT)
+	return s.CheckProof(ctx, proof, method, url, raw, c.JKT)
 }

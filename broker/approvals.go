@@ -142,7 +142,7 @@ type Approval struct {
 // poll after the timeout learns it was denied), audits it, and tells the
 // webhook in the background.
 func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req ActionRequest, st *SensitiveTool, resource map[string]any) (Approval, error) {
-	store, err := s.recordsStore()
+	store, err := s.RecordsStore()
 	if err != nil {
 		return Approval{}, err
 	}
@@ -151,25 +151,25 @@ func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req
 	if task.Deadline.Before(exp) {
 		exp = task.Deadline
 	}
-	a := Approval{ID: newID("apr"), State: ApprovalPending, TaskID: task.ID, Tool: req.Tool, Args: req.Args,
+	a := Approval{ID: NewID("apr"), State: ApprovalPending, TaskID: task.ID, Tool: req.Tool, Args: req.Args,
 		ArgsHash: hashOf(req.Args), ShowArgs: st.ShowArgs, Intent: task.Intent, Agent: task.Agent, Issuer: task.Issuer,
 		Template: task.Template, Subject: task.Subject, Act: task.Act, Resource: resource, Context: req.Context,
 		CreatedAt: now, ExpiresAt: exp, Deadline: task.Deadline}
 	b, err := json.Marshal(a)
 	if err != nil {
-		return Approval{}, invalidField("context", "context cannot be stored: %v", err)
+		return Approval{}, InvalidField("context", "context cannot be stored: %v", err)
 	}
 	if err := s.holdApproval(ctx, store, a); err != nil {
 		return Approval{}, err
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	err = store.Put(lctx, "approval", a.ID, b, task.Deadline)
 	cancel()
 	if err != nil {
 		s.releaseApproval(ctx, store, a)
-		return Approval{}, unavailable("the record store", fmt.Errorf("recording approval %s: %w", a.ID, err))
+		return Approval{}, Unavailable("the record store", fmt.Errorf("recording approval %s: %w", a.ID, err))
 	}
-	ev := s.event(ctx, "approval.requested", task.Agent, task)
+	ev := s.TaskEvent(ctx, "approval.requested", task.Agent, task)
 	ev.Outcome = "pending"
 	ev.Detail = argsDetail(a.Tool, a.Args, a.ShowArgs)
 	ev.Detail["approval_id"], ev.Detail["expires_at"] = a.ID, a.ExpiresAt
@@ -177,7 +177,7 @@ func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req
 		if _, derr := s.settle(context.WithoutCancel(ctx), a.ID, ApprovalDenied, "valet", "audit write failed"); derr != nil {
 			s.log.ErrorContext(ctx, "denying an unaudited approval failed", "approval_id", a.ID, "err", derr)
 		}
-		return Approval{}, unavailable("the audit log", err)
+		return Approval{}, Unavailable("the audit log", err)
 	}
 	s.log.InfoContext(ctx, "approval requested", "approval_id", a.ID, "task_id", task.ID, "tool", a.Tool, "expires_at", a.ExpiresAt)
 	s.notifyApproval(ctx, a)
@@ -203,7 +203,7 @@ func (s *Service) approvalHolds(a Approval) []approvalHold {
 // holdApproval takes a place for a in its task's and its agent's sets of
 // pending approvals, or refuses with 429 naming the cap that is full.
 func (s *Service) holdApproval(ctx context.Context, store Records, a Approval) error {
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	defer cancel()
 	holds := s.approvalHolds(a)
 	for i, h := range holds {
@@ -216,7 +216,7 @@ func (s *Service) holdApproval(ctx context.Context, store Records, a Approval) e
 			return &Error{Code: CodeTooManyRequests, Rule: "approvals.max_pending", Err: err,
 				Message: fmt.Sprintf("%s already has %d approvals pending; wait for a decision", h.what, h.max)}
 		}
-		return unavailable("the record store", err)
+		return Unavailable("the record store", err)
 	}
 	return nil
 }
@@ -231,7 +231,7 @@ func (s *Service) release(ctx context.Context, store Records, id string, holds [
 	if len(holds) == 0 {
 		return
 	}
-	lctx, cancel := ledgerCtx(context.WithoutCancel(ctx))
+	lctx, cancel := LedgerCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	for _, h := range holds {
 		if err := store.Release(lctx, holdKind, h.id, id); err != nil {
@@ -281,18 +281,18 @@ func (s *Service) notifyApproval(ctx context.Context, a Approval) {
 // loadApproval reads an approval; a pending one past its timeout is moved
 // to expired (and audited) on the way.
 func (s *Service) loadApproval(ctx context.Context, id string) (Approval, error) {
-	store, err := s.recordsStore()
+	store, err := s.RecordsStore()
 	if err != nil {
 		return Approval{}, err
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	b, err := store.Get(lctx, "approval", id)
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return Approval{}, Errorf(CodeNotFound, "approval %q not found", id)
 	case err != nil:
-		return Approval{}, unavailable("the record store", err)
+		return Approval{}, Unavailable("the record store", err)
 	}
 	var a Approval
 	if err := json.Unmarshal(b, &a); err != nil {
@@ -316,18 +316,18 @@ func (s *Service) settle(ctx context.Context, id string, state ApprovalState, wh
 // transition applies change to an approval in state from, with
 // compare-and-swap, and audits it as event typ by actor.
 func (s *Service) transition(ctx context.Context, id string, from ApprovalState, change func(*Approval), typ, actor string) (Approval, error) {
-	store, err := s.recordsStore()
+	store, err := s.RecordsStore()
 	if err != nil {
 		return Approval{}, err
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	defer cancel()
 	old, err := store.Get(lctx, "approval", id)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return Approval{}, Errorf(CodeNotFound, "approval %q not found", id)
 	case err != nil:
-		return Approval{}, unavailable("the record store", err)
+		return Approval{}, Unavailable("the record store", err)
 	}
 	var a Approval
 	if err := json.Unmarshal(old, &a); err != nil {
@@ -347,12 +347,12 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 		}
 		return cur, &Error{Code: CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, cur.State), Err: err}
 	case err != nil:
-		return Approval{}, unavailable("the record store", err)
+		return Approval{}, Unavailable("the record store", err)
 	}
 	if wasPending && a.State != ApprovalPending {
 		s.releaseApproval(ctx, store, a)
 	}
-	ev := s.event(ctx, typ, actor, Task{ID: a.TaskID, Issuer: a.Issuer, Template: a.Template})
+	ev := s.TaskEvent(ctx, typ, actor, Task{ID: a.TaskID, Issuer: a.Issuer, Template: a.Template})
 	ev.Outcome, ev.Reason = string(a.State), a.Reason
 	ev.Detail = argsDetail(a.Tool, a.Args, a.ShowArgs)
 	ev.Detail["approval_id"] = a.ID
@@ -364,7 +364,7 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 		// is only granted to the agent after this, so log loudly.
 		s.log.ErrorContext(ctx, "audit write of an approval decision failed", "approval_id", id, "state", a.State, "err", err)
 		if a.State == ApprovalApproved || a.State == ApprovalIssued {
-			return Approval{}, unavailable("the audit log", err)
+			return Approval{}, Unavailable("the audit log", err)
 		}
 	}
 	s.log.InfoContext(ctx, "approval "+string(a.State), "approval_id", id, "task_id", a.TaskID, "by", actor)
@@ -375,7 +375,7 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 // the name decisions are audited under.
 func (s *Service) AuthorizeApprover(ctx context.Context, id, secret string) (string, error) {
 	if id == "" {
-		return "", unauthenticated(errors.New("no approver credentials"))
+		return "", Unauthenticated(errors.New("no approver credentials"))
 	}
 	if wait := s.throttle.wait("approver:"+id, s.now()); wait > 0 {
 		return "", throttled(wait)
@@ -384,7 +384,7 @@ func (s *Service) AuthorizeApprover(ctx context.Context, id, secret string) (str
 	if err != nil {
 		s.throttle.fail("approver:"+id, s.now())
 		s.log.WarnContext(ctx, "approver authentication failed", "client_id", id)
-		return "", unauthenticated(err)
+		return "", Unauthenticated(err)
 	}
 	s.throttle.succeed("approver:" + id)
 	return who, nil
@@ -421,22 +421,22 @@ func (q *ApprovalQuery) Validate() error {
 		q.State = ApprovalPending
 	case ApprovalPending, ApprovalApproved, ApprovalDenied, ApprovalExpired, ApprovalIssued:
 	default:
-		return invalidField("state", "state must be pending, approved, denied, expired or issued")
+		return InvalidField("state", "state must be pending, approved, denied, expired or issued")
 	}
 	for name, v := range map[string]string{"agent": q.Agent, "template": q.Template, "task_id": q.TaskID} {
 		if len(v) > 256 {
-			return invalidField(name, "%s must be at most 256 bytes", name)
+			return InvalidField(name, "%s must be at most 256 bytes", name)
 		}
 	}
 	switch {
 	case q.Limit == 0:
 		q.Limit = DefaultApprovalPage
 	case q.Limit < 0 || q.Limit > MaxApprovalPage:
-		return invalidField("limit", "limit must be from 1 to %d", MaxApprovalPage)
+		return InvalidField("limit", "limit must be from 1 to %d", MaxApprovalPage)
 	}
 	if q.Cursor != "" {
 		if _, _, err := decodeApprovalCursor(q.Cursor); err != nil {
-			return invalidField("cursor", "cursor is not one Valet gave")
+			return InvalidField("cursor", "cursor is not one Valet gave")
 		}
 	}
 	return nil
@@ -481,15 +481,15 @@ func (s *Service) ListApprovals(ctx context.Context, q ApprovalQuery) (page []Ap
 	if err := q.Validate(); err != nil {
 		return nil, "", err
 	}
-	store, err := s.recordsStore()
+	store, err := s.RecordsStore()
 	if err != nil {
 		return nil, "", err
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	recs, err := store.List(lctx, "approval", maxApprovalScan)
 	cancel()
 	if err != nil {
-		return nil, "", unavailable("the record store", err)
+		return nil, "", Unavailable("the record store", err)
 	}
 	var afterAt time.Time
 	var afterID string
@@ -540,7 +540,7 @@ func (s *Service) DecideApproval(ctx context.Context, who, id string, approve bo
 		state = ApprovalApproved
 		// The task must still pass the gate: an approval approved after a
 		// freeze (or a revocation) issues nothing.
-		_, terr := s.gateRecordedTask(ctx, a.TaskID)
+		_, terr := s.GateRecordedTask(ctx, a.TaskID)
 		var ge *Error
 		switch {
 		case terr == nil:

@@ -48,60 +48,60 @@ func (w declarationWire) validate() (Declaration, error) {
 	d := Declaration{Template: w.Template, Intent: w.Intent, Tools: w.Tools}
 	switch {
 	case w.Template == "":
-		return d, invalidField("template", "template is required")
+		return d, InvalidField("template", "template is required")
 	case len(w.Template) > maxTemplateName || !utf8.ValidString(w.Template):
-		return d, invalidField("template", "template must be a valid name of at most %d bytes", maxTemplateName)
+		return d, InvalidField("template", "template must be a valid name of at most %d bytes", maxTemplateName)
 	case strings.TrimSpace(w.Intent) == "":
-		return d, invalidField("intent", "intent is required: say what the task is for")
+		return d, InvalidField("intent", "intent is required: say what the task is for")
 	case len(w.Intent) > maxIntent || !utf8.ValidString(w.Intent):
-		return d, invalidField("intent", "intent must be valid UTF-8 of at most %d bytes", maxIntent)
+		return d, InvalidField("intent", "intent must be valid UTF-8 of at most %d bytes", maxIntent)
 	case len(w.Tools) == 0:
-		return d, invalidField("tools", "tools must list at least one tool")
+		return d, InvalidField("tools", "tools must list at least one tool")
 	case len(w.Tools) > maxTools:
-		return d, invalidField("tools", "tools may list at most %d tools", maxTools)
+		return d, InvalidField("tools", "tools may list at most %d tools", maxTools)
 	}
 	seen := make(map[string]bool, len(w.Tools))
 	for i, tool := range w.Tools {
 		field := fmt.Sprintf("tools[%d]", i)
 		switch {
 		case tool == "":
-			return d, invalidField(field, "%s is empty", field)
+			return d, InvalidField(field, "%s is empty", field)
 		case !validToolName(tool):
 			return d, checkToolName(field, tool)
 		case seen[tool]:
-			return d, invalidField(field, "%s: tool %q is listed twice", field, tool)
+			return d, InvalidField(field, "%s: tool %q is listed twice", field, tool)
 		}
 		seen[tool] = true
 	}
 	if w.TTLSeconds != nil {
 		ttl := *w.TTLSeconds
 		if ttl <= 0 {
-			return d, invalidField("ttl_seconds", "ttl_seconds must be positive, got %d", ttl)
+			return d, InvalidField("ttl_seconds", "ttl_seconds must be positive, got %d", ttl)
 		}
 		if ttl > int64(maxTTL/time.Second) {
-			return d, invalidField("ttl_seconds", "ttl_seconds must be at most %d", int64(maxTTL/time.Second))
+			return d, InvalidField("ttl_seconds", "ttl_seconds must be at most %d", int64(maxTTL/time.Second))
 		}
 		d.TTL = time.Duration(ttl) * time.Second
 	}
 	if w.SubjectToken != nil {
 		switch tok := *w.SubjectToken; {
 		case tok == "":
-			return d, invalidField("subject_token", "subject_token must not be empty: omit it when the agent acts for itself")
+			return d, InvalidField("subject_token", "subject_token must not be empty: omit it when the agent acts for itself")
 		case len(tok) > maxSubjectToken:
-			return d, invalidField("subject_token", "subject_token must be at most %d bytes", maxSubjectToken)
+			return d, InvalidField("subject_token", "subject_token must be at most %d bytes", maxSubjectToken)
 		default:
 			d.SubjectToken = tok
 		}
 	}
 	if len(w.Context) > 0 && !bytes.Equal(w.Context, []byte("null")) {
 		if err := json.Unmarshal(w.Context, &d.Context); err != nil {
-			return d, invalidField("context", "context must be a JSON object")
+			return d, InvalidField("context", "context must be a JSON object")
 		}
 	}
 	return d, nil
 }
 
-func invalidField(field, format string, args ...any) *Error {
+func InvalidField(field, format string, args ...any) *Error {
 	e := Errorf(CodeInvalid, format, args...)
 	e.Field = field
 	return e
@@ -135,10 +135,10 @@ func jsonError(err error) *Error {
 	case errors.As(err, &syntax):
 		e = Errorf(CodeInvalid, "malformed JSON at byte %d: %v", syntax.Offset, syntax)
 	case errors.As(err, &typ):
-		e = invalidField(typ.Field, "field %q must be %s, not JSON %s", typ.Field, typ.Type, typ.Value)
+		e = InvalidField(typ.Field, "field %q must be %s, not JSON %s", typ.Field, typ.Type, typ.Value)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		e = invalidField(name, "unknown field %q", name)
+		e = InvalidField(name, "unknown field %q", name)
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		e = Errorf(CodeInvalid, "malformed JSON: unexpected end of body")
 	default:

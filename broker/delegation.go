@@ -67,23 +67,23 @@ type DelegationRequest struct {
 func DecodeTokenExchange(form url.Values) (DelegationRequest, error) {
 	for k, v := range form {
 		if len(v) > 1 && k != "resource" && k != "audience" {
-			return DelegationRequest{}, invalidField(k, "parameter %s is given more than once", k)
+			return DelegationRequest{}, InvalidField(k, "parameter %s is given more than once", k)
 		}
 	}
 	switch {
 	case form.Get("grant_type") != GrantTypeTokenExchange:
-		return DelegationRequest{}, invalidField("grant_type", "grant_type must be %s", GrantTypeTokenExchange)
+		return DelegationRequest{}, InvalidField("grant_type", "grant_type must be %s", GrantTypeTokenExchange)
 	case form.Get("subject_token") == "":
-		return DelegationRequest{}, invalidField("subject_token", "subject_token is required: the parent task token")
+		return DelegationRequest{}, InvalidField("subject_token", "subject_token is required: the parent task token")
 	case form.Get("subject_token_type") != TokenTypeAccessToken:
-		return DelegationRequest{}, invalidField("subject_token_type", "subject_token_type must be %s", TokenTypeAccessToken)
+		return DelegationRequest{}, InvalidField("subject_token_type", "subject_token_type must be %s", TokenTypeAccessToken)
 	case form.Get("actor_token") == "":
-		return DelegationRequest{}, invalidField("actor_token", "actor_token is required: the sub-agent's identity token")
+		return DelegationRequest{}, InvalidField("actor_token", "actor_token is required: the sub-agent's identity token")
 	case form.Get("actor_token_type") != TokenTypeIDToken && form.Get("actor_token_type") != TokenTypeJWT:
-		return DelegationRequest{}, invalidField("actor_token_type", "actor_token_type must be %s or %s", TokenTypeIDToken, TokenTypeJWT)
+		return DelegationRequest{}, InvalidField("actor_token_type", "actor_token_type must be %s or %s", TokenTypeIDToken, TokenTypeJWT)
 	}
 	if rt := form.Get("requested_token_type"); rt != "" && rt != TokenTypeAccessToken {
-		return DelegationRequest{}, invalidField("requested_token_type", "requested_token_type must be %s", TokenTypeAccessToken)
+		return DelegationRequest{}, InvalidField("requested_token_type", "requested_token_type must be %s", TokenTypeAccessToken)
 	}
 	r := DelegationRequest{SubjectToken: form.Get("subject_token"), ActorToken: form.Get("actor_token")}
 	var err error
@@ -91,7 +91,7 @@ func DecodeTokenExchange(form url.Values) (DelegationRequest, error) {
 		return r, err
 	}
 	if len(r.Tools) == 0 {
-		return r, invalidField("tools", "tools is required: the space-separated tools the sub-agent needs")
+		return r, InvalidField("tools", "tools is required: the space-separated tools the sub-agent needs")
 	}
 	if err := checkToolNames("tools", r.Tools); err != nil {
 		return r, err
@@ -105,7 +105,7 @@ func DecodeTokenExchange(form url.Values) (DelegationRequest, error) {
 	for _, k := range []string{"audience", "resource"} {
 		for i, a := range form[k] {
 			if a == "" || len(a) > 512 || !utf8.ValidString(a) {
-				return r, invalidField(fmt.Sprintf("%s[%d]", k, i), "%s must be a non-empty string of at most 512 bytes", k)
+				return r, InvalidField(fmt.Sprintf("%s[%d]", k, i), "%s must be a non-empty string of at most 512 bytes", k)
 			}
 			if !slices.Contains(r.Audiences, a) {
 				r.Audiences = append(r.Audiences, a)
@@ -115,7 +115,7 @@ func DecodeTokenExchange(form url.Values) (DelegationRequest, error) {
 	if v := form.Get("ttl_seconds"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n <= 0 || n > int64(maxTTL/time.Second) {
-			return r, invalidField("ttl_seconds", "ttl_seconds must be a whole number from 1 to %d", int64(maxTTL/time.Second))
+			return r, InvalidField("ttl_seconds", "ttl_seconds must be a whole number from 1 to %d", int64(maxTTL/time.Second))
 		}
 		r.TTL = time.Duration(n) * time.Second
 	}
@@ -126,14 +126,14 @@ func DecodeTokenExchange(form url.Values) (DelegationRequest, error) {
 func spaceList(v, field string, maxItems, maxLen int) ([]string, error) {
 	items := strings.Fields(v)
 	if len(items) > maxItems {
-		return nil, invalidField(field, "%s may list at most %d entries", field, maxItems)
+		return nil, InvalidField(field, "%s may list at most %d entries", field, maxItems)
 	}
 	for i, it := range items {
 		if len(it) > maxLen || !utf8.ValidString(it) {
-			return nil, invalidField(fmt.Sprintf("%s[%d]", field, i), "%s entry %d must be valid UTF-8 of at most %d bytes", field, i, maxLen)
+			return nil, InvalidField(fmt.Sprintf("%s[%d]", field, i), "%s entry %d must be valid UTF-8 of at most %d bytes", field, i, maxLen)
 		}
 		if slices.Contains(items[:i], it) {
-			return nil, invalidField(field, "%s lists %q twice", field, it)
+			return nil, InvalidField(field, "%s lists %q twice", field, it)
 		}
 	}
 	return items, nil
@@ -167,7 +167,7 @@ func Attenuate(tmpl *Template, parent ParentGrant, req DelegationRequest, now ti
 		return deny("delegation.max_depth", "", "delegation depth %d exceeds the maximum of template %q (%d)", depth, tmpl.Name, tmpl.Delegation.MaxDepth)
 	}
 	if len(req.Tools) == 0 {
-		return Grant{}, 0, invalidField("tools", "tools is required")
+		return Grant{}, 0, InvalidField("tools", "tools is required")
 	}
 	var tools, actionTools []string
 	for _, tool := range req.Tools {
@@ -224,7 +224,7 @@ func Attenuate(tmpl *Template, parent ParentGrant, req DelegationRequest, now ti
 	case ttl > remaining:
 		return deny("ttl", "ttl_seconds", "ttl_seconds %d exceeds the parent task's remaining %d seconds", int64(ttl/time.Second), int64(remaining/time.Second))
 	case ttl > tmpl.MaxTTL:
-		return Grant{}, 0, invalidField("ttl_seconds", "ttl_seconds %d exceeds the maximum of template %q (%d)", int64(ttl/time.Second), tmpl.Name, int64(tmpl.MaxTTL/time.Second))
+		return Grant{}, 0, InvalidField("ttl_seconds", "ttl_seconds %d exceeds the maximum of template %q (%d)", int64(ttl/time.Second), tmpl.Name, int64(tmpl.MaxTTL/time.Second))
 	}
 	return Grant{
 		Template:    tmpl,
@@ -260,7 +260,7 @@ func (s *Service) Delegate(ctx context.Context, req DelegationRequest) (Task, []
 		return Task{}, nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued",
 			Err: fmt.Errorf("child deadline %s after parent's %s", child.Deadline, limit)}
 	}
-	ev := s.event(ctx, "task.delegated", actor.Subject, child)
+	ev := s.TaskEvent(ctx, "task.delegated", actor.Subject, child)
 	ev.Detail = map[string]any{"parent": parent.ID, "root": child.Root, "depth": depth, "act": child.Act, "subject": child.Subject,
 		"tools": child.Tools, "audiences": g.Audiences, "deadline": child.Deadline}
 	minted, err := s.issue(ctx, child, actor, g, []Issuer{s.tokens}, ev) // a child gets a task token only
@@ -283,13 +283,13 @@ func (s *Service) exchangeParties(ctx context.Context, req DelegationRequest) (T
 	pc, err := s.tokens.Verify(req.SubjectToken)
 	if err != nil {
 		s.log.WarnContext(ctx, "subject token rejected", "token_sha256", TokenHash(req.SubjectToken), "reason", err.Error())
-		return TaskClaims{}, Task{}, Principal{}, unauthenticated(fmt.Errorf("subject token: %w", err))
+		return TaskClaims{}, Task{}, Principal{}, Unauthenticated(fmt.Errorf("subject token: %w", err))
 	}
-	parent, err := s.liveTask(ctx, pc)
+	parent, err := s.LiveTask(ctx, pc)
 	if err != nil {
 		return TaskClaims{}, Task{}, Principal{}, err
 	}
-	if err := s.checkBoundProof(ctx, pc, req.Proof, req.Method, req.URL, req.SubjectToken); err != nil {
+	if err := s.CheckBoundProof(ctx, pc, req.Proof, req.Method, req.URL, req.SubjectToken); err != nil {
 		return TaskClaims{}, Task{}, Principal{}, err
 	}
 	actor, err := s.authenticate(ctx, req.ActorToken)
@@ -338,7 +338,7 @@ func (s *Service) attenuateDelegation(ctx context.Context, tmpl *Template, pc Ta
 	if err != nil {
 		return Grant{}, 0, time.Time{}, err
 	}
-	if err := s.spend(ctx, "delegations", rootOf(parent), tmpl.Budgets.Delegations, parent.Deadline); err != nil {
+	if err := s.Spend(ctx, "delegations", rootOf(parent), tmpl.Budgets.Delegations, parent.Deadline); err != nil {
 		return Grant{}, 0, time.Time{}, err
 	}
 	return g, depth, limit, nil
@@ -352,7 +352,7 @@ func childTask(parent Task, actor Principal, tmpl *Template, g Grant, depth int,
 		subject = parent.Agent
 	}
 	return Task{
-		ID: newID("tsk"), State: StateActive, Agent: actor.Subject, Issuer: actor.Issuer, Template: tmpl.Name,
+		ID: NewID("tsk"), State: StateActive, Agent: actor.Subject, Issuer: actor.Issuer, Template: tmpl.Name,
 		Intent: parent.Intent, Tools: append(slices.Clone(g.Tools), g.ActionTools...), CreatedAt: now, Deadline: now.Add(g.TTL),
 		Parent: parent.ID, Root: rootOf(parent), Depth: depth, Subject: subject, SubjectIssuer: parent.SubjectIssuer,
 		Act: append([]string{actor.Subject}, parent.Act...), JKT: parent.JKT,
@@ -373,11 +373,11 @@ func rootOf(t Task) string {
 	return t.Root
 }
 
-// liveTask passes a verified task token through the gate (gate.go) and
+// LiveTask passes a verified task token through the gate (gate.go) and
 // returns its task: on record, not denied, not covered by an epoch, its
 // task active, and no incident control on its chain or template.
-func (s *Service) liveTask(ctx context.Context, c TaskClaims) (Task, error) {
-	return s.gateTaskToken(ctx, c, nil)
+func (s *Service) LiveTask(ctx context.Context, c TaskClaims) (Task, error) {
+	return s.GateTaskToken(ctx, c, nil)
 }
 
 // delegationDenied logs and audits a refused exchange and returns err.
@@ -388,7 +388,7 @@ func (s *Service) delegationDenied(ctx context.Context, parent Task, actor Princ
 		rule = e.Rule
 	}
 	s.log.WarnContext(ctx, "delegation denied", "parent", parent.ID, "agent", actor.Subject, "rule", rule, "reason", err.Error())
-	ev := s.event(ctx, "task.delegation_denied", actor.Subject, parent)
+	ev := s.TaskEvent(ctx, "task.delegation_denied", actor.Subject, parent)
 	ev.Outcome, ev.Rule, ev.Reason = "denied", rule, err.Error()
 	if aerr := s.audit.Record(ctx, ev); aerr != nil {
 		s.log.ErrorContext(ctx, "audit write of a denial failed", "err", aerr)
@@ -396,21 +396,21 @@ func (s *Service) delegationDenied(ctx context.Context, parent Task, actor Princ
 	return err
 }
 
-// spend counts one use of budget for the task tree of root and refuses it
+// Spend counts one use of budget for the task tree of root and refuses it
 // over limit (0: no cap). The counter lives until the later of the
 // deadlines it is given, so it outlives every task that can spend from it.
-func (s *Service) spend(ctx context.Context, budget, root string, limit int, until time.Time) error {
+func (s *Service) Spend(ctx context.Context, budget, root string, limit int, until time.Time) error {
 	if limit <= 0 {
 		return nil
 	}
 	if s.agent.limiter == nil {
-		return unavailable("the budget store", errNoLimiter)
+		return Unavailable("the budget store", errNoLimiter)
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	n, err := s.agent.limiter.Count(lctx, budget+":"+root, until)
 	cancel()
 	if err != nil {
-		return unavailable("the budget store", err)
+		return Unavailable("the budget store", err)
 	}
 	if n > int64(limit) {
 		return &Error{Code: CodeForbidden, Message: fmt.Sprintf("budget %q of %d is spent", budget, limit), Rule: "budgets." + budget}
@@ -431,11 +431,11 @@ func (s *Service) endDescendants(ctx context.Context, t Task) error {
 	for len(queue) > 0 {
 		id := queue[0]
 		queue = queue[1:]
-		lctx, cancel := ledgerCtx(ctx)
+		lctx, cancel := LedgerCtx(ctx)
 		kids, err := s.ledger.Children(lctx, id)
 		cancel()
 		if err != nil {
-			return unavailable("the credential ledger", fmt.Errorf("listing children of task %s: %w", id, err))
+			return Unavailable("the credential ledger", fmt.Errorf("listing children of task %s: %w", id, err))
 		}
 		for _, kid := range kids {
 			if visited[kid] {
@@ -448,17 +448,17 @@ func (s *Service) endDescendants(ctx context.Context, t Task) error {
 			}
 			visited[kid] = true
 			queue = append(queue, kid)
-			lctx, cancel := ledgerCtx(ctx)
+			lctx, cancel := LedgerCtx(ctx)
 			ct, creds, err := s.ledger.End(lctx, kid, StateRevoked, reason, s.now())
 			cancel()
 			switch {
 			case errors.Is(err, ErrNotActive), errors.Is(err, ErrNotFound):
 				continue
 			case err != nil:
-				return unavailable("the credential ledger", fmt.Errorf("ending descendant %s of task %s: %w", kid, t.ID, err))
+				return Unavailable("the credential ledger", fmt.Errorf("ending descendant %s of task %s: %w", kid, t.ID, err))
 			}
 			s.revokeAtSource(ctx, creds, reason)
-			ev := s.event(ctx, "task.revoked", "valet", ct)
+			ev := s.TaskEvent(ctx, "task.revoked", "valet", ct)
 			ev.Reason = reason
 			for _, c := range creds {
 				ev.Creds = append(ev.Creds, c.ID)

@@ -8,12 +8,12 @@ import (
 	"github.com/valet-dev/valet/dpop"
 )
 
-// checkProof checks a DPoP proof for a request of method to url made with
+// CheckProof checks a DPoP proof for a request of method to url made with
 // access token raw ("" for a declaration, which is made with an identity
 // token), that it is by the key with thumbprint jkt when jkt is set, and
 // that its jti was never seen. It returns the proof's thumbprint. Every
 // failure is the fixed 401; the reason goes to the log.
-func (s *Service) checkProof(ctx context.Context, proof, method, url, raw, jkt string) error {
+func (s *Service) CheckProof(ctx context.Context, proof, method, url, raw, jkt string) error {
 	_, err := s.proofKey(ctx, proof, method, url, raw, jkt)
 	return err
 }
@@ -30,14 +30,14 @@ func (s *Service) proofKey(ctx context.Context, proof, method, url, raw, jkt str
 		return "", &Error{Code: CodeUnauthenticated, Message: "invalid DPoP proof", Err: errors.New("proof key does not match cnf.jkt")}
 	}
 	if s.agent.limiter == nil {
-		return "", unavailable("the replay store", errNoLimiter)
+		return "", Unavailable("the replay store", errNoLimiter)
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	first, err := s.agent.limiter.Once(lctx, "dpop:"+p.JKT+":"+p.JTI, p.IssuedAt.Add(2*dpop.Window))
 	cancel()
 	switch {
 	case err != nil:
-		return "", unavailable("the replay store", err)
+		return "", Unavailable("the replay store", err)
 	case !first:
 		s.log.WarnContext(ctx, "DPoP proof replayed", "jkt", p.JKT)
 		return "", &Error{Code: CodeUnauthenticated, Message: "invalid DPoP proof", Err: fmt.Errorf("proof jti %.32q was used before", p.JTI)}

@@ -80,22 +80,22 @@ var (
 	ErrNotActive = errors.New("not active")
 )
 
-// unauthenticated is the fixed answer to any identity failure: the reason
+// Unauthenticated is the fixed answer to any identity failure: the reason
 // goes to the log, never to the caller.
-func unauthenticated(err error) *Error {
+func Unauthenticated(err error) *Error {
 	return &Error{Code: CodeUnauthenticated, Message: "unable to verify bearer token", Err: err}
 }
 
-// unavailable wraps a dependency failure in the fixed 503 answer.
-func unavailable(what string, err error) *Error {
+// Unavailable wraps a dependency failure in the fixed 503 answer.
+func Unavailable(what string, err error) *Error {
 	return &Error{Code: CodeUnavailable, Message: what + " is unavailable; nothing was issued", Err: err}
 }
 
 // maxQuotedLen is how much of an untrusted value an error or log line quotes.
 const maxQuotedLen = 128
 
-// quoteUntrusted renders an untrusted value for an error message, truncated.
-func quoteUntrusted(s string) string {
+// QuoteUntrusted renders an untrusted value for an error message, truncated.
+func QuoteUntrusted(s string) string {
 	if len(s) > maxQuotedLen {
 		return fmt.Sprintf("%q...", s[:maxQuotedLen])
 	}

@@ -183,27 +183,27 @@ func DecodeEventReport(r io.Reader) (EventReport, error) {
 func (e EventReport) validate() error {
 	switch {
 	case e.Tool == "":
-		return invalidField("tool", "tool is required")
+		return InvalidField("tool", "tool is required")
 	case !validToolName(e.Tool):
 		return checkToolName("tool", e.Tool)
 	case e.Outcome != "ok" && e.Outcome != "error" && e.Outcome != "refused":
-		return invalidField("outcome", "outcome must be ok, error or refused")
+		return InvalidField("outcome", "outcome must be ok, error or refused")
 	case e.Status != 0 && (e.Status < 100 || e.Status > 599):
-		return invalidField("status", "status must be an HTTP status code")
+		return InvalidField("status", "status must be an HTTP status code")
 	case len(e.SideEffect) > maxSideEffect || !utf8.ValidString(e.SideEffect):
-		return invalidField("side_effect", "side_effect must be valid UTF-8 of at most %d bytes", maxSideEffect)
+		return InvalidField("side_effect", "side_effect must be valid UTF-8 of at most %d bytes", maxSideEffect)
 	}
 	if u := e.Undo; u != nil {
 		p, err := url.Parse(u.URL)
 		switch {
 		case err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" || p.User != nil || len(u.URL) > 2048:
-			return invalidField("undo.url", "undo.url must be an absolute http(s) URL without user info, at most 2048 bytes")
+			return InvalidField("undo.url", "undo.url must be an absolute http(s) URL without user info, at most 2048 bytes")
 		case !slices.Contains([]string{"DELETE", "POST", "PUT", "PATCH"}, u.Method):
-			return invalidField("undo.method", "undo.method must be DELETE, POST, PUT or PATCH")
+			return InvalidField("undo.method", "undo.method must be DELETE, POST, PUT or PATCH")
 		case len(u.Body) > maxUndoBody:
-			return invalidField("undo.body", "undo.body must be at most %d bytes", maxUndoBody)
+			return InvalidField("undo.body", "undo.body must be at most %d bytes", maxUndoBody)
 		case len(u.ContentType) > 128 || strings.ContainsAny(u.ContentType, "\r\n"):
-			return invalidField("undo.content_type", "undo.content_type is not a media type")
+			return InvalidField("undo.content_type", "undo.content_type is not a media type")
 		}
 	}
 	return nil
@@ -221,18 +221,18 @@ func (e EventReport) validate() error {
 func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (TaskClaims, Task, bool, string, error) {
 	fail := func(err error) (TaskClaims, Task, bool, string, error) { return TaskClaims{}, Task{}, false, "", err }
 	if raw == "" {
-		return fail(unauthenticated(errors.New("no task token")))
+		return fail(Unauthenticated(errors.New("no task token")))
 	}
 	c, err := s.tokens.Verify(raw)
 	if err != nil {
 		lv, ok := s.tokens.(LateVerifier)
 		if !ok {
 			s.log.WarnContext(ctx, "task token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
-			return fail(unauthenticated(err))
+			return fail(Unauthenticated(err))
 		}
 		if c, err = lv.VerifyExpired(raw, s.agent.eventRetention); err != nil {
 			s.log.WarnContext(ctx, "task token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
-			return fail(unauthenticated(err))
+			return fail(Unauthenticated(err))
 		}
 	}
 	if c.TaskID != a.TaskID {
@@ -245,7 +245,7 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (T
 		}
 	}
 	if c.JKT != "" && (a.Proof != "" || a.ClientID == "") {
-		if err := s.checkProof(ctx, a.Proof, a.Method, a.URL, raw, c.JKT); err != nil {
+		if err := s.CheckProof(ctx, a.Proof, a.Method, a.URL, raw, c.JKT); err != nil {
 			return fail(err)
 		}
 	}
@@ -253,34 +253,34 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (T
 		// The agent reports (or reads) with its own token: the gate
 		// decides, so a revoked, frozen, quarantined or distrusted chain,
 		// or one under a revoked-before epoch, reports nothing.
-		t, err := s.gateTaskToken(ctx, c, nil)
+		t, err := s.GateTaskToken(ctx, c, nil)
 		if err != nil {
 			return fail(err)
 		}
 		return c, t, false, reporter, nil
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	defer cancel()
 	cred, denied, err := s.ledger.Credential(lctx, c.ID)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return fail(unauthenticated(fmt.Errorf("token %s is not on record", c.ID)))
+		return fail(Unauthenticated(fmt.Errorf("token %s is not on record", c.ID)))
 	case err != nil:
-		return fail(unavailable("the credential ledger", err))
+		return fail(Unavailable("the credential ledger", err))
 	case cred.TaskID != c.TaskID:
-		return fail(unauthenticated(fmt.Errorf("token %s is not of task %s", c.ID, c.TaskID)))
+		return fail(Unauthenticated(fmt.Errorf("token %s is not of task %s", c.ID, c.TaskID)))
 	}
 	t, _, err := s.ledger.Task(lctx, c.TaskID)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return fail(unauthenticated(fmt.Errorf("task %s is not on record", c.TaskID)))
+		return fail(Unauthenticated(fmt.Errorf("task %s is not on record", c.TaskID)))
 	case err != nil:
-		return fail(unavailable("the credential ledger", err))
+		return fail(Unavailable("the credential ledger", err))
 	}
 	now := s.now()
 	live := t.State == StateActive && now.Before(t.Deadline) && !denied && now.Before(cred.ExpiresAt)
 	if !now.Before(t.Deadline.Add(s.agent.eventRetention)) {
-		return fail(unauthenticated(fmt.Errorf("task %s ended more than the retention ago", t.ID)))
+		return fail(Unauthenticated(fmt.Errorf("task %s ended more than the retention ago", t.ID)))
 	}
 	return c, t, !live, reporter, nil
 }
@@ -289,7 +289,7 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (T
 // token (see reportCaller). The tool must be one the token grants or a
 // sensitive tool of the task's template.
 func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep EventReport) (ToolEvent, error) {
-	store, err := s.recordsStore()
+	store, err := s.RecordsStore()
 	if err != nil {
 		return ToolEvent{}, err
 	}
@@ -305,7 +305,7 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	if a.ClientID != "" {
 		with = ReportedWithClient
 	}
-	ev := ToolEvent{ID: newID("evt"), TaskID: t.ID, Tool: rep.Tool, Outcome: rep.Outcome, Status: rep.Status,
+	ev := ToolEvent{ID: NewID("evt"), TaskID: t.ID, Tool: rep.Tool, Outcome: rep.Outcome, Status: rep.Status,
 		SideEffect: rep.SideEffect, Undo: rep.Undo, Agent: c.Actor(), Reporter: reporter, JTI: c.ID,
 		ReportedAt: s.now().UTC(), ReportedWith: with, Late: late}
 	b, err := json.Marshal(ev)
@@ -317,7 +317,7 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	// The slot list never shrinks, so the events list (appended only after
 	// a slot is taken) never refuses for lack of room.
 	until := t.Deadline.Add(s.agent.eventRetention)
-	sctx, scancel := ledgerCtx(ctx)
+	sctx, scancel := LedgerCtx(ctx)
 	err = store.Append(sctx, "event-slots", t.ID, []byte(ev.ID), until, maxEvents)
 	scancel()
 	switch {
@@ -325,9 +325,9 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 		s.log.WarnContext(ctx, "tool-call report refused: the task's events are full", "task_id", t.ID, "max", maxEvents)
 		return ToolEvent{}, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already has %d events; no more are kept", t.ID, maxEvents), Err: err}
 	case err != nil:
-		return ToolEvent{}, unavailable("the record store", err)
+		return ToolEvent{}, Unavailable("the record store", err)
 	}
-	ae := s.event(ctx, "tool.called", reporter, t)
+	ae := s.TaskEvent(ctx, "tool.called", reporter, t)
 	ae.Outcome, ae.Creds = rep.Outcome, []string{c.ID}
 	ae.Detail = map[string]any{"event_id": ev.ID, "tool": rep.Tool, "agent": ev.Agent, "reported_with": with, "late": late}
 	if rep.Status != 0 {
@@ -345,16 +345,16 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	}
 	// Audit first: an event that is not in the trail is not kept.
 	if err := s.audit.Record(ctx, ae); err != nil {
-		return ToolEvent{}, unavailable("the audit log", err)
+		return ToolEvent{}, Unavailable("the audit log", err)
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	defer cancel()
 	err = store.Append(lctx, "events", t.ID, b, until, maxEvents)
 	switch {
 	case errors.Is(err, ErrExists):
 		return ToolEvent{}, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already has %d events; no more are kept", t.ID, maxEvents), Err: err}
 	case err != nil:
-		return ToolEvent{}, unavailable("the record store", err)
+		return ToolEvent{}, Unavailable("the record store", err)
 	}
 	s.log.InfoContext(ctx, "tool call reported", "task_id", t.ID, "event_id", ev.ID, "tool", rep.Tool, "outcome", rep.Outcome, "late", late)
 	return ev, nil
@@ -386,15 +386,15 @@ func (s *Service) IsTaskToken(raw string) bool {
 
 // events reads a task's stored events, oldest first.
 func (s *Service) events(ctx context.Context, taskID string) ([]ToolEvent, error) {
-	store, err := s.recordsStore()
+	store, err := s.RecordsStore()
 	if err != nil {
 		return nil, err
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	defer cancel()
 	items, err := store.Items(lctx, "events", taskID, maxEvents)
 	if err != nil {
-		return nil, unavailable("the record store", err)
+		return nil, Unavailable("the record store", err)
 	}
 	out := make([]ToolEvent, 0, len(items))
 	for _, b := range items {

@@ -47,7 +47,7 @@ type standing struct {
 func (s *Service) gate(ctx context.Context, st standing) error {
 	now := s.now()
 	if t := st.task; t != nil && !st.anyState && (t.State != StateActive || !now.Before(t.Deadline)) {
-		return unauthenticated(fmt.Errorf("task %s is %s", t.ID, t.State))
+		return Unauthenticated(fmt.Errorf("task %s is %s", t.ID, t.State))
 	}
 	if st.cred != "" {
 		if err := s.liveCredential(ctx, st, now); err != nil {
@@ -62,7 +62,7 @@ func (s *Service) gate(ctx context.Context, st standing) error {
 
 // liveCredential is the credential half of the gate.
 func (s *Service) liveCredential(ctx context.Context, st standing, now time.Time) error {
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	defer cancel()
 	var (
 		cred   Credential
@@ -77,15 +77,15 @@ func (s *Service) liveCredential(ctx context.Context, st standing, now time.Time
 	}
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return unauthenticated(fmt.Errorf("token %s is not on record", st.cred))
+		return Unauthenticated(fmt.Errorf("token %s is not on record", st.cred))
 	case err != nil:
-		return unavailable("the credential ledger", err)
+		return Unavailable("the credential ledger", err)
 	case denied:
-		return unauthenticated(fmt.Errorf("token %s is revoked", st.cred))
+		return Unauthenticated(fmt.Errorf("token %s is revoked", st.cred))
 	case st.task != nil && cred.TaskID != st.task.ID:
-		return unauthenticated(fmt.Errorf("token %s is not of task %s", st.cred, st.task.ID))
+		return Unauthenticated(fmt.Errorf("token %s is not of task %s", st.cred, st.task.ID))
 	case !now.Before(cred.ExpiresAt):
-		return unauthenticated(fmt.Errorf("token %s expired", st.cred))
+		return Unauthenticated(fmt.Errorf("token %s expired", st.cred))
 	}
 	issued := cred.IssuedAt
 	if issued.IsZero() {
@@ -95,7 +95,7 @@ func (s *Service) liveCredential(ctx context.Context, st standing, now time.Time
 		issued = st.task.CreatedAt
 	}
 	if !before.IsZero() && (issued.IsZero() || !issued.After(before)) {
-		return unauthenticated(fmt.Errorf("token %s was issued at or before a revoked-before epoch (%s)", st.cred, before.UTC().Format(time.RFC3339Nano)))
+		return Unauthenticated(fmt.Errorf("token %s was issued at or before a revoked-before epoch (%s)", st.cred, before.UTC().Format(time.RFC3339Nano)))
 	}
 	return nil
 }
@@ -107,7 +107,7 @@ func (s *Service) checkLinks(ctx context.Context, links []Link, template string)
 	for _, l := range links {
 		c, err := s.controls.Check(ctx, l.Issuer, l.Agent, template)
 		if err != nil {
-			return unavailable("the control store", err)
+			return Unavailable("the control store", err)
 		}
 		if c == nil {
 			continue
@@ -164,18 +164,18 @@ func tokenOf(creds []Credential) string {
 	return ""
 }
 
-// gateTaskToken is the gate for a verified task token: its task is read
+// GateTaskToken is the gate for a verified task token: its task is read
 // from the ledger and, with the token, must pass st's checks. Any refusal
 // of the token or its task is the fixed 401.
-func (s *Service) gateTaskToken(ctx context.Context, c TaskClaims, adjust func(*standing)) (Task, error) {
-	lctx, cancel := ledgerCtx(ctx)
+func (s *Service) GateTaskToken(ctx context.Context, c TaskClaims, adjust func(*standing)) (Task, error) {
+	lctx, cancel := LedgerCtx(ctx)
 	t, _, err := s.ledger.Task(lctx, c.TaskID)
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return Task{}, unauthenticated(fmt.Errorf("task %s is not on record", c.TaskID))
+		return Task{}, Unauthenticated(fmt.Errorf("task %s is not on record", c.TaskID))
 	case err != nil:
-		return Task{}, unavailable("the credential ledger", err)
+		return Task{}, Unavailable("the credential ledger", err)
 	}
 	st := taskStanding(t, c)
 	if adjust != nil {
@@ -187,21 +187,21 @@ func (s *Service) gateTaskToken(ctx context.Context, c TaskClaims, adjust func(*
 	return t, nil
 }
 
-// gateRecordedTask is the gate for a task known by id (an action token's
+// GateRecordedTask is the gate for a task known by id (an action token's
 // or an approval's task): the task and its own task token must pass.
-func (s *Service) gateRecordedTask(ctx context.Context, id string) (Task, error) {
-	lctx, cancel := ledgerCtx(ctx)
+func (s *Service) GateRecordedTask(ctx context.Context, id string) (Task, error) {
+	lctx, cancel := LedgerCtx(ctx)
 	t, creds, err := s.ledger.Task(lctx, id)
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return Task{}, unauthenticated(fmt.Errorf("task %s is not on record", id))
+		return Task{}, Unauthenticated(fmt.Errorf("task %s is not on record", id))
 	case err != nil:
-		return Task{}, unavailable("the credential ledger", err)
+		return Task{}, Unavailable("the credential ledger", err)
 	}
 	st := standing{links: t.Links(), template: t.Template, task: &t, cred: tokenOf(creds)}
 	if st.cred == "" {
-		return Task{}, unauthenticated(fmt.Errorf("task %s has no task token on record", id))
+		return Task{}, Unauthenticated(fmt.Errorf("task %s has no task token on record", id))
 	}
 	return t, s.gate(ctx, st)
 }

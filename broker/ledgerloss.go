@@ -24,17 +24,17 @@ func (s *Service) denyUnrecorded(ctx context.Context, c TaskClaims, actor string
 		return nil // expired: nothing left to revoke
 	}
 	if s.epochs == nil {
-		return unavailable("the credential ledger", errors.New("the token's task is not on record and this ledger cannot deny unknown tokens"))
+		return Unavailable("the credential ledger", errors.New("the token's task is not on record and this ledger cannot deny unknown tokens"))
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	err := s.epochs.Deny(lctx, c.ID, c.TaskID, c.ExpiresAt)
 	cancel()
 	if err != nil {
-		return unavailable("the credential ledger", fmt.Errorf("denying unrecorded token %s: %w", c.ID, err))
+		return Unavailable("the credential ledger", fmt.Errorf("denying unrecorded token %s: %w", c.ID, err))
 	}
 	s.log.WarnContext(ctx, "revoked a token the ledger has no record of (its records were lost); it is denied until it expires",
 		"jti", c.ID, "task_id", c.TaskID, "by", actor)
-	ev := s.event(ctx, "credential.revoked", actor, Task{ID: c.TaskID, Template: c.Template, Issuer: c.AgentIssuer})
+	ev := s.TaskEvent(ctx, "credential.revoked", actor, Task{ID: c.TaskID, Template: c.Template, Issuer: c.AgentIssuer})
 	ev.Reason, ev.Creds = "revoked by "+actor+"; its task was not on record", []string{c.ID}
 	if err := s.audit.Record(ctx, ev); err != nil {
 		s.log.ErrorContext(ctx, "audit write of a revocation failed", "jti", c.ID, "err", err)

@@ -26,10 +26,10 @@ func (s *Service) authenticateUser(ctx context.Context, raw string) (Principal, 
 	}
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
-			return Principal{}, unavailable("the identity provider", err)
+			return Principal{}, Unavailable("the identity provider", err)
 		}
 		s.log.WarnContext(ctx, "subject token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
-		return Principal{}, unauthenticated(fmt.Errorf("subject token: %w", err))
+		return Principal{}, Unauthenticated(fmt.Errorf("subject token: %w", err))
 	}
 	return u, nil
 }

@@ -15,7 +15,7 @@ func (s *Service) reapBatches(ctx context.Context, de DueEnder) (int, error) {
 	s.auditOrphans(ctx, de)
 	for {
 		now := s.now()
-		lctx, cancel := ledgerCtx(ctx)
+		lctx, cancel := LedgerCtx(ctx)
 		batch, err := de.EndDue(lctx, now, reapBatch, "deadline passed")
 		cancel()
 		if len(batch) > 0 {
@@ -64,7 +64,7 @@ func (s *Service) reaped(ctx context.Context, batch []EndedTask, now time.Time) 
 		// a reaper writes its record once its lease expires.
 		s.log.ErrorContext(ctx, "audit write of reaped tasks failed", "tasks", ids, "err", err)
 	} else if de, ok := s.ledger.(DueEnder); ok && batch[0].Batch != "" {
-		lctx, cancel := ledgerCtx(ctx)
+		lctx, cancel := LedgerCtx(ctx)
 		if err := de.AckReaped(lctx, batch[0].Batch); err != nil {
 			s.log.WarnContext(ctx, "acknowledging a reaped batch failed; its record may be written twice", "batch", batch[0].Batch, "err", err)
 		}
@@ -76,7 +76,7 @@ func (s *Service) reaped(ctx context.Context, batch []EndedTask, now time.Time) 
 // auditOrphans writes the audit record of batches another reaper ended but
 // did not acknowledge within the lease (it died between the two).
 func (s *Service) auditOrphans(ctx context.Context, de DueEnder) {
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	orphans, err := de.Unaudited(lctx, s.now())
 	cancel()
 	if err != nil {
@@ -94,7 +94,7 @@ func (s *Service) auditOrphans(ctx context.Context, de DueEnder) {
 			s.log.ErrorContext(ctx, "audit write of an orphaned reaped batch failed", "batch", b.ID, "err", err)
 			continue
 		}
-		lctx, cancel := ledgerCtx(ctx)
+		lctx, cancel := LedgerCtx(ctx)
 		if err := de.AckReaped(lctx, b.ID); err != nil {
 			s.log.WarnContext(ctx, "acknowledging a reaped batch failed", "batch", b.ID, "err", err)
 		}

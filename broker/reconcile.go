@@ -69,7 +69,7 @@ func (s *Service) ReconcileOnce(ctx context.Context) (int, error) {
 
 // unaccounted says why the ledger does not vouch for c, or "" if it does.
 func (s *Service) unaccounted(ctx context.Context, c Credential) (string, error) {
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	t, creds, err := s.ledger.Task(lctx, c.TaskID)
 	cancel()
 	switch {

@@ -113,7 +113,7 @@ func (s *Service) queueRevocation(ctx context.Context, c Credential, attempt int
 			"task_id", c.TaskID, "expires_at", c.ExpiresAt)
 		return
 	}
-	qctx, cancel := ledgerCtx(context.WithoutCancel(ctx))
+	qctx, cancel := LedgerCtx(context.WithoutCancel(ctx))
 	err := s.retryQ.Enqueue(qctx, c, attempt, next, cause.Error())
 	cancel()
 	if err != nil {
@@ -138,7 +138,7 @@ func (s *Service) RetryOnce(ctx context.Context) (int, error) {
 	}
 	revoked := 0
 	for {
-		qctx, cancel := ledgerCtx(ctx)
+		qctx, cancel := LedgerCtx(ctx)
 		due, err := s.retryQ.Due(qctx, s.now(), retryBatch)
 		cancel()
 		if err != nil {
@@ -164,7 +164,7 @@ func (s *Service) RetryOnce(ctx context.Context) (int, error) {
 func (s *Service) retry(ctx context.Context, p PendingRevocation) (bool, error) {
 	c := p.Credential
 	done := func() error {
-		qctx, cancel := ledgerCtx(ctx)
+		qctx, cancel := LedgerCtx(ctx)
 		defer cancel()
 		if err := s.retryQ.Done(qctx, p.ID); err != nil {
 			return fmt.Errorf("removing revocation %s from the queue: %w", p.ID, err)
@@ -190,7 +190,7 @@ func (s *Service) retry(ctx context.Context, p PendingRevocation) (bool, error) 
 		s.log.WarnContext(ctx, "revocation retry failed", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID,
 			"attempt", p.Attempt+1, "err", err)
 		next := s.now().Add(backoff(p.Attempt + 1))
-		qctx, cancel := ledgerCtx(ctx)
+		qctx, cancel := LedgerCtx(ctx)
 		defer cancel()
 		if err := s.retryQ.Enqueue(qctx, c, p.Attempt+1, next, err.Error()); err != nil {
 			return false, fmt.Errorf("re-queueing revocation %s: %w", p.ID, err)

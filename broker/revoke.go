@@ -34,7 +34,7 @@ type TokenRecognizer interface {
 // other token is invalid and, as the RFC asks, answers success.
 func (s *Service) RevokeToken(ctx context.Context, raw, hint, actor string) error {
 	if len(hint) > maxHintLen {
-		return invalidField("token_type_hint", "token_type_hint must be at most %d bytes", maxHintLen)
+		return InvalidField("token_type_hint", "token_type_hint must be at most %d bytes", maxHintLen)
 	}
 	task := func() (bool, error) {
 		if _, err := s.tokens.Verify(raw); err != nil {
@@ -78,20 +78,20 @@ func (s *Service) revokeAction(ctx context.Context, raw, actor string) (bool, er
 		return false, nil
 	}
 	if s.agent.limiter == nil {
-		return true, unavailable("the replay store", errNoLimiter)
+		return true, Unavailable("the replay store", errNoLimiter)
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	first, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second))
 	cancel()
 	if err != nil {
-		return true, unavailable("the replay store", err)
+		return true, Unavailable("the replay store", err)
 	}
-	ev := s.event(ctx, "action.revoked", actor, Task{ID: ac.TaskID})
+	ev := s.TaskEvent(ctx, "action.revoked", actor, Task{ID: ac.TaskID})
 	ev.Outcome, ev.Creds = "revoked", []string{ac.ID}
 	ev.Detail = map[string]any{"tool": ac.Tool, "args_hash": ac.ArgsHash, "already_used": !first}
 	if err := s.audit.Record(ctx, ev); err != nil {
 		// The token is burnt; a retry answers success and audits again.
-		return true, unavailable("the audit log", errors.Join(errors.New("action token burnt, not audited"), err))
+		return true, Unavailable("the audit log", errors.Join(errors.New("action token burnt, not audited"), err))
 	}
 	s.log.InfoContext(ctx, "action token revoked", "jti", ac.ID, "task_id", ac.TaskID, "already_used", !first, "actor", actor)
 	return true, nil

@@ -189,7 +189,7 @@ func (a *Admin) reporterRevoked(ctx context.Context, t *Task, e ToolEvent) (bool
 	case errors.Is(err, ErrNotFound):
 		return true, "token " + e.JTI + " is not on record", nil
 	case err != nil:
-		return false, "", unavailable("the credential ledger", err)
+		return false, "", Unavailable("the credential ledger", err)
 	case denied && t.State == StateActive:
 		return true, "token " + e.JTI + " was revoked", nil
 	}
@@ -231,7 +231,7 @@ func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep
 	if err != nil {
 		return nil, err
 	}
-	store, err := a.svc.recordsStore()
+	store, err := a.svc.RecordsStore()
 	if err != nil {
 		return nil, err
 	}
@@ -249,7 +249,7 @@ func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep
 		switch {
 		case errors.Is(err, ErrNotFound):
 		case err != nil:
-			return nil, unavailable("the record store", err)
+			return nil, Unavailable("the record store", err)
 		default:
 			var r stepRecord
 			if json.Unmarshal(b, &r) == nil {
@@ -291,7 +291,7 @@ func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eve
 			Message: fmt.Sprintf("event %s was reported by a principal revoked since (%s): confirm with confirm=revoked_reporter", e.ID, step.RevokedReason)}
 	}
 	audit := func(outcome string, detail map[string]any) error {
-		ev := a.svc.event(ctx, "rollback.step", who.Actor(), t)
+		ev := a.svc.TaskEvent(ctx, "rollback.step", who.Actor(), t)
 		ev.Outcome = outcome
 		ev.Detail = map[string]any{"event_id": e.ID, "tool": e.Tool, "method": e.Undo.Method, "url": e.Undo.auditURL(),
 			"reporter": e.Reporter, "reported_with": step.ReportedWith, "reporter_revoked": step.ReporterRevoked}
@@ -307,7 +307,7 @@ func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eve
 		return RollbackStep{}, &Error{Code: CodeForbidden, Rule: "rollback.allowed_hosts",
 			Message: fmt.Sprintf("the undo webhook's host is not in rollback.allowed_hosts (event %s)", e.ID)}
 	}
-	store, err := a.svc.recordsStore()
+	store, err := a.svc.RecordsStore()
 	if err != nil {
 		return RollbackStep{}, err
 	}
@@ -322,7 +322,7 @@ func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eve
 	}
 	if err := audit("started", nil); err != nil {
 		a.finishStep(ctx, store, key, running, stepRecord{State: "failed", Error: "audit write failed", At: a.svc.now().UTC(), By: who.Actor()})
-		return RollbackStep{}, unavailable("the audit log", err)
+		return RollbackStep{}, Unavailable("the audit log", err)
 	}
 	status, callErr := a.callUndo(ctx, *e.Undo)
 	rec := stepRecord{State: "done", Status: status, At: a.svc.now().UTC(), By: who.Actor()}
@@ -336,7 +336,7 @@ func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eve
 		detail["error"] = callErr.Error()
 	}
 	if err := audit(map[bool]string{true: "ok", false: "failed"}[callErr == nil], detail); err != nil {
-		return step, unavailable("the audit log", err)
+		return step, Unavailable("the audit log", err)
 	}
 	a.log.InfoContext(ctx, "rollback step", "task_id", taskID, "event_id", eventID, "state", rec.State, "status", status, "by", who.Actor())
 	return step, nil
@@ -350,11 +350,11 @@ func (a *Admin) claimStep(ctx context.Context, store Records, key string, runnin
 		return nil
 	}
 	if !errors.Is(err, ErrExists) {
-		return unavailable("the record store", err)
+		return Unavailable("the record store", err)
 	}
 	old, err := store.Get(ctx, "rollback", key)
 	if err != nil {
-		return unavailable("the record store", err)
+		return Unavailable("the record store", err)
 	}
 	var r stepRecord
 	_ = json.Unmarshal(old, &r)
@@ -368,7 +368,7 @@ func (a *Admin) claimStep(ctx context.Context, store Records, key string, runnin
 		if errors.Is(err, ErrNotActive) {
 			return &Error{Code: CodeConflict, Message: "this undo step is running"}
 		}
-		return unavailable("the record store", err)
+		return Unavailable("the record store", err)
 	}
 	return nil
 }

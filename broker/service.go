@@ -22,9 +22,9 @@ const (
 	reapBatch            = 256
 )
 
-// ledgerCtx bounds one call to the ledger or another shared store, so a
+// LedgerCtx bounds one call to the ledger or another shared store, so a
 // dead Redis fails the request instead of hanging it.
-func ledgerCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+func LedgerCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, defaultLedgerTimeout)
 }
 
@@ -206,7 +206,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	}
 	task := Task{
 		JKT:       jkt,
-		ID:        newID("tsk"),
+		ID:        NewID("tsk"),
 		State:     StateActive,
 		Agent:     p.Subject,
 		Issuer:    p.Issuer,
@@ -221,7 +221,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	if g.Template.Vault != nil && s.issuers[KindVaultToken] == nil {
 		return Task{}, nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("template %q asks for Vault credentials, but this broker has no Vault configured; nothing was issued", g.Template.Name)}
 	}
-	ev := s.event(ctx, "task.granted", p.Subject, task)
+	ev := s.TaskEvent(ctx, "task.granted", p.Subject, task)
 	ev.Detail = map[string]any{"intent": task.Intent, "tools": task.Tools, "deadline": task.Deadline, "ttl_seconds": int64(g.TTL / time.Second)}
 	onBehalfDetail(ev.Detail, task)
 	minted, err := s.issue(ctx, task, p, g, append([]Issuer{s.tokens}, s.extra...), ev)
@@ -238,15 +238,15 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 // issuer is unreachable); the reason is only logged.
 func (s *Service) authenticate(ctx context.Context, raw string) (Principal, error) {
 	if raw == "" {
-		return Principal{}, unauthenticated(errors.New("no bearer token"))
+		return Principal{}, Unauthenticated(errors.New("no bearer token"))
 	}
 	p, err := s.identity.Authenticate(ctx, raw)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
-			return Principal{}, unavailable("the identity provider", err)
+			return Principal{}, Unavailable("the identity provider", err)
 		}
 		s.log.WarnContext(ctx, "identity token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
-		return Principal{}, unauthenticated(err)
+		return Principal{}, Unauthenticated(err)
 	}
 	return p, nil
 }
@@ -286,7 +286,7 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 	case ttl == 0:
 		ttl = tmpl.DefaultTTL
 	case ttl > tmpl.MaxTTL:
-		return Grant{}, invalidField("ttl_seconds", "ttl_seconds %d exceeds the maximum of template %q (%d)",
+		return Grant{}, InvalidField("ttl_seconds", "ttl_seconds %d exceeds the maximum of template %q (%d)",
 			int64(ttl/time.Second), tmpl.Name, int64(tmpl.MaxTTL/time.Second))
 	}
 	rule, err := tmpl.Check(p, d, ttl, now)
@@ -316,20 +316,20 @@ func (s *Service) issue(ctx context.Context, task Task, p Principal, g Grant, is
 		return nil, err
 	}
 	creds := credentialsOf(minted)
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	err = s.ledger.Record(lctx, task, creds)
 	cancel()
 	if err != nil {
 		s.revokeAtSource(ctx, creds, "ledger write failed")
 		if errors.Is(err, ErrNotActive) && task.Parent != "" {
-			return nil, unauthenticated(fmt.Errorf("parent task %s ended during the exchange", task.Parent))
+			return nil, Unauthenticated(fmt.Errorf("parent task %s ended during the exchange", task.Parent))
 		}
-		return nil, unavailable("the credential ledger", fmt.Errorf("recording task %s: %w", task.ID, err))
+		return nil, Unavailable("the credential ledger", fmt.Errorf("recording task %s: %w", task.ID, err))
 	}
 	ev.Time, ev.Outcome, ev.Creds = s.now().UTC(), "granted", credentialIDs(minted)
 	if err := s.audit.Record(ctx, ev); err != nil {
 		s.refuseUnaudited(ctx, task, creds, err)
-		return nil, unavailable("the audit log", err)
+		return nil, Unavailable("the audit log", err)
 	}
 	return minted, nil
 }
@@ -353,7 +353,7 @@ func (s *Service) mint(ctx context.Context, task Task, p Principal, g Grant, iss
 				}
 			}
 			if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
-				return nil, unavailable(fmt.Sprintf("the %s issuer", is.Kind()), err)
+				return nil, Unavailable(fmt.Sprintf("the %s issuer", is.Kind()), err)
 			}
 			return nil, &Error{Code: CodeInternal, Message: "issuing credentials failed; nothing was issued", Err: fmt.Errorf("minting %s: %w", is.Kind(), err)}
 		}
@@ -423,7 +423,7 @@ func (s *Service) recordDenial(ctx context.Context, p Principal, d Declaration, 
 	}
 	s.log.WarnContext(ctx, "declaration denied", "agent", p.Subject, "issuer", p.Issuer, "template", d.Template,
 		"tools", d.Tools, "rule", rule, "reason", reason)
-	ev := s.event(ctx, "task.denied", p.Subject, Task{Issuer: p.Issuer, Template: d.Template})
+	ev := s.TaskEvent(ctx, "task.denied", p.Subject, Task{Issuer: p.Issuer, Template: d.Template})
 	ev.Outcome, ev.Rule, ev.Reason = "denied", rule, reason
 	ev.Detail = map[string]any{"intent": d.Intent, "tools": d.Tools}
 	if err := s.audit.Record(ctx, ev); err != nil {
@@ -479,17 +479,17 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 	id := r.ID
 	notFound := Errorf(CodeNotFound, "task %q not found", id)
 	if r.Bearer == "" {
-		return Task{}, unauthenticated(errors.New("no bearer token"))
+		return Task{}, Unauthenticated(errors.New("no bearer token"))
 	}
 	if c, err := s.tokens.Verify(r.Bearer); err == nil {
 		if c.TaskID != id {
 			return Task{}, notFound
 		}
-		t, err := s.gateTaskToken(ctx, c, func(st *standing) { st.anyState, st.reducing = true, reducing })
+		t, err := s.GateTaskToken(ctx, c, func(st *standing) { st.anyState, st.reducing = true, reducing })
 		if err != nil {
 			return Task{}, err
 		}
-		if err := s.checkBoundProof(ctx, c, r.Proof, r.Method, r.URL, r.Bearer); err != nil {
+		if err := s.CheckBoundProof(ctx, c, r.Proof, r.Method, r.URL, r.Bearer); err != nil {
 			return Task{}, err
 		}
 		return t, nil
@@ -498,14 +498,14 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 	if err != nil {
 		return Task{}, err
 	}
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	t, _, err := s.ledger.Task(lctx, id)
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return Task{}, notFound
 	case err != nil:
-		return Task{}, unavailable("the credential ledger", err)
+		return Task{}, Unavailable("the credential ledger", err)
 	case t.Agent != p.Subject || t.Issuer != p.Issuer:
 		return Task{}, notFound
 	}
@@ -518,7 +518,7 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 // end finishes a task in the ledger (which denies its JWTs in the same
 // step), revokes its other credentials at their source and audits it.
 func (s *Service) end(ctx context.Context, id string, state State, reason, actor string) (Task, []Credential, error) {
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	t, creds, err := s.ledger.End(lctx, id, state, reason, s.now())
 	cancel()
 	switch {
@@ -531,14 +531,14 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 	case errors.Is(err, ErrNotFound):
 		return Task{}, nil, Errorf(CodeNotFound, "task %q not found", id)
 	case err != nil:
-		return Task{}, nil, unavailable("the credential ledger", fmt.Errorf("ending task %s: %w", id, err))
+		return Task{}, nil, Unavailable("the credential ledger", fmt.Errorf("ending task %s: %w", id, err))
 	}
 	failed := s.revokeAtSource(ctx, creds, reason)
 	ids := make([]string, len(creds))
 	for i, c := range creds {
 		ids[i] = c.ID
 	}
-	ev := s.event(ctx, "task."+string(state), actor, t)
+	ev := s.TaskEvent(ctx, "task."+string(state), actor, t)
 	ev.Reason, ev.Creds = reason, ids
 	if err := s.audit.Record(ctx, ev); err != nil {
 		// The credentials are dead already; losing the record of their
@@ -571,7 +571,7 @@ func (s *Service) Introspect(ctx context.Context, raw string) (Introspection, er
 	if err != nil {
 		return Introspection{}, nil
 	}
-	t, err := s.gateTaskToken(ctx, c, nil)
+	t, err := s.GateTaskToken(ctx, c, nil)
 	switch code := ErrorCode(err); {
 	case err == nil:
 		return Introspection{Active: true, Claims: c, Task: t}, nil
@@ -608,7 +608,7 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer string) (string, error) {
 	if clientID != "" {
 		if wait := s.throttle.wait("client:"+clientID, s.now()); wait > 0 {
-			s.log.WarnContext(ctx, "client authentication throttled", "client_id", quoteUntrusted(clientID))
+			s.log.WarnContext(ctx, "client authentication throttled", "client_id", QuoteUntrusted(clientID))
 			return "", throttled(wait)
 		}
 		sum := sha256.Sum256([]byte(secret))
@@ -619,8 +619,8 @@ func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer 
 			}
 		}
 		s.throttle.fail("client:"+clientID, s.now())
-		s.log.WarnContext(ctx, "client authentication failed", "client_id", quoteUntrusted(clientID))
-		return "", unauthenticated(errors.New("bad client credentials"))
+		s.log.WarnContext(ctx, "client authentication failed", "client_id", QuoteUntrusted(clientID))
+		return "", Unauthenticated(errors.New("bad client credentials"))
 	}
 	p, err := s.authenticate(ctx, bearer)
 	if err != nil {
@@ -648,7 +648,7 @@ func (s *Service) ReapOnce(ctx context.Context) (int, error) {
 		return ended + n, err
 	}
 	for {
-		lctx, cancel := ledgerCtx(ctx)
+		lctx, cancel := LedgerCtx(ctx)
 		ids, err := s.ledger.Due(lctx, s.now(), reapBatch)
 		cancel()
 		if err != nil {
@@ -690,10 +690,10 @@ func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
 
 // Ready reports whether the service can issue: the ledger answers.
 func (s *Service) Ready(ctx context.Context) error {
-	lctx, cancel := ledgerCtx(ctx)
+	lctx, cancel := LedgerCtx(ctx)
 	defer cancel()
 	if err := s.ledger.Ping(lctx); err != nil {
-		return unavailable("the credential ledger", err)
+		return Unavailable("the credential ledger", err)
 	}
 	return nil
 }
@@ -711,7 +711,9 @@ func (s *Service) ReadyWarning() string {
 	return ""
 }
 
-func (s *Service) event(ctx context.Context, typ, actor string, t Task) Event {
+// TaskEvent is an audit event of type typ about task t by actor, stamped
+// with the Service's clock and the request's id.
+func (s *Service) TaskEvent(ctx context.Context, typ, actor string, t Task) Event {
 	return Event{
 		Time:      s.now().UTC(),
 		Type:      typ,
@@ -732,8 +734,8 @@ func TokenHash(raw string) string {
 
 var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
-// newID returns prefix_ followed by 128 random bits.
-func newID(prefix string) string {
+// NewID returns prefix_ followed by 128 random bits.
+func NewID(prefix string) string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
 	return prefix + "_" + idEncoding.EncodeToString(b[:])

@@ -22,7 +22,7 @@ func checkToolName(field, s string) *Error {
 	if validToolName(s) {
 		return nil
 	}
-	return invalidField(field, "%s: %q is not a valid tool name: %s", field, truncate(s, 64), toolNameRules)
+	return InvalidField(field, "%s: %q is not a valid tool name: %s", field, truncate(s, 64), toolNameRules)
 }
 
 // checkToolNames checks every name of a client-sent tool list.
