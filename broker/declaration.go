@@ -66,8 +66,8 @@ func (w declarationWire) validate() (Declaration, error) {
 		switch {
 		case tool == "":
 			return d, InvalidField(field, "%s is empty", field)
-		case !validToolName(tool):
-			return d, checkToolName(field, tool)
+		case !ValidToolName(tool):
+			return d, CheckToolName(field, tool)
 		case seen[tool]:
 			return d, InvalidField(field, "%s: tool %q is listed twice", field, tool)
 		}

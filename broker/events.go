@@ -184,8 +184,8 @@ func (e EventReport) validate() error {
 	switch {
 	case e.Tool == "":
 		return InvalidField("tool", "tool is required")
-	case !validToolName(e.Tool):
-		return checkToolName("tool", e.Tool)
+	case !ValidToolName(e.Tool):
+		return CheckToolName("tool", e.Tool)
 	case e.Outcome != "ok" && e.Outcome != "error" && e.Outcome != "refused":
 		return InvalidField("outcome", "outcome must be ok, error or refused")
 	case e.Status != 0 && (e.Status < 100 || e.Status > 599):

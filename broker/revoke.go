@@ -2,8 +2,6 @@ package broker
 
 import (
 	"context"
-	"errors"
-	"time"
 )
 
 // RFC 7009 section 2.1 token_type_hint values Valet knows. Valet issues no
@@ -26,6 +24,15 @@ type TokenRecognizer interface {
 	Recognizes(raw string) bool
 }
 
+// ActionRevoker burns the single-use action tokens of sensitive tools
+// (package stepup) for RevokeToken. RevokeAction reports whether raw is an
+// action token Valet issued; when it is, a nil error means it can never
+// be consumed (burning a used or burnt token succeeds), and an error is a
+// *Error (503 when a store failed). It must be safe for concurrent use.
+type ActionRevoker interface {
+	RevokeAction(ctx context.Context, raw, actor string) (found bool, err error)
+}
+
 // RevokeToken implements RFC 7009 for every token type Valet can revoke:
 // a task token revokes its task (Revoke), an action token is burnt so it
 // can never be consumed. A token Valet recognises but cannot revoke (an
@@ -42,7 +49,12 @@ func (s *Service) RevokeToken(ctx context.Context, raw, hint, actor string) erro
 		}
 		return true, s.Revoke(ctx, raw, actor)
 	}
-	action := func() (bool, error) { return s.revokeAction(ctx, raw, actor) }
+	action := func() (bool, error) {
+		if s.actions == nil {
+			return false, nil // no action tokens: raw cannot be one
+		}
+		return s.actions.RevokeAction(ctx, raw, actor)
+	}
 	order := []func() (bool, error){task, action}
 	if hint == HintActionToken {
 		order = []func() (bool, error){action, task}
@@ -63,36 +75,4 @@ func (s *Service) RevokeToken(ctx context.Context, raw, hint, actor string) erro
 			Message: "identity tokens are issued by the identity provider, not Valet: revoke them there"}
 	}
 	return nil
-}
-
-// revokeAction burns an action token Valet issued, so it can never be
-// consumed. It reports whether raw is one. Burning an already consumed or
-// burnt token succeeds: either way it can no longer be used.
-func (s *Service) revokeAction(ctx context.Context, raw, actor string) (bool, error) {
-	at, err := s.actionTokens()
-	if err != nil {
-		return false, nil // no action tokens: raw cannot be one
-	}
-	ac, err := at.VerifyAction(raw)
-	if err != nil {
-		return false, nil
-	}
-	if s.agent.limiter == nil {
-		return true, Unavailable("the replay store", errNoLimiter)
-	}
-	lctx, cancel := LedgerCtx(ctx)
-	first, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second))
-	cancel()
-	if err != nil {
-		return true, Unavailable("the replay store", err)
-	}
-	ev := s.TaskEvent(ctx, "action.revoked", actor, Task{ID: ac.TaskID})
-	ev.Outcome, ev.Creds = "revoked", []string{ac.ID}
-	ev.Detail = map[string]any{"tool": ac.Tool, "args_hash": ac.ArgsHash, "already_used": !first}
-	if err := s.audit.Record(ctx, ev); err != nil {
-		// The token is burnt; a retry answers success and audits again.
-		return true, Unavailable("the audit log", errors.Join(errors.New("action token burnt, not audited"), err))
-	}
-	s.log.InfoContext(ctx, "action token revoked", "jti", ac.ID, "task_id", ac.TaskID, "already_used", !first, "actor", actor)
-	return true, nil
 }

@@ -105,7 +105,7 @@ var sensitiveFields = []field[*sensitiveBlock]{
 		if !ok {
 			return
 		}
-		if !validToolName(s) {
+		if !ValidToolName(s) {
 			l.report(n, path, "%q is not a valid tool name (no wildcards here): %s", truncate(s, 64), toolNameRules)
 			return
 		}

@@ -45,9 +45,12 @@ type Config struct {
 	IntrospectionClients []IntrospectionRule
 	Now                  func() time.Time
 	Logger               *slog.Logger
-	// Agent configures agent controls (delegation, DPoP, budgets, action
-	// tokens); see agent.go.
+	// Agent configures agent controls (delegation, DPoP, budgets, tool-call
+	// events); see agent.go.
 	Agent AgentConfig
+	// ActionRevoker, when set, lets RevokeToken burn action tokens
+	// (package stepup implements it). Without it no token is taken for one.
+	ActionRevoker ActionRevoker
 	// Controls, when set, is checked by every declaration (freeze,
 	// quarantine, distrust); see incident.go.
 	Controls ControlStore
@@ -86,13 +89,14 @@ type Service struct {
 	now          func() time.Time
 	log          *slog.Logger
 	agent        agentControls
+	actions      ActionRevoker
 	controls     ControlStore
 	epochs       EpochStore
 
 	retryQ     RevocationQueue
 	counters   revocationCounters
 	reconGrace time.Duration
-	throttle   *secretThrottle // failed client-secret attempts
+	throttle   *SecretThrottle // failed client-secret attempts
 	refused    refusedTasks    // refused.go
 	reaperLag  func(time.Duration)
 }
@@ -132,6 +136,7 @@ func NewService(cfg Config) (*Service, error) {
 		controls:     cfg.Controls,
 		epochs:       cfg.Epochs,
 		reaperLag:    cfg.ReaperLag,
+		actions:      cfg.ActionRevoker,
 	}
 	for _, is := range cfg.Issuers {
 		if _, dup := s.issuers[is.Kind()]; dup {
@@ -156,10 +161,8 @@ func NewService(cfg Config) (*Service, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.templates.Store(cfg.Templates)
-	if err := s.agent.init(cfg.Agent, cfg.Ledger); err != nil {
-		return nil, err
-	}
-	s.throttle = newSecretThrottle(throttleIDs(cfg))
+	s.agent.init(cfg.Agent)
+	s.throttle = NewSecretThrottle(throttleIDs(cfg))
 	return s, nil
 }
 
@@ -607,18 +610,18 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 // audit trail.
 func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer string) (string, error) {
 	if clientID != "" {
-		if wait := s.throttle.wait("client:"+clientID, s.now()); wait > 0 {
+		if wait := s.throttle.Wait("client:"+clientID, s.now()); wait > 0 {
 			s.log.WarnContext(ctx, "client authentication throttled", "client_id", QuoteUntrusted(clientID))
-			return "", throttled(wait)
+			return "", Throttled(wait)
 		}
 		sum := sha256.Sum256([]byte(secret))
 		for _, c := range s.clients {
 			if subtle.ConstantTimeCompare([]byte(c.ID), []byte(clientID)) == 1 && subtle.ConstantTimeCompare(c.SecretSHA256[:], sum[:]) == 1 {
-				s.throttle.succeed("client:" + clientID)
+				s.throttle.Succeed("client:" + clientID)
 				return "client:" + c.ID, nil
 			}
 		}
-		s.throttle.fail("client:"+clientID, s.now())
+		s.throttle.Fail("client:"+clientID, s.now())
 		s.log.WarnContext(ctx, "client authentication failed", "client_id", QuoteUntrusted(clientID))
 		return "", Unauthenticated(errors.New("bad client credentials"))
 	}

@@ -47,7 +47,7 @@ type PrincipalRule struct {
 // "prefix.*" matches any name that starts with "prefix." and has something
 // after it; nothing else is a wildcard.
 func (t *Template) AllowsTool(name string) bool {
-	if !validToolName(name) { // "kb.*" or "kb..x" must never match "kb.*"
+	if !ValidToolName(name) { // "kb.*" or "kb..x" must never match "kb.*"
 		return false
 	}
 	for _, pat := range t.Tools {

@@ -711,7 +711,7 @@ var conditionFields = []field[*conditionBlock]{
 // prefix is itself a valid tool name.
 func checkToolPattern(s string) string {
 	if prefix, ok := strings.CutSuffix(s, ".*"); ok {
-		if !validToolName(prefix) {
+		if !ValidToolName(prefix) {
 			return fmt.Sprintf("%q is not a valid tool pattern: the part before \".*\" must be a tool name", truncate(s, 64))
 		}
 		return ""
@@ -719,7 +719,7 @@ func checkToolPattern(s string) string {
 	if strings.Contains(s, "*") {
 		return fmt.Sprintf("%q is not a valid tool pattern: the only wildcard is a trailing \".*\" after a tool name", truncate(s, 64))
 	}
-	if !validToolName(s) {
+	if !ValidToolName(s) {
 		return fmt.Sprintf("%q is not a valid tool name: %s", truncate(s, 64), toolNameRules)
 	}
 	return ""

@@ -22,10 +22,10 @@ const (
 	maxUnknownClientIDs = 4096
 )
 
-// secretThrottle counts failed client-secret attempts per client id in
+// SecretThrottle counts failed client-secret attempts per client id in
 // fixed windows. Client ids are keyed by their SHA-256, so a long id costs
 // no more memory than a short one. It is safe for concurrent use.
-type secretThrottle struct {
+type SecretThrottle struct {
 	mu      sync.Mutex
 	known   map[[32]byte]*throttleEntry
 	unknown map[[32]byte]*list.Element // of *throttleEntry
@@ -38,9 +38,10 @@ type throttleEntry struct {
 	fails int
 }
 
-// newSecretThrottle keeps a fixed entry for each configured id (realm:id).
-func newSecretThrottle(known []string) *secretThrottle {
-	t := &secretThrottle{known: map[[32]byte]*throttleEntry{}, unknown: map[[32]byte]*list.Element{}, lru: list.New()}
+// NewSecretThrottle keeps a fixed entry for each configured id (realm:id):
+// a flood of unknown ids never evicts their counts.
+func NewSecretThrottle(known []string) *SecretThrottle {
+	t := &SecretThrottle{known: map[[32]byte]*throttleEntry{}, unknown: map[[32]byte]*list.Element{}, lru: list.New()}
 	for _, k := range known {
 		key := sha256.Sum256([]byte(k))
 		t.known[key] = &throttleEntry{key: key}
@@ -50,7 +51,7 @@ func newSecretThrottle(known []string) *secretThrottle {
 
 // entry returns id's entry, creating an unknown one (evicting the least
 // recently used past the cap) when create is set.
-func (t *secretThrottle) entry(key [32]byte, create bool) *throttleEntry {
+func (t *SecretThrottle) entry(key [32]byte, create bool) *throttleEntry {
 	if e, ok := t.known[key]; ok {
 		return e
 	}
@@ -71,8 +72,8 @@ func (t *secretThrottle) entry(key [32]byte, create bool) *throttleEntry {
 	return e
 }
 
-// wait says how long id must wait before its next attempt, or 0.
-func (t *secretThrottle) wait(id string, now time.Time) time.Duration {
+// Wait says how long id must wait before its next attempt, or 0.
+func (t *SecretThrottle) Wait(id string, now time.Time) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entry(sha256.Sum256([]byte(id)), false)
@@ -85,8 +86,8 @@ func (t *secretThrottle) wait(id string, now time.Time) time.Duration {
 	return 0
 }
 
-// fail records a failed attempt by id at now.
-func (t *secretThrottle) fail(id string, now time.Time) {
+// Fail records a failed attempt by id at now.
+func (t *SecretThrottle) Fail(id string, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entry(sha256.Sum256([]byte(id)), true)
@@ -96,8 +97,8 @@ func (t *secretThrottle) fail(id string, now time.Time) {
 	e.fails++
 }
 
-// succeed forgets id's failures.
-func (t *secretThrottle) succeed(id string) {
+// Succeed forgets id's failures.
+func (t *SecretThrottle) Succeed(id string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if e := t.entry(sha256.Sum256([]byte(id)), false); e != nil {
@@ -105,20 +106,18 @@ func (t *secretThrottle) succeed(id string) {
 	}
 }
 
-// throttled is the 429 answer; it names no client id.
-func throttled(wait time.Duration) *Error {
+// Throttled is the 429 answer; it names no client id.
+func Throttled(wait time.Duration) *Error {
 	return &Error{Code: CodeTooManyRequests, RetryAfter: wait,
 		Message: fmt.Sprintf("too many failed client authentications; retry after %d s", int((wait+time.Second-1)/time.Second))}
 }
 
-// throttleIDs are the configured client ids, each with its realm.
+// throttleIDs are the configured client ids, each with its realm. (The
+// approver clients have a throttle of their own, in package stepup.)
 func throttleIDs(cfg Config) []string {
 	var ids []string
 	for _, c := range cfg.Clients {
 		ids = append(ids, "client:"+c.ID)
-	}
-	for _, c := range cfg.Agent.Approvals.Clients {
-		ids = append(ids, "approver:"+c.ID)
 	}
 	return ids
 }

@@ -14,37 +14,37 @@ import (
 // count.
 func TestSecretThrottle(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	th := newSecretThrottle([]string{"client:tool-server"})
+	th := NewSecretThrottle([]string{"client:tool-server"})
 	for i := range SecretFailuresPerWindow {
-		if w := th.wait("client:tool-server", now); w != 0 {
+		if w := th.Wait("client:tool-server", now); w != 0 {
 			t.Fatalf("throttled after %d failures", i)
 		}
-		th.fail("client:tool-server", now)
+		th.Fail("client:tool-server", now)
 	}
-	if w := th.wait("client:tool-server", now.Add(10*time.Second)); w != 50*time.Second {
+	if w := th.Wait("client:tool-server", now.Add(10*time.Second)); w != 50*time.Second {
 		t.Fatalf("wait = %s, want the rest of the window (50s)", w)
 	}
 	for i := range 2 * maxUnknownClientIDs {
-		th.fail(fmt.Sprint("client:random-", i), now)
+		th.Fail(fmt.Sprint("client:random-", i), now)
 	}
 	if n := th.lru.Len(); n != maxUnknownClientIDs || len(th.unknown) != maxUnknownClientIDs {
 		t.Fatalf("unknown ids kept: %d/%d, want the cap %d", n, len(th.unknown), maxUnknownClientIDs)
 	}
-	if w := th.wait("client:tool-server", now.Add(10*time.Second)); w == 0 {
+	if w := th.Wait("client:tool-server", now.Add(10*time.Second)); w == 0 {
 		t.Fatal("a flood of unknown ids reset a configured id's count")
 	}
-	if w := th.wait("client:tool-server", now.Add(SecretFailureWindow)); w != 0 {
+	if w := th.Wait("client:tool-server", now.Add(SecretFailureWindow)); w != 0 {
 		t.Fatalf("still throttled after the window: %s", w)
 	}
 	// Unknown ids are throttled like known ones (429 must not tell which exist).
 	for range SecretFailuresPerWindow {
-		th.fail("client:nobody", now)
+		th.Fail("client:nobody", now)
 	}
-	if w := th.wait("client:nobody", now); w == 0 {
+	if w := th.Wait("client:nobody", now); w == 0 {
 		t.Fatal("an unknown id is not throttled")
 	}
-	th.succeed("client:tool-server")
-	if w := th.wait("client:tool-server", now); w != 0 {
+	th.Succeed("client:tool-server")
+	if w := th.Wait("client:tool-server", now); w != 0 {
 		t.Fatalf("success did not reset: %s", w)
 	}
 }

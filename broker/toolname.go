@@ -5,21 +5,21 @@ import (
 	"strings"
 )
 
-// toolNameRules says in words what validToolName accepts, for errors.
+// toolNameRules says in words what ValidToolName accepts, for errors.
 const toolNameRules = "use 1 to 128 of A-Z, a-z, 0-9, '_', '.', ':', '/', '-', not starting with '.', ':', '/' or '-', and no \"..\""
 
-// validToolName is the one grammar of a tool name, wherever it comes from:
+// ValidToolName is the one grammar of a tool name, wherever it comes from:
 // a template, a declaration, a delegation, an action request or an event
 // report. ASCII only, so no space, control, zero-width or look-alike
 // character and no '*' ever reaches a pattern match, the audit or a log.
-func validToolName(s string) bool {
+func ValidToolName(s string) bool {
 	return toolNameRE.MatchString(s) && !strings.Contains(s, "..")
 }
 
-// checkToolName refuses a client-sent tool name that is not valid, naming
+// CheckToolName refuses a client-sent tool name that is not valid, naming
 // the field (tools[3], tool) and quoting at most 64 bytes of it.
-func checkToolName(field, s string) *Error {
-	if validToolName(s) {
+func CheckToolName(field, s string) *Error {
+	if ValidToolName(s) {
 		return nil
 	}
 	return InvalidField(field, "%s: %q is not a valid tool name: %s", field, truncate(s, 64), toolNameRules)
@@ -28,7 +28,7 @@ func checkToolName(field, s string) *Error {
 // checkToolNames checks every name of a client-sent tool list.
 func checkToolNames(field string, names []string) *Error {
 	for i, n := range names {
-		if err := checkToolName(fmt.Sprintf("%s[%d]", field, i), n); err != nil {
+		if err := CheckToolName(fmt.Sprintf("%s[%d]", field, i), n); err != nil {
 			return err
 		}
 	}

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/dpop"
+	"github.com/valet-dev/valet/internal/server"
 )
 
 // actionTemplates have sensitive tools: tickets.delete under a policy
@@ -38,7 +38,7 @@ templates:
         resource: db:customers
 `
 
-func actionAgentConfig(c *broker.AgentConfig) {
+func actionAgentConfig(c *server.StepUpOptions) {
 	c.Resources = map[string]map[string]string{
 		"db:tickets":   {"sensitivity": "low"},
 		"db:customers": {"sensitivity": "high"},

@@ -9,7 +9,9 @@ import (
 	"testing"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/internal/testkit"
+	"github.com/valet-dev/valet/stepup"
 )
 
 // opsTask declares an unbound task of template ops for agent.
@@ -40,9 +42,9 @@ func TestApprovalCapsAndListing(t *testing.T) {
 		http.Redirect(w, r, elsewhere.URL+"/stolen", http.StatusTemporaryRedirect)
 	}))
 	t.Cleanup(hook.Close)
-	e := newEnv(t, envOptions{templates: actionTemplates, incident: true, agent: func(c *broker.AgentConfig) {
+	e := newEnv(t, envOptions{templates: actionTemplates, incident: true, agent: func(c *server.StepUpOptions) {
 		actionAgentConfig(c)
-		c.Approvals = broker.ApprovalConfig{Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}},
+		c.Approvals = stepup.ApprovalConfig{Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}},
 			MaxPendingPerTask: 2, MaxPendingPerAgent: 3, WebhookURL: hook.URL + "/hook"}
 	}})
 	file := func(a *agentSession, want int, wantText string) string {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/oidctest"
+	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/internal/testkit"
 )
 
@@ -50,7 +51,7 @@ type gateScene struct {
 func newGateScene(t *testing.T) *gateScene {
 	t.Helper()
 	other := oidctest.New(t)
-	e := newEnv(t, envOptions{templates: gateTemplates, incident: true, other: other, agent: func(c *broker.AgentConfig) {
+	e := newEnv(t, envOptions{templates: gateTemplates, incident: true, other: other, agent: func(c *server.StepUpOptions) {
 		c.Approvals.Clients = []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}
 	}})
 	g := &gateScene{e: e, other: other}

@@ -141,8 +141,8 @@ type envOptions struct {
 	rollbackHosts []string
 	// feed limits the revocation stream's fan-out (zero: the defaults).
 	feed fanout.Limits
-	// agent, when set, adjusts the broker's agent controls.
-	agent func(*broker.AgentConfig)
+	// agent, when set, adjusts the sensitive-action settings.
+	agent func(*server.StepUpOptions)
 	// issuers and queue extend the broker (Vault tests): further
 	// issuers and a retry queue.
 	issuers []broker.Issuer
@@ -217,14 +217,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.auditor != nil {
 		auditor = o.auditor
 	}
-	agentCfg := broker.AgentConfig{Limiter: e.raw, Records: e.raw}
+	stepUp := server.StepUpOptions{Actions: e.tokens}
 	if o.agent != nil {
-		o.agent(&agentCfg)
+		o.agent(&stepUp)
 	}
 	opts := server.Options{
 		PublicURL: e.srv.URL, Identity: verifier, Tokens: e.tokens, Ledger: e.ledger, Auditors: []broker.Auditor{auditor},
 		Templates: set, Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
-		Agent: agentCfg, Issuers: o.issuers, Queue: o.queue, IntrospectionClients: o.introspection, MaxBodyBytes: 16 << 10,
+		Agent: broker.AgentConfig{Limiter: e.raw, Records: e.raw}, StepUp: stepUp, Issuers: o.issuers, Queue: o.queue, IntrospectionClients: o.introspection, MaxBodyBytes: 16 << 10,
 		// The tests reap by hand (ReapOnce, RunReaper), or play replicas
 		// whose reaper never runs.
 		ReapInterval: -1,

@@ -8,14 +8,14 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/stepup"
 )
 
 // actionTokenType is the typ header of one-shot action tokens, distinct
 // from task tokens so neither can pass for the other.
 const actionTokenType = "action+jwt"
 
-var _ broker.ActionTokens = (*JWT)(nil)
+var _ stepup.ActionTokens = (*JWT)(nil)
 
 // actionClaims is the payload of an action token.
 type actionClaims struct {
@@ -34,7 +34,7 @@ type mintActionClaims struct {
 
 // MintAction signs an action token with the active task-token key: typ
 // "action+jwt", the task's audiences, and exp as given (whole seconds).
-func (j *JWT) MintAction(c broker.ActionClaims) (string, error) {
+func (j *JWT) MintAction(c stepup.ActionClaims) (string, error) {
 	switch {
 	case c.ID == "" || c.TaskID == "" || c.Tool == "" || c.ArgsHash == "" || c.Subject == "":
 		return "", errors.New("minting action token: jti, task_id, tool, args_hash and sub are required")
@@ -64,9 +64,9 @@ func (j *JWT) MintAction(c broker.ActionClaims) (string, error) {
 
 // VerifyAction checks an action token's signature, typ, issuer, expiry and
 // required claims. Any error means refuse.
-func (j *JWT) VerifyAction(raw string) (broker.ActionClaims, error) {
+func (j *JWT) VerifyAction(raw string) (stepup.ActionClaims, error) {
 	if len(raw) > j.maxBytes {
-		return broker.ActionClaims{}, fmt.Errorf("%w: action token too long", ErrInvalidToken)
+		return stepup.ActionClaims{}, fmt.Errorf("%w: action token too long", ErrInvalidToken)
 	}
 	var c actionClaims
 	tok, err := j.parser.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
@@ -85,15 +85,15 @@ func (j *JWT) VerifyAction(raw string) (broker.ActionClaims, error) {
 	})
 	switch {
 	case err != nil:
-		return broker.ActionClaims{}, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+		return stepup.ActionClaims{}, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	case !tok.Valid || (j.alg == AlgES256 && highS(tok.Signature)):
-		return broker.ActionClaims{}, fmt.Errorf("%w: action token is not valid", ErrInvalidToken)
+		return stepup.ActionClaims{}, fmt.Errorf("%w: action token is not valid", ErrInvalidToken)
 	case c.ID == "" || c.TaskID == "" || c.Tool == "" || c.ArgsHash == "" || c.IssuedAt == nil:
-		return broker.ActionClaims{}, fmt.Errorf("%w: action token lacks jti, task_id, tool, args_hash or iat", ErrInvalidToken)
+		return stepup.ActionClaims{}, fmt.Errorf("%w: action token lacks jti, task_id, tool, args_hash or iat", ErrInvalidToken)
 	case c.Cnf != nil && c.Cnf.JKT == "":
-		return broker.ActionClaims{}, fmt.Errorf("%w: cnf claim without jkt", ErrInvalidToken)
+		return stepup.ActionClaims{}, fmt.Errorf("%w: cnf claim without jkt", ErrInvalidToken)
 	}
-	return broker.ActionClaims{ID: c.ID, TaskID: c.TaskID, Tool: c.Tool, ArgsHash: c.ArgsHash, Subject: c.Subject,
+	return stepup.ActionClaims{ID: c.ID, TaskID: c.TaskID, Tool: c.Tool, ArgsHash: c.ArgsHash, Subject: c.Subject,
 		Template: c.Template, Audience: c.Audience, JKT: c.Cnf.jkt(), IssuedAt: c.IssuedAt.UTC(),
 		ExpiresAt: c.ExpiresAt.Time.UTC().Truncate(time.Second)}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/stepup"
 )
 
 // requestAction is POST /v1/tasks/{id}/actions: a one-shot action token
@@ -17,14 +18,14 @@ func (a *api) requestAction(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	req, err := broker.DecodeActionRequest(r.Body)
+	req, err := stepup.DecodeActionRequest(r.Body)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	req.TaskID = chi.URLParam(r, "id")
 	req.Proof, req.Method, req.URL = r.Header.Get("DPoP"), r.Method, a.requestURL(r)
-	res, err := a.svc.RequestAction(r.Context(), taskToken(r), req)
+	res, err := a.steps.RequestAction(r.Context(), taskToken(r), req)
 	a.writeAction(w, r, req.TaskID, res, err)
 }
 
@@ -32,12 +33,12 @@ func (a *api) requestAction(w http.ResponseWriter, r *http.Request) {
 // poll of an approval.
 func (a *api) actionStatus(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
-	res, err := a.svc.ActionStatus(r.Context(), taskToken(r), id, chi.URLParam(r, "approval_id"),
+	res, err := a.steps.ActionStatus(r.Context(), taskToken(r), id, chi.URLParam(r, "approval_id"),
 		r.Header.Get("DPoP"), r.Method, a.requestURL(r))
 	a.writeAction(w, r, id, res, err)
 }
 
-func (a *api) writeAction(w http.ResponseWriter, r *http.Request, taskID string, res broker.ActionResult, err error) {
+func (a *api) writeAction(w http.ResponseWriter, r *http.Request, taskID string, res stepup.ActionResult, err error) {
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -63,7 +64,7 @@ func (a *api) consumeAction(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	use, err := a.svc.ConsumeAction(r.Context(), caller, token)
+	use, err := a.steps.ConsumeAction(r.Context(), caller, token)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -84,7 +85,7 @@ func (a *api) approver(r *http.Request) (string, error) {
 	if !ok {
 		return "", &broker.Error{Code: broker.CodeUnauthenticated, Message: "approver authentication required (HTTP Basic)"}
 	}
-	return a.svc.AuthorizeApprover(r.Context(), id, secret)
+	return a.steps.AuthorizeApprover(r.Context(), id, secret)
 }
 
 // listApprovals is GET /v1/approvals?state=&agent=&template=&task_id=&limit=&cursor=.
@@ -94,7 +95,7 @@ func (a *api) listApprovals(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := r.URL.Query()
-	q := broker.ApprovalQuery{State: broker.ApprovalState(v.Get("state")), Agent: v.Get("agent"), Template: v.Get("template"),
+	q := stepup.ApprovalQuery{State: stepup.ApprovalState(v.Get("state")), Agent: v.Get("agent"), Template: v.Get("template"),
 		TaskID: v.Get("task_id"), Cursor: v.Get("cursor")}
 	if l := v.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
@@ -104,7 +105,7 @@ func (a *api) listApprovals(w http.ResponseWriter, r *http.Request) {
 		}
 		q.Limit = n
 	}
-	list, next, err := a.svc.ListApprovals(r.Context(), q)
+	list, next, err := a.steps.ListApprovals(r.Context(), q)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -134,7 +135,7 @@ func (a *api) decideApproval(approve bool) http.HandlerFunc {
 				return
 			}
 		}
-		ap, err := a.svc.DecideApproval(r.Context(), who, chi.URLParam(r, "id"), approve, body.Reason)
+		ap, err := a.steps.DecideApproval(r.Context(), who, chi.URLParam(r, "id"), approve, body.Reason)
 		if err != nil {
 			a.writeError(w, r, err)
 			return

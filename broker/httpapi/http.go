@@ -18,11 +18,14 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/stepup"
 )
 
-// Options wires the HTTP layer. Service is required.
+// Options wires the HTTP layer. Service and StepUp are required.
 type Options struct {
 	Service *broker.Service
+	// StepUp serves sensitive actions: action tokens and approvals.
+	StepUp *stepup.Service
 	// Issuer is Valet's public URL (the iss of its tokens).
 	Issuer string
 	// JWKS is the published key set document.
@@ -55,6 +58,7 @@ type Options struct {
 // api holds the handlers' dependencies.
 type api struct {
 	svc     *broker.Service
+	steps   *stepup.Service
 	opts    Options
 	log     *slog.Logger
 	streams streams
@@ -64,6 +68,9 @@ type api struct {
 func Handler(opts Options) (_ http.Handler, err error) {
 	if opts.Service == nil {
 		return nil, errors.New("httpapi: service cannot be nil")
+	}
+	if opts.StepUp == nil {
+		return nil, errors.New("httpapi: step-up service cannot be nil")
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 64 << 10
@@ -79,7 +86,7 @@ func Handler(opts Options) (_ http.Handler, err error) {
 			return nil, err
 		}
 	}
-	a := &api{svc: opts.Service, opts: opts, log: opts.Logger, streams: streams{done: make(chan struct{})}}
+	a := &api{svc: opts.Service, steps: opts.StepUp, opts: opts, log: opts.Logger, streams: streams{done: make(chan struct{})}}
 
 	r := chi.NewRouter()
 	r.Use(a.requestContext, a.accessLog, a.recoverer,

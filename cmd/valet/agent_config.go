@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/server"
+	"github.com/valet-dev/valet/stepup"
 )
 
 // ApprovalsConfig is the `approvals:` block: who may approve, how long an
@@ -23,9 +25,9 @@ type ApprovalsConfig struct {
 	MaxPendingPerAgent int `yaml:"max_pending_per_agent"`
 }
 
-// agentConfig builds the broker's agent controls from `resources:` and
+// agentConfig builds the sensitive-action settings from `resources:` and
 // `approvals:`, reporting every problem at once.
-func (c *Config) agentConfig(getenv func(string) string) (broker.AgentConfig, error) {
+func (c *Config) agentConfig(getenv func(string) string) (server.StepUpOptions, error) {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
@@ -45,10 +47,10 @@ func (c *Config) agentConfig(getenv func(string) string) (broker.AgentConfig, er
 		bad("approvals.timeout", "must be from 0 (default 5m) to 24h")
 	}
 	if a.MaxPendingPerTask < 0 || a.MaxPendingPerTask > 1000 {
-		bad("approvals.max_pending_per_task", "must be from 0 (default %d) to 1000", broker.DefaultMaxPendingPerTask)
+		bad("approvals.max_pending_per_task", "must be from 0 (default %d) to 1000", stepup.DefaultMaxPendingPerTask)
 	}
 	if a.MaxPendingPerAgent < 0 || a.MaxPendingPerAgent > 1000 {
-		bad("approvals.max_pending_per_agent", "must be from 0 (default %d) to 1000", broker.DefaultMaxPendingPerAgent)
+		bad("approvals.max_pending_per_agent", "must be from 0 (default %d) to 1000", stepup.DefaultMaxPendingPerAgent)
 	}
 	if a.WebhookURL != "" {
 		if u, err := url.Parse(a.WebhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
@@ -85,11 +87,11 @@ func (c *Config) agentConfig(getenv func(string) string) (broker.AgentConfig, er
 		clients = append(clients, broker.Client{ID: cl.ID, SecretSHA256: sum})
 	}
 	if err := errors.Join(errs...); err != nil {
-		return broker.AgentConfig{}, err
+		return server.StepUpOptions{}, err
 	}
-	return broker.AgentConfig{
+	return server.StepUpOptions{
 		Resources: c.Resources,
-		Approvals: broker.ApprovalConfig{Clients: clients, Timeout: time.Duration(a.Timeout), WebhookURL: a.WebhookURL,
+		Approvals: stepup.ApprovalConfig{Clients: clients, Timeout: time.Duration(a.Timeout), WebhookURL: a.WebhookURL,
 			MaxPendingPerTask: a.MaxPendingPerTask, MaxPendingPerAgent: a.MaxPendingPerAgent},
 	}, nil
 }

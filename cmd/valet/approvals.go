@@ -16,15 +16,17 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/printable"
+	"github.com/valet-dev/valet/internal/server"
+	"github.com/valet-dev/valet/stepup"
 )
 
 // devApproverSecret is the secret of the "approver" client of `valet dev`.
 const devApproverSecret = "dev-approver-not-for-production"
 
-// devAgentConfig is the agent controls of `valet dev`: one approver
+// devAgentConfig is the sensitive-action settings of `valet dev`: one approver
 // client, and resource labels from a YAML file when given.
-func devAgentConfig(resourcesFile string) (broker.AgentConfig, error) {
-	cfg := broker.AgentConfig{Approvals: broker.ApprovalConfig{
+func devAgentConfig(resourcesFile string) (server.StepUpOptions, error) {
+	cfg := server.StepUpOptions{Approvals: stepup.ApprovalConfig{
 		Clients: []broker.Client{{ID: "approver", SecretSHA256: sha256Of(devApproverSecret)}},
 	}}
 	if resourcesFile == "" {
@@ -93,7 +95,7 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 		http: &http.Client{Timeout: 10 * time.Second}}
 	if verb == "ls" {
 		var body struct {
-			Approvals  []broker.Approval `json:"approvals"`
+			Approvals  []stepup.Approval `json:"approvals"`
 			NextCursor string            `json:"next_cursor"`
 		}
 		raw, err := c.do(ctx, http.MethodGet, "/v1/approvals?"+filter.Encode(), nil, &body)
@@ -126,7 +128,7 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 		payload = strings.NewReader(string(b))
 	}
 	var body struct {
-		Approval broker.Approval `json:"approval"`
+		Approval stepup.Approval `json:"approval"`
 	}
 	raw, err := c.do(ctx, http.MethodPost, "/v1/approvals/"+url.PathEscape(id)+"/"+verb, payload, &body)
 	if err != nil {
@@ -142,7 +144,7 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 	return nil
 }
 
-func agentChain(a broker.Approval) string {
+func agentChain(a stepup.Approval) string {
 	if len(a.Act) > 1 {
 		return strings.Join(a.Act, "<")
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
+	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -86,9 +87,11 @@ func newApprovalBroker(t *testing.T) *approvalBroker {
 	srv, err := server.New(context.Background(), server.Options{PublicURL: b.url, Identity: verifier, Tokens: tokens, Ledger: ledger,
 		Auditors: []broker.Auditor{audit.NewLog(b.audit)}, Templates: set, Now: b.clock.Now,
 		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of("tool-server-secret-123")}},
-		Agent: broker.AgentConfig{
+		Agent:   broker.AgentConfig{Limiter: ledger, Records: ledger},
+		StepUp: server.StepUpOptions{
+			Actions:   tokens,
 			Resources: map[string]map[string]string{"db:tickets": {"env": "prod"}},
-			Approvals: broker.ApprovalConfig{Timeout: 2 * time.Minute, WebhookURL: hook.URL,
+			Approvals: stepup.ApprovalConfig{Timeout: 2 * time.Minute, WebhookURL: hook.URL,
 				Clients: []broker.Client{{ID: "alice", SecretSHA256: sha256Of("alice-approver-secret")}}},
 		},
 		ReapInterval: -1, // the test moves its clock; nothing reaped it before
@@ -188,7 +191,7 @@ func TestApprovalFlowThroughCLI(t *testing.T) {
 	t.Logf("valet approvals ls:\n%s", out)
 	code, out, _ = b.cli("ls", "-o", "json")
 	checkJSON(t, "valet approvals ls", out, specSchema(t, loadSpec(t), "GET", "/v1/approvals", 200))
-	var listed struct{ Approvals []broker.Approval }
+	var listed struct{ Approvals []stepup.Approval }
 	if code != 0 || json.Unmarshal([]byte(out), &listed) != nil || len(listed.Approvals) != 1 ||
 		listed.Approvals[0].Resource["env"] != "prod" || listed.Approvals[0].Context["note"] != "trust me" {
 		t.Fatalf("approvals ls -o json: %d %s", code, out)

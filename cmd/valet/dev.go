@@ -63,7 +63,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		}
 		*auditFile = filepath.Join(dir, "audit.jsonl")
 	}
-	agentCfg, err := devAgentConfig(*resources)
+	stepUp, err := devAgentConfig(*resources)
 	if err != nil {
 		return err
 	}
@@ -107,9 +107,11 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	memLedger := revocation.NewMemoryLedger(time.Now, time.Hour)
 	opts := server.Options{
 		PublicURL: publicURL, Identity: verifier, Tokens: tokens, Ledger: memLedger, Templates: templates,
-		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Agent: agentCfg,
+		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}},
+		Agent:   broker.AgentConfig{Limiter: memLedger, Records: memLedger}, StepUp: stepUp,
 		Feed: memLedger.Feed(), DevIdP: idp.Handler(), ReapInterval: time.Second, Logger: log,
 	}
+	opts.StepUp.Actions = tokens
 	ledgerName := "in-memory (lost on exit)"
 	if *redisURL != "" {
 		closeRedis, err := devRedis(ctx, &opts, *redisURL, splitList(*rollbackHosts), idp, log)
@@ -220,6 +222,7 @@ func devRedis(ctx context.Context, opts *server.Options, url string, rollbackHos
 		return fail(err)
 	}
 	opts.Ledger = redisLedger
+	opts.Agent.Limiter, opts.Agent.Records = redisLedger, redisLedger
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	_ = redisLedger.Ping(pctx) // read or start the ledger generation, as serve does
 	cancel()

@@ -91,11 +91,12 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	for i, s := range secrets {
 		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
 	}
-	agentCfg, err := cfg.agentConfig(getenv)
+	stepUp, err := cfg.agentConfig(getenv)
 	if err != nil {
 		return err
 	}
-	agentCfg.EventRetention = time.Duration(cfg.Redis.Retention)
+	stepUp.Actions = tokens
+	agentCfg := broker.AgentConfig{Limiter: ledger, Records: ledger, EventRetention: time.Duration(cfg.Redis.Retention)}
 	controls, err := revocation.NewControls(redisClient, cfg.Redis.Prefix, 5*time.Second)
 	if err != nil {
 		return err
@@ -127,7 +128,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		PublicURL: cfg.PublicURL, Identity: verifier, Tokens: tokens, Ledger: ledger, Epochs: ledger, Controls: controls,
 		Queue: retryQ, Auditors: []broker.Auditor{auditor, audit.NewLog(trail)}, Templates: templates,
 		Reload:  &server.TemplateReload{Paths: cfg.Templates.Paths, Watch: *cfg.Templates.Watch, Issuers: names},
-		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Agent: agentCfg, Admin: admin,
+		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Agent: agentCfg, StepUp: stepUp, Admin: admin,
 		Feed: revocation.NewFeed(feedClient, cfg.Redis.Prefix), FeedLimits: feedLimits, Metrics: metricsOpts,
 		Ready: []func(context.Context) error{verifier.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), ReapInterval: time.Duration(cfg.Reaper.Interval), Logger: log,

@@ -20,6 +20,7 @@ import (
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/openapi"
+	"github.com/valet-dev/valet/stepup"
 )
 
 // MaxHeaderBytes caps a request's header block. What Valet needs is one
@@ -90,8 +91,11 @@ type Options struct {
 	Clients []broker.Client
 	// IntrospectionClients admit identity tokens as introspection callers.
 	IntrospectionClients []broker.IntrospectionRule
-	// Agent configures the agent controls (approvals, resources, DPoP...).
+	// Agent configures the agent controls (DPoP, budgets, tool-call
+	// events). Its Limiter and Records are also the step-up service's.
 	Agent broker.AgentConfig
+	// StepUp configures sensitive actions (action tokens, approvals).
+	StepUp StepUpOptions
 	// Admin, when set, adds the admin API.
 	Admin *AdminOptions
 	// Feed, when set, serves the revocation stream through one fan-out
@@ -149,6 +153,20 @@ type AdminOptions struct {
 	ResumeEvery time.Duration
 }
 
+// StepUpOptions configure sensitive actions: the calls of sensitive tools
+// that need a policy check or a human approval (package stepup).
+type StepUpOptions struct {
+	// Actions mints and verifies action tokens (issuers.JWT does); without
+	// it, action requests answer 503.
+	Actions stepup.ActionTokens
+	// ActionTTL is the life of an action token (0: stepup.MaxActionTTL).
+	ActionTTL time.Duration
+	// Resources are the ops-defined resource labels, by resource id.
+	Resources map[string]map[string]string
+	// Approvals configures the approval rule.
+	Approvals stepup.ApprovalConfig
+}
+
 // MetricsOptions configure the metrics.
 type MetricsOptions struct {
 	// BearerSecret, when set, is required of /metrics callers as
@@ -166,6 +184,7 @@ type MetricsOptions struct {
 type Server struct {
 	o       Options
 	svc     *broker.Service
+	steps   *stepup.Service
 	admin   *broker.Admin
 	metrics *metrics.Metrics
 	hub     *fanout.Hub
@@ -211,8 +230,21 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		o.Controls.Reload(ctx)
 		cfg.Controls = o.Controls
 	}
-	var err error
+	revoker, err := stepup.NewRevoker(stepup.RevokerConfig{Actions: o.StepUp.Actions, Limiter: o.Agent.Limiter,
+		Auditor: auditor, Now: o.Now, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
+	cfg.ActionRevoker = revoker
 	if s.svc, err = broker.NewService(cfg); err != nil {
+		return nil, err
+	}
+	s.steps, err = stepup.New(stepup.Config{
+		Core: s.svc, Tokens: o.Tokens, Actions: o.StepUp.Actions, Records: o.Agent.Records, Limiter: o.Agent.Limiter,
+		Auditor: auditor, ActionTTL: o.StepUp.ActionTTL, Resources: o.StepUp.Resources, Approvals: o.StepUp.Approvals,
+		Now: o.Now, Logger: o.Logger,
+	})
+	if err != nil {
 		return nil, err
 	}
 	if a := o.Admin; a != nil {
@@ -234,7 +266,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		}
 	}
 	hopts := httpapi.Options{
-		Service: s.svc, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
+		Service: s.svc, StepUp: s.steps, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
 		Ready: o.Ready, DevIdP: o.DevIdP, MaxBodyBytes: o.MaxBodyBytes, RequestTimeout: o.RequestTimeout, Logger: o.Logger,
 		Admin: s.admin, Feed: o.Feed, FeedHub: s.hub,
 	}
@@ -303,6 +335,9 @@ func (s *Server) newMetrics() *metrics.Metrics {
 
 // Service is the domain API the server serves.
 func (s *Server) Service() *broker.Service { return s.svc }
+
+// StepUp is the service of sensitive actions.
+func (s *Server) StepUp() *stepup.Service { return s.steps }
 
 // Admin is the admin API, nil without Options.Admin.
 func (s *Server) Admin() *broker.Admin { return s.admin }

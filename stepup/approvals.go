@@ -1,4 +1,4 @@
-package broker
+package stepup
 
 import (
 	"bytes"
@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/valet-dev/valet/broker"
 )
 
 // DefaultApprovalTimeout is how long an approval stays pending when the
@@ -35,7 +37,7 @@ const holdKind = "approval-pending"
 type ApprovalConfig struct {
 	// Clients may list, approve and deny (HTTP Basic). Only the SHA-256 of
 	// each secret is kept.
-	Clients []Client
+	Clients []broker.Client
 	// Authorize, when set, replaces Clients: it checks an approver's
 	// credentials and returns a name for the audit trail, or an error.
 	Authorize func(ctx context.Context, id, secret string) (string, error)
@@ -56,15 +58,16 @@ type ApprovalConfig struct {
 	MaxPendingPerTask, MaxPendingPerAgent int
 }
 
-func (a *agentControls) initApprovals(cfg ApprovalConfig) error {
+// approvalSettings checks cfg and fills in its defaults.
+func approvalSettings(cfg ApprovalConfig) (ApprovalConfig, error) {
 	if cfg.Timeout < 0 {
-		return errors.New("broker: approval timeout must not be negative")
+		return cfg, errors.New("stepup: approval timeout must not be negative")
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultApprovalTimeout
 	}
 	if cfg.MaxPendingPerTask < 0 || cfg.MaxPendingPerAgent < 0 {
-		return errors.New("broker: approval caps must not be negative")
+		return cfg, errors.New("stepup: approval caps must not be negative")
 	}
 	if cfg.MaxPendingPerTask == 0 {
 		cfg.MaxPendingPerTask = DefaultMaxPendingPerTask
@@ -92,8 +95,7 @@ func (a *agentControls) initApprovals(cfg ApprovalConfig) error {
 			return "", errors.New("bad approver credentials")
 		}
 	}
-	a.approvals = cfg
-	return nil
+	return cfg, nil
 }
 
 // ApprovalState is where an approval is in its life.
@@ -141,35 +143,35 @@ type Approval struct {
 // fileApproval records a pending approval (until the task's deadline, so a
 // poll after the timeout learns it was denied), audits it, and tells the
 // webhook in the background.
-func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req ActionRequest, st *SensitiveTool, resource map[string]any) (Approval, error) {
-	store, err := s.RecordsStore()
+func (s *Service) fileApproval(ctx context.Context, task broker.Task, c broker.TaskClaims, req ActionRequest, st *broker.SensitiveTool, resource map[string]any) (Approval, error) {
+	store, err := s.recordsStore()
 	if err != nil {
 		return Approval{}, err
 	}
 	now := s.now()
-	exp := now.Add(s.agent.approvals.Timeout)
+	exp := now.Add(s.approvals.Timeout)
 	if task.Deadline.Before(exp) {
 		exp = task.Deadline
 	}
-	a := Approval{ID: NewID("apr"), State: ApprovalPending, TaskID: task.ID, Tool: req.Tool, Args: req.Args,
+	a := Approval{ID: broker.NewID("apr"), State: ApprovalPending, TaskID: task.ID, Tool: req.Tool, Args: req.Args,
 		ArgsHash: hashOf(req.Args), ShowArgs: st.ShowArgs, Intent: task.Intent, Agent: task.Agent, Issuer: task.Issuer,
 		Template: task.Template, Subject: task.Subject, Act: task.Act, Resource: resource, Context: req.Context,
 		CreatedAt: now, ExpiresAt: exp, Deadline: task.Deadline}
 	b, err := json.Marshal(a)
 	if err != nil {
-		return Approval{}, InvalidField("context", "context cannot be stored: %v", err)
+		return Approval{}, broker.InvalidField("context", "context cannot be stored: %v", err)
 	}
 	if err := s.holdApproval(ctx, store, a); err != nil {
 		return Approval{}, err
 	}
-	lctx, cancel := LedgerCtx(ctx)
+	lctx, cancel := broker.LedgerCtx(ctx)
 	err = store.Put(lctx, "approval", a.ID, b, task.Deadline)
 	cancel()
 	if err != nil {
 		s.releaseApproval(ctx, store, a)
-		return Approval{}, Unavailable("the record store", fmt.Errorf("recording approval %s: %w", a.ID, err))
+		return Approval{}, broker.Unavailable("the record store", fmt.Errorf("recording approval %s: %w", a.ID, err))
 	}
-	ev := s.TaskEvent(ctx, "approval.requested", task.Agent, task)
+	ev := s.core.TaskEvent(ctx, "approval.requested", task.Agent, task)
 	ev.Outcome = "pending"
 	ev.Detail = argsDetail(a.Tool, a.Args, a.ShowArgs)
 	ev.Detail["approval_id"], ev.Detail["expires_at"] = a.ID, a.ExpiresAt
@@ -177,7 +179,7 @@ func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req
 		if _, derr := s.settle(context.WithoutCancel(ctx), a.ID, ApprovalDenied, "valet", "audit write failed"); derr != nil {
 			s.log.ErrorContext(ctx, "denying an unaudited approval failed", "approval_id", a.ID, "err", derr)
 		}
-		return Approval{}, Unavailable("the audit log", err)
+		return Approval{}, broker.Unavailable("the audit log", err)
 	}
 	s.log.InfoContext(ctx, "approval requested", "approval_id", a.ID, "task_id", task.ID, "tool", a.Tool, "expires_at", a.ExpiresAt)
 	s.notifyApproval(ctx, a)
@@ -193,7 +195,7 @@ type approvalHold struct {
 // approvalHolds are the two capped sets a pending approval takes a place
 // in: its task's and its agent's.
 func (s *Service) approvalHolds(a Approval) []approvalHold {
-	cfg := s.agent.approvals
+	cfg := s.approvals
 	return []approvalHold{
 		{"task/" + a.TaskID, "task " + a.TaskID, cfg.MaxPendingPerTask},
 		{"agent/" + a.Issuer + "/" + a.Agent, "agent " + a.Agent, cfg.MaxPendingPerAgent},
@@ -202,8 +204,8 @@ func (s *Service) approvalHolds(a Approval) []approvalHold {
 
 // holdApproval takes a place for a in its task's and its agent's sets of
 // pending approvals, or refuses with 429 naming the cap that is full.
-func (s *Service) holdApproval(ctx context.Context, store Records, a Approval) error {
-	lctx, cancel := LedgerCtx(ctx)
+func (s *Service) holdApproval(ctx context.Context, store broker.Records, a Approval) error {
+	lctx, cancel := broker.LedgerCtx(ctx)
 	defer cancel()
 	holds := s.approvalHolds(a)
 	for i, h := range holds {
@@ -212,26 +214,26 @@ func (s *Service) holdApproval(ctx context.Context, store Records, a Approval) e
 			continue
 		}
 		s.release(ctx, store, a.ID, holds[:i])
-		if errors.Is(err, ErrExists) {
-			return &Error{Code: CodeTooManyRequests, Rule: "approvals.max_pending", Err: err,
+		if errors.Is(err, broker.ErrExists) {
+			return &broker.Error{Code: broker.CodeTooManyRequests, Rule: "approvals.max_pending", Err: err,
 				Message: fmt.Sprintf("%s already has %d approvals pending; wait for a decision", h.what, h.max)}
 		}
-		return Unavailable("the record store", err)
+		return broker.Unavailable("the record store", err)
 	}
 	return nil
 }
 
 // releaseApproval frees a's places (best effort: a place not released
 // frees itself when the approval expires).
-func (s *Service) releaseApproval(ctx context.Context, store Records, a Approval) {
+func (s *Service) releaseApproval(ctx context.Context, store broker.Records, a Approval) {
 	s.release(ctx, store, a.ID, s.approvalHolds(a))
 }
 
-func (s *Service) release(ctx context.Context, store Records, id string, holds []approvalHold) {
+func (s *Service) release(ctx context.Context, store broker.Records, id string, holds []approvalHold) {
 	if len(holds) == 0 {
 		return
 	}
-	lctx, cancel := LedgerCtx(context.WithoutCancel(ctx))
+	lctx, cancel := broker.LedgerCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	for _, h := range holds {
 		if err := store.Release(lctx, holdKind, h.id, id); err != nil {
@@ -246,7 +248,7 @@ func hashOf(args []byte) string { return argsDetail("", args, false)["args_hash"
 // never blocking the answer. The body has ids and names, not argument
 // values.
 func (s *Service) notifyApproval(ctx context.Context, a Approval) {
-	cfg := s.agent.approvals
+	cfg := s.approvals
 	if cfg.WebhookURL == "" {
 		return
 	}
@@ -256,7 +258,7 @@ func (s *Service) notifyApproval(ctx context.Context, a Approval) {
 		"args_hash": a.ArgsHash, "arg_names": d["arg_names"], "intent": a.Intent, "agent": a.Agent,
 		"issuer": a.Issuer, "template": a.Template, "act": a.Act, "expires_at": a.ExpiresAt,
 	})
-	log, rid := s.log, RequestID(ctx)
+	log, rid := s.log, broker.RequestID(ctx)
 	go func() {
 		wctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
@@ -281,22 +283,22 @@ func (s *Service) notifyApproval(ctx context.Context, a Approval) {
 // loadApproval reads an approval; a pending one past its timeout is moved
 // to expired (and audited) on the way.
 func (s *Service) loadApproval(ctx context.Context, id string) (Approval, error) {
-	store, err := s.RecordsStore()
+	store, err := s.recordsStore()
 	if err != nil {
 		return Approval{}, err
 	}
-	lctx, cancel := LedgerCtx(ctx)
+	lctx, cancel := broker.LedgerCtx(ctx)
 	b, err := store.Get(lctx, "approval", id)
 	cancel()
 	switch {
-	case errors.Is(err, ErrNotFound):
-		return Approval{}, Errorf(CodeNotFound, "approval %q not found", id)
+	case errors.Is(err, broker.ErrNotFound):
+		return Approval{}, broker.Errorf(broker.CodeNotFound, "approval %q not found", id)
 	case err != nil:
-		return Approval{}, Unavailable("the record store", err)
+		return Approval{}, broker.Unavailable("the record store", err)
 	}
 	var a Approval
 	if err := json.Unmarshal(b, &a); err != nil {
-		return Approval{}, &Error{Code: CodeInternal, Message: "internal error", Err: fmt.Errorf("decoding approval %s: %w", id, err)}
+		return Approval{}, &broker.Error{Code: broker.CodeInternal, Message: "internal error", Err: fmt.Errorf("decoding approval %s: %w", id, err)}
 	}
 	if a.State == ApprovalPending && !s.now().Before(a.ExpiresAt) {
 		return s.settle(ctx, id, ApprovalExpired, "valet", "nobody decided before the approval timeout")
@@ -316,43 +318,43 @@ func (s *Service) settle(ctx context.Context, id string, state ApprovalState, wh
 // transition applies change to an approval in state from, with
 // compare-and-swap, and audits it as event typ by actor.
 func (s *Service) transition(ctx context.Context, id string, from ApprovalState, change func(*Approval), typ, actor string) (Approval, error) {
-	store, err := s.RecordsStore()
+	store, err := s.recordsStore()
 	if err != nil {
 		return Approval{}, err
 	}
-	lctx, cancel := LedgerCtx(ctx)
+	lctx, cancel := broker.LedgerCtx(ctx)
 	defer cancel()
 	old, err := store.Get(lctx, "approval", id)
 	switch {
-	case errors.Is(err, ErrNotFound):
-		return Approval{}, Errorf(CodeNotFound, "approval %q not found", id)
+	case errors.Is(err, broker.ErrNotFound):
+		return Approval{}, broker.Errorf(broker.CodeNotFound, "approval %q not found", id)
 	case err != nil:
-		return Approval{}, Unavailable("the record store", err)
+		return Approval{}, broker.Unavailable("the record store", err)
 	}
 	var a Approval
 	if err := json.Unmarshal(old, &a); err != nil {
-		return Approval{}, &Error{Code: CodeInternal, Message: "internal error", Err: err}
+		return Approval{}, &broker.Error{Code: broker.CodeInternal, Message: "internal error", Err: err}
 	}
 	if a.State != from {
-		return a, &Error{Code: CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, a.State), Err: ErrNotActive}
+		return a, &broker.Error{Code: broker.CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, a.State), Err: broker.ErrNotActive}
 	}
 	wasPending := a.State == ApprovalPending
 	change(&a)
 	next, _ := json.Marshal(a) // it was just decoded from JSON
 	switch err := store.Swap(lctx, "approval", id, old, next); {
-	case errors.Is(err, ErrNotActive):
+	case errors.Is(err, broker.ErrNotActive):
 		cur, lerr := s.loadApproval(ctx, id)
 		if lerr != nil {
 			return Approval{}, lerr
 		}
-		return cur, &Error{Code: CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, cur.State), Err: err}
+		return cur, &broker.Error{Code: broker.CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, cur.State), Err: err}
 	case err != nil:
-		return Approval{}, Unavailable("the record store", err)
+		return Approval{}, broker.Unavailable("the record store", err)
 	}
 	if wasPending && a.State != ApprovalPending {
 		s.releaseApproval(ctx, store, a)
 	}
-	ev := s.TaskEvent(ctx, typ, actor, Task{ID: a.TaskID, Issuer: a.Issuer, Template: a.Template})
+	ev := s.core.TaskEvent(ctx, typ, actor, broker.Task{ID: a.TaskID, Issuer: a.Issuer, Template: a.Template})
 	ev.Outcome, ev.Reason = string(a.State), a.Reason
 	ev.Detail = argsDetail(a.Tool, a.Args, a.ShowArgs)
 	ev.Detail["approval_id"] = a.ID
@@ -364,7 +366,7 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 		// is only granted to the agent after this, so log loudly.
 		s.log.ErrorContext(ctx, "audit write of an approval decision failed", "approval_id", id, "state", a.State, "err", err)
 		if a.State == ApprovalApproved || a.State == ApprovalIssued {
-			return Approval{}, Unavailable("the audit log", err)
+			return Approval{}, broker.Unavailable("the audit log", err)
 		}
 	}
 	s.log.InfoContext(ctx, "approval "+string(a.State), "approval_id", id, "task_id", a.TaskID, "by", actor)
@@ -375,18 +377,18 @@ func (s *Service) transition(ctx context.Context, id string, from ApprovalState,
 // the name decisions are audited under.
 func (s *Service) AuthorizeApprover(ctx context.Context, id, secret string) (string, error) {
 	if id == "" {
-		return "", Unauthenticated(errors.New("no approver credentials"))
+		return "", broker.Unauthenticated(errors.New("no approver credentials"))
 	}
-	if wait := s.throttle.wait("approver:"+id, s.now()); wait > 0 {
-		return "", throttled(wait)
+	if wait := s.throttle.Wait("approver:"+id, s.now()); wait > 0 {
+		return "", broker.Throttled(wait)
 	}
-	who, err := s.agent.approvals.Authorize(ctx, id, secret)
+	who, err := s.approvals.Authorize(ctx, id, secret)
 	if err != nil {
-		s.throttle.fail("approver:"+id, s.now())
+		s.throttle.Fail("approver:"+id, s.now())
 		s.log.WarnContext(ctx, "approver authentication failed", "client_id", id)
-		return "", Unauthenticated(err)
+		return "", broker.Unauthenticated(err)
 	}
-	s.throttle.succeed("approver:" + id)
+	s.throttle.Succeed("approver:" + id)
 	return who, nil
 }
 
@@ -421,22 +423,22 @@ func (q *ApprovalQuery) Validate() error {
 		q.State = ApprovalPending
 	case ApprovalPending, ApprovalApproved, ApprovalDenied, ApprovalExpired, ApprovalIssued:
 	default:
-		return InvalidField("state", "state must be pending, approved, denied, expired or issued")
+		return broker.InvalidField("state", "state must be pending, approved, denied, expired or issued")
 	}
 	for name, v := range map[string]string{"agent": q.Agent, "template": q.Template, "task_id": q.TaskID} {
 		if len(v) > 256 {
-			return InvalidField(name, "%s must be at most 256 bytes", name)
+			return broker.InvalidField(name, "%s must be at most 256 bytes", name)
 		}
 	}
 	switch {
 	case q.Limit == 0:
 		q.Limit = DefaultApprovalPage
 	case q.Limit < 0 || q.Limit > MaxApprovalPage:
-		return InvalidField("limit", "limit must be from 1 to %d", MaxApprovalPage)
+		return broker.InvalidField("limit", "limit must be from 1 to %d", MaxApprovalPage)
 	}
 	if q.Cursor != "" {
 		if _, _, err := decodeApprovalCursor(q.Cursor); err != nil {
-			return InvalidField("cursor", "cursor is not one Valet gave")
+			return broker.InvalidField("cursor", "cursor is not one Valet gave")
 		}
 	}
 	return nil
@@ -481,15 +483,15 @@ func (s *Service) ListApprovals(ctx context.Context, q ApprovalQuery) (page []Ap
 	if err := q.Validate(); err != nil {
 		return nil, "", err
 	}
-	store, err := s.RecordsStore()
+	store, err := s.recordsStore()
 	if err != nil {
 		return nil, "", err
 	}
-	lctx, cancel := LedgerCtx(ctx)
+	lctx, cancel := broker.LedgerCtx(ctx)
 	recs, err := store.List(lctx, "approval", maxApprovalScan)
 	cancel()
 	if err != nil {
-		return nil, "", Unavailable("the record store", err)
+		return nil, "", broker.Unavailable("the record store", err)
 	}
 	var afterAt time.Time
 	var afterID string
@@ -505,7 +507,7 @@ func (s *Service) ListApprovals(ctx context.Context, q ApprovalQuery) (page []Ap
 		}
 		if a.State == ApprovalPending && !now.Before(a.ExpiresAt) {
 			x, err := s.settle(ctx, a.ID, ApprovalExpired, "valet", "nobody decided before the approval timeout")
-			if err != nil && ErrorCode(err) != CodeConflict {
+			if err != nil && broker.ErrorCode(err) != broker.CodeConflict {
 				s.log.ErrorContext(ctx, "expiring an approval failed", "approval_id", a.ID, "err", err)
 				continue
 			}
@@ -533,24 +535,24 @@ func (s *Service) DecideApproval(ctx context.Context, who, id string, approve bo
 		return Approval{}, err
 	}
 	if a.State != ApprovalPending {
-		return a, &Error{Code: CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, a.State)}
+		return a, &broker.Error{Code: broker.CodeConflict, Message: fmt.Sprintf("approval %s is %s", id, a.State)}
 	}
 	state := ApprovalDenied
 	if approve {
 		state = ApprovalApproved
 		// The task must still pass the gate: an approval approved after a
 		// freeze (or a revocation) issues nothing.
-		_, terr := s.GateRecordedTask(ctx, a.TaskID)
-		var ge *Error
+		_, terr := s.core.GateRecordedTask(ctx, a.TaskID)
+		var ge *broker.Error
 		switch {
 		case terr == nil:
-		case ErrorCode(terr) == CodeUnavailable || ErrorCode(terr) == CodeInternal:
+		case broker.ErrorCode(terr) == broker.CodeUnavailable || broker.ErrorCode(terr) == broker.CodeInternal:
 			return Approval{}, terr
-		case errors.As(terr, &ge) && ge.Code == CodeForbidden:
-			return a, &Error{Code: CodeConflict, Rule: ge.Rule, Err: terr,
+		case errors.As(terr, &ge) && ge.Code == broker.CodeForbidden:
+			return a, &broker.Error{Code: broker.CodeConflict, Rule: ge.Rule, Err: terr,
 				Message: fmt.Sprintf("the task of approval %s may no longer act: %s", id, ge.Message)}
 		default:
-			return a, &Error{Code: CodeConflict, Message: fmt.Sprintf("the task of approval %s has ended", id), Err: terr}
+			return a, &broker.Error{Code: broker.CodeConflict, Message: fmt.Sprintf("the task of approval %s has ended", id), Err: terr}
 		}
 	}
 	return s.settle(ctx, id, state, who, reason)
@@ -570,20 +572,20 @@ func (s *Service) ActionStatus(ctx context.Context, raw, taskID, approvalID, pro
 		return ActionResult{}, err
 	}
 	if a.TaskID != task.ID {
-		return ActionResult{}, Errorf(CodeNotFound, "approval %q not found", approvalID)
+		return ActionResult{}, broker.Errorf(broker.CodeNotFound, "approval %q not found", approvalID)
 	}
 	switch a.State {
 	case ApprovalPending:
 		return ActionResult{Pending: &a, Tool: a.Tool, ArgsHash: a.ArgsHash}, nil
 	case ApprovalDenied, ApprovalExpired:
-		return ActionResult{}, &Error{Code: CodeForbidden, Rule: "approval",
+		return ActionResult{}, &broker.Error{Code: broker.CodeForbidden, Rule: "approval",
 			Message: fmt.Sprintf("approval %s was %s", a.ID, map[ApprovalState]string{ApprovalDenied: "denied", ApprovalExpired: "not given in time (denied)"}[a.State])}
 	case ApprovalIssued:
-		return ActionResult{}, &Error{Code: CodeConflict, Message: fmt.Sprintf("the action token of approval %s was already handed out", a.ID)}
+		return ActionResult{}, &broker.Error{Code: broker.CodeConflict, Message: fmt.Sprintf("the action token of approval %s was already handed out", a.ID)}
 	}
-	tmpl, ok := s.templates.Load().Get(task.Template)
+	tmpl, ok := s.core.Templates().Get(task.Template)
 	if !ok {
-		return ActionResult{}, &Error{Code: CodeForbidden, Rule: "template", Message: fmt.Sprintf("template %q is no longer available", task.Template)}
+		return ActionResult{}, &broker.Error{Code: broker.CodeForbidden, Rule: "template", Message: fmt.Sprintf("template %q is no longer available", task.Template)}
 	}
 	res, err := s.issueAction(ctx, task, c, tmpl, a.Tool, a.Args, a.ShowArgs, a.ID, "approval")
 	if err != nil {

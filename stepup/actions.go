@@ -1,4 +1,4 @@
-package broker
+package stepup
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/canonical"
 )
 
@@ -56,18 +57,18 @@ type ActionRequest struct {
 // DecodeActionRequest reads and validates an action request body.
 func DecodeActionRequest(r io.Reader) (ActionRequest, error) {
 	var a ActionRequest
-	if err := DecodeJSON(r, &a); err != nil {
+	if err := broker.DecodeJSON(r, &a); err != nil {
 		return a, err
 	}
 	switch {
 	case a.Tool == "":
-		return a, InvalidField("tool", "tool is required")
-	case !validToolName(a.Tool):
-		return a, checkToolName("tool", a.Tool)
+		return a, broker.InvalidField("tool", "tool is required")
+	case !broker.ValidToolName(a.Tool):
+		return a, broker.CheckToolName("tool", a.Tool)
 	}
 	canon, err := canonical.Args(a.Args)
 	if err != nil {
-		return a, InvalidField("args", "%s", err.Error())
+		return a, broker.InvalidField("args", "%s", err.Error())
 	}
 	a.Args = canon
 	return a, nil
@@ -95,48 +96,6 @@ type actionRecord struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-func (s *Service) actionTokens() (ActionTokens, error) {
-	if s.agent.actions != nil {
-		return s.agent.actions, nil
-	}
-	if a, ok := s.tokens.(ActionTokens); ok {
-		return a, nil
-	}
-	return nil, Unavailable("the action token issuer", errors.New("the task-token issuer cannot mint action tokens"))
-}
-
-func (s *Service) RecordsStore() (Records, error) {
-	if s.agent.records == nil {
-		return nil, Unavailable("the record store", errors.New("no record store configured"))
-	}
-	return s.agent.records, nil
-}
-
-// taskCaller checks a request made with a task token for task id: the
-// token verifies, names task id (else 404), is live, its task is active,
-// and a bound token comes with a valid DPoP proof by its key.
-func (s *Service) taskCaller(ctx context.Context, raw, id, proof, method, url string) (TaskClaims, Task, error) {
-	if raw == "" {
-		return TaskClaims{}, Task{}, Unauthenticated(errors.New("no task token"))
-	}
-	c, err := s.tokens.Verify(raw)
-	if err != nil {
-		s.log.WarnContext(ctx, "task token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
-		return TaskClaims{}, Task{}, Unauthenticated(err)
-	}
-	if c.TaskID != id {
-		return TaskClaims{}, Task{}, Errorf(CodeNotFound, "task %q not found", id)
-	}
-	t, err := s.LiveTask(ctx, c)
-	if err != nil {
-		return TaskClaims{}, Task{}, err
-	}
-	if err := s.CheckBoundProof(ctx, c, proof, method, url, raw); err != nil {
-		return TaskClaims{}, Task{}, err
-	}
-	return c, t, nil
-}
-
 // RequestAction decides one call of a sensitive tool. Under rule policy it
 // answers an action token at once or 403 naming the rule; under rule
 // approval it files an approval and answers it pending. The token is
@@ -146,20 +105,20 @@ func (s *Service) RequestAction(ctx context.Context, raw string, req ActionReque
 	if err != nil {
 		return ActionResult{}, err
 	}
-	tmpl, ok := s.templates.Load().Get(task.Template)
+	tmpl, ok := s.core.Templates().Get(task.Template)
 	if !ok {
-		return ActionResult{}, s.actionDenied(ctx, task, req, nil, &Error{Code: CodeForbidden, Rule: "template",
+		return ActionResult{}, s.actionDenied(ctx, task, req, nil, &broker.Error{Code: broker.CodeForbidden, Rule: "template",
 			Message: fmt.Sprintf("template %q is no longer available", task.Template)})
 	}
 	st, ok := tmpl.SensitiveTool(req.Tool)
 	if !ok {
-		return ActionResult{}, s.actionDenied(ctx, task, req, nil, &Error{Code: CodeForbidden, Rule: "sensitive_tools", Field: "tool",
+		return ActionResult{}, s.actionDenied(ctx, task, req, nil, &broker.Error{Code: broker.CodeForbidden, Rule: "sensitive_tools", Field: "tool",
 			Message: fmt.Sprintf("tool %q is not a sensitive tool of template %q", req.Tool, tmpl.Name)})
 	}
 	if !slices.Contains(c.ActionTools, req.Tool) {
 		// Bounded by the task's own grant: a sensitive tool is declared
 		// (or delegated) like any tool before action tokens are issued.
-		return ActionResult{}, s.actionDenied(ctx, task, req, st, &Error{Code: CodeForbidden, Rule: "tools", Field: "tool",
+		return ActionResult{}, s.actionDenied(ctx, task, req, st, &broker.Error{Code: broker.CodeForbidden, Rule: "tools", Field: "tool",
 			Message: fmt.Sprintf("tool %q is not granted to this task", req.Tool)})
 	}
 	resource, err := s.resourceOf(st)
@@ -169,11 +128,11 @@ func (s *Service) RequestAction(ctx context.Context, raw string, req ActionReque
 	if st.Condition != nil {
 		vars := s.actionVars(task, c, req, resource)
 		if ok, cerr := st.Condition.Eval(vars); !ok {
-			return ActionResult{}, s.actionDenied(ctx, task, req, st, &Error{Code: CodeForbidden, Rule: st.Condition.Name, Err: cerr,
+			return ActionResult{}, s.actionDenied(ctx, task, req, st, &broker.Error{Code: broker.CodeForbidden, Rule: st.Condition.Name, Err: cerr,
 				Message: fmt.Sprintf("denied by rule %q of template %q", st.Condition.Name, tmpl.Name)})
 		}
 	}
-	if st.Rule == RuleApproval {
+	if st.Rule == broker.RuleApproval {
 		a, err := s.fileApproval(ctx, task, c, req, st, resource)
 		if err != nil {
 			return ActionResult{}, err
@@ -183,54 +142,10 @@ func (s *Service) RequestAction(ctx context.Context, raw string, req ActionReque
 	return s.issueAction(ctx, task, c, tmpl, req.Tool, req.Args, st.ShowArgs, "", "policy")
 }
 
-// resourceOf returns the labels of st's resource, with its id, as CEL sees
-// them; an unknown resource id refuses (fail closed).
-func (s *Service) resourceOf(st *SensitiveTool) (map[string]any, error) {
-	out := map[string]any{}
-	if st.Resource == "" {
-		return out, nil
-	}
-	labels, ok := s.agent.resources[st.Resource]
-	if !ok {
-		return nil, &Error{Code: CodeForbidden, Rule: "resource",
-			Message: fmt.Sprintf("resource %q of tool %q is not configured", st.Resource, st.Tool),
-			Err:     errors.New("resource missing from config `resources:`")}
-	}
-	for k, v := range labels {
-		out[k] = v
-	}
-	out["id"] = st.Resource
-	return out, nil
-}
-
-func (s *Service) actionVars(task Task, c TaskClaims, req ActionRequest, resource map[string]any) map[string]any {
-	var args map[string]any
-	_ = json.Unmarshal(req.Args, &args) // canonical: always an object
-	if args == nil {
-		args = map[string]any{}
-	}
-	ctxv := req.Context
-	if ctxv == nil {
-		ctxv = map[string]any{}
-	}
-	act := task.Act
-	if act == nil {
-		act = []string{}
-	}
-	return map[string]any{
-		"action": map[string]any{"tool": req.Tool, "args": args, "context": ctxv},
-		"task": map[string]any{"id": task.ID, "template": task.Template, "intent": task.Intent, "tools": task.Tools,
-			"deadline": task.Deadline, "depth": int64(task.Depth), "parent": task.Parent, "jkt": task.JKT},
-		"principal": map[string]any{"issuer": task.Issuer, "subject": task.Agent, "act": act},
-		"resource":  resource,
-		"now":       s.now(),
-	}
-}
-
 // issueAction spends the actions budget, mints an action token, records it
 // and audits it, in that order; it returns nothing unless all succeeded.
-func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl *Template, tool string, args []byte, showArgs bool, approvalID, how string) (ActionResult, error) {
-	store, err := s.RecordsStore()
+func (s *Service) issueAction(ctx context.Context, task broker.Task, c broker.TaskClaims, tmpl *broker.Template, tool string, args []byte, showArgs bool, approvalID, how string) (ActionResult, error) {
+	store, err := s.recordsStore()
 	if err != nil {
 		return ActionResult{}, err
 	}
@@ -239,7 +154,7 @@ func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl
 		return ActionResult{}, err
 	}
 	now := s.now()
-	exp := now.Add(s.agent.actionTTL)
+	exp := now.Add(s.actionTTL)
 	if task.Deadline.Before(exp) {
 		exp = task.Deadline
 	}
@@ -248,27 +163,27 @@ func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl
 	}
 	exp = exp.Truncate(time.Second)
 	if exp.Sub(now) < time.Second {
-		return ActionResult{}, &Error{Code: CodeForbidden, Rule: "ttl", Message: "the task has less than a second left"}
+		return ActionResult{}, &broker.Error{Code: broker.CodeForbidden, Rule: "ttl", Message: "the task has less than a second left"}
 	}
-	if err := s.Spend(ctx, "actions", task.ID, tmpl.Budgets.Actions, task.Deadline); err != nil {
+	if err := s.core.Spend(ctx, "actions", task.ID, tmpl.Budgets.Actions, task.Deadline); err != nil {
 		req := ActionRequest{Tool: tool, Args: args}
-		return ActionResult{}, s.actionDenied(ctx, task, req, &SensitiveTool{ShowArgs: showArgs}, err)
+		return ActionResult{}, s.actionDenied(ctx, task, req, &broker.SensitiveTool{ShowArgs: showArgs}, err)
 	}
 	hash := canonical.Hash(args)
-	ac := ActionClaims{ID: NewID("act"), TaskID: task.ID, Tool: tool, ArgsHash: hash, Subject: c.Subject,
+	ac := ActionClaims{ID: broker.NewID("act"), TaskID: task.ID, Tool: tool, ArgsHash: hash, Subject: c.Subject,
 		Template: task.Template, Audience: c.Audience, JKT: task.JKT, IssuedAt: now, ExpiresAt: exp}
 	tok, err := at.MintAction(ac)
 	if err != nil {
-		return ActionResult{}, &Error{Code: CodeInternal, Message: "issuing the action token failed; nothing was issued", Err: err}
+		return ActionResult{}, &broker.Error{Code: broker.CodeInternal, Message: "issuing the action token failed; nothing was issued", Err: err}
 	}
 	rec, _ := json.Marshal(actionRecord{TaskID: task.ID, Tool: tool, ArgsHash: hash, ExpiresAt: exp}) // plain struct
-	lctx, cancel := LedgerCtx(ctx)
+	lctx, cancel := broker.LedgerCtx(ctx)
 	err = store.Put(lctx, "action", ac.ID, rec, exp)
 	cancel()
 	if err != nil {
-		return ActionResult{}, Unavailable("the record store", fmt.Errorf("recording action token %s: %w", ac.ID, err))
+		return ActionResult{}, broker.Unavailable("the record store", fmt.Errorf("recording action token %s: %w", ac.ID, err))
 	}
-	ev := s.TaskEvent(ctx, "action.granted", task.Agent, task)
+	ev := s.core.TaskEvent(ctx, "action.granted", task.Agent, task)
 	ev.Outcome, ev.Rule, ev.Creds = "granted", how, []string{ac.ID}
 	ev.Detail = argsDetail(tool, args, showArgs)
 	ev.Detail["expires_at"] = exp
@@ -277,7 +192,7 @@ func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl
 	}
 	if err := s.audit.Record(ctx, ev); err != nil {
 		s.burnAction(ctx, ac)
-		return ActionResult{}, Unavailable("the audit log", err)
+		return ActionResult{}, broker.Unavailable("the audit log", err)
 	}
 	s.log.InfoContext(ctx, "action token issued", "task_id", task.ID, "tool", tool, "jti", ac.ID, "args_hash", hash, "expires_at", exp)
 	return ActionResult{Token: tok, JTI: ac.ID, Tool: tool, ArgsHash: hash, IssuedAt: now, ExpiresAt: exp}, nil
@@ -286,12 +201,12 @@ func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl
 // burnAction marks an action token used, so a token that was minted but
 // not handed out (or not audited) can never be consumed.
 func (s *Service) burnAction(ctx context.Context, ac ActionClaims) {
-	if s.agent.limiter == nil {
+	if s.limiter == nil {
 		return
 	}
-	lctx, cancel := LedgerCtx(context.WithoutCancel(ctx))
+	lctx, cancel := broker.LedgerCtx(context.WithoutCancel(ctx))
 	defer cancel()
-	if _, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second)); err != nil {
+	if _, err := s.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second)); err != nil {
 		s.log.ErrorContext(ctx, "burning an action token failed; its record is kept until it expires", "jti", ac.ID, "err", err)
 	}
 }
@@ -307,14 +222,14 @@ func argsDetail(tool string, args []byte, show bool) map[string]any {
 }
 
 // actionDenied logs and audits a refused action request and returns err.
-func (s *Service) actionDenied(ctx context.Context, task Task, req ActionRequest, st *SensitiveTool, err error) error {
-	var e *Error
+func (s *Service) actionDenied(ctx context.Context, task broker.Task, req ActionRequest, st *broker.SensitiveTool, err error) error {
+	var e *broker.Error
 	rule := ""
 	if errors.As(err, &e) {
 		rule = e.Rule
 	}
 	s.log.WarnContext(ctx, "action denied", "task_id", task.ID, "tool", req.Tool, "rule", rule, "reason", err.Error())
-	ev := s.TaskEvent(ctx, "action.denied", task.Agent, task)
+	ev := s.core.TaskEvent(ctx, "action.denied", task.Agent, task)
 	ev.Outcome, ev.Rule, ev.Reason = "denied", rule, err.Error()
 	ev.Detail = argsDetail(req.Tool, req.Args, st != nil && st.ShowArgs)
 	if aerr := s.audit.Record(ctx, ev); aerr != nil {
@@ -340,48 +255,48 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 	if err != nil {
 		return ActionUse{}, err
 	}
-	store, err := s.RecordsStore()
+	store, err := s.recordsStore()
 	if err != nil {
 		return ActionUse{}, err
 	}
-	if s.agent.limiter == nil {
-		return ActionUse{}, Unavailable("the replay store", errNoLimiter)
+	if s.limiter == nil {
+		return ActionUse{}, broker.Unavailable("the replay store", errNoLimiter)
 	}
 	ac, err := at.VerifyAction(raw)
 	if err != nil {
-		s.log.WarnContext(ctx, "action token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
+		s.log.WarnContext(ctx, "action token rejected", "token_sha256", broker.TokenHash(raw), "reason", err.Error())
 		return ActionUse{}, nil
 	}
-	lctx, cancel := LedgerCtx(ctx)
+	lctx, cancel := broker.LedgerCtx(ctx)
 	defer cancel()
 	b, err := store.Get(lctx, "action", ac.ID)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, broker.ErrNotFound):
 		return ActionUse{}, nil
 	case err != nil:
-		return ActionUse{}, Unavailable("the record store", err)
+		return ActionUse{}, broker.Unavailable("the record store", err)
 	}
 	var rec actionRecord
 	if json.Unmarshal(b, &rec) != nil || rec.TaskID != ac.TaskID || rec.Tool != ac.Tool || rec.ArgsHash != ac.ArgsHash {
 		s.log.ErrorContext(ctx, "action token does not match its record", "jti", ac.ID)
 		return ActionUse{}, nil
 	}
-	t, err := s.GateRecordedTask(lctx, ac.TaskID)
-	switch code := ErrorCode(err); {
+	t, err := s.core.GateRecordedTask(lctx, ac.TaskID)
+	switch code := broker.ErrorCode(err); {
 	case err == nil:
-	case code == CodeUnavailable || code == CodeInternal:
+	case code == broker.CodeUnavailable || code == broker.CodeInternal:
 		return ActionUse{}, err
 	default:
 		s.log.WarnContext(ctx, "action token refused by the gate", "jti", ac.ID, "task_id", ac.TaskID, "caller", caller, "reason", err.Error())
 		return ActionUse{}, nil
 	}
-	first, err := s.agent.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second))
+	first, err := s.limiter.Once(lctx, "action:"+ac.ID, ac.ExpiresAt.Add(time.Second))
 	switch {
 	case err != nil:
-		return ActionUse{}, Unavailable("the replay store", err)
+		return ActionUse{}, broker.Unavailable("the replay store", err)
 	case !first:
 		s.log.WarnContext(ctx, "action token replayed", "jti", ac.ID, "task_id", ac.TaskID, "caller", caller)
-		ev := s.TaskEvent(ctx, "action.replayed", caller, t)
+		ev := s.core.TaskEvent(ctx, "action.replayed", caller, t)
 		ev.Outcome, ev.Creds = "denied", []string{ac.ID}
 		ev.Detail = map[string]any{"tool": ac.Tool, "args_hash": ac.ArgsHash}
 		if aerr := s.audit.Record(ctx, ev); aerr != nil {
@@ -389,11 +304,11 @@ func (s *Service) ConsumeAction(ctx context.Context, caller, raw string) (Action
 		}
 		return ActionUse{}, nil
 	}
-	ev := s.TaskEvent(ctx, "action.consumed", caller, t)
+	ev := s.core.TaskEvent(ctx, "action.consumed", caller, t)
 	ev.Outcome, ev.Creds = "consumed", []string{ac.ID}
 	ev.Detail = map[string]any{"tool": ac.Tool, "args_hash": ac.ArgsHash}
 	if err := s.audit.Record(ctx, ev); err != nil {
-		return ActionUse{}, Unavailable("the audit log", err) // the token is burnt: fail closed
+		return ActionUse{}, broker.Unavailable("the audit log", err) // the token is burnt: fail closed
 	}
 	return ActionUse{Consumed: true, Claims: ac}, nil
 }
