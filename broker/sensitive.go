@@ -17,7 +17,7 @@ const (
 // SensitiveTool is one entry of a template's sensitive_tools: a tool that
 // is granted (declared, delegated) like any other, but carried in a task
 // token's action_tools, never its tools, and used only through one-shot
-// action tokens that Valet issues per call (see actions.go).
+// action tokens that Valet issues per call (see package stepup).
 type SensitiveTool struct {
 	Tool string
 	// Rule is RulePolicy or RuleApproval.

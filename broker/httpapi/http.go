@@ -1,5 +1,6 @@
 // Package httpapi is Valet's HTTP surface: every route in one function,
-// thin handlers over broker.Service, and one writeError.
+// thin handlers over broker.Service (and stepup.Service for sensitive
+// actions), and one writeError.
 package httpapi
 
 import (
