@@ -63,7 +63,7 @@ func DecodeActionRequest(r io.Reader) (ActionRequest, error) {
 	case a.Tool == "":
 		return a, InvalidField("tool", "tool is required")
 	case !validToolName(a.Tool):
-		return a, checkToolName("tool", a.Tool)
+		return a, CheckToolName("tool", a.Tool)
 	}
 	canon, err := canonical.Args(a.Args)
 	if err != nil {

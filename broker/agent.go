@@ -28,10 +28,6 @@ type AgentConfig struct {
 	Resources map[string]map[string]string
 	// Approvals configures the approval rule.
 	Approvals ApprovalConfig
-	// EventRetention is how long tool-call events stay after their task's
-	// deadline, and how late a report may come; default
-	// DefaultEventRetention. Set it to the ledger's retention.
-	EventRetention time.Duration
 }
 
 // agentControls is the Service's share of AgentConfig, checked once.
@@ -42,8 +38,6 @@ type agentControls struct {
 	actionTTL time.Duration
 	resources map[string]map[string]string
 	approvals ApprovalConfig
-	// eventRetention: see AgentConfig.EventRetention.
-	eventRetention time.Duration
 }
 
 func (a *agentControls) init(cfg AgentConfig, ledger Ledger) error {
@@ -61,9 +55,6 @@ func (a *agentControls) init(cfg AgentConfig, ledger Ledger) error {
 		a.actionTTL = MaxActionTTL
 	}
 	a.resources = cfg.Resources
-	if a.eventRetention = cfg.EventRetention; a.eventRetention <= 0 {
-		a.eventRetention = DefaultEventRetention
-	}
 	return a.initApprovals(cfg.Approvals)
 }
 

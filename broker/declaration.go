@@ -67,7 +67,7 @@ func (w declarationWire) validate() (Declaration, error) {
 		case tool == "":
 			return d, InvalidField(field, "%s is empty", field)
 		case !validToolName(tool):
-			return d, checkToolName(field, tool)
+			return d, CheckToolName(field, tool)
 		case seen[tool]:
 			return d, InvalidField(field, "%s: tool %q is listed twice", field, tool)
 		}

@@ -16,9 +16,10 @@ func validToolName(s string) bool {
 	return toolNameRE.MatchString(s) && !strings.Contains(s, "..")
 }
 
-// checkToolName refuses a client-sent tool name that is not valid, naming
-// the field (tools[3], tool) and quoting at most 64 bytes of it.
-func checkToolName(field, s string) *Error {
+// CheckToolName refuses a client-sent tool name that is not valid, naming
+// the field (tools[3], tool) and quoting at most 64 bytes of it; it
+// returns nil for a valid name.
+func CheckToolName(field, s string) *Error {
 	if validToolName(s) {
 		return nil
 	}
@@ -28,7 +29,7 @@ func checkToolName(field, s string) *Error {
 // checkToolNames checks every name of a client-sent tool list.
 func checkToolNames(field string, names []string) *Error {
 	for i, n := range names {
-		if err := checkToolName(fmt.Sprintf("%s[%d]", field, i), n); err != nil {
+		if err := CheckToolName(fmt.Sprintf("%s[%d]", field, i), n); err != nil {
 			return err
 		}
 	}
