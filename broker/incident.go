@@ -11,7 +11,7 @@ import (
 // This file holds the incident-response domain: revoked-before epochs,
 // controls (freeze, quarantine, distrust), bulk revocation jobs and the
 // revocation feed, and the small stores they need. The admin side that
-// drives them is in admin.go.
+// drives them is package incident.
 
 // EpochTTL is how long an epoch is kept: the longest life any task (and so
 // any credential) can have, so an epoch outlives every token it covers.

@@ -73,8 +73,7 @@ func (a *Admin) TaskPage(ctx context.Context, f TaskFilter) (page []broker.Task,
 		return 1
 	})
 	if len(all) > f.Limit {
-		last := all[f.Limit-1]
-		return all[:f.Limit], base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(last.CreatedAt.UnixNano(), 10) + " " + last.ID)), nil
+		return all[:f.Limit], taskCursor(all[f.Limit-1]), nil
 	}
 	if all == nil {
 		all = []broker.Task{}
@@ -89,6 +88,11 @@ func taskBefore(x, y broker.Task) bool {
 		return x.CreatedAt.After(y.CreatedAt)
 	}
 	return x.ID > y.ID
+}
+
+// taskCursor is the cursor of the page after last: its sort key.
+func taskCursor(last broker.Task) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(last.CreatedAt.UnixNano(), 10) + " " + last.ID))
 }
 
 // parseTaskCursor reads a TaskPage cursor: the sort key of the last task
