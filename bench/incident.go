@@ -14,6 +14,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/revocation"
@@ -140,7 +141,7 @@ func epochRevoke(ctx context.Context, p *idp, redisURL, dir string, n int) epoch
 	jctx, stopJobs := context.WithCancel(ctx)
 	defer stopJobs()
 	admin.Start(jctx, time.Hour) // the base context of background jobs
-	who := broker.AdminPrincipal{Issuer: "corp", Subject: "bench", Role: broker.RoleResponder}
+	who := incident.AdminPrincipal{Issuer: "corp", Subject: "bench", Role: incident.RoleResponder}
 	t0 = time.Now()
 	job, err := admin.Revoke(ctx, who, broker.Selector{Agent: agent, Issuer: "bench"}, "bench incident")
 	res.answered = time.Since(t0)

@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"errors"
-	"time"
 )
 
 // AgentConfig configures the agent controls of a Service. Every field is
@@ -14,26 +13,17 @@ type AgentConfig struct {
 	Limiter Limiter
 	// Records keeps tool-call events. Without one, events refuse with 503.
 	Records Records
-	// EventRetention is how long tool-call events stay after their task's
-	// deadline, and how late a report may come; default
-	// DefaultEventRetention. Set it to the ledger's retention.
-	EventRetention time.Duration
 }
 
 // agentControls is the Service's share of AgentConfig, checked once.
 type agentControls struct {
 	limiter Limiter
 	records Records
-	// eventRetention: see AgentConfig.EventRetention.
-	eventRetention time.Duration
 }
 
 func (a *agentControls) init(cfg AgentConfig) {
 	a.limiter = cfg.Limiter
 	a.records = cfg.Records
-	if a.eventRetention = cfg.EventRetention; a.eventRetention <= 0 {
-		a.eventRetention = DefaultEventRetention
-	}
 }
 
 // errNoLimiter is the cause of a 503 when a control needs a Limiter and

@@ -27,7 +27,7 @@ func TestSelectorMatchesWhatEpochsCover(t *testing.T) {
 		for _, e := range epochsOfLinks(chainChild.Links(), chainChild.Template) {
 			eps[e] = true
 		}
-		for _, e := range sel.epochs(issuers, at) {
+		for _, e := range sel.Epochs(issuers, at) {
 			e.Before = time.Time{}
 			if eps[e] {
 				return true

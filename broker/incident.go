@@ -11,7 +11,7 @@ import (
 // This file holds the incident-response domain: revoked-before epochs,
 // controls (freeze, quarantine, distrust), bulk revocation jobs and the
 // revocation feed, and the small stores they need. The admin side that
-// drives them is in admin.go.
+// drives them is package incident.
 
 // EpochTTL is how long an epoch is kept: the longest life any task (and so
 // any credential) can have, so an epoch outlives every token it covers.
@@ -196,11 +196,11 @@ func (s Selector) Matches(t Task) bool {
 	return true
 }
 
-// epochs returns the epochs that cover exactly this selector, or nil when
+// Epochs returns the epochs that cover exactly this selector, or nil when
 // it is not a pure per-dimension cut (a tool, a task id, an issued_after or
 // two dimensions at once need the job to pick tasks one by one). issuers
 // lists every trusted issuer, for an agent named without one.
-func (s Selector) epochs(issuers []string, at time.Time) []Epoch {
+func (s Selector) Epochs(issuers []string, at time.Time) []Epoch {
 	if s.Tool != "" || s.TaskID != "" || !s.IssuedAfter.IsZero() {
 		return nil
 	}

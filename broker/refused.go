@@ -51,7 +51,7 @@ func (r *refusedTasks) done(id string) { r.mu.Lock(); delete(r.ids, id); r.mu.Un
 func (s *Service) refuseUnaudited(ctx context.Context, task Task, creds []Credential, cause error) {
 	ctx = context.WithoutCancel(ctx)
 	s.log.ErrorContext(ctx, "audit write failed; ending the task it would have granted", "task_id", task.ID, "err", cause)
-	_, _, err := s.end(ctx, task.ID, StateRevoked, RefusedReason, "valet")
+	_, _, err := s.End(ctx, task.ID, StateRevoked, RefusedReason, "valet")
 	if err == nil || errors.Is(err, ErrNotActive) || errors.Is(err, ErrRevocationPending) || ErrorCode(err) == CodeNotFound {
 		return
 	}
@@ -65,7 +65,7 @@ func (s *Service) refuseUnaudited(ctx context.Context, task Task, creds []Creden
 func (s *Service) endRefused(ctx context.Context) (int, error) {
 	n := 0
 	for _, id := range s.refused.list() {
-		_, _, err := s.end(ctx, id, StateRevoked, RefusedReason, "reaper")
+		_, _, err := s.End(ctx, id, StateRevoked, RefusedReason, "reaper")
 		switch {
 		case err == nil, errors.Is(err, ErrRevocationPending):
 			n++

@@ -459,7 +459,7 @@ func (s *Service) Complete(ctx context.Context, r TaskRequest) (Task, error) {
 	if err != nil {
 		return Task{}, err
 	}
-	ended, _, err := s.end(ctx, t.ID, StateCompleted, "completed by the agent", t.Agent)
+	ended, _, err := s.End(ctx, t.ID, StateCompleted, "completed by the agent", t.Agent)
 	if errors.Is(err, ErrNotActive) {
 		if ended.State == StateCompleted {
 			return ended, nil
@@ -518,9 +518,12 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 	return t, nil
 }
 
-// end finishes a task in the ledger (which denies its JWTs in the same
-// step), revokes its other credentials at their source and audits it.
-func (s *Service) end(ctx context.Context, id string, state State, reason, actor string) (Task, []Credential, error) {
+// End finishes a task in the ledger (which denies its JWTs in the same
+// step), revokes its other credentials at their source and audits it,
+// with actor as the audit's actor. A task already ended answers
+// ErrNotActive with its record; a failure to revoke at the source answers
+// ErrRevocationPending (the retry queue has it).
+func (s *Service) End(ctx context.Context, id string, state State, reason, actor string) (Task, []Credential, error) {
 	lctx, cancel := LedgerCtx(ctx)
 	t, creds, err := s.ledger.End(lctx, id, state, reason, s.now())
 	cancel()
@@ -593,7 +596,7 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 	if err != nil {
 		return nil
 	}
-	_, _, err = s.end(ctx, c.TaskID, StateRevoked, "revoked by "+actor, actor)
+	_, _, err = s.End(ctx, c.TaskID, StateRevoked, "revoked by "+actor, actor)
 	if ErrorCode(err) == CodeNotFound {
 		return s.denyUnrecorded(ctx, c, actor)
 	}
@@ -658,7 +661,7 @@ func (s *Service) ReapOnce(ctx context.Context) (int, error) {
 			return ended, fmt.Errorf("listing due tasks: %w", err)
 		}
 		for _, id := range ids {
-			_, _, err := s.end(ctx, id, StateExpired, "deadline passed", "reaper")
+			_, _, err := s.End(ctx, id, StateExpired, "deadline passed", "reaper")
 			switch {
 			case err == nil, errors.Is(err, ErrRevocationPending):
 				ended++

@@ -17,7 +17,8 @@ func ValidToolName(s string) bool {
 }
 
 // CheckToolName refuses a client-sent tool name that is not valid, naming
-// the field (tools[3], tool) and quoting at most 64 bytes of it.
+// the field (tools[3], tool) and quoting at most 64 bytes of it; it
+// returns nil for a valid name.
 func CheckToolName(field, s string) *Error {
 	if ValidToolName(s) {
 		return nil

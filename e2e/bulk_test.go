@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/incident"
 )
 
 // seeded is a ledger seeded with many live credentials and their tokens.
@@ -137,7 +138,7 @@ func TestBulkRevoke100k(t *testing.T) {
 	jobsA := &crashingJobs{JobStore: e.raw, after: 3, cancel: crash}
 	brokerA := e.newAdmin(jobsA, 500*time.Millisecond, 100)
 	brokerA.Start(actx, time.Hour)
-	rita := broker.AdminPrincipal{Issuer: "corp", Subject: "rita", Role: broker.RoleResponder}
+	rita := incident.AdminPrincipal{Issuer: "corp", Subject: "rita", Role: incident.RoleResponder}
 
 	start := time.Now()
 	job, err := brokerA.Revoke(context.Background(), rita, broker.Selector{Agent: "agent-hot", Issuer: "test"}, "incident 100k")
@@ -188,7 +189,7 @@ func TestBulkRevoke100k(t *testing.T) {
 	if done.Tasks != tasks || done.Matched != tasks*per || done.Revoked != tasks*per || done.Pending != 0 || done.Failed != 0 {
 		t.Fatalf("job after resume: %+v", done)
 	}
-	got, err := brokerB.Tasks(context.Background(), broker.TaskFilter{Agent: "agent-hot", State: broker.StateActive, Limit: 1000})
+	got, err := brokerB.Tasks(context.Background(), incident.TaskFilter{Agent: "agent-hot", State: broker.StateActive, Limit: 1000})
 	if err != nil || len(got) != 0 {
 		t.Fatalf("%d hot tasks still active in the ledger (%v)", len(got), err)
 	}

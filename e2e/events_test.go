@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/examples/toolserver"
 	"github.com/valet-dev/valet/internal/testkit"
+	"github.com/valet-dev/valet/toolevents"
 	"github.com/valet-dev/valet/verify"
 )
 
@@ -294,10 +294,10 @@ func TestRevokedTaskCannotFileUndoSteps(t *testing.T) {
 func TestReportsOverTheCapAreNotAudited(t *testing.T) {
 	e := newEnv(t, envOptions{templates: agentTemplates})
 	taskID, tok := e.declareIn("crew", "agent-a", "tickets.read")
-	rep := broker.EventReport{Tool: "tickets.read", Outcome: "ok"}
+	rep := toolevents.EventReport{Tool: "tickets.read", Outcome: "ok"}
 	ctx := context.Background()
 	for i := range 1000 {
-		if _, err := e.svc.ReportEvent(ctx, tok, broker.ReportAuth{TaskID: taskID}, rep); err != nil {
+		if _, err := e.events.ReportEvent(ctx, tok, toolevents.ReportAuth{TaskID: taskID}, rep); err != nil {
 			t.Fatalf("report %d: %v", i+1, err)
 		}
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
+	"github.com/valet-dev/valet/toolevents"
 )
 
 const (
@@ -115,7 +116,9 @@ type env struct {
 	audit   *syncBuffer
 	tokens  *issuers.JWT
 	stopped func()
-	inc     incident // incident_harness_test.go
+	inc     incidentEnv // incident_harness_test.go
+	// events are the tool-call events and rollback of the server.
+	events *toolevents.Service
 	// issuerNames are the agent issuers trusted (config names).
 	issuerNames []string
 }
@@ -236,7 +239,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.svc, e.srv.Handler = srv.Service(), srv.Handler()
+	e.svc, e.events, e.srv.Handler = srv.Service(), srv.ToolEvents(), srv.Handler()
 	if o.incident {
 		e.inc.admin, e.inc.metrics, e.inc.hub = srv.Admin(), srv.Metrics(), srv.FeedHub()
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/metrics"
@@ -21,16 +22,18 @@ import (
 // and admin tokens, so only the audience tells them apart.
 const adminAudience = "valet-admin"
 
-// incident is the incident-response side of an env.
-type incident struct {
+// incidentEnv is the incident-response side of an env.
+type incidentEnv struct {
 	rc       *redis.Client
 	controls *revocation.Controls
 	trail    *audit.RedisWriter
 	metrics  *metrics.Metrics
-	admin    *broker.Admin
-	logs     *syncBuffer
-	adminID  broker.Authenticator
-	hub      *fanout.Hub // the revocation stream's fan-out, on a Redis client of its own
+	admin    *incident.Admin
+	// auditor is what the env's Service audits to (its auditors in one).
+	auditor broker.Auditor
+	logs    *syncBuffer
+	adminID broker.Authenticator
+	hub     *fanout.Hub // the revocation stream's fan-out, on a Redis client of its own
 }
 
 var testRoles = map[string]string{
@@ -41,9 +44,10 @@ var testRoles = map[string]string{
 
 // newAdmin builds another admin (another broker's) over this env's
 // service, with its own job store and job tuning.
-func (e *env) newAdmin(jobs broker.JobStore, lease time.Duration, batch int) *broker.Admin {
-	a, err := broker.NewAdmin(broker.AdminConfig{
-		Identity: e.inc.adminID, Service: e.svc, Controls: e.inc.controls, Jobs: jobs, Epochs: e.raw, Timeline: e.inc.trail,
+func (e *env) newAdmin(jobs broker.JobStore, lease time.Duration, batch int) *incident.Admin {
+	a, err := incident.NewAdmin(incident.Config{
+		Identity: e.inc.adminID, Core: e.svc, Ledger: e.ledger, Auditor: e.inc.auditor, Now: e.clock.Now,
+		Controls: e.inc.controls, Jobs: jobs, Epochs: e.raw, Timeline: e.inc.trail,
 		AgentIssuers: e.issuerNames, JobLease: lease, JobBatch: batch, InlineBudget: time.Nanosecond, Roles: testRoles,
 	})
 	if err != nil {
@@ -69,6 +73,7 @@ func (e *env) incidentOptions(opts *server.Options, rc *redis.Client, o envOptio
 	}
 	opts.Controls, opts.Epochs = e.inc.controls, e.raw
 	opts.Auditors = append(opts.Auditors, audit.NewLog(e.inc.trail))
+	e.inc.auditor = audit.Multi(opts.Auditors)
 	opts.Metrics = &server.MetricsOptions{Live: e.raw.LiveCounts}
 	e.inc.adminID, err = identity.New(context.Background(), []identity.IssuerConfig{{
 		Name: "corp", IssuerURL: e.idp.URL(), Audiences: []string{adminAudience},

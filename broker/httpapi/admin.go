@@ -13,6 +13,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/incident"
 )
 
 // Metrics is what the HTTP layer needs of the metrics adapter. A nil
@@ -227,7 +228,7 @@ func dropReason(err error) string {
 }
 
 // admin authorizes the caller for action with role need.
-func (a *api) admin(w http.ResponseWriter, r *http.Request, need broker.Role, action string) (broker.AdminPrincipal, bool) {
+func (a *api) admin(w http.ResponseWriter, r *http.Request, need incident.Role, action string) (incident.AdminPrincipal, bool) {
 	p, err := a.opts.Admin.Authorize(r.Context(), bearer(r), need, action)
 	if err != nil {
 		a.writeError(w, r, err)
@@ -243,7 +244,7 @@ type revokeRequest struct {
 }
 
 func (a *api) adminRevoke(w http.ResponseWriter, r *http.Request) {
-	p, ok := a.admin(w, r, broker.RoleResponder, "revoke")
+	p, ok := a.admin(w, r, incident.RoleResponder, "revoke")
 	if !ok {
 		return
 	}
@@ -275,7 +276,7 @@ func (a *api) adminRevoke(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) adminJob(w http.ResponseWriter, r *http.Request) {
-	if _, ok := a.admin(w, r, broker.RoleViewer, "revocation.read"); !ok {
+	if _, ok := a.admin(w, r, incident.RoleViewer, "revocation.read"); !ok {
 		return
 	}
 	j, err := a.opts.Admin.Job(r.Context(), chi.URLParam(r, "id"))
@@ -287,7 +288,7 @@ func (a *api) adminJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) adminControls(w http.ResponseWriter, r *http.Request) {
-	if _, ok := a.admin(w, r, broker.RoleViewer, "controls.read"); !ok {
+	if _, ok := a.admin(w, r, incident.RoleViewer, "controls.read"); !ok {
 		return
 	}
 	cs, err := a.opts.Admin.Controls(r.Context())
@@ -308,7 +309,7 @@ type controlRequest struct {
 }
 
 func (a *api) adminPutControl(w http.ResponseWriter, r *http.Request) {
-	p, ok := a.admin(w, r, broker.RoleResponder, "controls.set")
+	p, ok := a.admin(w, r, incident.RoleResponder, "controls.set")
 	if !ok {
 		return
 	}
@@ -330,7 +331,7 @@ func (a *api) adminPutControl(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) adminDeleteControl(w http.ResponseWriter, r *http.Request) {
-	p, ok := a.admin(w, r, broker.RoleResponder, "controls.lift")
+	p, ok := a.admin(w, r, incident.RoleResponder, "controls.lift")
 	if !ok {
 		return
 	}
@@ -348,11 +349,11 @@ func (a *api) adminDeleteControl(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) adminTasks(w http.ResponseWriter, r *http.Request) {
-	if _, ok := a.admin(w, r, broker.RoleViewer, "tasks.read"); !ok {
+	if _, ok := a.admin(w, r, incident.RoleViewer, "tasks.read"); !ok {
 		return
 	}
 	q := r.URL.Query()
-	f := broker.TaskFilter{Agent: q.Get("agent"), Issuer: q.Get("issuer"), Template: q.Get("template"), State: broker.State(q.Get("state")),
+	f := incident.TaskFilter{Agent: q.Get("agent"), Issuer: q.Get("issuer"), Template: q.Get("template"), State: broker.State(q.Get("state")),
 		Cursor: q.Get("cursor")}
 	switch f.State {
 	case "", broker.StateActive, broker.StateCompleted, broker.StateExpired, broker.StateRevoked:
@@ -381,7 +382,7 @@ func (a *api) adminTasks(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) adminTask(w http.ResponseWriter, r *http.Request) {
-	if _, ok := a.admin(w, r, broker.RoleViewer, "tasks.read"); !ok {
+	if _, ok := a.admin(w, r, incident.RoleViewer, "tasks.read"); !ok {
 		return
 	}
 	t, cs, err := a.opts.Admin.TaskDetail(r.Context(), chi.URLParam(r, "id"))
@@ -396,7 +397,7 @@ func (a *api) adminTask(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) adminTimeline(w http.ResponseWriter, r *http.Request) {
-	if _, ok := a.admin(w, r, broker.RoleViewer, "tasks.timeline"); !ok {
+	if _, ok := a.admin(w, r, incident.RoleViewer, "tasks.timeline"); !ok {
 		return
 	}
 	evs, err := a.opts.Admin.Timeline(r.Context(), chi.URLParam(r, "id"))

@@ -8,13 +8,15 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/incident"
+	"github.com/valet-dev/valet/toolevents"
 )
 
 // reportAuth reads what authenticates a report beside the task token: the
 // DPoP proof and the tool server's optional client credentials, sent as
 // "Valet-Client-Authorization: Basic base64(id:secret)".
-func (a *api) reportAuth(r *http.Request) (broker.ReportAuth, error) {
-	ra := broker.ReportAuth{TaskID: chi.URLParam(r, "id"), Proof: r.Header.Get("DPoP"), Method: r.Method, URL: a.requestURL(r)}
+func (a *api) reportAuth(r *http.Request) (toolevents.ReportAuth, error) {
+	ra := toolevents.ReportAuth{TaskID: chi.URLParam(r, "id"), Proof: r.Header.Get("DPoP"), Method: r.Method, URL: a.requestURL(r)}
 	h := r.Header.Get("Valet-Client-Authorization")
 	if h == "" {
 		return ra, nil
@@ -38,7 +40,7 @@ func (a *api) reportEvent(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	rep, err := broker.DecodeEventReport(r.Body)
+	rep, err := toolevents.DecodeEventReport(r.Body)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -48,7 +50,7 @@ func (a *api) reportEvent(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	ev, err := a.svc.ReportEvent(r.Context(), taskToken(r), ra, rep)
+	ev, err := a.opts.Events.ReportEvent(r.Context(), taskToken(r), ra, rep)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -60,17 +62,17 @@ func (a *api) reportEvent(w http.ResponseWriter, r *http.Request) {
 // or an admin token of the viewer role (when the admin API is on).
 func (a *api) listEvents(w http.ResponseWriter, r *http.Request) {
 	raw, id := taskToken(r), chi.URLParam(r, "id")
-	var evs []broker.ToolEvent
+	var evs []toolevents.ToolEvent
 	var err error
-	if a.opts.Admin != nil && raw != "" && !a.svc.IsTaskToken(raw) {
-		if _, ok := a.admin(w, r, broker.RoleViewer, "tasks.events"); !ok {
+	if a.opts.Admin != nil && raw != "" && !a.opts.Events.IsTaskToken(raw) {
+		if _, ok := a.admin(w, r, incident.RoleViewer, "tasks.events"); !ok {
 			return
 		}
-		evs, err = a.opts.Admin.TaskEvents(r.Context(), id)
+		evs, err = a.opts.Events.AdminTaskEvents(r.Context(), id)
 	} else {
-		var ra broker.ReportAuth
+		var ra toolevents.ReportAuth
 		if ra, err = a.reportAuth(r); err == nil {
-			evs, err = a.svc.TaskEvents(r.Context(), raw, ra)
+			evs, err = a.opts.Events.TaskEvents(r.Context(), raw, ra)
 		}
 	}
 	if err != nil {
@@ -88,10 +90,10 @@ func (a *api) listEvents(w http.ResponseWriter, r *http.Request) {
 // adminRollbackPlan is GET /v1/admin/tasks/{id}/rollback: the undo steps,
 // newest first.
 func (a *api) adminRollbackPlan(w http.ResponseWriter, r *http.Request) {
-	if _, ok := a.admin(w, r, broker.RoleResponder, "tasks.rollback_plan"); !ok {
+	if _, ok := a.admin(w, r, incident.RoleResponder, "tasks.rollback_plan"); !ok {
 		return
 	}
-	steps, err := a.opts.Admin.RollbackPlan(r.Context(), chi.URLParam(r, "id"))
+	steps, err := a.opts.Events.RollbackPlan(r.Context(), chi.URLParam(r, "id"))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -103,7 +105,7 @@ func (a *api) adminRollbackPlan(w http.ResponseWriter, r *http.Request) {
 // one undo webhook (?confirm=revoked_reporter for a step whose reporter was
 // revoked since).
 func (a *api) adminRollbackStep(w http.ResponseWriter, r *http.Request) {
-	p, ok := a.admin(w, r, broker.RoleResponder, "tasks.rollback")
+	p, ok := a.admin(w, r, incident.RoleResponder, "tasks.rollback")
 	if !ok {
 		return
 	}
@@ -112,7 +114,7 @@ func (a *api) adminRollbackStep(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, &broker.Error{Code: broker.CodeInvalid, Field: "confirm", Message: "confirm must be revoked_reporter"})
 		return
 	}
-	step, err := a.opts.Admin.RollbackRun(r.Context(), p, chi.URLParam(r, "id"), chi.URLParam(r, "event_id"), confirm == "revoked_reporter")
+	step, err := a.opts.Events.RollbackRun(r.Context(), p.Actor(), chi.URLParam(r, "id"), chi.URLParam(r, "event_id"), confirm == "revoked_reporter")
 	if err != nil {
 		a.writeError(w, r, err)
 		return

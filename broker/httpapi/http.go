@@ -19,7 +19,9 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/stepup"
+	"github.com/valet-dev/valet/toolevents"
 )
 
 // Options wires the HTTP layer. Service and StepUp are required.
@@ -46,9 +48,11 @@ type Options struct {
 	// RequestTimeout bounds each request; default 10 s.
 	RequestTimeout time.Duration
 	Logger         *slog.Logger
-	// Admin, Feed and Metrics, when set, add the admin API, the
-	// revocation feed and /metrics (admin.go).
-	Admin   *broker.Admin
+	// Events serves tool-call reports and listings (events.go); required.
+	Events *toolevents.Service
+	// Admin, Feed and Metrics, when set, add the admin API (with Events'
+	// rollback), the revocation feed and /metrics (admin.go).
+	Admin   *incident.Admin
 	Feed    broker.Feed
 	Metrics Metrics
 	// FeedHub serves the revocation stream's followers from one reader;
@@ -72,6 +76,9 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	}
 	if opts.StepUp == nil {
 		return nil, errors.New("httpapi: step-up service cannot be nil")
+	}
+	if opts.Events == nil {
+		return nil, errors.New("httpapi: events cannot be nil")
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 64 << 10

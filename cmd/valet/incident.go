@@ -8,6 +8,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/internal/server"
 )
 
@@ -29,7 +30,7 @@ func (c *Config) validateIncident() []error {
 		bad("admin.roles", "at least one role is required when admin.issuers is set")
 	}
 	for name := range c.Admin.Roles {
-		if _, ok := broker.ParseRole(name); !ok {
+		if _, ok := incident.ParseRole(name); !ok {
 			bad("admin.roles."+name, "is not a role (viewer, operator, responder, admin)")
 		}
 	}

@@ -96,7 +96,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	stepUp.Actions = tokens
-	agentCfg := broker.AgentConfig{Limiter: ledger, Records: ledger, EventRetention: time.Duration(cfg.Redis.Retention)}
+	agentCfg := broker.AgentConfig{Limiter: ledger, Records: ledger}
 	controls, err := revocation.NewControls(redisClient, cfg.Redis.Prefix, 5*time.Second)
 	if err != nil {
 		return err
@@ -130,7 +130,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		Reload:  &server.TemplateReload{Paths: cfg.Templates.Paths, Watch: *cfg.Templates.Watch, Issuers: names},
 		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Agent: agentCfg, StepUp: stepUp, Admin: admin,
 		Feed: revocation.NewFeed(feedClient, cfg.Redis.Prefix), FeedLimits: feedLimits, Metrics: metricsOpts,
-		Ready: []func(context.Context) error{verifier.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+		EventRetention: time.Duration(cfg.Redis.Retention), Ready: []func(context.Context) error{verifier.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), ReapInterval: time.Duration(cfg.Reaper.Interval), Logger: log,
 	}
 	vw.apply(&opts)

@@ -18,9 +18,11 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/stepup"
+	"github.com/valet-dev/valet/toolevents"
 )
 
 // MaxHeaderBytes caps a request's header block. What Valet needs is one
@@ -41,6 +43,9 @@ const shutdownGrace = 10 * time.Second
 // issuers.JWT implements it.
 type TaskTokens interface {
 	broker.TaskTokens
+	// VerifyExpired verifies a task token expired at most grace ago: only
+	// to accept late tool-call reports (toolevents.LateVerifier).
+	VerifyExpired(raw string, grace time.Duration) (broker.TaskClaims, error)
 	// JWKS is the published key set document.
 	JWKS() []byte
 	// Algorithms are the algorithms of the published keys.
@@ -96,6 +101,10 @@ type Options struct {
 	Agent broker.AgentConfig
 	// StepUp configures sensitive actions (action tokens, approvals).
 	StepUp StepUpOptions
+	// EventRetention is how long tool-call events stay after their task's
+	// deadline, and how late a report may come (0:
+	// toolevents.DefaultEventRetention). Set it to the ledger's retention.
+	EventRetention time.Duration
 	// Admin, when set, adds the admin API.
 	Admin *AdminOptions
 	// Feed, when set, serves the revocation stream through one fan-out
@@ -142,7 +151,7 @@ type AdminOptions struct {
 	// AgentIssuers are the names of the agents' trusted issuers.
 	AgentIssuers []string
 	// JobLease, InlineBudget and JobBatch tune revocation jobs (0: the
-	// defaults of broker.AdminConfig).
+	// defaults of incident.Config).
 	JobLease     time.Duration
 	InlineBudget time.Duration
 	JobBatch     int
@@ -185,7 +194,8 @@ type Server struct {
 	o       Options
 	svc     *broker.Service
 	steps   *stepup.Service
-	admin   *broker.Admin
+	admin   *incident.Admin
+	events  *toolevents.Service
 	metrics *metrics.Metrics
 	hub     *fanout.Hub
 	handler http.Handler
@@ -247,18 +257,29 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	ecfg := toolevents.Config{
+		Core: eventsCore{s.svc}, Tokens: o.Tokens, Ledger: o.Ledger, Auditor: auditor, Late: o.Tokens,
+		ClientIDs: clientIDs(o.Clients), Retention: o.EventRetention, Logger: o.Logger, Now: o.Now,
+	}
+	// Without a record store, events answer 503 as the Service's other
+	// records do.
+	ecfg.Records = o.Agent.Records
 	if a := o.Admin; a != nil {
 		if o.Controls == nil || o.Epochs == nil {
 			return nil, errors.New("server: the admin API needs controls and epochs")
 		}
-		s.admin, err = broker.NewAdmin(broker.AdminConfig{
-			Identity: a.Identity, Roles: a.Roles, Service: s.svc, Controls: o.Controls, Jobs: a.Jobs, Epochs: o.Epochs,
-			Timeline: a.Timeline, AgentIssuers: a.AgentIssuers, JobLease: a.JobLease, InlineBudget: a.InlineBudget,
-			JobBatch: a.JobBatch, Logger: o.Logger, Rollback: broker.RollbackConfig{AllowedHosts: a.RollbackHosts},
+		s.admin, err = incident.NewAdmin(incident.Config{
+			Identity: a.Identity, Roles: a.Roles, Core: s.svc, Ledger: o.Ledger, Auditor: auditor, Controls: o.Controls,
+			Jobs: a.Jobs, Epochs: o.Epochs, Timeline: a.Timeline, AgentIssuers: a.AgentIssuers, JobLease: a.JobLease,
+			InlineBudget: a.InlineBudget, JobBatch: a.JobBatch, Logger: o.Logger, Now: o.Now,
 		})
 		if err != nil {
 			return nil, err
 		}
+		ecfg.Rollback = toolevents.RollbackConfig{AllowedHosts: a.RollbackHosts}
+	}
+	if s.events, err = toolevents.New(ecfg); err != nil {
+		return nil, err
 	}
 	if o.Feed != nil {
 		if s.hub, err = fanout.New(o.Feed, o.FeedLimits, o.Logger); err != nil {
@@ -268,7 +289,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	hopts := httpapi.Options{
 		Service: s.svc, StepUp: s.steps, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
 		Ready: o.Ready, DevIdP: o.DevIdP, MaxBodyBytes: o.MaxBodyBytes, RequestTimeout: o.RequestTimeout, Logger: o.Logger,
-		Admin: s.admin, Feed: o.Feed, FeedHub: s.hub,
+		Events: s.events, Admin: s.admin, Feed: o.Feed, FeedHub: s.hub,
 	}
 	if s.metrics != nil {
 		hopts.Metrics = s.httpMetrics()
@@ -277,6 +298,23 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// eventsCore is the Service as toolevents asks for it: its gate for a
+// task token, with no adjustment of the standing.
+type eventsCore struct{ *broker.Service }
+
+func (c eventsCore) GateTaskToken(ctx context.Context, tc broker.TaskClaims) (broker.Task, error) {
+	return c.Service.GateTaskToken(ctx, tc, nil)
+}
+
+// clientIDs are the ids of the configured tool-server clients.
+func clientIDs(cs []broker.Client) []string {
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	return ids
 }
 
 // newMetrics builds the metrics; their gauges read the server's parts at
@@ -340,7 +378,10 @@ func (s *Server) Service() *broker.Service { return s.svc }
 func (s *Server) StepUp() *stepup.Service { return s.steps }
 
 // Admin is the admin API, nil without Options.Admin.
-func (s *Server) Admin() *broker.Admin { return s.admin }
+func (s *Server) Admin() *incident.Admin { return s.admin }
+
+// ToolEvents are the tool-call events and rollback.
+func (s *Server) ToolEvents() *toolevents.Service { return s.events }
 
 // Handler is the whole HTTP surface.
 func (s *Server) Handler() http.Handler { return s.handler }

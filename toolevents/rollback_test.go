@@ -1,4 +1,4 @@
-package broker
+package toolevents
 
 import (
 	"strings"
@@ -31,5 +31,30 @@ func TestBodyPreview(t *testing.T) {
 	long := bodyPreview(strings.Repeat("a", 9000), "")
 	if r := []rune(long); len(r) != maxBodyPreview || r[len(r)-1] != '…' {
 		t.Fatalf("a long body's preview has %d runes", len(r))
+	}
+}
+
+// TestRollbackAllowedHosts: an undo webhook is called only when its host
+// (or host:port) is listed, compared without case; nothing is by default.
+func TestRollbackAllowedHosts(t *testing.T) {
+	c := RollbackConfig{AllowedHosts: []string{" Tickets.Example ", "undo.example:8443"}}
+	c.init()
+	for raw, want := range map[string]bool{
+		"https://tickets.example/undo/7":    true,
+		"https://TICKETS.example:9000/x":    true,
+		"https://undo.example:8443/x":       true,
+		"https://undo.example/x":            false,
+		"https://evil.example/x":            false,
+		"https://tickets.example.evil.io/x": false,
+		"not a url":                         false,
+	} {
+		if got := c.allowed(raw); got != want {
+			t.Errorf("allowed(%q) = %v", raw, got)
+		}
+	}
+	var none RollbackConfig
+	none.init()
+	if none.allowed("https://tickets.example/undo") || none.Timeout != maxUndoTimeout || none.Client == nil {
+		t.Fatalf("defaults: %+v", none)
 	}
 }

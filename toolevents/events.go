@@ -1,4 +1,4 @@
-package broker
+package toolevents
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/valet-dev/valet/broker"
 )
 
 // Tool-call events: what a tool server reports that an agent actually did,
@@ -20,10 +22,6 @@ import (
 // `tool.called`, and walked backwards by a rollback (rollback.go).
 
 const (
-	// DefaultEventRetention is how long events stay after their task's
-	// deadline when AgentConfig.EventRetention is zero: the Redis ledger's
-	// default retention of task records.
-	DefaultEventRetention = time.Hour
 	// maxEvents is the most events kept per task; a report beyond it is 409.
 	maxEvents = 1000
 	// maxUndoBody caps an undo webhook's body.
@@ -44,14 +42,6 @@ const (
 	// (Valet-Client-Authorization) beside the task token.
 	ReportedWithClient = "client"
 )
-
-// LateVerifier is implemented by a task-token issuer that can verify a
-// token whose exp passed at most grace ago (signature, type, issuer and
-// claims checked as by Verify). The broker uses it only to accept late
-// tool-call reports, never to grant anything.
-type LateVerifier interface {
-	VerifyExpired(raw string, grace time.Duration) (TaskClaims, error)
-}
 
 // Undo is how a tool server says a call can be undone: a webhook Valet
 // calls on rollback. Body is kept verbatim (it may hold a secret, such as
@@ -174,36 +164,38 @@ func shaPrefix(s string) string {
 // DecodeEventReport reads and validates a report body.
 func DecodeEventReport(r io.Reader) (EventReport, error) {
 	var e EventReport
-	if err := DecodeJSON(io.LimitReader(r, 64<<10), &e); err != nil {
+	if err := broker.DecodeJSON(io.LimitReader(r, 64<<10), &e); err != nil {
 		return e, err
 	}
 	return e, e.validate()
 }
 
 func (e EventReport) validate() error {
+	if e.Tool == "" {
+		return broker.InvalidField("tool", "tool is required")
+	}
+	if err := broker.CheckToolName("tool", e.Tool); err != nil {
+		return err
+	}
 	switch {
-	case e.Tool == "":
-		return InvalidField("tool", "tool is required")
-	case !ValidToolName(e.Tool):
-		return CheckToolName("tool", e.Tool)
 	case e.Outcome != "ok" && e.Outcome != "error" && e.Outcome != "refused":
-		return InvalidField("outcome", "outcome must be ok, error or refused")
+		return broker.InvalidField("outcome", "outcome must be ok, error or refused")
 	case e.Status != 0 && (e.Status < 100 || e.Status > 599):
-		return InvalidField("status", "status must be an HTTP status code")
+		return broker.InvalidField("status", "status must be an HTTP status code")
 	case len(e.SideEffect) > maxSideEffect || !utf8.ValidString(e.SideEffect):
-		return InvalidField("side_effect", "side_effect must be valid UTF-8 of at most %d bytes", maxSideEffect)
+		return broker.InvalidField("side_effect", "side_effect must be valid UTF-8 of at most %d bytes", maxSideEffect)
 	}
 	if u := e.Undo; u != nil {
 		p, err := url.Parse(u.URL)
 		switch {
 		case err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" || p.User != nil || len(u.URL) > 2048:
-			return InvalidField("undo.url", "undo.url must be an absolute http(s) URL without user info, at most 2048 bytes")
+			return broker.InvalidField("undo.url", "undo.url must be an absolute http(s) URL without user info, at most 2048 bytes")
 		case !slices.Contains([]string{"DELETE", "POST", "PUT", "PATCH"}, u.Method):
-			return InvalidField("undo.method", "undo.method must be DELETE, POST, PUT or PATCH")
+			return broker.InvalidField("undo.method", "undo.method must be DELETE, POST, PUT or PATCH")
 		case len(u.Body) > maxUndoBody:
-			return InvalidField("undo.body", "undo.body must be at most %d bytes", maxUndoBody)
+			return broker.InvalidField("undo.body", "undo.body must be at most %d bytes", maxUndoBody)
 		case len(u.ContentType) > 128 || strings.ContainsAny(u.ContentType, "\r\n"):
-			return InvalidField("undo.content_type", "undo.content_type is not a media type")
+			return broker.InvalidField("undo.content_type", "undo.content_type is not a media type")
 		}
 	}
 	return nil
@@ -218,34 +210,35 @@ func (e EventReport) validate() error {
 // rollback. After that, within the retention, a report is "late" and must
 // come with a tool server's client credentials. It returns the claims,
 // the task, whether the report is late, and the reporter.
-func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (TaskClaims, Task, bool, string, error) {
-	fail := func(err error) (TaskClaims, Task, bool, string, error) { return TaskClaims{}, Task{}, false, "", err }
+func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (broker.TaskClaims, broker.Task, bool, string, error) {
+	fail := func(err error) (broker.TaskClaims, broker.Task, bool, string, error) {
+		return broker.TaskClaims{}, broker.Task{}, false, "", err
+	}
 	if raw == "" {
-		return fail(Unauthenticated(errors.New("no task token")))
+		return fail(broker.Unauthenticated(errors.New("no task token")))
 	}
 	c, err := s.tokens.Verify(raw)
 	if err != nil {
-		lv, ok := s.tokens.(LateVerifier)
-		if !ok {
-			s.log.WarnContext(ctx, "task token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
-			return fail(Unauthenticated(err))
+		if s.late == nil {
+			s.log.WarnContext(ctx, "task token rejected", "token_sha256", broker.TokenHash(raw), "reason", err.Error())
+			return fail(broker.Unauthenticated(err))
 		}
-		if c, err = lv.VerifyExpired(raw, s.agent.eventRetention); err != nil {
-			s.log.WarnContext(ctx, "task token rejected", "token_sha256", TokenHash(raw), "reason", err.Error())
-			return fail(Unauthenticated(err))
+		if c, err = s.late.VerifyExpired(raw, s.retention); err != nil {
+			s.log.WarnContext(ctx, "task token rejected", "token_sha256", broker.TokenHash(raw), "reason", err.Error())
+			return fail(broker.Unauthenticated(err))
 		}
 	}
 	if c.TaskID != a.TaskID {
-		return fail(Errorf(CodeNotFound, "task %q not found", a.TaskID))
+		return fail(broker.Errorf(broker.CodeNotFound, "task %q not found", a.TaskID))
 	}
 	reporter := c.Actor()
 	if a.ClientID != "" {
-		if reporter, err = s.AuthorizeClient(ctx, a.ClientID, a.ClientSecret, ""); err != nil {
+		if reporter, err = s.core.AuthorizeClient(ctx, a.ClientID, a.ClientSecret, ""); err != nil {
 			return fail(err)
 		}
 	}
 	if c.JKT != "" && (a.Proof != "" || a.ClientID == "") {
-		if err := s.CheckProof(ctx, a.Proof, a.Method, a.URL, raw, c.JKT); err != nil {
+		if err := s.core.CheckProof(ctx, a.Proof, a.Method, a.URL, raw, c.JKT); err != nil {
 			return fail(err)
 		}
 	}
@@ -253,34 +246,34 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (T
 		// The agent reports (or reads) with its own token: the gate
 		// decides, so a revoked, frozen, quarantined or distrusted chain,
 		// or one under a revoked-before epoch, reports nothing.
-		t, err := s.GateTaskToken(ctx, c, nil)
+		t, err := s.core.GateTaskToken(ctx, c)
 		if err != nil {
 			return fail(err)
 		}
 		return c, t, false, reporter, nil
 	}
-	lctx, cancel := LedgerCtx(ctx)
+	lctx, cancel := broker.LedgerCtx(ctx)
 	defer cancel()
 	cred, denied, err := s.ledger.Credential(lctx, c.ID)
 	switch {
-	case errors.Is(err, ErrNotFound):
-		return fail(Unauthenticated(fmt.Errorf("token %s is not on record", c.ID)))
+	case errors.Is(err, broker.ErrNotFound):
+		return fail(broker.Unauthenticated(fmt.Errorf("token %s is not on record", c.ID)))
 	case err != nil:
-		return fail(Unavailable("the credential ledger", err))
+		return fail(broker.Unavailable("the credential ledger", err))
 	case cred.TaskID != c.TaskID:
-		return fail(Unauthenticated(fmt.Errorf("token %s is not of task %s", c.ID, c.TaskID)))
+		return fail(broker.Unauthenticated(fmt.Errorf("token %s is not of task %s", c.ID, c.TaskID)))
 	}
 	t, _, err := s.ledger.Task(lctx, c.TaskID)
 	switch {
-	case errors.Is(err, ErrNotFound):
-		return fail(Unauthenticated(fmt.Errorf("task %s is not on record", c.TaskID)))
+	case errors.Is(err, broker.ErrNotFound):
+		return fail(broker.Unauthenticated(fmt.Errorf("task %s is not on record", c.TaskID)))
 	case err != nil:
-		return fail(Unavailable("the credential ledger", err))
+		return fail(broker.Unavailable("the credential ledger", err))
 	}
 	now := s.now()
-	live := t.State == StateActive && now.Before(t.Deadline) && !denied && now.Before(cred.ExpiresAt)
-	if !now.Before(t.Deadline.Add(s.agent.eventRetention)) {
-		return fail(Unauthenticated(fmt.Errorf("task %s ended more than the retention ago", t.ID)))
+	live := t.State == broker.StateActive && now.Before(t.Deadline) && !denied && now.Before(cred.ExpiresAt)
+	if !now.Before(t.Deadline.Add(s.retention)) {
+		return fail(broker.Unauthenticated(fmt.Errorf("task %s ended more than the retention ago", t.ID)))
 	}
 	return c, t, !live, reporter, nil
 }
@@ -289,7 +282,7 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (T
 // token (see reportCaller). The tool must be one the token grants or a
 // sensitive tool of the task's template.
 func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep EventReport) (ToolEvent, error) {
-	store, err := s.RecordsStore()
+	store, err := s.recordStore()
 	if err != nil {
 		return ToolEvent{}, err
 	}
@@ -298,36 +291,36 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 		return ToolEvent{}, err
 	}
 	if !slices.Contains(c.Tools, rep.Tool) && !slices.Contains(c.ActionTools, rep.Tool) {
-		return ToolEvent{}, &Error{Code: CodeForbidden, Rule: "tools", Field: "tool",
+		return ToolEvent{}, &broker.Error{Code: broker.CodeForbidden, Rule: "tools", Field: "tool",
 			Message: fmt.Sprintf("tool %q is not granted to this task", rep.Tool)}
 	}
 	with := ReportedWithTaskToken
 	if a.ClientID != "" {
 		with = ReportedWithClient
 	}
-	ev := ToolEvent{ID: NewID("evt"), TaskID: t.ID, Tool: rep.Tool, Outcome: rep.Outcome, Status: rep.Status,
+	ev := ToolEvent{ID: broker.NewID("evt"), TaskID: t.ID, Tool: rep.Tool, Outcome: rep.Outcome, Status: rep.Status,
 		SideEffect: rep.SideEffect, Undo: rep.Undo, Agent: c.Actor(), Reporter: reporter, JTI: c.ID,
 		ReportedAt: s.now().UTC(), ReportedWith: with, Late: late}
 	b, err := json.Marshal(ev)
 	if err != nil {
-		return ToolEvent{}, &Error{Code: CodeInternal, Message: "encoding the event failed", Err: err}
+		return ToolEvent{}, &broker.Error{Code: broker.CodeInternal, Message: "encoding the event failed", Err: err}
 	}
 	// Take one of the task's maxEvents slots before anything is audited: a
 	// report over the cap is refused without a tool.called in the trail.
 	// The slot list never shrinks, so the events list (appended only after
 	// a slot is taken) never refuses for lack of room.
-	until := t.Deadline.Add(s.agent.eventRetention)
-	sctx, scancel := LedgerCtx(ctx)
+	until := t.Deadline.Add(s.retention)
+	sctx, scancel := broker.LedgerCtx(ctx)
 	err = store.Append(sctx, "event-slots", t.ID, []byte(ev.ID), until, maxEvents)
 	scancel()
 	switch {
-	case errors.Is(err, ErrExists):
+	case errors.Is(err, broker.ErrExists):
 		s.log.WarnContext(ctx, "tool-call report refused: the task's events are full", "task_id", t.ID, "max", maxEvents)
-		return ToolEvent{}, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already has %d events; no more are kept", t.ID, maxEvents), Err: err}
+		return ToolEvent{}, &broker.Error{Code: broker.CodeConflict, Message: fmt.Sprintf("task %s already has %d events; no more are kept", t.ID, maxEvents), Err: err}
 	case err != nil:
-		return ToolEvent{}, Unavailable("the record store", err)
+		return ToolEvent{}, broker.Unavailable("the record store", err)
 	}
-	ae := s.TaskEvent(ctx, "tool.called", reporter, t)
+	ae := s.core.TaskEvent(ctx, "tool.called", reporter, t)
 	ae.Outcome, ae.Creds = rep.Outcome, []string{c.ID}
 	ae.Detail = map[string]any{"event_id": ev.ID, "tool": rep.Tool, "agent": ev.Agent, "reported_with": with, "late": late}
 	if rep.Status != 0 {
@@ -345,16 +338,16 @@ func (s *Service) ReportEvent(ctx context.Context, raw string, a ReportAuth, rep
 	}
 	// Audit first: an event that is not in the trail is not kept.
 	if err := s.audit.Record(ctx, ae); err != nil {
-		return ToolEvent{}, Unavailable("the audit log", err)
+		return ToolEvent{}, broker.Unavailable("the audit log", err)
 	}
-	lctx, cancel := LedgerCtx(ctx)
+	lctx, cancel := broker.LedgerCtx(ctx)
 	defer cancel()
 	err = store.Append(lctx, "events", t.ID, b, until, maxEvents)
 	switch {
-	case errors.Is(err, ErrExists):
-		return ToolEvent{}, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already has %d events; no more are kept", t.ID, maxEvents), Err: err}
+	case errors.Is(err, broker.ErrExists):
+		return ToolEvent{}, &broker.Error{Code: broker.CodeConflict, Message: fmt.Sprintf("task %s already has %d events; no more are kept", t.ID, maxEvents), Err: err}
 	case err != nil:
-		return ToolEvent{}, Unavailable("the record store", err)
+		return ToolEvent{}, broker.Unavailable("the record store", err)
 	}
 	s.log.InfoContext(ctx, "tool call reported", "task_id", t.ID, "event_id", ev.ID, "tool", rep.Tool, "outcome", rep.Outcome, "late", late)
 	return ev, nil
@@ -376,25 +369,24 @@ func (s *Service) IsTaskToken(raw string) bool {
 	if _, err := s.tokens.Verify(raw); err == nil {
 		return true
 	}
-	lv, ok := s.tokens.(LateVerifier)
-	if !ok {
+	if s.late == nil {
 		return false
 	}
-	_, err := lv.VerifyExpired(raw, s.agent.eventRetention)
+	_, err := s.late.VerifyExpired(raw, s.retention)
 	return err == nil
 }
 
 // events reads a task's stored events, oldest first.
 func (s *Service) events(ctx context.Context, taskID string) ([]ToolEvent, error) {
-	store, err := s.RecordsStore()
+	store, err := s.recordStore()
 	if err != nil {
 		return nil, err
 	}
-	lctx, cancel := LedgerCtx(ctx)
+	lctx, cancel := broker.LedgerCtx(ctx)
 	defer cancel()
 	items, err := store.Items(lctx, "events", taskID, maxEvents)
 	if err != nil {
-		return nil, Unavailable("the record store", err)
+		return nil, broker.Unavailable("the record store", err)
 	}
 	out := make([]ToolEvent, 0, len(items))
 	for _, b := range items {
@@ -408,7 +400,8 @@ func (s *Service) events(ctx context.Context, taskID string) ([]ToolEvent, error
 	return out, nil
 }
 
-// TaskEvents lists a task's events for an admin (viewer and up).
-func (a *Admin) TaskEvents(ctx context.Context, id string) ([]ToolEvent, error) {
-	return a.svc.events(ctx, id)
+// AdminTaskEvents lists a task's events for an admin: the caller has
+// authorized the admin (viewer and up).
+func (s *Service) AdminTaskEvents(ctx context.Context, id string) ([]ToolEvent, error) {
+	return s.events(ctx, id)
 }

@@ -1,4 +1,4 @@
-package broker
+package toolevents
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/printable"
 )
 
@@ -82,7 +83,7 @@ type RollbackStep struct {
 	Error  string `json:"error,omitempty"`
 }
 
-// stepRecord is what Valet keeps of a step run (Records kind "rollback",
+// stepRecord is what Valet keeps of a step run (broker.Records kind "rollback",
 // id <task>/<event>), so an undo that succeeded is never called twice.
 type stepRecord struct {
 	State  string    `json:"state"`
@@ -170,10 +171,10 @@ func redactJSON(v any) any {
 // revoked since: for a task token, its task revoked or the token denied;
 // for a tool server, its client no longer configured. An answer Valet
 // cannot know (records gone) counts as revoked.
-func (a *Admin) reporterRevoked(ctx context.Context, t *Task, e ToolEvent) (bool, string, error) {
+func (s *Service) reporterRevoked(ctx context.Context, t *broker.Task, e ToolEvent) (bool, string, error) {
 	if e.reportedWith() == ReportedWithClient {
 		id := strings.TrimPrefix(e.Reporter, "client:")
-		if !slices.ContainsFunc(a.svc.clients, func(c Client) bool { return c.ID == id }) {
+		if !slices.Contains(s.clients, id) {
 			return true, "client " + id + " is no longer configured", nil
 		}
 		return false, "", nil
@@ -181,57 +182,69 @@ func (a *Admin) reporterRevoked(ctx context.Context, t *Task, e ToolEvent) (bool
 	switch {
 	case t == nil:
 		return true, "the task's records are gone", nil
-	case t.State == StateRevoked:
+	case t.State == broker.StateRevoked:
 		return true, "task " + t.ID + " was revoked", nil
 	}
-	_, denied, err := a.svc.ledger.Credential(ctx, e.JTI)
+	_, denied, err := s.ledger.Credential(ctx, e.JTI)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, broker.ErrNotFound):
 		return true, "token " + e.JTI + " is not on record", nil
 	case err != nil:
-		return false, "", Unavailable("the credential ledger", err)
-	case denied && t.State == StateActive:
+		return false, "", broker.Unavailable("the credential ledger", err)
+	case denied && t.State == broker.StateActive:
 		return true, "token " + e.JTI + " was revoked", nil
 	}
 	return false, "", nil
 }
 
 // rollbackStep is the plan's view of event e, which has an undo.
-func (a *Admin) rollbackStep(ctx context.Context, t *Task, e ToolEvent) (RollbackStep, error) {
-	revoked, why, err := a.reporterRevoked(ctx, t, e)
+func (s *Service) rollbackStep(ctx context.Context, t *broker.Task, e ToolEvent) (RollbackStep, error) {
+	revoked, why, err := s.reporterRevoked(ctx, t, e)
 	if err != nil {
 		return RollbackStep{}, err
 	}
 	return RollbackStep{EventID: e.ID, Tool: e.Tool, SideEffect: e.SideEffect, ReportedAt: e.ReportedAt, Late: e.Late,
 		Agent: e.Agent, Reporter: e.Reporter, ReportedWith: e.reportedWith(), ReporterRevoked: revoked, RevokedReason: why,
-		Undo: e.Undo.planView(), Allowed: a.rollback.allowed(e.Undo.URL), State: "pending"}, nil
+		Undo: e.Undo.planView(), Allowed: s.rollback.allowed(e.Undo.URL), State: "pending"}, nil
 }
 
 // rollbackTask reads the task of a rollback: nil when its records are gone
 // but its events remain.
-func (a *Admin) rollbackTask(ctx context.Context, taskID string, haveEvents bool) (*Task, error) {
-	t, _, err := a.TaskDetail(ctx, taskID)
+func (s *Service) rollbackTask(ctx context.Context, taskID string, haveEvents bool) (*broker.Task, error) {
+	t, _, err := s.taskDetail(ctx, taskID)
 	switch {
 	case err == nil:
 		return &t, nil
-	case ErrorCode(err) == CodeNotFound && haveEvents:
+	case broker.ErrorCode(err) == broker.CodeNotFound && haveEvents:
 		return nil, nil
 	}
 	return nil, err
 }
 
+// taskDetail reads a task's record: 404 when it is gone.
+func (s *Service) taskDetail(ctx context.Context, id string) (broker.Task, []broker.Credential, error) {
+	t, cs, err := s.ledger.Task(ctx, id)
+	switch {
+	case errors.Is(err, broker.ErrNotFound):
+		return broker.Task{}, nil, broker.Errorf(broker.CodeNotFound, "task %q not found", id)
+	case err != nil:
+		return broker.Task{}, nil, broker.Unavailable("the credential ledger", err)
+	}
+	return t, cs, nil
+}
+
 // RollbackPlan lists the undo steps of a task's events, newest first (the
 // order to run them in), with what has been run already.
-func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep, error) {
-	evs, err := a.svc.events(ctx, taskID)
+func (s *Service) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep, error) {
+	evs, err := s.events(ctx, taskID)
 	if err != nil {
 		return nil, err
 	}
-	t, err := a.rollbackTask(ctx, taskID, len(evs) > 0)
+	t, err := s.rollbackTask(ctx, taskID, len(evs) > 0)
 	if err != nil {
 		return nil, err
 	}
-	store, err := a.svc.RecordsStore()
+	store, err := s.recordStore()
 	if err != nil {
 		return nil, err
 	}
@@ -241,15 +254,15 @@ func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep
 		if e.Undo == nil {
 			continue
 		}
-		st, err := a.rollbackStep(ctx, t, e)
+		st, err := s.rollbackStep(ctx, t, e)
 		if err != nil {
 			return nil, err
 		}
 		b, err := store.Get(ctx, "rollback", taskID+"/"+e.ID)
 		switch {
-		case errors.Is(err, ErrNotFound):
+		case errors.Is(err, broker.ErrNotFound):
 		case err != nil:
-			return nil, Unavailable("the record store", err)
+			return nil, broker.Unavailable("the record store", err)
 		default:
 			var r stepRecord
 			if json.Unmarshal(b, &r) == nil {
@@ -266,123 +279,125 @@ func (a *Admin) RollbackPlan(ctx context.Context, taskID string) ([]RollbackStep
 // run again. The call is audited (`rollback.step`) before and after it is
 // made; its host must be allowed (403, rule rollback.allowed_hosts). A
 // step whose reporter has been revoked since runs only when the responder
-// confirms it (confirmRevoked; else 409, rule rollback.confirm).
-func (a *Admin) RollbackRun(ctx context.Context, who AdminPrincipal, taskID, eventID string, confirmRevoked bool) (RollbackStep, error) {
-	evs, err := a.svc.events(ctx, taskID)
+// confirms it (confirmRevoked; else 409, rule rollback.confirm). actor is
+// the admin who runs it, as the audit trail names them; the caller has
+// authorized them.
+func (s *Service) RollbackRun(ctx context.Context, actor string, taskID, eventID string, confirmRevoked bool) (RollbackStep, error) {
+	evs, err := s.events(ctx, taskID)
 	if err != nil {
 		return RollbackStep{}, err
 	}
 	i := slices.IndexFunc(evs, func(e ToolEvent) bool { return e.ID == eventID })
 	if i < 0 || evs[i].Undo == nil {
-		return RollbackStep{}, Errorf(CodeNotFound, "task %q has no event %q with an undo", taskID, eventID)
+		return RollbackStep{}, broker.Errorf(broker.CodeNotFound, "task %q has no event %q with an undo", taskID, eventID)
 	}
 	e := evs[i]
-	t, _, err := a.TaskDetail(ctx, taskID)
+	t, _, err := s.taskDetail(ctx, taskID)
 	if err != nil {
 		return RollbackStep{}, err
 	}
-	step, err := a.rollbackStep(ctx, &t, e)
+	step, err := s.rollbackStep(ctx, &t, e)
 	if err != nil {
 		return RollbackStep{}, err
 	}
 	step.State = ""
 	if step.ReporterRevoked && !confirmRevoked {
-		return RollbackStep{}, &Error{Code: CodeConflict, Rule: "rollback.confirm",
+		return RollbackStep{}, &broker.Error{Code: broker.CodeConflict, Rule: "rollback.confirm",
 			Message: fmt.Sprintf("event %s was reported by a principal revoked since (%s): confirm with confirm=revoked_reporter", e.ID, step.RevokedReason)}
 	}
 	audit := func(outcome string, detail map[string]any) error {
-		ev := a.svc.TaskEvent(ctx, "rollback.step", who.Actor(), t)
+		ev := s.core.TaskEvent(ctx, "rollback.step", actor, t)
 		ev.Outcome = outcome
 		ev.Detail = map[string]any{"event_id": e.ID, "tool": e.Tool, "method": e.Undo.Method, "url": e.Undo.auditURL(),
 			"reporter": e.Reporter, "reported_with": step.ReportedWith, "reporter_revoked": step.ReporterRevoked}
 		for k, v := range detail {
 			ev.Detail[k] = v
 		}
-		return a.svc.audit.Record(ctx, ev)
+		return s.audit.Record(ctx, ev)
 	}
 	if !step.Allowed {
 		if err := audit("denied", map[string]any{"rule": "rollback.allowed_hosts"}); err != nil {
-			a.log.ErrorContext(ctx, "audit write of a denied rollback step failed", "err", err)
+			s.log.ErrorContext(ctx, "audit write of a denied rollback step failed", "err", err)
 		}
-		return RollbackStep{}, &Error{Code: CodeForbidden, Rule: "rollback.allowed_hosts",
+		return RollbackStep{}, &broker.Error{Code: broker.CodeForbidden, Rule: "rollback.allowed_hosts",
 			Message: fmt.Sprintf("the undo webhook's host is not in rollback.allowed_hosts (event %s)", e.ID)}
 	}
-	store, err := a.svc.RecordsStore()
+	store, err := s.recordStore()
 	if err != nil {
 		return RollbackStep{}, err
 	}
 	key := taskID + "/" + eventID
-	until := t.Deadline.Add(a.svc.agent.eventRetention)
-	if !until.After(a.svc.now()) {
-		until = a.svc.now().Add(time.Hour)
+	until := t.Deadline.Add(s.retention)
+	if !until.After(s.now()) {
+		until = s.now().Add(time.Hour)
 	}
-	running, _ := json.Marshal(stepRecord{State: "running", At: a.svc.now().UTC(), By: who.Actor()})
-	if err := a.claimStep(ctx, store, key, running, until); err != nil {
+	running, _ := json.Marshal(stepRecord{State: "running", At: s.now().UTC(), By: actor})
+	if err := s.claimStep(ctx, store, key, running, until); err != nil {
 		return RollbackStep{}, err
 	}
 	if err := audit("started", nil); err != nil {
-		a.finishStep(ctx, store, key, running, stepRecord{State: "failed", Error: "audit write failed", At: a.svc.now().UTC(), By: who.Actor()})
-		return RollbackStep{}, Unavailable("the audit log", err)
+		s.finishStep(ctx, store, key, running, stepRecord{State: "failed", Error: "audit write failed", At: s.now().UTC(), By: actor})
+		return RollbackStep{}, broker.Unavailable("the audit log", err)
 	}
-	status, callErr := a.callUndo(ctx, *e.Undo)
-	rec := stepRecord{State: "done", Status: status, At: a.svc.now().UTC(), By: who.Actor()}
+	status, callErr := s.callUndo(ctx, *e.Undo)
+	rec := stepRecord{State: "done", Status: status, At: s.now().UTC(), By: actor}
 	if callErr != nil {
 		rec.State, rec.Error = "failed", callErr.Error()
 	}
-	a.finishStep(ctx, store, key, running, rec)
+	s.finishStep(ctx, store, key, running, rec)
 	step.State, step.Status, step.Error = rec.State, rec.Status, rec.Error
 	detail := map[string]any{"status": status}
 	if callErr != nil {
 		detail["error"] = callErr.Error()
 	}
 	if err := audit(map[bool]string{true: "ok", false: "failed"}[callErr == nil], detail); err != nil {
-		return step, Unavailable("the audit log", err)
+		return step, broker.Unavailable("the audit log", err)
 	}
-	a.log.InfoContext(ctx, "rollback step", "task_id", taskID, "event_id", eventID, "state", rec.State, "status", status, "by", who.Actor())
+	s.log.InfoContext(ctx, "rollback step", "task_id", taskID, "event_id", eventID, "state", rec.State, "status", status, "by", actor)
 	return step, nil
 }
 
 // claimStep marks a step running, unless it is done or running (a running
 // claim older than twice the timeout is taken over: its broker died).
-func (a *Admin) claimStep(ctx context.Context, store Records, key string, running []byte, until time.Time) error {
+func (s *Service) claimStep(ctx context.Context, store broker.Records, key string, running []byte, until time.Time) error {
 	err := store.Put(ctx, "rollback", key, running, until)
 	if err == nil {
 		return nil
 	}
-	if !errors.Is(err, ErrExists) {
-		return Unavailable("the record store", err)
+	if !errors.Is(err, broker.ErrExists) {
+		return broker.Unavailable("the record store", err)
 	}
 	old, err := store.Get(ctx, "rollback", key)
 	if err != nil {
-		return Unavailable("the record store", err)
+		return broker.Unavailable("the record store", err)
 	}
 	var r stepRecord
 	_ = json.Unmarshal(old, &r)
 	switch {
 	case r.State == "done":
-		return &Error{Code: CodeConflict, Message: "this undo step has already run successfully"}
-	case r.State == "running" && a.svc.now().Sub(r.At) < 2*a.rollback.Timeout:
-		return &Error{Code: CodeConflict, Message: "this undo step is running"}
+		return &broker.Error{Code: broker.CodeConflict, Message: "this undo step has already run successfully"}
+	case r.State == "running" && s.now().Sub(r.At) < 2*s.rollback.Timeout:
+		return &broker.Error{Code: broker.CodeConflict, Message: "this undo step is running"}
 	}
 	if err := store.Swap(ctx, "rollback", key, old, running); err != nil {
-		if errors.Is(err, ErrNotActive) {
-			return &Error{Code: CodeConflict, Message: "this undo step is running"}
+		if errors.Is(err, broker.ErrNotActive) {
+			return &broker.Error{Code: broker.CodeConflict, Message: "this undo step is running"}
 		}
-		return Unavailable("the record store", err)
+		return broker.Unavailable("the record store", err)
 	}
 	return nil
 }
 
-func (a *Admin) finishStep(ctx context.Context, store Records, key string, running []byte, rec stepRecord) {
+func (s *Service) finishStep(ctx context.Context, store broker.Records, key string, running []byte, rec stepRecord) {
 	b, _ := json.Marshal(rec)
 	if err := store.Swap(context.WithoutCancel(ctx), "rollback", key, running, b); err != nil {
-		a.log.ErrorContext(ctx, "recording a rollback step failed", "step", key, "err", err)
+		s.log.ErrorContext(ctx, "recording a rollback step failed", "step", key, "err", err)
 	}
 }
 
 // callUndo calls one webhook within the timeout: a 2xx answer is success.
-func (a *Admin) callUndo(ctx context.Context, u Undo) (int, error) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.rollback.Timeout)
+func (s *Service) callUndo(ctx context.Context, u Undo) (int, error) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.rollback.Timeout)
 	defer cancel()
 	var body io.Reader
 	if u.Body != "" {
@@ -400,7 +415,7 @@ func (a *Admin) callUndo(ctx context.Context, u Undo) (int, error) {
 		req.Header.Set("Content-Type", ct)
 	}
 	req.Header.Set("User-Agent", "valet-rollback")
-	resp, err := a.rollback.Client.Do(req)
+	resp, err := s.rollback.Client.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
