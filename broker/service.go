@@ -179,7 +179,7 @@ func (s *Service) Templates() *TemplateSet { return s.templates.Load() }
 // Nothing is returned unless every one of those steps succeeded; anything
 // minted before a later step failed is revoked before Declare returns.
 func (s *Service) Declare(ctx context.Context, identityToken string, d Declaration) (Task, []Minted, error) {
-	p, err := s.authenticate(ctx, identityToken)
+	p, err := s.Authenticate(ctx, identityToken)
 	if err != nil {
 		return Task{}, nil, err
 	}
@@ -224,7 +224,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	ev := s.TaskEvent(ctx, "task.granted", p.Subject, task)
 	ev.Detail = map[string]any{"intent": task.Intent, "tools": task.Tools, "deadline": task.Deadline, "ttl_seconds": int64(g.TTL / time.Second)}
 	onBehalfDetail(ev.Detail, task)
-	minted, err := s.issue(ctx, task, p, g, append([]Issuer{s.tokens}, s.extra...), ev)
+	minted, err := s.Issue(ctx, task, p, g, append([]Issuer{s.tokens}, s.extra...), ev)
 	if err != nil {
 		return Task{}, nil, err
 	}
@@ -234,9 +234,11 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	return task, minted, nil
 }
 
-// authenticate maps identity failures to the fixed 401 (or 503 when the
-// issuer is unreachable); the reason is only logged.
-func (s *Service) authenticate(ctx context.Context, raw string) (Principal, error) {
+// Authenticate verifies an agent's identity token, mapping identity
+// failures to the fixed 401 (or 503 when the issuer is unreachable); the
+// reason is only logged. Declarations and token exchanges (package
+// delegation) authenticate their agents through it.
+func (s *Service) Authenticate(ctx context.Context, raw string) (Principal, error) {
 	if raw == "" {
 		return Principal{}, Unauthenticated(errors.New("no bearer token"))
 	}
@@ -304,13 +306,14 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 	}, nil
 }
 
-// issue is the one way a task gets credentials, declared or delegated: it
+// Issue is the one way a task gets credentials, declared or delegated
+// (package delegation): it
 // mints them with issuers (task token first), records the task and them in
 // the ledger, then audits ev, the grant's event, with their ids. Nothing is
 // returned unless all three succeeded: what was minted before a later step
 // failed is revoked at its source, and a task recorded but not audited is
 // ended (refused.go) before the 503.
-func (s *Service) issue(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer, ev Event) ([]Minted, error) {
+func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer, ev Event) ([]Minted, error) {
 	minted, err := s.mint(ctx, task, p, g, issuers)
 	if err != nil {
 		return nil, err
@@ -494,7 +497,7 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 		}
 		return t, nil
 	}
-	p, err := s.authenticate(ctx, r.Bearer)
+	p, err := s.Authenticate(ctx, r.Bearer)
 	if err != nil {
 		return Task{}, err
 	}
@@ -622,7 +625,7 @@ func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer 
 		s.log.WarnContext(ctx, "client authentication failed", "client_id", QuoteUntrusted(clientID))
 		return "", Unauthenticated(errors.New("bad client credentials"))
 	}
-	p, err := s.authenticate(ctx, bearer)
+	p, err := s.Authenticate(ctx, bearer)
 	if err != nil {
 		return "", err
 	}

@@ -16,13 +16,16 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/fanout"
 )
 
-// Options wires the HTTP layer. Service is required.
+// Options wires the HTTP layer. Service and Delegation are required.
 type Options struct {
 	Service *broker.Service
+	// Delegation answers token exchanges (POST /v1/token).
+	Delegation *delegation.Service
 	// Issuer is Valet's public URL (the iss of its tokens).
 	Issuer string
 	// JWKS is the published key set document.
@@ -64,6 +67,9 @@ type api struct {
 func Handler(opts Options) (_ http.Handler, err error) {
 	if opts.Service == nil {
 		return nil, errors.New("httpapi: service cannot be nil")
+	}
+	if opts.Delegation == nil {
+		return nil, errors.New("httpapi: delegation cannot be nil")
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 64 << 10

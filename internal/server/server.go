@@ -17,6 +17,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/openapi"
@@ -215,6 +216,10 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	if s.svc, err = broker.NewService(cfg); err != nil {
 		return nil, err
 	}
+	deleg, err := delegation.New(delegation.Config{Core: s.svc, Tokens: o.Tokens, Auditor: auditor, Now: o.Now, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
 	if a := o.Admin; a != nil {
 		if o.Controls == nil || o.Epochs == nil {
 			return nil, errors.New("server: the admin API needs controls and epochs")
@@ -234,7 +239,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		}
 	}
 	hopts := httpapi.Options{
-		Service: s.svc, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
+		Service: s.svc, Delegation: deleg, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
 		Ready: o.Ready, DevIdP: o.DevIdP, MaxBodyBytes: o.MaxBodyBytes, RequestTimeout: o.RequestTimeout, Logger: o.Logger,
 		Admin: s.admin, Feed: o.Feed, FeedHub: s.hub,
 	}
