@@ -53,6 +53,10 @@ type Config struct {
 	Controls ControlStore
 	// Epochs, when set, makes introspection honour revoked-before epochs.
 	Epochs EpochStore
+	// Loss, when set, tells /readyz that the ledger lost its data (the
+	// Redis ledger); a ledger held in memory dies with its broker and
+	// needs none.
+	Loss LossReporter
 
 	// RevocationQueue, when set, keeps failed revocations at the source
 	// for RunRetries (rule 5). Without it a failure is only logged.
@@ -88,6 +92,7 @@ type Service struct {
 	agent        agentControls
 	controls     ControlStore
 	epochs       EpochStore
+	loss         LossReporter
 
 	retryQ     RevocationQueue
 	counters   revocationCounters
@@ -131,6 +136,7 @@ func NewService(cfg Config) (*Service, error) {
 		log:          cfg.Logger,
 		controls:     cfg.Controls,
 		epochs:       cfg.Epochs,
+		loss:         cfg.Loss,
 		reaperLag:    cfg.ReaperLag,
 	}
 	for _, is := range cfg.Issuers {
@@ -646,31 +652,8 @@ func (s *Service) ReapOnce(ctx context.Context) (int, error) {
 	if err != nil {
 		return ended, err
 	}
-	if de, ok := s.ledger.(DueEnder); ok {
-		n, err := s.reapBatches(ctx, de) // reap.go
-		return ended + n, err
-	}
-	for {
-		lctx, cancel := LedgerCtx(ctx)
-		ids, err := s.ledger.Due(lctx, s.now(), reapBatch)
-		cancel()
-		if err != nil {
-			return ended, fmt.Errorf("listing due tasks: %w", err)
-		}
-		for _, id := range ids {
-			_, _, err := s.end(ctx, id, StateExpired, "deadline passed", "reaper")
-			switch {
-			case err == nil, errors.Is(err, ErrRevocationPending):
-				ended++
-			case errors.Is(err, ErrNotActive), ErrorCode(err) == CodeNotFound:
-			default:
-				return ended, err
-			}
-		}
-		if len(ids) < reapBatch {
-			return ended, nil
-		}
-	}
+	n, err := s.reapBatches(ctx) // reap.go
+	return ended + n, err
 }
 
 // RunReaper calls ReapOnce every interval until ctx ends.
@@ -678,10 +661,8 @@ func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if n, err := s.ReapOnce(ctx); err != nil {
+		if n, err := s.ReapOnce(ctx); err != nil { // each batch logs what it ended (reap.go)
 			s.log.ErrorContext(ctx, "reaper pass failed", "ended", n, "err", err)
-		} else if _, batched := s.ledger.(DueEnder); n > 0 && !batched {
-			s.log.InfoContext(ctx, "reaper ended expired tasks", "ended", n)
 		}
 		select {
 		case <-ctx.Done():
@@ -702,16 +683,12 @@ func (s *Service) Ready(ctx context.Context) error {
 }
 
 // ReadyWarning is what /readyz adds to a ready answer: that the ledger lost
-// its data (see LossReporter), or "".
+// its data (Config.Loss), or "".
 func (s *Service) ReadyWarning() string {
-	for _, store := range []any{s.ledger, s.epochs} {
-		if lr, ok := store.(LossReporter); ok {
-			if w := lr.LossWarning(); w != "" {
-				return w
-			}
-		}
+	if s.loss == nil {
+		return ""
 	}
-	return ""
+	return s.loss.LossWarning()
 }
 
 // TaskEvent is an audit event of type typ about task t by actor, stamped

@@ -71,6 +71,9 @@ type Options struct {
 	Ledger broker.Ledger
 	// Epochs, when set, makes introspection honour revoked-before epochs.
 	Epochs broker.EpochStore
+	// Loss, when set, tells /readyz that the ledger lost its data
+	// (revocation.RedisLedger).
+	Loss broker.LossReporter
 	// Controls, when set, is checked by every declaration (freeze,
 	// quarantine, distrust); New loads it once, Run keeps it current.
 	Controls Controls
@@ -206,7 +209,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	cfg := broker.Config{
 		Identity: o.Identity, Tokens: o.Tokens, Issuers: o.Issuers, Ledger: o.Ledger, Auditor: auditor, Templates: o.Templates,
 		Clients: o.Clients, IntrospectionClients: o.IntrospectionClients, Now: o.Now, Logger: o.Logger, Agent: o.Agent,
-		Epochs: o.Epochs, RevocationQueue: o.Queue, ReconcileGrace: o.ReconcileGrace, ReaperLag: reaperLag,
+		Epochs: o.Epochs, Loss: o.Loss, RevocationQueue: o.Queue, ReconcileGrace: o.ReconcileGrace, ReaperLag: reaperLag,
 	}
 	if o.Controls != nil {
 		o.Controls.Reload(ctx)
