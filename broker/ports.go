@@ -17,6 +17,14 @@ type Authenticator interface {
 
 // Issuer mints one kind of credential for a task and kills it at its source.
 // Implementations must be safe for concurrent use.
+//
+// An issuer may also have two optional abilities, which the Service finds
+// by asserting them on the issuers it was given: SourceInventory
+// (reconcile.go), listing what is live at its source so the reconciler can
+// revoke what the ledger does not know, and TokenRecognizer (revoke.go),
+// telling RFC 7009 revocation which tokens are its own. They are optional
+// because an issuer legitimately may or may not support them (Vault lists
+// its tokens; a JWT cannot be listed).
 type Issuer interface {
 	Kind() CredentialKind
 	// Mint issues the credentials of this kind that grant asks for (none is
