@@ -313,12 +313,11 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 }
 
 // Issue is the one way a task gets credentials, declared or delegated
-// (package delegation): it
-// mints them with issuers (task token first), records the task and them in
-// the ledger, then audits ev, the grant's event, with their ids. Nothing is
-// returned unless all three succeeded: what was minted before a later step
-// failed is revoked at its source, and a task recorded but not audited is
-// ended (refused.go) before the 503.
+// (package delegation): it mints them with issuers (task token first),
+// records the task and them in the ledger, then audits ev, the grant's
+// event, with their ids. Nothing is returned unless all three succeeded:
+// what was minted before a later step failed is revoked at its source, and
+// a task recorded but not audited is ended (refused.go) before the 503.
 func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer, ev Event) ([]Minted, error) {
 	minted, err := s.mint(ctx, task, p, g, issuers)
 	if err != nil {
