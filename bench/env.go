@@ -309,7 +309,7 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	feedClient := revocation.NewFeedClient(v.redis, 4) // followers never take the ledger's pool
 	v.close = append(v.close, func() { feedClient.Close() })
 	srv, err := server.New(ctx, server.Options{
-		PublicURL: v.url, Identity: verifier, Tokens: tokens, Ledger: v.ledger, Epochs: v.ledger, Controls: controls,
+		PublicURL: v.url, Identity: verifier, Tokens: tokens, Ledger: v.ledger, Epochs: v.ledger, Loss: v.ledger, Controls: controls,
 		Auditors: []broker.Auditor{auditor}, Templates: templates, Agent: broker.AgentConfig{Limiter: v.ledger, Records: v.ledger},
 		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha256Of(clientSecret)}},
 		Feed:    revocation.NewFeed(feedClient, ""), Ready: []func(context.Context) error{verifier.Ready},

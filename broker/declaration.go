@@ -11,13 +11,14 @@ import (
 	"unicode/utf8"
 )
 
-// Limits on a declaration, beyond the HTTP body cap.
+// Limits on a declaration, beyond the HTTP body cap. MaxTools, MaxToolName
+// and MaxTTL bound a token exchange (package delegation) too.
 const (
 	maxTemplateName = 128
 	maxIntent       = 4096
-	maxTools        = 256
-	maxToolName     = 128
-	maxTTL          = 24 * time.Hour
+	MaxTools        = 256
+	MaxToolName     = 128
+	MaxTTL          = 24 * time.Hour
 	// maxSubjectToken caps the end user's token in a declaration.
 	maxSubjectToken = 16 << 10
 )
@@ -57,8 +58,8 @@ func (w declarationWire) validate() (Declaration, error) {
 		return d, InvalidField("intent", "intent must be valid UTF-8 of at most %d bytes", maxIntent)
 	case len(w.Tools) == 0:
 		return d, InvalidField("tools", "tools must list at least one tool")
-	case len(w.Tools) > maxTools:
-		return d, InvalidField("tools", "tools may list at most %d tools", maxTools)
+	case len(w.Tools) > MaxTools:
+		return d, InvalidField("tools", "tools may list at most %d tools", MaxTools)
 	}
 	seen := make(map[string]bool, len(w.Tools))
 	for i, tool := range w.Tools {
@@ -78,8 +79,8 @@ func (w declarationWire) validate() (Declaration, error) {
 		if ttl <= 0 {
 			return d, InvalidField("ttl_seconds", "ttl_seconds must be positive, got %d", ttl)
 		}
-		if ttl > int64(maxTTL/time.Second) {
-			return d, InvalidField("ttl_seconds", "ttl_seconds must be at most %d", int64(maxTTL/time.Second))
+		if ttl > int64(MaxTTL/time.Second) {
+			return d, InvalidField("ttl_seconds", "ttl_seconds must be at most %d", int64(MaxTTL/time.Second))
 		}
 		d.TTL = time.Duration(ttl) * time.Second
 	}

@@ -34,7 +34,7 @@ func FuzzDecodeDeclaration(f *testing.F) {
 			}
 			return
 		}
-		if d.Template == "" || strings.TrimSpace(d.Intent) == "" || len(d.Tools) == 0 || len(d.Tools) > maxTools {
+		if d.Template == "" || strings.TrimSpace(d.Intent) == "" || len(d.Tools) == 0 || len(d.Tools) > MaxTools {
 			t.Fatalf("accepted a declaration missing a required part: %+v", d)
 		}
 		seen := map[string]bool{}
@@ -44,7 +44,7 @@ func FuzzDecodeDeclaration(f *testing.F) {
 			}
 			seen[tool] = true
 		}
-		if d.TTL < 0 || d.TTL > maxTTL {
+		if d.TTL < 0 || d.TTL > MaxTTL {
 			t.Fatalf("accepted ttl %s", d.TTL)
 		}
 	})

@@ -54,10 +54,10 @@ func (s *Service) gate(ctx context.Context, st standing) error {
 			return err
 		}
 	}
-	if st.reducing || s.controls == nil {
+	if st.reducing {
 		return nil
 	}
-	return s.checkLinks(ctx, st.links, st.template)
+	return s.CheckLinks(ctx, st.links, st.template)
 }
 
 // liveCredential is the credential half of the gate.
@@ -100,10 +100,15 @@ func (s *Service) liveCredential(ctx context.Context, st standing, now time.Time
 	return nil
 }
 
-// checkLinks is the incident-control half of the gate: a freeze of any
+// CheckLinks is the incident-control half of the gate: a freeze of any
 // agent in links, a distrust of any of their issuers, a quarantine of the
-// template.
-func (s *Service) checkLinks(ctx context.Context, links []Link, template string) error {
+// template. Without a control store it passes everything. On its own it is
+// the gate of a chain that has no task yet: the child a token exchange
+// (package delegation) would mint.
+func (s *Service) CheckLinks(ctx context.Context, links []Link, template string) error {
+	if s.controls == nil {
+		return nil
+	}
 	for _, l := range links {
 		c, err := s.controls.Check(ctx, l.Issuer, l.Agent, template)
 		if err != nil {

@@ -6,9 +6,10 @@ import (
 	"fmt"
 )
 
-// LossReporter is implemented by a ledger that can tell it lost its data
-// (the Redis ledger's generation marker). LossWarning says, for /readyz and
-// operators, when and what followed, or "" if no loss was seen.
+// LossReporter is a ledger that can tell it lost its data (the Redis
+// ledger's generation marker); Config.Loss. LossWarning says, for /readyz
+// and operators, when and what followed, or "" if no loss was seen. It must
+// be safe for concurrent use.
 type LossReporter interface {
 	LossWarning() string
 }

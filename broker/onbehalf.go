@@ -90,7 +90,7 @@ func userVar(u *Principal) map[string]any {
 		"issuer":     u.Issuer,
 		"issuer_url": u.IssuerURL,
 		"subject":    u.Subject,
-		"claims":     claimsVar(u.Claims),
+		"claims":     ClaimsVar(u.Claims),
 	}
 }
 

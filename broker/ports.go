@@ -17,6 +17,14 @@ type Authenticator interface {
 
 // Issuer mints one kind of credential for a task and kills it at its source.
 // Implementations must be safe for concurrent use.
+//
+// An issuer may also have two optional abilities, which the Service finds
+// by asserting them on the issuers it was given: SourceInventory
+// (reconcile.go), listing what is live at its source so the reconciler can
+// revoke what the ledger does not know, and TokenRecognizer (revoke.go),
+// telling RFC 7009 revocation which tokens are its own. They are optional
+// because an issuer legitimately may or may not support them (Vault lists
+// its tokens; a JWT cannot be listed).
 type Issuer interface {
 	Kind() CredentialKind
 	// Mint issues the credentials of this kind that grant asks for (none is
@@ -107,6 +115,8 @@ type Ledger interface {
 	// is not active at that moment, so a child is either listed before its
 	// parent ends or never recorded at all.
 	Children(ctx context.Context, id string) ([]string, error)
+	// DueEnder is how the reaper ends tasks past their deadline.
+	DueEnder
 }
 
 // Event is one audit record. It carries ids, never secrets.
@@ -148,12 +158,11 @@ type ReapedBatch struct {
 	EndedAt            time.Time
 }
 
-// DueEnder is a Ledger that ends due tasks in batches: EndDue takes up to
-// limit active tasks whose deadline is at or before now and ends each
-// (state expired, reason, ended at now, credentials denied) in one atomic
-// step, so concurrent callers (replicas' reapers) never get the same task.
-// Tasks whose records expired are dropped silently. The reaper uses it
-// when the ledger has it.
+// DueEnder is the reaper's part of a Ledger: it ends due tasks in batches.
+// EndDue takes up to limit active tasks whose deadline is at or before now
+// and ends each (state expired, reason, ended at now, credentials denied)
+// in one atomic step, so concurrent callers (replicas' reapers) never get
+// the same task. Tasks whose records expired are dropped silently.
 //
 // Each batch waits under a lease until AckReaped says its audit record is
 // written; Unaudited claims (re-leases) batches whose lease expired, so a

@@ -6,17 +6,17 @@ import (
 	"time"
 )
 
-// reapBatches ends due tasks through a DueEnder: one script per batch of
-// up to reapBatch tasks, then one audit record per batch. Replicas share
-// the work: each batch is taken off the deadlines atomically, so no task
-// is ended twice.
-func (s *Service) reapBatches(ctx context.Context, de DueEnder) (int, error) {
+// reapBatches ends due tasks through the ledger's DueEnder: one script per
+// batch of up to reapBatch tasks, then one audit record per batch.
+// Replicas share the work: each batch is taken off the deadlines
+// atomically, so no task is ended twice.
+func (s *Service) reapBatches(ctx context.Context) (int, error) {
 	total := 0
-	s.auditOrphans(ctx, de)
+	s.auditOrphans(ctx)
 	for {
 		now := s.now()
 		lctx, cancel := LedgerCtx(ctx)
-		batch, err := de.EndDue(lctx, now, reapBatch, "deadline passed")
+		batch, err := s.ledger.EndDue(lctx, now, reapBatch, "deadline passed")
 		cancel()
 		if len(batch) > 0 {
 			s.reaped(ctx, batch, now)
@@ -63,9 +63,9 @@ func (s *Service) reaped(ctx context.Context, batch []EndedTask, now time.Time) 
 		// death must not bring them back. The batch stays unacknowledged:
 		// a reaper writes its record once its lease expires.
 		s.log.ErrorContext(ctx, "audit write of reaped tasks failed", "tasks", ids, "err", err)
-	} else if de, ok := s.ledger.(DueEnder); ok && batch[0].Batch != "" {
+	} else if batch[0].Batch != "" {
 		lctx, cancel := LedgerCtx(ctx)
-		if err := de.AckReaped(lctx, batch[0].Batch); err != nil {
+		if err := s.ledger.AckReaped(lctx, batch[0].Batch); err != nil {
 			s.log.WarnContext(ctx, "acknowledging a reaped batch failed; its record may be written twice", "batch", batch[0].Batch, "err", err)
 		}
 		cancel()
@@ -75,9 +75,9 @@ func (s *Service) reaped(ctx context.Context, batch []EndedTask, now time.Time) 
 
 // auditOrphans writes the audit record of batches another reaper ended but
 // did not acknowledge within the lease (it died between the two).
-func (s *Service) auditOrphans(ctx context.Context, de DueEnder) {
+func (s *Service) auditOrphans(ctx context.Context) {
 	lctx, cancel := LedgerCtx(ctx)
-	orphans, err := de.Unaudited(lctx, s.now())
+	orphans, err := s.ledger.Unaudited(lctx, s.now())
 	cancel()
 	if err != nil {
 		s.log.WarnContext(ctx, "listing unaudited reaped batches failed", "err", err)
@@ -95,7 +95,7 @@ func (s *Service) auditOrphans(ctx context.Context, de DueEnder) {
 			continue
 		}
 		lctx, cancel := LedgerCtx(ctx)
-		if err := de.AckReaped(lctx, b.ID); err != nil {
+		if err := s.ledger.AckReaped(lctx, b.ID); err != nil {
 			s.log.WarnContext(ctx, "acknowledging a reaped batch failed", "batch", b.ID, "err", err)
 		}
 		cancel()

@@ -56,6 +56,10 @@ type Config struct {
 	Controls ControlStore
 	// Epochs, when set, makes introspection honour revoked-before epochs.
 	Epochs EpochStore
+	// Loss, when set, tells /readyz that the ledger lost its data (the
+	// Redis ledger); a ledger held in memory dies with its broker and
+	// needs none.
+	Loss LossReporter
 
 	// RevocationQueue, when set, keeps failed revocations at the source
 	// for RunRetries (rule 5). Without it a failure is only logged.
@@ -92,6 +96,7 @@ type Service struct {
 	actions      ActionRevoker
 	controls     ControlStore
 	epochs       EpochStore
+	loss         LossReporter
 
 	retryQ     RevocationQueue
 	counters   revocationCounters
@@ -135,6 +140,7 @@ func NewService(cfg Config) (*Service, error) {
 		log:          cfg.Logger,
 		controls:     cfg.Controls,
 		epochs:       cfg.Epochs,
+		loss:         cfg.Loss,
 		reaperLag:    cfg.ReaperLag,
 		actions:      cfg.ActionRevoker,
 	}
@@ -182,7 +188,7 @@ func (s *Service) Templates() *TemplateSet { return s.templates.Load() }
 // Nothing is returned unless every one of those steps succeeded; anything
 // minted before a later step failed is revoked before Declare returns.
 func (s *Service) Declare(ctx context.Context, identityToken string, d Declaration) (Task, []Minted, error) {
-	p, err := s.authenticate(ctx, identityToken)
+	p, err := s.Authenticate(ctx, identityToken)
 	if err != nil {
 		return Task{}, nil, err
 	}
@@ -227,7 +233,7 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	ev := s.TaskEvent(ctx, "task.granted", p.Subject, task)
 	ev.Detail = map[string]any{"intent": task.Intent, "tools": task.Tools, "deadline": task.Deadline, "ttl_seconds": int64(g.TTL / time.Second)}
 	onBehalfDetail(ev.Detail, task)
-	minted, err := s.issue(ctx, task, p, g, append([]Issuer{s.tokens}, s.extra...), ev)
+	minted, err := s.Issue(ctx, task, p, g, append([]Issuer{s.tokens}, s.extra...), ev)
 	if err != nil {
 		return Task{}, nil, err
 	}
@@ -237,9 +243,11 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 	return task, minted, nil
 }
 
-// authenticate maps identity failures to the fixed 401 (or 503 when the
-// issuer is unreachable); the reason is only logged.
-func (s *Service) authenticate(ctx context.Context, raw string) (Principal, error) {
+// Authenticate verifies an agent's identity token, mapping identity
+// failures to the fixed 401 (or 503 when the issuer is unreachable); the
+// reason is only logged. Declarations and token exchanges (package
+// delegation) authenticate their agents through it.
+func (s *Service) Authenticate(ctx context.Context, raw string) (Principal, error) {
 	if raw == "" {
 		return Principal{}, Unauthenticated(errors.New("no bearer token"))
 	}
@@ -307,13 +315,13 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 	}, nil
 }
 
-// issue is the one way a task gets credentials, declared or delegated: it
-// mints them with issuers (task token first), records the task and them in
-// the ledger, then audits ev, the grant's event, with their ids. Nothing is
-// returned unless all three succeeded: what was minted before a later step
-// failed is revoked at its source, and a task recorded but not audited is
-// ended (refused.go) before the 503.
-func (s *Service) issue(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer, ev Event) ([]Minted, error) {
+// Issue is the one way a task gets credentials, declared or delegated
+// (package delegation): it mints them with issuers (task token first),
+// records the task and them in the ledger, then audits ev, the grant's
+// event, with their ids. Nothing is returned unless all three succeeded:
+// what was minted before a later step failed is revoked at its source, and
+// a task recorded but not audited is ended (refused.go) before the 503.
+func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer, ev Event) ([]Minted, error) {
 	minted, err := s.mint(ctx, task, p, g, issuers)
 	if err != nil {
 		return nil, err
@@ -497,7 +505,7 @@ func (s *Service) authorizeTaskCaller(ctx context.Context, r TaskRequest, reduci
 		}
 		return t, nil
 	}
-	p, err := s.authenticate(ctx, r.Bearer)
+	p, err := s.Authenticate(ctx, r.Bearer)
 	if err != nil {
 		return Task{}, err
 	}
@@ -628,7 +636,7 @@ func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer 
 		s.log.WarnContext(ctx, "client authentication failed", "client_id", QuoteUntrusted(clientID))
 		return "", Unauthenticated(errors.New("bad client credentials"))
 	}
-	p, err := s.authenticate(ctx, bearer)
+	p, err := s.Authenticate(ctx, bearer)
 	if err != nil {
 		return "", err
 	}
@@ -649,31 +657,8 @@ func (s *Service) ReapOnce(ctx context.Context) (int, error) {
 	if err != nil {
 		return ended, err
 	}
-	if de, ok := s.ledger.(DueEnder); ok {
-		n, err := s.reapBatches(ctx, de) // reap.go
-		return ended + n, err
-	}
-	for {
-		lctx, cancel := LedgerCtx(ctx)
-		ids, err := s.ledger.Due(lctx, s.now(), reapBatch)
-		cancel()
-		if err != nil {
-			return ended, fmt.Errorf("listing due tasks: %w", err)
-		}
-		for _, id := range ids {
-			_, _, err := s.End(ctx, id, StateExpired, "deadline passed", "reaper")
-			switch {
-			case err == nil, errors.Is(err, ErrRevocationPending):
-				ended++
-			case errors.Is(err, ErrNotActive), ErrorCode(err) == CodeNotFound:
-			default:
-				return ended, err
-			}
-		}
-		if len(ids) < reapBatch {
-			return ended, nil
-		}
-	}
+	n, err := s.reapBatches(ctx) // reap.go
+	return ended + n, err
 }
 
 // RunReaper calls ReapOnce every interval until ctx ends.
@@ -681,10 +666,8 @@ func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if n, err := s.ReapOnce(ctx); err != nil {
+		if n, err := s.ReapOnce(ctx); err != nil { // each batch logs what it ended (reap.go)
 			s.log.ErrorContext(ctx, "reaper pass failed", "ended", n, "err", err)
-		} else if _, batched := s.ledger.(DueEnder); n > 0 && !batched {
-			s.log.InfoContext(ctx, "reaper ended expired tasks", "ended", n)
 		}
 		select {
 		case <-ctx.Done():
@@ -705,16 +688,12 @@ func (s *Service) Ready(ctx context.Context) error {
 }
 
 // ReadyWarning is what /readyz adds to a ready answer: that the ledger lost
-// its data (see LossReporter), or "".
+// its data (Config.Loss), or "".
 func (s *Service) ReadyWarning() string {
-	for _, store := range []any{s.ledger, s.epochs} {
-		if lr, ok := store.(LossReporter); ok {
-			if w := lr.LossWarning(); w != "" {
-				return w
-			}
-		}
+	if s.loss == nil {
+		return ""
 	}
-	return ""
+	return s.loss.LossWarning()
 }
 
 // TaskEvent is an audit event of type typ about task t by actor, stamped

@@ -102,16 +102,16 @@ type Link struct {
 // of an on-behalf-of task. The gate checks controls and epochs of each;
 // bulk revocation selects a task by any of them.
 func (t Task) Links() []Link {
-	out := t.agents()
+	out := t.Agents()
 	if t.SubjectIssuer != "" && t.Subject != "" {
 		out = append(out, Link{Agent: t.Subject, Issuer: t.SubjectIssuer})
 	}
 	return out
 }
 
-// agents is the task's chain without the user: Chain, or what an older
+// Agents is the task's chain without the user: Chain, or what an older
 // record names.
-func (t Task) agents() []Link {
+func (t Task) Agents() []Link {
 	var out []Link
 	if len(t.Chain) > 0 {
 		out = append(out, t.Chain...)

@@ -119,7 +119,7 @@ func admits(rules []PrincipalRule, p Principal) (bool, error) {
 		if r.Condition == nil {
 			return true, nil
 		}
-		ok, err := r.Condition.Eval(map[string]any{"claims": claimsVar(p.Claims)})
+		ok, err := r.Condition.Eval(map[string]any{"claims": ClaimsVar(p.Claims)})
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err
@@ -161,7 +161,7 @@ func (t *Template) Check(p Principal, d Declaration, ttl time.Duration, now time
 			"issuer":     p.Issuer,
 			"issuer_url": p.IssuerURL,
 			"subject":    p.Subject,
-			"claims":     claimsVar(p.Claims),
+			"claims":     ClaimsVar(p.Claims),
 		},
 		"request": map[string]any{
 			"template": d.Template,
@@ -185,9 +185,9 @@ func (t *Template) Check(p Principal, d Declaration, ttl time.Duration, now time
 	return "", nil
 }
 
-// claimsVar gives conditions an empty map rather than null when a principal
+// ClaimsVar gives conditions an empty map rather than null when a principal
 // carries no claims.
-func claimsVar(claims map[string]any) map[string]any {
+func ClaimsVar(claims map[string]any) map[string]any {
 	if claims == nil {
 		return map[string]any{}
 	}

@@ -26,8 +26,9 @@ func CheckToolName(field, s string) *Error {
 	return InvalidField(field, "%s: %q is not a valid tool name: %s", field, truncate(s, 64), toolNameRules)
 }
 
-// checkToolNames checks every name of a client-sent tool list.
-func checkToolNames(field string, names []string) *Error {
+// CheckToolNames checks every name of a client-sent tool list (a
+// declaration's, a token exchange's).
+func CheckToolNames(field string, names []string) *Error {
 	for i, n := range names {
 		if err := CheckToolName(fmt.Sprintf("%s[%d]", field, i), n); err != nil {
 			return err

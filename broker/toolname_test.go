@@ -3,18 +3,18 @@ package broker
 import (
 	"encoding/json"
 	"errors"
-	"net/url"
 	"strings"
 	"testing"
 )
 
 // hostileToolNames are tool names a client may send that the template
 // grammar refuses: each must be refused wherever a client names a tool,
-// before any pattern match (issue 9, low). Before, declarations, token
-// exchanges, action requests (tested in stepup) and event reports (in toolevents) only
-// checked length and UTF-8, so "kb.*" (a literal granted by the template
-// pattern kb.*), "kb..x", names with spaces, controls or zero-width
-// characters passed.
+// before any pattern match (issue 9, low); package delegation tests the
+// token exchange's tools the same way. Before, declarations, token
+// exchanges, action requests (tested in stepup) and event reports (in
+// toolevents) only checked length and UTF-8, so "kb.*" (a literal granted
+// by the template pattern kb.*), "kb..x", names with spaces, controls or
+// zero-width characters passed.
 var hostileToolNames = []struct{ name, tool string }{
 	{"star", "kb.*"},
 	{"bare star", "*"},
@@ -57,15 +57,6 @@ func TestClientToolNamesFollowTheTemplateGrammar(t *testing.T) {
 				body, _ := json.Marshal(map[string]any{"template": "t", "intent": "do it", "tools": []string{"kb.search", "x", "y", tc.tool}})
 				_, err := DecodeDeclaration(strings.NewReader(string(body)))
 				wantToolField(t, err, "tools[3]")
-			})
-			t.Run("token exchange", func(t *testing.T) {
-				if strings.ContainsAny(tc.tool, " \t\n") {
-					t.Skip("whitespace separates the space-delimited tools parameter, so it cannot be inside one name")
-				}
-				form := url.Values{"grant_type": {GrantTypeTokenExchange}, "subject_token": {"s"}, "subject_token_type": {TokenTypeAccessToken},
-					"actor_token": {"a"}, "actor_token_type": {TokenTypeIDToken}, "tools": {"kb.search x " + tc.tool}}
-				_, err := DecodeTokenExchange(form)
-				wantToolField(t, err, "tools[2]")
 			})
 		})
 	}

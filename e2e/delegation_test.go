@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/delegation"
 )
 
 // agentTemplates allow delegation: crew deep (max_depth 10), pair at the
@@ -57,10 +57,10 @@ func (e *env) declareIn(template, agent string, tools ...string) (taskID, token 
 func (e *env) exchange(parent, agent string, tools string, extra url.Values) response {
 	e.t.Helper()
 	f := url.Values{
-		"grant_type":         {broker.GrantTypeTokenExchange},
+		"grant_type":         {delegation.GrantTypeTokenExchange},
 		"subject_token":      {parent},
-		"subject_token_type": {broker.TokenTypeAccessToken},
-		"actor_token_type":   {broker.TokenTypeIDToken},
+		"subject_token_type": {delegation.TokenTypeAccessToken},
+		"actor_token_type":   {delegation.TokenTypeIDToken},
 		"tools":              {tools},
 	}
 	if agent != "" {

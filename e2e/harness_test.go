@@ -74,19 +74,10 @@ func (l *countingLedger) End(ctx context.Context, id string, s broker.State, rea
 	return l.Ledger.End(ctx, id, s, reason, at)
 }
 
-// EndDue passes the reaper's batches through (broker.DueEnder), counted
-// as one write each.
+// EndDue passes the reaper's batches through, counted as one write each.
 func (l *countingLedger) EndDue(ctx context.Context, now time.Time, limit int, reason string) ([]broker.EndedTask, error) {
 	l.writes.Add(1)
-	return l.Ledger.(broker.DueEnder).EndDue(ctx, now, limit, reason)
-}
-
-func (l *countingLedger) AckReaped(ctx context.Context, batch string) error {
-	return l.Ledger.(broker.DueEnder).AckReaped(ctx, batch)
-}
-
-func (l *countingLedger) Unaudited(ctx context.Context, now time.Time) ([]broker.ReapedBatch, error) {
-	return l.Ledger.(broker.DueEnder).Unaudited(ctx, now)
+	return l.Ledger.EndDue(ctx, now, limit, reason)
 }
 
 // syncBuffer is an audit sink the test can read while the broker writes.

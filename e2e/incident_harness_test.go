@@ -71,7 +71,7 @@ func (e *env) incidentOptions(opts *server.Options, rc *redis.Client, o envOptio
 	if e.inc.trail, err = audit.NewRedisWriter(rc, audit.RedisWriterOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	opts.Controls, opts.Epochs = e.inc.controls, e.raw
+	opts.Controls, opts.Epochs, opts.Loss = e.inc.controls, e.raw, e.raw
 	opts.Auditors = append(opts.Auditors, audit.NewLog(e.inc.trail))
 	e.inc.auditor = audit.Multi(opts.Auditors)
 	opts.Metrics = &server.MetricsOptions{Live: e.raw.LiveCounts}

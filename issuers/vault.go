@@ -60,6 +60,7 @@ type Vault struct {
 var (
 	_ broker.Issuer          = (*Vault)(nil)
 	_ broker.SourceInventory = (*Vault)(nil)
+	_ broker.TokenRecognizer = (*Vault)(nil)
 )
 
 // NewVault checks cfg and builds the issuer.

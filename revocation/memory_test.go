@@ -38,7 +38,7 @@ func TestMemoryFeedConformance(t *testing.T) {
 func TestMemoryDueEnderConformance(t *testing.T) {
 	o := memoryOptions
 	o.NoReapLeases = "the memory ledger dies with its only reaper, so no other reaper could take a batch over"
-	conformance.DueEnder(t, func(t *testing.T, clock *conformance.Clock) (a, b conformance.DueLedger) {
+	conformance.DueEnder(t, func(t *testing.T, clock *conformance.Clock) (a, b broker.Ledger) {
 		l := newMemoryLedger(t, clock)
 		return l, l
 	}, o)

@@ -15,9 +15,6 @@ import (
 	"github.com/valet-dev/valet/broker"
 )
 
-var _ broker.DueEnder = (*RedisLedger)(nil)
-var _ broker.DueEnder = (*MemoryLedger)(nil)
-
 // endDueScript takes up to a batch of due tasks off the deadlines and ends
 // each that is still active as the End script does: state, deny entries,
 // feed entries. Taking them off the deadlines in the same atomic step is
@@ -96,7 +93,7 @@ func (k keys) reaped() string { return k.prefix + ":reaped" }
 // record before another replica's reaper writes it instead.
 const DefaultReapLease = 30 * time.Second
 
-// AckReaped implements broker.DueEnder.
+// AckReaped implements broker.Ledger (its DueEnder part).
 func (l *RedisLedger) AckReaped(ctx context.Context, batch string) error {
 	_, err := l.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZRem(ctx, l.keys.reaped(), batch)
@@ -106,7 +103,7 @@ func (l *RedisLedger) AckReaped(ctx context.Context, batch string) error {
 	return wrapErr("acknowledging reaped batch "+batch, err)
 }
 
-// Unaudited implements broker.DueEnder.
+// Unaudited implements broker.Ledger (its DueEnder part).
 func (l *RedisLedger) Unaudited(ctx context.Context, _ time.Time) ([]broker.ReapedBatch, error) {
 	reply, err := claimUnauditedScript.Run(ctx, l.c, []string{l.keys.reaped()}, l.reapLease.Milliseconds()).Slice()
 	if err != nil {
@@ -130,7 +127,7 @@ func (l *RedisLedger) Unaudited(ctx context.Context, _ time.Time) ([]broker.Reap
 	return out, nil
 }
 
-// EndDue implements broker.DueEnder in one script.
+// EndDue implements broker.Ledger (its DueEnder part) in one script.
 func (l *RedisLedger) EndDue(ctx context.Context, now time.Time, limit int, reason string) ([]broker.EndedTask, error) {
 	if limit <= 0 {
 		return nil, nil
@@ -173,7 +170,7 @@ func newBatchID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// EndDue implements broker.DueEnder.
+// EndDue implements broker.Ledger (its DueEnder part).
 func (l *MemoryLedger) EndDue(ctx context.Context, now time.Time, limit int, reason string) ([]broker.EndedTask, error) {
 	ids, err := l.Due(ctx, now, limit)
 	if err != nil {
@@ -190,11 +187,12 @@ func (l *MemoryLedger) EndDue(ctx context.Context, now time.Time, limit int, rea
 	return out, nil
 }
 
-// AckReaped implements broker.DueEnder: the memory ledger keeps no batches.
+// AckReaped implements broker.Ledger (its DueEnder part): the memory
+// ledger keeps no batches.
 func (l *MemoryLedger) AckReaped(context.Context, string) error { return nil }
 
-// Unaudited implements broker.DueEnder: the memory ledger dies with its
-// broker, so no other reaper can take over.
+// Unaudited implements broker.Ledger (its DueEnder part): the memory
+// ledger dies with its broker, so no other reaper can take over.
 func (l *MemoryLedger) Unaudited(context.Context, time.Time) ([]broker.ReapedBatch, error) {
 	return nil, nil
 }

@@ -97,7 +97,10 @@ type RedisLedger struct {
 	reapLease time.Duration
 }
 
-var _ broker.Ledger = (*RedisLedger)(nil)
+var (
+	_ broker.Ledger       = (*RedisLedger)(nil)
+	_ broker.LossReporter = (*RedisLedger)(nil)
+)
 
 // NewRedisLedger returns a ledger that keeps its records in c.
 func NewRedisLedger(c redis.UniversalClient, opts RedisOptions) (*RedisLedger, error) {

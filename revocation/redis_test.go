@@ -481,7 +481,7 @@ func TestRedisDueEnderConformance(t *testing.T) {
 	var n atomic.Int64
 	o := redisOptions
 	o.ReapLease = lease
-	conformance.DueEnder(t, func(t *testing.T, clock *conformance.Clock) (a, b conformance.DueLedger) {
+	conformance.DueEnder(t, func(t *testing.T, clock *conformance.Clock) (a, b broker.Ledger) {
 		// Two replicas: one key space, a client each.
 		opts := revocation.RedisOptions{Prefix: fmt.Sprint("due", n.Add(1)), Now: clock.Now, Logger: quiet, ReapLease: lease}
 		return newRedisLedger(t, newClient(t, srv.URL()), opts), newRedisLedger(t, newClient(t, srv.URL()), opts)

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/delegation"
 )
 
 // token is RFC 8693 token exchange: delegation to a sub-agent.
@@ -17,13 +18,13 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, &broker.Error{Code: broker.CodeInvalid, Message: "malformed form body", Err: err})
 		return
 	}
-	req, err := broker.DecodeTokenExchange(r.PostForm)
+	req, err := delegation.DecodeTokenExchange(r.PostForm)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	req.Proof, req.Method, req.URL = r.Header.Get("DPoP"), r.Method, a.requestURL(r)
-	task, minted, err := a.svc.Delegate(r.Context(), req)
+	task, minted, err := a.opts.Delegation.Delegate(r.Context(), req)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -36,7 +37,7 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 	m := minted[0]
 	writeJSON(w, http.StatusOK, map[string]any{
 		"access_token":      m.Material["access_token"],
-		"issued_token_type": broker.TokenTypeAccessToken,
+		"issued_token_type": delegation.TokenTypeAccessToken,
 		"token_type":        tokenType,
 		"expires_in":        int64(m.ExpiresAt.Sub(m.IssuedAt).Seconds()),
 		"task":              task,

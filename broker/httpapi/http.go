@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/incident"
@@ -24,11 +25,14 @@ import (
 	"github.com/valet-dev/valet/toolevents"
 )
 
-// Options wires the HTTP layer. Service and StepUp are required.
+// Options wires the HTTP layer. Service, StepUp, Events and Delegation
+// are required.
 type Options struct {
 	Service *broker.Service
 	// StepUp serves sensitive actions: action tokens and approvals.
 	StepUp *stepup.Service
+	// Delegation answers token exchanges (POST /v1/token).
+	Delegation *delegation.Service
 	// Issuer is Valet's public URL (the iss of its tokens).
 	Issuer string
 	// JWKS is the published key set document.
@@ -79,6 +83,9 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	}
 	if opts.Events == nil {
 		return nil, errors.New("httpapi: events cannot be nil")
+	}
+	if opts.Delegation == nil {
+		return nil, errors.New("httpapi: delegation cannot be nil")
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 64 << 10

@@ -84,7 +84,7 @@ func newApprovalBroker(t *testing.T) *approvalBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(context.Background(), server.Options{PublicURL: b.url, Identity: verifier, Tokens: tokens, Ledger: ledger,
+	srv, err := server.New(context.Background(), server.Options{PublicURL: b.url, Identity: verifier, Tokens: tokens, Ledger: ledger, Loss: ledger,
 		Auditors: []broker.Auditor{audit.NewLog(b.audit)}, Templates: set, Now: b.clock.Now,
 		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of("tool-server-secret-123")}},
 		Agent:   broker.AgentConfig{Limiter: ledger, Records: ledger},

@@ -17,6 +17,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/metrics"
@@ -76,6 +77,9 @@ type Options struct {
 	Ledger broker.Ledger
 	// Epochs, when set, makes introspection honour revoked-before epochs.
 	Epochs broker.EpochStore
+	// Loss, when set, tells /readyz that the ledger lost its data
+	// (revocation.RedisLedger).
+	Loss broker.LossReporter
 	// Controls, when set, is checked by every declaration (freeze,
 	// quarantine, distrust); New loads it once, Run keeps it current.
 	Controls Controls
@@ -234,7 +238,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	cfg := broker.Config{
 		Identity: o.Identity, Tokens: o.Tokens, Issuers: o.Issuers, Ledger: o.Ledger, Auditor: auditor, Templates: o.Templates,
 		Clients: o.Clients, IntrospectionClients: o.IntrospectionClients, Now: o.Now, Logger: o.Logger, Agent: o.Agent,
-		Epochs: o.Epochs, RevocationQueue: o.Queue, ReconcileGrace: o.ReconcileGrace, ReaperLag: reaperLag,
+		Epochs: o.Epochs, Loss: o.Loss, RevocationQueue: o.Queue, ReconcileGrace: o.ReconcileGrace, ReaperLag: reaperLag,
 	}
 	if o.Controls != nil {
 		o.Controls.Reload(ctx)
@@ -264,6 +268,10 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	// Without a record store, events answer 503 as the Service's other
 	// records do.
 	ecfg.Records = o.Agent.Records
+	deleg, err := delegation.New(delegation.Config{Core: s.svc, Tokens: o.Tokens, Auditor: auditor, Now: o.Now, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
 	if a := o.Admin; a != nil {
 		if o.Controls == nil || o.Epochs == nil {
 			return nil, errors.New("server: the admin API needs controls and epochs")
@@ -287,7 +295,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		}
 	}
 	hopts := httpapi.Options{
-		Service: s.svc, StepUp: s.steps, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
+		Service: s.svc, StepUp: s.steps, Delegation: deleg, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
 		Ready: o.Ready, DevIdP: o.DevIdP, MaxBodyBytes: o.MaxBodyBytes, RequestTimeout: o.RequestTimeout, Logger: o.Logger,
 		Events: s.events, Admin: s.admin, Feed: o.Feed, FeedHub: s.hub,
 	}

@@ -11,20 +11,14 @@ import (
 	"github.com/valet-dev/valet/internal/testkit"
 )
 
-// DueLedger is a ledger that ends due tasks in batches.
-type DueLedger interface {
-	broker.Ledger
-	broker.DueEnder
-}
-
 // NewDueEnder returns two replicas of one empty ledger (the same value
 // twice for a ledger held in one process), reading the time from clock
 // where they read time at all. It is called once per case.
-type NewDueEnder func(t *testing.T, clock *Clock) (a, b DueLedger)
+type NewDueEnder func(t *testing.T, clock *Clock) (a, b broker.Ledger)
 
 type dueEnv struct {
 	ledgerEnv
-	a, b DueLedger
+	a, b broker.Ledger
 }
 
 // dueEnderCases are the rules of broker.DueEnder, one function each.
@@ -66,7 +60,7 @@ func (e dueEnv) recordDue(t *testing.T, name string, n int, deadline time.Time) 
 	return ids
 }
 
-func (e dueEnv) endDue(t *testing.T, l DueLedger, limit int) []broker.EndedTask {
+func (e dueEnv) endDue(t *testing.T, l broker.Ledger, limit int) []broker.EndedTask {
 	t.Helper()
 	ended, err := l.EndDue(e.ctx, e.clock.Now(), limit, "deadline passed")
 	if err != nil {
@@ -157,7 +151,7 @@ func endDueExactlyOnceAcrossReplicas(t *testing.T, e dueEnv) {
 		seen = map[string]int{}
 		wg   sync.WaitGroup
 	)
-	for _, l := range []DueLedger{e.a, e.b} {
+	for _, l := range []broker.Ledger{e.a, e.b} {
 		wg.Go(func() {
 			for {
 				batch, err := l.EndDue(e.ctx, e.clock.Now(), 16, "deadline passed")

@@ -1,4 +1,4 @@
-package broker
+package delegation
 
 import (
 	"errors"
@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/valet-dev/valet/broker"
 )
 
 // TestAttenuateProperty: over 10,000 random (template, parent grant, child
@@ -36,7 +38,7 @@ func TestAttenuateProperty(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	var granted, denied int
 	for i := range 10_000 {
-		tmpl := &Template{Name: "t", Tools: subset(tools), Audiences: subset(auds), Scopes: subset(scopes),
+		tmpl := &broker.Template{Name: "t", Tools: subset(tools), Audiences: subset(auds), Scopes: subset(scopes),
 			MaxTTL: time.Duration(1+rng.IntN(3600)) * time.Second}
 		if rng.IntN(4) == 0 {
 			tmpl.Tools = append(tmpl.Tools, "tool.*") // a wildcard admits every tool
@@ -45,7 +47,7 @@ func TestAttenuateProperty(t *testing.T) {
 			tmpl.Audiences, tmpl.Scopes = auds, scopes
 		}
 		if rng.IntN(10) > 0 {
-			tmpl.Delegation = &DelegationPolicy{MaxDepth: 1 + rng.IntN(MaxDelegationDepth)}
+			tmpl.Delegation = &broker.DelegationPolicy{MaxDepth: 1 + rng.IntN(broker.MaxDelegationDepth)}
 		}
 		parent := ParentGrant{Tools: subset(tools), Audiences: subset(auds), Scopes: subset(scopes),
 			Deadline: now.Add(time.Duration(rng.IntN(7200)-60) * time.Second), Depth: rng.IntN(4)}
@@ -57,7 +59,7 @@ func TestAttenuateProperty(t *testing.T) {
 			}
 			return subset(parentHas)
 		}
-		req := DelegationRequest{Tools: within(parent.Tools, tools), Audiences: within(parent.Audiences, auds)}
+		req := Request{Tools: within(parent.Tools, tools), Audiences: within(parent.Audiences, auds)}
 		if rng.IntN(2) == 0 {
 			req.Scopes = within(parent.Scopes, scopes)
 		}
@@ -66,8 +68,8 @@ func TestAttenuateProperty(t *testing.T) {
 		}
 		g, depth, err := Attenuate(tmpl, parent, req, now)
 		if err != nil {
-			var e *Error
-			if !errors.As(err, &e) || (e.Code != CodeForbidden && e.Code != CodeInvalid) {
+			var e *broker.Error
+			if !errors.As(err, &e) || (e.Code != broker.CodeForbidden && e.Code != broker.CodeInvalid) {
 				t.Fatalf("case %d: refusal is not a 403 or 400: %v", i, err)
 			}
 			denied++
