@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/canonical"
+	"github.com/valet-dev/valet/policy"
 )
 
 // MaxActionTTL is the longest an action token lives.
@@ -62,7 +63,7 @@ func DecodeActionRequest(r io.Reader) (ActionRequest, error) {
 	switch {
 	case a.Tool == "":
 		return a, InvalidField("tool", "tool is required")
-	case !validToolName(a.Tool):
+	case !policy.ValidToolName(a.Tool):
 		return a, checkToolName("tool", a.Tool)
 	}
 	canon, err := canonical.Args(a.Args)
@@ -173,7 +174,7 @@ func (s *Service) RequestAction(ctx context.Context, raw string, req ActionReque
 				Message: fmt.Sprintf("denied by rule %q of template %q", st.Condition.Name, tmpl.Name)})
 		}
 	}
-	if st.Rule == RuleApproval {
+	if st.Rule == policy.RuleApproval {
 		a, err := s.fileApproval(ctx, task, c, req, st, resource)
 		if err != nil {
 			return ActionResult{}, err
@@ -185,7 +186,7 @@ func (s *Service) RequestAction(ctx context.Context, raw string, req ActionReque
 
 // resourceOf returns the labels of st's resource, with its id, as CEL sees
 // them; an unknown resource id refuses (fail closed).
-func (s *Service) resourceOf(st *SensitiveTool) (map[string]any, error) {
+func (s *Service) resourceOf(st *policy.SensitiveTool) (map[string]any, error) {
 	out := map[string]any{}
 	if st.Resource == "" {
 		return out, nil
@@ -229,7 +230,7 @@ func (s *Service) actionVars(task Task, c TaskClaims, req ActionRequest, resourc
 
 // issueAction spends the actions budget, mints an action token, records it
 // and audits it, in that order; it returns nothing unless all succeeded.
-func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl *Template, tool string, args []byte, showArgs bool, approvalID, how string) (ActionResult, error) {
+func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl *policy.Template, tool string, args []byte, showArgs bool, approvalID, how string) (ActionResult, error) {
 	store, err := s.RecordsStore()
 	if err != nil {
 		return ActionResult{}, err
@@ -252,7 +253,7 @@ func (s *Service) issueAction(ctx context.Context, task Task, c TaskClaims, tmpl
 	}
 	if err := s.Spend(ctx, "actions", task.ID, tmpl.Budgets.Actions, task.Deadline); err != nil {
 		req := ActionRequest{Tool: tool, Args: args}
-		return ActionResult{}, s.actionDenied(ctx, task, req, &SensitiveTool{ShowArgs: showArgs}, err)
+		return ActionResult{}, s.actionDenied(ctx, task, req, &policy.SensitiveTool{ShowArgs: showArgs}, err)
 	}
 	hash := canonical.Hash(args)
 	ac := ActionClaims{ID: NewID("act"), TaskID: task.ID, Tool: tool, ArgsHash: hash, Subject: c.Subject,
@@ -307,7 +308,7 @@ func argsDetail(tool string, args []byte, show bool) map[string]any {
 }
 
 // actionDenied logs and audits a refused action request and returns err.
-func (s *Service) actionDenied(ctx context.Context, task Task, req ActionRequest, st *SensitiveTool, err error) error {
+func (s *Service) actionDenied(ctx context.Context, task Task, req ActionRequest, st *policy.SensitiveTool, err error) error {
 	var e *Error
 	rule := ""
 	if errors.As(err, &e) {

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 // Role is an admin's level. Each role can do what the ones below it can.
@@ -106,7 +108,7 @@ type Admin struct {
 
 type roleRule struct {
 	role Role
-	cond Condition
+	cond policy.Condition
 }
 
 // NewAdmin checks cfg and compiles the role rules.
@@ -124,10 +126,6 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("admin: %s cannot be nil", strings.Join(missing, ", "))
 	}
-	env, err := claimsEnv()
-	if err != nil {
-		return nil, err
-	}
 	a := &Admin{
 		identity: cfg.Identity, svc: cfg.Service, controls: cfg.Controls, jobs: cfg.Jobs, epochs: cfg.Epochs,
 		timeline: cfg.Timeline, issuers: cfg.AgentIssuers, lease: cfg.JobLease, inline: cfg.InlineBudget,
@@ -142,7 +140,7 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 			errs = append(errs, fmt.Errorf("admin.roles: %q is not a role (viewer, operator, responder, admin)", name))
 			continue
 		}
-		c, err := compileCondition(env, name, expr)
+		c, err := policy.CompileClaimsCondition(name, expr)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("admin.roles.%s: %w", name, err))
 			continue

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 // DefaultApprovalTimeout is how long an approval stays pending when the
@@ -141,7 +143,7 @@ type Approval struct {
 // fileApproval records a pending approval (until the task's deadline, so a
 // poll after the timeout learns it was denied), audits it, and tells the
 // webhook in the background.
-func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req ActionRequest, st *SensitiveTool, resource map[string]any) (Approval, error) {
+func (s *Service) fileApproval(ctx context.Context, task Task, c TaskClaims, req ActionRequest, st *policy.SensitiveTool, resource map[string]any) (Approval, error) {
 	store, err := s.RecordsStore()
 	if err != nil {
 		return Approval{}, err

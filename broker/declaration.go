@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 // Limits on a declaration, beyond the HTTP body cap.
@@ -66,7 +68,7 @@ func (w declarationWire) validate() (Declaration, error) {
 		switch {
 		case tool == "":
 			return d, InvalidField(field, "%s is empty", field)
-		case !validToolName(tool):
+		case !policy.ValidToolName(tool):
 			return d, checkToolName(field, tool)
 		case seen[tool]:
 			return d, InvalidField(field, "%s: tool %q is listed twice", field, tool)

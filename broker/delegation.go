@@ -11,7 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"go.yaml.in/yaml/v3"
+	"github.com/valet-dev/valet/policy"
 )
 
 // Token exchange (RFC 8693) parameters and types Valet accepts.
@@ -22,31 +22,9 @@ const (
 	TokenTypeJWT           = "urn:ietf:params:oauth:token-type:jwt"
 )
 
-const (
-	// DefaultMaxDepth is a delegation block's max_depth when it sets none.
-	DefaultMaxDepth = 2
-	// MaxDelegationDepth is the deepest any template may allow.
-	MaxDelegationDepth = 16
-	// maxTreeNodes bounds one cascade: more descendants than this are left
-	// to die by their own deadlines, which never pass their root's.
-	maxTreeNodes = 100_000
-)
-
-// DelegationPolicy is a template's delegation block: which sub-agents a
-// task may delegate to (Condition over the sub-agent's identity claims,
-// required) and how deep a delegation tree may grow.
-type DelegationPolicy struct {
-	MaxDepth  int
-	Condition *Condition
-}
-
-// Budgets cap what one task tree may do. Zero means no cap.
-type Budgets struct {
-	// Actions caps the action tokens issued for one task.
-	Actions int
-	// Delegations caps the token exchanges in one delegation tree.
-	Delegations int
-}
+// maxTreeNodes bounds one cascade: more descendants than this are left
+// to die by their own deadlines, which never pass their root's.
+const maxTreeNodes = 100_000
 
 // DelegationRequest is a token exchange as the agent sent it.
 type DelegationRequest struct {
@@ -155,7 +133,7 @@ type ParentGrant struct {
 // child ends at or before the parent. Asking for more is an error naming
 // what was asked; nothing is ever widened or silently dropped. It returns
 // the grant and the child's depth.
-func Attenuate(tmpl *Template, parent ParentGrant, req DelegationRequest, now time.Time) (Grant, int, error) {
+func Attenuate(tmpl *policy.Template, parent ParentGrant, req DelegationRequest, now time.Time) (Grant, int, error) {
 	deny := func(rule, field, format string, args ...any) (Grant, int, error) {
 		return Grant{}, 0, &Error{Code: CodeForbidden, Message: fmt.Sprintf(format, args...), Rule: rule, Field: field}
 	}
@@ -304,7 +282,7 @@ func (s *Service) exchangeParties(ctx context.Context, req DelegationRequest) (T
 // gate before anything is spent or minted for it; the parent's template
 // must still exist and its delegation condition admit the actor. It
 // returns that template.
-func (s *Service) admitDelegation(ctx context.Context, parent Task, actor Principal) (*Template, error) {
+func (s *Service) admitDelegation(ctx context.Context, parent Task, actor Principal) (*policy.Template, error) {
 	childLinks := Task{Chain: childChain(parent, actor), Subject: parent.Subject, SubjectIssuer: parent.SubjectIssuer}.Links()
 	if err := s.gate(ctx, standing{links: childLinks, template: parent.Template}); err != nil {
 		return nil, err
@@ -314,7 +292,7 @@ func (s *Service) admitDelegation(ctx context.Context, parent Task, actor Princi
 		return nil, &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q is no longer available", parent.Template), Rule: "template"}
 	}
 	if tmpl.Delegation != nil {
-		if ok, cerr := tmpl.Delegation.Condition.Eval(map[string]any{"claims": claimsVar(actor.Claims)}); !ok {
+		if ok, cerr := tmpl.Delegation.Condition.EvalClaims(actor.Claims); !ok {
 			return nil, &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q does not allow delegation to this agent", tmpl.Name),
 				Rule: "delegation.condition", Err: cerr}
 		}
@@ -327,7 +305,7 @@ func (s *Service) admitDelegation(ctx context.Context, parent Task, actor Princi
 // delegations budget. It returns the child's grant, its depth, and the
 // deadline it may not outlive: the parent's, or the subject token's expiry
 // if sooner.
-func (s *Service) attenuateDelegation(ctx context.Context, tmpl *Template, pc TaskClaims, parent Task, req DelegationRequest, now time.Time) (Grant, int, time.Time, error) {
+func (s *Service) attenuateDelegation(ctx context.Context, tmpl *policy.Template, pc TaskClaims, parent Task, req DelegationRequest, now time.Time) (Grant, int, time.Time, error) {
 	limit := parent.Deadline
 	if pc.ExpiresAt.Before(limit) {
 		limit = pc.ExpiresAt
@@ -346,7 +324,7 @@ func (s *Service) attenuateDelegation(ctx context.Context, tmpl *Template, pc Ta
 
 // childTask is the task delegated from parent to actor under grant g: same
 // tree, subject, intent and DPoP key, one link longer.
-func childTask(parent Task, actor Principal, tmpl *Template, g Grant, depth int, now time.Time) Task {
+func childTask(parent Task, actor Principal, tmpl *policy.Template, g Grant, depth int, now time.Time) Task {
 	subject := parent.Subject
 	if subject == "" {
 		subject = parent.Agent
@@ -469,59 +447,4 @@ func (s *Service) endDescendants(ctx context.Context, t Task) error {
 		}
 	}
 	return nil
-}
-
-// delegationBlock is a template's delegation block as it is decoded.
-type delegationBlock struct {
-	p        DelegationPolicy
-	condNode *yaml.Node
-}
-
-func decodeDelegation(l *templateLoader, n *yaml.Node, path string, t *Template) {
-	b := &delegationBlock{p: DelegationPolicy{MaxDepth: DefaultMaxDepth}}
-	if !decodeMapping(l, n, path, delegationFields, b) || b.condNode == nil {
-		return
-	}
-	b.p.Condition = l.compile(l.claimsEnv, b.condNode, joinPath(path, "condition"), "delegation.condition")
-	if b.p.Condition != nil {
-		t.Delegation = &b.p
-	}
-}
-
-var delegationFields = []field[*delegationBlock]{
-	{key: "max_depth", decode: func(l *templateLoader, n *yaml.Node, path string, b *delegationBlock) {
-		if d, ok := l.intIn(n, path, 1, MaxDelegationDepth); ok {
-			b.p.MaxDepth = d
-		}
-	}},
-	{key: "condition", required: true, decode: func(_ *templateLoader, n *yaml.Node, _ string, b *delegationBlock) {
-		b.condNode = n
-	}},
-}
-
-func decodeBudgets(l *templateLoader, n *yaml.Node, path string, t *Template) {
-	decodeMapping(l, n, path, budgetFields, &t.Budgets)
-}
-
-var budgetFields = []field[*Budgets]{
-	{key: "actions", decode: func(l *templateLoader, n *yaml.Node, path string, b *Budgets) {
-		b.Actions, _ = l.intIn(n, path, 1, 1_000_000)
-	}},
-	{key: "delegations", decode: func(l *templateLoader, n *yaml.Node, path string, b *Budgets) {
-		b.Delegations, _ = l.intIn(n, path, 1, 1_000_000)
-	}},
-}
-
-// intIn decodes an integer from lo to hi.
-func (l *templateLoader) intIn(n *yaml.Node, path string, lo, hi int) (int, bool) {
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
-		l.report(n, path, "must be a whole number from %d to %d", lo, hi)
-		return 0, false
-	}
-	v, err := strconv.Atoi(n.Value)
-	if err != nil || v < lo || v > hi {
-		l.report(n, path, "must be a whole number from %d to %d", lo, hi)
-		return 0, false
-	}
-	return v, true
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 // Tool-call events: what a tool server reports that an agent actually did,
@@ -184,7 +186,7 @@ func (e EventReport) validate() error {
 	switch {
 	case e.Tool == "":
 		return InvalidField("tool", "tool is required")
-	case !validToolName(e.Tool):
+	case !policy.ValidToolName(e.Tool):
 		return checkToolName("tool", e.Tool)
 	case e.Outcome != "ok" && e.Outcome != "error" && e.Outcome != "refused":
 		return InvalidField("outcome", "outcome must be ok, error or refused")

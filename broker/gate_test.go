@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 // A delegated child of agent-a's on-behalf-of task for user-u, handed to
@@ -85,10 +87,10 @@ func TestLinksOfOlderRecords(t *testing.T) {
 // parent holds it (into ActionTools, never Tools), and a child that asks
 // for no scope gets the parent's.
 func TestAttenuateSensitiveToolsAndScopes(t *testing.T) {
-	tmpl := &Template{Name: "gate", Tools: []string{"tickets.read"}, Audiences: []string{"https://tools"},
+	tmpl := &policy.Template{Name: "gate", Tools: []string{"tickets.read"}, Audiences: []string{"https://tools"},
 		Scopes: []string{"tickets:read", "tickets:write"}, MaxTTL: time.Hour,
-		Delegation: &DelegationPolicy{MaxDepth: 3},
-		Sensitive:  []SensitiveTool{{Tool: "kb.delete", Rule: RulePolicy}}}
+		Delegation: &policy.DelegationPolicy{MaxDepth: 3},
+		Sensitive:  []policy.SensitiveTool{{Tool: "kb.delete", Rule: policy.RulePolicy}}}
 	now := time.Unix(1_800_000_000, 0)
 	parent := ParentGrant{Tools: []string{"tickets.read"}, Audiences: []string{"https://tools"},
 		Scopes: []string{"tickets:read"}, Deadline: now.Add(time.Hour)}

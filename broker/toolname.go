@@ -3,26 +3,18 @@ package broker
 import (
 	"fmt"
 	"strings"
+
+	"github.com/valet-dev/valet/policy"
 )
 
-// toolNameRules says in words what validToolName accepts, for errors.
-const toolNameRules = "use 1 to 128 of A-Z, a-z, 0-9, '_', '.', ':', '/', '-', not starting with '.', ':', '/' or '-', and no \"..\""
-
-// validToolName is the one grammar of a tool name, wherever it comes from:
-// a template, a declaration, a delegation, an action request or an event
-// report. ASCII only, so no space, control, zero-width or look-alike
-// character and no '*' ever reaches a pattern match, the audit or a log.
-func validToolName(s string) bool {
-	return toolNameRE.MatchString(s) && !strings.Contains(s, "..")
-}
-
-// checkToolName refuses a client-sent tool name that is not valid, naming
-// the field (tools[3], tool) and quoting at most 64 bytes of it.
+// checkToolName refuses a client-sent tool name that is not valid (the
+// grammar is policy.ValidToolName), naming the field (tools[3], tool) and
+// quoting at most 64 bytes of it.
 func checkToolName(field, s string) *Error {
-	if validToolName(s) {
+	if policy.ValidToolName(s) {
 		return nil
 	}
-	return InvalidField(field, "%s: %q is not a valid tool name: %s", field, truncate(s, 64), toolNameRules)
+	return InvalidField(field, "%s: %q is not a valid tool name: %s", field, truncate(s, 64), policy.ToolNameRules)
 }
 
 // checkToolNames checks every name of a client-sent tool list.
@@ -33,4 +25,13 @@ func checkToolNames(field string, names []string) *Error {
 		}
 	}
 	return nil
+}
+
+// truncate cuts s to at most n bytes of valid UTF-8, marking a cut with
+// "...".
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "..."
 }

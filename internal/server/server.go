@@ -20,6 +20,7 @@ import (
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/openapi"
+	"github.com/valet-dev/valet/policy"
 )
 
 // MaxHeaderBytes caps a request's header block. What Valet needs is one
@@ -82,7 +83,7 @@ type Options struct {
 	// one is required).
 	Auditors []broker.Auditor
 	// Templates are the templates in force at start.
-	Templates *broker.TemplateSet
+	Templates *policy.Set
 	// Reload, when set, is where the template watcher reloads templates
 	// from (on SIGHUP and, if Watch, when a file changes).
 	Reload *TemplateReload

@@ -1,4 +1,4 @@
-package broker
+package policy
 
 import (
 	"errors"
@@ -32,13 +32,13 @@ func claimsEnv() (*cel.Env, error) {
 
 // CompileClaimsCondition compiles expr as a condition over an identity
 // token's claims alone (the variable `claims`), as trusted-issuer conditions
-// are; name labels its errors.
+// and admin roles are; name labels its errors. Evaluate it with EvalClaims.
 func CompileClaimsCondition(name, expr string) (Condition, error) {
-	env, err := claimsEnv()
+	envs, err := templateCELEnvs()
 	if err != nil {
 		return Condition{}, fmt.Errorf("building the CEL environment: %w", err)
 	}
-	return compileCondition(env, name, expr)
+	return compileCondition(envs.claims, name, expr)
 }
 
 // requestEnv is the environment of template conditions: who asks
@@ -89,4 +89,10 @@ func (c Condition) Eval(vars map[string]any) (bool, error) {
 		return false, fmt.Errorf("condition %q returned %s, not bool", c.Name, out.Type())
 	}
 	return b, nil
+}
+
+// EvalClaims runs a condition over an identity token's claims alone (nil
+// is an empty map), as Eval does.
+func (c Condition) EvalClaims(claims map[string]any) (bool, error) {
+	return c.Eval(map[string]any{"claims": claimsVar(claims)})
 }

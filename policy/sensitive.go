@@ -1,4 +1,4 @@
-package broker
+package policy
 
 import (
 	"sync"
@@ -17,7 +17,7 @@ const (
 // SensitiveTool is one entry of a template's sensitive_tools: a tool that
 // is granted (declared, delegated) like any other, but carried in a task
 // token's action_tools, never its tools, and used only through one-shot
-// action tokens that Valet issues per call (see actions.go).
+// action tokens that Valet issues per call (see broker/actions.go).
 type SensitiveTool struct {
 	Tool string
 	// Rule is RulePolicy or RuleApproval.
@@ -105,8 +105,8 @@ var sensitiveFields = []field[*sensitiveBlock]{
 		if !ok {
 			return
 		}
-		if !validToolName(s) {
-			l.report(n, path, "%q is not a valid tool name (no wildcards here): %s", truncate(s, 64), toolNameRules)
+		if !ValidToolName(s) {
+			l.report(n, path, "%q is not a valid tool name (no wildcards here): %s", truncate(s, 64), ToolNameRules)
 			return
 		}
 		b.s.Tool, b.toolNode = s, n
