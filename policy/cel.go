@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"cel.dev/cel-go/cel"
-	"cel.dev/cel-go/ext"
 )
 
 // celCostLimit bounds the work one condition may do at request time, so a
@@ -22,12 +21,11 @@ type Condition struct {
 }
 
 // claimsEnv is the environment of conditions over an identity token's
-// claims alone: trusted-issuer conditions and template principal rules.
-func claimsEnv() (*cel.Env, error) {
-	return cel.NewEnv(
-		cel.Variable("claims", cel.MapType(cel.StringType, cel.DynType)),
-		ext.Strings(),
-	)
+// claims alone: trusted-issuer conditions, template principal and users
+// rules, delegation conditions and admin roles. claims stays a map: its
+// keys are the identity provider's.
+func claimsEnv() (celEnv, error) {
+	return newCELEnv([]celVar{{name: "claims", typ: claimsType}})
 }
 
 // CompileClaimsCondition compiles expr as a condition over an identity
@@ -43,31 +41,53 @@ func CompileClaimsCondition(name, expr string) (Condition, error) {
 
 // requestEnv is the environment of template conditions: who asks
 // (principal), on whose behalf (user, empty when the agent acts for
-// itself), what they ask for (request) and when (now).
-func requestEnv() (*cel.Env, error) {
-	return cel.NewEnv(
-		cel.Variable("principal", cel.MapType(cel.StringType, cel.DynType)),
-		cel.Variable("user", cel.MapType(cel.StringType, cel.DynType)),
-		cel.Variable("request", cel.MapType(cel.StringType, cel.DynType)),
-		cel.Variable("now", cel.TimestampType),
-		ext.Strings(),
-	)
+// itself, so size(user) == 0), what they ask for (request) and when (now).
+func requestEnv() (celEnv, error) {
+	return newCELEnv([]celVar{
+		{name: "principal", obj: identityType},
+		{name: "user", obj: identityType},
+		{name: "request", obj: requestType},
+		{name: "now", typ: cel.TimestampType},
+	}, sizeOfIdentity())
+}
+
+// actionEnvironment is the environment of sensitive-tool conditions.
+// action is {tool, args, context} (context is what the agent asserts), task
+// is what Valet recorded, principal the agent acting, resource the
+// ops-defined labels of the entry's resource plus its id.
+func actionEnvironment() (celEnv, error) {
+	return newCELEnv([]celVar{
+		{name: "action", obj: actionType},
+		{name: "task", obj: taskType},
+		{name: "principal", obj: agentType},
+		{name: "resource", typ: cel.MapType(cel.StringType, cel.StringType)},
+		{name: "now", typ: cel.TimestampType},
+	})
 }
 
 // compileCondition type-checks expr in env, requires a bool result, and
-// returns the program ready to evaluate.
-func compileCondition(env *cel.Env, name, expr string) (Condition, error) {
+// returns the program ready to evaluate. A checker error says what exists
+// (the fields of an object, the variables of env).
+func compileCondition(env celEnv, name, expr string) (Condition, error) {
 	if expr == "" {
 		return Condition{}, errors.New("expression is empty")
 	}
-	ast, iss := env.Compile(expr)
+	parsed, iss := env.env.Parse(expr)
 	if iss.Err() != nil {
 		return Condition{}, iss.Err()
 	}
-	if ast.OutputType() != cel.BoolType && ast.OutputType() != cel.DynType {
-		return Condition{}, fmt.Errorf("expression must evaluate to bool, not %s", ast.OutputType())
+	checked, iss := env.env.Check(parsed)
+	if iss.Err() != nil {
+		env.explain(parsed, iss)
+		return Condition{}, iss.Err()
 	}
-	prg, err := env.Program(ast, cel.CostLimit(celCostLimit), cel.InterruptCheckFrequency(100))
+	if err := env.refuseConstruction(checked); err != nil {
+		return Condition{}, err
+	}
+	if checked.OutputType() != cel.BoolType && checked.OutputType() != cel.DynType {
+		return Condition{}, fmt.Errorf("expression must evaluate to bool, not %s", checked.OutputType())
+	}
+	prg, err := env.env.Program(checked, cel.CostLimit(celCostLimit), cel.InterruptCheckFrequency(100))
 	if err != nil {
 		return Condition{}, err
 	}

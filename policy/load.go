@@ -16,7 +16,6 @@ import (
 	"time"
 	"unicode"
 
-	"cel.dev/cel-go/cel"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -185,8 +184,8 @@ func Load(files []File, knownIssuers []string) (*Set, error) {
 // templateCELEnvs builds the CEL environments of templates once: they are
 // immutable and safe for concurrent use, and building them costs more than
 // compiling a template's conditions.
-var templateCELEnvs = sync.OnceValues(func() (struct{ claims, request *cel.Env }, error) {
-	var envs struct{ claims, request *cel.Env }
+var templateCELEnvs = sync.OnceValues(func() (struct{ claims, request celEnv }, error) {
+	var envs struct{ claims, request celEnv }
 	var err error
 	if envs.claims, err = claimsEnv(); err != nil {
 		return envs, fmt.Errorf("building claims CEL environment: %w", err)
@@ -205,8 +204,8 @@ type site struct {
 
 // templateLoader collects templates and problems across files.
 type templateLoader struct {
-	claimsEnv  *cel.Env
-	requestEnv *cel.Env
+	claimsEnv  celEnv
+	requestEnv celEnv
 	issuers    map[string]bool // nil: any issuer name is accepted
 
 	file string // the file being decoded
@@ -444,7 +443,7 @@ func (l *templateLoader) stringList(n *yaml.Node, path, what string, check func(
 }
 
 // compile compiles a CEL condition, reporting a failure at n.
-func (l *templateLoader) compile(env *cel.Env, n *yaml.Node, path, name string) *Condition {
+func (l *templateLoader) compile(env celEnv, n *yaml.Node, path, name string) *Condition {
 	expr, ok := l.str(n, path)
 	if !ok {
 		return nil
