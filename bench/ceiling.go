@@ -17,6 +17,7 @@ import (
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -35,7 +36,7 @@ import (
 type ceilingFixture struct {
 	idTokens []string
 	idKey    jose.JSONWebKey
-	tmpl     *broker.Template
+	tmpl     *policy.Template
 	p        broker.Principal
 	d        broker.Declaration
 	edKey    ed25519.PrivateKey
@@ -53,7 +54,7 @@ func newCeilingFixture(ctx context.Context, p *idp, redisURL string, idTokens in
 	if f.idTokens, err = p.tokens(idTokens, runtime.GOMAXPROCS(0)); err != nil {
 		return nil, err
 	}
-	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "bench.yaml", Data: []byte(benchTemplates)}}, []string{"bench"})
+	set, err := policy.Load([]policy.File{{Name: "bench.yaml", Data: []byte(benchTemplates)}}, []string{"bench"})
 	if err != nil {
 		return nil, err
 	}
@@ -145,11 +146,12 @@ func (f *ceilingFixture) benchCEL(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if ok, err := f.tmpl.AdmitsPrincipal(f.p); !ok || err != nil {
+			id := f.p.PolicyIdentity()
+			if ok, err := f.tmpl.AdmitsPrincipal(id); !ok || err != nil {
 				b.Errorf("principal not admitted: %v", err)
 				return
 			}
-			if rule, err := f.tmpl.Check(f.p, f.d, f.d.TTL, now); rule != "" || err != nil {
+			if rule, err := f.tmpl.Check(id, nil, policy.Request{Template: f.d.Template, Intent: f.d.Intent, Tools: f.d.Tools, TTL: f.d.TTL, Context: f.d.Context}, now); rule != "" || err != nil {
 				b.Errorf("denied by %s: %v", rule, err)
 				return
 			}

@@ -32,6 +32,7 @@ import (
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -293,7 +294,7 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	if err := verifier.Ready(ctx); err != nil {
 		return nil, fmt.Errorf("loading the issuer's keys: %w", err)
 	}
-	templates, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "bench.yaml", Data: []byte(benchTemplates)}}, []string{"bench"})
+	templates, err := policy.Load([]policy.File{{Name: "bench.yaml", Data: []byte(benchTemplates)}}, []string{"bench"})
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -124,7 +125,7 @@ func memoryChild(n int, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	templates, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "bench.yaml", Data: []byte(benchTemplates)}}, []string{"bench"})
+	templates, err := policy.Load([]policy.File{{Name: "bench.yaml", Data: []byte(benchTemplates)}}, []string{"bench"})
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/verify"
 )
@@ -87,7 +88,7 @@ func epochRevoke(ctx context.Context, p *idp, redisURL, dir string, n int) epoch
 	if err != nil {
 		return fail("identity", err)
 	}
-	templates, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "bench.yaml", Data: []byte(benchTemplates)}}, []string{"bench"})
+	templates, err := policy.Load([]policy.File{{Name: "bench.yaml", Data: []byte(benchTemplates)}}, []string{"bench"})
 	if err != nil {
 		return fail("templates", err)
 	}

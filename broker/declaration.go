@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 // Limits on a declaration, beyond the HTTP body cap. MaxTools, MaxToolName
@@ -67,7 +69,7 @@ func (w declarationWire) validate() (Declaration, error) {
 		switch {
 		case tool == "":
 			return d, InvalidField(field, "%s is empty", field)
-		case !ValidToolName(tool):
+		case !policy.ValidToolName(tool):
 			return d, CheckToolName(field, tool)
 		case seen[tool]:
 			return d, InvalidField(field, "%s: tool %q is listed twice", field, tool)

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 // This file holds the incident-response domain: revoked-before epochs,
@@ -15,7 +17,7 @@ import (
 
 // EpochTTL is how long an epoch is kept: the longest life any task (and so
 // any credential) can have, so an epoch outlives every token it covers.
-const EpochTTL = MaxTemplateTTL
+const EpochTTL = policy.MaxTTL
 
 // Dimension is what a revoked-before epoch covers.
 type Dimension string

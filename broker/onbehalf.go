@@ -4,9 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
-	"go.yaml.in/yaml/v3"
+	"github.com/valet-dev/valet/policy"
 )
 
 // On behalf of a user: a declaration may carry the end user's identity
@@ -34,22 +33,13 @@ func (s *Service) authenticateUser(ctx context.Context, raw string) (Principal, 
 	return u, nil
 }
 
-// AdmitsUser reports whether the template lets a task act on behalf of u:
-// some users rule names u's issuer and either has no condition or its
-// condition holds over u's claims. With no users block nobody is admitted.
-// As with AdmitsPrincipal, the first evaluation error comes back when no
-// rule admits u.
-func (t *Template) AdmitsUser(u Principal) (bool, error) {
-	return admits(t.Users, u)
-}
-
 // checkUser is decide's users rule: a declaration without a user passes;
 // one with a user needs the template to admit that user.
-func checkUser(tmpl *Template, u *Principal) error {
+func checkUser(tmpl *policy.Template, u *Principal) error {
 	if u == nil {
 		return nil
 	}
-	ok, err := tmpl.AdmitsUser(*u)
+	ok, err := tmpl.AdmitsUser(u.PolicyIdentity())
 	if ok {
 		return nil
 	}
@@ -78,37 +68,4 @@ func onBehalfDetail(detail map[string]any, task Task) {
 		return
 	}
 	detail["subject"], detail["subject_issuer"], detail["act"] = task.Subject, task.SubjectIssuer, task.Act
-}
-
-// userVar is the user variable of template conditions: an empty map when
-// the agent acts for itself.
-func userVar(u *Principal) map[string]any {
-	if u == nil {
-		return map[string]any{}
-	}
-	return map[string]any{
-		"issuer":     u.Issuer,
-		"issuer_url": u.IssuerURL,
-		"subject":    u.Subject,
-		"claims":     ClaimsVar(u.Claims),
-	}
-}
-
-// decodeUsers decodes a template's users block: rules shaped like
-// principal rules, over the end user's token.
-func decodeUsers(l *templateLoader, n *yaml.Node, path string, t *Template) {
-	t.Users = decodeRules(l, n, path, "user rules", "must list at least one user rule, or be left out", userFields)
-}
-
-// userFields is the schema of one users rule: the issuer check of a
-// principal rule, and a condition named like "users[0].condition".
-var userFields = []field[*PrincipalRule]{
-	principalFields[0],
-	{key: "condition", decode: func(l *templateLoader, n *yaml.Node, path string, r *PrincipalRule) {
-		name := path
-		if i := strings.LastIndex(path, "users["); i >= 0 {
-			name = path[i:]
-		}
-		r.Condition = l.compile(l.claimsEnv, n, path, name)
-	}},
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 // Timeouts that keep a dead dependency from hanging a request.
@@ -37,7 +39,7 @@ type Config struct {
 	Issuers   []Issuer
 	Ledger    Ledger
 	Auditor   Auditor
-	Templates *TemplateSet
+	Templates *policy.Set
 	// Clients may call introspection and revocation with a client secret.
 	Clients []Client
 	// IntrospectionClients admit identity tokens (of tool servers, not
@@ -87,7 +89,7 @@ type Service struct {
 	extra        []Issuer
 	ledger       Ledger
 	audit        Auditor
-	templates    atomic.Pointer[TemplateSet]
+	templates    atomic.Pointer[policy.Set]
 	clients      []Client
 	introClients []IntrospectionRule
 	now          func() time.Time
@@ -174,14 +176,14 @@ func NewService(cfg Config) (*Service, error) {
 
 // SetTemplates swaps in a newly loaded template set. Tasks already declared
 // keep the grant they got.
-func (s *Service) SetTemplates(set *TemplateSet) {
+func (s *Service) SetTemplates(set *policy.Set) {
 	if set != nil {
 		s.templates.Store(set)
 	}
 }
 
 // Templates returns the set in use.
-func (s *Service) Templates() *TemplateSet { return s.templates.Load() }
+func (s *Service) Templates() *policy.Set { return s.templates.Load() }
 
 // Declare verifies the agent's identity, decides the declaration against its
 // template, mints the task's credentials, records them and audits the grant.
@@ -272,7 +274,7 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 		return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q is not available to this agent", d.Template),
 			Rule: "template", Field: "template", Err: errors.New("no such template")}
 	}
-	admitted, err := tmpl.AdmitsPrincipal(p)
+	admitted, err := tmpl.AdmitsPrincipal(p.PolicyIdentity())
 	if err != nil || !admitted {
 		return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("template %q is not available to this agent", d.Template),
 			Rule: "principals", Field: "template", Err: fmt.Errorf("principal %s/%s not admitted: %v", p.Issuer, p.Subject, err)}
@@ -300,7 +302,13 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 		return Grant{}, InvalidField("ttl_seconds", "ttl_seconds %d exceeds the maximum of template %q (%d)",
 			int64(ttl/time.Second), tmpl.Name, int64(tmpl.MaxTTL/time.Second))
 	}
-	rule, err := tmpl.Check(p, d, ttl, now)
+	var user *policy.Identity
+	if d.User != nil {
+		u := d.User.PolicyIdentity()
+		user = &u
+	}
+	rule, err := tmpl.Check(p.PolicyIdentity(), user,
+		policy.Request{Template: d.Template, Intent: d.Intent, Tools: d.Tools, TTL: ttl, Context: d.Context}, now)
 	if rule != "" {
 		return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("denied by rule %q of template %q", rule, tmpl.Name),
 			Rule: rule, Err: err}

@@ -2,6 +2,8 @@ package broker
 
 import (
 	"time"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 // State is where a task is in its life. Only StateActive tasks have live
@@ -31,6 +33,11 @@ type Principal struct {
 	Claims map[string]any `json:"-"`
 	// TokenExpiry is the identity token's exp.
 	TokenExpiry time.Time `json:"-"`
+}
+
+// PolicyIdentity is p as template rules and conditions see it.
+func (p Principal) PolicyIdentity() policy.Identity {
+	return policy.Identity{Issuer: p.Issuer, IssuerURL: p.IssuerURL, Subject: p.Subject, Claims: p.Claims}
 }
 
 // Declaration is what an agent asks for in POST /v1/tasks.
@@ -166,7 +173,7 @@ type Minted struct {
 
 // Grant is the outcome of policy for one declaration: what the task may do.
 type Grant struct {
-	Template  *Template
+	Template  *policy.Template
 	Tools     []string
 	TTL       time.Duration
 	Audiences []string

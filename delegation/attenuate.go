@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // ParentGrant is what a parent task token holds, as far as attenuation is
@@ -24,7 +25,7 @@ type ParentGrant struct {
 // child ends at or before the parent. Asking for more is an error naming
 // what was asked; nothing is ever widened or silently dropped. It returns
 // the grant and the child's depth.
-func Attenuate(tmpl *broker.Template, parent ParentGrant, req Request, now time.Time) (broker.Grant, int, error) {
+func Attenuate(tmpl *policy.Template, parent ParentGrant, req Request, now time.Time) (broker.Grant, int, error) {
 	deny := func(rule, field, format string, args ...any) (broker.Grant, int, error) {
 		return broker.Grant{}, 0, &broker.Error{Code: broker.CodeForbidden, Message: fmt.Sprintf(format, args...), Rule: rule, Field: field}
 	}

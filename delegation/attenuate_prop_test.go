@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // TestAttenuateProperty: over 10,000 random (template, parent grant, child
@@ -38,7 +39,7 @@ func TestAttenuateProperty(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	var granted, denied int
 	for i := range 10_000 {
-		tmpl := &broker.Template{Name: "t", Tools: subset(tools), Audiences: subset(auds), Scopes: subset(scopes),
+		tmpl := &policy.Template{Name: "t", Tools: subset(tools), Audiences: subset(auds), Scopes: subset(scopes),
 			MaxTTL: time.Duration(1+rng.IntN(3600)) * time.Second}
 		if rng.IntN(4) == 0 {
 			tmpl.Tools = append(tmpl.Tools, "tool.*") // a wildcard admits every tool
@@ -47,7 +48,7 @@ func TestAttenuateProperty(t *testing.T) {
 			tmpl.Audiences, tmpl.Scopes = auds, scopes
 		}
 		if rng.IntN(10) > 0 {
-			tmpl.Delegation = &broker.DelegationPolicy{MaxDepth: 1 + rng.IntN(broker.MaxDelegationDepth)}
+			tmpl.Delegation = &policy.DelegationPolicy{MaxDepth: 1 + rng.IntN(policy.MaxDelegationDepth)}
 		}
 		parent := ParentGrant{Tools: subset(tools), Audiences: subset(auds), Scopes: subset(scopes),
 			Deadline: now.Add(time.Duration(rng.IntN(7200)-60) * time.Second), Depth: rng.IntN(4)}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // TestAttenuateSensitiveToolsAndScopes guards issue 9 finding 5 and the
@@ -14,10 +15,10 @@ import (
 // parent holds it (into ActionTools, never Tools), and a child that asks
 // for no scope gets the parent's.
 func TestAttenuateSensitiveToolsAndScopes(t *testing.T) {
-	tmpl := &broker.Template{Name: "gate", Tools: []string{"tickets.read"}, Audiences: []string{"https://tools"},
+	tmpl := &policy.Template{Name: "gate", Tools: []string{"tickets.read"}, Audiences: []string{"https://tools"},
 		Scopes: []string{"tickets:read", "tickets:write"}, MaxTTL: time.Hour,
-		Delegation: &broker.DelegationPolicy{MaxDepth: 3},
-		Sensitive:  []broker.SensitiveTool{{Tool: "kb.delete", Rule: broker.RulePolicy}}}
+		Delegation: &policy.DelegationPolicy{MaxDepth: 3},
+		Sensitive:  []policy.SensitiveTool{{Tool: "kb.delete", Rule: policy.RulePolicy}}}
 	now := time.Unix(1_800_000_000, 0)
 	parent := ParentGrant{Tools: []string{"tickets.read"}, Audiences: []string{"https://tools"},
 		Scopes: []string{"tickets:read"}, Deadline: now.Add(time.Hour)}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // Core is what a token exchange needs of the domain core; *broker.Service
@@ -27,7 +28,7 @@ type Core interface {
 	// task yet: 403 naming the control, 503 when the store is unreachable.
 	CheckLinks(ctx context.Context, links []broker.Link, template string) error
 	// Templates is the template set in force.
-	Templates() *broker.TemplateSet
+	Templates() *policy.Set
 	// Spend counts one use of a tree's budget and refuses it over limit.
 	Spend(ctx context.Context, budget, root string, limit int, until time.Time) error
 	// TaskEvent is an audit event about a task, stamped with the request id.
@@ -154,7 +155,7 @@ func (s *Service) exchangeParties(ctx context.Context, req Request) (broker.Task
 // gate before anything is spent or minted for it; the parent's template
 // must still exist and its delegation condition admit the actor. It
 // returns that template.
-func (s *Service) admitDelegation(ctx context.Context, parent broker.Task, actor broker.Principal) (*broker.Template, error) {
+func (s *Service) admitDelegation(ctx context.Context, parent broker.Task, actor broker.Principal) (*policy.Template, error) {
 	childLinks := broker.Task{Chain: childChain(parent, actor), Subject: parent.Subject, SubjectIssuer: parent.SubjectIssuer}.Links()
 	if err := s.core.CheckLinks(ctx, childLinks, parent.Template); err != nil {
 		return nil, err
@@ -164,7 +165,7 @@ func (s *Service) admitDelegation(ctx context.Context, parent broker.Task, actor
 		return nil, &broker.Error{Code: broker.CodeForbidden, Message: fmt.Sprintf("template %q is no longer available", parent.Template), Rule: "template"}
 	}
 	if tmpl.Delegation != nil {
-		if ok, cerr := tmpl.Delegation.Condition.Eval(map[string]any{"claims": broker.ClaimsVar(actor.Claims)}); !ok {
+		if ok, cerr := tmpl.Delegation.Condition.EvalClaims(actor.Claims); !ok {
 			return nil, &broker.Error{Code: broker.CodeForbidden, Message: fmt.Sprintf("template %q does not allow delegation to this agent", tmpl.Name),
 				Rule: "delegation.condition", Err: cerr}
 		}
@@ -177,7 +178,7 @@ func (s *Service) admitDelegation(ctx context.Context, parent broker.Task, actor
 // delegations budget. It returns the child's grant, its depth, and the
 // deadline it may not outlive: the parent's, or the subject token's expiry
 // if sooner.
-func (s *Service) attenuateDelegation(ctx context.Context, tmpl *broker.Template, pc broker.TaskClaims, parent broker.Task, req Request, now time.Time) (broker.Grant, int, time.Time, error) {
+func (s *Service) attenuateDelegation(ctx context.Context, tmpl *policy.Template, pc broker.TaskClaims, parent broker.Task, req Request, now time.Time) (broker.Grant, int, time.Time, error) {
 	limit := parent.Deadline
 	if pc.ExpiresAt.Before(limit) {
 		limit = pc.ExpiresAt
@@ -196,7 +197,7 @@ func (s *Service) attenuateDelegation(ctx context.Context, tmpl *broker.Template
 
 // childTask is the task delegated from parent to actor under grant g: same
 // tree, subject, intent and DPoP key, one link longer.
-func childTask(parent broker.Task, actor broker.Principal, tmpl *broker.Template, g broker.Grant, depth int, now time.Time) broker.Task {
+func childTask(parent broker.Task, actor broker.Principal, tmpl *policy.Template, g broker.Grant, depth int, now time.Time) broker.Task {
 	subject := parent.Subject
 	if subject == "" {
 		subject = parent.Agent

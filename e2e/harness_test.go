@@ -30,6 +30,7 @@ import (
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/openapi"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/toolevents"
 )
@@ -203,7 +204,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.templates != "" {
 		tmplText = o.templates
 	}
-	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "test.yaml", Data: []byte(tmplText)}}, names)
+	set, err := policy.Load([]policy.File{{Name: "test.yaml", Data: []byte(tmplText)}}, names)
 	if err != nil {
 		t.Fatal(err)
 	}

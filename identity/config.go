@@ -10,7 +10,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // IssuerConfig is one trusted OIDC issuer of agent identity tokens.
@@ -75,7 +75,7 @@ func ValidateIssuers(cfgs []IssuerConfig, selfIssuer string) []error {
 // preparedIssuer is a validated config with its compiled parts.
 type preparedIssuer struct {
 	cfg        IssuerConfig // with defaults applied
-	cond       *broker.Condition
+	cond       *policy.Condition
 	staticKeys []jose.JSONWebKey
 }
 
@@ -166,7 +166,7 @@ func prepareIssuers(cfgs []IssuerConfig, selfIssuer string) ([]preparedIssuer, [
 		}
 
 		if c.Condition != "" {
-			cond, err := broker.CompileClaimsCondition(fmt.Sprintf("issuers[%d].condition", i), c.Condition)
+			cond, err := policy.CompileClaimsCondition(fmt.Sprintf("issuers[%d].condition", i), c.Condition)
 			if err != nil {
 				bad(i, "condition", "%v", err)
 			} else {

@@ -18,6 +18,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // Options tune a Verifier. The zero value is usable.
@@ -77,7 +78,7 @@ type trustedIssuer struct {
 	algs      map[string]bool
 	audiences map[string]bool
 	types     map[string]bool // normalTyp values; TypAbsent for none
-	cond      *broker.Condition
+	cond      *policy.Condition
 	keys      *issuerKeys
 }
 

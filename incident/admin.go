@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // Role is an admin's level. Each role can do what the ones below it can.
@@ -66,7 +67,7 @@ type Core interface {
 	// a credential could not be revoked at its source yet.
 	End(ctx context.Context, id string, state broker.State, reason, actor string) (broker.Task, []broker.Credential, error)
 	// Templates is the template set in force.
-	Templates() *broker.TemplateSet
+	Templates() *policy.Set
 }
 
 // Config wires the admin side. Identity must trust only the admin issuers
@@ -128,7 +129,7 @@ type Admin struct {
 
 type roleRule struct {
 	role Role
-	cond broker.Condition
+	cond policy.Condition
 }
 
 // NewAdmin checks cfg and compiles the role rules.
@@ -158,7 +159,7 @@ func NewAdmin(cfg Config) (*Admin, error) {
 			errs = append(errs, fmt.Errorf("admin.roles: %q is not a role (viewer, operator, responder, admin)", name))
 			continue
 		}
-		c, err := broker.CompileClaimsCondition(name, expr)
+		c, err := policy.CompileClaimsCondition(name, expr)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("admin.roles.%s: %w", name, err))
 			continue

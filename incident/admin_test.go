@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -62,7 +63,7 @@ func (core) End(context.Context, string, broker.State, string, string) (broker.T
 	return broker.Task{}, nil, errors.New("not in this test")
 }
 
-func (core) Templates() *broker.TemplateSet { return nil }
+func (core) Templates() *policy.Set { return nil }
 
 // untouched are the stores Authorize must not use: any call panics.
 type untouched struct {

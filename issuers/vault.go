@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // DefaultVaultTimeout bounds each call to Vault.
@@ -297,7 +298,7 @@ func (v *Vault) Live(ctx context.Context) ([]broker.Credential, error) {
 			c.ExpiresAt, _ = time.Parse(time.RFC3339Nano, s)
 		}
 		if c.ExpiresAt.IsZero() {
-			c.ExpiresAt = v.now().Add(broker.MaxTemplateTTL)
+			c.ExpiresAt = v.now().Add(policy.MaxTTL)
 		}
 		out = append(out, c)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/internal/vaulttest"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 )
 
 // mintWith checks a session can do Valet's work: mint a task token and
@@ -25,7 +26,7 @@ func mintWith(t *testing.T, sess *issuers.VaultSession) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := broker.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}}
+	spec := policy.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}}
 	m, err := v.Mint(context.Background(), vaultTask(time.Now(), time.Minute), broker.Principal{}, vaultGrant(spec))
 	if err != nil {
 		t.Fatalf("mint: %v", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/valet-dev/valet/internal/pgtest"
 	"github.com/valet-dev/valet/internal/vaulttest"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 )
 
 // vaultEnv is a real Vault (and, when asked, PostgreSQL) and a Vault issuer
@@ -48,8 +49,8 @@ func newVaultEnv(t *testing.T, withPG bool) *vaultEnv {
 	return e
 }
 
-func vaultGrant(spec broker.VaultSpec) broker.Grant {
-	return broker.Grant{Template: &broker.Template{Name: "db", Vault: &spec}, TTL: 5 * time.Minute}
+func vaultGrant(spec policy.VaultSpec) broker.Grant {
+	return broker.Grant{Template: &policy.Template{Name: "db", Vault: &spec}, TTL: 5 * time.Minute}
 }
 
 func vaultTask(now time.Time, ttl time.Duration) broker.Task {
@@ -57,7 +58,7 @@ func vaultTask(now time.Time, ttl time.Duration) broker.Task {
 		Agent: "agent-7", Issuer: "test", Template: "db", CreatedAt: now, Deadline: now.Add(ttl)}
 }
 
-var dbSpec = broker.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}, DatabaseRole: vaulttest.DBRole}
+var dbSpec = policy.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}, DatabaseRole: vaulttest.DBRole}
 
 func lookup(t *testing.T, v *vaulttest.Server, accessor string) *api.Secret {
 	t.Helper()
@@ -160,7 +161,7 @@ func TestVaultMintDatabaseAndRevoke(t *testing.T) {
 // token's explicit_max_ttl is at most the whole seconds left.
 func TestVaultExplicitMaxTTLNeverExceedsTask(t *testing.T) {
 	e := newVaultEnv(t, false)
-	spec := broker.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}, NumUses: 7}
+	spec := policy.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}, NumUses: 7}
 	for _, left := range []time.Duration{1500 * time.Millisecond, 90*time.Second + 999*time.Millisecond, 15 * time.Minute, 24 * time.Hour} {
 		task := vaultTask(e.now, left)
 		m, err := e.issuer.Mint(context.Background(), task, broker.Principal{}, vaultGrant(spec))
@@ -191,7 +192,7 @@ func TestVaultExplicitMaxTTLNeverExceedsTask(t *testing.T) {
 // role's allowed_policies; no token is left and the error is not a 503.
 func TestVaultPolicyNotAllowed(t *testing.T) {
 	e := newVaultEnv(t, false)
-	spec := broker.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy, vaulttest.OtherPolicy}}
+	spec := policy.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy, vaulttest.OtherPolicy}}
 	_, err := e.issuer.Mint(context.Background(), vaultTask(e.now, time.Minute), broker.Principal{}, vaultGrant(spec))
 	if err == nil || errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("mint with a policy the role does not allow: %v", err)
@@ -276,7 +277,7 @@ func keys(m map[string]any) []string {
 // ErrUnavailable within the timeout.
 func TestVaultDown(t *testing.T) {
 	e := newVaultEnv(t, false)
-	spec := broker.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}}
+	spec := policy.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}}
 	m, err := e.issuer.Mint(context.Background(), vaultTask(e.now, time.Minute), broker.Principal{}, vaultGrant(spec))
 	if err != nil {
 		t.Fatal(err)
@@ -306,7 +307,7 @@ func TestVaultDown(t *testing.T) {
 // TestVaultLive lists Valet's tokens and only those.
 func TestVaultLive(t *testing.T) {
 	e := newVaultEnv(t, false)
-	spec := broker.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}}
+	spec := policy.VaultSpec{TokenRole: vaulttest.TokenRole, Policies: []string{vaulttest.TaskPolicy}}
 	task := vaultTask(e.now, time.Minute)
 	m, err := e.issuer.Mint(context.Background(), task, broker.Principal{}, vaultGrant(spec))
 	if err != nil {

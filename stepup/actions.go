@@ -11,6 +11,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/canonical"
+	"github.com/valet-dev/valet/policy"
 )
 
 // MaxActionTTL is the longest an action token lives.
@@ -63,7 +64,7 @@ func DecodeActionRequest(r io.Reader) (ActionRequest, error) {
 	switch {
 	case a.Tool == "":
 		return a, broker.InvalidField("tool", "tool is required")
-	case !broker.ValidToolName(a.Tool):
+	case !policy.ValidToolName(a.Tool):
 		return a, broker.CheckToolName("tool", a.Tool)
 	}
 	canon, err := canonical.Args(a.Args)
@@ -132,7 +133,7 @@ func (s *Service) RequestAction(ctx context.Context, raw string, req ActionReque
 				Message: fmt.Sprintf("denied by rule %q of template %q", st.Condition.Name, tmpl.Name)})
 		}
 	}
-	if st.Rule == broker.RuleApproval {
+	if st.Rule == policy.RuleApproval {
 		a, err := s.fileApproval(ctx, task, c, req, st, resource)
 		if err != nil {
 			return ActionResult{}, err
@@ -144,7 +145,7 @@ func (s *Service) RequestAction(ctx context.Context, raw string, req ActionReque
 
 // issueAction spends the actions budget, mints an action token, records it
 // and audits it, in that order; it returns nothing unless all succeeded.
-func (s *Service) issueAction(ctx context.Context, task broker.Task, c broker.TaskClaims, tmpl *broker.Template, tool string, args []byte, showArgs bool, approvalID, how string) (ActionResult, error) {
+func (s *Service) issueAction(ctx context.Context, task broker.Task, c broker.TaskClaims, tmpl *policy.Template, tool string, args []byte, showArgs bool, approvalID, how string) (ActionResult, error) {
 	store, err := s.recordsStore()
 	if err != nil {
 		return ActionResult{}, err
@@ -167,7 +168,7 @@ func (s *Service) issueAction(ctx context.Context, task broker.Task, c broker.Ta
 	}
 	if err := s.core.Spend(ctx, "actions", task.ID, tmpl.Budgets.Actions, task.Deadline); err != nil {
 		req := ActionRequest{Tool: tool, Args: args}
-		return ActionResult{}, s.actionDenied(ctx, task, req, &broker.SensitiveTool{ShowArgs: showArgs}, err)
+		return ActionResult{}, s.actionDenied(ctx, task, req, &policy.SensitiveTool{ShowArgs: showArgs}, err)
 	}
 	hash := canonical.Hash(args)
 	ac := ActionClaims{ID: broker.NewID("act"), TaskID: task.ID, Tool: tool, ArgsHash: hash, Subject: c.Subject,
@@ -222,7 +223,7 @@ func argsDetail(tool string, args []byte, show bool) map[string]any {
 }
 
 // actionDenied logs and audits a refused action request and returns err.
-func (s *Service) actionDenied(ctx context.Context, task broker.Task, req ActionRequest, st *broker.SensitiveTool, err error) error {
+func (s *Service) actionDenied(ctx context.Context, task broker.Task, req ActionRequest, st *policy.SensitiveTool, err error) error {
 	var e *broker.Error
 	rule := ""
 	if errors.As(err, &e) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // DefaultApprovalTimeout is how long an approval stays pending when the
@@ -143,7 +144,7 @@ type Approval struct {
 // fileApproval records a pending approval (until the task's deadline, so a
 // poll after the timeout learns it was denied), audits it, and tells the
 // webhook in the background.
-func (s *Service) fileApproval(ctx context.Context, task broker.Task, c broker.TaskClaims, req ActionRequest, st *broker.SensitiveTool, resource map[string]any) (Approval, error) {
+func (s *Service) fileApproval(ctx context.Context, task broker.Task, c broker.TaskClaims, req ActionRequest, st *policy.SensitiveTool, resource map[string]any) (Approval, error) {
 	store, err := s.recordsStore()
 	if err != nil {
 		return Approval{}, err

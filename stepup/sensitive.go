@@ -6,15 +6,16 @@ import (
 	"fmt"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // The runtime half of a template's sensitive_tools: what a sensitive
-// tool's condition sees at request time (see broker.SensitiveTool for the
+// tool's condition sees at request time (see policy.SensitiveTool for the
 // template side).
 
 // resourceOf returns the labels of st's resource, with its id, as CEL sees
 // them; an unknown resource id refuses (fail closed).
-func (s *Service) resourceOf(st *broker.SensitiveTool) (map[string]any, error) {
+func (s *Service) resourceOf(st *policy.SensitiveTool) (map[string]any, error) {
 	out := map[string]any{}
 	if st.Resource == "" {
 		return out, nil

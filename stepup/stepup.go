@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // Core is what stepup needs of the domain core (broker.Service): the
@@ -21,7 +22,7 @@ import (
 // are *broker.Error values, returned to the caller as they are.
 type Core interface {
 	// Templates returns the template set in use.
-	Templates() *broker.TemplateSet
+	Templates() *policy.Set
 	// LiveTask passes the gate for a task token's claims and returns its
 	// task.
 	LiveTask(ctx context.Context, c broker.TaskClaims) (broker.Task, error)

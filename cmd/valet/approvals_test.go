@@ -20,6 +20,7 @@ import (
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/verify"
@@ -80,7 +81,7 @@ func newApprovalBroker(t *testing.T) *approvalBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "t.yaml", Data: []byte(approvalTemplates)}}, []string{"test"})
+	set, err := policy.Load([]policy.File{{Name: "t.yaml", Data: []byte(approvalTemplates)}}, []string{"test"})
 	if err != nil {
 		t.Fatal(err)
 	}

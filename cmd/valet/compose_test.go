@@ -9,7 +9,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // composeFile is the part of docker-compose.yml the test reads.
@@ -142,11 +142,11 @@ func TestDockerCompose(t *testing.T) {
 		}
 		paths = append(paths, host)
 	}
-	files, err := broker.ReadTemplateFiles(paths)
+	files, err := policy.ReadFiles(paths)
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := broker.LoadTemplates(files, names)
+	set, err := policy.Load(files, names)
 	if err != nil {
 		t.Fatalf("compose templates:\n%v", err)
 	}

@@ -135,6 +135,36 @@ templates:
 	}
 }
 
+// TestTemplatesCheckTypes: a condition that misnames a field or uses a
+// value as the wrong type fails the check at its file and line, naming the
+// fields that exist, rather than loading and denying every request.
+func TestTemplatesCheckTypes(t *testing.T) {
+	bad := writeFile(t, t.TempDir(), "typo.yaml", `templates:
+  - name: typo
+    principals: [{issuer: dev}]
+    ttl: {default: 5m, max: 10m}
+    tools: [x]
+    audiences: [y]
+    conditions:
+      - name: intent
+        expression: 'request.intnet != ""'
+      - name: ttl
+        expression: 'size(request.ttl) > 0'
+`)
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"valet", "templates", "check", bad}, os.Getenv, &out, &errOut); code != 1 {
+		t.Fatalf("exit %d for conditions that cannot type-check; stderr: %s", code, errOut.String())
+	}
+	for _, want := range []string{
+		"typo.yaml:9: template \"typo\": templates[0].conditions[0].expression: invalid CEL: 1:8: undefined field 'intnet' (request has template, intent, tools, ttl, context)",
+		"typo.yaml:11: template \"typo\": templates[0].conditions[1].expression: invalid CEL: 1:5: found no matching overload for 'size' applied to '(duration)'",
+	} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("check output lacks %q:\n%s", want, errOut.String())
+		}
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{{"valet"}, {"valet", "nope"}, {"valet", "serve"}, {"valet", "keys", "generate"}, {"valet", "dev", "token"}} {
 		var out, errOut bytes.Buffer

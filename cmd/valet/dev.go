@@ -23,6 +23,7 @@ import (
 	"github.com/valet-dev/valet/internal/devidp"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -100,7 +101,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
-	templates, err := broker.LoadTemplates(files, []string{"dev"})
+	templates, err := policy.Load(files, []string{"dev"})
 	if err != nil {
 		return fmt.Errorf("templates:\n%w", err)
 	}
@@ -164,23 +165,23 @@ func cmdDevIdP(ctx context.Context, args []string, getenv func(string) string, s
 }
 
 // devTemplateFiles reads the given paths, or the built-in examples.
-func devTemplateFiles(paths string) ([]broker.TemplateFile, error) {
+func devTemplateFiles(paths string) ([]policy.File, error) {
 	if paths != "" {
-		return broker.ReadTemplateFiles(strings.Split(paths, string(os.PathListSeparator)))
+		return policy.ReadFiles(strings.Split(paths, string(os.PathListSeparator)))
 	}
-	var files []broker.TemplateFile
+	var files []policy.File
 	err := fs.WalkDir(examples.Templates, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
 		data, err := examples.Templates.ReadFile(p)
-		files = append(files, broker.TemplateFile{Name: "examples/" + p, Data: data})
+		files = append(files, policy.File{Name: "examples/" + p, Data: data})
 		return err
 	})
 	return files, err
 }
 
-func printWalkthrough(w io.Writer, url, ledger, auditFile string, set *broker.TemplateSet) {
+func printWalkthrough(w io.Writer, url, ledger, auditFile string, set *policy.Set) {
 	fmt.Fprintf(w, `Valet development server on %[1]s
   ledger:    %[2]s
   audit:     %[3]s

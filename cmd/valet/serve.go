@@ -18,6 +18,7 @@ import (
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -216,12 +217,12 @@ func loadSigningKeys(sc SigningConfig) ([]issuers.SigningKey, error) {
 	return keys, errors.Join(errs...)
 }
 
-func loadTemplatePaths(paths, issuerNames []string) (*broker.TemplateSet, error) {
-	files, err := broker.ReadTemplateFiles(paths)
+func loadTemplatePaths(paths, issuerNames []string) (*policy.Set, error) {
+	files, err := policy.ReadFiles(paths)
 	if err != nil {
 		return nil, fmt.Errorf("templates: %w", err)
 	}
-	set, err := broker.LoadTemplates(files, issuerNames)
+	set, err := policy.Load(files, issuerNames)
 	if err != nil {
 		return nil, fmt.Errorf("templates:\n%w", err)
 	}

@@ -12,8 +12,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 )
 
 // cmdTemplates is `valet templates check FILE|DIR...`.
@@ -29,13 +29,13 @@ func cmdTemplates(args []string, stdout io.Writer) error {
 	if len(paths) == 0 {
 		return usageError("usage: valet templates check FILE|DIR... (see --help)")
 	}
-	files, err := broker.ReadTemplateFiles(paths)
+	files, err := policy.ReadFiles(paths)
 	if err != nil {
 		return err
 	}
-	set, err := broker.LoadTemplates(files, nil)
+	set, err := policy.Load(files, nil)
 	if err != nil {
-		var te *broker.TemplateErrors
+		var te *policy.Errors
 		if errors.As(err, &te) {
 			return fmt.Errorf("%d problem(s):\n%w", len(te.Problems), err)
 		}

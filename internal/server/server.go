@@ -22,6 +22,7 @@ import (
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/openapi"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/toolevents"
 )
@@ -92,7 +93,7 @@ type Options struct {
 	// one is required).
 	Auditors []broker.Auditor
 	// Templates are the templates in force at start.
-	Templates *broker.TemplateSet
+	Templates *policy.Set
 	// Reload, when set, is where the template watcher reloads templates
 	// from (on SIGHUP and, if Watch, when a file changes).
 	Reload *TemplateReload

@@ -15,6 +15,7 @@ import (
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -50,7 +51,7 @@ func testOptions(t *testing.T, clock *testkit.Clock) (Options, net.Listener, *oi
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := broker.LoadTemplates([]broker.TemplateFile{{Name: "t.yaml", Data: []byte(testTemplate)}}, []string{"test"})
+	set, err := policy.Load([]policy.File{{Name: "t.yaml", Data: []byte(testTemplate)}}, []string{"test"})
 	if err != nil {
 		t.Fatal(err)
 	}

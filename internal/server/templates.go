@@ -14,7 +14,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/policy"
 )
 
 // TemplateReload says where the template watcher reloads templates from.
@@ -34,11 +34,11 @@ type TemplateReload struct {
 func (s *Server) watchTemplates(ctx context.Context, r TemplateReload) {
 	guard := &reloadGuard{settle: templateSettle, now: time.Now}
 	reload := func() error {
-		files, err := broker.ReadTemplateFiles(r.Paths)
+		files, err := policy.ReadFiles(r.Paths)
 		if err != nil {
 			return fmt.Errorf("templates: %w", err)
 		}
-		set, err := broker.LoadTemplates(files, r.Issuers)
+		set, err := policy.Load(files, r.Issuers)
 		if err != nil {
 			return fmt.Errorf("templates:\n%w", err)
 		}
@@ -132,7 +132,7 @@ type errUnsettled struct {
 
 func (e *errUnsettled) Error() string { return e.msg }
 
-func (g *reloadGuard) check(cur, next *broker.TemplateSet, files []broker.TemplateFile) error {
+func (g *reloadGuard) check(cur, next *policy.Set, files []policy.File) error {
 	if len(next.Names()) == 0 && len(cur.Names()) > 0 {
 		return fmt.Errorf("the template files hold no template (a file vanished, is empty or is being written); refusing to remove every template: %w",
 			&errUnsettled{msg: "retrying", retry: g.settle})

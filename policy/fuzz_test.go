@@ -1,4 +1,4 @@
-package broker
+package policy
 
 import (
 	"errors"
@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// FuzzLoadTemplates feeds arbitrary bytes to LoadTemplates as one template
+// FuzzLoadTemplates feeds arbitrary bytes to Load as one template
 // file. Whatever the input, it must not panic and must return either a set
-// whose every template satisfies the load invariants, or a *TemplateErrors
+// whose every template satisfies the load invariants, or a *Errors
 // naming at least one problem, one per line of its message. Loading the
 // same bytes as two files must report every template name as a duplicate.
 func FuzzLoadTemplates(f *testing.F) {
@@ -44,10 +44,10 @@ func FuzzLoadTemplates(f *testing.F) {
 		f.Add([]byte(s))
 	}
 
-	admit := Principal{Issuer: "dev", Subject: "agent-1", Claims: map[string]any{"sub": "agent-1"}}
-	decl := Declaration{Template: "a", Intent: "fuzzing", Tools: []string{"a"}}
+	admit := Identity{Issuer: "dev", Subject: "agent-1", Claims: map[string]any{"sub": "agent-1"}}
+	decl := Request{Template: "a", Intent: "fuzzing", Tools: []string{"a"}}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		set, err := LoadTemplates([]TemplateFile{{Name: "fuzz.yaml", Data: data}}, testIssuers)
+		set, err := Load([]File{{Name: "fuzz.yaml", Data: data}}, testIssuers)
 		if err != nil {
 			checkFuzzErrors(t, set, err)
 			return
@@ -67,13 +67,13 @@ func FuzzLoadTemplates(f *testing.F) {
 			checkTemplateInvariants(t, tmpl)
 			// Evaluation is bounded by the CEL cost limit and never panics.
 			_, _ = tmpl.AdmitsPrincipal(admit)
-			_, _ = tmpl.Check(admit, decl, tmpl.DefaultTTL, time.Unix(0, 0))
+			_, _ = check(tmpl, admit, decl, tmpl.DefaultTTL, time.Unix(0, 0))
 		}
 		if len(names) == 0 {
 			return
 		}
 		// Template names are unique across files.
-		set2, err := LoadTemplates([]TemplateFile{{Name: "one.yaml", Data: data}, {Name: "two.yaml", Data: data}}, testIssuers)
+		set2, err := Load([]File{{Name: "one.yaml", Data: data}, {Name: "two.yaml", Data: data}}, testIssuers)
 		if err == nil {
 			t.Fatalf("loading %d templates twice succeeded", len(names))
 		}
@@ -90,17 +90,17 @@ func FuzzLoadTemplates(f *testing.F) {
 	})
 }
 
-func checkFuzzErrors(t *testing.T, set *TemplateSet, err error) []TemplateProblem {
+func checkFuzzErrors(t *testing.T, set *Set, err error) []Problem {
 	t.Helper()
 	if set != nil {
 		t.Fatal("a set together with an error")
 	}
-	var te *TemplateErrors
+	var te *Errors
 	if !errors.As(err, &te) {
-		t.Fatalf("error is %T, not *TemplateErrors: %v", err, err)
+		t.Fatalf("error is %T, not *Errors: %v", err, err)
 	}
 	if len(te.Problems) == 0 {
-		t.Fatal("*TemplateErrors with no problems")
+		t.Fatal("*Errors with no problems")
 	}
 	for _, p := range te.Problems {
 		if p.File == "" || p.Message == "" || p.Line < 0 {
@@ -126,7 +126,7 @@ func checkTemplateInvariants(t *testing.T, tmpl *Template) {
 			t.Fatalf("%s: unknown issuer %q loaded", tmpl.Name, r.Issuer)
 		}
 	}
-	if !(0 < tmpl.DefaultTTL && tmpl.DefaultTTL <= tmpl.MaxTTL && tmpl.MaxTTL <= MaxTemplateTTL) {
+	if !(0 < tmpl.DefaultTTL && tmpl.DefaultTTL <= tmpl.MaxTTL && tmpl.MaxTTL <= MaxTTL) {
 		t.Fatalf("%s: ttl default %v, max %v", tmpl.Name, tmpl.DefaultTTL, tmpl.MaxTTL)
 	}
 	if len(tmpl.Tools) == 0 || len(tmpl.Audiences) == 0 {

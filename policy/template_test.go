@@ -1,4 +1,4 @@
-package broker
+package policy
 
 import (
 	"errors"
@@ -16,20 +16,20 @@ import (
 var testIssuers = []string{"dev", "prod"}
 
 // loadValid loads testdata/templates/valid, failing the test on any error.
-func loadValid(t *testing.T) *TemplateSet {
+func loadValid(t *testing.T) *Set {
 	t.Helper()
-	files, err := ReadTemplateFiles([]string{filepath.Join("testdata", "templates", "valid")})
+	files, err := ReadFiles([]string{filepath.Join("testdata", "templates", "valid")})
 	if err != nil {
-		t.Fatalf("ReadTemplateFiles: %v", err)
+		t.Fatalf("ReadFiles: %v", err)
 	}
-	set, err := LoadTemplates(files, testIssuers)
+	set, err := Load(files, testIssuers)
 	if err != nil {
-		t.Fatalf("LoadTemplates:\n%v", err)
+		t.Fatalf("Load:\n%v", err)
 	}
 	return set
 }
 
-func mustGet(t *testing.T, set *TemplateSet, name string) *Template {
+func mustGet(t *testing.T, set *Set, name string) *Template {
 	t.Helper()
 	tmpl, ok := set.Get(name)
 	if !ok {
@@ -39,37 +39,37 @@ func mustGet(t *testing.T, set *TemplateSet, name string) *Template {
 }
 
 // loadInline loads one in-line file called "inline.yaml".
-func loadInline(t *testing.T, src string, issuers []string) (*TemplateSet, []TemplateProblem) {
+func loadInline(t *testing.T, src string, issuers []string) (*Set, []Problem) {
 	t.Helper()
-	set, err := LoadTemplates([]TemplateFile{{Name: "inline.yaml", Data: []byte(src)}}, issuers)
+	set, err := Load([]File{{Name: "inline.yaml", Data: []byte(src)}}, issuers)
 	return set, problemsOf(t, set, err)
 }
 
-// problemsOf checks the either-or contract of LoadTemplates and returns the
+// problemsOf checks the either-or contract of Load and returns the
 // problems (nil when the load succeeded).
-func problemsOf(t *testing.T, set *TemplateSet, err error) []TemplateProblem {
+func problemsOf(t *testing.T, set *Set, err error) []Problem {
 	t.Helper()
 	if err == nil {
 		if set == nil {
-			t.Fatal("LoadTemplates returned neither a set nor an error")
+			t.Fatal("Load returned neither a set nor an error")
 		}
 		return nil
 	}
 	if set != nil {
-		t.Fatal("LoadTemplates returned a set together with an error")
+		t.Fatal("Load returned a set together with an error")
 	}
-	var te *TemplateErrors
+	var te *Errors
 	if !errors.As(err, &te) {
-		t.Fatalf("error is %T, not *TemplateErrors: %v", err, err)
+		t.Fatalf("error is %T, not *Errors: %v", err, err)
 	}
 	if len(te.Problems) == 0 {
-		t.Fatal("*TemplateErrors with no problems")
+		t.Fatal("*Errors with no problems")
 	}
 	return te.Problems
 }
 
 func TestLoadTemplatesValid(t *testing.T) {
-	files, err := ReadTemplateFiles([]string{filepath.Join("testdata", "templates", "valid")})
+	files, err := ReadFiles([]string{filepath.Join("testdata", "templates", "valid")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,9 +89,9 @@ func TestLoadTemplatesValid(t *testing.T) {
 		{"issuer names not checked", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			set, err := LoadTemplates(files, tc.issuers)
+			set, err := Load(files, tc.issuers)
 			if err != nil {
-				t.Fatalf("LoadTemplates:\n%v", err)
+				t.Fatalf("Load:\n%v", err)
 			}
 			if got, want := set.Names(), []string{"ops.night-shift", "support-readonly", "support-triage"}; !slices.Equal(got, want) {
 				t.Fatalf("Names() = %v, want %v", got, want)
@@ -144,7 +144,7 @@ func TestLoadTemplatesValid(t *testing.T) {
 }
 
 func TestTemplateSetNil(t *testing.T) {
-	var s *TemplateSet
+	var s *Set
 	if _, ok := s.Get("x"); ok {
 		t.Error("nil set found a template")
 	}
@@ -171,9 +171,9 @@ func TestLoadTemplatesEmpty(t *testing.T) {
 			}
 		})
 	}
-	set, err := LoadTemplates(nil, nil)
+	set, err := Load(nil, nil)
 	if err != nil || len(set.Names()) != 0 {
-		t.Fatalf("LoadTemplates(nil) = %v, %v", set, err)
+		t.Fatalf("Load(nil) = %v, %v", set, err)
 	}
 }
 
@@ -216,22 +216,22 @@ func TestTemplateAdmitsPrincipal(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		tmpl    *Template
-		p       Principal
+		p       Identity
 		want    bool
 		wantErr bool
 	}{
-		{"condition true", st, Principal{Issuer: "dev", Claims: map[string]any{"sub": "agent-7"}}, true, false},
-		{"condition false", st, Principal{Issuer: "dev", Claims: map[string]any{"sub": "bob"}}, false, false},
-		{"rule without condition", st, Principal{Issuer: "prod"}, true, false},
-		{"wrong issuer", st, Principal{Issuer: "staging", Claims: map[string]any{"sub": "agent-7"}}, false, false},
-		{"issuer matched by name not URL", st, Principal{Issuer: "", IssuerURL: "dev", Claims: map[string]any{"sub": "agent-7"}}, false, false},
-		{"condition errors on missing claim", st, Principal{Issuer: "dev", Claims: map[string]any{}}, false, true},
-		{"condition errors on nil claims", st, Principal{Issuer: "dev"}, false, true},
-		{"condition errors on wrong claim type", st, Principal{Issuer: "dev", Claims: map[string]any{"sub": 42}}, false, true},
-		{"only rule has no condition", ro, Principal{Issuer: "dev"}, true, false},
-		{"only rule, other issuer", ro, Principal{Issuer: "prod"}, false, false},
-		{"list claim contains", ops, Principal{Issuer: "prod", Claims: map[string]any{"groups": []any{"sre", "oncall"}}}, true, false},
-		{"list claim lacks", ops, Principal{Issuer: "prod", Claims: map[string]any{"groups": []string{"sre"}}}, false, false},
+		{"condition true", st, Identity{Issuer: "dev", Claims: map[string]any{"sub": "agent-7"}}, true, false},
+		{"condition false", st, Identity{Issuer: "dev", Claims: map[string]any{"sub": "bob"}}, false, false},
+		{"rule without condition", st, Identity{Issuer: "prod"}, true, false},
+		{"wrong issuer", st, Identity{Issuer: "staging", Claims: map[string]any{"sub": "agent-7"}}, false, false},
+		{"issuer matched by name not URL", st, Identity{Issuer: "", IssuerURL: "dev", Claims: map[string]any{"sub": "agent-7"}}, false, false},
+		{"condition errors on missing claim", st, Identity{Issuer: "dev", Claims: map[string]any{}}, false, true},
+		{"condition errors on nil claims", st, Identity{Issuer: "dev"}, false, true},
+		{"condition errors on wrong claim type", st, Identity{Issuer: "dev", Claims: map[string]any{"sub": 42}}, false, true},
+		{"only rule has no condition", ro, Identity{Issuer: "dev"}, true, false},
+		{"only rule, other issuer", ro, Identity{Issuer: "prod"}, false, false},
+		{"list claim contains", ops, Identity{Issuer: "prod", Claims: map[string]any{"groups": []any{"sre", "oncall"}}}, true, false},
+		{"list claim lacks", ops, Identity{Issuer: "prod", Claims: map[string]any{"groups": []string{"sre"}}}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := tc.tmpl.AdmitsPrincipal(tc.p)
@@ -258,10 +258,10 @@ templates:
 			t.Fatal(problems)
 		}
 		tmpl := mustGet(t, set, "two-rules")
-		if ok, err := tmpl.AdmitsPrincipal(Principal{Issuer: "dev", Claims: map[string]any{"sub": "agent-1"}}); !ok || err != nil {
+		if ok, err := tmpl.AdmitsPrincipal(Identity{Issuer: "dev", Claims: map[string]any{"sub": "agent-1"}}); !ok || err != nil {
 			t.Errorf("second rule: got %v, %v; want true, nil", ok, err)
 		}
-		ok, err := tmpl.AdmitsPrincipal(Principal{Issuer: "dev", Claims: map[string]any{"sub": "agent-2"}})
+		ok, err := tmpl.AdmitsPrincipal(Identity{Issuer: "dev", Claims: map[string]any{"sub": "agent-2"}})
 		if ok || err == nil {
 			t.Errorf("no rule admits, first errored: got %v, %v; want false and the error", ok, err)
 		}
@@ -274,27 +274,27 @@ func TestTemplateCheck(t *testing.T) {
 	ops := mustGet(t, set, "ops.night-shift")
 	ro := mustGet(t, set, "support-readonly")
 
-	agent := Principal{Issuer: "prod", IssuerURL: "https://idp.example.com", Subject: "agent-7", Claims: map[string]any{"sub": "agent-7"}}
-	good := Declaration{
+	agent := Identity{Issuer: "prod", IssuerURL: "https://idp.example.com", Subject: "agent-7", Claims: map[string]any{"sub": "agent-7"}}
+	good := Request{
 		Template: "support-triage",
 		Intent:   "answer ticket 4711 about billing",
 		Tools:    []string{"tickets.read"},
 		Context:  map[string]any{"customer": "acme"},
 	}
-	with := func(f func(*Declaration)) Declaration {
+	with := func(f func(*Request)) Request {
 		d := good
 		f(&d)
 		return d
 	}
 	night := time.Date(2026, 3, 1, 23, 0, 0, 0, time.UTC)
 	noon := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	restart := Declaration{Template: "ops.night-shift", Intent: "restart the api", Tools: []string{"deploy/restart"}}
+	restart := Request{Template: "ops.night-shift", Intent: "restart the api", Tools: []string{"deploy/restart"}}
 
 	for _, tc := range []struct {
 		name     string
 		tmpl     *Template
-		p        Principal
-		d        Declaration
+		p        Identity
+		d        Request
 		ttl      time.Duration
 		now      time.Time
 		wantRule string
@@ -302,22 +302,22 @@ func TestTemplateCheck(t *testing.T) {
 	}{
 		{"all conditions hold", st, agent, good, 5 * time.Minute, noon, "", false},
 		{"ttl exactly at the condition's limit", st, agent, good, 10 * time.Minute, noon, "", false},
-		{"intent too short", st, agent, with(func(d *Declaration) { d.Intent = "fix" }), 5 * time.Minute, noon, "intent-stated", false},
-		{"first failing condition is named", st, agent, with(func(d *Declaration) { d.Intent = "" }), time.Hour, noon, "intent-stated", false},
+		{"intent too short", st, agent, with(func(d *Request) { d.Intent = "fix" }), 5 * time.Minute, noon, "intent-stated", false},
+		{"first failing condition is named", st, agent, with(func(d *Request) { d.Intent = "" }), time.Hour, noon, "intent-stated", false},
 		{"ttl compared as a CEL duration", st, agent, good, 11 * time.Minute, noon, "short-lived", false},
-		{"missing context key errors", st, agent, with(func(d *Declaration) { d.Context = map[string]any{"other": 1} }), 5 * time.Minute, noon, "customer-given", true},
-		{"nil context is an empty map", st, agent, with(func(d *Declaration) { d.Context = nil }), 5 * time.Minute, noon, "customer-given", true},
-		{"context value false", st, agent, with(func(d *Declaration) { d.Context = map[string]any{"customer": ""} }), 5 * time.Minute, noon, "customer-given", false},
+		{"missing context key errors", st, agent, with(func(d *Request) { d.Context = map[string]any{"other": 1} }), 5 * time.Minute, noon, "customer-given", true},
+		{"nil context is an empty map", st, agent, with(func(d *Request) { d.Context = nil }), 5 * time.Minute, noon, "customer-given", true},
+		{"context value false", st, agent, with(func(d *Request) { d.Context = map[string]any{"customer": ""} }), 5 * time.Minute, noon, "customer-given", false},
 		{"now at night", ops, agent, restart, time.Hour, night, "", false},
 		{"now at night in another zone", ops, agent, restart, time.Hour, night.In(time.FixedZone("CEST", 2*3600)), "", false},
 		{"now at noon", ops, agent, restart, time.Hour, noon, "night-only", false},
-		{"tools list", ops, agent, with(func(d *Declaration) { d.Tools = []string{"metrics.read"} }), time.Hour, night, "asks-for-restart", false},
-		{"nil tools is an empty list", ops, agent, with(func(d *Declaration) { d.Tools = nil }), time.Hour, night, "asks-for-restart", false},
-		{"principal fields", ops, Principal{Issuer: "prod", Subject: "bob"}, restart, time.Hour, night, "agent-subject", false},
-		{"no conditions", ro, Principal{}, Declaration{}, 0, time.Time{}, "", false},
+		{"tools list", ops, agent, with(func(d *Request) { d.Tools = []string{"metrics.read"} }), time.Hour, night, "asks-for-restart", false},
+		{"nil tools is an empty list", ops, agent, with(func(d *Request) { d.Tools = nil }), time.Hour, night, "asks-for-restart", false},
+		{"principal fields", ops, Identity{Issuer: "prod", Subject: "bob"}, restart, time.Hour, night, "agent-subject", false},
+		{"no conditions", ro, Identity{}, Request{}, 0, time.Time{}, "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rule, err := tc.tmpl.Check(tc.p, tc.d, tc.ttl, tc.now)
+			rule, err := check(tc.tmpl, tc.p, tc.d, tc.ttl, tc.now)
 			if rule != tc.wantRule || (err != nil) != tc.wantErr {
 				t.Errorf("Check = %q, %v; want %q, error %v", rule, err, tc.wantRule, tc.wantErr)
 			}
@@ -346,13 +346,13 @@ templates:
 			t.Fatal(problems)
 		}
 		tmpl := mustGet(t, set, "vars")
-		p := Principal{Issuer: "dev", IssuerURL: "https://idp", Claims: map[string]any{"team": "a"}}
-		d := Declaration{Template: "vars", Tools: []string{"x", "x.y"}, Context: map[string]any{"ticket": map[string]any{"priority": 3}}}
-		if rule, err := tmpl.Check(p, d, time.Minute, noon); rule != "" || err != nil {
+		p := Identity{Issuer: "dev", IssuerURL: "https://idp", Claims: map[string]any{"team": "a"}}
+		d := Request{Template: "vars", Tools: []string{"x", "x.y"}, Context: map[string]any{"ticket": map[string]any{"priority": 3}}}
+		if rule, err := check(tmpl, p, d, time.Minute, noon); rule != "" || err != nil {
 			t.Errorf("Check = %q, %v; want all to hold", rule, err)
 		}
 		d.Tools = append(d.Tools, "y")
-		if rule, err := tmpl.Check(p, d, time.Minute, noon); rule != "tools-all" || err != nil {
+		if rule, err := check(tmpl, p, d, time.Minute, noon); rule != "tools-all" || err != nil {
 			t.Errorf("Check = %q, %v; want tools-all", rule, err)
 		}
 	})
@@ -367,7 +367,7 @@ type want struct {
 	msg   string
 }
 
-func checkProblems(t *testing.T, got []TemplateProblem, wants []want) {
+func checkProblems(t *testing.T, got []Problem, wants []want) {
 	t.Helper()
 	ok := len(got) == len(wants)
 	for i := 0; ok && i < len(got); i++ {
@@ -381,7 +381,7 @@ func checkProblems(t *testing.T, got []TemplateProblem, wants []want) {
 		}
 		b.WriteString("\nwant:")
 		for _, w := range wants {
-			b.WriteString("\n  " + TemplateProblem{File: w.file, Line: w.line, Template: w.tmpl, Field: w.field, Message: "..." + w.msg + "..."}.String())
+			b.WriteString("\n  " + Problem{File: w.file, Line: w.line, Template: w.tmpl, Field: w.field, Message: "..." + w.msg + "..."}.String())
 		}
 		t.Errorf("problems:%s", b.String())
 	}
@@ -483,11 +483,11 @@ func TestLoadTemplatesInvalidFiles(t *testing.T) {
 			for _, f := range tc.files {
 				paths = append(paths, path(f))
 			}
-			files, err := ReadTemplateFiles(paths)
+			files, err := ReadFiles(paths)
 			if err != nil {
 				t.Fatal(err)
 			}
-			set, err := LoadTemplates(files, testIssuers)
+			set, err := Load(files, testIssuers)
 			checkProblems(t, problemsOf(t, set, err), tc.wants)
 		})
 	}
@@ -549,7 +549,7 @@ func TestLoadTemplatesInvalidInline(t *testing.T) {
 		{"tool name length", "templates:\n  - name: a" + valid + "\n  - name: b\n    principals: [{issuer: dev}]\n    ttl: {default: 1m, max: 1m}\n    tools: [" + strings.Repeat("t", 128) + ", " + strings.Repeat("t", 129) + "]\n    audiences: [y]", testIssuers, []want{
 			{"inline.yaml", 10, "b", "templates[1].tools[1]", "not a valid tool name"},
 		}},
-		{"oversized file", "templates: []\n" + strings.Repeat("#", MaxTemplateFileSize), testIssuers, []want{
+		{"oversized file", "templates: []\n" + strings.Repeat("#", MaxFileSize), testIssuers, []want{
 			{"inline.yaml", 0, "", "", "file is larger than 1048576 bytes"},
 		}},
 	} {
@@ -583,7 +583,7 @@ func TestLoadTemplatesAliasBomb(t *testing.T) {
 }
 
 func TestTemplateErrorsFormat(t *testing.T) {
-	err := &TemplateErrors{Problems: []TemplateProblem{
+	err := &Errors{Problems: []Problem{
 		{File: "a.yaml", Line: 3, Template: "t", Field: "templates[0].tools[1]", Message: "bad"},
 		{File: "a.yaml", Line: 1, Field: "templates", Message: "must be a list"},
 		{File: "b.yaml", Template: "t", Message: "m"},
@@ -620,10 +620,10 @@ func TestReadTemplateFiles(t *testing.T) {
 	write("sub.yaml/inner.yaml", "ignored: not recursive\n")
 	write("sub/deeper.yaml", "ignored: not recursive\n")
 	single := write("elsewhere/single.txt", "templates: []\n") // a named file is read whatever its name
-	big := write("big/huge.yaml", strings.Repeat("#", 3*MaxTemplateFileSize))
+	big := write("big/huge.yaml", strings.Repeat("#", 3*MaxFileSize))
 
 	t.Run("files and directories", func(t *testing.T) {
-		files, err := ReadTemplateFiles([]string{single, dir})
+		files, err := ReadFiles([]string{single, dir})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -638,7 +638,7 @@ func TestReadTemplateFiles(t *testing.T) {
 	})
 	t.Run("missing path", func(t *testing.T) {
 		missing := filepath.Join(dir, "nope")
-		_, err := ReadTemplateFiles([]string{dir, missing})
+		_, err := ReadFiles([]string{dir, missing})
 		if err == nil || !strings.Contains(err.Error(), missing) || !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("error = %v, want one naming %s and wrapping ErrNotExist", err, missing)
 		}
@@ -651,20 +651,20 @@ func TestReadTemplateFiles(t *testing.T) {
 		if err := os.Chmod(p, 0); err != nil {
 			t.Fatal(err)
 		}
-		_, err := ReadTemplateFiles([]string{filepath.Dir(p)})
+		_, err := ReadFiles([]string{filepath.Dir(p)})
 		if err == nil || !strings.Contains(err.Error(), p) {
 			t.Errorf("error = %v, want one naming %s", err, p)
 		}
 	})
 	t.Run("oversized file is capped and reported", func(t *testing.T) {
-		files, err := ReadTemplateFiles([]string{big})
+		files, err := ReadFiles([]string{big})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(files) != 1 || len(files[0].Data) != MaxTemplateFileSize+1 {
-			t.Fatalf("read %d files, first of %d bytes; want 1 of %d", len(files), len(files[0].Data), MaxTemplateFileSize+1)
+		if len(files) != 1 || len(files[0].Data) != MaxFileSize+1 {
+			t.Fatalf("read %d files, first of %d bytes; want 1 of %d", len(files), len(files[0].Data), MaxFileSize+1)
 		}
-		set, err := LoadTemplates(files, nil)
+		set, err := Load(files, nil)
 		checkProblems(t, problemsOf(t, set, err), []want{{big, 0, "", "", "file is larger than"}})
 	})
 }
@@ -673,25 +673,25 @@ func TestReadTemplateFiles(t *testing.T) {
 // race detector: the CEL environments are shared by every load, and a loaded
 // set is shared by every request.
 func TestLoadTemplatesConcurrent(t *testing.T) {
-	files, err := ReadTemplateFiles([]string{filepath.Join("testdata", "templates", "valid")})
+	files, err := ReadFiles([]string{filepath.Join("testdata", "templates", "valid")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	shared := loadValid(t)
-	p := Principal{Issuer: "dev", Claims: map[string]any{"sub": "agent-1"}}
-	d := Declaration{Intent: "a long enough intent", Context: map[string]any{"customer": "acme"}}
+	p := Identity{Issuer: "dev", Claims: map[string]any{"sub": "agent-1"}}
+	d := Request{Intent: "a long enough intent", Context: map[string]any{"customer": "acme"}}
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for range 8 {
 		wg.Go(func() {
-			if _, err := LoadTemplates(files, testIssuers); err != nil {
+			if _, err := Load(files, testIssuers); err != nil {
 				errs <- err
 			}
 			st, _ := shared.Get("support-triage")
 			if ok, err := st.AdmitsPrincipal(p); !ok || err != nil {
 				errs <- fmt.Errorf("AdmitsPrincipal = %v, %v", ok, err)
 			}
-			if rule, err := st.Check(p, d, time.Minute, time.Now()); rule != "" || err != nil {
+			if rule, err := check(st, p, d, time.Minute, time.Now()); rule != "" || err != nil {
 				errs <- fmt.Errorf("Check = %q, %v", rule, err)
 			}
 		})
@@ -701,4 +701,11 @@ func TestLoadTemplatesConcurrent(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// check runs tmpl.Check for an agent acting for itself, with the task's
+// lifetime ttl.
+func check(tmpl *Template, p Identity, r Request, ttl time.Duration, now time.Time) (string, error) {
+	r.TTL = ttl
+	return tmpl.Check(p, nil, r, now)
 }

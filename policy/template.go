@@ -1,4 +1,4 @@
-package broker
+package policy
 
 import (
 	"path"
@@ -72,13 +72,13 @@ func cutWildcard(pat string) (string, bool) {
 	return "", false
 }
 
-// TemplateSet is an immutable, loaded and compiled set of templates.
-type TemplateSet struct {
+// Set is an immutable, loaded and compiled set of templates.
+type Set struct {
 	byName map[string]*Template
 }
 
 // Get returns the template called name.
-func (s *TemplateSet) Get(name string) (*Template, bool) {
+func (s *Set) Get(name string) (*Template, bool) {
 	if s == nil {
 		return nil, false
 	}
@@ -87,7 +87,7 @@ func (s *TemplateSet) Get(name string) (*Template, bool) {
 }
 
 // Names lists the templates in the set, sorted.
-func (s *TemplateSet) Names() []string {
+func (s *Set) Names() []string {
 	if s == nil {
 		return nil
 	}
@@ -99,27 +99,56 @@ func (s *TemplateSet) Names() []string {
 	return names
 }
 
-// AdmitsPrincipal reports whether p may use the template: some principal
-// rule names p's issuer and either has no condition or its condition holds
-// over p's claims. A rule whose condition fails to evaluate admits no one;
-// if no rule admits p, the first such error is returned so the caller can
-// log why (the caller denies either way).
-func (t *Template) AdmitsPrincipal(p Principal) (bool, error) {
-	return admits(t.Principals, p)
+// Identity is who an identity token names, as template rules and
+// conditions see it: the trusted issuer's configured name and URL, the
+// subject and the token's claims (nil is an empty map).
+type Identity struct {
+	Issuer    string
+	IssuerURL string
+	Subject   string
+	Claims    map[string]any
 }
 
-// admits is the check of a rule list: some rule names p's issuer and either
-// has no condition or its condition holds over p's claims.
-func admits(rules []PrincipalRule, p Principal) (bool, error) {
+// Request is what a declaration asks for, as template conditions see it:
+// TTL is the lifetime the task would get; a nil Tools or Context is empty.
+type Request struct {
+	Template string
+	Intent   string
+	Tools    []string
+	TTL      time.Duration
+	Context  map[string]any
+}
+
+// AdmitsPrincipal reports whether the agent p may use the template: some
+// principal rule names p's issuer and either has no condition or its
+// condition holds over p's claims. A rule whose condition fails to evaluate
+// admits no one; if no rule admits p, the first such error is returned so
+// the caller can log why (the caller denies either way).
+func (t *Template) AdmitsPrincipal(p Identity) (bool, error) {
+	return Admits(t.Principals, p)
+}
+
+// AdmitsUser reports whether the template lets a task act on behalf of u:
+// some users rule names u's issuer and either has no condition or its
+// condition holds over u's claims. With no users block nobody is admitted.
+// As with AdmitsPrincipal, the first evaluation error comes back when no
+// rule admits u.
+func (t *Template) AdmitsUser(u Identity) (bool, error) {
+	return Admits(t.Users, u)
+}
+
+// Admits is the check of a rule list: some rule names id's issuer and
+// either has no condition or its condition holds over id's claims.
+func Admits(rules []PrincipalRule, id Identity) (bool, error) {
 	var firstErr error
 	for _, r := range rules {
-		if r.Issuer != p.Issuer {
+		if r.Issuer != id.Issuer {
 			continue
 		}
 		if r.Condition == nil {
 			return true, nil
 		}
-		ok, err := r.Condition.Eval(map[string]any{"claims": ClaimsVar(p.Claims)})
+		ok, err := r.Condition.EvalClaims(id.Claims)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err
@@ -134,43 +163,38 @@ func admits(rules []PrincipalRule, p Principal) (bool, error) {
 }
 
 // Check evaluates the template's conditions in order against who asks (p),
-// what they ask for (d, with ttl the lifetime the task would get) and when
-// (now). It returns the Name of the first condition that does not hold, or
-// "" when all hold. A condition that fails to evaluate counts as not
-// holding: its name comes back together with the error, and the caller
-// denies by that rule.
+// on whose behalf (user, nil when the agent acts for itself), what they
+// ask for (r) and when (now). It returns the Name of the first condition
+// that does not hold, or "" when all hold. A condition that fails to
+// evaluate counts as not holding: its name comes back together with the
+// error, and the caller denies by that rule.
 //
 // Conditions see principal = {issuer, issuer_url, subject, claims},
 // request = {template, intent, tools, ttl, context}, user = the end user a
 // task acts for ({issuer, issuer_url, subject, claims}, or an empty map) and
 // now (a timestamp); request.ttl is a CEL duration.
-func (t *Template) Check(p Principal, d Declaration, ttl time.Duration, now time.Time) (failedRule string, err error) {
+func (t *Template) Check(p Identity, user *Identity, r Request, now time.Time) (failedRule string, err error) {
 	if len(t.Conditions) == 0 {
 		return "", nil
 	}
-	tools := d.Tools
+	tools := r.Tools
 	if tools == nil {
 		tools = []string{}
 	}
-	reqCtx := d.Context
+	reqCtx := r.Context
 	if reqCtx == nil {
 		reqCtx = map[string]any{}
 	}
 	vars := map[string]any{
-		"principal": map[string]any{
-			"issuer":     p.Issuer,
-			"issuer_url": p.IssuerURL,
-			"subject":    p.Subject,
-			"claims":     ClaimsVar(p.Claims),
-		},
+		"principal": identityVar(p),
 		"request": map[string]any{
-			"template": d.Template,
-			"intent":   d.Intent,
+			"template": r.Template,
+			"intent":   r.Intent,
 			"tools":    tools,
-			"ttl":      ttl,
+			"ttl":      r.TTL,
 			"context":  reqCtx,
 		},
-		"user": userVar(d.User),
+		"user": userVar(user),
 		"now":  now,
 	}
 	for _, c := range t.Conditions {
@@ -185,9 +209,28 @@ func (t *Template) Check(p Principal, d Declaration, ttl time.Duration, now time
 	return "", nil
 }
 
-// ClaimsVar gives conditions an empty map rather than null when a principal
+// identityVar is an Identity as conditions see it.
+func identityVar(id Identity) map[string]any {
+	return map[string]any{
+		"issuer":     id.Issuer,
+		"issuer_url": id.IssuerURL,
+		"subject":    id.Subject,
+		"claims":     claimsVar(id.Claims),
+	}
+}
+
+// userVar is the user variable of template conditions: an empty map when
+// the agent acts for itself.
+func userVar(u *Identity) map[string]any {
+	if u == nil {
+		return map[string]any{}
+	}
+	return identityVar(*u)
+}
+
+// claimsVar gives conditions an empty map rather than null when a principal
 // carries no claims.
-func ClaimsVar(claims map[string]any) map[string]any {
+func claimsVar(claims map[string]any) map[string]any {
 	if claims == nil {
 		return map[string]any{}
 	}

@@ -1,10 +1,8 @@
-package broker
+package policy
 
 import (
 	"sync"
 
-	"cel.dev/cel-go/cel"
-	"cel.dev/cel-go/ext"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -43,20 +41,8 @@ func (t *Template) SensitiveTool(tool string) (*SensitiveTool, bool) {
 	return nil, false
 }
 
-// actionEnv is the environment of sensitive-tool conditions. action is
-// {tool, args, context} (context is what the agent asserts), task is what
-// Valet recorded, principal the agent acting, resource the ops-defined
-// labels of the entry's resource plus its id.
-var actionEnv = sync.OnceValues(func() (*cel.Env, error) {
-	return cel.NewEnv(
-		cel.Variable("action", cel.MapType(cel.StringType, cel.DynType)),
-		cel.Variable("task", cel.MapType(cel.StringType, cel.DynType)),
-		cel.Variable("principal", cel.MapType(cel.StringType, cel.DynType)),
-		cel.Variable("resource", cel.MapType(cel.StringType, cel.DynType)),
-		cel.Variable("now", cel.TimestampType),
-		ext.Strings(),
-	)
-})
+// actionEnv is built once: see actionEnvironment.
+var actionEnv = sync.OnceValues(actionEnvironment)
 
 type sensitiveBlock struct {
 	s                  SensitiveTool
@@ -106,7 +92,7 @@ var sensitiveFields = []field[*sensitiveBlock]{
 			return
 		}
 		if !ValidToolName(s) {
-			l.report(n, path, "%q is not a valid tool name (no wildcards here): %s", truncate(s, 64), toolNameRules)
+			l.report(n, path, "%q is not a valid tool name (no wildcards here): %s", truncate(s, 64), ToolNameRules)
 			return
 		}
 		b.s.Tool, b.toolNode = s, n

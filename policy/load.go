@@ -1,4 +1,4 @@
-package broker
+package policy
 
 import (
 	"bytes"
@@ -16,16 +16,15 @@ import (
 	"time"
 	"unicode"
 
-	"cel.dev/cel-go/cel"
 	"go.yaml.in/yaml/v3"
 )
 
-// MaxTemplateFileSize caps one template file. Ops teams write a few
+// MaxFileSize caps one template file. Ops teams write a few
 // kilobytes; anything near the cap is a mistake or an attack on the parser.
-const MaxTemplateFileSize = 1 << 20
+const MaxFileSize = 1 << 20
 
-// MaxTemplateTTL is the longest lifetime any template may allow a task.
-const MaxTemplateTTL = 24 * time.Hour
+// MaxTTL is the longest lifetime any template may allow a task.
+const MaxTTL = 24 * time.Hour
 
 var (
 	templateNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -35,16 +34,16 @@ var (
 	yamlLineRE      = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 )
 
-// TemplateFile is the content of one template file. Name is the path shown
+// File is the content of one template file. Name is the path shown
 // in problems.
-type TemplateFile struct {
+type File struct {
 	Name string
 	Data []byte
 }
 
-// TemplateProblem is one thing wrong in a template file. Line, Template and
+// Problem is one thing wrong in a template file. Line, Template and
 // Field are zero when unknown.
-type TemplateProblem struct {
+type Problem struct {
 	File     string
 	Line     int
 	Template string // the template's name as written
@@ -54,7 +53,7 @@ type TemplateProblem struct {
 
 // String formats the problem as `file:line: template "name": field: message`,
 // leaving out the parts that are unknown.
-func (p TemplateProblem) String() string {
+func (p Problem) String() string {
 	var parts []string
 	loc := p.File
 	if p.Line > 0 {
@@ -73,13 +72,13 @@ func (p TemplateProblem) String() string {
 	return strings.Join(parts, ": ")
 }
 
-// TemplateErrors lists every problem found while loading templates.
-type TemplateErrors struct {
-	Problems []TemplateProblem
+// Errors lists every problem found while loading templates.
+type Errors struct {
+	Problems []Problem
 }
 
 // Error prints one problem per line.
-func (e *TemplateErrors) Error() string {
+func (e *Errors) Error() string {
 	lines := make([]string, len(e.Problems))
 	for i, p := range e.Problems {
 		lines[i] = p.String()
@@ -87,21 +86,21 @@ func (e *TemplateErrors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// ReadTemplateFiles reads template files for LoadTemplates. Each path is a
+// ReadFiles reads template files for Load. Each path is a
 // file or a directory; a directory contributes its *.yaml and *.yml files in
 // name order, not recursing and skipping names that start with a dot (editor
-// lock files). A file is read only up to one byte past MaxTemplateFileSize,
-// so LoadTemplates reports an oversized file without it being held in
+// lock files). A file is read only up to one byte past MaxFileSize,
+// so Load reports an oversized file without it being held in
 // memory. An unreadable path is an error naming it.
-func ReadTemplateFiles(paths []string) ([]TemplateFile, error) {
-	var files []TemplateFile
+func ReadFiles(paths []string) ([]File, error) {
+	var files []File
 	for _, p := range paths {
 		info, err := os.Stat(p)
 		if err != nil {
 			return nil, fmt.Errorf("reading templates from %s: %w", p, err)
 		}
 		if !info.IsDir() {
-			f, err := readTemplateFile(p)
+			f, err := readFile(p)
 			if err != nil {
 				return nil, err
 			}
@@ -125,7 +124,7 @@ func ReadTemplateFiles(paths []string) ([]TemplateFile, error) {
 			if info.IsDir() {
 				continue
 			}
-			f, err := readTemplateFile(full)
+			f, err := readFile(full)
 			if err != nil {
 				return nil, err
 			}
@@ -135,28 +134,28 @@ func ReadTemplateFiles(paths []string) ([]TemplateFile, error) {
 	return files, nil
 }
 
-func readTemplateFile(name string) (TemplateFile, error) {
+func readFile(name string) (File, error) {
 	fh, err := os.Open(name)
 	if err != nil {
-		return TemplateFile{}, fmt.Errorf("reading templates from %s: %w", name, err)
+		return File{}, fmt.Errorf("reading templates from %s: %w", name, err)
 	}
 	defer fh.Close()
-	data, err := io.ReadAll(io.LimitReader(fh, MaxTemplateFileSize+1))
+	data, err := io.ReadAll(io.LimitReader(fh, MaxFileSize+1))
 	if err != nil {
-		return TemplateFile{}, fmt.Errorf("reading templates from %s: %w", name, err)
+		return File{}, fmt.Errorf("reading templates from %s: %w", name, err)
 	}
-	return TemplateFile{Name: name, Data: data}, nil
+	return File{Name: name, Data: data}, nil
 }
 
-// LoadTemplates parses, validates and compiles template files into a set.
+// Load parses, validates and compiles template files into a set.
 // Template names are unique across all files. knownIssuers are the
 // configured names of the trusted issuers; every principal rule must name
 // one of them (nil skips that check).
 //
-// When anything is wrong it returns a *TemplateErrors listing every problem
+// When anything is wrong it returns a *Errors listing every problem
 // in every file, each with its file, line, template and field where known,
 // and no set: a half-valid set is never loaded.
-func LoadTemplates(files []TemplateFile, knownIssuers []string) (*TemplateSet, error) {
+func Load(files []File, knownIssuers []string) (*Set, error) {
 	envs, err := templateCELEnvs()
 	if err != nil {
 		return nil, err
@@ -177,16 +176,16 @@ func LoadTemplates(files []TemplateFile, knownIssuers []string) (*TemplateSet, e
 		l.loadFile(f)
 	}
 	if len(l.problems) > 0 {
-		return nil, &TemplateErrors{Problems: l.problems}
+		return nil, &Errors{Problems: l.problems}
 	}
-	return &TemplateSet{byName: l.byName}, nil
+	return &Set{byName: l.byName}, nil
 }
 
 // templateCELEnvs builds the CEL environments of templates once: they are
 // immutable and safe for concurrent use, and building them costs more than
 // compiling a template's conditions.
-var templateCELEnvs = sync.OnceValues(func() (struct{ claims, request *cel.Env }, error) {
-	var envs struct{ claims, request *cel.Env }
+var templateCELEnvs = sync.OnceValues(func() (struct{ claims, request celEnv }, error) {
+	var envs struct{ claims, request celEnv }
 	var err error
 	if envs.claims, err = claimsEnv(); err != nil {
 		return envs, fmt.Errorf("building claims CEL environment: %w", err)
@@ -205,8 +204,8 @@ type site struct {
 
 // templateLoader collects templates and problems across files.
 type templateLoader struct {
-	claimsEnv  *cel.Env
-	requestEnv *cel.Env
+	claimsEnv  celEnv
+	requestEnv celEnv
 	issuers    map[string]bool // nil: any issuer name is accepted
 
 	file string // the file being decoded
@@ -214,13 +213,13 @@ type templateLoader struct {
 
 	names    map[string]site // every valid template name seen, for duplicates
 	byName   map[string]*Template
-	problems []TemplateProblem
+	problems []Problem
 }
 
 // report records a problem at n (nil: no line) in the current file and
 // template.
 func (l *templateLoader) report(n *yaml.Node, field, format string, args ...any) {
-	p := TemplateProblem{
+	p := Problem{
 		File:     l.file,
 		Template: displayName(l.tmpl),
 		Field:    field,
@@ -232,14 +231,14 @@ func (l *templateLoader) report(n *yaml.Node, field, format string, args ...any)
 	l.problems = append(l.problems, p)
 }
 
-func (l *templateLoader) loadFile(f TemplateFile) {
+func (l *templateLoader) loadFile(f File) {
 	l.file, l.tmpl = f.Name, ""
 	start := len(l.problems)
 	defer func() { // a file's problems in line order
-		slices.SortStableFunc(l.problems[start:], func(a, b TemplateProblem) int { return a.Line - b.Line })
+		slices.SortStableFunc(l.problems[start:], func(a, b Problem) int { return a.Line - b.Line })
 	}()
-	if len(f.Data) > MaxTemplateFileSize {
-		l.report(nil, "", "file is larger than %d bytes", MaxTemplateFileSize)
+	if len(f.Data) > MaxFileSize {
+		l.report(nil, "", "file is larger than %d bytes", MaxFileSize)
 		return
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(f.Data))
@@ -444,7 +443,7 @@ func (l *templateLoader) stringList(n *yaml.Node, path, what string, check func(
 }
 
 // compile compiles a CEL condition, reporting a failure at n.
-func (l *templateLoader) compile(env *cel.Env, n *yaml.Node, path, name string) *Condition {
+func (l *templateLoader) compile(env celEnv, n *yaml.Node, path, name string) *Condition {
 	expr, ok := l.str(n, path)
 	if !ok {
 		return nil
@@ -608,6 +607,25 @@ var principalFields = []field[*PrincipalRule]{
 	}},
 }
 
+// decodeUsers decodes a template's users block: rules shaped like
+// principal rules, over the end user's token.
+func decodeUsers(l *templateLoader, n *yaml.Node, path string, t *Template) {
+	t.Users = decodeRules(l, n, path, "user rules", "must list at least one user rule, or be left out", userFields)
+}
+
+// userFields is the schema of one users rule: the issuer check of a
+// principal rule, and a condition named like "users[0].condition".
+var userFields = []field[*PrincipalRule]{
+	principalFields[0],
+	{key: "condition", decode: func(l *templateLoader, n *yaml.Node, path string, r *PrincipalRule) {
+		name := path
+		if i := strings.LastIndex(path, "users["); i >= 0 {
+			name = path[i:]
+		}
+		r.Condition = l.compile(l.claimsEnv, n, path, name)
+	}},
+}
+
 // ttlBlock is the ttl block as it is decoded.
 type ttlBlock struct {
 	def, max         time.Duration
@@ -639,7 +657,7 @@ var ttlFields = []field[*ttlBlock]{
 	}},
 }
 
-// duration decodes a positive Go duration of at most MaxTemplateTTL.
+// duration decodes a positive Go duration of at most MaxTTL.
 func (l *templateLoader) duration(n *yaml.Node, path string) (time.Duration, bool) {
 	s, ok := l.str(n, path)
 	if !ok {
@@ -651,8 +669,8 @@ func (l *templateLoader) duration(n *yaml.Node, path string) (time.Duration, boo
 		l.report(n, path, "%q is not a duration: write it like 5m or 1h30m", truncate(s, 64))
 	case d <= 0:
 		l.report(n, path, "must be longer than zero")
-	case d > MaxTemplateTTL:
-		l.report(n, path, "%s is longer than the limit of %s", d, MaxTemplateTTL)
+	case d > MaxTTL:
+		l.report(n, path, "%s is longer than the limit of %s", d, MaxTTL)
 	default:
 		return d, true
 	}
@@ -720,7 +738,7 @@ func checkToolPattern(s string) string {
 		return fmt.Sprintf("%q is not a valid tool pattern: the only wildcard is a trailing \".*\" after a tool name", truncate(s, 64))
 	}
 	if !ValidToolName(s) {
-		return fmt.Sprintf("%q is not a valid tool name: %s", truncate(s, 64), toolNameRules)
+		return fmt.Sprintf("%q is not a valid tool name: %s", truncate(s, 64), ToolNameRules)
 	}
 	return ""
 }

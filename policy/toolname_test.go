@@ -1,0 +1,61 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+)
+
+// hostileToolNames are tool names a client may send that the template
+// grammar refuses: each must be refused wherever a client names a tool,
+// before any pattern match (issue 9, low). Before, declarations, token
+// exchanges, action requests and event reports only checked length and
+// UTF-8, so "kb.*" (a literal granted by the template pattern kb.*),
+// "kb..x", names with spaces, controls or zero-width characters passed.
+var hostileToolNames = []struct{ name, tool string }{
+	{"star", "kb.*"},
+	{"bare star", "*"},
+	{"dot dot", "kb..search"},
+	{"path climb", "kb/../admin"},
+	{"space", "kb search"},
+	{"leading space", " kb.search"},
+	{"tab", "kb.search\t"},
+	{"newline", "kb.search\nforged line"},
+	{"ANSI escape", "kb.\x1b[31msearch"},
+	{"NUL", "kb.search\x00"},
+	{"zero-width space", "kb.se\u200barch"},
+	{"zero-width joiner", "kb.search\u200d"},
+	{"BOM", "\ufeffkb.search"},
+	{"Cyrillic look-alike", "kb.sеarch"},
+	{"full-width", "ｋｂ.search"},
+	{"leading dot", ".kb"},
+	{"leading dash", "-kb"},
+	{"too long", strings.Repeat("a", 129)},
+}
+
+func TestValidToolName(t *testing.T) {
+	for _, tc := range hostileToolNames {
+		if ValidToolName(tc.tool) {
+			t.Errorf("%s: ValidToolName(%q) = true", tc.name, tc.tool)
+		}
+	}
+	for _, ok := range []string{"kb.search", "tickets.read", "github:repo/issues.write", "a_b-c", "x"} {
+		if !ValidToolName(ok) {
+			t.Errorf("ValidToolName(%q) = false", ok)
+		}
+	}
+}
+
+// TestAllowsToolRefusesInvalidNames: the one pattern matcher refuses every
+// name outside the grammar, whatever path it came by ("kb.*" used to
+// match the pattern "kb.*" as a literal name).
+func TestAllowsToolRefusesInvalidNames(t *testing.T) {
+	tmpl := &Template{Tools: []string{"kb.*", "tickets.read"}}
+	for _, tc := range hostileToolNames {
+		if tmpl.AllowsTool(tc.tool) {
+			t.Errorf("%s: AllowsTool(%q) = true", tc.name, tc.tool)
+		}
+	}
+	if !tmpl.AllowsTool("kb.search") || !tmpl.AllowsTool("tickets.read") {
+		t.Fatal("valid names refused")
+	}
+}
