@@ -225,8 +225,27 @@ func cmdRevoke(ctx context.Context, e env, args []string) error {
 }
 
 // waitJob polls a job until it is done, drawing a progress bar on stderr
-// when stderr is a terminal. It returns the job and Valet's last answer.
+// when stderr is a terminal. raw is Valet's answer carrying j, or nil when
+// the answer at hand carries more than the job (freeze --revoke): then
+// the job is asked for once. It returns the job and Valet's last answer
+// about it, which -o json prints.
 func (c *adminClient) waitJob(ctx context.Context, j jobView, raw []byte) (jobView, []byte, error) {
+	poll := func() error {
+		var ans struct {
+			Job jobView `json:"job"`
+		}
+		var err error
+		if raw, err = c.call(ctx, http.MethodGet, "/v1/admin/revocations/"+url.PathEscape(j.ID), nil, &ans); err != nil {
+			return err
+		}
+		j = ans.Job
+		return nil
+	}
+	if raw == nil {
+		if err := poll(); err != nil {
+			return j, raw, err
+		}
+	}
 	tty := isTerminal(c.stderr)
 	for j.State != "done" {
 		if tty {
@@ -237,14 +256,9 @@ func (c *adminClient) waitJob(ctx context.Context, j jobView, raw []byte) (jobVi
 			return j, raw, ctx.Err()
 		case <-time.After(300 * time.Millisecond):
 		}
-		var ans struct {
-			Job jobView `json:"job"`
-		}
-		var err error
-		if raw, err = c.call(ctx, http.MethodGet, "/v1/admin/revocations/"+url.PathEscape(j.ID), nil, &ans); err != nil {
+		if err := poll(); err != nil {
 			return j, raw, err
 		}
-		j = ans.Job
 	}
 	if tty {
 		fmt.Fprintf(c.stderr, "\r%s %s done%30s\n", printable.Escape(j.ID), bar(1, 1), "")

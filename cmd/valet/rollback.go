@@ -92,6 +92,9 @@ func cmdRollback(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	id := pos[0]
+	if c.output == "json" && !*dry {
+		return usageError("tasks rollback: -o json prints the plan, with --dry-run; a rollback prints each step as it runs")
+	}
 	base := "/v1/admin/tasks/" + url.PathEscape(id) + "/rollback"
 	var plan struct {
 		Steps []rollbackStep `json:"steps"`
