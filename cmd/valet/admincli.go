@@ -477,11 +477,17 @@ func cmdTaskTimeline(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	rows := [][]string{}
-	for _, e := range ans.Events {
-		if e.Type == "tool.called" && e.Reason == "" { // what the agent did
-			e.Reason = fmt.Sprintf("%v %v", e.Detail["tool"], e.Detail["side_effect"])
+	for _, ev := range ans.Events {
+		if ev.Type == "tool.called" && ev.Reason == "" { // what the agent did: the tool, and its side effect if any
+			var what []string
+			for _, k := range []string{"tool", "side_effect"} {
+				if v, _ := ev.Detail[k].(string); v != "" {
+					what = append(what, v)
+				}
+			}
+			ev.Reason = strings.Join(what, " ")
 		}
-		rows = append(rows, []string{e.Time, e.Type, e.Actor, e.Outcome + e.Rule, e.Reason, strings.Join(e.Creds, ",")})
+		rows = append(rows, []string{ev.Time, ev.Type, ev.Actor, ev.Outcome + ev.Rule, ev.Reason, strings.Join(ev.Creds, ",")})
 	}
 	c.table("TIME\tEVENT\tACTOR\tOUTCOME\tREASON\tCREDENTIALS", rows)
 	return nil

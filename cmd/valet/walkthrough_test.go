@@ -22,14 +22,21 @@ import (
 // in the README.
 func readmeBlock(t *testing.T, name string) string {
 	t.Helper()
-	readme, err := os.ReadFile("../../README.md")
+	return docBlock(t, "README.md", name)
+}
+
+// docBlock returns the shell block that follows <!-- walkthrough:NAME -->
+// in the file (a path from the repository root).
+func docBlock(t *testing.T, file, name string) string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("../..", file))
 	if err != nil {
 		t.Fatal(err)
 	}
 	re := regexp.MustCompile("(?s)<!-- walkthrough:" + regexp.QuoteMeta(name) + " -->\\s*```sh\\n(.*?)```")
-	m := re.FindSubmatch(readme)
+	m := re.FindSubmatch(doc)
 	if m == nil {
-		t.Fatalf("README.md has no walkthrough:%s block", name)
+		t.Fatalf("%s has no walkthrough:%s block", file, name)
 	}
 	return string(m[1])
 }
