@@ -25,23 +25,54 @@ type adminClient struct {
 	http                  *http.Client
 }
 
-// adminFlags adds --server, --token and -o to fs.
-func adminFlags(fs *flags, getenv func(string) string) (server, token, output *string) {
-	server = fs.String("server", envOr(getenv, "VALET_SERVER", "http://"+defaultAddr), "Valet's `URL` (env VALET_SERVER)")
-	token = fs.String("token", getenv("VALET_ADMIN_TOKEN"), "admin `token` (env VALET_ADMIN_TOKEN; `valet dev token --admin NAME` in development)")
-	output = fs.String("o", "table", "output `format`: table, or json (the API's answer as it is)")
-	return
+// adminFlagSet is what every admin command shares: the --server, --token
+// and -o flags, and parse, which checks them into the client.
+type adminFlagSet struct {
+	fs                    *flags
+	e                     env
+	server, token, output *string
 }
 
-func newAdminClient(server, token, output string, stdout, stderr io.Writer) (*adminClient, error) {
-	if token == "" {
-		return nil, usageError("an admin token is required: --token or VALET_ADMIN_TOKEN")
+// adminFlags adds --server, --token and -o to fs. Add the command's own
+// flags, then call parse.
+func adminFlags(fs *flags, e env) *adminFlagSet {
+	a := &adminFlagSet{fs: fs, e: e}
+	a.server, a.output = serverFlags(fs, e)
+	a.token = fs.String("token", e.getenv("VALET_ADMIN_TOKEN"), "admin `token` (env VALET_ADMIN_TOKEN; `valet dev token --admin NAME` in development)")
+	return a
+}
+
+// serverFlags adds the flags of every command that calls a running Valet:
+// --server, and -o (check it with checkOutput).
+func serverFlags(fs *flags, e env) (server, output *string) {
+	server = fs.String("server", envOr(e.getenv, "VALET_SERVER", "http://"+defaultAddr), "Valet's `URL` (env VALET_SERVER)")
+	output = fs.String("o", "table", "output `format`: table, or json (the API's answer as it is)")
+	return server, output
+}
+
+// checkOutput is the one check of -o.
+func checkOutput(o string) error {
+	if o != "table" && o != "json" {
+		return usageError("-o must be table or json")
 	}
-	if output != "table" && output != "json" {
-		return nil, usageError("-o must be table or json")
+	return nil
+}
+
+// parse parses the command line, which must hold exactly n positional
+// arguments, and returns the admin client and those arguments.
+func (a *adminFlagSet) parse(args []string, n int) (*adminClient, []string, error) {
+	pos, err := a.fs.parseN(args, n)
+	if err != nil {
+		return nil, nil, err
 	}
-	return &adminClient{server: strings.TrimSuffix(server, "/"), token: token, output: output, stdout: stdout, stderr: stderr,
-		http: &http.Client{Timeout: 30 * time.Second}}, nil
+	if *a.token == "" {
+		return nil, nil, usageError("an admin token is required: --token or VALET_ADMIN_TOKEN")
+	}
+	if err := checkOutput(*a.output); err != nil {
+		return nil, nil, err
+	}
+	return &adminClient{server: strings.TrimSuffix(*a.server, "/"), token: *a.token, output: *a.output,
+		stdout: a.e.stdout, stderr: a.e.stderr, http: &http.Client{Timeout: 30 * time.Second}}, pos, nil
 }
 
 // call sends a request, decodes a 2xx JSON answer into out and returns it
@@ -86,6 +117,17 @@ func (c *adminClient) call(ctx context.Context, method, path string, body, out a
 	return raw, json.Unmarshal(raw, out)
 }
 
+// show is call for a command whose -o json output is Valet's answer: with
+// -o json it prints the answer and printed is true, and the caller prints
+// nothing more; with -o table out is filled for the caller to print.
+func (c *adminClient) show(ctx context.Context, method, path string, body, out any) (printed bool, err error) {
+	raw, err := c.call(ctx, method, path, body, out)
+	if err != nil || c.output != "json" {
+		return false, err
+	}
+	return true, c.json(raw)
+}
+
 // json writes an answer of the API as it came (the shapes of openapi.yaml),
 // indented, terminal controls escaped (printable.JSON).
 func (c *adminClient) json(raw []byte) error {
@@ -127,10 +169,10 @@ type jobView struct {
 }
 
 // cmdRevoke is `valet revoke --agent X [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]`.
-func cmdRevoke(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags(stdout, "revoke [--agent A] [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]",
+func cmdRevoke(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("revoke [--agent A] [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]",
 		"Revoke every live credential the selector matches (bulk revocation, responder role), following the job\nuntil it is done. The selectors combine (all must match); --dry-run counts and samples instead.")
-	server, token, output := adminFlags(fs, getenv)
+	admin := adminFlags(fs, e)
 	var sel struct {
 		Agent        string `json:"agent,omitempty"`
 		Issuer       string `json:"issuer,omitempty"`
@@ -148,10 +190,7 @@ func cmdRevoke(ctx context.Context, args []string, getenv func(string) string, s
 	since := fs.Duration("since", 0, "only credentials issued in the last `duration` (e.g. 2h)")
 	reason := fs.String("reason", "", "why (goes to the audit trail)")
 	dry := fs.Bool("dry-run", false, "count and sample what would be revoked; change nothing")
-	if _, err := fs.parseN(args, 0); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
+	c, _, err := admin.parse(args, 0)
 	if err != nil {
 		return err
 	}
@@ -165,14 +204,10 @@ func cmdRevoke(ctx context.Context, args []string, getenv func(string) string, s
 			Matched int      `json:"matched"`
 			Sample  []string `json:"sample"`
 		}
-		raw, err := c.call(ctx, http.MethodPost, "/v1/admin/revocations", body, &d)
-		if err != nil {
+		if printed, err := c.show(ctx, http.MethodPost, "/v1/admin/revocations", body, &d); printed || err != nil {
 			return err
 		}
-		if c.output == "json" {
-			return c.json(raw)
-		}
-		fmt.Fprintf(stdout, "dry run: %d credentials in %d tasks would be revoked\nsample tasks: %s\n", d.Matched, d.Tasks, printable.Escape(strings.Join(d.Sample, " ")))
+		fmt.Fprintf(e.stdout, "dry run: %d credentials in %d tasks would be revoked\nsample tasks: %s\n", d.Matched, d.Tasks, printable.Escape(strings.Join(d.Sample, " ")))
 		return nil
 	}
 	var ans struct {
@@ -190,8 +225,27 @@ func cmdRevoke(ctx context.Context, args []string, getenv func(string) string, s
 }
 
 // waitJob polls a job until it is done, drawing a progress bar on stderr
-// when stderr is a terminal. It returns the job and Valet's last answer.
+// when stderr is a terminal. raw is Valet's answer carrying j, or nil when
+// the answer at hand carries more than the job (freeze --revoke): then
+// the job is asked for once. It returns the job and Valet's last answer
+// about it, which -o json prints.
 func (c *adminClient) waitJob(ctx context.Context, j jobView, raw []byte) (jobView, []byte, error) {
+	poll := func() error {
+		var ans struct {
+			Job jobView `json:"job"`
+		}
+		var err error
+		if raw, err = c.call(ctx, http.MethodGet, "/v1/admin/revocations/"+url.PathEscape(j.ID), nil, &ans); err != nil {
+			return err
+		}
+		j = ans.Job
+		return nil
+	}
+	if raw == nil {
+		if err := poll(); err != nil {
+			return j, raw, err
+		}
+	}
 	tty := isTerminal(c.stderr)
 	for j.State != "done" {
 		if tty {
@@ -202,14 +256,9 @@ func (c *adminClient) waitJob(ctx context.Context, j jobView, raw []byte) (jobVi
 			return j, raw, ctx.Err()
 		case <-time.After(300 * time.Millisecond):
 		}
-		var ans struct {
-			Job jobView `json:"job"`
-		}
-		var err error
-		if raw, err = c.call(ctx, http.MethodGet, "/v1/admin/revocations/"+url.PathEscape(j.ID), nil, &ans); err != nil {
+		if err := poll(); err != nil {
 			return j, raw, err
 		}
-		j = ans.Job
 	}
 	if tty {
 		fmt.Fprintf(c.stderr, "\r%s %s done%30s\n", printable.Escape(j.ID), bar(1, 1), "")
@@ -248,15 +297,15 @@ var controlKinds = map[string]string{"agent": "freeze_agent", "template": "quara
 
 // cmdFreeze is `valet freeze agent|template|issuer NAME [--issuer I] [--revoke] [--reason R]`
 // (and, with lift, `valet unfreeze ...`).
-func cmdFreeze(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, lift bool) error {
+func cmdFreeze(ctx context.Context, e env, args []string, lift bool) error {
 	name, about := "freeze", "Freeze an agent, quarantine a template or distrust an issuer on every replica (responder role).\n"+
 		"Valet refuses a name it does not know (no template of that name; no configured issuer; an agent never seen)\n"+
 		"unless --force. Freezing again keeps the earlier reason unless --reason gives a new one."
 	if lift {
 		name, about = "unfreeze", "Lift a freeze, quarantine or distrust (responder role)."
 	}
-	fs := newFlags(stdout, name+" agent|template|issuer NAME [flags]", about)
-	server, token, output := adminFlags(fs, getenv)
+	fs := e.newFlags(name+" agent|template|issuer NAME [flags]", about)
+	admin := adminFlags(fs, e)
 	issuer := fs.String("issuer", "", "with agent: the agent of this issuer `name` only")
 	var revoke, force *bool
 	var reason *string
@@ -265,7 +314,7 @@ func cmdFreeze(ctx context.Context, args []string, getenv func(string) string, s
 		reason = fs.String("reason", "", "why (shown to refused agents and in the audit trail)")
 		force = fs.Bool("force", false, "set the control even though Valet knows no such name (to block it before it appears)")
 	}
-	pos, err := fs.parseN(args, 2)
+	c, pos, err := admin.parse(args, 2)
 	if err != nil {
 		return err
 	}
@@ -273,24 +322,16 @@ func cmdFreeze(ctx context.Context, args []string, getenv func(string) string, s
 	if kind == "" {
 		return usageError("usage: valet " + name + " agent|template|issuer NAME [flags] (see --help)")
 	}
-	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
-	if err != nil {
-		return err
-	}
 	if lift {
 		q := url.Values{"kind": {kind}, "target": {target}}
 		if *issuer != "" {
 			q.Set("issuer", *issuer)
 		}
 		var ans map[string]any
-		raw, err := c.call(ctx, http.MethodDelete, "/v1/admin/controls?"+q.Encode(), nil, &ans)
-		if err != nil {
+		if printed, err := c.show(ctx, http.MethodDelete, "/v1/admin/controls?"+q.Encode(), nil, &ans); printed || err != nil {
 			return err
 		}
-		if c.output == "json" {
-			return c.json(raw)
-		}
-		fmt.Fprintf(stdout, "lifted %s\n", printable.Escape(fmt.Sprint(ans["lifted"])))
+		fmt.Fprintf(e.stdout, "lifted %s\n", printable.Escape(fmt.Sprint(ans["lifted"])))
 		return nil
 	}
 	var ans struct {
@@ -306,7 +347,7 @@ func cmdFreeze(ctx context.Context, args []string, getenv func(string) string, s
 		return c.json(raw)
 	}
 	if c.output != "json" {
-		fmt.Fprintf(stdout, "%s %s: in force on every replica (reason: %s)\n", kind, printable.Escape(target), printable.Escape(or(ans.Control.Reason, "none given")))
+		fmt.Fprintf(e.stdout, "%s %s: in force on every replica (reason: %s)\n", kind, printable.Escape(target), printable.Escape(or(ans.Control.Reason, "none given")))
 	}
 	if ans.Job != nil {
 		j, raw, err := c.waitJob(ctx, *ans.Job, nil)
@@ -318,29 +359,18 @@ func cmdFreeze(ctx context.Context, args []string, getenv func(string) string, s
 	return nil
 }
 
-// cmdControls is `valet controls ls`.
-func cmdControls(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if done, err := groupHelp(args, stdout, "controls", []subcommand{{"ls", "list the controls in force"}}); done {
-		return err
-	}
-	fs := newFlags(stdout, "controls ls [-o json]", "List the freezes, quarantines and distrusts in force (viewer role), all of them, sorted by kind, then issuer, then target.")
-	server, token, output := adminFlags(fs, getenv)
-	if _, err := fs.parseN(args[1:], 0); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
+// cmdControlsLs is `valet controls ls`.
+func cmdControlsLs(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("controls ls [-o json]", "List the freezes, quarantines and distrusts in force (viewer role), all of them, sorted by kind, then issuer, then target.")
+	c, _, err := adminFlags(fs, e).parse(args, 0)
 	if err != nil {
 		return err
 	}
 	var ans struct {
 		Controls []struct{ Kind, Target, Issuer, Reason, By, At string } `json:"controls"`
 	}
-	raw, err := c.call(ctx, http.MethodGet, "/v1/admin/controls", nil, &ans)
-	if err != nil {
+	if printed, err := c.show(ctx, http.MethodGet, "/v1/admin/controls", nil, &ans); printed || err != nil {
 		return err
-	}
-	if c.output == "json" {
-		return c.json(raw)
 	}
 	rows := [][]string{}
 	for _, k := range ans.Controls {
@@ -350,36 +380,12 @@ func cmdControls(ctx context.Context, args []string, getenv func(string) string,
 	return nil
 }
 
-var taskCommands = []subcommand{
-	{"ls", "list tasks, newest first (by created_at, then id), one page at a time"},
-	{"show", "show a task and its credentials"},
-	{"timeline", "show a task's audit events, in order"},
-	{"rollback", "call a task's undo webhooks, newest first"},
-}
-
-// cmdTasks is `valet tasks ls|show ID|timeline ID|rollback ID`.
-func cmdTasks(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if done, err := groupHelp(args, stdout, "tasks", taskCommands); done {
-		return err
-	}
-	switch args[0] {
-	case "ls":
-		return cmdTasksLs(ctx, args[1:], getenv, stdout, stderr)
-	case "show":
-		return cmdTaskShow(ctx, args[1:], getenv, stdout, stderr)
-	case "timeline":
-		return cmdTaskTimeline(ctx, args[1:], getenv, stdout, stderr)
-	default:
-		return cmdRollback(ctx, args[1:], getenv, stdout, stderr) // rollback.go
-	}
-}
-
 // cmdTasksLs is `valet tasks ls`: one page of tasks, newest first.
-func cmdTasksLs(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags(stdout, "tasks ls [--agent A] [--issuer I] [--state S] [--template T] [--limit N] [--cursor C]",
+func cmdTasksLs(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("tasks ls [--agent A] [--issuer I] [--state S] [--template T] [--limit N] [--cursor C]",
 		"List tasks (viewer role), newest first: by created_at, then id, both descending. One page of --limit\n"+
 			"tasks; when more match, the command says so and how to get the next page (--cursor).")
-	server, token, output := adminFlags(fs, getenv)
+	admin := adminFlags(fs, e)
 	q := url.Values{}
 	for _, f := range []struct{ name, help string }{
 		{"agent", "only tasks of this agent `name`"},
@@ -391,10 +397,7 @@ func cmdTasksLs(ctx context.Context, args []string, getenv func(string) string, 
 		fs.Func(f.name, f.help, func(v string) error { q.Set(f.name, v); return nil })
 	}
 	limit := fs.Int("limit", 100, "at most this many tasks in a page (1 to 1000)")
-	if _, err := fs.parseN(args, 0); err != nil {
-		return err
-	}
-	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
+	c, _, err := admin.parse(args, 0)
 	if err != nil {
 		return err
 	}
@@ -407,12 +410,8 @@ func cmdTasksLs(ctx context.Context, args []string, getenv func(string) string, 
 		} `json:"tasks"`
 		NextCursor string `json:"next_cursor"`
 	}
-	raw, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks?"+q.Encode(), nil, &ans)
-	if err != nil {
+	if printed, err := c.show(ctx, http.MethodGet, "/v1/admin/tasks?"+q.Encode(), nil, &ans); printed || err != nil {
 		return err
-	}
-	if c.output == "json" {
-		return c.json(raw)
 	}
 	rows := [][]string{}
 	for _, t := range ans.Tasks {
@@ -420,20 +419,16 @@ func cmdTasksLs(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	c.table("TASK\tSTATE\tAGENT\tTEMPLATE\tDEADLINE\tEND REASON", rows)
 	if ans.NextCursor != "" {
-		fmt.Fprintf(stdout, "more tasks match: add --cursor %s for the next page\n", printable.Escape(ans.NextCursor))
+		fmt.Fprintf(e.stdout, "more tasks match: add --cursor %s for the next page\n", printable.Escape(ans.NextCursor))
 	}
 	return nil
 }
 
 // cmdTaskShow is `valet tasks show ID`.
-func cmdTaskShow(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags(stdout, "tasks show ID", "Show a task and the ids of its credentials (viewer role).")
-	server, token, output := adminFlags(fs, getenv)
-	pos, err := fs.parseN(args, 1)
-	if err != nil {
-		return err
-	}
-	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
+func cmdTaskShow(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("tasks show ID", "Show a task and the ids of its credentials (viewer role).")
+	admin := adminFlags(fs, e)
+	c, pos, err := admin.parse(args, 1)
 	if err != nil {
 		return err
 	}
@@ -448,17 +443,13 @@ func cmdTaskShow(ctx context.Context, args []string, getenv func(string) string,
 			ExpiresAt string `json:"expires_at"`
 		} `json:"credentials"`
 	}
-	raw, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks/"+url.PathEscape(pos[0]), nil, &ans)
-	if err != nil {
+	if printed, err := c.show(ctx, http.MethodGet, "/v1/admin/tasks/"+url.PathEscape(pos[0]), nil, &ans); printed || err != nil {
 		return err
 	}
-	if c.output == "json" {
-		return c.json(raw)
-	}
 	t := ans.Task
-	e := printable.Escape
-	fmt.Fprintf(stdout, "task      %s\nstate     %s %s\nagent     %s/%s\ntemplate  %s\nintent    %s\ndeadline  %s\n\n",
-		e(t.ID), e(t.State), e(t.EndReason), e(t.Issuer), e(t.Agent), e(t.Template), e(t.Intent), e(t.Deadline))
+	esc := printable.Escape
+	fmt.Fprintf(e.stdout, "task      %s\nstate     %s %s\nagent     %s/%s\ntemplate  %s\nintent    %s\ndeadline  %s\n\n",
+		esc(t.ID), esc(t.State), esc(t.EndReason), esc(t.Issuer), esc(t.Agent), esc(t.Template), esc(t.Intent), esc(t.Deadline))
 	rows := [][]string{}
 	for _, cr := range ans.Credentials {
 		rows = append(rows, []string{cr.ID, cr.Kind, cr.ExpiresAt})
@@ -468,14 +459,10 @@ func cmdTaskShow(ctx context.Context, args []string, getenv func(string) string,
 }
 
 // cmdTaskTimeline is `valet tasks timeline ID`.
-func cmdTaskTimeline(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags(stdout, "tasks timeline ID", "Show a task's audit events in the order they happened (viewer role; needs the Redis audit stream).")
-	server, token, output := adminFlags(fs, getenv)
-	pos, err := fs.parseN(args, 1)
-	if err != nil {
-		return err
-	}
-	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
+func cmdTaskTimeline(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("tasks timeline ID", "Show a task's audit events in the order they happened (viewer role; needs the Redis audit stream).")
+	admin := adminFlags(fs, e)
+	c, pos, err := admin.parse(args, 1)
 	if err != nil {
 		return err
 	}
@@ -486,34 +473,33 @@ func cmdTaskTimeline(ctx context.Context, args []string, getenv func(string) str
 			Detail                                   map[string]any `json:"detail"`
 		} `json:"events"`
 	}
-	raw, err := c.call(ctx, http.MethodGet, "/v1/admin/tasks/"+url.PathEscape(pos[0])+"/timeline", nil, &ans)
-	if err != nil {
+	if printed, err := c.show(ctx, http.MethodGet, "/v1/admin/tasks/"+url.PathEscape(pos[0])+"/timeline", nil, &ans); printed || err != nil {
 		return err
 	}
-	if c.output == "json" {
-		return c.json(raw)
-	}
 	rows := [][]string{}
-	for _, e := range ans.Events {
-		if e.Type == "tool.called" && e.Reason == "" { // what the agent did
-			e.Reason = fmt.Sprintf("%v %v", e.Detail["tool"], e.Detail["side_effect"])
+	for _, ev := range ans.Events {
+		if ev.Type == "tool.called" && ev.Reason == "" { // what the agent did: the tool, and its side effect if any
+			var what []string
+			for _, k := range []string{"tool", "side_effect"} {
+				if v, _ := ev.Detail[k].(string); v != "" {
+					what = append(what, v)
+				}
+			}
+			ev.Reason = strings.Join(what, " ")
 		}
-		rows = append(rows, []string{e.Time, e.Type, e.Actor, e.Outcome + e.Rule, e.Reason, strings.Join(e.Creds, ",")})
+		rows = append(rows, []string{ev.Time, ev.Type, ev.Actor, ev.Outcome + ev.Rule, ev.Reason, strings.Join(ev.Creds, ",")})
 	}
 	c.table("TIME\tEVENT\tACTOR\tOUTCOME\tREASON\tCREDENTIALS", rows)
 	return nil
 }
 
-// cmdAudit is `valet audit verify FILE` and `valet audit verify --redis URL`.
-func cmdAudit(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	if done, err := groupHelp(args, stdout, "audit", []subcommand{{"verify", "check an audit trail's hash chain"}}); done {
-		return err
-	}
-	fs := newFlags(stdout, "audit verify FILE | --redis URL [--prefix valet]",
+// cmdAuditVerify is `valet audit verify FILE` and `valet audit verify --redis URL`.
+func cmdAuditVerify(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("audit verify FILE | --redis URL [--prefix valet]",
 		"Check the hash chain of an audit file, or of the audit stream in Redis, and say where it breaks.")
 	redisURL := fs.String("redis", "", "verify the audit stream in the Redis at this `URL` instead of a file")
 	prefix := fs.String("prefix", "valet", "Redis key `prefix`")
-	files, err := fs.parse(args[1:])
+	files, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -528,12 +514,12 @@ func cmdAudit(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "ok: %d events in %d chains verify\n", rep.Events, len(rep.Chains))
+		fmt.Fprintf(e.stdout, "ok: %d events in %d chains verify\n", rep.Events, len(rep.Chains))
 		if rep.Duplicates > 0 {
-			fmt.Fprintf(stdout, "note: %d entries repeat the entry before them byte for byte (retried appends), not edits\n", rep.Duplicates)
+			fmt.Fprintf(e.stdout, "note: %d entries repeat the entry before them byte for byte (retried appends), not edits\n", rep.Duplicates)
 		}
 		if len(rep.Trimmed) > 0 {
-			fmt.Fprintf(stdout, "note: %d chains start after their first record: the stream was trimmed by retention; the audit file is the full copy\n", len(rep.Trimmed))
+			fmt.Fprintf(e.stdout, "note: %d chains start after their first record: the stream was trimmed by retention; the audit file is the full copy\n", len(rep.Trimmed))
 		}
 		return nil
 	case *redisURL == "" && len(files) == 1:
@@ -546,7 +532,7 @@ func cmdAudit(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return fmt.Errorf("%s: %w", files[0], err)
 		}
-		fmt.Fprintf(stdout, "ok: %d events verify; last hash %s\n", last.Seq, printable.Escape(last.Hash))
+		fmt.Fprintf(e.stdout, "ok: %d events verify; last hash %s\n", last.Seq, printable.Escape(last.Hash))
 		return nil
 	}
 	return usageError("usage: valet audit verify FILE | --redis URL [--prefix valet] (see --help)")

@@ -42,29 +42,18 @@ func devAgentConfig(resourcesFile string) (server.StepUpOptions, error) {
 	return cfg, nil
 }
 
-var approvalCommands = []subcommand{
-	{"ls", "list approvals, oldest first (by created_at, then id), one page at a time"},
-	{"approve", "approve a pending approval"},
-	{"deny", "deny a pending approval"},
-}
-
-// cmdApprovals is `valet approvals ls|approve ID|deny ID`.
-func cmdApprovals(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	if done, err := groupHelp(args, stdout, "approvals", approvalCommands); done {
-		return err
-	}
-	verb := args[0]
+// cmdApprovals is `valet approvals ls`, `approve ID` and `deny ID` (verb).
+func cmdApprovals(ctx context.Context, e env, verb string, args []string) error {
 	synopsis, about, npos := "approvals "+verb+" ID [--reason TEXT]", "Decide a pending approval, as an approver client (approvals.clients in the config).", 1
 	if verb == "ls" {
 		synopsis, npos = "approvals ls [--state S] [--agent A] [--template T] [--task ID] [--limit N] [--cursor C]", 0
 		about = "List approvals, as an approver client: oldest first (by created_at, then id). One page of --limit\n" +
 			"approvals; when more match, the command says so and how to get the next page (--cursor)."
 	}
-	fs := newFlags(stdout, synopsis, about)
-	server := fs.String("server", envOr(getenv, "VALET_SERVER", "http://127.0.0.1:8080"), "Valet's `URL` (env VALET_SERVER)")
-	client := fs.String("client", getenv("VALET_APPROVER_CLIENT"), "approver client `id` (env VALET_APPROVER_CLIENT)")
-	secret := fs.String("secret", getenv("VALET_APPROVER_SECRET"), "approver client `secret` (env VALET_APPROVER_SECRET)")
-	out := fs.String("o", "table", "output `format`: table, or json (the API's answer as it is)")
+	fs := e.newFlags(synopsis, about)
+	server, out := serverFlags(fs, e)
+	client := fs.String("client", e.getenv("VALET_APPROVER_CLIENT"), "approver client `id` (env VALET_APPROVER_CLIENT)")
+	secret := fs.String("secret", e.getenv("VALET_APPROVER_SECRET"), "approver client `secret` (env VALET_APPROVER_SECRET)")
 	filter := url.Values{}
 	var reason *string
 	if verb == "ls" {
@@ -81,15 +70,15 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 	} else {
 		reason = fs.String("reason", "", "why (recorded with the decision)")
 	}
-	pos, err := fs.parseN(args[1:], npos)
+	pos, err := fs.parseN(args, npos)
 	if err != nil {
 		return err
 	}
 	if *client == "" || *secret == "" {
 		return usageError("approvals: --client and --secret (or VALET_APPROVER_CLIENT and VALET_APPROVER_SECRET) are required")
 	}
-	if *out != "table" && *out != "json" {
-		return usageError("approvals: -o must be table or json")
+	if err := checkOutput(*out); err != nil {
+		return err
 	}
 	c := &approverClient{base: strings.TrimSuffix(*server, "/"), id: *client, secret: *secret,
 		http: &http.Client{Timeout: 10 * time.Second}}
@@ -103,21 +92,21 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 			return err
 		}
 		if *out == "json" {
-			_, err = stdout.Write(append(printable.JSON(raw), '\n'))
+			_, err = e.stdout.Write(append(printable.JSON(raw), '\n'))
 			return err
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTASK\tAGENT\tTEMPLATE\tTOOL\tARGS\tINTENT\tEXPIRES")
 		for _, a := range body.Approvals {
-			e := printable.Escape
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e(a.ID), e(a.TaskID), e(agentChain(a)), e(a.Template), e(a.Tool),
+			esc := printable.Escape
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", esc(a.ID), esc(a.TaskID), esc(agentChain(a)), esc(a.Template), esc(a.Tool),
 				cell(string(a.Args), 60), cell(a.Intent, 40), a.ExpiresAt.UTC().Format(time.RFC3339))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
 		if body.NextCursor != "" {
-			fmt.Fprintf(stdout, "more approvals match: add --cursor %s for the next page\n", printable.Escape(body.NextCursor))
+			fmt.Fprintf(e.stdout, "more approvals match: add --cursor %s for the next page\n", printable.Escape(body.NextCursor))
 		}
 		return nil
 	}
@@ -135,12 +124,12 @@ func cmdApprovals(ctx context.Context, args []string, getenv func(string) string
 		return err
 	}
 	if *out == "json" {
-		_, err := stdout.Write(printable.JSON(raw))
+		_, err := e.stdout.Write(printable.JSON(raw))
 		return err
 	}
 	a := body.Approval
-	e := printable.Escape
-	fmt.Fprintf(stdout, "approval %s: %s by %s (task %s, tool %s)\n", e(a.ID), e(string(a.State)), e(a.DecidedBy), e(a.TaskID), e(a.Tool))
+	esc := printable.Escape
+	fmt.Fprintf(e.stdout, "approval %s: %s by %s (task %s, tool %s)\n", esc(a.ID), esc(string(a.State)), esc(a.DecidedBy), esc(a.TaskID), esc(a.Tool))
 	return nil
 }
 

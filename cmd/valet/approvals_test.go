@@ -250,6 +250,18 @@ func TestApprovalFlowThroughCLI(t *testing.T) {
 		t.Fatalf("poll after denial: %d %v", st, m)
 	}
 
+	// 4. approve and deny -o json print the API's answer (openapi.yaml).
+	for _, verb := range []string{"approve", "deny"} {
+		code, out, errOut := b.cli(verb, ask("8-"+verb), "-o", "json")
+		if code != 0 {
+			t.Fatalf("approvals %s -o json: %d %s", verb, code, errOut)
+		}
+		v := checkJSON(t, "valet approvals "+verb, out, specSchema(t, loadSpec(t), "POST", "/v1/approvals/{id}/"+verb, 200))
+		if a, _ := v["approval"].(map[string]any); a["state"] != map[string]string{"approve": "approved", "deny": "denied"}[verb] {
+			t.Fatalf("approvals %s -o json: %s", verb, out)
+		}
+	}
+
 	log := b.audit.String()
 	seen := map[string]bool{}
 	for _, line := range strings.Split(strings.TrimSpace(log), "\n") {

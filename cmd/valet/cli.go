@@ -27,8 +27,27 @@ type flags struct {
 	out             io.Writer
 }
 
+// env is a command's outside world: the environment and the two streams.
+type env struct {
+	getenv         func(string) string
+	stdout, stderr io.Writer
+	// built, when set, is told of every flag set the command builds: it is
+	// how describe learns a command's flags from the command itself.
+	built func(*flags)
+}
+
 // newFlags is the flag set of `valet <synopsis>`; about says what the
-// command does, out is where --help goes.
+// command does; --help goes to e.stdout.
+func (e env) newFlags(synopsis, about string) *flags {
+	fs := newFlags(e.stdout, synopsis, about)
+	if e.built != nil {
+		e.built(fs)
+	}
+	return fs
+}
+
+// newFlags is a flag set writing --help to out (env.newFlags is the one
+// commands use).
 func newFlags(out io.Writer, synopsis, about string) *flags {
 	name, _, _ := strings.Cut(synopsis, " [")
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -98,36 +117,6 @@ func (f *flags) help() {
 		}
 		fmt.Fprintf(f.out, "%s\n      %s\n", line, usage)
 	})
-}
-
-// subcommand is one verb of a command group such as `valet tasks`.
-type subcommand struct {
-	name, about string
-}
-
-// groupHelp handles a command group called with no verb or with --help:
-// it prints the group's verbs (on stdout for --help, as a usage error
-// otherwise). done is false when args name a verb to run.
-func groupHelp(args []string, out io.Writer, group string, subs []subcommand) (done bool, err error) {
-	var b strings.Builder
-	fmt.Fprintf(&b, "Usage: valet %s COMMAND [flags]\n\nCommands:\n", group)
-	for _, s := range subs {
-		fmt.Fprintf(&b, "  %-10s %s\n", s.name, s.about)
-	}
-	fmt.Fprintf(&b, "\nRun `valet %s COMMAND --help` for a command's flags.\n", group)
-	switch {
-	case len(args) > 0 && isHelp(args[0]):
-		fmt.Fprint(out, b.String())
-		return true, errHelp
-	case len(args) == 0:
-		return true, usageError(b.String())
-	}
-	for _, s := range subs {
-		if s.name == args[0] {
-			return false, nil
-		}
-	}
-	return true, usageError(fmt.Sprintf("%s: unknown command %q\n\n%s", group, args[0], b.String()))
 }
 
 func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" || a == "help" }

@@ -33,22 +33,16 @@ const devClientSecret = "dev-secret-not-for-production"
 
 // cmdDev runs the embedded default: in-memory ledger, a generated signing
 // key, the built-in development issuer and the example templates.
-func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "token" {
-		return cmdDevToken(ctx, args[1:], getenv, stdout)
-	}
-	if len(args) > 0 && args[0] == "idp" {
-		return cmdDevIdP(ctx, args[1:], getenv, stdout, stderr)
-	}
-	fs := newFlags(stdout, "dev [flags] | dev token [flags] | dev idp [flags]",
+func cmdDev(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("dev [flags] | dev token [flags] | dev idp [flags]",
 		"Run Valet for development: a generated signing key, the built-in development issuer, the example\n"+
 			"templates and an in-memory ledger (with --redis: Redis, and the admin API, controls and the audit stream).\n"+
 			"Never for production. `valet dev token --help` and `valet dev idp --help` describe the other two.")
-	addr := fs.String("addr", envOr(getenv, "VALET_ADDR", defaultAddr), "listen `address` (env VALET_ADDR)")
-	tmplPaths := fs.String("templates", getenv("VALET_TEMPLATES"), "template `files or folders`, separated by the OS path list separator (env VALET_TEMPLATES; default: the built-in examples)")
-	redisURL := fs.String("redis", getenv("VALET_REDIS_URL"), "use the Redis at this `URL` instead of the in-memory ledger (env VALET_REDIS_URL)")
-	auditFile := fs.String("audit", getenv("VALET_AUDIT_FILE"), "audit `file` (env VALET_AUDIT_FILE; default: a new file under the temporary folder for each run)")
-	logLevel := fs.String("log-level", envOr(getenv, "VALET_LOG_LEVEL", "info"), "log `level`: debug, info, warn or error")
+	addr := fs.String("addr", envOr(e.getenv, "VALET_ADDR", defaultAddr), "listen `address` (env VALET_ADDR)")
+	tmplPaths := fs.String("templates", e.getenv("VALET_TEMPLATES"), "template `files or folders`, separated by the OS path list separator (env VALET_TEMPLATES; default: the built-in examples)")
+	redisURL := fs.String("redis", e.getenv("VALET_REDIS_URL"), "use the Redis at this `URL` instead of the in-memory ledger (env VALET_REDIS_URL)")
+	auditFile := fs.String("audit", e.getenv("VALET_AUDIT_FILE"), "audit `file` (env VALET_AUDIT_FILE; default: a new file under the temporary folder for each run)")
+	logLevel := fs.String("log-level", envOr(e.getenv, "VALET_LOG_LEVEL", "info"), "log `level`: debug, info, warn or error")
 	rollbackHosts := fs.String("rollback-hosts", "127.0.0.1:9090,localhost:9090", "comma-separated `hosts` whose undo webhooks `valet tasks rollback` may call (the example tool server's)")
 	newSegment := fs.Bool("audit-new-segment", false, "if the audit file's chain does not verify, move it aside unchanged to FILE.<n> and start a new chain")
 	resources := fs.String("resources", "", "YAML `file` of resource labels (id: {label: value}) for sensitive-tool conditions")
@@ -68,7 +62,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr, *logLevel, "text")
+	log := newLogger(e.stderr, *logLevel, "text")
 	redis.SetLogger(newRedisLogger(log))
 
 	// Listen first: the public URL must carry the real port when --addr
@@ -122,7 +116,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		defer closeRedis()
 		ledgerName = "redis " + *redisURL
 	}
-	auditor, closeAudit, err := openAudit(*auditFile, *newSegment, stdout)
+	auditor, closeAudit, err := openAudit(*auditFile, *newSegment, e.stdout)
 	if err != nil {
 		return err
 	}
@@ -132,14 +126,14 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
-	printWalkthrough(stdout, publicURL, ledgerName, *auditFile, templates)
+	printWalkthrough(e.stdout, publicURL, ledgerName, *auditFile, templates)
 	return srv.Run(ctx, ln)
 }
 
 // cmdDevIdP runs the development issuer alone, for trying `valet serve`
 // without a real identity provider.
-func cmdDevIdP(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags(stdout, "dev idp [--addr ADDR]", "Run only the development OIDC issuer, to try `valet serve` without a real identity provider.\nIts tokens are for development only: never trust it in production.")
+func cmdDevIdP(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("dev idp [--addr ADDR]", "Run only the development OIDC issuer, to try `valet serve` without a real identity provider.\nIts tokens are for development only: never trust it in production.")
 	addr := fs.String("addr", "127.0.0.1:8081", "listen `address`")
 	if _, err := fs.parseN(args, 0); err != nil {
 		return err
@@ -153,7 +147,7 @@ func cmdDevIdP(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	srv := &http.Server{Handler: idp.Handler(), ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: server.MaxHeaderBytes}
-	fmt.Fprintf(stdout, "development issuer %s (never trust it in production)\n", idp.Issuer())
+	fmt.Fprintf(e.stdout, "development issuer %s (never trust it in production)\n", idp.Issuer())
 	go func() {
 		<-ctx.Done()
 		srv.Close()

@@ -2,61 +2,86 @@ package main
 
 import (
 	"context"
+	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/valet-dev/valet/internal/testkit"
 )
 
-// everyCommand is every subcommand of valet with the flags its --help
-// must name. A command added without a line here fails
-// TestTopLevelUsageListsEveryCommand's reverse check only if it is in the
-// usage; keep both in step.
-var everyCommand = []struct {
-	cmd   string
-	flags []string
-}{
-	{"serve", []string{"--config", "--addr", "--audit-new-segment"}},
-	{"dev", []string{"--addr", "--templates", "--redis", "--audit", "--log-level", "--rollback-hosts", "--audit-new-segment", "--resources"}},
-	{"dev token", []string{"--agent", "--admin", "--issuer"}},
-	{"dev idp", []string{"--addr"}},
-	{"templates check", nil},
-	{"keys generate", []string{"--out", "--alg"}},
-	{"approvals ls", []string{"--server", "--client", "--secret", "-o", "--agent", "--template", "--task", "--state", "--limit", "--cursor"}},
-	{"approvals approve", []string{"--server", "--client", "--secret", "-o", "--reason"}},
-	{"approvals deny", []string{"--server", "--client", "--secret", "-o", "--reason"}},
-	{"audit verify", []string{"--redis", "--prefix"}},
-	{"version", nil},
-	{"revoke", []string{"--server", "--token", "-o", "--agent", "--issuer", "--template", "--tool", "--task", "--since", "--reason", "--dry-run"}},
-	{"freeze", []string{"--server", "--token", "-o", "--issuer", "--revoke", "--reason", "--force"}},
-	{"unfreeze", []string{"--server", "--token", "-o", "--issuer"}},
-	{"controls ls", []string{"--server", "--token", "-o"}},
-	{"tasks ls", []string{"--server", "--token", "-o", "--agent", "--issuer", "--state", "--template", "--limit", "--cursor"}},
-	{"tasks show", []string{"--server", "--token", "-o"}},
-	{"tasks timeline", []string{"--server", "--token", "-o"}},
-	{"tasks rollback", []string{"--server", "--token", "-o", "--dry-run", "--continue", "--yes"}},
+// wantFlags is, for every command of the table that runs, the flags its
+// --help must name (beyond every flag its flag set defines, which
+// TestEveryCommandHelp checks too): the flags users and the docs rely on.
+// A command added to the table without a line here fails the test.
+var wantFlags = map[string][]string{
+	"serve":             {"--config", "--addr", "--audit-new-segment"},
+	"dev":               {"--addr", "--templates", "--redis", "--audit", "--log-level", "--rollback-hosts", "--audit-new-segment", "--resources"},
+	"dev token":         {"--agent", "--admin", "--issuer"},
+	"dev idp":           {"--addr"},
+	"templates check":   nil,
+	"keys generate":     {"--out", "--alg"},
+	"approvals ls":      {"--server", "--client", "--secret", "-o", "--agent", "--template", "--task", "--state", "--limit", "--cursor"},
+	"approvals approve": {"--server", "--client", "--secret", "-o", "--reason"},
+	"approvals deny":    {"--server", "--client", "--secret", "-o", "--reason"},
+	"audit verify":      {"--redis", "--prefix"},
+	"version":           nil,
+	"completion":        nil,
+	"revoke":            {"--server", "--token", "-o", "--agent", "--issuer", "--template", "--tool", "--task", "--since", "--reason", "--dry-run"},
+	"freeze":            {"--server", "--token", "-o", "--issuer", "--revoke", "--reason", "--force"},
+	"unfreeze":          {"--server", "--token", "-o", "--issuer"},
+	"controls ls":       {"--server", "--token", "-o"},
+	"tasks ls":          {"--server", "--token", "-o", "--agent", "--issuer", "--state", "--template", "--limit", "--cursor"},
+	"tasks show":        {"--server", "--token", "-o"},
+	"tasks timeline":    {"--server", "--token", "-o"},
+	"tasks rollback":    {"--server", "--token", "-o", "--dry-run", "--continue", "--yes"},
 }
 
-// TestEveryCommandHelp runs `valet CMD --help` (and -h) for every
-// subcommand, with no environment and no server: each exits 0 and prints
-// its usage line and every flag it takes on stdout.
+// tableCommands is the path of every command of the table ("tasks ls"),
+// with the command.
+func tableCommands() (paths []string, cmds []command) {
+	walkCommands(commandTable(), "", func(path string, c command) {
+		paths, cmds = append(paths, path), append(cmds, c)
+	})
+	return paths, cmds
+}
+
+// TestEveryCommandHelp runs `valet CMD --help` (and -h) for every command
+// of the table that runs, with no environment and no server: each exits 0
+// and prints its usage line and every flag its flag set defines and
+// wantFlags lists, on stdout.
 func TestEveryCommandHelp(t *testing.T) {
-	for _, c := range everyCommand {
+	paths, cmds := tableCommands()
+	for i, path := range paths {
+		c := cmds[i]
+		if c.run == nil {
+			continue
+		}
+		want, ok := wantFlags[path]
+		if !ok {
+			t.Errorf("valet %s is in the command table but not in wantFlags", path)
+		}
+		fs := describe(c)
+		if fs == nil {
+			t.Errorf("valet %s builds no flag set through env.newFlags: completion cannot see its flags", path)
+			continue
+		}
+		fs.VisitAll(func(f *flag.Flag) { want = append(want, flagWord(f)) })
 		for _, h := range []string{"--help", "-h"} {
-			t.Run(c.cmd+" "+h, func(t *testing.T) {
+			t.Run(path+" "+h, func(t *testing.T) {
 				var out, errOut strings.Builder
-				args := append(append([]string{"valet"}, strings.Fields(c.cmd)...), h)
+				args := append(append([]string{"valet"}, strings.Fields(path)...), h)
 				code := run(context.Background(), args, func(string) string { return "" }, &out, &errOut)
 				if code != 0 {
 					t.Fatalf("exit %d, want 0\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
 				}
-				if !strings.Contains(out.String(), "Usage: valet "+c.cmd) {
-					t.Errorf("no usage line for %q:\n%s", c.cmd, out.String())
+				if !strings.Contains(out.String(), "Usage: valet "+path) {
+					t.Errorf("no usage line for %q:\n%s", path, out.String())
 				}
-				for _, f := range c.flags {
+				for _, f := range want {
 					if !strings.Contains(out.String(), "\n  "+f+" ") && !strings.Contains(out.String(), "\n  "+f+"\n") {
 						t.Errorf("help does not name %s:\n%s", f, out.String())
 					}
@@ -64,41 +89,60 @@ func TestEveryCommandHelp(t *testing.T) {
 			})
 		}
 	}
-}
-
-// TestGroupHelp: a command group's --help lists its verbs and exits 0;
-// no verb is a usage error (2) that lists them too.
-func TestGroupHelp(t *testing.T) {
-	for group, verbs := range map[string][]string{
-		"tasks": {"ls", "show", "timeline", "rollback"}, "approvals": {"ls", "approve", "deny"},
-		"templates": {"check"}, "keys": {"generate"}, "controls": {"ls"}, "audit": {"verify"},
-	} {
-		var out, errOut strings.Builder
-		if code := run(context.Background(), []string{"valet", group, "--help"}, func(string) string { return "" }, &out, &errOut); code != 0 {
-			t.Errorf("valet %s --help: exit %d: %s", group, code, errOut.String())
-		}
-		for _, v := range verbs {
-			if !strings.Contains(out.String(), "\n  "+v+" ") {
-				t.Errorf("valet %s --help does not list %s:\n%s", group, v, out.String())
-			}
-		}
-		out.Reset()
-		if code := run(context.Background(), []string{"valet", group}, func(string) string { return "" }, &out, &errOut); code != 2 {
-			t.Errorf("valet %s: exit %d, want 2", group, code)
+	for path := range wantFlags {
+		if !slices.Contains(paths, path) {
+			t.Errorf("wantFlags names valet %s, which the command table lacks", path)
 		}
 	}
 }
 
-// TestTopLevelUsageListsEveryCommand: `valet --help` names every
-// subcommand.
+// TestGroupHelp: every group of the table answers --help with its verbs
+// and exit 0; with no verb, or an unknown one, it is a usage error (2)
+// that lists them too. A group that also runs (dev) names its verbs in its
+// own --help.
+func TestGroupHelp(t *testing.T) {
+	paths, cmds := tableCommands()
+	for i, path := range paths {
+		c := cmds[i]
+		if len(c.subs) == 0 {
+			continue
+		}
+		cli := func(args ...string) (int, string, string) {
+			var out, errOut strings.Builder
+			code := run(context.Background(), append(append([]string{"valet"}, strings.Fields(path)...), args...), func(string) string { return "" }, &out, &errOut)
+			return code, out.String(), errOut.String()
+		}
+		code, out, errOut := cli("--help")
+		if code != 0 {
+			t.Errorf("valet %s --help: exit %d: %s", path, code, errOut)
+		}
+		for _, s := range c.subs {
+			if c.run == nil && !strings.Contains(out, "\n  "+s.name+" ") || c.run != nil && !strings.Contains(out, "valet "+path+" "+s.name) {
+				t.Errorf("valet %s --help does not name %s:\n%s", path, s.name, out)
+			}
+		}
+		if c.run != nil {
+			continue
+		}
+		for _, args := range [][]string{nil, {"nosuchverb"}} {
+			if code, _, errOut := cli(args...); code != 2 || !strings.Contains(errOut, "\n  "+c.subs[0].name+" ") {
+				t.Errorf("valet %s %v: exit %d, want 2 and the verbs:\n%s", path, args, code, errOut)
+			}
+		}
+	}
+}
+
+// TestTopLevelUsageListsEveryCommand: `valet --help` names every command
+// of the table.
 func TestTopLevelUsageListsEveryCommand(t *testing.T) {
 	var out, errOut strings.Builder
 	if code := run(context.Background(), []string{"valet", "--help"}, func(string) string { return "" }, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, c := range everyCommand {
-		if !strings.Contains(out.String(), "valet "+c.cmd) {
-			t.Errorf("top-level usage lacks `valet %s`", c.cmd)
+	paths, cmds := tableCommands()
+	for i, path := range paths {
+		if cmds[i].run != nil && !strings.Contains(out.String(), "valet "+path) {
+			t.Errorf("top-level usage lacks `valet %s`", path)
 		}
 	}
 	for _, f := range []string{"--admin", "rollback"} {

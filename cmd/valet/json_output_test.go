@@ -88,6 +88,7 @@ func TestListingJSONMatchesSpec(t *testing.T) {
 		tasks = append(tasks, m[1])
 	}
 	_, admin, _ := cli("dev", "token", "--admin", "alice", "--issuer", base+"/dev")
+	checked := map[string]bool{} // the commands whose -o json was checked
 	adm := []string{"--server", base, "--token", strings.TrimSpace(admin)}
 
 	// Flags after the positional arguments, as everywhere.
@@ -108,25 +109,27 @@ func TestListingJSONMatchesSpec(t *testing.T) {
 		t.Fatalf("freeze --force (%d): %s", code, e)
 	}
 
-	for _, c := range []struct {
-		args         []string
-		method, path string
-	}{
-		{[]string{"tasks", "ls"}, "GET", "/v1/admin/tasks"},
-		{[]string{"tasks", "ls", "--limit", "2"}, "GET", "/v1/admin/tasks"},
-		{[]string{"tasks", "show", tasks[0]}, "GET", "/v1/admin/tasks/{id}"},
-		{[]string{"tasks", "timeline", tasks[0]}, "GET", "/v1/admin/tasks/{id}/timeline"},
-		{[]string{"tasks", "rollback", tasks[0], "--dry-run"}, "GET", "/v1/admin/tasks/{id}/rollback"},
-		{[]string{"controls", "ls"}, "GET", "/v1/admin/controls"},
-		{[]string{"revoke", "--agent", "nobody", "--dry-run"}, "POST", "/v1/admin/revocations"},
-	} {
-		what := "valet " + strings.Join(c.args, " ")
-		code, s, e := cli(append(append(c.args, "-o", "json"), adm...)...)
-		if code != 0 {
-			t.Fatalf("%s -o json (%d): %s", what, code, e)
+	checkAll := func(cases []jsonCase) {
+		t.Helper()
+		for _, c := range cases {
+			what := "valet " + strings.Join(c.args, " ")
+			code, s, e := cli(append(append(c.args, "-o", "json"), adm...)...)
+			if code != 0 {
+				t.Fatalf("%s -o json (%d): %s", what, code, e)
+			}
+			checkJSON(t, what, s, specSchema(t, doc, c.method, c.path, c.status))
+			checked[c.command()] = true
 		}
-		checkJSON(t, what, s, specSchema(t, doc, c.method, c.path, 200))
 	}
+	checkAll([]jsonCase{
+		{[]string{"tasks", "ls"}, "GET", "/v1/admin/tasks", 200},
+		{[]string{"tasks", "ls", "--limit", "2"}, "GET", "/v1/admin/tasks", 200},
+		{[]string{"tasks", "show", tasks[0]}, "GET", "/v1/admin/tasks/{id}", 200},
+		{[]string{"tasks", "timeline", tasks[0]}, "GET", "/v1/admin/tasks/{id}/timeline", 200},
+		{[]string{"tasks", "rollback", tasks[0], "--dry-run"}, "GET", "/v1/admin/tasks/{id}/rollback", 200},
+		{[]string{"controls", "ls"}, "GET", "/v1/admin/controls", 200},
+		{[]string{"revoke", "--agent", "nobody", "--dry-run"}, "POST", "/v1/admin/revocations", 200},
+	})
 
 	// Paging: newest first, two then one, and the table says more exist.
 	_, s, _ = cli(append([]string{"tasks", "ls", "--limit", "2", "-o", "json"}, adm...)...)
@@ -152,4 +155,49 @@ func TestListingJSONMatchesSpec(t *testing.T) {
 	if _, s, _ = cli(append([]string{"tasks", "ls", "--limit", "2"}, adm...)...); !strings.Contains(s, "more tasks match: add --cursor") {
 		t.Fatalf("the table does not say more tasks match:\n%s", s)
 	}
+
+	// The commands that change things, last: a control set and lifted, a
+	// quarantine that revokes (its job), a bulk revocation (its job).
+	checkAll([]jsonCase{
+		{[]string{"freeze", "agent", "agent-8", "--force"}, "POST", "/v1/admin/controls", 201},
+		{[]string{"unfreeze", "agent", "agent-8"}, "DELETE", "/v1/admin/controls", 200},
+		{[]string{"freeze", "template", "support-triage", "--revoke"}, "GET", "/v1/admin/revocations/{id}", 200},
+		{[]string{"revoke", "--agent", "agent-7"}, "GET", "/v1/admin/revocations/{id}", 200},
+	})
+	if code, _, e := cli(append([]string{"tasks", "rollback", tasks[0], "-o", "json"}, adm...)...); code != 2 || !strings.Contains(e, "--dry-run") {
+		t.Errorf("tasks rollback -o json without --dry-run: exit %d, want 2 and a word on --dry-run: %s", code, e)
+	}
+
+	// Every command of the table with -o is checked here, or (approvals,
+	// an approver client's) in TestApprovalFlowThroughCLI.
+	for _, p := range []string{"approvals ls", "approvals approve", "approvals deny"} {
+		checked[p] = true
+	}
+	walkCommands(commandTable(), "", func(path string, c command) {
+		if fs := describe(c); fs != nil && fs.Lookup("o") != nil && !checked[path] {
+			t.Errorf("valet %s takes -o json, but no test checks its output against openapi.yaml", path)
+		}
+	})
+}
+
+// jsonCase is a command whose -o json output must match the schema of the
+// answer of method path with status in openapi.yaml.
+type jsonCase struct {
+	args         []string
+	method, path string
+	status       int
+}
+
+// command is the case's path in the command table ("tasks ls").
+func (c jsonCase) command() string {
+	if len(c.args) > 1 && !strings.HasPrefix(c.args[1], "-") && len(findSubs(c.args[0])) > 0 {
+		return c.args[0] + " " + c.args[1]
+	}
+	return c.args[0]
+}
+
+// findSubs is the verbs of the top-level command name.
+func findSubs(name string) []command {
+	c, _ := findCommand(commandTable(), name)
+	return c.subs
 }

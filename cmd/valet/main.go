@@ -36,6 +36,7 @@ Usage:
   valet approvals approve ID [--reason R]       approve a pending approval
   valet approvals deny ID [--reason R]          deny a pending approval
   valet audit verify FILE | --redis URL         check an audit trail's hash chain
+  valet completion bash|zsh|fish                print a shell completion script
   valet version                                 print the version and commit
 
 Incident response (admin API; --server URL or VALET_SERVER, --token or VALET_ADMIN_TOKEN, -o table|json):
@@ -59,36 +60,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
-	var err error
-	switch cmd, rest := args[1], args[2:]; cmd {
-	case "serve":
-		err = cmdServe(ctx, rest, getenv, stdout, stderr)
-	case "dev":
-		err = cmdDev(ctx, rest, getenv, stdout, stderr)
-	case "templates":
-		err = cmdTemplates(rest, stdout)
-	case "keys":
-		err = cmdKeys(rest, stdout)
-	case "revoke":
-		err = cmdRevoke(ctx, rest, getenv, stdout, stderr)
-	case "freeze", "unfreeze":
-		err = cmdFreeze(ctx, rest, getenv, stdout, stderr, cmd == "unfreeze")
-	case "controls":
-		err = cmdControls(ctx, rest, getenv, stdout, stderr)
-	case "tasks":
-		err = cmdTasks(ctx, rest, getenv, stdout, stderr)
-	case "audit":
-		err = cmdAudit(ctx, rest, getenv, stdout)
-	case "approvals":
-		err = cmdApprovals(ctx, rest, getenv, stdout)
-	case "version":
-		err = cmdVersion(rest, stdout)
-	case "help", "-h", "-help", "--help":
+	e := env{getenv: getenv, stdout: stdout, stderr: stderr}
+	name := args[1]
+	c, ok := findCommand(commandTable(), name)
+	switch {
+	case isHelp(name):
 		fmt.Fprint(stdout, usage)
-	default:
-		fmt.Fprintf(stderr, "valet: unknown command %q\n\n%s", cmd, usage)
+		return 0
+	case !ok:
+		fmt.Fprintf(stderr, "valet: unknown command %q\n\n%s", name, usage)
 		return 2
 	}
+	err := dispatch(ctx, e, name, c, args[2:])
 	if errors.Is(err, errHelp) {
 		return 0
 	}

@@ -78,23 +78,22 @@ var askYes = func(question string, stderr io.Writer) (yes, terminal bool) {
 // --yes. It stops at the first failure unless --continue; steps already
 // done are skipped. Needs the responder role. Every field an agent or tool
 // server supplied is printed escaped (printable.Escape).
-func cmdRollback(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags(stdout, "tasks rollback ID [--dry-run] [--continue] [--yes]",
+func cmdRollback(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("tasks rollback ID [--dry-run] [--continue] [--yes]",
 		"List a task's undo steps, newest first, with who reported each, and (without --dry-run) call each undo\n"+
 			"webhook in that order (responder role). Steps reported by a principal revoked since run only after a y\n"+
 			"on the terminal, or with --yes. Stops at the first failure unless --continue; steps done are skipped.")
-	server, token, output := adminFlags(fs, getenv)
+	admin := adminFlags(fs, e)
 	dry := fs.Bool("dry-run", false, "list the undo steps without calling them")
 	cont := fs.Bool("continue", false, "go on after a failed step")
 	yes := fs.Bool("yes", false, "run steps reported by a since-revoked principal without asking")
-	pos, err := fs.parseN(args, 1)
+	c, pos, err := admin.parse(args, 1)
 	if err != nil {
 		return err
 	}
 	id := pos[0]
-	c, err := newAdminClient(*server, *token, *output, stdout, stderr)
-	if err != nil {
-		return err
+	if c.output == "json" && !*dry {
+		return usageError("tasks rollback: -o json prints the plan, with --dry-run; a rollback prints each step as it runs")
 	}
 	base := "/v1/admin/tasks/" + url.PathEscape(id) + "/rollback"
 	var plan struct {
@@ -114,7 +113,7 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 				bodyText(s), s.reporterText(), allowedText(s.Allowed), s.State, lateText(s.Late)})
 		}
 		c.table("STEP\tEVENT\tTOOL\tSIDE EFFECT\tUNDO\tBODY\tREPORTED BY\tHOST\tSTATE\tREPORTED", rows)
-		fmt.Fprintf(stdout, "dry run: %d undo steps, none called\n", len(plan.Steps))
+		fmt.Fprintf(e.stdout, "dry run: %d undo steps, none called\n", len(plan.Steps))
 		return nil
 	}
 	var suspect []string
@@ -125,9 +124,9 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 		}
 	}
 	if len(suspect) > 0 && !*yes {
-		fmt.Fprintf(stderr, "%d undo steps were reported by a principal revoked since (they chose what these calls do):\n%s\n",
+		fmt.Fprintf(e.stderr, "%d undo steps were reported by a principal revoked since (they chose what these calls do):\n%s\n",
 			len(suspect), strings.Join(suspect, "\n"))
-		ok, terminal := askYes("run them?", stderr)
+		ok, terminal := askYes("run them?", e.stderr)
 		switch {
 		case !terminal:
 			return errors.New("rollback not run: steps reported by a revoked principal need confirmation (check with --dry-run, then --yes)")
@@ -139,7 +138,7 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 	failed := 0
 	for i, s := range plan.Steps {
 		if s.State == "done" {
-			fmt.Fprintf(stdout, "step %d %s %s: already done, skipped\n", i+1, printable.Escape(s.EventID), printable.Escape(s.Tool))
+			fmt.Fprintf(e.stdout, "step %d %s %s: already done, skipped\n", i+1, printable.Escape(s.EventID), printable.Escape(s.Tool))
 			continue
 		}
 		var ans struct {
@@ -155,7 +154,7 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 		}
 		if err != nil {
 			failed++
-			fmt.Fprintf(stdout, "step %d %s %s: FAILED: %s\n", i+1, printable.Escape(s.EventID), printable.Escape(s.Tool), printable.Escape(err.Error()))
+			fmt.Fprintf(e.stdout, "step %d %s %s: FAILED: %s\n", i+1, printable.Escape(s.EventID), printable.Escape(s.Tool), printable.Escape(err.Error()))
 			results = append(results, ans.Step)
 			if !*cont {
 				return fmt.Errorf("rollback stopped at step %d of %d (use --continue to go on)", i+1, len(plan.Steps))
@@ -163,12 +162,12 @@ func cmdRollback(ctx context.Context, args []string, getenv func(string) string,
 			continue
 		}
 		results = append(results, ans.Step)
-		fmt.Fprintf(stdout, "step %d %s %s: done (%s → %d)\n", i+1, printable.Escape(s.EventID), printable.Escape(s.Tool), printable.Escape(s.undoText()), ans.Step.Status)
+		fmt.Fprintf(e.stdout, "step %d %s %s: done (%s → %d)\n", i+1, printable.Escape(s.EventID), printable.Escape(s.Tool), printable.Escape(s.undoText()), ans.Step.Status)
 	}
 	if failed > 0 {
 		return errors.New(fmt.Sprint(failed, " of ", len(plan.Steps), " undo steps failed"))
 	}
-	fmt.Fprintf(stdout, "rollback of %s: %d undo steps done\n", printable.Escape(id), len(plan.Steps))
+	fmt.Fprintf(e.stdout, "rollback of %s: %d undo steps done\n", printable.Escape(id), len(plan.Steps))
 	return nil
 }
 

@@ -56,12 +56,19 @@ func TestRollbackThroughCLI(t *testing.T) {
 	if task == nil || tok == nil {
 		t.Fatalf("declare: %s", resp)
 	}
+	read, _ := http.NewRequest(http.MethodGet, ts.URL+"/tickets/1", nil) // a call with no side effect
+	read.Header.Set("Authorization", "Bearer "+tok[1])
+	if r, err := http.DefaultClient.Do(read); err != nil || r.StatusCode != 200 {
+		t.Fatalf("reading the ticket: %v %v", r, err)
+	} else {
+		r.Body.Close()
+	}
 	for range 2 {
 		if r := post(t, ts.URL+"/tickets/1/comments", tok[1], "looked at it"); !strings.Contains(r, `"id":"c_`) {
 			t.Fatalf("comment: %s", r)
 		}
 	}
-	testkit.Eventually(t, func() bool { return v.Reports().Sent >= 2 }, "2 tool-call reports sent")
+	testkit.Eventually(t, func() bool { return v.Reports().Sent >= 3 }, "3 tool-call reports sent")
 	_, admin := cli("dev", "token", "--admin", "alice", "--issuer", base+"/dev")
 	admin = strings.TrimSpace(admin)
 
@@ -86,7 +93,8 @@ func TestRollbackThroughCLI(t *testing.T) {
 		t.Fatalf("second rollback (%d):\n%s", code, s)
 	}
 	code, s = cli("tasks", "timeline", task[1], "--server", base, "--token", admin)
-	if code != 0 || strings.Count(s, "tool.called") != 2 || !strings.Contains(s, "rollback.step") {
+	if code != 0 || strings.Count(s, "tool.called") != 3 || !strings.Contains(s, "rollback.step") ||
+		!strings.Contains(s, "tickets.comment added comment") || strings.Contains(s, "<nil>") {
 		t.Fatalf("timeline (%d):\n%s", code, s)
 	}
 }

@@ -26,12 +26,12 @@ const defaultAddr = "127.0.0.1:8080"
 
 // cmdServe is production mode: Redis ledger, signing keys from files,
 // trusted issuers and templates from the config file.
-func cmdServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := newFlags(stdout, "serve --config FILE [--addr ADDR]",
+func cmdServe(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("serve --config FILE [--addr ADDR]",
 		"Run Valet in production mode: the Redis ledger, signing keys from files, and the trusted issuers and\n"+
 			"templates of the config file (examples/serve.yaml is a commented example). Every configuration problem\n"+
 			"is reported at once, before anything starts.")
-	cfgPath := fs.String("config", getenv("VALET_CONFIG"), "config `file` (env VALET_CONFIG)")
+	cfgPath := fs.String("config", e.getenv("VALET_CONFIG"), "config `file` (env VALET_CONFIG)")
 	addr := fs.String("addr", "", "listen `address` (env VALET_ADDR; overrides the file)")
 	newSegment := fs.Bool("audit-new-segment", false, "if the audit file's chain does not verify, move it aside unchanged to FILE.<n> and start a new chain (audit.new_segment)")
 	if _, err := fs.parseN(args, 0); err != nil {
@@ -40,14 +40,14 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if *cfgPath == "" {
 		return usageError("serve: --config is required")
 	}
-	cfg, err := loadServeConfig(*cfgPath, getenv)
+	cfg, err := loadServeConfig(*cfgPath, e.getenv)
 	if err != nil {
 		return err
 	}
 	if *addr != "" {
 		cfg.Addr = *addr
 	}
-	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	log := newLogger(e.stderr, cfg.Log.Level, cfg.Log.Format)
 	redis.SetLogger(newRedisLogger(log))
 
 	redisClient, ledger, err := serveRedis(ctx, cfg, log)
@@ -71,16 +71,16 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	auditor, closeAudit, err := openAudit(cfg.Audit.File, cfg.Audit.NewSegment || *newSegment, stdout)
+	auditor, closeAudit, err := openAudit(cfg.Audit.File, cfg.Audit.NewSegment || *newSegment, e.stdout)
 	if err != nil {
 		return err
 	}
 	defer closeAudit.Close()
-	secrets, err := cfg.clientSecrets(getenv)
+	secrets, err := cfg.clientSecrets(e.getenv)
 	if err != nil {
 		return err
 	}
-	vw, err := setupVault(ctx, cfg, getenv, log)
+	vw, err := setupVault(ctx, cfg, e.getenv, log)
 	if err != nil {
 		return err
 	}
@@ -92,7 +92,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	for i, s := range secrets {
 		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
 	}
-	stepUp, err := cfg.agentConfig(getenv)
+	stepUp, err := cfg.agentConfig(e.getenv)
 	if err != nil {
 		return err
 	}
@@ -118,7 +118,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	defer feedClient.Close()
 	metricsOpts := &server.MetricsOptions{Live: ledger.LiveCounts}
 	if cfg.Metrics.BearerSecretEnv != "" {
-		metricsOpts.BearerSecret = getenv(cfg.Metrics.BearerSecretEnv)
+		metricsOpts.BearerSecret = e.getenv(cfg.Metrics.BearerSecretEnv)
 	}
 	if cfg.Metrics.Listen != "" {
 		if metricsOpts.Listener, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {

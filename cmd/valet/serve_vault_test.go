@@ -66,11 +66,11 @@ log: {level: error}
 vault:
   timeout: 1s
 `)
-	env := map[string]string{"VALET_VAULT_ADDR": vs.Addr(), "VALET_VAULT_TOKEN": vs.ValetToken(time.Hour)}
+	envVars := map[string]string{"VALET_VAULT_ADDR": vs.Addr(), "VALET_VAULT_TOKEN": vs.ValetToken(time.Hour)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- cmdServe(ctx, []string{"--config", filepath.Join(dir, "config.yaml")}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+		done <- cmdServe(ctx, env{getenv: func(k string) string { return envVars[k] }, stdout: io.Discard, stderr: io.Discard}, []string{"--config", filepath.Join(dir, "config.yaml")})
 	}()
 	defer func() {
 		cancel()

@@ -16,13 +16,10 @@ import (
 	"github.com/valet-dev/valet/policy"
 )
 
-// cmdTemplates is `valet templates check FILE|DIR...`.
-func cmdTemplates(args []string, stdout io.Writer) error {
-	if done, err := groupHelp(args, stdout, "templates", []subcommand{{"check", "validate template files"}}); done {
-		return err
-	}
-	fs := newFlags(stdout, "templates check FILE|DIR...", "Load and compile every template in the files and folders given (YAML, *.yaml and *.yml),\nprinting each problem with its file and line.")
-	paths, err := fs.parse(args[1:])
+// cmdTemplatesCheck is `valet templates check FILE|DIR...`.
+func cmdTemplatesCheck(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("templates check FILE|DIR...", "Load and compile every template in the files and folders given (YAML, *.yaml and *.yml),\nprinting each problem with its file and line.")
+	paths, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -41,19 +38,16 @@ func cmdTemplates(args []string, stdout io.Writer) error {
 		}
 		return err
 	}
-	fmt.Fprintf(stdout, "ok: %d template(s) in %d file(s): %v\n", len(set.Names()), len(files), set.Names())
+	fmt.Fprintf(e.stdout, "ok: %d template(s) in %d file(s): %v\n", len(set.Names()), len(files), set.Names())
 	return nil
 }
 
-// cmdKeys is `valet keys generate`.
-func cmdKeys(args []string, stdout io.Writer) error {
-	if done, err := groupHelp(args, stdout, "keys", []subcommand{{"generate", "write a new task-token signing key"}}); done {
-		return err
-	}
-	fs := newFlags(stdout, "keys generate --out FILE [--alg EdDSA|ES256]", "Write a new private key for signing task tokens (PEM, mode 0600; an existing file is never overwritten)\nand print its key id.")
+// cmdKeysGenerate is `valet keys generate`.
+func cmdKeysGenerate(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("keys generate --out FILE [--alg EdDSA|ES256]", "Write a new private key for signing task tokens (PEM, mode 0600; an existing file is never overwritten)\nand print its key id.")
 	out := fs.String("out", "", "`file` to write the PEM private key to (required)")
 	alg := fs.String("alg", "EdDSA", "`algorithm`: EdDSA or ES256")
-	if _, err := fs.parseN(args[1:], 0); err != nil {
+	if _, err := fs.parseN(args, 0); err != nil {
 		return err
 	}
 	if *out == "" {
@@ -82,18 +76,18 @@ func cmdKeys(args []string, stdout io.Writer) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("writing key: %w", err)
 	}
-	fmt.Fprintf(stdout, "wrote %s key %s (kid %s)\n", *alg, *out, kid)
+	fmt.Fprintf(e.stdout, "wrote %s key %s (kid %s)\n", *alg, *out, kid)
 	return nil
 }
 
 // cmdDevToken is `valet dev token`: it asks a running development issuer
 // for an identity token and prints it alone, for $(...) in a shell.
-func cmdDevToken(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := newFlags(stdout, "dev token --agent NAME | --admin NAME [--issuer URL]",
+func cmdDevToken(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("dev token --agent NAME | --admin NAME [--issuer URL]",
 		"Ask a running `valet dev` (or `valet dev idp`) for a development identity token and print it alone,\nfor TOKEN=$(valet dev token --agent agent-7).")
 	agent := fs.String("agent", "", "the agent's `name` (the token's sub)")
 	admin := fs.String("admin", "", "mint a development admin token (group valet-admins) for this `name` instead")
-	def := "http://" + envOr(getenv, "VALET_ADDR", defaultAddr) + "/dev"
+	def := "http://" + envOr(e.getenv, "VALET_ADDR", defaultAddr) + "/dev"
 	issuer := fs.String("issuer", def, "the development issuer `URL`")
 	if _, err := fs.parseN(args, 0); err != nil {
 		return err
@@ -124,7 +118,7 @@ func cmdDevToken(ctx context.Context, args []string, getenv func(string) string,
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s answered %s: %s", *issuer, resp.Status, body.Message)
 	}
-	fmt.Fprintln(stdout, body.Token)
+	fmt.Fprintln(e.stdout, body.Token)
 	return nil
 }
 

@@ -1,8 +1,8 @@
 package main
 
 import (
+	"context"
 	"fmt"
-	"io"
 	"runtime"
 	"runtime/debug"
 )
@@ -48,12 +48,12 @@ func or(s, def string) string {
 }
 
 // cmdVersion is `valet version`.
-func cmdVersion(args []string, stdout io.Writer) error {
-	fs := newFlags(stdout, "version", "Print Valet's version, the commit it was built from and the Go version.")
+func cmdVersion(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("version", "Print Valet's version, the commit it was built from and the Go version.")
 	if _, err := fs.parseN(args, 0); err != nil {
 		return err
 	}
 	ver, rev := buildVersion()
-	fmt.Fprintf(stdout, "valet %s (commit %s, %s %s/%s)\n", ver, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(e.stdout, "valet %s (commit %s, %s %s/%s)\n", ver, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return nil
 }

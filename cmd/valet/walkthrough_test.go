@@ -22,14 +22,21 @@ import (
 // in the README.
 func readmeBlock(t *testing.T, name string) string {
 	t.Helper()
-	readme, err := os.ReadFile("../../README.md")
+	return docBlock(t, "README.md", name)
+}
+
+// docBlock returns the shell block that follows <!-- walkthrough:NAME -->
+// in the file (a path from the repository root).
+func docBlock(t *testing.T, file, name string) string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("../..", file))
 	if err != nil {
 		t.Fatal(err)
 	}
 	re := regexp.MustCompile("(?s)<!-- walkthrough:" + regexp.QuoteMeta(name) + " -->\\s*```sh\\n(.*?)```")
-	m := re.FindSubmatch(readme)
+	m := re.FindSubmatch(doc)
 	if m == nil {
-		t.Fatalf("README.md has no walkthrough:%s block", name)
+		t.Fatalf("%s has no walkthrough:%s block", file, name)
 	}
 	return string(m[1])
 }
@@ -134,7 +141,13 @@ type servedValet struct {
 // `valet serve` with it until the test ends.
 func startServe(t *testing.T, secret string) *servedValet {
 	t.Helper()
-	redis := redistest.Start(t)
+	return startServeAt(t, secret, redistest.Start(t).URL(), http.StatusOK)
+}
+
+// startServeAt is startServe with the Redis at redisURL, returning once
+// /readyz answers ready.
+func startServeAt(t *testing.T, secret, redisURL string, ready int) *servedValet {
+	t.Helper()
 	dir := t.TempDir()
 	idpOut, idpErr := startRun(t, nil, "dev", "idp", "--addr", "127.0.0.1:0")
 	idpURL := waitFor(t, idpOut, idpErr, regexp.MustCompile(`development issuer (http://\S+)`))
@@ -162,7 +175,7 @@ func startServe(t *testing.T, secret string) *servedValet {
 	c := strings.NewReplacer(
 		"127.0.0.1:8080", addr,
 		"http://127.0.0.1:8081", idpURL,
-		"redis://127.0.0.1:6379/0", redis.URL(),
+		"redis://127.0.0.1:6379/0", redisURL,
 		"/tmp/valet-demo/signing.pem", key,
 		"/tmp/valet-demo/audit.jsonl", filepath.Join(dir, "audit.jsonl"),
 		"paths: [templates]", "paths: ["+templates+"]",
@@ -175,12 +188,12 @@ func startServe(t *testing.T, secret string) *servedValet {
 		resp, err := http.Get(v.base + "/readyz")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == ready {
 				return v
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("valet serve never became ready: %v\n%s", err, errOut.String())
+			t.Fatalf("valet serve never answered /readyz %d: %v\n%s", ready, err, errOut.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
