@@ -19,6 +19,7 @@ import (
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/metrics"
+	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/openapi"
 )
 
@@ -101,6 +102,9 @@ type Options struct {
 	// Metrics, when set, counts declarations, revocations and requests and
 	// serves /metrics.
 	Metrics *MetricsOptions
+	// OAuth, when set, serves the OAuth grants (jwt-bearer, client
+	// credentials) at the token endpoint.
+	OAuth *OAuthOptions
 	// Ready are the checks, beyond the ledger, of /readyz.
 	Ready []func(context.Context) error
 	// DevIdP, when set, is mounted at /dev (`valet dev` only).
@@ -147,6 +151,17 @@ type AdminOptions struct {
 	// ResumeEvery is how often unfinished revocation jobs are looked for
 	// and resumed (default 5s).
 	ResumeEvery time.Duration
+}
+
+// OAuthOptions configure the token endpoint's OAuth grants. The replay
+// store of assertion jtis is the agent controls' Limiter (or the Ledger, if
+// it is one).
+type OAuthOptions struct {
+	// Clients are the agents registered for client credentials.
+	Clients []oauth.Client
+	// MaxAssertionLife bounds a client assertion's exp from now (0: the
+	// default).
+	MaxAssertionLife time.Duration
 }
 
 // MetricsOptions configure the metrics.
@@ -240,6 +255,18 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 	if s.metrics != nil {
 		hopts.Metrics = s.httpMetrics()
+	}
+	if oo := o.OAuth; oo != nil {
+		once := o.Agent.Limiter
+		if once == nil {
+			once, _ = o.Ledger.(broker.Limiter) // as the Service finds its Limiter
+		}
+		if hopts.OAuth, err = oauth.New(oauth.Config{
+			Service: s.svc, Identity: o.Identity, Clients: oo.Clients, Once: once, Issuer: o.PublicURL,
+			MaxAssertionLife: oo.MaxAssertionLife, Now: o.Now, Logger: o.Logger,
+		}); err != nil {
+			return nil, err
+		}
 	}
 	if s.handler, err = httpapi.Handler(hopts); err != nil {
 		return nil, err
