@@ -15,9 +15,9 @@ func (e *Endpoint) Metadata() map[string]any {
 		scopes = append(scopes, TemplateScope+name)
 	}
 	return map[string]any{
-		"token_endpoint":                        e.issuer + TokenPath,
-		"grant_types_supported":                 []string{GrantJWTBearer, GrantClientCredentials, broker.GrantTypeTokenExchange},
-		"token_endpoint_auth_methods_supported": []string{"private_key_jwt"},
+		"token_endpoint":                                   e.issuer + TokenPath,
+		"grant_types_supported":                            []string{GrantJWTBearer, GrantClientCredentials, broker.GrantTypeTokenExchange},
+		"token_endpoint_auth_methods_supported":            []string{"private_key_jwt"},
 		"token_endpoint_auth_signing_alg_values_supported": SigningAlgs,
 		"dpop_signing_alg_values_supported":                dpop.Algorithms,
 		"authorization_details_types_supported":            []string{DetailsType},

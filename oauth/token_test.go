@@ -340,7 +340,11 @@ func TestTokenRefusals(t *testing.T) {
 		{"authorization code (not served)", url.Values{"grant_type": {"authorization_code"}, "code": {"x"}}, nil, 400, "unsupported_grant_type"},
 		{"grant type twice", url.Values{"grant_type": {oauth.GrantJWTBearer, oauth.GrantJWTBearer}}, nil, 400, "invalid_request"},
 		{"no assertion", jb("", "authorization_details", ok), nil, 400, "invalid_request"},
-		{"assertion twice", func() url.Values { v := jb(f.assertion(nil), "authorization_details", ok); v.Add("assertion", "x"); return v }(), nil, 400, "invalid_request"},
+		{"assertion twice", func() url.Values {
+			v := jb(f.assertion(nil), "authorization_details", ok)
+			v.Add("assertion", "x")
+			return v
+		}(), nil, 400, "invalid_request"},
 		{"huge assertion", jb(strings.Repeat("a", 17<<10), "authorization_details", ok), nil, 400, "invalid_request"},
 		{"jwt-bearer with client assertion", jb(f.assertion(nil), "authorization_details", ok, "client_assertion", "x"), nil, 400, "invalid_request"},
 		{"garbage assertion", jb("not.a.jwt", "authorization_details", ok), nil, 400, "invalid_grant"},
@@ -418,4 +422,3 @@ func TestTokenRefusals(t *testing.T) {
 		t.Errorf("only %d cases", len(cases))
 	}
 }
-
