@@ -109,6 +109,7 @@ func cmdDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		PublicURL: publicURL, Identity: verifier, Tokens: tokens, Ledger: memLedger, Templates: templates,
 		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}}, Agent: agentCfg,
 		Feed: memLedger.Feed(), DevIdP: idp.Handler(), ReapInterval: time.Second, Logger: log,
+		OAuth: &server.OAuthOptions{},
 	}
 	ledgerName := "in-memory (lost on exit)"
 	if *redisURL != "" {

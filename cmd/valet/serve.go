@@ -66,6 +66,11 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
+	names = cfg.agentIssuerNames(names)
+	oauthOpts, err := cfg.oauthOptions()
+	if err != nil {
+		return err
+	}
 	templates, err := loadTemplatePaths(cfg.Templates.Paths, names)
 	if err != nil {
 		return err
@@ -131,6 +136,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 		Feed: revocation.NewFeed(feedClient, cfg.Redis.Prefix), FeedLimits: feedLimits, Metrics: metricsOpts,
 		Ready: []func(context.Context) error{verifier.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), ReapInterval: time.Duration(cfg.Reaper.Interval), Logger: log,
+		OAuth: oauthOpts,
 	}
 	vw.apply(&opts)
 	srv, err := server.New(ctx, opts)
