@@ -55,6 +55,11 @@ type tokenRequest struct {
 	clientID  string
 	decl      broker.Declaration
 	how       via
+	// scopeInAssertion: a jwt-bearer request with neither
+	// authorization_details nor scope takes the scope claim of its
+	// assertion, as Google's service-account flow (and
+	// golang.org/x/oauth2/jwt) sends it.
+	scopeInAssertion bool
 }
 
 // decodeRequest reads the form of a jwt-bearer or client_credentials
@@ -100,6 +105,8 @@ func decodeRequest(form url.Values) (tokenRequest, *Error) {
 		req.decl, err = decodeDetails(details)
 	case form.Has("authorization_details"):
 		return req, refuse(ErrInvalidAuthorizationDetails, "authorization_details is empty")
+	case !form.Has("scope") && req.grant == GrantJWTBearer:
+		req.how, req.scopeInAssertion = viaScope, true
 	default:
 		req.how = viaScope
 		req.decl, err = decodeScope(scope, form.Get("intent"))

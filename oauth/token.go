@@ -108,13 +108,13 @@ func (e *Endpoint) serve(w http.ResponseWriter, r *http.Request) {
 		e.writeError(w, r, oerr)
 		return
 	}
-	d := req.decl
-	d.Proof, d.Method, d.URL = r.Header.Get("DPoP"), r.Method, e.issuer+r.URL.EscapedPath()
-	p, oerr := e.authenticate(r.Context(), req)
+	p, oerr := e.authenticate(r.Context(), &req)
 	if oerr != nil {
 		e.writeError(w, r, oerr)
 		return
 	}
+	d := req.decl
+	d.Proof, d.Method, d.URL = r.Header.Get("DPoP"), r.Method, e.issuer+r.URL.EscapedPath()
 	task, minted, err := e.svc.DeclareWith(r.Context(), verified(p), req.assertion, d)
 	if err != nil {
 		e.writeError(w, r, fromBroker(err, req.grant, req.how))
@@ -127,13 +127,15 @@ func (e *Endpoint) serve(w http.ResponseWriter, r *http.Request) {
 
 // authenticate verifies the grant's assertion (jwt-bearer) or the client's
 // (client_credentials), refusing a replayed jti, and for a client checks
-// that it may use the template asked for.
-func (e *Endpoint) authenticate(ctx context.Context, req tokenRequest) (broker.Principal, *Error) {
+// that it may use the template asked for. A jwt-bearer request that named
+// no task takes it from the assertion's scope claim.
+func (e *Endpoint) authenticate(ctx context.Context, req *tokenRequest) (broker.Principal, *Error) {
 	code, status, auth := ErrInvalidGrant, http.StatusBadRequest, broker.Authenticator(e.assertions)
 	if req.grant == GrantClientCredentials {
 		code, status, auth = ErrInvalidClient, http.StatusUnauthorized, e.clients
 	}
 	p, err := auth.Authenticate(ctx, req.assertion)
+	var oerr *Error
 	switch {
 	case errors.Is(err, broker.ErrUnavailable):
 		return p, &Error{Code: ErrTemporarilyUnavailable, Description: "a dependency is unavailable; nothing was issued", Status: http.StatusServiceUnavailable, Err: err}
@@ -142,6 +144,14 @@ func (e *Endpoint) authenticate(ctx context.Context, req tokenRequest) (broker.P
 		return p, &Error{Code: code, Description: "unable to verify the assertion", Status: status, Err: err}
 	}
 	if req.grant != GrantClientCredentials {
+		if req.scopeInAssertion {
+			scope, _ := p.Claims["scope"].(string)
+			resources := req.decl.Resources
+			if req.decl, oerr = decodeScope(scope, ""); oerr != nil {
+				return p, oerr
+			}
+			req.decl.Resources = resources
+		}
 		return p, nil
 	}
 	c, _ := e.clients.Client(p.Subject)
@@ -174,7 +184,7 @@ func tokenResponse(task broker.Task, minted []broker.Minted, d broker.Declaratio
 	return map[string]any{
 		"access_token":          m.Material["access_token"],
 		"token_type":            tokenType,
-		"expires_in":            int64(m.ExpiresAt.Sub(m.IssuedAt).Round(time.Second) / time.Second),
+		"expires_in":            m.ExpiresAt.Unix() - m.IssuedAt.Unix(), // as exp - iat in the token
 		"scope":                 strings.Join(append([]string{TemplateScope + task.Template}, task.Tools...), " "),
 		"authorization_details": []any{detail},
 		"task_id":               task.ID,

@@ -255,6 +255,16 @@ func TestJWTBearerGrant(t *testing.T) {
 	if len(claims.Audience) != 2 {
 		t.Errorf("audiences %v, want the template's two", claims.Audience)
 	}
+	// Neither: the assertion's scope claim, as golang.org/x/oauth2/jwt sends it.
+	status, _, body = f.post(url.Values{"grant_type": {oauth.GrantJWTBearer},
+		"assertion": {f.assertion(map[string]any{"scope": "template:triage kb.search"})}})
+	if status != http.StatusOK || body["scope"] != "template:triage kb.search" {
+		t.Fatalf("scope claim: %d %v", status, body)
+	}
+	status, _, body = f.post(url.Values{"grant_type": {oauth.GrantJWTBearer}, "assertion": {f.assertion(nil)}})
+	if status != http.StatusBadRequest || body["error"] != "invalid_scope" {
+		t.Errorf("no task anywhere: %d %v", status, body)
+	}
 }
 
 func TestClientCredentialsGrant(t *testing.T) {
