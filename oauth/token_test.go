@@ -19,6 +19,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/issuers"
@@ -264,6 +265,36 @@ func TestJWTBearerGrant(t *testing.T) {
 	status, _, body = f.post(url.Values{"grant_type": {oauth.GrantJWTBearer}, "assertion": {f.assertion(nil)}})
 	if status != http.StatusBadRequest || body["error"] != "invalid_scope" {
 		t.Errorf("no task anywhere: %d %v", status, body)
+	}
+}
+
+// TestDPoPBoundGrant: a token request with a DPoP proof gets a token bound
+// to its key (RFC 9449 section 5), token_type DPoP.
+func TestDPoPBoundGrant(t *testing.T) {
+	f := newFixture(t, nil)
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	signer, err := dpop.NewSigner(key, jose.EdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proof, err := signer.Proof(http.MethodPost, issuerURL+"/v1/token", f.now, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, _, body := f.post(url.Values{"grant_type": {oauth.GrantJWTBearer}, "assertion": {f.assertion(nil)},
+		"scope": {"template:triage tickets.read"}}, "DPoP", proof)
+	if status != http.StatusOK || body["token_type"] != "DPoP" {
+		t.Fatalf("%d %v", status, body)
+	}
+	claims, err := f.tokens.Verify(body["access_token"].(string))
+	if err != nil || claims.JKT != signer.JKT() {
+		t.Errorf("cnf.jkt %q, want %q (%v)", claims.JKT, signer.JKT(), err)
+	}
+	// The proof is single-use too.
+	status, _, body = f.post(url.Values{"grant_type": {oauth.GrantJWTBearer}, "assertion": {f.assertion(nil)},
+		"scope": {"template:triage tickets.read"}}, "DPoP", proof)
+	if status != http.StatusBadRequest || body["error"] != "invalid_dpop_proof" {
+		t.Errorf("replayed proof: %d %v", status, body)
 	}
 }
 
