@@ -137,7 +137,7 @@ func (v *ClientVerifier) Authenticate(ctx context.Context, raw string) (broker.P
 			return nil, errors.New("no key of the client has that kid")
 		}
 		return keys, nil
-	}, jwt.WithValidMethods(SigningAlgs), jwt.WithAudience(v.audience...), jwt.WithExpirationRequired(),
+	}, jwt.WithValidMethods(SigningAlgs), jwt.WithAudience(v.audience...), jwt.WithExpirationRequired(), jwt.WithIssuedAt(),
 		jwt.WithTimeFunc(v.now), jwt.WithLeeway(30*time.Second))
 	if err != nil {
 		return broker.Principal{}, fmt.Errorf("verifying client assertion: %w", err)

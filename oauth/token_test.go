@@ -433,6 +433,8 @@ func TestTokenRefusals(t *testing.T) {
 		{"client assertion expired", cc(f.clientAssertion(map[string]any{"exp": f.now.Add(-time.Hour).Unix()}, nil), "scope", billing), nil, 401, "invalid_client"},
 		{"client assertion without exp", cc(f.clientAssertion(map[string]any{"exp": nil}, nil), "scope", billing), nil, 401, "invalid_client"},
 		{"client assertion far in the future", cc(f.clientAssertion(map[string]any{"exp": f.now.Add(24 * time.Hour).Unix()}, nil), "scope", billing), nil, 401, "invalid_client"},
+		{"client assertion issued in the future", cc(f.clientAssertion(map[string]any{"iat": f.now.Add(3 * time.Minute).Unix(), "exp": f.now.Add(4 * time.Minute).Unix()}, nil), "scope", billing), nil, 401, "invalid_client"},
+		{"client assertion not yet valid", cc(f.clientAssertion(map[string]any{"nbf": f.now.Add(2 * time.Minute).Unix()}, nil), "scope", billing), nil, 401, "invalid_client"},
 		{"client assertion without jti", cc(f.clientAssertion(map[string]any{"jti": nil}, nil), "scope", billing), nil, 401, "invalid_client"},
 		{"client assertion replayed", cc(usedClient, "scope", billing), nil, 401, "invalid_client"},
 		{"client_id mismatch", cc(f.clientAssertion(nil, nil), "scope", billing, "client_id", "someone"), nil, 401, "invalid_client"},
