@@ -190,7 +190,16 @@ func (s *Service) Templates() *policy.Set { return s.templates.Load() }
 // Nothing is returned unless every one of those steps succeeded; anything
 // minted before a later step failed is revoked before Declare returns.
 func (s *Service) Declare(ctx context.Context, identityToken string, d Declaration) (Task, []Minted, error) {
-	p, err := s.Authenticate(ctx, identityToken)
+	return s.DeclareWith(ctx, s.identity, identityToken, d)
+}
+
+// DeclareWith is Declare for a caller that proves who it is with another
+// credential than an identity token of a trusted issuer (the OAuth token
+// endpoint's client assertions, or an assertion it has already checked for
+// replay): auth verifies token in place of the Service's Authenticator,
+// with the same error mapping; everything after is Declare's.
+func (s *Service) DeclareWith(ctx context.Context, auth Authenticator, token string, d Declaration) (Task, []Minted, error) {
+	p, err := s.authenticateWith(ctx, auth, token)
 	if err != nil {
 		return Task{}, nil, err
 	}
@@ -250,10 +259,14 @@ func (s *Service) Declare(ctx context.Context, identityToken string, d Declarati
 // reason is only logged. Declarations and token exchanges (package
 // delegation) authenticate their agents through it.
 func (s *Service) Authenticate(ctx context.Context, raw string) (Principal, error) {
+	return s.authenticateWith(ctx, s.identity, raw)
+}
+
+func (s *Service) authenticateWith(ctx context.Context, auth Authenticator, raw string) (Principal, error) {
 	if raw == "" {
 		return Principal{}, Unauthenticated(errors.New("no bearer token"))
 	}
-	p, err := s.identity.Authenticate(ctx, raw)
+	p, err := auth.Authenticate(ctx, raw)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			return Principal{}, Unavailable("the identity provider", err)
@@ -313,12 +326,22 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 		return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("denied by rule %q of template %q", rule, tmpl.Name),
 			Rule: rule, Err: err}
 	}
+	audiences := tmpl.Audiences
+	if len(d.Resources) > 0 {
+		for i, res := range d.Resources {
+			if !slices.Contains(tmpl.Audiences, res) {
+				return Grant{}, &Error{Code: CodeForbidden, Message: fmt.Sprintf("resource %s is not an audience of template %q", QuoteUntrusted(res), tmpl.Name),
+					Rule: "audience", Field: fmt.Sprintf("resource[%d]", i)}
+			}
+		}
+		audiences = d.Resources
+	}
 	return Grant{
 		Template:    tmpl,
 		Tools:       tools,
 		ActionTools: actionTools,
 		TTL:         ttl,
-		Audiences:   tmpl.Audiences,
+		Audiences:   audiences,
 		Scopes:      tmpl.Scopes,
 	}, nil
 }

@@ -56,6 +56,11 @@ type Declaration struct {
 	// set by Declare. Neither is ever logged or stored.
 	SubjectToken string     `json:"-"`
 	User         *Principal `json:"-"`
+	// Resources, when set, are the RFC 8707 resource indicators of an
+	// OAuth token request: the task token's audiences are exactly these,
+	// each of which the template must list (else a 403 by rule
+	// "audience"). Never decoded from a declaration body.
+	Resources []string `json:"-"`
 }
 
 // Task is one unit of agent work and the root of every credential issued for

@@ -98,7 +98,7 @@ func TestDelegationRefusals(t *testing.T) {
 	}{
 		{"no subject token", "", "agent-b", "tickets.read", nil, 400, `"field":"subject_token"`},
 		{"no actor token", root, "", "tickets.read", nil, 400, `"field":"actor_token"`},
-		{"wrong grant type", root, "agent-b", "tickets.read", url.Values{"grant_type": {"client_credentials"}}, 400, `"field":"grant_type"`},
+		{"wrong grant type", root, "agent-b", "tickets.read", url.Values{"grant_type": {"password"}}, 400, `"error":"unsupported_grant_type"`},
 		{"a tool the parent lacks", root, "agent-b", "tickets.read tickets.comment", nil, 403, `tool \"tickets.comment\" is not held`},
 		{"an audience the parent lacks", root, "agent-b", "tickets.read", url.Values{"audience": {"https://evil.example.com"}}, 403, `"rule":"audience"`},
 		{"a scope the parent lacks", root, "agent-b", "tickets.read", url.Values{"scope": {"admin"}}, 403, `"rule":"scope"`},

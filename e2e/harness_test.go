@@ -29,6 +29,7 @@ import (
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
@@ -146,6 +147,9 @@ type envOptions struct {
 	other *oidctest.Issuer
 	// introspection admits identity tokens as introspection clients.
 	introspection []broker.IntrospectionRule
+	// oauthClients are registered for client credentials (their
+	// principals' issuer, oauth.ClientIssuer, joins the trusted names).
+	oauthClients []oauth.Client
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -195,6 +199,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 		trusted = append(trusted, identity.IssuerConfig{Name: "other", IssuerURL: o.other.URL(), Audiences: []string{"valet"}})
 		names = append(names, "other")
 	}
+	if len(o.oauthClients) > 0 {
+		names = append(names, oauth.ClientIssuer)
+	}
 	e.issuerNames = names
 	verifier, err := identity.New(context.Background(), trusted, identity.Options{Now: e.clock.Now, SelfIssuer: e.srv.URL})
 	if err != nil {
@@ -223,6 +230,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		// The tests reap by hand (ReapOnce, RunReaper), or play replicas
 		// whose reaper never runs.
 		ReapInterval: -1,
+		OAuth:        &server.OAuthOptions{Clients: o.oauthClients},
 	}
 	if o.incident {
 		e.incidentOptions(&opts, rc, o) // incident_harness_test.go

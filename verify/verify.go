@@ -47,6 +47,10 @@ type Config struct {
 	// proof could never be tied to this server by it.
 	PublicURL string
 	Logger    *slog.Logger
+	// Scopes, when set, are published as scopes_supported in the RFC 9728
+	// metadata (resource.go): the scope values clients may ask Valet for,
+	// such as template:<name> and the tools.
+	Scopes []string
 }
 
 // Claims are a checked task token's claims.
@@ -70,10 +74,13 @@ func (c Claims) Actor() string {
 
 // Error is a refusal: Status is 401 (token), 403 (tool not granted) or 503
 // (Valet could not be asked and nothing is known). Message is safe to send.
+// Scope, on a 403, is the scope that was needed (template:<name> and the
+// tool), for the insufficient_scope challenge.
 type Error struct {
 	Status  int
 	Message string
 	Err     error
+	Scope   string
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%d %s: %v", e.Status, e.Message, e.Err) }
@@ -171,8 +178,8 @@ func (v *Verifier) Middleware(tool func(*http.Request) string) func(http.Handler
 					e = refuse(http.StatusInternalServerError, "internal error", err)
 				}
 				v.cfg.Logger.WarnContext(r.Context(), "tool call refused", "status", e.Status, "reason", e.Error())
-				if e.Status == http.StatusUnauthorized {
-					w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", DPoP algs="EdDSA ES256"`)
+				if ch := v.challenge(r, e); ch != "" {
+					w.Header().Set("WWW-Authenticate", ch)
 				}
 				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(e.Status)
@@ -230,7 +237,14 @@ func (v *Verifier) Check(ctx context.Context, r *http.Request, tool string) (Cla
 		return Claims{}, err
 	}
 	if tool == "" || !slices.Contains(c.Tools, tool) {
-		return Claims{}, refuse(403, fmt.Sprintf("tool %q is not granted to this task", tool), nil)
+		e := refuse(403, fmt.Sprintf("tool %q is not granted to this task", tool), nil)
+		if validScopeToken(tool) {
+			e.Scope = tool
+			if validScopeToken(c.Template) {
+				e.Scope = "template:" + c.Template + " " + tool
+			}
+		}
+		return Claims{}, e
 	}
 	if err := v.checkRevoked(ctx, bearerOf(r), c); err != nil {
 		return Claims{}, err

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
 	"mime"
 	"net/http"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/incident"
+	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/toolevents"
 )
@@ -62,6 +64,10 @@ type Options struct {
 	// FeedHub serves the revocation stream's followers from one reader;
 	// when nil and Feed is set, one over Feed with default limits.
 	FeedHub *fanout.Hub
+	// OAuth, when set, serves the jwt-bearer and client_credentials grants
+	// at POST /v1/token beside the token exchange, and adds its fields to
+	// the metadata.
+	OAuth *oauth.Endpoint
 }
 
 // api holds the handlers' dependencies.
@@ -127,7 +133,7 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	r.Post("/v1/tasks/{id}/complete", a.complete)
 	r.Post("/v1/introspect", a.introspect)
 	r.Post("/v1/revoke", a.revoke)
-	r.Post("/v1/token", a.token)
+	r.Post("/v1/token", a.tokenEndpoint().ServeHTTP)
 	a.incidentRoutes(r)
 	r.Post("/v1/tasks/{id}/actions", a.requestAction)
 	r.Get("/v1/tasks/{id}/actions/{approval_id}", a.actionStatus)
@@ -189,7 +195,7 @@ func (a *api) jwks(w http.ResponseWriter, r *http.Request) {
 // metadata is the RFC 8414 authorization server metadata.
 func (a *api) metadata(w http.ResponseWriter, r *http.Request) {
 	base := strings.TrimSuffix(a.opts.Issuer, "/")
-	writeJSON(w, http.StatusOK, map[string]any{
+	md := map[string]any{
 		"issuer":                   a.opts.Issuer,
 		"jwks_uri":                 base + "/.well-known/jwks.json",
 		"introspection_endpoint":   base + "/v1/introspect",
@@ -198,7 +204,20 @@ func (a *api) metadata(w http.ResponseWriter, r *http.Request) {
 		"introspection_endpoint_auth_methods_supported": []string{"client_secret_basic", "bearer"},
 		"revocation_endpoint_auth_methods_supported":    []string{"client_secret_basic", "bearer"},
 		"service_documentation":                         base + "/openapi.yaml",
-	})
+	}
+	if a.opts.OAuth != nil {
+		maps.Copy(md, a.opts.OAuth.Metadata())
+	}
+	writeJSON(w, http.StatusOK, md)
+}
+
+// tokenEndpoint is POST /v1/token: the OAuth grants when configured, each
+// handing the token exchange to a.token.
+func (a *api) tokenEndpoint() http.Handler {
+	if a.opts.OAuth == nil {
+		return http.HandlerFunc(a.token)
+	}
+	return a.opts.OAuth.Handler(http.HandlerFunc(a.token))
 }
 
 func (a *api) declare(w http.ResponseWriter, r *http.Request) {

@@ -43,6 +43,7 @@ type Config struct {
 	Rollback  RollbackConfig               `yaml:"rollback"`
 	Feed      FeedConfig                   `yaml:"feed"`    // config_feed.go
 	Metrics   MetricsConfig                `yaml:"metrics"` // config_feed.go
+	OAuth     OAuthConfig                  `yaml:"oauth"`   // config_oauth.go
 
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string
@@ -444,6 +445,7 @@ func (c *Config) validate() error {
 		bad("identity.leeway", "must be at most 60s")
 	}
 	errs = append(errs, c.validateIncident()...)
+	errs = append(errs, c.validateOAuth()...)
 	return errors.Join(errs...)
 }
 

@@ -105,6 +105,7 @@ func cmdDev(ctx context.Context, e env, args []string) error {
 		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}},
 		Agent:   broker.AgentConfig{Limiter: memLedger, Records: memLedger}, StepUp: stepUp,
 		Feed: memLedger.Feed(), DevIdP: idp.Handler(), ReapInterval: time.Second, Logger: log,
+		OAuth: &server.OAuthOptions{},
 	}
 	opts.StepUp.Actions = tokens
 	ledgerName := "in-memory (lost on exit)"

@@ -67,6 +67,11 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	names = cfg.agentIssuerNames(names)
+	oauthOpts, err := cfg.oauthOptions()
+	if err != nil {
+		return err
+	}
 	templates, err := loadTemplatePaths(cfg.Templates.Paths, names)
 	if err != nil {
 		return err
@@ -133,6 +138,7 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 		Feed: revocation.NewFeed(feedClient, cfg.Redis.Prefix), FeedLimits: feedLimits, Metrics: metricsOpts,
 		EventRetention: time.Duration(cfg.Redis.Retention), Ready: []func(context.Context) error{verifier.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), ReapInterval: time.Duration(cfg.Reaper.Interval), Logger: log,
+		OAuth: oauthOpts,
 	}
 	vw.apply(&opts)
 	srv, err := server.New(ctx, opts)

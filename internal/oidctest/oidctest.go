@@ -112,6 +112,17 @@ func (iss *Issuer) AddKey(alg string) (kid string) {
 	return kid
 }
 
+// AddSigner publishes the caller's key for alg in the JWKS and returns its
+// kid: for a client that signs its own assertions (golang.org/x/oauth2/jwt)
+// as if it were this issuer.
+func (iss *Issuer) AddSigner(signer crypto.Signer, alg string) (kid string) {
+	kid = strings.ToLower(alg) + "-" + randomHex(8)
+	iss.mu.Lock()
+	iss.keys = append(iss.keys, signingKey{kid: kid, alg: alg, signer: signer})
+	iss.mu.Unlock()
+	return kid
+}
+
 // Option changes how Token signs.
 type Option func(*tokenOptions)
 

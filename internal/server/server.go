@@ -21,6 +21,7 @@ import (
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/metrics"
+	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/stepup"
@@ -119,6 +120,9 @@ type Options struct {
 	// Metrics, when set, counts declarations, revocations and requests and
 	// serves /metrics.
 	Metrics *MetricsOptions
+	// OAuth, when set, serves the OAuth grants (jwt-bearer, client
+	// credentials) at the token endpoint.
+	OAuth *OAuthOptions
 	// Ready are the checks, beyond the ledger, of /readyz.
 	Ready []func(context.Context) error
 	// DevIdP, when set, is mounted at /dev (`valet dev` only).
@@ -179,6 +183,16 @@ type StepUpOptions struct {
 	Resources map[string]map[string]string
 	// Approvals configures the approval rule.
 	Approvals stepup.ApprovalConfig
+}
+
+// OAuthOptions configure the token endpoint's OAuth grants. The replay
+// store of assertion jtis is the agent controls' Limiter (Agent.Limiter).
+type OAuthOptions struct {
+	// Clients are the agents registered for client credentials.
+	Clients []oauth.Client
+	// MaxAssertionLife bounds a client assertion's exp from now (0: the
+	// default).
+	MaxAssertionLife time.Duration
 }
 
 // MetricsOptions configure the metrics.
@@ -302,6 +316,14 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 	if s.metrics != nil {
 		hopts.Metrics = s.httpMetrics()
+	}
+	if oo := o.OAuth; oo != nil {
+		if hopts.OAuth, err = oauth.New(oauth.Config{
+			Service: s.svc, Identity: o.Identity, Clients: oo.Clients, Once: o.Agent.Limiter, Issuer: o.PublicURL,
+			MaxAssertionLife: oo.MaxAssertionLife, Now: o.Now, Logger: o.Logger,
+		}); err != nil {
+			return nil, err
+		}
 	}
 	if s.handler, err = httpapi.Handler(hopts); err != nil {
 		return nil, err
