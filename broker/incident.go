@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/valet-dev/valet/policy"
@@ -90,25 +89,6 @@ type Control struct {
 
 // ID is the control's stable name: one control per kind, target and issuer.
 func (c Control) ID() string { return string(c.Kind) + ":" + c.Issuer + ":" + c.Target }
-
-// Validate checks a control as a responder asks for it.
-func (c Control) Validate() error {
-	switch c.Kind {
-	case ControlFreezeAgent, ControlQuarantineTemplate, ControlDistrustIssuer:
-	default:
-		return &Error{Code: CodeInvalid, Message: fmt.Sprintf("kind %q must be freeze_agent, quarantine_template or distrust_issuer", c.Kind), Field: "kind"}
-	}
-	if c.Target == "" || len(c.Target) > 256 {
-		return &Error{Code: CodeInvalid, Message: "target must be 1 to 256 characters", Field: "target"}
-	}
-	if c.Issuer != "" && c.Kind != ControlFreezeAgent {
-		return &Error{Code: CodeInvalid, Message: "issuer narrows only a freeze_agent control", Field: "issuer"}
-	}
-	if len(c.Reason) > 1024 {
-		return &Error{Code: CodeInvalid, Message: "reason is longer than 1024 characters", Field: "reason"}
-	}
-	return nil
-}
 
 // Matches reports whether c stops a declaration by this agent for this
 // template.

@@ -24,7 +24,7 @@ func (a *Admin) Controls(ctx context.Context) ([]broker.Control, error) {
 // the ledger) is refused unless force. Setting a control again without a
 // reason keeps the reason it had.
 func (a *Admin) PutControl(ctx context.Context, who AdminPrincipal, c broker.Control, revoke, force bool) (broker.Control, *RevocationJob, error) {
-	if err := c.Validate(); err != nil {
+	if err := ValidateControl(c); err != nil {
 		return broker.Control{}, nil, err
 	}
 	if !validName(c.Target) || !validName(c.Issuer) || !validName(c.Reason) {
@@ -118,6 +118,26 @@ func (a *Admin) DeleteControl(ctx context.Context, who AdminPrincipal, c broker.
 	}
 	if !ok {
 		return broker.Errorf(broker.CodeNotFound, "no control %s", c.ID())
+	}
+	return nil
+}
+
+// ValidateControl checks a control as a responder asks for it (to put or
+// to lift).
+func ValidateControl(c broker.Control) error {
+	switch c.Kind {
+	case broker.ControlFreezeAgent, broker.ControlQuarantineTemplate, broker.ControlDistrustIssuer:
+	default:
+		return &broker.Error{Code: broker.CodeInvalid, Message: fmt.Sprintf("kind %q must be freeze_agent, quarantine_template or distrust_issuer", c.Kind), Field: "kind"}
+	}
+	if c.Target == "" || len(c.Target) > 256 {
+		return &broker.Error{Code: broker.CodeInvalid, Message: "target must be 1 to 256 characters", Field: "target"}
+	}
+	if c.Issuer != "" && c.Kind != broker.ControlFreezeAgent {
+		return &broker.Error{Code: broker.CodeInvalid, Message: "issuer narrows only a freeze_agent control", Field: "issuer"}
+	}
+	if len(c.Reason) > 1024 {
+		return &broker.Error{Code: broker.CodeInvalid, Message: "reason is longer than 1024 characters", Field: "reason"}
 	}
 	return nil
 }

@@ -337,7 +337,7 @@ func (a *api) adminDeleteControl(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	c := broker.Control{Kind: broker.ControlKind(q.Get("kind")), Target: q.Get("target"), Issuer: q.Get("issuer")}
-	if err := c.Validate(); err != nil {
+	if err := incident.ValidateControl(c); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
