@@ -203,7 +203,7 @@ func (w *RedisWriter) Head() (seq uint64, hash string, ok bool, err error) {
 	return n, h, true, nil
 }
 
-// Timeline implements broker.TimelineReader: the task's events in the
+// Timeline implements incident.TimelineReader: the task's events in the
 // order the stream received them.
 func (w *RedisWriter) Timeline(ctx context.Context, taskID string) ([]broker.Event, error) {
 	ids, err := w.c.LRange(ctx, w.taskIndex(taskID), 0, -1).Result()

@@ -144,7 +144,7 @@ func epochRevoke(ctx context.Context, p *idp, redisURL, dir string, n int) epoch
 	admin.Start(jctx, time.Hour) // the base context of background jobs
 	who := incident.AdminPrincipal{Issuer: "corp", Subject: "bench", Role: incident.RoleResponder}
 	t0 = time.Now()
-	job, err := admin.Revoke(ctx, who, broker.Selector{Agent: agent, Issuer: "bench"}, "bench incident")
+	job, err := admin.Revoke(ctx, who, incident.Selector{Agent: agent, Issuer: "bench"}, "bench incident")
 	res.answered = time.Since(t0)
 	if err != nil {
 		return fail("revoking", err)
@@ -165,7 +165,7 @@ func epochRevoke(ctx context.Context, p *idp, redisURL, dir string, n int) epoch
 	}
 	for {
 		j, err := admin.Job(ctx, job.ID)
-		if err == nil && j.State == broker.JobDone {
+		if err == nil && j.State == incident.JobDone {
 			res.jobDone = time.Since(t0)
 			if j.Revoked != n {
 				return fail("job", fmt.Errorf("revoked %d of %d", j.Revoked, n))

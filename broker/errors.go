@@ -91,6 +91,13 @@ func Unavailable(what string, err error) *Error {
 	return &Error{Code: CodeUnavailable, Message: what + " is unavailable; nothing was issued", Err: err}
 }
 
+// Throttled is the 429 answer to a client (or approver) that must wait
+// before its next authentication attempt; it names no client id.
+func Throttled(wait time.Duration) *Error {
+	return &Error{Code: CodeTooManyRequests, RetryAfter: wait,
+		Message: fmt.Sprintf("too many failed client authentications; retry after %d s", int((wait+time.Second-1)/time.Second))}
+}
+
 // maxQuotedLen is how much of an untrusted value an error or log line quotes.
 const maxQuotedLen = 128
 

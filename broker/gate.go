@@ -73,7 +73,7 @@ func (s *Service) liveCredential(ctx context.Context, st standing, now time.Time
 	if s.epochs == nil {
 		cred, denied, err = s.ledger.Credential(lctx, st.cred)
 	} else {
-		cred, denied, before, err = s.epochs.CredentialStatus(lctx, st.cred, epochsOfLinks(st.links, st.template))
+		cred, denied, before, err = s.epochs.CredentialStatus(lctx, st.cred, EpochsOfLinks(st.links, st.template))
 	}
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -130,10 +130,11 @@ func (s *Service) CheckLinks(ctx context.Context, links []Link, template string)
 	return nil
 }
 
-// epochsOfLinks are the epochs that can cover a credential of a task with
+// EpochsOfLinks are the epochs that can cover a credential of a task with
 // these links and template: each link's agent epoch and its issuer's, and
-// the template's.
-func epochsOfLinks(links []Link, template string) []Epoch {
+// the template's. The gate checks exactly these; package incident's
+// selectors must cover the same tasks.
+func EpochsOfLinks(links []Link, template string) []Epoch {
 	out := []Epoch{{Dimension: DimTemplate, Key: template}}
 	seen := map[Epoch]bool{out[0]: true}
 	for _, l := range links {

@@ -2,18 +2,15 @@ package broker
 
 import (
 	"context"
-	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/valet-dev/valet/policy"
 )
 
-// This file holds the incident-response domain: revoked-before epochs,
-// controls (freeze, quarantine, distrust), bulk revocation jobs and the
-// revocation feed, and the small stores they need. The admin side that
-// drives them is package incident.
+// This file holds what the gate and the feed need of incident response:
+// revoked-before epochs, controls (freeze, quarantine, distrust), the
+// revocation feed, and the stores they need. The admin side that drives
+// them, with its bulk revocation jobs, is package incident.
 
 // EpochTTL is how long an epoch is kept: the longest life any task (and so
 // any credential) can have, so an epoch outlives every token it covers.
@@ -38,16 +35,6 @@ type Epoch struct {
 
 // AgentKey is the epoch key of one agent.
 func AgentKey(issuer, subject string) string { return issuer + "/" + subject }
-
-// epochsOf are the three epochs that can cover a credential of this agent,
-// issuer and template.
-func epochsOf(issuer, subject, template string) []Epoch {
-	return []Epoch{
-		{Dimension: DimAgent, Key: AgentKey(issuer, subject)},
-		{Dimension: DimTemplate, Key: template},
-		{Dimension: DimIssuer, Key: issuer},
-	}
-}
 
 // EpochStore keeps epochs beside the ledger. Implementations must be safe
 // for concurrent use; errors wrap ErrNotFound or ErrUnavailable where those
@@ -103,25 +90,6 @@ type Control struct {
 // ID is the control's stable name: one control per kind, target and issuer.
 func (c Control) ID() string { return string(c.Kind) + ":" + c.Issuer + ":" + c.Target }
 
-// Validate checks a control as a responder asks for it.
-func (c Control) Validate() error {
-	switch c.Kind {
-	case ControlFreezeAgent, ControlQuarantineTemplate, ControlDistrustIssuer:
-	default:
-		return &Error{Code: CodeInvalid, Message: fmt.Sprintf("kind %q must be freeze_agent, quarantine_template or distrust_issuer", c.Kind), Field: "kind"}
-	}
-	if c.Target == "" || len(c.Target) > 256 {
-		return &Error{Code: CodeInvalid, Message: "target must be 1 to 256 characters", Field: "target"}
-	}
-	if c.Issuer != "" && c.Kind != ControlFreezeAgent {
-		return &Error{Code: CodeInvalid, Message: "issuer narrows only a freeze_agent control", Field: "issuer"}
-	}
-	if len(c.Reason) > 1024 {
-		return &Error{Code: CodeInvalid, Message: "reason is longer than 1024 characters", Field: "reason"}
-	}
-	return nil
-}
-
 // Matches reports whether c stops a declaration by this agent for this
 // template.
 func (c Control) Matches(issuer, subject, template string) bool {
@@ -148,137 +116,6 @@ type ControlStore interface {
 	Delete(ctx context.Context, c Control) (bool, error)
 }
 
-// Selector picks the tasks (and so the credentials) a bulk revocation
-// covers. Every field set must match; at least one must be set.
-type Selector struct {
-	Agent        string    `json:"agent,omitempty"`
-	Issuer       string    `json:"issuer,omitempty"`
-	Template     string    `json:"template,omitempty"`
-	Tool         string    `json:"tool,omitempty"`
-	TaskID       string    `json:"task_id,omitempty"`
-	IssuedBefore time.Time `json:"issued_before,omitzero"`
-	IssuedAfter  time.Time `json:"issued_after,omitzero"`
-}
-
-// Validate reports the first problem of a selector.
-func (s Selector) Validate() error {
-	if s.Agent == "" && s.Issuer == "" && s.Template == "" && s.Tool == "" && s.TaskID == "" {
-		return &Error{Code: CodeInvalid, Message: "the selector must name at least one of agent, issuer, template, tool and task_id", Field: "selector"}
-	}
-	for _, f := range []struct{ name, v string }{{"agent", s.Agent}, {"issuer", s.Issuer}, {"template", s.Template}, {"tool", s.Tool}, {"task_id", s.TaskID}} {
-		if len(f.v) > 256 {
-			return &Error{Code: CodeInvalid, Message: f.name + " is longer than 256 characters", Field: "selector." + f.name}
-		}
-	}
-	if !s.IssuedBefore.IsZero() && !s.IssuedAfter.IsZero() && !s.IssuedAfter.Before(s.IssuedBefore) {
-		return &Error{Code: CodeInvalid, Message: "issued_after must be before issued_before", Field: "selector.issued_after"}
-	}
-	return nil
-}
-
-// Matches reports whether a task is covered by the selector: the same
-// tasks the selector's epochs cover. An agent (with or without its issuer)
-// matches any principal of the task's Links (root agent, every sub-agent,
-// the user it acts for); an issuer alone matches any of their issuers.
-func (s Selector) Matches(t Task) bool {
-	links := t.Links()
-	agent := s.Agent == "" || slices.ContainsFunc(links, func(l Link) bool {
-		return l.Agent == s.Agent && (s.Issuer == "" || l.Issuer == s.Issuer)
-	})
-	issuer := s.Issuer == "" || s.Agent != "" || slices.ContainsFunc(links, func(l Link) bool { return l.Issuer == s.Issuer })
-	switch {
-	case !agent, !issuer,
-		s.Template != "" && t.Template != s.Template,
-		s.TaskID != "" && t.ID != s.TaskID,
-		s.Tool != "" && !slices.Contains(t.Tools, s.Tool),
-		!s.IssuedBefore.IsZero() && t.CreatedAt.After(s.IssuedBefore),
-		!s.IssuedAfter.IsZero() && !t.CreatedAt.After(s.IssuedAfter):
-		return false
-	}
-	return true
-}
-
-// Epochs returns the epochs that cover exactly this selector, or nil when
-// it is not a pure per-dimension cut (a tool, a task id, an issued_after or
-// two dimensions at once need the job to pick tasks one by one). issuers
-// lists every trusted issuer, for an agent named without one.
-func (s Selector) Epochs(issuers []string, at time.Time) []Epoch {
-	if s.Tool != "" || s.TaskID != "" || !s.IssuedAfter.IsZero() {
-		return nil
-	}
-	before := at
-	if !s.IssuedBefore.IsZero() && s.IssuedBefore.Before(at) {
-		before = s.IssuedBefore
-	}
-	switch {
-	case s.Agent != "" && s.Template == "":
-		if s.Issuer != "" {
-			return []Epoch{{Dimension: DimAgent, Key: AgentKey(s.Issuer, s.Agent), Before: before}}
-		}
-		out := make([]Epoch, 0, len(issuers))
-		for _, is := range issuers {
-			out = append(out, Epoch{Dimension: DimAgent, Key: AgentKey(is, s.Agent), Before: before})
-		}
-		return out
-	case s.Template != "" && s.Agent == "" && s.Issuer == "":
-		return []Epoch{{Dimension: DimTemplate, Key: s.Template, Before: before}}
-	case s.Issuer != "" && s.Agent == "" && s.Template == "":
-		return []Epoch{{Dimension: DimIssuer, Key: s.Issuer, Before: before}}
-	}
-	return nil
-}
-
-// JobState is where a bulk revocation job is.
-type JobState string
-
-const (
-	JobRunning JobState = "running"
-	JobDone    JobState = "done"
-)
-
-// RevocationJob is a bulk revocation: its selector, its progress and where
-// to resume. Counts are of credentials unless named for tasks.
-type RevocationJob struct {
-	ID       string    `json:"id"`
-	State    JobState  `json:"state"`
-	Selector Selector  `json:"selector"`
-	By       string    `json:"by"`
-	Reason   string    `json:"reason,omitempty"`
-	Created  time.Time `json:"created_at"`
-	Finished time.Time `json:"finished_at,omitzero"`
-	// Epochs are the revoked-before epochs the job set when it started:
-	// everything they cover was inactive at introspection from Created on.
-	Epochs  []Epoch `json:"epochs,omitempty"`
-	Tasks   int     `json:"tasks_matched"`
-	Matched int     `json:"matched"`
-	Revoked int     `json:"revoked"`
-	Failed  int     `json:"failed"`
-	Pending int     `json:"pending"`
-	// Cursor is the job's place in its enumeration, opaque to the domain.
-	Cursor string `json:"cursor,omitempty"`
-	// LastError is the last error that interrupted the job (it is retried).
-	LastError string `json:"last_error,omitempty"`
-}
-
-// JobStore keeps revocation jobs and enumerates the tasks they cover.
-// Implementations must be safe for concurrent use by several brokers.
-type JobStore interface {
-	SaveJob(ctx context.Context, j RevocationJob) error
-	Job(ctx context.Context, id string) (RevocationJob, error)
-	// Unfinished lists the ids of jobs still running (to resume on start).
-	Unfinished(ctx context.Context) ([]string, error)
-	// Lease takes or renews the right to run job id for ttl; false means
-	// another broker holds it.
-	Lease(ctx context.Context, id, owner string, ttl time.Duration) (bool, error)
-	// Candidates returns up to about limit ids of tasks that may match sel
-	// (a superset: the caller filters), starting at cursor ("" is the
-	// start), and the cursor of the next batch ("" when there is none).
-	Candidates(ctx context.Context, sel Selector, cursor string, limit int) ([]string, string, error)
-	// Tasks reads many tasks and their credentials in one round trip;
-	// tasks that no longer exist are left out.
-	Tasks(ctx context.Context, ids []string) ([]Task, [][]Credential, error)
-}
-
 // FeedEntry is one revocation as the feed carries it: a credential (JTI,
 // TaskID, Exp), an epoch, or a control put (ControlActive) or lifted.
 type FeedEntry struct {
@@ -302,11 +139,6 @@ type Feed interface {
 	Follow(ctx context.Context, cursor string, wait time.Duration) ([]FeedEntry, string, error)
 }
 
-// TimelineReader reads one task's audit events in order.
-type TimelineReader interface {
-	Timeline(ctx context.Context, taskID string) ([]Event, error)
-}
-
 // checkControls is Declare's use of the gate: the declaring agent and the
 // user it acts for, under the template it names. A refusal is audited as a
 // denied declaration.
@@ -320,10 +152,4 @@ func (s *Service) checkControls(ctx context.Context, p Principal, d Declaration)
 		s.recordDenial(ctx, p, d, err)
 	}
 	return err
-}
-
-// validName is what may go into a control or selector from outside: no
-// control characters.
-func validName(s string) bool {
-	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }

@@ -86,3 +86,14 @@ func audienceHas(aud any, want string) bool {
 	}
 	return false
 }
+
+// throttleIDs are the throttle keys of the configured clients, each with
+// its realm. (The approver clients have a throttle of their own, in
+// package stepup.)
+func throttleIDs(cfg Config) []string {
+	var ids []string
+	for _, c := range cfg.Clients {
+		ids = append(ids, "client:"+c.ID)
+	}
+	return ids
+}

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/valet-dev/valet/internal/throttle"
 	"github.com/valet-dev/valet/policy"
 )
 
@@ -103,8 +104,8 @@ type Service struct {
 	retryQ     RevocationQueue
 	counters   revocationCounters
 	reconGrace time.Duration
-	throttle   *SecretThrottle // failed client-secret attempts
-	refused    refusedTasks    // refused.go
+	throttle   *throttle.Throttle // failed client-secret attempts
+	refused    refusedTasks       // refused.go
 	reaperLag  func(time.Duration)
 }
 
@@ -170,7 +171,7 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	s.templates.Store(cfg.Templates)
 	s.agent.init(cfg.Agent)
-	s.throttle = NewSecretThrottle(throttleIDs(cfg))
+	s.throttle = throttle.New(throttleIDs(cfg))
 	return s, nil
 }
 

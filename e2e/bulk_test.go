@@ -96,13 +96,13 @@ func (e *env) activeCount(tb testing.TB, toks []string) int {
 // crashingJobs is a job store whose broker dies (its context is
 // cancelled) right after it saves progress for the n-th time.
 type crashingJobs struct {
-	broker.JobStore
+	incident.JobStore
 	n      atomic.Int64
 	after  int64
 	cancel context.CancelFunc
 }
 
-func (c *crashingJobs) SaveJob(ctx context.Context, j broker.RevocationJob) error {
+func (c *crashingJobs) SaveJob(ctx context.Context, j incident.RevocationJob) error {
 	err := c.JobStore.SaveJob(ctx, j)
 	if c.n.Add(1) == c.after {
 		c.cancel()
@@ -141,7 +141,7 @@ func TestBulkRevoke100k(t *testing.T) {
 	rita := incident.AdminPrincipal{Issuer: "corp", Subject: "rita", Role: incident.RoleResponder}
 
 	start := time.Now()
-	job, err := brokerA.Revoke(context.Background(), rita, broker.Selector{Agent: "agent-hot", Issuer: "test"}, "incident 100k")
+	job, err := brokerA.Revoke(context.Background(), rita, incident.Selector{Agent: "agent-hot", Issuer: "test"}, "incident 100k")
 	answered := time.Since(start)
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +163,7 @@ func TestBulkRevoke100k(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mid.State != broker.JobRunning || mid.Revoked == 0 || mid.Revoked >= tasks*per {
+	if mid.State != incident.JobRunning || mid.Revoked == 0 || mid.Revoked >= tasks*per {
 		t.Fatalf("broker A did not die mid-job: %+v", mid)
 	}
 	t.Logf("broker A died after revoking %d of %d credentials", mid.Revoked, tasks*per)
@@ -175,9 +175,9 @@ func TestBulkRevoke100k(t *testing.T) {
 	brokerB := e.newAdmin(e.raw, 500*time.Millisecond, 100)
 	resumed := time.Now()
 	brokerB.Start(bctx, 100*time.Millisecond)
-	var done broker.RevocationJob
+	var done incident.RevocationJob
 	for deadline := time.Now().Add(60 * time.Second); ; {
-		if done, err = brokerB.Job(context.Background(), job.ID); err == nil && done.State == broker.JobDone {
+		if done, err = brokerB.Job(context.Background(), job.ID); err == nil && done.State == incident.JobDone {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -199,11 +199,11 @@ func TestBulkRevoke100k(t *testing.T) {
 
 	// A rerun changes nothing.
 	writes := e.ledger.writes.Load()
-	again, err := brokerB.Revoke(context.Background(), rita, broker.Selector{Agent: "agent-hot", Issuer: "test"}, "incident 100k again")
+	again, err := brokerB.Revoke(context.Background(), rita, incident.Selector{Agent: "agent-hot", Issuer: "test"}, "incident 100k again")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for again.State != broker.JobDone {
+	for again.State != incident.JobDone {
 		time.Sleep(10 * time.Millisecond)
 		again, _ = brokerB.Job(context.Background(), again.ID)
 	}

@@ -44,7 +44,7 @@ var testRoles = map[string]string{
 
 // newAdmin builds another admin (another broker's) over this env's
 // service, with its own job store and job tuning.
-func (e *env) newAdmin(jobs broker.JobStore, lease time.Duration, batch int) *incident.Admin {
+func (e *env) newAdmin(jobs incident.JobStore, lease time.Duration, batch int) *incident.Admin {
 	a, err := incident.NewAdmin(incident.Config{
 		Identity: e.inc.adminID, Core: e.svc, Ledger: e.ledger, Auditor: e.inc.auditor, Now: e.clock.Now,
 		Controls: e.inc.controls, Jobs: jobs, Epochs: e.raw, Timeline: e.inc.trail,

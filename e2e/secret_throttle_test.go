@@ -7,11 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/throttle"
 )
 
 // TestClientSecretThrottle guards issue 9 (low): /v1/introspect took
-// unlimited wrong client secrets. After broker.SecretFailuresPerWindow
+// unlimited wrong client secrets. After throttle.FailuresPerWindow
 // failures for one client id every attempt with it answers 429 in the
 // error shape with Retry-After, the right secret included, until the
 // window passes on the broker's clock; other client ids are unaffected.
@@ -25,19 +25,19 @@ func TestClientSecretThrottle(t *testing.T) {
 		req.SetBasicAuth(id, secret)
 		return e.send(req)
 	}
-	for i := range broker.SecretFailuresPerWindow {
+	for i := range throttle.FailuresPerWindow {
 		if r := try(clientID, "wrong-guess-"+itoa(i)); r.Status != http.StatusUnauthorized {
 			t.Fatalf("guess %d: %d %s", i, r.Status, r.Body)
 		}
 	}
 	r := try(clientID, clientSecret)
 	if r.Status != http.StatusTooManyRequests || r.json(t)["error"] != "too_many_requests" || r.Header.Get("Retry-After") != "60" {
-		t.Fatalf("right secret after %d failures: %d %v %s, want 429 with Retry-After 60", broker.SecretFailuresPerWindow, r.Status, r.Header, r.Body)
+		t.Fatalf("right secret after %d failures: %d %v %s, want 429 with Retry-After 60", throttle.FailuresPerWindow, r.Status, r.Header, r.Body)
 	}
 	if r := try("another-client", "x"); r.Status != http.StatusUnauthorized {
 		t.Fatalf("another client id: %d", r.Status)
 	}
-	e.clock.Advance(broker.SecretFailureWindow + time.Second)
+	e.clock.Advance(throttle.Window + time.Second)
 	if r := try(clientID, clientSecret); r.Status != http.StatusOK {
 		t.Fatalf("after the window: %d %s", r.Status, r.Body)
 	}

@@ -81,9 +81,9 @@ type Config struct {
 	Ledger   broker.Ledger
 	Auditor  broker.Auditor
 	Controls broker.ControlStore
-	Jobs     broker.JobStore
+	Jobs     JobStore
 	Epochs   broker.EpochStore
-	Timeline broker.TimelineReader
+	Timeline TimelineReader
 	// AgentIssuers are the names of the agents' trusted issuers: an agent
 	// revoked without an issuer is revoked under each of them.
 	AgentIssuers []string
@@ -110,9 +110,9 @@ type Admin struct {
 	ledger   broker.Ledger
 	audit    broker.Auditor
 	controls broker.ControlStore
-	jobs     broker.JobStore
+	jobs     JobStore
 	epochs   broker.EpochStore
-	timeline broker.TimelineReader
+	timeline TimelineReader
 	issuers  []string
 	lease    time.Duration
 	inline   time.Duration

@@ -23,8 +23,8 @@ func (a *Admin) Controls(ctx context.Context) ([]broker.Control, error) {
 // (no such template, no such configured issuer, an agent with no task in
 // the ledger) is refused unless force. Setting a control again without a
 // reason keeps the reason it had.
-func (a *Admin) PutControl(ctx context.Context, who AdminPrincipal, c broker.Control, revoke, force bool) (broker.Control, *broker.RevocationJob, error) {
-	if err := c.Validate(); err != nil {
+func (a *Admin) PutControl(ctx context.Context, who AdminPrincipal, c broker.Control, revoke, force bool) (broker.Control, *RevocationJob, error) {
+	if err := ValidateControl(c); err != nil {
 		return broker.Control{}, nil, err
 	}
 	if !validName(c.Target) || !validName(c.Issuer) || !validName(c.Reason) {
@@ -59,14 +59,14 @@ func (a *Admin) PutControl(ctx context.Context, who AdminPrincipal, c broker.Con
 	if !revoke {
 		return c, nil, nil
 	}
-	var sel broker.Selector
+	var sel Selector
 	switch c.Kind {
 	case broker.ControlFreezeAgent:
-		sel = broker.Selector{Agent: c.Target, Issuer: c.Issuer}
+		sel = Selector{Agent: c.Target, Issuer: c.Issuer}
 	case broker.ControlQuarantineTemplate:
-		sel = broker.Selector{Template: c.Target}
+		sel = Selector{Template: c.Target}
 	case broker.ControlDistrustIssuer:
-		sel = broker.Selector{Issuer: c.Target}
+		sel = Selector{Issuer: c.Target}
 	}
 	j, err := a.Revoke(ctx, who, sel, "control "+c.ID()+": "+c.Reason)
 	if err != nil {
@@ -94,7 +94,7 @@ func (a *Admin) knownTarget(ctx context.Context, c broker.Control) error {
 			return unknown("no agent issuer is named %q", c.Target)
 		}
 	case broker.ControlFreezeAgent:
-		ids, _, err := a.jobs.Candidates(ctx, broker.Selector{Agent: c.Target, Issuer: c.Issuer}, "", 1)
+		ids, _, err := a.jobs.Candidates(ctx, Selector{Agent: c.Target, Issuer: c.Issuer}, "", 1)
 		if err != nil {
 			return broker.Unavailable("the credential ledger", err)
 		}
@@ -118,6 +118,26 @@ func (a *Admin) DeleteControl(ctx context.Context, who AdminPrincipal, c broker.
 	}
 	if !ok {
 		return broker.Errorf(broker.CodeNotFound, "no control %s", c.ID())
+	}
+	return nil
+}
+
+// ValidateControl checks a control as a responder asks for it (to put or
+// to lift).
+func ValidateControl(c broker.Control) error {
+	switch c.Kind {
+	case broker.ControlFreezeAgent, broker.ControlQuarantineTemplate, broker.ControlDistrustIssuer:
+	default:
+		return &broker.Error{Code: broker.CodeInvalid, Message: fmt.Sprintf("kind %q must be freeze_agent, quarantine_template or distrust_issuer", c.Kind), Field: "kind"}
+	}
+	if c.Target == "" || len(c.Target) > 256 {
+		return &broker.Error{Code: broker.CodeInvalid, Message: "target must be 1 to 256 characters", Field: "target"}
+	}
+	if c.Issuer != "" && c.Kind != broker.ControlFreezeAgent {
+		return &broker.Error{Code: broker.CodeInvalid, Message: "issuer narrows only a freeze_agent control", Field: "issuer"}
+	}
+	if len(c.Reason) > 1024 {
+		return &broker.Error{Code: broker.CodeInvalid, Message: "reason is longer than 1024 characters", Field: "reason"}
 	}
 	return nil
 }

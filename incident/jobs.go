@@ -23,7 +23,7 @@ const (
 )
 
 // DryRun counts what sel covers now, changing nothing.
-func (a *Admin) DryRun(ctx context.Context, sel broker.Selector) (DryRun, error) {
+func (a *Admin) DryRun(ctx context.Context, sel Selector) (DryRun, error) {
 	if err := sel.Validate(); err != nil {
 		return DryRun{}, err
 	}
@@ -63,33 +63,33 @@ func (a *Admin) DryRun(ctx context.Context, sel broker.Selector) (DryRun, error)
 // their source). The job runs inline for up to the inline budget and then
 // in the background; it is recorded before any work, so a broker that dies
 // leaves it for another (or itself, restarted) to resume.
-func (a *Admin) Revoke(ctx context.Context, who AdminPrincipal, sel broker.Selector, reason string) (broker.RevocationJob, error) {
+func (a *Admin) Revoke(ctx context.Context, who AdminPrincipal, sel Selector, reason string) (RevocationJob, error) {
 	if err := sel.Validate(); err != nil {
-		return broker.RevocationJob{}, err
+		return RevocationJob{}, err
 	}
 	if len(reason) > 1024 || !validName(reason) {
-		return broker.RevocationJob{}, &broker.Error{Code: broker.CodeInvalid, Message: "reason must be at most 1024 printable characters", Field: "reason"}
+		return RevocationJob{}, &broker.Error{Code: broker.CodeInvalid, Message: "reason must be at most 1024 printable characters", Field: "reason"}
 	}
 	now := a.now()
 	if sel.IssuedBefore.IsZero() || sel.IssuedBefore.After(now) {
 		sel.IssuedBefore = now
 	}
-	j := broker.RevocationJob{ID: broker.NewID("job"), State: broker.JobRunning, Selector: sel, By: who.Actor(), Reason: reason, Created: now}
+	j := RevocationJob{ID: broker.NewID("job"), State: JobRunning, Selector: sel, By: who.Actor(), Reason: reason, Created: now}
 	j.Epochs = sel.Epochs(a.issuers, now)
 	if err := a.jobs.SaveJob(ctx, j); err != nil {
-		return broker.RevocationJob{}, broker.Unavailable("the job store", err)
+		return RevocationJob{}, broker.Unavailable("the job store", err)
 	}
 	ev := a.core.TaskEvent(ctx, "revocation.started", who.Actor(), broker.Task{})
 	ev.Reason = reason
 	ev.Detail = map[string]any{"job_id": j.ID, "selector": sel, "epochs": len(j.Epochs)}
 	if err := a.audit.Record(ctx, ev); err != nil {
-		return broker.RevocationJob{}, broker.Unavailable("the audit log", err)
+		return RevocationJob{}, broker.Unavailable("the audit log", err)
 	}
 	for _, e := range j.Epochs {
 		if err := a.epochs.SetEpoch(ctx, e); err != nil {
 			// The job is recorded and will be resumed; but nothing may be
 			// reported as revoked yet.
-			return broker.RevocationJob{}, broker.Unavailable("the credential ledger", fmt.Errorf("setting epoch %s %s: %w", e.Dimension, e.Key, err))
+			return RevocationJob{}, broker.Unavailable("the credential ledger", fmt.Errorf("setting epoch %s %s: %w", e.Dimension, e.Key, err))
 		}
 	}
 	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.inline)
@@ -105,13 +105,13 @@ func (a *Admin) Revoke(ctx context.Context, who AdminPrincipal, sel broker.Selec
 }
 
 // Job returns a job's progress.
-func (a *Admin) Job(ctx context.Context, id string) (broker.RevocationJob, error) {
+func (a *Admin) Job(ctx context.Context, id string) (RevocationJob, error) {
 	j, err := a.jobs.Job(ctx, id)
 	switch {
 	case errors.Is(err, broker.ErrNotFound):
-		return broker.RevocationJob{}, broker.Errorf(broker.CodeNotFound, "revocation job %q not found", id)
+		return RevocationJob{}, broker.Errorf(broker.CodeNotFound, "revocation job %q not found", id)
 	case err != nil:
-		return broker.RevocationJob{}, broker.Unavailable("the job store", err)
+		return RevocationJob{}, broker.Unavailable("the job store", err)
 	}
 	j.Pending = max(j.Matched-j.Revoked-j.Failed, 0)
 	return j, nil
@@ -197,7 +197,7 @@ func (a *Admin) runJob(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if j.State == broker.JobDone {
+	if j.State == JobDone {
 		return true, nil
 	}
 	for _, e := range j.Epochs {
@@ -230,12 +230,12 @@ func (a *Admin) runJob(ctx context.Context, id string) (bool, error) {
 		j.Tasks, j.Matched, j.Revoked, j.Failed = j.Tasks+b.Tasks, j.Matched+b.Matched, j.Revoked+b.Revoked, j.Failed+b.Failed
 		j.Cursor, j.LastError = next, ""
 		if next == "" {
-			j.State, j.Finished = broker.JobDone, a.now()
+			j.State, j.Finished = JobDone, a.now()
 		}
 		if err := a.jobs.SaveJob(context.WithoutCancel(ctx), j); err != nil {
 			return false, err
 		}
-		if j.State == broker.JobDone {
+		if j.State == JobDone {
 			a.done.Add(1)
 			ev := a.core.TaskEvent(ctx, "revocation.finished", j.By, broker.Task{})
 			ev.Detail = map[string]any{"job_id": j.ID, "tasks_matched": j.Tasks, "matched": j.Matched, "revoked": j.Revoked, "failed": j.Failed}
@@ -253,10 +253,10 @@ func (a *Admin) runJob(ctx context.Context, id string) (bool, error) {
 
 // revokeBatch ends every active matching task of one batch, a few at a
 // time.
-func (a *Admin) revokeBatch(ctx context.Context, j broker.RevocationJob, reason string, tasks []broker.Task, creds [][]broker.Credential) (broker.RevocationJob, error) {
+func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string, tasks []broker.Task, creds [][]broker.Credential) (RevocationJob, error) {
 	var (
 		mu    sync.Mutex
-		out   broker.RevocationJob
+		out   RevocationJob
 		first error
 		wg    sync.WaitGroup
 		sem   = make(chan struct{}, jobParallelism)

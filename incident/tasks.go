@@ -42,7 +42,7 @@ func (a *Admin) TaskPage(ctx context.Context, f TaskFilter) (page []broker.Task,
 	if err != nil {
 		return nil, "", err
 	}
-	sel := broker.Selector{Agent: f.Agent, Issuer: f.Issuer, Template: f.Template}
+	sel := Selector{Agent: f.Agent, Issuer: f.Issuer, Template: f.Template}
 	var all []broker.Task
 	seen := map[string]bool{} // the index walk may return a task twice
 	for cursor, read := "", 0; read < maxTaskListing; {

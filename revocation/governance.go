@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/incident"
 )
 
 // Incident-response state kept beside the ledger, in the same Redis and
@@ -67,7 +68,7 @@ func (k keys) jobsRunning() string { return k.prefix + ":jobs:running" }
 func (l *RedisLedger) Feed() *RedisFeed { return &RedisFeed{c: l.c, keys: l.keys} }
 
 var _ broker.EpochStore = (*RedisLedger)(nil)
-var _ broker.JobStore = (*RedisLedger)(nil)
+var _ incident.JobStore = (*RedisLedger)(nil)
 
 // CredentialStatus implements broker.EpochStore: the credential record, its
 // deny entry, the epochs and the generation marker, in one pipelined round
@@ -188,8 +189,8 @@ func (l *RedisLedger) SetEpoch(ctx context.Context, e broker.Epoch) error {
 	return wrapErr("setting epoch "+string(e.Dimension)+" "+e.Key, err)
 }
 
-// SaveJob implements broker.JobStore.
-func (l *RedisLedger) SaveJob(ctx context.Context, j broker.RevocationJob) error {
+// SaveJob implements incident.JobStore.
+func (l *RedisLedger) SaveJob(ctx context.Context, j incident.RevocationJob) error {
 	b, err := json.Marshal(j)
 	if err != nil {
 		return fmt.Errorf("encoding job %s: %w", j.ID, err)
@@ -200,7 +201,7 @@ func (l *RedisLedger) SaveJob(ctx context.Context, j broker.RevocationJob) error
 	life := max(l.retention, jobMinRetention)
 	_, err = l.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, l.keys.job(j.ID), b, life)
-		if j.State == broker.JobDone {
+		if j.State == incident.JobDone {
 			p.SRem(ctx, l.keys.jobsRunning(), j.ID)
 			p.Del(ctx, l.keys.jobLease(j.ID))
 		} else {
@@ -212,20 +213,20 @@ func (l *RedisLedger) SaveJob(ctx context.Context, j broker.RevocationJob) error
 	return wrapErr("saving job "+j.ID, err)
 }
 
-// Job implements broker.JobStore.
-func (l *RedisLedger) Job(ctx context.Context, id string) (broker.RevocationJob, error) {
+// Job implements incident.JobStore.
+func (l *RedisLedger) Job(ctx context.Context, id string) (incident.RevocationJob, error) {
 	b, err := l.c.Get(ctx, l.keys.job(id)).Bytes()
 	if err != nil {
-		return broker.RevocationJob{}, wrapErr("reading job "+id, err)
+		return incident.RevocationJob{}, wrapErr("reading job "+id, err)
 	}
-	var j broker.RevocationJob
+	var j incident.RevocationJob
 	if err := json.Unmarshal(b, &j); err != nil {
-		return broker.RevocationJob{}, fmt.Errorf("decoding job %s: %w", id, err)
+		return incident.RevocationJob{}, fmt.Errorf("decoding job %s: %w", id, err)
 	}
 	return j, nil
 }
 
-// Unfinished implements broker.JobStore.
+// Unfinished implements incident.JobStore.
 func (l *RedisLedger) Unfinished(ctx context.Context) ([]string, error) {
 	ids, err := l.c.SMembers(ctx, l.keys.jobsRunning()).Result()
 	if err != nil {
@@ -244,7 +245,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `)
 
-// Lease implements broker.JobStore.
+// Lease implements incident.JobStore.
 func (l *RedisLedger) Lease(ctx context.Context, id, owner string, ttl time.Duration) (bool, error) {
 	n, err := leaseScript.Run(ctx, l.c, []string{l.keys.jobLease(id)}, owner, ttl.Milliseconds()).Int()
 	if err != nil {
@@ -256,11 +257,11 @@ func (l *RedisLedger) Lease(ctx context.Context, id, owner string, ttl time.Dura
 // globEscaper escapes a key part for SCAN MATCH.
 var globEscaper = strings.NewReplacer(`\`, `\\`, "*", `\*`, "?", `\?`, "[", `\[`, "]", `\]`)
 
-// Candidates implements broker.JobStore. It walks the most selective index
+// Candidates implements incident.JobStore. It walks the most selective index
 // the selector names with ZSCAN (which returns every member present for the
 // whole walk, perhaps twice; the job is idempotent). The cursor is
 // "<index key> <zscan cursor>"; indexes are walked in key order.
-func (l *RedisLedger) Candidates(ctx context.Context, sel broker.Selector, cursor string, limit int) ([]string, string, error) {
+func (l *RedisLedger) Candidates(ctx context.Context, sel incident.Selector, cursor string, limit int) ([]string, string, error) {
 	if sel.TaskID != "" {
 		if cursor != "" {
 			return nil, "", nil
@@ -306,7 +307,7 @@ func (l *RedisLedger) Candidates(ctx context.Context, sel broker.Selector, curso
 }
 
 // sources are the index keys whose union holds every task sel can match.
-func (l *RedisLedger) sources(ctx context.Context, sel broker.Selector) ([]string, error) {
+func (l *RedisLedger) sources(ctx context.Context, sel incident.Selector) ([]string, error) {
 	switch {
 	case sel.Agent != "" && sel.Issuer != "":
 		return []string{l.keys.agentIndex(sel.Issuer, sel.Agent)}, nil
@@ -339,7 +340,7 @@ func (l *RedisLedger) scanKeys(ctx context.Context, match string) ([]string, err
 	return slices.Compact(out), nil
 }
 
-// Tasks implements broker.JobStore in one pipelined round trip.
+// Tasks implements incident.JobStore in one pipelined round trip.
 func (l *RedisLedger) Tasks(ctx context.Context, ids []string) ([]broker.Task, [][]broker.Credential, error) {
 	if len(ids) == 0 {
 		return nil, nil, nil

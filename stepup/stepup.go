@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/throttle"
 	"github.com/valet-dev/valet/policy"
 )
 
@@ -75,7 +76,7 @@ type Service struct {
 	actionTTL time.Duration
 	resources map[string]map[string]string
 	approvals ApprovalConfig
-	throttle  *broker.SecretThrottle // failed approver-secret attempts
+	throttle  *throttle.Throttle // failed approver-secret attempts
 	now       func() time.Time
 	log       *slog.Logger
 }
@@ -116,7 +117,7 @@ func New(cfg Config) (*Service, error) {
 	for _, c := range cfg.Approvals.Clients {
 		ids = append(ids, "approver:"+c.ID)
 	}
-	s.throttle = broker.NewSecretThrottle(ids)
+	s.throttle = throttle.New(ids)
 	return s, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/throttle"
 )
 
 // unused stands for a dependency a test's path must never call: any call
@@ -43,7 +44,7 @@ func TestNewRejectsMissingDependencies(t *testing.T) {
 }
 
 // TestApproverThrottle: an approver client id that fails
-// broker.SecretFailuresPerWindow times waits out the window, with the right
+// throttle.FailuresPerWindow times waits out the window, with the right
 // secret too (else the 429 would be an oracle); success then resets it.
 func TestApproverThrottle(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
@@ -56,15 +57,15 @@ func TestApproverThrottle(t *testing.T) {
 	if who, err := s.AuthorizeApprover(ctx, "alice", "alice-secret"); err != nil || who != "approver:alice" {
 		t.Fatalf("right secret: %q %v", who, err)
 	}
-	for range broker.SecretFailuresPerWindow {
+	for range throttle.FailuresPerWindow {
 		if _, err := s.AuthorizeApprover(ctx, "alice", "wrong"); broker.ErrorCode(err) != broker.CodeUnauthenticated {
 			t.Fatalf("wrong secret: %v, want 401", err)
 		}
 	}
 	if _, err := s.AuthorizeApprover(ctx, "alice", "alice-secret"); broker.ErrorCode(err) != broker.CodeTooManyRequests {
-		t.Fatalf("right secret after %d failures: %v, want 429", broker.SecretFailuresPerWindow, err)
+		t.Fatalf("right secret after %d failures: %v, want 429", throttle.FailuresPerWindow, err)
 	}
-	now = now.Add(broker.SecretFailureWindow)
+	now = now.Add(throttle.Window)
 	if _, err := s.AuthorizeApprover(ctx, "alice", "alice-secret"); err != nil {
 		t.Fatalf("after the window: %v", err)
 	}

@@ -238,9 +238,9 @@ func (a *api) admin(w http.ResponseWriter, r *http.Request, need incident.Role, 
 }
 
 type revokeRequest struct {
-	Selector broker.Selector `json:"selector"`
-	Reason   string          `json:"reason"`
-	DryRun   bool            `json:"dry_run"`
+	Selector incident.Selector `json:"selector"`
+	Reason   string            `json:"reason"`
+	DryRun   bool              `json:"dry_run"`
 }
 
 func (a *api) adminRevoke(w http.ResponseWriter, r *http.Request) {
@@ -268,7 +268,7 @@ func (a *api) adminRevoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	status := http.StatusOK
-	if j.State != broker.JobDone {
+	if j.State != incident.JobDone {
 		status = http.StatusAccepted
 	}
 	w.Header().Set("Location", "/v1/admin/revocations/"+j.ID)
@@ -337,7 +337,7 @@ func (a *api) adminDeleteControl(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	c := broker.Control{Kind: broker.ControlKind(q.Get("kind")), Target: q.Get("target"), Issuer: q.Get("issuer")}
-	if err := c.Validate(); err != nil {
+	if err := incident.ValidateControl(c); err != nil {
 		a.writeError(w, r, err)
 		return
 	}

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"slices"
 
-	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/internal/server"
@@ -58,7 +57,7 @@ func (c *Config) validateIncident() []error {
 // the job store and the audit trail the task timelines are read from.
 // static gives JWKS documents by issuer URL (the development issuer's).
 func adminOptions(ctx context.Context, ac AdminConfig, selfIssuer string, agentIssuers []string, static map[string][]byte,
-	rollbackHosts []string, jobs broker.JobStore, timeline broker.TimelineReader, log *slog.Logger) (*server.AdminOptions, error) {
+	rollbackHosts []string, jobs incident.JobStore, timeline incident.TimelineReader, log *slog.Logger) (*server.AdminOptions, error) {
 	if len(ac.Issuers) == 0 {
 		return nil, nil
 	}

@@ -155,8 +155,8 @@ type AdminOptions struct {
 	Identity broker.Authenticator
 	Roles    map[string]string
 	// Jobs keeps bulk revocation jobs; Timeline reads the audit trail.
-	Jobs     broker.JobStore
-	Timeline broker.TimelineReader
+	Jobs     incident.JobStore
+	Timeline incident.TimelineReader
 	// AgentIssuers are the names of the agents' trusted issuers.
 	AgentIssuers []string
 	// JobLease, InlineBudget and JobBatch tune revocation jobs (0: the

@@ -41,7 +41,7 @@ type Options struct {
 	// NoEpochs says why the ledger is not a broker.EpochStore; empty means
 	// it must be one, and the epoch cases run on it.
 	NoEpochs string
-	// NoJobs says why the ledger is not a broker.JobStore; empty means it
+	// NoJobs says why the ledger is not an incident.JobStore; empty means it
 	// must be one, and the job cases run on it.
 	NoJobs string
 	// NoReapLeases says why the DueEnder keeps no leases on the batches it

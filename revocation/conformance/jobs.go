@@ -7,12 +7,13 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/incident"
 )
 
 // jobLedger is a ledger that keeps bulk revocation jobs beside its records.
 type jobLedger interface {
 	broker.Ledger
-	broker.JobStore
+	incident.JobStore
 }
 
 type jobEnv struct {
@@ -20,7 +21,7 @@ type jobEnv struct {
 	s jobLedger
 }
 
-// jobCases are the rules of broker.JobStore, one function each.
+// jobCases are the rules of incident.JobStore, one function each.
 var jobCases = []namedCase[jobEnv]{
 	{"SaveJobThenRead", saveJobThenRead},
 	{"UnfinishedListsRunningJobsOnly", unfinishedListsRunningJobsOnly},
@@ -29,9 +30,9 @@ var jobCases = []namedCase[jobEnv]{
 	{"TasksLeavesOutUnknown", tasksLeavesOutUnknown},
 }
 
-func newJob(id string, now time.Time) broker.RevocationJob {
-	return broker.RevocationJob{
-		ID: id, State: broker.JobRunning, Selector: broker.Selector{Template: "deploy"},
+func newJob(id string, now time.Time) incident.RevocationJob {
+	return incident.RevocationJob{
+		ID: id, State: incident.JobRunning, Selector: incident.Selector{Template: "deploy"},
 		By: "admin", Reason: "incident 7", Created: now,
 		Epochs:  []broker.Epoch{{Dimension: broker.DimTemplate, Key: "deploy", Before: now}},
 		Matched: 3, Revoked: 2, Failed: 1, Cursor: "c1",
@@ -66,7 +67,7 @@ func unfinishedListsRunningJobsOnly(t *testing.T, e jobEnv) {
 	if err != nil || !slices.Equal(ids, []string{"job-a", "job-b"}) {
 		t.Fatalf("Unfinished = %v, %v; want both", ids, err)
 	}
-	b.State, b.Finished = broker.JobDone, e.clock.Now()
+	b.State, b.Finished = incident.JobDone, e.clock.Now()
 	must(t, e.s.SaveJob(e.ctx, b))
 	if ids, err := e.s.Unfinished(e.ctx); err != nil || !slices.Equal(ids, []string{"job-a"}) {
 		t.Errorf("Unfinished after job-b is done = %v, %v; want [job-a]", ids, err)
@@ -95,7 +96,7 @@ func leaseHeldByOneOwner(t *testing.T, e jobEnv) {
 	if !lease("broker-a") {
 		t.Error("the holder could not renew its lease")
 	}
-	j.State = broker.JobDone
+	j.State = incident.JobDone
 	must(t, e.s.SaveJob(e.ctx, j))
 	if !lease("broker-b") {
 		t.Error("the lease of a finished job is still held")
@@ -116,7 +117,7 @@ func candidatesCoverMatchingTasks(t *testing.T, e jobEnv) {
 		e.record(t, task, creds)
 		tasks = append(tasks, task)
 	}
-	for _, sel := range []broker.Selector{{Template: "release"}, {Issuer: "corp-idp"}, {Agent: "agent-a", Issuer: "corp-idp"}, {Agent: "agent-b"}} {
+	for _, sel := range []incident.Selector{{Template: "release"}, {Issuer: "corp-idp"}, {Agent: "agent-a", Issuer: "corp-idp"}, {Agent: "agent-b"}} {
 		seen := map[string]bool{}
 		cursor := ""
 		for range 100 {

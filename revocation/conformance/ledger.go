@@ -52,7 +52,7 @@ var ledgerCases = []namedCase[ledgerEnv]{
 }
 
 // Ledger runs the broker.Ledger suite, and the broker.EpochStore and
-// broker.JobStore suites on the same ledger unless o says why it is not
+// incident.JobStore suites on the same ledger unless o says why it is not
 // one.
 func Ledger(t *testing.T, newLedger NewLedger, o Options) {
 	o.check(t)
@@ -82,7 +82,7 @@ func Ledger(t *testing.T, newLedger NewLedger, o Options) {
 			e := setup(t)
 			s, ok := e.l.(jobLedger)
 			if !ok {
-				t.Fatalf("%T is not a broker.JobStore and Options.NoJobs does not say why", e.l)
+				t.Fatalf("%T is not an incident.JobStore and Options.NoJobs does not say why", e.l)
 			}
 			return jobEnv{ledgerEnv: e, s: s}
 		})
