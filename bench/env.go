@@ -28,6 +28,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/internal/testkit"
@@ -311,8 +312,8 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	v.close = append(v.close, func() { feedClient.Close() })
 	srv, err := server.New(ctx, server.Options{
 		PublicURL: v.url, Identity: verifier, Tokens: tokens, Ledger: v.ledger, Epochs: v.ledger, Loss: v.ledger, Controls: controls,
-		Auditors: []broker.Auditor{auditor}, Templates: templates, Agent: broker.AgentConfig{Limiter: v.ledger, Records: v.ledger},
-		Clients: []broker.Client{{ID: clientID, SecretSHA256: sha256Of(clientSecret)}},
+		Auditors: []broker.Auditor{auditor}, Templates: templates, Agent: broker.AgentConfig{Limiter: v.ledger}, Records: v.ledger,
+		Clients: []clientauth.Client{{ID: clientID, SecretSHA256: sha256Of(clientSecret)}},
 		Feed:    revocation.NewFeed(feedClient, ""), Ready: []func(context.Context) error{verifier.Ready},
 		ReapInterval: time.Second, Logger: log,
 	})

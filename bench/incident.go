@@ -93,7 +93,7 @@ func epochRevoke(ctx context.Context, p *idp, redisURL, dir string, n int) epoch
 		return fail("templates", err)
 	}
 	srv, err := server.New(ctx, server.Options{PublicURL: self, Identity: verifier, Tokens: tokens, Ledger: l, Epochs: l, Loss: l,
-		Controls: controls, Auditors: []broker.Auditor{auditor}, Templates: templates, Agent: broker.AgentConfig{Limiter: l, Records: l},
+		Controls: controls, Auditors: []broker.Auditor{auditor}, Templates: templates, Agent: broker.AgentConfig{Limiter: l}, Records: l,
 		Admin: &server.AdminOptions{Identity: verifier, Jobs: l, Timeline: trail, AgentIssuers: []string{"bench"}, InlineBudget: time.Nanosecond}})
 	if err != nil {
 		return fail("server", err)

@@ -11,33 +11,20 @@ type AgentConfig struct {
 	// Limiter keeps one-time uses (DPoP proof jtis) and budget counters.
 	// Without one, DPoP and budgets refuse with 503.
 	Limiter Limiter
-	// Records keeps tool-call events. Without one, events refuse with 503.
-	Records Records
 }
 
 // agentControls is the Service's share of AgentConfig, checked once.
 type agentControls struct {
 	limiter Limiter
-	records Records
 }
 
 func (a *agentControls) init(cfg AgentConfig) {
 	a.limiter = cfg.Limiter
-	a.records = cfg.Records
 }
 
 // errNoLimiter is the cause of a 503 when a control needs a Limiter and
 // none is configured.
 var errNoLimiter = errors.New("no limiter configured for one-time uses and budgets")
-
-// RecordsStore is the store of tool-call events, or the 503 saying there
-// is none.
-func (s *Service) RecordsStore() (Records, error) {
-	if s.agent.records == nil {
-		return nil, Unavailable("the record store", errors.New("no record store configured"))
-	}
-	return s.agent.records, nil
-}
 
 // CheckBoundProof is the DPoP check of a request made with task token raw:
 // a token without cnf.jkt needs nothing; a bound one needs a valid proof by

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base32"
 	"errors"
 	"fmt"
@@ -14,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/valet-dev/valet/internal/throttle"
+	"github.com/valet-dev/valet/internal/requestid"
 	"github.com/valet-dev/valet/policy"
 )
 
@@ -31,8 +30,8 @@ func LedgerCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, defaultLedgerTimeout)
 }
 
-// Config holds the Service's dependencies. Every field but Issuers, Clients,
-// IntrospectionClients, Now and Logger is required.
+// Config holds the Service's dependencies. Every field but Issuers, Now and
+// Logger is required.
 type Config struct {
 	Identity Authenticator
 	Tokens   TaskTokens
@@ -41,15 +40,10 @@ type Config struct {
 	Ledger    Ledger
 	Auditor   Auditor
 	Templates *policy.Set
-	// Clients may call introspection and revocation with a client secret.
-	Clients []Client
-	// IntrospectionClients admit identity tokens (of tool servers, not
-	// agents) as callers of introspection and revocation. Empty means none.
-	IntrospectionClients []IntrospectionRule
-	Now                  func() time.Time
-	Logger               *slog.Logger
-	// Agent configures agent controls (delegation, DPoP, budgets, tool-call
-	// events); see agent.go.
+	Now       func() time.Time
+	Logger    *slog.Logger
+	// Agent configures agent controls (delegation, DPoP, budgets); see
+	// agent.go.
 	Agent AgentConfig
 	// ActionRevoker, when set, lets RevokeToken burn action tokens
 	// (package stepup implements it). Without it no token is taken for one.
@@ -75,37 +69,27 @@ type Config struct {
 	ReaperLag func(time.Duration)
 }
 
-// Client is a confidential client of the introspection and revocation
-// endpoints (a tool server). Only the SHA-256 of its secret is kept.
-type Client struct {
-	ID           string
-	SecretSHA256 [32]byte
-}
-
 // Service is Valet's domain API. It is safe for concurrent use.
 type Service struct {
-	identity     Authenticator
-	tokens       TaskTokens
-	issuers      map[CredentialKind]Issuer
-	extra        []Issuer
-	ledger       Ledger
-	audit        Auditor
-	templates    atomic.Pointer[policy.Set]
-	clients      []Client
-	introClients []IntrospectionRule
-	now          func() time.Time
-	log          *slog.Logger
-	agent        agentControls
-	actions      ActionRevoker
-	controls     ControlStore
-	epochs       EpochStore
-	loss         LossReporter
+	identity  Authenticator
+	tokens    TaskTokens
+	issuers   map[CredentialKind]Issuer
+	extra     []Issuer
+	ledger    Ledger
+	audit     Auditor
+	templates atomic.Pointer[policy.Set]
+	now       func() time.Time
+	log       *slog.Logger
+	agent     agentControls
+	actions   ActionRevoker
+	controls  ControlStore
+	epochs    EpochStore
+	loss      LossReporter
 
 	retryQ     RevocationQueue
 	counters   revocationCounters
 	reconGrace time.Duration
-	throttle   *throttle.Throttle // failed client-secret attempts
-	refused    refusedTasks       // refused.go
+	refused    refusedTasks // refused.go
 	reaperLag  func(time.Duration)
 }
 
@@ -131,21 +115,19 @@ func NewService(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("broker: %s cannot be nil", strings.Join(missing, ", "))
 	}
 	s := &Service{
-		identity:     cfg.Identity,
-		tokens:       cfg.Tokens,
-		issuers:      map[CredentialKind]Issuer{cfg.Tokens.Kind(): cfg.Tokens},
-		ledger:       cfg.Ledger,
-		audit:        cfg.Auditor,
-		clients:      cfg.Clients,
-		introClients: make([]IntrospectionRule, 0, len(cfg.IntrospectionClients)),
-		retryQ:       cfg.RevocationQueue,
-		now:          cfg.Now,
-		log:          cfg.Logger,
-		controls:     cfg.Controls,
-		epochs:       cfg.Epochs,
-		loss:         cfg.Loss,
-		reaperLag:    cfg.ReaperLag,
-		actions:      cfg.ActionRevoker,
+		identity:  cfg.Identity,
+		tokens:    cfg.Tokens,
+		issuers:   map[CredentialKind]Issuer{cfg.Tokens.Kind(): cfg.Tokens},
+		ledger:    cfg.Ledger,
+		audit:     cfg.Auditor,
+		retryQ:    cfg.RevocationQueue,
+		now:       cfg.Now,
+		log:       cfg.Logger,
+		controls:  cfg.Controls,
+		epochs:    cfg.Epochs,
+		loss:      cfg.Loss,
+		reaperLag: cfg.ReaperLag,
+		actions:   cfg.ActionRevoker,
 	}
 	for _, is := range cfg.Issuers {
 		if _, dup := s.issuers[is.Kind()]; dup {
@@ -153,12 +135,6 @@ func NewService(cfg Config) (*Service, error) {
 		}
 		s.issuers[is.Kind()] = is
 		s.extra = append(s.extra, is)
-	}
-	for i, r := range cfg.IntrospectionClients {
-		if err := r.validate(); err != nil {
-			return nil, fmt.Errorf("broker: introspection rule %d: %w", i, err)
-		}
-		s.introClients = append(s.introClients, r.clone())
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -171,7 +147,6 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	s.templates.Store(cfg.Templates)
 	s.agent.init(cfg.Agent)
-	s.throttle = throttle.New(throttleIDs(cfg))
 	return s, nil
 }
 
@@ -646,41 +621,6 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 	return err
 }
 
-// AuthorizeClient checks the caller of introspection and revocation: a
-// configured client secret, or an identity token that one of the
-// introspection rules admits (issuer, audience and subject rule, so an
-// agent's own identity token is never enough). It returns a name for the
-// audit trail.
-func (s *Service) AuthorizeClient(ctx context.Context, clientID, secret, bearer string) (string, error) {
-	if clientID != "" {
-		if wait := s.throttle.Wait("client:"+clientID, s.now()); wait > 0 {
-			s.log.WarnContext(ctx, "client authentication throttled", "client_id", QuoteUntrusted(clientID))
-			return "", Throttled(wait)
-		}
-		sum := sha256.Sum256([]byte(secret))
-		for _, c := range s.clients {
-			if subtle.ConstantTimeCompare([]byte(c.ID), []byte(clientID)) == 1 && subtle.ConstantTimeCompare(c.SecretSHA256[:], sum[:]) == 1 {
-				s.throttle.Succeed("client:" + clientID)
-				return "client:" + c.ID, nil
-			}
-		}
-		s.throttle.Fail("client:"+clientID, s.now())
-		s.log.WarnContext(ctx, "client authentication failed", "client_id", QuoteUntrusted(clientID))
-		return "", Unauthenticated(errors.New("bad client credentials"))
-	}
-	p, err := s.Authenticate(ctx, bearer)
-	if err != nil {
-		return "", err
-	}
-	for _, r := range s.introClients {
-		if r.admits(p) {
-			return p.Issuer + ":" + p.Subject, nil
-		}
-	}
-	return "", &Error{Code: CodeForbidden, Message: "this identity may not introspect or revoke tokens",
-		Err: fmt.Errorf("no introspection rule admits %s:%s", p.Issuer, p.Subject)}
-}
-
 // ReapOnce ends every active task whose deadline has passed, in batches,
 // and reports how many it ended. Several brokers may reap the same ledger:
 // the ledger lets exactly one of them end each task.
@@ -734,7 +674,7 @@ func (s *Service) TaskEvent(ctx context.Context, typ, actor string, t Task) Even
 	return Event{
 		Time:      s.now().UTC(),
 		Type:      typ,
-		RequestID: RequestID(ctx),
+		RequestID: requestid.From(ctx),
 		Actor:     actor,
 		Issuer:    t.Issuer,
 		TaskID:    t.ID,
@@ -756,42 +696,4 @@ func NewID(prefix string) string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
 	return prefix + "_" + idEncoding.EncodeToString(b[:])
-}
-
-type ctxKey int
-
-const requestIDKey ctxKey = iota
-
-// MaxRequestIDLen is the longest request id Valet keeps: ids reach every
-// audit event, log line and error body, so their grammar is strict.
-const MaxRequestIDLen = 64
-
-// ValidRequestID reports whether id is 1 to MaxRequestIDLen characters of
-// [A-Za-z0-9._-], the only request ids Valet accepts from a client.
-func ValidRequestID(id string) bool {
-	if id == "" || len(id) > MaxRequestIDLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// WithRequestID attaches the HTTP request id to ctx for logs and audit. An
-// id outside ValidRequestID's grammar is dropped, whoever passes it.
-func WithRequestID(ctx context.Context, id string) context.Context {
-	if !ValidRequestID(id) {
-		id = ""
-	}
-	return context.WithValue(ctx, requestIDKey, id)
-}
-
-// RequestID returns the request id attached to ctx, or "".
-func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey).(string)
-	return id
 }

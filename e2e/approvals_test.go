@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/stepup"
@@ -44,7 +44,7 @@ func TestApprovalCapsAndListing(t *testing.T) {
 	t.Cleanup(hook.Close)
 	e := newEnv(t, envOptions{templates: actionTemplates, incident: true, agent: func(c *server.StepUpOptions) {
 		actionAgentConfig(c)
-		c.Approvals = stepup.ApprovalConfig{Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}},
+		c.Approvals = stepup.ApprovalConfig{Clients: []clientauth.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}},
 			MaxPendingPerTask: 2, MaxPendingPerAgent: 3, WebhookURL: hook.URL + "/hook"}
 	}})
 	file := func(a *agentSession, want int, wantText string) string {

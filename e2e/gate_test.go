@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/internal/testkit"
@@ -52,7 +53,7 @@ func newGateScene(t *testing.T) *gateScene {
 	t.Helper()
 	other := oidctest.New(t)
 	e := newEnv(t, envOptions{templates: gateTemplates, incident: true, other: other, agent: func(c *server.StepUpOptions) {
-		c.Approvals.Clients = []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}
+		c.Approvals.Clients = []clientauth.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}
 	}})
 	g := &gateScene{e: e, other: other}
 	r := e.declare(e.identity("agent-a"), `{"template":"gate","intent":"answer user-u","tools":["tickets.read","kb.search","kb.delete","tickets.purge"],"subject_token":"`+

@@ -22,6 +22,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
@@ -146,7 +147,7 @@ type envOptions struct {
 	// other, when set, is a second trusted agent issuer named "other".
 	other *oidctest.Issuer
 	// introspection admits identity tokens as introspection clients.
-	introspection []broker.IntrospectionRule
+	introspection []clientauth.Rule
 	// oauthClients are registered for client credentials (their
 	// principals' issuer, oauth.ClientIssuer, joins the trusted names).
 	oauthClients []oauth.Client
@@ -225,8 +226,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	opts := server.Options{
 		PublicURL: e.srv.URL, Identity: verifier, Tokens: e.tokens, Ledger: e.ledger, Auditors: []broker.Auditor{auditor},
-		Templates: set, Clients: []broker.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
-		Agent: broker.AgentConfig{Limiter: e.raw, Records: e.raw}, StepUp: stepUp, Issuers: o.issuers, Queue: o.queue, IntrospectionClients: o.introspection, MaxBodyBytes: 16 << 10,
+		Templates: set, Clients: []clientauth.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
+		Agent: broker.AgentConfig{Limiter: e.raw}, Records: e.raw, StepUp: stepUp, Issuers: o.issuers, Queue: o.queue, IntrospectionClients: o.introspection, MaxBodyBytes: 16 << 10,
 		// The tests reap by hand (ReapOnce, RunReaper), or play replicas
 		// whose reaper never runs.
 		ReapInterval: -1,

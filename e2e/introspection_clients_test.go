@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/internal/oidctest"
 )
 
@@ -17,7 +17,7 @@ import (
 // server's subjects, so agent-a's identity token gets 403 and the
 // configured tool server's identity token is served.
 func TestIntrospectionClientsAdmitOnlyToolServers(t *testing.T) {
-	e := newEnv(t, envOptions{introspection: []broker.IntrospectionRule{
+	e := newEnv(t, envOptions{introspection: []clientauth.Rule{
 		{Issuer: "test", Audience: oidctest.DefaultAudience, Subjects: []string{"svc-tools"}},
 	}})
 	_, victim := e.declared("agent-b", 120)

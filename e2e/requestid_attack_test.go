@@ -15,6 +15,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/requestid"
 )
 
 // rawGet sends a GET with the given raw header lines over its own
@@ -80,7 +81,7 @@ func TestAttackRequestIDs(t *testing.T) {
 				t.Fatalf("answer %d %s", resp.StatusCode, body)
 			}
 			id := resp.Header.Get("X-Request-Id")
-			if !broker.ValidRequestID(id) {
+			if !requestid.Valid(id) {
 				t.Fatalf("answered request id %q", id)
 			}
 			if id == a.value {
@@ -108,7 +109,7 @@ func TestAttackRequestIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Body.Close()
-	if r.StatusCode != http.StatusUnauthorized || len(r.Header.Get("X-Request-Id")) > broker.MaxRequestIDLen {
+	if r.StatusCode != http.StatusUnauthorized || len(r.Header.Get("X-Request-Id")) > requestid.MaxLen {
 		t.Fatalf("answer %d, id %q", r.StatusCode, r.Header.Get("X-Request-Id"))
 	}
 

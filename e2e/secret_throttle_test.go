@@ -15,6 +15,7 @@ import (
 // failures for one client id every attempt with it answers 429 in the
 // error shape with Retry-After, the right secret included, until the
 // window passes on the broker's clock; other client ids are unaffected.
+// Each wrong secret is a 401 "invalid client credentials".
 func TestClientSecretThrottle(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	_, tt := e.declared("agent-7", 120)
@@ -26,7 +27,9 @@ func TestClientSecretThrottle(t *testing.T) {
 		return e.send(req)
 	}
 	for i := range throttle.FailuresPerWindow {
-		if r := try(clientID, "wrong-guess-"+itoa(i)); r.Status != http.StatusUnauthorized {
+		// A wrong secret says the client credentials were wrong (issue
+		// 10), not the identity check's "unable to verify bearer token".
+		if r := try(clientID, "wrong-guess-"+itoa(i)); r.Status != http.StatusUnauthorized || r.json(t)["message"] != "invalid client credentials" {
 			t.Fatalf("guess %d: %d %s", i, r.Status, r.Body)
 		}
 	}

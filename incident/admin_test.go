@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/requestid"
 	"github.com/valet-dev/valet/policy"
 )
 
@@ -55,7 +56,7 @@ func (t *trail) last() broker.Event {
 type core struct{ now func() time.Time }
 
 func (c core) TaskEvent(ctx context.Context, typ, actor string, t broker.Task) broker.Event {
-	return broker.Event{Time: c.now().UTC(), Type: typ, RequestID: broker.RequestID(ctx), Actor: actor, Issuer: t.Issuer, TaskID: t.ID, Template: t.Template}
+	return broker.Event{Time: c.now().UTC(), Type: typ, RequestID: requestid.From(ctx), Actor: actor, Issuer: t.Issuer, TaskID: t.ID, Template: t.Template}
 }
 
 func (core) End(context.Context, string, broker.State, string, string) (broker.Task, []broker.Credential, error) {

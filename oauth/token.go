@@ -13,6 +13,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/delegation"
+	"github.com/valet-dev/valet/internal/requestid"
 )
 
 // Config wires the token endpoint. Service, Identity, Once and Issuer are
@@ -199,7 +200,7 @@ func (e *Endpoint) writeError(w http.ResponseWriter, r *http.Request, oe *Error)
 	if oe.Status >= 500 {
 		level = slog.LevelError
 	}
-	attrs := []slog.Attr{slog.String("request_id", broker.RequestID(r.Context())), slog.String("path", TokenPath),
+	attrs := []slog.Attr{slog.String("request_id", requestid.From(r.Context())), slog.String("path", TokenPath),
 		slog.Int("status", oe.Status), slog.String("error", oe.Code), slog.String("error_description", oe.Description)}
 	if oe.Err != nil {
 		attrs = append(attrs, slog.String("cause", broker.Bound(oe.Err.Error(), broker.MaxAuditString)))
@@ -212,7 +213,7 @@ func (e *Endpoint) writeError(w http.ResponseWriter, r *http.Request, oe *Error)
 	case http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", "5")
 	}
-	writeJSON(w, oe.Status, errorBody{Error: oe.Code, Description: broker.Bound(oe.Description, broker.MaxAuditString), RequestID: broker.RequestID(r.Context())})
+	writeJSON(w, oe.Status, errorBody{Error: oe.Code, Description: broker.Bound(oe.Description, broker.MaxAuditString), RequestID: requestid.From(r.Context())})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
+	"github.com/valet-dev/valet/internal/requestid"
 	"github.com/valet-dev/valet/policy"
 )
 
@@ -38,7 +40,7 @@ const holdKind = "approval-pending"
 type ApprovalConfig struct {
 	// Clients may list, approve and deny (HTTP Basic). Only the SHA-256 of
 	// each secret is kept.
-	Clients []broker.Client
+	Clients []clientauth.Client
 	// Authorize, when set, replaces Clients: it checks an approver's
 	// credentials and returns a name for the audit trail, or an error.
 	Authorize func(ctx context.Context, id, secret string) (string, error)
@@ -259,7 +261,7 @@ func (s *Service) notifyApproval(ctx context.Context, a Approval) {
 		"args_hash": a.ArgsHash, "arg_names": d["arg_names"], "intent": a.Intent, "agent": a.Agent,
 		"issuer": a.Issuer, "template": a.Template, "act": a.Act, "expires_at": a.ExpiresAt,
 	})
-	log, rid := s.log, broker.RequestID(ctx)
+	log, rid := s.log, requestid.From(ctx)
 	go func() {
 		wctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/requestid"
 )
 
 // RevokerConfig holds a Revoker's dependencies. Auditor is required;
@@ -69,7 +70,7 @@ func (r *Revoker) RevokeAction(ctx context.Context, raw, actor string) (bool, er
 	if err != nil {
 		return true, broker.Unavailable("the replay store", err)
 	}
-	ev := broker.Event{Time: r.now().UTC(), Type: "action.revoked", RequestID: broker.RequestID(ctx), Actor: actor, TaskID: ac.TaskID}
+	ev := broker.Event{Time: r.now().UTC(), Type: "action.revoked", RequestID: requestid.From(ctx), Actor: actor, TaskID: ac.TaskID}
 	ev.Outcome, ev.Creds = "revoked", []string{ac.ID}
 	ev.Detail = map[string]any{"tool": ac.Tool, "args_hash": ac.ArgsHash, "already_used": !first}
 	if err := r.audit.Record(ctx, ev); err != nil {

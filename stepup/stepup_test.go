@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/internal/throttle"
 )
 
@@ -49,7 +50,7 @@ func TestNewRejectsMissingDependencies(t *testing.T) {
 func TestApproverThrottle(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	s, err := New(Config{Core: unusedCore{}, Tokens: unusedTokens{}, Auditor: unusedAuditor{}, Now: func() time.Time { return now },
-		Approvals: ApprovalConfig{Clients: []broker.Client{{ID: "alice", SecretSHA256: sha256.Sum256([]byte("alice-secret"))}}}})
+		Approvals: ApprovalConfig{Clients: []clientauth.Client{{ID: "alice", SecretSHA256: sha256.Sum256([]byte("alice-secret"))}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -233,7 +233,7 @@ func (s *Service) reportCaller(ctx context.Context, raw string, a ReportAuth) (b
 	}
 	reporter := c.Actor()
 	if a.ClientID != "" {
-		if reporter, err = s.core.AuthorizeClient(ctx, a.ClientID, a.ClientSecret, ""); err != nil {
+		if reporter, err = s.auth.Authorize(ctx, a.ClientID, a.ClientSecret, ""); err != nil {
 			return fail(err)
 		}
 	}

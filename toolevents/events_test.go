@@ -50,7 +50,7 @@ func TestEventReportRefusesInvalidToolNames(t *testing.T) {
 
 // TestNewNamesMissingDependencies: every missing dependency is named.
 func TestNewNamesMissingDependencies(t *testing.T) {
-	if _, err := New(Config{}); err == nil || err.Error() != "toolevents: core, tokens, ledger, auditor cannot be nil" {
+	if _, err := New(Config{}); err == nil || err.Error() != "toolevents: core, clients, tokens, ledger, auditor cannot be nil" {
 		t.Fatalf("empty config: %v", err)
 	}
 }

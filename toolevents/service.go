@@ -33,25 +33,30 @@ type LateVerifier interface {
 }
 
 // Core is what tool-call events need of the domain core (broker.Service):
-// the gate, client and DPoP checks, and audit events. Implementations must
-// be safe for concurrent use.
+// the gate, the DPoP check and audit events. Implementations must be safe
+// for concurrent use.
 type Core interface {
 	// GateTaskToken is the gate for a verified task token that reports or
 	// reads: its task read from the ledger must still stand (the fixed 401
 	// otherwise).
 	GateTaskToken(ctx context.Context, c broker.TaskClaims) (broker.Task, error)
-	// AuthorizeClient authenticates a tool server's client credentials
-	// and names it ("client:<id>").
-	AuthorizeClient(ctx context.Context, clientID, secret, bearer string) (string, error)
 	// CheckProof checks a DPoP proof by the key jkt for this request.
 	CheckProof(ctx context.Context, proof, method, url, raw, jkt string) error
 	// TaskEvent starts the audit event of type typ by actor about task t.
 	TaskEvent(ctx context.Context, typ, actor string, t broker.Task) broker.Event
 }
 
+// Clients authenticates a tool server's client credentials and names it
+// ("client:<id>"); clientauth.Authorizer does. Implementations must be
+// safe for concurrent use.
+type Clients interface {
+	Authorize(ctx context.Context, clientID, secret, bearer string) (string, error)
+}
+
 // Config wires tool-call events and rollback.
 type Config struct {
 	Core    Core
+	Clients Clients
 	Tokens  TaskTokens
 	Ledger  broker.Ledger
 	Auditor broker.Auditor
@@ -79,6 +84,7 @@ type Config struct {
 // safe for concurrent use.
 type Service struct {
 	core      Core
+	auth      Clients
 	tokens    TaskTokens
 	ledger    broker.Ledger
 	audit     broker.Auditor
@@ -97,7 +103,7 @@ func New(cfg Config) (*Service, error) {
 	for _, m := range []struct {
 		name string
 		nil  bool
-	}{{"core", cfg.Core == nil}, {"tokens", cfg.Tokens == nil}, {"ledger", cfg.Ledger == nil}, {"auditor", cfg.Auditor == nil}} {
+	}{{"core", cfg.Core == nil}, {"clients", cfg.Clients == nil}, {"tokens", cfg.Tokens == nil}, {"ledger", cfg.Ledger == nil}, {"auditor", cfg.Auditor == nil}} {
 		if m.nil {
 			missing = append(missing, m.name)
 		}
@@ -105,7 +111,7 @@ func New(cfg Config) (*Service, error) {
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("toolevents: %s cannot be nil", strings.Join(missing, ", "))
 	}
-	s := &Service{core: cfg.Core, tokens: cfg.Tokens, ledger: cfg.Ledger, audit: cfg.Auditor, records: cfg.Records,
+	s := &Service{core: cfg.Core, auth: cfg.Clients, tokens: cfg.Tokens, ledger: cfg.Ledger, audit: cfg.Auditor, records: cfg.Records,
 		late: cfg.Late, clients: cfg.ClientIDs, retention: cfg.Retention, rollback: cfg.Rollback, log: cfg.Logger, now: cfg.Now}
 	s.rollback.init()
 	if s.retention <= 0 {

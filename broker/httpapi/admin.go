@@ -70,7 +70,7 @@ func (a *api) feedCaller(r *http.Request) (string, error) {
 			return "", &broker.Error{Code: broker.CodeUnauthenticated, Message: "client authentication required (HTTP Basic or Bearer)"}
 		}
 	}
-	return a.svc.AuthorizeClient(r.Context(), id, secret, bt)
+	return a.opts.Clients.Authorize(r.Context(), id, secret, bt)
 }
 
 type feedRevoked struct {

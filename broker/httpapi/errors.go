@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/requestid"
 )
 
 const codeMethodNotAllowed broker.Code = "method_not_allowed"
@@ -64,7 +65,7 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status >= 500 {
 		level = slog.LevelError
 	}
-	attrs := []slog.Attr{slog.String("request_id", broker.RequestID(r.Context())), slog.String("method", broker.Bound(r.Method, broker.MaxLoggedPath)),
+	attrs := []slog.Attr{slog.String("request_id", requestid.From(r.Context())), slog.String("method", broker.Bound(r.Method, broker.MaxLoggedPath)),
 		slog.String("path", boundedPath(r)), slog.Int("status", status), slog.String("code", string(e.Code)),
 		slog.String("message", msg)}
 	if rule != "" {
@@ -85,5 +86,5 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}
-	writeJSON(w, status, errorBody{Error: e.Code, Message: msg, Rule: rule, Field: field, RequestID: broker.RequestID(r.Context())})
+	writeJSON(w, status, errorBody{Error: e.Code, Message: msg, Rule: rule, Field: field, RequestID: requestid.From(r.Context())})
 }

@@ -18,19 +18,24 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/incident"
+	"github.com/valet-dev/valet/internal/requestid"
 	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/toolevents"
 )
 
-// Options wires the HTTP layer. Service, StepUp, Events and Delegation
-// are required.
+// Options wires the HTTP layer. Service, Clients, StepUp, Events and
+// Delegation are required.
 type Options struct {
 	Service *broker.Service
+	// Clients authenticates the tool servers calling introspection,
+	// revocation, action consumption and the revocation feed.
+	Clients *clientauth.Authorizer
 	// StepUp serves sensitive actions: action tokens and approvals.
 	StepUp *stepup.Service
 	// Delegation answers token exchanges (POST /v1/token).
@@ -83,6 +88,9 @@ type api struct {
 func Handler(opts Options) (_ http.Handler, err error) {
 	if opts.Service == nil {
 		return nil, errors.New("httpapi: service cannot be nil")
+	}
+	if opts.Clients == nil {
+		return nil, errors.New("httpapi: client authorizer cannot be nil")
 	}
 	if opts.StepUp == nil {
 		return nil, errors.New("httpapi: step-up service cannot be nil")
@@ -156,7 +164,7 @@ func (a *api) accessLog(next http.Handler) http.Handler {
 		start := time.Now()
 		next.ServeHTTP(ww, r)
 		a.log.LogAttrs(r.Context(), slog.LevelDebug, "http request",
-			slog.String("request_id", broker.RequestID(r.Context())),
+			slog.String("request_id", requestid.From(r.Context())),
 			slog.String("method", broker.Bound(r.Method, broker.MaxLoggedPath)), slog.String("path", boundedPath(r)),
 			slog.Int("status", ww.Status()), slog.Duration("took", time.Since(start)))
 	})
@@ -346,7 +354,7 @@ func (a *api) tokenForm(r *http.Request) (token, caller string, err error) {
 			return "", "", &broker.Error{Code: broker.CodeUnauthenticated, Message: "client authentication required (HTTP Basic or Bearer)"}
 		}
 	}
-	if caller, err = a.svc.AuthorizeClient(r.Context(), id, secret, bt); err != nil {
+	if caller, err = a.opts.Clients.Authorize(r.Context(), id, secret, bt); err != nil {
 		return "", "", err
 	}
 	if err := requireContentType(r, "application/x-www-form-urlencoded"); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/requestid"
 )
 
 // requestIDHeader carries the request id both ways.
@@ -23,17 +24,17 @@ const requestIDHeader = "X-Request-Id"
 // requestContext gives every request an id of Valet's own and carries it
 // into the domain's context, so logs, audit events and error bodies name
 // it. A client's X-Request-Id is kept only when it fits
-// broker.ValidRequestID (at most 64 characters of [A-Za-z0-9._-]); any other
+// requestid.Valid (at most 64 characters of [A-Za-z0-9._-]); any other
 // value, of any length or content, is replaced. The id is echoed in the
 // X-Request-Id response header.
 func (a *api) requestContext(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get(requestIDHeader)
-		if !broker.ValidRequestID(id) {
+		if !requestid.Valid(id) {
 			id = newRequestID()
 		}
 		w.Header().Set(requestIDHeader, id)
-		next.ServeHTTP(w, r.WithContext(broker.WithRequestID(r.Context(), id)))
+		next.ServeHTTP(w, r.WithContext(requestid.With(r.Context(), id)))
 	})
 }
 
@@ -68,7 +69,7 @@ func (a *api) recoverer(next http.Handler) http.Handler {
 				msg = msg[:maxPanicMessage] + "…"
 			}
 			a.log.LogAttrs(r.Context(), slog.LevelError, "handler panicked",
-				slog.String("request_id", broker.RequestID(r.Context())), slog.String("method", r.Method),
+				slog.String("request_id", requestid.From(r.Context())), slog.String("method", r.Method),
 				slog.String("path", boundedPath(r)), slog.String("panic_type", fmt.Sprintf("%T", v)),
 				slog.String("panic", msg), slog.String("stack", panicFrames()))
 			if ww.Status() != 0 {

@@ -8,7 +8,7 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/stepup"
 )
@@ -57,7 +57,7 @@ func (c *Config) agentConfig(getenv func(string) string) (server.StepUpOptions, 
 			bad("approvals.webhook_url", "must be an absolute http(s) URL")
 		}
 	}
-	var clients []broker.Client
+	var clients []clientauth.Client
 	for i, cl := range a.Clients {
 		field := fmt.Sprintf("approvals.clients[%d]", i)
 		var sum [32]byte
@@ -84,7 +84,7 @@ func (c *Config) agentConfig(getenv func(string) string) (server.StepUpOptions, 
 			bad(field, "%s", publishedSecretMsg)
 			continue
 		}
-		clients = append(clients, broker.Client{ID: cl.ID, SecretSHA256: sum})
+		clients = append(clients, clientauth.Client{ID: cl.ID, SecretSHA256: sum})
 	}
 	if err := errors.Join(errs...); err != nil {
 		return server.StepUpOptions{}, err

@@ -14,7 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/internal/printable"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/stepup"
@@ -27,7 +27,7 @@ const devApproverSecret = "dev-approver-not-for-production"
 // client, and resource labels from a YAML file when given.
 func devAgentConfig(resourcesFile string) (server.StepUpOptions, error) {
 	cfg := server.StepUpOptions{Approvals: stepup.ApprovalConfig{
-		Clients: []broker.Client{{ID: "approver", SecretSHA256: sha256Of(devApproverSecret)}},
+		Clients: []clientauth.Client{{ID: "approver", SecretSHA256: sha256Of(devApproverSecret)}},
 	}}
 	if resourcesFile == "" {
 		return cfg, nil

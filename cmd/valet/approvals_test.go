@@ -13,6 +13,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/examples/toolserver"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
@@ -87,13 +88,13 @@ func newApprovalBroker(t *testing.T) *approvalBroker {
 	}
 	srv, err := server.New(context.Background(), server.Options{PublicURL: b.url, Identity: verifier, Tokens: tokens, Ledger: ledger, Loss: ledger,
 		Auditors: []broker.Auditor{audit.NewLog(b.audit)}, Templates: set, Now: b.clock.Now,
-		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of("tool-server-secret-123")}},
-		Agent:   broker.AgentConfig{Limiter: ledger, Records: ledger},
+		Clients: []clientauth.Client{{ID: "tool-server", SecretSHA256: sha256Of("tool-server-secret-123")}},
+		Agent:   broker.AgentConfig{Limiter: ledger}, Records: ledger,
 		StepUp: server.StepUpOptions{
 			Actions:   tokens,
 			Resources: map[string]map[string]string{"db:tickets": {"env": "prod"}},
 			Approvals: stepup.ApprovalConfig{Timeout: 2 * time.Minute, WebhookURL: hook.URL,
-				Clients: []broker.Client{{ID: "alice", SecretSHA256: sha256Of("alice-approver-secret")}}},
+				Clients: []clientauth.Client{{ID: "alice", SecretSHA256: sha256Of("alice-approver-secret")}}},
 		},
 		ReapInterval: -1, // the test moves its clock; nothing reaped it before
 	})

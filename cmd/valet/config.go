@@ -16,7 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/valet-dev/valet/audit"
-	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/internal/server"
 )
 
@@ -99,7 +99,7 @@ type ClientsConfig struct {
 
 // IntrospectionRuleEntry admits identity tokens of one trusted issuer, for
 // one audience, with the given subjects or claim values, as callers of
-// introspection and revocation (broker.IntrospectionRule).
+// introspection and revocation (clientauth.Rule).
 type IntrospectionRuleEntry struct {
 	Issuer   string            `yaml:"issuer"`
 	Audience string            `yaml:"audience"`
@@ -496,10 +496,10 @@ func (c *Config) validateIntrospectionClients() []error {
 }
 
 // introspectionRules is the broker's form of introspection.issuers.
-func (c *Config) introspectionRules() []broker.IntrospectionRule {
-	out := make([]broker.IntrospectionRule, len(c.Clients.Issuers))
+func (c *Config) introspectionRules() []clientauth.Rule {
+	out := make([]clientauth.Rule, len(c.Clients.Issuers))
 	for i, r := range c.Clients.Issuers {
-		out[i] = broker.IntrospectionRule{Issuer: r.Issuer, Audience: r.Audience, Subjects: r.Subjects, Claims: r.Claims}
+		out[i] = clientauth.Rule{Issuer: r.Issuer, Audience: r.Audience, Subjects: r.Subjects, Claims: r.Claims}
 	}
 	return out
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/examples"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/identity"
@@ -102,8 +103,8 @@ func cmdDev(ctx context.Context, e env, args []string) error {
 	memLedger := revocation.NewMemoryLedger(time.Now, time.Hour)
 	opts := server.Options{
 		PublicURL: publicURL, Identity: verifier, Tokens: tokens, Ledger: memLedger, Templates: templates,
-		Clients: []broker.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}},
-		Agent:   broker.AgentConfig{Limiter: memLedger, Records: memLedger}, StepUp: stepUp,
+		Clients: []clientauth.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}},
+		Agent:   broker.AgentConfig{Limiter: memLedger}, Records: memLedger, StepUp: stepUp,
 		Feed: memLedger.Feed(), DevIdP: idp.Handler(), ReapInterval: time.Second, Logger: log,
 		OAuth: &server.OAuthOptions{},
 	}
@@ -218,7 +219,7 @@ func devRedis(ctx context.Context, opts *server.Options, url string, rollbackHos
 		return fail(err)
 	}
 	opts.Ledger = redisLedger
-	opts.Agent.Limiter, opts.Agent.Records = redisLedger, redisLedger
+	opts.Agent.Limiter, opts.Records = redisLedger, redisLedger
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	_ = redisLedger.Ping(pctx) // read or start the ledger generation, as serve does
 	cancel()

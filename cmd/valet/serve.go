@@ -15,7 +15,9 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/internal/requestid"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
 	"github.com/valet-dev/valet/policy"
@@ -93,16 +95,16 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	clients := make([]broker.Client, len(secrets))
+	clients := make([]clientauth.Client, len(secrets))
 	for i, s := range secrets {
-		clients[i] = broker.Client{ID: s.id, SecretSHA256: s.sum}
+		clients[i] = clientauth.Client{ID: s.id, SecretSHA256: s.sum}
 	}
 	stepUp, err := cfg.agentConfig(e.getenv)
 	if err != nil {
 		return err
 	}
 	stepUp.Actions = tokens
-	agentCfg := broker.AgentConfig{Limiter: ledger, Records: ledger}
+	agentCfg := broker.AgentConfig{Limiter: ledger}
 	controls, err := revocation.NewControls(redisClient, cfg.Redis.Prefix, 5*time.Second)
 	if err != nil {
 		return err
@@ -134,7 +136,7 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 		PublicURL: cfg.PublicURL, Identity: verifier, Tokens: tokens, Ledger: ledger, Epochs: ledger, Loss: ledger, Controls: controls,
 		Queue: retryQ, Auditors: []broker.Auditor{auditor, audit.NewLog(trail)}, Templates: templates,
 		Reload:  &server.TemplateReload{Paths: cfg.Templates.Paths, Watch: *cfg.Templates.Watch, Issuers: names},
-		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Agent: agentCfg, StepUp: stepUp, Admin: admin,
+		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Agent: agentCfg, Records: ledger, StepUp: stepUp, Admin: admin,
 		Feed: revocation.NewFeed(feedClient, cfg.Redis.Prefix), FeedLimits: feedLimits, Metrics: metricsOpts,
 		EventRetention: time.Duration(cfg.Redis.Retention), Ready: []func(context.Context) error{verifier.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), ReapInterval: time.Duration(cfg.Reaper.Interval), Logger: log,
@@ -290,7 +292,7 @@ func boundAttr(_ []string, a slog.Attr) slog.Attr {
 type requestIDHandler struct{ slog.Handler }
 
 func (h requestIDHandler) Handle(ctx context.Context, r slog.Record) error {
-	if id := broker.RequestID(ctx); id != "" {
+	if id := requestid.From(ctx); id != "" {
 		has := false
 		r.Attrs(func(a slog.Attr) bool {
 			has = a.Key == "request_id"

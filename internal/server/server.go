@@ -17,6 +17,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/broker/httpapi"
+	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/incident"
@@ -99,12 +100,15 @@ type Options struct {
 	// from (on SIGHUP and, if Watch, when a file changes).
 	Reload *TemplateReload
 	// Clients may call introspection and revocation with a client secret.
-	Clients []broker.Client
+	Clients []clientauth.Client
 	// IntrospectionClients admit identity tokens as introspection callers.
-	IntrospectionClients []broker.IntrospectionRule
-	// Agent configures the agent controls (DPoP, budgets, tool-call
-	// events). Its Limiter and Records are also the step-up service's.
+	IntrospectionClients []clientauth.Rule
+	// Agent configures the agent controls (DPoP, budgets). Its Limiter is
+	// also the step-up service's and the OAuth grants' replay store.
 	Agent broker.AgentConfig
+	// Records keeps action tokens, approvals and tool-call events; nil
+	// makes those answer 503.
+	Records broker.Records
 	// StepUp configures sensitive actions (action tokens, approvals).
 	StepUp StepUpOptions
 	// EventRetention is how long tool-call events stay after their task's
@@ -252,7 +256,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 	cfg := broker.Config{
 		Identity: o.Identity, Tokens: o.Tokens, Issuers: o.Issuers, Ledger: o.Ledger, Auditor: auditor, Templates: o.Templates,
-		Clients: o.Clients, IntrospectionClients: o.IntrospectionClients, Now: o.Now, Logger: o.Logger, Agent: o.Agent,
+		Now: o.Now, Logger: o.Logger, Agent: o.Agent,
 		Epochs: o.Epochs, Loss: o.Loss, RevocationQueue: o.Queue, ReconcileGrace: o.ReconcileGrace, ReaperLag: reaperLag,
 	}
 	if o.Controls != nil {
@@ -268,8 +272,13 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	if s.svc, err = broker.NewService(cfg); err != nil {
 		return nil, err
 	}
+	clients, err := clientauth.New(clientauth.Config{Clients: o.Clients, Rules: o.IntrospectionClients, Identity: s.svc,
+		Now: o.Now, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
 	s.steps, err = stepup.New(stepup.Config{
-		Core: s.svc, Tokens: o.Tokens, Actions: o.StepUp.Actions, Records: o.Agent.Records, Limiter: o.Agent.Limiter,
+		Core: s.svc, Tokens: o.Tokens, Actions: o.StepUp.Actions, Records: o.Records, Limiter: o.Agent.Limiter,
 		Auditor: auditor, ActionTTL: o.StepUp.ActionTTL, Resources: o.StepUp.Resources, Approvals: o.StepUp.Approvals,
 		Now: o.Now, Logger: o.Logger,
 	})
@@ -277,12 +286,10 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, err
 	}
 	ecfg := toolevents.Config{
-		Core: eventsCore{s.svc}, Tokens: o.Tokens, Ledger: o.Ledger, Auditor: auditor, Late: o.Tokens,
-		ClientIDs: clientIDs(o.Clients), Retention: o.EventRetention, Logger: o.Logger, Now: o.Now,
+		Core: eventsCore{s.svc}, Clients: clients, Tokens: o.Tokens, Ledger: o.Ledger, Auditor: auditor, Late: o.Tokens,
+		ClientIDs: clients.ClientIDs(), Retention: o.EventRetention, Logger: o.Logger, Now: o.Now,
+		Records: o.Records, // without one, events answer 503 as step-up's records do
 	}
-	// Without a record store, events answer 503 as the Service's other
-	// records do.
-	ecfg.Records = o.Agent.Records
 	deleg, err := delegation.New(delegation.Config{Core: s.svc, Tokens: o.Tokens, Auditor: auditor, Now: o.Now, Logger: o.Logger})
 	if err != nil {
 		return nil, err
@@ -310,7 +317,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		}
 	}
 	hopts := httpapi.Options{
-		Service: s.svc, StepUp: s.steps, Delegation: deleg, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
+		Service: s.svc, Clients: clients, StepUp: s.steps, Delegation: deleg, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
 		Ready: o.Ready, DevIdP: o.DevIdP, MaxBodyBytes: o.MaxBodyBytes, RequestTimeout: o.RequestTimeout, Logger: o.Logger,
 		Events: s.events, Admin: s.admin, Feed: o.Feed, FeedHub: s.hub,
 	}
@@ -337,15 +344,6 @@ type eventsCore struct{ *broker.Service }
 
 func (c eventsCore) GateTaskToken(ctx context.Context, tc broker.TaskClaims) (broker.Task, error) {
 	return c.Service.GateTaskToken(ctx, tc, nil)
-}
-
-// clientIDs are the ids of the configured tool-server clients.
-func clientIDs(cs []broker.Client) []string {
-	ids := make([]string, len(cs))
-	for i, c := range cs {
-		ids[i] = c.ID
-	}
-	return ids
 }
 
 // newMetrics builds the metrics; their gauges read the server's parts at
