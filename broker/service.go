@@ -139,6 +139,14 @@ func NewService(cfg Config) (*Service, error) {
 		}
 		s.issuers[is.Kind()] = is
 		s.extra = append(s.extra, is)
+		if ok, isOK := is.(OtherKinds); isOK {
+			for _, k := range ok.AlsoRevokes() {
+				if _, dup := s.issuers[k]; dup {
+					return nil, fmt.Errorf("broker: two issuers of kind %q", k)
+				}
+				s.issuers[k] = is
+			}
+		}
 	}
 	for i, r := range cfg.IntrospectionClients {
 		if err := r.validate(); err != nil {
@@ -403,6 +411,7 @@ func (s *Service) revokeAtSource(ctx context.Context, creds []Credential, why st
 			failed++
 			s.counters.failed.Add(1)
 			s.log.ErrorContext(ctx, "revoking credential at its source failed", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID, "why", why, "err", err)
+			s.auditRevocationFailed(ctx, c, 1, why, err)
 			s.queueRevocation(ctx, c, 1, err)
 			continue
 		}
@@ -459,7 +468,7 @@ func (s *Service) Complete(ctx context.Context, r TaskRequest) (Task, error) {
 	ended, _, err := s.end(ctx, t.ID, StateCompleted, "completed by the agent", t.Agent)
 	if errors.Is(err, ErrNotActive) {
 		if ended.State == StateCompleted {
-			return ended, nil
+			return ended, s.stillPending(ctx, ended)
 		}
 		return ended, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already ended: %s", t.ID, ended.State), Err: err}
 	}
@@ -467,6 +476,29 @@ func (s *Service) Complete(ctx context.Context, r TaskRequest) (Task, error) {
 		return Task{}, err
 	}
 	return ended, nil
+}
+
+// stillPending answers a repeated completion truthfully: it revokes the
+// ended task's credentials at their source again (revoking the dead is
+// harmless) and says so if some are still live there.
+func (s *Service) stillPending(ctx context.Context, t Task) error {
+	lctx, cancel := LedgerCtx(ctx)
+	_, creds, err := s.ledger.Task(lctx, t.ID)
+	cancel()
+	if err != nil {
+		return Unavailable("the credential ledger", fmt.Errorf("reading task %s: %w", t.ID, err))
+	}
+	if failed := s.revokeAtSource(ctx, creds, "completed again by the agent"); failed > 0 {
+		return pendingError(t.ID, failed)
+	}
+	return nil
+}
+
+// pendingError is the 503 of a task that ended but has credentials still
+// live at their source.
+func pendingError(id string, failed int) error {
+	return &Error{Code: CodeUnavailable, Err: ErrRevocationPending,
+		Message: fmt.Sprintf("task %s ended and its tokens are denied, but %d credential(s) could not be revoked at their source yet; they are retried until they expire", id, failed)}
 }
 
 // authorizeTaskCaller accepts a live task token of task id (with its DPoP
@@ -550,8 +582,7 @@ func (s *Service) end(ctx context.Context, id string, state State, reason, actor
 		return t, creds, err
 	}
 	if failed > 0 {
-		return t, creds, &Error{Code: CodeUnavailable, Err: ErrRevocationPending,
-			Message: fmt.Sprintf("task %s ended and its tokens are denied, but %d credential(s) could not be revoked at their source yet; they are retried until they expire", id, failed)}
+		return t, creds, pendingError(id, failed)
 	}
 	return t, creds, nil
 }

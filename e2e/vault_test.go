@@ -196,7 +196,7 @@ func TestVaultComplete(t *testing.T) {
 		t.Fatalf("complete: %d %s", r.Status, r.Body)
 	}
 	w.mustBeGone(d)
-	if s := e.svc.Stats(); s.Revoked != 1 || s.Failed != 0 {
+	if s := e.svc.Stats(); s.Revoked != 2 || s.Failed != 0 { // the lease, then the token
 		t.Fatalf("stats = %+v", s)
 	}
 	for _, secret := range []string{d.vaultTok, d.password} {
@@ -279,7 +279,7 @@ func TestVaultOutage(t *testing.T) {
 	if in := e.introspect(d.taskToken); in["active"] != false {
 		t.Fatal("the task token is still active")
 	}
-	if s := e.svc.Stats(); s.Failed != 1 || s.Queued != 1 {
+	if s := e.svc.Stats(); s.Failed != 2 || s.Queued != 2 { // the lease and the token
 		t.Fatalf("stats = %+v", s)
 	}
 	if n, err := e.svc.RetryOnce(context.Background()); err != nil || n != 0 {
@@ -298,11 +298,11 @@ func TestVaultOutage(t *testing.T) {
 	w.clock.Advance(2 * time.Minute) // past any backoff
 	e2 := w.broker()
 	n, err := e2.svc.RetryOnce(context.Background())
-	if err != nil || n != 1 {
+	if err != nil || n != 2 { // the lease and the token
 		t.Fatalf("RetryOnce after restart = %d, %v", n, err)
 	}
 	w.mustBeGone(d)
-	if s := e2.svc.Stats(); s.Retried != 1 {
+	if s := e2.svc.Stats(); s.Retried != 2 {
 		t.Fatalf("stats = %+v", s)
 	}
 }

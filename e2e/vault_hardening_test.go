@@ -1,0 +1,278 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/valet-dev/valet/internal/vaulttest"
+)
+
+// dbSession is a PostgreSQL session the agent opened with its task's
+// login and keeps open: it made a large object and a TEMP table (so a plain
+// DROP ROLE fails) and holds an open cursor.
+type dbSession struct {
+	conn *pgx.Conn
+	tx   pgx.Tx
+}
+
+func (w *vaultWorld) hostileSession(d dbTask) *dbSession {
+	w.t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, w.pg.URL(d.username, d.password))
+	if err != nil {
+		w.t.Fatalf("agent login: %v", err)
+	}
+	w.t.Cleanup(func() { conn.Close(context.Background()) })
+	for _, q := range []string{"SELECT lo_create(0)", "CREATE TEMP TABLE scratch (x int)"} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			w.t.Fatalf("agent %s: %v", q, err)
+		}
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "DECLARE cur CURSOR FOR SELECT * FROM orders"); err != nil {
+		w.t.Fatalf("agent cursor: %v", err)
+	}
+	s := &dbSession{conn: conn, tx: tx}
+	if err := s.fetch(); err != nil {
+		w.t.Fatalf("agent fetch: %v", err)
+	}
+	return s
+}
+
+// fetch reads one more row through the open cursor.
+func (s *dbSession) fetch() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rows, err := s.tx.Query(ctx, "FETCH 1 FROM cur")
+	if err != nil {
+		return err
+	}
+	rows.Close()
+	return rows.Err()
+}
+
+// withOrders gives the world a table every login can read, as the attacked
+// deployment had.
+func (w *vaultWorld) withOrders() {
+	w.t.Helper()
+	if err := w.pg.Exec(context.Background(),
+		"CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 1000) g; GRANT SELECT ON orders TO PUBLIC"); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// mustBeDeadNow checks, without waiting, that the task's login is dead at
+// the database: the role is gone, a new login is refused, the open session
+// is dead, no orphaned session or large object is left, and Vault no longer
+// holds the token or the lease.
+func (w *vaultWorld) mustBeDeadNow(d dbTask, s *dbSession) {
+	w.t.Helper()
+	ctx := context.Background()
+	if ok, err := w.pg.RoleExists(ctx, d.username); ok || err != nil {
+		w.t.Errorf("role %s still exists after a 2xx (%v)", d.username, err)
+	}
+	if err := w.pg.Login(ctx, d.username, d.password); err == nil {
+		w.t.Error("a new login with the task's credentials works after a 2xx")
+	}
+	if s != nil {
+		if err := s.fetch(); err == nil {
+			w.t.Error("the agent's open session still reads rows after a 2xx")
+		}
+	}
+	var orphans, objects int
+	conn, err := pgx.Connect(ctx, w.pg.URL("postgres", w.pg.Password()))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+		WHERE backend_type = 'client backend' AND usesysid IS NOT NULL AND usesysid NOT IN (SELECT oid FROM pg_roles)`).Scan(&orphans); err != nil {
+		w.t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_largeobject_metadata").Scan(&objects); err != nil {
+		w.t.Fatal(err)
+	}
+	if orphans != 0 || objects != 0 {
+		w.t.Errorf("%d orphaned session(s), %d large object(s) left", orphans, objects)
+	}
+	if _, err := w.vault.LookupAccessor(d.accessor); !vaulttest.IsGone(err) {
+		w.t.Errorf("task token still in Vault: %v", err)
+	}
+	if ok, err := w.vault.LeaseExists(d.leaseID); ok || err != nil {
+		w.t.Errorf("lease still in Vault: %v %v", ok, err)
+	}
+}
+
+// endPaths are the three ways a task ends: the agent completes it, RFC 7009
+// revokes its token, its deadline passes. Each returns the HTTP status (200
+// for the reaper when it ended the task).
+var endPaths = []struct {
+	name string
+	end  func(w *vaultWorld, e *env, d dbTask) int
+}{
+	{"complete", func(w *vaultWorld, e *env, d dbTask) int {
+		r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", d.taskToken, "", nil, false)
+		if r.Status != http.StatusOK {
+			w.t.Logf("complete: %s\nrevocation.failed: %v", r.Body, e.auditEvents("revocation.failed"))
+		}
+		return r.Status
+	}},
+	{"rfc7009", func(w *vaultWorld, e *env, d dbTask) int {
+		r := e.do(http.MethodPost, "/v1/revoke", "", "application/x-www-form-urlencoded", strings.NewReader("token="+d.taskToken), true)
+		if r.Status != http.StatusOK {
+			w.t.Logf("revoke: %s", r.Body)
+		}
+		return r.Status
+	}},
+	{"deadline", func(w *vaultWorld, e *env, d dbTask) int {
+		w.clock.Advance(time.Until(d.deadline) + time.Second)
+		if n, err := e.svc.ReapOnce(context.Background()); err != nil || n != 1 {
+			w.t.Fatalf("ReapOnce = %d, %v", n, err)
+		}
+		return http.StatusOK
+	}},
+}
+
+// TestVaultHostileAgentLosesLogin (issue 17, findings 1 and 2): an agent
+// that tries to renew its lease, makes a large object and a TEMP table and
+// keeps a cursor open loses all of it when its task ends, by every path,
+// before the 2xx: the role is dropped, the session killed.
+func TestVaultHostileAgentLosesLogin(t *testing.T) {
+	for _, path := range endPaths {
+		t.Run(path.name, func(t *testing.T) {
+			w := newVaultWorld(t)
+			w.withOrders()
+			e := w.broker()
+			d := w.declareDB(e, 60)
+			validUntil := func() time.Time {
+				var at time.Time
+				conn, err := pgx.Connect(context.Background(), w.pg.URL("postgres", w.pg.Password()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close(context.Background())
+				if err := conn.QueryRow(context.Background(), "SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1", d.username).Scan(&at); err != nil {
+					t.Fatal(err)
+				}
+				return at
+			}
+			before := validUntil()
+			agent := w.vault.Client(d.vaultTok)
+			if _, err := agent.Logical().Write("sys/leases/renew", map[string]any{"lease_id": d.leaseID, "increment": 86400}); err == nil {
+				t.Error("the task token renewed its own lease")
+			}
+			if after := validUntil(); !after.Equal(before) {
+				t.Errorf("VALID UNTIL moved from %v to %v", before, after)
+			}
+			s := w.hostileSession(d)
+			if st := path.end(w, e, d); st != http.StatusOK {
+				t.Fatalf("ending the task: %d", st)
+			}
+			w.mustBeDeadNow(d, s)
+		})
+	}
+}
+
+// TestVaultTaskTokenLacksDefaultPolicy (issue 17, finding 3): a task token
+// carries only its template's policies: it cannot renew another task's
+// lease, nor park data in wrapping tokens, nor look itself up.
+func TestVaultTaskTokenLacksDefaultPolicy(t *testing.T) {
+	w := newVaultWorld(t)
+	e := w.broker()
+	attacker, victim := w.declareDB(e, 300), w.declareDB(e, 300)
+	agent := w.vault.Client(attacker.vaultTok)
+	for _, tc := range []struct {
+		name, path string
+		body       map[string]any
+	}{
+		{"renew another task's lease", "sys/leases/renew", map[string]any{"lease_id": victim.leaseID, "increment": 86400}},
+		{"wrap data", "sys/wrapping/wrap", map[string]any{"stash": "exfiltrated"}},
+		{"look itself up", "auth/token/lookup-self", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var err error
+			if tc.body == nil {
+				_, err = agent.Logical().Read(tc.path)
+			} else {
+				_, err = agent.Logical().Write(tc.path, tc.body)
+			}
+			if err == nil || !strings.Contains(err.Error(), "permission denied") {
+				t.Fatalf("task token may call %s: %v", tc.path, err)
+			}
+		})
+	}
+	info, err := w.vault.LookupAccessor(attacker.accessor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range info.Data["policies"].([]any) {
+		if p == "default" {
+			t.Fatalf("task token policies = %v", info.Data["policies"])
+		}
+	}
+	// The task still works: Valet read its database login with it.
+	w.mustLogIn(victim)
+}
+
+// TestVaultDatabaseDownAtCompletion (issue 17, findings 5 and 8): with
+// PostgreSQL down, complete cannot drop the role, so it answers 503 (and so
+// does a second complete), audits revocation.failed and queues the lease;
+// once PostgreSQL is back a retry drops the role and complete answers 200.
+func TestVaultDatabaseDownAtCompletion(t *testing.T) {
+	w := newVaultWorld(t)
+	e := w.broker()
+	d := w.declareDB(e, 300)
+	w.mustLogIn(d)
+	w.pg.Stop()
+	// The second time with the agent's identity token: the task token is
+	// denied once the task ended.
+	for i, bearer := range []string{d.taskToken, e.identity("agent-7")} {
+		r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", bearer, "", nil, false)
+		if r.Status != http.StatusServiceUnavailable || !strings.Contains(string(r.Body), "could not be revoked") {
+			t.Fatalf("complete #%d with PostgreSQL down: %d %s", i+1, r.Status, r.Body)
+		}
+	}
+	evs := e.auditEvents("revocation.failed")
+	if len(evs) != 2 || !slices.Contains(evs[0]["credentials"].([]any), any(d.leaseID)) {
+		t.Fatalf("revocation.failed events = %v", evs)
+	}
+	if st := e.svc.Stats(); st.Failed != 2 || st.Queued != 2 || st.QueueFailed != 0 {
+		t.Fatalf("stats = %+v; want the lease failed and queued at each complete", st)
+	}
+	w.pg.Restart()
+	if ok, _ := w.pg.RoleExists(context.Background(), d.username); !ok {
+		t.Fatal("the role is gone before any retry: the test proves nothing")
+	}
+	w.clock.Advance(2 * time.Minute) // past any backoff
+	if n, err := e.svc.RetryOnce(context.Background()); err != nil || n != 1 {
+		t.Fatalf("RetryOnce = %d, %v", n, err)
+	}
+	w.mustBeDeadNow(d, nil)
+	if r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", e.identity("agent-7"), "", nil, false); r.Status != http.StatusOK {
+		t.Fatalf("complete once dead: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestVaultLostValetToken (issue 17, finding 8): when Vault no longer knows
+// Valet's own token, a declaration answers 503 (Valet cannot serve now),
+// not 500.
+func TestVaultLostValetToken(t *testing.T) {
+	w := newVaultWorld(t)
+	e := w.broker()
+	if err := w.vault.Root().Auth().Token().RevokeTree(w.token); err != nil {
+		t.Fatal(err)
+	}
+	r := e.declare(e.identity("agent-7"), `{"template":"db","intent":"look up order 4521","tools":["db.query"]}`)
+	if r.Status != http.StatusServiceUnavailable {
+		t.Fatalf("declare with Valet's Vault token gone: %d %s", r.Status, r.Body)
+	}
+}
