@@ -241,20 +241,35 @@ func TestVaultDatabaseDownAtCompletion(t *testing.T) {
 			t.Fatalf("complete #%d with PostgreSQL down: %d %s", i+1, r.Status, r.Body)
 		}
 	}
-	evs := e.auditEvents("revocation.failed")
-	if len(evs) != 2 || !slices.Contains(evs[0]["credentials"].([]any), any(d.leaseID)) {
-		t.Fatalf("revocation.failed events = %v", evs)
+	// At each complete: the lease could not be revoked, and the token's
+	// revocation could not be confirmed at the database.
+	var failed []any
+	for _, ev := range e.auditEvents("revocation.failed") {
+		failed = append(failed, ev["credentials"].([]any)...)
 	}
-	if st := e.svc.Stats(); st.Failed != 2 || st.Queued != 2 || st.QueueFailed != 0 {
-		t.Fatalf("stats = %+v; want the lease failed and queued at each complete", st)
+	if want := []any{d.leaseID, d.accessor, d.leaseID, d.accessor}; !slices.Equal(failed, want) {
+		t.Fatalf("revocation.failed events name %v; want %v", failed, want)
+	}
+	if st := e.svc.Stats(); st.Failed != 4 || st.Queued != 4 || st.QueueFailed != 0 {
+		t.Fatalf("stats = %+v; want the lease and token failed and queued at each complete", st)
 	}
 	w.pg.Restart()
 	if ok, _ := w.pg.RoleExists(context.Background(), d.username); !ok {
 		t.Fatal("the role is gone before any retry: the test proves nothing")
 	}
-	w.clock.Advance(2 * time.Minute) // past any backoff
-	if n, err := e.svc.RetryOnce(context.Background()); err != nil || n != 1 {
-		t.Fatalf("RetryOnce = %d, %v", n, err)
+	// The token's retry is confirmed only once the lease's has dropped the
+	// role; the queue may hold them in either order.
+	revoked := 0
+	for range 3 {
+		w.clock.Advance(2 * time.Minute) // past any backoff
+		n, err := e.svc.RetryOnce(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		revoked += n
+	}
+	if revoked != 2 {
+		t.Fatalf("retries revoked %d; want the lease and the token", revoked)
 	}
 	w.mustBeDeadNow(d, nil)
 	if r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", e.identity("agent-7"), "", nil, false); r.Status != http.StatusOK {
@@ -345,4 +360,71 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	slices.Sort(s)
 	i := (len(s)*p+99)/100 - 1
 	return s[max(i, 0)].Round(100 * time.Microsecond)
+}
+
+// TestVaultLostLeaseConfirmedAtDatabase (issue 17, finding 5): Vault forgot
+// the lease (as a dev server restart or a forced revocation does) while the
+// role lives on in PostgreSQL. Valet does not take Vault's word: complete
+// answers 503 and the revocation is retried until the database shows the
+// login dead.
+func TestVaultLostLeaseConfirmedAtDatabase(t *testing.T) {
+	w := newVaultWorld(t)
+	e := w.broker()
+	d := w.declareDB(e, 300)
+	w.pg.Stop()
+	if _, err := w.vault.Root().Logical().Write("sys/leases/revoke-force/"+d.leaseID, nil); err != nil {
+		t.Fatal(err)
+	}
+	w.pg.Restart()
+	if ok, err := w.vault.LeaseExists(d.leaseID); ok || err != nil {
+		t.Fatalf("Vault still holds the lease: %v %v", ok, err)
+	}
+	w.mustLogIn(d)
+	r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", d.taskToken, "", nil, false)
+	if r.Status != http.StatusServiceUnavailable {
+		t.Fatalf("complete with the login alive at the database: %d %s", r.Status, r.Body)
+	}
+	w.clock.Advance(2 * time.Minute)
+	if n, _ := e.svc.RetryOnce(context.Background()); n != 0 {
+		t.Fatalf("a retry counted %d revoked while the login lives", n)
+	}
+	// Ops drop the role by hand; the next retry confirms it.
+	if err := w.pg.Exec(context.Background(), `DROP OWNED BY "`+d.username+`"; DROP ROLE "`+d.username+`"`); err != nil {
+		t.Fatal(err)
+	}
+	w.clock.Advance(2 * time.Minute)
+	if n, err := e.svc.RetryOnce(context.Background()); err != nil || n != 1 {
+		t.Fatalf("RetryOnce = %d, %v", n, err)
+	}
+	if r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", e.identity("agent-7"), "", nil, false); r.Status != http.StatusOK {
+		t.Fatalf("complete once dead: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestVaultExtraLoginsDieBeforeAnswer (issue 17, finding 6): logins the
+// agent reads with its own task token, which the ledger never saw, are
+// dead at the database before complete answers 200.
+func TestVaultExtraLoginsDieBeforeAnswer(t *testing.T) {
+	w := newVaultWorld(t)
+	e := w.broker()
+	d := w.declareDB(e, 300)
+	var extras []dbTask
+	for range 3 {
+		sec, err := w.vault.Client(d.vaultTok).Logical().Read("database/creds/" + vaulttest.DBRole)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := d
+		x.leaseID, x.username, x.password = sec.LeaseID, sec.Data["username"].(string), sec.Data["password"].(string)
+		w.mustLogIn(x)
+		extras = append(extras, x)
+	}
+	if r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", d.taskToken, "", nil, false); r.Status != http.StatusOK {
+		t.Fatalf("complete: %d %s", r.Status, r.Body)
+	}
+	for _, x := range append(extras, d) {
+		if ok, err := w.pg.RoleExists(context.Background(), x.username); ok || err != nil {
+			t.Errorf("login %s still exists after the 2xx (%v)", x.username, err)
+		}
+	}
 }

@@ -44,6 +44,8 @@ type vaultWorld struct {
 	vault *vaulttest.Server
 	clock *testkit.Clock
 	token string // Valet's own Vault token, with the documented policy
+	// logins checks the database as a role that can do nothing else.
+	logins *issuers.PostgresLogins
 }
 
 func newVaultWorld(t *testing.T) *vaultWorld {
@@ -51,6 +53,13 @@ func newVaultWorld(t *testing.T) *vaultWorld {
 		clock: testkit.NewClock(time.Now())}
 	w.vault = vaulttest.Start(t, vaulttest.Options{Postgres: w.pg})
 	w.token = w.vault.ValetToken(time.Hour)
+	if err := w.pg.Exec(context.Background(), "CREATE ROLE valet_check LOGIN PASSWORD 'check-only'"); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if w.logins, err = issuers.NewPostgresLogins(w.pg.URL("valet_check", "check-only")); err != nil {
+		t.Fatal(err)
+	}
 	// Starting Vault and PostgreSQL takes seconds: start the broker's clock
 	// at the real time now, as Vault's is, so expiries compare.
 	w.clock = testkit.NewClock(time.Now())
@@ -68,7 +77,8 @@ func (w *vaultWorld) broker() *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := issuers.NewVault(issuers.VaultConfig{Client: sess.Client(), Timeout: time.Second, Now: w.clock.Now})
+	v, err := issuers.NewVault(issuers.VaultConfig{Client: sess.Client(), Timeout: time.Second, Now: w.clock.Now,
+		DatabaseLogins: w.logins})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,8 +44,13 @@ type VaultConfig struct {
 	DatabaseMount string
 	// Timeout bounds each call to Vault; default DefaultVaultTimeout.
 	Timeout time.Duration
-	Now     func() time.Time
-	Logger  *slog.Logger
+	// DatabaseLogins, when set, confirms at the database that a task's
+	// logins are gone before a token's revocation counts as done, and
+	// makes Mint refuse a database username it could not find
+	// (TaskLoginPrefix). Optional.
+	DatabaseLogins DatabaseLogins
+	Now            func() time.Time
+	Logger         *slog.Logger
 }
 
 // Vault issues a Vault token per task, through the token role its template
@@ -56,6 +61,7 @@ type Vault struct {
 	namespace string
 	dbMount   string
 	timeout   time.Duration
+	logins    DatabaseLogins
 	now       func() time.Time
 	log       *slog.Logger
 }
@@ -73,7 +79,7 @@ func NewVault(cfg VaultConfig) (*Vault, error) {
 		return nil, errors.New("vault issuer: client cannot be nil")
 	}
 	v := &Vault{client: cfg.Client, namespace: cfg.Namespace, dbMount: strings.Trim(cfg.DatabaseMount, "/"),
-		timeout: cfg.Timeout, now: cfg.Now, log: cfg.Logger}
+		timeout: cfg.Timeout, logins: cfg.DatabaseLogins, now: cfg.Now, log: cfg.Logger}
 	if v.dbMount == "" {
 		v.dbMount = "database"
 	}
@@ -180,6 +186,10 @@ func (v *Vault) Mint(ctx context.Context, task broker.Task, p broker.Principal, 
 		}
 		username, _ := ds.Data["username"].(string)
 		password, _ := ds.Data["password"].(string)
+		if v.logins != nil && !strings.HasPrefix(username, TaskLoginPrefix(task.ID)) {
+			return fail(fmt.Errorf("database role %s made username %q, which does not begin with %q: set its username_template as in deploy/vault, or the database check cannot find it",
+				spec.DatabaseRole, username, TaskLoginPrefix(task.ID)))
+		}
 		exp := now.Add(time.Duration(ds.LeaseDuration) * time.Second)
 		if exp.After(tokCred.ExpiresAt) {
 			exp = tokCred.ExpiresAt // the lease dies with its token
@@ -250,7 +260,12 @@ func (v *Vault) AlsoRevokes() []broker.CredentialKind {
 // until the database drops it, whatever the lease's expiry (VALID UNTIL is
 // the database role's default_ttl, and expiry kills no open session), so a
 // lease whose revocation failed is retried until it succeeds.
-func (v *Vault) OutlivesExpiry(c broker.Credential) bool { return c.Kind == broker.KindVaultLease }
+//
+// With DatabaseLogins, a token's revocation is only done once the task's
+// logins are gone at the database, so tokens are retried past expiry too.
+func (v *Vault) OutlivesExpiry(c broker.Credential) bool {
+	return c.Kind == broker.KindVaultLease || v.logins != nil && c.Kind == broker.KindVaultToken
+}
 
 // Revoke implements broker.Issuer. A nil answer means the credential is
 // dead at its source, checked there, not assumed:
@@ -262,7 +277,9 @@ func (v *Vault) OutlivesExpiry(c broker.Credential) bool { return c.Kind == brok
 //   - a token is looked up by accessor first, and revoked only if it is a
 //     task token of c's task (Valet's policy lets it revoke any accessor;
 //     this keeps a wrong or forged record from killing someone else's
-//     token), then revoked by accessor and looked up again.
+//     token), then revoked by accessor and looked up again; with
+//     DatabaseLogins, the database must then show no live login of the
+//     task (its leases, and any more the agent read with its token).
 //
 // One that is gone already is not an error.
 func (v *Vault) Revoke(ctx context.Context, c broker.Credential) error {
@@ -279,6 +296,16 @@ func (v *Vault) Revoke(ctx context.Context, c broker.Credential) error {
 }
 
 func (v *Vault) revokeToken(ctx context.Context, c broker.Credential) error {
+	if err := v.revokeTokenInVault(ctx, c); err != nil {
+		return err
+	}
+	if v.logins != nil {
+		return v.confirmLoginsGone(ctx, c.TaskID)
+	}
+	return nil
+}
+
+func (v *Vault) revokeTokenInVault(ctx context.Context, c broker.Credential) error {
 	tokens := v.client.Auth().Token()
 	info, err := tokens.LookupAccessorWithContext(ctx, c.ID)
 	if isGone(err) {

@@ -212,6 +212,10 @@ func (s *Server) setup(o Options) error {
 	if o.Postgres == nil {
 		return nil
 	}
+	usernames, err := os.ReadFile(filepath.Join(root, "deploy", "vault", "db-username-template"))
+	if err != nil {
+		return err
+	}
 	if err := sys.MountWithContext(ctx, "database", &api.MountInput{Type: "database"}); err != nil {
 		return fmt.Errorf("mounting database: %w", err)
 	}
@@ -221,6 +225,9 @@ func (s *Server) setup(o Options) error {
 		"username":       pgtest.SuperUser,
 		"password":       o.Postgres.Password(),
 		"allowed_roles":  []string{DBRole},
+		// Usernames begin with the task token's display name, so Valet's
+		// database check finds every login of a task.
+		"username_template": string(usernames),
 	}); err != nil {
 		return fmt.Errorf("configuring database connection: %w", err)
 	}
