@@ -20,7 +20,8 @@ vault secrets enable database || true
 vault write database/config/valet-pg \
   plugin_name=postgresql-database-plugin \
   connection_url='postgresql://{{username}}:{{password}}@postgres:5432/postgres?sslmode=disable' \
-  username=postgres password="$PGPASSWORD" allowed_roles=readonly
+  username=postgres password="$PGPASSWORD" allowed_roles=readonly \
+  username_template=@/deploy/vault/db-username-template
 vault write database/roles/readonly db_name=valet-pg \
   creation_statements=@/deploy/vault/db-creation.sql \
   revocation_statements=@/deploy/vault/db-revocation.sql \
