@@ -229,7 +229,7 @@ func TestVaultTaskTokenLacksDefaultPolicy(t *testing.T) {
 // once PostgreSQL is back a retry drops the role and complete answers 200.
 func TestVaultDatabaseDownAtCompletion(t *testing.T) {
 	w := newVaultWorld(t)
-	e := w.broker()
+	e := w.broker(func(o *envOptions) { o.incident = true }) // with /metrics
 	d := w.declareDB(e, 300)
 	w.mustLogIn(d)
 	w.pg.Stop()
@@ -252,6 +252,10 @@ func TestVaultDatabaseDownAtCompletion(t *testing.T) {
 	}
 	if st := e.svc.Stats(); st.Failed != 4 || st.Queued != 4 || st.QueueFailed != 0 {
 		t.Fatalf("stats = %+v; want the lease and token failed and queued at each complete", st)
+	}
+	m := e.scrape()
+	if !strings.Contains(m, "valet_revocation_failures_total 4\n") || !strings.Contains(m, "valet_revocations_pending 2\n") {
+		t.Fatalf("metrics do not show the failures and the pending revocations:\n%s", grepLines(m, "valet_revocation"))
 	}
 	w.pg.Restart()
 	if ok, _ := w.pg.RoleExists(context.Background(), d.username); !ok {
@@ -427,4 +431,15 @@ func TestVaultExtraLoginsDieBeforeAnswer(t *testing.T) {
 			t.Errorf("login %s still exists after the 2xx (%v)", x.username, err)
 		}
 	}
+}
+
+// grepLines keeps the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -67,8 +67,8 @@ func newVaultWorld(t *testing.T) *vaultWorld {
 }
 
 // broker starts a broker on the world: a Vault issuer logged in with
-// Valet's token and the Redis retry queue.
-func (w *vaultWorld) broker() *env {
+// Valet's token and the Redis retry queue; opts adjust the env further.
+func (w *vaultWorld) broker(opts ...func(*envOptions)) *env {
 	t := w.t
 	sess, err := issuers.NewVaultSession(context.Background(), issuers.VaultClientConfig{
 		Address: w.vault.Addr(), Timeout: time.Second,
@@ -91,7 +91,11 @@ func (w *vaultWorld) broker() *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newEnv(t, envOptions{redis: w.redis, idp: w.idp, clock: w.clock, issuers: []broker.Issuer{v}, queue: q, templates: vaultTemplates})
+	o := envOptions{redis: w.redis, idp: w.idp, clock: w.clock, issuers: []broker.Issuer{v}, queue: q, templates: vaultTemplates}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return newEnv(t, o)
 }
 
 // dbTask is what a declaration of the db template hands back.
