@@ -478,7 +478,7 @@ func (s *Service) Complete(ctx context.Context, r TaskRequest) (Task, error) {
 	return ended, nil
 }
 
-// stillPending answers a repeated completion truthfully: it revokes the
+// stillPending answers a repeated completion or revocation truthfully: it revokes the
 // ended task's credentials at their source again (revoking the dead is
 // harmless) and says so if some are still live there.
 func (s *Service) stillPending(ctx context.Context, t Task) error {
@@ -621,12 +621,14 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 	if err != nil {
 		return nil
 	}
-	_, _, err = s.end(ctx, c.TaskID, StateRevoked, "revoked by "+actor, actor)
+	t, _, err := s.end(ctx, c.TaskID, StateRevoked, "revoked by "+actor, actor)
 	if ErrorCode(err) == CodeNotFound {
 		return s.denyUnrecorded(ctx, c, actor)
 	}
-	if err == nil || errors.Is(err, ErrNotActive) {
-		return nil
+	if errors.Is(err, ErrNotActive) {
+		// Ended already: success only if nothing of it is live at its
+		// source (a revocation may still be pending).
+		return s.stillPending(ctx, t)
 	}
 	return err
 }

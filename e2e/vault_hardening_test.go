@@ -234,12 +234,16 @@ func TestVaultDatabaseDownAtCompletion(t *testing.T) {
 	w.mustLogIn(d)
 	w.pg.Stop()
 	// The second time with the agent's identity token: the task token is
-	// denied once the task ended.
+	// denied once the task ended. Then RFC 7009: the same answer.
 	for i, bearer := range []string{d.taskToken, e.identity("agent-7")} {
 		r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", bearer, "", nil, false)
 		if r.Status != http.StatusServiceUnavailable || !strings.Contains(string(r.Body), "could not be revoked") {
 			t.Fatalf("complete #%d with PostgreSQL down: %d %s", i+1, r.Status, r.Body)
 		}
+	}
+	r := e.do(http.MethodPost, "/v1/revoke", "", "application/x-www-form-urlencoded", strings.NewReader("token="+d.taskToken), true)
+	if r.Status != http.StatusServiceUnavailable {
+		t.Fatalf("RFC 7009 revoke with PostgreSQL down: %d %s", r.Status, r.Body)
 	}
 	// At each complete: the lease could not be revoked, and the token's
 	// revocation could not be confirmed at the database.
@@ -247,14 +251,14 @@ func TestVaultDatabaseDownAtCompletion(t *testing.T) {
 	for _, ev := range e.auditEvents("revocation.failed") {
 		failed = append(failed, ev["credentials"].([]any)...)
 	}
-	if want := []any{d.leaseID, d.accessor, d.leaseID, d.accessor}; !slices.Equal(failed, want) {
+	if want := []any{d.leaseID, d.accessor, d.leaseID, d.accessor, d.leaseID, d.accessor}; !slices.Equal(failed, want) {
 		t.Fatalf("revocation.failed events name %v; want %v", failed, want)
 	}
-	if st := e.svc.Stats(); st.Failed != 4 || st.Queued != 4 || st.QueueFailed != 0 {
-		t.Fatalf("stats = %+v; want the lease and token failed and queued at each complete", st)
+	if st := e.svc.Stats(); st.Failed != 6 || st.Queued != 6 || st.QueueFailed != 0 {
+		t.Fatalf("stats = %+v; want the lease and token failed and queued at each attempt", st)
 	}
 	m := e.scrape()
-	if !strings.Contains(m, "valet_revocation_failures_total 4\n") || !strings.Contains(m, "valet_revocations_pending 2\n") {
+	if !strings.Contains(m, "valet_revocation_failures_total 6\n") || !strings.Contains(m, "valet_revocations_pending 2\n") {
 		t.Fatalf("metrics do not show the failures and the pending revocations:\n%s", grepLines(m, "valet_revocation"))
 	}
 	w.pg.Restart()
@@ -278,6 +282,10 @@ func TestVaultDatabaseDownAtCompletion(t *testing.T) {
 	w.mustBeDeadNow(d, nil)
 	if r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", e.identity("agent-7"), "", nil, false); r.Status != http.StatusOK {
 		t.Fatalf("complete once dead: %d %s", r.Status, r.Body)
+	}
+	r = e.do(http.MethodPost, "/v1/revoke", "", "application/x-www-form-urlencoded", strings.NewReader("token="+d.taskToken), true)
+	if r.Status != http.StatusOK {
+		t.Fatalf("RFC 7009 revoke once dead: %d %s", r.Status, r.Body)
 	}
 }
 
