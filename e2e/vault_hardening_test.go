@@ -326,7 +326,7 @@ func TestVaultRevocationLatency(t *testing.T) {
 		t.Fatalf("complete: %d", st)
 	}
 	for _, path := range endPaths {
-		var refused, killed []time.Duration
+		var refused, killed, answered []time.Duration
 		for range trials {
 			d := w.declareDB(e, 60)
 			s := w.hostileSession(d)
@@ -360,10 +360,11 @@ func TestVaultRevocationLatency(t *testing.T) {
 			if err := w.pg.Login(context.Background(), d.username, d.password); err == nil {
 				t.Errorf("%s: a login begun after the answer works", path.name)
 			}
-			refused, killed = append(refused, r), append(killed, k)
+			refused, killed, answered = append(refused, r), append(killed, k), append(answered, returned)
 		}
-		t.Logf("%-8s new login refused: p50 %v max %v; open session killed: p50 %v max %v (n=%d)", path.name,
-			percentile(refused, 50), percentile(refused, 100), percentile(killed, 50), percentile(killed, 100), trials)
+		t.Logf("%-8s new login refused: p50 %v max %v; open session killed: p50 %v max %v; answered: p50 %v max %v (n=%d)", path.name,
+			percentile(refused, 50), percentile(refused, 100), percentile(killed, 50), percentile(killed, 100),
+			percentile(answered, 50), percentile(answered, 100), trials)
 	}
 }
 
