@@ -139,8 +139,8 @@ func NewService(cfg Config) (*Service, error) {
 		}
 		s.issuers[is.Kind()] = is
 		s.extra = append(s.extra, is)
-		if ok, isOK := is.(OtherKinds); isOK {
-			for _, k := range ok.AlsoRevokes() {
+		if more, has := is.(OtherKinds); has {
+			for _, k := range more.AlsoRevokes() {
 				if _, dup := s.issuers[k]; dup {
 					return nil, fmt.Errorf("broker: two issuers of kind %q", k)
 				}
@@ -468,7 +468,7 @@ func (s *Service) Complete(ctx context.Context, r TaskRequest) (Task, error) {
 	ended, _, err := s.end(ctx, t.ID, StateCompleted, "completed by the agent", t.Agent)
 	if errors.Is(err, ErrNotActive) {
 		if ended.State == StateCompleted {
-			return ended, s.stillPending(ctx, ended)
+			return ended, s.stillPending(ctx, ended, "completed again by the agent")
 		}
 		return ended, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already ended: %s", t.ID, ended.State), Err: err}
 	}
@@ -478,17 +478,21 @@ func (s *Service) Complete(ctx context.Context, r TaskRequest) (Task, error) {
 	return ended, nil
 }
 
-// stillPending answers a repeated completion or revocation truthfully: it revokes the
-// ended task's credentials at their source again (revoking the dead is
-// harmless) and says so if some are still live there.
-func (s *Service) stillPending(ctx context.Context, t Task) error {
+// stillPending answers a repeated completion or revocation truthfully: it
+// revokes the ended task's credentials at their source again (revoking the
+// dead is harmless) and says so if some are still live there. A task whose
+// records expired has nothing left to revoke.
+func (s *Service) stillPending(ctx context.Context, t Task, why string) error {
 	lctx, cancel := LedgerCtx(ctx)
 	_, creds, err := s.ledger.Task(lctx, t.ID)
 	cancel()
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
 		return Unavailable("the credential ledger", fmt.Errorf("reading task %s: %w", t.ID, err))
 	}
-	if failed := s.revokeAtSource(ctx, creds, "completed again by the agent"); failed > 0 {
+	if failed := s.revokeAtSource(ctx, creds, why); failed > 0 {
 		return pendingError(t.ID, failed)
 	}
 	return nil
@@ -628,7 +632,7 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 	if errors.Is(err, ErrNotActive) {
 		// Ended already: success only if nothing of it is live at its
 		// source (a revocation may still be pending).
-		return s.stillPending(ctx, t)
+		return s.stillPending(ctx, t, "revoked again by "+actor)
 	}
 	return err
 }
