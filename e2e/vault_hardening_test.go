@@ -173,6 +173,11 @@ func TestVaultHostileAgentLosesLogin(t *testing.T) {
 			if after := validUntil(); !after.Equal(before) {
 				t.Errorf("VALID UNTIL moved from %v to %v", before, after)
 			}
+			t1 := strings.Replace(w.pg.URL(d.username, d.password), "/postgres?", "/template1?", 1)
+			if conn, err := pgx.Connect(context.Background(), t1); err == nil {
+				conn.Close(context.Background())
+				t.Error("the task's login connects to template1, where its revocation cannot reach")
+			}
 			s := w.hostileSession(d)
 			if st := path.end(w, e, d); st != http.StatusOK {
 				t.Fatalf("ending the task: %d", st)
@@ -180,6 +185,31 @@ func TestVaultHostileAgentLosesLogin(t *testing.T) {
 			w.mustBeDeadNow(d, s)
 		})
 	}
+}
+
+// TestVaultCreationRefusesReachableDatabase (issue 17, finding 1): the
+// revocation statements clean up one database only, so the creation
+// statements refuse a login that could connect to another one; once ops
+// revoke CONNECT from PUBLIC there, logins are issued again.
+func TestVaultCreationRefusesReachableDatabase(t *testing.T) {
+	w := newVaultWorld(t)
+	e := w.broker()
+	if err := w.pg.Exec(context.Background(), "CREATE DATABASE other"); err != nil {
+		t.Fatal(err)
+	}
+	r := e.declare(e.identity("agent-7"), `{"template":"db","intent":"look up order 4521","tools":["db.query"]}`)
+	// Vault answers the failed creation statement with a 500, which Valet
+	// passes on as 503: nothing is issued either way.
+	if r.Status != http.StatusServiceUnavailable || !strings.Contains(string(r.Body), "nothing was issued") {
+		t.Fatalf("declare with database other open to PUBLIC: %d %s", r.Status, r.Body)
+	}
+	if live := liveTaskTokens(t, w.vault.Root()); len(live) != 0 {
+		t.Fatalf("task tokens left live: %v", live)
+	}
+	if err := w.pg.Exec(context.Background(), "REVOKE CONNECT ON DATABASE other FROM PUBLIC"); err != nil {
+		t.Fatal(err)
+	}
+	w.mustLogIn(w.declareDB(e, 300))
 }
 
 // TestVaultTaskTokenLacksDefaultPolicy (issue 17, finding 3): a task token
