@@ -173,6 +173,13 @@ func TestVaultHostileAgentLosesLogin(t *testing.T) {
 			if after := validUntil(); !after.Equal(before) {
 				t.Errorf("VALID UNTIL moved from %v to %v", before, after)
 			}
+			// Not even a renewal by someone allowed to renew moves it.
+			if _, err := w.vault.Root().Logical().Write("sys/leases/renew", map[string]any{"lease_id": d.leaseID, "increment": 86400}); err != nil {
+				t.Fatalf("root renewing the lease: %v", err)
+			}
+			if after := validUntil(); !after.Equal(before) {
+				t.Errorf("a renewal moved VALID UNTIL from %v to %v", before, after)
+			}
 			t1 := strings.Replace(w.pg.URL(d.username, d.password), "/postgres?", "/template1?", 1)
 			if conn, err := pgx.Connect(context.Background(), t1); err == nil {
 				conn.Close(context.Background())

@@ -25,6 +25,7 @@ vault write database/config/valet-pg \
 vault write database/roles/readonly db_name=valet-pg \
   creation_statements=@/deploy/vault/db-creation.sql \
   revocation_statements=@/deploy/vault/db-revocation.sql \
+  renew_statements=@/deploy/vault/db-renew.sql \
   default_ttl=15m max_ttl=24h
 
 # Valet's own token: only the valet policy, renewed by Valet every period.

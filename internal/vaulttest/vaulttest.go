@@ -239,6 +239,10 @@ func (s *Server) setup(o Options) error {
 	if err != nil {
 		return err
 	}
+	renew, err := os.ReadFile(filepath.Join(root, "deploy", "vault", "db-renew.sql"))
+	if err != nil {
+		return err
+	}
 	ttl := o.DBDefaultTTL
 	if ttl == 0 {
 		ttl = time.Hour
@@ -247,6 +251,7 @@ func (s *Server) setup(o Options) error {
 		"db_name":               DBConnection,
 		"creation_statements":   []string{string(creation)},
 		"revocation_statements": []string{string(revocation)},
+		"renew_statements":      []string{string(renew)},
 		"default_ttl":           int(ttl / time.Second),
 		"max_ttl":               int(24 * time.Hour / time.Second),
 	}); err != nil {
