@@ -37,6 +37,21 @@ type Issuer interface {
 	Revoke(ctx context.Context, c Credential) error
 }
 
+// OtherKinds is implemented by an Issuer that also revokes credentials of
+// kinds other than its Kind that it mints (the Vault issuer's database
+// leases), so the Service revokes and retries those through it too.
+type OtherKinds interface {
+	AlsoRevokes() []CredentialKind
+}
+
+// OutlivesExpiry is implemented by an Issuer some of whose credentials can
+// stay live at their source after the expiry Valet recorded (a database
+// login whose revocation failed lives until the database drops it). Their
+// failed revocations are retried past that expiry, until Revoke succeeds.
+type OutlivesExpiry interface {
+	OutlivesExpiry(c Credential) bool
+}
+
 // TaskClaims are the verified claims of a Valet-minted task token.
 type TaskClaims struct {
 	ID        string // jti

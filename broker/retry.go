@@ -127,6 +127,18 @@ func (s *Service) queueRevocation(ctx context.Context, c Credential, attempt int
 		"attempt", attempt, "next", next)
 }
 
+// auditRevocationFailed records that a credential could not be killed at its
+// source (ids and the error only). A failed audit write is logged: the
+// revocation is queued either way.
+func (s *Service) auditRevocationFailed(ctx context.Context, c Credential, attempt int, why string, cause error) {
+	ev := s.TaskEvent(ctx, "revocation.failed", "valet", Task{ID: c.TaskID})
+	ev.Outcome, ev.Reason, ev.Creds = "failed", why, []string{c.ID}
+	ev.Detail = map[string]any{"kind": c.Kind, "attempt": attempt, "error": cause.Error(), "expires_at": c.ExpiresAt}
+	if err := s.audit.Record(context.WithoutCancel(ctx), ev); err != nil {
+		s.log.ErrorContext(ctx, "audit write of a failed revocation failed", "credential", c.ID, "task_id", c.TaskID, "err", err)
+	}
+}
+
 // RetryOnce makes every due attempt of the retry queue and reports how many
 // credentials it revoked. A credential whose own expiry has passed is
 // dropped with an Error log: it is dead at its source by then, but nobody
@@ -171,13 +183,15 @@ func (s *Service) retry(ctx context.Context, p PendingRevocation) (bool, error) 
 		}
 		return nil
 	}
-	if !s.now().Before(c.ExpiresAt) {
+	is, ok := s.issuers[c.Kind]
+	expired := !s.now().Before(c.ExpiresAt)
+	if oe, isOE := is.(OutlivesExpiry); expired && (!ok || !isOE || !oe.OutlivesExpiry(c)) {
 		s.counters.expired.Add(1)
 		s.log.ErrorContext(ctx, "expired unrevoked: credential reached its own expiry before a revocation succeeded",
 			"kind", c.Kind, "credential", c.ID, "task_id", c.TaskID, "expires_at", c.ExpiresAt, "attempts", p.Attempt, "last_error", p.LastError)
+		s.auditRevocationFailed(ctx, c, p.Attempt, "expired unrevoked", errors.New(p.LastError))
 		return false, done()
 	}
-	is, ok := s.issuers[c.Kind]
 	if !ok {
 		s.log.ErrorContext(ctx, "no issuer for a queued revocation; dropping it", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID)
 		return false, done()
@@ -189,6 +203,11 @@ func (s *Service) retry(ctx context.Context, p PendingRevocation) (bool, error) 
 		s.counters.retryFailed.Add(1)
 		s.log.WarnContext(ctx, "revocation retry failed", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID,
 			"attempt", p.Attempt+1, "err", err)
+		if expired {
+			// Live at its source past the expiry Valet recorded: say so
+			// every time, until it is dead.
+			s.auditRevocationFailed(ctx, c, p.Attempt+1, "live at its source past its expiry", err)
+		}
 		next := s.now().Add(backoff(p.Attempt + 1))
 		qctx, cancel := LedgerCtx(ctx)
 		defer cancel()

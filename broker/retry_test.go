@@ -44,6 +44,37 @@ func (f *flakyIssuer) Revoke(_ context.Context, c Credential) error {
 	return nil
 }
 
+// eventLog is an Auditor that keeps the events.
+type eventLog struct {
+	mu     sync.Mutex
+	events []Event
+}
+
+func (l *eventLog) Record(_ context.Context, e Event) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, e)
+	return nil
+}
+
+func (l *eventLog) count(typ, cred string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, e := range l.events {
+		if e.Type == typ && len(e.Creds) == 1 && e.Creds[0] == cred {
+			n++
+		}
+	}
+	return n
+}
+
+// outlivingIssuer is a flakyIssuer whose credentials stay live at their
+// source past their recorded expiry (as a database login does).
+type outlivingIssuer struct{ flakyIssuer }
+
+func (*outlivingIssuer) OutlivesExpiry(Credential) bool { return true }
+
 // sliceQueue is the smallest RevocationQueue, so the retry policy can be
 // tested inside the package (the real queues have their own conformance
 // suite in revocation/conformance).
@@ -88,8 +119,9 @@ func TestRetryPolicy(t *testing.T) {
 	clock := testkit.NewClock(time.Now())
 	is := &flakyIssuer{}
 	q := &sliceQueue{m: map[string]PendingRevocation{}}
+	al := &eventLog{}
 	s := &Service{issuers: map[CredentialKind]Issuer{KindVaultToken: is}, retryQ: q, now: clock.Now,
-		log: slog.New(slog.DiscardHandler)}
+		log: slog.New(slog.DiscardHandler), audit: al}
 	ctx := context.Background()
 	a := Credential{ID: "acc-a", Kind: KindVaultToken, TaskID: "tsk_a", ExpiresAt: clock.Now().Add(time.Hour)}
 	b := Credential{ID: "acc-b", Kind: KindVaultToken, TaskID: "tsk_b", ExpiresAt: clock.Now().Add(90 * time.Second)}
@@ -138,16 +170,58 @@ func TestRetryPolicy(t *testing.T) {
 	if n, _ := q.Pending(ctx); n != 0 {
 		t.Fatalf("pending = %d", n)
 	}
+	// Audited: each first failure, and acc-b dropped unrevoked.
+	if a, b := al.count("revocation.failed", "acc-a"), al.count("revocation.failed", "acc-b"); a != 1 || b != 2 {
+		t.Fatalf("revocation.failed events: acc-a %d, acc-b %d; want 1 and 2", a, b)
+	}
 }
 
 // TestRevocationWithoutQueue: with no queue a failure is counted as lost.
 func TestRevocationWithoutQueue(t *testing.T) {
-	s := &Service{issuers: map[CredentialKind]Issuer{KindVaultToken: &flakyIssuer{}}, now: time.Now, log: slog.New(slog.DiscardHandler)}
+	s := &Service{issuers: map[CredentialKind]Issuer{KindVaultToken: &flakyIssuer{}}, now: time.Now, log: slog.New(slog.DiscardHandler),
+		audit: &eventLog{}}
 	s.revokeAtSource(context.Background(), []Credential{{ID: "a", Kind: KindVaultToken, ExpiresAt: time.Now().Add(time.Hour)}}, "test")
 	if st := s.Stats(); st.Failed != 1 || st.QueueFailed != 1 {
 		t.Fatalf("stats = %+v", st)
 	}
 	if !errors.Is(&NotRevokedError{Err: ErrUnavailable}, ErrUnavailable) {
 		t.Fatal("NotRevokedError does not unwrap")
+	}
+}
+
+// TestRetryPastExpiry: a credential that can outlive its recorded expiry at
+// its source (OutlivesExpiry) is not dropped at that expiry: it is retried,
+// and every failed attempt past it is audited, until it is revoked.
+func TestRetryPastExpiry(t *testing.T) {
+	clock := testkit.NewClock(time.Now())
+	is := &outlivingIssuer{}
+	q := &sliceQueue{m: map[string]PendingRevocation{}}
+	al := &eventLog{}
+	s := &Service{issuers: map[CredentialKind]Issuer{KindVaultLease: is}, retryQ: q, now: clock.Now,
+		log: slog.New(slog.DiscardHandler), audit: al}
+	ctx := context.Background()
+	lease := Credential{ID: "lease", Kind: KindVaultLease, TaskID: "tsk_a", ExpiresAt: clock.Now().Add(30 * time.Second)}
+	if failed := s.revokeAtSource(ctx, []Credential{lease}, "test"); failed != 1 {
+		t.Fatalf("revokeAtSource failed %d", failed)
+	}
+	for range 3 {
+		clock.Advance(2 * time.Minute)
+		if n, err := s.RetryOnce(ctx); n != 0 || err != nil {
+			t.Fatalf("RetryOnce with the source down = %d, %v", n, err)
+		}
+		if _, ok := q.m["lease"]; !ok {
+			t.Fatal("dropped at its recorded expiry while still live at its source")
+		}
+	}
+	if n := al.count("revocation.failed", "lease"); n != 4 {
+		t.Fatalf("%d revocation.failed events; want the first failure and 3 past the expiry", n)
+	}
+	is.up = true
+	clock.Advance(2 * time.Minute)
+	if n, err := s.RetryOnce(ctx); n != 1 || err != nil {
+		t.Fatalf("RetryOnce with the source back = %d, %v", n, err)
+	}
+	if st := s.Stats(); st.ExpiredUnrevoked != 0 || st.Retried != 1 {
+		t.Fatalf("stats = %+v", st)
 	}
 }

@@ -135,6 +135,14 @@ func NewService(cfg Config) (*Service, error) {
 		}
 		s.issuers[is.Kind()] = is
 		s.extra = append(s.extra, is)
+		if more, has := is.(OtherKinds); has {
+			for _, k := range more.AlsoRevokes() {
+				if _, dup := s.issuers[k]; dup {
+					return nil, fmt.Errorf("broker: two issuers of kind %q", k)
+				}
+				s.issuers[k] = is
+			}
+		}
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -421,6 +429,7 @@ func (s *Service) revokeAtSource(ctx context.Context, creds []Credential, why st
 			failed++
 			s.counters.failed.Add(1)
 			s.log.ErrorContext(ctx, "revoking credential at its source failed", "kind", c.Kind, "credential", c.ID, "task_id", c.TaskID, "why", why, "err", err)
+			s.auditRevocationFailed(ctx, c, 1, why, err)
 			s.queueRevocation(ctx, c, 1, err)
 			continue
 		}
@@ -477,7 +486,7 @@ func (s *Service) Complete(ctx context.Context, r TaskRequest) (Task, error) {
 	ended, _, err := s.End(ctx, t.ID, StateCompleted, "completed by the agent", t.Agent)
 	if errors.Is(err, ErrNotActive) {
 		if ended.State == StateCompleted {
-			return ended, nil
+			return ended, s.stillPending(ctx, ended, "completed again by the agent")
 		}
 		return ended, &Error{Code: CodeConflict, Message: fmt.Sprintf("task %s already ended: %s", t.ID, ended.State), Err: err}
 	}
@@ -485,6 +494,33 @@ func (s *Service) Complete(ctx context.Context, r TaskRequest) (Task, error) {
 		return Task{}, err
 	}
 	return ended, nil
+}
+
+// stillPending answers a repeated completion or revocation truthfully: it
+// revokes the ended task's credentials at their source again (revoking the
+// dead is harmless) and says so if some are still live there. A task whose
+// records expired has nothing left to revoke.
+func (s *Service) stillPending(ctx context.Context, t Task, why string) error {
+	lctx, cancel := LedgerCtx(ctx)
+	_, creds, err := s.ledger.Task(lctx, t.ID)
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return Unavailable("the credential ledger", fmt.Errorf("reading task %s: %w", t.ID, err))
+	}
+	if failed := s.revokeAtSource(ctx, creds, why); failed > 0 {
+		return pendingError(t.ID, failed)
+	}
+	return nil
+}
+
+// pendingError is the 503 of a task that ended but has credentials still
+// live at their source.
+func pendingError(id string, failed int) error {
+	return &Error{Code: CodeUnavailable, Err: ErrRevocationPending,
+		Message: fmt.Sprintf("task %s ended and its tokens are denied, but %d credential(s) could not be revoked at their source yet; they are retried until they expire", id, failed)}
 }
 
 // authorizeTaskCaller accepts a live task token of task id (with its DPoP
@@ -571,8 +607,7 @@ func (s *Service) End(ctx context.Context, id string, state State, reason, actor
 		return t, creds, err
 	}
 	if failed > 0 {
-		return t, creds, &Error{Code: CodeUnavailable, Err: ErrRevocationPending,
-			Message: fmt.Sprintf("task %s ended and its tokens are denied, but %d credential(s) could not be revoked at their source yet; they are retried until they expire", id, failed)}
+		return t, creds, pendingError(id, failed)
 	}
 	return t, creds, nil
 }
@@ -611,12 +646,14 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 	if err != nil {
 		return nil
 	}
-	_, _, err = s.End(ctx, c.TaskID, StateRevoked, "revoked by "+actor, actor)
+	t, _, err := s.End(ctx, c.TaskID, StateRevoked, "revoked by "+actor, actor)
 	if ErrorCode(err) == CodeNotFound {
 		return s.denyUnrecorded(ctx, c, actor)
 	}
-	if err == nil || errors.Is(err, ErrNotActive) {
-		return nil
+	if errors.Is(err, ErrNotActive) {
+		// Ended already: success only if nothing of it is live at its
+		// source (a revocation may still be pending).
+		return s.stillPending(ctx, t, "revoked again by "+actor)
 	}
 	return err
 }

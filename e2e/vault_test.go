@@ -44,6 +44,8 @@ type vaultWorld struct {
 	vault *vaulttest.Server
 	clock *testkit.Clock
 	token string // Valet's own Vault token, with the documented policy
+	// logins checks the database as a role that can do nothing else.
+	logins *issuers.PostgresLogins
 }
 
 func newVaultWorld(t *testing.T) *vaultWorld {
@@ -51,6 +53,13 @@ func newVaultWorld(t *testing.T) *vaultWorld {
 		clock: testkit.NewClock(time.Now())}
 	w.vault = vaulttest.Start(t, vaulttest.Options{Postgres: w.pg})
 	w.token = w.vault.ValetToken(time.Hour)
+	if err := w.pg.Exec(context.Background(), "CREATE ROLE valet_check LOGIN PASSWORD 'check-only'"); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if w.logins, err = issuers.NewPostgresLogins(w.pg.URL("valet_check", "check-only")); err != nil {
+		t.Fatal(err)
+	}
 	// Starting Vault and PostgreSQL takes seconds: start the broker's clock
 	// at the real time now, as Vault's is, so expiries compare.
 	w.clock = testkit.NewClock(time.Now())
@@ -58,8 +67,8 @@ func newVaultWorld(t *testing.T) *vaultWorld {
 }
 
 // broker starts a broker on the world: a Vault issuer logged in with
-// Valet's token and the Redis retry queue.
-func (w *vaultWorld) broker() *env {
+// Valet's token and the Redis retry queue; opts adjust the env further.
+func (w *vaultWorld) broker(opts ...func(*envOptions)) *env {
 	t := w.t
 	sess, err := issuers.NewVaultSession(context.Background(), issuers.VaultClientConfig{
 		Address: w.vault.Addr(), Timeout: time.Second,
@@ -68,7 +77,8 @@ func (w *vaultWorld) broker() *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := issuers.NewVault(issuers.VaultConfig{Client: sess.Client(), Timeout: time.Second, Now: w.clock.Now})
+	v, err := issuers.NewVault(issuers.VaultConfig{Client: sess.Client(), Timeout: time.Second, Now: w.clock.Now,
+		DatabaseLogins: w.logins})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +91,11 @@ func (w *vaultWorld) broker() *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newEnv(t, envOptions{redis: w.redis, idp: w.idp, clock: w.clock, issuers: []broker.Issuer{v}, queue: q, templates: vaultTemplates})
+	o := envOptions{redis: w.redis, idp: w.idp, clock: w.clock, issuers: []broker.Issuer{v}, queue: q, templates: vaultTemplates}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return newEnv(t, o)
 }
 
 // dbTask is what a declaration of the db template hands back.
@@ -196,7 +210,7 @@ func TestVaultComplete(t *testing.T) {
 		t.Fatalf("complete: %d %s", r.Status, r.Body)
 	}
 	w.mustBeGone(d)
-	if s := e.svc.Stats(); s.Revoked != 1 || s.Failed != 0 {
+	if s := e.svc.Stats(); s.Revoked != 2 || s.Failed != 0 { // the lease, then the token
 		t.Fatalf("stats = %+v", s)
 	}
 	for _, secret := range []string{d.vaultTok, d.password} {
@@ -279,7 +293,7 @@ func TestVaultOutage(t *testing.T) {
 	if in := e.introspect(d.taskToken); in["active"] != false {
 		t.Fatal("the task token is still active")
 	}
-	if s := e.svc.Stats(); s.Failed != 1 || s.Queued != 1 {
+	if s := e.svc.Stats(); s.Failed != 2 || s.Queued != 2 { // the lease and the token
 		t.Fatalf("stats = %+v", s)
 	}
 	if n, err := e.svc.RetryOnce(context.Background()); err != nil || n != 0 {
@@ -298,11 +312,11 @@ func TestVaultOutage(t *testing.T) {
 	w.clock.Advance(2 * time.Minute) // past any backoff
 	e2 := w.broker()
 	n, err := e2.svc.RetryOnce(context.Background())
-	if err != nil || n != 1 {
+	if err != nil || n != 2 { // the lease and the token
 		t.Fatalf("RetryOnce after restart = %d, %v", n, err)
 	}
 	w.mustBeGone(d)
-	if s := e2.svc.Stats(); s.Retried != 1 {
+	if s := e2.svc.Stats(); s.Retried != 2 {
 		t.Fatalf("stats = %+v", s)
 	}
 }

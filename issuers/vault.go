@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/vault/api"
 
@@ -42,8 +45,13 @@ type VaultConfig struct {
 	DatabaseMount string
 	// Timeout bounds each call to Vault; default DefaultVaultTimeout.
 	Timeout time.Duration
-	Now     func() time.Time
-	Logger  *slog.Logger
+	// DatabaseLogins, when set, confirms at the database that a task's
+	// logins are gone before a token's revocation counts as done, and
+	// makes Mint refuse a database username it could not find
+	// (TaskLoginPrefix). Optional.
+	DatabaseLogins DatabaseLogins
+	Now            func() time.Time
+	Logger         *slog.Logger
 }
 
 // Vault issues a Vault token per task, through the token role its template
@@ -54,6 +62,7 @@ type Vault struct {
 	namespace string
 	dbMount   string
 	timeout   time.Duration
+	logins    DatabaseLogins
 	now       func() time.Time
 	log       *slog.Logger
 }
@@ -62,6 +71,8 @@ var (
 	_ broker.Issuer          = (*Vault)(nil)
 	_ broker.SourceInventory = (*Vault)(nil)
 	_ broker.TokenRecognizer = (*Vault)(nil)
+	_ broker.OtherKinds      = (*Vault)(nil)
+	_ broker.OutlivesExpiry  = (*Vault)(nil)
 )
 
 // NewVault checks cfg and builds the issuer.
@@ -70,7 +81,7 @@ func NewVault(cfg VaultConfig) (*Vault, error) {
 		return nil, errors.New("vault issuer: client cannot be nil")
 	}
 	v := &Vault{client: cfg.Client, namespace: cfg.Namespace, dbMount: strings.Trim(cfg.DatabaseMount, "/"),
-		timeout: cfg.Timeout, now: cfg.Now, log: cfg.Logger}
+		timeout: cfg.Timeout, logins: cfg.DatabaseLogins, now: cfg.Now, log: cfg.Logger}
 	if v.dbMount == "" {
 		v.dbMount = "database"
 	}
@@ -123,12 +134,13 @@ func (v *Vault) Mint(ctx context.Context, task broker.Task, p broker.Principal, 
 		NumUses:        spec.NumUses,
 		DisplayName:    "valet-" + task.ID,
 		Metadata: map[string]string{
-			MetaTaskID: task.ID, MetaAgent: task.Agent, MetaTemplate: task.Template, MetaIssuer: task.Issuer,
+			MetaTaskID: metaValue(task.ID), MetaAgent: metaValue(task.Agent), MetaTemplate: metaValue(task.Template),
+			MetaIssuer: metaValue(task.Issuer),
 		},
 	}, spec.TokenRole)
 	cancel()
 	if err != nil {
-		return nil, classify("creating vault token through role "+spec.TokenRole, err)
+		return nil, v.classifyOwn(ctx, "creating vault token through role "+spec.TokenRole, err)
 	}
 	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" || sec.Auth.Accessor == "" {
 		return nil, errors.New("creating vault token: Vault answered without a token")
@@ -147,6 +159,12 @@ func (v *Vault) Mint(ctx context.Context, task broker.Task, p broker.Principal, 
 	}
 	if got := time.Duration(sec.Auth.LeaseDuration) * time.Second; got > ttl {
 		return fail(fmt.Errorf("vault token %s got a ttl of %s, more than the %s asked for", accessor, got, ttl))
+	}
+	if slices.Contains(sec.Auth.Policies, "default") || slices.Contains(sec.Auth.TokenPolicies, "default") {
+		// Vault's default policy lets a token renew any lease it knows the
+		// id of and park data in wrapping tokens (docs/vault.md).
+		return fail(fmt.Errorf("vault token %s carries the default policy: set token_no_default_policy=true on token role %s",
+			accessor, spec.TokenRole))
 	}
 	out := []broker.Minted{{Credential: tokCred, Material: map[string]any{"type": "vault_token", "token": token, "accessor": accessor}}}
 
@@ -170,6 +188,10 @@ func (v *Vault) Mint(ctx context.Context, task broker.Task, p broker.Principal, 
 		}
 		username, _ := ds.Data["username"].(string)
 		password, _ := ds.Data["password"].(string)
+		if v.logins != nil && !strings.HasPrefix(username, TaskLoginPrefix(task.ID)) {
+			return fail(fmt.Errorf("database role %s made username %q, which does not begin with %q: set its username_template as in deploy/vault, or the database check cannot find it",
+				spec.DatabaseRole, username, TaskLoginPrefix(task.ID)))
+		}
 		exp := now.Add(time.Duration(ds.LeaseDuration) * time.Second)
 		if exp.After(tokCred.ExpiresAt) {
 			exp = tokCred.ExpiresAt // the lease dies with its token
@@ -230,24 +252,100 @@ func (v *Vault) wrap(ctx context.Context, material map[string]any, ttl time.Dura
 	return out, nil
 }
 
-// Revoke implements broker.Issuer: a token by accessor (its leases go with
-// it), a lease by id. One that is gone already is not an error.
+// AlsoRevokes implements broker.OtherKinds: the issuer revokes the
+// database leases it records, not only the tokens they hang under.
+func (v *Vault) AlsoRevokes() []broker.CredentialKind {
+	return []broker.CredentialKind{broker.KindVaultLease}
+}
+
+// OutlivesExpiry implements broker.OutlivesExpiry: a database login lives
+// until the database drops it, whatever the lease's expiry (VALID UNTIL is
+// the database role's default_ttl, and expiry kills no open session), so a
+// lease whose revocation failed is retried until it succeeds.
+//
+// With DatabaseLogins, a token's revocation is only done once the task's
+// logins are gone at the database, so tokens are retried past expiry too.
+func (v *Vault) OutlivesExpiry(c broker.Credential) bool {
+	return c.Kind == broker.KindVaultLease || v.logins != nil && c.Kind == broker.KindVaultToken
+}
+
+// Revoke implements broker.Issuer. A nil answer means the credential is
+// dead at its source, checked there, not assumed:
+//
+//   - a lease is revoked synchronously (sys/leases/revoke/<id>), so Vault
+//     runs the database role's revocation statements now and a failure
+//     (the role's sessions or objects, the database down) comes back as an
+//     error; then Vault must no longer know it;
+//   - a token is looked up by accessor first, and revoked only if it is a
+//     task token of c's task (Valet's policy lets it revoke any accessor;
+//     this keeps a wrong or forged record from killing someone else's
+//     token), then revoked by accessor and looked up again; with
+//     DatabaseLogins, the database must then show no live login of the
+//     task (its leases, and any more the agent read with its token).
+//
+// One that is gone already is not an error.
 func (v *Vault) Revoke(ctx context.Context, c broker.Credential) error {
 	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	defer cancel()
-	var err error
 	switch c.Kind {
 	case broker.KindVaultToken:
-		err = v.client.Auth().Token().RevokeAccessorWithContext(ctx, c.ID)
+		return v.revokeToken(ctx, c)
 	case broker.KindVaultLease:
-		_, err = v.client.Logical().WriteWithContext(ctx, "sys/leases/revoke", map[string]any{"lease_id": c.ID})
+		return v.revokeLease(ctx, c)
 	default:
 		return fmt.Errorf("vault issuer cannot revoke a %s credential", c.Kind)
 	}
-	if err != nil && !isGone(err) {
-		return classify(fmt.Sprintf("revoking %s %s", c.Kind, c.ID), err)
+}
+
+func (v *Vault) revokeToken(ctx context.Context, c broker.Credential) error {
+	if err := v.revokeTokenInVault(ctx, c); err != nil {
+		return err
+	}
+	if v.logins != nil {
+		return v.confirmLoginsGone(ctx, c.TaskID)
 	}
 	return nil
+}
+
+func (v *Vault) revokeTokenInVault(ctx context.Context, c broker.Credential) error {
+	tokens := v.client.Auth().Token()
+	info, err := tokens.LookupAccessorWithContext(ctx, c.ID)
+	if isGone(err) {
+		return nil
+	}
+	if err != nil {
+		return classify("looking up vault token "+c.ID+" before revoking it", err)
+	}
+	if info != nil {
+		meta, _ := info.Data["meta"].(map[string]any)
+		if got, _ := meta[MetaTaskID].(string); got == "" || got != c.TaskID {
+			return fmt.Errorf("refusing to revoke vault token %s: it is not a task token of task %s", c.ID, c.TaskID)
+		}
+	}
+	if err := tokens.RevokeAccessorWithContext(ctx, c.ID); err != nil && !isGone(err) {
+		return classify("revoking vault token "+c.ID, err)
+	}
+	if _, err := tokens.LookupAccessorWithContext(ctx, c.ID); !isGone(err) {
+		if err != nil {
+			return classify("checking vault token "+c.ID+" is gone", err)
+		}
+		return fmt.Errorf("vault token %s still live after its revocation", c.ID)
+	}
+	return nil
+}
+
+func (v *Vault) revokeLease(ctx context.Context, c broker.Credential) error {
+	if _, err := v.client.Logical().WriteWithContext(ctx, "sys/leases/revoke/"+c.ID, map[string]any{"sync": true}); err != nil && !isGone(err) {
+		return classify("revoking vault lease "+c.ID, err)
+	}
+	_, err := v.client.Logical().WriteWithContext(ctx, "sys/leases/lookup", map[string]any{"lease_id": c.ID})
+	switch {
+	case isGone(err):
+		return nil
+	case err != nil:
+		return classify("checking vault lease "+c.ID+" is gone", err)
+	}
+	return fmt.Errorf("vault lease %s still live after its revocation", c.ID)
 }
 
 // Live implements broker.SourceInventory: every token in Vault that carries
@@ -303,6 +401,46 @@ func (v *Vault) Live(ctx context.Context) ([]broker.Credential, error) {
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// classifyOwn is classify for a call made with Valet's own token: a 403
+// that comes from Vault no longer knowing that token (it expired, was
+// revoked, or Vault lost its state) means Valet cannot serve now, which
+// wraps broker.ErrUnavailable; a 403 for a token that is fine (a policy the
+// role does not allow) stays a 4xx.
+func (v *Vault) classifyOwn(ctx context.Context, op string, err error) error {
+	var re *api.ResponseError
+	if errors.As(err, &re) && re.StatusCode == http.StatusForbidden {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.timeout)
+		_, lerr := v.client.Auth().Token().LookupSelfWithContext(lctx)
+		cancel()
+		if lerr != nil {
+			return fmt.Errorf("%s: %w: Valet's own vault token is not valid (%w): %w", op, broker.ErrUnavailable, lerr, err)
+		}
+	}
+	return classify(op, err)
+}
+
+// maxMetaLen bounds each value Valet writes into Vault token metadata.
+const maxMetaLen = 256
+
+// metaValue makes s fit to be written into another system's metadata:
+// invalid UTF-8, control and format characters (newline, NUL, bidi
+// overrides such as U+202E) become '?', and it is cut to maxMetaLen bytes
+// on a rune boundary, marked with a trailing '~'.
+func metaValue(s string) string {
+	var b strings.Builder
+	for _, r := range strings.ToValidUTF8(s, "?") {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == utf8.RuneError {
+			r = '?'
+		}
+		if b.Len()+utf8.RuneLen(r) > maxMetaLen-1 {
+			b.WriteByte('~')
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // classify wraps a Vault error: no answer, a timeout, or an answer that

@@ -39,6 +39,9 @@ type Options struct {
 	// Pending counts revocations that failed at their source and wait in a
 	// retry queue (the Vault issuer's).
 	Pending func() float64
+	// RevocationFailures counts attempts to revoke a credential at its
+	// source that failed (first attempts and retries) since start.
+	RevocationFailures func() float64
 	// Live counts, in the ledger shared by every replica, the active tasks
 	// whose deadline has not passed and the credentials they hold. It is
 	// read at scrape time, at most once per LiveCacheFor; when it fails the
@@ -102,6 +105,9 @@ func New(o Options) *Metrics {
 			or(o.FeedSubscribers)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "valet_revocations_pending", Help: "Revocations that failed at their source and are queued for retry."},
 			or(o.Pending)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "valet_revocation_failures_total",
+			Help: "Attempts by this broker to revoke a credential at its source that failed (each is audited as revocation.failed at least once)."},
+			or(o.RevocationFailures)),
 	)
 	return m
 }

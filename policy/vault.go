@@ -42,9 +42,21 @@ var vaultPolicyRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,127}$`)
 
 func decodeVault(l *templateLoader, n *yaml.Node, path string, t *Template) {
 	v := &VaultSpec{}
-	if decodeMapping(l, n, path, vaultFields, v) {
-		t.Vault = v
+	if !decodeMapping(l, n, path, vaultFields, v) {
+		return
 	}
+	if v.NumUses > 0 && v.DatabaseRole != "" {
+		// Valet reads the database credentials with the task token (one
+		// use), and Vault revokes a token's leases when its uses run out,
+		// so the agent's own calls would kill its database login.
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == "num_uses" {
+				l.report(n.Content[i+1], path+".num_uses", "cannot be combined with database_role: the database login dies with the token when its uses run out")
+				return
+			}
+		}
+	}
+	t.Vault = v
 }
 
 // vaultFields is the schema of a template's vault block.

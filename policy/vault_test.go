@@ -18,7 +18,6 @@ func TestTemplateVaultBlockValid(t *testing.T) {
 	set, problems := loadInline(t, vaultTemplateHead+`    vault:
       token_role: valet-task
       policies: [valet-db, kv-read]
-      num_uses: 20
       database_role: readonly
       wrap_ttl: 2m
 `, testIssuers)
@@ -27,8 +26,15 @@ func TestTemplateVaultBlockValid(t *testing.T) {
 	}
 	v := mustGet(t, set, "db").Vault
 	if v == nil || v.TokenRole != "valet-task" || strings.Join(v.Policies, ",") != "valet-db,kv-read" ||
-		v.NumUses != 20 || v.DatabaseRole != "readonly" || v.WrapTTL != 2*time.Minute {
+		v.NumUses != 0 || v.DatabaseRole != "readonly" || v.WrapTTL != 2*time.Minute {
 		t.Fatalf("vault block = %+v", v)
+	}
+	set, problems = loadInline(t, vaultTemplateHead+"    vault: {token_role: r, policies: [p], num_uses: 20}\n", testIssuers)
+	if problems != nil {
+		t.Fatalf("problems: %v", problems)
+	}
+	if v := mustGet(t, set, "db").Vault; v.NumUses != 20 {
+		t.Fatalf("num_uses = %d", v.NumUses)
 	}
 
 	set, problems = loadInline(t, vaultTemplateHead+"    vault: {token_role: r, policies: [p]}\n", testIssuers)
@@ -64,6 +70,7 @@ func TestTemplateVaultBlockInvalid(t *testing.T) {
 		{"text num_uses", "    vault:\n      token_role: r\n      policies: [p]\n      num_uses: \"3\"\n", "templates[0].vault.num_uses", "whole number", 10},
 		{"wrap_ttl too long", "    vault:\n      token_role: r\n      policies: [p]\n      wrap_ttl: 10m\n", "templates[0].vault.wrap_ttl", "longer than the limit of 5m0s", 10},
 		{"wrap_ttl not a duration", "    vault:\n      token_role: r\n      policies: [p]\n      wrap_ttl: soon\n", "templates[0].vault.wrap_ttl", "not a duration", 10},
+		{"num_uses with database_role", "    vault:\n      token_role: r\n      policies: [p]\n      database_role: ro\n      num_uses: 2\n", "templates[0].vault.num_uses", "cannot be combined with database_role", 11},
 		{"unknown key", "    vault:\n      token_role: r\n      policies: [p]\n      ttl: 5m\n", "templates[0].vault.ttl", "unknown field", 10},
 	}
 	for _, tc := range cases {

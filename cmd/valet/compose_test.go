@@ -189,6 +189,14 @@ templates: {paths: [t]}
 		{name: "bad method", vault: "vault:\n  address: http://v\n  auth: {method: ldap}\n", want: []string{"must be token, approle, jwt or kubernetes"}},
 		{name: "approle without secret", vault: "vault:\n  address: http://v\n  auth: {method: approle, role_id: r}\n", want: []string{"approle needs role_id and a secret id"}},
 		{name: "jwt without file", vault: "vault:\n  address: http://v\n  auth: {method: jwt, role: r}\n", want: []string{"jwt needs jwt_file"}},
+		{name: "database check from env", vault: "vault:\n  address: http://v\n  database_check_url_env: CHECK\n",
+			env: map[string]string{"VALET_VAULT_TOKEN": "hvs.x", "CHECK": "postgresql://check:pw@db:5432/postgres"}},
+		{name: "database check env empty", vault: "vault:\n  address: http://v\n  database_check_url_env: CHECK\n",
+			env: map[string]string{"VALET_VAULT_TOKEN": "hvs.x"}, want: []string{"vault.database_check_url", "CHECK is empty"}},
+		{name: "database check twice", vault: "vault:\n  address: http://v\n  database_check_url_env: CHECK\n  database_check_url_file: secret-id\n",
+			env: map[string]string{"VALET_VAULT_TOKEN": "hvs.x", "CHECK": "postgresql://db"}, want: []string{"not both"}},
+		{name: "database check unparsable", vault: "vault:\n  address: http://v\n  database_check_url_env: CHECK\n",
+			env: map[string]string{"VALET_VAULT_TOKEN": "hvs.x", "CHECK": "postgresql://check:hvs.x@db:notaport/postgres"}, want: []string{"does not parse"}},
 		{name: "everything wrong at once", vault: "vault:\n  address: nope\n  timeout: 5ms\n  reconcile_grace: 1s\n", want: []string{"vault.address", "vault.timeout", "vault.reconcile_grace", "vault.auth"}},
 	}
 	for _, tc := range cases {

@@ -27,6 +27,12 @@ type VaultConfig struct {
 	// tokens; ReconcileGrace spares tokens younger than it.
 	ReconcileInterval Duration `yaml:"reconcile_interval"`
 	ReconcileGrace    Duration `yaml:"reconcile_grace"`
+	// DatabaseCheckURLFile and DatabaseCheckURLEnv name a file or an
+	// environment variable holding a PostgreSQL connection URL for a role
+	// that can do nothing but log in: with it, a task's revocation is
+	// confirmed at the database (issuers.DatabaseLogins). Optional.
+	DatabaseCheckURLFile string `yaml:"database_check_url_file"`
+	DatabaseCheckURLEnv  string `yaml:"database_check_url_env"`
 
 	// token is VALET_VAULT_TOKEN: never in the file.
 	token string
@@ -79,6 +85,7 @@ func (c *Config) vaultDefaults() {
 	v.Auth.TokenFile = c.path(v.Auth.TokenFile)
 	v.Auth.SecretIDFile = c.path(v.Auth.SecretIDFile)
 	v.Auth.JWTFile = c.path(v.Auth.JWTFile)
+	v.DatabaseCheckURLFile = c.path(v.DatabaseCheckURLFile)
 }
 
 func (c *Config) validateVault(getenv func(string) string) error {
@@ -108,7 +115,33 @@ func (c *Config) validateVault(getenv func(string) string) error {
 	if _, err := v.login(getenv); err != nil {
 		bad("auth", "%v", err)
 	}
+	if _, err := v.databaseLogins(getenv); err != nil {
+		bad("database_check_url", "%v", err)
+	}
 	return errors.Join(errs...)
+}
+
+// databaseLogins builds the database check from the URL's file or
+// variable, or returns nil when neither is set.
+func (v *VaultConfig) databaseLogins(getenv func(string) string) (issuers.DatabaseLogins, error) {
+	var u string
+	switch {
+	case v.DatabaseCheckURLFile != "" && v.DatabaseCheckURLEnv != "":
+		return nil, errors.New("set database_check_url_file or database_check_url_env, not both")
+	case v.DatabaseCheckURLFile != "":
+		b, err := os.ReadFile(v.DatabaseCheckURLFile)
+		if err != nil {
+			return nil, fmt.Errorf("database_check_url_file: %w", err)
+		}
+		u = strings.TrimSpace(string(b))
+	case v.DatabaseCheckURLEnv != "":
+		if u = getenv(v.DatabaseCheckURLEnv); u == "" {
+			return nil, fmt.Errorf("database_check_url_env: %s is empty", v.DatabaseCheckURLEnv)
+		}
+	default:
+		return nil, nil
+	}
+	return issuers.NewPostgresLogins(u)
 }
 
 // login resolves the auth block into an issuers.VaultLogin, reading secret

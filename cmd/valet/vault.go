@@ -37,9 +37,13 @@ func setupVault(ctx context.Context, cfg *Config, getenv func(string) string, lo
 	if err != nil {
 		return nil, fmt.Errorf("vault: %w", err)
 	}
+	logins, err := cfg.Vault.databaseLogins(getenv)
+	if err != nil {
+		return nil, fmt.Errorf("vault.database_check_url: %w", err)
+	}
 	v, err := issuers.NewVault(issuers.VaultConfig{
 		Client: w.session.Client(), Namespace: cfg.Vault.Namespace, DatabaseMount: cfg.Vault.DatabaseMount,
-		Timeout: time.Duration(cfg.Vault.Timeout), Logger: log,
+		Timeout: time.Duration(cfg.Vault.Timeout), DatabaseLogins: logins, Logger: log,
 	})
 	if err != nil {
 		return nil, err

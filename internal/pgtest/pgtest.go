@@ -42,6 +42,8 @@ type Server struct {
 	t        testing.TB
 	dir      string
 	port     int
+	bin      string
+	cred     *syscall.Credential
 	password string
 	proc     *proctest.Process // nil while stopped
 }
@@ -82,7 +84,7 @@ func Start(t testing.TB) *Server {
 			t.Fatal(err)
 		}
 	}
-	s := &Server{t: t, dir: dir, password: randomHex(16)}
+	s := &Server{t: t, dir: dir, bin: bin, cred: cred, password: randomHex(16)}
 	pwfile := filepath.Join(dir, "pw")
 	if err := os.WriteFile(pwfile, []byte(s.password+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -107,21 +109,56 @@ func Start(t testing.TB) *Server {
 		if s.port, lastErr = testkit.FreePort(); lastErr != nil {
 			continue
 		}
-		cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", s.data(), "-p", strconv.Itoa(s.port),
-			"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+dir,
-			"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=50",
-			"-c", "logging_collector=off", "-c", "log_min_messages=warning")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		if s.proc, lastErr = proctest.Start(cmd, filepath.Join(dir, "postgres.log")); lastErr != nil {
-			continue
-		}
-		if lastErr = s.waitReady(); lastErr == nil {
+		if lastErr = s.launch(); lastErr == nil {
 			return s
 		}
-		s.stop()
 	}
 	t.Fatalf("starting postgres: %v\nlog:\n%s", lastErr, s.logTail())
 	return nil
+}
+
+// launch starts postgres on s.port and waits until it accepts a login.
+func (s *Server) launch() error {
+	cmd := exec.Command(filepath.Join(s.bin, "postgres"), "-D", s.data(), "-p", strconv.Itoa(s.port),
+		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+s.dir,
+		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=50",
+		"-c", "logging_collector=off", "-c", "log_min_messages=warning")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	var err error
+	if s.proc, err = proctest.Start(cmd, filepath.Join(s.dir, "postgres.log")); err != nil {
+		return err
+	}
+	if err = s.waitReady(); err != nil {
+		s.stop()
+	}
+	return err
+}
+
+// Stop shuts the server down (an outage); its data stays for Restart.
+func (s *Server) Stop() { s.t.Helper(); s.stop() }
+
+// Restart starts a stopped server again on the same port with its data.
+func (s *Server) Restart() {
+	s.t.Helper()
+	if s.proc != nil {
+		return
+	}
+	if err := s.launch(); err != nil {
+		s.t.Fatalf("restarting postgres: %v\nlog:\n%s", err, s.logTail())
+	}
+}
+
+// Exec runs sql as the superuser, in database postgres.
+func (s *Server) Exec(ctx context.Context, sql string, args ...any) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.URL(SuperUser, s.password))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, sql, args...)
+	return err
 }
 
 func (s *Server) data() string { return filepath.Join(s.dir, "data") }

@@ -380,6 +380,13 @@ func (s *Server) newMetrics() *metrics.Metrics {
 			}
 			return float64(s.hub.Subscribers())
 		},
+		RevocationFailures: func() float64 {
+			if s.svc == nil {
+				return 0
+			}
+			st := s.svc.Stats()
+			return float64(st.Failed + st.RetryFailed)
+		},
 		Logger: o.Logger,
 		Now:    o.Now,
 	}

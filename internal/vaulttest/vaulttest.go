@@ -36,7 +36,9 @@ import (
 // which scripts/vault-build builds.
 const BinEnv = "VALET_VAULT_BIN"
 
-// Names of what Start sets up, as in docs/vault.md and deploy/vault.
+// Names of what Start sets up, as in docs/vault.md and deploy/vault: the
+// policies and the database role's statements are read from deploy/vault,
+// so the tests check the files ops use.
 const (
 	TokenRole    = "valet-task"
 	DBRole       = "readonly"
@@ -198,16 +200,21 @@ func (s *Server) setup(o Options) error {
 		}
 	}
 	if _, err := s.root.Logical().WriteWithContext(ctx, "auth/token/roles/"+TokenRole, map[string]any{
-		"allowed_policies":       []string{TaskPolicy},
-		"orphan":                 false,
-		"renewable":              false,
-		"token_explicit_max_ttl": int(RoleMaxTTL / time.Second),
-		"token_type":             "service",
+		"allowed_policies":        []string{TaskPolicy},
+		"orphan":                  false,
+		"renewable":               false,
+		"token_explicit_max_ttl":  int(RoleMaxTTL / time.Second),
+		"token_type":              "service",
+		"token_no_default_policy": true,
 	}); err != nil {
 		return fmt.Errorf("writing token role: %w", err)
 	}
 	if o.Postgres == nil {
 		return nil
+	}
+	usernames, err := os.ReadFile(filepath.Join(root, "deploy", "vault", "db-username-template"))
+	if err != nil {
+		return err
 	}
 	if err := sys.MountWithContext(ctx, "database", &api.MountInput{Type: "database"}); err != nil {
 		return fmt.Errorf("mounting database: %w", err)
@@ -218,21 +225,35 @@ func (s *Server) setup(o Options) error {
 		"username":       pgtest.SuperUser,
 		"password":       o.Postgres.Password(),
 		"allowed_roles":  []string{DBRole},
+		// Usernames begin with the task token's display name, so Valet's
+		// database check finds every login of a task.
+		"username_template": string(usernames),
 	}); err != nil {
 		return fmt.Errorf("configuring database connection: %w", err)
+	}
+	creation, err := os.ReadFile(filepath.Join(root, "deploy", "vault", "db-creation.sql"))
+	if err != nil {
+		return err
+	}
+	revocation, err := os.ReadFile(filepath.Join(root, "deploy", "vault", "db-revocation.sql"))
+	if err != nil {
+		return err
+	}
+	renew, err := os.ReadFile(filepath.Join(root, "deploy", "vault", "db-renew.sql"))
+	if err != nil {
+		return err
 	}
 	ttl := o.DBDefaultTTL
 	if ttl == 0 {
 		ttl = time.Hour
 	}
 	if _, err := s.root.Logical().WriteWithContext(ctx, "database/roles/"+DBRole, map[string]any{
-		"db_name": DBConnection,
-		"creation_statements": []string{
-			`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`,
-			`GRANT CONNECT ON DATABASE postgres TO "{{name}}";`,
-		},
-		"default_ttl": int(ttl / time.Second),
-		"max_ttl":     int(24 * time.Hour / time.Second),
+		"db_name":               DBConnection,
+		"creation_statements":   []string{string(creation)},
+		"revocation_statements": []string{string(revocation)},
+		"renew_statements":      []string{string(renew)},
+		"default_ttl":           int(ttl / time.Second),
+		"max_ttl":               int(24 * time.Hour / time.Second),
 	}); err != nil {
 		return fmt.Errorf("writing database role: %w", err)
 	}
@@ -248,11 +269,12 @@ func (s *Server) Addr() string { return "http://" + s.proxy.addr }
 func (s *Server) Root() *api.Client { return s.root }
 
 // ValetToken creates a token for Valet itself with only ValetPolicy (the
-// policy docs/vault.md gives), renewable, with ttl.
+// policy docs/vault.md gives; not Vault's default policy), renewable, with
+// ttl.
 func (s *Server) ValetToken(ttl time.Duration) string {
 	s.t.Helper()
 	sec, err := s.root.Auth().Token().Create(&api.TokenCreateRequest{
-		Policies: []string{ValetPolicy}, TTL: ttl.String(), DisplayName: "valet", NoParent: true,
+		Policies: []string{ValetPolicy}, TTL: ttl.String(), DisplayName: "valet", NoParent: true, NoDefaultPolicy: true,
 	})
 	if err != nil {
 		s.t.Fatalf("creating Valet's token: %v", err)
