@@ -1,0 +1,23 @@
+// Uses the generated types the way a client would, so a spec change that
+// breaks a request or answer shape fails to compile here.
+import type { components, paths } from "./gen/valet.js";
+
+type Schemas = components["schemas"];
+
+export const declaration: Schemas["Declaration"] = {
+  template: "read-invoices",
+  intent: "Summarise last month's invoices",
+  tools: ["invoices.read"],
+  ttl_seconds: 900,
+};
+
+export function taskID(answer: Schemas["DeclareResponse"]): string {
+  return answer.task.id;
+}
+
+export function errorCode(err: Schemas["Error"]): string {
+  return `${err.error}: ${err.message} (rule ${err.rule ?? "-"}, field ${err.field ?? "-"}, request ${err.request_id ?? "-"})`;
+}
+
+type DeclareBody = paths["/v1/tasks"]["post"]["requestBody"]["content"]["application/json"];
+export const body: DeclareBody = declaration;
