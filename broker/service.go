@@ -67,6 +67,9 @@ type Config struct {
 	// ReaperLag, when set, observes each reaped task's lag: from its
 	// deadline to its end.
 	ReaperLag func(time.Duration)
+	// Sightings, when set, hears of each agent granted a task (the agent
+	// inventory); see sightings.go.
+	Sightings Sightings
 }
 
 // Service is Valet's domain API. It is safe for concurrent use.
@@ -91,6 +94,7 @@ type Service struct {
 	reconGrace time.Duration
 	refused    refusedTasks // refused.go
 	reaperLag  func(time.Duration)
+	sightings  Sightings
 }
 
 // NewService checks cfg and builds a Service.
@@ -128,6 +132,7 @@ func NewService(cfg Config) (*Service, error) {
 		loss:      cfg.Loss,
 		reaperLag: cfg.ReaperLag,
 		actions:   cfg.ActionRevoker,
+		sightings: cfg.Sightings,
 	}
 	for _, is := range cfg.Issuers {
 		if _, dup := s.issuers[is.Kind()]; dup {
@@ -356,6 +361,9 @@ func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, is
 	if err := s.audit.Record(ctx, ev); err != nil {
 		s.refuseUnaudited(ctx, task, creds, err)
 		return nil, Unavailable("the audit log", err)
+	}
+	if s.sightings != nil {
+		s.sightings.Saw(p, task.Template, ev.Time)
 	}
 	return minted, nil
 }
