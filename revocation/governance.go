@@ -324,7 +324,11 @@ func (l *RedisLedger) sources(ctx context.Context, sel incident.Selector) ([]str
 
 func (l *RedisLedger) scanKeys(ctx context.Context, match string) ([]string, error) {
 	var out []string
-	iter := l.c.Scan(ctx, 0, match, 1000).Iterator()
+	node, err := scanNode(ctx, l.c, l.keys.prefix)
+	if err != nil {
+		return nil, err
+	}
+	iter := node.Scan(ctx, 0, match, 1000).Iterator()
 	for iter.Next(ctx) {
 		k := iter.Val()
 		// "*" also spans ":" so an agent index of another agent whose name
@@ -540,6 +544,9 @@ func NewControls(c redis.UniversalClient, prefix string, refresh time.Duration) 
 	}
 	if prefix == "" {
 		prefix = "valet"
+	}
+	if err := checkClientPrefix(c, prefix); err != nil {
+		return nil, fmt.Errorf("controls: %w", err)
 	}
 	if refresh <= 0 {
 		refresh = 5 * time.Second

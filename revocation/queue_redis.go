@@ -42,6 +42,9 @@ func NewRedisQueue(c redis.UniversalClient, opts RedisOptions) (*RedisQueue, err
 	if opts.Prefix == "" {
 		opts.Prefix = "valet"
 	}
+	if err := checkClientPrefix(c, opts.Prefix); err != nil {
+		return nil, fmt.Errorf("revocation queue: %w", err)
+	}
 	if opts.Retention <= 0 {
 		opts.Retention = DefaultRetention
 	}

@@ -13,11 +13,16 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/replwait"
 )
 
 // ErrDuplicate: Record was given a task or credential id that the ledger
 // already holds. Nothing was written.
 var ErrDuplicate = errors.New("already recorded")
+
+// NotReplicatedReason ends a task whose record did not reach a replica in
+// time under redis.durability replica.
+const NotReplicatedReason = "refused: the ledger write did not reach a replica"
 
 // DefaultRetention is how long a finished task's records stay readable after
 // its deadline when RedisOptions.Retention is zero.
@@ -83,6 +88,12 @@ type RedisOptions struct {
 	// ReapLease is how long a reaper has to audit a batch it ended before
 	// another replica's reaper does (reap.go); default DefaultReapLease.
 	ReapLease time.Duration
+	// Durable, when set, answers Record only once its write reached the
+	// replicas it asks for (redis.durability: replica). A write the
+	// replicas did not acknowledge in time fails with ErrUnavailable, and
+	// the task it recorded is ended at once, so nothing is handed out that
+	// a promoted replica would not know.
+	Durable *replwait.Waiter
 }
 
 // RedisLedger is the broker.Ledger kept in Redis, shared by every broker
@@ -95,6 +106,7 @@ type RedisLedger struct {
 	retention time.Duration
 	gen       *generation
 	reapLease time.Duration
+	durable   *replwait.Waiter
 }
 
 var (
@@ -113,6 +125,9 @@ func NewRedisLedger(c redis.UniversalClient, opts RedisOptions) (*RedisLedger, e
 	if opts.Prefix == "" {
 		opts.Prefix = "valet"
 	}
+	if err := checkClientPrefix(c, opts.Prefix); err != nil {
+		return nil, fmt.Errorf("redis ledger: %w", err)
+	}
 	if opts.Retention == 0 {
 		opts.Retention = DefaultRetention
 	}
@@ -120,7 +135,7 @@ func NewRedisLedger(c redis.UniversalClient, opts RedisOptions) (*RedisLedger, e
 		opts.ReapLease = DefaultReapLease
 	}
 	k := keys{prefix: opts.Prefix}
-	return &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger, opts.Now), reapLease: opts.ReapLease}, nil
+	return &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger, opts.Now), reapLease: opts.ReapLease, durable: opts.Durable}, nil
 }
 
 // keys names every key the ledger writes; see the package documentation.
@@ -319,7 +334,23 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 		args = append(args, "", "")
 	}
 	args = append(args, gen)
-	err = recordScript.Eval(ctx, l.c, keys, args...).Err()
+	if l.durable != nil {
+		err = l.durable.Run(ctx, l.c, recordScript, keys, args...).Err()
+		if errors.Is(err, replwait.ErrNotReplicated) {
+			// The primary holds the task but a promoted replica might
+			// not: end it now (its JWTs go on the deny list), so it is
+			// never live on one side only; the caller revokes at source.
+			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_, _, eerr := l.End(ectx, t.ID, broker.StateRevoked, NotReplicatedReason, time.Now())
+			cancel()
+			if eerr != nil {
+				err = fmt.Errorf("%w; ending it: %w", err, eerr)
+			}
+			return fmt.Errorf("recording task %s: %w: %w", t.ID, broker.ErrUnavailable, err)
+		}
+	} else {
+		err = recordScript.Eval(ctx, l.c, keys, args...).Err()
+	}
 	if redis.HasErrorPrefix(err, "VALET_GENERATION") {
 		// The data this process knew is gone: start (or adopt) the new
 		// generation, whose epoch revokes everything issued before it,

@@ -28,7 +28,16 @@ type Option func(*config)
 type config struct {
 	aof   bool
 	fsync string
+	// args are extra command-line directives (cluster and replica set-up).
+	args []string
+	// sentinel, when set, is the body of a sentinel configuration: the
+	// process runs as a Sentinel with it (port, bind, dir and log are
+	// added), not as a data server.
+	sentinel string
 }
+
+// withArgs adds command-line directives to the server's start.
+func withArgs(args ...string) Option { return func(c *config) { c.args = append(c.args, args...) } }
 
 // WithAOF turns on the append-only file with appendfsync always, so data
 // written before Kill survives Restart.
@@ -47,7 +56,8 @@ type Server struct {
 	port int
 	cfg  config
 
-	proc *proctest.Process // nil while stopped
+	proc     *proctest.Process // nil while stopped
+	launched bool              // it answered PING once
 }
 
 // Start launches redis-server on a free loopback port with its data in a
@@ -111,6 +121,9 @@ func (s *Server) Restart() {
 // launch starts the process and waits for PING. On failure the process is
 // gone and the error carries the tail of its log.
 func (s *Server) launch() error {
+	if s.cfg.sentinel != "" {
+		return s.launchSentinel()
+	}
 	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
@@ -127,7 +140,12 @@ func (s *Server) launch() error {
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
-	cmd := exec.Command(s.bin, args...)
+	args = append(args, s.cfg.args...)
+	return s.run(exec.Command(s.bin, args...))
+}
+
+// run starts cmd as the server's process and waits for PING.
+func (s *Server) run(cmd *exec.Cmd) error {
 	cmd.Dir = s.dir
 	proc, err := proctest.Start(cmd, filepath.Join(s.dir, "stdout.log"))
 	if err != nil {
@@ -139,6 +157,7 @@ func (s *Server) launch() error {
 	for {
 		err := ping(s.Addr())
 		if err == nil {
+			s.launched = true
 			return nil
 		}
 		if proc.Exited() {

@@ -3,7 +3,9 @@ package redistest_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -57,4 +59,40 @@ func TestServersArePrivate(t *testing.T) {
 	if a.Addr() == b.Addr() {
 		t.Fatalf("two servers share %s", a.Addr())
 	}
+}
+
+func TestStartClusterAndSentinel(t *testing.T) {
+	ctx := context.Background()
+	t.Run("cluster", func(t *testing.T) {
+		c := redistest.StartCluster(t, 3, 1)
+		cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+		t.Cleanup(func() { cc.Close() })
+		for _, k := range []string{"a", "b", "c", "{x}:1"} {
+			if err := cc.Set(ctx, k, "v", 0).Err(); err != nil {
+				t.Fatalf("SET %s: %v", k, err)
+			}
+		}
+		var n atomic.Int64
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			n.Add(1)
+			return nil
+		})
+		if err != nil || n.Load() != 3 {
+			t.Fatalf("masters = %d (%v), want 3", n.Load(), err)
+		}
+	})
+	t.Run("sentinel", func(t *testing.T) {
+		st := redistest.StartSentinel(t)
+		fc := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: st.MasterName, SentinelAddrs: st.SentinelAddrs()})
+		t.Cleanup(func() { fc.Close() })
+		if err := fc.Set(ctx, "k", "v", 0).Err(); err != nil {
+			t.Fatalf("SET through sentinel: %v", err)
+		}
+		if got, err := st.Primary.Client(t).Get(ctx, "k").Result(); err != nil || got != "v" {
+			t.Errorf("GET k on the primary = %q, %v; want the value written through Sentinel", got, err)
+		}
+		if n, err := fc.Wait(ctx, 1, time.Second).Result(); err != nil || n != 1 {
+			t.Errorf("WAIT 1 = %d, %v; want 1 (the replica)", n, err)
+		}
+	})
 }

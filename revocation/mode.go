@@ -1,0 +1,166 @@
+package revocation
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The deployments of Redis NewModeClient connects to.
+const (
+	// ModeSingle is one Redis primary at a redis:// URL.
+	ModeSingle = "single"
+	// ModeSentinel is a primary found through Redis Sentinel; a failover
+	// moves the client to the promoted replica.
+	ModeSentinel = "sentinel"
+	// ModeCluster is a Redis (or Valkey) Cluster. Every key Valet writes
+	// carries the prefix's hash tag, so all of them live in ONE slot: the
+	// scripts stay atomic, but Valet's writes do not scale out across
+	// shards (see CheckClusterPrefix).
+	ModeCluster = "cluster"
+)
+
+// DefaultClusterPrefix is the key prefix in ModeCluster when none is set.
+const DefaultClusterPrefix = "{valet}"
+
+// ModeOptions say how to reach Redis.
+type ModeOptions struct {
+	// Mode is ModeSingle (default), ModeSentinel or ModeCluster.
+	Mode string
+	// URL is the redis:// or rediss:// URL of ModeSingle.
+	URL string
+	// Addrs are host:port of the sentinels (ModeSentinel) or of some
+	// cluster nodes to start from (ModeCluster).
+	Addrs []string
+	// MasterName is the name the sentinels monitor the primary under.
+	MasterName string
+	// Username and Password authenticate to the data nodes (ModeSentinel,
+	// ModeCluster; in ModeSingle they come from URL). SentinelPassword
+	// authenticates to the sentinels.
+	Username, Password, SentinelPassword string
+	// TLS dials the data nodes with TLS (ModeSentinel, ModeCluster).
+	TLS bool
+	// PoolSize caps the connections per node; 0 keeps go-redis's default.
+	PoolSize int
+	// MinReadTimeout raises the read timeout to at least this: a durable
+	// write waits for its replicas (replwait) within the read timeout.
+	MinReadTimeout time.Duration
+}
+
+// Validate reports every problem of o at once; field names are those of the
+// `redis` section of the config file.
+func (o ModeOptions) Validate() error {
+	var errs []error
+	switch o.Mode {
+	case "", ModeSingle:
+		if len(o.Addrs) > 0 || o.MasterName != "" {
+			errs = append(errs, errors.New("redis.addrs and redis.master_name are for mode sentinel or cluster; mode single uses redis.url"))
+		}
+	case ModeSentinel, ModeCluster:
+		if len(o.Addrs) == 0 {
+			errs = append(errs, fmt.Errorf("redis.addrs: mode %s needs at least one host:port", o.Mode))
+		}
+		for i, a := range o.Addrs {
+			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+				errs = append(errs, fmt.Errorf("redis.addrs[%d]: %q is not host:port", i, a))
+			}
+		}
+		if o.Mode == ModeSentinel && o.MasterName == "" {
+			errs = append(errs, errors.New("redis.master_name: mode sentinel needs the name the sentinels monitor the primary under"))
+		}
+		if o.Mode == ModeCluster && o.MasterName != "" {
+			errs = append(errs, errors.New("redis.master_name is for mode sentinel only"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("redis.mode: %q is not one of single, sentinel, cluster", o.Mode))
+	}
+	return errors.Join(errs...)
+}
+
+// NewModeClient connects to Redis as o says, with the timeouts of
+// NewClient (500 ms to dial, read and write, 1 s for a pooled connection,
+// one retry), so a dead Redis answers within about a second.
+func NewModeClient(o ModeOptions) (redis.UniversalClient, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if o.Mode == "" || o.Mode == ModeSingle {
+		c, err := NewClient(o.URL)
+		if err != nil {
+			return nil, err
+		}
+		opt := c.Options()
+		if opt.ReadTimeout < o.MinReadTimeout || o.PoolSize > 0 {
+			c.Close()
+			raised := *opt
+			raised.ReadTimeout = max(opt.ReadTimeout, o.MinReadTimeout)
+			if o.PoolSize > 0 {
+				raised.PoolSize = o.PoolSize
+			}
+			return redis.NewClient(&raised), nil
+		}
+		return c, nil
+	}
+	u := &redis.UniversalOptions{
+		Addrs: o.Addrs, MasterName: o.MasterName, Username: o.Username, Password: o.Password,
+		SentinelPassword: o.SentinelPassword, PoolSize: o.PoolSize,
+		DialTimeout: 500 * time.Millisecond, ReadTimeout: max(500*time.Millisecond, o.MinReadTimeout),
+		WriteTimeout: 500 * time.Millisecond, PoolTimeout: time.Second, MaxRetries: 1,
+		ContextTimeoutEnabled: true,
+	}
+	if o.TLS {
+		u.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if o.Mode == ModeCluster {
+		// One retry and a few redirects: a moved slot is followed, a dead
+		// node answers 503 instead of hanging the request.
+		u.MaxRedirects = 3
+		return redis.NewClusterClient(u.Cluster()), nil
+	}
+	return redis.NewFailoverClient(u.Failover()), nil
+}
+
+// CheckClusterPrefix reports whether every key under prefix hashes to one
+// Redis Cluster slot: the prefix must hold a hash tag, a non-empty "{...}"
+// after its first "{" (Redis hashes only the tag of such a key). Valet's
+// scripts touch several keys each, so in a cluster they all must share a
+// slot; the price is that one slot, one primary, takes every write.
+func CheckClusterPrefix(prefix string) error {
+	open := strings.IndexByte(prefix, '{')
+	if open < 0 {
+		return fmt.Errorf("redis.prefix %q has no hash tag: in mode cluster it must hold one, like %q, so every key of a script is in one slot", prefix, DefaultClusterPrefix)
+	}
+	if end := strings.IndexByte(prefix[open+1:], '}'); end <= 0 {
+		return fmt.Errorf("redis.prefix %q: its first \"{\" must be closed within the prefix with a non-empty tag, like %q, so every key of a script is in one slot", prefix, DefaultClusterPrefix)
+	}
+	return nil
+}
+
+// checkClientPrefix rejects a cluster client with a prefix whose keys
+// would spread over several slots.
+func checkClientPrefix(c redis.UniversalClient, prefix string) error {
+	if _, ok := c.(*redis.ClusterClient); !ok {
+		return nil
+	}
+	return CheckClusterPrefix(prefix)
+}
+
+// scanNode is the client a SCAN of the keys under prefix goes to: in a
+// cluster, the primary of the prefix's slot (every key is there).
+func scanNode(ctx context.Context, c redis.UniversalClient, prefix string) (redis.UniversalClient, error) {
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return c, nil
+	}
+	m, err := cc.MasterForKey(ctx, prefix)
+	if err != nil {
+		return nil, wrapErr("finding the primary of "+prefix, err)
+	}
+	return m, nil
+}
