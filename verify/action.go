@@ -42,27 +42,38 @@ func (v *Verifier) CheckAction(ctx context.Context, r *http.Request, tool string
 	if err != nil {
 		return Claims{}, err
 	}
+	canon, err := canonical.Value(args)
+	if err != nil {
+		return Claims{}, refuse(500, "the tool server's arguments cannot be hashed", err)
+	}
+	if err := v.checkAction(ctx, r, c, tool, canon); err != nil {
+		return Claims{}, err
+	}
+	return c, nil
+}
+
+// checkAction is CheckAction after the task token's own checks: the tool
+// is one of the task's sensitive tools, the task is not revoked, and the
+// request's action token is for this task, tool, arguments (canon, their
+// canonical form) and key, and is consumed at Valet.
+func (v *Verifier) checkAction(ctx context.Context, r *http.Request, c Claims, tool string, canon []byte) error {
 	if tool == "" || !slices.Contains(c.ActionTools, tool) {
-		return Claims{}, refuse(403, fmt.Sprintf("tool %q is not granted to this task", tool), nil)
+		return refuse(403, fmt.Sprintf("tool %q is not granted to this task", tool), nil)
 	}
 	if err := v.checkRevoked(ctx, bearerOf(r), c); err != nil {
-		return Claims{}, err
+		return err
 	}
 	raw := strings.TrimSpace(r.Header.Get(ActionHeader))
 	if raw == "" {
-		return Claims{}, refuse(403, fmt.Sprintf("tool %q needs an action token (header %s)", tool, ActionHeader), errors.New("no action token"))
+		return refuse(403, fmt.Sprintf("tool %q needs an action token (header %s)", tool, ActionHeader), errors.New("no action token"))
 	}
 	if len(raw) > 8192 {
-		return Claims{}, refuse(403, "invalid action token", errors.New("action token too long"))
+		return refuse(403, "invalid action token", errors.New("action token too long"))
 	}
 	var aw actionWire
 	tok, err := v.actionParser.ParseWithClaims(raw, &aw, func(t *jwt.Token) (any, error) { return v.key(ctx, t, "action+jwt") })
 	if err != nil || !tok.Valid {
-		return Claims{}, refuse(403, "invalid action token", err)
-	}
-	canon, err := canonical.Value(args)
-	if err != nil {
-		return Claims{}, refuse(500, "the tool server's arguments cannot be hashed", err)
+		return refuse(403, "invalid action token", err)
 	}
 	jkt := ""
 	if aw.Cnf != nil {
@@ -70,24 +81,24 @@ func (v *Verifier) CheckAction(ctx context.Context, r *http.Request, tool string
 	}
 	switch {
 	case aw.ID == "" || aw.TaskID == "":
-		return Claims{}, refuse(403, "invalid action token", errors.New("missing jti or task_id"))
+		return refuse(403, "invalid action token", errors.New("missing jti or task_id"))
 	case aw.TaskID != c.TaskID:
-		return Claims{}, refuse(403, "the action token is for another task", nil)
+		return refuse(403, "the action token is for another task", nil)
 	case aw.Tool != tool:
-		return Claims{}, refuse(403, fmt.Sprintf("the action token is not for tool %q", tool), nil)
+		return refuse(403, fmt.Sprintf("the action token is not for tool %q", tool), nil)
 	case aw.ArgsHash != canonical.Hash(canon):
-		return Claims{}, refuse(403, "the action token is for other arguments", nil)
+		return refuse(403, "the action token is for other arguments", nil)
 	case jkt != c.JKT:
-		return Claims{}, refuse(403, "the action token is bound to another key", nil)
+		return refuse(403, "the action token is bound to another key", nil)
 	}
 	consumed, err := v.consume(ctx, raw)
 	if err != nil {
-		return Claims{}, refuse(503, "Valet cannot be reached to use the action token", err)
+		return refuse(503, "Valet cannot be reached to use the action token", err)
 	}
 	if !consumed {
-		return Claims{}, refuse(403, "the action token was used already, expired or was revoked", nil)
+		return refuse(403, "the action token was used already, expired or was revoked", nil)
 	}
-	return c, nil
+	return nil
 }
 
 // consume asks Valet to use up an action token.

@@ -31,14 +31,19 @@ func (v *Verifier) ResourceMetadataURL() string {
 // authorization server, the header as the one way to send a token, and the
 // DPoP algorithms it checks. Mount it at the path of ResourceMetadataURL.
 func (v *Verifier) ProtectedResourceMetadata() http.Handler {
-	body, _ := json.Marshal(map[string]any{
+	md := map[string]any{
 		"resource":                          v.cfg.Audience,
 		"authorization_servers":             []string{v.cfg.Issuer},
 		"bearer_methods_supported":          []string{"header"},
 		"dpop_signing_alg_values_supported": dpopAlgs,
 		"dpop_bound_access_tokens_required": false,
-		"scopes_supported":                  v.cfg.Scopes,
-	})
+	}
+	// RFC 9728 section 2: scopes_supported is optional, and an empty list
+	// would tell clients no scope exists; leave it out.
+	if len(v.cfg.Scopes) > 0 {
+		md["scopes_supported"] = v.cfg.Scopes
+	}
+	body, _ := json.Marshal(md)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")

@@ -53,6 +53,17 @@ func TestProtectedResourceMetadata(t *testing.T) {
 	if u := notURL.ResourceMetadataURL(); u != "" {
 		t.Errorf("an audience that is no URL has metadata at %q", u)
 	}
+	// Without configured scopes, scopes_supported is left out, not [] or
+	// null (RFC 9728 section 2: optional).
+	rec = httptest.NewRecorder()
+	notURL.ProtectedResourceMetadata().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	md = nil
+	if err := json.Unmarshal(rec.Body.Bytes(), &md); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := md["scopes_supported"]; ok {
+		t.Errorf("empty scopes_supported published: %s", rec.Body)
+	}
 }
 
 // TestChallenges: 401 points at the resource metadata (RFC 9728 section

@@ -173,17 +173,7 @@ func (v *Verifier) Middleware(tool func(*http.Request) string) func(http.Handler
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			c, err := v.Check(r.Context(), r, tool(r))
 			if err != nil {
-				var e *Error
-				if !errors.As(err, &e) {
-					e = refuse(http.StatusInternalServerError, "internal error", err)
-				}
-				v.cfg.Logger.WarnContext(r.Context(), "tool call refused", "status", e.Status, "reason", e.Error())
-				if ch := v.challenge(r, e); ch != "" {
-					w.Header().Set("WWW-Authenticate", ch)
-				}
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(e.Status)
-				_ = json.NewEncoder(w).Encode(map[string]string{"error": http.StatusText(e.Status), "message": e.Message})
+				v.writeRefusal(w, r, err)
 				return
 			}
 			h := &effectHolder{}
@@ -199,6 +189,22 @@ func (v *Verifier) Middleware(tool func(*http.Request) string) func(http.Handler
 			v.Report(r, c, tool(r), sw.status, e)
 		})
 	}
+}
+
+// writeRefusal answers a refused request: its status, the challenge, and
+// JSON {"error", "message"}.
+func (v *Verifier) writeRefusal(w http.ResponseWriter, r *http.Request, err error) {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = refuse(http.StatusInternalServerError, "internal error", err)
+	}
+	v.cfg.Logger.WarnContext(r.Context(), "tool call refused", "status", e.Status, "reason", e.Error())
+	if ch := v.challenge(r, e); ch != "" {
+		w.Header().Set("WWW-Authenticate", ch)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": http.StatusText(e.Status), "message": e.Message})
 }
 
 type claimsKey struct{}
@@ -236,20 +242,29 @@ func (v *Verifier) Check(ctx context.Context, r *http.Request, tool string) (Cla
 	if err != nil {
 		return Claims{}, err
 	}
-	if tool == "" || !slices.Contains(c.Tools, tool) {
-		e := refuse(403, fmt.Sprintf("tool %q is not granted to this task", tool), nil)
-		if validScopeToken(tool) {
-			e.Scope = tool
-			if validScopeToken(c.Template) {
-				e.Scope = "template:" + c.Template + " " + tool
-			}
-		}
-		return Claims{}, e
+	if err := checkTool(c, tool); err != nil {
+		return Claims{}, err
 	}
 	if err := v.checkRevoked(ctx, bearerOf(r), c); err != nil {
 		return Claims{}, err
 	}
 	return c, nil
+}
+
+// checkTool refuses a tool the task token does not grant, with the scope
+// that would grant it.
+func checkTool(c Claims, tool string) error {
+	if tool != "" && slices.Contains(c.Tools, tool) {
+		return nil
+	}
+	e := refuse(403, fmt.Sprintf("tool %q is not granted to this task", tool), nil)
+	if validScopeToken(tool) {
+		e.Scope = tool
+		if validScopeToken(c.Template) {
+			e.Scope = "template:" + c.Template + " " + tool
+		}
+	}
+	return e
 }
 
 // checkToken checks the request's task token and, for a bound token, its

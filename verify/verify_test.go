@@ -31,14 +31,16 @@ const (
 // feed (snapshot and SSE stream), each request counted. The stream sends
 // whatever the test pushes on events; a test can cut it.
 type valet struct {
-	t      *testing.T
-	srv    *httptest.Server
-	key    ed25519.PrivateKey
-	kid    string
-	now    func() time.Time
-	calls  sync.Map // path → *atomic.Int64
-	events chan string
-	cut    chan struct{}
+	t     *testing.T
+	srv   *httptest.Server
+	key   ed25519.PrivateKey
+	kid   string
+	now   func() time.Time
+	calls sync.Map // path → *atomic.Int64
+	// consumed are the action token jtis used at /v1/actions/consume.
+	consumed sync.Map
+	events   chan string
+	cut      chan struct{}
 
 	// jwksHold, when set, holds every JWKS answer until it is closed;
 	// jwksIn is told each time one is held.
@@ -79,6 +81,14 @@ func newValet(t *testing.T, now func() time.Time) *valet {
 		active := !v.revoked[fmt.Sprint(claims["jti"])]
 		v.mu.Unlock()
 		_ = json.NewEncoder(w).Encode(map[string]bool{"active": active})
+	})
+	mux.HandleFunc("POST /v1/actions/consume", func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		claims := jwt.MapClaims{}
+		_, _, _ = jwt.NewParser().ParseUnverified(r.PostForm.Get("token"), claims)
+		jti := fmt.Sprint(claims["jti"])
+		_, used := v.consumed.LoadOrStore(jti, true)
+		_ = json.NewEncoder(w).Encode(map[string]bool{"consumed": !used})
 	})
 	mux.HandleFunc("GET /v1/revocations", func(w http.ResponseWriter, r *http.Request) {
 		v.mu.Lock()
