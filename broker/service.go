@@ -21,7 +21,6 @@ import (
 const (
 	defaultMintTimeout   = 5 * time.Second
 	defaultLedgerTimeout = 2 * time.Second
-	reapBatch            = 256
 )
 
 // LedgerCtx bounds one call to the ledger or another shared store, so a
@@ -59,14 +58,9 @@ type Config struct {
 	Loss LossReporter
 
 	// RevocationQueue, when set, keeps failed revocations at the source
-	// for RunRetries (rule 5). Without it a failure is only logged.
+	// for the retrier (package reconcile; rule 5). Without it a failure is
+	// only logged.
 	RevocationQueue RevocationQueue
-	// ReconcileGrace spares credentials younger than this from the
-	// reconciler (default 1m): their declaration may still be running.
-	ReconcileGrace time.Duration
-	// ReaperLag, when set, observes each reaped task's lag: from its
-	// deadline to its end.
-	ReaperLag func(time.Duration)
 }
 
 // Service is Valet's domain API. It is safe for concurrent use.
@@ -86,11 +80,9 @@ type Service struct {
 	epochs    EpochStore
 	loss      LossReporter
 
-	retryQ     RevocationQueue
-	counters   revocationCounters
-	reconGrace time.Duration
-	refused    refusedTasks // refused.go
-	reaperLag  func(time.Duration)
+	retryQ   RevocationQueue
+	counters revocationCounters
+	refused  refusedTasks // refused.go
 }
 
 // NewService checks cfg and builds a Service.
@@ -115,40 +107,25 @@ func NewService(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("broker: %s cannot be nil", strings.Join(missing, ", "))
 	}
 	s := &Service{
-		identity:  cfg.Identity,
-		tokens:    cfg.Tokens,
-		issuers:   map[CredentialKind]Issuer{cfg.Tokens.Kind(): cfg.Tokens},
-		ledger:    cfg.Ledger,
-		audit:     cfg.Auditor,
-		retryQ:    cfg.RevocationQueue,
-		now:       cfg.Now,
-		log:       cfg.Logger,
-		controls:  cfg.Controls,
-		epochs:    cfg.Epochs,
-		loss:      cfg.Loss,
-		reaperLag: cfg.ReaperLag,
-		actions:   cfg.ActionRevoker,
+		identity: cfg.Identity,
+		tokens:   cfg.Tokens,
+		extra:    cfg.Issuers,
+		ledger:   cfg.Ledger,
+		audit:    cfg.Auditor,
+		retryQ:   cfg.RevocationQueue,
+		now:      cfg.Now,
+		log:      cfg.Logger,
+		controls: cfg.Controls,
+		epochs:   cfg.Epochs,
+		loss:     cfg.Loss,
+		actions:  cfg.ActionRevoker,
 	}
-	for _, is := range cfg.Issuers {
-		if _, dup := s.issuers[is.Kind()]; dup {
-			return nil, fmt.Errorf("broker: two issuers of kind %q", is.Kind())
-		}
-		s.issuers[is.Kind()] = is
-		s.extra = append(s.extra, is)
-		if more, has := is.(OtherKinds); has {
-			for _, k := range more.AlsoRevokes() {
-				if _, dup := s.issuers[k]; dup {
-					return nil, fmt.Errorf("broker: two issuers of kind %q", k)
-				}
-				s.issuers[k] = is
-			}
-		}
+	var err error
+	if s.issuers, err = IssuersByKind(append([]Issuer{cfg.Tokens}, cfg.Issuers...)); err != nil {
+		return nil, err
 	}
 	if s.now == nil {
 		s.now = time.Now
-	}
-	if s.reconGrace = cfg.ReconcileGrace; s.reconGrace <= 0 {
-		s.reconGrace = defaultReconcileGrace
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -656,34 +633,6 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 		return s.stillPending(ctx, t, "revoked again by "+actor)
 	}
 	return err
-}
-
-// ReapOnce ends every active task whose deadline has passed, in batches,
-// and reports how many it ended. Several brokers may reap the same ledger:
-// the ledger lets exactly one of them end each task.
-func (s *Service) ReapOnce(ctx context.Context) (int, error) {
-	ended, err := s.endRefused(ctx)
-	if err != nil {
-		return ended, err
-	}
-	n, err := s.reapBatches(ctx) // reap.go
-	return ended + n, err
-}
-
-// RunReaper calls ReapOnce every interval until ctx ends.
-func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if n, err := s.ReapOnce(ctx); err != nil { // each batch logs what it ended (reap.go)
-			s.log.ErrorContext(ctx, "reaper pass failed", "ended", n, "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // Ready reports whether the service can issue: the ledger answers.
