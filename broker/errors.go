@@ -108,3 +108,19 @@ func QuoteUntrusted(s string) string {
 	}
 	return fmt.Sprintf("%q", s)
 }
+
+// InvalidField is the 400 of a client-sent value that is wrong: field names
+// it (tools[3], ttl_seconds), the message says what is wrong.
+func InvalidField(field, format string, args ...any) *Error {
+	e := Errorf(CodeInvalid, format, args...)
+	e.Field = field
+	return e
+}
+
+// Limits on the tools and lifetime a client may ask for: a declaration's
+// (package wire) and a token exchange's (package delegation).
+const (
+	MaxTools    = 256
+	MaxToolName = 128
+	MaxTTL      = 24 * time.Hour
+)

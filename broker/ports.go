@@ -20,7 +20,7 @@ type Authenticator interface {
 //
 // An issuer may also have two optional abilities, which the Service finds
 // by asserting them on the issuers it was given: SourceInventory
-// (reconcile.go), listing what is live at its source so the reconciler can
+// (package reconcile), listing what is live at its source so the reconciler can
 // revoke what the ledger does not know, and TokenRecognizer (revoke.go),
 // telling RFC 7009 revocation which tokens are its own. They are optional
 // because an issuer legitimately may or may not support them (Vault lists
@@ -35,6 +35,18 @@ type Issuer interface {
 	// Revoke kills c at its source. Revoking a credential that is already
 	// gone returns nil. An error wrapping ErrUnavailable is worth retrying.
 	Revoke(ctx context.Context, c Credential) error
+}
+
+// SourceInventory is implemented by issuers that can list what they made
+// that is still live at their source, so the reconciler (package
+// reconcile) can find credentials the ledger does not know (the broker
+// died between minting and recording, or Redis lost the record).
+// Implementations must be safe for concurrent use; errors wrap
+// ErrUnavailable when the source is down.
+type SourceInventory interface {
+	// Live lists the credentials live at the source that carry a Valet
+	// task id, with ID, Kind, TaskID, IssuedAt and ExpiresAt set.
+	Live(ctx context.Context) ([]Credential, error)
 }
 
 // OtherKinds is implemented by an Issuer that also revokes credentials of

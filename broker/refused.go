@@ -13,8 +13,8 @@ import (
 const RefusedReason = "grant refused: it could not be audited; no credential was handed out"
 
 // refusedTasks are tasks recorded for a declaration that was then refused,
-// whose end the ledger did not take yet. RunReaper ends them on its next
-// pass, before their deadline. Safe for concurrent use.
+// whose end the ledger did not take yet. The reaper (package reconcile)
+// ends them through EndRefused on its next pass, before their deadline. Safe for concurrent use.
 type refusedTasks struct {
 	mu  sync.Mutex
 	ids map[string]bool
@@ -61,8 +61,10 @@ func (s *Service) refuseUnaudited(ctx context.Context, task Task, creds []Creden
 		"task_id", task.ID, "err", err)
 }
 
-// endRefused ends the refused tasks the ledger could not take before.
-func (s *Service) endRefused(ctx context.Context) (int, error) {
+// EndRefused ends the refused tasks the ledger could not take before
+// (refuseUnaudited) and reports how many it ended. The reaper calls it on
+// every pass.
+func (s *Service) EndRefused(ctx context.Context) (int, error) {
 	n := 0
 	for _, id := range s.refused.list() {
 		_, _, err := s.End(ctx, id, StateRevoked, RefusedReason, "reaper")

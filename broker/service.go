@@ -21,7 +21,6 @@ import (
 const (
 	defaultMintTimeout   = 5 * time.Second
 	defaultLedgerTimeout = 2 * time.Second
-	reapBatch            = 256
 )
 
 // LedgerCtx bounds one call to the ledger or another shared store, so a
@@ -59,14 +58,9 @@ type Config struct {
 	Loss LossReporter
 
 	// RevocationQueue, when set, keeps failed revocations at the source
-	// for RunRetries (rule 5). Without it a failure is only logged.
+	// for the retrier (package reconcile; rule 5). Without it a failure is
+	// only logged.
 	RevocationQueue RevocationQueue
-	// ReconcileGrace spares credentials younger than this from the
-	// reconciler (default 1m): their declaration may still be running.
-	ReconcileGrace time.Duration
-	// ReaperLag, when set, observes each reaped task's lag: from its
-	// deadline to its end.
-	ReaperLag func(time.Duration)
 	// Sightings, when set, hears of each agent granted a task (the agent
 	// inventory); see sightings.go.
 	Sightings Sightings
@@ -89,12 +83,10 @@ type Service struct {
 	epochs    EpochStore
 	loss      LossReporter
 
-	retryQ     RevocationQueue
-	counters   revocationCounters
-	reconGrace time.Duration
-	refused    refusedTasks // refused.go
-	reaperLag  func(time.Duration)
-	sightings  Sightings
+	retryQ    RevocationQueue
+	counters  revocationCounters
+	refused   refusedTasks // refused.go
+	sightings Sightings
 }
 
 // NewService checks cfg and builds a Service.
@@ -121,7 +113,7 @@ func NewService(cfg Config) (*Service, error) {
 	s := &Service{
 		identity:  cfg.Identity,
 		tokens:    cfg.Tokens,
-		issuers:   map[CredentialKind]Issuer{cfg.Tokens.Kind(): cfg.Tokens},
+		extra:     cfg.Issuers,
 		ledger:    cfg.Ledger,
 		audit:     cfg.Auditor,
 		retryQ:    cfg.RevocationQueue,
@@ -130,30 +122,15 @@ func NewService(cfg Config) (*Service, error) {
 		controls:  cfg.Controls,
 		epochs:    cfg.Epochs,
 		loss:      cfg.Loss,
-		reaperLag: cfg.ReaperLag,
 		actions:   cfg.ActionRevoker,
 		sightings: cfg.Sightings,
 	}
-	for _, is := range cfg.Issuers {
-		if _, dup := s.issuers[is.Kind()]; dup {
-			return nil, fmt.Errorf("broker: two issuers of kind %q", is.Kind())
-		}
-		s.issuers[is.Kind()] = is
-		s.extra = append(s.extra, is)
-		if more, has := is.(OtherKinds); has {
-			for _, k := range more.AlsoRevokes() {
-				if _, dup := s.issuers[k]; dup {
-					return nil, fmt.Errorf("broker: two issuers of kind %q", k)
-				}
-				s.issuers[k] = is
-			}
-		}
+	var err error
+	if s.issuers, err = IssuersByKind(append([]Issuer{cfg.Tokens}, cfg.Issuers...)); err != nil {
+		return nil, err
 	}
 	if s.now == nil {
 		s.now = time.Now
-	}
-	if s.reconGrace = cfg.ReconcileGrace; s.reconGrace <= 0 {
-		s.reconGrace = defaultReconcileGrace
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -664,34 +641,6 @@ func (s *Service) Revoke(ctx context.Context, raw, actor string) error {
 		return s.stillPending(ctx, t, "revoked again by "+actor)
 	}
 	return err
-}
-
-// ReapOnce ends every active task whose deadline has passed, in batches,
-// and reports how many it ended. Several brokers may reap the same ledger:
-// the ledger lets exactly one of them end each task.
-func (s *Service) ReapOnce(ctx context.Context) (int, error) {
-	ended, err := s.endRefused(ctx)
-	if err != nil {
-		return ended, err
-	}
-	n, err := s.reapBatches(ctx) // reap.go
-	return ended + n, err
-}
-
-// RunReaper calls ReapOnce every interval until ctx ends.
-func (s *Service) RunReaper(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if n, err := s.ReapOnce(ctx); err != nil { // each batch logs what it ended (reap.go)
-			s.log.ErrorContext(ctx, "reaper pass failed", "ended", n, "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // Ready reports whether the service can issue: the ledger answers.

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/wire"
 )
 
 // Token exchange (RFC 8693) parameters and types Valet accepts.
@@ -65,7 +66,7 @@ func DecodeTokenExchange(form url.Values) (Request, error) {
 	if len(r.Tools) == 0 {
 		return r, broker.InvalidField("tools", "tools is required: the space-separated tools the sub-agent needs")
 	}
-	if err := broker.CheckToolNames("tools", r.Tools); err != nil {
+	if err := wire.CheckToolNames("tools", r.Tools); err != nil {
 		return r, err
 	}
 	if r.Scopes, err = spaceList(form.Get("scope"), "scope", 64, 256); err != nil {

@@ -110,7 +110,7 @@ func TestReaper(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			go reaper.svc.RunReaper(ctx, 50*time.Millisecond)
+			go reaper.reaper.Run(ctx, 50*time.Millisecond)
 
 			e.clock.Advance(59 * time.Second)
 			if task, _, _ := e.raw.Task(ctx, id); task.State != broker.StateActive {

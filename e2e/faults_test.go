@@ -137,7 +137,7 @@ func TestFaultReplicaKilled(t *testing.T) {
 		ids = append(ids, id)
 	}
 	// A is gone (its reaper never ran); B reaps.
-	go b.svc.RunReaper(ctx, time.Second)
+	go b.reaper.Run(ctx, time.Second)
 	time.Sleep(4 * time.Second)
 	var worst time.Duration
 	ended := 0
@@ -176,7 +176,7 @@ func TestFaultSoak(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	followRealTime(ctx, e.clock)
-	go e.svc.RunReaper(ctx, time.Second)
+	go e.reaper.Run(ctx, time.Second)
 	var ids []string
 	var g0, r0 int
 	start := time.Now()

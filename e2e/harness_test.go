@@ -33,6 +33,7 @@ import (
 	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/policy"
+	"github.com/valet-dev/valet/reconcile"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/toolevents"
 )
@@ -115,6 +116,12 @@ type env struct {
 	events *toolevents.Service
 	// issuerNames are the agent issuers trusted (config names).
 	issuerNames []string
+
+	// The background repair loops the tests run by hand (retrier: nil
+	// without a queue).
+	reaper     *reconcile.Reaper
+	retrier    *reconcile.Retrier
+	reconciler *reconcile.Reconciler
 }
 
 type envOptions struct {
@@ -228,7 +235,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		PublicURL: e.srv.URL, Identity: verifier, Tokens: e.tokens, Ledger: e.ledger, Auditors: []broker.Auditor{auditor},
 		Templates: set, Clients: []clientauth.Client{{ID: clientID, SecretSHA256: sha(clientSecret)}}, Now: e.clock.Now,
 		Agent: broker.AgentConfig{Limiter: e.raw}, Records: e.raw, StepUp: stepUp, Issuers: o.issuers, Queue: o.queue, IntrospectionClients: o.introspection, MaxBodyBytes: 16 << 10,
-		// The tests reap by hand (ReapOnce, RunReaper), or play replicas
+		// The tests reap by hand (reaper.Once, reaper.Run), or play replicas
 		// whose reaper never runs.
 		ReapInterval: -1,
 		OAuth:        &server.OAuthOptions{Clients: o.oauthClients},
@@ -241,6 +248,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatal(err)
 	}
 	e.svc, e.events, e.srv.Handler = srv.Service(), srv.ToolEvents(), srv.Handler()
+	e.reaper, e.retrier, e.reconciler = srv.Reaper(), srv.Retrier(), srv.Reconciler()
 	if o.incident {
 		e.inc.admin, e.inc.metrics, e.inc.hub = srv.Admin(), srv.Metrics(), srv.FeedHub()
 	}

@@ -194,7 +194,7 @@ func TestAttackFeedFollowers(t *testing.T) {
 	// The reaper ends a task past its deadline.
 	e.declared("agent-short", 1)
 	e.clock.Advance(2 * time.Second)
-	if n, err := e.svc.ReapOnce(ctx); err != nil || n != 1 {
+	if n, err := e.reaper.Once(ctx); err != nil || n != 1 {
 		t.Fatalf("reaper: ended %d, %v", n, err)
 	}
 	// Every follower hears the revocation.

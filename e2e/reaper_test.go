@@ -30,9 +30,9 @@ func TestReaperBatchAudit(t *testing.T) {
 	keep, _ := e.declared("agent-8", 600)
 	e.clock.Advance(61 * time.Second)
 	writes := e.ledger.writes.Load()
-	n, err := e.svc.ReapOnce(context.Background())
+	n, err := e.reaper.Once(context.Background())
 	if err != nil || n != 3 {
-		t.Fatalf("ReapOnce = %d, %v; want 3", n, err)
+		t.Fatalf("reaper.Once = %d, %v; want 3", n, err)
 	}
 	if w := e.ledger.writes.Load() - writes; w > 2 {
 		t.Fatalf("%d ledger writes for one batch of 3, want one script (and one empty one)", w)
@@ -63,7 +63,7 @@ func TestReaperBatchAudit(t *testing.T) {
 
 // TestFaultReaperLag measures the reaper's lag (deadline to end) at 1,000
 // expiring tasks per second for 10 s, with the reaper running as `valet
-// serve` runs it (RunReaper every second, batches through the real Redis
+// serve` runs it (the reaper every second, batches through the real Redis
 // ledger and audit log). Tasks are recorded straight into the ledger so
 // that declaring them does not compete for the CPU. It reports p50, p99
 // and max lag (issue 9 #10's goal: p99 under 2 s); it asserts only that
@@ -85,7 +85,7 @@ func reapLag(b *testing.T, e *env, rate, seconds int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	followRealTime(ctx, e.clock)
-	go e.svc.RunReaper(ctx, time.Second)
+	go e.reaper.Run(ctx, time.Second)
 
 	var mu sync.Mutex
 	var ids []string
@@ -155,7 +155,7 @@ func TestReaperOrphanedBatchAudited(t *testing.T) {
 	}
 	// It dies here: no audit record, no acknowledgement.
 	for range 2 {
-		if _, err := e.svc.ReapOnce(context.Background()); err != nil {
+		if _, err := e.reaper.Once(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -183,8 +183,8 @@ func TestReaperBatchOverAuditBound(t *testing.T) {
 		ids = append(ids, id)
 	}
 	e.clock.Advance(61 * time.Second)
-	if got, err := e.svc.ReapOnce(context.Background()); err != nil || got != n {
-		t.Fatalf("ReapOnce = %d, %v; want %d", got, err, n)
+	if got, err := e.reaper.Once(context.Background()); err != nil || got != n {
+		t.Fatalf("reaper.Once = %d, %v; want %d", got, err, n)
 	}
 	var tasks []string
 	creds := 0

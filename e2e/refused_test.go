@@ -62,7 +62,7 @@ func TestRefusedDeclarationLeavesNothingLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The task could not be ended during the stall; it is active, not due.
-	n, err := e.svc.ReapOnce(context.Background())
+	n, err := e.reaper.Once(context.Background())
 	if err != nil || n != 1 {
 		t.Fatalf("reaper pass after the stall: ended %d, %v; want the refused task ended", n, err)
 	}

@@ -135,8 +135,8 @@ var endPaths = []struct {
 	}},
 	{"deadline", func(w *vaultWorld, e *env, d dbTask) int {
 		w.clock.Advance(d.deadline.Sub(w.clock.Now()) + time.Second)
-		if n, err := e.svc.ReapOnce(context.Background()); err != nil || n != 1 {
-			w.t.Fatalf("ReapOnce = %d, %v", n, err)
+		if n, err := e.reaper.Once(context.Background()); err != nil || n != 1 {
+			w.t.Fatalf("reaper.Once = %d, %v", n, err)
 		}
 		return http.StatusOK
 	}},
@@ -307,7 +307,7 @@ func TestVaultDatabaseDownAtCompletion(t *testing.T) {
 	revoked := 0
 	for range 3 {
 		w.clock.Advance(2 * time.Minute) // past any backoff
-		n, err := e.svc.RetryOnce(context.Background())
+		n, err := e.retrier.Once(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -435,7 +435,7 @@ func TestVaultLostLeaseConfirmedAtDatabase(t *testing.T) {
 		t.Fatalf("complete with the login alive at the database: %d %s", r.Status, r.Body)
 	}
 	w.clock.Advance(2 * time.Minute)
-	if n, _ := e.svc.RetryOnce(context.Background()); n != 0 {
+	if n, _ := e.retrier.Once(context.Background()); n != 0 {
 		t.Fatalf("a retry counted %d revoked while the login lives", n)
 	}
 	// Ops drop the role by hand; the next retry confirms it.
@@ -443,8 +443,8 @@ func TestVaultLostLeaseConfirmedAtDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.clock.Advance(2 * time.Minute)
-	if n, err := e.svc.RetryOnce(context.Background()); err != nil || n != 1 {
-		t.Fatalf("RetryOnce = %d, %v", n, err)
+	if n, err := e.retrier.Once(context.Background()); err != nil || n != 1 {
+		t.Fatalf("retrier.Once = %d, %v", n, err)
 	}
 	if r := e.do(http.MethodPost, "/v1/tasks/"+d.id+"/complete", e.identity("agent-7"), "", nil, false); r.Status != http.StatusOK {
 		t.Fatalf("complete once dead: %d %s", r.Status, r.Body)

@@ -231,9 +231,9 @@ func TestVaultReaper(t *testing.T) {
 	d := w.declareDB(e, 60)
 	w.mustLogIn(d)
 	w.clock.Advance(61 * time.Second)
-	n, err := e.svc.ReapOnce(context.Background())
+	n, err := e.reaper.Once(context.Background())
 	if err != nil || n != 1 {
-		t.Fatalf("ReapOnce = %d, %v", n, err)
+		t.Fatalf("reaper.Once = %d, %v", n, err)
 	}
 	w.mustBeGone(d)
 }
@@ -296,8 +296,8 @@ func TestVaultOutage(t *testing.T) {
 	if s := e.svc.Stats(); s.Failed != 2 || s.Queued != 2 { // the lease and the token
 		t.Fatalf("stats = %+v", s)
 	}
-	if n, err := e.svc.RetryOnce(context.Background()); err != nil || n != 0 {
-		t.Fatalf("RetryOnce before the backoff: %d %v", n, err)
+	if n, err := e.retrier.Once(context.Background()); err != nil || n != 0 {
+		t.Fatalf("retrier.Once before the backoff: %d %v", n, err)
 	}
 	w.vault.Start()
 	// Nothing half-issued: the only Valet token in Vault is the one whose
@@ -311,12 +311,12 @@ func TestVaultOutage(t *testing.T) {
 	// A new broker (the old one restarted) on the same Redis finishes it.
 	w.clock.Advance(2 * time.Minute) // past any backoff
 	e2 := w.broker()
-	n, err := e2.svc.RetryOnce(context.Background())
+	n, err := e2.retrier.Once(context.Background())
 	if err != nil || n != 2 { // the lease and the token
-		t.Fatalf("RetryOnce after restart = %d, %v", n, err)
+		t.Fatalf("retrier.Once after restart = %d, %v", n, err)
 	}
 	w.mustBeGone(d)
-	if s := e2.svc.Stats(); s.Retried != 2 {
+	if s := e2.retrier.Stats(); s.Retried != 2 {
 		t.Fatalf("stats = %+v", s)
 	}
 }
@@ -336,15 +336,15 @@ func TestVaultReconciler(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Young tokens are spared: their declaration may still be running.
-	if n, err := e.svc.ReconcileOnce(context.Background()); err != nil || n != 0 {
-		t.Fatalf("ReconcileOnce within the grace = %d, %v", n, err)
+	if n, err := e.reconciler.Once(context.Background()); err != nil || n != 0 {
+		t.Fatalf("reconciler.Once within the grace = %d, %v", n, err)
 	}
 	w.clock.Advance(2 * time.Minute)
 	// A broker restarted after the crash runs the reconciler.
 	e2 := w.broker()
-	n, err := e2.svc.ReconcileOnce(context.Background())
+	n, err := e2.reconciler.Once(context.Background())
 	if err != nil || n != 1 {
-		t.Fatalf("ReconcileOnce = %d, %v", n, err)
+		t.Fatalf("reconciler.Once = %d, %v", n, err)
 	}
 	if _, err := w.vault.LookupAccessor(orphan.Auth.Accessor); !vaulttest.IsGone(err) {
 		t.Fatalf("orphan token still in Vault: %v", err)
@@ -353,7 +353,7 @@ func TestVaultReconciler(t *testing.T) {
 		t.Fatalf("the live task's token was revoked: %v", err)
 	}
 	w.mustLogIn(d)
-	if s := e2.svc.Stats(); s.Reconciled != 1 {
+	if s := e2.reconciler.Stats(); s.Reconciled != 1 {
 		t.Fatalf("stats = %+v", s)
 	}
 }

@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// ReaperLag returns the observer for broker.Config.ReaperLag: it registers
+// ReaperLag returns the observer for reconcile.ReaperConfig.Lag: it registers
 // valet_reaper_lag_seconds, the time from a task's deadline to the moment
 // the reaper ended it. Call it once.
 func (m *Metrics) ReaperLag() func(time.Duration) {

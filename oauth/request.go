@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/wire"
 	"github.com/valet-dev/valet/delegation"
 )
 
@@ -28,7 +29,7 @@ const DetailsType = "valet_task"
 const TemplateScope = "template:"
 
 // Limits on a token request's own parameters; the task inside is bounded
-// as any declaration is (broker.DecodeDeclaration).
+// as any declaration is (wire.DecodeDeclaration).
 const (
 	maxAssertion = 16 << 10
 	maxDetails   = 32 << 10
@@ -147,18 +148,20 @@ func decodeDetails(raw string) (broker.Declaration, *Error) {
 		return bad("authorization_details type must be %s", DetailsType)
 	}
 	var td TaskDetails
-	dec := json.NewDecoder(bytes.NewReader(entries[0]))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&td); err != nil {
-		return bad("authorization_details entry: %s", broker.Bound(strings.TrimPrefix(err.Error(), "json: "), 200))
+	if err := wire.DecodeJSON(bytes.NewReader(entries[0]), &td); err != nil {
+		msg, be := err.Error(), (*broker.Error)(nil)
+		if errors.As(err, &be) {
+			msg = be.Message
+		}
+		return bad("authorization_details entry: %s", broker.Bound(msg, 200))
 	}
 	// The entry is a declaration by another name: the declaration's own
 	// decoder bounds and checks it.
-	wire, err := json.Marshal(map[string]any{"template": td.Template, "intent": td.Intent, "tools": td.Tools, "ttl_seconds": td.TTL, "context": td.Context})
+	body, err := json.Marshal(map[string]any{"template": td.Template, "intent": td.Intent, "tools": td.Tools, "ttl_seconds": td.TTL, "context": td.Context})
 	if err != nil {
 		return bad("authorization_details entry could not be read")
 	}
-	d, err := broker.DecodeDeclaration(bytes.NewReader(wire))
+	d, err := wire.DecodeDeclaration(bytes.NewReader(body))
 	if err != nil {
 		return broker.Declaration{}, detailsError(err)
 	}
@@ -202,11 +205,11 @@ func decodeScope(scope, intent string) (broker.Declaration, *Error) {
 	if intent == "" {
 		intent = "OAuth token request for scope " + broker.Bound(scope, 512)
 	}
-	wire, err := json.Marshal(map[string]any{"template": template, "intent": intent, "tools": tools})
+	body, err := json.Marshal(map[string]any{"template": template, "intent": intent, "tools": tools})
 	if err != nil {
 		return broker.Declaration{}, refuse(ErrInvalidScope, "scope could not be read")
 	}
-	d, err := broker.DecodeDeclaration(bytes.NewReader(wire))
+	d, err := wire.DecodeDeclaration(bytes.NewReader(body))
 	if err != nil {
 		e := detailsError(err)
 		e.Code = ErrInvalidScope

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/wire"
 	"github.com/valet-dev/valet/canonical"
 	"github.com/valet-dev/valet/policy"
 )
@@ -58,14 +59,14 @@ type ActionRequest struct {
 // DecodeActionRequest reads and validates an action request body.
 func DecodeActionRequest(r io.Reader) (ActionRequest, error) {
 	var a ActionRequest
-	if err := broker.DecodeJSON(r, &a); err != nil {
+	if err := wire.DecodeJSON(r, &a); err != nil {
 		return a, err
 	}
 	switch {
 	case a.Tool == "":
 		return a, broker.InvalidField("tool", "tool is required")
 	case !policy.ValidToolName(a.Tool):
-		return a, broker.CheckToolName("tool", a.Tool)
+		return a, wire.CheckToolName("tool", a.Tool)
 	}
 	canon, err := canonical.Args(a.Args)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/wire"
 )
 
 // Tool-call events: what a tool server reports that an agent actually did,
@@ -164,7 +165,7 @@ func shaPrefix(s string) string {
 // DecodeEventReport reads and validates a report body.
 func DecodeEventReport(r io.Reader) (EventReport, error) {
 	var e EventReport
-	if err := broker.DecodeJSON(io.LimitReader(r, 64<<10), &e); err != nil {
+	if err := wire.DecodeJSON(io.LimitReader(r, 64<<10), &e); err != nil {
 		return e, err
 	}
 	return e, e.validate()
@@ -174,7 +175,7 @@ func (e EventReport) validate() error {
 	if e.Tool == "" {
 		return broker.InvalidField("tool", "tool is required")
 	}
-	if err := broker.CheckToolName("tool", e.Tool); err != nil {
+	if err := wire.CheckToolName("tool", e.Tool); err != nil {
 		return err
 	}
 	switch {

@@ -12,6 +12,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/wire"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/incident"
 )
@@ -408,11 +409,11 @@ func (a *api) adminTimeline(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"task_id": chi.URLParam(r, "id"), "events": evs})
 }
 
-// decodeJSON reads a JSON request body strictly (broker.DecodeJSON) after
+// decodeJSON reads a JSON request body strictly (wire.DecodeJSON) after
 // checking its Content-Type.
 func decodeJSON(r *http.Request, v any) error {
 	if err := requireContentType(r, "application/json"); err != nil {
 		return err
 	}
-	return broker.DecodeJSON(r.Body, v)
+	return wire.DecodeJSON(r.Body, v)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/broker/wire"
 	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/dpop"
@@ -233,7 +234,7 @@ func (a *api) declare(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	d, err := broker.DecodeDeclaration(r.Body)
+	d, err := wire.DecodeDeclaration(r.Body)
 	if err != nil {
 		a.writeError(w, r, err)
 		return

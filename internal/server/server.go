@@ -25,6 +25,7 @@ import (
 	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/policy"
+	"github.com/valet-dev/valet/reconcile"
 	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/toolevents"
 )
@@ -89,7 +90,7 @@ type Options struct {
 	// Queue, when set, keeps failed revocations for the retry loop.
 	Queue broker.RevocationQueue
 	// ReconcileGrace spares credentials younger than it from the
-	// reconciler (0: the Service's default).
+	// reconciler (0: reconcile.DefaultGrace).
 	ReconcileGrace time.Duration
 	// Auditors receive every audit event; each must accept it (at least
 	// one is required).
@@ -223,6 +224,11 @@ type Server struct {
 	hub     *fanout.Hub
 	handler http.Handler
 	log     *slog.Logger
+	// The background repair loops (package reconcile); retrier is nil
+	// without Options.Queue.
+	reaper     *reconcile.Reaper
+	retrier    *reconcile.Retrier
+	reconciler *reconcile.Reconciler
 }
 
 // New assembles the server from o; ctx bounds the start-up reads (the
@@ -257,7 +263,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	cfg := broker.Config{
 		Identity: o.Identity, Tokens: o.Tokens, Issuers: o.Issuers, Ledger: o.Ledger, Auditor: auditor, Templates: o.Templates,
 		Now: o.Now, Logger: o.Logger, Agent: o.Agent,
-		Epochs: o.Epochs, Loss: o.Loss, RevocationQueue: o.Queue, ReconcileGrace: o.ReconcileGrace, ReaperLag: reaperLag,
+		Epochs: o.Epochs, Loss: o.Loss, RevocationQueue: o.Queue,
 	}
 	if o.Controls != nil {
 		o.Controls.Reload(ctx)
@@ -270,6 +276,9 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 	cfg.ActionRevoker = revoker
 	if s.svc, err = broker.NewService(cfg); err != nil {
+		return nil, err
+	}
+	if err := s.newRepairLoops(auditor, reaperLag); err != nil {
 		return nil, err
 	}
 	clients, err := clientauth.New(clientauth.Config{Clients: o.Clients, Rules: o.IntrospectionClients, Identity: s.svc,
@@ -338,6 +347,26 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	return s, nil
 }
 
+// newRepairLoops builds the reaper, the retrier (with a queue) and the
+// reconciler around the Service.
+func (s *Server) newRepairLoops(auditor broker.Auditor, reaperLag func(time.Duration)) error {
+	o := s.o
+	var err error
+	if s.reaper, err = reconcile.NewReaper(reconcile.ReaperConfig{Core: s.svc, Ledger: o.Ledger, Auditor: auditor, Lag: reaperLag,
+		Now: o.Now, Logger: o.Logger}); err != nil {
+		return err
+	}
+	if o.Queue != nil {
+		if s.retrier, err = reconcile.NewRetrier(reconcile.RetrierConfig{Queue: o.Queue, Issuers: append([]broker.Issuer{o.Tokens}, o.Issuers...),
+			Auditor: auditor, Now: o.Now, Logger: o.Logger}); err != nil {
+			return err
+		}
+	}
+	s.reconciler, err = reconcile.NewReconciler(reconcile.ReconcilerConfig{Sources: o.Issuers, Revoker: s.svc, Ledger: o.Ledger,
+		Grace: o.ReconcileGrace, Now: o.Now, Logger: o.Logger})
+	return err
+}
+
 // eventsCore is the Service as toolevents asks for it: its gate for a
 // task token, with no adjustment of the standing.
 type eventsCore struct{ *broker.Service }
@@ -384,8 +413,11 @@ func (s *Server) newMetrics() *metrics.Metrics {
 			if s.svc == nil {
 				return 0
 			}
-			st := s.svc.Stats()
-			return float64(st.Failed + st.RetryFailed)
+			n := s.svc.Stats().Failed
+			if s.retrier != nil {
+				n += s.retrier.Stats().RetryFailed
+			}
+			return float64(n)
 		},
 		Logger: o.Logger,
 		Now:    o.Now,
@@ -428,6 +460,17 @@ func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
 // FeedHub is the revocation stream's fan-out, nil without Options.Feed.
 func (s *Server) FeedHub() *fanout.Hub { return s.hub }
 
+// Reaper ends tasks past their deadline; Run runs it every ReapInterval.
+func (s *Server) Reaper() *reconcile.Reaper { return s.reaper }
+
+// Retrier retries failed revocations, nil without Options.Queue; Run runs
+// it every RetryInterval.
+func (s *Server) Retrier() *reconcile.Retrier { return s.retrier }
+
+// Reconciler revokes orphan credentials; Run runs it every
+// ReconcileInterval.
+func (s *Server) Reconciler() *reconcile.Reconciler { return s.reconciler }
+
 // Run starts the background loops (controls refresh, reaper, revocation
 // retries and reconciler, admin job resumption, template watcher, the
 // Options' own loops), serves on ln (and /metrics on its own listener when
@@ -451,11 +494,11 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	for _, f := range o.Background {
 		go f(ctx)
 	}
-	if o.RetryInterval > 0 {
-		go s.svc.RunRetries(ctx, o.RetryInterval)
+	if o.RetryInterval > 0 && s.retrier != nil {
+		go s.retrier.Run(ctx, o.RetryInterval)
 	}
 	if o.ReconcileInterval > 0 {
-		go s.svc.RunReconciler(ctx, o.ReconcileInterval)
+		go s.reconciler.Run(ctx, o.ReconcileInterval)
 	}
 	if o.Reload != nil {
 		go s.watchTemplates(ctx, *o.Reload)
@@ -464,7 +507,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		s.serveMetrics(ctx, o.Metrics.Listener)
 	}
 	if o.ReapInterval > 0 {
-		go s.svc.RunReaper(ctx, o.ReapInterval)
+		go s.reaper.Run(ctx, o.ReapInterval)
 	}
 	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: MaxHeaderBytes,

@@ -1,4 +1,4 @@
-package broker
+package wire
 
 import (
 	"encoding/json"
@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/policy"
 )
 
@@ -40,8 +41,8 @@ var hostileToolNames = []struct{ name, tool string }{
 
 func wantToolField(t *testing.T, err error, field string) {
 	t.Helper()
-	var e *Error
-	if !errors.As(err, &e) || e.Code != CodeInvalid || e.Field != field {
+	var e *broker.Error
+	if !errors.As(err, &e) || e.Code != broker.CodeInvalid || e.Field != field {
 		t.Fatalf("err = %#v, want a 400 naming %s", err, field)
 	}
 	if strings.ContainsAny(e.Message, "\x1b\x00\n\u200b") {

@@ -1,9 +1,11 @@
-package broker
+package wire
 
 import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/valet-dev/valet/broker"
 )
 
 // FuzzDecodeDeclaration: any body either decodes to a declaration that
@@ -28,13 +30,13 @@ func FuzzDecodeDeclaration(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		d, err := DecodeDeclaration(strings.NewReader(string(body)))
 		if err != nil {
-			var e *Error
-			if !errors.As(err, &e) || (e.Code != CodeInvalid && e.Code != CodeTooLarge) || e.Message == "" {
+			var e *broker.Error
+			if !errors.As(err, &e) || (e.Code != broker.CodeInvalid && e.Code != broker.CodeTooLarge) || e.Message == "" {
 				t.Fatalf("error is not a client error with a message: %#v", err)
 			}
 			return
 		}
-		if d.Template == "" || strings.TrimSpace(d.Intent) == "" || len(d.Tools) == 0 || len(d.Tools) > MaxTools {
+		if d.Template == "" || strings.TrimSpace(d.Intent) == "" || len(d.Tools) == 0 || len(d.Tools) > broker.MaxTools {
 			t.Fatalf("accepted a declaration missing a required part: %+v", d)
 		}
 		seen := map[string]bool{}
@@ -44,7 +46,7 @@ func FuzzDecodeDeclaration(f *testing.F) {
 			}
 			seen[tool] = true
 		}
-		if d.TTL < 0 || d.TTL > MaxTTL {
+		if d.TTL < 0 || d.TTL > broker.MaxTTL {
 			t.Fatalf("accepted ttl %s", d.TTL)
 		}
 	})
