@@ -101,7 +101,7 @@ func TestMCPMiddleware(t *testing.T) {
 		{name: "granted tool, base64 header", token: good, body: call("tickets.read"),
 			headers: map[string]string{"Mcp-Name": "=?base64?dGlja2V0cy5yZWFk?="}, status: 200},
 		{name: "tool not granted", token: good, body: call("tickets.comment"), status: 403,
-			challenge: `error="insufficient_scope", scope="template:support tickets.comment"`},
+			challenge: `error="insufficient_scope", scope="template:support tickets.comment"`, message: `"id":1,`},
 		{name: "granted tool revoked", token: revoked, body: call("tickets.read"), status: 401},
 		{name: "Mcp-Name names another tool", token: good, body: call("tickets.comment"),
 			headers: map[string]string{"Mcp-Name": "tickets.read"}, status: 400, message: "Mcp-Name"},
