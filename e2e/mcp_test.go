@@ -53,7 +53,7 @@ type mcpEnv struct {
 	key      ed25519.PrivateKey
 }
 
-func newMCPEnv(t *testing.T) *mcpEnv {
+func newMCPEnv(t *testing.T, o envOptions) *mcpEnv {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -63,12 +63,11 @@ func newMCPEnv(t *testing.T) *mcpEnv {
 	m.resource = m.url + mcpserver.Path
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	m.key = priv
-	m.env = newEnv(t, envOptions{
-		templates: strings.ReplaceAll(mcpTemplates, "MCP", m.url),
-		oauthClients: []oauth.Client{{ID: "support-agent", Templates: []string{"support"},
-			Keys: jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: pub, KeyID: "support-1", Algorithm: "EdDSA"}}}}},
-		agent: actionAgentConfig,
-	})
+	o.templates = strings.ReplaceAll(mcpTemplates, "MCP", m.url)
+	o.oauthClients = []oauth.Client{{ID: "support-agent", Templates: []string{"support"},
+		Keys: jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: pub, KeyID: "support-1", Algorithm: "EdDSA"}}}}}
+	o.agent = actionAgentConfig
+	m.env = newEnv(t, o)
 	ver, err := verify.New(verify.Config{Issuer: m.srv.URL, Audience: m.resource, ClientID: clientID, ClientSecret: clientSecret,
 		Now: m.clock.Now, PublicURL: m.url, Scopes: []string{"template:support", "tickets.read", "tickets.comment", "tickets.delete"}})
 	if err != nil {
@@ -126,7 +125,7 @@ func (a *actionHeader) RoundTrip(r *http.Request) (*http.Response, error) {
 // goes on, the sensitive tool works once with an action token for exactly
 // its arguments, and once the task is completed the next call fails.
 func TestMCPInteropGoSDK(t *testing.T) {
-	m := newMCPEnv(t)
+	m := newMCPEnv(t, envOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	octx := context.WithValue(ctx, oauth2.HTTPClient, m.client) // token answers checked against openapi.yaml
@@ -215,7 +214,7 @@ func TestMCPInteropGoSDK(t *testing.T) {
 // find Valet (RFC 9728), and the metadata there names Valet, whose RFC
 // 8414 metadata names its token endpoint: all an MCP client needs to start.
 func TestMCPInteropNoToken(t *testing.T) {
-	m := newMCPEnv(t)
+	m := newMCPEnv(t, envOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	client := mcp.NewClient(&mcp.Implementation{Name: "valet-e2e", Version: "1.0.0"}, nil)
