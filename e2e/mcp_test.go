@@ -26,14 +26,17 @@ import (
 	"github.com/valet-dev/valet/verify"
 )
 
-// mcpTemplates admit the registered client support-agent for the example
-// MCP server at MCP (its resource MCP/mcp), with a sensitive tool.
+// mcpTemplates admit the registered client support-agent and the test
+// issuer's agents for the example MCP server at MCP (its resource MCP/mcp),
+// with a sensitive tool.
 const mcpTemplates = `
 templates:
   - name: support
     principals:
       - issuer: clients
         condition: 'claims.sub == "support-agent"'
+      - issuer: test
+        condition: 'claims.sub.startsWith("agent-")'
     ttl: {default: 5m, max: 15m}
     tools: [tickets.read, tickets.comment]
     audiences: [MCP/mcp]

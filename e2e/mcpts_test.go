@@ -43,24 +43,36 @@ func npmInstall(t *testing.T) {
 // TestMCPInteropTypeScriptSDK: the official TypeScript MCP SDK's client
 // starts from the MCP server's URL alone: it follows the 401 challenge to
 // the RFC 9728 metadata and Valet's RFC 8414 metadata, gets a task token
-// from the token endpoint with client credentials and a private_key_jwt
-// assertion (its PrivateKeyJwtProvider and fetchToken; its auth() needs an
-// authorization_endpoint Valet does not serve), lists and calls tools: a
-// granted tool works, a tool outside the task is 403, and once the agent is
-// frozen its next call fails.
+// from the token endpoint, lists and calls tools: a granted tool works, a
+// tool outside the task is 403, and once the agent is frozen its next call
+// fails. Two grants: client credentials with a private_key_jwt assertion
+// (the SDK's PrivateKeyJwtProvider and fetchToken; its auth() needs an
+// authorization_endpoint Valet does not serve), and jwt-bearer with a
+// workload identity token (a provider on the SDK's OAuthClientProvider).
 func TestMCPInteropTypeScriptSDK(t *testing.T) {
 	npmInstall(t)
-	m := newMCPEnv(t, envOptions{incident: true})
-	jwk, err := jose.JSONWebKey{Key: m.key, KeyID: "support-1", Algorithm: "EdDSA"}.MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Run("client_credentials", func(t *testing.T) {
+		m := newMCPEnv(t, envOptions{incident: true})
+		jwk, err := jose.JSONWebKey{Key: m.key, KeyID: "support-1", Algorithm: "EdDSA"}.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		runMCPTS(t, m, "support-agent", "CLIENT_ID=support-agent", "CLIENT_JWK="+string(jwk))
+	})
+	t.Run("jwt_bearer", func(t *testing.T) {
+		m := newMCPEnv(t, envOptions{incident: true})
+		runMCPTS(t, m, "agent-7", "WORKLOAD_TOKEN="+m.identity("agent-7"))
+	})
+}
+
+// runMCPTS runs e2e/mcpts/interop.mjs as agent with the grant's
+// environment and checks each step it reports.
+func runMCPTS(t *testing.T, m *mcpEnv, agent string, grantEnv ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "interop.mjs")
 	cmd.Dir = mcpTSDir
-	cmd.Env = append(os.Environ(), "MCP_URL="+m.resource, "VALET_URL="+m.srv.URL, "CLIENT_ID=support-agent",
-		"CLIENT_JWK="+string(jwk), "SCOPE=template:support tickets.read")
+	cmd.Env = append(append(os.Environ(), "MCP_URL="+m.resource, "VALET_URL="+m.srv.URL, "SCOPE=template:support tickets.read"), grantEnv...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +125,7 @@ func TestMCPInteropTypeScriptSDK(t *testing.T) {
 	}
 	granted := next("granted")
 	content, _ := granted["content"].(map[string]any)
-	if granted["ok"] != true || content["read_by"] != "support-agent" || content["task_id"] != connected["task_id"] {
+	if granted["ok"] != true || content["read_by"] != agent || content["task_id"] != connected["task_id"] {
 		t.Errorf("granted tool: %v", granted)
 	}
 	if u := next("ungranted"); u["ok"] != false || u["code"] != float64(http.StatusForbidden) {
@@ -124,7 +136,7 @@ func TestMCPInteropTypeScriptSDK(t *testing.T) {
 	// new one.
 	before := m.ledger.writes.Load()
 	rita := m.adminToken("rita", "valet-responders")
-	if r := m.adminDo(http.MethodPost, "/v1/admin/controls", rita, `{"kind":"freeze_agent","target":"support-agent","reason":"leaked"}`); r.Status != http.StatusCreated {
+	if r := m.adminDo(http.MethodPost, "/v1/admin/controls", rita, `{"kind":"freeze_agent","target":"`+agent+`","reason":"leaked"}`); r.Status != http.StatusCreated {
 		t.Fatalf("freeze: %d %s", r.Status, r.Body)
 	}
 	m.inc.controls.Reload(context.Background())

@@ -10,8 +10,10 @@
 // writes a line on stdin when the script may go on.
 //
 // Environment: MCP_URL (the MCP endpoint), VALET_URL (the authorization
-// server the client expects), CLIENT_ID, CLIENT_JWK (its private JWK),
-// SCOPE (the scope asked for).
+// server the client expects), SCOPE (the scope asked for), and either
+// CLIENT_ID and CLIENT_JWK (its private JWK) for client credentials, or
+// WORKLOAD_TOKEN (the agent's identity token) for the RFC 7523 jwt-bearer
+// grant, through a provider on the SDK's OAuthClientProvider interface.
 import { createInterface } from 'node:readline';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
@@ -60,14 +62,42 @@ async function getToken(provider, mcpURL) {
   return tokens;
 }
 
-const provider = new PrivateKeyJwtProvider({
-  clientId: env('CLIENT_ID'),
-  privateKey: JSON.parse(env('CLIENT_JWK')),
-  algorithm: 'EdDSA',
-  jwtLifetimeSeconds: 60, // Valet refuses assertions living longer than its max_assertion_life (5m)
-  scope: env('SCOPE'),
-  expectedIssuer: env('VALET_URL'),
-});
+// WorkloadJwtBearerProvider is an OAuthClientProvider for the RFC 7523
+// jwt-bearer grant: the agent's workload identity token is the assertion;
+// no client authentication.
+class WorkloadJwtBearerProvider {
+  constructor(assertion, scope) {
+    this.assertion = assertion;
+    this.scope = scope;
+  }
+  get redirectUrl() { return undefined; }
+  get clientMetadata() {
+    return { redirect_uris: [], grant_types: ['urn:ietf:params:oauth:grant-type:jwt-bearer'], scope: this.scope };
+  }
+  clientInformation() { return undefined; }
+  saveClientInformation() {}
+  tokens() { return this._tokens; }
+  saveTokens(tokens) { this._tokens = tokens; }
+  redirectToAuthorization() { throw new Error('no interactive authorization'); }
+  saveCodeVerifier() {}
+  codeVerifier() { throw new Error('no authorization code flow'); }
+  prepareTokenRequest(scope) {
+    const params = new URLSearchParams({ grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', assertion: this.assertion });
+    if (scope) params.set('scope', scope);
+    return params;
+  }
+}
+
+const provider = process.env.WORKLOAD_TOKEN
+  ? new WorkloadJwtBearerProvider(process.env.WORKLOAD_TOKEN, env('SCOPE'))
+  : new PrivateKeyJwtProvider({
+    clientId: env('CLIENT_ID'),
+    privateKey: JSON.parse(env('CLIENT_JWK')),
+    algorithm: 'EdDSA',
+    jwtLifetimeSeconds: 60, // Valet refuses assertions living longer than its max_assertion_life (5m)
+    scope: env('SCOPE'),
+    expectedIssuer: env('VALET_URL'),
+  });
 const mcpURL = new URL(env('MCP_URL'));
 const client = new Client({ name: 'valet-mcpts-interop', version: '1.0.0' });
 try {
