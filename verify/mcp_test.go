@@ -248,3 +248,36 @@ func FuzzParseMCP(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkParseMCP: the cost of the strict parse of a typical tools/call
+// (run with -benchmem; compare with BenchmarkPlainDecode in the same run).
+func BenchmarkParseMCP(b *testing.B) {
+	body := []byte(`{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"tickets.comment","arguments":{"ticket":"4521","text":"` +
+		strings.Repeat("x", 512) + `"},"_meta":{"progressToken":7}}}`)
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, err := verify.ParseMCP(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPlainDecode is the baseline for BenchmarkParseMCP: one
+// encoding/json decode of the same message, as an MCP server does.
+func BenchmarkPlainDecode(b *testing.B) {
+	body := []byte(`{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"tickets.comment","arguments":{"ticket":"4521","text":"` +
+		strings.Repeat("x", 512) + `"},"_meta":{"progressToken":7}}}`)
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		var m struct {
+			Method string `json:"method"`
+			Params struct {
+				Name      string          `json:"name"`
+				Arguments json.RawMessage `json:"arguments"`
+			} `json:"params"`
+		}
+		if err := json.Unmarshal(body, &m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
