@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,6 +55,9 @@ type mcpEnv struct {
 	url      string // the MCP server's base URL
 	resource string // its MCP endpoint, the tokens' audience
 	key      ed25519.PrivateKey
+	// namedCalls counts requests that reached the server with the
+	// SEP-2243 headers Mcp-Method: tools/call and an Mcp-Name.
+	namedCalls atomic.Int64
 }
 
 func newMCPEnv(t *testing.T, o envOptions) *mcpEnv {
@@ -80,7 +84,13 @@ func newMCPEnv(t *testing.T, o envOptions) *mcpEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second}
+	seen := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Mcp-Method") == "tools/call" && r.Header.Get("Mcp-Name") != "" {
+			m.namedCalls.Add(1)
+		}
+		s.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: seen, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return m
@@ -126,8 +136,17 @@ func (a *actionHeader) RoundTrip(r *http.Request) (*http.Response, error) {
 // golang.org/x/oauth2), lists and calls the example MCP server's tools: a
 // granted tool works, another is 403 insufficient_scope and the session
 // goes on, the sensitive tool works once with an action token for exactly
-// its arguments, and once the task is completed the next call fails.
+// its arguments, and once the task is completed the next call fails. Run
+// with the SDK's latest protocol (2026-07-28: stateless, with the Mcp-Method
+// and Mcp-Name headers the middleware checks) and with the session-based
+// 2025-06-18.
 func TestMCPInteropGoSDK(t *testing.T) {
+	for _, version := range []string{"2026-07-28", "2025-06-18"} {
+		t.Run(version, func(t *testing.T) { goSDKInterop(t, version) })
+	}
+}
+
+func goSDKInterop(t *testing.T, version string) {
 	m := newMCPEnv(t, envOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -143,11 +162,15 @@ func TestMCPInteropGoSDK(t *testing.T) {
 	action := &actionHeader{base: http.DefaultTransport}
 	httpClient := &http.Client{Transport: &oauth2.Transport{Source: oauth2.StaticTokenSource(tok), Base: action}, Timeout: 10 * time.Second}
 	client := mcp.NewClient(&mcp.Implementation{Name: "valet-e2e", Version: "1.0.0"}, nil)
-	session, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: m.resource, HTTPClient: httpClient, DisableStandaloneSSE: true}, nil)
+	session, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: m.resource, HTTPClient: httpClient, DisableStandaloneSSE: true},
+		&mcp.ClientSessionOptions{ProtocolVersion: version})
 	if err != nil {
 		t.Fatalf("connecting: %v", err)
 	}
 	defer session.Close()
+	if got := session.InitializeResult().ProtocolVersion; got != version {
+		t.Fatalf("negotiated protocol %q, want %q", got, version)
+	}
 
 	tools, err := session.ListTools(ctx, nil)
 	if err != nil {
@@ -195,6 +218,9 @@ func TestMCPInteropGoSDK(t *testing.T) {
 		t.Errorf("action token for other arguments: %v", err)
 	}
 	action.set("")
+	if named := m.namedCalls.Load(); (version >= "2026-07-28") != (named > 0) {
+		t.Errorf("protocol %s: %d tools/call requests carried Mcp-Method and Mcp-Name", version, named)
+	}
 
 	// The task ends: its token stops working at once, on tools/call and
 	// on every other method.

@@ -80,13 +80,15 @@ func New(v *verify.Verifier) (*Server, error) {
 	mcp.AddTool(srv, &mcp.Tool{Name: "tickets.read", Description: "Read a ticket and its comments."}, s.read)
 	mcp.AddTool(srv, &mcp.Tool{Name: "tickets.comment", Description: "Add a comment to a ticket."}, s.comment)
 	mcp.AddTool(srv, &mcp.Tool{Name: "tickets.delete", Description: "Delete a ticket (sensitive: needs a Valet action token)."}, s.delete)
-	handler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)
+	// Stateless: MCP 2026-07-28 has no protocol sessions (and the SDK
+	// serves it only so); older clients are served without sessions too.
+	handler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, &mcp.StreamableHTTPOptions{Stateless: true})
 
 	mux := http.NewServeMux()
 	mux.Handle("GET "+u.EscapedPath(), v.ProtectedResourceMetadata())
 	// verify.MCP decides; the SDK's bearer middleware only carries the
-	// checked claims to the tools and binds each MCP session to its task
-	// (UserID), so another task's token cannot use it.
+	// checked claims to the tools (and, were sessions on, would bind each
+	// session to its task through UserID).
 	mux.Handle(Path, v.MCP(verify.MCPOptions{})(auth.RequireBearerToken(tokenInfo, nil)(handler)))
 	s.h = mux
 	return s, nil
