@@ -131,7 +131,15 @@ func (v *Verifier) checkMCPTool(ctx context.Context, r *http.Request, c Claims, 
 		if err != nil {
 			return refuse(400, "the tool's arguments are not a JSON object", err)
 		}
-		return v.checkAction(ctx, r, c, tool, canon)
+		err = v.checkAction(ctx, r, c, tool, canon)
+		var e *Error
+		if errors.As(err, &e) && e.Status == http.StatusForbidden {
+			// The tool is granted; what is missing is a valid action
+			// token, which no other scope would give: no
+			// insufficient_scope challenge.
+			e.noChallenge = true
+		}
+		return err
 	}
 	if err := checkTool(c, tool); err != nil {
 		return err
@@ -392,7 +400,7 @@ func (v *Verifier) writeMCPRefusal(w http.ResponseWriter, r *http.Request, err e
 		e = refuse(http.StatusInternalServerError, "internal error", err)
 	}
 	v.cfg.Logger.WarnContext(r.Context(), "MCP request refused", "status", e.Status, "reason", e.Error())
-	if ch := v.challenge(r, e); ch != "" {
+	if ch := v.challenge(r, e); ch != "" && !e.noChallenge {
 		w.Header().Set("WWW-Authenticate", ch)
 	}
 	if id == nil {

@@ -77,14 +77,15 @@ func TestMCPMiddleware(t *testing.T) {
 	revoked := v.mcpToken(t, "m2")
 	v.revoke("m2", "1-0")
 	cases := []struct {
-		name      string
-		method    string
-		token     string
-		body      string
-		headers   map[string]string
-		status    int
-		challenge string // substring of WWW-Authenticate
-		message   string // substring of the body
+		name        string
+		method      string
+		token       string
+		body        string
+		headers     map[string]string
+		status      int
+		challenge   string // substring of WWW-Authenticate
+		noChallenge bool   // no WWW-Authenticate at all
+		message     string // substring of the body
 	}{
 		{name: "no token", body: call("tickets.read"), status: 401,
 			challenge: `Bearer resource_metadata="https://tools.example.com/.well-known/oauth-protected-resource"`},
@@ -117,11 +118,11 @@ func TestMCPMiddleware(t *testing.T) {
 		{name: "trailing data", token: good, body: call("tickets.read") + call("tickets.comment"), status: 400},
 		{name: "tools/call without a name", token: good, body: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}`, status: 400},
 		{name: "too long", token: good, body: `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"x":"` + strings.Repeat("a", 5000) + `"}}`, status: 413},
-		{name: "sensitive tool without an action token", token: good, body: call("tickets.delete"), status: 403, message: "needs an action token"},
+		{name: "sensitive tool without an action token", token: good, body: call("tickets.delete"), status: 403, message: "needs an action token", noChallenge: true},
 		{name: "sensitive tool with its action token", token: good, body: call("tickets.delete"),
 			headers: map[string]string{"Valet-Action": v.actionToken(t, "m1", "tickets.delete", `{"ticket":"7"}`)}, status: 200},
 		{name: "sensitive tool, action token for other arguments", token: good, body: call("tickets.delete"),
-			headers: map[string]string{"Valet-Action": v.actionToken(t, "m1", "tickets.delete", `{"ticket":"8"}`)}, status: 403, message: "other arguments"},
+			headers: map[string]string{"Valet-Action": v.actionToken(t, "m1", "tickets.delete", `{"ticket":"8"}`)}, status: 403, message: "other arguments", noChallenge: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -141,8 +142,8 @@ func TestMCPMiddleware(t *testing.T) {
 			if w.Code != tc.status {
 				t.Fatalf("status %d, want %d: %s", w.Code, tc.status, w.Body)
 			}
-			if ch := w.Header().Get("WWW-Authenticate"); !strings.Contains(ch, tc.challenge) {
-				t.Errorf("challenge %q lacks %q", ch, tc.challenge)
+			if ch := w.Header().Get("WWW-Authenticate"); !strings.Contains(ch, tc.challenge) || (tc.noChallenge && ch != "") {
+				t.Errorf("challenge %q lacks %q (or should be absent: %v)", ch, tc.challenge, tc.noChallenge)
 			}
 			if !strings.Contains(w.Body.String(), tc.message) {
 				t.Errorf("body %s lacks %q", w.Body, tc.message)
