@@ -51,8 +51,10 @@ type MCPOptions struct {
 // Mcp-Method or Mcp-Name header, it must agree with the body (400
 // otherwise). Batches, duplicate keys (in any letter case) and invalid
 // UTF-8 are refused with 400, so the server cannot read another tool than
-// the one checked. The handler finds the claims with FromContext; each tool
-// call is reported as Middleware does (see Describe).
+// the one checked. Refusals keep their HTTP status and WWW-Authenticate
+// challenge and carry a JSON-RPC error (code -32001, the request's id when
+// known) as their body. The handler finds the claims with FromContext;
+// each tool call is reported as Middleware does (see Describe).
 func (v *Verifier) MCP(opts MCPOptions) func(http.Handler) http.Handler {
 	limit := opts.MaxBody
 	if limit <= 0 {
@@ -63,7 +65,7 @@ func (v *Verifier) MCP(opts MCPOptions) func(http.Handler) http.Handler {
 			ctx := r.Context()
 			c, err := v.checkToken(ctx, r)
 			if err != nil {
-				v.writeRefusal(w, r, err)
+				v.writeMCPRefusal(w, r, err, nil)
 				return
 			}
 			var msg MCPMessage
@@ -99,7 +101,7 @@ func (v *Verifier) MCP(opts MCPOptions) func(http.Handler) http.Handler {
 				err = v.checkRevoked(ctx, bearerOf(r), c)
 			}
 			if err != nil {
-				v.writeRefusal(w, r, err)
+				v.writeMCPRefusal(w, r, err, msg.ID)
 				return
 			}
 			ctx = context.WithValue(ctx, claimsKey{}, c)
@@ -129,7 +131,15 @@ func (v *Verifier) checkMCPTool(ctx context.Context, r *http.Request, c Claims, 
 		if err != nil {
 			return refuse(400, "the tool's arguments are not a JSON object", err)
 		}
-		return v.checkAction(ctx, r, c, tool, canon)
+		err = v.checkAction(ctx, r, c, tool, canon)
+		var e *Error
+		if errors.As(err, &e) && e.Status == http.StatusForbidden {
+			// The tool is granted; what is missing is a valid action
+			// token, which no other scope would give: no
+			// insufficient_scope challenge.
+			e.noChallenge = true
+		}
+		return err
 	}
 	if err := checkTool(c, tool); err != nil {
 		return err
@@ -146,6 +156,9 @@ type MCPMessage struct {
 	Name string
 	// Arguments are params.arguments of tools/call, as sent.
 	Arguments json.RawMessage
+	// ID is the request's id when it is a string or number of at most 128
+	// bytes (echoed in refusals); nil otherwise.
+	ID json.RawMessage
 }
 
 // ParseMCP reads one JSON-RPC 2.0 message of the Streamable HTTP
@@ -184,6 +197,9 @@ func ParseMCP(body []byte) (MCPMessage, error) {
 	_, hasMethod := top["method"]
 	if hasMethod && m.Method == "" {
 		return MCPMessage{}, errors.New("method is empty")
+	}
+	if id, ok := top["id"]; ok && len(id) <= 128 && len(id) > 0 && (id[0] == '"' || id[0] == '-' || (id[0] >= '0' && id[0] <= '9')) {
+		m.ID = id
 	}
 	raw, ok := top["params"]
 	var params map[string]json.RawMessage
@@ -373,6 +389,27 @@ func headerValue(vals []string) (string, bool) {
 		}
 	}
 	return v, true
+}
+
+// writeMCPRefusal answers a refused message as writeRefusal does (status,
+// challenge), but with a JSON-RPC error for the message's id as the body,
+// so an MCP client reports the refusal for its call and keeps its session.
+func (v *Verifier) writeMCPRefusal(w http.ResponseWriter, r *http.Request, err error, id json.RawMessage) {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = refuse(http.StatusInternalServerError, "internal error", err)
+	}
+	v.cfg.Logger.WarnContext(r.Context(), "MCP request refused", "status", e.Status, "reason", e.Error())
+	if ch := v.challenge(r, e); ch != "" && !e.noChallenge {
+		w.Header().Set("WWW-Authenticate", ch)
+	}
+	if id == nil {
+		id = json.RawMessage("null")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"jsonrpc": "2.0", "id": id,
+		"error": map[string]any{"code": -32001, "message": e.Message, "data": map[string]any{"status": e.Status}}})
 }
 
 // writeRPCError answers a message the middleware cannot pass on: the

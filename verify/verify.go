@@ -81,6 +81,10 @@ type Error struct {
 	Message string
 	Err     error
 	Scope   string
+
+	// noChallenge: answer without a WWW-Authenticate challenge (a
+	// sensitive tool's action token was missing or refused).
+	noChallenge bool
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%d %s: %v", e.Status, e.Message, e.Err) }
