@@ -6,10 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/valet-dev/valet/internal/redisslot"
 )
 
 // The deployments of Redis NewModeClient connects to.
@@ -27,7 +28,7 @@ const (
 )
 
 // DefaultClusterPrefix is the key prefix in ModeCluster when none is set.
-const DefaultClusterPrefix = "{valet}"
+const DefaultClusterPrefix = redisslot.DefaultPrefix
 
 // ModeOptions say how to reach Redis.
 type ModeOptions struct {
@@ -127,28 +128,15 @@ func NewModeClient(o ModeOptions) (redis.UniversalClient, error) {
 }
 
 // CheckClusterPrefix reports whether every key under prefix hashes to one
-// Redis Cluster slot: the prefix must hold a hash tag, a non-empty "{...}"
-// after its first "{" (Redis hashes only the tag of such a key). Valet's
-// scripts touch several keys each, so in a cluster they all must share a
-// slot; the price is that one slot, one primary, takes every write.
-func CheckClusterPrefix(prefix string) error {
-	open := strings.IndexByte(prefix, '{')
-	if open < 0 {
-		return fmt.Errorf("redis.prefix %q has no hash tag: in mode cluster it must hold one, like %q, so every key of a script is in one slot", prefix, DefaultClusterPrefix)
-	}
-	if end := strings.IndexByte(prefix[open+1:], '}'); end <= 0 {
-		return fmt.Errorf("redis.prefix %q: its first \"{\" must be closed within the prefix with a non-empty tag, like %q, so every key of a script is in one slot", prefix, DefaultClusterPrefix)
-	}
-	return nil
-}
+// Redis Cluster slot (redisslot.CheckPrefix). Valet's scripts touch
+// several keys each, so in a cluster they all must share a slot; the price
+// is that one slot, one primary, takes every write.
+func CheckClusterPrefix(prefix string) error { return redisslot.CheckPrefix(prefix) }
 
 // checkClientPrefix rejects a cluster client with a prefix whose keys
 // would spread over several slots.
 func checkClientPrefix(c redis.UniversalClient, prefix string) error {
-	if _, ok := c.(*redis.ClusterClient); !ok {
-		return nil
-	}
-	return CheckClusterPrefix(prefix)
+	return redisslot.CheckClient(c, prefix)
 }
 
 // scanNode is the client a SCAN of the keys under prefix goes to: in a
