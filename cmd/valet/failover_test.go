@@ -158,7 +158,7 @@ func runFailover(t *testing.T, mode, section, prefix string, opts revocation.Mod
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			client := &http.Client{Timeout: 5 * time.Second}
+			client := &http.Client{Timeout: 15 * time.Second} // past limits.request_timeout (10 s): a hang shows as one
 			for n := 0; ; n++ {
 				select {
 				case <-stop:
@@ -283,5 +283,27 @@ func TestServeDurableWithoutReplicaFailsClosed(t *testing.T) {
 	}
 	if !strings.Contains(v.stderr.String(), "did not reach a replica") {
 		t.Errorf("the log does not say why the declaration was refused:\n%s", v.stderr.String())
+	}
+}
+
+// TestServeOnCluster: `valet serve` with redis.mode cluster (default
+// prefix "{valet}") is ready, grants a declaration, and its records are in
+// the cluster, all in the slot of the prefix's hash tag.
+func TestServeOnCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 1)
+	v := startServeRedis(t, "cluster-test-secret-"+strings.Repeat("x", 8),
+		fmt.Sprintf("mode: cluster\n  addrs: [%s]", strings.Join(c.Addrs(), ", ")), http.StatusOK)
+	status, h, err := v.declareOnce(http.DefaultClient, "agent-7")
+	if err != nil || status != http.StatusCreated {
+		t.Fatalf("declaration on a cluster = %d (%v), want 201", status, err)
+	}
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	defer cc.Close()
+	ctx := context.Background()
+	if state, err := cc.HGet(ctx, "{valet}:task:"+h.task, "state").Result(); err != nil || state != "active" {
+		t.Errorf("task %s in the cluster: %q, %v; want active", h.task, state, err)
+	}
+	if n, err := cc.LLen(ctx, "{valet}:audit:task:"+h.task).Result(); err != nil || n == 0 {
+		t.Errorf("task %s not in the cluster's audit stream (%d, %v)", h.task, n, err)
 	}
 }
