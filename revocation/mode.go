@@ -92,21 +92,16 @@ func NewModeClient(o ModeOptions) (redis.UniversalClient, error) {
 		return nil, err
 	}
 	if o.Mode == "" || o.Mode == ModeSingle {
-		c, err := NewClient(o.URL)
+		opt, err := clientOptions(o.URL)
 		if err != nil {
 			return nil, err
 		}
-		opt := c.Options()
-		if opt.ReadTimeout < o.MinReadTimeout || o.PoolSize > 0 {
-			c.Close()
-			raised := *opt
-			raised.ReadTimeout = max(opt.ReadTimeout, o.MinReadTimeout)
-			if o.PoolSize > 0 {
-				raised.PoolSize = o.PoolSize
-			}
-			return redis.NewClient(&raised), nil
+		opt.ReadTimeout = max(opt.ReadTimeout, o.MinReadTimeout)
+		if o.PoolSize > 0 {
+			opt.PoolSize = o.PoolSize
+			opt.MaxIdleConns, opt.MaxActiveConns = o.PoolSize, o.PoolSize
 		}
-		return c, nil
+		return redis.NewClient(opt), nil
 	}
 	u := &redis.UniversalOptions{
 		Addrs: o.Addrs, MasterName: o.MasterName, Username: o.Username, Password: o.Password,
@@ -114,6 +109,10 @@ func NewModeClient(o ModeOptions) (redis.UniversalClient, error) {
 		DialTimeout: 500 * time.Millisecond, ReadTimeout: max(500*time.Millisecond, o.MinReadTimeout),
 		WriteTimeout: 500 * time.Millisecond, PoolTimeout: time.Second, MaxRetries: 1,
 		ContextTimeoutEnabled: true,
+		// As NewClient: one dial per try (go-redis dials 5 times, 100 ms
+		// apart, by default: a dead primary would hold each request half a
+		// second per try), and pipelines on the main pool.
+		DialerRetries: 1, PipelinePoolSize: -1,
 	}
 	if o.TLS {
 		u.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}

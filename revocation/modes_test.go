@@ -256,6 +256,7 @@ func BenchmarkRecordDurability(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	var n atomic.Int64 // task ids unique across every run of the sub-benchmarks
 	for _, bc := range []struct {
 		name    string
 		durable *replwait.Waiter
@@ -269,7 +270,6 @@ func BenchmarkRecordDurability(b *testing.B) {
 			l := newRedisLedger(b, c, revocation.RedisOptions{Prefix: "{bench-" + bc.name + "}", Durable: bc.durable, Logger: quiet})
 			ctx := context.Background()
 			now := time.Now()
-			var n atomic.Int64
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
