@@ -80,6 +80,14 @@ func StartCluster(t testing.TB, primaries, replicas int) *Cluster {
 				strings.Contains(info, "cluster_known_nodes:"+strconv.Itoa(n)+"\r"), nil
 		})
 	}
+	// A replica counts (for WAIT, for a failover) once its first sync is
+	// done, which may come after the cluster says ok.
+	for _, s := range c.Nodes {
+		waitFor(t, s, "primary, or replica in sync", func(cl *redis.Client) (bool, error) {
+			info, err := cl.Info(ctx, "replication").Result()
+			return strings.Contains(info, "role:master") || strings.Contains(info, "master_link_status:up"), err
+		})
+	}
 	return c
 }
 
