@@ -88,6 +88,9 @@ type failoverRow struct {
 	handedOut, known, revoked, audit int
 	refused503, otherFailures        int
 	promotion                        time.Duration
+	// regranted is how long after the old primary came back (as a
+	// replica of the new one) declarations were granted again.
+	regranted time.Duration
 }
 
 // TestDurableFailoverLosesNoCredential: `valet serve` with
@@ -131,9 +134,10 @@ func TestDurableFailoverLosesNoCredential(t *testing.T) {
 		}
 		rows = append(rows, runFailover(t, "cluster", section, "{valet}", opts, primary, replica))
 	})
-	t.Logf("\n%-9s %10s %6s %8s %8s %12s %6s %10s", "mode", "handed out", "known", "revoked", "audited", "refused 503", "other", "promotion")
+	t.Logf("\n%-9s %10s %6s %8s %8s %12s %6s %10s %17s", "mode", "handed out", "known", "revoked", "audited", "refused 503", "other", "promotion", "granted again in")
 	for _, r := range rows {
-		t.Logf("%-9s %10d %6d %8d %8d %12d %6d %10v", r.mode, r.handedOut, r.known, r.revoked, r.audit, r.refused503, r.otherFailures, r.promotion.Round(10*time.Millisecond))
+		t.Logf("%-9s %10d %6d %8d %8d %12d %6d %10v %17v", r.mode, r.handedOut, r.known, r.revoked, r.audit, r.refused503, r.otherFailures,
+			r.promotion.Round(10*time.Millisecond), r.regranted.Round(10*time.Millisecond))
 	}
 }
 
@@ -238,6 +242,18 @@ func runFailover(t *testing.T, mode, section, prefix string, opts revocation.Mod
 	if row.handedOut < 50 {
 		t.Errorf("%s: only %d credentials handed out", mode, row.handedOut)
 	}
+
+	// The promoted primary has no replica, so durable declarations are
+	// refused until the old primary is back as its replica; then they are
+	// granted again.
+	primary.Restart()
+	back := time.Now()
+	client := &http.Client{Timeout: 15 * time.Second}
+	waitUntil(t, 30*time.Second, "declaration granted once the old primary is back as a replica", func() bool {
+		status, _, err := v.declareOnce(client, "agent-back")
+		return err == nil && status == http.StatusCreated
+	})
+	row.regranted = time.Since(back)
 	return row
 }
 

@@ -96,10 +96,3 @@ func TestStartClusterAndSentinel(t *testing.T) {
 		}
 	})
 }
-
-func TestSentinelPromotesReplica(t *testing.T) {
-	st := redistest.StartSentinel(t)
-	st.Primary.Kill()
-	took := st.Replica.WaitRole(t, "master", 30*time.Second, st.Sentinels...)
-	t.Logf("replica promoted %v after the primary was killed", took)
-}
