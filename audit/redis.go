@@ -14,6 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/internal/redisslot"
+	"github.com/valet-dev/valet/internal/replwait"
 )
 
 // Multi writes each event to every auditor; any failure fails the event
@@ -58,6 +60,10 @@ type RedisWriterOptions struct {
 	Timeout time.Duration
 	// Now is the clock for retention; default time.Now.
 	Now func() time.Time
+	// Durable, when set, answers an append only once it reached the
+	// replicas it asks for (redis.durability: replica); otherwise the
+	// append fails, and so does the action it records.
+	Durable *replwait.Waiter
 }
 
 // RedisWriter is an audit sink that appends each line of a Log to a Redis
@@ -80,6 +86,7 @@ type RedisWriter struct {
 	ttl     time.Duration
 	maxLen  int64
 	now     func() time.Time
+	durable *replwait.Waiter
 }
 
 // NewRedisWriter writes to the stream under o.Prefix.
@@ -89,6 +96,9 @@ func NewRedisWriter(c redis.UniversalClient, o RedisWriterOptions) (*RedisWriter
 	}
 	if o.Prefix == "" {
 		o.Prefix = "valet"
+	}
+	if err := redisslot.CheckClient(c, o.Prefix); err != nil {
+		return nil, fmt.Errorf("audit stream: %w", err)
 	}
 	if o.Retention <= 0 {
 		o.Retention = DefaultStreamRetention
@@ -105,7 +115,7 @@ func NewRedisWriter(c redis.UniversalClient, o RedisWriterOptions) (*RedisWriter
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &RedisWriter{c: c, prefix: o.Prefix, chain: hex.EncodeToString(b[:]), timeout: o.Timeout,
-		ttl: o.Retention, maxLen: o.MaxLen, now: o.Now}, nil
+		ttl: o.Retention, maxLen: o.MaxLen, now: o.Now, durable: o.Durable}, nil
 }
 
 // Chain is this writer's chain id.
@@ -175,7 +185,13 @@ func (w *RedisWriter) Write(p []byte) (int, error) {
 	minID := strconv.FormatInt(w.now().Add(-w.ttl).UnixMilli(), 10)
 	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
 	defer cancel()
-	err := appendScript.Run(ctx, w.c, keys, w.chain, line, rec.Seq, rec.Hash, rec.Prev, w.ttl.Milliseconds(), w.maxLen, minID).Err()
+	args := []any{w.chain, line, rec.Seq, rec.Hash, rec.Prev, w.ttl.Milliseconds(), w.maxLen, minID}
+	var err error
+	if w.durable != nil {
+		err = w.durable.Run(ctx, w.c, appendScript, keys, args...).Err()
+	} else {
+		err = appendScript.Run(ctx, w.c, keys, args...).Err()
+	}
 	if err != nil {
 		return 0, fmt.Errorf("writing audit event to redis: %w", err)
 	}

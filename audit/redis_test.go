@@ -15,6 +15,7 @@ import (
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/replwait"
 )
 
 func redisClient(t *testing.T) *redis.Client {
@@ -284,5 +285,33 @@ func TestRedisStreamRetention(t *testing.T) {
 	}
 	if _, err := VerifyStream(ctx, c, "valet"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRedisWriterDurableWithoutReplicaFails: with redis.durability replica
+// an append no replica acknowledged fails, so the action it records fails
+// too; with a replica it lands.
+func TestRedisWriterDurableWithoutReplicaFails(t *testing.T) {
+	w, err := replwait.New(1, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone := redistest.Start(t)
+	sink, err := NewRedisWriter(alone.Client(t), RedisWriterOptions{Durable: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := broker.Event{Time: time.Now(), Type: "task.declared", TaskID: "tsk_1", Outcome: "granted"}
+	if err := NewLog(sink).Record(t.Context(), ev); !errors.Is(err, replwait.ErrNotReplicated) {
+		t.Fatalf("append without a replica = %v, want ErrNotReplicated", err)
+	}
+	paired := redistest.Start(t)
+	redistest.StartReplica(t, paired)
+	sink, err = NewRedisWriter(paired.Client(t), RedisWriterOptions{Durable: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := NewLog(sink).Record(t.Context(), ev); err != nil {
+		t.Fatalf("append with a replica: %v", err)
 	}
 }

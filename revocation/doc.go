@@ -51,6 +51,9 @@
 //
 // Record and End are Lua scripts, so each is atomic and one round trip. End
 // builds the deny keys inside the script from the task's credential list,
-// and Record writes keys of several slots, so the ledger needs a single
-// Redis primary (or Sentinel), not Redis Cluster.
+// and Record writes keys of several kinds, so in a Redis Cluster
+// (NewModeClient, ModeCluster) the prefix must be a hash tag ("{valet}"):
+// every key then lives in one slot, which keeps the scripts atomic and
+// gives up write scale-out across shards. The stores refuse a cluster
+// client with a prefix that would split slots (CheckClusterPrefix).
 package revocation

@@ -6,10 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/valet-dev/valet/internal/redisslot"
 )
 
 // The deployments of Redis NewModeClient connects to.
@@ -27,7 +28,7 @@ const (
 )
 
 // DefaultClusterPrefix is the key prefix in ModeCluster when none is set.
-const DefaultClusterPrefix = "{valet}"
+const DefaultClusterPrefix = redisslot.DefaultPrefix
 
 // ModeOptions say how to reach Redis.
 type ModeOptions struct {
@@ -91,21 +92,16 @@ func NewModeClient(o ModeOptions) (redis.UniversalClient, error) {
 		return nil, err
 	}
 	if o.Mode == "" || o.Mode == ModeSingle {
-		c, err := NewClient(o.URL)
+		opt, err := clientOptions(o.URL)
 		if err != nil {
 			return nil, err
 		}
-		opt := c.Options()
-		if opt.ReadTimeout < o.MinReadTimeout || o.PoolSize > 0 {
-			c.Close()
-			raised := *opt
-			raised.ReadTimeout = max(opt.ReadTimeout, o.MinReadTimeout)
-			if o.PoolSize > 0 {
-				raised.PoolSize = o.PoolSize
-			}
-			return redis.NewClient(&raised), nil
+		opt.ReadTimeout = max(opt.ReadTimeout, o.MinReadTimeout)
+		if o.PoolSize > 0 {
+			opt.PoolSize = o.PoolSize
+			opt.MaxIdleConns, opt.MaxActiveConns = o.PoolSize, o.PoolSize
 		}
-		return c, nil
+		return redis.NewClient(opt), nil
 	}
 	u := &redis.UniversalOptions{
 		Addrs: o.Addrs, MasterName: o.MasterName, Username: o.Username, Password: o.Password,
@@ -113,6 +109,10 @@ func NewModeClient(o ModeOptions) (redis.UniversalClient, error) {
 		DialTimeout: 500 * time.Millisecond, ReadTimeout: max(500*time.Millisecond, o.MinReadTimeout),
 		WriteTimeout: 500 * time.Millisecond, PoolTimeout: time.Second, MaxRetries: 1,
 		ContextTimeoutEnabled: true,
+		// As NewClient: one dial per try (go-redis dials 5 times, 100 ms
+		// apart, by default: a dead primary would hold each request half a
+		// second per try), and pipelines on the main pool.
+		DialerRetries: 1, PipelinePoolSize: -1,
 	}
 	if o.TLS {
 		u.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -127,28 +127,15 @@ func NewModeClient(o ModeOptions) (redis.UniversalClient, error) {
 }
 
 // CheckClusterPrefix reports whether every key under prefix hashes to one
-// Redis Cluster slot: the prefix must hold a hash tag, a non-empty "{...}"
-// after its first "{" (Redis hashes only the tag of such a key). Valet's
-// scripts touch several keys each, so in a cluster they all must share a
-// slot; the price is that one slot, one primary, takes every write.
-func CheckClusterPrefix(prefix string) error {
-	open := strings.IndexByte(prefix, '{')
-	if open < 0 {
-		return fmt.Errorf("redis.prefix %q has no hash tag: in mode cluster it must hold one, like %q, so every key of a script is in one slot", prefix, DefaultClusterPrefix)
-	}
-	if end := strings.IndexByte(prefix[open+1:], '}'); end <= 0 {
-		return fmt.Errorf("redis.prefix %q: its first \"{\" must be closed within the prefix with a non-empty tag, like %q, so every key of a script is in one slot", prefix, DefaultClusterPrefix)
-	}
-	return nil
-}
+// Redis Cluster slot (redisslot.CheckPrefix). Valet's scripts touch
+// several keys each, so in a cluster they all must share a slot; the price
+// is that one slot, one primary, takes every write.
+func CheckClusterPrefix(prefix string) error { return redisslot.CheckPrefix(prefix) }
 
 // checkClientPrefix rejects a cluster client with a prefix whose keys
 // would spread over several slots.
 func checkClientPrefix(c redis.UniversalClient, prefix string) error {
-	if _, ok := c.(*redis.ClusterClient); !ok {
-		return nil
-	}
-	return CheckClusterPrefix(prefix)
+	return redisslot.CheckClient(c, prefix)
 }
 
 // scanNode is the client a SCAN of the keys under prefix goes to: in a

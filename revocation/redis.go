@@ -35,6 +35,15 @@ const DefaultRetention = time.Hour
 // the main pool, and context deadlines honoured. Timeouts and retries given as URL query parameters
 // (dial_timeout=2s, ...) take precedence.
 func NewClient(url string) (*redis.Client, error) {
+	opt, err := clientOptions(url)
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewClient(opt), nil
+}
+
+// clientOptions are the options of NewClient.
+func clientOptions(url string) (*redis.Options, error) {
 	if !strings.HasPrefix(url, "redis://") && !strings.HasPrefix(url, "rediss://") {
 		return nil, errors.New("parsing redis url: scheme must be redis:// or rediss://")
 	}
@@ -68,7 +77,7 @@ func NewClient(url string) (*redis.Client, error) {
 		opt.PipelinePoolSize = -1
 	}
 	opt.ContextTimeoutEnabled = true
-	return redis.NewClient(opt), nil
+	return opt, nil
 }
 
 // RedisOptions configures a RedisLedger.

@@ -58,6 +58,16 @@ type RedisConfig struct {
 	URL       string   `yaml:"url"`
 	Prefix    string   `yaml:"prefix"`
 	Retention Duration `yaml:"retention"`
+	// Deployment and durability (config_redis.go).
+	Mode                string   `yaml:"mode"`
+	Addrs               []string `yaml:"addrs"`
+	MasterName          string   `yaml:"master_name"`
+	Username            string   `yaml:"username"`
+	PasswordEnv         string   `yaml:"password_env"`
+	SentinelPasswordEnv string   `yaml:"sentinel_password_env"`
+	TLS                 bool     `yaml:"tls"`
+	Durability          string   `yaml:"durability"`
+	ReplicaTimeout      Duration `yaml:"replica_timeout"`
 }
 
 type SigningConfig struct {
@@ -323,6 +333,7 @@ func (c *Config) defaults() {
 	if c.Log.Format == "" {
 		c.Log.Format = "json"
 	}
+	c.Redis.defaults()
 	if c.Redis.Prefix == "" {
 		c.Redis.Prefix = "valet"
 	}
@@ -382,11 +393,12 @@ func (c *Config) validate() error {
 		bad("public_url", "%q must be an absolute URL", c.PublicURL)
 	}
 	errs = append(errs, c.Rollback.validate()...)
-	if c.Redis.URL == "" {
+	if c.Redis.single() && c.Redis.URL == "" {
 		bad("redis.url", "is required (or set VALET_REDIS_URL)")
-	} else if u, err := url.Parse(c.Redis.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+	} else if u, err := url.Parse(c.Redis.URL); c.Redis.single() && (err != nil || (u.Scheme != "redis" && u.Scheme != "rediss")) {
 		bad("redis.url", "must be a redis:// or rediss:// URL")
 	}
+	errs = append(errs, c.Redis.validate()...)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

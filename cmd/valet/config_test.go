@@ -251,7 +251,7 @@ limits: {max_body_bytes: lots}
 	msg := errOut.String()
 	for _, want := range []string{
 		`log.formatt: unknown key "formatt"; valid keys here: format, level`,
-		`redis.prefixx: unknown key "prefixx"; valid keys here: prefix, retention, url`,
+		`redis.prefixx: unknown key "prefixx"; valid keys here: addrs, durability, master_name, mode, password_env, prefix, replica_timeout, retention, sentinel_password_env, tls, url, username`,
 		`signing.keys[0].kidd: unknown key "kidd"; valid keys here: file, kid, retired`,
 		`"forever" is not a duration`, `found a mapping where a list is expected`, `found "lots" where a whole number is expected`,
 		"public_url", "redis.url", "log.level", "signing.keys[0].file", "/nonexistent/templates",

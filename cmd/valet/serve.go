@@ -52,7 +52,7 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	log := newLogger(e.stderr, cfg.Log.Level, cfg.Log.Format)
 	redis.SetLogger(newRedisLogger(log))
 
-	redisClient, ledger, err := serveRedis(ctx, cfg, log)
+	redisClient, ledger, err := serveRedis(ctx, cfg, e.getenv, log)
 	if err != nil {
 		return err
 	}
@@ -109,8 +109,12 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	durable, err := cfg.Redis.waiter()
+	if err != nil {
+		return err
+	}
 	trail, err := audit.NewRedisWriter(redisClient, audit.RedisWriterOptions{Prefix: cfg.Redis.Prefix,
-		Retention: time.Duration(cfg.Audit.StreamRetention), MaxLen: cfg.Audit.StreamMaxLen})
+		Retention: time.Duration(cfg.Audit.StreamRetention), MaxLen: cfg.Audit.StreamMaxLen, Durable: durable})
 	if err != nil {
 		return err
 	}
@@ -121,7 +125,10 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	// The revocation feed reads through a Redis client of its own, so that
 	// followers never hold a connection of the ledger's pool.
 	feedLimits := cfg.Feed.limits().WithDefaults()
-	feedClient := revocation.NewFeedClient(redisClient, feedLimits.Readers)
+	feedClient, err := cfg.Redis.feedClient(redisClient, e.getenv, feedLimits.Readers)
+	if err != nil {
+		return err
+	}
 	defer feedClient.Close()
 	metricsOpts := &server.MetricsOptions{Live: ledger.LiveCounts}
 	if cfg.Metrics.BearerSecretEnv != "" {
@@ -159,17 +166,25 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 // serveRedis opens the Redis client and ledger of `serve`. Redis down at
 // start is one clear log line, not a refusal: Valet serves, /readyz says
 // 503 and nothing is issued until Redis answers.
-func serveRedis(ctx context.Context, cfg *Config, log *slog.Logger) (*redis.Client, *revocation.RedisLedger, error) {
-	rc, err := revocation.NewClient(cfg.Redis.URL)
+func serveRedis(ctx context.Context, cfg *Config, getenv func(string) string, log *slog.Logger) (redis.UniversalClient, *revocation.RedisLedger, error) {
+	rc, err := revocation.NewModeClient(cfg.Redis.modeOptions(getenv))
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis.url: %w", err)
+		if cfg.Redis.single() {
+			return nil, nil, fmt.Errorf("redis.url: %w", err)
+		}
+		return nil, nil, fmt.Errorf("redis: %w", err)
+	}
+	durable, err := cfg.Redis.waiter()
+	if err != nil {
+		rc.Close()
+		return nil, nil, err
 	}
 	pingCtx, cancelPing := context.WithTimeout(ctx, 2*time.Second)
 	if err := rc.Ping(pingCtx).Err(); err != nil {
 		log.Error("redis is unreachable at start: Valet serves, answers /readyz with 503 and refuses to issue until it is reachable", "err", err)
 	}
 	cancelPing()
-	ledger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention), Logger: log})
+	ledger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention), Logger: log, Durable: durable})
 	if err != nil {
 		rc.Close()
 		return nil, nil, err

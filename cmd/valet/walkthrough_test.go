@@ -148,6 +148,13 @@ func startServe(t *testing.T, secret string) *servedValet {
 // /readyz answers ready.
 func startServeAt(t *testing.T, secret, redisURL string, ready int) *servedValet {
 	t.Helper()
+	return startServeRedis(t, secret, "url: "+redisURL+"\n  prefix: valet", ready)
+}
+
+// startServeRedis is startServeAt with redisSection (indented by two
+// spaces) as the body of the config's redis section, retention aside.
+func startServeRedis(t *testing.T, secret, redisSection string, ready int) *servedValet {
+	t.Helper()
 	dir := t.TempDir()
 	idpOut, idpErr := startRun(t, nil, "dev", "idp", "--addr", "127.0.0.1:0")
 	idpURL := waitFor(t, idpOut, idpErr, regexp.MustCompile(`development issuer (http://\S+)`))
@@ -175,7 +182,7 @@ func startServeAt(t *testing.T, secret, redisURL string, ready int) *servedValet
 	c := strings.NewReplacer(
 		"127.0.0.1:8080", addr,
 		"http://127.0.0.1:8081", idpURL,
-		"redis://127.0.0.1:6379/0", redisURL,
+		"url: redis://127.0.0.1:6379/0\n  prefix: valet", redisSection,
 		"/tmp/valet-demo/signing.pem", key,
 		"/tmp/valet-demo/audit.jsonl", filepath.Join(dir, "audit.jsonl"),
 		"paths: [templates]", "paths: ["+templates+"]",

@@ -80,6 +80,14 @@ func StartCluster(t testing.TB, primaries, replicas int) *Cluster {
 				strings.Contains(info, "cluster_known_nodes:"+strconv.Itoa(n)+"\r"), nil
 		})
 	}
+	// A replica counts (for WAIT, for a failover) once its first sync is
+	// done, which may come after the cluster says ok.
+	for _, s := range c.Nodes {
+		waitFor(t, s, "primary, or replica in sync", func(cl *redis.Client) (bool, error) {
+			info, err := cl.Info(ctx, "replication").Result()
+			return strings.Contains(info, "role:master") || strings.Contains(info, "master_link_status:up"), err
+		})
+	}
 	return c
 }
 
@@ -125,15 +133,11 @@ func StartSentinel(t testing.TB) *Sentinel {
 	t.Helper()
 	st := &Sentinel{MasterName: "valet"}
 	st.Primary = Start(t)
-	st.Replica = Start(t, withArgs("--replicaof", "127.0.0.1", strconv.Itoa(st.Primary.port)))
+	st.Replica = StartReplica(t, st.Primary)
 	ctx, cancel := context.WithTimeout(context.Background(), topologyTimeout)
 	defer cancel()
-	waitFor(t, st.Replica, "replica link up", func(cl *redis.Client) (bool, error) {
-		info, err := cl.Info(ctx, "replication").Result()
-		return strings.Contains(info, "master_link_status:up"), err
-	})
 	conf := fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 2\n"+
-		"sentinel down-after-milliseconds %[1]s %d\n"+
+		"sentinel down-after-milliseconds %[1]s %[3]d\n"+
 		"sentinel failover-timeout %[1]s 10000\n"+
 		"sentinel parallel-syncs %[1]s 1\n", st.MasterName, st.Primary.port, SentinelDownAfter.Milliseconds())
 	for range 3 {
@@ -150,6 +154,18 @@ func StartSentinel(t testing.TB) *Sentinel {
 		})
 	}
 	return st
+}
+
+// StartReplica starts a replica of primary on a free loopback port and
+// waits until its link to the primary is up.
+func StartReplica(t testing.TB, primary *Server) *Server {
+	t.Helper()
+	r := Start(t, withArgs("--replicaof", "127.0.0.1", strconv.Itoa(primary.port)))
+	waitFor(t, r, "replica link up", func(cl *redis.Client) (bool, error) {
+		info, err := cl.Info(context.Background(), "replication").Result()
+		return strings.Contains(info, "master_link_status:up"), err
+	})
+	return r
 }
 
 // SentinelAddrs are the host:port of the three sentinels.
@@ -215,4 +231,28 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// WaitRole waits until s reports role (master or slave) in INFO
+// replication and returns how long that took; after d it fails the test
+// quoting the logs of s and of others (the sentinels, say).
+func (s *Server) WaitRole(t testing.TB, role string, d time.Duration, others ...*Server) time.Duration {
+	t.Helper()
+	start := time.Now()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+	defer c.Close()
+	for {
+		info, err := c.Info(context.Background(), "replication").Result()
+		if err == nil && strings.Contains(info, "role:"+role+"\r") {
+			return time.Since(start)
+		}
+		if time.Since(start) > d {
+			var logs strings.Builder
+			for _, o := range append([]*Server{s}, others...) {
+				fmt.Fprintf(&logs, "--- %s:\n%s\n", o.Addr(), o.logTail())
+			}
+			t.Fatalf("redis on %s: not %s within %v (%v); logs:\n%s", s.Addr(), role, d, err, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
