@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -21,14 +22,16 @@ type InventoryConfig struct {
 
 // validate compiles the label rules (every problem, each at its path).
 func (c InventoryConfig) validate() error {
+	var errs []error
 	if c.Retention < 0 {
-		return fmt.Errorf("inventory.retention: must not be negative (0 keeps the default, 720h)")
+		errs = append(errs, fmt.Errorf("inventory.retention: must not be negative (0 keeps the default, 720h)"))
+	} else if c.Retention > 0 && time.Duration(c.Retention) < time.Minute {
+		errs = append(errs, fmt.Errorf("inventory.retention: %s is shorter than a minute", time.Duration(c.Retention)))
 	}
-	if c.Retention > 0 && time.Duration(c.Retention) < time.Minute {
-		return fmt.Errorf("inventory.retention: %s is shorter than a minute", time.Duration(c.Retention))
+	if _, err := c.labeler(); err != nil {
+		errs = append(errs, err)
 	}
-	_, err := c.labeler()
-	return err
+	return errors.Join(errs...)
 }
 
 // labeler compiles the label rules once.
