@@ -30,6 +30,10 @@ func TestAgentInventory(t *testing.T) {
 			t.Fatalf("declare %s: %d %s", a.sub, r.Status, r.Body)
 		}
 	}
+	// A denied declaration is no sighting.
+	if r := e.declare(e.teamIdentity("intruder", "payments"), triageBody); r.Status != http.StatusForbidden {
+		t.Fatalf("declare intruder: %d %s", r.Status, r.Body)
+	}
 	viewer, responder := e.adminToken("vera", "valet-viewers"), e.adminToken("rita", "valet-responders")
 
 	var page inventory.Page
@@ -60,8 +64,8 @@ func TestAgentInventory(t *testing.T) {
 			break
 		}
 	}
-	if len(seen) != 3 {
-		t.Errorf("paged through %v, want the 3 agents", seen)
+	if len(seen) != 3 || seen["intruder"] {
+		t.Errorf("paged through %v, want the 3 agents granted a task", seen)
 	}
 
 	r := e.adminDo(http.MethodGet, "/v1/admin/agents/"+page.Agents[0].ID, viewer, "")
