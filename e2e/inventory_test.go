@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/valet-dev/valet/internal/oidctest"
@@ -128,6 +129,9 @@ func TestAgentInventory(t *testing.T) {
 	testkit.Eventually(t, func() bool {
 		return e.declare(e.teamIdentity("agent-paycron", "payments"), triageBody).Status == http.StatusForbidden
 	}, "agent-paycron was never frozen")
+	if m := e.scrape(); !strings.Contains(m, "valet_inventory_sightings_lost_total 0\n") {
+		t.Errorf("metrics lack the lost sightings counter at 0:\n%s", grepLines(m, "valet_inventory"))
+	}
 	if r := e.declare(e.teamIdentity("agent-search", "search"), triageBody); r.Status != http.StatusCreated {
 		t.Errorf("agent-search after the payments freeze: %d %s", r.Status, r.Body)
 	}
