@@ -136,3 +136,26 @@ func TestAgentInventory(t *testing.T) {
 		t.Errorf("agent-search after the payments freeze: %d %s", r.Status, r.Body)
 	}
 }
+
+// TestAgentInventoryNoAuditNoSighting: a grant whose audit write failed
+// (answered 503, nothing issued) is no sighting; the next agent's grant,
+// recorded after it, is.
+func TestAgentInventoryNoAuditNoSighting(t *testing.T) {
+	a := &brokenAuditor{}
+	e := newEnv(t, envOptions{incident: true, auditor: a})
+	a.failing.Store(true)
+	if r := e.declare(e.teamIdentity("agent-unaudited", "payments"), triageBody); r.Status != http.StatusServiceUnavailable {
+		t.Fatalf("declare with a failing audit log: %d %s", r.Status, r.Body)
+	}
+	a.failing.Store(false)
+	if r := e.declare(e.teamIdentity("agent-audited", "payments"), triageBody); r.Status != http.StatusCreated {
+		t.Fatalf("declare: %d %s", r.Status, r.Body)
+	}
+	testkit.Eventually(t, func() bool {
+		_, err := e.inc.inventory.Agent(t.Context(), inventory.ID("test", "agent-audited"))
+		return err == nil
+	}, "the audited grant never reached the inventory")
+	if _, err := e.inc.inventory.Agent(t.Context(), inventory.ID("test", "agent-unaudited")); err == nil {
+		t.Error("the unaudited grant is in the inventory")
+	}
+}
