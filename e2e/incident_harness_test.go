@@ -14,6 +14,7 @@ import (
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/server"
+	"github.com/valet-dev/valet/inventory"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -34,6 +35,8 @@ type incidentEnv struct {
 	logs    *syncBuffer
 	adminID broker.Authenticator
 	hub     *fanout.Hub // the revocation stream's fan-out, on a Redis client of its own
+	// inventory is the agent inventory, labelled owner from claims.team.
+	inventory *revocation.RedisInventory
 }
 
 var testRoles = map[string]string{
@@ -87,6 +90,15 @@ func (e *env) incidentOptions(opts *server.Options, rc *redis.Client, o envOptio
 	}
 	opts.Admin = &server.AdminOptions{Identity: e.inc.adminID, Roles: testRoles, Jobs: e.raw, Timeline: e.inc.trail,
 		AgentIssuers: e.issuerNames, JobLease: o.jobLease, RollbackHosts: o.rollbackHosts, ResumeEvery: resume}
+	e.inc.inventory, err = revocation.NewRedisInventory(rc, "valet", 0, e.clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels, err := inventory.NewLabeler("inventory.labels", []inventory.LabelRule{{Name: "owner", Value: "claims.team"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Inventory = &server.InventoryOptions{Store: e.inc.inventory, Labels: labels}
 	fc := revocation.NewFeedClient(rc, o.feed.WithDefaults().Readers)
 	t.Cleanup(func() { fc.Close() })
 	opts.Feed, opts.FeedLimits = revocation.NewFeed(fc, "valet"), o.feed

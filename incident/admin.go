@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/inventory"
 	"github.com/valet-dev/valet/policy"
 )
 
@@ -84,6 +85,8 @@ type Config struct {
 	Jobs     JobStore
 	Epochs   broker.EpochStore
 	Timeline TimelineReader
+	// Inventory, when set, serves the agent inventory and label selectors.
+	Inventory inventory.Store
 	// AgentIssuers are the names of the agents' trusted issuers: an agent
 	// revoked without an issuer is revoked under each of them.
 	AgentIssuers []string
@@ -113,6 +116,7 @@ type Admin struct {
 	jobs     JobStore
 	epochs   broker.EpochStore
 	timeline TimelineReader
+	agents   inventory.Store
 	issuers  []string
 	lease    time.Duration
 	inline   time.Duration
@@ -149,7 +153,7 @@ func NewAdmin(cfg Config) (*Admin, error) {
 	}
 	a := &Admin{
 		identity: cfg.Identity, core: cfg.Core, ledger: cfg.Ledger, audit: cfg.Auditor, controls: cfg.Controls, jobs: cfg.Jobs,
-		epochs: cfg.Epochs, timeline: cfg.Timeline, issuers: cfg.AgentIssuers, lease: cfg.JobLease, inline: cfg.InlineBudget,
+		epochs: cfg.Epochs, timeline: cfg.Timeline, agents: cfg.Inventory, issuers: cfg.AgentIssuers, lease: cfg.JobLease, inline: cfg.InlineBudget,
 		owner: broker.NewID("brk"), log: cfg.Logger, now: cfg.Now, base: context.Background(), running: map[string]bool{},
 	}
 	var errs []error

@@ -27,6 +27,9 @@ func (a *Admin) DryRun(ctx context.Context, sel Selector) (DryRun, error) {
 	if err := sel.Validate(); err != nil {
 		return DryRun{}, err
 	}
+	if err := a.resolveLabel(ctx, &sel); err != nil {
+		return DryRun{}, err
+	}
 	var out DryRun
 	out.Sample = []string{}
 	cursor := ""
@@ -69,6 +72,9 @@ func (a *Admin) Revoke(ctx context.Context, who AdminPrincipal, sel Selector, re
 	}
 	if len(reason) > 1024 || !validName(reason) {
 		return RevocationJob{}, &broker.Error{Code: broker.CodeInvalid, Message: "reason must be at most 1024 printable characters", Field: "reason"}
+	}
+	if err := a.resolveLabel(ctx, &sel); err != nil {
+		return RevocationJob{}, err
 	}
 	now := a.now()
 	if sel.IssuedBefore.IsZero() || sel.IssuedBefore.After(now) {

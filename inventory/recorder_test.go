@@ -150,6 +150,13 @@ func TestLabelsSkipMissingAndUnprintable(t *testing.T) {
 	if got := l.Labels(map[string]any{"team": 7}); got["owner"] != "" {
 		t.Errorf("labels with a numeric team = %v", got)
 	}
+	cc, err := inventory.NewLabeler("inventory.labels", []inventory.LabelRule{{Name: "cost_center", Value: `claims.org + "/" + claims.cc`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cc.Labels(map[string]any{"org": "fin", "cc": "42"}); got["cost_center"] != "fin/42" {
+		t.Errorf("concatenated label = %v", got)
+	}
 	var none *inventory.Labeler
 	if none.Labels(map[string]any{"team": "x"}) != nil {
 		t.Error("a nil labeler set labels")

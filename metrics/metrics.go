@@ -42,6 +42,9 @@ type Options struct {
 	// RevocationFailures counts attempts to revoke a credential at its
 	// source that failed (first attempts and retries) since start.
 	RevocationFailures func() float64
+	// SightingsLost counts the agent sightings the inventory recorder
+	// dropped (buffer full or a failed write) since start.
+	SightingsLost func() float64
 	// Live counts, in the ledger shared by every replica, the active tasks
 	// whose deadline has not passed and the credentials they hold. It is
 	// read at scrape time, at most once per LiveCacheFor; when it fails the
@@ -108,6 +111,9 @@ func New(o Options) *Metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "valet_revocation_failures_total",
 			Help: "Attempts by this broker to revoke a credential at its source that failed (each is audited as revocation.failed at least once)."},
 			or(o.RevocationFailures)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "valet_inventory_sightings_lost_total",
+			Help: "Agent sightings this broker's inventory recorder dropped (buffer full or a failed write); the declarations themselves were not affected."},
+			or(o.SightingsLost)),
 	)
 	return m
 }

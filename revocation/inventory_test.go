@@ -1,11 +1,14 @@
 package revocation_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/inventory"
 	"github.com/valet-dev/valet/revocation"
@@ -47,5 +50,28 @@ func TestRedisInventoryKeysExpire(t *testing.T) {
 	ttl, err := c.PTTL(t.Context(), "exp:{inv}:agent:"+inventory.ID("idp", "a")).Result()
 	if err != nil || ttl <= 0 || ttl > inventoryRetention {
 		t.Errorf("PTTL = %v, %v; want (0, %v]", ttl, err, inventoryRetention)
+	}
+}
+
+// TestRedisInventoryDownIsUnavailable: with Redis gone every call fails at
+// once with broker.ErrUnavailable (the admin API's 503), never a hang.
+func TestRedisInventoryDownIsUnavailable(t *testing.T) {
+	srv := redistest.Start(t)
+	c := newClient(t, srv.URL())
+	s, err := revocation.NewRedisInventory(c, "down", inventoryRetention, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := s.Record(ctx, []inventory.Seen{{Issuer: "idp", Subject: "a", At: time.Now()}}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Record = %v, want ErrUnavailable", err)
+	}
+	if _, err := s.List(ctx, inventory.Query{}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("List = %v, want ErrUnavailable", err)
+	}
+	if _, err := s.Agent(ctx, inventory.ID("idp", "a")); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Agent = %v, want ErrUnavailable", err)
 	}
 }

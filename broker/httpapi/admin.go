@@ -54,6 +54,8 @@ func (a *api) incidentRoutes(r chi.Router) {
 		r.Get("/v1/admin/tasks/{id}/timeline", a.adminTimeline)
 		r.Get("/v1/admin/tasks/{id}/rollback", a.adminRollbackPlan)
 		r.Post("/v1/admin/tasks/{id}/rollback/{event_id}", a.adminRollbackStep)
+		r.Get("/v1/admin/agents", a.adminAgents)
+		r.Get("/v1/admin/agents/{id}", a.adminAgent)
 	}
 	if a.opts.Metrics != nil && a.opts.Metrics.Handler() != nil { // nil: served on a listener of its own
 		r.Method(http.MethodGet, "/metrics", a.opts.Metrics.Handler())
@@ -307,6 +309,10 @@ type controlRequest struct {
 	Reason string             `json:"reason"`
 	Revoke bool               `json:"revoke"`
 	Force  bool               `json:"force"`
+	// Label ("key=value") freezes every agent of the inventory with that
+	// label (kind freeze_agent, no target); DryRun previews it.
+	Label  string `json:"label"`
+	DryRun bool   `json:"dry_run"`
 }
 
 func (a *api) adminPutControl(w http.ResponseWriter, r *http.Request) {
@@ -317,6 +323,10 @@ func (a *api) adminPutControl(w http.ResponseWriter, r *http.Request) {
 	var req controlRequest
 	if err := decodeJSON(r, &req); err != nil {
 		a.writeError(w, r, err)
+		return
+	}
+	if req.Label != "" || req.DryRun {
+		a.adminFreezeLabel(w, r, p, req)
 		return
 	}
 	c, job, err := a.opts.Admin.PutControl(r.Context(), p, broker.Control{Kind: req.Kind, Target: req.Target, Issuer: req.Issuer, Reason: req.Reason}, req.Revoke, req.Force)

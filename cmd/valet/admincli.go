@@ -170,7 +170,7 @@ type jobView struct {
 
 // cmdRevoke is `valet revoke --agent X [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]`.
 func cmdRevoke(ctx context.Context, e env, args []string) error {
-	fs := e.newFlags("revoke [--agent A] [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]",
+	fs := e.newFlags("revoke [--agent A] [--issuer I] [--template T] [--tool T] [--task ID] [--label k=v] [--since 2h] [--dry-run]",
 		"Revoke every live credential the selector matches (bulk revocation, responder role), following the job\nuntil it is done. The selectors combine (all must match); --dry-run counts and samples instead.")
 	admin := adminFlags(fs, e)
 	var sel struct {
@@ -181,8 +181,10 @@ func cmdRevoke(ctx context.Context, e env, args []string) error {
 		TaskID       string `json:"task_id,omitempty"`
 		IssuedAfter  string `json:"issued_after,omitempty"`
 		IssuedBefore string `json:"issued_before,omitempty"`
+		Label        string `json:"label,omitempty"`
 	}
 	fs.StringVar(&sel.Agent, "agent", "", "the agent (subject) `name`")
+	fs.StringVar(&sel.Label, "label", "", "the agents of the inventory with this owner label (`key=value`)")
 	fs.StringVar(&sel.Issuer, "issuer", "", "the agent's issuer (`name` in the config)")
 	fs.StringVar(&sel.Template, "template", "", "template `name`")
 	fs.StringVar(&sel.Tool, "tool", "", "tool `name`")
@@ -304,19 +306,40 @@ func cmdFreeze(ctx context.Context, e env, args []string, lift bool) error {
 	if lift {
 		name, about = "unfreeze", "Lift a freeze, quarantine or distrust (responder role)."
 	}
-	fs := e.newFlags(name+" agent|template|issuer NAME [flags]", about)
+	synopsis := name + " agent|template|issuer NAME [flags]"
+	if !lift {
+		synopsis += " | freeze --label key=value [--dry-run] [flags]"
+		about += "\nWith --label, every agent of the inventory with that owner label is frozen (each under its issuer);\n" +
+			"--dry-run says how many agents, live tasks and credentials that would hit, changing nothing."
+	}
+	fs := e.newFlags(synopsis, about)
 	admin := adminFlags(fs, e)
 	issuer := fs.String("issuer", "", "with agent: the agent of this issuer `name` only")
-	var revoke, force *bool
-	var reason *string
+	var revoke, force, dry *bool
+	var reason, label *string
 	if !lift {
 		revoke = fs.Bool("revoke", false, "also revoke the live tasks it covers")
 		reason = fs.String("reason", "", "why (shown to refused agents and in the audit trail)")
 		force = fs.Bool("force", false, "set the control even though Valet knows no such name (to block it before it appears)")
+		label = fs.String("label", "", "freeze every agent of the inventory with this owner label (`key=value`)")
+		dry = fs.Bool("dry-run", false, "with --label: count what the freeze would hit; change nothing")
 	}
-	c, pos, err := admin.parse(args, 2)
+	n := 2
+	if !lift && hasFlag(args, "label") {
+		n = 0
+	}
+	c, pos, err := admin.parse(args, n)
 	if err != nil {
 		return err
+	}
+	if n == 0 {
+		if *label == "" {
+			return usageError("--label needs key=value")
+		}
+		return freezeLabel(ctx, c, *label, *reason, *revoke, *dry)
+	}
+	if !lift && *dry {
+		return usageError("--dry-run previews a freeze by --label")
 	}
 	kind, target := controlKinds[pos[0]], pos[1]
 	if kind == "" {

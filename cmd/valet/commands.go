@@ -62,6 +62,10 @@ func commandTable() []command {
 			{name: "timeline", summary: "show a task's audit events, in order", run: cmdTaskTimeline},
 			{name: "rollback", summary: "call a task's undo webhooks, newest first", run: cmdRollback},
 		}},
+		{name: "agents", summary: "the agent inventory: every agent Valet granted a task, with its owner", subs: []command{
+			{name: "ls", summary: "list agents, last seen first, one page at a time", run: cmdAgentsLs},
+			{name: "show", summary: "show an agent, its live tasks and the controls over it", run: cmdAgentShow},
+		}},
 		{name: "completion", summary: "print a shell completion script (bash, zsh or fish)", run: cmdCompletion},
 		{name: "version", summary: "print the version and commit", run: cmdVersion},
 	}

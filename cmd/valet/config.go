@@ -45,6 +45,9 @@ type Config struct {
 	Metrics   MetricsConfig                `yaml:"metrics"` // config_feed.go
 	OAuth     OAuthConfig                  `yaml:"oauth"`   // config_oauth.go
 
+	// The agent inventory (config_inventory.go).
+	Inventory InventoryConfig `yaml:"inventory"`
+
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string
 }
@@ -300,7 +303,7 @@ func readConfig(path string, getenv func(string) string) (*Config, []error) {
 	}
 	c.defaults()
 	c.vaultDefaults()
-	for _, err := range []error{c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...)} {
+	for _, err := range []error{c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...), c.Inventory.validate()} {
 		if err != nil {
 			errs = append(errs, err)
 		}

@@ -106,7 +106,8 @@ func cmdDev(ctx context.Context, e env, args []string) error {
 		Clients: []clientauth.Client{{ID: "tool-server", SecretSHA256: sha256Of(devClientSecret)}},
 		Agent:   broker.AgentConfig{Limiter: memLedger}, Records: memLedger, StepUp: stepUp,
 		Feed: memLedger.Feed(), DevIdP: idp.Handler(), ReapInterval: time.Second, Logger: log,
-		OAuth: &server.OAuthOptions{},
+		OAuth:     &server.OAuthOptions{},
+		Inventory: &server.InventoryOptions{Store: revocation.NewMemoryInventory(time.Now, 0)},
 	}
 	opts.StepUp.Actions = tokens
 	ledgerName := "in-memory (lost on exit)"
@@ -220,6 +221,11 @@ func devRedis(ctx context.Context, opts *server.Options, url string, rollbackHos
 	}
 	opts.Ledger = redisLedger
 	opts.Agent.Limiter, opts.Records = redisLedger, redisLedger
+	inv, err := revocation.NewRedisInventory(rc, "valet", 0, nil)
+	if err != nil {
+		return fail(err)
+	}
+	opts.Inventory = &server.InventoryOptions{Store: inv}
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	_ = redisLedger.Ping(pctx) // read or start the ledger generation, as serve does
 	cancel()

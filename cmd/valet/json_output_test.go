@@ -131,6 +131,32 @@ func TestListingJSONMatchesSpec(t *testing.T) {
 		{[]string{"revoke", "--agent", "nobody", "--dry-run"}, "POST", "/v1/admin/revocations", 200},
 	})
 
+	// The agent inventory: agent-7 is listed (its sightings are written
+	// within a second), shown, and its freeze by label previewed.
+	var agents struct {
+		Agents []struct{ ID, Subject string }
+	}
+	testkit.Eventually(t, func() bool {
+		_, s, _ := cli(append([]string{"agents", "ls", "-o", "json"}, adm...)...)
+		return json.Unmarshal([]byte(s), &agents) == nil && len(agents.Agents) > 0
+	}, "agent-7 never reached the inventory")
+	if agents.Agents[0].Subject != "agent-7" {
+		t.Fatalf("agents ls: %+v", agents)
+	}
+	checkAll([]jsonCase{
+		{[]string{"agents", "ls"}, "GET", "/v1/admin/agents", 200},
+		{[]string{"agents", "ls", "--sort", "subject", "--limit", "1", "--since", "1h", "--subject-prefix", "agent-"}, "GET", "/v1/admin/agents", 200},
+		{[]string{"agents", "show", agents.Agents[0].ID}, "GET", "/v1/admin/agents/{id}", 200},
+	})
+	if code, s, e = cli(append([]string{"agents", "show", agents.Agents[0].ID}, adm...)...); code != 0 || !strings.Contains(s, "agent-7") || !strings.Contains(s, "LIVE TASK") {
+		t.Fatalf("agents show (%d): %s %s", code, s, e)
+	}
+	// valet dev keeps no label rules: the label selects no agent, which is
+	// said plainly.
+	if code, s, e = cli(append([]string{"freeze", "--label", "owner=nobody", "--dry-run"}, adm...)...); code != 0 || !strings.Contains(s, "would freeze 0 agents") {
+		t.Fatalf("freeze --label --dry-run (%d): %s %s", code, s, e)
+	}
+
 	// Paging: newest first, two then one, and the table says more exist.
 	_, s, _ = cli(append([]string{"tasks", "ls", "--limit", "2", "-o", "json"}, adm...)...)
 	var page struct {

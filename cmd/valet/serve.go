@@ -139,6 +139,14 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 			return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 		}
 	}
+	labels, err := cfg.Inventory.labeler()
+	if err != nil {
+		return err
+	}
+	agents, err := revocation.NewRedisInventory(redisClient, cfg.Redis.Prefix, time.Duration(cfg.Inventory.Retention), nil)
+	if err != nil {
+		return err
+	}
 	opts := server.Options{
 		PublicURL: cfg.PublicURL, Identity: verifier, Tokens: tokens, Ledger: ledger, Epochs: ledger, Loss: ledger, Controls: controls,
 		Queue: retryQ, Auditors: []broker.Auditor{auditor, audit.NewLog(trail)}, Templates: templates,
@@ -147,7 +155,7 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 		Feed: revocation.NewFeed(feedClient, cfg.Redis.Prefix), FeedLimits: feedLimits, Metrics: metricsOpts,
 		EventRetention: time.Duration(cfg.Redis.Retention), Ready: []func(context.Context) error{verifier.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), ReapInterval: time.Duration(cfg.Reaper.Interval), Logger: log,
-		OAuth: oauthOpts,
+		OAuth: oauthOpts, Inventory: &server.InventoryOptions{Store: agents, Labels: labels},
 	}
 	vw.apply(&opts)
 	srv, err := server.New(ctx, opts)

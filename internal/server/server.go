@@ -21,6 +21,7 @@ import (
 	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/incident"
+	"github.com/valet-dev/valet/inventory"
 	"github.com/valet-dev/valet/metrics"
 	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/openapi"
@@ -118,6 +119,9 @@ type Options struct {
 	EventRetention time.Duration
 	// Admin, when set, adds the admin API.
 	Admin *AdminOptions
+	// Inventory, when set, records every agent granted a task (off the
+	// request path) and serves the inventory on the admin API.
+	Inventory *InventoryOptions
 	// Feed, when set, serves the revocation stream through one fan-out
 	// limited by FeedLimits (zero: the defaults).
 	Feed       broker.Feed
@@ -176,6 +180,15 @@ type AdminOptions struct {
 	ResumeEvery time.Duration
 }
 
+// InventoryOptions configure the agent inventory.
+type InventoryOptions struct {
+	// Store keeps the inventory (revocation.RedisInventory or
+	// MemoryInventory).
+	Store inventory.Store
+	// Labels computes owner labels from claims (nil: none).
+	Labels *inventory.Labeler
+}
+
 // StepUpOptions configure sensitive actions: the calls of sensitive tools
 // that need a policy check or a human approval (package stepup).
 type StepUpOptions struct {
@@ -222,6 +235,7 @@ type Server struct {
 	events  *toolevents.Service
 	metrics *metrics.Metrics
 	hub     *fanout.Hub
+	sights  *inventory.Recorder
 	handler http.Handler
 	log     *slog.Logger
 	// The background repair loops (package reconcile); retrier is nil
@@ -269,6 +283,14 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		o.Controls.Reload(ctx)
 		cfg.Controls = o.Controls
 	}
+	var agents inventory.Store
+	if o.Inventory != nil {
+		var err error
+		if s.sights, err = inventory.NewRecorder(inventory.RecorderConfig{Store: o.Inventory.Store, Labels: o.Inventory.Labels, Logger: o.Logger}); err != nil {
+			return nil, err
+		}
+		cfg.Sightings, agents = s.sights, o.Inventory.Store
+	}
 	revoker, err := stepup.NewRevoker(stepup.RevokerConfig{Actions: o.StepUp.Actions, Limiter: o.Agent.Limiter,
 		Auditor: auditor, Now: o.Now, Logger: o.Logger})
 	if err != nil {
@@ -310,7 +332,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		s.admin, err = incident.NewAdmin(incident.Config{
 			Identity: a.Identity, Roles: a.Roles, Core: s.svc, Ledger: o.Ledger, Auditor: auditor, Controls: o.Controls,
 			Jobs: a.Jobs, Epochs: o.Epochs, Timeline: a.Timeline, AgentIssuers: a.AgentIssuers, JobLease: a.JobLease,
-			InlineBudget: a.InlineBudget, JobBatch: a.JobBatch, Logger: o.Logger, Now: o.Now,
+			InlineBudget: a.InlineBudget, JobBatch: a.JobBatch, Logger: o.Logger, Now: o.Now, Inventory: agents,
 		})
 		if err != nil {
 			return nil, err
@@ -419,6 +441,12 @@ func (s *Server) newMetrics() *metrics.Metrics {
 			}
 			return float64(n)
 		},
+		SightingsLost: func() float64 {
+			if s.sights == nil {
+				return 0
+			}
+			return float64(s.sights.Lost())
+		},
 		Logger: o.Logger,
 		Now:    o.Now,
 	}
@@ -493,6 +521,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	}
 	for _, f := range o.Background {
 		go f(ctx)
+	}
+	if s.sights != nil {
+		go s.sights.Run(ctx)
 	}
 	if o.RetryInterval > 0 && s.retrier != nil {
 		go s.retrier.Run(ctx, o.RetryInterval)
