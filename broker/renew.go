@@ -198,6 +198,11 @@ func (s *Service) decideRenewal(p Principal, t Task, r Renewal, now time.Time) (
 	if deadline.After(limit) {
 		deadline = limit
 	}
+	if deadline.Sub(t.Deadline) < time.Second && limit.Sub(t.Deadline) >= time.Second {
+		return Grant{}, time.Time{}, &Error{Code: CodeConflict, Field: "ttl_seconds",
+			Message: fmt.Sprintf("a renewal for %s from now would not move task %s's deadline %s later: ask for a longer ttl_seconds (at most %d)",
+				ttl, t.ID, t.Deadline.UTC().Format(time.RFC3339), int64(tmpl.MaxTTL/time.Second))}
+	}
 	if deadline.Sub(t.Deadline) < time.Second {
 		return Grant{}, time.Time{}, &Error{Code: CodeConflict, Rule: "max_lifetime",
 			Message: fmt.Sprintf("task %s cannot be extended: template %q lets it live until %s at most (ttl.max_lifetime %s from its creation), and its deadline is %s",
