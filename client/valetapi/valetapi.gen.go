@@ -21,13 +21,13 @@ import (
 
 // Defines values for ActionGrantStatus.
 const (
-	Granted ActionGrantStatus = "granted"
+	ActionGrantStatusGranted ActionGrantStatus = "granted"
 )
 
 // Valid indicates whether the value is a known member of the ActionGrantStatus enum.
 func (e ActionGrantStatus) Valid() bool {
 	switch e {
-	case Granted:
+	case ActionGrantStatusGranted:
 		return true
 	default:
 		return false
@@ -36,13 +36,13 @@ func (e ActionGrantStatus) Valid() bool {
 
 // Defines values for ActionGrantTokenType.
 const (
-	ActionJwt ActionGrantTokenType = "action+jwt"
+	ActionGrantTokenTypeActionJwt ActionGrantTokenType = "action+jwt"
 )
 
 // Valid indicates whether the value is a known member of the ActionGrantTokenType enum.
 func (e ActionGrantTokenType) Valid() bool {
 	switch e {
-	case ActionJwt:
+	case ActionGrantTokenTypeActionJwt:
 		return true
 	default:
 		return false
@@ -135,19 +135,19 @@ func (e ControlRequestKind) Valid() bool {
 
 // Defines values for CredentialKind.
 const (
-	Jwt        CredentialKind = "jwt"
-	VaultLease CredentialKind = "vault_lease"
-	VaultToken CredentialKind = "vault_token"
+	CredentialKindJwt        CredentialKind = "jwt"
+	CredentialKindVaultLease CredentialKind = "vault_lease"
+	CredentialKindVaultToken CredentialKind = "vault_token"
 )
 
 // Valid indicates whether the value is a known member of the CredentialKind enum.
 func (e CredentialKind) Valid() bool {
 	switch e {
-	case Jwt:
+	case CredentialKindJwt:
 		return true
-	case VaultLease:
+	case CredentialKindVaultLease:
 		return true
-	case VaultToken:
+	case CredentialKindVaultToken:
 		return true
 	default:
 		return false
@@ -156,13 +156,13 @@ func (e CredentialKind) Valid() bool {
 
 // Defines values for DryRunDryRun.
 const (
-	True DryRunDryRun = true
+	DryRunDryRunTrue DryRunDryRun = true
 )
 
 // Valid indicates whether the value is a known member of the DryRunDryRun enum.
 func (e DryRunDryRun) Valid() bool {
 	switch e {
-	case True:
+	case DryRunDryRunTrue:
 		return true
 	default:
 		return false
@@ -387,13 +387,13 @@ func (e OAuthTokenTokenType) Valid() bool {
 
 // Defines values for OAuthTokenFormClientAssertionType.
 const (
-	UrnIetfParamsOauthClientAssertionTypeJwtBearer OAuthTokenFormClientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	OAuthTokenFormClientAssertionTypeUrnIetfParamsOauthClientAssertionTypeJwtBearer OAuthTokenFormClientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 )
 
 // Valid indicates whether the value is a known member of the OAuthTokenFormClientAssertionType enum.
 func (e OAuthTokenFormClientAssertionType) Valid() bool {
 	switch e {
-	case UrnIetfParamsOauthClientAssertionTypeJwtBearer:
+	case OAuthTokenFormClientAssertionTypeUrnIetfParamsOauthClientAssertionTypeJwtBearer:
 		return true
 	default:
 		return false
@@ -402,16 +402,16 @@ func (e OAuthTokenFormClientAssertionType) Valid() bool {
 
 // Defines values for OAuthTokenFormGrantType.
 const (
-	ClientCredentials                    OAuthTokenFormGrantType = "client_credentials"
-	UrnIetfParamsOauthGrantTypeJwtBearer OAuthTokenFormGrantType = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+	OAuthTokenFormGrantTypeClientCredentials                    OAuthTokenFormGrantType = "client_credentials"
+	OAuthTokenFormGrantTypeUrnIetfParamsOauthGrantTypeJwtBearer OAuthTokenFormGrantType = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 )
 
 // Valid indicates whether the value is a known member of the OAuthTokenFormGrantType enum.
 func (e OAuthTokenFormGrantType) Valid() bool {
 	switch e {
-	case ClientCredentials:
+	case OAuthTokenFormGrantTypeClientCredentials:
 		return true
-	case UrnIetfParamsOauthGrantTypeJwtBearer:
+	case OAuthTokenFormGrantTypeUrnIetfParamsOauthGrantTypeJwtBearer:
 		return true
 	default:
 		return false
@@ -486,16 +486,16 @@ func (e TaskState) Valid() bool {
 
 // Defines values for TokenExchangeFormActorTokenType.
 const (
-	UrnIetfParamsOauthTokenTypeIdToken TokenExchangeFormActorTokenType = "urn:ietf:params:oauth:token-type:id_token"
-	UrnIetfParamsOauthTokenTypeJwt     TokenExchangeFormActorTokenType = "urn:ietf:params:oauth:token-type:jwt"
+	TokenExchangeFormActorTokenTypeUrnIetfParamsOauthTokenTypeIdToken TokenExchangeFormActorTokenType = "urn:ietf:params:oauth:token-type:id_token"
+	TokenExchangeFormActorTokenTypeUrnIetfParamsOauthTokenTypeJwt     TokenExchangeFormActorTokenType = "urn:ietf:params:oauth:token-type:jwt"
 )
 
 // Valid indicates whether the value is a known member of the TokenExchangeFormActorTokenType enum.
 func (e TokenExchangeFormActorTokenType) Valid() bool {
 	switch e {
-	case UrnIetfParamsOauthTokenTypeIdToken:
+	case TokenExchangeFormActorTokenTypeUrnIetfParamsOauthTokenTypeIdToken:
 		return true
-	case UrnIetfParamsOauthTokenTypeJwt:
+	case TokenExchangeFormActorTokenTypeUrnIetfParamsOauthTokenTypeJwt:
 		return true
 	default:
 		return false
@@ -504,13 +504,13 @@ func (e TokenExchangeFormActorTokenType) Valid() bool {
 
 // Defines values for TokenExchangeFormGrantType.
 const (
-	UrnIetfParamsOauthGrantTypeTokenExchange TokenExchangeFormGrantType = "urn:ietf:params:oauth:grant-type:token-exchange"
+	TokenExchangeFormGrantTypeUrnIetfParamsOauthGrantTypeTokenExchange TokenExchangeFormGrantType = "urn:ietf:params:oauth:grant-type:token-exchange"
 )
 
 // Valid indicates whether the value is a known member of the TokenExchangeFormGrantType enum.
 func (e TokenExchangeFormGrantType) Valid() bool {
 	switch e {
-	case UrnIetfParamsOauthGrantTypeTokenExchange:
+	case TokenExchangeFormGrantTypeUrnIetfParamsOauthGrantTypeTokenExchange:
 		return true
 	default:
 		return false
@@ -519,13 +519,13 @@ func (e TokenExchangeFormGrantType) Valid() bool {
 
 // Defines values for TokenExchangeFormSubjectTokenType.
 const (
-	UrnIetfParamsOauthTokenTypeAccessToken TokenExchangeFormSubjectTokenType = "urn:ietf:params:oauth:token-type:access_token"
+	TokenExchangeFormSubjectTokenTypeUrnIetfParamsOauthTokenTypeAccessToken TokenExchangeFormSubjectTokenType = "urn:ietf:params:oauth:token-type:access_token"
 )
 
 // Valid indicates whether the value is a known member of the TokenExchangeFormSubjectTokenType enum.
 func (e TokenExchangeFormSubjectTokenType) Valid() bool {
 	switch e {
-	case UrnIetfParamsOauthTokenTypeAccessToken:
+	case TokenExchangeFormSubjectTokenTypeUrnIetfParamsOauthTokenTypeAccessToken:
 		return true
 	default:
 		return false
@@ -570,22 +570,22 @@ func (e ToolEventReportedWith) Valid() bool {
 
 // Defines values for UndoMethod.
 const (
-	DELETE UndoMethod = "DELETE"
-	PATCH  UndoMethod = "PATCH"
-	POST   UndoMethod = "POST"
-	PUT    UndoMethod = "PUT"
+	UndoMethodDELETE UndoMethod = "DELETE"
+	UndoMethodPATCH  UndoMethod = "PATCH"
+	UndoMethodPOST   UndoMethod = "POST"
+	UndoMethodPUT    UndoMethod = "PUT"
 )
 
 // Valid indicates whether the value is a known member of the UndoMethod enum.
 func (e UndoMethod) Valid() bool {
 	switch e {
-	case DELETE:
+	case UndoMethodDELETE:
 		return true
-	case PATCH:
+	case UndoMethodPATCH:
 		return true
-	case POST:
+	case UndoMethodPOST:
 		return true
-	case PUT:
+	case UndoMethodPUT:
 		return true
 	default:
 		return false
@@ -594,13 +594,13 @@ func (e UndoMethod) Valid() bool {
 
 // Defines values for ValetTaskDetailsType.
 const (
-	ValetTask ValetTaskDetailsType = "valet_task"
+	ValetTaskDetailsTypeValetTask ValetTaskDetailsType = "valet_task"
 )
 
 // Valid indicates whether the value is a known member of the ValetTaskDetailsType enum.
 func (e ValetTaskDetailsType) Valid() bool {
 	switch e {
-	case ValetTask:
+	case ValetTaskDetailsTypeValetTask:
 		return true
 	default:
 		return false
@@ -654,13 +654,13 @@ func (e ListTasksParamsState) Valid() bool {
 
 // Defines values for RollbackStepParamsConfirm.
 const (
-	RevokedReporter RollbackStepParamsConfirm = "revoked_reporter"
+	RollbackStepParamsConfirmRevokedReporter RollbackStepParamsConfirm = "revoked_reporter"
 )
 
 // Valid indicates whether the value is a known member of the RollbackStepParamsConfirm enum.
 func (e RollbackStepParamsConfirm) Valid() bool {
 	switch e {
-	case RevokedReporter:
+	case RollbackStepParamsConfirmRevokedReporter:
 		return true
 	default:
 		return false
