@@ -167,3 +167,23 @@ func TestDecodeRenewal(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDecodeRenewal: any body either decodes to a renewal within bounds or
+// is refused with a 400 naming what is wrong; never a panic.
+func FuzzDecodeRenewal(f *testing.F) {
+	for _, s := range []string{`{}`, `{"ttl_seconds":60}`, `{"context":{"a":[1,2]}}`, `{"ttl_seconds":-1}`, `[]`, `{"ttl_seconds":1e99}`, ``} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		r, err := DecodeRenewal(strings.NewReader(body), "tsk_a")
+		if err != nil {
+			if ErrorCode(err) != CodeInvalid {
+				t.Fatalf("DecodeRenewal(%q) = %v; want a 400", body, err)
+			}
+			return
+		}
+		if r.TTL < 0 || r.TTL > MaxTTL || r.TaskID != "tsk_a" {
+			t.Fatalf("DecodeRenewal(%q) = %+v: out of bounds", body, r)
+		}
+	})
+}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/valet-dev/valet/broker"
 )
 
 // renewTemplates: tasks of triage live 5 minutes by default, 10 at most per
@@ -189,5 +191,29 @@ func TestRenewRefusals(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNoAuditNoRenewal: a renewal whose task.renewed event cannot be
+// written is answered 503 without credentials, and the task, whose ledger
+// record already holds them, is ended with the refusal's reason.
+func TestNoAuditNoRenewal(t *testing.T) {
+	a := &brokenAuditor{fails: "task.renewed"}
+	e := newEnv(t, envOptions{templates: renewTemplates, auditor: a})
+	id, token := e.declared("agent-r", 300)
+	a.failing.Store(true)
+	r := e.renew(id, e.identity("agent-r"), `{"ttl_seconds":600}`)
+	if r.Status != http.StatusServiceUnavailable || strings.Contains(string(r.Body), "access_token") {
+		t.Fatalf("renewal with a failing audit log: %d %s", r.Status, r.Body)
+	}
+	task, creds, err := e.raw.Task(t.Context(), id)
+	if err != nil || task.State != broker.StateRevoked || task.EndReason != broker.RefusedReason {
+		t.Fatalf("the unaudited renewal's task: %+v %v", task, err)
+	}
+	if len(creds) != 2 {
+		t.Errorf("the task holds %d credentials, want the declared and the renewed token", len(creds))
+	}
+	if in := e.introspect(token); in["active"] != false {
+		t.Errorf("the task's token after a refused renewal: %v, want inactive", in)
 	}
 }
