@@ -78,6 +78,9 @@ var (
 	ErrUnavailable = errors.New("dependency unavailable")
 	// ErrNotActive: the task or credential has already ended.
 	ErrNotActive = errors.New("not active")
+	// ErrConflict: the record changed since it was read (a concurrent
+	// renewal); nothing was written.
+	ErrConflict = errors.New("changed concurrently")
 )
 
 // Unauthenticated is the fixed answer to any identity failure: the reason

@@ -160,14 +160,19 @@ func taskStanding(t Task, c TaskClaims) standing {
 	return standing{links: links, template: t.Template, task: &t, cred: c.ID, issued: c.IssuedAt}
 }
 
-// tokenOf is the id of a task's own task token (its JWT credential), or "".
+// tokenOf is the id of a task's own task token (its JWT credential; of a
+// renewed task, the one that expires last), or "".
 func tokenOf(creds []Credential) string {
-	for _, c := range creds {
-		if c.Kind == KindJWT {
-			return c.ID
+	var last *Credential
+	for i, c := range creds {
+		if c.Kind == KindJWT && (last == nil || c.ExpiresAt.After(last.ExpiresAt)) {
+			last = &creds[i]
 		}
 	}
-	return ""
+	if last == nil {
+		return ""
+	}
+	return last.ID
 }
 
 // GateTaskToken is the gate for a verified task token: its task is read

@@ -142,6 +142,13 @@ type Ledger interface {
 	// is not active at that moment, so a child is either listed before its
 	// parent ends or never recorded at all.
 	Children(ctx context.Context, id string) ([]string, error)
+	// Renew moves active task id's deadline from from (as recorded, to the
+	// millisecond) to the later to and adds creds to it, in one atomic
+	// write; the task's records, indexes and deadline index follow the new
+	// deadline. A task that is no longer active gives ErrNotActive, one
+	// whose deadline is no longer from (another renewal won) ErrConflict,
+	// both with the task as stored; nothing is written then.
+	Renew(ctx context.Context, id string, from, to time.Time, creds []Credential) (Task, error)
 	// DueEnder is how the reaper ends tasks past their deadline.
 	DueEnder
 }

@@ -319,6 +319,7 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 // what was minted before a later step failed is revoked at its source, and
 // a task recorded but not audited is ended (refused.go) before the 503.
 func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer, ev Event) ([]Minted, error) {
+	task.Audiences, task.Scopes = slices.Clone(g.Audiences), slices.Clone(g.Scopes) // renew.go re-mints within these
 	minted, err := s.mint(ctx, task, p, g, issuers)
 	if err != nil {
 		return nil, err

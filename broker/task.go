@@ -100,6 +100,13 @@ type Task struct {
 	// (see gate.go). Empty in records written before it existed: Links
 	// then derives it.
 	Chain []Link `json:"chain,omitempty"`
+
+	// Audiences and Scopes are what the task's tokens were granted (the
+	// grant's), kept so a renewal re-mints no more than that. Empty in
+	// records written before renewal existed, which cannot be renewed.
+	// Not part of the task's JSON answer.
+	Audiences []string `json:"-"`
+	Scopes    []string `json:"-"`
 }
 
 // Link is one principal of a task's chain: an agent (or the user a task

@@ -628,8 +628,8 @@ var userFields = []field[*PrincipalRule]{
 
 // ttlBlock is the ttl block as it is decoded.
 type ttlBlock struct {
-	def, max         time.Duration
-	defNode, maxNode *yaml.Node
+	def, max, lifetime         time.Duration
+	defNode, maxNode, lifeNode *yaml.Node
 }
 
 func decodeTTL(l *templateLoader, n *yaml.Node, path string, t *Template) {
@@ -640,7 +640,13 @@ func decodeTTL(l *templateLoader, n *yaml.Node, path string, t *Template) {
 	if b.defNode != nil && b.maxNode != nil && b.def > b.max {
 		l.report(b.defNode, joinPath(path, "default"), "default %s is longer than max %s", b.def, b.max)
 	}
-	t.DefaultTTL, t.MaxTTL = b.def, b.max
+	if b.lifeNode != nil && b.maxNode != nil && b.lifetime < b.max {
+		l.report(b.lifeNode, joinPath(path, "max_lifetime"), "max_lifetime %s is shorter than max %s", b.lifetime, b.max)
+	}
+	t.DefaultTTL, t.MaxTTL, t.MaxLifetime = b.def, b.max, b.lifetime
+	if b.lifeNode == nil {
+		t.MaxLifetime = b.max
+	}
 }
 
 // ttlFields is the schema of a template's ttl block.
@@ -653,6 +659,13 @@ var ttlFields = []field[*ttlBlock]{
 	{key: "max", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, b *ttlBlock) {
 		if d, ok := l.duration(n, path); ok {
 			b.max, b.maxNode = d, n
+		}
+	}},
+	// max_lifetime bounds renewals (POST /v1/tasks/{id}/renew): a task
+	// never lives past created_at + max_lifetime.
+	{key: "max_lifetime", decode: func(l *templateLoader, n *yaml.Node, path string, b *ttlBlock) {
+		if d, ok := l.duration(n, path); ok {
+			b.lifetime, b.lifeNode = d, n
 		}
 	}},
 }

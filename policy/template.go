@@ -20,6 +20,10 @@ type Template struct {
 	Users      []PrincipalRule
 	DefaultTTL time.Duration
 	MaxTTL     time.Duration
+	// MaxLifetime bounds a task's whole life, renewals included: no
+	// renewal moves its deadline past CreatedAt + MaxLifetime. It is
+	// ttl.max_lifetime, MaxTTL when not given, and never less than MaxTTL.
+	MaxLifetime time.Duration
 	// Tools is the allowlist: exact names and "prefix.*" patterns.
 	Tools      []string
 	Audiences  []string

@@ -709,3 +709,39 @@ func check(tmpl *Template, p Identity, r Request, ttl time.Duration, now time.Ti
 	r.TTL = ttl
 	return tmpl.Check(p, nil, r, now)
 }
+
+// TestTemplateMaxLifetime: ttl.max_lifetime bounds renewals, defaults to
+// ttl.max and may not be shorter than it.
+func TestTemplateMaxLifetime(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ttl   string
+		want  time.Duration
+		wants []want
+	}{
+		{"defaults to max", "{default: 1m, max: 5m}", 5 * time.Minute, nil},
+		{"set", "{default: 1m, max: 5m, max_lifetime: 2h}", 2 * time.Hour, nil},
+		{"shorter than max", "{default: 1m, max: 5m, max_lifetime: 2m}", 0, []want{
+			{"inline.yaml", 4, "a", "templates[0].ttl.max_lifetime", "max_lifetime 2m0s is shorter than max 5m0s"},
+		}},
+		{"longer than the limit", "{default: 1m, max: 5m, max_lifetime: 25h}", 0, []want{
+			{"inline.yaml", 4, "a", "templates[0].ttl.max_lifetime", "25h0m0s is longer than the limit of 24h0m0s"},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := "templates:\n  - name: a\n    principals: [{issuer: dev}]\n    ttl: " + tc.ttl + "\n    tools: [x]\n    audiences: [y]"
+			set, problems := loadInline(t, src, testIssuers)
+			checkProblems(t, problems, tc.wants)
+			if tc.wants != nil {
+				return
+			}
+			tmpl, ok := set.Get("a")
+			if !ok {
+				t.Fatal("template a not loaded")
+			}
+			if tmpl.MaxLifetime != tc.want {
+				t.Errorf("MaxLifetime = %v, want %v", tmpl.MaxLifetime, tc.want)
+			}
+		})
+	}
+}

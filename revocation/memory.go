@@ -233,6 +233,7 @@ func copyTask(t broker.Task) broker.Task {
 	t.Tools = slices.Clone(t.Tools)
 	t.Act = slices.Clone(t.Act)
 	t.Chain = slices.Clone(t.Chain)
+	t.Audiences, t.Scopes = slices.Clone(t.Audiences), slices.Clone(t.Scopes)
 	t.CreatedAt, t.Deadline, t.EndedAt = truncMs(t.CreatedAt), truncMs(t.Deadline), truncMs(t.EndedAt)
 	return t
 }
@@ -290,4 +291,43 @@ func (l *MemoryLedger) Count(_ context.Context, key string, until time.Time) (in
 	c.until = later(c.until, until)
 	l.counts[key] = c
 	return c.n, nil
+}
+
+// Renew implements broker.Ledger.
+func (l *MemoryLedger) Renew(_ context.Context, id string, from, to time.Time, creds []broker.Credential) (broker.Task, error) {
+	if err := validateRenew(id, from, to, creds); err != nil {
+		return broker.Task{}, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	mt, ok := l.task(id, now)
+	switch {
+	case !ok:
+		return broker.Task{}, fmt.Errorf("renewing task %s: %w", id, broker.ErrNotFound)
+	case mt.task.State != broker.StateActive:
+		return copyTask(mt.task), fmt.Errorf("renewing task %s: it is %s: %w", id, mt.task.State, broker.ErrNotActive)
+	case !mt.task.Deadline.Equal(truncMs(from)):
+		return copyTask(mt.task), fmt.Errorf("renewing task %s: its deadline is %s, not %s: %w", id, mt.task.Deadline, truncMs(from), broker.ErrConflict)
+	}
+	for _, c := range creds {
+		if _, ok := l.cred(c.ID, now); ok {
+			return broker.Task{}, fmt.Errorf("renewing task %s: credential %s: %w", id, c.ID, ErrDuplicate)
+		}
+	}
+	mt.task.Deadline = truncMs(to)
+	mt.expireAt = later(mt.expireAt, recordsExpireAt(mt.task, creds, l.retention))
+	for _, c := range creds {
+		c = copyCred(c)
+		mt.creds = append(mt.creds, c)
+		l.creds[c.ID] = memCred{cred: c, expireAt: mt.expireAt}
+	}
+	// Every credential record of the task lives as long as the task's.
+	for _, c := range mt.creds {
+		if mc, ok := l.creds[c.ID]; ok {
+			mc.expireAt = later(mc.expireAt, mt.expireAt)
+			l.creds[c.ID] = mc
+		}
+	}
+	return copyTask(mt.task), nil
 }

@@ -621,6 +621,18 @@ func taskFields(t broker.Task) ([]any, error) {
 		"deadline", t.Deadline.UnixMilli(),
 	}
 	f = append(f, treeFields(t)...)
+	for _, list := range []struct {
+		field  string
+		values []string
+	}{{"audiences", t.Audiences}, {"scopes", t.Scopes}} {
+		if len(list.values) > 0 {
+			b, err := json.Marshal(list.values)
+			if err != nil {
+				return nil, fmt.Errorf("encoding %s: %w", list.field, err)
+			}
+			f = append(f, list.field, string(b))
+		}
+	}
 	if !t.CreatedAt.IsZero() {
 		f = append(f, "created_at", t.CreatedAt.UnixMilli())
 	}
@@ -652,6 +664,13 @@ func decodeTask(id string, h map[string]string, recs []string) (broker.Task, []b
 	}
 	if err == nil {
 		err = decodeTreeFields(&t, h)
+	}
+	for field, dst := range map[string]*[]string{"audiences": &t.Audiences, "scopes": &t.Scopes} {
+		if v, ok := h[field]; ok && err == nil {
+			if jerr := json.Unmarshal([]byte(v), dst); jerr != nil {
+				err = fmt.Errorf("field %s: %w", field, jerr)
+			}
+		}
 	}
 	if err == nil && (t.ID != id || t.State == "") {
 		err = errors.New("record is incomplete")
@@ -766,3 +785,143 @@ func fromMs(ms int64) time.Time {
 
 // truncMs is what a time reads back as after a trip through either ledger.
 func truncMs(t time.Time) time.Time { return fromMs(toMs(t)) }
+
+// validateRenew checks what Renew is given before anything is written.
+func validateRenew(id string, from, to time.Time, creds []broker.Credential) error {
+	switch {
+	case id == "":
+		return errors.New("renewing task: id is empty")
+	case from.IsZero() || to.IsZero():
+		return fmt.Errorf("renewing task %s: both deadlines must be set", id)
+	case toMs(to) <= toMs(from):
+		return fmt.Errorf("renewing task %s: new deadline %s is not after %s", id, to, from)
+	}
+	return validateRecord(broker.Task{ID: id, State: broker.StateActive, Deadline: to}, creds)
+}
+
+// renewScript moves an active task's deadline and adds credentials, or
+// writes nothing. Like recordScript it refuses a generation other than the
+// caller's. It answers {"renewed"|"not_active"|"conflict", task hash} or
+// {"not_found"}.
+//
+// KEYS: task, task creds, deadlines, generation, then ni index keys, then
+// ne keys of the task's credentials as read before, then one cred key per
+// new credential.
+// ARGV: task id, expected deadline ms, new deadline ms, records expire-at
+// ms, ni, generation id, ne, one JSON record per new credential.
+var renewScript = redis.NewScript(luaCommon + `
+local ni, ne = tonumber(ARGV[5]), tonumber(ARGV[7])
+local first_old = 5 + ni
+local first_cred = first_old + ne
+local gen = redis.call('HGET', KEYS[4], 'id')
+if gen ~= ARGV[6] then
+  return redis.error_reply('VALET_GENERATION ' .. (gen or ''))
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'not_found'}
+end
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then
+  return {'not_active', redis.call('HGETALL', KEYS[1])}
+end
+if redis.call('HGET', KEYS[1], 'deadline') ~= ARGV[2] then
+  return {'conflict', redis.call('HGETALL', KEYS[1])}
+end
+for i = first_cred, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) > 0 then
+    return redis.error_reply('VALET_DUPLICATE credential key ' .. KEYS[i])
+  end
+end
+local id, deadline, expire_at = ARGV[1], ARGV[3], tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'deadline', deadline)
+expire_at_least(KEYS[1], expire_at)
+for i = first_cred, #KEYS do
+  local rec = ARGV[7 + i - first_cred + 1]
+  redis.call('SET', KEYS[i], rec, 'PXAT', expire_at)
+  redis.call('RPUSH', KEYS[2], rec)
+end
+expire_at_least(KEYS[2], expire_at)
+-- The task's earlier credential records live as long as the task's.
+for i = first_old, first_cred - 1 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    expire_at_least(KEYS[i], expire_at)
+  end
+end
+for i = 3, 4 + ni do
+  if i ~= 4 then -- KEYS[4] is the generation, not an index
+    redis.call('ZADD', KEYS[i], deadline, id)
+    expire_at_least(KEYS[i], expire_at)
+  end
+end
+return {'renewed', redis.call('HGETALL', KEYS[1])}
+`)
+
+// Renew implements broker.Ledger in one script.
+func (l *RedisLedger) Renew(ctx context.Context, id string, from, to time.Time, creds []broker.Credential) (broker.Task, error) {
+	if err := validateRenew(id, from, to, creds); err != nil {
+		return broker.Task{}, err
+	}
+	gen, err := l.gen.current(ctx)
+	if err != nil {
+		return broker.Task{}, fmt.Errorf("renewing task %s: %w", id, err)
+	}
+	// The task's indexes are those of its record; read it first (the
+	// script checks it did not change meanwhile: same deadline, active).
+	cur, old, err := l.Task(ctx, id)
+	if err != nil {
+		return broker.Task{}, fmt.Errorf("renewing task %s: %w", id, err)
+	}
+	expireAt := recordsExpireAt(broker.Task{Deadline: to}, creds, l.retention).UnixMilli()
+	keys := []string{l.keys.task(id), l.keys.taskCreds(id), l.keys.deadlines(), l.keys.generation()}
+	indexes := l.indexesOf(cur)
+	keys = append(keys, indexes...)
+	for _, c := range old {
+		keys = append(keys, l.keys.cred(c.ID))
+	}
+	args := []any{id, toMs(from), toMs(to), expireAt, len(indexes), gen, len(old)}
+	for _, c := range creds {
+		keys = append(keys, l.keys.cred(c.ID))
+		cr := toCredRecord(c)
+		cr.Gen = gen
+		rec, err := json.Marshal(cr)
+		if err != nil {
+			return broker.Task{}, fmt.Errorf("renewing task %s: encoding credential %s: %w", id, c.ID, err)
+		}
+		args = append(args, rec)
+	}
+	reply, err := renewScript.Eval(ctx, l.c, keys, args...).Slice()
+	if redis.HasErrorPrefix(err, "VALET_GENERATION") {
+		seen := strings.TrimSpace(strings.TrimPrefix(err.Error(), "VALET_GENERATION"))
+		if oerr := l.gen.observe(context.WithoutCancel(ctx), seen, seen != ""); oerr != nil {
+			return broker.Task{}, fmt.Errorf("renewing task %s: %w", id, oerr)
+		}
+		return broker.Task{}, fmt.Errorf("renewing task %s: %w: the ledger lost its data (a new generation began; retry)", id, broker.ErrUnavailable)
+	}
+	if redis.HasErrorPrefix(err, "VALET_DUPLICATE") {
+		return broker.Task{}, fmt.Errorf("renewing task %s: %w (%v)", id, ErrDuplicate, err)
+	}
+	if err != nil {
+		return broker.Task{}, wrapErr("renewing task "+id, err)
+	}
+	status, _ := reply[0].(string)
+	if status == "not_found" {
+		return broker.Task{}, fmt.Errorf("renewing task %s: %w", id, broker.ErrNotFound)
+	}
+	if len(reply) != 2 {
+		return broker.Task{}, fmt.Errorf("renewing task %s: unexpected script reply %v", id, reply)
+	}
+	hash, err := stringMap(reply[1])
+	if err != nil {
+		return broker.Task{}, fmt.Errorf("renewing task %s: %w", id, err)
+	}
+	task, _, err := decodeTask(id, hash, nil)
+	if err != nil {
+		return broker.Task{}, err
+	}
+	switch status {
+	case "not_active":
+		return task, fmt.Errorf("renewing task %s: it is %s: %w", id, task.State, broker.ErrNotActive)
+	case "conflict":
+		return task, fmt.Errorf("renewing task %s: its deadline is %s, not %s: %w", id, task.Deadline, truncMs(from), broker.ErrConflict)
+	}
+	return task, nil
+}

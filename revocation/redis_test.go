@@ -494,3 +494,36 @@ func TestRedisLimiterConformance(t *testing.T) {
 		return newLedger(t, clock)
 	}, conformance.Options{RealClockExpiry: "TestRedisRecordsExpire (the TTL of every one-time use and counter key)"})
 }
+
+// TestRedisRenewMovesEveryExpiry: after a renewal every key of the task (its
+// record, credential list, every credential, its indexes and the deadline
+// index) lives until the new deadline plus retention.
+func TestRedisRenewMovesEveryExpiry(t *testing.T) {
+	ctx := t.Context()
+	c := newClient(t, redistest.Start(t).URL())
+	const retention = 2 * time.Hour
+	l := newRedisLedger(t, c, revocation.RedisOptions{Prefix: "rn", Retention: retention})
+	start := time.Now()
+	task := activeTask("renew", start, 20*time.Minute)
+	if err := l.Record(ctx, task, []broker.Credential{jwt(task.ID, "jti-1", start.Add(20*time.Minute))}); err != nil {
+		t.Fatal(err)
+	}
+	to := start.Add(3 * time.Hour)
+	if _, err := l.Renew(ctx, task.ID, task.Deadline, to, []broker.Credential{jwt(task.ID, "jti-2", to)}); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	want := to.Add(retention)
+	for _, k := range []string{"rn:task:task-renew", "rn:task:task-renew:creds", "rn:cred:jti-1", "rn:cred:jti-2",
+		"rn:deadlines", "rn:idx:agent:corp:agent-renew", "rn:idx:template:deploy", "rn:idx:issuer:corp"} {
+		ttl, err := c.PTTL(ctx, k).Result()
+		if err != nil {
+			t.Fatalf("PTTL %s: %v", k, err)
+		}
+		if got := time.Now().Add(ttl); got.Before(want.Add(-time.Minute)) || got.After(want.Add(time.Minute)) {
+			t.Errorf("%s expires at %s, want about %s", k, got, want)
+		}
+	}
+	if score, err := c.ZScore(ctx, "rn:deadlines", task.ID).Result(); err != nil || int64(score) != to.UnixMilli() {
+		t.Errorf("deadline index score = %v (%v), want %d", score, err, to.UnixMilli())
+	}
+}

@@ -140,6 +140,7 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	r.Post("/v1/tasks", a.declare)
 	r.Get("/v1/tasks/{id}", a.getTask)
 	r.Post("/v1/tasks/{id}/complete", a.complete)
+	r.Post("/v1/tasks/{id}/renew", a.renew)
 	r.Post("/v1/introspect", a.introspect)
 	r.Post("/v1/revoke", a.revoke)
 	r.Post("/v1/token", a.tokenEndpoint().ServeHTTP)
@@ -287,6 +288,27 @@ func (a *api) complete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"task": task})
+}
+
+// renew is POST /v1/tasks/{id}/renew: the agent's identity token and an
+// optional ttl_seconds; the answer is shaped as a declaration's.
+func (a *api) renew(w http.ResponseWriter, r *http.Request) {
+	if err := requireContentType(r, "application/json"); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	req, err := wire.DecodeRenewal(r.Body, chi.URLParam(r, "id"))
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	task, minted, err := a.svc.Renew(r.Context(), bearer(r), req)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, declareResponse{Task: task, Credentials: credentialsJSON(minted)})
 }
 
 // taskRequest reads the caller of GET /v1/tasks/{id} and its completion:

@@ -21,13 +21,13 @@ import (
 
 // Defines values for ActionGrantStatus.
 const (
-	Granted ActionGrantStatus = "granted"
+	ActionGrantStatusGranted ActionGrantStatus = "granted"
 )
 
 // Valid indicates whether the value is a known member of the ActionGrantStatus enum.
 func (e ActionGrantStatus) Valid() bool {
 	switch e {
-	case Granted:
+	case ActionGrantStatusGranted:
 		return true
 	default:
 		return false
@@ -36,13 +36,13 @@ func (e ActionGrantStatus) Valid() bool {
 
 // Defines values for ActionGrantTokenType.
 const (
-	ActionJwt ActionGrantTokenType = "action+jwt"
+	ActionGrantTokenTypeActionJwt ActionGrantTokenType = "action+jwt"
 )
 
 // Valid indicates whether the value is a known member of the ActionGrantTokenType enum.
 func (e ActionGrantTokenType) Valid() bool {
 	switch e {
-	case ActionJwt:
+	case ActionGrantTokenTypeActionJwt:
 		return true
 	default:
 		return false
@@ -135,19 +135,19 @@ func (e ControlRequestKind) Valid() bool {
 
 // Defines values for CredentialKind.
 const (
-	Jwt        CredentialKind = "jwt"
-	VaultLease CredentialKind = "vault_lease"
-	VaultToken CredentialKind = "vault_token"
+	CredentialKindJwt        CredentialKind = "jwt"
+	CredentialKindVaultLease CredentialKind = "vault_lease"
+	CredentialKindVaultToken CredentialKind = "vault_token"
 )
 
 // Valid indicates whether the value is a known member of the CredentialKind enum.
 func (e CredentialKind) Valid() bool {
 	switch e {
-	case Jwt:
+	case CredentialKindJwt:
 		return true
-	case VaultLease:
+	case CredentialKindVaultLease:
 		return true
-	case VaultToken:
+	case CredentialKindVaultToken:
 		return true
 	default:
 		return false
@@ -156,13 +156,13 @@ func (e CredentialKind) Valid() bool {
 
 // Defines values for DryRunDryRun.
 const (
-	True DryRunDryRun = true
+	DryRunDryRunTrue DryRunDryRun = true
 )
 
 // Valid indicates whether the value is a known member of the DryRunDryRun enum.
 func (e DryRunDryRun) Valid() bool {
 	switch e {
-	case True:
+	case DryRunDryRunTrue:
 		return true
 	default:
 		return false
@@ -387,13 +387,13 @@ func (e OAuthTokenTokenType) Valid() bool {
 
 // Defines values for OAuthTokenFormClientAssertionType.
 const (
-	UrnIetfParamsOauthClientAssertionTypeJwtBearer OAuthTokenFormClientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	OAuthTokenFormClientAssertionTypeUrnIetfParamsOauthClientAssertionTypeJwtBearer OAuthTokenFormClientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 )
 
 // Valid indicates whether the value is a known member of the OAuthTokenFormClientAssertionType enum.
 func (e OAuthTokenFormClientAssertionType) Valid() bool {
 	switch e {
-	case UrnIetfParamsOauthClientAssertionTypeJwtBearer:
+	case OAuthTokenFormClientAssertionTypeUrnIetfParamsOauthClientAssertionTypeJwtBearer:
 		return true
 	default:
 		return false
@@ -402,16 +402,16 @@ func (e OAuthTokenFormClientAssertionType) Valid() bool {
 
 // Defines values for OAuthTokenFormGrantType.
 const (
-	ClientCredentials                    OAuthTokenFormGrantType = "client_credentials"
-	UrnIetfParamsOauthGrantTypeJwtBearer OAuthTokenFormGrantType = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+	OAuthTokenFormGrantTypeClientCredentials                    OAuthTokenFormGrantType = "client_credentials"
+	OAuthTokenFormGrantTypeUrnIetfParamsOauthGrantTypeJwtBearer OAuthTokenFormGrantType = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 )
 
 // Valid indicates whether the value is a known member of the OAuthTokenFormGrantType enum.
 func (e OAuthTokenFormGrantType) Valid() bool {
 	switch e {
-	case ClientCredentials:
+	case OAuthTokenFormGrantTypeClientCredentials:
 		return true
-	case UrnIetfParamsOauthGrantTypeJwtBearer:
+	case OAuthTokenFormGrantTypeUrnIetfParamsOauthGrantTypeJwtBearer:
 		return true
 	default:
 		return false
@@ -486,16 +486,16 @@ func (e TaskState) Valid() bool {
 
 // Defines values for TokenExchangeFormActorTokenType.
 const (
-	UrnIetfParamsOauthTokenTypeIdToken TokenExchangeFormActorTokenType = "urn:ietf:params:oauth:token-type:id_token"
-	UrnIetfParamsOauthTokenTypeJwt     TokenExchangeFormActorTokenType = "urn:ietf:params:oauth:token-type:jwt"
+	TokenExchangeFormActorTokenTypeUrnIetfParamsOauthTokenTypeIdToken TokenExchangeFormActorTokenType = "urn:ietf:params:oauth:token-type:id_token"
+	TokenExchangeFormActorTokenTypeUrnIetfParamsOauthTokenTypeJwt     TokenExchangeFormActorTokenType = "urn:ietf:params:oauth:token-type:jwt"
 )
 
 // Valid indicates whether the value is a known member of the TokenExchangeFormActorTokenType enum.
 func (e TokenExchangeFormActorTokenType) Valid() bool {
 	switch e {
-	case UrnIetfParamsOauthTokenTypeIdToken:
+	case TokenExchangeFormActorTokenTypeUrnIetfParamsOauthTokenTypeIdToken:
 		return true
-	case UrnIetfParamsOauthTokenTypeJwt:
+	case TokenExchangeFormActorTokenTypeUrnIetfParamsOauthTokenTypeJwt:
 		return true
 	default:
 		return false
@@ -504,13 +504,13 @@ func (e TokenExchangeFormActorTokenType) Valid() bool {
 
 // Defines values for TokenExchangeFormGrantType.
 const (
-	UrnIetfParamsOauthGrantTypeTokenExchange TokenExchangeFormGrantType = "urn:ietf:params:oauth:grant-type:token-exchange"
+	TokenExchangeFormGrantTypeUrnIetfParamsOauthGrantTypeTokenExchange TokenExchangeFormGrantType = "urn:ietf:params:oauth:grant-type:token-exchange"
 )
 
 // Valid indicates whether the value is a known member of the TokenExchangeFormGrantType enum.
 func (e TokenExchangeFormGrantType) Valid() bool {
 	switch e {
-	case UrnIetfParamsOauthGrantTypeTokenExchange:
+	case TokenExchangeFormGrantTypeUrnIetfParamsOauthGrantTypeTokenExchange:
 		return true
 	default:
 		return false
@@ -519,13 +519,13 @@ func (e TokenExchangeFormGrantType) Valid() bool {
 
 // Defines values for TokenExchangeFormSubjectTokenType.
 const (
-	UrnIetfParamsOauthTokenTypeAccessToken TokenExchangeFormSubjectTokenType = "urn:ietf:params:oauth:token-type:access_token"
+	TokenExchangeFormSubjectTokenTypeUrnIetfParamsOauthTokenTypeAccessToken TokenExchangeFormSubjectTokenType = "urn:ietf:params:oauth:token-type:access_token"
 )
 
 // Valid indicates whether the value is a known member of the TokenExchangeFormSubjectTokenType enum.
 func (e TokenExchangeFormSubjectTokenType) Valid() bool {
 	switch e {
-	case UrnIetfParamsOauthTokenTypeAccessToken:
+	case TokenExchangeFormSubjectTokenTypeUrnIetfParamsOauthTokenTypeAccessToken:
 		return true
 	default:
 		return false
@@ -570,22 +570,22 @@ func (e ToolEventReportedWith) Valid() bool {
 
 // Defines values for UndoMethod.
 const (
-	DELETE UndoMethod = "DELETE"
-	PATCH  UndoMethod = "PATCH"
-	POST   UndoMethod = "POST"
-	PUT    UndoMethod = "PUT"
+	UndoMethodDELETE UndoMethod = "DELETE"
+	UndoMethodPATCH  UndoMethod = "PATCH"
+	UndoMethodPOST   UndoMethod = "POST"
+	UndoMethodPUT    UndoMethod = "PUT"
 )
 
 // Valid indicates whether the value is a known member of the UndoMethod enum.
 func (e UndoMethod) Valid() bool {
 	switch e {
-	case DELETE:
+	case UndoMethodDELETE:
 		return true
-	case PATCH:
+	case UndoMethodPATCH:
 		return true
-	case POST:
+	case UndoMethodPOST:
 		return true
-	case PUT:
+	case UndoMethodPUT:
 		return true
 	default:
 		return false
@@ -594,13 +594,13 @@ func (e UndoMethod) Valid() bool {
 
 // Defines values for ValetTaskDetailsType.
 const (
-	ValetTask ValetTaskDetailsType = "valet_task"
+	ValetTaskDetailsTypeValetTask ValetTaskDetailsType = "valet_task"
 )
 
 // Valid indicates whether the value is a known member of the ValetTaskDetailsType enum.
 func (e ValetTaskDetailsType) Valid() bool {
 	switch e {
-	case ValetTask:
+	case ValetTaskDetailsTypeValetTask:
 		return true
 	default:
 		return false
@@ -654,13 +654,13 @@ func (e ListTasksParamsState) Valid() bool {
 
 // Defines values for RollbackStepParamsConfirm.
 const (
-	RevokedReporter RollbackStepParamsConfirm = "revoked_reporter"
+	RollbackStepParamsConfirmRevokedReporter RollbackStepParamsConfirm = "revoked_reporter"
 )
 
 // Valid indicates whether the value is a known member of the RollbackStepParamsConfirm enum.
 func (e RollbackStepParamsConfirm) Valid() bool {
 	switch e {
-	case RevokedReporter:
+	case RollbackStepParamsConfirmRevokedReporter:
 		return true
 	default:
 		return false
@@ -1171,8 +1171,17 @@ type OAuthTokenFormClientAssertionType string
 // OAuthTokenFormGrantType defines model for OAuthTokenForm.GrantType.
 type OAuthTokenFormGrantType string
 
-// OpenAPIDocument The OpenAPI document itself, as YAML.
-type OpenAPIDocument = string
+// OpenAPIDocument The OpenAPI document itself, as YAML (any type, since a YAML document read back is an object).
+type OpenAPIDocument = interface{}
+
+// RenewRequest defines model for RenewRequest.
+type RenewRequest struct {
+	// Context What the template's conditions see as request.context, as in a declaration.
+	Context *map[string]interface{} `json:"context,omitempty"`
+
+	// TtlSeconds How long from now the task should live; defaults to the template's default TTL.
+	TtlSeconds *int `json:"ttl_seconds,omitempty"`
+}
 
 // RevocationRequest defines model for RevocationRequest.
 type RevocationRequest struct {
@@ -1635,6 +1644,9 @@ type RequestActionJSONRequestBody = ActionRequest
 
 // ReportEventJSONRequestBody defines body for ReportEvent for application/json ContentType.
 type ReportEventJSONRequestBody = EventReport
+
+// RenewTaskJSONRequestBody defines body for RenewTask for application/json ContentType.
+type RenewTaskJSONRequestBody = RenewRequest
 
 // TokenFormdataRequestBody defines body for Token for application/x-www-form-urlencoded ContentType.
 type TokenFormdataRequestBody = TokenRequest
@@ -2581,6 +2593,24 @@ type ClientInterface interface {
 	// Corresponds with POST /v1/tasks/{id}/events (the `ReportEvent` operationId).
 	ReportEvent(ctx context.Context, id TaskID, params *ReportEventParams, body ReportEventJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// RenewTaskWithBody Give a live task a later deadline and fresh credentials that live until it.
+	//
+	// Authenticated as a declaration is: a fresh identity token of the agent that declared the task. The new deadline is now + ttl_seconds (default the template's default TTL, at most its max TTL), cut to the task's creation + the template's ttl.max_lifetime (default ttl.max). The task must be active and before its deadline, its current task token live, no incident control on its chain or template (403 naming the rule), and the template as it is now must still admit the agent, allow every tool of the task and pass its conditions (403 naming the rule). Every credential is minted again for the new deadline; those handed out before keep their own expiry. Audited as task.renewed. 409 for a task that ended (completed, expired, revoked), is past its deadline, cannot be extended (rule max_lifetime), was delegated (renew its root and exchange again), acts on behalf of a user, or was renewed concurrently.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/tasks/{id}/renew (the `RenewTask` operationId).
+	RenewTaskWithBody(ctx context.Context, id TaskID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenewTask Give a live task a later deadline and fresh credentials that live until it.
+	//
+	// Authenticated as a declaration is: a fresh identity token of the agent that declared the task. The new deadline is now + ttl_seconds (default the template's default TTL, at most its max TTL), cut to the task's creation + the template's ttl.max_lifetime (default ttl.max). The task must be active and before its deadline, its current task token live, no incident control on its chain or template (403 naming the rule), and the template as it is now must still admit the agent, allow every tool of the task and pass its conditions (403 naming the rule). Every credential is minted again for the new deadline; those handed out before keep their own expiry. Audited as task.renewed. 409 for a task that ended (completed, expired, revoked), is past its deadline, cannot be extended (rule max_lifetime), was delegated (renew its root and exchange again), acts on behalf of a user, or was renewed concurrently.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/tasks/{id}/renew (the `RenewTask` operationId).
+	RenewTask(ctx context.Context, id TaskID, body RenewTaskJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// TokenWithBody The token endpoint: RFC 7523 jwt-bearer, client_credentials with private_key_jwt, and RFC 8693 token exchange.
 	//
 	// Dispatches on grant_type.
@@ -3434,6 +3464,44 @@ func (c *Client) ReportEventWithBody(ctx context.Context, id TaskID, params *Rep
 // Corresponds with POST /v1/tasks/{id}/events (the `ReportEvent` operationId).
 func (c *Client) ReportEvent(ctx context.Context, id TaskID, params *ReportEventParams, body ReportEventJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewReportEventRequest(c.Server, id, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewTaskWithBody Give a live task a later deadline and fresh credentials that live until it.
+//
+// Authenticated as a declaration is: a fresh identity token of the agent that declared the task. The new deadline is now + ttl_seconds (default the template's default TTL, at most its max TTL), cut to the task's creation + the template's ttl.max_lifetime (default ttl.max). The task must be active and before its deadline, its current task token live, no incident control on its chain or template (403 naming the rule), and the template as it is now must still admit the agent, allow every tool of the task and pass its conditions (403 naming the rule). Every credential is minted again for the new deadline; those handed out before keep their own expiry. Audited as task.renewed. 409 for a task that ended (completed, expired, revoked), is past its deadline, cannot be extended (rule max_lifetime), was delegated (renew its root and exchange again), acts on behalf of a user, or was renewed concurrently.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/tasks/{id}/renew (the `RenewTask` operationId).
+func (c *Client) RenewTaskWithBody(ctx context.Context, id TaskID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewTaskRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewTask Give a live task a later deadline and fresh credentials that live until it.
+//
+// Authenticated as a declaration is: a fresh identity token of the agent that declared the task. The new deadline is now + ttl_seconds (default the template's default TTL, at most its max TTL), cut to the task's creation + the template's ttl.max_lifetime (default ttl.max). The task must be active and before its deadline, its current task token live, no incident control on its chain or template (403 naming the rule), and the template as it is now must still admit the agent, allow every tool of the task and pass its conditions (403 naming the rule). Every credential is minted again for the new deadline; those handed out before keep their own expiry. Audited as task.renewed. 409 for a task that ended (completed, expired, revoked), is past its deadline, cannot be extended (rule max_lifetime), was delegated (renew its root and exchange again), acts on behalf of a user, or was renewed concurrently.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/tasks/{id}/renew (the `RenewTask` operationId).
+func (c *Client) RenewTask(ctx context.Context, id TaskID, body RenewTaskJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewTaskRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -5097,6 +5165,53 @@ func NewReportEventRequestWithBody(server string, id TaskID, params *ReportEvent
 	return req, nil
 }
 
+// NewRenewTaskRequest calls the generic RenewTask builder with application/json body
+func NewRenewTaskRequest(server string, id TaskID, body RenewTaskJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRenewTaskRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewRenewTaskRequestWithBody constructs an http.Request for the RenewTask method, with any body, and a specified content type
+func NewRenewTaskRequestWithBody(server string, id TaskID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/tasks/%s/renew", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewTokenRequestWithFormdataBody calls the generic Token builder with application/x-www-form-urlencoded body
 func NewTokenRequestWithFormdataBody(server string, params *TokenParams, body TokenFormdataRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -5591,6 +5706,24 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/tasks/{id}/events (the `ReportEvent` operationId).
 	ReportEventWithResponse(ctx context.Context, id TaskID, params *ReportEventParams, body ReportEventJSONRequestBody, reqEditors ...RequestEditorFn) (*ReportEventResponse, error)
+
+	// RenewTaskWithBodyWithResponse Give a live task a later deadline and fresh credentials that live until it.
+	//
+	// Authenticated as a declaration is: a fresh identity token of the agent that declared the task. The new deadline is now + ttl_seconds (default the template's default TTL, at most its max TTL), cut to the task's creation + the template's ttl.max_lifetime (default ttl.max). The task must be active and before its deadline, its current task token live, no incident control on its chain or template (403 naming the rule), and the template as it is now must still admit the agent, allow every tool of the task and pass its conditions (403 naming the rule). Every credential is minted again for the new deadline; those handed out before keep their own expiry. Audited as task.renewed. 409 for a task that ended (completed, expired, revoked), is past its deadline, cannot be extended (rule max_lifetime), was delegated (renew its root and exchange again), acts on behalf of a user, or was renewed concurrently.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tasks/{id}/renew (the `RenewTask` operationId).
+	RenewTaskWithBodyWithResponse(ctx context.Context, id TaskID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewTaskResponse, error)
+
+	// RenewTaskWithResponse Give a live task a later deadline and fresh credentials that live until it.
+	//
+	// Authenticated as a declaration is: a fresh identity token of the agent that declared the task. The new deadline is now + ttl_seconds (default the template's default TTL, at most its max TTL), cut to the task's creation + the template's ttl.max_lifetime (default ttl.max). The task must be active and before its deadline, its current task token live, no incident control on its chain or template (403 naming the rule), and the template as it is now must still admit the agent, allow every tool of the task and pass its conditions (403 naming the rule). Every credential is minted again for the new deadline; those handed out before keep their own expiry. Audited as task.renewed. 409 for a task that ended (completed, expired, revoked), is past its deadline, cannot be extended (rule max_lifetime), was delegated (renew its root and exchange again), acts on behalf of a user, or was renewed concurrently.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/tasks/{id}/renew (the `RenewTask` operationId).
+	RenewTaskWithResponse(ctx context.Context, id TaskID, body RenewTaskJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewTaskResponse, error)
 
 	// TokenWithBodyWithResponse The token endpoint: RFC 7523 jwt-bearer, client_credentials with private_key_jwt, and RFC 8693 token exchange.
 	//
@@ -8300,6 +8433,110 @@ func (r ReportEventResponse) ContentType() string {
 	return ""
 }
 
+type RenewTaskResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeclareResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RenewTaskResponse) GetJSON200() *DeclareResponse {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r RenewTaskResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RenewTaskResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r RenewTaskResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r RenewTaskResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r RenewTaskResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r RenewTaskResponse) GetJSON413() *Error {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r RenewTaskResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r RenewTaskResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r RenewTaskResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r RenewTaskResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RenewTaskResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RenewTaskResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RenewTaskResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type TokenResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -9055,6 +9292,36 @@ func (c *ClientWithResponses) ReportEventWithResponse(ctx context.Context, id Ta
 		return nil, err
 	}
 	return ParseReportEventResponse(rsp)
+}
+
+// RenewTaskWithBodyWithResponse Give a live task a later deadline and fresh credentials that live until it.
+//
+// Authenticated as a declaration is: a fresh identity token of the agent that declared the task. The new deadline is now + ttl_seconds (default the template's default TTL, at most its max TTL), cut to the task's creation + the template's ttl.max_lifetime (default ttl.max). The task must be active and before its deadline, its current task token live, no incident control on its chain or template (403 naming the rule), and the template as it is now must still admit the agent, allow every tool of the task and pass its conditions (403 naming the rule). Every credential is minted again for the new deadline; those handed out before keep their own expiry. Audited as task.renewed. 409 for a task that ended (completed, expired, revoked), is past its deadline, cannot be extended (rule max_lifetime), was delegated (renew its root and exchange again), acts on behalf of a user, or was renewed concurrently.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tasks/{id}/renew (the `RenewTask` operationId).
+func (c *ClientWithResponses) RenewTaskWithBodyWithResponse(ctx context.Context, id TaskID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewTaskResponse, error) {
+	rsp, err := c.RenewTaskWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewTaskResponse(rsp)
+}
+
+// RenewTaskWithResponse Give a live task a later deadline and fresh credentials that live until it.
+//
+// Authenticated as a declaration is: a fresh identity token of the agent that declared the task. The new deadline is now + ttl_seconds (default the template's default TTL, at most its max TTL), cut to the task's creation + the template's ttl.max_lifetime (default ttl.max). The task must be active and before its deadline, its current task token live, no incident control on its chain or template (403 naming the rule), and the template as it is now must still admit the agent, allow every tool of the task and pass its conditions (403 naming the rule). Every credential is minted again for the new deadline; those handed out before keep their own expiry. Audited as task.renewed. 409 for a task that ended (completed, expired, revoked), is past its deadline, cannot be extended (rule max_lifetime), was delegated (renew its root and exchange again), acts on behalf of a user, or was renewed concurrently.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/tasks/{id}/renew (the `RenewTask` operationId).
+func (c *ClientWithResponses) RenewTaskWithResponse(ctx context.Context, id TaskID, body RenewTaskJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewTaskResponse, error) {
+	rsp, err := c.RenewTask(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewTaskResponse(rsp)
 }
 
 // TokenWithBodyWithResponse The token endpoint: RFC 7523 jwt-bearer, client_credentials with private_key_jwt, and RFC 8693 token exchange.
@@ -11261,6 +11528,95 @@ func ParseReportEventResponse(rsp *http.Response) (*ReportEventResponse, error) 
 			return nil, err
 		}
 		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRenewTaskResponse parses an HTTP response from a RenewTaskWithResponse call
+func ParseRenewTaskResponse(rsp *http.Response) (*RenewTaskResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RenewTaskResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeclareResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Error

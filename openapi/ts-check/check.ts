@@ -21,3 +21,9 @@ export function errorCode(err: Schemas["Error"]): string {
 
 type DeclareBody = paths["/v1/tasks"]["post"]["requestBody"]["content"]["application/json"];
 export const body: DeclareBody = declaration;
+
+export const renewal: Schemas["RenewRequest"] = { ttl_seconds: 600 };
+type RenewAnswer = paths["/v1/tasks/{id}/renew"]["post"]["responses"][200]["content"]["application/json"];
+export function renewedDeadline(answer: RenewAnswer): string {
+  return answer.task.deadline;
+}

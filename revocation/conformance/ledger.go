@@ -49,6 +49,13 @@ var ledgerCases = []namedCase[ledgerEnv]{
 	{"RecordsExpireAfterDeadlinePlusRetention", recordsExpireAfterDeadlinePlusRetention},
 	{"ReusedIDStartsWithoutChildren", reusedIDStartsWithoutChildren},
 	{"DenyLastsUntilCredentialExpiry", denyLastsUntilCredentialExpiry},
+	{"RenewMovesDeadlineAndAddsCredentials", renewMovesDeadlineAndAddsCredentials},
+	{"RenewRefusesEndedTask", renewRefusesEndedTask},
+	{"RenewRefusesStaleDeadline", renewRefusesStaleDeadline},
+	{"RenewOfUnknownIsNotFound", renewOfUnknownIsNotFound},
+	{"RenewExactlyOnceUnderConcurrency", renewExactlyOnceUnderConcurrency},
+	{"RenewedRecordsLiveUntilNewDeadlinePlusRetention", renewedRecordsLiveUntilNewDeadlinePlusRetention},
+	{"EndAfterRenewDeniesEveryCredential", endAfterRenewDeniesEveryCredential},
 }
 
 // Ledger runs the broker.Ledger suite, and the broker.EpochStore and

@@ -1,0 +1,32 @@
+package wire
+
+import (
+	"io"
+	"time"
+
+	"github.com/valet-dev/valet/broker"
+)
+
+// renewalWire is the JSON body of POST /v1/tasks/{id}/renew.
+type renewalWire struct {
+	TTLSeconds *int64         `json:"ttl_seconds"`
+	Context    map[string]any `json:"context"`
+}
+
+// DecodeRenewal reads and validates a renewal body. Every error is an
+// *Error with CodeInvalid that names the offending field.
+func DecodeRenewal(r io.Reader, taskID string) (broker.Renewal, error) {
+	var w renewalWire
+	if err := DecodeJSON(r, &w); err != nil {
+		return broker.Renewal{}, err
+	}
+	out := broker.Renewal{TaskID: taskID, Context: w.Context}
+	if w.TTLSeconds != nil {
+		ttl := *w.TTLSeconds
+		if ttl <= 0 || ttl > int64(broker.MaxTTL/time.Second) {
+			return broker.Renewal{}, broker.InvalidField("ttl_seconds", "ttl_seconds must be between 1 and %d, got %d", int64(broker.MaxTTL/time.Second), ttl)
+		}
+		out.TTL = time.Duration(ttl) * time.Second
+	}
+	return out, nil
+}
