@@ -22,6 +22,10 @@ type SSFOptions struct {
 	// QueueSize and MaxStreams bound the transmitter (0: ssf's defaults).
 	QueueSize  int
 	MaxStreams int
+	// Receiver, when set, takes SETs from trusted transmitters; its
+	// Actions (the incident controls) and, when nil, Replay (the agent
+	// controls' Limiter), Logger and Now are filled in by New.
+	Receiver *ssf.ReceiverConfig
 }
 
 // newSSF builds the transmitter and receiver of o.SSF.
@@ -49,6 +53,31 @@ func (s *Server) newSSF() (*ssf.Transmitter, http.Handler, error) {
 		if err != nil {
 			return nil, nil, err
 		}
+	}
+	var rc *ssf.Receiver
+	if cfg := o.SSF.Receiver; cfg != nil {
+		if s.admin == nil {
+			return nil, nil, errors.New("server: the SSF receiver needs the admin API (its actions are incident controls)")
+		}
+		c := *cfg
+		c.Actions = s.admin
+		if c.Replay == nil {
+			if o.Agent.Limiter == nil {
+				return nil, nil, errors.New("server: the SSF receiver needs a replay store (the agent limiter)")
+			}
+			c.Replay = o.Agent.Limiter
+		}
+		if c.Logger == nil {
+			c.Logger = o.Logger
+		}
+		if c.Now == nil {
+			c.Now = o.Now
+		}
+		var err error
+		if rc, err = ssf.NewReceiver(c); err != nil {
+			return nil, nil, err
+		}
+		return t, rc, nil
 	}
 	return t, nil, nil
 }
