@@ -44,6 +44,7 @@ type Config struct {
 	Feed      FeedConfig                   `yaml:"feed"`    // config_feed.go
 	Metrics   MetricsConfig                `yaml:"metrics"` // config_feed.go
 	OAuth     OAuthConfig                  `yaml:"oauth"`   // config_oauth.go
+	SSF       SSFConfig                    `yaml:"ssf"`     // config_ssf.go
 
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string
@@ -290,7 +291,7 @@ func readConfig(path string, getenv func(string) string) (*Config, []error) {
 	}
 	c.defaults()
 	c.vaultDefaults()
-	for _, err := range []error{c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...)} {
+	for _, err := range []error{c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...), errors.Join(c.validateSSF(getenv)...)} {
 		if err != nil {
 			errs = append(errs, err)
 		}
