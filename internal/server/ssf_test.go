@@ -10,12 +10,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/go-chi/chi/v5"
+
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/internal/testkit"
+	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
 	"github.com/valet-dev/valet/ssf"
 )
@@ -68,6 +72,23 @@ func TestSSFThroughTheServer(t *testing.T) {
 	s, err := New(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
+	}
+	doc, err := openapi3.NewLoader().LoadFromData(openapi.Spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ssfRoutes := 0
+	err = chi.Walk(s.Handler().(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+		if strings.Contains(route, "ssf") {
+			ssfRoutes++
+		}
+		if item := doc.Paths.Find(route); item == nil || item.GetOperation(method) == nil {
+			t.Errorf("route %s %s is not in openapi.yaml", method, route)
+		}
+		return nil
+	})
+	if err != nil || ssfRoutes != 13 {
+		t.Fatalf("walked %d SSF routes, want 13: %v", ssfRoutes, err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
