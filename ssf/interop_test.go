@@ -371,3 +371,43 @@ func TestPushEndpointAllowList(t *testing.T) {
 		t.Errorf("allowed endpoint refused: %v", err)
 	}
 }
+
+// TestInteropAgentEpoch: an agent's revoked-before epoch goes out as CAEP
+// session-revoked about the agent; a template epoch names no subject and
+// sends nothing.
+func TestInteropAgentEpoch(t *testing.T) {
+	f := newFixture(t, "unused.example")
+	rcv := newSpecReceiver(t, f.tokens.JWKS(), "urn:receiver")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	cfg, err := f.tr.CreateStream(ctx, "admin:test", ssf.StreamConfig{Aud: ssf.Audience{"urn:receiver"}, EventsRequested: allEvents,
+		Delivery: &ssf.DeliveryConfig{Method: ssf.DeliveryPoll}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.tr.Run(ctx)
+	f.following(t)
+	now := time.Now()
+	if err := f.ledger.SetEpoch(ctx, broker.Epoch{Dimension: broker.DimTemplate, Key: "deploy", Before: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ledger.SetEpoch(ctx, broker.Epoch{Dimension: broker.DimAgent, Key: broker.AgentKey("corp", "agent-1"), Before: now}); err != nil {
+		t.Fatal(err)
+	}
+	var sets map[string]string
+	testkit.Eventually(t, func() bool {
+		resp, err := f.tr.Poll(ctx, cfg.StreamID, ssf.PollRequest{ReturnImmediately: true})
+		sets = resp.Sets
+		return err == nil && len(sets) > 0
+	}, "the epoch is transmitted")
+	if len(sets) != 1 {
+		t.Fatalf("%d SETs, want 1 (the template epoch sends none)", len(sets))
+	}
+	for _, raw := range sets {
+		set, code := rcv.verify(raw)
+		if code != "" || set.Type != ssf.EventSessionRevoked || set.SubID["format"] != "iss_sub" || set.SubID["sub"] != "agent-1" ||
+			set.SubID["iss"] != "https://idp.corp.example" {
+			t.Fatalf("SET = %+v (%s)", set, code)
+		}
+	}
+}

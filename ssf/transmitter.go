@@ -308,7 +308,15 @@ func (t *Transmitter) events(ctx context.Context, e broker.FeedEntry) []Event {
 		return []Event{{Type: typ, Subject: t.agentSubject(e.Control.Issuer, e.Control.Target), At: e.Control.At,
 			Payload: map[string]any{}, Txn: e.Cursor}}
 	case e.Epoch != nil:
-		return nil
+		// A revoked-before epoch of an agent ends every session it began
+		// before then; template and issuer epochs name no subject.
+		issuer, agent, ok := strings.Cut(e.Epoch.Key, "/")
+		if e.Epoch.Dimension != broker.DimAgent || !ok {
+			return nil
+		}
+		return []Event{{Type: EventSessionRevoked, Subject: t.agentSubject(issuer, agent), At: e.Epoch.Before, Txn: e.Cursor,
+			Payload: map[string]any{"initiating_entity": "admin",
+				"reason_admin": map[string]any{"en": "every session of this agent begun at or before event_timestamp is revoked"}}}}
 	case e.JTI == "":
 		return nil
 	}
