@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // PushOnce offers every due SET of every enabled push stream to its
@@ -26,9 +27,18 @@ func (t *Transmitter) PushOnce(ctx context.Context) {
 		if s.Method != DeliveryPush || s.Status != StatusEnabled {
 			continue
 		}
+		// Each stream's round is bounded (pushRound), and the lease is
+		// renewed before each, so a slow receiver never lets the lease
+		// lapse into a second transmitter.
+		if ok, err := t.cfg.Store.Lease(ctx, t.cfg.Owner, leaseTTL); err != nil || !ok {
+			return
+		}
 		t.pushStream(ctx, s)
 	}
 }
+
+// pushRound bounds the time one stream's round of pushes may take.
+const pushRound = 2 * pushTimeout
 
 func (t *Transmitter) pushStream(ctx context.Context, s Stream) {
 	pending, err := t.cfg.Store.Pending(ctx, s.ID, pushBatch)
@@ -37,11 +47,12 @@ func (t *Transmitter) pushStream(ctx context.Context, s Stream) {
 		return
 	}
 	now := t.now()
+	started := time.Now()
 	for _, q := range pending {
 		if q.NextAt.After(now) {
 			continue
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || time.Since(started) > pushRound {
 			return
 		}
 		switch res, reason := t.push(ctx, s, q); res {
@@ -69,6 +80,7 @@ func (t *Transmitter) pushStream(ctx context.Context, s Stream) {
 			t.sets.WithLabelValues(ResultRetried).Inc()
 			t.log.WarnContext(ctx, "ssf push failed; will retry", "stream_id", s.ID, "jti", q.JTI, "attempts", q.Attempts,
 				"next_at", q.NextAt, "reason", reason)
+			return // the receiver is failing: its other SETs wait for the next round
 		}
 	}
 }
