@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -110,6 +111,42 @@ type Receiver struct {
 	cfg    ReceiverConfig
 	log    *slog.Logger
 	now    func() time.Time
+
+	// failed are the SETs (transmitter:jti) whose action failed on this
+	// broker after their jti was recorded: a push of one again is the
+	// transmitter's retry, not a replay, and is let through once.
+	mu     sync.Mutex
+	failed map[string]time.Time
+}
+
+// maxFailed bounds Receiver.failed; retryWindow is how long a failed SET
+// may be pushed again.
+const (
+	maxFailed   = 1000
+	retryWindow = time.Hour
+)
+
+func (r *Receiver) markFailed(key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	for k, at := range r.failed {
+		if now.Sub(at) > retryWindow {
+			delete(r.failed, k)
+		}
+	}
+	if len(r.failed) < maxFailed {
+		r.failed[key] = now
+	}
+}
+
+// retrying reports, once, whether key's action failed here recently.
+func (r *Receiver) retrying(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at, ok := r.failed[key]
+	delete(r.failed, key)
+	return ok && r.now().Sub(at) <= retryWindow
 }
 
 // NewReceiver checks cfg, reporting every problem at once.
@@ -140,7 +177,7 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 	if cfg.KeyOptions.Logger == nil {
 		cfg.KeyOptions.Logger = cfg.Logger
 	}
-	r := &Receiver{byName: map[string]*trusted{}, cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	r := &Receiver{byName: map[string]*trusted{}, cfg: cfg, log: cfg.Logger, now: cfg.Now, failed: map[string]time.Time{}}
 	for i, tt := range cfg.Transmitters {
 		where := fmt.Sprintf("ssf.receiver.transmitters[%d]", i)
 		if tt.Name == "" || len(tt.Name) > 64 || strings.ContainsFunc(tt.Name, func(c rune) bool {
@@ -240,7 +277,14 @@ func (r *Receiver) receive(req *http.Request, tt *trusted) error {
 	if err != nil {
 		return err
 	}
-	return r.act(req.Context(), tt, set)
+	if err := r.act(req.Context(), tt, set); err != nil {
+		var se *setError
+		if !errors.As(err, &se) {
+			r.markFailed(tt.cfg.Name + ":" + set.JTI)
+		}
+		return err
+	}
+	return nil
 }
 
 // SET is a verified Security Event Token.
@@ -339,7 +383,7 @@ func (r *Receiver) Verify(ctx context.Context, name, raw string) (SET, error) {
 	if err != nil {
 		return SET{}, fmt.Errorf("recording SET jti: %w: %w", broker.ErrUnavailable, err)
 	}
-	if !first {
+	if !first && !r.retrying(tt.cfg.Name+":"+*c.JTI) {
 		return SET{}, refuse("invalid_request", "this jti was received before")
 	}
 	return SET{JTI: *c.JTI, Issued: iat, SubID: c.SubID, Events: c.Events}, nil

@@ -82,6 +82,7 @@ func claims(jti, event string, sub map[string]any) map[string]any {
 // controls.
 type recordingControls struct {
 	mu       sync.Mutex
+	down     int // fail this many calls with unavailable first
 	controls []broker.Control
 	revokes  []incident.Selector
 	reasons  []string
@@ -91,6 +92,10 @@ type recordingControls struct {
 func (c *recordingControls) PutControl(_ context.Context, who incident.AdminPrincipal, ctl broker.Control, revoke, force bool) (broker.Control, *incident.RevocationJob, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.down > 0 {
+		c.down--
+		return broker.Control{}, nil, broker.Unavailable("the control store", context.DeadlineExceeded)
+	}
 	c.controls = append(c.controls, ctl)
 	c.reasons = append(c.reasons, ctl.Reason)
 	c.actors = append(c.actors, who.Actor())
@@ -295,4 +300,26 @@ func FuzzReceiver(f *testing.F) {
 			t.Fatalf("%d actions taken", n)
 		}
 	})
+}
+
+// TestReceiverRetryAfterFailedAction: a SET whose action failed (503) is
+// taken when the transmitter pushes it again, once; after that it is a
+// replay.
+func TestReceiverRetryAfterFailedAction(t *testing.T) {
+	f := newReceiverFixture(t)
+	f.controls.down = 1
+	set := sign(t, f.tx.key, "secevent+jwt", claims("jti-retry", ssf.EventAccountDisabled,
+		map[string]any{"format": "opaque", "id": "agent-8"}))
+	if code := f.pushSET(t, set); code != http.StatusServiceUnavailable {
+		t.Fatalf("with the controls down: %d, want 503", code)
+	}
+	if code := f.pushSET(t, set); code != http.StatusAccepted {
+		t.Fatalf("the transmitter's retry: %d, want 202", code)
+	}
+	if code := f.pushSET(t, set); code != http.StatusBadRequest {
+		t.Fatalf("a replay after success: %d, want 400", code)
+	}
+	if n := f.controls.calls(); n != 1 {
+		t.Fatalf("%d actions, want 1", n)
+	}
 }
