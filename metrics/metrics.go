@@ -259,3 +259,7 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.creds, prometheus.GaugeValue, float64(c.nCred))
 	}
 }
+
+// Register adds a collector of another package (ssf's SET counter) to the
+// registry /metrics serves.
+func (m *Metrics) Register(c prometheus.Collector) error { return m.reg.Register(c) }

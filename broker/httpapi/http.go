@@ -26,6 +26,7 @@ import (
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/internal/requestid"
 	"github.com/valet-dev/valet/oauth"
+	"github.com/valet-dev/valet/ssf"
 	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/toolevents"
 )
@@ -74,6 +75,11 @@ type Options struct {
 	// at POST /v1/token beside the token exchange, and adds its fields to
 	// the metadata.
 	OAuth *oauth.Endpoint
+	// SSF, when set with Admin, serves the OpenID Shared Signals
+	// transmitter; SSFReceiver, when set, takes SETs pushed by the
+	// configured transmitters (ssf.go).
+	SSF         *ssf.Transmitter
+	SSFReceiver http.Handler
 }
 
 // api holds the handlers' dependencies.
@@ -145,6 +151,7 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	r.Post("/v1/revoke", a.revoke)
 	r.Post("/v1/token", a.tokenEndpoint().ServeHTTP)
 	a.incidentRoutes(r)
+	a.ssfRoutes(r)
 	r.Post("/v1/tasks/{id}/actions", a.requestAction)
 	r.Get("/v1/tasks/{id}/actions/{approval_id}", a.actionStatus)
 	r.Post("/v1/actions/consume", a.consumeAction)

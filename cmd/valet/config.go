@@ -44,6 +44,7 @@ type Config struct {
 	Feed      FeedConfig                   `yaml:"feed"`    // config_feed.go
 	Metrics   MetricsConfig                `yaml:"metrics"` // config_feed.go
 	OAuth     OAuthConfig                  `yaml:"oauth"`   // config_oauth.go
+	SSF       SSFConfig                    `yaml:"ssf"`     // config_ssf.go
 
 	// The agent inventory (config_inventory.go).
 	Inventory InventoryConfig `yaml:"inventory"`
@@ -303,7 +304,7 @@ func readConfig(path string, getenv func(string) string) (*Config, []error) {
 	}
 	c.defaults()
 	c.vaultDefaults()
-	for _, err := range []error{c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...), c.Inventory.validate()} {
+	for _, err := range []error{c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...), c.Inventory.validate(), errors.Join(c.validateSSF(getenv)...)} {
 		if err != nil {
 			errs = append(errs, err)
 		}

@@ -157,6 +157,9 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), ReapInterval: time.Duration(cfg.Reaper.Interval), Logger: log,
 		OAuth: oauthOpts, Inventory: &server.InventoryOptions{Store: agents, Labels: labels},
 	}
+	if opts.SSF, err = cfg.ssfOptions(redisClient, e.getenv); err != nil {
+		return err
+	}
 	vw.apply(&opts)
 	srv, err := server.New(ctx, opts)
 	if err != nil {

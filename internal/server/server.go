@@ -27,6 +27,7 @@ import (
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/reconcile"
+	"github.com/valet-dev/valet/ssf"
 	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/toolevents"
 )
@@ -132,6 +133,8 @@ type Options struct {
 	// OAuth, when set, serves the OAuth grants (jwt-bearer, client
 	// credentials) at the token endpoint.
 	OAuth *OAuthOptions
+	// SSF, when set, speaks OpenID Shared Signals (ssf.go).
+	SSF *SSFOptions
 	// Ready are the checks, beyond the ledger, of /readyz.
 	Ready []func(context.Context) error
 	// DevIdP, when set, is mounted at /dev (`valet dev` only).
@@ -236,6 +239,7 @@ type Server struct {
 	metrics *metrics.Metrics
 	hub     *fanout.Hub
 	sights  *inventory.Recorder
+	ssf     *ssf.Transmitter
 	handler http.Handler
 	log     *slog.Logger
 	// The background repair loops (package reconcile); retrier is nil
@@ -354,6 +358,12 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 	if s.metrics != nil {
 		hopts.Metrics = s.httpMetrics()
+	}
+	if o.SSF != nil {
+		if hopts.SSF, hopts.SSFReceiver, err = s.newSSF(); err != nil {
+			return nil, err
+		}
+		s.ssf = hopts.SSF
 	}
 	if oo := o.OAuth; oo != nil {
 		if hopts.OAuth, err = oauth.New(oauth.Config{
@@ -485,6 +495,9 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // Metrics are the server's metrics, nil without Options.Metrics.
 func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
 
+// SSF is the Shared Signals transmitter, nil without Options.SSF.Store.
+func (s *Server) SSF() *ssf.Transmitter { return s.ssf }
+
 // FeedHub is the revocation stream's fan-out, nil without Options.Feed.
 func (s *Server) FeedHub() *fanout.Hub { return s.hub }
 
@@ -539,6 +552,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	}
 	if o.ReapInterval > 0 {
 		go s.reaper.Run(ctx, o.ReapInterval)
+	}
+	if s.ssf != nil {
+		go s.ssf.Run(ctx)
 	}
 	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: MaxHeaderBytes,
