@@ -87,7 +87,7 @@ func TestRenewExtendsTask(t *testing.T) {
 
 	// Past the old deadline: the task lives on, the old token does not.
 	e.clock.Advance(2 * time.Minute)
-	if _, err := e.svc.ReapOnce(t.Context()); err != nil {
+	if _, err := e.reaper.Once(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if in := e.introspect(old); in["active"] != false {
@@ -114,7 +114,7 @@ func TestRenewExtendsTask(t *testing.T) {
 
 	// At the capped deadline the task ends and stays ended.
 	e.clock.Advance(9 * time.Minute) // start + 31m
-	if _, err := e.svc.ReapOnce(t.Context()); err != nil {
+	if _, err := e.reaper.Once(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if in := e.introspect(last); in["active"] != false {
