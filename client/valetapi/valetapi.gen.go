@@ -460,6 +460,63 @@ func (e RollbackStepState) Valid() bool {
 	}
 }
 
+// Defines values for SSFDeliveryMethod.
+const (
+	SSFDeliveryMethodUrnIetfRfc8935 SSFDeliveryMethod = "urn:ietf:rfc:8935"
+	SSFDeliveryMethodUrnIetfRfc8936 SSFDeliveryMethod = "urn:ietf:rfc:8936"
+)
+
+// Valid indicates whether the value is a known member of the SSFDeliveryMethod enum.
+func (e SSFDeliveryMethod) Valid() bool {
+	switch e {
+	case SSFDeliveryMethodUrnIetfRfc8935:
+		return true
+	case SSFDeliveryMethodUrnIetfRfc8936:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SSFMetadataDefaultSubjects.
+const (
+	SSFMetadataDefaultSubjectsALL  SSFMetadataDefaultSubjects = "ALL"
+	SSFMetadataDefaultSubjectsNONE SSFMetadataDefaultSubjects = "NONE"
+)
+
+// Valid indicates whether the value is a known member of the SSFMetadataDefaultSubjects enum.
+func (e SSFMetadataDefaultSubjects) Valid() bool {
+	switch e {
+	case SSFMetadataDefaultSubjectsALL:
+		return true
+	case SSFMetadataDefaultSubjectsNONE:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SSFStreamStatusStatus.
+const (
+	SSFStreamStatusStatusDisabled SSFStreamStatusStatus = "disabled"
+	SSFStreamStatusStatusEnabled  SSFStreamStatusStatus = "enabled"
+	SSFStreamStatusStatusPaused   SSFStreamStatusStatus = "paused"
+)
+
+// Valid indicates whether the value is a known member of the SSFStreamStatusStatus enum.
+func (e SSFStreamStatusStatus) Valid() bool {
+	switch e {
+	case SSFStreamStatusStatusDisabled:
+		return true
+	case SSFStreamStatusStatusEnabled:
+		return true
+	case SSFStreamStatusStatusPaused:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for TaskState.
 const (
 	TaskStateActive    TaskState = "active"
@@ -601,6 +658,27 @@ const (
 func (e ValetTaskDetailsType) Valid() bool {
 	switch e {
 	case ValetTaskDetailsTypeValetTask:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ListAgentsParamsSort.
+const (
+	ListAgentsParamsSortFirstSeen ListAgentsParamsSort = "first_seen"
+	ListAgentsParamsSortLastSeen  ListAgentsParamsSort = "last_seen"
+	ListAgentsParamsSortSubject   ListAgentsParamsSort = "subject"
+)
+
+// Valid indicates whether the value is a known member of the ListAgentsParamsSort enum.
+func (e ListAgentsParamsSort) Valid() bool {
+	switch e {
+	case ListAgentsParamsSortFirstSeen:
+		return true
+	case ListAgentsParamsSortLastSeen:
+		return true
+	case ListAgentsParamsSortSubject:
 		return true
 	default:
 		return false
@@ -757,6 +835,51 @@ type AdminTask struct {
 	Task        Task               `json:"task"`
 }
 
+// Agent An agent of the inventory. Subject, issuer, templates and label values come from identity tokens and configuration; escape them before showing them.
+type Agent struct {
+	FirstSeen time.Time `json:"first_seen"`
+
+	// Id A hash of issuer and subject.
+	Id string `json:"id"`
+
+	// Issuer The configured name of the issuer that vouched for the agent.
+	Issuer string `json:"issuer"`
+
+	// Labels Owner labels from inventory.labels, as of the latest sighting.
+	Labels   map[string]string `json:"labels"`
+	LastSeen time.Time         `json:"last_seen"`
+	Subject  string            `json:"subject"`
+
+	// Templates Templates the agent was granted tasks of, A to Z.
+	Templates []string `json:"templates"`
+}
+
+// AgentDetail defines model for AgentDetail.
+type AgentDetail struct {
+	// Agent An agent of the inventory. Subject, issuer, templates and label values come from identity tokens and configuration; escape them before showing them.
+	Agent Agent `json:"agent"`
+
+	// Controls Controls in force over it: freezes of it, distrust of its issuer, quarantine of a template it used.
+	Controls []Control `json:"controls"`
+
+	// LiveTasks Its active tasks (at most 200).
+	LiveTasks []Task `json:"live_tasks"`
+}
+
+// AgentPage defines model for AgentPage.
+type AgentPage struct {
+	Agents []Agent `json:"agents"`
+
+	// NextCursor Set when there may be more agents: the cursor of the next page.
+	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// AgentRef defines model for AgentRef.
+type AgentRef struct {
+	Issuer  string `json:"issuer"`
+	Subject string `json:"subject"`
+}
+
 // Approval defines model for Approval.
 type Approval struct {
 	Act       *[]string `json:"act,omitempty"`
@@ -837,6 +960,11 @@ type Control struct {
 // ControlKind defines model for Control.Kind.
 type ControlKind string
 
+// ControlAnswer The control set (with its revocation job when revoke was asked), or what a freeze by label did.
+type ControlAnswer struct {
+	union json.RawMessage
+}
+
 // ControlLifted defines model for ControlLifted.
 type ControlLifted struct {
 	Lifted string `json:"lifted"`
@@ -849,15 +977,21 @@ type ControlList struct {
 
 // ControlRequest defines model for ControlRequest.
 type ControlRequest struct {
+	// DryRun With label: count the agents, live tasks and credentials the freeze would hit, changing nothing (200).
+	DryRun *bool `json:"dry_run,omitempty"`
+
 	// Force Set the control even though Valet knows no such target (no template of that name, no configured agent issuer, an agent with no task in the ledger); without it such a target is a 404.
 	Force  *bool              `json:"force,omitempty"`
 	Issuer *string            `json:"issuer,omitempty"`
 	Kind   ControlRequestKind `json:"kind"`
 
+	// Label key=value, with kind freeze_agent and no target: freeze every agent of the inventory with that owner label (each under its issuer); the answer is a LabelFreeze.
+	Label *string `json:"label,omitempty"`
+
 	// Reason Setting a control again without a reason keeps the reason it had.
 	Reason *string `json:"reason,omitempty"`
 	Revoke *bool   `json:"revoke,omitempty"`
-	Target string  `json:"target"`
+	Target *string `json:"target,omitempty"`
 }
 
 // ControlRequestKind defines model for ControlRequest.Kind.
@@ -1111,6 +1245,24 @@ type JobResponse struct {
 	Job Job `json:"job"`
 }
 
+// LabelFreeze What a freeze by label did, or in a dry run would do.
+type LabelFreeze struct {
+	// Agents The agents of the inventory with the label.
+	Agents []AgentRef `json:"agents"`
+
+	// Controls The freezes set (one per agent).
+	Controls *[]Control `json:"controls,omitempty"`
+	DryRun   bool       `json:"dry_run"`
+	Job      *Job       `json:"job,omitempty"`
+	Label    string     `json:"label"`
+
+	// Matched Their credentials.
+	Matched int `json:"matched"`
+
+	// TasksMatched Live tasks of those agents (counted in a dry run; revoked with revoke).
+	TasksMatched int `json:"tasks_matched"`
+}
+
 // MetricsText Prometheus text exposition format.
 type MetricsText = string
 
@@ -1247,15 +1399,138 @@ type RollbackStepResult struct {
 	TaskId string       `json:"task_id"`
 }
 
+// SETError RFC 8935 section 2.3 error.
+type SETError struct {
+	Description *string `json:"description,omitempty"`
+	Err         string  `json:"err"`
+}
+
+// SSFDelivery defines model for SSFDelivery.
+type SSFDelivery struct {
+	// AuthorizationHeader Sent with every push; accepted, never returned.
+	AuthorizationHeader *string `json:"authorization_header,omitempty"`
+
+	// EndpointUrl Push: the receiver's endpoint (an allowed host). Poll: Valet's, set by Valet.
+	EndpointUrl *string           `json:"endpoint_url,omitempty"`
+	Method      SSFDeliveryMethod `json:"method"`
+}
+
+// SSFDeliveryMethod defines model for SSFDelivery.Method.
+type SSFDeliveryMethod string
+
+// SSFMetadata OpenID SSF 1.0 section 7.1 transmitter configuration metadata.
+type SSFMetadata struct {
+	AddSubjectEndpoint       *string                     `json:"add_subject_endpoint,omitempty"`
+	AuthorizationSchemes     *[]map[string]interface{}   `json:"authorization_schemes,omitempty"`
+	ConfigurationEndpoint    string                      `json:"configuration_endpoint"`
+	CriticalSubjectMembers   *[]string                   `json:"critical_subject_members,omitempty"`
+	DefaultSubjects          *SSFMetadataDefaultSubjects `json:"default_subjects,omitempty"`
+	DeliveryMethodsSupported []string                    `json:"delivery_methods_supported"`
+	Issuer                   string                      `json:"issuer"`
+	JwksUri                  string                      `json:"jwks_uri"`
+	RemoveSubjectEndpoint    *string                     `json:"remove_subject_endpoint,omitempty"`
+	SpecVersion              string                      `json:"spec_version"`
+	StatusEndpoint           *string                     `json:"status_endpoint,omitempty"`
+	VerificationEndpoint     *string                     `json:"verification_endpoint,omitempty"`
+}
+
+// SSFMetadataDefaultSubjects defines model for SSFMetadata.DefaultSubjects.
+type SSFMetadataDefaultSubjects string
+
+// SSFPollRequest RFC 8936 section 2.4 poll request.
+type SSFPollRequest struct {
+	Ack *[]string `json:"ack,omitempty"`
+
+	// MaxEvents At most 100 are returned; 0 only acknowledges.
+	MaxEvents         *int  `json:"maxEvents,omitempty"`
+	ReturnImmediately *bool `json:"returnImmediately,omitempty"`
+	SetErrs           *map[string]struct {
+		Description *string `json:"description,omitempty"`
+		Err         string  `json:"err"`
+	} `json:"setErrs,omitempty"`
+}
+
+// SSFPollResponse RFC 8936 section 2.5 poll response.
+type SSFPollResponse struct {
+	MoreAvailable *bool             `json:"moreAvailable,omitempty"`
+	Sets          map[string]string `json:"sets"`
+}
+
+// SSFStreamConfig OpenID SSF 1.0 section 8.1.1 stream configuration.
+type SSFStreamConfig struct {
+	Aud                     *SSFStreamConfig_Aud `json:"aud,omitempty"`
+	Delivery                *SSFDelivery         `json:"delivery,omitempty"`
+	Description             *string              `json:"description,omitempty"`
+	EventsDelivered         *[]string            `json:"events_delivered,omitempty"`
+	EventsRequested         *[]string            `json:"events_requested,omitempty"`
+	EventsSupported         *[]string            `json:"events_supported,omitempty"`
+	Iss                     *string              `json:"iss,omitempty"`
+	MinVerificationInterval *int                 `json:"min_verification_interval,omitempty"`
+	StreamId                *string              `json:"stream_id,omitempty"`
+}
+
+// SSFStreamConfigAud0 defines model for SSFStreamConfig.Aud.0.
+type SSFStreamConfigAud0 = string
+
+// SSFStreamConfigAud1 defines model for SSFStreamConfig.Aud.1.
+type SSFStreamConfigAud1 = []string
+
+// SSFStreamConfig_Aud defines model for SSFStreamConfig.Aud.
+type SSFStreamConfig_Aud struct {
+	union json.RawMessage
+}
+
+// SSFStreamRead One stream configuration (with stream_id), or every stream as an array.
+type SSFStreamRead struct {
+	union json.RawMessage
+}
+
+// SSFStreamRead1 defines model for SSFStreamRead.1.
+type SSFStreamRead1 = []SSFStreamConfig
+
+// SSFStreamStatus defines model for SSFStreamStatus.
+type SSFStreamStatus struct {
+	Reason   *string               `json:"reason,omitempty"`
+	Status   SSFStreamStatusStatus `json:"status"`
+	StreamId string                `json:"stream_id"`
+}
+
+// SSFStreamStatusStatus defines model for SSFStreamStatus.Status.
+type SSFStreamStatusStatus string
+
+// SSFSubjectRequest defines model for SSFSubjectRequest.
+type SSFSubjectRequest struct {
+	StreamId string `json:"stream_id"`
+
+	// Subject An RFC 9493 subject identifier or an SSF complex subject (at most 2 KiB).
+	Subject  map[string]interface{} `json:"subject"`
+	Verified *bool                  `json:"verified,omitempty"`
+}
+
+// SSFVerifyRequest defines model for SSFVerifyRequest.
+type SSFVerifyRequest struct {
+	State    *string `json:"state,omitempty"`
+	StreamId string  `json:"stream_id"`
+}
+
+// SecurityEventToken A Security Event Token (RFC 8417), a signed JWT in compact form.
+type SecurityEventToken = string
+
 // Selector defines model for Selector.
 type Selector struct {
-	Agent        *string    `json:"agent,omitempty"`
-	IssuedAfter  *time.Time `json:"issued_after,omitempty"`
-	IssuedBefore *time.Time `json:"issued_before,omitempty"`
-	Issuer       *string    `json:"issuer,omitempty"`
-	TaskId       *string    `json:"task_id,omitempty"`
-	Template     *string    `json:"template,omitempty"`
-	Tool         *string    `json:"tool,omitempty"`
+	Agent *string `json:"agent,omitempty"`
+
+	// Agents Filled by Valet from label; a job shows the agents it covers. Not sent by clients.
+	Agents       *[]AgentRef `json:"agents,omitempty"`
+	IssuedAfter  *time.Time  `json:"issued_after,omitempty"`
+	IssuedBefore *time.Time  `json:"issued_before,omitempty"`
+	Issuer       *string     `json:"issuer,omitempty"`
+
+	// Label key=value: the agents of the inventory with that owner label (resolved when the revocation starts).
+	Label    *string `json:"label,omitempty"`
+	TaskId   *string `json:"task_id,omitempty"`
+	Template *string `json:"template,omitempty"`
+	Tool     *string `json:"tool,omitempty"`
 }
 
 // ServerMetadata defines model for ServerMetadata.
@@ -1522,6 +1797,42 @@ type DevTokenParams struct {
 	Agent string `form:"agent" json:"agent"`
 }
 
+// SsfGetStatusParams defines parameters for SsfGetStatus.
+type SsfGetStatusParams struct {
+	StreamId string `form:"stream_id" json:"stream_id"`
+}
+
+// SsfDeleteStreamParams defines parameters for SsfDeleteStream.
+type SsfDeleteStreamParams struct {
+	StreamId string `form:"stream_id" json:"stream_id"`
+}
+
+// SsfReadStreamsParams defines parameters for SsfReadStreams.
+type SsfReadStreamsParams struct {
+	StreamId *string `form:"stream_id,omitempty" json:"stream_id,omitempty"`
+}
+
+// ListAgentsParams defines parameters for ListAgents.
+type ListAgentsParams struct {
+	Issuer        *string `form:"issuer,omitempty" json:"issuer,omitempty"`
+	SubjectPrefix *string `form:"subject_prefix,omitempty" json:"subject_prefix,omitempty"`
+	Template      *string `form:"template,omitempty" json:"template,omitempty"`
+
+	// Label key=value: agents whose owner label key is value.
+	Label *string `form:"label,omitempty" json:"label,omitempty"`
+
+	// SeenSince Agents last seen at or after this time.
+	SeenSince *time.Time            `form:"seen_since,omitempty" json:"seen_since,omitempty"`
+	Sort      *ListAgentsParamsSort `form:"sort,omitempty" json:"sort,omitempty"`
+	Limit     *int                  `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The next_cursor of the previous page.
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ListAgentsParamsSort defines parameters for ListAgents.
+type ListAgentsParamsSort string
+
 // LiftControlParams defines parameters for LiftControl.
 type LiftControlParams struct {
 	Kind   LiftControlParamsKind `form:"kind" json:"kind"`
@@ -1614,6 +1925,30 @@ type ReportEventParams struct {
 type TokenParams struct {
 	DPoP *string `json:"DPoP,omitempty"`
 }
+
+// SsfPollJSONRequestBody defines body for SsfPoll for application/json ContentType.
+type SsfPollJSONRequestBody = SSFPollRequest
+
+// SsfSetStatusJSONRequestBody defines body for SsfSetStatus for application/json ContentType.
+type SsfSetStatusJSONRequestBody = SSFStreamStatus
+
+// SsfUpdateStreamJSONRequestBody defines body for SsfUpdateStream for application/json ContentType.
+type SsfUpdateStreamJSONRequestBody = SSFStreamConfig
+
+// SsfCreateStreamJSONRequestBody defines body for SsfCreateStream for application/json ContentType.
+type SsfCreateStreamJSONRequestBody = SSFStreamConfig
+
+// SsfReplaceStreamJSONRequestBody defines body for SsfReplaceStream for application/json ContentType.
+type SsfReplaceStreamJSONRequestBody = SSFStreamConfig
+
+// SsfAddSubjectJSONRequestBody defines body for SsfAddSubject for application/json ContentType.
+type SsfAddSubjectJSONRequestBody = SSFSubjectRequest
+
+// SsfRemoveSubjectJSONRequestBody defines body for SsfRemoveSubject for application/json ContentType.
+type SsfRemoveSubjectJSONRequestBody = SSFSubjectRequest
+
+// SsfVerifyJSONRequestBody defines body for SsfVerify for application/json ContentType.
+type SsfVerifyJSONRequestBody = SSFVerifyRequest
 
 // ConsumeActionFormdataRequestBody defines body for ConsumeAction for application/x-www-form-urlencoded ContentType.
 type ConsumeActionFormdataRequestBody = TokenForm
@@ -1985,6 +2320,192 @@ func (t *BulkRevokeResult) UnmarshalJSON(b []byte) error {
 	return err
 }
 
+// AsControlSet returns the union data inside the ControlAnswer as a ControlSet
+func (t ControlAnswer) AsControlSet() (ControlSet, error) {
+	var body ControlSet
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromControlSet overwrites any union data inside the ControlAnswer as the provided ControlSet
+func (t *ControlAnswer) FromControlSet(v ControlSet) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeControlSet performs a merge with any union data inside the ControlAnswer, using the provided ControlSet
+func (t *ControlAnswer) MergeControlSet(v ControlSet) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsLabelFreeze returns the union data inside the ControlAnswer as a LabelFreeze
+func (t ControlAnswer) AsLabelFreeze() (LabelFreeze, error) {
+	var body LabelFreeze
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromLabelFreeze overwrites any union data inside the ControlAnswer as the provided LabelFreeze
+func (t *ControlAnswer) FromLabelFreeze(v LabelFreeze) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeLabelFreeze performs a merge with any union data inside the ControlAnswer, using the provided LabelFreeze
+func (t *ControlAnswer) MergeLabelFreeze(v LabelFreeze) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+func (t ControlAnswer) MarshalJSON() ([]byte, error) {
+	b, err := t.union.MarshalJSON()
+	return b, err
+}
+
+func (t *ControlAnswer) UnmarshalJSON(b []byte) error {
+	err := t.union.UnmarshalJSON(b)
+	return err
+}
+
+// AsSSFStreamConfigAud0 returns the union data inside the SSFStreamConfig_Aud as a SSFStreamConfigAud0
+func (t SSFStreamConfig_Aud) AsSSFStreamConfigAud0() (SSFStreamConfigAud0, error) {
+	var body SSFStreamConfigAud0
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromSSFStreamConfigAud0 overwrites any union data inside the SSFStreamConfig_Aud as the provided SSFStreamConfigAud0
+func (t *SSFStreamConfig_Aud) FromSSFStreamConfigAud0(v SSFStreamConfigAud0) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeSSFStreamConfigAud0 performs a merge with any union data inside the SSFStreamConfig_Aud, using the provided SSFStreamConfigAud0
+func (t *SSFStreamConfig_Aud) MergeSSFStreamConfigAud0(v SSFStreamConfigAud0) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsSSFStreamConfigAud1 returns the union data inside the SSFStreamConfig_Aud as a SSFStreamConfigAud1
+func (t SSFStreamConfig_Aud) AsSSFStreamConfigAud1() (SSFStreamConfigAud1, error) {
+	var body SSFStreamConfigAud1
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromSSFStreamConfigAud1 overwrites any union data inside the SSFStreamConfig_Aud as the provided SSFStreamConfigAud1
+func (t *SSFStreamConfig_Aud) FromSSFStreamConfigAud1(v SSFStreamConfigAud1) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeSSFStreamConfigAud1 performs a merge with any union data inside the SSFStreamConfig_Aud, using the provided SSFStreamConfigAud1
+func (t *SSFStreamConfig_Aud) MergeSSFStreamConfigAud1(v SSFStreamConfigAud1) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+func (t SSFStreamConfig_Aud) MarshalJSON() ([]byte, error) {
+	b, err := t.union.MarshalJSON()
+	return b, err
+}
+
+func (t *SSFStreamConfig_Aud) UnmarshalJSON(b []byte) error {
+	err := t.union.UnmarshalJSON(b)
+	return err
+}
+
+// AsSSFStreamConfig returns the union data inside the SSFStreamRead as a SSFStreamConfig
+func (t SSFStreamRead) AsSSFStreamConfig() (SSFStreamConfig, error) {
+	var body SSFStreamConfig
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromSSFStreamConfig overwrites any union data inside the SSFStreamRead as the provided SSFStreamConfig
+func (t *SSFStreamRead) FromSSFStreamConfig(v SSFStreamConfig) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeSSFStreamConfig performs a merge with any union data inside the SSFStreamRead, using the provided SSFStreamConfig
+func (t *SSFStreamRead) MergeSSFStreamConfig(v SSFStreamConfig) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsSSFStreamRead1 returns the union data inside the SSFStreamRead as a SSFStreamRead1
+func (t SSFStreamRead) AsSSFStreamRead1() (SSFStreamRead1, error) {
+	var body SSFStreamRead1
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromSSFStreamRead1 overwrites any union data inside the SSFStreamRead as the provided SSFStreamRead1
+func (t *SSFStreamRead) FromSSFStreamRead1(v SSFStreamRead1) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeSSFStreamRead1 performs a merge with any union data inside the SSFStreamRead, using the provided SSFStreamRead1
+func (t *SSFStreamRead) MergeSSFStreamRead1(v SSFStreamRead1) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+func (t SSFStreamRead) MarshalJSON() ([]byte, error) {
+	b, err := t.union.MarshalJSON()
+	return b, err
+}
+
+func (t *SSFStreamRead) UnmarshalJSON(b []byte) error {
+	err := t.union.UnmarshalJSON(b)
+	return err
+}
+
 // AsError returns the union data inside the TokenErrorBody as a Error
 func (t TokenErrorBody) AsError() (Error, error) {
 	var body Error
@@ -2255,6 +2776,11 @@ type ClientInterface interface {
 	// Corresponds with GET /.well-known/oauth-authorization-server (the `Metadata` operationId).
 	Metadata(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// SsfConfiguration SSF 1.0 transmitter configuration metadata (only when the SSF transmitter is enabled).
+	//
+	// Corresponds with GET /.well-known/ssf-configuration (the `SsfConfiguration` operationId).
+	SsfConfiguration(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DevDiscovery `valet dev` only: OIDC discovery of the development issuer.
 	//
 	// Corresponds with GET /dev/.well-known/openid-configuration (the `DevDiscovery` operationId).
@@ -2293,6 +2819,140 @@ type ClientInterface interface {
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// SsfPollWithBody RFC 8936 poll of a poll stream (viewer role, the receiver's service account); acknowledged SETs are removed, others come again.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /ssf/poll/{stream_id} (the `SsfPoll` operationId).
+	SsfPollWithBody(ctx context.Context, streamId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfPoll RFC 8936 poll of a poll stream (viewer role, the receiver's service account); acknowledged SETs are removed, others come again.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /ssf/poll/{stream_id} (the `SsfPoll` operationId).
+	SsfPoll(ctx context.Context, streamId string, body SsfPollJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfReceiveWithBody RFC 8935 push of one SET from a configured transmitter (ssf.receiver.transmitters); the SET itself authenticates it.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /ssf/receive/{transmitter} (the `SsfReceive` operationId).
+	SsfReceiveWithBody(ctx context.Context, transmitter string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfGetStatus A stream's status (viewer).
+	//
+	// Corresponds with GET /ssf/status (the `SsfGetStatus` operationId).
+	SsfGetStatus(ctx context.Context, params *SsfGetStatusParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfSetStatusWithBody Enable, pause (events are held) or disable (events are not kept) a stream (admin).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /ssf/status (the `SsfSetStatus` operationId).
+	SsfSetStatusWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfSetStatus Enable, pause (events are held) or disable (events are not kept) a stream (admin).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /ssf/status (the `SsfSetStatus` operationId).
+	SsfSetStatus(ctx context.Context, body SsfSetStatusJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfDeleteStream Delete a stream and its queued SETs (admin).
+	//
+	// Corresponds with DELETE /ssf/streams (the `SsfDeleteStream` operationId).
+	SsfDeleteStream(ctx context.Context, params *SsfDeleteStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfReadStreams Read one stream (stream_id) or, without it, every stream as an array (viewer).
+	//
+	// Corresponds with GET /ssf/streams (the `SsfReadStreams` operationId).
+	SsfReadStreams(ctx context.Context, params *SsfReadStreamsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfUpdateStreamWithBody Change the fields given of a stream (admin).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /ssf/streams (the `SsfUpdateStream` operationId).
+	SsfUpdateStreamWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfUpdateStream Change the fields given of a stream (admin).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /ssf/streams (the `SsfUpdateStream` operationId).
+	SsfUpdateStream(ctx context.Context, body SsfUpdateStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfCreateStreamWithBody Create an SSF event stream (admin). Push endpoints must be on ssf.transmitter.push_hosts.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /ssf/streams (the `SsfCreateStream` operationId).
+	SsfCreateStreamWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfCreateStream Create an SSF event stream (admin). Push endpoints must be on ssf.transmitter.push_hosts.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /ssf/streams (the `SsfCreateStream` operationId).
+	SsfCreateStream(ctx context.Context, body SsfCreateStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfReplaceStreamWithBody Replace a stream's whole configuration (admin).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /ssf/streams (the `SsfReplaceStream` operationId).
+	SsfReplaceStreamWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfReplaceStream Replace a stream's whole configuration (admin).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /ssf/streams (the `SsfReplaceStream` operationId).
+	SsfReplaceStream(ctx context.Context, body SsfReplaceStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfAddSubjectWithBody Include a subject again (admin). Valet's default_subjects is ALL, so this lifts an earlier removal.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /ssf/subjects:add (the `SsfAddSubject` operationId).
+	SsfAddSubjectWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfAddSubject Include a subject again (admin). Valet's default_subjects is ALL, so this lifts an earlier removal.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /ssf/subjects:add (the `SsfAddSubject` operationId).
+	SsfAddSubject(ctx context.Context, body SsfAddSubjectJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfRemoveSubjectWithBody Stop a stream's events about a subject or any complex subject holding it (admin).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /ssf/subjects:remove (the `SsfRemoveSubject` operationId).
+	SsfRemoveSubjectWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfRemoveSubject Stop a stream's events about a subject or any complex subject holding it (admin).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /ssf/subjects:remove (the `SsfRemoveSubject` operationId).
+	SsfRemoveSubject(ctx context.Context, body SsfRemoveSubjectJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfVerifyWithBody Queue a verification event carrying state (viewer), at most once per 10 s per stream.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /ssf/verify (the `SsfVerify` operationId).
+	SsfVerifyWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SsfVerify Queue a verification event carrying state (viewer), at most once per 10 s per stream.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /ssf/verify (the `SsfVerify` operationId).
+	SsfVerify(ctx context.Context, body SsfVerifyJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ConsumeActionWithBody Use up an action token (for tool servers; the verifier calls it).
 	//
 	// Takes any type of body and a specified content type.
@@ -2306,6 +2966,23 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/actions/consume (the `ConsumeAction` operationId).
 	ConsumeActionWithFormdataBody(ctx context.Context, body ConsumeActionFormdataRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListAgents The agent inventory (viewer) - every agent granted a task, filtered, sorted and paged.
+	//
+	// Agents (issuer + subject) Valet granted a task within the inventory's
+	// retention. Filters combine (all must match). sort last_seen and
+	// first_seen list newest first, subject A to Z; ties by id. A page holds
+	// at most limit agents (default 50); when there may be more, next_cursor
+	// is set: pass it as cursor (with the same sort) for the next page. A
+	// page may be short and still have a next_cursor.
+	//
+	// Corresponds with GET /v1/admin/agents (the `ListAgents` operationId).
+	ListAgents(ctx context.Context, params *ListAgentsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminAgent One agent of the inventory with its live tasks and the controls in force over it (viewer).
+	//
+	// Corresponds with GET /v1/admin/agents/{id} (the `AdminAgent` operationId).
+	AdminAgent(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// LiftControl Lift a control (reinstate) (responder).
 	//
@@ -2716,6 +3393,21 @@ func (c *Client) Metadata(ctx context.Context, reqEditors ...RequestEditorFn) (*
 	return c.Client.Do(req)
 }
 
+// SsfConfiguration SSF 1.0 transmitter configuration metadata (only when the SSF transmitter is enabled).
+//
+// Corresponds with GET /.well-known/ssf-configuration (the `SsfConfiguration` operationId).
+func (c *Client) SsfConfiguration(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfConfigurationRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // DevDiscovery `valet dev` only: OIDC discovery of the development issuer.
 //
 // Corresponds with GET /dev/.well-known/openid-configuration (the `DevDiscovery` operationId).
@@ -2824,6 +3516,340 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 	return c.Client.Do(req)
 }
 
+// SsfPollWithBody RFC 8936 poll of a poll stream (viewer role, the receiver's service account); acknowledged SETs are removed, others come again.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /ssf/poll/{stream_id} (the `SsfPoll` operationId).
+func (c *Client) SsfPollWithBody(ctx context.Context, streamId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfPollRequestWithBody(c.Server, streamId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfPoll RFC 8936 poll of a poll stream (viewer role, the receiver's service account); acknowledged SETs are removed, others come again.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /ssf/poll/{stream_id} (the `SsfPoll` operationId).
+func (c *Client) SsfPoll(ctx context.Context, streamId string, body SsfPollJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfPollRequest(c.Server, streamId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfReceiveWithBody RFC 8935 push of one SET from a configured transmitter (ssf.receiver.transmitters); the SET itself authenticates it.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /ssf/receive/{transmitter} (the `SsfReceive` operationId).
+func (c *Client) SsfReceiveWithBody(ctx context.Context, transmitter string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfReceiveRequestWithBody(c.Server, transmitter, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfGetStatus A stream's status (viewer).
+//
+// Corresponds with GET /ssf/status (the `SsfGetStatus` operationId).
+func (c *Client) SsfGetStatus(ctx context.Context, params *SsfGetStatusParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfGetStatusRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfSetStatusWithBody Enable, pause (events are held) or disable (events are not kept) a stream (admin).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /ssf/status (the `SsfSetStatus` operationId).
+func (c *Client) SsfSetStatusWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfSetStatusRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfSetStatus Enable, pause (events are held) or disable (events are not kept) a stream (admin).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /ssf/status (the `SsfSetStatus` operationId).
+func (c *Client) SsfSetStatus(ctx context.Context, body SsfSetStatusJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfSetStatusRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfDeleteStream Delete a stream and its queued SETs (admin).
+//
+// Corresponds with DELETE /ssf/streams (the `SsfDeleteStream` operationId).
+func (c *Client) SsfDeleteStream(ctx context.Context, params *SsfDeleteStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfDeleteStreamRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfReadStreams Read one stream (stream_id) or, without it, every stream as an array (viewer).
+//
+// Corresponds with GET /ssf/streams (the `SsfReadStreams` operationId).
+func (c *Client) SsfReadStreams(ctx context.Context, params *SsfReadStreamsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfReadStreamsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfUpdateStreamWithBody Change the fields given of a stream (admin).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /ssf/streams (the `SsfUpdateStream` operationId).
+func (c *Client) SsfUpdateStreamWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfUpdateStreamRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfUpdateStream Change the fields given of a stream (admin).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /ssf/streams (the `SsfUpdateStream` operationId).
+func (c *Client) SsfUpdateStream(ctx context.Context, body SsfUpdateStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfUpdateStreamRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfCreateStreamWithBody Create an SSF event stream (admin). Push endpoints must be on ssf.transmitter.push_hosts.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /ssf/streams (the `SsfCreateStream` operationId).
+func (c *Client) SsfCreateStreamWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfCreateStreamRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfCreateStream Create an SSF event stream (admin). Push endpoints must be on ssf.transmitter.push_hosts.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /ssf/streams (the `SsfCreateStream` operationId).
+func (c *Client) SsfCreateStream(ctx context.Context, body SsfCreateStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfCreateStreamRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfReplaceStreamWithBody Replace a stream's whole configuration (admin).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /ssf/streams (the `SsfReplaceStream` operationId).
+func (c *Client) SsfReplaceStreamWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfReplaceStreamRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfReplaceStream Replace a stream's whole configuration (admin).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /ssf/streams (the `SsfReplaceStream` operationId).
+func (c *Client) SsfReplaceStream(ctx context.Context, body SsfReplaceStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfReplaceStreamRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfAddSubjectWithBody Include a subject again (admin). Valet's default_subjects is ALL, so this lifts an earlier removal.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /ssf/subjects:add (the `SsfAddSubject` operationId).
+func (c *Client) SsfAddSubjectWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfAddSubjectRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfAddSubject Include a subject again (admin). Valet's default_subjects is ALL, so this lifts an earlier removal.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /ssf/subjects:add (the `SsfAddSubject` operationId).
+func (c *Client) SsfAddSubject(ctx context.Context, body SsfAddSubjectJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfAddSubjectRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfRemoveSubjectWithBody Stop a stream's events about a subject or any complex subject holding it (admin).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /ssf/subjects:remove (the `SsfRemoveSubject` operationId).
+func (c *Client) SsfRemoveSubjectWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfRemoveSubjectRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfRemoveSubject Stop a stream's events about a subject or any complex subject holding it (admin).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /ssf/subjects:remove (the `SsfRemoveSubject` operationId).
+func (c *Client) SsfRemoveSubject(ctx context.Context, body SsfRemoveSubjectJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfRemoveSubjectRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfVerifyWithBody Queue a verification event carrying state (viewer), at most once per 10 s per stream.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /ssf/verify (the `SsfVerify` operationId).
+func (c *Client) SsfVerifyWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfVerifyRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SsfVerify Queue a verification event carrying state (viewer), at most once per 10 s per stream.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /ssf/verify (the `SsfVerify` operationId).
+func (c *Client) SsfVerify(ctx context.Context, body SsfVerifyJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSsfVerifyRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ConsumeActionWithBody Use up an action token (for tool servers; the verifier calls it).
 //
 // Takes any type of body and a specified content type.
@@ -2848,6 +3874,43 @@ func (c *Client) ConsumeActionWithBody(ctx context.Context, contentType string, 
 // Corresponds with POST /v1/actions/consume (the `ConsumeAction` operationId).
 func (c *Client) ConsumeActionWithFormdataBody(ctx context.Context, body ConsumeActionFormdataRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewConsumeActionRequestWithFormdataBody(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListAgents The agent inventory (viewer) - every agent granted a task, filtered, sorted and paged.
+//
+// Agents (issuer + subject) Valet granted a task within the inventory's
+// retention. Filters combine (all must match). sort last_seen and
+// first_seen list newest first, subject A to Z; ties by id. A page holds
+// at most limit agents (default 50); when there may be more, next_cursor
+// is set: pass it as cursor (with the same sort) for the next page. A
+// page may be short and still have a next_cursor.
+//
+// Corresponds with GET /v1/admin/agents (the `ListAgents` operationId).
+func (c *Client) ListAgents(ctx context.Context, params *ListAgentsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListAgentsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminAgent One agent of the inventory with its live tasks and the controls in force over it (viewer).
+//
+// Corresponds with GET /v1/admin/agents/{id} (the `AdminAgent` operationId).
+func (c *Client) AdminAgent(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminAgentRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -3660,6 +4723,33 @@ func NewMetadataRequest(server string) (*http.Request, error) {
 	return req, nil
 }
 
+// NewSsfConfigurationRequest constructs an http.Request for the SsfConfiguration method
+func NewSsfConfigurationRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/.well-known/ssf-configuration")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewDevDiscoveryRequest constructs an http.Request for the DevDiscovery method
 func NewDevDiscoveryRequest(server string) (*http.Request, error) {
 	var err error
@@ -3872,6 +4962,523 @@ func NewReadyzRequest(server string) (*http.Request, error) {
 	return req, nil
 }
 
+// NewSsfPollRequest calls the generic SsfPoll builder with application/json body
+func NewSsfPollRequest(server string, streamId string, body SsfPollJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSsfPollRequestWithBody(server, streamId, "application/json", bodyReader)
+}
+
+// NewSsfPollRequestWithBody constructs an http.Request for the SsfPoll method, with any body, and a specified content type
+func NewSsfPollRequestWithBody(server string, streamId string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "stream_id", streamId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/poll/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewSsfReceiveRequestWithBody constructs an http.Request for the SsfReceive method, with any body, and a specified content type
+func NewSsfReceiveRequestWithBody(server string, transmitter string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "transmitter", transmitter, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/receive/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewSsfGetStatusRequest constructs an http.Request for the SsfGetStatus method
+func NewSsfGetStatusRequest(server string, params *SsfGetStatusParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/status")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "stream_id", params.StreamId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewSsfSetStatusRequest calls the generic SsfSetStatus builder with application/json body
+func NewSsfSetStatusRequest(server string, body SsfSetStatusJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSsfSetStatusRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewSsfSetStatusRequestWithBody constructs an http.Request for the SsfSetStatus method, with any body, and a specified content type
+func NewSsfSetStatusRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/status")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewSsfDeleteStreamRequest constructs an http.Request for the SsfDeleteStream method
+func NewSsfDeleteStreamRequest(server string, params *SsfDeleteStreamParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/streams")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "stream_id", params.StreamId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewSsfReadStreamsRequest constructs an http.Request for the SsfReadStreams method
+func NewSsfReadStreamsRequest(server string, params *SsfReadStreamsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/streams")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.StreamId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "stream_id", *params.StreamId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewSsfUpdateStreamRequest calls the generic SsfUpdateStream builder with application/json body
+func NewSsfUpdateStreamRequest(server string, body SsfUpdateStreamJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSsfUpdateStreamRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewSsfUpdateStreamRequestWithBody constructs an http.Request for the SsfUpdateStream method, with any body, and a specified content type
+func NewSsfUpdateStreamRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/streams")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewSsfCreateStreamRequest calls the generic SsfCreateStream builder with application/json body
+func NewSsfCreateStreamRequest(server string, body SsfCreateStreamJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSsfCreateStreamRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewSsfCreateStreamRequestWithBody constructs an http.Request for the SsfCreateStream method, with any body, and a specified content type
+func NewSsfCreateStreamRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/streams")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewSsfReplaceStreamRequest calls the generic SsfReplaceStream builder with application/json body
+func NewSsfReplaceStreamRequest(server string, body SsfReplaceStreamJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSsfReplaceStreamRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewSsfReplaceStreamRequestWithBody constructs an http.Request for the SsfReplaceStream method, with any body, and a specified content type
+func NewSsfReplaceStreamRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/streams")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewSsfAddSubjectRequest calls the generic SsfAddSubject builder with application/json body
+func NewSsfAddSubjectRequest(server string, body SsfAddSubjectJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSsfAddSubjectRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewSsfAddSubjectRequestWithBody constructs an http.Request for the SsfAddSubject method, with any body, and a specified content type
+func NewSsfAddSubjectRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/subjects:add")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewSsfRemoveSubjectRequest calls the generic SsfRemoveSubject builder with application/json body
+func NewSsfRemoveSubjectRequest(server string, body SsfRemoveSubjectJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSsfRemoveSubjectRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewSsfRemoveSubjectRequestWithBody constructs an http.Request for the SsfRemoveSubject method, with any body, and a specified content type
+func NewSsfRemoveSubjectRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/subjects:remove")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewSsfVerifyRequest calls the generic SsfVerify builder with application/json body
+func NewSsfVerifyRequest(server string, body SsfVerifyJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSsfVerifyRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewSsfVerifyRequestWithBody constructs an http.Request for the SsfVerify method, with any body, and a specified content type
+func NewSsfVerifyRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ssf/verify")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewConsumeActionRequestWithFormdataBody calls the generic ConsumeAction builder with application/x-www-form-urlencoded body
 func NewConsumeActionRequestWithFormdataBody(server string, body ConsumeActionFormdataRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -3908,6 +5515,178 @@ func NewConsumeActionRequestWithBody(server string, contentType string, body io.
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewListAgentsRequest constructs an http.Request for the ListAgents method
+func NewListAgentsRequest(server string, params *ListAgentsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/agents")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Issuer != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "issuer", *params.Issuer, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.SubjectPrefix != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "subject_prefix", *params.SubjectPrefix, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Template != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "template", *params.Template, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Label != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "label", *params.Label, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.SeenSince != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "seen_since", *params.SeenSince, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Sort != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "sort", *params.Sort, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAdminAgentRequest constructs an http.Request for the AdminAgent method
+func NewAdminAgentRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/agents/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
 
 	return req, nil
 }
@@ -5325,6 +7104,13 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /.well-known/oauth-authorization-server (the `Metadata` operationId).
 	MetadataWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*MetadataResponse, error)
 
+	// SsfConfigurationWithResponse SSF 1.0 transmitter configuration metadata (only when the SSF transmitter is enabled).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /.well-known/ssf-configuration (the `SsfConfiguration` operationId).
+	SsfConfigurationWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*SsfConfigurationResponse, error)
+
 	// DevDiscoveryWithResponse `valet dev` only: OIDC discovery of the development issuer.
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -5377,6 +7163,146 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	ReadyzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ReadyzResponse, error)
 
+	// SsfPollWithBodyWithResponse RFC 8936 poll of a poll stream (viewer role, the receiver's service account); acknowledged SETs are removed, others come again.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/poll/{stream_id} (the `SsfPoll` operationId).
+	SsfPollWithBodyWithResponse(ctx context.Context, streamId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfPollResponse, error)
+
+	// SsfPollWithResponse RFC 8936 poll of a poll stream (viewer role, the receiver's service account); acknowledged SETs are removed, others come again.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/poll/{stream_id} (the `SsfPoll` operationId).
+	SsfPollWithResponse(ctx context.Context, streamId string, body SsfPollJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfPollResponse, error)
+
+	// SsfReceiveWithBodyWithResponse RFC 8935 push of one SET from a configured transmitter (ssf.receiver.transmitters); the SET itself authenticates it.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/receive/{transmitter} (the `SsfReceive` operationId).
+	SsfReceiveWithBodyWithResponse(ctx context.Context, transmitter string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfReceiveResponse, error)
+
+	// SsfGetStatusWithResponse A stream's status (viewer).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /ssf/status (the `SsfGetStatus` operationId).
+	SsfGetStatusWithResponse(ctx context.Context, params *SsfGetStatusParams, reqEditors ...RequestEditorFn) (*SsfGetStatusResponse, error)
+
+	// SsfSetStatusWithBodyWithResponse Enable, pause (events are held) or disable (events are not kept) a stream (admin).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/status (the `SsfSetStatus` operationId).
+	SsfSetStatusWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfSetStatusResponse, error)
+
+	// SsfSetStatusWithResponse Enable, pause (events are held) or disable (events are not kept) a stream (admin).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/status (the `SsfSetStatus` operationId).
+	SsfSetStatusWithResponse(ctx context.Context, body SsfSetStatusJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfSetStatusResponse, error)
+
+	// SsfDeleteStreamWithResponse Delete a stream and its queued SETs (admin).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /ssf/streams (the `SsfDeleteStream` operationId).
+	SsfDeleteStreamWithResponse(ctx context.Context, params *SsfDeleteStreamParams, reqEditors ...RequestEditorFn) (*SsfDeleteStreamResponse, error)
+
+	// SsfReadStreamsWithResponse Read one stream (stream_id) or, without it, every stream as an array (viewer).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /ssf/streams (the `SsfReadStreams` operationId).
+	SsfReadStreamsWithResponse(ctx context.Context, params *SsfReadStreamsParams, reqEditors ...RequestEditorFn) (*SsfReadStreamsResponse, error)
+
+	// SsfUpdateStreamWithBodyWithResponse Change the fields given of a stream (admin).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /ssf/streams (the `SsfUpdateStream` operationId).
+	SsfUpdateStreamWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfUpdateStreamResponse, error)
+
+	// SsfUpdateStreamWithResponse Change the fields given of a stream (admin).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /ssf/streams (the `SsfUpdateStream` operationId).
+	SsfUpdateStreamWithResponse(ctx context.Context, body SsfUpdateStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfUpdateStreamResponse, error)
+
+	// SsfCreateStreamWithBodyWithResponse Create an SSF event stream (admin). Push endpoints must be on ssf.transmitter.push_hosts.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/streams (the `SsfCreateStream` operationId).
+	SsfCreateStreamWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfCreateStreamResponse, error)
+
+	// SsfCreateStreamWithResponse Create an SSF event stream (admin). Push endpoints must be on ssf.transmitter.push_hosts.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/streams (the `SsfCreateStream` operationId).
+	SsfCreateStreamWithResponse(ctx context.Context, body SsfCreateStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfCreateStreamResponse, error)
+
+	// SsfReplaceStreamWithBodyWithResponse Replace a stream's whole configuration (admin).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /ssf/streams (the `SsfReplaceStream` operationId).
+	SsfReplaceStreamWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfReplaceStreamResponse, error)
+
+	// SsfReplaceStreamWithResponse Replace a stream's whole configuration (admin).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /ssf/streams (the `SsfReplaceStream` operationId).
+	SsfReplaceStreamWithResponse(ctx context.Context, body SsfReplaceStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfReplaceStreamResponse, error)
+
+	// SsfAddSubjectWithBodyWithResponse Include a subject again (admin). Valet's default_subjects is ALL, so this lifts an earlier removal.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/subjects:add (the `SsfAddSubject` operationId).
+	SsfAddSubjectWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfAddSubjectResponse, error)
+
+	// SsfAddSubjectWithResponse Include a subject again (admin). Valet's default_subjects is ALL, so this lifts an earlier removal.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/subjects:add (the `SsfAddSubject` operationId).
+	SsfAddSubjectWithResponse(ctx context.Context, body SsfAddSubjectJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfAddSubjectResponse, error)
+
+	// SsfRemoveSubjectWithBodyWithResponse Stop a stream's events about a subject or any complex subject holding it (admin).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/subjects:remove (the `SsfRemoveSubject` operationId).
+	SsfRemoveSubjectWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfRemoveSubjectResponse, error)
+
+	// SsfRemoveSubjectWithResponse Stop a stream's events about a subject or any complex subject holding it (admin).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/subjects:remove (the `SsfRemoveSubject` operationId).
+	SsfRemoveSubjectWithResponse(ctx context.Context, body SsfRemoveSubjectJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfRemoveSubjectResponse, error)
+
+	// SsfVerifyWithBodyWithResponse Queue a verification event carrying state (viewer), at most once per 10 s per stream.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/verify (the `SsfVerify` operationId).
+	SsfVerifyWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfVerifyResponse, error)
+
+	// SsfVerifyWithResponse Queue a verification event carrying state (viewer), at most once per 10 s per stream.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ssf/verify (the `SsfVerify` operationId).
+	SsfVerifyWithResponse(ctx context.Context, body SsfVerifyJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfVerifyResponse, error)
+
 	// ConsumeActionWithBodyWithResponse Use up an action token (for tool servers; the verifier calls it).
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
@@ -5390,6 +7316,27 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/actions/consume (the `ConsumeAction` operationId).
 	ConsumeActionWithFormdataBodyWithResponse(ctx context.Context, body ConsumeActionFormdataRequestBody, reqEditors ...RequestEditorFn) (*ConsumeActionResponse, error)
+
+	// ListAgentsWithResponse The agent inventory (viewer) - every agent granted a task, filtered, sorted and paged.
+	//
+	// Agents (issuer + subject) Valet granted a task within the inventory's
+	// retention. Filters combine (all must match). sort last_seen and
+	// first_seen list newest first, subject A to Z; ties by id. A page holds
+	// at most limit agents (default 50); when there may be more, next_cursor
+	// is set: pass it as cursor (with the same sort) for the next page. A
+	// page may be short and still have a next_cursor.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/admin/agents (the `ListAgents` operationId).
+	ListAgentsWithResponse(ctx context.Context, params *ListAgentsParams, reqEditors ...RequestEditorFn) (*ListAgentsResponse, error)
+
+	// AdminAgentWithResponse One agent of the inventory with its live tasks and the controls in force over it (viewer).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/admin/agents/{id} (the `AdminAgent` operationId).
+	AdminAgentWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*AdminAgentResponse, error)
 
 	// LiftControlWithResponse Lift a control (reinstate) (responder).
 	//
@@ -5910,6 +7857,47 @@ func (r MetadataResponse) ContentType() string {
 	return ""
 }
 
+type SsfConfigurationResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SSFMetadata
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SsfConfigurationResponse) GetJSON200() *SSFMetadata {
+	return r.JSON200
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfConfigurationResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfConfigurationResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfConfigurationResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfConfigurationResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type DevDiscoveryResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -6302,6 +8290,1037 @@ func (r ReadyzResponse) ContentType() string {
 	return ""
 }
 
+type SsfPollResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SSFPollResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SsfPollResponse) GetJSON200() *SSFPollResponse {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfPollResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfPollResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfPollResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfPollResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r SsfPollResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SsfPollResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfPollResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfPollResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfPollResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfPollResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfPollResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfPollResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfReceiveResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *SETError
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *SETError
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *SETError
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *SETError
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *SETError
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfReceiveResponse) GetJSON400() *SETError {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfReceiveResponse) GetJSON401() *SETError {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfReceiveResponse) GetJSON404() *SETError {
+	return r.JSON404
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SsfReceiveResponse) GetJSON415() *SETError {
+	return r.JSON415
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfReceiveResponse) GetJSON503() *SETError {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfReceiveResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfReceiveResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfReceiveResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfReceiveResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfGetStatusResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SSFStreamStatus
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SsfGetStatusResponse) GetJSON200() *SSFStreamStatus {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfGetStatusResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfGetStatusResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfGetStatusResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfGetStatusResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfGetStatusResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfGetStatusResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfGetStatusResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfGetStatusResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfGetStatusResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfGetStatusResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfSetStatusResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SSFStreamStatus
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SsfSetStatusResponse) GetJSON200() *SSFStreamStatus {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfSetStatusResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfSetStatusResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfSetStatusResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfSetStatusResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SsfSetStatusResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfSetStatusResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfSetStatusResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfSetStatusResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfSetStatusResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfSetStatusResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfSetStatusResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfDeleteStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfDeleteStreamResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfDeleteStreamResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfDeleteStreamResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfDeleteStreamResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfDeleteStreamResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfDeleteStreamResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfDeleteStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfDeleteStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfDeleteStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfDeleteStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfReadStreamsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SSFStreamRead
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SsfReadStreamsResponse) GetJSON200() *SSFStreamRead {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfReadStreamsResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfReadStreamsResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfReadStreamsResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfReadStreamsResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfReadStreamsResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfReadStreamsResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfReadStreamsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfReadStreamsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfReadStreamsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfReadStreamsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfUpdateStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SSFStreamConfig
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SsfUpdateStreamResponse) GetJSON200() *SSFStreamConfig {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfUpdateStreamResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfUpdateStreamResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfUpdateStreamResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfUpdateStreamResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SsfUpdateStreamResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfUpdateStreamResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfUpdateStreamResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfUpdateStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfUpdateStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfUpdateStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfUpdateStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfCreateStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *SSFStreamConfig
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r SsfCreateStreamResponse) GetJSON201() *SSFStreamConfig {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfCreateStreamResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfCreateStreamResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfCreateStreamResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r SsfCreateStreamResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SsfCreateStreamResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfCreateStreamResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfCreateStreamResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfCreateStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfCreateStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfCreateStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfCreateStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfReplaceStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SSFStreamConfig
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SsfReplaceStreamResponse) GetJSON200() *SSFStreamConfig {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfReplaceStreamResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfReplaceStreamResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfReplaceStreamResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfReplaceStreamResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SsfReplaceStreamResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfReplaceStreamResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfReplaceStreamResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfReplaceStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfReplaceStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfReplaceStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfReplaceStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfAddSubjectResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfAddSubjectResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfAddSubjectResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfAddSubjectResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfAddSubjectResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SsfAddSubjectResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfAddSubjectResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfAddSubjectResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfAddSubjectResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfAddSubjectResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfAddSubjectResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfAddSubjectResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfRemoveSubjectResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfRemoveSubjectResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfRemoveSubjectResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfRemoveSubjectResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfRemoveSubjectResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r SsfRemoveSubjectResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SsfRemoveSubjectResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfRemoveSubjectResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfRemoveSubjectResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfRemoveSubjectResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfRemoveSubjectResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfRemoveSubjectResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfRemoveSubjectResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SsfVerifyResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SsfVerifyResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SsfVerifyResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SsfVerifyResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SsfVerifyResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SsfVerifyResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r SsfVerifyResponse) GetJSON429() *Error {
+	return r.JSON429
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SsfVerifyResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SsfVerifyResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r SsfVerifyResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SsfVerifyResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SsfVerifyResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SsfVerifyResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ConsumeActionResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -6386,6 +9405,165 @@ func (r ConsumeActionResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ConsumeActionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListAgentsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AgentPage
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListAgentsResponse) GetJSON200() *AgentPage {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListAgentsResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListAgentsResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListAgentsResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListAgentsResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListAgentsResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r ListAgentsResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ListAgentsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListAgentsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListAgentsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListAgentsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AdminAgentResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AgentDetail
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AdminAgentResponse) GetJSON200() *AgentDetail {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AdminAgentResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AdminAgentResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r AdminAgentResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AdminAgentResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r AdminAgentResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r AdminAgentResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AdminAgentResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AdminAgentResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AdminAgentResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6547,8 +9725,10 @@ func (r ListControlsResponse) ContentType() string {
 type SetControlResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *LabelFreeze
 	// JSON201 the response for an HTTP 201 `application/json` response
-	JSON201 *ControlSet
+	JSON201 *ControlAnswer
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *Error
 	// JSON401 the response for an HTTP 401 `application/json` response
@@ -6565,8 +9745,13 @@ type SetControlResponse struct {
 	JSON503 *Error
 }
 
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SetControlResponse) GetJSON200() *LabelFreeze {
+	return r.JSON200
+}
+
 // GetJSON201 returns the response for an HTTP 201 `application/json` response
-func (r SetControlResponse) GetJSON201() *ControlSet {
+func (r SetControlResponse) GetJSON201() *ControlAnswer {
 	return r.JSON201
 }
 
@@ -8660,6 +11845,19 @@ func (c *ClientWithResponses) MetadataWithResponse(ctx context.Context, reqEdito
 	return ParseMetadataResponse(rsp)
 }
 
+// SsfConfigurationWithResponse SSF 1.0 transmitter configuration metadata (only when the SSF transmitter is enabled).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /.well-known/ssf-configuration (the `SsfConfiguration` operationId).
+func (c *ClientWithResponses) SsfConfigurationWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*SsfConfigurationResponse, error) {
+	rsp, err := c.SsfConfiguration(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfConfigurationResponse(rsp)
+}
+
 // DevDiscoveryWithResponse `valet dev` only: OIDC discovery of the development issuer.
 //
 // Returns a wrapper object for the known response body format(s).
@@ -8754,6 +11952,266 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 	return ParseReadyzResponse(rsp)
 }
 
+// SsfPollWithBodyWithResponse RFC 8936 poll of a poll stream (viewer role, the receiver's service account); acknowledged SETs are removed, others come again.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/poll/{stream_id} (the `SsfPoll` operationId).
+func (c *ClientWithResponses) SsfPollWithBodyWithResponse(ctx context.Context, streamId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfPollResponse, error) {
+	rsp, err := c.SsfPollWithBody(ctx, streamId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfPollResponse(rsp)
+}
+
+// SsfPollWithResponse RFC 8936 poll of a poll stream (viewer role, the receiver's service account); acknowledged SETs are removed, others come again.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/poll/{stream_id} (the `SsfPoll` operationId).
+func (c *ClientWithResponses) SsfPollWithResponse(ctx context.Context, streamId string, body SsfPollJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfPollResponse, error) {
+	rsp, err := c.SsfPoll(ctx, streamId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfPollResponse(rsp)
+}
+
+// SsfReceiveWithBodyWithResponse RFC 8935 push of one SET from a configured transmitter (ssf.receiver.transmitters); the SET itself authenticates it.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/receive/{transmitter} (the `SsfReceive` operationId).
+func (c *ClientWithResponses) SsfReceiveWithBodyWithResponse(ctx context.Context, transmitter string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfReceiveResponse, error) {
+	rsp, err := c.SsfReceiveWithBody(ctx, transmitter, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfReceiveResponse(rsp)
+}
+
+// SsfGetStatusWithResponse A stream's status (viewer).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /ssf/status (the `SsfGetStatus` operationId).
+func (c *ClientWithResponses) SsfGetStatusWithResponse(ctx context.Context, params *SsfGetStatusParams, reqEditors ...RequestEditorFn) (*SsfGetStatusResponse, error) {
+	rsp, err := c.SsfGetStatus(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfGetStatusResponse(rsp)
+}
+
+// SsfSetStatusWithBodyWithResponse Enable, pause (events are held) or disable (events are not kept) a stream (admin).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/status (the `SsfSetStatus` operationId).
+func (c *ClientWithResponses) SsfSetStatusWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfSetStatusResponse, error) {
+	rsp, err := c.SsfSetStatusWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfSetStatusResponse(rsp)
+}
+
+// SsfSetStatusWithResponse Enable, pause (events are held) or disable (events are not kept) a stream (admin).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/status (the `SsfSetStatus` operationId).
+func (c *ClientWithResponses) SsfSetStatusWithResponse(ctx context.Context, body SsfSetStatusJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfSetStatusResponse, error) {
+	rsp, err := c.SsfSetStatus(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfSetStatusResponse(rsp)
+}
+
+// SsfDeleteStreamWithResponse Delete a stream and its queued SETs (admin).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /ssf/streams (the `SsfDeleteStream` operationId).
+func (c *ClientWithResponses) SsfDeleteStreamWithResponse(ctx context.Context, params *SsfDeleteStreamParams, reqEditors ...RequestEditorFn) (*SsfDeleteStreamResponse, error) {
+	rsp, err := c.SsfDeleteStream(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfDeleteStreamResponse(rsp)
+}
+
+// SsfReadStreamsWithResponse Read one stream (stream_id) or, without it, every stream as an array (viewer).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /ssf/streams (the `SsfReadStreams` operationId).
+func (c *ClientWithResponses) SsfReadStreamsWithResponse(ctx context.Context, params *SsfReadStreamsParams, reqEditors ...RequestEditorFn) (*SsfReadStreamsResponse, error) {
+	rsp, err := c.SsfReadStreams(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfReadStreamsResponse(rsp)
+}
+
+// SsfUpdateStreamWithBodyWithResponse Change the fields given of a stream (admin).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /ssf/streams (the `SsfUpdateStream` operationId).
+func (c *ClientWithResponses) SsfUpdateStreamWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfUpdateStreamResponse, error) {
+	rsp, err := c.SsfUpdateStreamWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfUpdateStreamResponse(rsp)
+}
+
+// SsfUpdateStreamWithResponse Change the fields given of a stream (admin).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /ssf/streams (the `SsfUpdateStream` operationId).
+func (c *ClientWithResponses) SsfUpdateStreamWithResponse(ctx context.Context, body SsfUpdateStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfUpdateStreamResponse, error) {
+	rsp, err := c.SsfUpdateStream(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfUpdateStreamResponse(rsp)
+}
+
+// SsfCreateStreamWithBodyWithResponse Create an SSF event stream (admin). Push endpoints must be on ssf.transmitter.push_hosts.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/streams (the `SsfCreateStream` operationId).
+func (c *ClientWithResponses) SsfCreateStreamWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfCreateStreamResponse, error) {
+	rsp, err := c.SsfCreateStreamWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfCreateStreamResponse(rsp)
+}
+
+// SsfCreateStreamWithResponse Create an SSF event stream (admin). Push endpoints must be on ssf.transmitter.push_hosts.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/streams (the `SsfCreateStream` operationId).
+func (c *ClientWithResponses) SsfCreateStreamWithResponse(ctx context.Context, body SsfCreateStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfCreateStreamResponse, error) {
+	rsp, err := c.SsfCreateStream(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfCreateStreamResponse(rsp)
+}
+
+// SsfReplaceStreamWithBodyWithResponse Replace a stream's whole configuration (admin).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /ssf/streams (the `SsfReplaceStream` operationId).
+func (c *ClientWithResponses) SsfReplaceStreamWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfReplaceStreamResponse, error) {
+	rsp, err := c.SsfReplaceStreamWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfReplaceStreamResponse(rsp)
+}
+
+// SsfReplaceStreamWithResponse Replace a stream's whole configuration (admin).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /ssf/streams (the `SsfReplaceStream` operationId).
+func (c *ClientWithResponses) SsfReplaceStreamWithResponse(ctx context.Context, body SsfReplaceStreamJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfReplaceStreamResponse, error) {
+	rsp, err := c.SsfReplaceStream(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfReplaceStreamResponse(rsp)
+}
+
+// SsfAddSubjectWithBodyWithResponse Include a subject again (admin). Valet's default_subjects is ALL, so this lifts an earlier removal.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/subjects:add (the `SsfAddSubject` operationId).
+func (c *ClientWithResponses) SsfAddSubjectWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfAddSubjectResponse, error) {
+	rsp, err := c.SsfAddSubjectWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfAddSubjectResponse(rsp)
+}
+
+// SsfAddSubjectWithResponse Include a subject again (admin). Valet's default_subjects is ALL, so this lifts an earlier removal.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/subjects:add (the `SsfAddSubject` operationId).
+func (c *ClientWithResponses) SsfAddSubjectWithResponse(ctx context.Context, body SsfAddSubjectJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfAddSubjectResponse, error) {
+	rsp, err := c.SsfAddSubject(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfAddSubjectResponse(rsp)
+}
+
+// SsfRemoveSubjectWithBodyWithResponse Stop a stream's events about a subject or any complex subject holding it (admin).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/subjects:remove (the `SsfRemoveSubject` operationId).
+func (c *ClientWithResponses) SsfRemoveSubjectWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfRemoveSubjectResponse, error) {
+	rsp, err := c.SsfRemoveSubjectWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfRemoveSubjectResponse(rsp)
+}
+
+// SsfRemoveSubjectWithResponse Stop a stream's events about a subject or any complex subject holding it (admin).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/subjects:remove (the `SsfRemoveSubject` operationId).
+func (c *ClientWithResponses) SsfRemoveSubjectWithResponse(ctx context.Context, body SsfRemoveSubjectJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfRemoveSubjectResponse, error) {
+	rsp, err := c.SsfRemoveSubject(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfRemoveSubjectResponse(rsp)
+}
+
+// SsfVerifyWithBodyWithResponse Queue a verification event carrying state (viewer), at most once per 10 s per stream.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/verify (the `SsfVerify` operationId).
+func (c *ClientWithResponses) SsfVerifyWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SsfVerifyResponse, error) {
+	rsp, err := c.SsfVerifyWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfVerifyResponse(rsp)
+}
+
+// SsfVerifyWithResponse Queue a verification event carrying state (viewer), at most once per 10 s per stream.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ssf/verify (the `SsfVerify` operationId).
+func (c *ClientWithResponses) SsfVerifyWithResponse(ctx context.Context, body SsfVerifyJSONRequestBody, reqEditors ...RequestEditorFn) (*SsfVerifyResponse, error) {
+	rsp, err := c.SsfVerify(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSsfVerifyResponse(rsp)
+}
+
 // ConsumeActionWithBodyWithResponse Use up an action token (for tool servers; the verifier calls it).
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
@@ -8778,6 +12236,39 @@ func (c *ClientWithResponses) ConsumeActionWithFormdataBodyWithResponse(ctx cont
 		return nil, err
 	}
 	return ParseConsumeActionResponse(rsp)
+}
+
+// ListAgentsWithResponse The agent inventory (viewer) - every agent granted a task, filtered, sorted and paged.
+//
+// Agents (issuer + subject) Valet granted a task within the inventory's
+// retention. Filters combine (all must match). sort last_seen and
+// first_seen list newest first, subject A to Z; ties by id. A page holds
+// at most limit agents (default 50); when there may be more, next_cursor
+// is set: pass it as cursor (with the same sort) for the next page. A
+// page may be short and still have a next_cursor.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/admin/agents (the `ListAgents` operationId).
+func (c *ClientWithResponses) ListAgentsWithResponse(ctx context.Context, params *ListAgentsParams, reqEditors ...RequestEditorFn) (*ListAgentsResponse, error) {
+	rsp, err := c.ListAgents(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListAgentsResponse(rsp)
+}
+
+// AdminAgentWithResponse One agent of the inventory with its live tasks and the controls in force over it (viewer).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/admin/agents/{id} (the `AdminAgent` operationId).
+func (c *ClientWithResponses) AdminAgentWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*AdminAgentResponse, error) {
+	rsp, err := c.AdminAgent(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminAgentResponse(rsp)
 }
 
 // LiftControlWithResponse Lift a control (reinstate) (responder).
@@ -9490,6 +12981,32 @@ func ParseMetadataResponse(rsp *http.Response) (*MetadataResponse, error) {
 	return response, nil
 }
 
+// ParseSsfConfigurationResponse parses an HTTP response from a SsfConfigurationWithResponse call
+func ParseSsfConfigurationResponse(rsp *http.Response) (*SsfConfigurationResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfConfigurationResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SSFMetadata
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseDevDiscoveryResponse parses an HTTP response from a DevDiscoveryWithResponse call
 func ParseDevDiscoveryResponse(rsp *http.Response) (*DevDiscoveryResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -9777,6 +13294,872 @@ func ParseReadyzResponse(rsp *http.Response) (*ReadyzResponse, error) {
 	return response, nil
 }
 
+// ParseSsfPollResponse parses an HTTP response from a SsfPollWithResponse call
+func ParseSsfPollResponse(rsp *http.Response) (*SsfPollResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfPollResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SSFPollResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfReceiveResponse parses an HTTP response from a SsfReceiveWithResponse call
+func ParseSsfReceiveResponse(rsp *http.Response) (*SsfReceiveResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfReceiveResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 202:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest SETError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest SETError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest SETError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest SETError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest SETError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfGetStatusResponse parses an HTTP response from a SsfGetStatusWithResponse call
+func ParseSsfGetStatusResponse(rsp *http.Response) (*SsfGetStatusResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfGetStatusResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SSFStreamStatus
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfSetStatusResponse parses an HTTP response from a SsfSetStatusWithResponse call
+func ParseSsfSetStatusResponse(rsp *http.Response) (*SsfSetStatusResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfSetStatusResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SSFStreamStatus
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfDeleteStreamResponse parses an HTTP response from a SsfDeleteStreamWithResponse call
+func ParseSsfDeleteStreamResponse(rsp *http.Response) (*SsfDeleteStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfDeleteStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfReadStreamsResponse parses an HTTP response from a SsfReadStreamsWithResponse call
+func ParseSsfReadStreamsResponse(rsp *http.Response) (*SsfReadStreamsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfReadStreamsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SSFStreamRead
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfUpdateStreamResponse parses an HTTP response from a SsfUpdateStreamWithResponse call
+func ParseSsfUpdateStreamResponse(rsp *http.Response) (*SsfUpdateStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfUpdateStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SSFStreamConfig
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfCreateStreamResponse parses an HTTP response from a SsfCreateStreamWithResponse call
+func ParseSsfCreateStreamResponse(rsp *http.Response) (*SsfCreateStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfCreateStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest SSFStreamConfig
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfReplaceStreamResponse parses an HTTP response from a SsfReplaceStreamWithResponse call
+func ParseSsfReplaceStreamResponse(rsp *http.Response) (*SsfReplaceStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfReplaceStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SSFStreamConfig
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfAddSubjectResponse parses an HTTP response from a SsfAddSubjectWithResponse call
+func ParseSsfAddSubjectResponse(rsp *http.Response) (*SsfAddSubjectResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfAddSubjectResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfRemoveSubjectResponse parses an HTTP response from a SsfRemoveSubjectWithResponse call
+func ParseSsfRemoveSubjectResponse(rsp *http.Response) (*SsfRemoveSubjectResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfRemoveSubjectResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSsfVerifyResponse parses an HTTP response from a SsfVerifyWithResponse call
+func ParseSsfVerifyResponse(rsp *http.Response) (*SsfVerifyResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SsfVerifyResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseConsumeActionResponse parses an HTTP response from a ConsumeActionWithResponse call
 func ParseConsumeActionResponse(rsp *http.Response) (*ConsumeActionResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -9832,6 +14215,135 @@ func ParseConsumeActionResponse(rsp *http.Response) (*ConsumeActionResponse, err
 			return nil, err
 		}
 		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListAgentsResponse parses an HTTP response from a ListAgentsWithResponse call
+func ParseListAgentsResponse(rsp *http.Response) (*ListAgentsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListAgentsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AgentPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAdminAgentResponse parses an HTTP response from a AdminAgentWithResponse call
+func ParseAdminAgentResponse(rsp *http.Response) (*AdminAgentResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AdminAgentResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AgentDetail
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Error
@@ -9988,8 +14500,15 @@ func ParseSetControlResponse(rsp *http.Response) (*SetControlResponse, error) {
 	}
 
 	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest LabelFreeze
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
-		var dest ControlSet
+		var dest ControlAnswer
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
