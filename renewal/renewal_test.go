@@ -151,3 +151,20 @@ func TestDecide(t *testing.T) {
 		}
 	})
 }
+
+// TestNewRequiresDependencies: New names every missing dependency and
+// builds a Service when all are given.
+func TestNewRequiresDependencies(t *testing.T) {
+	_, err := New(Config{})
+	if err == nil || !strings.Contains(err.Error(), "core, ledger, auditor cannot be nil") {
+		t.Fatalf("New(Config{}) = %v; want every missing dependency named", err)
+	}
+	s, err := New(Config{Core: templatesOnly{}, Ledger: nilLedger{}, Auditor: nilAuditor{}})
+	if err != nil || s.now == nil || s.log == nil {
+		t.Fatalf("New = %v, %v; want a Service with a clock and a logger", s, err)
+	}
+}
+
+type nilLedger struct{ Ledger }
+
+type nilAuditor struct{ broker.Auditor }
