@@ -41,14 +41,14 @@ func (r *refusedTasks) list() []string {
 
 func (r *refusedTasks) done(id string) { r.mu.Lock(); delete(r.ids, id); r.mu.Unlock() }
 
-// refuseUnaudited undoes a grant (declared or delegated) that could not be
-// audited: the task is ended in the ledger (its JWTs denied) and its other
-// credentials revoked at their source before the caller is answered. If
+// RefuseUnaudited undoes a grant (declared, delegated or renewed) that
+// could not be audited: the task is ended in the ledger (its JWTs denied)
+// and its other credentials revoked at their source before returning. If
 // the ledger cannot take the end now (the audit log and Redis often fail
 // together), the credentials are still revoked at their source and the
 // task is kept for the reaper, which ends it, with the same reason, as
 // soon as the ledger answers. None of its credentials ever left Valet.
-func (s *Service) refuseUnaudited(ctx context.Context, task Task, creds []Credential, cause error) {
+func (s *Service) RefuseUnaudited(ctx context.Context, task Task, creds []Credential, cause error) {
 	ctx = context.WithoutCancel(ctx)
 	s.log.ErrorContext(ctx, "audit write failed; ending the task it would have granted", "task_id", task.ID, "err", cause)
 	_, _, err := s.End(ctx, task.ID, StateRevoked, RefusedReason, "valet")
@@ -62,7 +62,7 @@ func (s *Service) refuseUnaudited(ctx context.Context, task Task, creds []Creden
 }
 
 // EndRefused ends the refused tasks the ledger could not take before
-// (refuseUnaudited) and reports how many it ended. The reaper calls it on
+// (RefuseUnaudited) and reports how many it ended. The reaper calls it on
 // every pass.
 func (s *Service) EndRefused(ctx context.Context) (int, error) {
 	n := 0

@@ -204,13 +204,14 @@ func (s *Service) DeclareWith(ctx context.Context, auth Authenticator, token str
 		Chain:     []Link{{Agent: p.Subject, Issuer: p.Issuer}},
 	}
 	actOnBehalf(&task, d.User)
-	if g.Template.Vault != nil && s.issuers[KindVaultToken] == nil {
-		return Task{}, nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("template %q asks for Vault credentials, but this broker has no Vault configured; nothing was issued", g.Template.Name)}
+	issuers, err := s.Issuers(g)
+	if err != nil {
+		return Task{}, nil, err
 	}
 	ev := s.TaskEvent(ctx, "task.granted", p.Subject, task)
 	ev.Detail = map[string]any{"intent": task.Intent, "tools": task.Tools, "deadline": task.Deadline, "ttl_seconds": int64(g.TTL / time.Second)}
 	onBehalfDetail(ev.Detail, task)
-	minted, err := s.Issue(ctx, task, p, g, append([]Issuer{s.tokens}, s.extra...), ev)
+	minted, err := s.Issue(ctx, task, p, g, issuers, ev)
 	if err != nil {
 		return Task{}, nil, err
 	}
@@ -319,8 +320,8 @@ func (s *Service) decide(p Principal, d Declaration, now time.Time) (Grant, erro
 // what was minted before a later step failed is revoked at its source, and
 // a task recorded but not audited is ended (refused.go) before the 503.
 func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer, ev Event) ([]Minted, error) {
-	task.Audiences, task.Scopes = slices.Clone(g.Audiences), slices.Clone(g.Scopes) // renew.go re-mints within these
-	minted, err := s.mint(ctx, task, p, g, issuers)
+	task.Audiences, task.Scopes = slices.Clone(g.Audiences), slices.Clone(g.Scopes) // package renewal re-mints within these
+	minted, err := s.Mint(ctx, task, p, g, issuers)
 	if err != nil {
 		return nil, err
 	}
@@ -337,7 +338,7 @@ func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, is
 	}
 	ev.Time, ev.Outcome, ev.Creds = s.now().UTC(), "granted", credentialIDs(minted)
 	if err := s.audit.Record(ctx, ev); err != nil {
-		s.refuseUnaudited(ctx, task, creds, err)
+		s.RefuseUnaudited(ctx, task, creds, err)
 		return nil, Unavailable("the audit log", err)
 	}
 	if s.sightings != nil {
@@ -346,10 +347,19 @@ func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, is
 	return minted, nil
 }
 
-// mint asks each of issuers for its credentials, in order. If one fails,
-// or makes a credential that outlives the task, what was made is revoked
-// before returning.
-func (s *Service) mint(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer) ([]Minted, error) {
+// Issuers is every issuer of this broker, task token first, for minting
+// g; a 500 when g's template asks for Vault and no Vault is configured.
+func (s *Service) Issuers(g Grant) ([]Issuer, error) {
+	if g.Template.Vault != nil && s.issuers[KindVaultToken] == nil {
+		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("template %q asks for Vault credentials, but this broker has no Vault configured; nothing was issued", g.Template.Name)}
+	}
+	return append([]Issuer{s.tokens}, s.extra...), nil
+}
+
+// Mint asks each of issuers for its credentials, in order (Issue, and a
+// renewal's fresh ones, package renewal). If one fails, or makes a
+// credential that outlives the task, what was made is revoked first.
+func (s *Service) Mint(ctx context.Context, task Task, p Principal, g Grant, issuers []Issuer) ([]Minted, error) {
 	mctx, cancel := context.WithTimeout(ctx, defaultMintTimeout)
 	defer cancel()
 	var all []Minted

@@ -26,6 +26,7 @@ import (
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/internal/requestid"
 	"github.com/valet-dev/valet/oauth"
+	"github.com/valet-dev/valet/renewal"
 	"github.com/valet-dev/valet/ssf"
 	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/toolevents"
@@ -42,6 +43,8 @@ type Options struct {
 	StepUp *stepup.Service
 	// Delegation answers token exchanges (POST /v1/token).
 	Delegation *delegation.Service
+	// Renewal renews tasks (POST /v1/tasks/{id}/renew); required.
+	Renewal *renewal.Service
 	// Issuer is Valet's public URL (the iss of its tokens).
 	Issuer string
 	// JWKS is the published key set document.
@@ -107,6 +110,9 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	}
 	if opts.Delegation == nil {
 		return nil, errors.New("httpapi: delegation cannot be nil")
+	}
+	if opts.Renewal == nil {
+		return nil, errors.New("httpapi: renewal cannot be nil")
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 64 << 10
@@ -309,7 +315,7 @@ func (a *api) renew(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	task, minted, err := a.svc.Renew(r.Context(), bearer(r), req)
+	task, minted, err := a.opts.Renewal.Renew(r.Context(), bearer(r), req)
 	if err != nil {
 		a.writeError(w, r, err)
 		return

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/renewal"
 )
 
 // renewalWire is the JSON body of POST /v1/tasks/{id}/renew.
@@ -15,16 +16,16 @@ type renewalWire struct {
 
 // DecodeRenewal reads and validates a renewal body. Every error is an
 // *Error with CodeInvalid that names the offending field.
-func DecodeRenewal(r io.Reader, taskID string) (broker.Renewal, error) {
+func DecodeRenewal(r io.Reader, taskID string) (renewal.Request, error) {
 	var w renewalWire
 	if err := DecodeJSON(r, &w); err != nil {
-		return broker.Renewal{}, err
+		return renewal.Request{}, err
 	}
-	out := broker.Renewal{TaskID: taskID, Context: w.Context}
+	out := renewal.Request{TaskID: taskID, Context: w.Context}
 	if w.TTLSeconds != nil {
 		ttl := *w.TTLSeconds
 		if ttl <= 0 || ttl > int64(broker.MaxTTL/time.Second) {
-			return broker.Renewal{}, broker.InvalidField("ttl_seconds", "ttl_seconds must be between 1 and %d, got %d", int64(broker.MaxTTL/time.Second), ttl)
+			return renewal.Request{}, broker.InvalidField("ttl_seconds", "ttl_seconds must be between 1 and %d, got %d", int64(broker.MaxTTL/time.Second), ttl)
 		}
 		out.TTL = time.Duration(ttl) * time.Second
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/reconcile"
+	"github.com/valet-dev/valet/renewal"
 	"github.com/valet-dev/valet/ssf"
 	"github.com/valet-dev/valet/stepup"
 	"github.com/valet-dev/valet/toolevents"
@@ -329,6 +330,10 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	renewals, err := renewal.New(renewal.Config{Core: s.svc, Ledger: o.Ledger, Auditor: auditor, Now: o.Now, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
 	if a := o.Admin; a != nil {
 		if o.Controls == nil || o.Epochs == nil {
 			return nil, errors.New("server: the admin API needs controls and epochs")
@@ -354,7 +359,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	hopts := httpapi.Options{
 		Service: s.svc, Clients: clients, StepUp: s.steps, Delegation: deleg, Issuer: o.PublicURL, JWKS: o.Tokens.JWKS(), SigningAlgs: o.Tokens.Algorithms(), OpenAPI: openapi.Spec,
 		Ready: o.Ready, DevIdP: o.DevIdP, MaxBodyBytes: o.MaxBodyBytes, RequestTimeout: o.RequestTimeout, Logger: o.Logger,
-		Events: s.events, Admin: s.admin, Feed: o.Feed, FeedHub: s.hub,
+		Events: s.events, Admin: s.admin, Feed: o.Feed, FeedHub: s.hub, Renewal: renewals,
 	}
 	if s.metrics != nil {
 		hopts.Metrics = s.httpMetrics()
