@@ -233,11 +233,19 @@ func (m *Monitor) observe(ctx context.Context, e broker.Event) {
 		return
 	}
 	counters := a.counters(now)
+	var vars map[string]any // built once for every rule, when one is due
 	for _, r := range rules {
 		if last, ok := a.fired[r.Name]; ok && now.Sub(last) < Window {
 			continue
 		}
-		fires, err := r.Fires(counters, now)
+		if vars == nil {
+			agentVars := make(map[string]any, len(counters))
+			for k, v := range counters {
+				agentVars[k] = v
+			}
+			vars = map[string]any{"agent": agentVars, "now": now}
+		}
+		fires, err := r.When.Eval(vars)
 		if err != nil {
 			m.cfg.Logger.WarnContext(ctx, "monitor rule failed to evaluate", "rule", r.Name, "error", err)
 			continue
