@@ -71,8 +71,9 @@ func FuzzLoadTemplates(f *testing.F) {
 			_, _ = check(tmpl, admit, decl, tmpl.DefaultTTL, time.Unix(0, 0))
 		}
 		for _, m := range set.Monitors() {
-			if !monitorNameRE.MatchString(m.Name) || (m.Action != MonitorFreezeAgent && m.Action != MonitorAlert) {
-				t.Fatalf("monitor loaded with name %q, action %q", m.Name, m.Action)
+			if !monitorNameRE.MatchString(m.Name) || (m.Action != MonitorFreezeAgent && m.Action != MonitorAlert) ||
+				(m.Webhook != "" && checkWebhook(m.Webhook) != "") {
+				t.Fatalf("monitor loaded with name %q, action %q, webhook %q", m.Name, m.Action, m.Webhook)
 			}
 			_, _ = m.Fires(map[string]int64{}, time.Unix(0, 0)) // bounded by the cost limit, never panics
 		}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
 	"sync"
 	"time"
@@ -49,6 +50,9 @@ type Monitor struct {
 	Name   string
 	When   Condition
 	Action MonitorAction
+	// Webhook, when set, is POSTed an alert each time the rule fires
+	// (its host must be on the monitor's allow-list).
+	Webhook string
 	// Source is the file the rule came from.
 	Source string
 }
@@ -120,6 +124,41 @@ var monitorFields = []field[*Monitor]{
 			l.report(n, path, "unknown action %q (want %s or %s)", displayName(s), MonitorFreezeAgent, MonitorAlert)
 		}
 	}},
+	{key: "webhook", decode: func(l *templateLoader, n *yaml.Node, path string, m *Monitor) {
+		s, ok := l.str(n, path)
+		if !ok {
+			return
+		}
+		if msg := checkWebhook(s); msg != "" {
+			l.report(n, path, "%s", msg)
+			return
+		}
+		m.Webhook = s
+	}},
+}
+
+// maxWebhookLen bounds a monitor's webhook URL.
+const maxWebhookLen = 2048
+
+// checkWebhook returns what is wrong with a webhook URL, or "".
+func checkWebhook(s string) string {
+	if len(s) > maxWebhookLen {
+		return fmt.Sprintf("webhook is longer than %d bytes", maxWebhookLen)
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return "webhook is not a URL"
+	case u.Scheme != "https" && u.Scheme != "http":
+		return "webhook must be an https (or http) URL"
+	case u.Host == "" || u.Hostname() == "":
+		return "webhook must name a host"
+	case u.User != nil:
+		return "webhook must not carry user info"
+	case u.Fragment != "":
+		return "webhook must not have a fragment"
+	}
+	return ""
 }
 
 // decodeMonitors decodes the monitors of a file's top level.

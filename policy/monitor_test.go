@@ -22,12 +22,13 @@ func TestMonitorsLoadAndFire(t *testing.T) {
   - name: night
     when: 'now.getHours() < 6 && agent.declarations_per_minute > 0'
     action: alert
+    webhook: https://alerts.example/hook
 `)}}, testIssuers)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ms := set.Monitors()
-	if len(ms) != 2 || ms[0].Name != "burst-of-denials" || ms[0].Action != MonitorFreezeAgent || ms[1].Action != MonitorAlert || ms[0].Source != "m.yaml" {
+	if len(ms) != 2 || ms[0].Name != "burst-of-denials" || ms[0].Action != MonitorFreezeAgent || ms[1].Action != MonitorAlert || ms[1].Webhook != "https://alerts.example/hook" || ms[0].Webhook != "" || ms[0].Source != "m.yaml" {
 		t.Fatalf("monitors: %+v", ms)
 	}
 	noon := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
@@ -72,6 +73,8 @@ func TestMonitorsRefused(t *testing.T) {
 		{"bad name", "  - name: 'Bad Name'\n    when: 'true'\n    action: alert\n", "monitors[0].name"},
 		{"duplicate", "  - name: x\n    when: 'true'\n    action: alert\n  - name: x\n    when: 'true'\n    action: alert\n", "already defined at m.yaml:8"},
 		{"missing when", "  - name: x\n    action: alert\n", "monitors[0].when: is required"},
+		{"webhook not a URL", "  - name: x\n    when: 'true'\n    action: alert\n    webhook: 'ftp://h/x'\n", "m.yaml:11: monitors[0].webhook: webhook must be an https"},
+		{"webhook with user", "  - name: x\n    when: 'true'\n    action: alert\n    webhook: 'https://u:p@h/x'\n", "must not carry user info"},
 		{"unknown key", "  - name: x\n    when: 'true'\n    action: alert\n    then: y\n", "monitors[0].then: unknown field"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
