@@ -7,11 +7,18 @@
 package monitor
 
 import (
+	"bytes"
 	"container/list"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -37,6 +44,8 @@ const (
 	maxTools = 256
 	// maxValue bounds a client-sent value (agent, tool) kept or audited.
 	maxValue = 128
+	// webhookTimeout bounds one webhook call.
+	webhookTimeout = 5 * time.Second
 	// actTimeout bounds one action (a freeze and its revocations), so a
 	// down dependency cannot stall the monitor for long.
 	actTimeout = 15 * time.Second
@@ -65,6 +74,12 @@ type Config struct {
 	// MaxAgents bounds the agents tracked (0: DefaultMaxAgents); past it
 	// the least recently seen is forgotten and counted.
 	MaxAgents int
+	// AlertHosts are the hosts (host or host:port, compared lower-case)
+	// whose webhooks rules may call. Empty: none is called.
+	AlertHosts []string
+	// Client calls the webhooks (default: one that follows no redirects);
+	// each call is bounded by webhookTimeout.
+	Client *http.Client
 	// Registerer, when set, receives the monitor's metrics.
 	Registerer prometheus.Registerer
 	Now        func() time.Time
@@ -129,6 +144,14 @@ func New(cfg Config) (*Monitor, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Client == nil {
+		cfg.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
+	hosts := make([]string, 0, len(cfg.AlertHosts))
+	for _, h := range cfg.AlertHosts {
+		hosts = append(hosts, strings.ToLower(strings.TrimSpace(h)))
+	}
+	cfg.AlertHosts = hosts
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -147,6 +170,26 @@ func New(cfg Config) (*Monitor, error) {
 		}
 	}
 	return m, nil
+}
+
+// CheckRules reports the rules whose webhook host is not on AlertHosts
+// (the names, for a clear refusal at start).
+func (m *Monitor) CheckRules(rules []*policy.Monitor) error {
+	var errs []error
+	for _, r := range rules {
+		if r.Webhook != "" && !m.allowed(r.Webhook) {
+			errs = append(errs, fmt.Errorf("monitor %s (%s): its webhook's host is not on monitor.alert_hosts", r.Name, r.Source))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Monitor) allowed(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	return slices.Contains(m.cfg.AlertHosts, strings.ToLower(u.Host)) || slices.Contains(m.cfg.AlertHosts, strings.ToLower(u.Hostname()))
 }
 
 // Record writes e through the configured auditor and, once it is written,
@@ -335,6 +378,9 @@ func (m *Monitor) trigger(ctx context.Context, r *policy.Monitor, k agentKey, ta
 		m.cfg.Logger.ErrorContext(ctx, "monitor trigger not audited", "rule", r.Name, "agent", printable(k.subject), "error", err)
 	}
 	log := m.cfg.Logger.With("rule", r.Name, "agent", printable(k.subject), "issuer", printable(k.issuer), "action", r.Action)
+	if r.Webhook != "" {
+		m.notify(actx, log, r, ev)
+	}
 	switch r.Action {
 	case policy.MonitorAlert:
 		log.WarnContext(ctx, "monitor rule fired")
@@ -352,6 +398,54 @@ func (m *Monitor) trigger(ctx context.Context, r *policy.Monitor, k agentKey, ta
 		}
 		log.WarnContext(ctx, "monitor rule fired: agent frozen")
 	}
+}
+
+// notify POSTs the trigger event to the rule's webhook when its host is
+// allowed. Only the host is ever logged: a webhook's path or query may
+// hold a secret.
+func (m *Monitor) notify(ctx context.Context, log *slog.Logger, r *policy.Monitor, ev broker.Event) {
+	u, _ := url.Parse(r.Webhook)
+	host := ""
+	if u != nil {
+		host = printable(u.Host)
+	}
+	if !m.allowed(r.Webhook) {
+		log.ErrorContext(ctx, "monitor webhook not called: its host is not on monitor.alert_hosts", "webhook_host", host)
+		return
+	}
+	body, err := json.Marshal(ev)
+	if err != nil {
+		log.ErrorContext(ctx, "monitor webhook not called: encoding the alert", "error", err)
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, webhookTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(wctx, http.MethodPost, r.Webhook, bytes.NewReader(body))
+	if err != nil {
+		log.ErrorContext(ctx, "monitor webhook not called", "webhook_host", host, "error", err)
+		return
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := m.cfg.Client.Do(req)
+	if err != nil {
+		log.ErrorContext(ctx, "monitor webhook failed", "webhook_host", host, "error", redact(err, r.Webhook))
+		return
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		log.ErrorContext(ctx, "monitor webhook refused the alert", "webhook_host", host, "status", resp.StatusCode)
+	}
+}
+
+// redact replaces the webhook URL in a client error with its host.
+func redact(err error, raw string) string {
+	msg := err.Error()
+	if u, perr := url.Parse(raw); perr == nil {
+		msg = strings.ReplaceAll(msg, raw, u.Scheme+"://"+u.Host+"/...")
+		msg = strings.ReplaceAll(msg, strconv.Quote(raw), u.Scheme+"://"+u.Host+"/...")
+	}
+	return printable(msg)
 }
 
 // printable bounds a client-sent value for logs and audit: at most

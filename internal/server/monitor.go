@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/incident"
@@ -17,13 +18,17 @@ type MonitorOptions struct {
 	// Buffer and MaxAgents bound the monitor (0: monitor's defaults).
 	Buffer    int
 	MaxAgents int
+	// AlertHosts are the hosts whose webhooks monitor rules may call; a
+	// rule naming another host refuses the start (and, once reloaded, is
+	// never called).
+	AlertHosts []string
 }
 
 // newMonitor wraps auditor in the monitor of o.Monitor.
 func (s *Server) newMonitor(auditor broker.Auditor) (*monitor.Monitor, error) {
 	o := s.o
 	cfg := monitor.Config{
-		Auditor: auditor, Controls: monitorControls{s}, Buffer: o.Monitor.Buffer, MaxAgents: o.Monitor.MaxAgents,
+		Auditor: auditor, Controls: monitorControls{s}, Buffer: o.Monitor.Buffer, MaxAgents: o.Monitor.MaxAgents, AlertHosts: o.Monitor.AlertHosts,
 		Rules: func() []*policy.Monitor {
 			if s.svc != nil {
 				return s.svc.Templates().Monitors() // the rules of the templates in force, reloads included
@@ -35,7 +40,14 @@ func (s *Server) newMonitor(auditor broker.Auditor) (*monitor.Monitor, error) {
 	if s.metrics != nil {
 		cfg.Registerer = registerer{s}
 	}
-	return monitor.New(cfg)
+	m, err := monitor.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.CheckRules(o.Templates.Monitors()); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	return m, nil
 }
 
 // monitorControls are the incident controls once the admin API is built.

@@ -170,3 +170,25 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestMonitorRefusesUnlistedWebhook: a monitor whose webhook host is not on
+// the allow-list refuses the start, naming the rule.
+func TestMonitorRefusesUnlistedWebhook(t *testing.T) {
+	clock := testkit.NewClock(time.Now())
+	o, _, _, _ := testOptions(t, clock)
+	var err error
+	if o.Templates, err = policy.Load([]policy.File{{Name: "t.yaml", Data: []byte(testTemplate + `
+monitors:
+  - {name: page-ops, when: 'agent.denials_per_minute > 5', action: alert, webhook: 'https://hooks.example/x'}
+`)}}, []string{"test"}); err != nil {
+		t.Fatal(err)
+	}
+	o.Monitor = &MonitorOptions{AlertHosts: []string{"other.example"}}
+	if _, err := New(t.Context(), o); err == nil || !strings.Contains(err.Error(), "monitor page-ops (t.yaml)") {
+		t.Fatalf("New = %v, want the rule named", err)
+	}
+	o.Monitor.AlertHosts = []string{"hooks.example"}
+	if _, err := New(t.Context(), o); err != nil {
+		t.Fatalf("allowed host: %v", err)
+	}
+}
