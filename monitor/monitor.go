@@ -93,7 +93,9 @@ type Monitor struct {
 	cfg     Config
 	ch      chan broker.Event
 	agents  map[agentKey]*list.Element
-	lru     *list.List // front: most recently seen *agent
+	lru     *list.List                 // front: most recently seen *agent
+	tasks   map[agentKey]*list.Element // the tasks' windows, keyed by {"", task id}
+	tlru    *list.List
 	dropped atomic.Uint64
 	evicted atomic.Uint64
 
@@ -120,6 +122,8 @@ type bucket struct {
 	counts [nCounters]uint32
 }
 
+// agent is the window of one agent's events (or one task's: then fired
+// stays empty).
 type agent struct {
 	key     agentKey
 	buckets [60]bucket
@@ -155,13 +159,14 @@ func New(cfg Config) (*Monitor, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Monitor{cfg: cfg, ch: make(chan broker.Event, cfg.Buffer), agents: map[agentKey]*list.Element{}, lru: list.New()}
+	m := &Monitor{cfg: cfg, ch: make(chan broker.Event, cfg.Buffer), agents: map[agentKey]*list.Element{}, lru: list.New(),
+		tasks: map[agentKey]*list.Element{}, tlru: list.New()}
 	m.triggers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "valet_monitor_triggers_total",
 		Help: "Monitor rules fired, by rule (the names come from the template files)."}, []string{"rule"})
 	m.drops = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "valet_monitor_events_dropped_total",
 		Help: "Audit events the monitor dropped because its buffer was full."}, func() float64 { return float64(m.dropped.Load()) })
 	m.evicts = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "valet_monitor_agents_evicted_total",
-		Help: "Agents the monitor forgot to stay within its bound on tracked agents."}, func() float64 { return float64(m.evicted.Load()) })
+		Help: "Agents and tasks the monitor forgot to stay within its bound on tracked agents (and tasks)."}, func() float64 { return float64(m.evicted.Load()) })
 	if r := cfg.Registerer; r != nil {
 		for _, c := range []prometheus.Collector{m.triggers, m.drops, m.evicts} {
 			if err := r.Register(c); err != nil {
@@ -257,25 +262,24 @@ func (m *Monitor) observe(ctx context.Context, e broker.Event) {
 		return
 	}
 	now := m.cfg.Now()
-	a := m.touch(agentKey{e.Issuer, subject})
-	sec := now.Unix()
-	b := &a.buckets[sec%int64(len(a.buckets))]
-	if b.sec != sec {
-		*b = bucket{sec: sec}
-	}
-	for _, c := range kinds[e.Type] {
-		b.counts[c]++
-	}
-	if e.Type == "tool.called" {
-		if tool, _ := e.Detail["tool"].(string); tool != "" && len(tool) <= maxValue {
-			a.seeTool(tool, now)
-		}
+	a := m.touch(m.agents, m.lru, agentKey{e.Issuer, subject})
+	a.count(e, now)
+	var task *agent
+	if e.TaskID != "" && len(e.TaskID) <= maxValue {
+		task = m.touch(m.tasks, m.tlru, agentKey{subject: e.TaskID})
+		task.count(e, now)
 	}
 	rules := m.cfg.Rules()
 	if len(rules) == 0 {
 		return
 	}
 	counters := a.counters(now)
+	var taskCounters map[string]int64
+	if task != nil {
+		taskCounters = task.counters(now)
+	} else {
+		taskCounters = (&agent{}).counters(now) // an event of no task: zeros
+	}
 	var vars map[string]any // built once for every rule, when one is due
 	for _, r := range rules {
 		if last, ok := a.fired[r.Name]; ok && now.Sub(last) < Window {
@@ -286,7 +290,11 @@ func (m *Monitor) observe(ctx context.Context, e broker.Event) {
 			for k, v := range counters {
 				agentVars[k] = v
 			}
-			vars = map[string]any{"agent": agentVars, "now": now}
+			taskVars := make(map[string]any, len(taskCounters))
+			for k, v := range taskCounters {
+				taskVars[k] = v
+			}
+			vars = map[string]any{"agent": agentVars, "task": taskVars, "now": now}
 		}
 		fires, err := r.When.Eval(vars)
 		if err != nil {
@@ -304,22 +312,40 @@ func (m *Monitor) observe(ctx context.Context, e broker.Event) {
 	}
 }
 
-// touch returns the agent's state, tracking it (and forgetting the least
-// recently seen past MaxAgents) when new.
-func (m *Monitor) touch(k agentKey) *agent {
-	if el, ok := m.agents[k]; ok {
-		m.lru.MoveToFront(el)
+// touch returns the window of k in index (most recently seen at the front
+// of lru), tracking it (and forgetting the least recently seen past
+// MaxAgents) when new.
+func (m *Monitor) touch(index map[agentKey]*list.Element, lru *list.List, k agentKey) *agent {
+	if el, ok := index[k]; ok {
+		lru.MoveToFront(el)
 		return el.Value.(*agent)
 	}
-	for m.lru.Len() >= m.cfg.MaxAgents {
-		old := m.lru.Back()
-		m.lru.Remove(old)
-		delete(m.agents, old.Value.(*agent).key)
+	for lru.Len() >= m.cfg.MaxAgents {
+		old := lru.Back()
+		lru.Remove(old)
+		delete(index, old.Value.(*agent).key)
 		m.evicted.Add(1)
 	}
 	a := &agent{key: k}
-	m.agents[k] = m.lru.PushFront(a)
+	index[k] = lru.PushFront(a)
 	return a
+}
+
+// count adds e to the window at now.
+func (a *agent) count(e broker.Event, now time.Time) {
+	sec := now.Unix()
+	b := &a.buckets[sec%int64(len(a.buckets))]
+	if b.sec != sec {
+		*b = bucket{sec: sec}
+	}
+	for _, c := range kinds[e.Type] {
+		b.counts[c]++
+	}
+	if e.Type == "tool.called" {
+		if tool, _ := e.Detail["tool"].(string); tool != "" && len(tool) <= maxValue {
+			a.seeTool(tool, now)
+		}
+	}
 }
 
 func (a *agent) seeTool(tool string, now time.Time) {

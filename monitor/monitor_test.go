@@ -254,3 +254,31 @@ func TestNewRejectsNil(t *testing.T) {
 		t.Error("nil rules accepted")
 	}
 }
+
+// TestTaskCounters: task counters count the events of one task alone; a
+// rule over them fires with that task's id; events of no task see zeros;
+// tasks are bounded as agents are.
+func TestTaskCounters(t *testing.T) {
+	m, tr, _, _ := newMonitor(t, Config{MaxAgents: 2, Rules: rules(t, `  - name: chatty-task
+    when: 'task.tool_calls_per_minute > 3'
+    action: alert
+`)})
+	call := func(task string) broker.Event {
+		return broker.Event{Type: "tool.called", Issuer: "test", TaskID: task, Detail: map[string]any{"agent": "a", "tool": "x"}}
+	}
+	for _, e := range []broker.Event{call("task_1"), call("task_1"), call("task_2"), call("task_2"), call(""), call("task_1")} {
+		m.observe(t.Context(), e)
+	}
+	if n := len(tr.ofType("monitor.triggered")); n != 0 {
+		t.Fatalf("fired with 3 calls per task (6 for the agent): %d", n)
+	}
+	m.observe(t.Context(), call("task_1"))
+	trig := tr.ofType("monitor.triggered")
+	if len(trig) != 1 || trig[0].TaskID != "task_1" || trig[0].Rule != "chatty-task" {
+		t.Fatalf("triggers = %+v", trig)
+	}
+	m.observe(t.Context(), call("task_3"))
+	if len(m.tasks) != 2 || m.Evicted() != 1 {
+		t.Fatalf("tracking %d tasks, evicted %d; want 2 and 1", len(m.tasks), m.Evicted())
+	}
+}

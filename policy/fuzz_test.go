@@ -75,7 +75,7 @@ func FuzzLoadTemplates(f *testing.F) {
 				(m.Webhook != "" && checkWebhook(m.Webhook) != "") {
 				t.Fatalf("monitor loaded with name %q, action %q, webhook %q", m.Name, m.Action, m.Webhook)
 			}
-			_, _ = m.Fires(map[string]int64{}, time.Unix(0, 0)) // bounded by the cost limit, never panics
+			_, _ = m.Fires(map[string]int64{}, map[string]int64{}, time.Unix(0, 0)) // bounded by the cost limit, never panics
 		}
 		if len(names) == 0 {
 			return

@@ -27,9 +27,9 @@ const (
 // audit event of an agent, and the rule names label a metric.
 const MaxMonitors = 64
 
-// MonitorCounters are the rolling per-agent counters a monitor rule reads
-// as fields of `agent`: each counts the agent's events over the last
-// minute.
+// MonitorCounters are the rolling counters a monitor rule reads as fields
+// of `agent` and `task`: each counts the agent's (or the event's task's)
+// events over the last minute.
 var MonitorCounters = []string{
 	"declarations_per_minute", "denials_per_minute", "tool_calls_per_minute", "distinct_tools_per_minute",
 	"action_requests_per_minute", "delegations_per_minute",
@@ -57,21 +57,25 @@ type Monitor struct {
 	Source string
 }
 
-// Fires evaluates the rule over an agent's counters (MonitorCounters to
-// their values) at now. An evaluation error is reported, and the rule does
-// not fire.
-func (m *Monitor) Fires(counters map[string]int64, now time.Time) (bool, error) {
-	agent := make(map[string]any, len(counters))
-	for k, v := range counters {
-		agent[k] = v
+// Fires evaluates the rule over an agent's counters and those of the task
+// the event was about (MonitorCounters to their values; all zero for an
+// event of no task) at now. An evaluation error is reported, and the rule
+// does not fire.
+func (m *Monitor) Fires(agent, task map[string]int64, now time.Time) (bool, error) {
+	vars := func(c map[string]int64) map[string]any {
+		out := make(map[string]any, len(c))
+		for k, v := range c {
+			out[k] = v
+		}
+		return out
 	}
-	return m.When.Eval(map[string]any{"agent": agent, "now": now})
+	return m.When.Eval(map[string]any{"agent": vars(agent), "task": vars(task), "now": now})
 }
 
 // monitorEnv is the environment of monitor rules: the agent's counters
-// (agent) and the time (now).
+// (agent), those of the event's task (task) and the time (now).
 var monitorEnv = sync.OnceValues(func() (celEnv, error) {
-	return newCELEnv([]celVar{{name: "agent", obj: countersType}, {name: "now", typ: cel.TimestampType}})
+	return newCELEnv([]celVar{{name: "agent", obj: countersType}, {name: "task", obj: countersType}, {name: "now", typ: cel.TimestampType}})
 })
 
 // Monitors are the set's monitor rules, in file order.

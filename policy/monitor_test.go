@@ -53,7 +53,7 @@ func TestMonitorsLoadAndFire(t *testing.T) {
 			for k, v := range tc.counters {
 				c[k] = v
 			}
-			got, err := tc.m.Fires(c, tc.now)
+			got, err := tc.m.Fires(c, c, tc.now)
 			if err != nil || got != tc.want {
 				t.Fatalf("Fires = %v, %v; want %v", got, err, tc.want)
 			}
