@@ -90,14 +90,18 @@ type Config struct {
 // Record is safe for concurrent use; Run is the one goroutine that counts
 // and evaluates.
 type Monitor struct {
-	cfg     Config
-	ch      chan broker.Event
-	agents  map[agentKey]*list.Element
-	lru     *list.List                 // front: most recently seen *agent
-	tasks   map[agentKey]*list.Element // the tasks' windows, keyed by {"", task id}
-	tlru    *list.List
-	dropped atomic.Uint64
-	evicted atomic.Uint64
+	cfg    Config
+	ch     chan broker.Event
+	agents map[agentKey]*list.Element
+	lru    *list.List                 // front: most recently seen *agent
+	tasks  map[agentKey]*list.Element // the tasks' windows, keyed by {"", task id}
+	tlru   *list.List
+	// evalErrs is when each rule's evaluation error was last logged: at
+	// most once a Window per rule (a division by a zero counter would
+	// otherwise log on every event).
+	evalErrs map[string]time.Time
+	dropped  atomic.Uint64
+	evicted  atomic.Uint64
 
 	triggers *prometheus.CounterVec
 	drops    prometheus.CounterFunc
@@ -160,7 +164,7 @@ func New(cfg Config) (*Monitor, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	m := &Monitor{cfg: cfg, ch: make(chan broker.Event, cfg.Buffer), agents: map[agentKey]*list.Element{}, lru: list.New(),
-		tasks: map[agentKey]*list.Element{}, tlru: list.New()}
+		tasks: map[agentKey]*list.Element{}, tlru: list.New(), evalErrs: map[string]time.Time{}}
 	m.triggers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "valet_monitor_triggers_total",
 		Help: "Monitor rules fired, by rule (the names come from the template files)."}, []string{"rule"})
 	m.drops = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "valet_monitor_events_dropped_total",
@@ -298,7 +302,13 @@ func (m *Monitor) observe(ctx context.Context, e broker.Event) {
 		}
 		fires, err := r.When.Eval(vars)
 		if err != nil {
-			m.cfg.Logger.WarnContext(ctx, "monitor rule failed to evaluate", "rule", r.Name, "error", err)
+			if last, ok := m.evalErrs[r.Name]; !ok || now.Sub(last) >= Window {
+				m.evalErrs[r.Name] = now
+				if len(m.evalErrs) > policy.MaxMonitors*4 { // rules renamed by reloads
+					clear(m.evalErrs)
+				}
+				m.cfg.Logger.WarnContext(ctx, "monitor rule failed to evaluate (logged once a minute per rule)", "rule", r.Name, "error", err)
+			}
 			continue
 		}
 		if !fires {

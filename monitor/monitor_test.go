@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -280,5 +281,24 @@ func TestTaskCounters(t *testing.T) {
 	m.observe(t.Context(), call("task_3"))
 	if len(m.tasks) != 2 || m.Evicted() != 1 {
 		t.Fatalf("tracking %d tasks, evicted %d; want 2 and 1", len(m.tasks), m.Evicted())
+	}
+}
+
+// TestEvalErrorLoggedOncePerWindow: a rule that fails to evaluate (a
+// division by a zero counter) does not fire and is logged once a minute,
+// not once an event.
+func TestEvalErrorLoggedOncePerWindow(t *testing.T) {
+	var logs strings.Builder
+	m, tr, _, clock := newMonitor(t, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil)), Rules: rules(t, `  - name: ratio
+    when: 'agent.denials_per_minute / agent.action_requests_per_minute > 1'
+    action: alert
+`)})
+	for range 10 {
+		m.observe(t.Context(), denied("a"))
+	}
+	clock.Advance(Window)
+	m.observe(t.Context(), denied("a"))
+	if n := strings.Count(logs.String(), "monitor rule failed to evaluate"); n != 2 || len(tr.ofType("monitor.triggered")) != 0 {
+		t.Fatalf("logged %d times, triggers %d; want 2 and 0:\n%s", n, len(tr.ofType("monitor.triggered")), logs.String())
 	}
 }
