@@ -40,6 +40,7 @@ func FuzzLoadTemplates(f *testing.F) {
 		"---\n---\n",
 		"templates:\n  - name: a\n    principals: [{issuer: dev}]\n    ttl: {default: 1m, max: 2m}\n    tools: [a]\n    audiences: [x]\n    vault: {token_role: r, policies: [p, ROOT], num_uses: 3, database_role: d, wrap_ttl: 1m}\n",
 		"\xff\xfe",
+		"templates: []\nmonitors:\n  - {name: m, when: 'agent.denials_per_minute > 5 || now.getHours() < 6', action: freeze_agent}\n  - {name: n, when: 'agent.nope', action: alert}\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -68,6 +69,13 @@ func FuzzLoadTemplates(f *testing.F) {
 			// Evaluation is bounded by the CEL cost limit and never panics.
 			_, _ = tmpl.AdmitsPrincipal(admit)
 			_, _ = check(tmpl, admit, decl, tmpl.DefaultTTL, time.Unix(0, 0))
+		}
+		for _, m := range set.Monitors() {
+			if !monitorNameRE.MatchString(m.Name) || (m.Action != MonitorFreezeAgent && m.Action != MonitorAlert) ||
+				(m.Webhook != "" && checkWebhook(m.Webhook) != "") {
+				t.Fatalf("monitor loaded with name %q, action %q, webhook %q", m.Name, m.Action, m.Webhook)
+			}
+			_, _ = m.Fires(map[string]int64{}, map[string]int64{}, time.Unix(0, 0)) // bounded by the cost limit, never panics
 		}
 		if len(names) == 0 {
 			return

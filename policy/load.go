@@ -165,6 +165,8 @@ func Load(files []File, knownIssuers []string) (*Set, error) {
 		requestEnv: envs.request,
 		names:      map[string]site{},
 		byName:     map[string]*Template{},
+
+		monitorNames: map[string]site{},
 	}
 	if knownIssuers != nil {
 		l.issuers = map[string]bool{}
@@ -178,7 +180,7 @@ func Load(files []File, knownIssuers []string) (*Set, error) {
 	if len(l.problems) > 0 {
 		return nil, &Errors{Problems: l.problems}
 	}
-	return &Set{byName: l.byName}, nil
+	return &Set{byName: l.byName, monitors: l.monitors}, nil
 }
 
 // templateCELEnvs builds the CEL environments of templates once: they are
@@ -214,6 +216,9 @@ type templateLoader struct {
 	names    map[string]site // every valid template name seen, for duplicates
 	byName   map[string]*Template
 	problems []Problem
+
+	monitorNames map[string]site // every valid monitor name seen
+	monitors     []*Monitor
 }
 
 // report records a problem at n (nil: no line) in the current file and
@@ -482,6 +487,7 @@ var fileFields = []field[*struct{}]{
 			l.decodeTemplate(item, indexPath(path, i))
 		}
 	}},
+	{key: "monitors", decode: decodeMonitors},
 }
 
 // decodeTemplate decodes, validates and compiles one template and adds it

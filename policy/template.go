@@ -78,7 +78,8 @@ func cutWildcard(pat string) (string, bool) {
 
 // Set is an immutable, loaded and compiled set of templates.
 type Set struct {
-	byName map[string]*Template
+	byName   map[string]*Template
+	monitors []*Monitor // the behaviour rules of package monitor
 }
 
 // Get returns the template called name.

@@ -49,6 +49,9 @@ type Config struct {
 	// The agent inventory (config_inventory.go).
 	Inventory InventoryConfig `yaml:"inventory"`
 
+	// Continuous monitoring's bounds (config_monitor.go).
+	Monitor MonitorConfig `yaml:"monitor"`
+
 	// dir is the config file's folder; relative paths resolve against it.
 	dir string
 }
@@ -304,7 +307,7 @@ func readConfig(path string, getenv func(string) string) (*Config, []error) {
 	}
 	c.defaults()
 	c.vaultDefaults()
-	for _, err := range []error{c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...), c.Inventory.validate(), errors.Join(c.validateSSF(getenv)...)} {
+	for _, err := range []error{c.validate(), c.validateVault(getenv), errors.Join(c.validateFeedMetrics(getenv)...), c.Inventory.validate(), errors.Join(c.validateSSF(getenv)...), c.Monitor.validate()} {
 		if err != nil {
 			errs = append(errs, err)
 		}

@@ -108,6 +108,7 @@ func cmdDev(ctx context.Context, e env, args []string) error {
 		Feed: memLedger.Feed(), DevIdP: idp.Handler(), ReapInterval: time.Second, Logger: log,
 		OAuth:     &server.OAuthOptions{},
 		Inventory: &server.InventoryOptions{Store: revocation.NewMemoryInventory(time.Now, 0)},
+		Monitor:   &server.MonitorOptions{},
 	}
 	opts.StepUp.Actions = tokens
 	ledgerName := "in-memory (lost on exit)"

@@ -156,6 +156,7 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 		EventRetention: time.Duration(cfg.Redis.Retention), Ready: []func(context.Context) error{verifier.Ready}, MaxBodyBytes: cfg.Limits.MaxBodyBytes,
 		RequestTimeout: time.Duration(cfg.Limits.RequestTimeout), ReapInterval: time.Duration(cfg.Reaper.Interval), Logger: log,
 		OAuth: oauthOpts, Inventory: &server.InventoryOptions{Store: agents, Labels: labels},
+		Monitor: &server.MonitorOptions{Buffer: cfg.Monitor.Buffer, MaxAgents: cfg.Monitor.MaxAgents, AlertHosts: cfg.Monitor.AlertHosts},
 	}
 	if opts.SSF, err = cfg.ssfOptions(redisClient, e.getenv); err != nil {
 		return err

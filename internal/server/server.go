@@ -23,6 +23,7 @@ import (
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/inventory"
 	"github.com/valet-dev/valet/metrics"
+	"github.com/valet-dev/valet/monitor"
 	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/policy"
@@ -136,6 +137,8 @@ type Options struct {
 	OAuth *OAuthOptions
 	// SSF, when set, speaks OpenID Shared Signals (ssf.go).
 	SSF *SSFOptions
+	// Monitor, when set, runs the templates' monitor rules (monitor.go).
+	Monitor *MonitorOptions
 	// Ready are the checks, beyond the ledger, of /readyz.
 	Ready []func(context.Context) error
 	// DevIdP, when set, is mounted at /dev (`valet dev` only).
@@ -241,6 +244,7 @@ type Server struct {
 	hub     *fanout.Hub
 	sights  *inventory.Recorder
 	ssf     *ssf.Transmitter
+	monitor *monitor.Monitor
 	handler http.Handler
 	log     *slog.Logger
 	// The background repair loops (package reconcile); retrier is nil
@@ -278,6 +282,13 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		s.metrics = s.newMetrics()
 		auditor = s.metrics.Auditor(auditor)
 		reaperLag = s.metrics.ReaperLag()
+	}
+	if o.Monitor != nil {
+		m, err := s.newMonitor(auditor)
+		if err != nil {
+			return nil, err
+		}
+		s.monitor, auditor = m, m
 	}
 	cfg := broker.Config{
 		Identity: o.Identity, Tokens: o.Tokens, Issuers: o.Issuers, Ledger: o.Ledger, Auditor: auditor, Templates: o.Templates,
@@ -542,6 +553,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	}
 	if s.sights != nil {
 		go s.sights.Run(ctx)
+	}
+	if s.monitor != nil {
+		go s.monitor.Run(ctx)
 	}
 	if o.RetryInterval > 0 && s.retrier != nil {
 		go s.retrier.Run(ctx, o.RetryInterval)
