@@ -95,7 +95,20 @@ func (w *vaultWorld) broker(opts ...func(*envOptions)) *env {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return newEnv(t, o)
+	e := newEnv(t, o)
+	w.syncClock()
+	return e
+}
+
+// syncClock moves the broker's clock forward to the real time when it fell
+// behind (a loaded machine takes seconds to start a broker): Vault counts
+// expiries on the real clock, and a lagging broker clock would read as a
+// token outliving its task by the lag. It never moves the clock back, so a
+// test's Advance holds.
+func (w *vaultWorld) syncClock() {
+	if now := time.Now(); w.clock.Now().Before(now) {
+		w.clock.Set(now)
+	}
 }
 
 // dbTask is what a declaration of the db template hands back.
@@ -108,6 +121,7 @@ type dbTask struct {
 }
 
 func (w *vaultWorld) declareDB(e *env, ttl int) dbTask {
+	w.syncClock()
 	w.t.Helper()
 	r := e.declare(e.identity("agent-7"), `{"template":"db","intent":"look up order 4521","tools":["db.query"],"ttl_seconds":`+itoa(ttl)+`}`)
 	if r.Status != http.StatusCreated {

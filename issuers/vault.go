@@ -30,6 +30,10 @@ const (
 	MetaAgent    = "agent"
 	MetaTemplate = "template"
 	MetaIssuer   = "issuer"
+	// MetaLoginTag is the tag in the token's display name that tells its
+	// database logins from those of the task's other tokens (a renewed
+	// task holds two): see TokenLoginPrefix.
+	MetaLoginTag = "valet_login_tag"
 )
 
 // VaultConfig configures the Vault issuer.
@@ -125,6 +129,10 @@ func (v *Vault) Mint(ctx context.Context, task broker.Task, p broker.Principal, 
 		return nil, fmt.Errorf("minting vault token for task %s: less than a second of the task is left", task.ID)
 	}
 	no := false
+	tag, err := newLoginTag()
+	if err != nil {
+		return nil, fmt.Errorf("minting vault token for task %s: %w", task.ID, err)
+	}
 	ctx1, cancel := context.WithTimeout(ctx, v.timeout)
 	sec, err := v.client.Auth().Token().CreateWithRoleWithContext(ctx1, &api.TokenCreateRequest{
 		Policies:       spec.Policies,
@@ -132,10 +140,10 @@ func (v *Vault) Mint(ctx context.Context, task broker.Task, p broker.Principal, 
 		ExplicitMaxTTL: secs(ttl),
 		Renewable:      &no,
 		NumUses:        spec.NumUses,
-		DisplayName:    "valet-" + task.ID,
+		DisplayName:    "valet-" + task.ID + "-" + tag,
 		Metadata: map[string]string{
 			MetaTaskID: metaValue(task.ID), MetaAgent: metaValue(task.Agent), MetaTemplate: metaValue(task.Template),
-			MetaIssuer: metaValue(task.Issuer),
+			MetaIssuer: metaValue(task.Issuer), MetaLoginTag: tag,
 		},
 	}, spec.TokenRole)
 	cancel()
@@ -188,9 +196,9 @@ func (v *Vault) Mint(ctx context.Context, task broker.Task, p broker.Principal, 
 		}
 		username, _ := ds.Data["username"].(string)
 		password, _ := ds.Data["password"].(string)
-		if v.logins != nil && !strings.HasPrefix(username, TaskLoginPrefix(task.ID)) {
+		if prefix := TokenLoginPrefix(task.ID, tag); v.logins != nil && !strings.HasPrefix(username, prefix) {
 			return fail(fmt.Errorf("database role %s made username %q, which does not begin with %q: set its username_template as in deploy/vault, or the database check cannot find it",
-				spec.DatabaseRole, username, TaskLoginPrefix(task.ID)))
+				spec.DatabaseRole, username, prefix))
 		}
 		exp := now.Add(time.Duration(ds.LeaseDuration) * time.Second)
 		if exp.After(tokCred.ExpiresAt) {
@@ -298,40 +306,50 @@ func (v *Vault) Revoke(ctx context.Context, c broker.Credential) error {
 }
 
 func (v *Vault) revokeToken(ctx context.Context, c broker.Credential) error {
-	if err := v.revokeTokenInVault(ctx, c); err != nil {
+	prefix, err := v.revokeTokenInVault(ctx, c)
+	if err != nil {
 		return err
 	}
 	if v.logins != nil {
-		return v.confirmLoginsGone(ctx, c.TaskID)
+		return v.confirmLoginsGone(ctx, c.TaskID, prefix)
 	}
 	return nil
 }
 
-func (v *Vault) revokeTokenInVault(ctx context.Context, c broker.Credential) error {
+// revokeTokenInVault revokes the token and answers the prefix of the
+// database logins made with it, from the tag in its metadata; a token
+// already gone (its metadata with it) or minted before tags existed
+// answers the whole task's prefix, which waits for the task's other tokens
+// too: such a revocation is confirmed, or retried, once they are dead.
+func (v *Vault) revokeTokenInVault(ctx context.Context, c broker.Credential) (string, error) {
 	tokens := v.client.Auth().Token()
 	info, err := tokens.LookupAccessorWithContext(ctx, c.ID)
 	if isGone(err) {
-		return nil
+		return TaskLoginPrefix(c.TaskID), nil
 	}
 	if err != nil {
-		return classify("looking up vault token "+c.ID+" before revoking it", err)
+		return "", classify("looking up vault token "+c.ID+" before revoking it", err)
 	}
+	prefix := TaskLoginPrefix(c.TaskID)
 	if info != nil {
 		meta, _ := info.Data["meta"].(map[string]any)
 		if got, _ := meta[MetaTaskID].(string); got == "" || got != c.TaskID {
-			return fmt.Errorf("refusing to revoke vault token %s: it is not a task token of task %s", c.ID, c.TaskID)
+			return "", fmt.Errorf("refusing to revoke vault token %s: it is not a task token of task %s", c.ID, c.TaskID)
+		}
+		if tag, _ := meta[MetaLoginTag].(string); tag != "" {
+			prefix = TokenLoginPrefix(c.TaskID, tag)
 		}
 	}
 	if err := tokens.RevokeAccessorWithContext(ctx, c.ID); err != nil && !isGone(err) {
-		return classify("revoking vault token "+c.ID, err)
+		return "", classify("revoking vault token "+c.ID, err)
 	}
 	if _, err := tokens.LookupAccessorWithContext(ctx, c.ID); !isGone(err) {
 		if err != nil {
-			return classify("checking vault token "+c.ID+" is gone", err)
+			return "", classify("checking vault token "+c.ID+" is gone", err)
 		}
-		return fmt.Errorf("vault token %s still live after its revocation", c.ID)
+		return "", fmt.Errorf("vault token %s still live after its revocation", c.ID)
 	}
-	return nil
+	return prefix, nil
 }
 
 func (v *Vault) revokeLease(ctx context.Context, c broker.Credential) error {

@@ -2,6 +2,7 @@ package issuers
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -16,9 +17,10 @@ import (
 // to run its revocation statements). Implementations must be safe for
 // concurrent use.
 type DatabaseLogins interface {
-	// Live lists the task's logins that can still act: roles that may
-	// still log in, or that still have a session open.
-	Live(ctx context.Context, taskID string) ([]string, error)
+	// Live lists the task's logins whose names begin with prefix
+	// (TokenLoginPrefix or TaskLoginPrefix) that can still act: roles that
+	// may still log in, or that still have a session open.
+	Live(ctx context.Context, taskID, prefix string) ([]string, error)
 }
 
 // TaskLoginPrefix is how every database username made with a task's token
@@ -34,6 +36,30 @@ func TaskLoginPrefix(taskID string) string {
 		}
 	}
 	return "v-" + string(name) + "-"
+}
+
+// newLoginTag draws the tag a task token carries in its display name (and
+// in its metadata, MetaLoginTag): 5 random characters of [a-z0-9]. With it,
+// "token-valet-", a 30-character task id, '-' and the tag fill the 48
+// characters the username template keeps of a display name.
+func newLoginTag() (string, error) {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 5)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b), nil
+}
+
+// TokenLoginPrefix is how every database username made with one task token
+// begins: TaskLoginPrefix, the token's tag and '-'. The tag holds no '-' and
+// Vault's random part of a username holds none either, so one token's
+// prefix never matches another token's logins.
+func TokenLoginPrefix(taskID, tag string) string {
+	return TaskLoginPrefix(taskID) + tag + "-"
 }
 
 // PostgresLogins implements DatabaseLogins for PostgreSQL. Any login role
@@ -56,7 +82,10 @@ func NewPostgresLogins(url string) (*PostgresLogins, error) {
 }
 
 // Live implements DatabaseLogins.
-func (p *PostgresLogins) Live(ctx context.Context, taskID string) ([]string, error) {
+func (p *PostgresLogins) Live(ctx context.Context, taskID, prefix string) ([]string, error) {
+	if !strings.HasPrefix(prefix, TaskLoginPrefix(taskID)) {
+		return nil, fmt.Errorf("checking task %s's database logins: prefix %q is not the task's", taskID, prefix)
+	}
 	conn, err := pgx.Connect(ctx, p.url)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the database to check task %s's logins: %w", taskID, err)
@@ -66,7 +95,7 @@ func (p *PostgresLogins) Live(ctx context.Context, taskID string) ([]string, err
 		WHERE starts_with(r.rolname, $1)
 		  AND ((r.rolcanlogin AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now()))
 		       OR EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usesysid = r.oid))
-		ORDER BY r.rolname`, TaskLoginPrefix(taskID))
+		ORDER BY r.rolname`, prefix)
 	if err != nil {
 		return nil, fmt.Errorf("checking task %s's database logins: %w", taskID, err)
 	}
@@ -78,11 +107,11 @@ func (p *PostgresLogins) Live(ctx context.Context, taskID string) ([]string, err
 }
 
 // confirmLoginsGone waits, until ctx ends, for the database to hold no
-// live login of the task: Vault revokes a token's other leases in the
+// live login under prefix (one token's, or the whole task's): Vault revokes a token's other leases in the
 // background, so they may take a moment.
-func (v *Vault) confirmLoginsGone(ctx context.Context, taskID string) error {
+func (v *Vault) confirmLoginsGone(ctx context.Context, taskID, prefix string) error {
 	for {
-		live, err := v.logins.Live(ctx, taskID)
+		live, err := v.logins.Live(ctx, taskID, prefix)
 		if err == nil && len(live) == 0 {
 			return nil
 		}

@@ -40,14 +40,17 @@ Usage:
   valet version                                 print the version and commit
 
 Incident response (admin API; --server URL or VALET_SERVER, --token or VALET_ADMIN_TOKEN, -o table|json):
-  valet revoke [--agent A] [--issuer I] [--template T] [--tool T] [--task ID] [--since 2h] [--dry-run]
+  valet revoke [--agent A] [--issuer I] [--template T] [--tool T] [--task ID] [--label k=v] [--since 2h] [--dry-run]
   valet freeze agent|template|issuer NAME [--issuer I] [--revoke] [--reason R]
+  valet freeze --label k=v [--dry-run] [--revoke] [--reason R]
   valet unfreeze agent|template|issuer NAME [--issuer I]
   valet controls ls
   valet tasks ls [--agent A] [--issuer I] [--state S] [--template T] [--limit N] [--cursor C]
   valet tasks show ID
   valet tasks timeline ID
   valet tasks rollback ID [--dry-run] [--continue] [--yes]
+  valet agents ls [--issuer I] [--label k=v] [--template T] [--since 24h] [--sort KEY] [--limit N] [--cursor C]
+  valet agents show ID
 
 Every command takes --help. Flags may come before or after arguments.
 Environment: VALET_ADDR, VALET_REDIS_URL and the others listed in the README.

@@ -1,0 +1,4 @@
+package issuers
+
+// NewLoginTag exposes newLoginTag to the external tests.
+var NewLoginTag = newLoginTag
