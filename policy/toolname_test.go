@@ -1,7 +1,7 @@
 package policy
 
 import (
-	"strings"
+	"github.com/valet-dev/valet/internal/testkit"
 	"testing"
 )
 
@@ -11,31 +11,12 @@ import (
 // exchanges, action requests and event reports only checked length and
 // UTF-8, so "kb.*" (a literal granted by the template pattern kb.*),
 // "kb..x", names with spaces, controls or zero-width characters passed.
-var hostileToolNames = []struct{ name, tool string }{
-	{"star", "kb.*"},
-	{"bare star", "*"},
-	{"dot dot", "kb..search"},
-	{"path climb", "kb/../admin"},
-	{"space", "kb search"},
-	{"leading space", " kb.search"},
-	{"tab", "kb.search\t"},
-	{"newline", "kb.search\nforged line"},
-	{"ANSI escape", "kb.\x1b[31msearch"},
-	{"NUL", "kb.search\x00"},
-	{"zero-width space", "kb.se\u200barch"},
-	{"zero-width joiner", "kb.search\u200d"},
-	{"BOM", "\ufeffkb.search"},
-	{"Cyrillic look-alike", "kb.sеarch"},
-	{"full-width", "ｋｂ.search"},
-	{"leading dot", ".kb"},
-	{"leading dash", "-kb"},
-	{"too long", strings.Repeat("a", 129)},
-}
+var hostileToolNames = testkit.HostileToolNames
 
 func TestValidToolName(t *testing.T) {
 	for _, tc := range hostileToolNames {
-		if ValidToolName(tc.tool) {
-			t.Errorf("%s: ValidToolName(%q) = true", tc.name, tc.tool)
+		if ValidToolName(tc.Tool) {
+			t.Errorf("%s: ValidToolName(%q) = true", tc.Name, tc.Tool)
 		}
 	}
 	for _, ok := range []string{"kb.search", "tickets.read", "github:repo/issues.write", "a_b-c", "x"} {
@@ -51,8 +32,8 @@ func TestValidToolName(t *testing.T) {
 func TestAllowsToolRefusesInvalidNames(t *testing.T) {
 	tmpl := &Template{Tools: []string{"kb.*", "tickets.read"}}
 	for _, tc := range hostileToolNames {
-		if tmpl.AllowsTool(tc.tool) {
-			t.Errorf("%s: AllowsTool(%q) = true", tc.name, tc.tool)
+		if tmpl.AllowsTool(tc.Tool) {
+			t.Errorf("%s: AllowsTool(%q) = true", tc.Name, tc.Tool)
 		}
 	}
 	if !tmpl.AllowsTool("kb.search") || !tmpl.AllowsTool("tickets.read") {

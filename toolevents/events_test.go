@@ -2,7 +2,7 @@ package toolevents
 
 import (
 	"errors"
-	"strings"
+	"github.com/valet-dev/valet/internal/testkit"
 	"testing"
 
 	"github.com/valet-dev/valet/broker"
@@ -13,28 +13,9 @@ import (
 // low: reports used to check only length and UTF-8). The names are those
 // of broker's TestClientToolNamesFollowTheTemplateGrammar.
 func TestEventReportRefusesInvalidToolNames(t *testing.T) {
-	for _, tc := range []struct{ name, tool string }{
-		{"star", "kb.*"},
-		{"bare star", "*"},
-		{"dot dot", "kb..search"},
-		{"path climb", "kb/../admin"},
-		{"space", "kb search"},
-		{"leading space", " kb.search"},
-		{"tab", "kb.search\t"},
-		{"newline", "kb.search\nforged line"},
-		{"ANSI escape", "kb.\x1b[31msearch"},
-		{"NUL", "kb.search\x00"},
-		{"zero-width space", "kb.se\u200barch"},
-		{"zero-width joiner", "kb.search\u200d"},
-		{"BOM", "\ufeffkb.search"},
-		{"Cyrillic look-alike", "kb.sеarch"},
-		{"full-width", "ｋｂ.search"},
-		{"leading dot", ".kb"},
-		{"leading dash", "-kb"},
-		{"too long", strings.Repeat("a", 129)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := EventReport{Tool: tc.tool, Outcome: "ok"}.validate()
+	for _, tc := range testkit.HostileToolNames {
+		t.Run(tc.Name, func(t *testing.T) {
+			err := EventReport{Tool: tc.Tool, Outcome: "ok"}.validate()
 			var e *broker.Error
 			if !errors.As(err, &e) || e.Code != broker.CodeInvalid || e.Field != "tool" {
 				t.Fatalf("err = %#v, want a 400 naming tool", err)

@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/json"
 	"errors"
+	"github.com/valet-dev/valet/internal/testkit"
 	"strings"
 	"testing"
 
@@ -18,26 +19,7 @@ import (
 // toolevents) only checked length and UTF-8, so "kb.*" (a literal granted
 // by the template pattern kb.*), "kb..x", names with spaces, controls or
 // zero-width characters passed.
-var hostileToolNames = []struct{ name, tool string }{
-	{"star", "kb.*"},
-	{"bare star", "*"},
-	{"dot dot", "kb..search"},
-	{"path climb", "kb/../admin"},
-	{"space", "kb search"},
-	{"leading space", " kb.search"},
-	{"tab", "kb.search\t"},
-	{"newline", "kb.search\nforged line"},
-	{"ANSI escape", "kb.\x1b[31msearch"},
-	{"NUL", "kb.search\x00"},
-	{"zero-width space", "kb.se\u200barch"},
-	{"zero-width joiner", "kb.search\u200d"},
-	{"BOM", "\ufeffkb.search"},
-	{"Cyrillic look-alike", "kb.sеarch"},
-	{"full-width", "ｋｂ.search"},
-	{"leading dot", ".kb"},
-	{"leading dash", "-kb"},
-	{"too long", strings.Repeat("a", 129)},
-}
+var hostileToolNames = testkit.HostileToolNames
 
 func wantToolField(t *testing.T, err error, field string) {
 	t.Helper()
@@ -52,12 +34,12 @@ func wantToolField(t *testing.T, err error, field string) {
 
 func TestClientToolNamesFollowTheTemplateGrammar(t *testing.T) {
 	for _, tc := range hostileToolNames {
-		t.Run(tc.name, func(t *testing.T) {
-			if policy.ValidToolName(tc.tool) {
-				t.Fatalf("policy.ValidToolName(%q) = true", tc.tool)
+		t.Run(tc.Name, func(t *testing.T) {
+			if policy.ValidToolName(tc.Tool) {
+				t.Fatalf("policy.ValidToolName(%q) = true", tc.Tool)
 			}
 			t.Run("declaration", func(t *testing.T) {
-				body, _ := json.Marshal(map[string]any{"template": "t", "intent": "do it", "tools": []string{"kb.search", "x", "y", tc.tool}})
+				body, _ := json.Marshal(map[string]any{"template": "t", "intent": "do it", "tools": []string{"kb.search", "x", "y", tc.Tool}})
 				_, err := DecodeDeclaration(strings.NewReader(string(body)))
 				wantToolField(t, err, "tools[3]")
 			})
