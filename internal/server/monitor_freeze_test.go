@@ -123,14 +123,21 @@ func (h *freezeHarness) call(method, path, token, body string) (int, []byte, err
 	return resp.StatusCode, b, err
 }
 
-// declare declares an ops task for agent sub with one tool and returns the
-// status, the task id and its task token (empty unless granted).
-func (h *freezeHarness) declare(tb testing.TB, sub, tool string) (code int, id, token string, err error) {
+// declared is the answer to a declaration: the status, and the task id and
+// task token when granted, else the error body.
+type declared struct {
+	code      int
+	id, token string
+	body      []byte
+}
+
+// declare declares an ops task for agent sub with one tool.
+func (h *freezeHarness) declare(tb testing.TB, sub, tool string) (declared, error) {
 	// The identity verifier runs on the test's frozen clock.
 	tok := h.idp.Token(tb, map[string]any{"sub": sub}, oidctest.WithNow(h.clock.Now()))
 	code, body, err := h.call("POST", "/v1/tasks", tok, `{"template":"ops","intent":"work ticket 1","tools":["`+tool+`"],"ttl_seconds":60}`)
 	if err != nil || code != http.StatusCreated {
-		return code, "", "", err
+		return declared{code: code, body: body}, err
 	}
 	var r struct {
 		Task        struct{ ID string }
@@ -139,19 +146,20 @@ func (h *freezeHarness) declare(tb testing.TB, sub, tool string) (code int, id, 
 		}
 	}
 	if err := json.Unmarshal(body, &r); err != nil || len(r.Credentials) == 0 || r.Credentials[0].AccessToken == "" {
-		return code, "", "", fmt.Errorf("declaration answer without a task token: %v", err)
+		return declared{code: code}, fmt.Errorf("declaration answer without a task token: %v", err)
 	}
-	return code, r.Task.ID, r.Credentials[0].AccessToken, nil
+	return declared{code: code, id: r.Task.ID, token: r.Credentials[0].AccessToken}, nil
 }
 
 // useTool declares a task for tool and reports one call of it with the task
 // token, as the agent does; the report's answer is the event the monitor
 // counts as a distinct tool.
 func (h *freezeHarness) useTool(tb testing.TB, sub, tool string) (id, token string, err error) {
-	code, id, token, err := h.declare(tb, sub, tool)
-	if err != nil || code != http.StatusCreated {
-		return "", "", fmt.Errorf("declaring %s for %s: %d %v", tool, sub, code, err)
+	d, err := h.declare(tb, sub, tool)
+	if err != nil || d.code != http.StatusCreated {
+		return "", "", fmt.Errorf("declaring %s for %s: %d %s %v", tool, sub, d.code, d.body, err)
 	}
+	id, token = d.id, d.token
 	code, body, err := h.call("POST", "/v1/tasks/"+id+"/events", token, `{"tool":"`+tool+`","outcome":"ok"}`)
 	if err != nil || code != http.StatusCreated {
 		return "", "", fmt.Errorf("reporting %s for %s: %d %s %v", tool, sub, code, body, err)
@@ -169,8 +177,8 @@ func (h *freezeHarness) misbehave(tb testing.TB, sub string, limit time.Duration
 		return 0, err
 	}
 	for i := range 3 {
-		if code, _, _, err := h.declare(tb, sub, "tickets.delete"); err != nil || code != http.StatusForbidden {
-			return 0, fmt.Errorf("denied declaration %d of %s: %d %v", i, sub, code, err)
+		if d, err := h.declare(tb, sub, "tickets.delete"); err != nil || d.code != http.StatusForbidden {
+			return 0, fmt.Errorf("denied declaration %d of %s: %d %s %v", i, sub, d.code, d.body, err)
 		}
 	}
 	if _, _, err := h.useTool(tb, sub, "tickets.export"); err != nil {
@@ -178,15 +186,15 @@ func (h *freezeHarness) misbehave(tb testing.TB, sub string, limit time.Duration
 	}
 	trigger := time.Now()
 	for {
-		code, _, _, err := h.declare(tb, sub, "tickets.read")
+		d, err := h.declare(tb, sub, "tickets.read")
 		if err != nil {
 			return 0, err
 		}
-		if code == http.StatusForbidden {
+		if d.code == http.StatusForbidden && strings.Contains(string(d.body), "agent "+sub+" is frozen") {
 			return time.Since(trigger), nil
 		}
-		if code != http.StatusCreated {
-			return 0, fmt.Errorf("valid declaration of %s: %d, want 201 or 403", sub, code)
+		if d.code != http.StatusCreated {
+			return 0, fmt.Errorf("valid declaration of %s: %d %s, want 201 or 403 frozen", sub, d.code, d.body)
 		}
 		if time.Since(trigger) > limit {
 			return 0, fmt.Errorf("%s not frozen %s after the triggering event", sub, limit)
