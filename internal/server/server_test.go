@@ -30,7 +30,7 @@ templates:
 
 // testOptions are the options of a small broker on the memory ledger, on a
 // listener of its own.
-func testOptions(t *testing.T, clock *testkit.Clock) (Options, net.Listener, *oidctest.Issuer, *revocation.MemoryLedger) {
+func testOptions(t testing.TB, clock *testkit.Clock) (Options, net.Listener, *oidctest.Issuer, *revocation.MemoryLedger) {
 	t.Helper()
 	idp := oidctest.New(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
