@@ -15,9 +15,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
-	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
@@ -57,36 +55,14 @@ func startFreezeHarness(tb testing.TB) *freezeHarness {
 	clock := testkit.NewClock(time.Now())
 	o, ln, idp, _ := testOptions(tb, clock)
 	o.Now = time.Now
-	srv := redistest.Start(tb)
-	rc, err := revocation.NewClient(srv.URL())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { rc.Close() })
-	ledger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{Retention: time.Hour})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	controls, err := revocation.NewControls(rc, "valet", time.Hour)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	trail, err := audit.NewRedisWriter(rc, audit.RedisWriterOptions{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	admins := oidctest.New(tb)
-	adminID, err := identity.New(context.Background(), []identity.IssuerConfig{{Name: "admins", IssuerURL: admins.URL(), Audiences: []string{"valet-admin"}}},
-		identity.Options{SelfIssuer: o.PublicURL})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	r := withRedis(tb, &o, time.Hour)
+	ledger, controls, trail := r.ledger, r.controls, r.trail
+	var err error
 	if o.Templates, err = policy.Load([]policy.File{{Name: "t.yaml", Data: []byte(testTemplate + freezeRules)}}, []string{"test"}); err != nil {
 		tb.Fatal(err)
 	}
-	o.Ledger, o.Epochs, o.Controls, o.Feed, o.Agent.Limiter, o.Records = ledger, ledger, controls, ledger.Feed(), ledger, ledger
+	o.Records = ledger
 	o.Auditors = []broker.Auditor{audit.NewLog(trail)}
-	o.Admin = &AdminOptions{Identity: adminID, Roles: map[string]string{"admin": "true"}, Jobs: ledger, Timeline: trail, AgentIssuers: []string{"test"}}
 	o.Monitor = &MonitorOptions{}
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := New(ctx, o)

@@ -13,12 +13,8 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/identity"
-	"github.com/valet-dev/valet/internal/oidctest"
-	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/policy"
-	"github.com/valet-dev/valet/revocation"
 )
 
 const monitorRules = `
@@ -41,37 +37,14 @@ func TestMonitorFreezesThroughTheServer(t *testing.T) {
 	clock := testkit.NewClock(time.Now())
 	o, ln, idp, _ := testOptions(t, clock)
 	o.Now = time.Now
-	srv := redistest.Start(t)
-	rc, err := revocation.NewClient(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rc.Close() })
-	ledger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{Retention: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	controls, err := revocation.NewControls(rc, "valet", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trail, err := audit.NewRedisWriter(rc, audit.RedisWriterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	admins := oidctest.New(t)
-	adminID, err := identity.New(context.Background(), []identity.IssuerConfig{{Name: "admins", IssuerURL: admins.URL(), Audiences: []string{"valet-admin"}}},
-		identity.Options{SelfIssuer: o.PublicURL})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := withRedis(t, &o, time.Hour)
+	controls, trail := r.controls, r.trail
+	var err error
 	if o.Templates, err = policy.Load([]policy.File{{Name: "t.yaml", Data: []byte(testTemplate + monitorRules)}}, []string{"test"}); err != nil {
 		t.Fatal(err)
 	}
-	o.Ledger, o.Epochs, o.Controls, o.Feed, o.Agent.Limiter = ledger, ledger, controls, ledger.Feed(), ledger
 	log := &lockedBuffer{}
 	o.Auditors = []broker.Auditor{audit.NewLog(trail), audit.NewLog(log)}
-	o.Admin = &AdminOptions{Identity: adminID, Roles: map[string]string{"admin": "true"}, Jobs: ledger, Timeline: trail, AgentIssuers: []string{"test"}}
 	o.Metrics = &MetricsOptions{}
 	o.Monitor = &MonitorOptions{}
 	s, err := New(t.Context(), o)

@@ -15,9 +15,7 @@ import (
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
-	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/oidctest"
-	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/openapi"
 	"github.com/valet-dev/valet/revocation"
@@ -33,38 +31,14 @@ func TestSSFThroughTheServer(t *testing.T) {
 	clock := testkit.NewClock(time.Now())
 	o, ln, _, _ := testOptions(t, clock)
 	o.Now = time.Now
-	srv := redistest.Start(t)
-	rc, err := revocation.NewClient(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rc.Close() })
-	ledger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{Retention: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	controls, err := revocation.NewControls(rc, "valet", 50*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trail, err := audit.NewRedisWriter(rc, audit.RedisWriterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	admins := oidctest.New(t)
-	adminID, err := identity.New(context.Background(), []identity.IssuerConfig{{Name: "admins", IssuerURL: admins.URL(), Audiences: []string{"valet-admin"}}},
-		identity.Options{SelfIssuer: o.PublicURL})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := withRedis(t, &o, 50*time.Millisecond)
+	rc, controls, trail, admins := r.rc, r.controls, r.trail, r.admins
 	idp := oidctest.New(t) // the company IdP as an SSF transmitter
 	store, err := revocation.NewRedisSSFStore(rc, "valet")
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.Ledger, o.Epochs, o.Controls, o.Feed, o.Agent.Limiter = ledger, ledger, controls, ledger.Feed(), ledger
 	o.Auditors = []broker.Auditor{audit.NewLog(trail)}
-	o.Admin = &AdminOptions{Identity: adminID, Roles: map[string]string{"admin": "true"}, Jobs: ledger, Timeline: trail, AgentIssuers: []string{"test"}}
 	o.SSF = &SSFOptions{Store: store, IssuerURLs: map[string]string{"test": "https://agents.example"},
 		Receiver: &ssf.ReceiverConfig{Transmitters: []ssf.TrustedTransmitter{{Name: "idp", Issuer: idp.URL(), Algorithms: []string{"RS256", "ES256"},
 			Audience: []string{"valet"}, SubjectIssuer: "test", SubjectIssuerURL: "https://agents.example",
