@@ -300,18 +300,26 @@ func TestInteropPush(t *testing.T) {
 	}
 }
 
-// TestInteropPoll: the spec-written receiver polls (RFC 8936), verifies and
-// acknowledges; acknowledged SETs are not returned again.
-func TestInteropPoll(t *testing.T) {
+// newPollStream is a transmitter with one poll stream of every event for
+// audience urn:receiver, and the receiver written from the spec for it.
+func newPollStream(t *testing.T) (fixture, *specReceiver, ssf.StreamConfig) {
+	t.Helper()
 	f := newFixture(t, "unused.example")
 	rcv := newSpecReceiver(t, f.tokens.JWKS(), "urn:receiver")
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	cfg, err := f.tr.CreateStream(ctx, "admin:test", ssf.StreamConfig{Aud: ssf.Audience{"urn:receiver"}, EventsRequested: allEvents,
+	cfg, err := f.tr.CreateStream(t.Context(), "admin:test", ssf.StreamConfig{Aud: ssf.Audience{"urn:receiver"}, EventsRequested: allEvents,
 		Delivery: &ssf.DeliveryConfig{Method: ssf.DeliveryPoll}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return f, rcv, cfg
+}
+
+// TestInteropPoll: the spec-written receiver polls (RFC 8936), verifies and
+// acknowledges; acknowledged SETs are not returned again.
+func TestInteropPoll(t *testing.T) {
+	f, rcv, cfg := newPollStream(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
 	if cfg.Delivery.EndpointURL != valetURL+"/ssf/poll/"+cfg.StreamID {
 		t.Fatalf("poll endpoint = %q", cfg.Delivery.EndpointURL)
 	}
@@ -376,15 +384,9 @@ func TestPushEndpointAllowList(t *testing.T) {
 // session-revoked about the agent; a template epoch names no subject and
 // sends nothing.
 func TestInteropAgentEpoch(t *testing.T) {
-	f := newFixture(t, "unused.example")
-	rcv := newSpecReceiver(t, f.tokens.JWKS(), "urn:receiver")
+	f, rcv, cfg := newPollStream(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	cfg, err := f.tr.CreateStream(ctx, "admin:test", ssf.StreamConfig{Aud: ssf.Audience{"urn:receiver"}, EventsRequested: allEvents,
-		Delivery: &ssf.DeliveryConfig{Method: ssf.DeliveryPoll}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	go f.tr.Run(ctx)
 	f.following(t)
 	now := time.Now()
