@@ -1,0 +1,56 @@
+"""The example agent loop calls the example tool server, both on Valet."""
+
+from __future__ import annotations
+
+import os
+import sys
+import unittest
+
+from tests.devserver import DevServer, add_sdk_to_path
+
+add_sdk_to_path()
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+import agent_loop  # noqa: E402
+import notes_server  # noqa: E402
+
+import valet  # noqa: E402
+
+
+class ExampleTest(unittest.TestCase):
+    def test_agent_loop_against_the_protected_tool_server(self):
+        dev = DevServer()
+        self.addCleanup(dev.stop)
+        srv, url, v = notes_server.serve(dev.url)
+        self.addCleanup(srv.shutdown)
+        self.addCleanup(v.stop)
+        self.assertTrue(v.wait_live(10))
+        out = agent_loop.run(dev.url, url, agent_loop.dev_identity(dev.url))
+        self.assertEqual(out["answer"], "read 2 notes, wrote a summary, deleted n-1")
+        self.assertEqual([s["tool"] for s in out["steps"]], ["notes.read", "notes.write", "notes.delete"])
+        self.assertEqual(out["steps"][0]["result"]["read_by"], "agent-notes")
+        self.assertEqual(out["steps"][2]["result"], {"deleted": True})
+        # The task ended with the loop: its token is dead.
+        t = out["task"]
+        self.assertTrue(t.completed)
+        self.assertFalse(dev.introspect(t.token)["active"])
+        # The verifier checked every call through the feed: no introspection.
+        self.assertFalse(v.calls.get("introspect"), v.calls)
+        self.assertEqual(v.calls.get("consume"), 1, v.calls)
+
+    def test_a_tool_outside_the_task_is_refused(self):
+        dev = DevServer()
+        self.addCleanup(dev.stop)
+        srv, url, v = notes_server.serve(dev.url)
+        self.addCleanup(srv.shutdown)
+        self.addCleanup(v.stop)
+        with valet.task(dev.url, agent_loop.dev_identity(dev.url), template="py-notes",
+                        intent="only read the notes", tools=["notes.read"]) as t:
+            self.assertIn("notes", agent_loop.call_tool(t, url, "notes.read", {}))
+            with self.assertRaisesRegex(RuntimeError, "notes.write: 403"):
+                agent_loop.call_tool(t, url, "notes.write", {"text": "x"})
+            with self.assertRaisesRegex(RuntimeError, "notes.delete: 403"):
+                agent_loop.call_tool(t, url, "notes.delete", {"note": "n-1"})
+
+
+if __name__ == "__main__":
+    unittest.main()
