@@ -94,7 +94,8 @@ class DevServer:
                 raw = r.read()
                 return r.status, (json.loads(raw) if raw else None)
         except urllib.error.HTTPError as e:
-            raw = e.read()
+            with e:
+                raw = e.read()
             return e.code, (json.loads(raw) if raw else None)
 
     def introspect(self, token: str) -> dict:
@@ -117,6 +118,10 @@ class DevServer:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait(timeout=10)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
         shutil.rmtree(self.audit_dir, ignore_errors=True)
 
 

@@ -222,6 +222,7 @@ class NonceTest(unittest.TestCase):
             self.assertEqual(seen, [None, "n-1", "n-1"], "the nonce is not remembered")
         finally:
             srv.shutdown()
+            srv.server_close()
 
 
 if __name__ == "__main__":

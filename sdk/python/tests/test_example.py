@@ -21,6 +21,7 @@ class ExampleTest(unittest.TestCase):
         dev = DevServer()
         self.addCleanup(dev.stop)
         srv, url, v = notes_server.serve(dev.url)
+        self.addCleanup(srv.server_close)
         self.addCleanup(srv.shutdown)
         self.addCleanup(v.stop)
         self.assertTrue(v.wait_live(10))
@@ -41,6 +42,7 @@ class ExampleTest(unittest.TestCase):
         dev = DevServer()
         self.addCleanup(dev.stop)
         srv, url, v = notes_server.serve(dev.url)
+        self.addCleanup(srv.server_close)
         self.addCleanup(srv.shutdown)
         self.addCleanup(v.stop)
         with valet.task(dev.url, agent_loop.dev_identity(dev.url), template="py-notes",

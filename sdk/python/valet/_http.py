@@ -57,6 +57,8 @@ def request(method: str, url: str, *, headers: Optional[Mapping[str, str]] = Non
             data = e.read(MAX_BODY)
         except (OSError, ValueError):
             data = b""
+        finally:
+            e.close()
         return Response(e.code, e.headers, data)
     except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
         reason = getattr(e, "reason", e)
