@@ -113,6 +113,8 @@ class DevServer:
         assert status == 200, (status, body)
 
     def stop(self) -> None:
+        if self.proc.returncode is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)

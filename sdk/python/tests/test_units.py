@@ -89,3 +89,55 @@ class ErrorTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DenySetTest(unittest.TestCase):
+    """The deny set's semantics, case by case as in Go's verify."""
+
+    def setUp(self):
+        from valet.verify import Claims, _DenySet
+        self.d = _DenySet(lambda: 1_000.0)
+        self.d.is_live = True
+        self.root = Claims(id="j1", task_id="t1", subject="agent-a", template="tp", agent_issuer="https://iss",
+                           issued_at=500.0, expires_at=2_000.0)
+        self.child = Claims(id="j2", task_id="t2", subject="agent-a", template="tp", agent_issuer="https://iss",
+                            act=("agent-b",), issued_at=500.0, expires_at=2_000.0)
+
+    def test_revoked_jti_and_task(self):
+        self.assertFalse(self.d.denied(self.root))
+        self.d.add_revoked({"jti": "j1", "exp": 2_000})
+        self.assertTrue(self.d.denied(self.root))
+        self.d.add_revoked({"task_id": "t2", "exp": 2_000})
+        self.assertTrue(self.d.denied(self.child))
+        self.d.now = lambda: 3_000.0
+        self.d.prune()
+        self.assertFalse(self.d.denied(self.root), "an expired entry was kept")
+
+    def test_epochs_cover_tokens_issued_before(self):
+        for dim, key in (("agent", "https://iss/agent-a"), ("template", "tp"), ("issuer", "https://iss"), ("all", "*")):
+            with self.subTest(dim):
+                from valet.verify import _DenySet
+                d = _DenySet(lambda: 1_000.0)
+                d.add_epoch({"dimension": dim, "key": key, "before": 500_001})
+                self.assertTrue(d.denied(self.root))
+                d2 = _DenySet(lambda: 1_000.0)
+                d2.add_epoch({"dimension": dim, "key": key, "before": 500_000})
+                self.assertFalse(d2.denied(self.root), "a token issued at the epoch is not before it")
+
+    def test_controls(self):
+        d = self.d
+        d.apply_control({"kind": "freeze_agent", "target": "agent-a", "issuer": "", "active": True})
+        self.assertEqual(d.controlled(self.root), (True, False))
+        self.assertEqual(d.controlled(self.child), (True, False), "the subject of a chain is covered")
+        d.apply_control({"kind": "freeze_agent", "target": "agent-a", "issuer": "", "active": False})
+        self.assertEqual(d.controlled(self.root), (False, False))
+        d.apply_control({"kind": "freeze_agent", "target": "agent-a", "issuer": "https://other", "active": True})
+        self.assertEqual(d.controlled(self.root), (False, False))
+        self.assertEqual(d.controlled(self.child), (False, True), "the subject's issuer is unknown: ask Valet")
+        d.set_controls([{"kind": "quarantine_template", "target": "tp", "active": True}])
+        self.assertEqual(d.controlled(self.root), (True, False))
+        d.set_controls([{"kind": "distrust_issuer", "target": "https://iss", "active": True}])
+        self.assertEqual(d.controlled(self.root), (True, False))
+        d.set_controls([{"kind": "distrust_issuer", "target": "https://else", "active": True}])
+        self.assertEqual(d.controlled(self.root), (False, False))
+        self.assertEqual(d.controlled(self.child), (False, True))

@@ -193,6 +193,40 @@ class VerifierTest(unittest.TestCase):
             events = t.client.events(t.token, t.id, key=t.key)
             self.assertEqual([(e["tool"], e["reported_with"]) for e in events][-1][0], "notes.read")
 
+    def test_unknown_kid_fetches_the_jwks_at_most_every_30_s(self):
+        from valet import _jose
+        v = verifier()
+        with declare(dpop=False) as t:
+            v.check(headers(t), "POST", PATH, "notes.read")
+            self.assertEqual(v.calls.get("jwks"), 1)
+            h, p, _, sig = _jose.split(t.token)
+            forged = ".".join([_jose.json_b64(dict(h, kid="not-a-valet-key")), _jose.json_b64(p), _jose.b64e(sig)])
+            for _ in range(3):
+                with self.assertRaises(valet.VerifyError) as cm:
+                    v.check({"Authorization": "Bearer " + forged}, "POST", PATH, "notes.read")
+                self.assertEqual(cm.exception.status, 401)
+            self.assertEqual(v.calls.get("jwks"), 1, "an unknown kid refetched the JWKS within 30 s")
+
+    def test_a_broken_feed_falls_back_to_introspection_and_fails_closed(self):
+        own = DevServer()
+        try:
+            v = valet.Verifier(own.url, AUDIENCE, CLIENT_ID, CLIENT_SECRET, public_url=PUBLIC, timeout=2)
+            with v:
+                self.assertTrue(v.wait_live(10))
+                t = valet.task(own.url, own.identity("agent-py"), template="py-notes", intent="read the notes",
+                               tools=["notes.read"], dpop=False)
+                v.check(headers(t), "POST", PATH, "notes.read")
+                own.stop()
+                deadline = time.monotonic() + 10
+                while v.live and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                self.assertFalse(v.live, "the verifier still trusts a feed whose server is gone")
+                with self.assertRaises(valet.VerifyError) as cm:
+                    v.check(headers(t), "POST", PATH, "notes.read")
+                self.assertEqual(cm.exception.status, 503)
+        finally:
+            own.stop()
+
 
 if __name__ == "__main__":
     unittest.main()
