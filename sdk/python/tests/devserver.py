@@ -46,11 +46,11 @@ def unittest_skip(msg: str) -> Exception:
 class DevServer:
     """One `valet dev` on a free loopback port, with the tests' templates."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
         self.audit_dir = tempfile.mkdtemp(prefix="valet-py-audit-")
         self.proc = subprocess.Popen(
             [valet_binary(), "dev", "--addr", "127.0.0.1:0", "--templates", TEMPLATES,
-             "--audit", os.path.join(self.audit_dir, "audit.jsonl"), "--log-level", "warn"],
+             "--audit", os.path.join(self.audit_dir, "audit.jsonl"), "--log-level", "warn", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.log: List[str] = []
         assert self.proc.stdout is not None
@@ -131,3 +131,37 @@ def add_sdk_to_path() -> None:
     sdk = os.path.abspath(os.path.join(HERE, ".."))
     if sdk not in sys.path:
         sys.path.insert(0, sdk)
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, nothing saved."""
+
+    def __init__(self) -> None:
+        import socket
+        import time
+        exe = shutil.which("redis-server")
+        if not exe:
+            raise unittest_skip("the incident-control test needs redis-server (Debian package redis-server)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tempfile.mkdtemp(prefix="valet-py-redis-")
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", self.dir],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.025)
+        else:
+            self.stop()
+            raise RuntimeError("redis-server did not start")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
