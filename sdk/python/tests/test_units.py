@@ -141,3 +141,16 @@ class DenySetTest(unittest.TestCase):
         d.set_controls([{"kind": "distrust_issuer", "target": "https://else", "active": True}])
         self.assertEqual(d.controlled(self.root), (False, False))
         self.assertEqual(d.controlled(self.child), (False, True))
+
+
+class GarbageTest(unittest.TestCase):
+    def test_garbage_tokens_are_401_never_a_crash(self):
+        from valet import _jose
+        v = valet.Verifier("http://127.0.0.1:9", "aud", "id", "secret", public_url="http://127.0.0.1:1", timeout=1)
+        hdr = _jose.json_b64({"typ": "at+jwt", "alg": "EdDSA", "kid": "k"})
+        for tok in ["", "x", "a.b", "a.b.c", "e30.e30.", "\u00e9.\u00e9.\u00e9", "e30.bnVsbA.AA", hdr + ".e30.AA",
+                    hdr + "." + _jose.json_b64({"iat": None}) + ".AA", "x" * 9000, "..", "Zm9v.YmFy.YmF6"]:
+            with self.subTest(tok=tok[:40]):
+                with self.assertRaises(valet.VerifyError) as cm:
+                    v.check({"Authorization": "Bearer " + tok}, "POST", "/t", "tool")
+                self.assertEqual(cm.exception.status, 401)

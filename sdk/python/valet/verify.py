@@ -366,7 +366,7 @@ class Verifier:
         c = Claims(id=p["jti"], task_id=p["task_id"], subject=p["sub"], template=_s(p.get("template")),
                    agent_issuer=_s(p.get("agent_issuer")), scope=_s(p.get("scope")), tools=_strs(p.get("tools")),
                    audience=(aud,) if isinstance(aud, str) else _strs(aud), act=tuple(act),
-                   issued_at=float(p.get("iat", 0)), expires_at=float(p["exp"]),
+                   issued_at=float(p.get("iat") or 0), expires_at=float(p["exp"]),
                    action_tools=_strs(p.get("action_tools")))
         cnf = p.get("cnf")
         if cnf is not None:
@@ -386,7 +386,10 @@ class Verifier:
     def _verify_jwt(self, raw: str, typ: str) -> Dict[str, Any]:
         """The payload of a JWT signed by Valet with typ, for this audience,
         not expired; raises ValueError with the reason."""
-        header, payload, signing_input, sig = _jose.split(raw)
+        try:
+            header, payload, signing_input, sig = _jose.split(raw)
+        except (ValueError, TypeError, UnicodeError) as e:
+            raise ValueError(f"malformed token: {e.__class__.__name__}") from None
         if header.get("typ") != typ:
             raise ValueError(f"typ must be {typ}")
         if "crit" in header:
