@@ -73,3 +73,26 @@ func TestPythonSDK(t *testing.T) {
 		t.Fatalf("the Python SDK suite did not report OK")
 	}
 }
+
+// TestPythonSDKTypes checks the package's annotations (it ships py.typed)
+// with mypy --strict, where some Python on the machine has mypy (Debian
+// package python3-mypy).
+func TestPythonSDKTypes(t *testing.T) {
+	for _, py := range []string{os.Getenv("VALET_PYTHON"), "python3", "/usr/bin/python3"} {
+		if py == "" {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		if exec.CommandContext(ctx, py, "-m", "mypy", "--version").Run() != nil {
+			cancel()
+			continue
+		}
+		out, err := exec.CommandContext(ctx, py, "-m", "mypy", "--strict", "--no-incremental", "valet").CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("mypy --strict valet:\n%s", out)
+		}
+		return
+	}
+	t.Skip("no Python with mypy (Debian package python3-mypy): the annotations are not checked")
+}

@@ -18,7 +18,8 @@ MAX_BODY = 1 << 20
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Message,
+                         newurl: str) -> None:
         return None
 
 

@@ -131,7 +131,7 @@ class Client:
         resp = self._send("GET", f"/v1/tasks/{_seg(task_id)}", task_token=token, key=key)
         if resp.status != 200:
             raise resp.error()
-        return resp.json()["task"]
+        return dict(resp.json()["task"])
 
     def complete(self, token: str, task_id: str, key: Optional[DPoPKey] = None) -> Dict[str, Any]:
         """Ends the task with one of its task tokens; every credential of it
@@ -139,7 +139,7 @@ class Client:
         resp = self._send("POST", f"/v1/tasks/{_seg(task_id)}/complete", task_token=token, key=key)
         if resp.status != 200:
             raise resp.error()
-        return resp.json()["task"]
+        return dict(resp.json()["task"])
 
     def delegate(self, parent_token: str, actor_identity_token: str, tools: Sequence[str], *,
                  ttl: Optional[float] = None, key: Optional[DPoPKey] = None) -> Dict[str, Any]:
@@ -175,7 +175,7 @@ class Client:
         resp = self._send("POST", f"/v1/tasks/{_seg(task_id)}/actions", task_token=token, key=key, json_body=body)
         if resp.status not in (201, 202):
             raise resp.error()
-        return resp.json()
+        return dict(resp.json())
 
     def action_status(self, token: str, task_id: str, approval_id: str,
                       key: Optional[DPoPKey] = None) -> Dict[str, Any]:
@@ -184,7 +184,7 @@ class Client:
         resp = self._send("GET", f"/v1/tasks/{_seg(task_id)}/actions/{_seg(approval_id)}", task_token=token, key=key)
         if resp.status not in (201, 202):
             raise resp.error()
-        return resp.json()
+        return dict(resp.json())
 
     def report_event(self, token: str, task_id: str, tool: str, *, outcome: str = "ok", status: Optional[int] = None,
                      side_effect: Optional[str] = None, undo: Optional[Mapping[str, str]] = None,
@@ -201,7 +201,7 @@ class Client:
         resp = self._send("POST", f"/v1/tasks/{_seg(task_id)}/events", task_token=token, key=key, json_body=body)
         if resp.status != 201:
             raise resp.error()
-        return resp.json()["event"]
+        return dict(resp.json()["event"])
 
     def events(self, token: str, task_id: str, key: Optional[DPoPKey] = None) -> List[Dict[str, Any]]:
         resp = self._send("GET", f"/v1/tasks/{_seg(task_id)}/events", task_token=token, key=key)
@@ -214,7 +214,7 @@ def _wants_nonce(resp: _http.Response) -> bool:
     if 'error="use_dpop_nonce"' in (resp.headers.get("WWW-Authenticate") or ""):
         return True
     try:
-        return resp.json().get("error") == "use_dpop_nonce"
+        return bool(resp.json().get("error") == "use_dpop_nonce")
     except (ValetError, AttributeError):
         return False
 
@@ -376,7 +376,7 @@ class Task:
     def __enter__(self) -> "Task":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         self.close()
         if self.completed:
             return

@@ -80,7 +80,7 @@ class DPoPKey:
     def __repr__(self) -> str:
         return f"DPoPKey(jkt={self._jkt!r})"
 
-    def __reduce__(self):  # never serialise the private key
+    def __reduce__(self) -> str:  # never serialise the private key
         raise TypeError("a DPoPKey cannot be pickled")
 
     def proof(self, method: str, url: str, access_token: Optional[str] = None,

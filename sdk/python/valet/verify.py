@@ -19,9 +19,8 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Counter, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import _http, _jose
 from .canonical import canonical_args
@@ -241,9 +240,9 @@ class Verifier:
         self._seen_lock = threading.Lock()
         self._seen: Dict[str, float] = {}
         self._calls_lock = threading.Lock()
-        self._calls: Counter = Counter()
+        self._calls: Counter[str] = Counter()
         self._reports: "queue.Queue[Tuple[str, str, str, bytes]]" = queue.Queue(REPORT_QUEUE)
-        self.report_stats = Counter()
+        self.report_stats: Counter[str] = Counter()
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
         self._stream_conn: Optional[http.client.HTTPConnection] = None
@@ -602,17 +601,18 @@ class Verifier:
             self._count("stream")
             conn.request("GET", (u.path or "") + "/v1/revocations/stream?cursor=" + urllib.parse.quote(cursor, safe=""),
                          headers={"Authorization": self._basic, "Accept": "text/event-stream"})
-            resp = conn.getresponse()
-            if resp.status != 200:
+            stream = conn.getresponse()
+            if stream.status != 200:
                 with d.lock:
                     d.cursor = ""  # e.g. a cursor the feed no longer holds: reload the snapshot
-                raise RuntimeError(f"opening revocation stream: status {resp.status}")
+                raise RuntimeError(f"opening revocation stream: status {stream.status}")
             self._set_live(True)
             self.log.info("revocation feed live")
             last_prune = time.monotonic()
-            event, ev_id, data = "", "", []
+            event, ev_id = "", ""
+            data: List[str] = []
             while not self._stop.is_set():
-                line = resp.readline(64 << 10)
+                line = stream.readline(64 << 10)
                 if not line:
                     raise RuntimeError("revocation stream closed")
                 if len(line) >= 64 << 10 and not line.endswith(b"\n"):
@@ -694,14 +694,14 @@ class Verifier:
 
     # -- WSGI --------------------------------------------------------------
 
-    def wsgi(self, app: Callable, tool: Callable[[Dict[str, Any]], str]) -> Callable:
+    def wsgi(self, app: Callable[..., Iterable[bytes]], tool: Callable[[Dict[str, Any]], str]) -> Callable[..., Iterable[bytes]]:
         """A WSGI middleware: checks every request with check(), tool(environ)
         naming the tool it calls, puts the claims in environ["valet.claims"],
         and after the app has answered queues a report of the call (a
         handler may set environ["valet.side_effect"] and ["valet.undo"]).
         Refusals are answered as JSON {"error", "message"}."""
 
-        def middleware(environ: Dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        def middleware(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             headers = _wsgi_headers(environ)
             path = environ.get("REQUEST_URI") or environ.get("RAW_URI") or urllib.parse.quote(
                 environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
@@ -718,14 +718,14 @@ class Verifier:
                 seen.append(int(status.split(" ", 1)[0]))
                 return start_response(status, hdrs, exc_info) if exc_info else start_response(status, hdrs)
 
-            out = app(environ, sr)
+            out: Iterable[bytes] = app(environ, sr)
             self.report(headers, c, name, seen[0] if seen else 200, side_effect=environ.get("valet.side_effect"),
                         undo=environ.get("valet.undo"))
             return out
 
         return middleware
 
-    def refusal(self, e: VerifyError, start_response: Callable) -> List[bytes]:
+    def refusal(self, e: VerifyError, start_response: Callable[..., Any]) -> List[bytes]:
         """Answers a refusal (WSGI): its status, the RFC 6750 challenge, and
         JSON {"error", "message"}."""
         self.log.warning("tool call refused: %s", e)
@@ -785,7 +785,8 @@ def _check_dpop(proof: str, method: str, url: str, now: float, access_token: str
         raise ValueError("signature is invalid")
     jti, iat = claims.get("jti"), claims.get("iat")
     try:
-        got = _normalize(claims.get("htu") if isinstance(claims.get("htu"), str) else "")
+        htu = claims.get("htu")
+        got: Optional[str] = _normalize(htu if isinstance(htu, str) else "")
     except ValueError:
         got = None
     if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
