@@ -159,6 +159,27 @@ class TaskTest(unittest.TestCase):
             self.assertEqual(payload["tool"], "notes.purge")
             self.assertEqual(payload["args_hash"], valet.args_hash({"note": "n-9"}))
 
+    def test_denied_approval_is_a_typed_error(self):
+        with declare() as t:
+            got = {}
+
+            def agent():
+                try:
+                    got["token"] = t.action("notes.purge", {"note": "n-3"}, wait=20, poll=0.1)
+                except valet.ValetError as e:
+                    got["err"] = e
+
+            th = threading.Thread(target=agent)
+            th.start()
+            approval = _find_pending(t.id, exclude="")
+            status, body = dev.post(f"/v1/approvals/{approval}/deny", basic=("approver", "dev-approver-not-for-production"),
+                                    body={"reason": "not today"})
+            self.assertEqual(status, 200, body)
+            th.join(30)
+            self.assertNotIn("token", got)
+            self.assertEqual(got["err"].status, 403, str(got["err"]))
+            self.assertTrue(got["err"].rule, str(got["err"]))
+
     def test_report_tool_calls(self):
         with declare() as t:
             ev = t.report("notes.read", status=200, side_effect="read 3 notes")

@@ -48,10 +48,28 @@ class ExampleTest(unittest.TestCase):
         with valet.task(dev.url, agent_loop.dev_identity(dev.url), template="py-notes",
                         intent="only read the notes", tools=["notes.read"]) as t:
             self.assertIn("notes", agent_loop.call_tool(t, url, "notes.read", {}))
-            with self.assertRaisesRegex(RuntimeError, "notes.write: 403"):
-                agent_loop.call_tool(t, url, "notes.write", {"text": "x"})
-            with self.assertRaisesRegex(RuntimeError, "notes.delete: 403"):
-                agent_loop.call_tool(t, url, "notes.delete", {"note": "n-1"})
+            with self.assertLogs("valet.verify", "WARNING") as logs:
+                with self.assertRaisesRegex(RuntimeError, "notes.write: 403"):
+                    agent_loop.call_tool(t, url, "notes.write", {"text": "x"})
+                with self.assertRaisesRegex(RuntimeError, "notes.delete: 403"):
+                    agent_loop.call_tool(t, url, "notes.delete", {"note": "n-1"})
+                with self.assertRaisesRegex(RuntimeError, "notes.read: 401"):
+                    _call_with(url, "notes.read", {"Authorization": "Bearer " + t.token + "x"})
+            self.assertEqual(len(logs.records), 3, logs.output)
+            for line in logs.output:
+                self.assertNotIn(t.token[20:60], line, "a log line holds the token")
+
+
+def _call_with(url: str, tool: str, headers: dict) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"{url}/tools/{tool}", method="POST", data=b"{}", headers=headers)
+    try:
+        urllib.request.urlopen(req, timeout=10).close()
+    except urllib.error.HTTPError as e:
+        with e:
+            raise RuntimeError(f"{tool}: {e.code} {json.load(e).get('message', '')}") from None
 
 
 if __name__ == "__main__":

@@ -255,6 +255,10 @@ class Verifier:
         with self._calls_lock:
             return dict(self._calls)
 
+    def _stat(self, kind: str) -> None:
+        with self._calls_lock:
+            self.report_stats[kind] += 1
+
     def _count(self, kind: str) -> None:
         with self._calls_lock:
             self._calls[kind] += 1
@@ -671,7 +675,7 @@ class Verifier:
         try:
             self._reports.put_nowait((claims.task_id, scheme, raw, _http.json_body(body)))
         except queue.Full:
-            self.report_stats["dropped"] += 1
+            self._stat("dropped")
             self.log.warning("tool-call report dropped: queue full (task %s, tool %.128s)", claims.task_id, tool)
 
     def _send_reports(self) -> None:
@@ -688,7 +692,7 @@ class Verifier:
                 ok = resp.status == 201
             except Exception:
                 ok = False
-            self.report_stats["sent" if ok else "failed"] += 1
+            self._stat("sent" if ok else "failed")
             if not ok:
                 self.log.warning("tool-call report failed (task %s)", task_id)
 
