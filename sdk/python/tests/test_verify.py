@@ -59,6 +59,32 @@ class VerifierTest(unittest.TestCase):
                 print(f"\nverify: {n} warm checks, {sum(after.values()) - sum(before.values())} calls to Valet, "
                       f"{per_check * 1e6:.0f} us per check (DPoP proof made and checked)")
 
+    def test_concurrent_checks_share_one_jwks_fetch_and_ask_no_one(self):
+        import threading
+        with verifier() as v, declare(dpop=False) as t:
+            self.assertTrue(v.wait_live(10))
+            errors = []
+            go = threading.Event()
+
+            def worker():
+                go.wait()
+                for _ in range(50):
+                    try:
+                        v.check(headers(t), "POST", PATH, "notes.read")
+                    except Exception as e:  # reported below
+                        errors.append(e)
+
+            threads = [threading.Thread(target=worker) for _ in range(8)]
+            for th in threads:
+                th.start()
+            go.set()
+            for th in threads:
+                th.join(60)
+            self.assertEqual(errors, [])
+            calls = v.calls
+            self.assertEqual(calls.get("jwks"), 1, calls)
+            self.assertFalse(calls.get("introspect"), calls)
+
     def test_revoked_task_refused_within_one_second_through_the_feed(self):
         with verifier() as v:
             self.assertTrue(v.wait_live(10))
