@@ -33,6 +33,8 @@ class Notes:
         checked = verifier.wsgi(self._tools, tool_of)
 
         def app(environ: Dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+            if environ.get("PATH_INFO", "").startswith("/.well-known/"):
+                return checked(environ, start_response)  # the RFC 9728 metadata, served by the middleware
             if environ.get("REQUEST_METHOD") != "POST" or not environ.get("PATH_INFO", "").startswith("/tools/"):
                 return _json(start_response, 404, {"error": "not found"})
             if tool_of(environ) == "notes.delete":
@@ -60,7 +62,7 @@ class Notes:
         try:
             c = verifier.check_action(headers, "POST", environ["PATH_INFO"], "notes.delete", args)
         except valet.VerifyError as e:
-            return verifier.refusal(e, start_response)
+            return verifier.refusal(e, start_response, headers)
         with self.lock:
             gone = self.notes.pop(str(args.get("note")), None)
         verifier.report(headers, c, "notes.delete", 200 if gone else 404, side_effect=f"deleted note {args.get('note')}")

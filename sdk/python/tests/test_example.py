@@ -56,6 +56,22 @@ class ExampleTest(unittest.TestCase):
                 with self.assertRaisesRegex(RuntimeError, "notes.read: 401"):
                     _call_with(url, "notes.read", {"Authorization": "Bearer " + t.token + "x"})
             self.assertEqual(len(logs.records), 3, logs.output)
+            # The refusals carry Go verify's challenges; the metadata is served.
+            ch = _challenge(url, "notes.write", t.auth_headers("POST", url + "/tools/notes.write"))
+            self.assertEqual(ch, 'DPoP error="insufficient_scope", scope="template:py-notes notes.write", '
+                                 'resource_metadata="https://notes.example.com/.well-known/oauth-protected-resource"')
+            self.assertEqual(_challenge(url, "notes.read", {}),
+                             'Bearer resource_metadata="https://notes.example.com/.well-known/oauth-protected-resource", '
+                             'DPoP algs="EdDSA ES256", resource_metadata="https://notes.example.com/.well-known/oauth-protected-resource"')
+            self.assertEqual(_challenge(url, "notes.delete", t.auth_headers("POST", url + "/tools/notes.delete"),
+                                        body=b'{"note": "n-1"}'),
+                             'DPoP error="insufficient_scope", '
+                             'resource_metadata="https://notes.example.com/.well-known/oauth-protected-resource"')
+            import json
+            import urllib.request
+            with urllib.request.urlopen(url + "/.well-known/oauth-protected-resource", timeout=10) as r:
+                md = json.load(r)
+            self.assertEqual((md["resource"], md["authorization_servers"]), ("https://notes.example.com", [dev.url]))
             for line in logs.output:
                 self.assertNotIn(t.token[20:60], line, "a log line holds the token")
 
@@ -70,6 +86,18 @@ def _call_with(url: str, tool: str, headers: dict) -> None:
     except urllib.error.HTTPError as e:
         with e:
             raise RuntimeError(f"{tool}: {e.code} {json.load(e).get('message', '')}") from None
+
+
+def _challenge(url: str, tool: str, headers: dict, body: bytes = b"{}"):
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"{url}/tools/{tool}", method="POST", data=body, headers=headers)
+    try:
+        urllib.request.urlopen(req, timeout=10).close()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.headers.get("WWW-Authenticate")
+    raise AssertionError(f"{tool} was not refused")
 
 
 if __name__ == "__main__":

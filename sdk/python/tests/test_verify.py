@@ -207,6 +207,7 @@ class VerifierTest(unittest.TestCase):
             with self.assertRaises(valet.VerifyError) as cm:
                 v.check_action(headers(t, path), "POST", path, "notes.delete", args)
             self.assertIn(valet.ACTION_HEADER, cm.exception.message)
+            self.assertEqual(v.challenge(headers(t, path), cm.exception), "", "an action token's refusal has a challenge")
 
     def test_reports_tool_calls(self):
         with verifier() as v, declare() as t:

@@ -41,7 +41,8 @@ REPORT_QUEUE = 1024
 # A stream silent for this long is dead (Valet sends a keepalive every 15 s).
 STREAM_IDLE = 45.0
 
-_PROOF_ALGS = ("ES256", "EdDSA")
+_PROOF_ALGS = ("EdDSA", "ES256")
+PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,256}$")
 
 
@@ -206,7 +207,8 @@ class Verifier:
 
     def __init__(self, issuer: str, audience: str, client_id: str, client_secret: str, *,
                  public_url: Optional[str] = None, timeout: float = 5.0, now: Callable[[], float] = time.time,
-                 logger: Optional[logging.Logger] = None, valet_url: Optional[str] = None) -> None:
+                 logger: Optional[logging.Logger] = None, valet_url: Optional[str] = None,
+                 scopes: Optional[Iterable[str]] = None) -> None:
         errs = []
         u = urllib.parse.urlsplit(issuer or "")
         if not u.scheme or not u.netloc:
@@ -224,6 +226,7 @@ class Verifier:
         self.issuer = issuer.rstrip("/")
         self.audience = audience
         self.public_url = (public_url or "").rstrip("/")
+        self.scopes = list(scopes or [])
         self._base = (valet_url or issuer).rstrip("/")
         self._basic = "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode("utf-8")).decode("ascii")
         self._timeout = timeout
@@ -707,6 +710,12 @@ class Verifier:
 
         def middleware(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             headers = _wsgi_headers(environ)
+            md = self.resource_metadata_url()
+            if md and environ.get("PATH_INFO") == urllib.parse.urlsplit(md).path:
+                body = json.dumps(self.protected_resource_metadata()).encode("utf-8")
+                start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                          ("Cache-Control", "public, max-age=300")])
+                return [body]
             path = environ.get("REQUEST_URI") or environ.get("RAW_URI") or urllib.parse.quote(
                 environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
             path = urllib.parse.urlsplit(path).path
@@ -714,7 +723,7 @@ class Verifier:
             try:
                 c = self.check(headers, environ.get("REQUEST_METHOD", "GET"), path, name)
             except VerifyError as e:
-                return self.refusal(e, start_response)
+                return self.refusal(e, start_response, headers)
             environ["valet.claims"] = c
             seen: List[int] = []
 
@@ -729,20 +738,73 @@ class Verifier:
 
         return middleware
 
-    def refusal(self, e: VerifyError, start_response: Callable[..., Any]) -> List[bytes]:
-        """Answers a refusal (WSGI): its status, the RFC 6750 challenge, and
-        JSON {"error", "message"}."""
+    def refusal(self, e: VerifyError, start_response: Callable[..., Any],
+                headers: Optional[Mapping[str, str]] = None) -> List[bytes]:
+        """Answers a refusal (WSGI): its status, the challenge (see
+        challenge(); headers are the request's), and JSON {"error",
+        "message"}."""
         self.log.warning("tool call refused: %s", e)
         reason = {401: "Unauthorized", 403: "Forbidden", 500: "Internal Server Error",
                   503: "Service Unavailable"}.get(e.status, "Error")
         body = json.dumps({"error": reason, "message": e.message}).encode("utf-8")
         hdrs = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        if e.challenge and e.status == 401:
-            hdrs.append(("WWW-Authenticate", 'Bearer error="invalid_token", DPoP algs="ES256 EdDSA"'))
-        elif e.challenge and e.status == 403 and e.scope:
-            hdrs.append(("WWW-Authenticate", f'Bearer error="insufficient_scope", scope="{e.scope}"'))
+        ch = self.challenge(headers or {}, e)
+        if ch:
+            hdrs.append(("WWW-Authenticate", ch))
         start_response(f"{e.status} {reason}", hdrs)
         return [body]
+
+    # -- RFC 9728 metadata and challenges ---------------------------------
+
+    def resource_metadata_url(self) -> str:
+        """Where this tool server's RFC 9728 metadata is served (the
+        well-known path between the host and the path of the audience), or
+        "" when the audience is not an http(s) URL."""
+        u = urllib.parse.urlsplit(self.audience)
+        if u.scheme not in ("http", "https") or not u.netloc or u.query or u.fragment:
+            return ""
+        return f"{u.scheme}://{u.netloc}{PROTECTED_RESOURCE_PATH}{u.path.rstrip('/')}"
+
+    def protected_resource_metadata(self) -> Dict[str, Any]:
+        """This tool server's RFC 9728 metadata: the resource (the audience
+        its tokens must name), Valet as its authorization server, the header
+        as the one way to send a token, and the DPoP algorithms checked."""
+        md: Dict[str, Any] = {"resource": self.audience, "authorization_servers": [self.issuer],
+                              "bearer_methods_supported": ["header"],
+                              "dpop_signing_alg_values_supported": list(_PROOF_ALGS),
+                              "dpop_bound_access_tokens_required": False}
+        if self.scopes:
+            md["scopes_supported"] = list(self.scopes)
+        return md
+
+    def challenge(self, headers: Mapping[str, str], e: VerifyError) -> str:
+        """The WWW-Authenticate header of a refusal (RFC 6750 section 3, RFC
+        9449 section 7.1, RFC 9728 section 5.1), as Go's verify writes it: a
+        401 names the metadata and, when a token was sent, invalid_token on
+        its scheme; a 403 is insufficient_scope with the scope needed; none
+        for an action token's refusal."""
+        if not e.challenge:
+            return ""
+        md = self.resource_metadata_url()
+
+        def params(*kv: str) -> str:
+            return ", ".join(f"{k}={_quote(v)}" for k, v in zip(kv[::2], kv[1::2]) if v)
+
+        raw, scheme = _token_of(headers)
+        dpop = scheme.lower() == "dpop"
+        if e.status == 401:
+            bearer_err = "invalid_token" if raw and not dpop else ""
+            dpop_err = "invalid_token" if raw and dpop else ""
+            bearer = ("Bearer " + params("resource_metadata", md, "error", bearer_err)).rstrip(" ")
+            return bearer + ", DPoP " + params("algs", " ".join(_PROOF_ALGS), "resource_metadata", md, "error", dpop_err)
+        if e.status == 403:
+            return ("DPoP " if dpop else "Bearer ") + params("error", "insufficient_scope", "scope", e.scope,
+                                                            "resource_metadata", md)
+        return ""
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _wsgi_headers(environ: Mapping[str, Any]) -> Dict[str, str]:
