@@ -8,7 +8,7 @@ import threading
 import time
 import unittest
 
-from tests.devserver import AUDIENCE, DevServer, add_sdk_to_path
+from tests.devserver import DevServer, add_sdk_to_path
 
 add_sdk_to_path()
 import valet  # noqa: E402

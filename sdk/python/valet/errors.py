@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 __all__ = ["ValetError", "Unreachable", "VerifyError"]
 

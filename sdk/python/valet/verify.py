@@ -10,6 +10,8 @@ tools need a one-shot action token, consumed at Valet."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import http.client
 import json
 import logging
@@ -19,14 +21,13 @@ import socket
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Counter, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import _http, _jose
 from .canonical import canonical_args
 from .dpop import ath as _ath
 from .errors import Unreachable, VerifyError
-import hashlib
 
 __all__ = ["Verifier", "Claims", "ACTION_HEADER"]
 
@@ -824,8 +825,7 @@ def _strs(v: Any) -> Tuple[str, ...]:
 
 
 def _replace(c: Claims, **kw: Any) -> Claims:
-    from dataclasses import replace
-    return replace(c, **kw)
+    return dataclasses.replace(c, **kw)
 
 
 def _check_dpop(proof: str, method: str, url: str, now: float, access_token: str) -> Tuple[str, str, float]:
