@@ -394,6 +394,7 @@ func TestTokenRefusals(t *testing.T) {
 		{"replayed assertion", jb(used, "authorization_details", ok), nil, 400, "invalid_grant"},
 		{"assertion for another audience", jb(f.assertion(map[string]any{"aud": "someone-else"}), "authorization_details", ok), nil, 400, "invalid_grant"},
 		{"expired assertion", jb(f.assertion(map[string]any{"exp": f.now.Add(-time.Hour).Unix(), "iat": f.now.Add(-2 * time.Hour).Unix()}), "authorization_details", ok), nil, 400, "invalid_grant"},
+		{"assertion expiring beyond the maximum", jb(f.assertion(map[string]any{"exp": f.now.Add(oauth.MaxBearerAssertionLife + time.Hour).Unix()}), "authorization_details", ok), nil, 400, "invalid_grant"},
 		{"assertion from an untrusted issuer", jb(oidctest.New(t).Token(t, map[string]any{"sub": "agent-7"}), "authorization_details", ok), nil, 400, "invalid_grant"},
 		{"no task", jb(f.assertion(nil)), nil, 400, "invalid_scope"},
 		{"both details and scope", jb(f.assertion(nil), "authorization_details", ok, "scope", "template:triage tickets.read"), nil, 400, "invalid_request"},
