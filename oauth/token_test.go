@@ -414,6 +414,7 @@ func TestTokenRefusals(t *testing.T) {
 		{"unknown template", jb(f.assertion(nil), "authorization_details", details(triage(map[string]any{"template": "nope"}))), nil, 400, "invalid_authorization_details"},
 		{"agent not admitted", jb(f.assertion(map[string]any{"sub": "robot-1"}), "authorization_details", ok), nil, 400, "invalid_authorization_details"},
 		{"condition denies", jb(f.assertion(nil), "authorization_details", details(triage(map[string]any{"context": map[string]any{"export": true}}))), nil, 400, "invalid_grant"},
+		{"intent not UTF-8", jb(f.assertion(nil), "scope", "template:triage tickets.read", "intent", "triage\xff"), nil, 400, "invalid_request"},
 		{"scope without template", jb(f.assertion(nil), "scope", "tickets.read"), nil, 400, "invalid_scope"},
 		{"scope with two templates", jb(f.assertion(nil), "scope", "template:triage template:billing tickets.read"), nil, 400, "invalid_scope"},
 		{"scope tool outside the template", jb(f.assertion(nil), "scope", "template:triage payments.send"), nil, 400, "invalid_scope"},
