@@ -259,3 +259,20 @@ func audIs(aud any, want string) bool {
 	}
 	return false
 }
+
+// TestXOAuth2AuthStyleAutoDetect: clientcredentials left at its default
+// AuthStyle sends the client id in HTTP Basic with an empty secret, beside
+// the private_key_jwt assertion. Valet authenticates by the assertion
+// alone, so the default configuration works too, once.
+func TestXOAuth2AuthStyleAutoDetect(t *testing.T) {
+	m := newMCPEnv(t, envOptions{})
+	octx := context.WithValue(context.Background(), oauth2.HTTPClient, m.client)
+	cfg := m.tokenConfig(t, "template:support", "tickets.read")
+	cfg.AuthStyle = oauth2.AuthStyleAutoDetect
+	tok, err := cfg.Token(octx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	taskID, _ := tok.Extra("task_id").(string)
+	checkTaskTokenAtMCP(t, m, oauth2.NewClient(context.Background(), oauth2.StaticTokenSource(tok)), taskID)
+}
