@@ -119,7 +119,7 @@ export class Valet {
     method: string,
     path: string,
     auth: Auth | undefined,
-    body: { json?: unknown; form?: Record<string, string>; proofKey?: DPoPKey; headers?: Record<string, string> } = {},
+    body: { json?: unknown; form?: Record<string, string>; proofKey?: DPoPKey; proofToken?: string; headers?: Record<string, string> } = {},
   ): Promise<T> {
     const url = this.baseUrl + path;
     const proofKey = auth?.key ?? body.proofKey;
@@ -134,7 +134,7 @@ export class Valet {
         payload = new URLSearchParams(body.form).toString();
       }
       if (auth) headers.Authorization = `${auth.key ? "DPoP" : "Bearer"} ${auth.token}`;
-      if (proofKey) headers.DPoP = await proofKey.proof(method, url, auth?.key ? auth.token : undefined);
+      if (proofKey) headers.DPoP = await proofKey.proof(method, url, auth?.key ? auth.token : body.proofToken);
       let res: Response;
       let text: string;
       try {
@@ -319,7 +319,7 @@ export class Task implements AsyncDisposable {
       tools: d.tools.join(" "),
     };
     if (d.ttlSeconds !== undefined) form.ttl_seconds = String(d.ttlSeconds);
-    const x = await this.valet.call<Schemas["TokenExchangeResponse"]>("POST", "/v1/token", undefined, { form, proofKey: this.key });
+    const x = await this.valet.call<Schemas["TokenExchangeResponse"]>("POST", "/v1/token", undefined, { form, proofKey: this.key, proofToken: this.key ? this.token : undefined }); // a bound parent: its proof covers the subject token (ath)
     if (!x || typeof x.access_token !== "string" || !x.task?.id) {
       throw new ValetError(200, "invalid_answer", "delegating: the answer is not a token exchange response");
     }
