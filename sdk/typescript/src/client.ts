@@ -229,9 +229,11 @@ export class Task implements AsyncDisposable {
   }
 
   /** fetch calls a tool server with the task token (and a DPoP proof when bound); extra headers are kept. */
-  async fetch(input: string | URL, init: RequestInit & { headers?: Record<string, string> } = {}): Promise<Response> {
+  async fetch(input: string | URL, init: RequestInit = {}): Promise<Response> {
     const method = init.method ?? "GET";
-    return globalThis.fetch(input, { ...init, method, headers: { ...init.headers, ...(await this.headers(method, input)) } });
+    const headers = new Headers(init.headers);
+    for (const [k, v] of Object.entries(await this.headers(method, input))) headers.set(k, v);
+    return globalThis.fetch(input, { ...init, method, headers });
   }
 
   private auth() {
