@@ -48,7 +48,7 @@ func TestTypeScriptSDK(t *testing.T) {
 	run(t, ctx, nil, "go", "build", "-o", bin, "../../cmd/valet")
 	run(t, ctx, nil, "npm", "run", "--silent", "build")
 	run(t, ctx, nil, "npx", "--no-install", "tsc", "-p", "tsconfig.test.json")
-	tests, err := filepath.Glob(filepath.Join("dist-test", "*.test.js"))
+	tests, err := filepath.Glob(filepath.Join("dist-test", "test", "*.test.js"))
 	if err != nil || len(tests) == 0 {
 		t.Fatalf("no compiled tests in dist-test (%v)", err)
 	}

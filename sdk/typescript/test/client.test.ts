@@ -1,7 +1,7 @@
 // The agent client against a real `valet dev`.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { Valet, ValetError, type Task } from "../dist/index.js";
+import { Valet, ValetError, type Task } from "@valet-dev/valet";
 import { startValet, type Dev } from "./harness.js";
 
 const decl = { template: "sdk", intent: "triage ticket 4521", tools: ["tickets.read", "kb.search"], ttl_seconds: 120 };

@@ -9,8 +9,8 @@ import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { z } from "zod";
-import { Valet, Verifier, type Task } from "../dist/index.js";
-import { protectMCP, type ValetAuthInfo } from "../dist/mcp.js";
+import { Valet, Verifier, type Task } from "@valet-dev/valet";
+import { protectMCP, type ValetAuthInfo } from "@valet-dev/valet/mcp";
 import { audience, startValet, toolServerClient, type Dev } from "./harness.js";
 
 const decl = { template: "sdk", intent: "triage ticket 4521", tools: ["tickets.read", "tickets.delete"], ttl_seconds: 300 };

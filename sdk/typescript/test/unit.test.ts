@@ -3,7 +3,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { canonicalArgs, DPoPKey, Valet, ValetError } from "../dist/index.js";
+import { canonicalArgs, DPoPKey, Valet, ValetError } from "@valet-dev/valet";
 
 function payload(jwt: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());

@@ -3,7 +3,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { argsHash, Valet, Verifier, VerifyError, type Claims } from "../dist/index.js";
+import { argsHash, Valet, Verifier, VerifyError, type Claims } from "@valet-dev/valet";
 import { audience, startValet, toolServerClient, type Dev } from "./harness.js";
 
 const decl = { template: "sdk", intent: "triage ticket 4521", tools: ["tickets.read", "kb.search", "tickets.delete"], ttl_seconds: 300 };
