@@ -4,6 +4,7 @@ package typescript_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,7 +42,7 @@ func TestTypeScriptSDK(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if _, err := os.Stat(filepath.Join("node_modules", "typescript", "package.json")); err != nil {
+	if !installed(t) {
 		run(t, ctx, nil, "npm", "ci", "--no-audit", "--no-fund")
 	}
 	bin := filepath.Join(t.TempDir(), "valet")
@@ -53,4 +54,30 @@ func TestTypeScriptSDK(t *testing.T) {
 		t.Fatalf("no compiled tests in dist-test (%v)", err)
 	}
 	run(t, ctx, []string{"VALET_BIN=" + bin}, "node", append([]string{"--test", "--test-concurrency=1", "--test-reporter=spec"}, tests...)...)
+}
+
+// installed reports whether node_modules holds every dev dependency of
+// package.json at its pinned version (else npm ci runs).
+func installed(t *testing.T) bool {
+	t.Helper()
+	var pkg struct {
+		DevDependencies map[string]string `json:"devDependencies"`
+	}
+	b, err := os.ReadFile("package.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &pkg); err != nil {
+		t.Fatalf("package.json: %v", err)
+	}
+	for name, version := range pkg.DevDependencies {
+		var dep struct {
+			Version string `json:"version"`
+		}
+		b, err := os.ReadFile(filepath.Join("node_modules", name, "package.json"))
+		if err != nil || json.Unmarshal(b, &dep) != nil || dep.Version != version {
+			return false
+		}
+	}
+	return true
 }

@@ -25,8 +25,20 @@ export async function sha256B64url(s: string): Promise<string> {
   return b64url(new Uint8Array(d));
 }
 
+/** b64url is base64url without padding (RFC 4648 section 5), with no Node-only API. */
 export function b64url(b: Uint8Array): string {
-  return Buffer.from(b).toString("base64url");
+  let s = "";
+  for (let i = 0; i < b.length; i++) s += String.fromCharCode(b[i]);
+  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** fromB64url decodes base64url (padding optional); anything else throws. */
+export function fromB64url(s: string): Uint8Array<ArrayBuffer> {
+  if (!/^[A-Za-z0-9_-]*$/.test(s)) throw new Error("not base64url");
+  const bin = atob(s.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (s.length % 4)) % 4));
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
 }
 
 function write(v: unknown, depth: number): string {
@@ -52,8 +64,13 @@ function write(v: unknown, depth: number): string {
   }
 }
 
+const utf8 = new TextEncoder();
+
 function byUTF8(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, "utf8"), Buffer.from(b, "utf8"));
+  const x = utf8.encode(a);
+  const y = utf8.encode(b);
+  for (let i = 0; i < x.length && i < y.length; i++) if (x[i] !== y[i]) return x[i] - y[i];
+  return x.length - y.length;
 }
 
 function goNumber(n: number): string {

@@ -1,7 +1,7 @@
 // The little of JOSE the verifier needs, on WebCrypto: compact JWS
 // verification with a JWK, and RFC 7638 thumbprints.
 
-import { sha256B64url } from "./canonical.js";
+import { fromB64url, sha256B64url } from "./canonical.js";
 
 export interface JWK {
   kty?: string;
@@ -29,7 +29,7 @@ export function decodeJWS(raw: string): Decoded {
   const parts = raw.split(".");
   if (parts.length !== 3 || parts.some((p) => !/^[A-Za-z0-9_-]*$/.test(p))) throw new Error("not a compact JWS");
   const json = (s: string) => {
-    const v: unknown = JSON.parse(Buffer.from(s, "base64url").toString("utf8"));
+    const v: unknown = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(fromB64url(s)));
     if (!v || typeof v !== "object" || Array.isArray(v)) throw new Error("JWS part is not a JSON object");
     return v as Record<string, unknown>;
   };
@@ -37,7 +37,7 @@ export function decodeJWS(raw: string): Decoded {
     header: json(parts[0]),
     payload: json(parts[1]),
     signingInput: new TextEncoder().encode(parts[0] + "." + parts[1]),
-    signature: new Uint8Array(Buffer.from(parts[2], "base64url")),
+    signature: fromB64url(parts[2]),
   };
 }
 

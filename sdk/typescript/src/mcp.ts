@@ -6,7 +6,7 @@
 // server never acts on another tool or arguments than the ones checked.
 
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { actionHeader, VerifyError, type Claims, type Verifier } from "./verifier.js";
+import { requestInfo, tokenOf, VerifyError, type Claims, type Verifier } from "./verifier.js";
 
 /** The MCP SDK's AuthInfo shape (what tool handlers read as extra.authInfo), with Valet's claims in extra. */
 export interface ValetAuthInfo {
@@ -40,6 +40,10 @@ export function protectMCP(verifier: Verifier, handler: MCPHandler, opts: MCPOpt
     let id: unknown = null;
     let tool = "";
     let args: unknown;
+    if (!tokenOf(requestInfo(req)).token) {
+      // Nothing is read for a caller without a token.
+      return refuse(verifier, req, res, new VerifyError(401, "a task token is required", "no Authorization header"), null);
+    }
     if (req.method === "POST") {
       let text: string;
       try {
@@ -78,14 +82,10 @@ export function protectMCP(verifier: Verifier, handler: MCPHandler, opts: MCPOpt
     try {
       claims = tool ? await verifier.checkCall(req, tool, args) : await verifier.checkSession(req);
     } catch (err) {
-      const r = verifier.refusal(req, err);
-      for (const [k, v] of Object.entries(r.headers)) res.setHeader(k, v);
-      const e = err instanceof VerifyError ? err : undefined;
-      return rpcError(res, r.status, -32001, e?.message ?? "internal error", id);
+      return refuse(verifier, req, res, err, id);
     }
     const token = (header(req, "authorization") ?? "").replace(/^\S+\s+/, "");
     req.auth = { token, clientId: claims.actor, scopes: claims.tools, expiresAt: Math.floor(claims.expiresAt.getTime() / 1000), extra: { claims } };
-    delete req.headers[actionHeader.toLowerCase()];
     await handler(req, res, body);
     if (tool) {
       const report = () => verifier.report(req, claims, tool, res.statusCode || 200);
@@ -93,6 +93,13 @@ export function protectMCP(verifier: Verifier, handler: MCPHandler, opts: MCPOpt
       else res.once("finish", report);
     }
   };
+}
+
+/** refuse answers a refusal: its status and challenge, and a JSON-RPC error as the body. */
+function refuse(verifier: Verifier, req: IncomingMessage, res: ServerResponse, err: unknown, id: unknown): void {
+  const r = verifier.refusal(req, err);
+  for (const [k, v] of Object.entries(r.headers)) res.setHeader(k, v);
+  rpcError(res, r.status, -32001, err instanceof VerifyError ? err.message : "internal error", id);
 }
 
 function header(req: IncomingMessage, name: string): string | undefined {

@@ -256,7 +256,8 @@ export class Verifier {
       id: str("jti"), taskId: str("task_id"), subject: str("sub"), template: str("template"), agentIssuer: str("agent_issuer"),
       scope: str("scope"), jkt: "", tools: strs("tools"), actionTools: strs("action_tools"),
       audience: typeof p.aud === "string" ? [p.aud] : strs("aud"), act: [],
-      issuedAt: new Date(Number(p.iat) * 1000), expiresAt: new Date(Number(p.exp) * 1000), actor: "",
+      // A token without iat counts as issued at the epoch: every revoked-before epoch covers it (fail closed).
+      issuedAt: new Date(typeof p.iat === "number" ? p.iat * 1000 : 0), expiresAt: new Date(Number(p.exp) * 1000), actor: "",
     };
     if (!c.id || !c.taskId || !c.subject) throw new VerifyError(401, "invalid task token", "missing jti, task_id or sub");
     let a = p.act as { sub?: unknown; act?: unknown } | undefined;
@@ -433,7 +434,8 @@ export class Verifier {
   }
 
   private basic(): string {
-    return "Basic " + Buffer.from(`${encodeURIComponent(this.o.clientId)}:${encodeURIComponent(this.o.clientSecret)}`).toString("base64");
+    // As Go's SetBasicAuth: id:secret, UTF-8, base64.
+    return "Basic " + btoa(String.fromCharCode(...new TextEncoder().encode(`${this.o.clientId}:${this.o.clientSecret}`)));
   }
 
   private async postToken(path: string, raw: string): Promise<unknown> {
@@ -516,8 +518,9 @@ export class Verifier {
       const rep = this.queue.shift();
       if (!rep) {
         await new Promise<void>((resolve) => {
-          this.queueWake = resolve;
-          signal.addEventListener("abort", () => resolve(), { once: true });
+          const done = () => { signal.removeEventListener("abort", done); resolve(); };
+          this.queueWake = done;
+          signal.addEventListener("abort", done, { once: true });
         });
         this.queueWake = undefined;
         continue;
@@ -562,9 +565,10 @@ export class Verifier {
       this.deny.live = false;
       if (signal.aborted) break;
       this.o.log?.("warn", "revocation feed broke; checking by introspection until it is back", { err: reasonOf(err) });
-      await new Promise((resolve) => {
-        const t = setTimeout(resolve, backoff);
-        signal.addEventListener("abort", () => { clearTimeout(t); resolve(undefined); }, { once: true });
+      await new Promise<void>((resolve) => {
+        const done = () => { clearTimeout(t); signal.removeEventListener("abort", done); resolve(); };
+        const t = setTimeout(done, backoff);
+        signal.addEventListener("abort", done, { once: true });
       });
       backoff = Math.min(2 * backoff, 5000);
     }
