@@ -32,8 +32,9 @@ func run(t *testing.T, ctx context.Context, env []string, name string, args ...s
 // binary built here (VALET_BIN): the agent client (declare, await using,
 // renew, delegate, DPoP, action tokens and approvals, reports, typed
 // errors), the verifier on the real revocation feed (0 calls to Valet per
-// warm check, a revoked task refused within 1 s) and the MCP adapter with
-// the official MCP SDK.
+// warm check, a revoked task refused within 1 s; with redis-server, an
+// incident control through `valet dev --redis`), the MCP adapter with the
+// official MCP SDK, and the OpenAI Agents SDK example with a scripted model.
 func TestTypeScriptSDK(t *testing.T) {
 	for _, tool := range []string{"node", "npm"} {
 		if _, err := exec.LookPath(tool); err != nil {

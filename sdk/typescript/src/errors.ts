@@ -15,18 +15,16 @@ export type ValetErrorCode =
 export class ValetError extends Error {
   override readonly name = "ValetError";
   constructor(
+    /** The HTTP status; 0 when Valet could not be reached (code network or timeout). */
     readonly status: number,
     readonly code: ValetErrorCode,
-    message: string,
+    /** The message Valet sent, safe to show; message adds the status, code, rule, field and request id. */
+    readonly detail: string,
     readonly rule?: string,
     readonly field?: string,
     readonly requestId?: string,
   ) {
-    super(describe(status, code, message, rule, field, requestId));
-  }
-  /** The message Valet sent, without the status, code, rule, field and request id. */
-  get detail(): string {
-    return this.message.replace(/^valet: \d+ [^:]*: /, "").replace(/ \((rule|field) [^)]*\)| \[request [^\]]*\]/g, "");
+    super(describe(status, code, detail, rule, field, requestId));
   }
 }
 

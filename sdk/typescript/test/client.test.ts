@@ -152,6 +152,16 @@ describe("agent client", () => {
     assert.equal(approved.status, "granted");
     assert.ok(approved.action_token);
 
+    // A denial ends the wait with a typed error.
+    const second = (await task.requestAction("tickets.purge", { queue: "ham" }, { wait: false })) as { approval_id: string };
+    const denied = task.waitForApproval(second.approval_id, { pollMs: 100 }).then(() => undefined, (e: unknown) => e);
+    await dev.deny(second.approval_id);
+    const err = await denied;
+    assert.ok(err instanceof ValetError && err.status >= 400 && err.status < 500, String(err));
+    // Waiting can be abandoned.
+    const third = (await task.requestAction("tickets.purge", { queue: "eggs" }, { wait: false })) as { approval_id: string };
+    await assert.rejects(task.waitForApproval(third.approval_id, { pollMs: 100, signal: AbortSignal.timeout(300) }), /TimeoutError|timed out|aborted/i);
+
     const ev = await task.reportToolCall({ tool: "tickets.read", outcome: "ok", status: 200, sideEffect: "read ticket 7" });
     assert.equal(ev.tool, "tickets.read");
     const events = await task.events();

@@ -15,6 +15,7 @@ export interface Dev {
   revoke(token: string): Promise<void>;
   introspect(token: string): Promise<{ active: boolean; [k: string]: unknown }>;
   approve(approvalId: string): Promise<void>;
+  deny(approvalId: string): Promise<void>;
   /** admin calls the admin API as a development admin (needs startValet({ redis: true })). */
   admin(method: string, path: string, body?: unknown): Promise<Response>;
   stop(): Promise<void>;
@@ -68,6 +69,11 @@ export async function startValet(opts: { redis?: boolean } = {}): Promise<Dev> {
     if (res.status !== 200) throw new Error(`${path}: ${res.status} ${await res.text()}`);
     return res;
   };
+  const decide = async (id: string, verb: "approve" | "deny") => {
+    const res = await fetch(`${url}/v1/approvals/${encodeURIComponent(id)}/${verb}`, { method: "POST", headers: { Authorization: basic(approverClient), "Content-Type": "application/json" }, body: JSON.stringify({ reason: "test" }) });
+    if (res.status !== 200) throw new Error(`${verb}: ${res.status} ${await res.text()}`);
+    await res.body?.cancel();
+  };
   return {
     url,
     async devToken(agent) {
@@ -77,10 +83,8 @@ export async function startValet(opts: { redis?: boolean } = {}): Promise<Dev> {
     },
     async revoke(token) { await (await form("/v1/revoke", token)).body?.cancel(); },
     async introspect(token) { return (await (await form("/v1/introspect", token)).json()) as { active: boolean }; },
-    async approve(id) {
-      const res = await fetch(`${url}/v1/approvals/${encodeURIComponent(id)}/approve`, { method: "POST", headers: { Authorization: basic(approverClient), "Content-Type": "application/json" }, body: JSON.stringify({ reason: "test" }) });
-      if (res.status !== 200) throw new Error(`approve: ${res.status} ${await res.text()}`);
-    },
+    async approve(id) { await decide(id, "approve"); },
+    async deny(id) { await decide(id, "deny"); },
     async admin(method, path, body) {
       const res = await fetch(`${url}/dev/token?admin=rita`, { method: "POST" });
       const token = ((await res.json()) as { identity_token: string }).identity_token;

@@ -112,6 +112,23 @@ describe("verifier", () => {
     assert.equal((await refusal(v.check(req(forged), "tickets.comment"))).status, 401);
   });
 
+  it("fetches the JWKS once, and again for an unknown kid at most every 30 s", async () => {
+    const counter = counting();
+    const v = newVerifier(counter.fetch);
+    await using task = await valet.declare(decl);
+    await v.check(req(task.token), "tickets.read");
+    await v.check(req(task.token), "tickets.read");
+    assert.equal(v.calls.jwks, 1);
+    const [h, p, s] = task.token.split(".");
+    const header = JSON.parse(Buffer.from(h, "base64url").toString());
+    const unknown = `${Buffer.from(JSON.stringify({ ...header, kid: "rotated" })).toString("base64url")}.${p}.${s}`;
+    for (let i = 0; i < 3; i++) {
+      const e = await refusal(v.check(req(unknown), "tickets.read"));
+      assert.equal(e.status, 401);
+    }
+    assert.equal(v.calls.jwks, 1, "an unknown kid refetched the JWKS within 30 s of the last fetch");
+  });
+
   it("answers 503 when Valet cannot be asked and the feed is not live", async () => {
     await using task = await valet.declare(decl);
     let down = false;
