@@ -121,6 +121,8 @@ export interface CallCounts {
 
 const jwksMinRefreshMs = 30_000;
 const maxToken = 8192;
+/** How many verified token signatures the verifier remembers. */
+const maxSigned = 10_000;
 const dpopWindowS = 60;
 const reportQueue = 1024;
 /** How recent the last stream read must be for a reconnection to resume from the last event id. */
@@ -135,6 +137,12 @@ export class Verifier {
   readonly issuer: string;
   private readonly o: Required<Omit<VerifierOptions, "publicUrl" | "log">> & Pick<VerifierOptions, "publicUrl" | "log">;
   private keys = new Map<string, { key: CryptoKey; alg?: string }>();
+  /**
+   * signed remembers the payloads of tokens whose signature verified, by typ and token, so a token seen again
+   * costs no signature check (its claims, times and revocation are still checked every time). Cleared when
+   * the keys are refetched, so a key Valet dropped stops counting.
+   */
+  private signed = new Map<string, Record<string, unknown>>();
   private lastFetch = 0;
   private inflight?: Promise<void>;
   private deny = new DenySet();
@@ -280,18 +288,22 @@ export class Verifier {
 
   /** verifyJWT checks a Valet JWT's header, signature, iss, aud and times, and answers its payload. */
   private async verifyJWT(raw: string, typ: string): Promise<Record<string, unknown>> {
-    const d = decodeJWS(raw);
-    const alg = d.header.alg;
-    if (typeof alg !== "string" || !tokenAlgs.includes(alg)) throw new Error("signing method not accepted");
-    if (d.header.typ !== typ) throw new Error(`typ must be ${typ}`);
-    if ("crit" in d.header) throw new Error("crit header is not supported");
-    const kid = d.header.kid;
-    if (typeof kid !== "string" || kid === "") throw new Error("no kid");
-    const k = await this.key(kid);
-    if (k.alg && k.alg !== alg) throw new Error("alg does not match the key");
-    const key = await k.key;
-    if (!(await verifySignature(d, key, alg))) throw new Error("signature is invalid");
-    const p = d.payload;
+    let p = this.signed.get(typ + " " + raw);
+    if (!p) {
+      const d = decodeJWS(raw);
+      const alg = d.header.alg;
+      if (typeof alg !== "string" || !tokenAlgs.includes(alg)) throw new Error("signing method not accepted");
+      if (d.header.typ !== typ) throw new Error(`typ must be ${typ}`);
+      if ("crit" in d.header) throw new Error("crit header is not supported");
+      const kid = d.header.kid;
+      if (typeof kid !== "string" || kid === "") throw new Error("no kid");
+      const k = await this.key(kid);
+      if (k.alg && k.alg !== alg) throw new Error("alg does not match the key");
+      if (!(await verifySignature(d, k.key, alg))) throw new Error("signature is invalid");
+      p = d.payload;
+      if (this.signed.size >= maxSigned) this.signed.clear();
+      this.signed.set(typ + " " + raw, p);
+    }
     const now = this.o.now() / 1000;
     if (p.iss !== this.issuer) throw new Error("issuer mismatch");
     const aud = typeof p.aud === "string" ? [p.aud] : Array.isArray(p.aud) ? p.aud : [];
@@ -338,6 +350,7 @@ export class Verifier {
           }
         }
         this.keys = keys;
+        this.signed.clear();
       } finally {
         this.inflight = undefined;
       }
