@@ -2,11 +2,14 @@
 // tool server behind the Verifier.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Valet, Verifier } from "@valet-dev/valet";
+import { protectHTTP, type ToolHandler } from "@valet-dev/valet/http";
 import { ScriptedModel, triage } from "../examples/openai-agent.js";
 import { audience, startValet, toolServerClient, type Dev } from "./harness.js";
+
+const toolOf = (req: IncomingMessage) => (/^\/tickets\/[^/]+\/comments$/.test(req.url ?? "") ? "tickets.comment" : "tickets.read");
 
 describe("OpenAI Agents SDK example", () => {
   let dev: Dev;
@@ -19,20 +22,17 @@ describe("OpenAI Agents SDK example", () => {
 
   before(async () => {
     dev = await startValet();
-    server = createServer(async (req, res) => {
-      const m = /^\/tickets\/([^/]+)(\/comments)?$/.exec(req.url ?? "");
-      const tool = m?.[2] ? "tickets.comment" : "tickets.read";
-      try {
-        const c = await verifier.check(req, tool);
-        lastToken = (req.headers.authorization ?? "").split(" ")[1] ?? "";
-        calls.push({ tool, status: 200, agent: c.actor, task: c.taskId });
-        res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ id: m?.[1], subject: "Refund not received", by: c.actor }));
-        verifier.report(req, c, tool, 200);
-      } catch (err) {
-        const r = verifier.refusal(req, err);
-        calls.push({ tool, status: r.status });
-        res.writeHead(r.status, r.headers).end(r.body);
-      }
+    // The tool server: protectHTTP checks each call for its tool, answers refusals and reports the calls.
+    // The tool server: protectHTTP checks each call for its tool, answers refusals and reports the calls.
+    const handler: ToolHandler = (req, res, { claims, describe }) => {
+      lastToken = (req.headers.authorization ?? "").split(" ")[1] ?? "";
+      if (req.method === "POST") describe({ sideEffect: "commented" });
+      res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ id: /^\/tickets\/([^/]+)/.exec(req.url ?? "")?.[1], subject: "Refund not received", by: claims.actor, task: claims.taskId }));
+      calls.push({ tool: toolOf(req), status: 200, agent: claims.actor, task: claims.taskId });
+    };
+    server = createServer((req, res) => {
+      res.once("finish", () => { if (res.statusCode !== 200) calls.push({ tool: toolOf(req), status: res.statusCode }); });
+      void protectHTTP(verifier, toolOf, handler)(req, res); // verifier is made once the port is known
     });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -59,5 +59,9 @@ describe("OpenAI Agents SDK example", () => {
     assert.equal(calls[0].agent, "agent-7");
     assert.equal(calls[0].task, taskId);
     assert.equal((await dev.introspect(lastToken)).active, false, "the task outlived the run");
+    // protectHTTP reported the granted call (the refused one never reached the handler).
+    const t0 = Date.now();
+    while (verifier.reports.sent < 1 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(verifier.reports.sent, 1);
   });
 });
