@@ -130,6 +130,10 @@ describe("agent client", () => {
     const res = await fetch(`${dev.url}/v1/tasks/${task.id}`, { headers: { Authorization: `Bearer ${task.token}` } });
     assert.equal(res.status, 401);
     await res.body?.cancel();
+    // Renewed tokens stay bound to the key.
+    await task.renew({ ttlSeconds: 300 });
+    assert.equal(((await dev.introspect(task.token)).cnf as { jkt: string }).jkt, key.jkt);
+    assert.equal((await task.refresh()).id, task.id);
     // A child of a bound task is bound to the same key.
     await using child = await task.delegate({ actorIdentityToken: await dev.devToken("agent-8"), tools: ["tickets.read"] });
     assert.equal(((await dev.introspect(child.token)).cnf as { jkt: string }).jkt, key.jkt);
