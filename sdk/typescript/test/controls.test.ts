@@ -54,4 +54,31 @@ describe("incident controls on the feed", { skip: haveRedis ? false : "needs red
     while ((await v.check(req(task.token), "tickets.read").then(() => false, () => true)) && Date.now() - t2 < 3000) await new Promise((r) => setTimeout(r, 10));
     await v.check(req(task.token), "tickets.read");
   });
+
+  it("a bulk revocation of a template's tasks reaches the verifier through the feed", async (t) => {
+    const v = new Verifier({ issuer: dev.url, audience, clientId: toolServerClient.id, clientSecret: toolServerClient.secret });
+    const run = v.start();
+    t.after(() => run.stop());
+    const valet = new Valet({ baseUrl: dev.url, identityToken: () => dev.devToken("agent-11") });
+    const task = await valet.declare(decl);
+    const t0 = Date.now();
+    while (!v.live) {
+      assert.ok(Date.now() - t0 < 5000, "the feed is not live");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await v.check(req(task.token), "tickets.read");
+    const introspections = v.calls.introspect;
+    const res = await dev.admin("POST", "/v1/admin/revocations", { selector: { template: "sdk", issued_before: new Date(Date.now() + 1000).toISOString() }, reason: "leaked prompt" });
+    assert.ok(res.status === 200 || res.status === 202, `bulk revoke: ${res.status} ${await res.text()}`);
+    const t1 = performance.now();
+    let err: unknown;
+    while (performance.now() - t1 < 3000) {
+      err = await v.check(req(task.token), "tickets.read").then(() => undefined, (e: unknown) => e);
+      if (err) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    t.diagnostic(`bulk-revoked task refused by the verifier ${(performance.now() - t1).toFixed(1)} ms after the job was answered`);
+    assert.ok(err instanceof VerifyError && err.status === 401 && err.reason === "revoked (feed)", String(err));
+    assert.equal(v.calls.introspect, introspections, "the verifier asked Valet");
+  });
 });
