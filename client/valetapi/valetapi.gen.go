@@ -335,6 +335,7 @@ const (
 	OAuthErrorErrorTemporarilyUnavailable      OAuthErrorError = "temporarily_unavailable"
 	OAuthErrorErrorUnauthorizedClient          OAuthErrorError = "unauthorized_client"
 	OAuthErrorErrorUnsupportedGrantType        OAuthErrorError = "unsupported_grant_type"
+	OAuthErrorErrorUseDpopNonce                OAuthErrorError = "use_dpop_nonce"
 )
 
 // Valid indicates whether the value is a known member of the OAuthErrorError enum.
@@ -361,6 +362,8 @@ func (e OAuthErrorError) Valid() bool {
 	case OAuthErrorErrorUnauthorizedClient:
 		return true
 	case OAuthErrorErrorUnsupportedGrantType:
+		return true
+	case OAuthErrorErrorUseDpopNonce:
 		return true
 	default:
 		return false
@@ -3319,7 +3322,10 @@ type ClientInterface interface {
 	// tools, space-separated (intent from the `intent` parameter, else a
 	// generic one). `resource` (RFC 8707, may repeat) becomes the token's
 	// audience; one the template does not list is `invalid_target`. A
-	// DPoP header binds the task (token_type DPoP). These two grants
+	// DPoP header binds the task (token_type DPoP). With
+	// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+	// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+	// 9449 section 8): retry with the nonce. These two grants
 	// answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 	// every refusal writes nothing to the ledger.
 	//
@@ -3356,7 +3362,10 @@ type ClientInterface interface {
 	// tools, space-separated (intent from the `intent` parameter, else a
 	// generic one). `resource` (RFC 8707, may repeat) becomes the token's
 	// audience; one the template does not list is `invalid_target`. A
-	// DPoP header binds the task (token_type DPoP). These two grants
+	// DPoP header binds the task (token_type DPoP). With
+	// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+	// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+	// 9449 section 8): retry with the nonce. These two grants
 	// answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 	// every refusal writes nothing to the ledger.
 	//
@@ -4606,7 +4615,10 @@ func (c *Client) RenewTask(ctx context.Context, id TaskID, body RenewTaskJSONReq
 // tools, space-separated (intent from the `intent` parameter, else a
 // generic one). `resource` (RFC 8707, may repeat) becomes the token's
 // audience; one the template does not list is `invalid_target`. A
-// DPoP header binds the task (token_type DPoP). These two grants
+// DPoP header binds the task (token_type DPoP). With
+// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+// 9449 section 8): retry with the nonce. These two grants
 // answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 // every refusal writes nothing to the ledger.
 //
@@ -4653,7 +4665,10 @@ func (c *Client) TokenWithBody(ctx context.Context, params *TokenParams, content
 // tools, space-separated (intent from the `intent` parameter, else a
 // generic one). `resource` (RFC 8707, may repeat) becomes the token's
 // audience; one the template does not list is `invalid_target`. A
-// DPoP header binds the task (token_type DPoP). These two grants
+// DPoP header binds the task (token_type DPoP). With
+// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+// 9449 section 8): retry with the nonce. These two grants
 // answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 // every refusal writes nothing to the ledger.
 //
@@ -7703,7 +7718,10 @@ type ClientWithResponsesInterface interface {
 	// tools, space-separated (intent from the `intent` parameter, else a
 	// generic one). `resource` (RFC 8707, may repeat) becomes the token's
 	// audience; one the template does not list is `invalid_target`. A
-	// DPoP header binds the task (token_type DPoP). These two grants
+	// DPoP header binds the task (token_type DPoP). With
+	// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+	// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+	// 9449 section 8): retry with the nonce. These two grants
 	// answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 	// every refusal writes nothing to the ledger.
 	//
@@ -7740,7 +7758,10 @@ type ClientWithResponsesInterface interface {
 	// tools, space-separated (intent from the `intent` parameter, else a
 	// generic one). `resource` (RFC 8707, may repeat) becomes the token's
 	// audience; one the template does not list is `invalid_target`. A
-	// DPoP header binds the task (token_type DPoP). These two grants
+	// DPoP header binds the task (token_type DPoP). With
+	// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+	// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+	// 9449 section 8): retry with the nonce. These two grants
 	// answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 	// every refusal writes nothing to the ledger.
 	//
@@ -11728,6 +11749,7 @@ func (r RenewTaskResponse) ContentType() string {
 // TokenResponse200Headers the declared response headers of an HTTP 200 response for Token
 type TokenResponse200Headers struct {
 	CacheControl string
+	DPoPNonce    *string
 }
 
 type TokenResponse struct {
@@ -12853,7 +12875,10 @@ func (c *ClientWithResponses) RenewTaskWithResponse(ctx context.Context, id Task
 // tools, space-separated (intent from the `intent` parameter, else a
 // generic one). `resource` (RFC 8707, may repeat) becomes the token's
 // audience; one the template does not list is `invalid_target`. A
-// DPoP header binds the task (token_type DPoP). These two grants
+// DPoP header binds the task (token_type DPoP). With
+// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+// 9449 section 8): retry with the nonce. These two grants
 // answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 // every refusal writes nothing to the ledger.
 //
@@ -12896,7 +12921,10 @@ func (c *ClientWithResponses) TokenWithBodyWithResponse(ctx context.Context, par
 // tools, space-separated (intent from the `intent` parameter, else a
 // generic one). `resource` (RFC 8707, may repeat) becomes the token's
 // audience; one the template does not list is `invalid_target`. A
-// DPoP header binds the task (token_type DPoP). These two grants
+// DPoP header binds the task (token_type DPoP). With
+// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+// 9449 section 8): retry with the nonce. These two grants
 // answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 // every refusal writes nothing to the ledger.
 //
@@ -16254,6 +16282,13 @@ func ParseTokenResponse(rsp *http.Response) (*TokenResponse, error) {
 				return nil, err
 			}
 			headers.CacheControl = value
+		}
+		if values := rsp.Header.Values("DPoP-Nonce"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "DPoP-Nonce", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.DPoPNonce = &value
 		}
 		response.Headers200 = &headers
 	}
