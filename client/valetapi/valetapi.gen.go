@@ -897,9 +897,12 @@ type Approval struct {
 	Id           string                  `json:"id"`
 
 	// Intent The task's intent as declared and recorded.
-	Intent       string                  `json:"intent"`
-	Issuer       string                  `json:"issuer"`
-	Reason       *string                 `json:"reason,omitempty"`
+	Intent string  `json:"intent"`
+	Issuer string  `json:"issuer"`
+	Reason *string `json:"reason,omitempty"`
+
+	// RequiredBy The monitor rule (action require_approval) that made this action need a human; approving it clears the requirement.
+	RequiredBy   *string                 `json:"required_by,omitempty"`
 	Resource     *map[string]interface{} `json:"resource,omitempty"`
 	ShowArgs     *bool                   `json:"show_args,omitempty"`
 	State        ApprovalState           `json:"state"`
