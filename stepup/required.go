@@ -133,3 +133,47 @@ func (s *Service) ClearApprovalRequirement(ctx context.Context, who, issuer, age
 	s.log.InfoContext(ctx, "approval requirement cleared", "agent", agent, "issuer", issuer, "by", who)
 	return nil
 }
+
+// RequirementClear is an approver's request to end an agent's approval
+// requirement (POST /v1/approval-requirements/clear).
+type RequirementClear struct {
+	Issuer string `json:"issuer"`
+	Agent  string `json:"agent"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Validate refuses a request naming no agent, naming the field.
+func (c RequirementClear) Validate() error {
+	for _, f := range []struct{ name, v string }{{"issuer", c.Issuer}, {"agent", c.Agent}} {
+		if f.v == "" {
+			return broker.InvalidField(f.name, "%s is required", f.name)
+		}
+		if len(f.v) > 256 {
+			return broker.InvalidField(f.name, "%s must be at most 256 bytes", f.name)
+		}
+	}
+	if len(c.Reason) > 512 {
+		return broker.InvalidField("reason", "reason must be at most 512 bytes")
+	}
+	return nil
+}
+
+// ClearRequirement is an approver's clearing of an agent's requirement:
+// it reports whether one was in force (and is now ended).
+func (s *Service) ClearRequirement(ctx context.Context, who string, c RequirementClear) (bool, error) {
+	if err := c.Validate(); err != nil {
+		return false, err
+	}
+	rule, err := s.ApprovalRequirement(ctx, c.Issuer, c.Agent)
+	if err != nil || rule == "" {
+		return false, err
+	}
+	reason := c.Reason
+	if reason == "" {
+		reason = "cleared by an approver"
+	}
+	if err := s.ClearApprovalRequirement(ctx, who, c.Issuer, c.Agent, "", broker.Bound(reason, 512)); err != nil {
+		return false, err
+	}
+	return true, nil
+}

@@ -244,4 +244,33 @@ func TestMonitorRequiresApprovalThroughTheServer(t *testing.T) {
 	mu.Lock()
 	check(pushed[0], "pushed")
 	mu.Unlock()
+
+	// An approver may also end a requirement without a pending approval.
+	task2, tok2 := declare("second-agent")
+	for range 2 {
+		_, _ = ask(task2, tok2)
+	}
+	testkit.Eventually(t, func() bool { _, ok := timeline(task2)["approval.required"]; return ok }, "the rule requires approval again")
+	if code, m := ask(task2, tok2); code != http.StatusAccepted {
+		t.Fatalf("second agent under the requirement: %d %v", code, m)
+	}
+	clear := func(body string, basic bool) (int, map[string]any) {
+		t.Helper()
+		return call("POST", "/v1/approval-requirements/clear", "", body, basic)
+	}
+	if code, _ := clear(`{"issuer":"test","agent":"second-agent"}`, false); code != http.StatusUnauthorized {
+		t.Fatalf("clear without approver credentials: %d, want 401", code)
+	}
+	if code, m := clear(`{"issuer":"test"}`, true); code != http.StatusBadRequest || m["field"] != "agent" {
+		t.Fatalf("clear naming no agent: %d %v", code, m)
+	}
+	if code, m := clear(`{"issuer":"test","agent":"second-agent","reason":"on call checked"}`, true); code != 200 || m["cleared"] != true {
+		t.Fatalf("clear: %d %v", code, m)
+	}
+	if code, m := clear(`{"issuer":"test","agent":"second-agent"}`, true); code != 200 || m["cleared"] != false {
+		t.Fatalf("clear again: %d %v", code, m)
+	}
+	if code, m := ask(task2, tok2); code != http.StatusCreated {
+		t.Fatalf("second agent after the clear: %d %v, want 201", code, m)
+	}
 }
