@@ -196,3 +196,23 @@ func TestVerifierFollowsSSFStream(t *testing.T) {
 	t.Logf("ended task refused %s after its end, frozen agent %s after the freeze; calls to Valet: %v",
 		took.Round(time.Millisecond), time.Since(frozen).Round(time.Millisecond), counter)
 }
+
+// TestSSFReceiverQuarantineNeedsKnownTemplates: a receiver whose
+// quarantine_template would suspend a template the set does not define
+// refuses the start, naming it.
+func TestSSFReceiverQuarantineNeedsKnownTemplates(t *testing.T) {
+	clock := testkit.NewClock(time.Now())
+	o, _, _, _ := testOptions(t, clock)
+	withRedis(t, &o, time.Hour)
+	tt := ssf.TrustedTransmitter{Name: "idp", Issuer: "https://idp.example", JWKSURL: "https://idp.example/jwks", Audience: []string{"valet"},
+		SubjectIssuer: "test", Actions: map[string]ssf.Action{ssf.EventRiskLevelChange: ssf.ActionQuarantineTemplate}, Templates: []string{"triage", "payments"}}
+	o.SSF = &SSFOptions{Receiver: &ssf.ReceiverConfig{Transmitters: []ssf.TrustedTransmitter{tt}}}
+	if _, err := New(t.Context(), o); err == nil || !strings.Contains(err.Error(), `template "payments"`) {
+		t.Fatalf("New = %v, want the unknown template named", err)
+	}
+	tt.Templates = []string{"triage"}
+	o.SSF = &SSFOptions{Receiver: &ssf.ReceiverConfig{Transmitters: []ssf.TrustedTransmitter{tt}}}
+	if _, err := New(t.Context(), o); err != nil {
+		t.Fatalf("New with a known template: %v", err)
+	}
+}
