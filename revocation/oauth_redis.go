@@ -83,4 +83,3 @@ func oauthValue(v []byte, err error, what string) ([]byte, error) {
 	}
 	return v, nil
 }
-
