@@ -32,9 +32,17 @@ type Config struct {
 	// MaxAssertionLife bounds a client assertion's exp from now (default
 	// DefaultMaxAssertionLife).
 	MaxAssertionLife time.Duration
-	Now              func() time.Time
-	Logger           *slog.Logger
+	// Interactive, when set, turns on the authorization code grant with
+	// PKCE for interactive clients and its refresh tokens (authorize.go).
+	Interactive *InteractiveConfig
+	Now         func() time.Time
+	Logger      *slog.Logger
 }
+
+// Interactive reports whether the authorization code grant is on (the
+// routes AuthorizePath, CallbackPath and ConsentPath are then served by
+// Authorize, Callback and Consent).
+func (e *Endpoint) Interactive() bool { return e.interactive != nil }
 
 // TokenPath is where the token endpoint is mounted.
 const TokenPath = "/v1/token"
@@ -46,6 +54,8 @@ type Endpoint struct {
 	clients    *ClientVerifier
 	issuer     string
 	log        *slog.Logger
+	// interactive is nil unless the authorization code grant is on.
+	interactive *interactive
 }
 
 // New checks cfg and builds the endpoint.
@@ -72,6 +82,15 @@ func New(cfg Config) (*Endpoint, error) {
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Interactive != nil {
+		now := cfg.Now
+		if now == nil {
+			now = time.Now
+		}
+		if e.interactive, err = newInteractive(cfg.Interactive, issuer, now); err != nil {
+			return nil, err
+		}
+	}
 	return e, nil
 }
 
@@ -95,11 +114,16 @@ func (e *Endpoint) Handler(exchange http.Handler) http.Handler {
 			e.writeError(w, r, &Error{Code: ErrInvalidRequest, Description: "malformed form body", Status: http.StatusBadRequest, Err: err})
 			return
 		}
-		if gt := r.PostForm.Get("grant_type"); gt == "" || gt == delegation.GrantTypeTokenExchange {
+		switch gt := r.PostForm.Get("grant_type"); {
+		case gt == "" || gt == delegation.GrantTypeTokenExchange:
 			exchange.ServeHTTP(w, r)
-			return
+		case gt == GrantAuthorizationCode && e.interactive != nil:
+			e.serveCode(w, r)
+		case gt == GrantRefreshToken && e.interactive != nil:
+			e.serveRefresh(w, r)
+		default:
+			e.serve(w, r)
 		}
-		e.serve(w, r)
 	})
 }
 

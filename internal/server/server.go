@@ -218,6 +218,10 @@ type OAuthOptions struct {
 	// MaxAssertionLife bounds a client assertion's exp from now (0: the
 	// default).
 	MaxAssertionLife time.Duration
+	// Interactive, when set, turns on the authorization code grant; its
+	// refresh tokens renew tasks through the server's renewal service
+	// unless Interactive.Renewer is set.
+	Interactive *oauth.InteractiveConfig
 }
 
 // MetricsOptions configure the metrics.
@@ -382,9 +386,15 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		s.ssf = hopts.SSF
 	}
 	if oo := o.OAuth; oo != nil {
+		interactive := oo.Interactive
+		if interactive != nil && interactive.Renewer == nil {
+			ic := *interactive
+			ic.Renewer = renewals
+			interactive = &ic
+		}
 		if hopts.OAuth, err = oauth.New(oauth.Config{
 			Service: s.svc, Identity: o.Identity, Clients: oo.Clients, Once: o.Agent.Limiter, Issuer: o.PublicURL,
-			MaxAssertionLife: oo.MaxAssertionLife, Now: o.Now, Logger: o.Logger,
+			MaxAssertionLife: oo.MaxAssertionLife, Interactive: interactive, Now: o.Now, Logger: o.Logger,
 		}); err != nil {
 			return nil, err
 		}
