@@ -288,8 +288,21 @@ func (in *interactive) checkRequest(q url.Values, c PublicClient, a *authzReques
 	if !c.allows(d.Template) {
 		return refuse(ErrUnauthorizedClient, fmt.Sprintf("client %s may not use template %q", broker.QuoteUntrusted(broker.Bound(c.ID, 128)), broker.Bound(d.Template, 128)))
 	}
-	if _, ok := e.svc.Templates().Get(d.Template); !ok {
+	tmpl, ok := e.svc.Templates().Get(d.Template)
+	if !ok {
 		return refuse(ErrInvalidScope, fmt.Sprintf("template %q does not exist", broker.Bound(d.Template, 128)))
+	}
+	// What the template can never grant is refused before anyone signs
+	// in; the rest of the policy decides at the token endpoint.
+	for _, tool := range d.Tools {
+		if _, sensitive := tmpl.SensitiveTool(tool); !sensitive && !tmpl.AllowsTool(tool) {
+			return refuse(ErrInvalidScope, fmt.Sprintf("template %q does not allow tool %q", tmpl.Name, broker.Bound(tool, 128)))
+		}
+	}
+	for _, res := range resources {
+		if !slices.Contains(tmpl.Audiences, res) {
+			return refuse(ErrInvalidTarget, fmt.Sprintf("template %q does not serve resource %s", tmpl.Name, broker.QuoteUntrusted(res)))
+		}
 	}
 	a.Resources, a.Template, a.Intent, a.Tools, a.Context = resources, d.Template, d.Intent, d.Tools, d.Context
 	a.TTLSeconds = int64(d.TTL / time.Second)
