@@ -85,20 +85,25 @@ func newTestUpstream(t *testing.T, idp *oidctest.Issuer) *testUpstream {
 	return u
 }
 
-func (u *testUpstream) AuthCodeURL(state, nonce, verifier string) string {
-	return u.srv.URL + "/authorize?" + url.Values{"state": {state}, "nonce": {nonce}, "code_challenge": {s256(verifier)},
+func (u *testUpstream) Start() (oauth.UpstreamState, string) {
+	st := oauth.UpstreamState{State: broker.NewID("ust"), Nonce: broker.NewID("n"), Verifier: newVerifier()}
+	return st, u.srv.URL + "/authorize?" + url.Values{"state": {st.State}, "nonce": {st.Nonce}, "code_challenge": {s256(st.Verifier)},
 		"code_challenge_method": {"S256"}}.Encode()
 }
 
-func (u *testUpstream) Exchange(_ context.Context, code, verifier, nonce string) (string, error) {
-	u.mu.Lock()
-	c, ok := u.codes[code]
-	delete(u.codes, code)
-	u.mu.Unlock()
-	if !ok || c.challenge != s256(verifier) || c.nonce != nonce {
-		return "", fmt.Errorf("upstream: bad code, verifier or nonce")
+func (u *testUpstream) Finish(_ context.Context, st oauth.UpstreamState, q url.Values) (broker.Principal, string, error) {
+	if q.Get("error") != "" || q.Get("state") != st.State {
+		return broker.Principal{}, "", fmt.Errorf("upstream: refused, or state mismatch")
 	}
-	return u.idp.Token(u.t, map[string]any{"sub": c.person, "email": c.person + "@example.com", "nonce": nonce}, oidctest.WithNow(u.now())), nil
+	u.mu.Lock()
+	c, ok := u.codes[q.Get("code")]
+	delete(u.codes, q.Get("code"))
+	u.mu.Unlock()
+	if !ok || c.challenge != s256(st.Verifier) || c.nonce != st.Nonce {
+		return broker.Principal{}, "", fmt.Errorf("upstream: bad code, verifier or nonce")
+	}
+	raw := u.idp.Token(u.t, map[string]any{"sub": c.person, "email": c.person + "@example.com", "nonce": st.Nonce}, oidctest.WithNow(u.now()))
+	return broker.Principal{Issuer: "test", Subject: c.person}, raw, nil
 }
 
 func s256(v string) string {

@@ -53,16 +53,25 @@ const (
 	ErrUnsupportedResponseType = "unsupported_response_type"
 )
 
-// Upstream is the OIDC provider people sign in at (identity/login.go's
-// RP does it). Valet's callback URL, client id and secret are its own
-// configuration.
+// Upstream is the OIDC provider people sign in at; identity.Login is one
+// (internal/server adapts it). Valet's callback URL (CallbackPath), client
+// id and secret there are its configuration.
 type Upstream interface {
-	// AuthCodeURL is where to send the person; state, nonce and the PKCE
-	// code verifier are fresh for each sign-in.
-	AuthCodeURL(state, nonce, verifier string) string
-	// Exchange trades the code for the ID token, verified (signature,
-	// issuer, audience, times and nonce).
-	Exchange(ctx context.Context, code, verifier, nonce string) (idToken string, err error)
+	// Start begins a sign-in with a fresh state, nonce and PKCE verifier:
+	// what to keep, and where to send the person.
+	Start() (UpstreamState, string)
+	// Finish completes it from the callback's query: state and iss
+	// checked, the code traded with the verifier, the ID token verified
+	// (signature, issuer, audience, times, nonce). It answers the person
+	// and the ID token.
+	Finish(ctx context.Context, st UpstreamState, q url.Values) (broker.Principal, string, error)
+}
+
+// UpstreamState is what Start hands Finish (identity.LoginState).
+type UpstreamState struct {
+	State    string `json:"state"`
+	Nonce    string `json:"nonce"`
+	Verifier string `json:"verifier"`
 }
 
 // Renewer renews a task for the refresh_token grant; renewal.Service is
@@ -228,16 +237,17 @@ func (e *Endpoint) Authorize(w http.ResponseWriter, r *http.Request) {
 		e.authzFail(w, r, &a, &authzError{Error: oerr, redirect: true})
 		return
 	}
-	binding, upstate := randomToken(), randomToken()
-	a.Binding, a.Nonce, a.Verifier = hashHex(binding), randomToken(), randomToken()
-	if err := in.put(r.Context(), "login:"+hashHex(upstate), a, in.now().Add(in.loginTTL)); err != nil {
+	binding := randomToken()
+	up, upURL := in.up.Start()
+	a.Binding, a.Nonce, a.Verifier = hashHex(binding), up.Nonce, up.Verifier
+	if err := in.put(r.Context(), "login:"+hashHex(up.State), a, in.now().Add(in.loginTTL)); err != nil {
 		e.authzFail(w, r, &a, &authzError{Error: unavailable(err), redirect: true})
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: bindingCookie, Value: binding, Path: AuthorizePath, MaxAge: int(in.loginTTL / time.Second),
 		HttpOnly: true, Secure: in.secure, SameSite: http.SameSiteLaxMode})
 	w.Header().Set("Cache-Control", "no-store")
-	http.Redirect(w, r, in.up.AuthCodeURL(upstate, a.Nonce, a.Verifier), http.StatusFound)
+	http.Redirect(w, r, upURL, http.StatusFound)
 }
 
 // checkRequest checks everything of an authorization request after the
@@ -352,20 +362,14 @@ func (e *Endpoint) Callback(w http.ResponseWriter, r *http.Request) {
 		e.authzFail(w, r, &a, &authzError{Error: refuse(ErrAccessDenied, "the sign-in at the identity provider did not succeed"), redirect: true})
 		return
 	}
-	idToken, err := in.up.Exchange(r.Context(), q.Get("code"), a.Verifier, a.Nonce)
-	if err != nil {
-		e.log.WarnContext(r.Context(), "upstream sign-in refused", "reason", broker.Bound(err.Error(), broker.MaxAuditString))
+	person, idToken, err := in.up.Finish(r.Context(), UpstreamState{State: upstate, Nonce: a.Nonce, Verifier: a.Verifier}, q)
+	if err != nil || person.Subject == "" {
+		e.log.WarnContext(r.Context(), "upstream sign-in refused", "reason", broker.Bound(fmt.Sprint(err), broker.MaxAuditString))
 		oerr := refuse(ErrAccessDenied, "the sign-in could not be verified")
 		if errors.Is(err, broker.ErrUnavailable) {
 			oerr = unavailable(err)
 		}
 		e.authzFail(w, r, &a, &authzError{Error: oerr, redirect: true})
-		return
-	}
-	person, err := e.assertions.Identity.Authenticate(r.Context(), idToken)
-	if err != nil || person.Subject == "" {
-		e.log.WarnContext(r.Context(), "upstream ID token refused", "token_sha256", broker.TokenHash(idToken), "reason", fmt.Sprint(err))
-		e.authzFail(w, r, &a, &authzError{Error: refuse(ErrAccessDenied, "the person's identity token is not from a trusted issuer"), redirect: true})
 		return
 	}
 	a.IDToken, a.Person, a.Verifier, a.Nonce = idToken, person.Issuer+"/"+person.Subject, "", ""
