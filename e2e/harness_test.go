@@ -161,6 +161,10 @@ type envOptions struct {
 	// oauthInteractive turns on the authorization code grant (its
 	// clients' principals are under oauth.ClientIssuer too).
 	oauthInteractive *oauth.InteractiveConfig
+	// people are further trusted issuers (of persons signing in), and
+	// upstreamLogin the authorization endpoint's sign-in at one of them.
+	people        []identity.IssuerConfig
+	upstreamLogin *identity.LoginConfig
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -210,6 +214,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 		trusted = append(trusted, identity.IssuerConfig{Name: "other", IssuerURL: o.other.URL(), Audiences: []string{"valet"}})
 		names = append(names, "other")
 	}
+	for _, p := range o.people {
+		trusted, names = append(trusted, p), append(names, p.Name)
+	}
 	if len(o.oauthClients) > 0 || o.oauthInteractive != nil {
 		names = append(names, oauth.ClientIssuer)
 	}
@@ -241,7 +248,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		// The tests reap by hand (reaper.Once, reaper.Run), or play replicas
 		// whose reaper never runs.
 		ReapInterval: -1,
-		OAuth:        &server.OAuthOptions{Clients: o.oauthClients, Interactive: o.oauthInteractive},
+		OAuth:        &server.OAuthOptions{Clients: o.oauthClients, Interactive: o.oauthInteractive, UpstreamLogin: o.upstreamLogin},
 	}
 	if o.incident {
 		e.incidentOptions(&opts, rc, o) // incident_harness_test.go

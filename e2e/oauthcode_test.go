@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/identity"
+	"github.com/valet-dev/valet/internal/devidp"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/revocation"
@@ -621,4 +623,80 @@ func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+string(b))
 	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestOAuthCodeDevIssuerLogin: the upstream leg for real: Valet signs the
+// person in at the development issuer (its authorization endpoint, PKCE,
+// nonce) through identity.Login, the browser typing the name as
+// login_hint; the ID token it gets back becomes the task's subject.
+func TestOAuthCodeDevIssuerLogin(t *testing.T) {
+	mux := http.NewServeMux()
+	idpSrv := httptest.NewServer(mux)
+	t.Cleanup(idpSrv.Close)
+	idp, err := devidp.New(idpSrv.URL+"/dev", time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux.Handle("/dev/", http.StripPrefix("/dev", idp.Handler()))
+	ts, ln := newOAuthToolServer(t)
+	templates := strings.ReplaceAll(`
+templates:
+  - name: notes
+    principals:
+      - issuer: clients
+        condition: 'claims.sub == "notes-host"'
+    users:
+      - issuer: people
+        condition: 'claims.sub == "alice"'
+    ttl: {default: 5m, max: 10m}
+    tools: [notes.read]
+    audiences: [TOOL/mcp]
+`, "TOOL", ts.url)
+	e := newEnv(t, envOptions{templates: templates,
+		people:        []identity.IssuerConfig{{Name: "people", IssuerURL: idp.Issuer(), Audiences: []string{"valet-authorize"}, StaticJWKS: idp.JWKS()}},
+		upstreamLogin: &identity.LoginConfig{IssuerURL: idp.Issuer(), ClientID: "valet-authorize"},
+		oauthInteractive: &oauth.InteractiveConfig{
+			Clients: []oauth.PublicClient{{ID: hostID, RedirectURIs: []string{hostRedirect}, Templates: []string{"notes"}}},
+		}})
+	ts.start(t, e, ln)
+	c := &codeEnv{env: e, ts: ts}
+	signIn := func(name string) url.Values {
+		b := browser(hostRedirect)
+		follow := b.CheckRedirect
+		b.CheckRedirect = func(r *http.Request, via []*http.Request) error {
+			if strings.HasPrefix(r.URL.String(), idp.Issuer()+"/authorize") {
+				q := r.URL.Query()
+				q.Set("login_hint", name) // the person types their name
+				r.URL.RawQuery = q.Encode()
+			}
+			return follow(r, via)
+		}
+		verifier := newVerifier()
+		q, consented := c.authorize(t, b, c.authzParams(hostID, hostRedirect, verifier), "allow")
+		if !consented {
+			t.Fatalf("no consent asked of %s", name)
+		}
+		q.Set("verifier", verifier)
+		return q
+	}
+	q := signIn("alice")
+	r := c.token(codeForm(q.Get("code"), hostID, hostRedirect, q.Get("verifier")))
+	if r.Status != http.StatusOK {
+		t.Fatalf("token: %d %s", r.Status, r.Body)
+	}
+	claims := jwtClaims(t, r.json(t)["access_token"].(string))
+	if act, _ := claims["act"].(map[string]any); claims["sub"] != "alice" || act["sub"] != hostID {
+		t.Fatalf("claims %v", claims)
+	}
+	// bob signs in fine, but the template acts for alice only: the code
+	// is refused at the token endpoint, and nothing is recorded.
+	before := e.ledger.writes.Load()
+	q = signIn("bob")
+	r = c.token(codeForm(q.Get("code"), hostID, hostRedirect, q.Get("verifier")))
+	if m := r.json(t); r.Status != http.StatusBadRequest || m["error"] != "invalid_grant" {
+		t.Fatalf("bob: %d %s", r.Status, r.Body)
+	}
+	if n := e.ledger.writes.Load() - before; n != 0 {
+		t.Fatalf("a refused person made %d ledger writes", n)
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/inventory"
 	"github.com/valet-dev/valet/metrics"
@@ -220,8 +221,15 @@ type OAuthOptions struct {
 	MaxAssertionLife time.Duration
 	// Interactive, when set, turns on the authorization code grant; its
 	// refresh tokens renew tasks through the server's renewal service
-	// unless Interactive.Renewer is set.
+	// unless Interactive.Renewer is set, and its records are kept in
+	// memory (one broker) unless Interactive.Store is set.
 	Interactive *oauth.InteractiveConfig
+	// UpstreamLogin, when Interactive.Upstream is nil, is where people
+	// sign in: an identity.Login verified by Options.Identity (which must
+	// be an *identity.Verifier trusting that issuer, with the client id
+	// among its audiences). RedirectURL defaults to PublicURL +
+	// oauth.CallbackPath.
+	UpstreamLogin *identity.LoginConfig
 }
 
 // MetricsOptions configure the metrics.
@@ -386,11 +394,9 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		s.ssf = hopts.SSF
 	}
 	if oo := o.OAuth; oo != nil {
-		interactive := oo.Interactive
-		if interactive != nil && interactive.Renewer == nil {
-			ic := *interactive
-			ic.Renewer = renewals
-			interactive = &ic
+		interactive, err := interactiveConfig(ctx, o, renewals)
+		if err != nil {
+			return nil, err
 		}
 		if hopts.OAuth, err = oauth.New(oauth.Config{
 			Service: s.svc, Identity: o.Identity, Clients: oo.Clients, Once: o.Agent.Limiter, Issuer: o.PublicURL,
