@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/valet-dev/valet/broker"
@@ -22,6 +23,22 @@ type refreshRecord struct {
 	TaskID   string `json:"task_id"`
 	Family   string `json:"family"`
 	Used     bool   `json:"used"`
+	// Resources are the task's audiences: a refresh request may name
+	// them again (RFC 8707 section 2.2), never another.
+	Resources []string `json:"resources,omitempty"`
+	// Scope is the task's as granted; a refresh may repeat it or a part.
+	Scope string `json:"scope,omitempty"`
+}
+
+// sameScope reports whether scope asks for nothing beyond rec's.
+func sameScope(scope string, rec refreshRecord) bool {
+	granted := strings.Fields(rec.Scope)
+	return !slices.ContainsFunc(strings.Fields(scope), func(v string) bool { return !slices.Contains(granted, v) })
+}
+
+// taskScope is the scope value of a task, as tokenResponse answers it.
+func taskScope(task broker.Task) string {
+	return strings.Join(append([]string{TemplateScope + task.Template}, task.Tools...), " ")
 }
 
 // serveCode answers grant_type=authorization_code (RFC 6749 section
@@ -87,7 +104,7 @@ func (e *Endpoint) serveCode(w http.ResponseWriter, r *http.Request) {
 	}
 	body := tokenResponse(task, minted, d)
 	if in.renewer != nil {
-		rt, err := in.newRefresh(r.Context(), e, task, a.ClientID, randomToken())
+		rt, err := in.newRefresh(r.Context(), e, task, d.Resources, a.ClientID, randomToken())
 		if err != nil {
 			// The task stands recorded and audited; the client just gets
 			// no refresh token.
@@ -122,8 +139,13 @@ func (e *Endpoint) serveRefresh(w http.ResponseWriter, r *http.Request) {
 	case f.Get("client_id") == "":
 		e.writeError(w, r, &Error{Code: ErrInvalidClient, Description: "client_id is required", Status: http.StatusUnauthorized})
 		return
-	case f.Has("scope") || f.Has("authorization_details") || f.Has("resource"):
-		e.writeError(w, r, refuse(ErrInvalidRequest, "a refresh renews the task as it was granted: no scope, authorization_details or resource"))
+	case f.Has("authorization_details"):
+		e.writeError(w, r, refuse(ErrInvalidRequest, "a refresh renews the task as it was granted: no authorization_details"))
+		return
+	}
+	resources, oerr := decodeResources(f["resource"])
+	if oerr != nil {
+		e.writeError(w, r, oerr)
 		return
 	}
 	key := "refresh:" + hashHex(f.Get("refresh_token"))
@@ -143,6 +165,12 @@ func (e *Endpoint) serveRefresh(w http.ResponseWriter, r *http.Request) {
 		return
 	case rec.ClientID != f.Get("client_id"):
 		e.writeError(w, r, refuse(ErrInvalidGrant, "the refresh token was issued to another client"))
+		return
+	case slices.ContainsFunc(resources, func(res string) bool { return !slices.Contains(rec.Resources, res) }):
+		e.writeError(w, r, refuse(ErrInvalidTarget, "a refresh keeps the task's resources: name none other"))
+		return
+	case f.Has("scope") && !sameScope(f.Get("scope"), rec):
+		e.writeError(w, r, refuse(ErrInvalidScope, "a refresh keeps the task's scope: name no other"))
 		return
 	}
 	used := rec
@@ -168,6 +196,14 @@ func (e *Endpoint) serveRefresh(w http.ResponseWriter, r *http.Request) {
 	}
 	task, minted, err := in.renewer.RenewAs(r.Context(), clientPrincipal(rec.ClientID), renewal.Request{TaskID: rec.TaskID})
 	if err != nil {
+		// Nothing was renewed: the token is unspent again (a task that
+		// ended refuses it anyway), so a retry is not taken for a theft.
+		unspent, _ := json.Marshal(rec)
+		lctx, cancel = broker.LedgerCtx(r.Context())
+		if _, serr := in.store.Swap(lctx, key, unspent); serr != nil {
+			e.log.WarnContext(r.Context(), "refresh token left spent after a failed renewal", "task_id", rec.TaskID, "error", serr.Error())
+		}
+		cancel()
 		oe := fromBroker(err, GrantRefreshToken, viaScope)
 		var be *broker.Error
 		if errors.As(err, &be) && (be.Code == broker.CodeConflict || be.Code == broker.CodeNotFound) {
@@ -176,13 +212,12 @@ func (e *Endpoint) serveRefresh(w http.ResponseWriter, r *http.Request) {
 		e.writeError(w, r, oe)
 		return
 	}
-	rt, err := in.newRefresh(r.Context(), e, task, rec.ClientID, rec.Family)
+	rt, err := in.newRefresh(r.Context(), e, task, rec.Resources, rec.ClientID, rec.Family)
 	if err != nil {
 		e.writeError(w, r, unavailable(err))
 		return
 	}
-	d := broker.Declaration{Resources: task.Audiences}
-	out := tokenResponse(task, minted, d)
+	out := tokenResponse(task, minted, broker.Declaration{Resources: rec.Resources})
 	if rt != "" {
 		out["refresh_token"] = rt
 	}
@@ -206,7 +241,8 @@ func (e *Endpoint) refreshReused(w http.ResponseWriter, r *http.Request, rec ref
 // newRefresh records a new refresh token of family for task, living no
 // longer than the task may (CreatedAt + the template's max_lifetime). It
 // answers "" when the task cannot be renewed beyond its deadline anyway.
-func (in *interactive) newRefresh(ctx context.Context, e *Endpoint, task broker.Task, clientID, family string) (string, error) {
+// resources are the task's audiences as asked (none: the template's).
+func (in *interactive) newRefresh(ctx context.Context, e *Endpoint, task broker.Task, resources []string, clientID, family string) (string, error) {
 	tmpl, ok := e.svc.Templates().Get(task.Template)
 	if !ok {
 		return "", nil
@@ -215,8 +251,11 @@ func (in *interactive) newRefresh(ctx context.Context, e *Endpoint, task broker.
 	if !limit.After(task.Deadline) || !limit.After(in.now()) {
 		return "", nil
 	}
+	if len(resources) == 0 {
+		resources = tmpl.Audiences
+	}
 	rt := "vrt_" + randomToken()
-	if err := in.put(ctx, "refresh:"+hashHex(rt), refreshRecord{ClientID: clientID, TaskID: task.ID, Family: family}, limit); err != nil {
+	if err := in.put(ctx, "refresh:"+hashHex(rt), refreshRecord{ClientID: clientID, TaskID: task.ID, Family: family, Resources: resources, Scope: taskScope(task)}, limit); err != nil {
 		return "", err
 	}
 	return rt, nil
