@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/renewal"
@@ -264,8 +263,7 @@ func (in *interactive) newRefresh(ctx context.Context, e *Endpoint, task broker.
 // clientPrincipal is the principal of a public client: issuer
 // ClientIssuer, subject its client id.
 func clientPrincipal(id string) broker.Principal {
-	return broker.Principal{Issuer: ClientIssuer, Subject: id, Claims: map[string]any{"iss": id, "sub": id, "client_id": id},
-		TokenExpiry: time.Now().Add(time.Minute)}
+	return broker.Principal{Issuer: ClientIssuer, Subject: id, Claims: map[string]any{"iss": id, "sub": id, "client_id": id}}
 }
 
 // single refuses a parameter given twice (resource may repeat).
