@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,16 +119,53 @@ func s256(v string) string {
 // server, upstream provider and a CIMD host serving client documents.
 type codeEnv struct {
 	*env
-	ts   *oauthToolServer
-	up   *testUpstream
-	cimd *httptest.Server
-	docs sync.Map // path → func(w)
+	ts    *oauthToolServer
+	up    *testUpstream
+	cimd  *httptest.Server
+	docs  sync.Map // path → func(w)
+	store *downableStore
+}
+
+// downableStore is the oauth store, which a test can take down.
+type downableStore struct {
+	oauth.Store
+	down atomic.Bool
+}
+
+var errStoreDown = errors.New("store down")
+
+func (s *downableStore) Put(ctx context.Context, k string, v []byte, until time.Time) (bool, error) {
+	if s.down.Load() {
+		return false, errStoreDown
+	}
+	return s.Store.Put(ctx, k, v, until)
+}
+
+func (s *downableStore) Get(ctx context.Context, k string) ([]byte, error) {
+	if s.down.Load() {
+		return nil, errStoreDown
+	}
+	return s.Store.Get(ctx, k)
+}
+
+func (s *downableStore) Take(ctx context.Context, k string) ([]byte, error) {
+	if s.down.Load() {
+		return nil, errStoreDown
+	}
+	return s.Store.Take(ctx, k)
+}
+
+func (s *downableStore) Swap(ctx context.Context, k string, v []byte) ([]byte, error) {
+	if s.down.Load() {
+		return nil, errStoreDown
+	}
+	return s.Store.Swap(ctx, k, v)
 }
 
 func newCodeEnv(t *testing.T) *codeEnv {
 	ts, ln := newOAuthToolServer(t)
 	idp := oidctest.New(t)
-	c := &codeEnv{ts: ts, up: newTestUpstream(t, idp)}
+	c := &codeEnv{ts: ts, up: newTestUpstream(t, idp), store: &downableStore{Store: revocation.NewMemoryOAuthStore(nil)}}
 	c.cimd = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if f, ok := c.docs.Load(r.URL.Path); ok {
 			f.(func(http.ResponseWriter))(w)
@@ -139,7 +178,7 @@ func newCodeEnv(t *testing.T) *codeEnv {
 	roots.AddCert(c.cimd.Certificate())
 	e := newEnv(t, envOptions{idp: idp, templates: strings.ReplaceAll(codeTemplates, "TOOL", ts.url),
 		oauthInteractive: &oauth.InteractiveConfig{
-			Upstream: c.up, Store: revocation.NewMemoryOAuthStore(nil),
+			Upstream: c.up, Store: c.store,
 			Clients: []oauth.PublicClient{{ID: hostID, Name: "Notes <b>Host</b>", RedirectURIs: []string{hostRedirect}, Templates: []string{"notes"}}},
 			// The CIMD host is on loopback: allowed for this test only
 			// (oauth's unit tests refuse it without AllowPrivate).
@@ -547,6 +586,26 @@ func TestOAuthCodeRefusals(t *testing.T) {
 			}
 		})
 	}
+	// The store down: the authorization is redirected with
+	// temporarily_unavailable, a redemption is a 503; nothing is issued.
+	t.Run("store down", func(t *testing.T) {
+		code, v := fresh()
+		c.store.down.Store(true)
+		defer c.store.down.Store(false)
+		resp, err := b.Get(c.srv.URL + oauth.AuthorizePath + "?" + c.authzParams(hostID, hostRedirect, newVerifier()).Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		loc, _ := url.Parse(resp.Header.Get("Location"))
+		if resp.StatusCode != http.StatusFound || loc == nil || loc.Query().Get("error") != "temporarily_unavailable" || loc.Query().Get("iss") != c.srv.URL {
+			t.Fatalf("authorize with the store down: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+		}
+		r := c.token(codeForm(code, hostID, hostRedirect, v))
+		if m := r.json(t); r.Status != http.StatusServiceUnavailable || m["error"] != "temporarily_unavailable" || r.Header.Get("Retry-After") == "" {
+			t.Fatalf("redeem with the store down: %d %s", r.Status, r.Body)
+		}
+	})
 	if n := c.ledger.writes.Load() - before; n != 0 {
 		t.Fatalf("refusals made %d ledger writes", n)
 	}
