@@ -158,6 +158,13 @@ type envOptions struct {
 	// oauthClients are registered for client credentials (their
 	// principals' issuer, oauth.ClientIssuer, joins the trusted names).
 	oauthClients []oauth.Client
+	// oauthInteractive turns on the authorization code grant (its
+	// clients' principals are under oauth.ClientIssuer too).
+	oauthInteractive *oauth.InteractiveConfig
+	// people are further trusted issuers (of persons signing in), and
+	// upstreamLogin the authorization endpoint's sign-in at one of them.
+	people        []identity.IssuerConfig
+	upstreamLogin *identity.LoginConfig
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -207,7 +214,10 @@ func newEnv(t *testing.T, o envOptions) *env {
 		trusted = append(trusted, identity.IssuerConfig{Name: "other", IssuerURL: o.other.URL(), Audiences: []string{"valet"}})
 		names = append(names, "other")
 	}
-	if len(o.oauthClients) > 0 {
+	for _, p := range o.people {
+		trusted, names = append(trusted, p), append(names, p.Name)
+	}
+	if len(o.oauthClients) > 0 || o.oauthInteractive != nil {
 		names = append(names, oauth.ClientIssuer)
 	}
 	e.issuerNames = names
@@ -238,7 +248,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		// The tests reap by hand (reaper.Once, reaper.Run), or play replicas
 		// whose reaper never runs.
 		ReapInterval: -1,
-		OAuth:        &server.OAuthOptions{Clients: o.oauthClients},
+		OAuth:        &server.OAuthOptions{Clients: o.oauthClients, Interactive: o.oauthInteractive, UpstreamLogin: o.upstreamLogin},
 	}
 	if o.incident {
 		e.incidentOptions(&opts, rc, o) // incident_harness_test.go

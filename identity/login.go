@@ -110,45 +110,53 @@ func (l *Login) Start(extra ...oauth2.AuthCodeOption) (LoginState, string) {
 // the code (with the PKCE verifier) for an ID token, and verifies the ID
 // token and its nonce. The error never quotes a code or a token.
 func (l *Login) Finish(ctx context.Context, st LoginState, q url.Values) (broker.Principal, error) {
+	p, _, err := l.FinishToken(ctx, st, q)
+	return p, err
+}
+
+// FinishToken is Finish that also answers the verified ID token itself,
+// for a caller that hands it on as a subject_token (the authorization
+// endpoint's task on behalf of the person); it must never be logged.
+func (l *Login) FinishToken(ctx context.Context, st LoginState, q url.Values) (broker.Principal, string, error) {
 	if e := q.Get("error"); e != "" {
-		return broker.Principal{}, fmt.Errorf("the identity provider refused the sign-in: %s", quoteUntrusted(e+" "+q.Get("error_description")))
+		return broker.Principal{}, "", fmt.Errorf("the identity provider refused the sign-in: %s", quoteUntrusted(e+" "+q.Get("error_description")))
 	}
 	if st.State == "" || subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(st.State)) != 1 {
-		return broker.Principal{}, errors.New("the sign-in's state does not match this session (start the sign-in again)")
+		return broker.Principal{}, "", errors.New("the sign-in's state does not match this session (start the sign-in again)")
 	}
 	if iss := q.Get("iss"); iss != "" && iss != l.issuer {
-		return broker.Principal{}, fmt.Errorf("the sign-in response names issuer %s, not %s (RFC 9207)", quoteUntrusted(iss), l.issuer)
+		return broker.Principal{}, "", fmt.Errorf("the sign-in response names issuer %s, not %s (RFC 9207)", quoteUntrusted(iss), l.issuer)
 	}
 	code := q.Get("code")
 	if code == "" {
-		return broker.Principal{}, errors.New("the sign-in response has no code")
+		return broker.Principal{}, "", errors.New("the sign-in response has no code")
 	}
 	tok, err := l.oauth.Exchange(oidc.ClientContext(ctx, l.client), code, oauth2.VerifierOption(st.Verifier))
 	if err != nil {
 		var re *oauth2.RetrieveError
 		if errors.As(err, &re) {
-			return broker.Principal{}, fmt.Errorf("the identity provider refused the code: %s", quoteUntrusted(re.ErrorCode+" "+re.ErrorDescription))
+			return broker.Principal{}, "", fmt.Errorf("the identity provider refused the code: %s", quoteUntrusted(re.ErrorCode+" "+re.ErrorDescription))
 		}
-		return broker.Principal{}, fmt.Errorf("trading the code at the identity provider: %w", err)
+		return broker.Principal{}, "", fmt.Errorf("trading the code at the identity provider: %w", err)
 	}
 	raw, _ := tok.Extra("id_token").(string)
 	if raw == "" {
-		return broker.Principal{}, errors.New("the identity provider's token response has no id_token")
+		return broker.Principal{}, "", errors.New("the identity provider's token response has no id_token")
 	}
 	p, err := l.verifier.Authenticate(ctx, raw)
 	if err != nil {
-		return broker.Principal{}, fmt.Errorf("the ID token: %w", err)
+		return broker.Principal{}, "", fmt.Errorf("the ID token: %w", err)
 	}
 	if p.IssuerURL != l.issuer {
-		return broker.Principal{}, fmt.Errorf("the ID token's issuer %s is not %s", quoteUntrusted(p.IssuerURL), l.issuer)
+		return broker.Principal{}, "", fmt.Errorf("the ID token's issuer %s is not %s", quoteUntrusted(p.IssuerURL), l.issuer)
 	}
 	if n, _ := p.Claims["nonce"].(string); subtle.ConstantTimeCompare([]byte(n), []byte(st.Nonce)) != 1 {
-		return broker.Principal{}, errors.New("the ID token's nonce does not match this sign-in")
+		return broker.Principal{}, "", errors.New("the ID token's nonce does not match this sign-in")
 	}
 	if !audienceHas(p.Claims["aud"], l.oauth.ClientID) {
-		return broker.Principal{}, fmt.Errorf("the ID token is not for client %q", l.oauth.ClientID)
+		return broker.Principal{}, "", fmt.Errorf("the ID token is not for client %q", l.oauth.ClientID)
 	}
-	return p, nil
+	return p, raw, nil
 }
 
 // audienceHas reports whether an aud claim (a string or an array) holds id.

@@ -39,9 +39,17 @@ type Config struct {
 	// carry a server nonce (RFC 9449 section 8); every answer hands out the
 	// current one in the DPoP-Nonce header.
 	DPoPNonces *dpop.Nonces
-	Now        func() time.Time
-	Logger     *slog.Logger
+	// Interactive, when set, turns on the authorization code grant with
+	// PKCE for interactive clients and its refresh tokens (authorize.go).
+	Interactive *InteractiveConfig
+	Now         func() time.Time
+	Logger      *slog.Logger
 }
+
+// Interactive reports whether the authorization code grant is on (the
+// routes AuthorizePath, CallbackPath and ConsentPath are then served by
+// Authorize, Callback and Consent).
+func (e *Endpoint) Interactive() bool { return e.interactive != nil }
 
 // TokenPath is where the token endpoint is mounted.
 const TokenPath = "/v1/token"
@@ -54,6 +62,8 @@ type Endpoint struct {
 	issuer     string
 	log        *slog.Logger
 	nonces     *dpop.Nonces
+	// interactive is nil unless the authorization code grant is on.
+	interactive *interactive
 }
 
 // New checks cfg and builds the endpoint.
@@ -79,6 +89,15 @@ func New(cfg Config) (*Endpoint, error) {
 		issuer: issuer, log: cfg.Logger, nonces: cfg.DPoPNonces}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Interactive != nil {
+		now := cfg.Now
+		if now == nil {
+			now = time.Now
+		}
+		if e.interactive, err = newInteractive(cfg.Interactive, issuer, now); err != nil {
+			return nil, err
+		}
 	}
 	return e, nil
 }
@@ -107,11 +126,16 @@ func (e *Endpoint) Handler(exchange http.Handler) http.Handler {
 			e.writeError(w, r, oerr)
 			return
 		}
-		if gt := r.PostForm.Get("grant_type"); gt == "" || gt == delegation.GrantTypeTokenExchange {
+		switch gt := r.PostForm.Get("grant_type"); {
+		case gt == "" || gt == delegation.GrantTypeTokenExchange:
 			exchange.ServeHTTP(w, r)
-			return
+		case gt == GrantAuthorizationCode && e.interactive != nil:
+			e.serveCode(w, r)
+		case gt == GrantRefreshToken && e.interactive != nil:
+			e.serveRefresh(w, r)
+		default:
+			e.serve(w, r)
 		}
-		e.serve(w, r)
 	})
 }
 

@@ -128,6 +128,20 @@ func (s *Service) Renew(ctx context.Context, identityToken string, r Request) (b
 	if err != nil {
 		return broker.Task{}, nil, err
 	}
+	return s.renew(ctx, p, r, false)
+}
+
+// RenewAs is Renew for the OAuth refresh_token grant (package oauth): p,
+// the task's agent (the client), was authenticated by a refresh token
+// that stands for the consent of the person the task acts for, so a task
+// acting on a user's behalf is renewed too. Everything else is Renew's:
+// the gate, the template as it is now, max_lifetime, one ledger write, the
+// audit.
+func (s *Service) RenewAs(ctx context.Context, p broker.Principal, r Request) (broker.Task, []broker.Minted, error) {
+	return s.renew(ctx, p, r, true)
+}
+
+func (s *Service) renew(ctx context.Context, p broker.Principal, r Request, onBehalf bool) (broker.Task, []broker.Minted, error) {
 	notFound := broker.Errorf(broker.CodeNotFound, "task %q not found", r.TaskID)
 	lctx, cancel := broker.LedgerCtx(ctx)
 	t, creds, err := s.ledger.Task(lctx, r.TaskID)
@@ -141,7 +155,7 @@ func (s *Service) Renew(ctx context.Context, identityToken string, r Request) (b
 		return broker.Task{}, nil, notFound // task ids cannot be probed
 	}
 	now := s.now()
-	if err := renewable(t, now); err != nil {
+	if err := renewable(t, now, onBehalf); err != nil {
 		return broker.Task{}, nil, err
 	}
 	// The gate reads the task again: it must pass as it is now, with the
@@ -198,7 +212,7 @@ func (s *Service) Renew(ctx context.Context, identityToken string, r Request) (b
 
 // renewable refuses, with a 409 that says why, a task renewal cannot apply
 // to.
-func renewable(t broker.Task, now time.Time) error {
+func renewable(t broker.Task, now time.Time, onBehalf bool) error {
 	switch {
 	case t.State != broker.StateActive:
 		return broker.Errorf(broker.CodeConflict, "task %s already ended (%s): a task that ended cannot be renewed; declare a new one", t.ID, t.State)
@@ -206,7 +220,7 @@ func renewable(t broker.Task, now time.Time) error {
 		return broker.Errorf(broker.CodeConflict, "task %s passed its deadline %s: a task that ended cannot be renewed; declare a new one", t.ID, t.Deadline.UTC().Format(time.RFC3339))
 	case t.Parent != "":
 		return broker.Errorf(broker.CodeConflict, "task %s was delegated from task %s: renew the root task and exchange again", t.ID, t.Parent)
-	case t.SubjectIssuer != "":
+	case t.SubjectIssuer != "" && !onBehalf:
 		return broker.Errorf(broker.CodeConflict, "task %s acts on behalf of a user: declare a new task with a fresh subject_token", t.ID)
 	case len(t.Audiences) == 0:
 		return broker.Errorf(broker.CodeConflict, "task %s was recorded before renewal existed: declare a new task", t.ID)

@@ -64,7 +64,7 @@ func TestRenewable(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			task := live
 			c.adjust(&task)
-			err := renewable(task, now)
+			err := renewable(task, now, false)
 			if c.says == "" {
 				if err != nil {
 					t.Fatalf("renewable: %v", err)

@@ -168,6 +168,12 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	r.Post("/v1/approvals/{id}/deny", a.decideApproval(false))
 	r.Post("/v1/approval-requirements/clear", a.clearRequirement)
 
+	if opts.OAuth != nil && opts.OAuth.Interactive() {
+		r.Get(oauth.AuthorizePath, opts.OAuth.Authorize)
+		r.Get(oauth.CallbackPath, opts.OAuth.Callback)
+		r.Post(oauth.ConsentPath, opts.OAuth.Consent)
+		r.Get("/.well-known/openid-configuration", a.metadata)
+	}
 	if opts.DevIdP != nil {
 		r.Mount("/dev", http.StripPrefix("/dev", opts.DevIdP))
 	}

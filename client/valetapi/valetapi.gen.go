@@ -91,6 +91,24 @@ func (e ApprovalState) Valid() bool {
 	}
 }
 
+// Defines values for ConsentFormDecision.
+const (
+	ConsentFormDecisionAllow ConsentFormDecision = "allow"
+	ConsentFormDecisionDeny  ConsentFormDecision = "deny"
+)
+
+// Valid indicates whether the value is a known member of the ConsentFormDecision enum.
+func (e ConsentFormDecision) Valid() bool {
+	switch e {
+	case ConsentFormDecisionAllow:
+		return true
+	case ConsentFormDecisionDeny:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ControlKind.
 const (
 	ControlKindDistrustIssuer     ControlKind = "distrust_issuer"
@@ -322,8 +340,24 @@ func (e JobState) Valid() bool {
 	}
 }
 
+// Defines values for OAuthCodeFormGrantType.
+const (
+	OAuthCodeFormGrantTypeAuthorizationCode OAuthCodeFormGrantType = "authorization_code"
+)
+
+// Valid indicates whether the value is a known member of the OAuthCodeFormGrantType enum.
+func (e OAuthCodeFormGrantType) Valid() bool {
+	switch e {
+	case OAuthCodeFormGrantTypeAuthorizationCode:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for OAuthErrorError.
 const (
+	OAuthErrorErrorAccessDenied                OAuthErrorError = "access_denied"
 	OAuthErrorErrorInvalidAuthorizationDetails OAuthErrorError = "invalid_authorization_details"
 	OAuthErrorErrorInvalidClient               OAuthErrorError = "invalid_client"
 	OAuthErrorErrorInvalidDpopProof            OAuthErrorError = "invalid_dpop_proof"
@@ -335,12 +369,15 @@ const (
 	OAuthErrorErrorTemporarilyUnavailable      OAuthErrorError = "temporarily_unavailable"
 	OAuthErrorErrorUnauthorizedClient          OAuthErrorError = "unauthorized_client"
 	OAuthErrorErrorUnsupportedGrantType        OAuthErrorError = "unsupported_grant_type"
+	OAuthErrorErrorUnsupportedResponseType     OAuthErrorError = "unsupported_response_type"
 	OAuthErrorErrorUseDpopNonce                OAuthErrorError = "use_dpop_nonce"
 )
 
 // Valid indicates whether the value is a known member of the OAuthErrorError enum.
 func (e OAuthErrorError) Valid() bool {
 	switch e {
+	case OAuthErrorErrorAccessDenied:
+		return true
 	case OAuthErrorErrorInvalidAuthorizationDetails:
 		return true
 	case OAuthErrorErrorInvalidClient:
@@ -363,7 +400,24 @@ func (e OAuthErrorError) Valid() bool {
 		return true
 	case OAuthErrorErrorUnsupportedGrantType:
 		return true
+	case OAuthErrorErrorUnsupportedResponseType:
+		return true
 	case OAuthErrorErrorUseDpopNonce:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for OAuthRefreshFormGrantType.
+const (
+	OAuthRefreshFormGrantTypeRefreshToken OAuthRefreshFormGrantType = "refresh_token"
+)
+
+// Valid indicates whether the value is a known member of the OAuthRefreshFormGrantType enum.
+func (e OAuthRefreshFormGrantType) Valid() bool {
+	switch e {
+	case OAuthRefreshFormGrantTypeRefreshToken:
 		return true
 	default:
 		return false
@@ -775,6 +829,36 @@ func (e ListApprovalsParamsState) Valid() bool {
 	}
 }
 
+// Defines values for AuthorizeParamsResponseType.
+const (
+	AuthorizeParamsResponseTypeCode AuthorizeParamsResponseType = "code"
+)
+
+// Valid indicates whether the value is a known member of the AuthorizeParamsResponseType enum.
+func (e AuthorizeParamsResponseType) Valid() bool {
+	switch e {
+	case AuthorizeParamsResponseTypeCode:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AuthorizeParamsCodeChallengeMethod.
+const (
+	AuthorizeParamsCodeChallengeMethodS256 AuthorizeParamsCodeChallengeMethod = "S256"
+)
+
+// Valid indicates whether the value is a known member of the AuthorizeParamsCodeChallengeMethod enum.
+func (e AuthorizeParamsCodeChallengeMethod) Valid() bool {
+	switch e {
+	case AuthorizeParamsCodeChallengeMethodS256:
+		return true
+	default:
+		return false
+	}
+}
+
 // Act RFC 8693 act claim; nested act objects name earlier actors.
 type Act struct {
 	// Act RFC 8693 act claim; nested act objects name earlier actors.
@@ -952,6 +1036,19 @@ type AuditEvent struct {
 type BulkRevokeResult struct {
 	union json.RawMessage
 }
+
+// ConsentForm defines model for ConsentForm.
+type ConsentForm struct {
+	// Consent The consent page's hidden field.
+	Consent  string              `json:"consent"`
+	Decision ConsentFormDecision `json:"decision"`
+}
+
+// ConsentFormDecision defines model for ConsentForm.Decision.
+type ConsentFormDecision string
+
+// ConsentPage The consent page (HTML).
+type ConsentPage = string
 
 // Control defines model for Control.
 type Control struct {
@@ -1272,6 +1369,23 @@ type LabelFreeze struct {
 // MetricsText Prometheus text exposition format.
 type MetricsText = string
 
+// OAuthCodeForm grant_type authorization_code (RFC 6749 section 4.1.3, RFC 7636 section 4.5): a public client (no secret) redeems its one-time code. The code is spent by the first attempt, right or wrong.
+type OAuthCodeForm struct {
+	ClientId     string                 `json:"client_id"`
+	Code         string                 `json:"code"`
+	CodeVerifier string                 `json:"code_verifier"`
+	GrantType    OAuthCodeFormGrantType `json:"grant_type"`
+
+	// RedirectUri Exactly the authorization request's.
+	RedirectUri string `json:"redirect_uri"`
+
+	// Resource RFC 8707; may repeat; each must have been in the authorization request.
+	Resource *string `json:"resource,omitempty"`
+}
+
+// OAuthCodeFormGrantType defines model for OAuthCodeForm.GrantType.
+type OAuthCodeFormGrantType string
+
 // OAuthError defines model for OAuthError.
 type OAuthError struct {
 	Error            OAuthErrorError `json:"error"`
@@ -1282,11 +1396,24 @@ type OAuthError struct {
 // OAuthErrorError defines model for OAuthError.Error.
 type OAuthErrorError string
 
+// OAuthRefreshForm grant_type refresh_token (RFC 6749 section 6): renews the task (never past its template's max_lifetime) and rotates the refresh token; a refresh token used twice ends its task.
+type OAuthRefreshForm struct {
+	ClientId     string                    `json:"client_id"`
+	GrantType    OAuthRefreshFormGrantType `json:"grant_type"`
+	RefreshToken string                    `json:"refresh_token"`
+}
+
+// OAuthRefreshFormGrantType defines model for OAuthRefreshForm.GrantType.
+type OAuthRefreshFormGrantType string
+
 // OAuthToken defines model for OAuthToken.
 type OAuthToken struct {
 	AccessToken          string             `json:"access_token"`
 	AuthorizationDetails []ValetTaskDetails `json:"authorization_details"`
 	ExpiresIn            int                `json:"expires_in"`
+
+	// RefreshToken authorization_code and refresh_token grants: a new refresh token, single use, living no longer than the task may (its template's max_lifetime).
+	RefreshToken *string `json:"refresh_token,omitempty"`
 
 	// Scope template:<name> and the granted tools.
 	Scope     string              `json:"scope"`
@@ -1556,12 +1683,17 @@ type Selector struct {
 // ServerMetadata defines model for ServerMetadata.
 type ServerMetadata struct {
 	AuthorizationDetailsTypesSupported         *[]string `json:"authorization_details_types_supported,omitempty"`
+	AuthorizationEndpoint                      *string   `json:"authorization_endpoint,omitempty"`
+	AuthorizationResponseIssParameterSupported *bool     `json:"authorization_response_iss_parameter_supported,omitempty"`
+	ClientIdMetadataDocumentSupported          *bool     `json:"client_id_metadata_document_supported,omitempty"`
+	CodeChallengeMethodsSupported              *[]string `json:"code_challenge_methods_supported,omitempty"`
 	DpopSigningAlgValuesSupported              *[]string `json:"dpop_signing_alg_values_supported,omitempty"`
 	GrantTypesSupported                        *[]string `json:"grant_types_supported,omitempty"`
 	IntrospectionEndpoint                      *string   `json:"introspection_endpoint,omitempty"`
 	IntrospectionEndpointAuthMethodsSupported  *[]string `json:"introspection_endpoint_auth_methods_supported,omitempty"`
 	Issuer                                     string    `json:"issuer"`
 	JwksUri                                    string    `json:"jwks_uri"`
+	ResponseModesSupported                     *[]string `json:"response_modes_supported,omitempty"`
 	ResponseTypesSupported                     *[]string `json:"response_types_supported,omitempty"`
 	RevocationEndpoint                         *string   `json:"revocation_endpoint,omitempty"`
 	RevocationEndpointAuthMethodsSupported     *[]string `json:"revocation_endpoint_auth_methods_supported,omitempty"`
@@ -1809,6 +1941,9 @@ type TaskID = string
 // ApprovalDecided defines model for ApprovalDecided.
 type ApprovalDecided = ApprovalDecision
 
+// AuthorizationError defines model for AuthorizationError.
+type AuthorizationError = OAuthError
+
 // TokenError A refusal of the token endpoint.
 type TokenError = TokenErrorBody
 
@@ -1907,6 +2042,34 @@ type ListApprovalsParams struct {
 // ListApprovalsParamsState defines parameters for ListApprovals.
 type ListApprovalsParamsState string
 
+// AuthorizeParams defines parameters for Authorize.
+type AuthorizeParams struct {
+	ResponseType AuthorizeParamsResponseType `form:"response_type" json:"response_type"`
+
+	// ClientId A configured client id, or the https URL of a client metadata document.
+	ClientId             string                             `form:"client_id" json:"client_id"`
+	RedirectUri          string                             `form:"redirect_uri" json:"redirect_uri"`
+	State                string                             `form:"state" json:"state"`
+	CodeChallenge        string                             `form:"code_challenge" json:"code_challenge"`
+	CodeChallengeMethod  AuthorizeParamsCodeChallengeMethod `form:"code_challenge_method" json:"code_challenge_method"`
+	Scope                *string                            `form:"scope,omitempty" json:"scope,omitempty"`
+	AuthorizationDetails *string                            `form:"authorization_details,omitempty" json:"authorization_details,omitempty"`
+	Resource             *[]string                          `form:"resource,omitempty" json:"resource,omitempty"`
+}
+
+// AuthorizeParamsResponseType defines parameters for Authorize.
+type AuthorizeParamsResponseType string
+
+// AuthorizeParamsCodeChallengeMethod defines parameters for Authorize.
+type AuthorizeParamsCodeChallengeMethod string
+
+// AuthorizeCallbackParams defines parameters for AuthorizeCallback.
+type AuthorizeCallbackParams struct {
+	State string  `form:"state" json:"state"`
+	Code  *string `form:"code,omitempty" json:"code,omitempty"`
+	Error *string `form:"error,omitempty" json:"error,omitempty"`
+}
+
 // RevocationStreamParams defines parameters for RevocationStream.
 type RevocationStreamParams struct {
 	// Cursor Resume after this stream id; also read from the Last-Event-ID header. Default: from now.
@@ -1990,6 +2153,9 @@ type ApproveJSONRequestBody = DecisionBody
 
 // DenyJSONRequestBody defines body for Deny for application/json ContentType.
 type DenyJSONRequestBody = DecisionBody
+
+// AuthorizeConsentFormdataRequestBody defines body for AuthorizeConsent for application/x-www-form-urlencoded ContentType.
+type AuthorizeConsentFormdataRequestBody = ConsentForm
 
 // IntrospectFormdataRequestBody defines body for Introspect for application/x-www-form-urlencoded ContentType.
 type IntrospectFormdataRequestBody = TokenForm
@@ -2708,6 +2874,58 @@ func (t *TokenRequest) MergeOAuthTokenForm(v OAuthTokenForm) error {
 	return err
 }
 
+// AsOAuthCodeForm returns the union data inside the TokenRequest as a OAuthCodeForm
+func (t TokenRequest) AsOAuthCodeForm() (OAuthCodeForm, error) {
+	var body OAuthCodeForm
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromOAuthCodeForm overwrites any union data inside the TokenRequest as the provided OAuthCodeForm
+func (t *TokenRequest) FromOAuthCodeForm(v OAuthCodeForm) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeOAuthCodeForm performs a merge with any union data inside the TokenRequest, using the provided OAuthCodeForm
+func (t *TokenRequest) MergeOAuthCodeForm(v OAuthCodeForm) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsOAuthRefreshForm returns the union data inside the TokenRequest as a OAuthRefreshForm
+func (t TokenRequest) AsOAuthRefreshForm() (OAuthRefreshForm, error) {
+	var body OAuthRefreshForm
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromOAuthRefreshForm overwrites any union data inside the TokenRequest as the provided OAuthRefreshForm
+func (t *TokenRequest) FromOAuthRefreshForm(v OAuthRefreshForm) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeOAuthRefreshForm performs a merge with any union data inside the TokenRequest, using the provided OAuthRefreshForm
+func (t *TokenRequest) MergeOAuthRefreshForm(v OAuthRefreshForm) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
 func (t TokenRequest) MarshalJSON() ([]byte, error) {
 	b, err := t.union.MarshalJSON()
 	return b, err
@@ -2801,6 +3019,11 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /.well-known/oauth-authorization-server (the `Metadata` operationId).
 	Metadata(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OpenidConfiguration The RFC 8414 metadata again, where OpenID clients look for it (served when the authorization code grant is on).
+	//
+	// Corresponds with GET /.well-known/openid-configuration (the `OpenidConfiguration` operationId).
+	OpenidConfiguration(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// SsfConfiguration SSF 1.0 transmitter configuration metadata (only when the SSF transmitter is enabled).
 	//
@@ -3145,6 +3368,53 @@ type ClientInterface interface {
 	// Corresponds with POST /v1/approvals/{id}/deny (the `Deny` operationId).
 	Deny(ctx context.Context, id ApprovalID, body DenyJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// Authorize The authorization endpoint: authorization code with PKCE (S256 only) for interactive clients acting for a person.
+	//
+	// RFC 6749 section 4.1 with RFC 7636 PKCE (code_challenge_method S256;
+	// plain is refused), RFC 8707 resource, RFC 9396 authorization_details
+	// or scope (as at the token endpoint; a scope without template:<name>
+	// picks the one template serving the resource), and RFC 9207 iss in
+	// every redirect. The client is configured (oauth.interactive.clients)
+	// or, when its client_id is an https URL, described by its Client ID
+	// Metadata Document (fetched with an SSRF guard: public addresses only,
+	// no redirects, a size cap, a timeout, cached; its client_id must be
+	// the URL exactly). redirect_uri must be one the client registered,
+	// exactly. Valet then sends the person to the upstream OIDC provider
+	// (its own PKCE, state and nonce), asks consent once per client and
+	// template, and redirects to redirect_uri with a one-time code (60 s)
+	// bound to the client, redirect_uri, code_challenge and resource.
+	// An unknown client or a bad redirect_uri is answered here (400
+	// OAuthError); every other refusal is redirected with error,
+	// error_description, state and iss. Nothing is written to the ledger.
+	//
+	// Corresponds with GET /v1/authorize (the `Authorize` operationId).
+	Authorize(ctx context.Context, params *AuthorizeParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AuthorizeCallback Where the upstream OIDC provider sends the person back after sign-in.
+	//
+	// Takes the upstream code (with Valet's PKCE verifier and nonce) for the
+	// person's ID token, which must be from a trusted issuer, in the browser
+	// that started the authorization (a cookie binds it). Answers the
+	// consent page (text/html) the first time for a client and template,
+	// else redirects to the client with its code.
+	//
+	// Corresponds with GET /v1/authorize/callback (the `AuthorizeCallback` operationId).
+	AuthorizeCallback(ctx context.Context, params *AuthorizeCallbackParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AuthorizeConsentWithBody The person's answer on the consent page.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/authorize/consent (the `AuthorizeConsent` operationId).
+	AuthorizeConsentWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AuthorizeConsentWithFormdataBody The person's answer on the consent page.
+	//
+	// Takes a body of the `application/x-www-form-urlencoded` content type.
+	//
+	// Corresponds with POST /v1/authorize/consent (the `AuthorizeConsent` operationId).
+	AuthorizeConsentWithFormdataBody(ctx context.Context, body AuthorizeConsentFormdataRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// IntrospectWithBody RFC 7662 token introspection.
 	//
 	// Takes any type of body and a specified content type.
@@ -3429,6 +3699,21 @@ func (c *Client) Jwks(ctx context.Context, reqEditors ...RequestEditorFn) (*http
 // Corresponds with GET /.well-known/oauth-authorization-server (the `Metadata` operationId).
 func (c *Client) Metadata(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewMetadataRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OpenidConfiguration The RFC 8414 metadata again, where OpenID clients look for it (served when the authorization code grant is on).
+//
+// Corresponds with GET /.well-known/openid-configuration (the `OpenidConfiguration` operationId).
+func (c *Client) OpenidConfiguration(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOpenidConfigurationRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -4292,6 +4577,93 @@ func (c *Client) Deny(ctx context.Context, id ApprovalID, body DenyJSONRequestBo
 	return c.Client.Do(req)
 }
 
+// Authorize The authorization endpoint: authorization code with PKCE (S256 only) for interactive clients acting for a person.
+//
+// RFC 6749 section 4.1 with RFC 7636 PKCE (code_challenge_method S256;
+// plain is refused), RFC 8707 resource, RFC 9396 authorization_details
+// or scope (as at the token endpoint; a scope without template:<name>
+// picks the one template serving the resource), and RFC 9207 iss in
+// every redirect. The client is configured (oauth.interactive.clients)
+// or, when its client_id is an https URL, described by its Client ID
+// Metadata Document (fetched with an SSRF guard: public addresses only,
+// no redirects, a size cap, a timeout, cached; its client_id must be
+// the URL exactly). redirect_uri must be one the client registered,
+// exactly. Valet then sends the person to the upstream OIDC provider
+// (its own PKCE, state and nonce), asks consent once per client and
+// template, and redirects to redirect_uri with a one-time code (60 s)
+// bound to the client, redirect_uri, code_challenge and resource.
+// An unknown client or a bad redirect_uri is answered here (400
+// OAuthError); every other refusal is redirected with error,
+// error_description, state and iss. Nothing is written to the ledger.
+//
+// Corresponds with GET /v1/authorize (the `Authorize` operationId).
+func (c *Client) Authorize(ctx context.Context, params *AuthorizeParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAuthorizeRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AuthorizeCallback Where the upstream OIDC provider sends the person back after sign-in.
+//
+// Takes the upstream code (with Valet's PKCE verifier and nonce) for the
+// person's ID token, which must be from a trusted issuer, in the browser
+// that started the authorization (a cookie binds it). Answers the
+// consent page (text/html) the first time for a client and template,
+// else redirects to the client with its code.
+//
+// Corresponds with GET /v1/authorize/callback (the `AuthorizeCallback` operationId).
+func (c *Client) AuthorizeCallback(ctx context.Context, params *AuthorizeCallbackParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAuthorizeCallbackRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AuthorizeConsentWithBody The person's answer on the consent page.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/authorize/consent (the `AuthorizeConsent` operationId).
+func (c *Client) AuthorizeConsentWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAuthorizeConsentRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AuthorizeConsentWithFormdataBody The person's answer on the consent page.
+//
+// Takes a body of the `application/x-www-form-urlencoded` content type.
+//
+// Corresponds with POST /v1/authorize/consent (the `AuthorizeConsent` operationId).
+func (c *Client) AuthorizeConsentWithFormdataBody(ctx context.Context, body AuthorizeConsentFormdataRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAuthorizeConsentRequestWithFormdataBody(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // IntrospectWithBody RFC 7662 token introspection.
 //
 // Takes any type of body and a specified content type.
@@ -4792,6 +5164,33 @@ func NewMetadataRequest(server string) (*http.Request, error) {
 	}
 
 	operationPath := fmt.Sprintf("/.well-known/oauth-authorization-server")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewOpenidConfigurationRequest constructs an http.Request for the OpenidConfiguration method
+func NewOpenidConfigurationRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/.well-known/openid-configuration")
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -6520,6 +6919,246 @@ func NewDenyRequestWithBody(server string, id ApprovalID, contentType string, bo
 	return req, nil
 }
 
+// NewAuthorizeRequest constructs an http.Request for the Authorize method
+func NewAuthorizeRequest(server string, params *AuthorizeParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/authorize")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "response_type", params.ResponseType, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "client_id", params.ClientId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "redirect_uri", params.RedirectUri, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "state", params.State, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "code_challenge", params.CodeChallenge, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "code_challenge_method", params.CodeChallengeMethod, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.Scope != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.AuthorizationDetails != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "authorization_details", *params.AuthorizationDetails, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Resource != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "resource", *params.Resource, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAuthorizeCallbackRequest constructs an http.Request for the AuthorizeCallback method
+func NewAuthorizeCallbackRequest(server string, params *AuthorizeCallbackParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/authorize/callback")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "state", params.State, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.Code != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "code", *params.Code, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Error != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "error", *params.Error, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAuthorizeConsentRequestWithFormdataBody calls the generic AuthorizeConsent builder with application/x-www-form-urlencoded body
+func NewAuthorizeConsentRequestWithFormdataBody(server string, body AuthorizeConsentFormdataRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	bodyStr, err := runtime.MarshalForm(body, nil)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = strings.NewReader(bodyStr.Encode())
+	return NewAuthorizeConsentRequestWithBody(server, "application/x-www-form-urlencoded", bodyReader)
+}
+
+// NewAuthorizeConsentRequestWithBody constructs an http.Request for the AuthorizeConsent method, with any body, and a specified content type
+func NewAuthorizeConsentRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/authorize/consent")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewIntrospectRequestWithFormdataBody calls the generic Introspect builder with application/x-www-form-urlencoded body
 func NewIntrospectRequestWithFormdataBody(server string, body IntrospectFormdataRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -7230,6 +7869,13 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /.well-known/oauth-authorization-server (the `Metadata` operationId).
 	MetadataWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*MetadataResponse, error)
 
+	// OpenidConfigurationWithResponse The RFC 8414 metadata again, where OpenID clients look for it (served when the authorization code grant is on).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /.well-known/openid-configuration (the `OpenidConfiguration` operationId).
+	OpenidConfigurationWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*OpenidConfigurationResponse, error)
+
 	// SsfConfigurationWithResponse SSF 1.0 transmitter configuration metadata (only when the SSF transmitter is enabled).
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -7617,6 +8263,57 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /v1/approvals/{id}/deny (the `Deny` operationId).
 	DenyWithResponse(ctx context.Context, id ApprovalID, body DenyJSONRequestBody, reqEditors ...RequestEditorFn) (*DenyResponse, error)
 
+	// AuthorizeWithResponse The authorization endpoint: authorization code with PKCE (S256 only) for interactive clients acting for a person.
+	//
+	// RFC 6749 section 4.1 with RFC 7636 PKCE (code_challenge_method S256;
+	// plain is refused), RFC 8707 resource, RFC 9396 authorization_details
+	// or scope (as at the token endpoint; a scope without template:<name>
+	// picks the one template serving the resource), and RFC 9207 iss in
+	// every redirect. The client is configured (oauth.interactive.clients)
+	// or, when its client_id is an https URL, described by its Client ID
+	// Metadata Document (fetched with an SSRF guard: public addresses only,
+	// no redirects, a size cap, a timeout, cached; its client_id must be
+	// the URL exactly). redirect_uri must be one the client registered,
+	// exactly. Valet then sends the person to the upstream OIDC provider
+	// (its own PKCE, state and nonce), asks consent once per client and
+	// template, and redirects to redirect_uri with a one-time code (60 s)
+	// bound to the client, redirect_uri, code_challenge and resource.
+	// An unknown client or a bad redirect_uri is answered here (400
+	// OAuthError); every other refusal is redirected with error,
+	// error_description, state and iss. Nothing is written to the ledger.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/authorize (the `Authorize` operationId).
+	AuthorizeWithResponse(ctx context.Context, params *AuthorizeParams, reqEditors ...RequestEditorFn) (*AuthorizeResponse, error)
+
+	// AuthorizeCallbackWithResponse Where the upstream OIDC provider sends the person back after sign-in.
+	//
+	// Takes the upstream code (with Valet's PKCE verifier and nonce) for the
+	// person's ID token, which must be from a trusted issuer, in the browser
+	// that started the authorization (a cookie binds it). Answers the
+	// consent page (text/html) the first time for a client and template,
+	// else redirects to the client with its code.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/authorize/callback (the `AuthorizeCallback` operationId).
+	AuthorizeCallbackWithResponse(ctx context.Context, params *AuthorizeCallbackParams, reqEditors ...RequestEditorFn) (*AuthorizeCallbackResponse, error)
+
+	// AuthorizeConsentWithBodyWithResponse The person's answer on the consent page.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/authorize/consent (the `AuthorizeConsent` operationId).
+	AuthorizeConsentWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AuthorizeConsentResponse, error)
+
+	// AuthorizeConsentWithFormdataBodyWithResponse The person's answer on the consent page.
+	//
+	// Takes a body of the `application/x-www-form-urlencoded` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/authorize/consent (the `AuthorizeConsent` operationId).
+	AuthorizeConsentWithFormdataBodyWithResponse(ctx context.Context, body AuthorizeConsentFormdataRequestBody, reqEditors ...RequestEditorFn) (*AuthorizeConsentResponse, error)
+
 	// IntrospectWithBodyWithResponse RFC 7662 token introspection.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
@@ -7997,6 +8694,47 @@ func (r MetadataResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r MetadataResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type OpenidConfigurationResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ServerMetadata
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r OpenidConfigurationResponse) GetJSON200() *ServerMetadata {
+	return r.JSON200
+}
+
+// GetBody returns the raw response body bytes
+func (r OpenidConfigurationResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OpenidConfigurationResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OpenidConfigurationResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OpenidConfigurationResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -10885,6 +11623,157 @@ func (r DenyResponse) ContentType() string {
 	return ""
 }
 
+// AuthorizeResponse302Headers the declared response headers of an HTTP 302 response for Authorize
+type AuthorizeResponse302Headers struct {
+	Location *string
+}
+
+type AuthorizeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *AuthorizationError
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *AuthorizationError
+	// Headers302 the parsed response headers for an HTTP 302 response
+	Headers302 *AuthorizeResponse302Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AuthorizeResponse) GetJSON400() *AuthorizationError {
+	return r.JSON400
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AuthorizeResponse) GetJSON500() *AuthorizationError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r AuthorizeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AuthorizeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AuthorizeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AuthorizeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// AuthorizeCallbackResponse302Headers the declared response headers of an HTTP 302 response for AuthorizeCallback
+type AuthorizeCallbackResponse302Headers struct {
+	Location *string
+}
+
+type AuthorizeCallbackResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *AuthorizationError
+	// Headers302 the parsed response headers for an HTTP 302 response
+	Headers302 *AuthorizeCallbackResponse302Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AuthorizeCallbackResponse) GetJSON400() *AuthorizationError {
+	return r.JSON400
+}
+
+// GetBody returns the raw response body bytes
+func (r AuthorizeCallbackResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AuthorizeCallbackResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AuthorizeCallbackResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AuthorizeCallbackResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// AuthorizeConsentResponse302Headers the declared response headers of an HTTP 302 response for AuthorizeConsent
+type AuthorizeConsentResponse302Headers struct {
+	Location *string
+}
+
+type AuthorizeConsentResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *AuthorizationError
+	// Headers302 the parsed response headers for an HTTP 302 response
+	Headers302 *AuthorizeConsentResponse302Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AuthorizeConsentResponse) GetJSON400() *AuthorizationError {
+	return r.JSON400
+}
+
+// GetBody returns the raw response body bytes
+func (r AuthorizeConsentResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AuthorizeConsentResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AuthorizeConsentResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AuthorizeConsentResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type IntrospectResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -12082,6 +12971,19 @@ func (c *ClientWithResponses) MetadataWithResponse(ctx context.Context, reqEdito
 	return ParseMetadataResponse(rsp)
 }
 
+// OpenidConfigurationWithResponse The RFC 8414 metadata again, where OpenID clients look for it (served when the authorization code grant is on).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /.well-known/openid-configuration (the `OpenidConfiguration` operationId).
+func (c *ClientWithResponses) OpenidConfigurationWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*OpenidConfigurationResponse, error) {
+	rsp, err := c.OpenidConfiguration(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOpenidConfigurationResponse(rsp)
+}
+
 // SsfConfigurationWithResponse SSF 1.0 transmitter configuration metadata (only when the SSF transmitter is enabled).
 //
 // Returns a wrapper object for the known response body format(s).
@@ -12775,6 +13677,81 @@ func (c *ClientWithResponses) DenyWithResponse(ctx context.Context, id ApprovalI
 	return ParseDenyResponse(rsp)
 }
 
+// AuthorizeWithResponse The authorization endpoint: authorization code with PKCE (S256 only) for interactive clients acting for a person.
+//
+// RFC 6749 section 4.1 with RFC 7636 PKCE (code_challenge_method S256;
+// plain is refused), RFC 8707 resource, RFC 9396 authorization_details
+// or scope (as at the token endpoint; a scope without template:<name>
+// picks the one template serving the resource), and RFC 9207 iss in
+// every redirect. The client is configured (oauth.interactive.clients)
+// or, when its client_id is an https URL, described by its Client ID
+// Metadata Document (fetched with an SSRF guard: public addresses only,
+// no redirects, a size cap, a timeout, cached; its client_id must be
+// the URL exactly). redirect_uri must be one the client registered,
+// exactly. Valet then sends the person to the upstream OIDC provider
+// (its own PKCE, state and nonce), asks consent once per client and
+// template, and redirects to redirect_uri with a one-time code (60 s)
+// bound to the client, redirect_uri, code_challenge and resource.
+// An unknown client or a bad redirect_uri is answered here (400
+// OAuthError); every other refusal is redirected with error,
+// error_description, state and iss. Nothing is written to the ledger.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/authorize (the `Authorize` operationId).
+func (c *ClientWithResponses) AuthorizeWithResponse(ctx context.Context, params *AuthorizeParams, reqEditors ...RequestEditorFn) (*AuthorizeResponse, error) {
+	rsp, err := c.Authorize(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAuthorizeResponse(rsp)
+}
+
+// AuthorizeCallbackWithResponse Where the upstream OIDC provider sends the person back after sign-in.
+//
+// Takes the upstream code (with Valet's PKCE verifier and nonce) for the
+// person's ID token, which must be from a trusted issuer, in the browser
+// that started the authorization (a cookie binds it). Answers the
+// consent page (text/html) the first time for a client and template,
+// else redirects to the client with its code.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/authorize/callback (the `AuthorizeCallback` operationId).
+func (c *ClientWithResponses) AuthorizeCallbackWithResponse(ctx context.Context, params *AuthorizeCallbackParams, reqEditors ...RequestEditorFn) (*AuthorizeCallbackResponse, error) {
+	rsp, err := c.AuthorizeCallback(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAuthorizeCallbackResponse(rsp)
+}
+
+// AuthorizeConsentWithBodyWithResponse The person's answer on the consent page.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/authorize/consent (the `AuthorizeConsent` operationId).
+func (c *ClientWithResponses) AuthorizeConsentWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AuthorizeConsentResponse, error) {
+	rsp, err := c.AuthorizeConsentWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAuthorizeConsentResponse(rsp)
+}
+
+// AuthorizeConsentWithFormdataBodyWithResponse The person's answer on the consent page.
+//
+// Takes a body of the `application/x-www-form-urlencoded` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/authorize/consent (the `AuthorizeConsent` operationId).
+func (c *ClientWithResponses) AuthorizeConsentWithFormdataBodyWithResponse(ctx context.Context, body AuthorizeConsentFormdataRequestBody, reqEditors ...RequestEditorFn) (*AuthorizeConsentResponse, error) {
+	rsp, err := c.AuthorizeConsentWithFormdataBody(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAuthorizeConsentResponse(rsp)
+}
+
 // IntrospectWithBodyWithResponse RFC 7662 token introspection.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
@@ -13244,6 +14221,32 @@ func ParseMetadataResponse(rsp *http.Response) (*MetadataResponse, error) {
 			return nil, err
 		}
 		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseOpenidConfigurationResponse parses an HTTP response from a OpenidConfigurationWithResponse call
+func ParseOpenidConfigurationResponse(rsp *http.Response) (*OpenidConfigurationResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OpenidConfigurationResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ServerMetadata
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
 
 	}
 
@@ -15593,6 +16596,139 @@ func ParseDenyResponse(rsp *http.Response) (*DenyResponse, error) {
 		}
 		response.JSON503 = &dest
 
+	}
+
+	return response, nil
+}
+
+// ParseAuthorizeResponse parses an HTTP response from a AuthorizeWithResponse call
+func ParseAuthorizeResponse(rsp *http.Response) (*AuthorizeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AuthorizeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 302:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest AuthorizationError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest AuthorizationError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 302:
+		var headers AuthorizeResponse302Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = &value
+		}
+		response.Headers302 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseAuthorizeCallbackResponse parses an HTTP response from a AuthorizeCallbackWithResponse call
+func ParseAuthorizeCallbackResponse(rsp *http.Response) (*AuthorizeCallbackResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AuthorizeCallbackResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 302:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest AuthorizationError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 302:
+		var headers AuthorizeCallbackResponse302Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = &value
+		}
+		response.Headers302 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseAuthorizeConsentResponse parses an HTTP response from a AuthorizeConsentWithResponse call
+func ParseAuthorizeConsentResponse(rsp *http.Response) (*AuthorizeConsentResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AuthorizeConsentResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 302:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest AuthorizationError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 302:
+		var headers AuthorizeConsentResponse302Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = &value
+		}
+		response.Headers302 = &headers
 	}
 
 	return response, nil

@@ -60,3 +60,26 @@ func TestOAuthClientKeys(t *testing.T) {
 		t.Errorf("bad key files not both reported: %v", err)
 	}
 }
+
+func TestOAuthInteractiveConfigReportsEveryProblem(t *testing.T) {
+	p := writeFile(t, t.TempDir(), "bad.yaml", `
+issuers:
+  - {name: people, issuer_url: "https://idp.example.com", audiences: [valet]}
+oauth:
+  interactive:
+    upstream: {issuer: "https://elsewhere.example.com"}
+    code_ttl: 1h
+    clients:
+      - {id: "https://host.example.com/client.json"}
+`)
+	_, err := loadConfig(p, func(string) string { return "" })
+	if err == nil {
+		t.Fatal("bad config loaded")
+	}
+	for _, want := range []string{"oauth.interactive.upstream.issuer", "oauth.interactive.upstream.client_id", "oauth.interactive.code_ttl",
+		"oauth.interactive.clients[0].id", "oauth.interactive.clients[0].redirect_uris", "oauth.interactive.clients[0].templates"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s:\n%v", want, err)
+		}
+	}
+}

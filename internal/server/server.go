@@ -21,6 +21,7 @@ import (
 	"github.com/valet-dev/valet/delegation"
 	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/fanout"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/inventory"
 	"github.com/valet-dev/valet/metrics"
@@ -222,6 +223,17 @@ type OAuthOptions struct {
 	// DPoPNonce makes DPoP proofs at the token endpoint carry a server
 	// nonce (RFC 9449 section 8), from a key each replica makes at start.
 	DPoPNonce bool
+	// Interactive, when set, turns on the authorization code grant; its
+	// refresh tokens renew tasks through the server's renewal service
+	// unless Interactive.Renewer is set, and its records are kept in
+	// memory (one broker) unless Interactive.Store is set.
+	Interactive *oauth.InteractiveConfig
+	// UpstreamLogin, when Interactive.Upstream is nil, is where people
+	// sign in: an identity.Login verified by Options.Identity (which must
+	// be an *identity.Verifier trusting that issuer, with the client id
+	// among its audiences). RedirectURL defaults to PublicURL +
+	// oauth.CallbackPath.
+	UpstreamLogin *identity.LoginConfig
 }
 
 // MetricsOptions configure the metrics.
@@ -390,9 +402,13 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		if oo.DPoPNonce {
 			nonces = dpop.NewNonces(0, o.Now)
 		}
+		interactive, err := interactiveConfig(ctx, o, renewals)
+		if err != nil {
+			return nil, err
+		}
 		if hopts.OAuth, err = oauth.New(oauth.Config{
 			Service: s.svc, Identity: o.Identity, Clients: oo.Clients, Once: o.Agent.Limiter, Issuer: o.PublicURL,
-			MaxAssertionLife: oo.MaxAssertionLife, Now: o.Now, Logger: o.Logger, DPoPNonces: nonces,
+			MaxAssertionLife: oo.MaxAssertionLife, Interactive: interactive, Now: o.Now, Logger: o.Logger, DPoPNonces: nonces,
 		}); err != nil {
 			return nil, err
 		}
