@@ -183,7 +183,7 @@ func (c *Console) Handler() http.Handler {
 }
 
 // headers sets the console's security headers on every answer: a strict
-// CSP (no inline script or style), no framing, no caching, no referrer (the
+// CSP (no inline script or style), no framing, no caching, no referrer to other sites (the
 // sign-in callback's URL holds the code).
 func (c *Console) headers(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -192,7 +192,7 @@ func (c *Console) headers(next http.Handler) http.Handler {
 			"base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
 		next.ServeHTTP(w, r)
 	})

@@ -88,12 +88,13 @@ type taskSearch struct {
 	Agent, Template, Issuer, State, Since, Until string
 	Tasks                                        []broker.Task
 	Next                                         string
+	States                                       []string
 }
 
 func (c *Console) tasks(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
 	q := r.URL.Query()
 	s := taskSearch{Agent: q.Get("agent"), Template: q.Get("template"), Issuer: q.Get("issuer"), State: q.Get("state"),
-		Since: q.Get("since"), Until: q.Get("until")}
+		Since: q.Get("since"), Until: q.Get("until"), States: []string{"", "active", "completed", "expired", "revoked"}}
 	v.Title, v.Data = "Tasks", &s
 	f := incident.TaskFilter{Agent: s.Agent, Template: s.Template, Issuer: s.Issuer, State: broker.State(s.State), Limit: pageSize, Cursor: q.Get("cursor")}
 	switch f.State {

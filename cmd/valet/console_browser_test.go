@@ -1,0 +1,419 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+
+	"github.com/valet-dev/valet/client"
+	"github.com/valet-dev/valet/client/valetapi"
+	"github.com/valet-dev/valet/internal/redistest"
+	"github.com/valet-dev/valet/internal/testkit"
+)
+
+// consoleTemplates are the templates of the console's browser test: the
+// example support-triage template, with delegation to sub-agents.
+const consoleTemplates = `templates:
+  - name: support-triage
+    principals:
+      - issuer: dev
+        condition: 'claims.sub.startsWith("agent-")'
+    ttl: {default: 10m, max: 15m}
+    tools: [tickets.read, tickets.comment, "kb.*"]
+    audiences: [https://tools.example.com]
+    delegation:
+      max_depth: 2
+      condition: 'claims.sub.startsWith("agent-")'
+`
+
+// consoleDev is `valet dev --redis` with the console, and the tasks the
+// browser tests look at: agent-7's task (with an intent holding a script)
+// delegated to agent-sub, and agent-8's task, which no freeze of agent-7
+// may touch.
+type consoleDev struct {
+	base                 string
+	root, child, bystand valetapi.Task
+}
+
+func startConsoleDev(t *testing.T) consoleDev {
+	t.Helper()
+	rd := redistest.Start(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "templates.yaml"), []byte(consoleTemplates), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut := startRun(t, nil, "dev", "--redis", rd.URL(), "--addr", testkit.FreeAddr(t), "--templates", filepath.Join(dir, "templates.yaml"),
+		"--audit", filepath.Join(dir, "audit.jsonl"))
+	d := consoleDev{base: waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("valet dev's log:\n%s", errOut.String())
+		}
+	})
+	ctx := context.Background()
+	c, err := client.New(d.base, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ttl := 600
+	declare := func(agent, intent string) *client.Grant {
+		g, err := c.Declare(ctx, devIdentity(t, d.base, agent), valetapi.Declaration{Template: "support-triage", Intent: intent,
+			Tools: []string{"tickets.read", "tickets.comment"}, TtlSeconds: &ttl})
+		if err != nil {
+			t.Fatalf("declaring %s's task: %v", agent, err)
+		}
+		return g
+	}
+	g := declare("agent-7", `triage ticket 4521 <script>window.pwned=1</script><img src=x onerror="window.pwned=2">`)
+	d.root = g.Task
+	if d.child, _, err = c.Delegate(ctx, client.Delegation{ParentToken: g.TaskToken(), ActorIdentityToken: devIdentity(t, d.base, "agent-sub"),
+		Tools: []string{"tickets.read"}}); err != nil {
+		t.Fatalf("delegating to agent-sub: %v", err)
+	}
+	d.bystand = declare("agent-8", "summarise the week's tickets").Task
+	return d
+}
+
+// devIdentity is an identity token of the development issuer for agent.
+func devIdentity(t *testing.T, base, agent string) string {
+	t.Helper()
+	resp, err := http.Post(base+"/dev/token?agent="+url.QueryEscape(agent), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Token string `json:"identity_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Token == "" {
+		t.Fatalf("dev token for %s: %v (status %d)", agent, err, resp.StatusCode)
+	}
+	return body.Token
+}
+
+// poll waits until expr is true in the page, across navigations.
+func poll(expr string) chromedp.Action[chromedp.Void] {
+	return func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
+		for {
+			if ok, err := chromedp.Evaluate[bool](expr)(ctx, t); err == nil && ok {
+				return chromedp.Void{}, nil
+			}
+			select {
+			case <-ctx.Done():
+				return chromedp.Void{}, fmt.Errorf("waiting for %s: %w", expr, ctx.Err())
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func css(s string) chromedp.CSS { return chromedp.CSS(s) }
+func id(s string) chromedp.ID   { return chromedp.ID(s) }
+
+// chromium finds Debian's chromium, or skips the test saying how to get it.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Skip("chromium not found on PATH: the console's browser tests need it (apt-get install chromium; .ci/run installs it)")
+	return ""
+}
+
+// screenshots is the folder the browser tests write their screenshots to:
+// $VALET_SCREENSHOTS, or console/testdata/screenshots (git-ignored).
+func screenshots(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("VALET_SCREENSHOTS")
+	if dir == "" {
+		dir = filepath.Join("..", "..", "console", "testdata", "screenshots")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// browser is one headless chromium with a profile of its own.
+func browser(t *testing.T, exe string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.WindowSize(1280, 1000),
+		chromedp.Flag("disable-dev-shm-usage", true))
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelB := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancelB(); cancelA() })
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return ctx
+}
+
+// step bounds one browser step.
+const step = 30 * time.Second
+
+// do runs browser steps; on failure it reports where the page was.
+func do(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, step)
+	defer cancel()
+	if err := chromedp.Do(sctx, steps...); err != nil {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		loc, _ := chromedp.Run(lctx, chromedp.Location())
+		body, _ := chromedp.Run(lctx, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
+		t.Fatalf("%s: %v\nat %s:\n%s", what, err, loc, body)
+	}
+}
+
+// value runs one browser action that returns a value.
+func value[T any](t *testing.T, ctx context.Context, what string, a chromedp.Action[T]) T {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, step)
+	defer cancel()
+	v, err := chromedp.Run(sctx, a)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return v
+}
+
+func js[T any](t *testing.T, ctx context.Context, expr string) T {
+	t.Helper()
+	return value(t, ctx, expr, chromedp.Evaluate[T](expr))
+}
+
+func text(t *testing.T, ctx context.Context, id string) string {
+	t.Helper()
+	return value(t, ctx, "text of #"+id, chromedp.Text(chromedp.ID(id)))
+}
+
+func shoot(t *testing.T, ctx context.Context, dir, name string) {
+	t.Helper()
+	png := value(t, ctx, "screenshot "+name, chromedp.FullScreenshot(100))
+	if err := os.WriteFile(filepath.Join(dir, name), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot %s", filepath.Join(dir, name))
+}
+
+// sessionCookie is the console's session cookie in the browser.
+func sessionCookie(t *testing.T, ctx context.Context) *network.Cookie {
+	t.Helper()
+	res, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range res.Cookies {
+		if c.Name == "valet_console" {
+			return c
+		}
+	}
+	t.Fatalf("no valet_console cookie in %v", res.Cookies)
+	return nil
+}
+
+// forgePost sends a form to the console as a forger would: with the victim's
+// session cookie but without (or with a wrong) CSRF token.
+func forgePost(t *testing.T, base, path, cookie string, form url.Values) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.AddCookie(&http.Cookie{Name: "valet_console", Value: cookie})
+	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// adminTaskState reads a task's state through the admin API as the dev
+// admin, to check what the browser saw against the ledger.
+func adminTaskState(t *testing.T, base, id string) string {
+	t.Helper()
+	resp, err := http.Post(base+"/dev/token?admin=ops", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct {
+		Token string `json:"identity_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/admin/tasks/"+id, nil)
+	req.Header.Set("Authorization", "Bearer "+tok.Token)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Task struct {
+			State string `json:"state"`
+		} `json:"task"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("admin task %s: %v (status %d)", id, err, resp.StatusCode)
+	}
+	return body.Task.State
+}
+
+// TestConsoleBrowser walks the console as a responder would, in a real
+// headless chromium against `valet dev --redis`: sign in, find an agent,
+// open its task (an agent-written script in the intent renders as text),
+// see the delegation tree, dry-run and run a freeze, watch the progress bar
+// finish and the agent's tasks turn revoked. A forged form post is refused,
+// and a viewer sees no action and cannot post one.
+func TestConsoleBrowser(t *testing.T) {
+	exe := chromium(t)
+	d := startConsoleDev(t)
+	shots := screenshots(t)
+	ctx := browser(t, exe)
+
+	// Sign in (authorization code + PKCE at the development issuer).
+	signIn(t, ctx, d.base, "ops")
+	do(t, ctx, "the overview after sign-in", chromedp.WaitVisible(id("who")))
+	if who, role := text(t, ctx, "who"), text(t, ctx, "role"); who != "ops" || role != "admin" {
+		t.Fatalf("signed in as %q with role %q, want ops as admin", who, role)
+	}
+	ck := sessionCookie(t, ctx)
+	if !ck.HTTPOnly || ck.SameSite != network.CookieSameSiteStrict || ck.Path != "/console/" {
+		t.Errorf("session cookie: HttpOnly %t, SameSite %s, path %s; want HttpOnly, Strict, /console/", ck.HTTPOnly, ck.SameSite, ck.Path)
+	}
+	if stored := js[string](t, ctx, `JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie`); stored != "{}{}" {
+		t.Errorf("the page can read %q from storage or cookies; want nothing", stored)
+	}
+	// The live view shows the grants as the audit trail records them.
+	do(t, ctx, "the live view", chromedp.WaitVisible(css(`#live tbody tr`)))
+	shoot(t, ctx, shots, "01-overview-live.png")
+
+	// Find the agent.
+	do(t, ctx, "finding agent-7", chromedp.Navigate(d.base+"/console/agents"), chromedp.WaitVisible(id("agentq")),
+		chromedp.SendKeys(id("agentq"), "agent-7"), chromedp.Click(id("agentsearch")), poll(`location.search.includes("q=agent-7")`),
+		chromedp.WaitVisible(css(`#agents a.agent`)))
+	if names := js[[]string](t, ctx, `[...document.querySelectorAll("#agents a.agent")].map(a => a.textContent)`); len(names) != 1 || names[0] != "agent-7" {
+		t.Fatalf("searching agent-7 lists %v", names)
+	}
+	shoot(t, ctx, shots, "02-agents-search.png")
+	do(t, ctx, "opening agent-7", chromedp.Click(css(`#agents a.agent`)), chromedp.WaitVisible(id("agentname")))
+	shoot(t, ctx, shots, "03-agent.png")
+
+	// Open its task: the intent's script is text, and the tree shows the
+	// delegation to agent-sub.
+	do(t, ctx, "opening the task", chromedp.Click(css(`a[href="/console/tasks/`+d.root.Id+`"]`)), chromedp.WaitVisible(id("tree")))
+	intent := text(t, ctx, "intent")
+	inside := js[int](t, ctx, `document.querySelectorAll("#intent *").length`)
+	pwned := js[bool](t, ctx, `window.pwned !== undefined`)
+	if !strings.Contains(intent, "<script>window.pwned=1</script>") || inside != 0 || pwned {
+		t.Errorf("intent renders as %q with %d elements inside, script ran: %t; want the text, no element, no run", intent, inside, pwned)
+	}
+	nodes := js[int](t, ctx, `document.querySelectorAll("#tree a.node").length`)
+	edges := js[int](t, ctx, `document.querySelectorAll("#tree line.edge").length`)
+	if nodes != 2 || edges != 1 {
+		t.Errorf("delegation tree has %d nodes and %d edges; want 2 and 1 (agent-7 → agent-sub)", nodes, edges)
+	}
+	if !js[bool](t, ctx, `!!document.querySelector('#tree a.node[data-task="`+d.child.Id+`"]')`) {
+		t.Errorf("the tree has no node for the child task %s", d.child.Id)
+	}
+	shoot(t, ctx, shots, "04-task-tree.png")
+
+	// A forged post (the session cookie, no or a wrong CSRF token) changes nothing.
+	for _, form := range []url.Values{
+		{"kind": {"freeze_agent"}, "target": {"agent-8"}, "issuer": {"dev"}, "reason": {"forged"}},
+		{"kind": {"freeze_agent"}, "target": {"agent-8"}, "issuer": {"dev"}, "reason": {"forged"}, "csrf": {"not-the-token"}},
+	} {
+		if status, body := forgePost(t, d.base, "/console/act", ck.Value, form); status != http.StatusForbidden || !strings.Contains(body, "CSRF") {
+			t.Errorf("forged post (csrf %q) answered %d:\n%s", form.Get("csrf"), status, body)
+		}
+	}
+	if s := adminTaskState(t, d.base, d.bystand.Id); s != "active" {
+		t.Fatalf("agent-8's task is %s after the forged posts; want active", s)
+	}
+	req, _ := http.NewRequest(http.MethodGet, d.base+"/console/", nil)
+	req.AddCookie(&http.Cookie{Name: "valet_console", Value: ck.Value})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if csp := resp.Header.Get("Content-Security-Policy"); resp.StatusCode != http.StatusOK || !strings.Contains(csp, "default-src 'self'") ||
+		!strings.Contains(csp, "script-src 'self'") || strings.Contains(csp, "unsafe") || resp.Header.Get("X-Frame-Options") != "DENY" {
+		t.Errorf("console page: %d, CSP %q, X-Frame-Options %q", resp.StatusCode, csp, resp.Header.Get("X-Frame-Options"))
+	}
+
+	// Dry-run the freeze of agent-7: two tasks (its own and agent-sub's
+	// delegated one), two agents; then run it.
+	do(t, ctx, "previewing the freeze", chromedp.Navigate(d.base+"/console/agents?q=agent-7"), chromedp.WaitVisible(css(`#agents a.agent`)),
+		chromedp.Click(css(`#agents a.agent`)), chromedp.WaitVisible(id("freeze")),
+		chromedp.SendKeys(id("reason"), "suspected prompt injection in ticket 4521"),
+		chromedp.Click(id("freeze")), chromedp.WaitVisible(id("run")))
+	if tasks, agents := text(t, ctx, "pv-tasks"), text(t, ctx, "pv-agents"); tasks != "2" || agents != "2" {
+		t.Errorf("the dry run counts %s tasks of %s agents; want 2 of 2", tasks, agents)
+	}
+	if s := adminTaskState(t, d.base, d.root.Id); s != "active" {
+		t.Fatalf("the dry run left agent-7's task %s; want active", s)
+	}
+	shoot(t, ctx, shots, "05-freeze-dry-run.png")
+	do(t, ctx, "running the freeze", chromedp.Click(id("run")), chromedp.WaitVisible(id("progress")), chromedp.WaitVisible(css("#job.done")))
+	if state, pct := text(t, ctx, "jobstate"), js[int](t, ctx, `document.getElementById("progress").value`); state != "done" || pct != 100 {
+		t.Errorf("the job ends %q at %d%%; want done at 100%%", state, pct)
+	}
+	shoot(t, ctx, shots, "06-freeze-job-done.png")
+	do(t, ctx, "the agent's tasks", chromedp.Click(id("jobtaskslink")), chromedp.WaitVisible(css("table.tasks")))
+	states := js[[]string](t, ctx, `[...document.querySelectorAll("table.tasks tr.task")].map(r => r.dataset.state)`)
+	if len(states) != 2 || states[0] != "revoked" || states[1] != "revoked" {
+		t.Errorf("agent-7's tasks after the freeze: %v; want 2 revoked", states)
+	}
+	shoot(t, ctx, shots, "07-tasks-revoked.png")
+	for tid, want := range map[string]string{d.root.Id: "revoked", d.child.Id: "revoked", d.bystand.Id: "active"} {
+		if s := adminTaskState(t, d.base, tid); s != want {
+			t.Errorf("task %s is %s in the ledger; want %s", tid, s, want)
+		}
+	}
+
+	// A viewer: no action buttons, and a post with its own valid CSRF token
+	// is refused by the role.
+	vctx := browser(t, exe)
+	signIn(t, vctx, d.base, "viewer:watcher")
+	do(t, vctx, "the viewer's agent page", chromedp.WaitVisible(id("role")))
+	vrole := text(t, vctx, "role")
+	do(t, vctx, "the viewer's agent page", chromedp.Navigate(d.base+"/console/agents?q=agent-8"), chromedp.WaitVisible(css(`#agents a.agent`)),
+		chromedp.Click(css(`#agents a.agent`)), chromedp.WaitVisible(id("agentname")))
+	actions := js[int](t, vctx, `document.querySelectorAll('form[method="post"]:not([action="/console/signout"]), button.action, button.danger, #freeze').length`)
+	if vrole != "viewer" || actions != 0 {
+		t.Errorf("viewer (role %q) sees %d action forms or buttons; want a viewer with none", vrole, actions)
+	}
+	shoot(t, vctx, shots, "08-viewer-agent.png")
+	csrf := js[string](t, vctx, `document.querySelector('input[name="csrf"]').value`)
+	vck := sessionCookie(t, vctx)
+	status, body := forgePost(t, d.base, "/console/act", vck.Value, url.Values{"csrf": {csrf}, "kind": {"freeze_agent"}, "target": {"agent-8"},
+		"issuer": {"dev"}, "reason": {"a viewer tries"}})
+	if status != http.StatusForbidden || !strings.Contains(body, "responder") {
+		t.Errorf("a viewer's freeze answered %d:\n%s", status, body)
+	}
+	if s := adminTaskState(t, d.base, d.bystand.Id); s != "active" {
+		t.Errorf("agent-8's task is %s after the viewer's post; want active", s)
+	}
+}
+
+// signIn signs in to the console in the browser as name (TEMPORARY).
+func signIn(t *testing.T, ctx context.Context, base, name string) {
+	t.Helper()
+	do(t, ctx, "signing in", chromedp.Navigate(base+"/console/"), chromedp.WaitVisible(chromedp.ID("signin")), chromedp.Click(chromedp.ID("signin")))
+}
