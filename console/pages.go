@@ -48,15 +48,18 @@ type liveEvent struct {
 	Reason   string `json:"reason"`
 }
 
-// liveTypes are the events the live view shows: grants, denials,
-// completions and revocations.
+// liveType reports whether the live view shows e: grants, denials,
+// completions, expiries, revocations and controls (not admin reads).
 func liveType(e broker.Event) bool {
+	if strings.HasPrefix(e.Type, "admin.") {
+		return false
+	}
 	switch {
-	case e.Type == "task.declared", e.Type == "task.completed", e.Type == "task.expired", e.Type == "task.delegated",
-		strings.HasPrefix(e.Type, "task.revoked"), strings.HasPrefix(e.Type, "revocation."), strings.HasPrefix(e.Type, "control."):
+	case strings.HasPrefix(e.Type, "task."), strings.HasPrefix(e.Type, "revocation."), strings.HasPrefix(e.Type, "control."),
+		e.Type == "credential.revoked", e.Type == "action.granted", e.Type == "approval.requested":
 		return true
 	}
-	return e.Outcome == "denied" && !strings.HasPrefix(e.Type, "admin.")
+	return e.Outcome == "denied"
 }
 
 // live is the live view's poll: the events after the cursor it was given.

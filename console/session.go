@@ -25,8 +25,9 @@ type pending struct {
 	expires                time.Time
 }
 
-// maxSessions and maxPending bound the memory of the stores; past them the
-// oldest entries (by expiry) give way.
+// maxSessions and maxPending bound the memory of the stores: when one is
+// full, expired entries are swept and then the entry closest to expiry
+// gives way.
 const (
 	maxSessions = 10000
 	maxPending  = 10000
@@ -68,8 +69,10 @@ func (s *sessions) start(p pending) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	s.sweepLocked(now)
-	evictOldest(s.pending, maxPending, func(p *pending) time.Time { return p.expires })
+	if len(s.pending) >= maxPending {
+		s.sweepLocked(now)
+		evictOldest(s.pending, maxPending, func(p *pending) time.Time { return p.expires })
+	}
 	p.expires = now.Add(pendingTTL)
 	s.pending[key(id)] = &p
 	return id
@@ -97,8 +100,10 @@ func (s *sessions) create(p broker.Principal, expires time.Time) string {
 	id := randomToken()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.sweepLocked(s.now())
-	evictOldest(s.live, maxSessions, func(x *session) time.Time { return x.expires })
+	if len(s.live) >= maxSessions {
+		s.sweepLocked(s.now())
+		evictOldest(s.live, maxSessions, func(x *session) time.Time { return x.expires })
+	}
 	s.live[key(id)] = &session{principal: p, csrf: randomToken(), expires: expires}
 	return id
 }
