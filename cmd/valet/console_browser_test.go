@@ -18,90 +18,72 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
-	"github.com/valet-dev/valet/client"
-	"github.com/valet-dev/valet/client/valetapi"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/internal/testkit"
 )
 
-// consoleTemplates are the templates of the console's browser test: the
-// example support-triage template, with delegation to sub-agents.
-const consoleTemplates = `templates:
-  - name: support-triage
-    principals:
-      - issuer: dev
-        condition: 'claims.sub.startsWith("agent-")'
-    ttl: {default: 10m, max: 15m}
-    tools: [tickets.read, tickets.comment, "kb.*"]
-    audiences: [https://tools.example.com]
-    delegation:
-      max_depth: 2
-      condition: 'claims.sub.startsWith("agent-")'
-`
-
-// consoleDev is `valet dev --redis` with the console, and the tasks the
-// browser tests look at: agent-7's task (with an intent holding a script)
-// delegated to agent-sub, and agent-8's task, which no freeze of agent-7
-// may touch.
+// consoleDev is `valet dev --redis` with the console, started and given
+// tasks exactly as docs/incident-response.md's walk-through does: agent-7's
+// task (with an intent holding a script) delegated to agent-sub, and
+// agent-8's task, which no freeze of agent-7 may touch.
 type consoleDev struct {
 	base                 string
-	root, child, bystand valetapi.Task
+	root, child, bystand string // task ids
 }
 
 func startConsoleDev(t *testing.T) consoleDev {
 	t.Helper()
-	rd := redistest.Start(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "templates.yaml"), []byte(consoleTemplates), 0o600); err != nil {
-		t.Fatal(err)
+	for _, tool := range []string{"bash", "curl", "jq"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found on PATH: install the Debian package %s", tool, tool)
+		}
 	}
-	out, errOut := startRun(t, nil, "dev", "--redis", rd.URL(), "--addr", testkit.FreeAddr(t), "--templates", filepath.Join(dir, "templates.yaml"),
-		"--audit", filepath.Join(dir, "audit.jsonl"))
+	start := docBlock(t, "docs/incident-response.md", "console-dev")
+	devAt := strings.Index(start, "\nvalet dev ")
+	if devAt < 0 {
+		t.Fatalf("the walk-through does not start `valet dev`:\n%s", start)
+	}
+	dir := t.TempDir()
+	prepare := exec.Command("bash", "-euo", "pipefail", "-c", start[:devAt])
+	prepare.Dir = dir
+	if out, err := prepare.CombinedOutput(); err != nil {
+		t.Fatalf("the walk-through before `valet dev`: %v\n%s", err, out)
+	}
+	rd := redistest.Start(t)
+	addr := testkit.FreeAddr(t)
+	devLine := strings.TrimSpace(start[devAt:])
+	if !strings.Contains(devLine, "--redis redis://127.0.0.1:6379/0") {
+		t.Fatalf("the walk-through's %q does not use Redis", devLine)
+	}
+	args := strings.Fields(strings.NewReplacer("redis://127.0.0.1:6379/0", rd.URL(), "./my-templates", filepath.Join(dir, "my-templates")).Replace(devLine))[1:]
+	args = append(args, "--addr", addr, "--audit", filepath.Join(dir, "audit.jsonl"))
+	out, errOut := startRun(t, nil, args...)
 	d := consoleDev{base: waitFor(t, out, errOut, regexp.MustCompile(`Valet development server on (http://\S+)`))}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("valet dev's log:\n%s", errOut.String())
 		}
 	})
-	ctx := context.Background()
-	c, err := client.New(d.base, nil)
-	if err != nil {
-		t.Fatal(err)
+	tasks := exec.Command("bash", "-euo", "pipefail", "-c", strings.ReplaceAll(docBlock(t, "docs/incident-response.md", "console-tasks"),
+		"http://127.0.0.1:8080", d.base))
+	tasks.Dir = dir
+	if out, err := tasks.CombinedOutput(); err != nil {
+		t.Fatalf("the walk-through's tasks: %v\n%s", err, out)
 	}
-	ttl := 600
-	declare := func(agent, intent string) *client.Grant {
-		g, err := c.Declare(ctx, devIdentity(t, d.base, agent), valetapi.Declaration{Template: "support-triage", Intent: intent,
-			Tools: []string{"tickets.read", "tickets.comment"}, TtlSeconds: &ttl})
-		if err != nil {
-			t.Fatalf("declaring %s's task: %v", agent, err)
+	for _, tk := range adminTasks(t, d.base, "agent-7") {
+		if tk.Parent == "" {
+			d.root = tk.ID
+		} else {
+			d.child = tk.ID
 		}
-		return g
 	}
-	g := declare("agent-7", `triage ticket 4521 <script>window.pwned=1</script><img src=x onerror="window.pwned=2">`)
-	d.root = g.Task
-	if d.child, _, err = c.Delegate(ctx, client.Delegation{ParentToken: g.TaskToken(), ActorIdentityToken: devIdentity(t, d.base, "agent-sub"),
-		Tools: []string{"tickets.read"}}); err != nil {
-		t.Fatalf("delegating to agent-sub: %v", err)
+	if ts := adminTasks(t, d.base, "agent-8"); len(ts) == 1 {
+		d.bystand = ts[0].ID
 	}
-	d.bystand = declare("agent-8", "summarise the week's tickets").Task
+	if d.root == "" || d.child == "" || d.bystand == "" {
+		t.Fatalf("the walk-through made root %q, child %q, agent-8's %q; want all three", d.root, d.child, d.bystand)
+	}
 	return d
-}
-
-// devIdentity is an identity token of the development issuer for agent.
-func devIdentity(t *testing.T, base, agent string) string {
-	t.Helper()
-	resp, err := http.Post(base+"/dev/token?agent="+url.QueryEscape(agent), "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Token string `json:"identity_token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Token == "" {
-		t.Fatalf("dev token for %s: %v (status %d)", agent, err, resp.StatusCode)
-	}
-	return body.Token
 }
 
 // poll waits until expr is true in the page, across navigations.
@@ -243,9 +225,9 @@ func forgePost(t *testing.T, base, path, cookie string, form url.Values) (int, s
 	return resp.StatusCode, string(b)
 }
 
-// adminTaskState reads a task's state through the admin API as the dev
-// admin, to check what the browser saw against the ledger.
-func adminTaskState(t *testing.T, base, id string) string {
+// adminGet reads path of the admin API as the development admin, to check
+// what the browser saw against the ledger.
+func adminGet(t *testing.T, base, path string, body any) {
 	t.Helper()
 	resp, err := http.Post(base+"/dev/token?admin=ops", "", nil)
 	if err != nil {
@@ -256,21 +238,41 @@ func adminTaskState(t *testing.T, base, id string) string {
 	}
 	_ = json.NewDecoder(resp.Body).Decode(&tok)
 	resp.Body.Close()
-	req, _ := http.NewRequest(http.MethodGet, base+"/v1/admin/tasks/"+id, nil)
+	req, _ := http.NewRequest(http.MethodGet, base+path, nil)
 	req.Header.Set("Authorization", "Bearer "+tok.Token)
 	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(body); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("admin GET %s: %v (status %d)", path, err, resp.StatusCode)
+	}
+}
+
+type adminTask struct {
+	ID     string `json:"id"`
+	State  string `json:"state"`
+	Parent string `json:"parent"`
+	Agent  string `json:"agent"`
+}
+
+// adminTasks lists the tasks whose chain holds agent.
+func adminTasks(t *testing.T, base, agent string) []adminTask {
+	t.Helper()
 	var body struct {
-		Task struct {
-			State string `json:"state"`
-		} `json:"task"`
+		Tasks []adminTask `json:"tasks"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatalf("admin task %s: %v (status %d)", id, err, resp.StatusCode)
+	adminGet(t, base, "/v1/admin/tasks?agent="+url.QueryEscape(agent), &body)
+	return body.Tasks
+}
+
+func adminTaskState(t *testing.T, base, id string) string {
+	t.Helper()
+	var body struct {
+		Task adminTask `json:"task"`
 	}
+	adminGet(t, base, "/v1/admin/tasks/"+url.PathEscape(id), &body)
 	return body.Task.State
 }
 
@@ -316,20 +318,20 @@ func TestConsoleBrowser(t *testing.T) {
 
 	// Open its task: the intent's script is text, and the tree shows the
 	// delegation to agent-sub.
-	do(t, ctx, "opening the task", chromedp.Click(css(`a[href="/console/tasks/`+d.root.Id+`"]`)), chromedp.WaitVisible(id("tree")))
+	do(t, ctx, "opening the task", chromedp.Click(css(`a[href="/console/tasks/`+d.root+`"]`)), chromedp.WaitVisible(id("tree")))
 	intent := text(t, ctx, "intent")
 	inside := js[int](t, ctx, `document.querySelectorAll("#intent *").length`)
-	pwned := js[bool](t, ctx, `window.pwned !== undefined`)
-	if !strings.Contains(intent, "<script>window.pwned=1</script>") || inside != 0 || pwned {
-		t.Errorf("intent renders as %q with %d elements inside, script ran: %t; want the text, no element, no run", intent, inside, pwned)
+
+	if !strings.Contains(intent, "<script>alert(1)</script>") || inside != 0 {
+		t.Errorf("intent renders as %q with %d elements inside; want the script as text, no element", intent, inside)
 	}
 	nodes := js[int](t, ctx, `document.querySelectorAll("#tree a.node").length`)
 	edges := js[int](t, ctx, `document.querySelectorAll("#tree line.edge").length`)
 	if nodes != 2 || edges != 1 {
 		t.Errorf("delegation tree has %d nodes and %d edges; want 2 and 1 (agent-7 → agent-sub)", nodes, edges)
 	}
-	if !js[bool](t, ctx, `!!document.querySelector('#tree a.node[data-task="`+d.child.Id+`"]')`) {
-		t.Errorf("the tree has no node for the child task %s", d.child.Id)
+	if !js[bool](t, ctx, `!!document.querySelector('#tree a.node[data-task="`+d.child+`"]')`) {
+		t.Errorf("the tree has no node for the child task %s", d.child)
 	}
 	shoot(t, ctx, shots, "04-task-tree.png")
 
@@ -342,7 +344,7 @@ func TestConsoleBrowser(t *testing.T) {
 			t.Errorf("forged post (csrf %q) answered %d:\n%s", form.Get("csrf"), status, body)
 		}
 	}
-	if s := adminTaskState(t, d.base, d.bystand.Id); s != "active" {
+	if s := adminTaskState(t, d.base, d.bystand); s != "active" {
 		t.Fatalf("agent-8's task is %s after the forged posts; want active", s)
 	}
 	req, _ := http.NewRequest(http.MethodGet, d.base+"/console/", nil)
@@ -366,7 +368,7 @@ func TestConsoleBrowser(t *testing.T) {
 	if tasks, agents := text(t, ctx, "pv-tasks"), text(t, ctx, "pv-agents"); tasks != "2" || agents != "2" {
 		t.Errorf("the dry run counts %s tasks of %s agents; want 2 of 2", tasks, agents)
 	}
-	if s := adminTaskState(t, d.base, d.root.Id); s != "active" {
+	if s := adminTaskState(t, d.base, d.root); s != "active" {
 		t.Fatalf("the dry run left agent-7's task %s; want active", s)
 	}
 	shoot(t, ctx, shots, "05-freeze-dry-run.png")
@@ -381,7 +383,7 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Errorf("agent-7's tasks after the freeze: %v; want 2 revoked", states)
 	}
 	shoot(t, ctx, shots, "07-tasks-revoked.png")
-	for tid, want := range map[string]string{d.root.Id: "revoked", d.child.Id: "revoked", d.bystand.Id: "active"} {
+	for tid, want := range map[string]string{d.root: "revoked", d.child: "revoked", d.bystand: "active"} {
 		if s := adminTaskState(t, d.base, tid); s != want {
 			t.Errorf("task %s is %s in the ledger; want %s", tid, s, want)
 		}
@@ -407,7 +409,7 @@ func TestConsoleBrowser(t *testing.T) {
 	if status != http.StatusForbidden || !strings.Contains(body, "responder") {
 		t.Errorf("a viewer's freeze answered %d:\n%s", status, body)
 	}
-	if s := adminTaskState(t, d.base, d.bystand.Id); s != "active" {
+	if s := adminTaskState(t, d.base, d.bystand); s != "active" {
 		t.Errorf("agent-8's task is %s after the viewer's post; want active", s)
 	}
 }
