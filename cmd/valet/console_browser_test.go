@@ -383,6 +383,18 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Errorf("agent-7's tasks after the freeze: %v; want 2 revoked", states)
 	}
 	shoot(t, ctx, shots, "07-tasks-revoked.png")
+	// The live view shows the revocation; the audit chain verifies.
+	do(t, ctx, "the revocation in the live view", chromedp.Navigate(d.base+"/console/"),
+		poll(`[...document.querySelectorAll("#live td")].some(td => td.textContent === "task.revoked")`))
+	shoot(t, ctx, shots, "08-overview-after-freeze.png")
+	do(t, ctx, "the audit chain", chromedp.Navigate(d.base+"/console/audit"), chromedp.WaitVisible(id("chainstatus")))
+	if st := text(t, ctx, "chainstatus"); !strings.HasPrefix(st, "Verified") {
+		t.Errorf("audit chain status %q; want Verified", st)
+	}
+	if seq := js[int](t, ctx, `Number(document.querySelector("#chains tbody td:nth-child(2)").textContent)`); seq < 5 {
+		t.Errorf("the chain is verified up to sequence %d; want the grants, the freeze and the revocations (5 or more)", seq)
+	}
+	shoot(t, ctx, shots, "09-audit-chain.png")
 	for tid, want := range map[string]string{d.root: "revoked", d.child: "revoked", d.bystand: "active"} {
 		if s := adminTaskState(t, d.base, tid); s != want {
 			t.Errorf("task %s is %s in the ledger; want %s", tid, s, want)
@@ -401,7 +413,7 @@ func TestConsoleBrowser(t *testing.T) {
 	if vrole != "viewer" || actions != 0 {
 		t.Errorf("viewer (role %q) sees %d action forms or buttons; want a viewer with none", vrole, actions)
 	}
-	shoot(t, vctx, shots, "08-viewer-agent.png")
+	shoot(t, vctx, shots, "10-viewer-agent.png")
 	csrf := js[string](t, vctx, `document.querySelector('input[name="csrf"]').value`)
 	vck := sessionCookie(t, vctx)
 	status, body := forgePost(t, d.base, "/console/act", vck.Value, url.Values{"csrf": {csrf}, "kind": {"freeze_agent"}, "target": {"agent-8"},
