@@ -44,6 +44,9 @@ type Options struct {
 	// Logger receives key-fetch events; default slog.Default(). Rejections
 	// are not logged here: the caller logs them once, with the request.
 	Logger *slog.Logger
+	// CacheSize bounds how many verified tokens are remembered (cache.go);
+	// default DefaultCacheSize, negative turns the cache off.
+	CacheSize int
 }
 
 const (
@@ -70,6 +73,7 @@ type Verifier struct {
 	maxLen  int
 	self    string
 	log     *slog.Logger
+	cache   *tokenCache
 }
 
 // trustedIssuer is one IssuerConfig made ready for requests.
@@ -128,6 +132,7 @@ func New(ctx context.Context, cfgs []IssuerConfig, opts Options) (*Verifier, err
 		maxLen: opts.MaxTokenBytes,
 		self:   opts.SelfIssuer,
 		log:    opts.Logger,
+		cache:  newTokenCache(opts.CacheSize),
 	}
 	for _, p := range prepared {
 		ti := &trustedIssuer{
@@ -231,6 +236,12 @@ func (v *Verifier) authenticate(ctx context.Context, raw string) (broker.Princip
 	if len(raw) > v.maxLen {
 		return broker.Principal{}, fmt.Errorf("token is %d bytes, more than the limit of %d", len(raw), v.maxLen)
 	}
+	// A token verified before, still within its life, under the same keys.
+	key := tokenKey(raw)
+	if p, ok := v.cache.get(key, v.now()); ok {
+		return p, nil
+	}
+
 	// (2) Shape: compact serialization, three non-empty base64url segments.
 	if n := strings.Count(raw, "."); n != 2 {
 		return broker.Principal{}, fmt.Errorf("token has %d '.' separators, not 2", n)
@@ -301,6 +312,7 @@ func (v *Verifier) authenticate(ctx context.Context, raw string) (broker.Princip
 	// (5) Signature, with the issuer's keys and algorithms. The verified
 	// payload must be the very bytes decoded above, so the claims read
 	// below are the signed ones.
+	keysGen := ti.keys.generation() // read before: a refresh during the check makes the entry stale, never fresh
 	payload, err := ti.keys.VerifySignature(ctx, raw)
 	if err != nil {
 		return broker.Principal{}, fmt.Errorf("verifying token from issuer %q: %w", ti.cfg.Name, err)
@@ -361,13 +373,15 @@ func (v *Verifier) authenticate(ctx context.Context, raw string) (broker.Princip
 		}
 	}
 
-	return broker.Principal{
+	p := broker.Principal{
 		Issuer:      ti.cfg.Name,
 		IssuerURL:   ti.cfg.IssuerURL,
 		Subject:     subject,
 		Claims:      claims,
 		TokenExpiry: exp,
-	}, nil
+	}
+	v.cache.put(key, cachedToken{p: p, ti: ti, gen: keysGen, until: exp.Add(v.leeway)}, now)
+	return p, nil
 }
 
 // decodeJWTSegment decodes one strict, unpadded base64url segment. Unlike

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -51,7 +52,11 @@ type issuerKeys struct {
 	last       time.Time
 	lastErr    error
 	inflight   *keyFetch
+	gen        atomic.Uint64 // bumped whenever keys are replaced
 }
+
+// generation changes whenever the issuer's keys are replaced.
+func (ks *issuerKeys) generation() uint64 { return ks.gen.Load() }
 
 type keyFetch struct {
 	done chan struct{}
@@ -228,6 +233,7 @@ func (ks *issuerKeys) refresh(ctx context.Context) ([]jose.JSONWebKey, error) {
 	ks.mu.Lock()
 	if err == nil {
 		ks.keys, ks.loaded, ks.discovered = keys, true, discovered
+		ks.gen.Add(1)
 	}
 	ks.lastErr = err
 	ks.inflight = nil

@@ -179,13 +179,21 @@ func once(ctx context.Context, l broker.Limiter, key string, until time.Time) er
 	return nil
 }
 
+// MaxBearerAssertionLife bounds how far away a jwt-bearer assertion's exp
+// may be (RFC 7523 section 3, item 4): workload identity tokens live
+// minutes to hours, and the replay store keeps each jti until its exp.
+const MaxBearerAssertionLife = 24 * time.Hour
+
 // AssertionGuard is the jwt-bearer grant's Authenticator (RFC 7523 section
-// 2.1): Identity verifies the assertion as the agent's identity token, then
+// 2.1): Identity verifies the assertion as the agent's identity token, its
+// exp must be at most MaxLife (default MaxBearerAssertionLife) away, then
 // its jti (or, for a token without one, its SHA-256) must be new: an
 // assertion is used once within its lifetime.
 type AssertionGuard struct {
 	Identity broker.Authenticator
 	Once     broker.Limiter
+	MaxLife  time.Duration
+	Now      func() time.Time
 }
 
 // Authenticate implements broker.Authenticator.
@@ -202,6 +210,16 @@ func (g AssertionGuard) Authenticate(ctx context.Context, raw string) (broker.Pr
 	until := p.TokenExpiry
 	if until.IsZero() {
 		return broker.Principal{}, errors.New("assertion has no exp")
+	}
+	now, maxLife := time.Now, g.MaxLife
+	if g.Now != nil {
+		now = g.Now
+	}
+	if maxLife <= 0 {
+		maxLife = MaxBearerAssertionLife
+	}
+	if life := until.Sub(now()); life > maxLife {
+		return broker.Principal{}, fmt.Errorf("assertion expires %s from now, beyond the maximum of %s", life.Round(time.Second), maxLife)
 	}
 	if err := once(ctx, g.Once, "oauth:assertion:"+p.IssuerURL+":"+id, until); err != nil {
 		return broker.Principal{}, err

@@ -202,6 +202,10 @@ func decodeScope(scope, intent string) (broker.Declaration, *Error) {
 	if template == "" {
 		return broker.Declaration{}, refuse(ErrInvalidScope, "a task is required: authorization_details of type "+DetailsType+", or a scope with "+TemplateScope+"<name> and the tools")
 	}
+	if !utf8.ValidString(intent) {
+		// JSON encoding below would quietly replace the bad bytes.
+		return broker.Declaration{}, refuse(ErrInvalidRequest, "intent must be valid UTF-8")
+	}
 	if intent == "" {
 		intent = "OAuth token request for scope " + broker.Bound(scope, 512)
 	}

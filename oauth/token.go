@@ -67,7 +67,7 @@ func New(cfg Config) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Endpoint{svc: cfg.Service, assertions: AssertionGuard{Identity: cfg.Identity, Once: cfg.Once}, clients: clients,
+	e := &Endpoint{svc: cfg.Service, assertions: AssertionGuard{Identity: cfg.Identity, Once: cfg.Once, Now: cfg.Now}, clients: clients,
 		issuer: issuer, log: cfg.Logger}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)

@@ -1539,11 +1539,14 @@ type ServerMetadata struct {
 	DpopSigningAlgValuesSupported              *[]string `json:"dpop_signing_alg_values_supported,omitempty"`
 	GrantTypesSupported                        *[]string `json:"grant_types_supported,omitempty"`
 	IntrospectionEndpoint                      *string   `json:"introspection_endpoint,omitempty"`
+	IntrospectionEndpointAuthMethodsSupported  *[]string `json:"introspection_endpoint_auth_methods_supported,omitempty"`
 	Issuer                                     string    `json:"issuer"`
 	JwksUri                                    string    `json:"jwks_uri"`
 	ResponseTypesSupported                     *[]string `json:"response_types_supported,omitempty"`
 	RevocationEndpoint                         *string   `json:"revocation_endpoint,omitempty"`
+	RevocationEndpointAuthMethodsSupported     *[]string `json:"revocation_endpoint_auth_methods_supported,omitempty"`
 	ScopesSupported                            *[]string `json:"scopes_supported,omitempty"`
+	ServiceDocumentation                       *string   `json:"service_documentation,omitempty"`
 	TokenEndpoint                              *string   `json:"token_endpoint,omitempty"`
 	TokenEndpointAuthMethodsSupported          *[]string `json:"token_endpoint_auth_methods_supported,omitempty"`
 	TokenEndpointAuthSigningAlgValuesSupported *[]string `json:"token_endpoint_auth_signing_alg_values_supported,omitempty"`
@@ -11722,6 +11725,11 @@ func (r RenewTaskResponse) ContentType() string {
 	return ""
 }
 
+// TokenResponse200Headers the declared response headers of an HTTP 200 response for Token
+type TokenResponse200Headers struct {
+	CacheControl string
+}
+
 type TokenResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -11743,6 +11751,8 @@ type TokenResponse struct {
 	JSON500 *TokenError
 	// JSON503 the response for an HTTP 503 `application/json` response
 	JSON503 *TokenError
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *TokenResponse200Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -16233,6 +16243,19 @@ func ParseTokenResponse(rsp *http.Response) (*TokenResponse, error) {
 		}
 		response.JSON503 = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers TokenResponse200Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = value
+		}
+		response.Headers200 = &headers
 	}
 
 	return response, nil

@@ -33,6 +33,7 @@ type IdP struct {
 	jwks   []byte
 	ttl    time.Duration
 	now    func() time.Time
+	codes  codes
 }
 
 // New generates a P-256 key and serves as issuer (the exact iss URL).
@@ -78,25 +79,40 @@ func (d *IdP) Token(agent string) (string, error) {
 	return t.SignedString(d.key)
 }
 
-// Handler serves discovery, the JWKS and POST /token?agent=NAME under the
-// issuer's path, for processes that trust this issuer over HTTP.
+// Handler serves discovery, the JWKS, POST /token?agent=NAME and the
+// authorization code flow (authorize.go) under the issuer's path, for
+// processes that trust this issuer over HTTP.
 func (d *IdP) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{
-			"issuer":                                d.issuer,
-			"jwks_uri":                              d.issuer + "/jwks",
-			"token_endpoint":                        d.issuer + "/token",
-			"response_types_supported":              []string{"id_token"},
-			"subject_types_supported":               []string{"public"},
-			"id_token_signing_alg_values_supported": []string{"ES256"},
+			"issuer":                                         d.issuer,
+			"jwks_uri":                                       d.issuer + "/jwks",
+			"token_endpoint":                                 d.issuer + "/token",
+			"authorization_endpoint":                         d.issuer + "/authorize",
+			"response_types_supported":                       []string{"code", "id_token"},
+			"grant_types_supported":                          []string{"authorization_code"},
+			"code_challenge_methods_supported":               []string{"S256"},
+			"token_endpoint_auth_methods_supported":          []string{"none"},
+			"authorization_response_iss_parameter_supported": true,
+			"subject_types_supported":                        []string{"public"},
+			"id_token_signing_alg_values_supported":          []string{"ES256"},
 		})
 	})
 	mux.HandleFunc("GET /jwks", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/jwk-set+json")
 		_, _ = w.Write(d.jwks)
 	})
+	mux.HandleFunc("GET /authorize", d.handleAuthorize)
+	mux.HandleFunc("POST /authorize", d.handleAuthorize)
 	mux.HandleFunc("POST /token", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("agent") == "" && r.URL.Query().Get("admin") == "" {
+			r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+			if err := r.ParseForm(); err == nil && r.PostForm.Get("grant_type") == "authorization_code" {
+				d.exchangeCode(w, r.PostForm)
+				return
+			}
+		}
 		if admin := r.URL.Query().Get("admin"); admin != "" {
 			tok, err := d.AdminToken(admin)
 			if err != nil {
@@ -108,10 +124,7 @@ func (d *IdP) Handler() http.Handler {
 		}
 		agent := r.URL.Query().Get("agent")
 		if agent == "" {
-			r.Body = http.MaxBytesReader(w, r.Body, 4096)
-			if err := r.ParseForm(); err == nil {
-				agent = r.PostForm.Get("agent")
-			}
+			agent = r.PostForm.Get("agent")
 		}
 		tok, err := d.Token(agent)
 		if err != nil {

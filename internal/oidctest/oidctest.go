@@ -112,6 +112,19 @@ func (iss *Issuer) AddKey(alg string) (kid string) {
 	return kid
 }
 
+// RemoveKey stops publishing the key kid (a rotation that retires it).
+func (iss *Issuer) RemoveKey(kid string) {
+	iss.mu.Lock()
+	defer iss.mu.Unlock()
+	kept := iss.keys[:0:0]
+	for _, k := range iss.keys {
+		if k.kid != kid {
+			kept = append(kept, k)
+		}
+	}
+	iss.keys = kept
+}
+
 // AddSigner publishes the caller's key for alg in the JWKS and returns its
 // kid: for a client that signs its own assertions (golang.org/x/oauth2/jwt)
 // as if it were this issuer.
