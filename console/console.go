@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"golang.org/x/oauth2"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/stepup"
 )
@@ -28,14 +30,16 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 // SignIn is the relying party of the admin OIDC issuer: authorization code
-// with PKCE (S256), state and nonce, and the ID token's verification
-// (identity.Login implements it).
+// with PKCE (S256), state, nonce and the ID token's verification
+// (*identity.Login).
 type SignIn interface {
-	// AuthCodeURL is the issuer's authorization URL for one sign-in.
-	AuthCodeURL(state, nonce, verifier string) string
-	// Exchange redeems code with verifier and returns the verified ID
-	// token's claims (nonce checked).
-	Exchange(ctx context.Context, code, verifier, nonce string) (map[string]any, error)
+	// Start returns what to keep for one sign-in and the URL to send the
+	// person to.
+	Start(extra ...oauth2.AuthCodeOption) (identity.LoginState, string)
+	// Finish checks the issuer's redirect against st, trades the code and
+	// verifies the ID token; the principal's Issuer is the configured name
+	// of the admin issuer.
+	Finish(ctx context.Context, st identity.LoginState, q url.Values) (broker.Principal, error)
 }
 
 // Approvals is what the approvals inbox needs of step-up (stepup.Service).
@@ -69,10 +73,8 @@ type Config struct {
 	// Admin is the admin API's logic: every page and action goes through
 	// its role rules and functions.
 	Admin *incident.Admin
-	// SignIn is the admin issuer's relying party; Issuer is that issuer's
-	// configured name (as admin actors are named in the audit trail).
+	// SignIn is the admin issuer's relying party.
 	SignIn SignIn
-	Issuer string
 	// Approvals, when set, serves the approvals inbox; Trail, when set,
 	// the live view and the chain status.
 	Approvals Approvals
@@ -112,8 +114,6 @@ func New(cfg Config) (*Console, error) {
 		return nil, errors.New("console: admin cannot be nil (the console needs the admin API)")
 	case cfg.SignIn == nil:
 		return nil, errors.New("console: sign-in cannot be nil")
-	case cfg.Issuer == "":
-		return nil, errors.New("console: the admin issuer's name is required")
 	}
 	u, err := url.Parse(cfg.PublicURL)
 	if err != nil || u.Host == "" {

@@ -3,12 +3,12 @@ package console
 import (
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"sync"
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/identity"
 )
 
 // session is one signed-in admin. It lives only on the server: the browser
@@ -21,8 +21,8 @@ type session struct {
 
 // pending is a sign-in under way: what the callback must check.
 type pending struct {
-	state, nonce, verifier string
-	expires                time.Time
+	login   identity.LoginState
+	expires time.Time
 }
 
 // maxSessions and maxPending bound the memory of the stores: when one is
@@ -79,8 +79,8 @@ func (s *sessions) start(p pending) string {
 }
 
 // finish takes the sign-in of cookie id (once): ok is false when there is
-// none, it expired, or state does not match.
-func (s *sessions) finish(id, state string) (pending, bool) {
+// none or it expired. (identity.Login.Finish checks the state.)
+func (s *sessions) finish(id string) (pending, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := key(id)
@@ -89,7 +89,7 @@ func (s *sessions) finish(id, state string) (pending, bool) {
 		return pending{}, false
 	}
 	delete(s.pending, k)
-	if !s.now().Before(p.expires) || subtle.ConstantTimeCompare([]byte(p.state), []byte(state)) != 1 {
+	if !s.now().Before(p.expires) {
 		return pending{}, false
 	}
 	return *p, true

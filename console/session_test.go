@@ -5,27 +5,27 @@ import (
 	"time"
 
 	"github.com/valet-dev/valet/broker"
+	"github.com/valet-dev/valet/identity"
 	"github.com/valet-dev/valet/internal/testkit"
 )
 
-func TestSignInStateIsOneUseAndBound(t *testing.T) {
+func TestSignInIsOneUseAndExpires(t *testing.T) {
 	clock := testkit.NewClock(time.Unix(1_700_000_000, 0))
 	s := newSessions(clock.Now)
-	id := s.start(pending{state: "st", nonce: "n", verifier: "v"})
-	if _, ok := s.finish(id, "other"); ok {
-		t.Fatal("a wrong state finished the sign-in")
+	if _, ok := s.finish("made-up"); ok {
+		t.Fatal("a made-up cookie finished a sign-in")
 	}
-	id = s.start(pending{state: "st", nonce: "n", verifier: "v"})
-	p, ok := s.finish(id, "st")
-	if !ok || p.verifier != "v" || p.nonce != "n" {
+	id := s.start(pending{login: identity.LoginState{State: "st", Nonce: "n", Verifier: "v"}})
+	p, ok := s.finish(id)
+	if !ok || p.login.Verifier != "v" || p.login.Nonce != "n" {
 		t.Fatalf("finish = %+v, %t", p, ok)
 	}
-	if _, ok := s.finish(id, "st"); ok {
+	if _, ok := s.finish(id); ok {
 		t.Fatal("a sign-in finished twice")
 	}
-	id = s.start(pending{state: "st"})
+	id = s.start(pending{login: identity.LoginState{State: "st"}})
 	clock.Advance(pendingTTL)
-	if _, ok := s.finish(id, "st"); ok {
+	if _, ok := s.finish(id); ok {
 		t.Fatal("an expired sign-in finished")
 	}
 }

@@ -1,9 +1,7 @@
 package console
 
 import (
-	"encoding/json"
-	"errors"
-	"math"
+	"crypto/subtle"
 	"net/http"
 	"time"
 
@@ -15,46 +13,41 @@ import (
 // nonce and verifier stay on the server, bound to a short-lived cookie of
 // this browser.
 func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
-	p := pending{state: randomToken(), nonce: randomToken(), verifier: randomToken() + randomToken()[:11]}
-	id := c.sessions.start(p)
+	st, to := c.cfg.SignIn.Start()
+	id := c.sessions.start(pending{login: st})
 	http.SetCookie(w, &http.Cookie{Name: signinCookie, Value: id, Path: "/console/", MaxAge: int(pendingTTL / time.Second),
 		HttpOnly: true, Secure: c.secure, SameSite: http.SameSiteLaxMode})
-	http.Redirect(w, r, c.cfg.SignIn.AuthCodeURL(p.state, p.nonce, p.verifier), http.StatusSeeOther)
+	http.Redirect(w, r, to, http.StatusSeeOther)
 }
 
-// callback finishes the sign-in: the state must be this browser's, the
-// code is redeemed with the verifier, the ID token verified (nonce
-// included), and the admin role rules must give the admin a role.
+// callback finishes the sign-in: the sign-in must be this browser's, the
+// state must match, the code is redeemed with the verifier and the ID
+// token verified (nonce included), and the admin role rules must give the
+// admin a role.
 func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
 	ck, err := r.Cookie(signinCookie)
 	http.SetCookie(w, &http.Cookie{Name: signinCookie, Value: "", Path: "/console/", MaxAge: -1, HttpOnly: true, Secure: c.secure, SameSite: http.SameSiteLaxMode})
-	if e := q.Get("error"); e != "" {
-		c.fail(w, r, nil, &broker.Error{Code: broker.CodeUnauthenticated, Message: "the identity provider refused the sign-in (" + bounded(e, 64) + ")"})
-		return
-	}
 	if err != nil {
 		c.fail(w, r, nil, &broker.Error{Code: broker.CodeUnauthenticated, Message: "this sign-in was not started in this browser, or took longer than 10 minutes; sign in again"})
 		return
 	}
-	p, ok := c.sessions.finish(ck.Value, q.Get("state"))
-	if !ok || q.Get("code") == "" {
-		c.fail(w, r, nil, &broker.Error{Code: broker.CodeUnauthenticated, Message: "the sign-in's state does not match or has expired; sign in again", Field: "state"})
+	p, ok := c.sessions.finish(ck.Value)
+	if !ok {
+		c.fail(w, r, nil, &broker.Error{Code: broker.CodeUnauthenticated, Message: "this sign-in has expired or was used already; sign in again"})
 		return
 	}
-	claims, err := c.cfg.SignIn.Exchange(r.Context(), q.Get("code"), p.verifier, p.nonce)
+	pr, err := c.cfg.SignIn.Finish(r.Context(), p.login, r.URL.Query())
 	if err != nil {
 		if broker.ErrorCode(err) == broker.CodeUnavailable {
 			c.fail(w, r, nil, broker.Unavailable("the admin identity provider", err))
 			return
 		}
+		// Login's errors never quote a code or a token, and bound what
+		// they quote of the provider's answer.
 		c.log.WarnContext(r.Context(), "console sign-in failed", "err", err)
-		c.fail(w, r, nil, broker.Unauthenticated(errors.New("console sign-in failed")))
+		c.fail(w, r, nil, &broker.Error{Code: broker.CodeUnauthenticated, Message: "sign-in failed: " + bounded(err.Error(), 300)})
 		return
 	}
-	sub, _ := claims["sub"].(string)
-	iss, _ := claims["iss"].(string)
-	pr := broker.Principal{Issuer: c.cfg.Issuer, IssuerURL: iss, Subject: sub, Claims: claims}
 	// The role rules decide now, as on every later page: an admin with no
 	// role gets no session.
 	if _, err := c.cfg.Admin.AuthorizeSignedIn(r.Context(), pr, incident.RoleViewer, "console.signin"); err != nil {
@@ -62,8 +55,8 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	expires := c.now().Add(c.cfg.SessionTTL)
-	if exp := numClaim(claims["exp"]); exp > 0 && time.Unix(exp, 0).Before(expires) {
-		expires = time.Unix(exp, 0)
+	if !pr.TokenExpiry.IsZero() && pr.TokenExpiry.Before(expires) {
+		expires = pr.TokenExpiry
 	}
 	id := c.sessions.create(pr, expires)
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: id, Path: "/console/", Expires: expires,
@@ -78,7 +71,7 @@ func (c *Console) signout(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
 	if ck, err := r.Cookie(sessionCookie); err == nil {
 		s, ok := c.sessions.get(ck.Value)
-		if ok && r.ParseForm() == nil && r.PostForm.Get("csrf") == s.csrf {
+		if ok && r.ParseForm() == nil && subtle.ConstantTimeCompare([]byte(r.PostForm.Get("csrf")), []byte(s.csrf)) == 1 {
 			c.sessions.end(ck.Value)
 		} else if ok {
 			c.fail(w, r, nil, &broker.Error{Code: broker.CodeForbidden, Message: "CSRF check failed", Field: "csrf"})
@@ -87,21 +80,6 @@ func (c *Console) signout(w http.ResponseWriter, r *http.Request) {
 	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/console/", MaxAge: -1, HttpOnly: true, Secure: c.secure, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/console/", http.StatusSeeOther)
-}
-
-func numClaim(v any) int64 {
-	switch n := v.(type) {
-	case float64:
-		if n > 0 && n < math.MaxInt32*4 {
-			return int64(n)
-		}
-	case int64:
-		return n
-	case json.Number:
-		i, _ := n.Int64()
-		return i
-	}
-	return 0
 }
 
 // bounded cuts s to n bytes of printable ASCII for a message.

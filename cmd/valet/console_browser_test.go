@@ -18,6 +18,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
+	"github.com/valet-dev/valet/internal/devidp"
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/internal/testkit"
 )
@@ -289,7 +290,7 @@ func TestConsoleBrowser(t *testing.T) {
 	ctx := browser(t, exe)
 
 	// Sign in (authorization code + PKCE at the development issuer).
-	signIn(t, ctx, d.base, "ops")
+	signIn(t, ctx, d.base, "ops", devidp.AdminGroup)
 	do(t, ctx, "the overview after sign-in", chromedp.WaitVisible(id("who")))
 	if who, role := text(t, ctx, "who"), text(t, ctx, "role"); who != "ops" || role != "admin" {
 		t.Fatalf("signed in as %q with role %q, want ops as admin", who, role)
@@ -404,7 +405,7 @@ func TestConsoleBrowser(t *testing.T) {
 	// A viewer: no action buttons, and a post with its own valid CSRF token
 	// is refused by the role.
 	vctx := browser(t, exe)
-	signIn(t, vctx, d.base, "viewer:watcher")
+	signIn(t, vctx, d.base, "watcher", devidp.ViewerGroup)
 	do(t, vctx, "the viewer's agent page", chromedp.WaitVisible(id("role")))
 	vrole := text(t, vctx, "role")
 	do(t, vctx, "the viewer's agent page", chromedp.Navigate(d.base+"/console/agents?q=agent-8"), chromedp.WaitVisible(css(`#agents a.agent`)),
@@ -426,8 +427,13 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 }
 
-// signIn signs in to the console in the browser as name (TEMPORARY).
-func signIn(t *testing.T, ctx context.Context, base, name string) {
+// signIn signs in to the console in the browser as name in group, on the
+// development issuer's sign-in form (authorization code + PKCE).
+func signIn(t *testing.T, ctx context.Context, base, name, group string) {
 	t.Helper()
-	do(t, ctx, "signing in", chromedp.Navigate(base+"/console/"), chromedp.WaitVisible(chromedp.ID("signin")), chromedp.Click(chromedp.ID("signin")))
+	do(t, ctx, "signing in", chromedp.Navigate(base+"/console/"), chromedp.WaitVisible(id("signin")), chromedp.Click(id("signin")),
+		chromedp.WaitVisible(css(`input[name="group"]`)), chromedp.SetValue(id("name"), name),
+		chromedp.Click(css(`input[name="group"][value="`+group+`"]`)))
+	shoot(t, ctx, screenshots(t), "00-sign-in-"+group+".png")
+	do(t, ctx, "submitting the sign-in", chromedp.Click(id("signin")), chromedp.WaitVisible(id("who")))
 }

@@ -241,10 +241,14 @@ func devRedis(ctx context.Context, opts *server.Options, url string, rollbackHos
 	opts.Metrics = &server.MetricsOptions{Live: redisLedger.LiveCounts}
 	devAdmin := AdminConfig{
 		Issuers: []IssuerEntry{{Name: "dev-admin", IssuerURL: idp.Issuer(), Audiences: []string{devidp.AdminAudience}}},
-		Roles:   map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`},
+		Roles: map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`,
+			"responder": `"` + devidp.ResponderGroup + `" in claims.groups`},
 	}
 	if opts.Admin, err = adminOptions(ctx, devAdmin, opts.PublicURL, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()},
 		rollbackHosts, redisLedger, trail, log); err != nil {
+		return fail(err)
+	}
+	if opts.Console, err = devConsole(ctx, rc, opts.PublicURL, idp); err != nil {
 		return fail(err)
 	}
 	feedClient := revocation.NewFeedClient(rc, fanout.Limits{}.WithDefaults().Readers)

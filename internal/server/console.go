@@ -11,9 +11,8 @@ import (
 
 // ConsoleOptions configure the web console (package console).
 type ConsoleOptions struct {
-	// SignIn is the relying party of the admin issuer named Issuer.
+	// SignIn is the relying party of an admin issuer (*identity.Login).
 	SignIn console.SignIn
-	Issuer string
 	// Trail, when set, feeds the live view and the audit chain status.
 	Trail console.Trail
 	// SessionTTL caps a session (0: console's default).
@@ -25,7 +24,7 @@ func (s *Server) withConsole(co *ConsoleOptions, api http.Handler) (http.Handler
 	if s.admin == nil {
 		return nil, errors.New("server: the console needs the admin API (admin issuers and roles)")
 	}
-	c, err := console.New(console.Config{Admin: s.admin, SignIn: co.SignIn, Issuer: co.Issuer, Approvals: s.steps, Trail: co.Trail,
+	c, err := console.New(console.Config{Admin: s.admin, SignIn: co.SignIn, Approvals: s.steps, Trail: co.Trail,
 		PublicURL: s.o.PublicURL, SessionTTL: co.SessionTTL, Logger: s.log, Now: s.o.Now})
 	if err != nil {
 		return nil, err
