@@ -396,6 +396,12 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Errorf("the chain is verified up to sequence %d; want the grants, the freeze and the revocations (5 or more)", seq)
 	}
 	shoot(t, ctx, shots, "09-audit-chain.png")
+	// Search by state: only agent-8's task is still active.
+	do(t, ctx, "searching active tasks", chromedp.Navigate(d.base+"/console/tasks?state=active"), chromedp.WaitVisible(css("table.tasks")))
+	if ids := js[[]string](t, ctx, `[...document.querySelectorAll("table.tasks tr.task a")].map(a => a.textContent)`); len(ids) != 1 || ids[0] != d.bystand {
+		t.Errorf("active tasks after the freeze: %v; want only agent-8's %s", ids, d.bystand)
+	}
+	do(t, ctx, "the approvals inbox", chromedp.Navigate(d.base+"/console/approvals"), chromedp.WaitVisible(id("approvals")))
 	for tid, want := range map[string]string{d.root: "revoked", d.child: "revoked", d.bystand: "active"} {
 		if s := adminTaskState(t, d.base, tid); s != want {
 			t.Errorf("task %s is %s in the ledger; want %s", tid, s, want)

@@ -131,6 +131,9 @@ func cmdDev(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	printWalkthrough(e.stdout, publicURL, ledgerName, *auditFile, templates)
+	if opts.Console != nil {
+		fmt.Fprintf(e.stdout, "Web console: %s/console/ (sign in at the development issuer: any name, pick a group; docs/incident-response.md)\n\n", publicURL)
+	}
 	return srv.Run(ctx, ln)
 }
 
