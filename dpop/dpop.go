@@ -61,14 +61,17 @@ type Proof struct {
 	JKT      string
 	JTI      string
 	IssuedAt time.Time
+	// Nonce is the proof's nonce claim, if any (RFC 9449 section 8).
+	Nonce string
 }
 
 type claims struct {
-	JTI string `json:"jti"`
-	HTM string `json:"htm"`
-	HTU string `json:"htu"`
-	IAT *int64 `json:"iat"`
-	ATH string `json:"ath,omitempty"`
+	JTI   string `json:"jti"`
+	HTM   string `json:"htm"`
+	HTU   string `json:"htu"`
+	IAT   *int64 `json:"iat"`
+	ATH   string `json:"ath,omitempty"`
+	Nonce string `json:"nonce,omitempty"`
 }
 
 // Check verifies proof for a request of method to rawURL at now: typ
@@ -136,7 +139,7 @@ func Check(proof, method, rawURL string, now time.Time, accessToken string) (Pro
 	if err != nil {
 		return bad("thumbprint: %v", err)
 	}
-	return Proof{JKT: jkt, JTI: c.JTI, IssuedAt: iat}, nil
+	return Proof{JKT: jkt, JTI: c.JTI, IssuedAt: iat, Nonce: c.Nonce}, nil
 }
 
 // Thumbprint is the RFC 7638 SHA-256 thumbprint of k, base64url.
@@ -203,6 +206,12 @@ func (s *Signer) JKT() string { return s.jkt }
 // Proof makes a proof for a request of method to rawURL at now, bound to
 // accessToken when it is not empty.
 func (s *Signer) Proof(method, rawURL string, now time.Time, accessToken string) (string, error) {
+	return s.ProofWithNonce(method, rawURL, now, accessToken, "")
+}
+
+// ProofWithNonce is Proof carrying a server-provided nonce (RFC 9449
+// section 8) when nonce is not empty.
+func (s *Signer) ProofWithNonce(method, rawURL string, now time.Time, accessToken, nonce string) (string, error) {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	iat := now.Unix()
@@ -210,6 +219,7 @@ func (s *Signer) Proof(method, rawURL string, now time.Time, accessToken string)
 	if accessToken != "" {
 		c.ATH = ATH(accessToken)
 	}
+	c.Nonce = nonce
 	payload, _ := json.Marshal(c) // plain strings and an int64
 	obj, err := s.signer.Sign(payload)
 	if err != nil {

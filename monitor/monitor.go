@@ -2,7 +2,8 @@
 // (declarations, denials, tool calls, action requests, delegations), keeps
 // per-agent counters over the last minute, and acts when an ops-written
 // rule (policy.Monitor) fires: it audits monitor.triggered, then freezes the
-// agent through the incident controls or only alerts. It never blocks or
+// agent through the incident controls, makes its sensitive actions need a
+// human approval for a while, or only alerts (webhook, SSF). It never blocks or
 // fails the request that caused an event.
 package monitor
 
@@ -57,6 +58,29 @@ type Controls interface {
 	PutControl(ctx context.Context, who incident.AdminPrincipal, c broker.Control, revoke, force bool) (broker.Control, *incident.RevocationJob, error)
 }
 
+// Approvals take require_approval actions (stepup.Service). Safe for
+// concurrent use.
+type Approvals interface {
+	RequireApproval(ctx context.Context, issuer, agent, rule, taskID string, until time.Time) error
+}
+
+// Trigger is one firing of a rule, as a rule marked ssf: true sends it to
+// the SSF transmitter.
+type Trigger struct {
+	Rule   string
+	Action policy.MonitorAction
+	Issuer string // the agent's issuer (a name of issuers:)
+	Agent  string
+	TaskID string
+	Time   time.Time
+}
+
+// Signals sends triggers as SETs (ssf.Transmitter). Safe for concurrent
+// use.
+type Signals interface {
+	Trigger(ctx context.Context, t Trigger) error
+}
+
 // Config configures a Monitor.
 type Config struct {
 	// Auditor is where Record writes events, and where monitor.triggered
@@ -68,6 +92,12 @@ type Config struct {
 	// Controls takes freeze_agent actions; nil makes them fail (audited
 	// and logged).
 	Controls Controls
+	// Approvals takes require_approval actions; nil makes them fail
+	// (audited and logged).
+	Approvals Approvals
+	// Signals sends the firings of rules marked ssf: true; nil leaves them
+	// unsent (logged at Error).
+	Signals Signals
 	// Buffer bounds the events waiting to be observed (0: DefaultBuffer);
 	// past it events are dropped and counted.
 	Buffer int
@@ -417,6 +447,14 @@ func (m *Monitor) trigger(ctx context.Context, r *policy.Monitor, k agentKey, ta
 	if r.Webhook != "" {
 		m.notify(actx, log, r, ev)
 	}
+	if r.SSF {
+		if m.cfg.Signals == nil {
+			log.ErrorContext(ctx, "monitor rule fired but no SET was sent: the SSF transmitter is off")
+		} else if err := m.cfg.Signals.Trigger(actx, Trigger{Rule: r.Name, Action: r.Action, Issuer: k.issuer, Agent: k.subject,
+			TaskID: taskID, Time: now.UTC()}); err != nil {
+			log.ErrorContext(ctx, "monitor rule fired but its SET was not queued", "error", err)
+		}
+	}
 	switch r.Action {
 	case policy.MonitorAlert:
 		log.WarnContext(ctx, "monitor rule fired")
@@ -433,6 +471,17 @@ func (m *Monitor) trigger(ctx context.Context, r *policy.Monitor, k agentKey, ta
 			return
 		}
 		log.WarnContext(ctx, "monitor rule fired: agent frozen")
+	case policy.MonitorRequireApproval:
+		if m.cfg.Approvals == nil {
+			log.ErrorContext(ctx, "monitor rule fired but cannot require approval: sensitive actions are off")
+			return
+		}
+		until := now.Add(r.For)
+		if err := m.cfg.Approvals.RequireApproval(actx, k.issuer, k.subject, r.Name, taskID, until); err != nil {
+			log.ErrorContext(ctx, "monitor rule fired but the approval requirement failed", "error", err)
+			return
+		}
+		log.WarnContext(ctx, "monitor rule fired: the agent's sensitive actions need approval", "until", until)
 	}
 }
 

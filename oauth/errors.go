@@ -19,6 +19,9 @@ const (
 	ErrInvalidTarget               = "invalid_target"
 	ErrInvalidAuthorizationDetails = "invalid_authorization_details"
 	ErrInvalidDPoPProof            = "invalid_dpop_proof"
+	// ErrUseDPoPNonce (RFC 9449 section 8): the proof must carry the nonce
+	// of the DPoP-Nonce response header.
+	ErrUseDPoPNonce = "use_dpop_nonce"
 	// ErrTemporarilyUnavailable (503): a dependency is down; nothing was
 	// issued. ErrServerError (500): a fault of Valet's.
 	ErrTemporarilyUnavailable = "temporarily_unavailable"

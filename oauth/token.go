@@ -11,8 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/delegation"
+	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/internal/requestid"
 )
 
@@ -32,8 +35,12 @@ type Config struct {
 	// MaxAssertionLife bounds a client assertion's exp from now (default
 	// DefaultMaxAssertionLife).
 	MaxAssertionLife time.Duration
-	Now              func() time.Time
-	Logger           *slog.Logger
+	// DPoPNonces, when set, makes every DPoP proof at the token endpoint
+	// carry a server nonce (RFC 9449 section 8); every answer hands out the
+	// current one in the DPoP-Nonce header.
+	DPoPNonces *dpop.Nonces
+	Now        func() time.Time
+	Logger     *slog.Logger
 }
 
 // TokenPath is where the token endpoint is mounted.
@@ -46,6 +53,7 @@ type Endpoint struct {
 	clients    *ClientVerifier
 	issuer     string
 	log        *slog.Logger
+	nonces     *dpop.Nonces
 }
 
 // New checks cfg and builds the endpoint.
@@ -68,7 +76,7 @@ func New(cfg Config) (*Endpoint, error) {
 		return nil, err
 	}
 	e := &Endpoint{svc: cfg.Service, assertions: AssertionGuard{Identity: cfg.Identity, Once: cfg.Once, Now: cfg.Now}, clients: clients,
-		issuer: issuer, log: cfg.Logger}
+		issuer: issuer, log: cfg.Logger, nonces: cfg.DPoPNonces}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -95,12 +103,45 @@ func (e *Endpoint) Handler(exchange http.Handler) http.Handler {
 			e.writeError(w, r, &Error{Code: ErrInvalidRequest, Description: "malformed form body", Status: http.StatusBadRequest, Err: err})
 			return
 		}
+		if oerr := e.checkNonce(w, r); oerr != nil {
+			e.writeError(w, r, oerr)
+			return
+		}
 		if gt := r.PostForm.Get("grant_type"); gt == "" || gt == delegation.GrantTypeTokenExchange {
 			exchange.ServeHTTP(w, r)
 			return
 		}
 		e.serve(w, r)
 	})
+}
+
+// checkNonce hands out the current DPoP nonce and, when the request has a
+// DPoP proof, refuses it unless its nonce is current (RFC 9449 section 8).
+// Only the nonce claim is read here; the proof's signature and the rest
+// are checked where the proof binds the token, on this same header value.
+func (e *Endpoint) checkNonce(w http.ResponseWriter, r *http.Request) *Error {
+	if e.nonces == nil {
+		return nil
+	}
+	w.Header().Set(dpop.NonceHeader, e.nonces.Issue())
+	proof := r.Header.Get("DPoP")
+	if proof == "" {
+		return nil
+	}
+	if len(proof) > dpop.MaxProofBytes {
+		return &Error{Code: ErrInvalidDPoPProof, Description: "the DPoP proof is too large", Status: http.StatusBadRequest}
+	}
+	sig, err := jose.ParseSignedCompact(proof, dpop.Algorithms)
+	if err != nil {
+		return &Error{Code: ErrInvalidDPoPProof, Description: "the DPoP proof is not a signed JWT", Status: http.StatusBadRequest, Err: err}
+	}
+	var c struct {
+		Nonce string `json:"nonce"`
+	}
+	if err := json.Unmarshal(sig.UnsafePayloadWithoutVerification(), &c); err != nil || !e.nonces.Valid(c.Nonce) {
+		return &Error{Code: ErrUseDPoPNonce, Description: "the DPoP proof must carry the nonce of the DPoP-Nonce response header", Status: http.StatusBadRequest}
+	}
+	return nil
 }
 
 // serve answers a jwt-bearer or client_credentials request.

@@ -95,6 +95,12 @@ const issuerURL = "https://valet.example.com"
 
 func newFixture(t *testing.T, once broker.Limiter) *fixture {
 	t.Helper()
+	return newFixtureWith(t, once, nil)
+}
+
+// newFixtureWith lets a test change the endpoint's Config.
+func newFixtureWith(t *testing.T, once broker.Limiter, change func(*oauth.Config)) *fixture {
+	t.Helper()
 	f := &fixture{t: t, idp: oidctest.New(t), now: time.Now()}
 	now := func() time.Time { return f.now }
 	ctx := context.Background()
@@ -128,9 +134,13 @@ func newFixture(t *testing.T, once broker.Limiter) *fixture {
 		t.Fatal(err)
 	}
 	f.key = priv
-	ep, err := oauth.New(oauth.Config{Service: svc, Identity: verifier, Once: once, Issuer: issuerURL, Now: now,
+	cfg := oauth.Config{Service: svc, Identity: verifier, Once: once, Issuer: issuerURL, Now: now,
 		Clients: []oauth.Client{{ID: "billing-agent", Templates: []string{"billing"},
-			Keys: jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: pub, KeyID: "k1", Algorithm: "EdDSA"}}}}}})
+			Keys: jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: pub, KeyID: "k1", Algorithm: "EdDSA"}}}}}}
+	if change != nil {
+		change(&cfg)
+	}
+	ep, err := oauth.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,10 @@ const (
 	MonitorFreezeAgent MonitorAction = "freeze_agent"
 	// MonitorAlert only records the trigger (audit, log, metric).
 	MonitorAlert MonitorAction = "alert"
+	// MonitorRequireApproval makes the agent's sensitive actions need a
+	// human approval for the rule's For, whatever their templates say,
+	// until an approver approves one or clears it.
+	MonitorRequireApproval MonitorAction = "require_approval"
 )
 
 // MaxMonitors bounds the monitor rules of a set: each is evaluated on every
@@ -53,6 +57,12 @@ type Monitor struct {
 	// Webhook, when set, is POSTed an alert each time the rule fires
 	// (its host must be on the monitor's allow-list).
 	Webhook string
+	// For is how long a require_approval rule's requirement lasts (set
+	// only, and required, for that action).
+	For time.Duration
+	// SSF, when true, sends each firing as a SET on Valet's SSF
+	// transmitter (to the streams that request its event type).
+	SSF bool
 	// Source is the file the rule came from.
 	Source string
 }
@@ -122,11 +132,27 @@ var monitorFields = []field[*Monitor]{
 			return
 		}
 		switch a := MonitorAction(s); a {
-		case MonitorFreezeAgent, MonitorAlert:
+		case MonitorFreezeAgent, MonitorAlert, MonitorRequireApproval:
 			m.Action = a
 		default:
-			l.report(n, path, "unknown action %q (want %s or %s)", displayName(s), MonitorFreezeAgent, MonitorAlert)
+			l.report(n, path, "unknown action %q (want %s, %s or %s)", displayName(s), MonitorFreezeAgent, MonitorAlert, MonitorRequireApproval)
 		}
+	}},
+	{key: "for", decode: func(l *templateLoader, n *yaml.Node, path string, m *Monitor) {
+		if d, ok := l.duration(n, path); ok {
+			if d < time.Second {
+				l.report(n, path, "must be at least 1s")
+				return
+			}
+			m.For = d // at most MaxTTL (24 h)
+		}
+	}},
+	{key: "ssf", decode: func(l *templateLoader, n *yaml.Node, path string, m *Monitor) {
+		if n.Kind != yaml.ScalarNode || (n.Value != "true" && n.Value != "false") {
+			l.report(n, path, "must be true or false")
+			return
+		}
+		m.SSF = n.Value == "true"
 	}},
 	{key: "webhook", decode: func(l *templateLoader, n *yaml.Node, path string, m *Monitor) {
 		s, ok := l.str(n, path)
@@ -180,6 +206,14 @@ func decodeMonitors(l *templateLoader, n *yaml.Node, path string, _ *struct{}) {
 		}
 		if len(l.monitors) >= MaxMonitors {
 			l.report(item, p, "more than %d monitors", MaxMonitors)
+			continue
+		}
+		switch {
+		case m.Action == MonitorRequireApproval && m.For == 0:
+			l.report(item, joinPath(p, "for"), "is required with action %s (how long the requirement lasts, e.g. 15m)", MonitorRequireApproval)
+			continue
+		case m.Action != MonitorRequireApproval && m.For != 0:
+			l.report(item, joinPath(p, "for"), "only applies to action %s", MonitorRequireApproval)
 			continue
 		}
 		m.When.Name = fmt.Sprintf("monitor %s", m.Name)

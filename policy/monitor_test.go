@@ -61,6 +61,24 @@ func TestMonitorsLoadAndFire(t *testing.T) {
 	}
 }
 
+// TestMonitorRequireApprovalAndSSFLoad: require_approval takes its for, and
+// ssf: true marks a rule whose firings go out as SETs.
+func TestMonitorRequireApprovalAndSSFLoad(t *testing.T) {
+	set, err := Load([]File{{Name: "m.yaml", Data: []byte(monitorTemplate + `  - name: odd-tools
+    when: 'agent.distinct_tools_per_minute > 3'
+    action: require_approval
+    for: 15m
+    ssf: true
+`)}}, testIssuers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := set.Monitors()
+	if len(ms) != 1 || ms[0].Action != MonitorRequireApproval || ms[0].For != 15*time.Minute || !ms[0].SSF {
+		t.Fatalf("monitors: %+v", ms)
+	}
+}
+
 // TestMonitorsRefused: a bad monitor refuses the whole set, with file, line
 // and field.
 func TestMonitorsRefused(t *testing.T) {
@@ -76,6 +94,11 @@ func TestMonitorsRefused(t *testing.T) {
 		{"webhook not a URL", "  - name: x\n    when: 'true'\n    action: alert\n    webhook: 'ftp://h/x'\n", "m.yaml:11: monitors[0].webhook: webhook must be an https"},
 		{"webhook with user", "  - name: x\n    when: 'true'\n    action: alert\n    webhook: 'https://u:p@h/x'\n", "must not carry user info"},
 		{"unknown key", "  - name: x\n    when: 'true'\n    action: alert\n    then: y\n", "monitors[0].then: unknown field"},
+		{"require_approval without for", "  - name: x\n    when: 'true'\n    action: require_approval\n", "m.yaml:8: monitors[0].for: is required with action require_approval"},
+		{"for on alert", "  - name: x\n    when: 'true'\n    action: alert\n    for: 5m\n", "monitors[0].for: only applies to action require_approval"},
+		{"for too short", "  - name: x\n    when: 'true'\n    action: require_approval\n    for: 10ms\n", "monitors[0].for: must be at least 1s"},
+		{"for too long", "  - name: x\n    when: 'true'\n    action: require_approval\n    for: 25h\n", "monitors[0].for: 25h0m0s is longer than the limit"},
+		{"ssf not bool", "  - name: x\n    when: 'true'\n    action: alert\n    ssf: yes\n", "monitors[0].ssf: must be true or false"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			set, err := Load([]File{{Name: "m.yaml", Data: []byte(monitorTemplate + tc.body)}}, testIssuers)

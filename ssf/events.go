@@ -29,7 +29,7 @@ const SpecVersion = "1_0"
 
 // supportedEvents are the event types Valet transmits, besides
 // verification, which is always delivered.
-var supportedEvents = []string{EventSessionRevoked, EventCredentialChange, EventAccountDisabled, EventAccountEnabled}
+var supportedEvents = []string{EventSessionRevoked, EventCredentialChange, EventAccountDisabled, EventAccountEnabled, EventRiskLevelChange}
 
 // Subject is a Subject Identifier (RFC 9493) or an SSF complex subject
 // (SSF 1.0 section 3.2): a JSON object with a "format" member.

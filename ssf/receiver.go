@@ -33,6 +33,11 @@ const (
 	// ActionRevokeTasks revokes every live task held by or on behalf of
 	// the subject (a bulk revocation job).
 	ActionRevokeTasks Action = "revoke_tasks"
+	// ActionQuarantineTemplate tightens the transmitter's configured
+	// Templates: each gets a quarantine_template control, set with revoke
+	// (no declaration passes, its live tasks end), whatever the subject,
+	// until an admin lifts it.
+	ActionQuarantineTemplate Action = "quarantine_template"
 )
 
 // TrustedTransmitter is one SSF transmitter whose SETs Valet acts on.
@@ -59,6 +64,9 @@ type TrustedTransmitter struct {
 	// Actions maps event type URIs to actions; other events are accepted
 	// and ignored.
 	Actions map[string]Action
+	// Templates are the templates a quarantine_template action suspends
+	// (required with that action).
+	Templates []string
 }
 
 // IncidentControls are the incident controls a receiver acts through
@@ -195,8 +203,19 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 			bad("%s.subject_issuer: required (the Valet issuer whose principals its subjects are)", where)
 		}
 		for typ, a := range tt.Actions {
-			if a != ActionFreezeAgent && a != ActionRevokeTasks {
-				bad("%s.actions[%q]: %q is not an action (want %s or %s)", where, typ, a, ActionFreezeAgent, ActionRevokeTasks)
+			switch a {
+			case ActionFreezeAgent, ActionRevokeTasks:
+			case ActionQuarantineTemplate:
+				if len(tt.Templates) == 0 {
+					bad("%s.actions[%q]: %s needs the templates it suspends (%s.templates)", where, typ, a, where)
+				}
+			default:
+				bad("%s.actions[%q]: %q is not an action (want %s, %s or %s)", where, typ, a, ActionFreezeAgent, ActionRevokeTasks, ActionQuarantineTemplate)
+			}
+		}
+		for j, name := range tt.Templates {
+			if name == "" || len(name) > 128 || !printable(name) {
+				bad("%s.templates[%d]: must be a template name", where, j)
 			}
 		}
 		algs := tt.Algorithms
@@ -424,11 +443,23 @@ func (r *Receiver) act(ctx context.Context, tt *trusted, set SET) error {
 				"event", boundPrintable(typ, 128))
 			continue
 		}
+		reason := "ssf " + tt.cfg.Name + " " + typ + " jti=" + set.JTI
+		if action == ActionQuarantineTemplate {
+			// The signal tightens templates, whoever its subject is.
+			for _, name := range tt.cfg.Templates {
+				if _, _, err := r.cfg.Actions.PutControl(ctx, who, broker.Control{Kind: broker.ControlQuarantineTemplate, Target: name,
+					Reason: reason}, true, true); err != nil {
+					return fmt.Errorf("taking action %s on template %s: %w", action, name, err)
+				}
+			}
+			r.log.InfoContext(ctx, "ssf signal acted on", "transmitter", tt.cfg.Name, "jti", set.JTI, "event", typ,
+				"action", action, "templates", tt.cfg.Templates)
+			continue
+		}
 		subject, err := r.principal(tt, set.SubID)
 		if err != nil {
 			return err
 		}
-		reason := "ssf " + tt.cfg.Name + " " + typ + " jti=" + set.JTI
 		switch action {
 		case ActionFreezeAgent:
 			_, _, err = r.cfg.Actions.PutControl(ctx, who, broker.Control{Kind: broker.ControlFreezeAgent, Target: subject,

@@ -361,3 +361,50 @@ func TestReceiverRandomBodiesOverHTTP(t *testing.T) {
 		t.Fatalf("%d actions taken", n)
 	}
 }
+
+// TestReceiverQuarantinesTemplates: a signal mapped to quarantine_template
+// tightens the transmitter's configured templates (a quarantine_template
+// control with revoke on each, whatever the subject), with the SET's
+// event type and jti as the reason; a replay changes nothing; the action
+// without templates refuses the configuration.
+func TestReceiverQuarantinesTemplates(t *testing.T) {
+	tx := newTestTransmitter(t)
+	rc := &recordingControls{}
+	cfg := ssf.ReceiverConfig{
+		Transmitters: []ssf.TrustedTransmitter{{Name: "corp", Issuer: idpIssuer, JWKSURL: tx.jwks.URL, Audience: []string{valetAud},
+			SubjectIssuer: "corp", SubjectIssuerURL: idpIssuer, Templates: []string{"payments", "prod-deploy"},
+			Actions: map[string]ssf.Action{ssf.EventRiskLevelChange: ssf.ActionQuarantineTemplate}}},
+		Actions: rc, Replay: revocation.NewMemoryLedger(time.Now, time.Hour),
+	}
+	r, err := ssf.NewReceiver(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := chi.NewRouter()
+	mux.Post("/ssf/receive/{transmitter}", r.ServeHTTP)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	f := receiverFixture{r: r, tx: tx, controls: rc, url: srv.URL}
+	set := sign(t, tx.key, "secevent+jwt", claims("risk-1", ssf.EventRiskLevelChange,
+		map[string]any{"format": "opaque", "id": "tenant-1"}))
+	if code := f.pushSET(t, set); code != http.StatusAccepted {
+		t.Fatalf("risk SET: %d", code)
+	}
+	if code := f.pushSET(t, set); code != http.StatusBadRequest {
+		t.Fatalf("replay: %d, want 400", code)
+	}
+	if len(rc.controls) != 2 {
+		t.Fatalf("controls = %+v, want the two templates quarantined once", rc.controls)
+	}
+	for i, want := range []string{"payments", "prod-deploy"} {
+		c := rc.controls[i]
+		if c.Kind != broker.ControlQuarantineTemplate || c.Target != want || c.Issuer != "" ||
+			!strings.Contains(c.Reason, "jti=risk-1") || !strings.Contains(c.Reason, ssf.EventRiskLevelChange) || rc.actors[i] != "admin:ssf/corp" {
+			t.Fatalf("control %d = %+v by %s", i, c, rc.actors[i])
+		}
+	}
+	cfg.Transmitters[0].Templates = nil
+	if _, err := ssf.NewReceiver(cfg); err == nil || !strings.Contains(err.Error(), "quarantine_template needs the templates it suspends") {
+		t.Fatalf("quarantine_template without templates: %v", err)
+	}
+}

@@ -134,8 +134,15 @@ func (s *Service) RequestAction(ctx context.Context, raw string, req ActionReque
 				Message: fmt.Sprintf("denied by rule %q of template %q", st.Condition.Name, tmpl.Name)})
 		}
 	}
-	if st.Rule == policy.RuleApproval {
-		a, err := s.fileApproval(ctx, task, c, req, st, resource)
+	// A monitor rule may require a human for this agent's sensitive
+	// actions for a while, whatever the template says; an unreadable
+	// requirement fails closed.
+	requiredBy, err := s.ApprovalRequirement(ctx, task.Issuer, task.Agent)
+	if err != nil {
+		return ActionResult{}, err
+	}
+	if st.Rule == policy.RuleApproval || requiredBy != "" {
+		a, err := s.fileApproval(ctx, task, c, req, st, resource, requiredBy)
 		if err != nil {
 			return ActionResult{}, err
 		}

@@ -141,12 +141,16 @@ type Approval struct {
 	DecidedAt time.Time       `json:"decided_at,omitzero"`
 	Reason    string          `json:"reason,omitempty"`
 	ActionJTI string          `json:"action_jti,omitempty"`
+	// RequiredBy is the monitor rule whose requirement was in force for
+	// the agent when the approval was filed; approving it clears the
+	// requirement.
+	RequiredBy string `json:"required_by,omitempty"`
 }
 
 // fileApproval records a pending approval (until the task's deadline, so a
 // poll after the timeout learns it was denied), audits it, and tells the
 // webhook in the background.
-func (s *Service) fileApproval(ctx context.Context, task broker.Task, c broker.TaskClaims, req ActionRequest, st *policy.SensitiveTool, resource map[string]any) (Approval, error) {
+func (s *Service) fileApproval(ctx context.Context, task broker.Task, c broker.TaskClaims, req ActionRequest, st *policy.SensitiveTool, resource map[string]any, requiredBy string) (Approval, error) {
 	store, err := s.recordsStore()
 	if err != nil {
 		return Approval{}, err
@@ -159,7 +163,7 @@ func (s *Service) fileApproval(ctx context.Context, task broker.Task, c broker.T
 	a := Approval{ID: broker.NewID("apr"), State: ApprovalPending, TaskID: task.ID, Tool: req.Tool, Args: req.Args,
 		ArgsHash: hashOf(req.Args), ShowArgs: st.ShowArgs, Intent: task.Intent, Agent: task.Agent, Issuer: task.Issuer,
 		Template: task.Template, Subject: task.Subject, Act: task.Act, Resource: resource, Context: req.Context,
-		CreatedAt: now, ExpiresAt: exp, Deadline: task.Deadline}
+		CreatedAt: now, ExpiresAt: exp, Deadline: task.Deadline, RequiredBy: requiredBy}
 	b, err := json.Marshal(a)
 	if err != nil {
 		return Approval{}, broker.InvalidField("context", "context cannot be stored: %v", err)
@@ -178,6 +182,10 @@ func (s *Service) fileApproval(ctx context.Context, task broker.Task, c broker.T
 	ev.Outcome = "pending"
 	ev.Detail = argsDetail(a.Tool, a.Args, a.ShowArgs)
 	ev.Detail["approval_id"], ev.Detail["expires_at"] = a.ID, a.ExpiresAt
+	if requiredBy != "" {
+		ev.Rule = "monitor " + requiredBy
+		ev.Detail["required_by"] = requiredBy
+	}
 	if err := s.audit.Record(ctx, ev); err != nil {
 		if _, derr := s.settle(context.WithoutCancel(ctx), a.ID, ApprovalDenied, "valet", "audit write failed"); derr != nil {
 			s.log.ErrorContext(ctx, "denying an unaudited approval failed", "approval_id", a.ID, "err", derr)
@@ -558,7 +566,15 @@ func (s *Service) DecideApproval(ctx context.Context, who, id string, approve bo
 			return a, &broker.Error{Code: broker.CodeConflict, Message: fmt.Sprintf("the task of approval %s has ended", id), Err: terr}
 		}
 	}
-	return s.settle(ctx, id, state, who, reason)
+	d, err := s.settle(ctx, id, state, who, reason)
+	if err == nil && approve && d.RequiredBy != "" {
+		// The human looked at this agent: its monitor requirement ends.
+		// If clearing fails, the next action asks again (fail closed).
+		if cerr := s.ClearApprovalRequirement(ctx, who, d.Issuer, d.Agent, d.TaskID, "approved "+d.ID); cerr != nil {
+			s.log.ErrorContext(ctx, "clearing the approval requirement failed; the agent's next sensitive action needs approval again", "approval_id", d.ID, "err", cerr)
+		}
+	}
+	return d, err
 }
 
 // ActionStatus is the agent's poll of an approval: pending (202), denied or

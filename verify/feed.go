@@ -223,6 +223,9 @@ func (d *denySet) denied(c Claims, now time.Time) bool {
 		"template\x00" + c.Template,
 		"issuer\x00" + c.AgentIssuer,
 		"all\x00*", // the global epoch Valet sets when Redis lost its data
+		// An agent's epoch heard on the SSF stream, by subject alone.
+		"agentsub\x00" + c.Actor(),
+		"agentsub\x00" + c.Subject,
 	} {
 		if before, ok := d.epochs[k]; ok && iat < before {
 			return true

@@ -143,3 +143,24 @@ func (a *api) decideApproval(approve bool) http.HandlerFunc {
 		writeJSON(w, http.StatusOK, map[string]any{"approval": ap})
 	}
 }
+
+// clearRequirement is POST /v1/approval-requirements/clear: an approver
+// ends an agent's monitor approval requirement.
+func (a *api) clearRequirement(w http.ResponseWriter, r *http.Request) {
+	who, err := a.approver(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	var body stepup.RequirementClear
+	if err := decodeJSON(r, &body); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	cleared, err := a.steps.ClearRequirement(r.Context(), who, body)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"cleared": cleared})
+}

@@ -166,6 +166,7 @@ func Handler(opts Options) (_ http.Handler, err error) {
 	r.Get("/v1/approvals", a.listApprovals)
 	r.Post("/v1/approvals/{id}/approve", a.decideApproval(true))
 	r.Post("/v1/approvals/{id}/deny", a.decideApproval(false))
+	r.Post("/v1/approval-requirements/clear", a.clearRequirement)
 
 	if opts.DevIdP != nil {
 		r.Mount("/dev", http.StripPrefix("/dev", opts.DevIdP))

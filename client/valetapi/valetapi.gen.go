@@ -335,6 +335,7 @@ const (
 	OAuthErrorErrorTemporarilyUnavailable      OAuthErrorError = "temporarily_unavailable"
 	OAuthErrorErrorUnauthorizedClient          OAuthErrorError = "unauthorized_client"
 	OAuthErrorErrorUnsupportedGrantType        OAuthErrorError = "unsupported_grant_type"
+	OAuthErrorErrorUseDpopNonce                OAuthErrorError = "use_dpop_nonce"
 )
 
 // Valid indicates whether the value is a known member of the OAuthErrorError enum.
@@ -361,6 +362,8 @@ func (e OAuthErrorError) Valid() bool {
 	case OAuthErrorErrorUnauthorizedClient:
 		return true
 	case OAuthErrorErrorUnsupportedGrantType:
+		return true
+	case OAuthErrorErrorUseDpopNonce:
 		return true
 	default:
 		return false
@@ -897,9 +900,12 @@ type Approval struct {
 	Id           string                  `json:"id"`
 
 	// Intent The task's intent as declared and recorded.
-	Intent       string                  `json:"intent"`
-	Issuer       string                  `json:"issuer"`
-	Reason       *string                 `json:"reason,omitempty"`
+	Intent string  `json:"intent"`
+	Issuer string  `json:"issuer"`
+	Reason *string `json:"reason,omitempty"`
+
+	// RequiredBy The monitor rule (action require_approval) that made this action need a human; approving it clears the requirement.
+	RequiredBy   *string                 `json:"required_by,omitempty"`
 	Resource     *map[string]interface{} `json:"resource,omitempty"`
 	ShowArgs     *bool                   `json:"show_args,omitempty"`
 	State        ApprovalState           `json:"state"`
@@ -1333,6 +1339,20 @@ type RenewRequest struct {
 
 	// TtlSeconds How long from now the task should live; defaults to the template's default TTL.
 	TtlSeconds *int `json:"ttl_seconds,omitempty"`
+}
+
+// RequirementClear defines model for RequirementClear.
+type RequirementClear struct {
+	Agent string `json:"agent"`
+
+	// Issuer The agent's issuer (a name of issuers).
+	Issuer string  `json:"issuer"`
+	Reason *string `json:"reason,omitempty"`
+}
+
+// RequirementCleared defines model for RequirementCleared.
+type RequirementCleared struct {
+	Cleared bool `json:"cleared"`
 }
 
 // RevocationRequest defines model for RevocationRequest.
@@ -1961,6 +1981,9 @@ type SetControlJSONRequestBody = ControlRequest
 
 // BulkRevokeJSONRequestBody defines body for BulkRevoke for application/json ContentType.
 type BulkRevokeJSONRequestBody = RevocationRequest
+
+// ClearApprovalRequirementJSONRequestBody defines body for ClearApprovalRequirement for application/json ContentType.
+type ClearApprovalRequirementJSONRequestBody = RequirementClear
 
 // ApproveJSONRequestBody defines body for Approve for application/json ContentType.
 type ApproveJSONRequestBody = DecisionBody
@@ -3069,6 +3092,20 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/admin/tasks/{id}/timeline (the `TaskTimeline` operationId).
 	TaskTimeline(ctx context.Context, id TaskID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ClearApprovalRequirementWithBody End an agent's approval requirement (set by a monitor rule with action require_approval).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/approval-requirements/clear (the `ClearApprovalRequirement` operationId).
+	ClearApprovalRequirementWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ClearApprovalRequirement End an agent's approval requirement (set by a monitor rule with action require_approval).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/approval-requirements/clear (the `ClearApprovalRequirement` operationId).
+	ClearApprovalRequirement(ctx context.Context, body ClearApprovalRequirementJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ListApprovals List approvals (approver clients only), filtered and paged.
 	//
 	// Sorted by created_at, then id (both ascending: oldest first). Filters
@@ -3319,7 +3356,10 @@ type ClientInterface interface {
 	// tools, space-separated (intent from the `intent` parameter, else a
 	// generic one). `resource` (RFC 8707, may repeat) becomes the token's
 	// audience; one the template does not list is `invalid_target`. A
-	// DPoP header binds the task (token_type DPoP). These two grants
+	// DPoP header binds the task (token_type DPoP). With
+	// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+	// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+	// 9449 section 8): retry with the nonce. These two grants
 	// answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 	// every refusal writes nothing to the ledger.
 	//
@@ -3356,7 +3396,10 @@ type ClientInterface interface {
 	// tools, space-separated (intent from the `intent` parameter, else a
 	// generic one). `resource` (RFC 8707, may repeat) becomes the token's
 	// audience; one the template does not list is `invalid_target`. A
-	// DPoP header binds the task (token_type DPoP). These two grants
+	// DPoP header binds the task (token_type DPoP). With
+	// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+	// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+	// 9449 section 8): retry with the nonce. These two grants
 	// answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 	// every refusal writes nothing to the ledger.
 	//
@@ -4126,6 +4169,40 @@ func (c *Client) TaskTimeline(ctx context.Context, id TaskID, reqEditors ...Requ
 	return c.Client.Do(req)
 }
 
+// ClearApprovalRequirementWithBody End an agent's approval requirement (set by a monitor rule with action require_approval).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/approval-requirements/clear (the `ClearApprovalRequirement` operationId).
+func (c *Client) ClearApprovalRequirementWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewClearApprovalRequirementRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ClearApprovalRequirement End an agent's approval requirement (set by a monitor rule with action require_approval).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/approval-requirements/clear (the `ClearApprovalRequirement` operationId).
+func (c *Client) ClearApprovalRequirement(ctx context.Context, body ClearApprovalRequirementJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewClearApprovalRequirementRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ListApprovals List approvals (approver clients only), filtered and paged.
 //
 // Sorted by created_at, then id (both ascending: oldest first). Filters
@@ -4606,7 +4683,10 @@ func (c *Client) RenewTask(ctx context.Context, id TaskID, body RenewTaskJSONReq
 // tools, space-separated (intent from the `intent` parameter, else a
 // generic one). `resource` (RFC 8707, may repeat) becomes the token's
 // audience; one the template does not list is `invalid_target`. A
-// DPoP header binds the task (token_type DPoP). These two grants
+// DPoP header binds the task (token_type DPoP). With
+// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+// 9449 section 8): retry with the nonce. These two grants
 // answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 // every refusal writes nothing to the ledger.
 //
@@ -4653,7 +4733,10 @@ func (c *Client) TokenWithBody(ctx context.Context, params *TokenParams, content
 // tools, space-separated (intent from the `intent` parameter, else a
 // generic one). `resource` (RFC 8707, may repeat) becomes the token's
 // audience; one the template does not list is `invalid_target`. A
-// DPoP header binds the task (token_type DPoP). These two grants
+// DPoP header binds the task (token_type DPoP). With
+// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+// 9449 section 8): retry with the nonce. These two grants
 // answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 // every refusal writes nothing to the ledger.
 //
@@ -6189,6 +6272,46 @@ func NewTaskTimelineRequest(server string, id TaskID) (*http.Request, error) {
 	return req, nil
 }
 
+// NewClearApprovalRequirementRequest calls the generic ClearApprovalRequirement builder with application/json body
+func NewClearApprovalRequirementRequest(server string, body ClearApprovalRequirementJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewClearApprovalRequirementRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewClearApprovalRequirementRequestWithBody constructs an http.Request for the ClearApprovalRequirement method, with any body, and a specified content type
+func NewClearApprovalRequirementRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/approval-requirements/clear")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewListApprovalsRequest constructs an http.Request for the ListApprovals method
 func NewListApprovalsRequest(server string, params *ListApprovalsParams) (*http.Request, error) {
 	var err error
@@ -7439,6 +7562,20 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/admin/tasks/{id}/timeline (the `TaskTimeline` operationId).
 	TaskTimelineWithResponse(ctx context.Context, id TaskID, reqEditors ...RequestEditorFn) (*TaskTimelineResponse, error)
 
+	// ClearApprovalRequirementWithBodyWithResponse End an agent's approval requirement (set by a monitor rule with action require_approval).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/approval-requirements/clear (the `ClearApprovalRequirement` operationId).
+	ClearApprovalRequirementWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ClearApprovalRequirementResponse, error)
+
+	// ClearApprovalRequirementWithResponse End an agent's approval requirement (set by a monitor rule with action require_approval).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/approval-requirements/clear (the `ClearApprovalRequirement` operationId).
+	ClearApprovalRequirementWithResponse(ctx context.Context, body ClearApprovalRequirementJSONRequestBody, reqEditors ...RequestEditorFn) (*ClearApprovalRequirementResponse, error)
+
 	// ListApprovalsWithResponse List approvals (approver clients only), filtered and paged.
 	//
 	// Sorted by created_at, then id (both ascending: oldest first). Filters
@@ -7703,7 +7840,10 @@ type ClientWithResponsesInterface interface {
 	// tools, space-separated (intent from the `intent` parameter, else a
 	// generic one). `resource` (RFC 8707, may repeat) becomes the token's
 	// audience; one the template does not list is `invalid_target`. A
-	// DPoP header binds the task (token_type DPoP). These two grants
+	// DPoP header binds the task (token_type DPoP). With
+	// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+	// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+	// 9449 section 8): retry with the nonce. These two grants
 	// answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 	// every refusal writes nothing to the ledger.
 	//
@@ -7740,7 +7880,10 @@ type ClientWithResponsesInterface interface {
 	// tools, space-separated (intent from the `intent` parameter, else a
 	// generic one). `resource` (RFC 8707, may repeat) becomes the token's
 	// audience; one the template does not list is `invalid_target`. A
-	// DPoP header binds the task (token_type DPoP). These two grants
+	// DPoP header binds the task (token_type DPoP). With
+	// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+	// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+	// 9449 section 8): retry with the nonce. These two grants
 	// answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 	// every refusal writes nothing to the ledger.
 	//
@@ -10389,6 +10532,89 @@ func (r TaskTimelineResponse) ContentType() string {
 	return ""
 }
 
+type ClearApprovalRequirementResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RequirementCleared
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *Error
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ClearApprovalRequirementResponse) GetJSON200() *RequirementCleared {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ClearApprovalRequirementResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ClearApprovalRequirementResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r ClearApprovalRequirementResponse) GetJSON415() *Error {
+	return r.JSON415
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r ClearApprovalRequirementResponse) GetJSON429() *Error {
+	return r.JSON429
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ClearApprovalRequirementResponse) GetJSON500() *Error {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r ClearApprovalRequirementResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ClearApprovalRequirementResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ClearApprovalRequirementResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ClearApprovalRequirementResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ClearApprovalRequirementResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ListApprovalsResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -11728,6 +11954,7 @@ func (r RenewTaskResponse) ContentType() string {
 // TokenResponse200Headers the declared response headers of an HTTP 200 response for Token
 type TokenResponse200Headers struct {
 	CacheControl string
+	DPoPNonce    *string
 }
 
 type TokenResponse struct {
@@ -12451,6 +12678,32 @@ func (c *ClientWithResponses) TaskTimelineWithResponse(ctx context.Context, id T
 	return ParseTaskTimelineResponse(rsp)
 }
 
+// ClearApprovalRequirementWithBodyWithResponse End an agent's approval requirement (set by a monitor rule with action require_approval).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/approval-requirements/clear (the `ClearApprovalRequirement` operationId).
+func (c *ClientWithResponses) ClearApprovalRequirementWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ClearApprovalRequirementResponse, error) {
+	rsp, err := c.ClearApprovalRequirementWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseClearApprovalRequirementResponse(rsp)
+}
+
+// ClearApprovalRequirementWithResponse End an agent's approval requirement (set by a monitor rule with action require_approval).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/approval-requirements/clear (the `ClearApprovalRequirement` operationId).
+func (c *ClientWithResponses) ClearApprovalRequirementWithResponse(ctx context.Context, body ClearApprovalRequirementJSONRequestBody, reqEditors ...RequestEditorFn) (*ClearApprovalRequirementResponse, error) {
+	rsp, err := c.ClearApprovalRequirement(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseClearApprovalRequirementResponse(rsp)
+}
+
 // ListApprovalsWithResponse List approvals (approver clients only), filtered and paged.
 //
 // Sorted by created_at, then id (both ascending: oldest first). Filters
@@ -12853,7 +13106,10 @@ func (c *ClientWithResponses) RenewTaskWithResponse(ctx context.Context, id Task
 // tools, space-separated (intent from the `intent` parameter, else a
 // generic one). `resource` (RFC 8707, may repeat) becomes the token's
 // audience; one the template does not list is `invalid_target`. A
-// DPoP header binds the task (token_type DPoP). These two grants
+// DPoP header binds the task (token_type DPoP). With
+// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+// 9449 section 8): retry with the nonce. These two grants
 // answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 // every refusal writes nothing to the ledger.
 //
@@ -12896,7 +13152,10 @@ func (c *ClientWithResponses) TokenWithBodyWithResponse(ctx context.Context, par
 // tools, space-separated (intent from the `intent` parameter, else a
 // generic one). `resource` (RFC 8707, may repeat) becomes the token's
 // audience; one the template does not list is `invalid_target`. A
-// DPoP header binds the task (token_type DPoP). These two grants
+// DPoP header binds the task (token_type DPoP). With
+// `oauth.dpop_nonce` on, every answer carries a `DPoP-Nonce` header
+// and a DPoP proof without a current nonce is `use_dpop_nonce` (RFC
+// 9449 section 8): retry with the nonce. These two grants
 // answer RFC 6749 section 5.1 and 5.2 (OAuthToken, OAuthError);
 // every refusal writes nothing to the ledger.
 //
@@ -15046,6 +15305,74 @@ func ParseTaskTimelineResponse(rsp *http.Response) (*TaskTimelineResponse, error
 	return response, nil
 }
 
+// ParseClearApprovalRequirementResponse parses an HTTP response from a ClearApprovalRequirementWithResponse call
+func ParseClearApprovalRequirementResponse(rsp *http.Response) (*ClearApprovalRequirementResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ClearApprovalRequirementResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RequirementCleared
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseListApprovalsResponse parses an HTTP response from a ListApprovalsWithResponse call
 func ParseListApprovalsResponse(rsp *http.Response) (*ListApprovalsResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -16254,6 +16581,13 @@ func ParseTokenResponse(rsp *http.Response) (*TokenResponse, error) {
 				return nil, err
 			}
 			headers.CacheControl = value
+		}
+		if values := rsp.Header.Values("DPoP-Nonce"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "DPoP-Nonce", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.DPoPNonce = &value
 		}
 		response.Headers200 = &headers
 	}

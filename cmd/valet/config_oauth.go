@@ -22,6 +22,9 @@ type OAuthConfig struct {
 	// MaxAssertionLife bounds a client assertion's exp from now (default 5m).
 	MaxAssertionLife Duration            `yaml:"max_assertion_life"`
 	Clients          []OAuthClientConfig `yaml:"clients"`
+	// DPoPNonce requires server nonces in DPoP proofs at the token
+	// endpoint (RFC 9449 section 8).
+	DPoPNonce bool `yaml:"dpop_nonce"`
 }
 
 // OAuthClientConfig registers one agent: its id (the iss and sub of its
@@ -62,7 +65,7 @@ func (c *Config) validateOAuth() []error {
 
 // oauthOptions loads the registered clients' keys.
 func (c *Config) oauthOptions() (*server.OAuthOptions, error) {
-	o := &server.OAuthOptions{MaxAssertionLife: time.Duration(c.OAuth.MaxAssertionLife)}
+	o := &server.OAuthOptions{MaxAssertionLife: time.Duration(c.OAuth.MaxAssertionLife), DPoPNonce: c.OAuth.DPoPNonce}
 	var errs []error
 	for i, cl := range c.OAuth.Clients {
 		keys, err := readJWKS(c.path(cl.JWKSFile))

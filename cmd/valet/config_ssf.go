@@ -47,8 +47,11 @@ type SSFTransmitterEntry struct {
 	// SubjectIssuer names the entry of `issuers:` whose principals the
 	// transmitter's subjects are.
 	SubjectIssuer string `yaml:"subject_issuer"`
-	// Actions maps event type URIs to freeze_agent or revoke_tasks.
+	// Actions maps event type URIs to freeze_agent, revoke_tasks or
+	// quarantine_template.
 	Actions map[string]string `yaml:"actions"`
+	// Templates are the templates a quarantine_template action suspends.
+	Templates []string `yaml:"templates"`
 }
 
 // validateSSF reports every problem of the ssf block.
@@ -81,8 +84,14 @@ func (c *Config) validateSSF(getenv func(string) string) []error {
 			bad(where+".authorization_header_env", "environment variable %s is empty", e.AuthorizationHeaderEnv)
 		}
 		for typ, a := range e.Actions {
-			if a != string(ssf.ActionFreezeAgent) && a != string(ssf.ActionRevokeTasks) {
-				bad(fmt.Sprintf("%s.actions[%q]", where, typ), "%q is not an action (want freeze_agent or revoke_tasks)", a)
+			switch ssf.Action(a) {
+			case ssf.ActionFreezeAgent, ssf.ActionRevokeTasks:
+			case ssf.ActionQuarantineTemplate:
+				if len(e.Templates) == 0 {
+					bad(fmt.Sprintf("%s.actions[%q]", where, typ), "quarantine_template needs the templates it suspends (%s.templates)", where)
+				}
+			default:
+				bad(fmt.Sprintf("%s.actions[%q]", where, typ), "%q is not an action (want freeze_agent, revoke_tasks or quarantine_template)", a)
 			}
 		}
 	}
@@ -112,7 +121,7 @@ func (c *Config) ssfOptions(rc redis.UniversalClient, getenv func(string) string
 		for _, e := range c.SSF.Receiver.Transmitters {
 			tt := ssf.TrustedTransmitter{Name: e.Name, Issuer: e.Issuer, JWKSURL: e.JWKSURL, Algorithms: e.Algorithms,
 				Audience: e.Audience, SubjectIssuer: e.SubjectIssuer, SubjectIssuerURL: o.IssuerURLs[e.SubjectIssuer],
-				Actions: map[string]ssf.Action{}}
+				Actions: map[string]ssf.Action{}, Templates: e.Templates}
 			if e.AuthorizationHeaderEnv != "" {
 				tt.AuthorizationHeader = getenv(e.AuthorizationHeaderEnv)
 			}

@@ -27,14 +27,15 @@ func TestValidateSSF(t *testing.T) {
 	bad.SSF.Transmitter.QueueSize = -1
 	bad.SSF.Transmitter.PushHosts = []string{"https://x/"}
 	bad.SSF.Receiver.Transmitters = []SSFTransmitterEntry{{Name: "okta", SubjectIssuer: "nope", AuthorizationHeaderEnv: "UNSET",
-		Actions: map[string]string{"x": "delete_everything"}}}
+		Actions: map[string]string{"x": "delete_everything", "y": "quarantine_template"}}}
 	var msgs []string
 	for _, e := range bad.validateSSF(env) {
 		msgs = append(msgs, e.Error())
 	}
 	all := strings.Join(msgs, "\n")
 	for _, want := range []string{"ssf.transmitter.queue_size", "ssf.transmitter.push_hosts[0]", "admin.issuers",
-		"transmitters[0].subject_issuer", "transmitters[0].authorization_header_env", `transmitters[0].actions["x"]`} {
+		"transmitters[0].subject_issuer", "transmitters[0].authorization_header_env", `transmitters[0].actions["x"]`,
+		`transmitters[0].actions["y"]: quarantine_template needs the templates it suspends`} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no error naming %s in:\n%s", want, all)
 		}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/valet-dev/valet/broker"
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/monitor"
 	"github.com/valet-dev/valet/policy"
+	"github.com/valet-dev/valet/ssf"
 )
 
 // MonitorOptions configure continuous monitoring: the templates' monitor
@@ -28,7 +30,7 @@ type MonitorOptions struct {
 func (s *Server) newMonitor(auditor broker.Auditor) (*monitor.Monitor, error) {
 	o := s.o
 	cfg := monitor.Config{
-		Auditor: auditor, Controls: monitorControls{s}, Buffer: o.Monitor.Buffer, MaxAgents: o.Monitor.MaxAgents, AlertHosts: o.Monitor.AlertHosts,
+		Auditor: auditor, Controls: monitorControls{s}, Approvals: monitorApprovals{s}, Signals: monitorSignals{s}, Buffer: o.Monitor.Buffer, MaxAgents: o.Monitor.MaxAgents, AlertHosts: o.Monitor.AlertHosts,
 		Rules: func() []*policy.Monitor {
 			if s.svc != nil {
 				return s.svc.Templates().Monitors() // the rules of the templates in force, reloads included
@@ -58,4 +60,29 @@ func (c monitorControls) PutControl(ctx context.Context, who incident.AdminPrinc
 		return broker.Control{}, nil, errors.New("the admin API is off: no incident controls to freeze with")
 	}
 	return c.s.admin.PutControl(ctx, who, ctl, revoke, force)
+}
+
+// monitorApprovals are the sensitive actions once they are built.
+type monitorApprovals struct{ s *Server }
+
+func (a monitorApprovals) RequireApproval(ctx context.Context, issuer, agent, rule, taskID string, until time.Time) error {
+	if a.s.steps == nil {
+		return errors.New("sensitive actions are off: no approvals to require")
+	}
+	return a.s.steps.RequireApproval(ctx, issuer, agent, rule, taskID, until)
+}
+
+// monitorSignals are the SSF transmitter once it is built.
+type monitorSignals struct{ s *Server }
+
+func (g monitorSignals) Trigger(ctx context.Context, t monitor.Trigger) error {
+	if g.s.ssf == nil {
+		return errors.New("the SSF transmitter is off (ssf.transmitter.enabled)")
+	}
+	level := ssf.RiskMedium // an alert: Valet only told someone
+	if t.Action == policy.MonitorFreezeAgent || t.Action == policy.MonitorRequireApproval {
+		level = ssf.RiskHigh
+	}
+	return g.s.ssf.RiskLevelChange(ctx, ssf.RiskSignal{Rule: t.Rule, Level: level, Issuer: t.Issuer, Agent: t.Agent,
+		TaskID: t.TaskID, Action: string(t.Action), At: t.Time})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/valet-dev/valet/broker/httpapi"
 	"github.com/valet-dev/valet/clientauth"
 	"github.com/valet-dev/valet/delegation"
+	"github.com/valet-dev/valet/dpop"
 	"github.com/valet-dev/valet/fanout"
 	"github.com/valet-dev/valet/incident"
 	"github.com/valet-dev/valet/inventory"
@@ -221,6 +222,9 @@ type OAuthOptions struct {
 	// MaxAssertionLife bounds a client assertion's exp from now (0: the
 	// default).
 	MaxAssertionLife time.Duration
+	// DPoPNonce makes DPoP proofs at the token endpoint carry a server
+	// nonce (RFC 9449 section 8), from a key each replica makes at start.
+	DPoPNonce bool
 }
 
 // MetricsOptions configure the metrics.
@@ -385,9 +389,13 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		s.ssf = hopts.SSF
 	}
 	if oo := o.OAuth; oo != nil {
+		var nonces *dpop.Nonces
+		if oo.DPoPNonce {
+			nonces = dpop.NewNonces(0, o.Now)
+		}
 		if hopts.OAuth, err = oauth.New(oauth.Config{
 			Service: s.svc, Identity: o.Identity, Clients: oo.Clients, Once: o.Agent.Limiter, Issuer: o.PublicURL,
-			MaxAssertionLife: oo.MaxAssertionLife, Now: o.Now, Logger: o.Logger,
+			MaxAssertionLife: oo.MaxAssertionLife, Now: o.Now, Logger: o.Logger, DPoPNonces: nonces,
 		}); err != nil {
 			return nil, err
 		}

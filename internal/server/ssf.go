@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,6 +62,13 @@ func (s *Server) newSSF() (*ssf.Transmitter, http.Handler, error) {
 		}
 		c := *cfg
 		c.Actions = s.admin
+		for _, tt := range c.Transmitters {
+			for _, name := range tt.Templates {
+				if _, ok := o.Templates.Get(name); !ok {
+					return nil, nil, fmt.Errorf("server: ssf receiver %s: template %q (quarantined by its quarantine_template action) is not defined", tt.Name, name)
+				}
+			}
+		}
 		if c.Replay == nil {
 			if o.Agent.Limiter == nil {
 				return nil, nil, errors.New("server: the SSF receiver needs a replay store (the agent limiter)")
