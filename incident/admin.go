@@ -217,6 +217,34 @@ func (a *Admin) Authorize(ctx context.Context, bearer string, need Role, action 
 		ev.Detail["token_sha256"] = broker.TokenHash(bearer)
 		return deny("unknown", "admin token rejected: "+err.Error(), broker.Unauthenticated(err))
 	}
+	return a.authorize(ctx, ev, p, need, action, deny)
+}
+
+// AuthorizeSignedIn is Authorize for an admin whose ID token a sign-in at
+// an admin issuer has verified already (the web console's session): the
+// same role rules over the same claims, and the same audit of every
+// attempt. p.Issuer is the configured name of that admin issuer.
+func (a *Admin) AuthorizeSignedIn(ctx context.Context, p broker.Principal, need Role, action string) (AdminPrincipal, error) {
+	ev := a.core.TaskEvent(ctx, "admin."+action, "", broker.Task{})
+	ev.Detail = map[string]any{"required_role": need.String(), "via": "console"}
+	deny := func(actor, reason string, e *broker.Error) (AdminPrincipal, error) {
+		ev.Actor, ev.Outcome, ev.Reason = actor, "denied", reason
+		if err := a.audit.Record(ctx, ev); err != nil {
+			a.log.ErrorContext(ctx, "audit write of a denied admin request failed", "err", err)
+		}
+		a.log.WarnContext(ctx, "admin request denied", "action", action, "actor", actor, "reason", reason)
+		return AdminPrincipal{}, e
+	}
+	if p.Issuer == "" || p.Subject == "" {
+		return deny("unknown", "no signed-in admin", broker.Unauthenticated(errors.New("no signed-in admin")))
+	}
+	return a.authorize(ctx, ev, p, need, action, deny)
+}
+
+// authorize maps an authenticated admin to a role, requires need, and
+// audits the allowed attempt (deny audits a refused one).
+func (a *Admin) authorize(ctx context.Context, ev broker.Event, p broker.Principal, need Role, action string,
+	deny func(actor, reason string, e *broker.Error) (AdminPrincipal, error)) (AdminPrincipal, error) {
 	ap := AdminPrincipal{Issuer: p.Issuer, Subject: p.Subject}
 	for _, r := range a.roles {
 		if ok, _ := r.cond.Eval(map[string]any{"claims": p.Claims}); ok {

@@ -190,3 +190,43 @@ func TestParseRole(t *testing.T) {
 		t.Fatal("an out-of-range role must read as none")
 	}
 }
+
+// TestAuthorizeSignedIn: a console session's verified claims go through the
+// same role rules and the same audit as a bearer token; an empty principal
+// is 401, and a failed audit write refuses the allowed action.
+func TestAuthorizeSignedIn(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		p           broker.Principal
+		need        Role
+		wantCode    broker.Code
+		wantRole    Role
+		wantOutcome string
+	}{
+		{"viewer reads", broker.Principal{Issuer: "corp", Subject: "vera", Claims: map[string]any{"groups": []any{"viewers"}}}, RoleViewer, "", RoleViewer, "allowed"},
+		{"viewer acts", broker.Principal{Issuer: "corp", Subject: "vera", Claims: map[string]any{"groups": []any{"viewers"}}}, RoleResponder, broker.CodeForbidden, RoleNone, "denied"},
+		{"admin acts", broker.Principal{Issuer: "corp", Subject: "ada", Claims: map[string]any{"groups": []any{"admins"}}}, RoleResponder, "", RoleAdmin, "allowed"},
+		{"no role", broker.Principal{Issuer: "corp", Subject: "nobody", Claims: map[string]any{}}, RoleViewer, broker.CodeForbidden, RoleNone, "denied"},
+		{"no principal", broker.Principal{}, RoleViewer, broker.CodeUnauthenticated, RoleNone, "denied"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			audit := &trail{}
+			p, err := newTestAdmin(t, audit).AuthorizeSignedIn(context.Background(), c.p, c.need, "console.act")
+			if broker.ErrorCode(err) != c.wantCode && !(c.wantCode == "" && err == nil) {
+				t.Fatalf("err = %v, want code %q", err, c.wantCode)
+			}
+			if p.Role != c.wantRole {
+				t.Fatalf("role = %s, want %s", p.Role, c.wantRole)
+			}
+			ev := audit.last()
+			if ev.Type != "admin.console.act" || ev.Outcome != c.wantOutcome || ev.Detail["via"] != "console" {
+				t.Fatalf("audit event %+v", ev)
+			}
+		})
+	}
+	a := newTestAdmin(t, &trail{fail: true})
+	ada := broker.Principal{Issuer: "corp", Subject: "ada", Claims: map[string]any{"groups": []any{"admins"}}}
+	if _, err := a.AuthorizeSignedIn(context.Background(), ada, RoleResponder, "console.act"); broker.ErrorCode(err) != broker.CodeUnavailable {
+		t.Fatalf("with the audit down: %v, want 503", err)
+	}
+}

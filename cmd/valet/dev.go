@@ -131,6 +131,9 @@ func cmdDev(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	printWalkthrough(e.stdout, publicURL, ledgerName, *auditFile, templates)
+	if opts.Console != nil {
+		fmt.Fprintf(e.stdout, "Web console: %s/console/ (sign in at the development issuer: any name, pick a group; docs/incident-response.md)\n\n", publicURL)
+	}
 	return srv.Run(ctx, ln)
 }
 
@@ -241,10 +244,14 @@ func devRedis(ctx context.Context, opts *server.Options, url string, rollbackHos
 	opts.Metrics = &server.MetricsOptions{Live: redisLedger.LiveCounts}
 	devAdmin := AdminConfig{
 		Issuers: []IssuerEntry{{Name: "dev-admin", IssuerURL: idp.Issuer(), Audiences: []string{devidp.AdminAudience}}},
-		Roles:   map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`},
+		Roles: map[string]string{"admin": `"` + devidp.AdminGroup + `" in claims.groups`, "viewer": `"valet-viewers" in claims.groups`,
+			"responder": `"` + devidp.ResponderGroup + `" in claims.groups`},
 	}
 	if opts.Admin, err = adminOptions(ctx, devAdmin, opts.PublicURL, []string{"dev"}, map[string][]byte{idp.Issuer(): idp.JWKS()},
 		rollbackHosts, redisLedger, trail, log); err != nil {
+		return fail(err)
+	}
+	if opts.Console, err = devConsole(ctx, rc, opts.PublicURL, idp); err != nil {
 		return fail(err)
 	}
 	feedClient := revocation.NewFeedClient(rc, fanout.Limits{}.WithDefaults().Readers)

@@ -16,6 +16,8 @@ import (
 type AdminConfig struct {
 	Issuers []IssuerEntry     `yaml:"issuers"`
 	Roles   map[string]string `yaml:"roles"`
+	// Console, when its issuer is set, serves the web console.
+	Console ConsoleConfig `yaml:"console"`
 }
 
 // validateIncident checks the admin block. An admin issuer that is also an
@@ -49,7 +51,7 @@ func (c *Config) validateIncident() []error {
 			}
 		}
 	}
-	return errs
+	return append(errs, c.validateConsole()...)
 }
 
 // adminOptions builds the admin API's options when admin issuers are

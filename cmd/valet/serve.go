@@ -164,6 +164,9 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	if err := cfg.interactiveOptions(oauthOpts, redisClient, e.getenv); err != nil {
 		return err
 	}
+	if opts.Console, err = consoleOptions(ctx, cfg, e.getenv, redisClient); err != nil {
+		return err
+	}
 	vw.apply(&opts)
 	srv, err := server.New(ctx, opts)
 	if err != nil {

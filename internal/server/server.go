@@ -143,6 +143,9 @@ type Options struct {
 	Monitor *MonitorOptions
 	// Ready are the checks, beyond the ledger, of /readyz.
 	Ready []func(context.Context) error
+	// Console, when set, serves the web console at /console (it needs
+	// Admin).
+	Console *ConsoleOptions
 	// DevIdP, when set, is mounted at /dev (`valet dev` only).
 	DevIdP http.Handler
 	// MaxBodyBytes and RequestTimeout bound each request (0: httpapi's
@@ -415,6 +418,11 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 	if s.handler, err = httpapi.Handler(hopts); err != nil {
 		return nil, err
+	}
+	if co := o.Console; co != nil {
+		if s.handler, err = s.withConsole(co, s.handler); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
