@@ -274,6 +274,9 @@ var upstreamFields = []field[*Upstream]{
 			if c.Name == "" {
 				c.Name = "Authorization"
 			}
+			if !headerRE.MatchString(c.Name) {
+				l.report(n, joinPath(path, "name"), "%q is not a valid header name: use 1 to 64 of A-Z, a-z, 0-9, '-'", truncate(c.Name, 64))
+			}
 			c.Name = http.CanonicalHeaderKey(c.Name)
 			if c.Name == "Authorization" && c.Scheme == "" {
 				c.Scheme = "Bearer"
@@ -322,8 +325,8 @@ var credentialFields = []field[*UpstreamCredential]{
 	}},
 	{key: "name", decode: func(l *templateLoader, n *yaml.Node, path string, c *UpstreamCredential) {
 		if s, ok := l.str(n, path); ok {
-			if !headerRE.MatchString(s) || !queryNameRE.MatchString(s) {
-				l.report(n, path, "%q is not a valid header or parameter name: use 1 to 64 of A-Z, a-z, 0-9, '-'", truncate(s, 64))
+			if !queryNameRE.MatchString(s) {
+				l.report(n, path, "%q is not a valid header or parameter name: use 1 to 64 of A-Z, a-z, 0-9, '-' ('.', '_', '~' in a query)", truncate(s, 64))
 				return
 			}
 			c.Name = s

@@ -28,9 +28,10 @@ func (p *Proxy) handle(ctx context.Context, r *http.Request, head []byte, cont f
 		return refusal(http.StatusMethodNotAllowed, "connect",
 			"", "CONNECT is not supported: the proxy would have to intercept TLS to see and check the request. Send plain http:// URLs through HTTP_PROXY (the proxy makes the TLS call) or use the reverse proxy at /u/<upstream>/"), nil
 	}
-	if rule, msg := smuggling(head, r); rule != "" {
-		p.audit(ctx, r, nil, rule, msg)
-		resp := refusal(http.StatusBadRequest, rule, "", msg)
+	if hostMismatch(head, r) {
+		const msg = "the Host header names another host than the request URL"
+		p.audit(ctx, r, nil, "host_mismatch", msg)
+		resp := refusal(http.StatusBadRequest, "host_mismatch", "", msg)
 		resp.Close = true // the framing of what follows is in doubt
 		return resp, nil
 	}
@@ -188,6 +189,9 @@ func (p *Proxy) forwardTo(ctx context.Context, r *http.Request, cont func(), c *
 	removeHopHeaders(resp.Header)
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
 	resp.TransferEncoding = nil
+	if resp.ContentLength < 0 {
+		resp.TransferEncoding = []string{"chunked"} // the agent's connection stays open
+	}
 	counted := &countingBody{ReadCloser: resp.Body}
 	resp.Body = counted
 	done := func(werr error) {
@@ -357,12 +361,16 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
+// countingBody counts an upstream answer's bytes; started tells the
+// agent's writer that the head is written and the body streams.
 type countingBody struct {
 	io.ReadCloser
-	n atomic.Int64
+	n       atomic.Int64
+	started atomic.Bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
+	b.started.Store(true)
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
 	return n, err

@@ -94,6 +94,12 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			p.writeRefusal(bw, nil, refusal(http.StatusRequestHeaderFieldsTooLarge, "head", "", "the request head is too large or malformed"))
 			return
 		}
+		if rule, msg := framing(head); rule != "" {
+			// Refused before parsing: net/http would mend some of these.
+			p.audit(ctx, nil, nil, rule, msg)
+			p.writeRefusal(bw, nil, refusal(http.StatusBadRequest, rule, "", msg))
+			return // the framing of what follows is in doubt
+		}
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			p.audit(ctx, nil, nil, "head", "unparsable request: "+err.Error())
@@ -110,8 +116,10 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		resp, done := p.handle(ctx, req, head, cont)
 		resp.Request = req
 		resp.Close = resp.Close || req.Close
+		aw := &agentWriter{bw: bw}
+		aw.body, _ = resp.Body.(*countingBody)
 		_ = c.SetWriteDeadline(time.Now().Add(idleTimeout))
-		werr := resp.Write(bw)
+		werr := resp.Write(aw)
 		if werr == nil {
 			werr = bw.Flush()
 		}
@@ -127,6 +135,23 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+}
+
+// agentWriter writes an answer to the agent: the head is buffered, and
+// each piece of an upstream body is flushed as it comes, so a streamed
+// answer reaches the agent as it streams. It is no io.ReaderFrom, so the
+// body is copied through Write.
+type agentWriter struct {
+	bw   *bufio.Writer
+	body *countingBody
+}
+
+func (w *agentWriter) Write(p []byte) (int, error) {
+	n, err := w.bw.Write(p)
+	if err == nil && w.body != nil && w.body.started.Load() {
+		err = w.bw.Flush()
+	}
+	return n, err
 }
 
 // peekHead returns the head of the next request (up to the empty line)
@@ -180,11 +205,11 @@ func parseHead(head []byte) headFields {
 	return f
 }
 
-// smuggling reports the rule a request head breaks, if any: more than one
-// Host, Transfer-Encoding together with Content-Length, a Host header that
-// names another host than an absolute-form target, and header names with
-// spaces before the colon.
-func smuggling(head []byte, r *http.Request) (rule, msg string) {
+// framing reports the rule a request head breaks, if any: more than one
+// Host, Transfer-Encoding together with Content-Length, more than one
+// Content-Length, a Transfer-Encoding other than one chunked, and header
+// names with spaces before the colon.
+func framing(head []byte) (rule, msg string) {
 	f := parseHead(head)
 	for _, ln := range strings.Split(string(head), "\n")[1:] {
 		if name, _, ok := strings.Cut(ln, ":"); ok && name != strings.TrimSpace(name) {
@@ -200,10 +225,15 @@ func smuggling(head []byte, r *http.Request) (rule, msg string) {
 		return "duplicate_content_length", "the request has more than one Content-Length"
 	case len(f.transferEncodings) > 1 || (len(f.transferEncodings) == 1 && !strings.EqualFold(f.transferEncodings[0], "chunked")):
 		return "transfer_encoding", "the only Transfer-Encoding accepted is one chunked"
-	case r.URL.IsAbs() && len(f.hosts) == 1 && !strings.EqualFold(f.hosts[0], r.URL.Host):
-		return "host_mismatch", "the Host header names another host than the request URL"
 	}
 	return "", ""
+}
+
+// hostMismatch reports whether an absolute-form request's Host header
+// names another host than its URL.
+func hostMismatch(head []byte, r *http.Request) bool {
+	f := parseHead(head)
+	return r.URL.IsAbs() && len(f.hosts) == 1 && !strings.EqualFold(f.hosts[0], r.URL.Host)
 }
 
 // refusalBody is the JSON of every refusal: what was refused and by which
