@@ -505,5 +505,5 @@ func pct(d []time.Duration, p int) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	i := (len(s)*p + 99) / 100
-	return s[max(0, min(len(s)-1, i-1))].Round(100 * time.Microsecond)
+	return s[max(0, min(len(s)-1, i-1))].Round(10 * time.Microsecond)
 }
