@@ -247,14 +247,14 @@ type refusalBody struct {
 
 func refusal(status int, rule, tool, msg string) *http.Response {
 	b, _ := json.Marshal(refusalBody{Error: strings.ToLower(strings.ReplaceAll(http.StatusText(status), " ", "_")), Rule: rule, Tool: tool, Message: msg})
-	resp := rawJSON(status, b)
+	resp := rawJSON(status, append(b, '\n'))
 	resp.Header.Set("Valet-Proxy-Refusal", rule)
 	return resp
 }
 
 func jsonResponse(status int, v any) *http.Response {
 	b, _ := json.Marshal(v)
-	return rawJSON(status, b)
+	return rawJSON(status, append(b, '\n'))
 }
 
 func rawJSON(status int, b []byte) *http.Response {
