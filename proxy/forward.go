@@ -43,6 +43,7 @@ func (p *Proxy) handle(ctx context.Context, r *http.Request, head []byte, cont f
 	case path == "/healthz" && r.Method == http.MethodGet:
 		return jsonResponse(http.StatusOK, map[string]any{"status": "ok", "feed_live": p.verifier.Live()}), nil
 	case path == "/v1/tasks" && r.Method == http.MethodPost:
+		cont()
 		return p.declare(ctx, r), nil
 	case strings.HasPrefix(path, "/v1/tasks/") && strings.HasSuffix(path, "/complete") && r.Method == http.MethodPost:
 		id := strings.TrimSuffix(strings.TrimPrefix(path, "/v1/tasks/"), "/complete")
