@@ -50,6 +50,12 @@ templates:
         credential: {from: task_token, as: query, name: access_token}
         routes:
           - {methods: [GET], path: "/**", tool: kb.search}
+      - name: search
+        url: http://127.0.0.1:KBPORT/v2
+        allow_private: true
+        credential: {from: task_token, as: query, name: access_token}
+        routes:
+          - {methods: [GET], path: "/search", tool: kb.search}
 `
 
 // upstream is a real HTTP service behind the proxy that records what it
@@ -278,6 +284,17 @@ func TestProxySecretless(t *testing.T) {
 		t.Fatalf("forward: upstream headers %v", seen)
 	}
 
+	// A credential in the query replaces the one the agent put there.
+	r = pe.agentDo(t, http.MethodGet, "/u/search/search?q=refund&access_token=agent-chosen", handle, nil, nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("query-credential call: %d %s", r.Status, r.Body)
+	}
+	_, kbURL := pe.kb.last()
+	q, _ := url.ParseQuery(strings.TrimPrefix(kbURL, "/v2/search?"))
+	if !strings.HasPrefix(kbURL, "/v2/search?") || q.Get("q") != "refund" || len(q["access_token"]) != 1 || q.Get("access_token") != tok {
+		t.Fatalf("the upstream got %q, want q=refund and the task token as access_token", kbURL)
+	}
+
 	// A route whose tool the task was not granted, and a path no route has.
 	r = pe.agentDo(t, http.MethodPost, "/u/tickets/tickets/7/comments", handle, strings.NewReader(`{}`), nil)
 	if r.Status != http.StatusForbidden || refusalRule(t, r) != "tool" || !strings.Contains(string(r.Body), `"tool":"tickets.comment"`) {
@@ -299,12 +316,12 @@ func TestProxySecretless(t *testing.T) {
 		for _, ev := range evs {
 			events = append(events, fmt.Sprintf("%s %d %s %s", ev.Tool, ev.Status, ev.Reporter, ev.SideEffect))
 		}
-		if len(events) >= 2 || time.Since(start) > 3*time.Second {
+		if len(events) >= 3 || time.Since(start) > 3*time.Second {
 			break
 		}
 		time.Sleep(10 * time.Millisecond) // bounded polling of the report queue
 	}
-	if len(events) != 2 || !strings.Contains(events[0], "tickets.read 200 client:"+clientID+" proxied GET ") ||
+	if len(events) != 3 || !strings.Contains(events[0], "tickets.read 200 client:"+clientID+" proxied GET ") ||
 		!strings.Contains(events[0], "/api/tickets/7 -> 200") {
 		t.Fatalf("timeline events: %q", events)
 	}
@@ -403,7 +420,7 @@ func TestProxyRefusals(t *testing.T) {
 		t.Fatalf("the proxy's audit trail does not verify: %v", err)
 	}
 	if n := len(pe.kb.seen); n != 0 {
-		t.Fatalf("the loopback kb upstream was reached %d times", n)
+		t.Fatalf("the kb upstream was reached %d times through a name resolving to loopback", n)
 	}
 }
 
