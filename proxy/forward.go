@@ -184,6 +184,10 @@ func (p *Proxy) forwardTo(ctx context.Context, r *http.Request, cont func(), c *
 			p.audit(ctx, r, c.task, "private_address", pe.Error())
 			return refusal(http.StatusForbidden, "private_address", c.tool, fmt.Sprintf("upstream %q resolves to a non-public address and does not allow_private", c.up.Name)), nil
 		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // its URL may hold a query-placed credential
+		}
 		p.cfg.Logger.Warn("proxy: upstream call failed", "task_id", c.task.ID, "upstream", c.up.Name, "err", err)
 		return refusal(http.StatusBadGateway, "upstream", c.tool, fmt.Sprintf("upstream %q could not be reached", c.up.Name)), nil
 	}
