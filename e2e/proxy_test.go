@@ -524,3 +524,18 @@ func pct(d []time.Duration, p int) time.Duration {
 	i := (len(s)*p + 99) / 100
 	return s[max(0, min(len(s)-1, i-1))].Round(10 * time.Microsecond)
 }
+
+// TestProxyTaskExpires: at its deadline a task's handle stops working,
+// with the reason, by the proxy's clock alone.
+func TestProxyTaskExpires(t *testing.T) {
+	pe := newProxyEnv(t)
+	_, handle := pe.declareVia(t, "tickets.read")
+	if r := pe.agentDo(t, http.MethodGet, "/u/tickets/tickets/1", handle, nil, nil); r.Status != http.StatusOK {
+		t.Fatalf("before the deadline: %d %s", r.Status, r.Body)
+	}
+	pe.clock.Advance(10*time.Minute + time.Second) // the template's default ttl
+	r := pe.agentDo(t, http.MethodGet, "/u/tickets/tickets/1", handle, nil, nil)
+	if r.Status != http.StatusForbidden || refusalRule(t, r) != "task_ended" || !strings.Contains(string(r.Body), "expired") {
+		t.Fatalf("after the deadline: %d %s", r.Status, r.Body)
+	}
+}

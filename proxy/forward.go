@@ -156,6 +156,11 @@ func (p *Proxy) forwardTo(ctx context.Context, r *http.Request, cont func(), c *
 		p.audit(ctx, r, c.task, "tool", "tool not granted: "+c.tool)
 		return refusal(http.StatusForbidden, "tool", c.tool, fmt.Sprintf("tool %q is not granted to task %s (route %s %s of upstream %q)", c.tool, c.task.ID, r.Method, route.Path, c.up.Name)), nil
 	}
+	if !p.cfg.Now().Before(c.task.Deadline) {
+		p.end(c.task, "expired")
+		p.audit(ctx, r, c.task, "task_ended", "task expired")
+		return refusal(http.StatusForbidden, "task_ended", c.tool, fmt.Sprintf("task %s has ended (expired)", c.task.ID)), nil
+	}
 	claims, err := p.check(c.task.ctx, c.task, c.tool)
 	if err != nil {
 		var ve *verify.Error
