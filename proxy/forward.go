@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -197,6 +198,9 @@ func (p *Proxy) forwardTo(ctx context.Context, r *http.Request, cont func(), c *
 		return refusal(http.StatusBadGateway, "upstream", c.tool, fmt.Sprintf("upstream %q could not be reached", c.up.Name)), nil
 	}
 	removeHopHeaders(resp.Header)
+	if !slices.Contains(c.up.PassHeaders, "Cookie") {
+		resp.Header.Del("Set-Cookie") // an upstream session is a credential too
+	}
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
 	resp.TransferEncoding = nil
 	if resp.ContentLength < 0 {
