@@ -2,10 +2,15 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"encoding/base64"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/valet-dev/valet/policy"
 )
 
 func TestFraming(t *testing.T) {
@@ -93,5 +98,67 @@ func TestNewHandle(t *testing.T) {
 	}
 	if strings.Contains(handleID(sa), a[4:12]) || len(handleID(sa)) != 12 {
 		t.Fatalf("handleID %q", handleID(sa))
+	}
+}
+
+// TestOutgoingCredentials: each placement of each credential source, and
+// the agent's own credential headers dropped.
+func TestOutgoingCredentials(t *testing.T) {
+	set, err := policy.Load([]policy.File{{Name: "t.yaml", Data: []byte(`templates:
+  - name: t
+    principals: [{issuer: dev}]
+    ttl: {default: 5m, max: 10m}
+    tools: [v.read, db.query, q.read]
+    audiences: [valet-proxy]
+    upstreams:
+      - name: vault
+        url: https://vault.example.com:8200
+        credential: {from: vault_token, as: header, name: X-Vault-Token}
+        routes: [{methods: [GET], path: "/v1/**", tool: v.read}]
+      - name: db
+        url: https://db.example.com/api
+        pass_headers: [Cookie]
+        credential: {from: database_password, as: basic}
+        routes: [{methods: [POST], path: /query, tool: db.query}]
+      - name: q
+        url: https://q.example.com
+        credential: {from: task_token, as: query, name: key}
+        routes: [{methods: [GET], path: /x, tool: q.read}]
+`)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, _ := set.Get("t")
+	task := &Task{ID: "tsk_1", ctx: context.Background(), creds: credentials{taskToken: "jwt-secret", vaultToken: "hvs.secret", dbUser: "v-user", dbSecret: "db-secret"}}
+	p := &Proxy{cfg: Config{MaxBody: 1 << 20}}
+	agentReq := func(method string) *http.Request {
+		r := httptest.NewRequest(method, "/u/x", strings.NewReader("{}"))
+		r.Header.Set("Authorization", "Bearer vph_handle")
+		r.Header.Set("Cookie", "a=b")
+		r.Header.Set("Connection", "X-Hop")
+		r.Header.Set("X-Hop", "1")
+		return r
+	}
+	up, _ := tmpl.Upstream("vault")
+	out, err := p.outgoing(agentReq("GET"), &call{task: task, tmpl: tmpl, up: up, path: "/v1/secret/data/app"}, false)
+	if err != nil || out.URL.String() != "https://vault.example.com:8200/v1/secret/data/app" || out.Header.Get("X-Vault-Token") != "hvs.secret" ||
+		out.Header.Get("Authorization") != "" || out.Header.Get("Cookie") != "" || out.Header.Get("X-Hop") != "" {
+		t.Fatalf("vault: %v %s %v", err, out.URL, out.Header)
+	}
+	up, _ = tmpl.Upstream("db")
+	out, err = p.outgoing(agentReq("POST"), &call{task: task, tmpl: tmpl, up: up, path: "/api/query"}, false)
+	user, pass, ok := out.BasicAuth()
+	if err != nil || !ok || user != "v-user" || pass != "db-secret" || out.Header.Get("Cookie") != "a=b" {
+		t.Fatalf("db: %v %v", err, out.Header)
+	}
+	up, _ = tmpl.Upstream("q")
+	out, err = p.outgoing(agentReq("GET"), &call{task: task, tmpl: tmpl, up: up, path: "/x", query: "key=mine&a=1"}, true)
+	if err != nil || out.URL.Query().Get("key") != "jwt-secret" || len(out.URL.Query()["key"]) != 1 || out.URL.Query().Get("a") != "1" {
+		t.Fatalf("query: %v %s", err, out.URL)
+	}
+	// An ended task has no credential to attach.
+	task.creds = credentials{}
+	if _, err := p.outgoing(agentReq("GET"), &call{task: task, tmpl: tmpl, up: up, path: "/x"}, true); err == nil {
+		t.Fatal("an ended task's call was built")
 	}
 }
