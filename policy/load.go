@@ -508,6 +508,7 @@ func (l *templateLoader) decodeTemplate(n *yaml.Node, path string) {
 	if !decodeMapping(l, n, path, templateFields, t) {
 		return
 	}
+	l.checkUpstreamTools(path, t)
 	if len(l.problems) == before {
 		l.byName[t.Name] = t
 	}
@@ -542,6 +543,7 @@ var templateFields = []field[*Template]{
 	{key: "budgets", decode: decodeBudgets},
 	{key: "sensitive_tools", decode: decodeSensitiveTools},
 	{key: "vault", decode: decodeVault},
+	{key: "upstreams", decode: decodeUpstreams},
 }
 
 func decodeTemplateName(l *templateLoader, n *yaml.Node, path string, t *Template) {

@@ -38,6 +38,9 @@ type Template struct {
 	Sensitive []SensitiveTool
 	// Vault, when set, asks for Vault credentials per task.
 	Vault *VaultSpec
+	// Upstreams are the HTTP services `valet proxy` calls for the
+	// template's tasks (secretless mode); see upstreams.go.
+	Upstreams []Upstream
 }
 
 // PrincipalRule admits principals from one trusted issuer (by its configured

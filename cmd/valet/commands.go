@@ -66,6 +66,7 @@ func commandTable() []command {
 			{name: "ls", summary: "list agents, last seen first, one page at a time", run: cmdAgentsLs},
 			{name: "show", summary: "show an agent, its live tasks and the controls over it", run: cmdAgentShow},
 		}},
+		{name: "proxy", summary: "run the secretless-mode proxy next to an agent (docs/proxy.md)", run: cmdProxy},
 		{name: "completion", summary: "print a shell completion script (bash, zsh or fish)", run: cmdCompletion},
 		{name: "version", summary: "print the version and commit", run: cmdVersion},
 	}

@@ -19,6 +19,7 @@ import (
 // A command added to the table without a line here fails the test.
 var wantFlags = map[string][]string{
 	"serve":             {"--config", "--addr", "--audit-new-segment"},
+	"proxy":             {"--addr", "--valet", "--templates", "--client", "--audience", "--identity-file", "--identity-command", "--dev-agent", "--audit", "--log-level"},
 	"dev":               {"--addr", "--templates", "--redis", "--audit", "--log-level", "--rollback-hosts", "--audit-new-segment", "--resources"},
 	"dev token":         {"--agent", "--admin", "--issuer"},
 	"dev idp":           {"--addr"},

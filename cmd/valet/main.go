@@ -36,6 +36,8 @@ Usage:
   valet approvals approve ID [--reason R]       approve a pending approval
   valet approvals deny ID [--reason R]          deny a pending approval
   valet audit verify FILE | --redis URL         check an audit trail's hash chain
+  valet proxy --templates PATHS --client ID --dev-agent NAME|--identity-file F|--identity-command C
+                                                run the secretless-mode proxy next to an agent (docs/proxy.md)
   valet completion bash|zsh|fish                print a shell completion script
   valet version                                 print the version and commit
 

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/valet-dev/valet/audit"
+	"github.com/valet-dev/valet/policy"
+	"github.com/valet-dev/valet/proxy"
+)
+
+// cmdProxy is `valet proxy`: secretless mode (docs/proxy.md).
+func cmdProxy(ctx context.Context, e env, args []string) error {
+	fs := e.newFlags("proxy --templates PATHS --client ID (--identity-file FILE | --identity-command CMD | --dev-agent NAME) [flags]",
+		"Run the secretless-mode proxy next to an agent: the agent declares tasks through it (POST /v1/tasks) and\n"+
+			"gets a handle, never a credential; its calls to the templates' upstreams go through the proxy, which\n"+
+			"attaches the task's credential per request and refuses them once Valet ends the task. See docs/proxy.md.")
+	addr := fs.String("addr", envOr(e.getenv, "VALET_PROXY_ADDR", "127.0.0.1:8181"), "`address` the agent reaches the proxy on (env VALET_PROXY_ADDR)")
+	server := fs.String("valet", envOr(e.getenv, "VALET_SERVER", "http://"+defaultAddr), "Valet's public `URL` (env VALET_SERVER)")
+	tmpl := fs.String("templates", e.getenv("VALET_TEMPLATES"), "the template `files or folders` Valet serves, separated by the OS path list separator (env VALET_TEMPLATES)")
+	client := fs.String("client", envOr(e.getenv, "VALET_PROXY_CLIENT", ""), "the proxy's introspection client `id` at Valet (env VALET_PROXY_CLIENT)")
+	secretEnv := "VALET_PROXY_CLIENT_SECRET"
+	audience := fs.String("audience", envOr(e.getenv, "VALET_PROXY_AUDIENCE", "valet-proxy"), "the proxy's `audience`: templates used through it list it (env VALET_PROXY_AUDIENCE)")
+	idFile := fs.String("identity-file", e.getenv("VALET_PROXY_IDENTITY_FILE"), "`file` holding the workload identity token, read at every declaration (env VALET_PROXY_IDENTITY_FILE)")
+	idCmd := fs.String("identity-command", e.getenv("VALET_PROXY_IDENTITY_COMMAND"), "shell `command` printing the workload identity token (env VALET_PROXY_IDENTITY_COMMAND)")
+	devAgent := fs.String("dev-agent", "", "ask `valet dev`'s development issuer for an identity token of this agent `name` (development only)")
+	auditFile := fs.String("audit", envOr(e.getenv, "VALET_PROXY_AUDIT", "valet-proxy-audit.jsonl"), "`file` of the proxy's hash-chained audit trail of refused requests (env VALET_PROXY_AUDIT)")
+	logLevel := fs.String("log-level", envOr(e.getenv, "VALET_LOG_LEVEL", "info"), "log `level`")
+	if _, err := fs.parseN(args, 0); err != nil {
+		return err
+	}
+	var problems []string
+	if *tmpl == "" {
+		problems = append(problems, "--templates is required (the same template files Valet serves)")
+	}
+	if *client == "" || e.getenv(secretEnv) == "" {
+		problems = append(problems, "--client and the environment variable "+secretEnv+" are required (an introspection client of Valet)")
+	}
+	sources := 0
+	for _, s := range []string{*idFile, *idCmd, *devAgent} {
+		if s != "" {
+			sources++
+		}
+	}
+	if sources != 1 {
+		problems = append(problems, "give exactly one of --identity-file, --identity-command and --dev-agent")
+	}
+	if u, err := url.Parse(*server); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		problems = append(problems, fmt.Sprintf("--valet %q must be an http(s) URL", *server))
+	}
+	if len(problems) > 0 {
+		return usageError("proxy: " + strings.Join(problems, "; "))
+	}
+	files, err := policy.ReadFiles(filepath.SplitList(*tmpl))
+	if err != nil {
+		return err
+	}
+	set, err := policy.Load(files, nil)
+	if err != nil {
+		return fmt.Errorf("templates:\n%w", err)
+	}
+	auditor, closer, err := audit.OpenFile(*auditFile)
+	if err != nil {
+		return fmt.Errorf("opening the proxy's audit file: %w", err)
+	}
+	defer closer.Close()
+	var identity func(context.Context) (string, error)
+	switch {
+	case *idFile != "":
+		identity = func(context.Context) (string, error) { return readTokenFile(*idFile) }
+	case *idCmd != "":
+		identity = func(ctx context.Context) (string, error) { return runTokenCommand(ctx, *idCmd) }
+	default:
+		identity = func(ctx context.Context) (string, error) { return devIdentity(ctx, *server, *devAgent) }
+	}
+	log := newLogger(e.stderr, *logLevel, "text")
+	p, err := proxy.New(proxy.Config{Valet: *server, Identity: identity, ClientID: *client, ClientSecret: e.getenv(secretEnv),
+		Audience: *audience, Templates: set, Auditor: auditor, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "valet proxy on http://%s for Valet at %s (templates: %s)\n", ln.Addr(), *server, strings.Join(set.Names(), ", "))
+	return p.Serve(ctx, ln)
+}
+
+// readTokenFile reads a token file (a Kubernetes projected token, a
+// SPIFFE JWT-SVID written by an agent), at most 64 KiB.
+func readTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("reading the identity token: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return "", fmt.Errorf("reading the identity token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", errors.New("the identity token file is empty")
+	}
+	return tok, nil
+}
+
+// runTokenCommand runs a shell command that prints a token, for 10 s at
+// most.
+func runTokenCommand(ctx context.Context, command string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "sh", "-c", command).Output()
+	if err != nil {
+		return "", fmt.Errorf("running the identity command: %w", err)
+	}
+	tok := strings.TrimSpace(string(out))
+	if tok == "" || len(tok) > 64<<10 {
+		return "", errors.New("the identity command printed no token")
+	}
+	return tok, nil
+}
+
+// devIdentity asks `valet dev`'s development issuer for an agent token.
+func devIdentity(ctx context.Context, server, agent string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(server, "/")+"/dev/token?agent="+url.QueryEscape(agent), nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return "", fmt.Errorf("asking valet dev for a token: %w", err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Token string `json:"identity_token"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body); err != nil || resp.StatusCode != http.StatusOK || body.Token == "" {
+		return "", fmt.Errorf("asking valet dev for a token: %s", resp.Status)
+	}
+	return body.Token, nil
+}

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestProxyFlags: `valet proxy` reports every missing setting at once, and
+// refuses template files with a broken upstreams block, naming the line.
+func TestProxyFlags(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"valet", "proxy", "--valet", "ftp://x"}, func(string) string { return "" }, &out, &errOut)
+	msg := errOut.String()
+	if code != 2 {
+		t.Fatalf("exit %d: %s", code, msg)
+	}
+	for _, want := range []string{"--templates is required", "VALET_PROXY_CLIENT_SECRET", "exactly one of --identity-file", `--valet "ftp://x"`} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the error does not say %q: %s", want, msg)
+		}
+	}
+
+	dir := t.TempDir()
+	tmpl := filepath.Join(dir, "t.yaml")
+	if err := os.WriteFile(tmpl, []byte(`templates:
+  - name: t
+    principals: [{issuer: dev}]
+    ttl: {default: 5m, max: 10m}
+    tools: [a.read]
+    audiences: [valet-proxy]
+    upstreams:
+      - name: a
+        url: https://a.example.com
+        credential: {from: task_token, as: header}
+        routes: [{methods: [GET], path: /x, tool: b.read}]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte("eyJ.x.y\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	errOut.Reset()
+	getenv := func(k string) string {
+		if k == "VALET_PROXY_CLIENT_SECRET" {
+			return "s"
+		}
+		return ""
+	}
+	code = run(context.Background(), []string{"valet", "proxy", "--templates", tmpl, "--client", "c", "--identity-file", tokFile,
+		"--audit", filepath.Join(dir, "audit.jsonl")}, getenv, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "t.yaml:11") || !strings.Contains(errOut.String(), `"b.read" is not in the template's tools`) {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if tok, err := readTokenFile(tokFile); err != nil || tok != "eyJ.x.y" {
+		t.Fatalf("readTokenFile = %q, %v", tok, err)
+	}
+	if tok, err := runTokenCommand(context.Background(), "echo  eyJ.a.b "); err != nil || tok != "eyJ.a.b" {
+		t.Fatalf("runTokenCommand = %q, %v", tok, err)
+	}
+	if _, err := runTokenCommand(context.Background(), "true"); err == nil {
+		t.Fatal("an identity command that prints nothing was accepted")
+	}
+}
