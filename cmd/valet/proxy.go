@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/proxy"
+	"github.com/valet-dev/valet/proxy/pgwire"
 )
 
 // cmdProxy is `valet proxy`: secretless mode (docs/proxy.md).
@@ -37,10 +39,20 @@ func cmdProxy(ctx context.Context, e env, args []string) error {
 	devAgent := fs.String("dev-agent", "", "ask `valet dev`'s development issuer for an identity token of this agent `name` (development only)")
 	auditFile := fs.String("audit", envOr(e.getenv, "VALET_PROXY_AUDIT", "valet-proxy-audit.jsonl"), "`file` of the proxy's hash-chained audit trail of refused requests (env VALET_PROXY_AUDIT)")
 	logLevel := fs.String("log-level", envOr(e.getenv, "VALET_LOG_LEVEL", "info"), "log `level`")
+	pgAddr := fs.String("postgres", e.getenv("VALET_PROXY_POSTGRES"), "`address` of a PostgreSQL listener for the agent: the task handle is the password, the session runs as the task's Vault database role (env VALET_PROXY_POSTGRES)")
+	pgServer := fs.String("postgres-server", e.getenv("VALET_PROXY_POSTGRES_SERVER"), "`host:port` of the PostgreSQL server the tasks' database roles belong to (env VALET_PROXY_POSTGRES_SERVER)")
+	pgTLS := fs.Bool("postgres-tls", false, "talk TLS to --postgres-server, verified against the system's roots and its host name")
 	if _, err := fs.parseN(args, 0); err != nil {
 		return err
 	}
 	var problems []string
+	if (*pgAddr == "") != (*pgServer == "") {
+		problems = append(problems, "--postgres and --postgres-server go together")
+	} else if *pgServer != "" {
+		if _, _, err := net.SplitHostPort(*pgServer); err != nil {
+			problems = append(problems, fmt.Sprintf("--postgres-server %q must be host:port", *pgServer))
+		}
+	}
 	if *tmpl == "" {
 		problems = append(problems, "--templates is required (the same template files Valet serves)")
 	}
@@ -95,6 +107,22 @@ func cmdProxy(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "valet proxy on http://%s for Valet at %s (templates: %s)\n", ln.Addr(), *server, strings.Join(set.Names(), ", "))
+	if *pgAddr != "" {
+		pln, err := net.Listen("tcp", *pgAddr)
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+		var tlsConfig *tls.Config
+		if *pgTLS {
+			host, _, _ := net.SplitHostPort(*pgServer)
+			tlsConfig = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+		}
+		db := &pgwire.Server{Resolver: p.Database(*pgServer, tlsConfig), Logger: log}
+		go func() { _ = db.Serve(pln) }()
+		defer db.Close()
+		fmt.Fprintf(e.stdout, "valet proxy: PostgreSQL for the agent on %s, sessions to %s as each task's own role\n", pln.Addr(), *pgServer)
+	}
 	return p.Serve(ctx, ln)
 }
 
