@@ -1,9 +1,12 @@
 package console
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"sync"
 	"time"
 
@@ -19,34 +22,46 @@ type session struct {
 	expires   time.Time
 }
 
-// pending is a sign-in under way: what the callback must check.
+// pending is a sign-in under way: what the callback must check. It is
+// kept in the browser's sign-in cookie, sealed (AES-256-GCM under a key
+// made at start), not on the server: anyone may start a sign-in, so
+// server-side state for them could be filled by a flood and push out a
+// responder's sign-in in the middle of an incident.
 type pending struct {
-	login   identity.LoginState
-	expires time.Time
+	Login   identity.LoginState `json:"login"`
+	Expires time.Time           `json:"expires"`
 }
 
-// maxSessions and maxPending bound the memory of the stores: when one is
-// full, expired entries are swept and then the entry closest to expiry
-// gives way.
+// maxSessions bounds the memory of the session store: when it is full,
+// expired sessions are swept and then the one closest to expiry gives way.
+// Sessions exist only for admins the role rules admitted.
 const (
 	maxSessions = 10000
-	maxPending  = 10000
 	pendingTTL  = 10 * time.Minute
 )
+
+// signinAAD binds a sealed sign-in to its purpose.
+var signinAAD = []byte("valet console sign-in v1")
 
 // sessions is the in-memory session store of one broker: a console behind
 // several replicas needs sticky sessions (docs/incident-response.md). Keys
 // are SHA-256 hashes of the cookie values, so a map dump holds no cookie.
 // It is safe for concurrent use.
 type sessions struct {
-	mu      sync.Mutex
-	live    map[string]*session
-	pending map[string]*pending
-	now     func() time.Time
+	mu   sync.Mutex
+	live map[string]*session
+	seal cipher.AEAD // seals pending sign-ins into their cookie
+	now  func() time.Time
 }
 
 func newSessions(now func() time.Time) *sessions {
-	return &sessions{live: map[string]*session{}, pending: map[string]*pending{}, now: now}
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		panic("console: reading random bytes: " + err.Error())
+	}
+	block, _ := aes.NewCipher(k) // a 32-byte key never fails
+	aead, _ := cipher.NewGCM(block)
+	return &sessions{live: map[string]*session{}, seal: aead, now: now}
 }
 
 // randomToken is 32 random bytes, base64url.
@@ -63,36 +78,36 @@ func key(id string) string {
 	return base64.RawURLEncoding.EncodeToString(h[:])
 }
 
-// start records a new sign-in and returns the id of its cookie.
+// start seals a new sign-in into the value of its cookie.
 func (s *sessions) start(p pending) string {
-	id := randomToken()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.now()
-	if len(s.pending) >= maxPending {
-		s.sweepLocked(now)
-		evictOldest(s.pending, maxPending, func(p *pending) time.Time { return p.expires })
+	p.Expires = s.now().Add(pendingTTL)
+	plain, _ := json.Marshal(p) // strings and a time
+	nonce := make([]byte, s.seal.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		panic("console: reading random bytes: " + err.Error())
 	}
-	p.expires = now.Add(pendingTTL)
-	s.pending[key(id)] = &p
-	return id
+	return base64.RawURLEncoding.EncodeToString(s.seal.Seal(nonce, nonce, plain, signinAAD))
 }
 
-// finish takes the sign-in of cookie id (once): ok is false when there is
-// none or it expired. (identity.Login.Finish checks the state.)
+// finish opens the sign-in sealed in a cookie value: ok is false when it
+// was not sealed by this process, was changed, or expired. A sealed
+// sign-in can be presented again, but the provider's code it is finished
+// with works once. (identity.Login.Finish checks the state.)
 func (s *sessions) finish(id string) (pending, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	k := key(id)
-	p, ok := s.pending[k]
-	if !ok {
+	raw, err := base64.RawURLEncoding.DecodeString(id)
+	if err != nil || len(raw) < s.seal.NonceSize()+s.seal.Overhead() || len(raw) > 4096 {
 		return pending{}, false
 	}
-	delete(s.pending, k)
-	if !s.now().Before(p.expires) {
+	n := s.seal.NonceSize()
+	plain, err := s.seal.Open(nil, raw[:n], raw[n:], signinAAD)
+	if err != nil {
 		return pending{}, false
 	}
-	return *p, true
+	var p pending
+	if json.Unmarshal(plain, &p) != nil || !s.now().Before(p.Expires) {
+		return pending{}, false
+	}
+	return p, true
 }
 
 // create opens a session for p until expires and returns its cookie id.
@@ -136,11 +151,6 @@ func (s *sessions) sweepLocked(now time.Time) {
 	for k, x := range s.live {
 		if !now.Before(x.expires) {
 			delete(s.live, k)
-		}
-	}
-	for k, p := range s.pending {
-		if !now.Before(p.expires) {
-			delete(s.pending, k)
 		}
 	}
 }

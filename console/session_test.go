@@ -1,6 +1,8 @@
 package console
 
 import (
+	"encoding/base64"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,21 +11,37 @@ import (
 	"github.com/valet-dev/valet/internal/testkit"
 )
 
-func TestSignInIsOneUseAndExpires(t *testing.T) {
+func TestSignInIsSealedAndExpires(t *testing.T) {
 	clock := testkit.NewClock(time.Unix(1_700_000_000, 0))
 	s := newSessions(clock.Now)
 	if _, ok := s.finish("made-up"); ok {
 		t.Fatal("a made-up cookie finished a sign-in")
 	}
-	id := s.start(pending{login: identity.LoginState{State: "st", Nonce: "n", Verifier: "v"}})
+	id := s.start(pending{Login: identity.LoginState{State: "st", Nonce: "n", Verifier: "v"}})
 	p, ok := s.finish(id)
-	if !ok || p.login.Verifier != "v" || p.login.Nonce != "n" {
+	if !ok || p.Login.Verifier != "v" || p.Login.Nonce != "n" || p.Login.State != "st" {
 		t.Fatalf("finish = %+v, %t", p, ok)
 	}
-	if _, ok := s.finish(id); ok {
-		t.Fatal("a sign-in finished twice")
+	if raw, _ := base64.RawURLEncoding.DecodeString(id); strings.Contains(string(raw), `"verifier"`) {
+		t.Fatal("the sign-in cookie holds the PKCE verifier in the clear")
 	}
-	id = s.start(pending{login: identity.LoginState{State: "st"}})
+	// A changed cookie, or one sealed by another process, does not open.
+	raw, _ := base64.RawURLEncoding.DecodeString(id)
+	raw[len(raw)-1] ^= 1
+	if _, ok := s.finish(base64.RawURLEncoding.EncodeToString(raw)); ok {
+		t.Fatal("a tampered sign-in cookie finished")
+	}
+	if _, ok := newSessions(clock.Now).finish(id); ok {
+		t.Fatal("another process's sign-in cookie finished")
+	}
+	// No server state: a flood of sign-ins starts nothing that could push
+	// out a responder's.
+	for range 20000 {
+		s.start(pending{Login: identity.LoginState{State: "flood"}})
+	}
+	if p, ok := s.finish(id); !ok || p.Login.State != "st" {
+		t.Fatal("a flood of sign-ins pushed out one under way")
+	}
 	clock.Advance(pendingTTL)
 	if _, ok := s.finish(id); ok {
 		t.Fatal("an expired sign-in finished")

@@ -14,7 +14,7 @@ import (
 // this browser.
 func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 	st, to := c.cfg.SignIn.Start()
-	id := c.sessions.start(pending{login: st})
+	id := c.sessions.start(pending{Login: st})
 	http.SetCookie(w, &http.Cookie{Name: signinCookie, Value: id, Path: "/console/", MaxAge: int(pendingTTL / time.Second),
 		HttpOnly: true, Secure: c.secure, SameSite: http.SameSiteLaxMode})
 	http.Redirect(w, r, to, http.StatusSeeOther)
@@ -36,7 +36,7 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, nil, &broker.Error{Code: broker.CodeUnauthenticated, Message: "this sign-in has expired or was used already; sign in again"})
 		return
 	}
-	pr, err := c.cfg.SignIn.Finish(r.Context(), p.login, r.URL.Query())
+	pr, err := c.cfg.SignIn.Finish(r.Context(), p.Login, r.URL.Query())
 	if err != nil {
 		if broker.ErrorCode(err) == broker.CodeUnavailable {
 			c.fail(w, r, nil, broker.Unavailable("the admin identity provider", err))
