@@ -230,3 +230,29 @@ func TestAuthorizeSignedIn(t *testing.T) {
 		t.Fatalf("with the audit down: %v, want 503", err)
 	}
 }
+
+// TestRoleOfSignedIn: the console's polls get the same role decision as
+// AuthorizeSignedIn, but only a refusal is audited.
+func TestRoleOfSignedIn(t *testing.T) {
+	audit := &trail{}
+	a := newTestAdmin(t, audit)
+	vera := broker.Principal{Issuer: "corp", Subject: "vera", Claims: map[string]any{"groups": []any{"viewers"}}}
+	for range 100 {
+		if p, err := a.RoleOfSignedIn(context.Background(), vera, RoleViewer, "console.live"); err != nil || p.Role != RoleViewer {
+			t.Fatalf("viewer poll: %v, %s", err, p.Role)
+		}
+	}
+	if n := len(audit.events); n != 0 {
+		t.Fatalf("%d audit events for 100 allowed polls, want 0", n)
+	}
+	if _, err := a.RoleOfSignedIn(context.Background(), vera, RoleResponder, "console.live"); broker.ErrorCode(err) != broker.CodeForbidden {
+		t.Fatalf("poll above the role: %v, want 403", err)
+	}
+	if ev := audit.last(); ev.Outcome != "denied" || ev.Type != "admin.console.live" {
+		t.Fatalf("a refused poll was not audited: %+v", ev)
+	}
+	// The quiet context does not leak into the next allowed attempt.
+	if _, err := a.AuthorizeSignedIn(context.Background(), vera, RoleViewer, "console.tasks"); err != nil || audit.last().Type != "admin.console.tasks" {
+		t.Fatalf("page view after polls: %v, last audit %+v", err, audit.last())
+	}
+}
