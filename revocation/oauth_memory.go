@@ -12,12 +12,21 @@ import (
 )
 
 // MemoryOAuthStore is oauth.Store in memory, for one broker (dev mode and
-// tests). Expiry follows the clock it was given. Safe for concurrent use.
+// tests). Expiry follows the clock it was given. It holds at most
+// MaxMemoryOAuthRecords live records: sign-ins are started by anyone, so
+// past that a Put fails (the endpoint answers 503) rather than the
+// process growing without bound. Safe for concurrent use.
 type MemoryOAuthStore struct {
 	mu   sync.Mutex
 	now  func() time.Time
 	recs map[string]memoryOAuthRecord
 }
+
+// MaxMemoryOAuthRecords bounds a MemoryOAuthStore.
+const MaxMemoryOAuthRecords = 100000
+
+// ErrOAuthStoreFull is the error of a Put into a full MemoryOAuthStore.
+var ErrOAuthStoreFull = errors.New("oauth store: full (too many sign-ins under way)")
 
 type memoryOAuthRecord struct {
 	value []byte
@@ -60,6 +69,12 @@ func (s *MemoryOAuthStore) Put(_ context.Context, key string, value []byte, unti
 	}
 	if !s.now().Before(until) {
 		return true, nil // written and gone at once
+	}
+	if len(s.recs) >= MaxMemoryOAuthRecords {
+		s.sweep()
+		if len(s.recs) >= MaxMemoryOAuthRecords {
+			return false, ErrOAuthStoreFull
+		}
 	}
 	s.recs[key] = memoryOAuthRecord{value: slices.Clone(value), until: until}
 	return true, nil

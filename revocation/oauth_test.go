@@ -1,8 +1,12 @@
 package revocation_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/valet-dev/valet/internal/redistest"
 	"github.com/valet-dev/valet/oauth"
@@ -32,4 +36,24 @@ func TestRedisOAuthStoreConformance(t *testing.T) {
 		}
 		return s
 	}, conformance.Options{RealClockExpiry: "RecordsExpire, waiting a real second"})
+}
+
+// TestMemoryOAuthStoreIsBounded: a flood of sign-ins fills the memory
+// store to its bound and no further; expired records make room again.
+func TestMemoryOAuthStoreIsBounded(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	s := revocation.NewMemoryOAuthStore(func() time.Time { return now })
+	ctx := context.Background()
+	for i := range revocation.MaxMemoryOAuthRecords {
+		if ok, err := s.Put(ctx, fmt.Sprintf("login:%d", i), []byte("{}"), now.Add(10*time.Minute)); !ok || err != nil {
+			t.Fatalf("Put %d: %t %v", i, ok, err)
+		}
+	}
+	if _, err := s.Put(ctx, "login:one-more", []byte("{}"), now.Add(10*time.Minute)); !errors.Is(err, revocation.ErrOAuthStoreFull) {
+		t.Fatalf("Put into a full store: %v, want ErrOAuthStoreFull", err)
+	}
+	now = now.Add(10 * time.Minute)
+	if ok, err := s.Put(ctx, "login:after", []byte("{}"), now.Add(10*time.Minute)); !ok || err != nil {
+		t.Fatalf("Put once the flood expired: %t %v", ok, err)
+	}
 }
