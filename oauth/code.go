@@ -149,18 +149,11 @@ func (e *Endpoint) serveRefresh(w http.ResponseWriter, r *http.Request) {
 	}
 	key := "refresh:" + hashHex(f.Get("refresh_token"))
 	lctx, cancel := broker.LedgerCtx(r.Context())
-	body, err := in.store.Get(lctx, key)
+	rec, oerr := refreshRecordOf(in.store.Get(lctx, key))
 	cancel()
-	var rec refreshRecord
 	switch {
-	case errors.Is(err, broker.ErrNotFound):
-		e.writeError(w, r, refuse(ErrInvalidGrant, "the refresh token is unknown or expired"))
-		return
-	case err != nil:
-		e.writeError(w, r, unavailable(err))
-		return
-	case json.Unmarshal(body, &rec) != nil:
-		e.writeError(w, r, &Error{Code: ErrServerError, Description: "internal error", Status: http.StatusInternalServerError})
+	case oerr != nil:
+		e.writeError(w, r, oerr)
 		return
 	case rec.ClientID != f.Get("client_id"):
 		e.writeError(w, r, refuse(ErrInvalidGrant, "the refresh token was issued to another client"))
@@ -176,18 +169,11 @@ func (e *Endpoint) serveRefresh(w http.ResponseWriter, r *http.Request) {
 	used.Used = true
 	mark, _ := json.Marshal(used)
 	lctx, cancel = broker.LedgerCtx(r.Context())
-	body, err = in.store.Swap(lctx, key, mark)
+	was, oerr := refreshRecordOf(in.store.Swap(lctx, key, mark))
 	cancel()
-	var was refreshRecord
 	switch {
-	case errors.Is(err, broker.ErrNotFound):
-		e.writeError(w, r, refuse(ErrInvalidGrant, "the refresh token is unknown or expired"))
-		return
-	case err != nil:
-		e.writeError(w, r, unavailable(err))
-		return
-	case json.Unmarshal(body, &was) != nil:
-		e.writeError(w, r, &Error{Code: ErrServerError, Description: "internal error", Status: http.StatusInternalServerError})
+	case oerr != nil:
+		e.writeError(w, r, oerr)
 		return
 	case was.Used:
 		e.refreshReused(w, r, was)
@@ -274,4 +260,19 @@ func single(f url.Values) *Error {
 		}
 	}
 	return nil
+}
+
+// refreshRecordOf decodes a refresh token's record as the store answered
+// it: invalid_grant when there is none, 503 when the store is down.
+func refreshRecordOf(body []byte, err error) (refreshRecord, *Error) {
+	var rec refreshRecord
+	switch {
+	case errors.Is(err, broker.ErrNotFound):
+		return rec, refuse(ErrInvalidGrant, "the refresh token is unknown or expired")
+	case err != nil:
+		return rec, unavailable(err)
+	case json.Unmarshal(body, &rec) != nil:
+		return rec, &Error{Code: ErrServerError, Description: "internal error", Status: http.StatusInternalServerError}
+	}
+	return rec, nil
 }
