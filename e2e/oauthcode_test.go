@@ -130,6 +130,7 @@ type codeEnv struct {
 type downableStore struct {
 	oauth.Store
 	down atomic.Bool
+	puts atomic.Int64
 }
 
 var errStoreDown = errors.New("store down")
@@ -138,6 +139,7 @@ func (s *downableStore) Put(ctx context.Context, k string, v []byte, until time.
 	if s.down.Load() {
 		return false, errStoreDown
 	}
+	s.puts.Add(1)
 	return s.Store.Put(ctx, k, v, until)
 }
 
@@ -622,6 +624,65 @@ func TestOAuthCodeRefusals(t *testing.T) {
 	}
 	if n := c.ledger.writes.Load() - before; n != 0 {
 		t.Fatalf("code reuse made %d ledger writes", n)
+	}
+}
+
+// TestOAuthAuthorizeStoresNothingBeforeSignIn: anyone can start sign-ins,
+// so starting one writes nothing to the store (it travels sealed in its
+// cookie); a cookie only finishes the sign-in it started.
+func TestOAuthAuthorizeStoresNothingBeforeSignIn(t *testing.T) {
+	c := newCodeEnv(t)
+	noFollow := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	start := func(b *http.Client) (*http.Response, string) {
+		t.Helper()
+		resp, err := b.Get(c.srv.URL + oauth.AuthorizePath + "?" + c.authzParams(hostID, hostRedirect, newVerifier()).Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusFound || !strings.HasPrefix(resp.Header.Get("Location"), c.up.srv.URL) {
+			t.Fatalf("start: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+		}
+		return resp, resp.Header.Get("Location")
+	}
+	for range 1000 {
+		resp, _ := start(noFollow)
+		if ck := resp.Cookies(); len(ck) != 1 || len(ck[0].Value) > 3800 || !ck[0].HttpOnly {
+			t.Fatalf("binding cookie: %v", ck)
+		}
+	}
+	if n := c.store.puts.Load(); n != 0 {
+		t.Fatalf("1,000 started sign-ins wrote %d store records", n)
+	}
+	// Two sign-ins under way: the first browser's cookie does not finish
+	// the second's answer from the provider.
+	first := browser(hostRedirect)
+	first.CheckRedirect = noFollow.CheckRedirect
+	start(first)
+	_, other := start(noFollow)
+	resp, err := noFollow.Get(other) // the provider answers the other sign-in
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	resp, err = first.Get(resp.Header.Get("Location")) // ... into the first browser
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&m)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || m["error"] != "invalid_request" {
+		t.Fatalf("a foreign sign-in's answer: %d %v", resp.StatusCode, m)
+	}
+	// The whole flow still works, and writes once someone signed in.
+	v := newVerifier()
+	q, _ := c.authorize(t, browser(hostRedirect), c.authzParams(hostID, hostRedirect, v), "allow")
+	if r := c.token(codeForm(q.Get("code"), hostID, hostRedirect, v)); r.Status != http.StatusOK {
+		t.Fatalf("redeem: %d %s", r.Status, r.Body)
+	}
+	if c.store.puts.Load() == 0 {
+		t.Fatal("a finished sign-in wrote nothing: is the store still used?")
 	}
 }
 

@@ -95,6 +95,12 @@ type InteractiveConfig struct {
 	// has to sign in and consent (default 10 min); ConsentTTL how long a
 	// consent is remembered (default 90 days).
 	CodeTTL, LoginTTL, ConsentTTL time.Duration
+	// LoginSealKeys (32 bytes each) seal a sign-in under way into its
+	// browser cookie (seal.go): the first seals, every one opens. All
+	// replicas need the same keys; DeriveLoginSealKey makes one from
+	// shared key material. Empty: a random key of this process, which is
+	// right for one broker only.
+	LoginSealKeys [][]byte
 }
 
 // interactive is the authorization code grant's state.
@@ -109,6 +115,7 @@ type interactive struct {
 	consent  time.Duration
 	now      func() time.Time
 	secure   bool // the issuer is https: cookies are Secure
+	sealer   *loginSealer
 }
 
 func newInteractive(cfg *InteractiveConfig, issuer string, now func() time.Time) (*interactive, error) {
@@ -126,6 +133,11 @@ func newInteractive(cfg *InteractiveConfig, issuer string, now func() time.Time)
 	if in.consent <= 0 {
 		in.consent = 90 * 24 * time.Hour
 	}
+	sealer, err := newLoginSealer(cfg.LoginSealKeys)
+	if err != nil {
+		return nil, err
+	}
+	in.sealer = sealer
 	var errs []error
 	for _, c := range cfg.Clients {
 		switch {
@@ -237,11 +249,18 @@ func (e *Endpoint) Authorize(w http.ResponseWriter, r *http.Request) {
 		e.authzFail(w, r, &a, &authzError{Error: oerr, redirect: true})
 		return
 	}
-	binding := randomToken()
+	// Nothing is stored until the person signed in upstream: the sign-in
+	// travels sealed in its cookie (seal.go), and the cookie's value is
+	// the browser binding of every later step.
 	up, upURL := in.up.Start()
-	a.Binding, a.Nonce, a.Verifier = hashHex(binding), up.Nonce, up.Verifier
-	if err := in.put(r.Context(), "login:"+hashHex(up.State), a, in.now().Add(in.loginTTL)); err != nil {
-		e.authzFail(w, r, &a, &authzError{Error: unavailable(err), redirect: true})
+	a.Nonce, a.Verifier = up.Nonce, up.Verifier
+	binding, err := in.sealer.seal(sealedLogin{Request: a, UpState: hashHex(up.State), Expires: in.now().Add(in.loginTTL)})
+	if err != nil {
+		oerr := &Error{Code: ErrServerError, Description: "internal error", Status: http.StatusInternalServerError, Err: err}
+		if errors.Is(err, errSignInTooLarge) {
+			oerr = refuse(ErrInvalidRequest, "the authorization request is too large to carry through the sign-in: ask for fewer tools, resources or less context")
+		}
+		e.authzFail(w, r, &a, &authzError{Error: oerr, redirect: true})
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: bindingCookie, Value: binding, Path: AuthorizePath, MaxAge: int(in.loginTTL / time.Second),
@@ -349,15 +368,18 @@ func (e *Endpoint) Callback(w http.ResponseWriter, r *http.Request) {
 		e.authzFail(w, r, nil, &authzError{Error: refuse(ErrInvalidRequest, "the sign-in answer has no state")})
 		return
 	}
-	var a authzRequest
-	if oerr := in.take(r.Context(), "login:"+hashHex(upstate), &a); oerr != nil {
-		e.authzFail(w, r, nil, &authzError{Error: oerr})
+	cookie, err := r.Cookie(bindingCookie)
+	if err != nil {
+		e.authzFail(w, r, nil, &authzError{Error: refuse(ErrInvalidRequest, "this sign-in was started in another browser, or its cookie is gone")})
 		return
 	}
-	if !in.bound(r, a) {
-		e.authzFail(w, r, nil, &authzError{Error: refuse(ErrInvalidRequest, "this sign-in was started in another browser")})
+	l, ok := in.sealer.open(cookie.Value, in.now())
+	if !ok || subtle.ConstantTimeCompare([]byte(l.UpState), []byte(hashHex(upstate))) != 1 {
+		e.authzFail(w, r, nil, &authzError{Error: refuse(ErrInvalidRequest, "this sign-in is unknown, expired, or was started in another browser")})
 		return
 	}
+	a := l.Request
+	a.Binding = hashHex(cookie.Value)
 	if upErr := q.Get("error"); upErr != "" {
 		e.authzFail(w, r, &a, &authzError{Error: refuse(ErrAccessDenied, "the sign-in at the identity provider did not succeed"), redirect: true})
 		return

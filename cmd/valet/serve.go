@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,6 +23,7 @@ import (
 	"github.com/valet-dev/valet/internal/requestid"
 	"github.com/valet-dev/valet/internal/server"
 	"github.com/valet-dev/valet/issuers"
+	"github.com/valet-dev/valet/oauth"
 	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 )
@@ -164,6 +168,11 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	if err := cfg.interactiveOptions(oauthOpts, redisClient, e.getenv); err != nil {
 		return err
 	}
+	if oauthOpts.Interactive != nil {
+		if oauthOpts.Interactive.LoginSealKeys, err = loginSealKeys(keys, cfg.Signing.ActiveKID); err != nil {
+			return fmt.Errorf("oauth.interactive: %w", err)
+		}
+	}
 	if opts.Console, err = consoleOptions(ctx, cfg, e.getenv, redisClient); err != nil {
 		return err
 	}
@@ -256,6 +265,44 @@ func loadSigningKeys(sc SigningConfig) ([]issuers.SigningKey, error) {
 		keys = append(keys, sk)
 	}
 	return keys, errors.Join(errs...)
+}
+
+// loginSealKeys derives the keys that seal sign-ins under way into their
+// browser cookie from the signing keys every replica already shares: the
+// active key's first (it seals), then the other unretired ones (they
+// open). A sign-in started under a key that was retired since must start
+// again.
+func loginSealKeys(keys []issuers.SigningKey, active string) ([][]byte, error) {
+	ordered := slices.Clone(keys)
+	slices.SortStableFunc(ordered, func(a, b issuers.SigningKey) int {
+		return cmp.Compare(boolInt(b.KID == active), boolInt(a.KID == active))
+	})
+	var out [][]byte
+	for _, k := range ordered {
+		if k.Private == nil {
+			continue
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(k.Private)
+		if err != nil {
+			return nil, fmt.Errorf("signing key %s: %w", k.KID, err)
+		}
+		sk, err := oauth.DeriveLoginSealKey(der)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sk)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no unretired signing key to derive the sign-in seal from")
+	}
+	return out, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func loadTemplatePaths(paths, issuerNames []string) (*policy.Set, error) {
