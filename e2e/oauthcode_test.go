@@ -25,6 +25,7 @@ import (
 	"github.com/valet-dev/valet/internal/devidp"
 	"github.com/valet-dev/valet/internal/oidctest"
 	"github.com/valet-dev/valet/oauth"
+	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/revocation"
 )
 
@@ -107,7 +108,8 @@ func (u *testUpstream) Finish(_ context.Context, st oauth.UpstreamState, q url.V
 		return broker.Principal{}, "", fmt.Errorf("upstream: bad code, verifier or nonce")
 	}
 	raw := u.idp.Token(u.t, map[string]any{"sub": c.person, "email": c.person + "@example.com", "nonce": st.Nonce}, oidctest.WithNow(u.now()))
-	return broker.Principal{Issuer: "test", Subject: c.person}, raw, nil
+	// As identity.Login does: the person with the verified claims.
+	return broker.Principal{Issuer: "test", Subject: c.person, Claims: map[string]any{"sub": c.person, "email": c.person + "@example.com"}}, raw, nil
 }
 
 func s256(v string) string {
@@ -402,6 +404,35 @@ func TestOAuthCodeRefreshLifetime(t *testing.T) {
 	}
 	if m := r.json(t); r.Status != http.StatusBadRequest || m["error"] != "invalid_grant" {
 		t.Fatalf("refresh past max_lifetime: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestOAuthCodeRefreshRechecksUsers: a refresh applies the template's
+// users rule as it is now to the person who signed in, so ops removing a
+// person (or their domain) stops the refreshes of tasks held for them.
+func TestOAuthCodeRefreshRechecksUsers(t *testing.T) {
+	c := newCodeEnv(t)
+	verifier := newVerifier()
+	q, _ := c.authorize(t, browser(hostRedirect), c.authzParams(hostID, hostRedirect, verifier), "allow")
+	tok := c.token(codeForm(q.Get("code"), hostID, hostRedirect, verifier)).json(t)
+	refresh := func(rt string) response {
+		c.clock.Advance(time.Minute)
+		return c.token(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}, "client_id": {hostID}})
+	}
+	r := refresh(tok["refresh_token"].(string))
+	if r.Status != http.StatusOK {
+		t.Fatalf("refresh while admitted: %d %s", r.Status, r.Body)
+	}
+	next := r.json(t)["refresh_token"].(string)
+	narrowed := strings.Replace(strings.ReplaceAll(codeTemplates, "TOOL", c.ts.url), `"@example.com"`, `"@other.example"`, 1)
+	set, err := policy.Load([]policy.File{{Name: "test.yaml", Data: []byte(narrowed)}}, []string{"test", oauth.ClientIssuer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.svc.SetTemplates(set)
+	r = refresh(next)
+	if m := r.json(t); r.Status != http.StatusBadRequest || m["error"] != "invalid_grant" || !strings.Contains(fmt.Sprint(m["error_description"]), "on behalf of this user") {
+		t.Fatalf("refresh after the users rule dropped the person: %d %s", r.Status, r.Body)
 	}
 }
 

@@ -203,6 +203,25 @@ type authzRequest struct {
 	Verifier    string         `json:"verifier,omitempty"`
 	IDToken     string         `json:"id_token,omitempty"`
 	Person      string         `json:"person,omitempty"` // issuer name/subject
+	// User is the person as the upstream sign-in verified them (claims
+	// included): a refresh checks the template's users rule, as it is
+	// then, against it.
+	User *personRecord `json:"user,omitempty"`
+}
+
+// personRecord is a verified person kept for refreshes.
+type personRecord struct {
+	Issuer    string         `json:"issuer"`
+	IssuerURL string         `json:"issuer_url,omitempty"`
+	Subject   string         `json:"subject"`
+	Claims    map[string]any `json:"claims,omitempty"`
+}
+
+func (p *personRecord) principal() *broker.Principal {
+	if p == nil {
+		return nil
+	}
+	return &broker.Principal{Issuer: p.Issuer, IssuerURL: p.IssuerURL, Subject: p.Subject, Claims: p.Claims}
 }
 
 func (a authzRequest) declaration() broker.Declaration {
@@ -395,6 +414,7 @@ func (e *Endpoint) Callback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.IDToken, a.Person, a.Verifier, a.Nonce = idToken, person.Issuer+"/"+person.Subject, "", ""
+	a.User = &personRecord{Issuer: person.Issuer, IssuerURL: person.IssuerURL, Subject: person.Subject, Claims: person.Claims}
 	if _, err := in.store.Get(r.Context(), in.consentKey(a)); err == nil {
 		e.issueCode(w, r, a)
 		return

@@ -27,6 +27,9 @@ type refreshRecord struct {
 	Resources []string `json:"resources,omitempty"`
 	// Scope is the task's as granted; a refresh may repeat it or a part.
 	Scope string `json:"scope,omitempty"`
+	// User is the person the task acts for, as verified at sign-in; every
+	// refresh checks the template's users rule against it.
+	User *personRecord `json:"user,omitempty"`
 }
 
 // sameScope reports whether scope asks for nothing beyond rec's.
@@ -103,7 +106,7 @@ func (e *Endpoint) serveCode(w http.ResponseWriter, r *http.Request) {
 	}
 	body := tokenResponse(task, minted, d)
 	if in.renewer != nil {
-		rt, err := in.newRefresh(r.Context(), e, task, d.Resources, a.ClientID, randomToken())
+		rt, err := in.newRefresh(r.Context(), e, task, d.Resources, a.ClientID, randomToken(), a.User)
 		if err != nil {
 			// The task stands recorded and audited; the client just gets
 			// no refresh token.
@@ -179,7 +182,7 @@ func (e *Endpoint) serveRefresh(w http.ResponseWriter, r *http.Request) {
 		e.refreshReused(w, r, was)
 		return
 	}
-	task, minted, err := in.renewer.RenewAs(r.Context(), clientPrincipal(rec.ClientID), renewal.Request{TaskID: rec.TaskID})
+	task, minted, err := in.renewer.RenewAs(r.Context(), clientPrincipal(rec.ClientID), renewal.Request{TaskID: rec.TaskID, User: rec.User.principal()})
 	if err != nil {
 		// Nothing was renewed: the token is unspent again (a task that
 		// ended refuses it anyway), so a retry is not taken for a theft.
@@ -197,7 +200,7 @@ func (e *Endpoint) serveRefresh(w http.ResponseWriter, r *http.Request) {
 		e.writeError(w, r, oe)
 		return
 	}
-	rt, err := in.newRefresh(r.Context(), e, task, rec.Resources, rec.ClientID, rec.Family)
+	rt, err := in.newRefresh(r.Context(), e, task, rec.Resources, rec.ClientID, rec.Family, rec.User)
 	if err != nil {
 		e.writeError(w, r, unavailable(err))
 		return
@@ -227,7 +230,7 @@ func (e *Endpoint) refreshReused(w http.ResponseWriter, r *http.Request, rec ref
 // longer than the task may (CreatedAt + the template's max_lifetime). It
 // answers "" when the task cannot be renewed beyond its deadline anyway.
 // resources are the task's audiences as asked (none: the template's).
-func (in *interactive) newRefresh(ctx context.Context, e *Endpoint, task broker.Task, resources []string, clientID, family string) (string, error) {
+func (in *interactive) newRefresh(ctx context.Context, e *Endpoint, task broker.Task, resources []string, clientID, family string, user *personRecord) (string, error) {
 	tmpl, ok := e.svc.Templates().Get(task.Template)
 	if !ok {
 		return "", nil
@@ -240,7 +243,7 @@ func (in *interactive) newRefresh(ctx context.Context, e *Endpoint, task broker.
 		resources = tmpl.Audiences
 	}
 	rt := "vrt_" + randomToken()
-	if err := in.put(ctx, "refresh:"+hashHex(rt), refreshRecord{ClientID: clientID, TaskID: task.ID, Family: family, Resources: resources, Scope: taskScope(task)}, limit); err != nil {
+	if err := in.put(ctx, "refresh:"+hashHex(rt), refreshRecord{ClientID: clientID, TaskID: task.ID, Family: family, Resources: resources, Scope: taskScope(task), User: user}, limit); err != nil {
 		return "", err
 	}
 	return rt, nil

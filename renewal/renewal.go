@@ -23,6 +23,11 @@ type Request struct {
 	// Context is what the agent wants the template's conditions to see as
 	// request.context, as in a declaration.
 	Context map[string]any
+	// User is the person a task on a user's behalf acts for, as verified
+	// when they signed in (RenewAs): the template's users rule, as it is
+	// now, must still admit them. A task on a user's behalf is not renewed
+	// without it.
+	User *broker.Principal
 }
 
 // Core is what a renewal needs of the domain core; *broker.Service
@@ -243,6 +248,11 @@ func (s *Service) decide(p broker.Principal, t broker.Task, r Request, now time.
 		return broker.Grant{}, time.Time{}, &broker.Error{Code: broker.CodeForbidden, Message: fmt.Sprintf("template %q is not available to this agent", t.Template),
 			Rule: "principals", Err: fmt.Errorf("principal %s/%s not admitted: %v", p.Issuer, p.Subject, err)}
 	}
+	if t.SubjectIssuer != "" {
+		if err := admitsUser(tmpl, t, r.User); err != nil {
+			return broker.Grant{}, time.Time{}, err
+		}
+	}
 	var tools, actionTools []string
 	for i, tool := range t.Tools {
 		if _, sensitive := tmpl.SensitiveTool(tool); sensitive {
@@ -299,6 +309,29 @@ func (s *Service) decide(p broker.Principal, t broker.Task, r Request, now time.
 		Audiences:   audiences,
 		Scopes:      intersect(t.Scopes, tmpl.Scopes),
 	}, deadline, nil
+}
+
+// admitsUser is the users rule for a task acting on behalf of a person:
+// the person the renewal carries must be the task's, and the template as
+// it is now must still admit them.
+func admitsUser(tmpl *policy.Template, t broker.Task, u *broker.Principal) error {
+	refuse := func(why error) error {
+		return &broker.Error{Code: broker.CodeForbidden, Message: fmt.Sprintf("template %q no longer allows acting on behalf of this user", tmpl.Name),
+			Rule: "users", Err: why}
+	}
+	switch {
+	case u == nil:
+		return refuse(fmt.Errorf("task %s acts for %s/%s, and the renewal names no user", t.ID, t.SubjectIssuer, t.Subject))
+	case u.Issuer != t.SubjectIssuer || u.Subject != t.Subject:
+		return refuse(fmt.Errorf("task %s acts for %s/%s, not %s/%s", t.ID, t.SubjectIssuer, t.Subject, u.Issuer, u.Subject))
+	}
+	if ok, err := tmpl.AdmitsUser(u.PolicyIdentity()); !ok {
+		if len(tmpl.Users) == 0 {
+			err = errors.New("template has no users block")
+		}
+		return refuse(fmt.Errorf("user %s/%s not admitted: %v", u.Issuer, u.Subject, err))
+	}
+	return nil
 }
 
 // intersect is the elements of a also in b, in a's order.
