@@ -173,7 +173,12 @@ func (p *Proxy) forwardTo(ctx context.Context, r *http.Request, cont func(), c *
 		return refusal(http.StatusForbidden, "task_ended", c.tool, fmt.Sprintf("task %s has ended (revoked)", c.task.ID)), nil
 	}
 	out, err := p.outgoing(r, c, forwardMode)
-	if err != nil {
+	var oe *oauthError
+	switch {
+	case errors.As(err, &oe):
+		p.cfg.Logger.Error("proxy: no OAuth token for an upstream", "task_id", c.task.ID, "upstream", c.up.Name, "provider", oe.provider, "err", oe.err)
+		return refusal(http.StatusServiceUnavailable, "oauth", c.tool, fmt.Sprintf("OAuth provider %q cannot issue a token for upstream %q now", oe.provider, c.up.Name)), nil
+	case err != nil:
 		return refusal(http.StatusForbidden, "credential", c.tool, err.Error()), nil
 	}
 	cont()
@@ -240,7 +245,7 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 			return nil, errors.New("the query string could not be parsed")
 		}
 		vals.Del(cred.Name) // the agent does not choose the credential
-		secret, err := secretOf(c.task, cred)
+		secret, err := p.secretOf(c.task, cred)
 		if err != nil {
 			return nil, err
 		}
@@ -276,7 +281,7 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 	}
 	switch cred.As {
 	case policy.AsHeader:
-		secret, err := secretOf(c.task, cred)
+		secret, err := p.secretOf(c.task, cred)
 		if err != nil {
 			return nil, err
 		}
@@ -285,7 +290,7 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 		}
 		out.Header.Set(cred.Name, secret)
 	case policy.AsBasic:
-		secret, err := secretOf(c.task, cred)
+		secret, err := p.secretOf(c.task, cred)
 		if err != nil {
 			return nil, err
 		}
@@ -298,9 +303,17 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 	return out, nil
 }
 
-// secretOf is the credential an upstream attaches.
-func secretOf(t *Task, c policy.UpstreamCredential) (string, error) {
+// secretOf is the credential an upstream attaches: one of the task's, or
+// an OAuth provider's token (an *oauthError when it cannot be had), only
+// while the task holds its credentials.
+func (p *Proxy) secretOf(t *Task, c policy.UpstreamCredential) (string, error) {
 	s := t.secrets()
+	if c.Provider != "" {
+		if s.taskToken == "" {
+			return "", fmt.Errorf("task %s has ended", t.ID)
+		}
+		return p.oauth.token(t.ctx, c.Provider, c.Scopes)
+	}
 	var v string
 	switch c.From {
 	case policy.FromTaskToken:
