@@ -48,6 +48,9 @@ func (d *Database) Resolve(ctx context.Context, _, database, handle string) (pgw
 	case t == nil:
 		return pgwire.Session{}, errors.New("unknown task handle: connect with the handle valet proxy gave for the task as the password")
 	}
+	if t.jkt != "" {
+		return pgwire.Session{}, fmt.Errorf("task %s: its handle is bound to a DPoP key, and a PostgreSQL login cannot carry a DPoP proof: declare without DPoP for database sessions", t.ID)
+	}
 	tmpl, _ := d.p.cfg.Templates.Get(t.Template)
 	if tmpl == nil || tmpl.Postgres == nil {
 		return pgwire.Session{}, fmt.Errorf("task %s: template %q has no postgres upstream, which names the tool its database sessions report as", t.ID, t.Template)

@@ -138,6 +138,9 @@ func (p *Proxy) resolve(ctx context.Context, r *http.Request, handle string) (*T
 		p.audit(ctx, r, nil, "handle", "unknown handle")
 		return nil, refusal(http.StatusUnauthorized, "handle", "", "unknown handle")
 	}
+	if resp := p.checkBinding(ctx, r, t, handle); resp != nil {
+		return nil, resp
+	}
 	return t, nil
 }
 
@@ -265,6 +268,7 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 	removeHopHeaders(out.Header)
 	out.Header.Del("Proxy-Authorization")
 	out.Header.Del("Expect")
+	out.Header.Del("DPoP") // the agent's proof is for the proxy, bound to the handle
 	pass := func(h string) bool {
 		for _, x := range c.up.PassHeaders {
 			if x == h {

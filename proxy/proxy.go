@@ -74,6 +74,7 @@ type Proxy struct {
 	cfg        Config
 	verifier   *verify.Verifier
 	oauth      *oauthTokens
+	replays    *replayCache
 	transports map[string]*http.Transport // by template + "\x00" + upstream name
 
 	mu       sync.RWMutex
@@ -100,6 +101,9 @@ type Task struct {
 	Deadline            time.Time
 
 	handle [32]byte // SHA-256 of the handle
+	// jkt, when set, is the thumbprint of the DPoP key the handle is
+	// bound to: every request with it carries a proof by that key.
+	jkt string
 
 	mu    sync.Mutex
 	creds credentials // zero once the task ended
@@ -190,7 +194,7 @@ func New(cfg Config) (*Proxy, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
-	p := &Proxy{cfg: cfg, verifier: v, oauth: oauth, transports: map[string]*http.Transport{},
+	p := &Proxy{cfg: cfg, verifier: v, oauth: oauth, replays: newReplayCache(maxReplay), transports: map[string]*http.Transport{},
 		byHandle: map[[32]byte]*Task{}, byID: map[string]*Task{}, ended: map[[32]byte]endedTask{}}
 	for _, name := range cfg.Templates.Names() {
 		t, _ := cfg.Templates.Get(name)
