@@ -93,7 +93,7 @@ type endedTask struct {
 // Task is a task declared through the proxy: what it was granted and its
 // credentials, which never leave the process. Done closes when the task
 // ends (completed, expired, revoked, its agent frozen); a listener that
-// holds sessions of the task (the PostgreSQL listener to come) closes them
+// holds sessions of the task (the PostgreSQL listener) closes them
 // then.
 type Task struct {
 	ID, Template, Agent string
