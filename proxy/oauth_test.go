@@ -118,7 +118,7 @@ func TestOAuthProviderCredential(t *testing.T) {
 			{Name: "corp", TokenURL: te.URL + "/token", ClientID: "proxy-at-corp", ClientSecret: oauthSecret, Scopes: []string{"crm.read"}},
 			{Name: "broken", TokenURL: downURL, ClientID: "proxy-at-broken", ClientSecret: oauthSecret},
 		}})
-	_, handle, answer := st.declare(t, "crm", nil, "crm.read", "crm.write")
+	id, handle, answer := st.declare(t, "crm", nil, "crm.read", "crm.write")
 	var agentSaw strings.Builder
 	agentSaw.Write(answer)
 	call := func(method, path string) (int, []byte) {
@@ -163,6 +163,24 @@ func TestOAuthProviderCredential(t *testing.T) {
 	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), `OAuth provider \"broken\"`) || !strings.Contains(string(body), `"rule":"oauth"`) {
 		t.Fatalf("provider down: %d %s", status, body)
 	}
+
+	// After the task ends, no provider token is fetched or attached for it.
+	if status, _, body := st.do(t, http.MethodPost, "/v1/tasks/"+id+"/complete", nil, http.Header{"Authorization": {"Bearer " + handle}}); status != http.StatusOK {
+		t.Fatalf("complete: %d %s", status, body)
+	}
+	clock.Advance(95 * time.Second)
+	before := te.issued.Load()
+	mu.Lock()
+	calls := len(seen)
+	mu.Unlock()
+	if status, body := call(http.MethodGet, "/u/crm/accounts/9"); status != http.StatusForbidden || !strings.Contains(string(body), "task_ended") {
+		t.Fatalf("after completion: %d %s", status, body)
+	}
+	mu.Lock()
+	if te.issued.Load() != before || len(seen) != calls {
+		t.Errorf("after completion the provider was asked (%d→%d) or the upstream called (%d→%d)", before, te.issued.Load(), calls, len(seen))
+	}
+	mu.Unlock()
 
 	te.mu.Lock()
 	tokens := te.tokens
