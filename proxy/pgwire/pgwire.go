@@ -461,8 +461,9 @@ type agentStream struct {
 	stmts   []string
 }
 
-// maxDecoded is the largest Query or Parse message decoded for its text;
-// a longer one is relayed unread and noted by its size.
+// maxDecoded is the largest message relayed whole (and, for a Query or
+// Parse, decoded for its text); a longer one is streamed through, its
+// text noted by its size only.
 const maxDecoded = 64 << 10
 
 // copy relays until the agent's side ends and says why: EndClient when
@@ -471,6 +472,7 @@ const maxDecoded = 64 << 10
 func (a *agentStream) copy(server io.Writer, agent io.Reader) string {
 	br := bufio.NewReaderSize(agent, 32<<10)
 	bw := bufio.NewWriterSize(server, 32<<10)
+	scratch := make([]byte, maxDecoded)
 	var hdr [5]byte
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
@@ -486,25 +488,26 @@ func (a *agentStream) copy(server io.Writer, agent io.Reader) string {
 			return EndServer
 		}
 		typ := hdr[0]
-		if typ == 'Q' || typ == 'P' {
+		isStatement := typ == 'Q' || typ == 'P'
+		if isStatement {
 			a.queries.Add(1)
 		}
-		if a.sqlText && (typ == 'Q' || typ == 'P') && a.wantMore() {
-			if body > maxDecoded {
-				a.note(fmt.Sprintf("[a statement of %d bytes]", body))
-			} else {
-				b := make([]byte, body)
-				if _, err := io.ReadFull(br, b); err != nil {
-					return EndClient
-				}
-				a.note(statementText(typ, b))
-				if _, err := bw.Write(b); err != nil {
-					return EndServer
-				}
-				body = 0
+		if body <= maxDecoded {
+			// Whole, through a scratch buffer: most messages are small.
+			b := scratch[:body]
+			if _, err := io.ReadFull(br, b); err != nil {
+				return EndClient
 			}
-		}
-		if body > 0 {
+			if isStatement && a.sqlText && a.wantMore() {
+				a.note(statementText(typ, b))
+			}
+			if _, err := bw.Write(b); err != nil {
+				return EndServer
+			}
+		} else {
+			if isStatement && a.sqlText && a.wantMore() {
+				a.note(fmt.Sprintf("[a statement of %d bytes]", body))
+			}
 			if m, err := io.CopyN(bw, br, body); err != nil {
 				if m < body && errors.Is(err, io.EOF) {
 					return EndClient
