@@ -39,25 +39,30 @@ var _ pgwire.Resolver = (*Database)(nil)
 const maxSessionEffect = 960
 
 // Resolve implements pgwire.Resolver. Its errors are shown to the agent:
-// they name the task and the tool at most, never a credential.
+// they name the task and the tool at most, never a credential. Each
+// refusal is audited as proxy.refused, like an HTTP call's.
 func (d *Database) Resolve(ctx context.Context, _, database, handle string) (pgwire.Session, error) {
+	refuse := func(taskID, rule string, err error) (pgwire.Session, error) {
+		d.p.auditTask(ctx, nil, taskID, rule, "database login: "+err.Error())
+		return pgwire.Session{}, err
+	}
 	t, ended := d.p.lookup(handle)
 	switch {
 	case ended != nil:
-		return pgwire.Session{}, fmt.Errorf("task %s has ended (%s)", ended.id, ended.reason)
+		return refuse(ended.id, "task_ended", fmt.Errorf("task %s has ended (%s)", ended.id, ended.reason))
 	case t == nil:
-		return pgwire.Session{}, errors.New("unknown task handle: connect with the handle valet proxy gave for the task as the password")
+		return refuse("", "handle", errors.New("unknown task handle: connect with the handle valet proxy gave for the task as the password"))
 	}
 	if t.jkt != "" {
-		return pgwire.Session{}, fmt.Errorf("task %s: its handle is bound to a DPoP key, and a PostgreSQL login cannot carry a DPoP proof: declare without DPoP for database sessions", t.ID)
+		return refuse(t.ID, "dpop", fmt.Errorf("task %s: its handle is bound to a DPoP key, and a PostgreSQL login cannot carry a DPoP proof: declare without DPoP for database sessions", t.ID))
 	}
 	tmpl, _ := d.p.cfg.Templates.Get(t.Template)
 	if tmpl == nil || tmpl.Postgres == nil {
-		return pgwire.Session{}, fmt.Errorf("task %s: template %q has no postgres upstream, which names the tool its database sessions report as", t.ID, t.Template)
+		return refuse(t.ID, "upstream", fmt.Errorf("task %s: template %q has no postgres upstream, which names the tool its database sessions report as", t.ID, t.Template))
 	}
 	pg := tmpl.Postgres
 	if !t.Granted(pg.Tool) {
-		return pgwire.Session{}, fmt.Errorf("task %s was not granted tool %q, which database sessions need (postgres upstream %q)", t.ID, pg.Tool, pg.Name)
+		return refuse(t.ID, "tool", fmt.Errorf("task %s was not granted tool %q, which database sessions need (postgres upstream %q)", t.ID, pg.Tool, pg.Name))
 	}
 	// The same check as an HTTP call's: the task token is still good by
 	// what Valet's feed (or introspection) says, not only by the watcher's
@@ -67,7 +72,7 @@ func (d *Database) Resolve(ctx context.Context, _, database, handle string) (pgw
 	if d.p.verifier != nil {
 		claims, err := d.p.check(ctx, t, pg.Tool)
 		if err != nil {
-			return pgwire.Session{}, fmt.Errorf("task %s may not act: %v", t.ID, err)
+			return refuse(t.ID, "task_ended", fmt.Errorf("task %s may not act: %v", t.ID, err))
 		}
 		// The request carrying the task token is kept for the closing
 		// event: the task may have ended (and forgotten its token) by
@@ -75,7 +80,7 @@ func (d *Database) Resolve(ctx context.Context, _, database, handle string) (pgw
 		// credentials. It lives as long as the session, in memory only.
 		req, err := d.p.tokenRequest(context.WithoutCancel(ctx), t)
 		if err != nil {
-			return pgwire.Session{}, fmt.Errorf("task %s may not act: %v", t.ID, err)
+			return refuse(t.ID, "task_ended", fmt.Errorf("task %s may not act: %v", t.ID, err))
 		}
 		report = func(status int, effect string) {
 			d.p.verifier.Report(req, claims, pg.Tool, status, verify.Effect{SideEffect: broker.Bound(effect, maxSessionEffect)})
@@ -83,7 +88,7 @@ func (d *Database) Resolve(ctx context.Context, _, database, handle string) (pgw
 	}
 	user, password, ok := t.DatabaseLogin()
 	if !ok {
-		return pgwire.Session{}, fmt.Errorf("task %s holds no database login (its template mints no Vault database credential)", t.ID)
+		return refuse(t.ID, "credential", fmt.Errorf("task %s holds no database login (its template mints no Vault database credential)", t.ID))
 	}
 	s := pgwire.Session{
 		Target: pgwire.Target{Addr: d.addr, User: user, Password: password, Database: database, TLS: d.tls},

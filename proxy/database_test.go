@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/internal/pgtest"
 	"github.com/valet-dev/valet/policy"
 	"github.com/valet-dev/valet/proxy/pgwire"
@@ -48,7 +50,8 @@ func TestDatabaseListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{cfg: Config{Logger: slog.New(slog.DiscardHandler), Templates: set},
+	var trail bytes.Buffer
+	p := &Proxy{cfg: Config{Logger: slog.New(slog.DiscardHandler), Templates: set, Auditor: audit.NewLog(&trail), Now: time.Now},
 		byHandle: map[[32]byte]*Task{}, byID: map[string]*Task{}, ended: map[[32]byte]endedTask{}}
 	newTask := func(id, handle, template string, tools []string, c credentials) *Task {
 		tctx, tcancel := context.WithCancel(context.Background())
@@ -105,4 +108,13 @@ func TestDatabaseListener(t *testing.T) {
 		t.Fatal("the session outlived its task")
 	}
 	refused("vph_with_db", "has ended (revoked)")
+	// Each refusal is audited once, by rule, without the password.
+	for rule, n := range map[string]int{"credential": 1, "upstream": 1, "tool": 1, "handle": 2, "task_ended": 1} {
+		if got := strings.Count(trail.String(), `"rule":"`+rule+`"`); got != n {
+			t.Errorf("%d refusals audited with rule %s, want %d", got, rule, n)
+		}
+	}
+	if strings.Contains(trail.String(), "db-canary-secret") || strings.Contains(trail.String(), "vph_") {
+		t.Error("the audit holds the password or a handle")
+	}
 }
