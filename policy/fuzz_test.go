@@ -34,6 +34,7 @@ func FuzzLoadTemplates(f *testing.F) {
 		"templates:\n  - name: a\n    principals: [{issuer: dev}]\n    ttl: {default: 2m, max: 1m}\n    tools: ['*']\n    audiences: ['']\n",
 		"a: &a [x, x]\nb: &b [*a, *a]\ntemplates: *b\n",
 		"templates: !!binary aGVsbG8=\n",
+		"templates:\n  - name: a\n    principals: [{issuer: dev}]\n    ttl: {default: 1m, max: 2m}\n    tools: [db.q, c.r]\n    audiences: [x]\n    upstreams:\n      - {name: db, postgres: {tool: db.q, sql_text: true}}\n      - {name: c, url: 'https://c', credential: {from: 'oauth:idp', as: header, scopes: [s]}, routes: [{methods: [GET], path: /x, tool: c.r}]}\n",
 		"? [complex]\n: key\n",
 		"templates:\n  - {name: a, <<: {tools: [x]}}\n",
 		"templates: [" + strings.Repeat("[", 200) + "\n",

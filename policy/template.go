@@ -41,6 +41,9 @@ type Template struct {
 	// Upstreams are the HTTP services `valet proxy` calls for the
 	// template's tasks (secretless mode); see upstreams.go.
 	Upstreams []Upstream
+	// Postgres, when set, is how the proxy's PostgreSQL listener serves
+	// the template's tasks (an upstreams entry with a postgres block).
+	Postgres *PostgresUpstream
 }
 
 // PrincipalRule admits principals from one trusted issuer (by its configured

@@ -32,13 +32,35 @@ type Upstream struct {
 	Routes      []Route
 }
 
+// PostgresUpstream is an upstreams entry with a postgres block: the
+// proxy's PostgreSQL listener serves a task of the template only when Tool
+// was granted to it, and reports each session as tool-call events of Tool
+// in the task's timeline (opened; closed with its duration, bytes and
+// number of queries). SQLText opts in to the statements' text in the
+// closing event, bounded and escaped; without it no SQL text leaves the
+// proxy.
+type PostgresUpstream struct {
+	Name    string
+	Tool    string
+	SQLText bool
+	line    int // of the tool, for late problems
+	index   int // in the upstreams list
+}
+
 // UpstreamCredential says which of the task's credentials the proxy
 // attaches to a forwarded request, and how.
 type UpstreamCredential struct {
 	// From is the credential: "task_token" (the task's JWT),
-	// "vault_token" (the task's Vault token) or "database_password" (the
-	// password of the task's Vault database lease).
+	// "vault_token" (the task's Vault token), "database_password" (the
+	// password of the task's Vault database lease) or "oauth:<provider>"
+	// (an access token the proxy gets from one of its configured OAuth
+	// providers with the client credentials grant; Provider names it).
 	From string
+	// Provider is the OAuth provider of an "oauth:<provider>" source.
+	Provider string
+	// Scopes are the scopes asked of the OAuth provider; empty means the
+	// provider's default scopes. Only for an oauth source.
+	Scopes []string
 	// As is "header", "query" or "basic".
 	As string
 	// Name is the header (default Authorization) or query parameter
@@ -68,6 +90,8 @@ const (
 	FromTaskToken        = "task_token"
 	FromVaultToken       = "vault_token"
 	FromDatabasePassword = "database_password"
+	// FromOAuthPrefix starts an "oauth:<provider>" source.
+	FromOAuthPrefix = "oauth:"
 
 	AsHeader = "header"
 	AsQuery  = "query"
@@ -83,6 +107,11 @@ var (
 	headerRE    = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
 	queryNameRE = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,64}$`)
 	schemeRE    = regexp.MustCompile(`^[A-Za-z0-9._~+/-]{0,32}$`)
+	// ProviderNameRE is an OAuth provider's name, in the proxy's
+	// configuration and in "oauth:<provider>".
+	ProviderNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	// oauthScopeRE is one OAuth scope (RFC 6749 section 3.3, bounded).
+	oauthScopeRE = regexp.MustCompile(`^[\x21\x23-\x5b\x5d-\x7e]{1,128}$`)
 )
 
 // Upstream returns the template's upstream called name.
@@ -174,6 +203,23 @@ func decodeUpstreams(l *templateLoader, n *yaml.Node, path string, t *Template) 
 	hosts := map[string]int{}
 	for i, item := range items {
 		ipath := indexPath(path, i)
+		if hasKey(item, "postgres") {
+			pg := &PostgresUpstream{}
+			if !decodeMapping(l, item, ipath, postgresEntryFields, pg) || pg.Name == "" || pg.Tool == "" {
+				continue
+			}
+			if j, dup := names[pg.Name]; dup {
+				l.report(item, joinPath(ipath, "name"), "upstream name %q is used twice (also at %s)", pg.Name, indexPath(path, j))
+				continue
+			}
+			if t.Postgres != nil {
+				l.report(item, joinPath(ipath, "postgres"), "only one postgres upstream per template: the proxy has one PostgreSQL server")
+				continue
+			}
+			names[pg.Name], pg.index = i, i
+			t.Postgres = pg
+			continue
+		}
 		u := &Upstream{}
 		if !decodeMapping(l, item, ipath, upstreamFields, u) || u.Name == "" || u.URL == nil {
 			continue
@@ -204,6 +250,59 @@ func (l *templateLoader) checkUpstreamTools(path string, t *Template) {
 			}
 		}
 	}
+	if pg := t.Postgres; pg != nil && !t.AllowsTool(pg.Tool) {
+		l.report(&yaml.Node{Line: pg.line}, fmt.Sprintf("%s.upstreams[%d].postgres.tool", path, pg.index),
+			"tool %q is not in the template's tools, so no task could open a database session", truncate(pg.Tool, 64))
+	}
+}
+
+// hasKey reports whether mapping n has key.
+func hasKey(n *yaml.Node, key string) bool {
+	if n.Kind != yaml.MappingNode {
+		return false
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return true
+		}
+	}
+	return false
+}
+
+// postgresEntryFields is the schema of an upstreams entry for the proxy's
+// PostgreSQL listener.
+var postgresEntryFields = []field[*PostgresUpstream]{
+	{key: "name", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, pg *PostgresUpstream) {
+		s, ok := l.str(n, path)
+		if !ok {
+			return
+		}
+		if !upstreamNameRE.MatchString(s) {
+			l.report(n, path, "%q is not a valid upstream name: use 1 to 63 of a-z, 0-9, '_', '-', starting with a letter or digit", truncate(s, 64))
+			return
+		}
+		pg.Name = s
+	}},
+	{key: "postgres", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, pg *PostgresUpstream) {
+		decodeMapping(l, n, path, postgresFields, pg)
+	}},
+}
+
+var postgresFields = []field[*PostgresUpstream]{
+	{key: "tool", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, pg *PostgresUpstream) {
+		s, ok := l.str(n, path)
+		if !ok {
+			return
+		}
+		if !ValidToolName(s) {
+			l.report(n, path, "%q is not a valid tool name (a database session reports as one tool, no pattern): %s", truncate(s, 64), ToolNameRules)
+			return
+		}
+		pg.Tool, pg.line = s, n.Line
+	}},
+	{key: "sql_text", decode: func(l *templateLoader, n *yaml.Node, path string, pg *PostgresUpstream) {
+		pg.SQLText = l.boolean(n, path)
+	}},
 }
 
 func (l *templateLoader) checkCredentialPlacement(n *yaml.Node, path string, u *Upstream) {
@@ -297,6 +396,9 @@ var upstreamFields = []field[*Upstream]{
 		if c.As != AsBasic && c.Username != "" {
 			l.report(n, joinPath(path, "username"), "applies to basic auth only")
 		}
+		if c.Provider == "" && len(c.Scopes) > 0 {
+			l.report(n, joinPath(path, "scopes"), "apply to an oauth:<provider> credential only")
+		}
 	}},
 	{key: "routes", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, u *Upstream) {
 		items, ok := l.seq(n, path, "routes")
@@ -318,7 +420,27 @@ var upstreamFields = []field[*Upstream]{
 
 var credentialFields = []field[*UpstreamCredential]{
 	{key: "from", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, c *UpstreamCredential) {
+		s, ok := l.str(n, path)
+		if !ok {
+			return
+		}
+		if name, isOAuth := strings.CutPrefix(s, FromOAuthPrefix); isOAuth {
+			if !ProviderNameRE.MatchString(name) {
+				l.report(n, path, "%q: the OAuth provider name must be 1 to 63 of a-z, 0-9, '_', '-', starting with a letter or digit", truncate(s, 64))
+				return
+			}
+			c.From, c.Provider = s, name
+			return
+		}
 		c.From = l.oneOf(n, path, FromTaskToken, FromVaultToken, FromDatabasePassword)
+	}},
+	{key: "scopes", decode: func(l *templateLoader, n *yaml.Node, path string, c *UpstreamCredential) {
+		c.Scopes = l.stringList(n, path, "OAuth scopes", func(s string) string {
+			if !oauthScopeRE.MatchString(s) {
+				return fmt.Sprintf("%q is not an OAuth scope (1 to 128 printable characters, no space, '\"' or '\\')", truncate(s, 64))
+			}
+			return ""
+		})
 	}},
 	{key: "as", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, c *UpstreamCredential) {
 		c.As = l.oneOf(n, path, AsHeader, AsQuery, AsBasic)

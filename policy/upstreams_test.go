@@ -28,12 +28,18 @@ func TestTemplateUpstreamsValid(t *testing.T) {
         pass_headers: [cookie]
         credential: {from: vault_token, as: header, name: X-Vault-Token}
         routes: [{methods: [GET], path: "/v1/secret/data/app", tool: kb.secret}]
+      - name: crm
+        url: https://crm.example.com
+        credential: {from: "oauth:corp-idp", as: header, scopes: [crm.read, "crm:write"]}
+        routes: [{methods: [GET], path: "/**", tool: kb.crm}]
+      - name: appdb
+        postgres: {tool: kb.sql, sql_text: true}
 `, testIssuers)
 	if problems != nil {
 		t.Fatalf("problems: %v", problems)
 	}
 	tm := mustGet(t, set, "up")
-	if len(tm.Upstreams) != 2 {
+	if len(tm.Upstreams) != 3 {
 		t.Fatalf("upstreams = %+v", tm.Upstreams)
 	}
 	u, ok := tm.UpstreamFor("tickets.example.com", "")
@@ -46,6 +52,14 @@ func TestTemplateUpstreamsValid(t *testing.T) {
 	v, _ := tm.Upstream("vault-kv")
 	if !v.AllowPrivate || strings.Join(v.PassHeaders, ",") != "Cookie" || v.Credential.Scheme != "" {
 		t.Fatalf("vault-kv = %+v", v)
+	}
+	crm, _ := tm.Upstream("crm")
+	if crm.Credential.From != "oauth:corp-idp" || crm.Credential.Provider != "corp-idp" || strings.Join(crm.Credential.Scopes, " ") != "crm.read crm:write" ||
+		crm.Credential.Scheme != "Bearer" {
+		t.Fatalf("crm = %+v", crm.Credential)
+	}
+	if pg := tm.Postgres; pg == nil || pg.Name != "appdb" || pg.Tool != "kb.sql" || !pg.SQLText {
+		t.Fatalf("postgres = %+v", tm.Postgres)
 	}
 	for _, tc := range []struct{ method, path, tool string }{
 		{"GET", "/api/tickets/7", "tickets.read"},
@@ -110,6 +124,26 @@ func TestTemplateUpstreamsInvalid(t *testing.T) {
 			"templates[0].upstreams[0].routes", "at least one route", 11},
 		{"same host twice", "    upstreams:\n      - name: a\n        url: https://x\n" + ok + "      - name: b\n        url: https://X:443/other\n" + ok,
 			"templates[0].upstreams[1].url", "one upstream per host", 13},
+		{"oauth without provider", "    upstreams:\n      - name: a\n        url: https://x\n        credential: {from: \"oauth:\", as: header}\n        routes: [{methods: [GET], path: /x, tool: tickets.read}]\n",
+			"templates[0].upstreams[0].credential.from", "OAuth provider name", 10},
+		{"oauth provider with upper case", "    upstreams:\n      - name: a\n        url: https://x\n        credential: {from: \"oauth:Corp\", as: header}\n        routes: [{methods: [GET], path: /x, tool: tickets.read}]\n",
+			"templates[0].upstreams[0].credential.from", "OAuth provider name", 10},
+		{"scopes without oauth", "    upstreams:\n      - name: a\n        url: https://x\n        credential: {from: task_token, as: header, scopes: [a]}\n        routes: [{methods: [GET], path: /x, tool: tickets.read}]\n",
+			"templates[0].upstreams[0].credential.scopes", "oauth:<provider> credential only", 10},
+		{"scope with a space", "    upstreams:\n      - name: a\n        url: https://x\n        credential: {from: \"oauth:idp\", as: header, scopes: [\"a b\"]}\n        routes: [{methods: [GET], path: /x, tool: tickets.read}]\n",
+			"templates[0].upstreams[0].credential.scopes[0]", "not an OAuth scope", 10},
+		{"postgres without tool", "    upstreams:\n      - name: db\n        postgres: {sql_text: true}\n",
+			"templates[0].upstreams[0].postgres.tool", "required", 9},
+		{"postgres tool not in template", "    upstreams:\n      - name: db\n        postgres: {tool: admin.sql}\n",
+			"templates[0].upstreams[0].postgres.tool", "no task could open a database session", 9},
+		{"postgres tool pattern", "    upstreams:\n      - name: db\n        postgres: {tool: \"kb.*\"}\n",
+			"templates[0].upstreams[0].postgres.tool", "no pattern", 9},
+		{"postgres sql_text text", "    upstreams:\n      - name: db\n        postgres: {tool: kb.sql, sql_text: \"yes\"}\n",
+			"templates[0].upstreams[0].postgres.sql_text", "true or false", 9},
+		{"postgres with a url", "    upstreams:\n      - name: db\n        url: https://x\n        postgres: {tool: kb.sql}\n",
+			"templates[0].upstreams[0].url", "unknown field", 9},
+		{"two postgres", "    upstreams:\n      - name: db\n        postgres: {tool: kb.sql}\n      - name: db2\n        postgres: {tool: kb.sql}\n",
+			"templates[0].upstreams[1].postgres", "only one postgres upstream", 10},
 		{"unknown key", "    upstreams:\n      - name: a\n        url: https://x\n        headers: {}\n" + ok, "templates[0].upstreams[0].headers", "unknown field", 10},
 	}
 	for _, tc := range cases {

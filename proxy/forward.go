@@ -138,6 +138,9 @@ func (p *Proxy) resolve(ctx context.Context, r *http.Request, handle string) (*T
 		p.audit(ctx, r, nil, "handle", "unknown handle")
 		return nil, refusal(http.StatusUnauthorized, "handle", "", "unknown handle")
 	}
+	if resp := p.checkBinding(ctx, r, t, handle); resp != nil {
+		return nil, resp
+	}
 	return t, nil
 }
 
@@ -173,7 +176,12 @@ func (p *Proxy) forwardTo(ctx context.Context, r *http.Request, cont func(), c *
 		return refusal(http.StatusForbidden, "task_ended", c.tool, fmt.Sprintf("task %s has ended (revoked)", c.task.ID)), nil
 	}
 	out, err := p.outgoing(r, c, forwardMode)
-	if err != nil {
+	var oe *oauthError
+	switch {
+	case errors.As(err, &oe):
+		p.cfg.Logger.Error("proxy: no OAuth token for an upstream", "task_id", c.task.ID, "upstream", c.up.Name, "provider", oe.provider, "err", oe.err)
+		return refusal(http.StatusServiceUnavailable, "oauth", c.tool, fmt.Sprintf("OAuth provider %q cannot issue a token for upstream %q now", oe.provider, c.up.Name)), nil
+	case err != nil:
 		return refusal(http.StatusForbidden, "credential", c.tool, err.Error()), nil
 	}
 	cont()
@@ -240,7 +248,7 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 			return nil, errors.New("the query string could not be parsed")
 		}
 		vals.Del(cred.Name) // the agent does not choose the credential
-		secret, err := secretOf(c.task, cred)
+		secret, err := p.secretOf(c.task, cred)
 		if err != nil {
 			return nil, err
 		}
@@ -260,6 +268,7 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 	removeHopHeaders(out.Header)
 	out.Header.Del("Proxy-Authorization")
 	out.Header.Del("Expect")
+	out.Header.Del("DPoP") // the agent's proof is for the proxy, bound to the handle
 	pass := func(h string) bool {
 		for _, x := range c.up.PassHeaders {
 			if x == h {
@@ -276,7 +285,7 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 	}
 	switch cred.As {
 	case policy.AsHeader:
-		secret, err := secretOf(c.task, cred)
+		secret, err := p.secretOf(c.task, cred)
 		if err != nil {
 			return nil, err
 		}
@@ -285,7 +294,7 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 		}
 		out.Header.Set(cred.Name, secret)
 	case policy.AsBasic:
-		secret, err := secretOf(c.task, cred)
+		secret, err := p.secretOf(c.task, cred)
 		if err != nil {
 			return nil, err
 		}
@@ -298,9 +307,17 @@ func (p *Proxy) outgoing(r *http.Request, c *call, forwardMode bool) (*http.Requ
 	return out, nil
 }
 
-// secretOf is the credential an upstream attaches.
-func secretOf(t *Task, c policy.UpstreamCredential) (string, error) {
+// secretOf is the credential an upstream attaches: one of the task's, or
+// an OAuth provider's token (an *oauthError when it cannot be had), only
+// while the task holds its credentials.
+func (p *Proxy) secretOf(t *Task, c policy.UpstreamCredential) (string, error) {
 	s := t.secrets()
+	if c.Provider != "" {
+		if s.taskToken == "" {
+			return "", fmt.Errorf("task %s has ended", t.ID)
+		}
+		return p.oauth.token(t.ctx, c.Provider, c.Scopes)
+	}
 	var v string
 	switch c.From {
 	case policy.FromTaskToken:

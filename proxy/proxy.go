@@ -57,8 +57,15 @@ type Config struct {
 	Watch time.Duration
 	// MaxBody caps a request body forwarded upstream; default 32 MiB.
 	MaxBody int64
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// OAuthProviders are the OAuth providers upstreams with an
+	// "oauth:<name>" credential get tokens from; every such credential of
+	// the templates must name one.
+	OAuthProviders []OAuthProvider
+	// OAuthClient calls the providers' token endpoints; default has a
+	// 10 s timeout and never follows a proxy from the environment.
+	OAuthClient *http.Client
+	Logger      *slog.Logger
+	Now         func() time.Time
 }
 
 // Proxy holds the tasks declared through it and serves the agent's calls.
@@ -66,6 +73,8 @@ type Config struct {
 type Proxy struct {
 	cfg        Config
 	verifier   *verify.Verifier
+	oauth      *oauthTokens
+	replays    *replayCache
 	transports map[string]*http.Transport // by template + "\x00" + upstream name
 
 	mu       sync.RWMutex
@@ -84,7 +93,7 @@ type endedTask struct {
 // Task is a task declared through the proxy: what it was granted and its
 // credentials, which never leave the process. Done closes when the task
 // ends (completed, expired, revoked, its agent frozen); a listener that
-// holds sessions of the task (the PostgreSQL listener to come) closes them
+// holds sessions of the task (the PostgreSQL listener) closes them
 // then.
 type Task struct {
 	ID, Template, Agent string
@@ -92,6 +101,9 @@ type Task struct {
 	Deadline            time.Time
 
 	handle [32]byte // SHA-256 of the handle
+	// jkt, when set, is the thumbprint of the DPoP key the handle is
+	// bound to: every request with it carries a proof by that key.
+	jkt string
 
 	mu    sync.Mutex
 	creds credentials // zero once the task ended
@@ -172,10 +184,17 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	if cfg.OAuthClient == nil {
+		cfg.OAuthClient = &http.Client{Timeout: oauthTimeout, Transport: &http.Transport{Proxy: nil, TLSClientConfig: cloneTLS(cfg.UpstreamTLS)}}
+	}
+	oauth, err := newOAuthTokens(cfg.OAuthProviders, cfg.Templates, cfg.OAuthClient, cfg.Now)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
-	p := &Proxy{cfg: cfg, verifier: v, transports: map[string]*http.Transport{},
+	p := &Proxy{cfg: cfg, verifier: v, oauth: oauth, replays: newReplayCache(maxReplay), transports: map[string]*http.Transport{},
 		byHandle: map[[32]byte]*Task{}, byID: map[string]*Task{}, ended: map[[32]byte]endedTask{}}
 	for _, name := range cfg.Templates.Names() {
 		t, _ := cfg.Templates.Get(name)
@@ -184,6 +203,13 @@ func New(cfg Config) (*Proxy, error) {
 		}
 	}
 	return p, nil
+}
+
+func cloneTLS(c *tls.Config) *tls.Config {
+	if c == nil {
+		return nil
+	}
+	return c.Clone()
 }
 
 // newHandle makes a handle: 256 random bits, worthless outside this

@@ -47,6 +47,10 @@ func (p *Proxy) declare(ctx context.Context, r *http.Request) *http.Response {
 	if err != nil || len(body) > maxDeclaration {
 		return refusal(http.StatusRequestEntityTooLarge, "body", "", fmt.Sprintf("the declaration must be at most %d bytes", maxDeclaration))
 	}
+	jkt, refused := p.declarationKey(ctx, r)
+	if refused != nil {
+		return refused
+	}
 	idTok, err := p.cfg.Identity(ctx)
 	if err != nil {
 		p.cfg.Logger.Error("proxy: reading the workload identity", "err", err)
@@ -65,7 +69,7 @@ func (p *Proxy) declare(ctx context.Context, r *http.Request) *http.Response {
 		p.cfg.Logger.Error("proxy: Valet's declaration answer is not readable")
 		return refusal(http.StatusBadGateway, "valet", "", "Valet's answer could not be read")
 	}
-	t := &Task{ID: tv.ID, Template: tv.Template, Agent: tv.Agent, Tools: tv.Tools, Deadline: tv.Deadline}
+	t := &Task{ID: tv.ID, Template: tv.Template, Agent: tv.Agent, Tools: tv.Tools, Deadline: tv.Deadline, jkt: jkt}
 	t.ctx, t.cancel = context.WithDeadline(context.Background(), tv.Deadline)
 	for _, c := range d.Credentials {
 		switch {
@@ -92,8 +96,12 @@ func (p *Proxy) declare(ctx context.Context, r *http.Request) *http.Response {
 	}
 	t.handle = sum
 	p.add(t)
-	p.cfg.Logger.Info("proxy: task declared", "task_id", t.ID, "template", t.Template, "handle", handleID(sum))
-	return jsonResponse(http.StatusCreated, map[string]any{"task": d.Task, "handle": handle, "upstreams": p.upstreamNames(t)})
+	p.cfg.Logger.Info("proxy: task declared", "task_id", t.ID, "template", t.Template, "handle", handleID(sum), "dpop_bound", jkt != "")
+	answer := map[string]any{"task": d.Task, "handle": handle, "upstreams": p.upstreamNames(t)}
+	if jkt != "" {
+		answer["dpop_jkt"] = jkt
+	}
+	return jsonResponse(http.StatusCreated, answer)
 }
 
 // abandon completes at Valet a task the proxy cannot serve, so its
@@ -128,11 +136,14 @@ func (p *Proxy) upstreamNames(t *Task) []string {
 func (p *Proxy) complete(ctx context.Context, id string, r *http.Request) *http.Response {
 	handle, ok := bearer(r.Header.Get("Authorization"))
 	if !ok {
-		return refusal(http.StatusUnauthorized, "handle", "", "send the task's handle as Authorization: Bearer <handle>")
+		return refusal(http.StatusUnauthorized, "handle", "", "send the task's handle as Authorization: Bearer <handle> (or DPoP <handle>)")
 	}
 	t, _ := p.lookup(handle)
 	if t == nil || t.ID != id {
 		return refusal(http.StatusUnauthorized, "handle", "", "unknown or ended handle for this task")
+	}
+	if resp := p.checkBinding(ctx, r, t, handle); resp != nil {
+		return resp
 	}
 	tok := t.secrets().taskToken
 	p.end(t, "completed")
@@ -174,11 +185,13 @@ func passThrough(status int, raw []byte) *http.Response {
 	return rawJSON(status, raw)
 }
 
-// bearer reads "Bearer <token>".
+// bearer reads "Bearer <token>" or "DPoP <token>" (RFC 9449 section 7.1:
+// the scheme of a DPoP-bound token; the binding is checked, not the
+// scheme).
 func bearer(h string) (string, bool) {
 	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
 	tok = strings.TrimSpace(tok)
-	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+	if !ok || !(strings.EqualFold(scheme, "Bearer") || strings.EqualFold(scheme, "DPoP")) || tok == "" {
 		return "", false
 	}
 	return tok, true

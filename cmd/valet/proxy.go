@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -15,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/policy"
@@ -42,6 +45,7 @@ func cmdProxy(ctx context.Context, e env, args []string) error {
 	pgAddr := fs.String("postgres", e.getenv("VALET_PROXY_POSTGRES"), "`address` of a PostgreSQL listener for the agent: the task handle is the password, the session runs as the task's Vault database role (env VALET_PROXY_POSTGRES)")
 	pgServer := fs.String("postgres-server", e.getenv("VALET_PROXY_POSTGRES_SERVER"), "`host:port` of the PostgreSQL server the tasks' database roles belong to (env VALET_PROXY_POSTGRES_SERVER)")
 	pgTLS := fs.Bool("postgres-tls", false, "talk TLS to --postgres-server, verified against the system's roots and its host name")
+	oauthFile := fs.String("oauth-providers", e.getenv("VALET_PROXY_OAUTH_PROVIDERS"), "YAML `file` of the OAuth providers that oauth:<provider> upstream credentials get tokens from (env VALET_PROXY_OAUTH_PROVIDERS)")
 	if _, err := fs.parseN(args, 0); err != nil {
 		return err
 	}
@@ -96,9 +100,15 @@ func cmdProxy(ctx context.Context, e env, args []string) error {
 	default:
 		identity = func(ctx context.Context) (string, error) { return devIdentity(ctx, *server, *devAgent) }
 	}
+	var providers []proxy.OAuthProvider
+	if *oauthFile != "" {
+		if providers, err = readOAuthProviders(*oauthFile); err != nil {
+			return err
+		}
+	}
 	log := newLogger(e.stderr, *logLevel, "text")
 	p, err := proxy.New(proxy.Config{Valet: *server, Identity: identity, ClientID: *client, ClientSecret: e.getenv(secretEnv),
-		Audience: *audience, Templates: set, Auditor: auditor, Logger: log})
+		Audience: *audience, Templates: set, Auditor: auditor, Logger: log, OAuthProviders: providers})
 	if err != nil {
 		return err
 	}
@@ -124,6 +134,89 @@ func cmdProxy(ctx context.Context, e env, args []string) error {
 		fmt.Fprintf(e.stdout, "valet proxy: PostgreSQL for the agent on %s, sessions to %s as each task's own role\n", pln.Addr(), *pgServer)
 	}
 	return p.Serve(ctx, ln)
+}
+
+// oauthProvidersFile is the --oauth-providers file.
+type oauthProvidersFile struct {
+	Providers []struct {
+		Name             string   `yaml:"name"`
+		TokenURL         string   `yaml:"token_url"`
+		ClientID         string   `yaml:"client_id"`
+		ClientSecretFile string   `yaml:"client_secret_file"`
+		Scopes           []string `yaml:"scopes"`
+	} `yaml:"providers"`
+}
+
+// readOAuthProviders reads the --oauth-providers file: each provider's
+// token endpoint (https, or http on loopback), client id, the file its
+// client secret is read from (never the secret itself) and default
+// scopes. It reports every problem at once.
+func readOAuthProviders(path string) ([]proxy.OAuthProvider, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the OAuth providers: %w", err)
+	}
+	var f oauthProvidersFile
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var problems []string
+	var out []proxy.OAuthProvider
+	for i, p := range f.Providers {
+		where := fmt.Sprintf("%s: providers[%d]", path, i)
+		if !policy.ProviderNameRE.MatchString(p.Name) {
+			problems = append(problems, fmt.Sprintf("%s.name %q: use 1 to 63 of a-z, 0-9, '_', '-', starting with a letter or digit", where, p.Name))
+		}
+		if u, err := url.Parse(p.TokenURL); err != nil || u.Host == "" || u.User != nil ||
+			(u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname()))) {
+			problems = append(problems, fmt.Sprintf("%s.token_url %q: must be an https URL (http only on loopback), without user info", where, p.TokenURL))
+		}
+		if p.ClientID == "" {
+			problems = append(problems, where+".client_id: is required")
+		}
+		var secret string
+		if p.ClientSecretFile == "" {
+			problems = append(problems, where+".client_secret_file: is required (the secret is read from a file, never written here)")
+		} else if secret, err = readSecretFile(p.ClientSecretFile); err != nil {
+			problems = append(problems, fmt.Sprintf("%s.client_secret_file: %v", where, err))
+		}
+		out = append(out, proxy.OAuthProvider{Name: p.Name, TokenURL: p.TokenURL, ClientID: p.ClientID, ClientSecret: secret, Scopes: p.Scopes})
+	}
+	if len(problems) > 0 {
+		return nil, errors.New("OAuth providers:\n  " + strings.Join(problems, "\n  "))
+	}
+	return out, nil
+}
+
+// readSecretFile reads a secret from a file, at most 4 KiB, trimmed.
+func readSecretFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4<<10+1))
+	if err != nil {
+		return "", err
+	}
+	if len(b) > 4<<10 {
+		return "", errors.New("the file is larger than 4 KiB")
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", errors.New("the file is empty")
+	}
+	return s, nil
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 // readTokenFile reads a token file (a Kubernetes projected token, a

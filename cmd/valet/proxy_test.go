@@ -66,3 +66,52 @@ func TestProxyFlags(t *testing.T) {
 		t.Fatal("an identity command that prints nothing was accepted")
 	}
 }
+
+// TestProxyOAuthProviders: the --oauth-providers file gives each
+// provider's token endpoint, client id, the file its secret is read from
+// and default scopes; every problem is reported at once.
+func TestProxyOAuthProviders(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "corp.secret")
+	if err := os.WriteFile(secret, []byte("  corp-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write := func(text string) string {
+		p := filepath.Join(dir, "providers.yaml")
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	got, err := readOAuthProviders(write(`providers:
+  - name: corp
+    token_url: https://idp.example.com/oauth2/token
+    client_id: valet-proxy
+    client_secret_file: ` + secret + `
+    scopes: [crm.read]
+  - name: local
+    token_url: http://127.0.0.1:9000/token
+    client_id: p
+    client_secret_file: ` + secret + `
+`))
+	if err != nil || len(got) != 2 || got[0].ClientSecret != "corp-secret" || got[0].Scopes[0] != "crm.read" || got[1].TokenURL != "http://127.0.0.1:9000/token" {
+		t.Fatalf("readOAuthProviders = %+v, %v", got, err)
+	}
+	_, err = readOAuthProviders(write(`providers:
+  - name: Corp
+    token_url: http://idp.example.com/token
+    client_secret_file: ` + filepath.Join(dir, "missing") + `
+  - name: b
+    token_url: https://user:pw@idp.example.com/token
+    client_id: x
+`))
+	for _, want := range []string{`providers[0].name "Corp"`, `providers[0].token_url "http://idp.example.com/token": must be an https URL`,
+		"providers[0].client_id: is required", "providers[0].client_secret_file: open", "providers[1].token_url", "providers[1].client_secret_file: is required"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not say %q", err, want)
+		}
+	}
+	if _, err := readOAuthProviders(write("providers:\n  - name: a\n    client_secret: inline\n")); err == nil || !strings.Contains(err.Error(), "client_secret not found") {
+		t.Errorf("an inline client secret: %v", err)
+	}
+}

@@ -7,6 +7,7 @@
 package pgwire
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -16,10 +17,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -46,6 +49,13 @@ type Session struct {
 	// Done closes when the task ends (completed, expired, revoked or its
 	// agent frozen); the listener then closes the session at once.
 	Done <-chan struct{}
+	// SQLText keeps the text of the session's first statements (bounded
+	// and escaped) in Event.Statements; without it no SQL text is kept.
+	SQLText bool
+	// Opened, when set, is called once the session is relayed; Closed
+	// once it ended (both with the session's Event so far). They must not
+	// block for long.
+	Opened, Closed func(Event)
 }
 
 // Resolver turns what the agent sent at start-up into a Session. An error
@@ -55,16 +65,24 @@ type Resolver interface {
 	Resolve(ctx context.Context, user, database, handle string) (Session, error)
 }
 
-// Event reports one session's end, for the task's timeline.
+// Event describes one session, for the task's timeline: at its opening
+// (Started, TaskID, User, Database) and at its end (the rest).
 type Event struct {
-	TaskID    string
-	User      string // the role used at the server
-	Database  string
-	Started   time.Time
-	Duration  time.Duration
-	BytesIn   int64 // agent → server
-	BytesOut  int64 // server → agent
-	EndReason string
+	TaskID   string
+	User     string // the role used at the server
+	Database string
+	Started  time.Time
+	Duration time.Duration
+	BytesIn  int64 // agent → server
+	BytesOut int64 // server → agent
+	// Queries counts the agent's Query and Parse messages (simple and
+	// extended protocol statements).
+	Queries int
+	// Statements are the first MaxStatements statements' text, each cut
+	// to MaxStatementBytes and quoted (Go syntax, ASCII only), when the
+	// session's SQLText is set; nil otherwise.
+	Statements []string
+	EndReason  string
 }
 
 // Reasons a session ends, in Event.EndReason.
@@ -73,6 +91,15 @@ const (
 	EndServer  = "server_closed"
 	EndTask    = "task_ended"
 	EndStopped = "proxy_stopped"
+	// EndError is a session cut because the agent's stream broke the
+	// protocol's framing.
+	EndError = "error"
+)
+
+// Bounds of Event.Statements.
+const (
+	MaxStatements     = 8
+	MaxStatementBytes = 96
 )
 
 // Server accepts agents' connections. Its zero value is not usable: set
@@ -380,17 +407,18 @@ func (s *Server) forwardCancel(m *pgproto3.CancelRequest) {
 	_ = fe.Flush()
 }
 
-// relay copies bytes both ways until either side closes, the task ends or
-// the proxy stops.
+// relay copies the session both ways until either side closes, the task
+// ends or the proxy stops. The agent's messages are framed (type byte and
+// length) to count its statements; their bytes go to the server as sent.
 func (s *Server) relay(agent, server net.Conn, sess Session) {
 	ev := Event{TaskID: sess.TaskID, User: sess.Target.User, Database: sess.Target.Database, Started: time.Now()}
-	var in, out atomic.Int64
+	if sess.Opened != nil {
+		sess.Opened(ev)
+	}
+	var out atomic.Int64
+	st := &agentStream{sqlText: sess.SQLText}
 	done := make(chan string, 2)
-	go func() {
-		n, _ := io.Copy(server, agent)
-		in.Add(n)
-		done <- EndClient
-	}()
+	go func() { done <- st.copy(server, agent) }()
 	go func() {
 		n, _ := io.Copy(agent, server)
 		out.Add(n)
@@ -412,11 +440,139 @@ func (s *Server) relay(agent, server net.Conn, sess Session) {
 	for ; received < 2; received++ {
 		<-done
 	}
-	ev.Duration, ev.BytesIn, ev.BytesOut, ev.EndReason = time.Since(ev.Started), in.Load(), out.Load(), reason
-	s.Logger.Info("pgwire: session ended", "task", sess.TaskID, "reason", reason, "bytes_in", ev.BytesIn, "bytes_out", ev.BytesOut)
+	ev.Duration, ev.BytesIn, ev.BytesOut, ev.EndReason = time.Since(ev.Started), st.n.Load(), out.Load(), reason
+	ev.Queries, ev.Statements = int(st.queries.Load()), st.statements()
+	s.Logger.Info("pgwire: session ended", "task", sess.TaskID, "reason", reason, "bytes_in", ev.BytesIn, "bytes_out", ev.BytesOut, "queries", ev.Queries)
+	if sess.Closed != nil {
+		sess.Closed(ev)
+	}
 	if s.OnEnd != nil {
 		s.OnEnd(ev)
 	}
+}
+
+// agentStream relays the agent's messages to the server, counting bytes
+// and statements.
+type agentStream struct {
+	sqlText bool
+	n       atomic.Int64
+	queries atomic.Int64
+	mu      sync.Mutex
+	stmts   []string
+}
+
+// maxDecoded is the largest message relayed whole (and, for a Query or
+// Parse, decoded for its text); a longer one is streamed through, its
+// text noted by its size only.
+const maxDecoded = 64 << 10
+
+// copy relays until the agent's side ends and says why: EndClient when
+// the agent closed (or Terminate), EndServer when the server cannot be
+// written, EndError when a message's length is impossible.
+func (a *agentStream) copy(server io.Writer, agent io.Reader) string {
+	br := bufio.NewReaderSize(agent, 32<<10)
+	bw := bufio.NewWriterSize(server, 32<<10)
+	scratch := make([]byte, maxDecoded)
+	var hdr [5]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return EndClient
+		}
+		n := binary.BigEndian.Uint32(hdr[1:])
+		if n < 4 || n > 1<<30 { // PostgreSQL's own limit is 1 GiB
+			return EndError
+		}
+		body := int64(n) - 4
+		a.n.Add(5 + body)
+		if _, err := bw.Write(hdr[:]); err != nil {
+			return EndServer
+		}
+		typ := hdr[0]
+		isStatement := typ == 'Q' || typ == 'P'
+		if isStatement {
+			a.queries.Add(1)
+		}
+		if body <= maxDecoded {
+			// Whole, through a scratch buffer: most messages are small.
+			b := scratch[:body]
+			if _, err := io.ReadFull(br, b); err != nil {
+				return EndClient
+			}
+			if isStatement && a.sqlText && a.wantMore() {
+				a.note(statementText(typ, b))
+			}
+			if _, err := bw.Write(b); err != nil {
+				return EndServer
+			}
+		} else {
+			if isStatement && a.sqlText && a.wantMore() {
+				a.note(fmt.Sprintf("[a statement of %d bytes]", body))
+			}
+			if m, err := io.CopyN(bw, br, body); err != nil {
+				if m < body && errors.Is(err, io.EOF) {
+					return EndClient
+				}
+				return EndServer
+			}
+		}
+		if br.Buffered() == 0 {
+			if err := bw.Flush(); err != nil {
+				return EndServer
+			}
+		}
+		if typ == 'X' { // Terminate
+			_ = bw.Flush()
+			return EndClient
+		}
+	}
+}
+
+func (a *agentStream) wantMore() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.stmts) < MaxStatements
+}
+
+func (a *agentStream) note(s string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.stmts) < MaxStatements {
+		a.stmts = append(a.stmts, s)
+	}
+}
+
+func (a *agentStream) statements() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.stmts)
+}
+
+// statementText is a Query or Parse message's SQL, cut and quoted, as
+// pgproto3 decodes it.
+func statementText(typ byte, body []byte) string {
+	var sql string
+	switch typ {
+	case 'Q':
+		var m pgproto3.Query
+		if m.Decode(body) != nil {
+			return "[an undecodable query]"
+		}
+		sql = m.String
+	case 'P':
+		var m pgproto3.Parse
+		if m.Decode(body) != nil {
+			return "[an undecodable parse]"
+		}
+		sql = m.Query
+	}
+	if len(sql) > MaxStatementBytes {
+		cut := MaxStatementBytes
+		for cut > 0 && !utf8.RuneStart(sql[cut]) {
+			cut--
+		}
+		return strconv.QuoteToASCII(sql[:cut]) + fmt.Sprintf("…[+%d bytes]", len(sql)-cut)
+	}
+	return strconv.QuoteToASCII(sql)
 }
 
 func truncate(s string) string {

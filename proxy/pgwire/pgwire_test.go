@@ -181,7 +181,9 @@ func testAgentQueriesWithOnlyItsHandle(t *testing.T, pg *pgtest.Server) {
 	}
 	select {
 	case e := <-w.events:
-		if e.TaskID != "task-a" || e.EndReason != pgwire.EndClient || e.BytesIn == 0 || e.BytesOut == 0 {
+		// Two Parse messages (the extended protocol) and begin and
+		// commit (simple queries); no text without SQLText.
+		if e.TaskID != "task-a" || e.EndReason != pgwire.EndClient || e.BytesIn == 0 || e.BytesOut == 0 || e.Queries != 4 || e.Statements != nil {
 			t.Errorf("session event = %+v", e)
 		}
 	case <-time.After(10 * time.Second):
