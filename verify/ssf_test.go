@@ -5,8 +5,10 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -92,5 +94,20 @@ func TestFollowSSFRefusesBadSETs(t *testing.T) {
 	}
 	if n := v.count("/v1/introspect") - before; n != 0 {
 		t.Fatalf("%d introspections while live, want 0", n)
+	}
+
+	// The applied SET served again, and under another jti: both refused.
+	ok := setFor("ok", "secevent+jwt", v.srv.URL, "urn:me", v.key)
+	mu.Lock()
+	sets = map[string]string{"set-ok": ok, "set-other": ok}
+	mu.Unlock()
+	testkit.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(setErrs) == 6 }, "the replay and the mismatched jti are reported")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(acked) != 1 || setErrs["set-ok"] == nil || setErrs["set-other"] == nil {
+		t.Fatalf("acked %v, setErrs %v", acked, setErrs)
+	}
+	if d := fmt.Sprint(setErrs["set-ok"]); !strings.Contains(d, "replayed") {
+		t.Fatalf("the replay is reported as %s", d)
 	}
 }
