@@ -721,8 +721,10 @@ export class Verifier {
    * revocation feed (run): the SETs (CAEP session-revoked and credential-change, RISC account-disabled and
    * account-enabled) feed the same deny set, so a warm check still asks no one. Each SET is verified (Valet's key,
    * typ secevent+jwt, iss, aud the stream's, iat, a jti never applied before); a refused one changes nothing and
-   * is reported in the next poll's setErrs, an applied one acknowledged. Until a poll answers, whenever one fails
-   * (backing off up to 5 s), and when none answered for 45 s, checks fall back to introspection. It also sends the
+   * is reported in the next poll's setErrs, an applied one acknowledged; one whose key cannot be fetched yet (a kid
+   * seen within 30 s of the last JWKS fetch, or the fetch failed) is neither, so Valet sends it again. Until a poll
+   * answers, whenever one fails or defers a SET (backing off up to 5 s), and when none answered for 45 s, checks fall
+   * back to introspection. It also sends the
    * queued reports. It rejects at once when stream is not usable. Go's verify.FollowSSF.
    */
   async followSSF(stream: SSFStream, signal: AbortSignal): Promise<void> {
@@ -744,15 +746,21 @@ export class Verifier {
         backoff = Math.min(2 * backoff, 5000);
         continue; // the acks and setErrs go again with the next poll
       }
-      backoff = 100;
       acks = [];
       setErrs = {};
+      let deferred = false;
       const verified: { jti: string; iat: number; set: Record<string, unknown> }[] = [];
       for (const [jti, raw] of Object.entries(sets)) {
         try {
           const set = await this.verifySET(raw, jti, stream.audience);
           verified.push({ jti, iat: set.iat as number, set });
         } catch (err) {
+          if (err instanceof KeysUnavailable) {
+            // Neither acknowledged nor refused: Valet sends it again, and checks ask Valet until it applies.
+            deferred = true;
+            this.o.log?.("warn", "SET deferred: Valet's keys cannot be read yet; checking by introspection", { jti: boundID(jti), err: reasonOf(err) });
+            continue;
+          }
           this.o.log?.("warn", "SET refused", { jti: boundID(jti), err: reasonOf(err) });
           setErrs[boundID(jti)] = { err: "invalid_request", description: boundID(reasonOf(err)) };
         }
@@ -766,6 +774,13 @@ export class Verifier {
         this.setsSeen.set(jti, (iat + setMaxAgeS) * 1000);
         acks.push(jti);
       }
+      if (deferred) {
+        this.deny.live = false;
+        await sleep(backoff, signal);
+        backoff = Math.min(2 * backoff, 5000);
+        continue;
+      }
+      backoff = 100;
       if (!this.deny.fresh()) this.o.log?.("info", "SSF stream live", {});
       this.deny.live = true;
       this.deny.heardNow();
@@ -818,7 +833,8 @@ export class Verifier {
    * verifySET checks one SET as Valet's own receiver checks the IdP's: at most 16 KiB, a compact JWS signed by
    * Valet (its JWKS), typ secevent+jwt, no crit, iss Valet, aud naming audience, iat neither 30 s ahead nor older
    * than 24 h, an exp if any not past, jti the poll's key and never applied before, 1 to 8 events. It answers the
-   * payload or throws the reason.
+   * payload or throws the reason: KeysUnavailable when Valet's JWKS cannot be read for an unknown kid (the SET is
+   * then deferred, not refused).
    */
   private async verifySET(raw: unknown, jti: string, audience: string): Promise<Record<string, unknown>> {
     if (typeof raw !== "string" || raw.length > maxSET) throw new Error("not a SET of at most 16 KiB");
@@ -829,7 +845,16 @@ export class Verifier {
     if ("crit" in d.header) throw new Error("crit header is not supported");
     const kid = d.header.kid;
     if (typeof kid !== "string" || kid === "") throw new Error("no kid");
-    const k = await this.key(kid);
+    if (!this.keys.has(kid)) {
+      // A key Valet may have just rotated in: a JWKS that cannot be fetched now defers the SET rather than refusing it.
+      try {
+        await this.refreshKeys();
+      } catch (err) {
+        throw new KeysUnavailable(reasonOf(err));
+      }
+    }
+    const k = this.keys.get(kid);
+    if (!k) throw new Error(`kid ${JSON.stringify(kid.slice(0, 64))} unknown`);
     if (k.alg && k.alg !== alg) throw new Error("alg does not match the key");
     if (!(await verifySignature(d, k.key, alg))) throw new Error("signature is invalid");
     const p = d.payload;
@@ -890,6 +915,9 @@ export class Verifier {
     }
   }
 }
+
+/** KeysUnavailable: Valet's JWKS could not be read for a SET's unknown kid (fetch failed, or fetched under 30 s ago). */
+class KeysUnavailable extends Error {}
 
 /** checkSSFStream throws a TypeError naming what makes stream unusable. */
 function checkSSFStream(stream: SSFStream): void {

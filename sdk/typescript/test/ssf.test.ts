@@ -125,7 +125,7 @@ describe("verifier on the SSF stream", { skip: haveRedis ? false : "needs redis-
     await until(() => v.check(req(other.token), "tickets.read").then(() => true, () => false), 5000, "account-enabled lifts the freeze");
   });
 
-  it("a malformed, unsigned, wrong-audience, tampered or replayed SET changes nothing; a failing poll falls back to introspection", async (t) => {
+  it("a malformed, unsigned, wrong-audience, tampered or replayed SET changes nothing; one under a kid not yet fetchable is deferred; a failing poll falls back to introspection", async (t) => {
     const own = await stream("urn:sdk-ts-bad");
     const elsewhere = await stream("urn:elsewhere");
     const valet = new Valet({ baseUrl: dev.url, identityToken: () => dev.devToken("agent-ssf-3") });
@@ -146,15 +146,16 @@ describe("verifier on the SSF stream", { skip: haveRedis ? false : "needs redis-
     const taken = new Map<Record<string, string>, number>(); // a batch served, by the index of the poll that took it
     const polls: { ack: string[]; setErrs?: Record<string, { err: string; description: string }> }[] = [];
     let failing = false;
+    let sticky: Record<string, string> | undefined; // served on every poll while set, as Valet resends what is not acknowledged
     const srv = createServer((rq, rs) => {
       let b = "";
       rq.on("data", (c: Buffer) => { b += c.toString(); });
       rq.on("end", () => {
         polls.push(JSON.parse(b));
         if (failing) { rs.writeHead(503).end(); return; }
-        const sets = queue.shift();
+        const sets = queue.shift() ?? sticky;
         if (sets) taken.set(sets, polls.length - 1);
-        setTimeout(() => rs.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ sets: sets ?? {} })), sets ? 0 : 50);
+        setTimeout(() => rs.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ sets: sets ?? {} })), sets && sets !== sticky ? 0 : 50);
       });
     });
     await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
@@ -164,8 +165,25 @@ describe("verifier on the SSF stream", { skip: haveRedis ? false : "needs redis-
     const run = v.startSSF({ pollUrl: fakeBase + "/ssf/poll/s1", audience: "urn:sdk-ts-bad", authorization: () => "Bearer test" });
     t.after(() => run.stop());
     await until(() => v.live, 5000, "the fake stream goes live");
+    await v.check(req(task.token), "tickets.read"); // fetches Valet's JWKS
+    let introspections = v.calls.introspect;
+    const [h, p, s] = disabled.split(".");
+    const jti = payloadOf(disabled).jti as string;
+    const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const header = JSON.parse(Buffer.from(h, "base64url").toString()) as Record<string, unknown>;
+
+    // A SET under a kid the verifier does not know, within 30 s of its JWKS fetch (a key Valet may have just rotated
+    // in): neither acknowledged nor refused, and checks ask Valet while Valet keeps sending it.
+    sticky = { [jti]: `${b64({ ...header, kid: "rotated-in" })}.${p}.${s}` };
+    await until(() => !v.live, 5000, "a deferred SET takes the verifier off the stream");
     await v.check(req(task.token), "tickets.read");
-    const introspections = v.calls.introspect;
+    assert.equal(v.calls.introspect, introspections + 1, "a check while a SET is deferred must introspect");
+    introspections = v.calls.introspect;
+    const since = polls.length;
+    await until(() => polls.length > since + 1, 5000, "the verifier polls again");
+    assert.ok(polls.slice(since).every((q) => q.ack.length === 0 && !q.setErrs), "a deferred SET was acknowledged or refused");
+    sticky = undefined;
+    await until(() => v.live, 10_000, "the stream is live again once the SET is gone");
 
     /** deliver serves sets in one poll and answers the next poll, which reports on them. */
     const deliver = async (sets: Record<string, string>) => {
@@ -175,10 +193,6 @@ describe("verifier on the SSF stream", { skip: haveRedis ? false : "needs redis-
       await until(() => polls.length > n, 5000, "the verifier polls again");
       return polls[n];
     };
-    const [h, p, s] = disabled.split(".");
-    const jti = payloadOf(disabled).jti as string;
-    const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString("base64url");
-    const header = JSON.parse(Buffer.from(h, "base64url").toString()) as Record<string, unknown>;
     const forged = {
       "malformed": { "m-1": "not.a.jws!", "m-2": "e30.e30", "m-3": "x".repeat(20_000) },
       "unsigned (alg none)": { [jti]: `${b64({ ...header, alg: "none" })}.${p}.` },
