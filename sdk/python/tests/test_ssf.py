@@ -14,7 +14,7 @@ import threading
 import time
 import unittest
 import urllib.request
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tests.devserver import AUDIENCE, CLIENT_ID, CLIENT_SECRET, DevServer, RedisServer, add_sdk_to_path
 
@@ -155,7 +155,7 @@ class SSFTest(unittest.TestCase):
             self.lift("agent-ssf-2")
             until(lambda: _accepted(lambda: check(other)), 5, "account-enabled lifts the freeze")
 
-    def test_bad_sets_change_nothing_and_a_failing_poll_falls_back(self):
+    def test_bad_sets_change_nothing_deferred_ones_fail_closed_and_a_failing_poll_falls_back(self):
         own, elsewhere = self.stream("urn:sdk-py-bad"), self.stream("urn:py-elsewhere")
         with self.task("agent-ssf-3") as t:
             def about(typ: str) -> Callable[[Dict[str, Any]], bool]:
@@ -177,11 +177,27 @@ class SSFTest(unittest.TestCase):
             def check() -> valet.Claims:
                 return v.check(t.auth_headers("POST", PUBLIC + PATH), "POST", PATH, "notes.read")
 
-            check()
+            check()  # fetches Valet's JWKS
             introspections = v.calls.get("introspect", 0)
             h, p, s = disabled.split(".")
             jti = payload_of(disabled)["jti"]
             header = json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))
+
+            # A SET under a kid the verifier does not know, within 30 s of its
+            # JWKS fetch (a key Valet may have just rotated in): neither
+            # acknowledged nor refused, and checks ask Valet while Valet keeps
+            # sending it.
+            fake.sticky = {jti: f"{b64({**header, 'kid': 'rotated-in'})}.{p}.{s}"}
+            until(lambda: not v.live, 5, "a deferred SET takes the verifier off the stream")
+            check()
+            self.assertEqual(v.calls.get("introspect", 0), introspections + 1, "a check while a SET is deferred must introspect")
+            introspections += 1
+            since = len(fake.polls)
+            until(lambda: len(fake.polls) > since + 1, 5, "the verifier polls again")
+            self.assertTrue(all(not q.get("ack") and not q.get("setErrs") for q in fake.polls[since:]),
+                            "a deferred SET was acknowledged or refused")
+            fake.sticky = None
+            self.assertTrue(v.wait_live(10), "the stream is not live again once the SET is gone")
             forged = {
                 "malformed": {"m-1": "not.a.jws!", "m-2": "e30.e30", "m-3": "x" * 20000, "m-4": 7},
                 "unsigned (alg none)": {jti: f"{b64({**header, 'alg': 'none'})}.{p}."},
@@ -236,10 +252,13 @@ class FakePoll:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.queue: List[Dict[str, Any]] = []
+        self.queue: List[Tuple[int, Dict[str, Any]]] = []  # (batch number, sets)
+        self.batches = 0
         self.polls: List[Dict[str, Any]] = []
-        self.taken: Dict[int, int] = {}  # id of a batch served: index of the poll that took it
+        self.taken: Dict[int, int] = {}  # batch number: index of the poll that took it
         self.failing = False
+        # Served on every poll while set, as Valet resends what is not acknowledged.
+        self.sticky: Optional[Dict[str, Any]] = None
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -247,15 +266,16 @@ class FakePoll:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 with fake.lock:
                     fake.polls.append(body)
-                    sets = fake.queue.pop(0) if fake.queue and not fake.failing else None
-                    if sets is not None:
-                        fake.taken[id(sets)] = len(fake.polls) - 1
+                    sets = fake.sticky
+                    if fake.queue and not fake.failing:
+                        n, sets = fake.queue.pop(0)
+                        fake.taken[n] = len(fake.polls) - 1
                 if fake.failing:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                if sets is None:
+                if sets is None or sets is fake.sticky:
                     time.sleep(0.05)
                 out = json.dumps({"sets": sets or {}}).encode()
                 self.send_response(200)
@@ -275,9 +295,11 @@ class FakePoll:
         """Serves sets in one poll and answers the next poll, which reports
         on them."""
         with self.lock:
-            self.queue.append(sets)
-        until(lambda: id(sets) in self.taken, 5, "the verifier polls")
-        n = self.taken[id(sets)] + 1
+            self.batches += 1
+            batch = self.batches
+            self.queue.append((batch, sets))
+        until(lambda: batch in self.taken, 5, "the verifier polls")
+        n = self.taken[batch] + 1
         until(lambda: len(self.polls) > n, 5, "the verifier polls again")
         return self.polls[n]
 

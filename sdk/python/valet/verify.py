@@ -111,6 +111,11 @@ class Claims:
         return self.act[0] if self.act else self.subject
 
 
+class _KeysUnavailable(ValueError):
+    """Valet's JWKS could not be read for a SET's unknown kid (the fetch
+    failed, or the last began under JWKS_MIN_REFRESH ago)."""
+
+
 def _bound(s: str) -> str:
     """A transmitter-sent value bounded and made printable for logs and
     setErrs."""
@@ -728,10 +733,12 @@ class Verifier:
         feed the same deny set, so a warm check still asks no one. Each SET
         is verified (Valet's key, typ secevent+jwt, iss, aud the stream's,
         iat, a jti never applied before); a refused one changes nothing and
-        is reported in the next poll's setErrs, an applied one acknowledged.
-        Until a poll answers, whenever one fails (backing off up to 5 s) and
-        when none answered for STREAM_IDLE seconds, checks fall back to
-        introspection. Raises ValueError at once when stream is not usable.
+        is reported in the next poll's setErrs, an applied one acknowledged;
+        one whose key cannot be fetched yet (a kid seen within 30 s of the
+        last JWKS fetch, or the fetch failed) is neither, so Valet sends it
+        again. Until a poll answers, whenever one fails or defers a SET
+        (backing off up to 5 s) and when none answered for STREAM_IDLE
+        seconds, checks fall back to introspection. Raises ValueError at once when stream is not usable.
         Go's verify.FollowSSF."""
         u = urllib.parse.urlsplit(stream.poll_url or "")
         errs = []
@@ -769,12 +776,19 @@ class Verifier:
                     break
                 backoff = min(2 * backoff, 5.0)
                 continue  # the acks and setErrs go again with the next poll
-            backoff = 0.1
             acks, set_errs = [], {}
+            deferred = False
             verified: List[Tuple[float, str, Dict[str, Any]]] = []
             for jti, raw in sets.items():
                 try:
                     p = self._verify_set(raw, jti, stream.audience)
+                except _KeysUnavailable as e:
+                    # Neither acknowledged nor refused: Valet sends it again,
+                    # and checks ask Valet until it applies.
+                    deferred = True
+                    self.log.warning("SET deferred (jti %s): Valet's keys cannot be read yet; checking by "
+                                     "introspection: %s", _bound(jti), e)
+                    continue
                 except ValueError as e:
                     self.log.warning("SET refused (jti %s): %s", _bound(jti), e)
                     set_errs[_bound(jti)] = {"err": "invalid_request", "description": _bound(str(e))}
@@ -788,6 +802,13 @@ class Verifier:
                     self._apply_ssf_event(typ, p.get("sub_id"), payload)
                 self._sets_seen[jti] = iat + SET_MAX_AGE
                 acks.append(jti)
+            if deferred:
+                self._set_live(False)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(2 * backoff, 5.0)
+                continue
+            backoff = 0.1
             if not self.live:
                 self.log.info("SSF stream live")
             self._set_live(True)
@@ -827,7 +848,9 @@ class Verifier:
         secevent+jwt, no crit, iss Valet, aud naming audience, iat neither
         30 s ahead nor older than 24 h, an exp if any not past, jti the
         poll's key and never applied before, 1 to 8 events. Raises
-        ValueError with the reason."""
+        ValueError with the reason; _KeysUnavailable when Valet's JWKS
+        cannot be read for an unknown kid (the SET is then deferred, not
+        refused)."""
         if not isinstance(raw, str) or len(raw) > MAX_SET:
             raise ValueError("not a SET of at most 16 KiB")
         try:
@@ -844,7 +867,20 @@ class Verifier:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise ValueError("no kid")
-        key_alg, key = self._key(kid)
+        with self._keys_lock:
+            known = kid in self._keys
+        if not known:
+            # A key Valet may have just rotated in: a JWKS that cannot be
+            # fetched now defers the SET rather than refusing it.
+            try:
+                self._refresh_keys()
+            except ValueError as e:
+                raise _KeysUnavailable(str(e)) from None
+        with self._keys_lock:
+            k = self._keys.get(kid)
+        if k is None:
+            raise ValueError(f"kid {kid[:64]!r} unknown")
+        key_alg, key = k
         if key_alg != alg or not _jose.verify_signature(alg, key, signing_input, sig):
             raise ValueError("signature is invalid")
         now = self._now()
