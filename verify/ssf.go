@@ -86,16 +86,32 @@ func (v *Verifier) FollowSSF(ctx context.Context, stream SSFStream) error {
 			backoff = min(2*backoff, 5*time.Second)
 			continue // the acks are sent again with the next poll
 		}
-		backoff = 100 * time.Millisecond
 		acks, setErrs = acks[:0], map[string]any{}
+		deferred := false
 		for jti, raw := range sets {
-			if err := v.applySET(parser, jti, raw, seen); err != nil {
+			if err := v.applySET(ctx, parser, jti, raw, seen); errors.Is(err, errKeysUnavailable) {
+				// Neither acknowledged nor refused: Valet sends it again,
+				// and checks ask Valet until it applies.
+				deferred = true
+				v.cfg.Logger.WarnContext(ctx, "SET deferred; checking by introspection until it applies", "jti", boundID(jti), "err", err)
+				continue
+			} else if err != nil {
 				v.cfg.Logger.WarnContext(ctx, "SET refused", "jti", boundID(jti), "err", err)
 				setErrs[jti] = map[string]string{"err": "invalid_request", "description": boundID(err.Error())}
 				continue
 			}
 			acks = append(acks, jti)
 		}
+		if deferred {
+			v.deny.setLive(false)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
 		if !v.deny.live() {
 			v.cfg.Logger.InfoContext(ctx, "SSF stream live")
 		}
@@ -156,13 +172,28 @@ func (v *Verifier) pollSSF(ctx context.Context, s SSFStream, acks []string, setE
 	return pr.Sets, nil
 }
 
+// errKeysUnavailable: Valet's JWKS could not be read for a SET's unknown
+// kid (the fetch failed, or the last began under jwksMinRefresh ago, as
+// right after a key rotation). Such a SET is deferred, not refused.
+var errKeysUnavailable = errors.New("valet's keys cannot be read yet")
+
 // applySET verifies one SET (Valet's key, typ secevent+jwt, iss, aud, iat
 // not ahead nor older than setMaxAge, jti the poll's and not in seen) and
-// applies its events to the deny set, recording its jti in seen.
-func (v *Verifier) applySET(parser *jwt.Parser, jti, raw string, seen map[string]time.Time) error {
+// applies its events to the deny set, recording its jti in seen. An error
+// wrapping errKeysUnavailable defers the SET.
+func (v *Verifier) applySET(ctx context.Context, parser *jwt.Parser, jti, raw string, seen map[string]time.Time) error {
 	var claims jwt.MapClaims
 	if _, err := parser.ParseWithClaims(raw, &claims, func(t *jwt.Token) (any, error) {
-		return v.key(context.Background(), t, "secevent+jwt")
+		kid, _ := t.Header["kid"].(string)
+		v.keysMu.RLock()
+		_, known := v.keys[kid]
+		v.keysMu.RUnlock()
+		if !known && kid != "" {
+			if err := v.refreshKeys(ctx); err != nil {
+				return nil, fmt.Errorf("%w: %w", errKeysUnavailable, err)
+			}
+		}
+		return v.key(ctx, t, "secevent+jwt")
 	}); err != nil {
 		return err
 	}
