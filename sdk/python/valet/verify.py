@@ -791,7 +791,8 @@ class Verifier:
                     continue
                 except ValueError as e:
                     self.log.warning("SET refused (jti %s): %s", _bound(jti), e)
-                    set_errs[_bound(jti)] = {"err": "invalid_request", "description": _bound(str(e))}
+                    # The jti as Valet sent it, or Valet never takes it as acknowledged.
+                    set_errs[jti] = {"err": "invalid_request", "description": _bound(str(e))}
                     continue
                 verified.append((float(p["iat"]), jti, p))
             # A poll answers a map: apply in the order Valet issued them (a

@@ -762,7 +762,7 @@ export class Verifier {
             continue;
           }
           this.o.log?.("warn", "SET refused", { jti: boundID(jti), err: reasonOf(err) });
-          setErrs[boundID(jti)] = { err: "invalid_request", description: boundID(reasonOf(err)) };
+          setErrs[jti] = { err: "invalid_request", description: boundID(reasonOf(err)) }; // the jti as Valet sent it, or it is never acknowledged
         }
       }
       // A poll answers a map: apply in the order Valet issued them (a freeze and its lift in one poll).
