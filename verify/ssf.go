@@ -45,6 +45,10 @@ type SSFStream struct {
 // maxSSFPoll is how many SETs one poll asks for (Valet's maximum).
 const maxSSFPoll = 100
 
+// setMaxAge bounds a SET's age, as Valet's own receiver does; an applied
+// SET's jti is remembered as long, so its replay changes nothing.
+const setMaxAge = 24 * time.Hour
+
 // FollowSSF follows stream until ctx ends, as Run follows the revocation
 // feed: until its first poll answers, and whenever a poll fails, Check
 // falls back to introspection. It also sends the queued tool-call reports.
@@ -65,6 +69,7 @@ func (v *Verifier) FollowSSF(ctx context.Context, stream SSFStream) error {
 	backoff := 100 * time.Millisecond
 	var acks []string
 	setErrs := map[string]any{}
+	seen := map[string]time.Time{} // applied SETs' jtis, until iat + setMaxAge
 	lastPrune := time.Now()
 	for ctx.Err() == nil {
 		sets, err := v.pollSSF(ctx, stream, acks, setErrs, !v.deny.live())
@@ -81,22 +86,44 @@ func (v *Verifier) FollowSSF(ctx context.Context, stream SSFStream) error {
 			backoff = min(2*backoff, 5*time.Second)
 			continue // the acks are sent again with the next poll
 		}
-		backoff = 100 * time.Millisecond
 		acks, setErrs = acks[:0], map[string]any{}
+		deferred := false
 		for jti, raw := range sets {
-			if err := v.applySET(parser, raw); err != nil {
+			if err := v.applySET(ctx, parser, jti, raw, seen); errors.Is(err, errKeysUnavailable) {
+				// Neither acknowledged nor refused: Valet sends it again,
+				// and checks ask Valet until it applies.
+				deferred = true
+				v.cfg.Logger.WarnContext(ctx, "SET deferred; checking by introspection until it applies", "jti", boundID(jti), "err", err)
+				continue
+			} else if err != nil {
 				v.cfg.Logger.WarnContext(ctx, "SET refused", "jti", boundID(jti), "err", err)
 				setErrs[jti] = map[string]string{"err": "invalid_request", "description": boundID(err.Error())}
 				continue
 			}
 			acks = append(acks, jti)
 		}
+		if deferred {
+			v.deny.setLive(false)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
 		if !v.deny.live() {
 			v.cfg.Logger.InfoContext(ctx, "SSF stream live")
 		}
 		v.deny.setLive(true)
 		if time.Since(lastPrune) > time.Minute {
-			v.deny.prune(v.cfg.Now())
+			now := v.cfg.Now()
+			v.deny.prune(now)
+			for k, until := range seen {
+				if now.After(until) {
+					delete(seen, k)
+				}
+			}
 			lastPrune = time.Now()
 		}
 	}
@@ -145,19 +172,49 @@ func (v *Verifier) pollSSF(ctx context.Context, s SSFStream, acks []string, setE
 	return pr.Sets, nil
 }
 
-// applySET verifies one SET (Valet's key, typ secevent+jwt, iss, aud, iat)
-// and applies its events to the deny set.
-func (v *Verifier) applySET(parser *jwt.Parser, raw string) error {
+// errKeysUnavailable: Valet's JWKS could not be read for a SET's unknown
+// kid (the fetch failed, or the last began under jwksMinRefresh ago, as
+// right after a key rotation). Such a SET is deferred, not refused.
+var errKeysUnavailable = errors.New("valet's keys cannot be read yet")
+
+// applySET verifies one SET (Valet's key, typ secevent+jwt, iss, aud, iat
+// not ahead nor older than setMaxAge, jti the poll's and not in seen) and
+// applies its events to the deny set, recording its jti in seen. An error
+// wrapping errKeysUnavailable defers the SET.
+func (v *Verifier) applySET(ctx context.Context, parser *jwt.Parser, jti, raw string, seen map[string]time.Time) error {
 	var claims jwt.MapClaims
 	if _, err := parser.ParseWithClaims(raw, &claims, func(t *jwt.Token) (any, error) {
-		return v.key(context.Background(), t, "secevent+jwt")
+		kid, _ := t.Header["kid"].(string)
+		v.keysMu.RLock()
+		_, known := v.keys[kid]
+		v.keysMu.RUnlock()
+		if !known && kid != "" {
+			if err := v.refreshKeys(ctx); err != nil {
+				return nil, fmt.Errorf("%w: %w", errKeysUnavailable, err)
+			}
+		}
+		return v.key(ctx, t, "secevent+jwt")
 	}); err != nil {
 		return err
+	}
+	iatf, ok := claims["iat"].(float64)
+	if !ok {
+		return errors.New("a SET must carry iat")
+	}
+	iat, now := time.Unix(int64(iatf), 0), v.cfg.Now()
+	switch {
+	case iat.Before(now.Add(-setMaxAge)):
+		return errors.New("the SET is more than 24 h old")
+	case claims["jti"] != jti:
+		return errors.New("the SET's jti is not the poll's")
+	case now.Before(seen[jti]):
+		return errors.New("jti replayed: this SET was applied already")
 	}
 	events, ok := claims["events"].(map[string]any)
 	if !ok || len(events) == 0 {
 		return errors.New("a SET must carry events")
 	}
+	seen[jti] = iat.Add(setMaxAge)
 	sub, _ := claims["sub_id"].(map[string]any)
 	for typ, p := range events {
 		payload, _ := p.(map[string]any)

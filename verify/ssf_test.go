@@ -5,8 +5,10 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +24,8 @@ import (
 // per check) and refuses, reporting each in setErrs and applying none, a
 // SET for another audience, one of another typ, one signed by another key
 // and one from another issuer; it acknowledges only the valid one.
+const ssfDisabled = "https://schemas.openid.net/secevent/risc/event-type/account-disabled"
+
 func TestFollowSSFRefusesBadSETs(t *testing.T) {
 	v := newValet(t, time.Now)
 	ver := newVerifier(t, v, time.Now)
@@ -75,8 +79,11 @@ func TestFollowSSFRefusesBadSETs(t *testing.T) {
 			Authorization: func(context.Context) (string, error) { return "Bearer viewer", nil }})
 	}()
 	testkit.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) == 1 && len(setErrs) == 4 }, "the poll acks one SET and reports four")
-	if acked[0] != "set-ok" {
-		t.Fatalf("acked %v", acked)
+	mu.Lock()
+	first := acked[0]
+	mu.Unlock()
+	if first != "set-ok" {
+		t.Fatalf("acked %v", first)
 	}
 	if !ver.Live() {
 		t.Fatal("the stream is not live")
@@ -92,5 +99,30 @@ func TestFollowSSFRefusesBadSETs(t *testing.T) {
 	}
 	if n := v.count("/v1/introspect") - before; n != 0 {
 		t.Fatalf("%d introspections while live, want 0", n)
+	}
+
+	// The applied SET served again, and under another jti: both refused.
+	// One under a kid the verifier does not know, within 30 s of its JWKS
+	// fetch (a key Valet may have just rotated in), is neither acknowledged
+	// nor refused: Valet would send it again.
+	ok := setFor("ok", "secevent+jwt", v.srv.URL, "urn:me", v.key)
+	rotated := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{"iss": v.srv.URL, "aud": "urn:me", "iat": time.Now().Unix(), "jti": "set-rotated",
+		"sub_id": map[string]any{"format": "opaque", "id": "agent-r"}, "events": map[string]any{ssfDisabled: map[string]any{}}})
+	rotated.Header["typ"], rotated.Header["kid"] = "secevent+jwt", "rotated-in"
+	rotatedSET, err := rotated.SignedString(rogue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	sets = map[string]string{"set-ok": ok, "set-other": ok, "set-rotated": rotatedSET}
+	mu.Unlock()
+	testkit.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(setErrs) == 6 }, "the replay and the mismatched jti are reported")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(acked) != 1 || setErrs["set-ok"] == nil || setErrs["set-other"] == nil || setErrs["set-rotated"] != nil {
+		t.Fatalf("acked %v, setErrs %v", acked, setErrs)
+	}
+	if d := fmt.Sprint(setErrs["set-ok"]); !strings.Contains(d, "replayed") {
+		t.Fatalf("the replay is reported as %s", d)
 	}
 }

@@ -131,6 +131,11 @@ func cmdDev(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	printWalkthrough(e.stdout, publicURL, ledgerName, *auditFile, templates)
+	if opts.SSF != nil {
+		fmt.Fprintf(e.stdout, "Shared Signals (SSF) transmitter: %s/.well-known/ssf-configuration (create a poll stream with an admin token from %s/dev/token?admin=NAME; docs/signals.md)\n", publicURL, publicURL)
+	} else {
+		fmt.Fprintf(e.stdout, "Shared Signals (SSF) transmitter: off (run with --redis: stream management goes through the admin API; docs/signals.md)\n")
+	}
 	if opts.Console != nil {
 		fmt.Fprintf(e.stdout, "Web console: %s/console/ (sign in at the development issuer: any name, pick a group; docs/incident-response.md)\n\n", publicURL)
 	}
@@ -203,6 +208,19 @@ Try it in another shell:
 `, url, ledger, auditFile, strings.Join(set.Names(), ", "), devClientSecret)
 }
 
+// devSSF turns on the Shared Signals transmitter as `serve` does with
+// ssf.transmitter.enabled (its streams and queues in Redis), poll delivery
+// only: no push host is allowed. Stream management goes through the admin
+// API, so a development admin token (`/dev/token?admin=NAME`) creates a
+// poll stream a verifier follows. See docs/signals.md.
+func devSSF(rc redis.UniversalClient, idp *devidp.IdP) (*server.SSFOptions, error) {
+	store, err := revocation.NewRedisSSFStore(rc, "valet")
+	if err != nil {
+		return nil, fmt.Errorf("ssf store: %w", err)
+	}
+	return &server.SSFOptions{Store: store, IssuerURLs: map[string]string{"dev": idp.Issuer()}}, nil
+}
+
 // devRedis puts `valet dev --redis` on Redis: the Redis ledger instead of
 // the memory one and the incident-response side that needs Redis (admin
 // API for the dev admin issuer, controls, audit stream, metrics, the Redis
@@ -252,6 +270,9 @@ func devRedis(ctx context.Context, opts *server.Options, url string, rollbackHos
 		return fail(err)
 	}
 	if opts.Console, err = devConsole(ctx, rc, opts.PublicURL, idp); err != nil {
+		return fail(err)
+	}
+	if opts.SSF, err = devSSF(rc, idp); err != nil {
 		return fail(err)
 	}
 	feedClient := revocation.NewFeedClient(rc, fanout.Limits{}.WithDefaults().Readers)

@@ -47,7 +47,8 @@ func lastLine(s string) string {
 
 // TestPythonSDK builds valet and runs `python3 -m unittest` in sdk/python:
 // the agent client, the verifier on the real revocation feed (a revoked
-// task refused within 1 s, 0 calls to Valet per warm check) and the example
+// task refused within 1 s, 0 calls to Valet per warm check), the verifier on
+// the SSF stream of `valet dev --redis` (tests/test_ssf.py) and the example
 // agent loop, each against a `valet dev` the Python tests start.
 func TestPythonSDK(t *testing.T) {
 	py := pythonWithCryptography(t)

@@ -33,7 +33,10 @@ func run(t *testing.T, ctx context.Context, env []string, name string, args ...s
 // renew, delegate, DPoP, action tokens and approvals, reports, typed
 // errors), the verifier on the real revocation feed (0 calls to Valet per
 // warm check, a revoked task refused within 1 s; with redis-server, an
-// incident control through `valet dev --redis`), the MCP adapter with the
+// incident control through `valet dev --redis`), the verifier on the SSF
+// stream of `valet dev --redis` (0 calls per warm check, an ended task and a
+// frozen agent refused from the SETs, forged and replayed SETs changing
+// nothing), the MCP adapter with the
 // official MCP SDK, and the OpenAI Agents SDK example with a scripted model.
 func TestTypeScriptSDK(t *testing.T) {
 	for _, tool := range []string{"node", "npm"} {

@@ -143,6 +143,50 @@ class DenySetTest(unittest.TestCase):
         self.assertEqual(d.controlled(self.child), (False, True))
 
 
+class SSFEventTest(unittest.TestCase):
+    """What each SSF event does to the deny set (Go's verify.applySSFEvent),
+    and the staleness rule of the stream."""
+
+    def setUp(self):
+        from valet.verify import Claims
+        self.v = valet.Verifier("http://127.0.0.1:1", "aud", "id", "secret", public_url="http://127.0.0.1:2")
+        self.d = self.v._deny
+        self.root = Claims(id="j1", task_id="t1", subject="agent-a", template="tp", agent_issuer="dev",
+                           issued_at=500.0, expires_at=2_000.0)
+
+    def test_events(self):
+        from valet.verify import (SSF_ACCOUNT_DISABLED, SSF_ACCOUNT_ENABLED, SSF_CREDENTIAL_CHANGE,
+                                  SSF_SESSION_REVOKED)
+        apply, d, root = self.v._apply_ssf_event, self.d, self.root
+        agent = {"format": "iss_sub", "iss": "https://idp", "sub": "agent-a"}
+        apply(SSF_CREDENTIAL_CHANGE, {"format": "complex", "user": agent,
+                                      "credential": {"format": "opaque", "id": "j1"}}, {"change_type": "revoke"})
+        self.assertIn("j1", d.jtis)
+        apply(SSF_SESSION_REVOKED, {"format": "complex", "user": agent, "session": {"format": "opaque", "id": "t9"}}, {})
+        self.assertIn("t9", d.tasks)
+        d.jtis.clear()
+        self.assertFalse(d.denied(root))
+        apply(SSF_SESSION_REVOKED, agent, {"event_timestamp": 499})
+        self.assertFalse(d.denied(root), "a token issued after the agent's epoch is refused")
+        apply(SSF_SESSION_REVOKED, agent, {"event_timestamp": 500})
+        self.assertTrue(d.denied(root), "a token issued at the agent's epoch is accepted")
+        apply(SSF_ACCOUNT_DISABLED, {"format": "opaque", "id": "agent-a"}, {})
+        self.assertEqual(d.controlled(root), (True, False))
+        apply(SSF_ACCOUNT_ENABLED, {"format": "opaque", "id": "agent-a"}, {})
+        self.assertEqual(d.controlled(root), (False, False))
+        apply("https://example.com/unknown", agent, {})  # ignored
+        apply(SSF_ACCOUNT_DISABLED, {"format": "email", "email": "a@example.com"}, {})  # names no agent
+        self.assertEqual(d.controlled(root), (False, False))
+
+    def test_a_stream_not_heard_from_for_stream_idle_is_not_live(self):
+        import time as _time
+        from valet.verify import STREAM_IDLE
+        self.v._set_live(True)
+        self.assertTrue(self.v.live)
+        self.d.heard_mono = _time.monotonic() - STREAM_IDLE - 1
+        self.assertFalse(self.v.live, "a stale stream still counts as live")
+
+
 class GarbageTest(unittest.TestCase):
     def test_garbage_tokens_are_401_never_a_crash(self):
         from valet import _jose

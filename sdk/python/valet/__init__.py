@@ -6,8 +6,8 @@ from .canonical import args_hash, canonical_args
 from .client import ACTION_HEADER, Client, Task, task
 from .dpop import DPoPKey
 from .errors import Unreachable, ValetError, VerifyError
-from .verify import Claims, Verifier
+from .verify import Claims, SSFStream, Verifier
 
-__all__ = ["ACTION_HEADER", "Claims", "Client", "DPoPKey", "Task", "Unreachable", "ValetError", "Verifier",
+__all__ = ["ACTION_HEADER", "Claims", "Client", "DPoPKey", "SSFStream", "Task", "Unreachable", "ValetError", "Verifier",
            "VerifyError", "args_hash", "canonical_args", "task"]
 __version__ = "0.1.0"

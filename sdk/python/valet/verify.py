@@ -5,7 +5,11 @@ for an unknown kid at most every 30 s), issuer, audience, expiry, that the
 tool is granted, the DPoP proof of a key-bound token, and revocation
 through a local deny set fed by Valet's revocation feed (no call to Valet
 per check) or, until the feed is live, through introspection. Sensitive
-tools need a one-shot action token, consumed at Valet."""
+tools need a one-shot action token, consumed at Valet.
+
+Instead of the revocation feed, the verifier can follow a poll stream of
+Valet's OpenID Shared Signals transmitter (follow_ssf): the SETs it sends
+feed the same deny set (see docs/signals.md)."""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from .canonical import canonical_args
 from .dpop import ath as _ath
 from .errors import Unreachable, VerifyError
 
-__all__ = ["Verifier", "Claims", "ACTION_HEADER"]
+__all__ = ["Verifier", "Claims", "SSFStream", "ACTION_HEADER"]
 
 ACTION_HEADER = "Valet-Action"
 
@@ -39,12 +43,46 @@ MAX_TOKEN = 8192
 MAX_PROOF = 4096
 RESUME_WITHIN = 60.0
 REPORT_QUEUE = 1024
-# A stream silent for this long is dead (Valet sends a keepalive every 15 s).
+# A stream silent for this long is dead (Valet sends a keepalive every 15 s),
+# and an SSF stream whose last poll answered longer ago is stale: checks go
+# back to introspection.
 STREAM_IDLE = 45.0
+
+# The SSF event types follow_ssf applies (CAEP 1.0, RISC 1.0), as Go's verify.
+SSF_SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
+SSF_CREDENTIAL_CHANGE = "https://schemas.openid.net/secevent/caep/event-type/credential-change"
+SSF_ACCOUNT_DISABLED = "https://schemas.openid.net/secevent/risc/event-type/account-disabled"
+SSF_ACCOUNT_ENABLED = "https://schemas.openid.net/secevent/risc/event-type/account-enabled"
+# Bounds of a SET, as Valet's own SSF receiver checks the IdP's: size, clock
+# leeway, age (also how long an applied jti is remembered), events.
+MAX_SET = 16 << 10
+SET_LEEWAY = 30.0
+SET_MAX_AGE = 24 * 3600.0
+MAX_SET_EVENTS = 8
+# SETs asked for per poll: 50 of at most 16 KiB fit the 1 MiB answer bound.
+SSF_POLL_EVENTS = 50
+# How long Valet holds a poll without SETs (ssf.maxPollWait).
+SSF_POLL_HOLD = 2.0
 
 _PROOF_ALGS = ("EdDSA", "ES256")
 PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,256}$")
+
+
+@dataclass(frozen=True)
+class SSFStream:
+    """A poll stream (delivery urn:ietf:rfc:8936) on Valet's SSF transmitter
+    that the verifier follows instead of the revocation feed, created for
+    this tool server: each poll acknowledges what it applied, so one stream
+    per follower. Go's verify.SSFStream."""
+
+    # The stream's delivery endpoint_url (Valet's /ssf/poll/{stream_id}).
+    poll_url: str
+    # The stream's aud: every SET must name it.
+    audience: str
+    # Answers the Authorization header of a poll (a bearer token of a viewer
+    # of Valet's admin API); called before each poll.
+    authorization: Callable[[], str]
 
 
 @dataclass(frozen=True)
@@ -71,6 +109,17 @@ class Claims:
     def actor(self) -> str:
         """The agent holding the token."""
         return self.act[0] if self.act else self.subject
+
+
+class _KeysUnavailable(ValueError):
+    """Valet's JWKS could not be read for a SET's unknown kid (the fetch
+    failed, or the last began under JWKS_MIN_REFRESH ago)."""
+
+
+def _bound(s: str) -> str:
+    """A transmitter-sent value bounded and made printable for logs and
+    setErrs."""
+    return "".join(c if " " <= c <= "~" else "?" for c in str(s)[:128])
 
 
 def _refuse(status: int, message: str, reason: str = "") -> VerifyError:
@@ -120,6 +169,9 @@ class _DenySet:
         self.controls: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
         self.cursor = ""
         self.heard = 0.0
+        # When the feed or the SSF stream was last heard from (monotonic:
+        # the injected clock may stand still).
+        self.heard_mono = 0.0
 
     def add_revoked(self, e: Mapping[str, Any]) -> None:
         exp = e.get("exp") or 0
@@ -186,7 +238,9 @@ class _DenySet:
                 return True
             iat_ms = int(c.issued_at * 1000)
             for k in (("agent", f"{c.agent_issuer}/{c.actor}"), ("agent", f"{c.agent_issuer}/{c.subject}"),
-                      ("template", c.template), ("issuer", c.agent_issuer), ("all", "*")):
+                      ("template", c.template), ("issuer", c.agent_issuer), ("all", "*"),
+                      # An agent's epoch heard on the SSF stream, by subject alone.
+                      ("agentsub", c.actor), ("agentsub", c.subject)):
                 before = self.epochs.get(k)
                 if before is not None and iat_ms < before:
                     return True
@@ -250,6 +304,9 @@ class Verifier:
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
         self._stream_conn: Optional[http.client.HTTPConnection] = None
+        # The jtis of the SETs applied, until iat + SET_MAX_AGE: a SET is
+        # applied once (only the SSF thread reads and writes it).
+        self._sets_seen: Dict[str, float] = {}
 
     # -- counting every request to Valet ----------------------------------
 
@@ -281,10 +338,11 @@ class Verifier:
 
     @property
     def live(self) -> bool:
-        """Whether the deny set is fed by the revocation feed (check() then
-        asks no one)."""
+        """Whether the deny set is fed (check() then asks no one): the
+        revocation feed is connected, or the last SSF poll answered, and
+        either was heard from within the last STREAM_IDLE seconds."""
         with self._deny.lock:
-            return self._deny.is_live
+            return self._deny.is_live and time.monotonic() - self._deny.heard_mono <= STREAM_IDLE
 
     def check(self, headers: Mapping[str, str], method: str, path: str, tool: str) -> Claims:
         """Checks the request's task token for a call of tool; method and
@@ -563,6 +621,8 @@ class Verifier:
     def _set_live(self, b: bool) -> None:
         with self._deny.lock:
             self._deny.is_live = b
+            if b:
+                self._deny.heard_mono = time.monotonic()
 
     def _run_feed(self) -> None:
         backoff = 0.1
@@ -632,6 +692,7 @@ class Verifier:
                         if ev_id:
                             d.cursor = ev_id  # after applying: a resume never skips it
                         d.heard = self._now()
+                        d.heard_mono = time.monotonic()  # an event or a keepalive
                     event, ev_id, data = "", "", []
                     if time.monotonic() - last_prune > 60:
                         d.prune()
@@ -661,6 +722,226 @@ class Verifier:
             self._deny.add_epoch(e)
         else:
             self._deny.apply_control(e)
+
+    # -- following Valet's Shared Signals stream -------------------------
+
+    def follow_ssf(self, stream: SSFStream) -> "Verifier":
+        """Follows stream, a poll stream of Valet's SSF transmitter (RFC
+        8936), instead of the revocation feed, and sends tool-call reports,
+        in background threads until stop(). The SETs (CAEP session-revoked
+        and credential-change, RISC account-disabled and account-enabled)
+        feed the same deny set, so a warm check still asks no one. Each SET
+        is verified (Valet's key, typ secevent+jwt, iss, aud the stream's,
+        iat, a jti never applied before); a refused one changes nothing and
+        is reported in the next poll's setErrs, an applied one acknowledged;
+        one whose key cannot be fetched yet (a kid seen within 30 s of the
+        last JWKS fetch, or the fetch failed) is neither, so Valet sends it
+        again. Until a poll answers, whenever one fails or defers a SET
+        (backing off up to 5 s) and when none answered for STREAM_IDLE
+        seconds, checks fall back to introspection. Raises ValueError at once when stream is not usable.
+        Go's verify.FollowSSF."""
+        u = urllib.parse.urlsplit(stream.poll_url or "")
+        errs = []
+        if u.scheme not in ("http", "https") or not u.netloc:
+            errs.append(f"SSF poll URL {str(stream.poll_url)[:128]!r} must be an absolute http(s) URL")
+        if not stream.audience:
+            errs.append("the SSF stream's audience is required")
+        if not callable(stream.authorization):
+            errs.append("the SSF stream needs an authorization source")
+        if errs:
+            raise ValueError("verify: " + "; ".join(errs))
+        if self._threads:
+            raise RuntimeError("verify: already following the revocation feed or an SSF stream; stop() first")
+        self._stop.clear()
+        for target, name in ((lambda: self._run_ssf(stream), "valet-ssf"), (self._send_reports, "valet-reports")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _run_ssf(self, stream: SSFStream) -> None:
+        backoff = 0.1
+        acks: List[str] = []
+        set_errs: Dict[str, Dict[str, str]] = {}
+        last_prune = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                sets = self._poll_ssf(stream, acks, set_errs, not self.live)
+            except Exception as e:  # any failure: fall back to introspection
+                self._set_live(False)
+                if self._stop.is_set():
+                    break
+                self.log.warning("SSF stream poll failed; checking by introspection until it is back: %s", e)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(2 * backoff, 5.0)
+                continue  # the acks and setErrs go again with the next poll
+            acks, set_errs = [], {}
+            deferred = False
+            verified: List[Tuple[float, str, Dict[str, Any]]] = []
+            for jti, raw in sets.items():
+                try:
+                    p = self._verify_set(raw, jti, stream.audience)
+                except _KeysUnavailable as e:
+                    # Neither acknowledged nor refused: Valet sends it again,
+                    # and checks ask Valet until it applies.
+                    deferred = True
+                    self.log.warning("SET deferred (jti %s): Valet's keys cannot be read yet; checking by "
+                                     "introspection: %s", _bound(jti), e)
+                    continue
+                except ValueError as e:
+                    self.log.warning("SET refused (jti %s): %s", _bound(jti), e)
+                    # The jti as Valet sent it, or Valet never takes it as acknowledged.
+                    set_errs[jti] = {"err": "invalid_request", "description": _bound(str(e))}
+                    continue
+                verified.append((float(p["iat"]), jti, p))
+            # A poll answers a map: apply in the order Valet issued them (a
+            # freeze and its lift in one poll).
+            verified.sort(key=lambda v: v[0])
+            for iat, jti, p in verified:
+                for typ, payload in p["events"].items():
+                    self._apply_ssf_event(typ, p.get("sub_id"), payload)
+                self._sets_seen[jti] = iat + SET_MAX_AGE
+                acks.append(jti)
+            if deferred:
+                self._set_live(False)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(2 * backoff, 5.0)
+                continue
+            backoff = 0.1
+            if not self.live:
+                self.log.info("SSF stream live")
+            self._set_live(True)
+            if time.monotonic() - last_prune > 60:
+                self._deny.prune()
+                now = self._now()
+                self._sets_seen = {k: u for k, u in self._sets_seen.items() if u >= now}
+                last_prune = time.monotonic()
+        self._set_live(False)
+
+    def _poll_ssf(self, stream: SSFStream, acks: List[str], set_errs: Mapping[str, Any],
+                  immediate: bool) -> Dict[str, Any]:
+        """One RFC 8936 poll: acknowledges acks, reports set_errs and answers
+        the SETs given, by jti. Unless immediate, Valet holds the request
+        until a SET comes or its wait (2 s) ends."""
+        auth = stream.authorization()
+        body: Dict[str, Any] = {"ack": acks, "maxEvents": SSF_POLL_EVENTS, "returnImmediately": immediate}
+        if set_errs:
+            body["setErrs"] = dict(set_errs)
+        self._count("ssf")
+        resp = _http.request("POST", stream.poll_url, body=_http.json_body(body), timeout=self._timeout + SSF_POLL_HOLD,
+                             headers={"Content-Type": "application/json", "Accept": "application/json",
+                                      "Authorization": auth})
+        if resp.status != 200:
+            raise RuntimeError(f"polling the SSF stream: status {resp.status}")
+        answer = resp.json()
+        sets = answer.get("sets") if isinstance(answer, dict) else None
+        if sets is None:
+            sets = {}
+        if not isinstance(sets, dict):
+            raise RuntimeError("decoding the SSF poll answer: sets is not an object")
+        return sets
+
+    def _verify_set(self, raw: Any, jti: str, audience: str) -> Dict[str, Any]:
+        """The payload of one SET, checked as Valet's own receiver checks
+        the IdP's: at most 16 KiB, signed by Valet (its JWKS), typ
+        secevent+jwt, no crit, iss Valet, aud naming audience, iat neither
+        30 s ahead nor older than 24 h, an exp if any not past, jti the
+        poll's key and never applied before, 1 to 8 events. Raises
+        ValueError with the reason; _KeysUnavailable when Valet's JWKS
+        cannot be read for an unknown kid (the SET is then deferred, not
+        refused)."""
+        if not isinstance(raw, str) or len(raw) > MAX_SET:
+            raise ValueError("not a SET of at most 16 KiB")
+        try:
+            header, p, signing_input, sig = _jose.split(raw)
+        except (ValueError, TypeError, UnicodeError) as e:
+            raise ValueError(f"malformed SET: {e.__class__.__name__}") from None
+        alg = header.get("alg")
+        if alg not in _jose.ALGORITHMS:
+            raise ValueError("signing method is not allowed")
+        if header.get("typ") != "secevent+jwt":
+            raise ValueError("typ must be secevent+jwt")
+        if "crit" in header:
+            raise ValueError("crit header is not supported")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise ValueError("no kid")
+        with self._keys_lock:
+            known = kid in self._keys
+        if not known:
+            # A key Valet may have just rotated in: a JWKS that cannot be
+            # fetched now defers the SET rather than refusing it.
+            try:
+                self._refresh_keys()
+            except ValueError as e:
+                raise _KeysUnavailable(str(e)) from None
+        with self._keys_lock:
+            k = self._keys.get(kid)
+        if k is None:
+            raise ValueError(f"kid {kid[:64]!r} unknown")
+        key_alg, key = k
+        if key_alg != alg or not _jose.verify_signature(alg, key, signing_input, sig):
+            raise ValueError("signature is invalid")
+        now = self._now()
+        if p.get("iss") != self.issuer:
+            raise ValueError("issuer is not Valet's")
+        aud = p.get("aud")
+        if not ((isinstance(aud, str) and aud == audience) or (isinstance(aud, list) and audience in aud)):
+            raise ValueError("audience is not this stream's")
+        iat = p.get("iat")
+        if not isinstance(iat, (int, float)) or isinstance(iat, bool):
+            raise ValueError("iat is required")
+        if iat > now + SET_LEEWAY:
+            raise ValueError("iat is in the future")
+        if iat < now - SET_MAX_AGE:
+            raise ValueError("iat is more than 24 h old")
+        exp = p.get("exp")
+        if exp is not None and (not isinstance(exp, (int, float)) or isinstance(exp, bool) or now >= exp):
+            raise ValueError("SET is expired")
+        if not isinstance(p.get("jti"), str) or not p["jti"] or p["jti"] != jti:
+            raise ValueError("jti does not match the poll's")
+        seen = self._sets_seen.get(jti)
+        if seen is not None and now <= seen:
+            raise ValueError("jti replayed: this SET was applied already")
+        events = p.get("events")
+        if not isinstance(events, dict) or not 1 <= len(events) <= MAX_SET_EVENTS:
+            raise ValueError(f"a SET carries 1 to {MAX_SET_EVENTS} events")
+        return p
+
+    def _apply_ssf_event(self, typ: str, sub: Any, payload: Any) -> None:
+        """Applies one event about subject sub to the deny set, as Go's
+        verify."""
+        s: Mapping[str, Any] = sub if isinstance(sub, dict) else {}
+
+        def member(name: str) -> Mapping[str, Any]:
+            m = s.get(name) if s.get("format") == "complex" else None
+            return m if isinstance(m, dict) else {}
+
+        def ident(x: Mapping[str, Any]) -> str:
+            v = x.get("id") if x.get("format") == "opaque" else x.get("sub") if x.get("format") == "iss_sub" else None
+            return v if isinstance(v, str) else ""
+
+        agent = ident(member("user")) if s.get("format") == "complex" else ident(s)
+        if typ == SSF_CREDENTIAL_CHANGE:
+            jti, task = ident(member("credential")), ident(member("session"))
+            if jti or task:
+                self._deny.add_revoked({"jti": jti, "task_id": task})
+        elif typ == SSF_SESSION_REVOKED:
+            task = ident(member("session"))
+            if task:
+                self._deny.add_revoked({"task_id": task})
+                return
+            # Every session of the agent begun at or before event_timestamp:
+            # Valet's agent epoch. The subject names the issuer by URL, not by
+            # the name tokens carry: it covers the agent of every issuer.
+            ts = payload.get("event_timestamp") if isinstance(payload, dict) else None
+            if isinstance(ts, (int, float)) and not isinstance(ts, bool) and agent:
+                self._deny.add_epoch({"dimension": "agentsub", "key": agent, "before": int(ts) * 1000 + 999})
+        elif typ in (SSF_ACCOUNT_DISABLED, SSF_ACCOUNT_ENABLED) and agent:
+            # As above: a freeze of that agent under every issuer.
+            self._deny.apply_control({"kind": "freeze_agent", "target": agent, "active": typ == SSF_ACCOUNT_DISABLED})
 
     # -- tool-call reports ----------------------------------------------
 

@@ -6,6 +6,6 @@ export { ValetError } from "./errors.js";
 export type { ValetErrorCode } from "./errors.js";
 export { DPoPKey } from "./dpop.js";
 export { Verifier, VerifyError, requestInfo, actionHeader } from "./verifier.js";
-export type { VerifierOptions, Claims, Effect, RequestInfo, CallCounts } from "./verifier.js";
+export type { VerifierOptions, Claims, Effect, RequestInfo, CallCounts, SSFStream } from "./verifier.js";
 export { canonicalArgs, argsHash } from "./canonical.js";
 export type { components as OpenAPIComponents, paths as OpenAPIPaths } from "./gen/openapi.js";

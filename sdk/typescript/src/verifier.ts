@@ -117,6 +117,22 @@ export interface CallCounts {
   snapshot: number;
   stream: number;
   report: number;
+  /** Polls of an SSF stream (followSSF). */
+  ssf: number;
+}
+
+/**
+ * SSFStream is a poll stream (delivery urn:ietf:rfc:8936) on Valet's Shared Signals transmitter that the verifier
+ * follows instead of the revocation feed, created for this tool server: each poll acknowledges what it applied,
+ * so one stream per follower. Mirrors Go's verify.SSFStream.
+ */
+export interface SSFStream {
+  /** The stream's delivery endpoint_url (Valet's /ssf/poll/{stream_id}). */
+  pollUrl: string;
+  /** The stream's aud: every SET must name it. */
+  audience: string;
+  /** The Authorization header of a poll (a bearer token of a viewer of Valet's admin API); called before each poll. */
+  authorization: () => string | Promise<string>;
 }
 
 const jwksMinRefreshMs = 30_000;
@@ -127,6 +143,24 @@ const dpopWindowS = 60;
 const reportQueue = 1024;
 /** How recent the last stream read must be for a reconnection to resume from the last event id. */
 const resumeWithinMs = 60_000;
+/**
+ * A feed or SSF stream not heard from for this long is stale: checks go back to introspection (Valet sends a
+ * keepalive every 15 s and answers a poll within 2 s). The Python SDK's STREAM_IDLE.
+ */
+const staleAfterMs = 45_000;
+/** The SSF event types the follower applies (CAEP 1.0, RISC 1.0), as Go's verify. */
+const ssfSessionRevoked = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const ssfCredentialChange = "https://schemas.openid.net/secevent/caep/event-type/credential-change";
+const ssfAccountDisabled = "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
+const ssfAccountEnabled = "https://schemas.openid.net/secevent/risc/event-type/account-enabled";
+/** Bounds of an SET and its poll, as Valet's own SSF receiver: size, clock leeway, age (also how long a jti is remembered), events. */
+const maxSET = 16 << 10;
+const setLeewayS = 30;
+const setMaxAgeS = 24 * 3600;
+const maxSETEvents = 8;
+const maxSSFPoll = 100;
+/** How long Valet holds a poll without SETs (ssf.maxPollWait). */
+const ssfPollHoldMs = 2000;
 const dpopAlgs = ["EdDSA", "ES256", "ES384", "RS256", "PS256"];
 const tokenAlgs = ["EdDSA", "ES256"];
 
@@ -150,7 +184,9 @@ export class Verifier {
   private queue: { taskId: string; scheme: string; token: string; body: string }[] = [];
   private queueWake?: () => void;
   /** Calls made to Valet, by kind. */
-  readonly calls: CallCounts = { jwks: 0, introspect: 0, consume: 0, snapshot: 0, stream: 0, report: 0 };
+  readonly calls: CallCounts = { jwks: 0, introspect: 0, consume: 0, snapshot: 0, stream: 0, report: 0, ssf: 0 };
+  /** The jtis of the SETs applied, until iat + 24 h: a SET is applied once. */
+  private setsSeen = new Map<string, number>();
   /** Reports of tool calls sent (accepted), dropped (queue full) and failed. */
   readonly reports = { sent: 0, dropped: 0, failed: 0 };
 
@@ -175,9 +211,12 @@ export class Verifier {
     if (!opts.publicUrl) this.o.log?.("warn", "verify: no publicUrl configured; DPoP-bound task tokens will be refused");
   }
 
-  /** live reports whether the deny set is fed (checks then ask no one). */
+  /**
+   * live reports whether the deny set is fed (checks then ask no one): the feed is connected, or the last SSF poll
+   * answered, and either was heard from within the last 45 s.
+   */
   get live(): boolean {
-    return this.deny.live;
+    return this.deny.fresh();
   }
 
   /**
@@ -401,7 +440,7 @@ export class Verifier {
 
   /** checkRevoked consults the deny set when the feed is live, else Valet's introspection. */
   private async checkRevoked(raw: string, c: Claims): Promise<void> {
-    if (this.deny.live) {
+    if (this.deny.fresh()) {
       if (this.deny.denied(c)) throw new VerifyError(401, "invalid task token", "revoked (feed)");
       const { deny, unsure } = this.deny.controlled(c);
       if (deny) throw new VerifyError(401, "invalid task token", "under an incident control (feed)");
@@ -625,6 +664,7 @@ export class Verifier {
       throw new Error(`opening revocation stream: status ${res.status}`);
     }
     this.deny.live = true;
+    this.deny.heardNow();
     this.o.log?.("info", "revocation feed live", { cursor });
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = "";
@@ -643,6 +683,7 @@ export class Verifier {
           if (line === "") {
             this.apply(event, data);
             this.deny.advance(id, this.o.now()); // after applying: a resume never skips it
+            this.deny.heardNow(); // an event or a keepalive
             event = id = data = "";
             if (Date.now() - lastPrune > 60_000) {
               this.deny.prune(this.o.now());
@@ -672,6 +713,239 @@ export class Verifier {
     else if (event === "control") this.deny.applyControl(v as ControlEntry);
     else if (event === "dropped") throw new Error("the feed dropped this follower");
   }
+
+  // ---- Following Valet's Shared Signals stream ----
+
+  /**
+   * followSSF follows a poll stream of Valet's SSF transmitter (RFC 8936) until signal aborts, instead of the
+   * revocation feed (run): the SETs (CAEP session-revoked and credential-change, RISC account-disabled and
+   * account-enabled) feed the same deny set, so a warm check still asks no one. Each SET is verified (Valet's key,
+   * typ secevent+jwt, iss, aud the stream's, iat, a jti never applied before); a refused one changes nothing and
+   * is reported in the next poll's setErrs, an applied one acknowledged; one whose key cannot be fetched yet (a kid
+   * seen within 30 s of the last JWKS fetch, or the fetch failed) is neither, so Valet sends it again. Until a poll
+   * answers, whenever one fails or defers a SET (backing off up to 5 s), and when none answered for 45 s, checks fall
+   * back to introspection. It also sends the
+   * queued reports. It rejects at once when stream is not usable. Go's verify.FollowSSF.
+   */
+  async followSSF(stream: SSFStream, signal: AbortSignal): Promise<void> {
+    checkSSFStream(stream);
+    const reports = this.sendReports(signal);
+    let backoff = 100;
+    let acks: string[] = [];
+    let setErrs: Record<string, { err: string; description: string }> = {};
+    let lastPrune = performance.now();
+    while (!signal.aborted) {
+      let sets: Record<string, unknown>;
+      try {
+        sets = await this.pollSSF(stream, acks, setErrs, !this.deny.fresh(), signal);
+      } catch (err) {
+        this.deny.live = false;
+        if (signal.aborted) break;
+        this.o.log?.("warn", "SSF stream poll failed; checking by introspection until it is back", { err: reasonOf(err) });
+        await sleep(backoff, signal);
+        backoff = Math.min(2 * backoff, 5000);
+        continue; // the acks and setErrs go again with the next poll
+      }
+      acks = [];
+      setErrs = {};
+      let deferred = false;
+      const verified: { jti: string; iat: number; set: Record<string, unknown> }[] = [];
+      for (const [jti, raw] of Object.entries(sets)) {
+        try {
+          const set = await this.verifySET(raw, jti, stream.audience);
+          verified.push({ jti, iat: set.iat as number, set });
+        } catch (err) {
+          if (err instanceof KeysUnavailable) {
+            // Neither acknowledged nor refused: Valet sends it again, and checks ask Valet until it applies.
+            deferred = true;
+            this.o.log?.("warn", "SET deferred: Valet's keys cannot be read yet; checking by introspection", { jti: boundID(jti), err: reasonOf(err) });
+            continue;
+          }
+          this.o.log?.("warn", "SET refused", { jti: boundID(jti), err: reasonOf(err) });
+          setErrs[jti] = { err: "invalid_request", description: boundID(reasonOf(err)) }; // the jti as Valet sent it, or it is never acknowledged
+        }
+      }
+      // A poll answers a map: apply in the order Valet issued them (a freeze and its lift in one poll).
+      verified.sort((a, b) => a.iat - b.iat);
+      for (const { jti, iat, set } of verified) {
+        for (const [typ, payload] of Object.entries(set.events as Record<string, unknown>)) {
+          this.applySSFEvent(typ, set.sub_id, payload);
+        }
+        this.setsSeen.set(jti, (iat + setMaxAgeS) * 1000);
+        acks.push(jti);
+      }
+      if (deferred) {
+        this.deny.live = false;
+        await sleep(backoff, signal);
+        backoff = Math.min(2 * backoff, 5000);
+        continue;
+      }
+      backoff = 100;
+      if (!this.deny.fresh()) this.o.log?.("info", "SSF stream live", {});
+      this.deny.live = true;
+      this.deny.heardNow();
+      if (performance.now() - lastPrune > 60_000) {
+        const now = this.o.now();
+        this.deny.prune(now);
+        for (const [k, until] of this.setsSeen) if (now > until) this.setsSeen.delete(k);
+        lastPrune = performance.now();
+      }
+    }
+    this.deny.live = false;
+    await reports;
+  }
+
+  /** startSSF runs followSSF in the background; the answer stops it. It throws at once when stream is not usable. */
+  startSSF(stream: SSFStream): { stop(): Promise<void> } {
+    checkSSFStream(stream);
+    const ac = new AbortController();
+    const done = this.followSSF(stream, ac.signal);
+    return { stop: async () => { ac.abort(); await done; } };
+  }
+
+  /**
+   * pollSSF makes one RFC 8936 poll: it acknowledges acks, reports setErrs and answers the SETs given, by jti.
+   * Unless immediate, Valet holds the request until a SET comes or its wait (2 s) ends.
+   */
+  private async pollSSF(s: SSFStream, acks: string[], setErrs: Record<string, unknown>, immediate: boolean, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const auth = await s.authorization();
+    const body: Record<string, unknown> = { ack: acks, maxEvents: maxSSFPoll, returnImmediately: immediate };
+    if (Object.keys(setErrs).length > 0) body.setErrs = setErrs;
+    this.calls.ssf++;
+    const res = await this.o.fetch(s.pollUrl, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json", Authorization: auth },
+      body: JSON.stringify(body),
+      redirect: "error",
+      signal: AbortSignal.any([signal, AbortSignal.timeout(this.o.timeoutMs + ssfPollHoldMs)]),
+    });
+    if (res.status !== 200) {
+      await res.body?.cancel();
+      throw new Error(`polling the SSF stream: status ${res.status}`);
+    }
+    const answer = (await readJSON(res, 16 << 20)) as { sets?: unknown };
+    const sets = answer?.sets ?? {};
+    if (typeof sets !== "object" || sets === null || Array.isArray(sets)) throw new Error("decoding the SSF poll answer: sets is not an object");
+    return sets as Record<string, unknown>;
+  }
+
+  /**
+   * verifySET checks one SET as Valet's own receiver checks the IdP's: at most 16 KiB, a compact JWS signed by
+   * Valet (its JWKS), typ secevent+jwt, no crit, iss Valet, aud naming audience, iat neither 30 s ahead nor older
+   * than 24 h, an exp if any not past, jti the poll's key and never applied before, 1 to 8 events. It answers the
+   * payload or throws the reason: KeysUnavailable when Valet's JWKS cannot be read for an unknown kid (the SET is
+   * then deferred, not refused).
+   */
+  private async verifySET(raw: unknown, jti: string, audience: string): Promise<Record<string, unknown>> {
+    if (typeof raw !== "string" || raw.length > maxSET) throw new Error("not a SET of at most 16 KiB");
+    const d = decodeJWS(raw);
+    const alg = d.header.alg;
+    if (typeof alg !== "string" || !tokenAlgs.includes(alg)) throw new Error("signing method not accepted");
+    if (d.header.typ !== "secevent+jwt") throw new Error("typ must be secevent+jwt");
+    if ("crit" in d.header) throw new Error("crit header is not supported");
+    const kid = d.header.kid;
+    if (typeof kid !== "string" || kid === "") throw new Error("no kid");
+    if (!this.keys.has(kid)) {
+      // A key Valet may have just rotated in: a JWKS that cannot be fetched now defers the SET rather than refusing it.
+      try {
+        await this.refreshKeys();
+      } catch (err) {
+        throw new KeysUnavailable(reasonOf(err));
+      }
+    }
+    const k = this.keys.get(kid);
+    if (!k) throw new Error(`kid ${JSON.stringify(kid.slice(0, 64))} unknown`);
+    if (k.alg && k.alg !== alg) throw new Error("alg does not match the key");
+    if (!(await verifySignature(d, k.key, alg))) throw new Error("signature is invalid");
+    const p = d.payload;
+    const now = this.o.now() / 1000;
+    if (p.iss !== this.issuer) throw new Error("issuer is not Valet's");
+    const aud = typeof p.aud === "string" ? [p.aud] : Array.isArray(p.aud) ? p.aud : [];
+    if (!aud.includes(audience)) throw new Error("audience is not this stream's");
+    if (typeof p.iat !== "number" || !Number.isFinite(p.iat)) throw new Error("iat is required");
+    if (p.iat > now + setLeewayS) throw new Error("iat is in the future");
+    if (p.iat < now - setMaxAgeS) throw new Error("iat is more than 24 h old");
+    if (p.exp !== undefined && (typeof p.exp !== "number" || now >= p.exp)) throw new Error("SET is expired");
+    if (typeof p.jti !== "string" || p.jti === "" || p.jti !== jti) throw new Error("jti does not match the poll's");
+    const seen = this.setsSeen.get(jti);
+    if (seen !== undefined && this.o.now() <= seen) throw new Error("jti replayed: this SET was applied already");
+    const events = p.events;
+    if (!events || typeof events !== "object" || Array.isArray(events)) throw new Error("a SET must carry events");
+    const n = Object.keys(events).length;
+    if (n === 0 || n > maxSETEvents) throw new Error(`a SET carries 1 to ${maxSETEvents} events`);
+    return p;
+  }
+
+  /** applySSFEvent applies one event about subject sub to the deny set, as Go's verify. */
+  private applySSFEvent(typ: string, sub: unknown, payload: unknown): void {
+    const s = (sub && typeof sub === "object" ? sub : {}) as Record<string, unknown>;
+    const member = (name: string): Record<string, unknown> | undefined => {
+      const m = s.format === "complex" ? s[name] : undefined;
+      return m && typeof m === "object" ? (m as Record<string, unknown>) : undefined;
+    };
+    const id = (x: Record<string, unknown> | undefined): string => {
+      const v = x?.format === "opaque" ? x.id : x?.format === "iss_sub" ? x.sub : undefined;
+      return typeof v === "string" ? v : "";
+    };
+    const agent = s.format === "complex" ? id(member("user")) : id(s); // an agent subject (iss_sub or opaque)
+    switch (typ) {
+      case ssfCredentialChange: {
+        const jti = id(member("credential"));
+        const task = id(member("session"));
+        if (jti || task) this.deny.addRevoked({ jti: jti || undefined, task_id: task || undefined });
+        break;
+      }
+      case ssfSessionRevoked: {
+        const task = id(member("session"));
+        if (task) {
+          this.deny.addRevoked({ task_id: task });
+          break;
+        }
+        // Every session of the agent begun at or before event_timestamp: Valet's agent epoch. The subject names the
+        // issuer by URL, not by the name tokens carry: it covers the agent of every issuer.
+        const ts = (payload as { event_timestamp?: unknown } | null)?.event_timestamp;
+        if (typeof ts === "number" && agent) this.deny.addEpoch({ dimension: "agentsub", key: agent, before: Math.floor(ts) * 1000 + 999 });
+        break;
+      }
+      case ssfAccountDisabled:
+      case ssfAccountEnabled:
+        // As above: a freeze of that agent under every issuer.
+        if (agent) this.deny.applyControl({ kind: "freeze_agent", target: agent, active: typ === ssfAccountDisabled });
+        break;
+    }
+  }
+}
+
+/** KeysUnavailable: Valet's JWKS could not be read for a SET's unknown kid (fetch failed, or fetched under 30 s ago). */
+class KeysUnavailable extends Error {}
+
+/** checkSSFStream throws a TypeError naming what makes stream unusable. */
+function checkSSFStream(stream: SSFStream): void {
+  const errs: string[] = [];
+  let ok = false;
+  try {
+    const u = new URL(stream?.pollUrl);
+    ok = (u.protocol === "https:" || u.protocol === "http:") && !!u.host;
+  } catch {
+    ok = false;
+  }
+  if (!ok) errs.push(`SSF poll URL ${JSON.stringify(String(stream?.pollUrl).slice(0, 200))} must be an absolute http(s) URL`);
+  if (!stream?.audience) errs.push("the SSF stream's audience is required");
+  if (typeof stream?.authorization !== "function") errs.push("the SSF stream needs an authorization source");
+  if (errs.length) throw new TypeError("verify: " + errs.join("; "));
+}
+
+/** boundID bounds a transmitter-sent value for logs and setErrs. */
+function boundID(s: string): string {
+  return s.slice(0, 128).replace(/[^\x20-\x7e]/g, "?");
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => { clearTimeout(t); signal.removeEventListener("abort", done); resolve(); };
+    const t = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
 }
 
 interface RevokedEntry { jti?: string; task_id?: string; exp?: number }
@@ -684,6 +958,17 @@ class DenySet {
   live = false;
   cursor = "";
   heard = 0;
+  /** When the feed or the SSF stream was last heard from (performance.now(): the injected clock may stand still). */
+  private heardMono = 0;
+
+  heardNow(): void {
+    this.heardMono = performance.now();
+  }
+
+  /** fresh reports whether the deny set is live and was heard from within staleAfterMs. */
+  fresh(): boolean {
+    return this.live && performance.now() - this.heardMono <= staleAfterMs;
+  }
   private jtis = new Map<string, number>();
   private tasks = new Map<string, number>();
   private epochs = new Map<string, number>();
@@ -760,6 +1045,9 @@ class DenySet {
       `template\x00${c.template}`,
       `issuer\x00${c.agentIssuer}`,
       "all\x00*", // the global epoch Valet sets when Redis lost its data
+      // An agent's epoch heard on the SSF stream, by subject alone.
+      `agentsub\x00${c.actor}`,
+      `agentsub\x00${c.subject}`,
     ]) {
       const before = this.epochs.get(k);
       if (before !== undefined && iat < before) return true;

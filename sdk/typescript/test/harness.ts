@@ -18,6 +18,8 @@ export interface Dev {
   deny(approvalId: string): Promise<void>;
   /** admin calls the admin API as a development admin (needs startValet({ redis: true })). */
   admin(method: string, path: string, body?: unknown): Promise<Response>;
+  /** adminToken mints a development admin's identity token (one hour), e.g. for polling an SSF stream. */
+  adminToken(): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -74,6 +76,11 @@ export async function startValet(opts: { redis?: boolean } = {}): Promise<Dev> {
     if (res.status !== 200) throw new Error(`${verb}: ${res.status} ${await res.text()}`);
     await res.body?.cancel();
   };
+  const adminToken = async () => {
+    const res = await fetch(`${url}/dev/token?admin=rita`, { method: "POST" });
+    if (res.status !== 200) throw new Error(`dev admin token: ${res.status}`);
+    return ((await res.json()) as { identity_token: string }).identity_token;
+  };
   return {
     url,
     async devToken(agent) {
@@ -85,9 +92,9 @@ export async function startValet(opts: { redis?: boolean } = {}): Promise<Dev> {
     async introspect(token) { return (await (await form("/v1/introspect", token)).json()) as { active: boolean }; },
     async approve(id) { await decide(id, "approve"); },
     async deny(id) { await decide(id, "deny"); },
+    adminToken,
     async admin(method, path, body) {
-      const res = await fetch(`${url}/dev/token?admin=rita`, { method: "POST" });
-      const token = ((await res.json()) as { identity_token: string }).identity_token;
+      const token = await adminToken();
       return fetch(url + path, { method, headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" }, body: body === undefined ? undefined : JSON.stringify(body) });
     },
     async stop() {

@@ -1,9 +1,9 @@
-// Parts that need no Valet: DPoP proofs and server nonces, canonical JSON, error parsing.
+// Parts that need no Valet: DPoP proofs and server nonces, canonical JSON, error parsing, SSF events on the deny set.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { canonicalArgs, DPoPKey, Valet, ValetError } from "@valet-dev/valet";
+import { canonicalArgs, DPoPKey, Valet, ValetError, Verifier, type Claims } from "@valet-dev/valet";
 
 function payload(jwt: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
@@ -81,5 +81,46 @@ describe("errors", () => {
     assert.equal(errs[2].code, "http_502");
     assert.ok(errs[2].message.length < 400);
     for (const e of errs) assert.ok(e instanceof ValetError && !e.message.includes("secret-identity-token"));
+  });
+});
+
+describe("SSF events", () => {
+  type Internals = {
+    applySSFEvent(typ: string, sub: unknown, payload: unknown): void;
+    deny: { denied(c: Claims): boolean; controlled(c: Claims): { deny: boolean; unsure: boolean }; live: boolean; heardNow(): void };
+  };
+  const caep = "https://schemas.openid.net/secevent/caep/event-type/";
+  const risc = "https://schemas.openid.net/secevent/risc/event-type/";
+  const claims = (over: Partial<Claims> = {}): Claims => ({
+    id: "j1", taskId: "t1", subject: "agent-a", template: "tp", agentIssuer: "dev", scope: "", jkt: "", tools: [], actionTools: [],
+    audience: [], act: [], issuedAt: new Date(500_000), expiresAt: new Date(2_000_000), actor: "agent-a", ...over,
+  });
+
+  it("apply to the deny set as Go's verify does, and a stream silent for 45 s is not live", () => {
+    const v = new Verifier({ issuer: "http://127.0.0.1:1", audience: "aud", clientId: "id", clientSecret: "secret" });
+    const x = v as unknown as Internals;
+    const agent = { format: "iss_sub", iss: "https://idp", sub: "agent-a" };
+    x.applySSFEvent(caep + "credential-change", { format: "complex", user: agent, credential: { format: "opaque", id: "j1" } }, {});
+    assert.ok(x.deny.denied(claims()), "credential-change denies the token");
+    x.applySSFEvent(caep + "session-revoked", { format: "complex", user: agent, session: { format: "opaque", id: "t2" } }, {});
+    assert.ok(x.deny.denied(claims({ id: "j2", taskId: "t2" })), "session-revoked denies the task");
+    const fresh = claims({ id: "j3", taskId: "t3" });
+    x.applySSFEvent(caep + "session-revoked", agent, { event_timestamp: 499 });
+    assert.ok(!x.deny.denied(fresh), "a token issued after the agent's epoch is refused");
+    x.applySSFEvent(caep + "session-revoked", agent, { event_timestamp: 500 });
+    assert.ok(x.deny.denied(fresh), "a token issued at the agent's epoch is accepted");
+    x.applySSFEvent(risc + "account-disabled", { format: "opaque", id: "agent-a" }, {});
+    assert.deepEqual(x.deny.controlled(fresh), { deny: true, unsure: false });
+    x.applySSFEvent(risc + "account-enabled", { format: "opaque", id: "agent-a" }, {});
+    assert.deepEqual(x.deny.controlled(fresh), { deny: false, unsure: false });
+    x.applySSFEvent(risc + "account-disabled", { format: "email", email: "a@example.com" }, {}); // names no agent
+    x.applySSFEvent("https://example.com/unknown", agent, {});
+    assert.deepEqual(x.deny.controlled(fresh), { deny: false, unsure: false });
+
+    x.deny.live = true;
+    x.deny.heardNow();
+    assert.ok(v.live);
+    (x.deny as unknown as { heardMono: number }).heardMono = performance.now() - 46_000;
+    assert.ok(!v.live, "a stale stream still counts as live");
   });
 });
