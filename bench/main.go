@@ -206,6 +206,7 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 				progress("run %d/%d: %s at %d...", r+1, o.runs, w.name, c)
 				res := run(ctx, w, c, o.warmup, o.duration)
 				rep.add(w.name, c, res)
+				pb.settle(w.name)
 			}
 		}
 		progress("run %d/%d: ceiling benchmarks...", r+1, o.runs)

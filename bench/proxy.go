@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/valet-dev/valet/audit"
@@ -58,12 +59,46 @@ type proxyBench struct {
 	upURL    string
 	proxyURL string
 	close    []func()
+	// toValet counts the proxy's tool-call reports to Valet, so a cell
+	// after the proxied one starts once they have drained.
+	toValet *reportCounter
+}
+
+// reportCounter is the proxy's transport to Valet, counting the tool-call
+// reports (POST /v1/tasks/{id}/events) in flight and when the last ended.
+type reportCounter struct {
+	inFlight atomic.Int64
+	lastEnd  atomic.Int64 // unix ns
+}
+
+func (rc *reportCounter) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodPost || !strings.HasSuffix(req.URL.Path, "/events") {
+		return http.DefaultTransport.RoundTrip(req)
+	}
+	rc.inFlight.Add(1)
+	defer func() { rc.lastEnd.Store(time.Now().UnixNano()); rc.inFlight.Add(-1) }()
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// settle waits, after the proxied cell, until the proxy's queue of
+// tool-call reports has drained (no report for 200 ms; at most 30 s):
+// Valet records each one, and that work belongs to the proxied cell, not
+// to the cell that runs next.
+func (pb *proxyBench) settle(cell string) {
+	if pb == nil || cell != wProxied {
+		return
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if pb.toValet.inFlight.Load() == 0 && time.Since(time.Unix(0, pb.toValet.lastEnd.Load())) > 200*time.Millisecond {
+			return
+		}
+	}
 }
 
 // startProxyBench starts the upstream, adds the proxied template to
 // Valet's templates, and starts the proxy (its audit file and log in dir).
 func startProxyBench(ctx context.Context, v *valet, p *idp, dir string) (*proxyBench, error) {
-	pb := &proxyBench{v: v, p: p}
+	pb := &proxyBench{v: v, p: p, toValet: &reportCounter{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -110,6 +145,7 @@ func startProxyBench(ctx context.Context, v *valet, p *idp, dir string) (*proxyB
 		Valet: v.url, ClientID: clientID, ClientSecret: clientSecret, Audience: "valet-proxy", Templates: set,
 		Identity: func(context.Context) (string, error) { return p.token("agent-proxy", time.Now()) },
 		Auditor:  auditor, Logger: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		HTTPClient: &http.Client{Timeout: 10 * time.Second, Transport: pb.toValet},
 	})
 	if err != nil {
 		return nil, err
