@@ -403,7 +403,10 @@ func parseDeclared(t *testing.T, raw []byte) dbTask {
 type canaryScan struct {
 	canaries map[string][]byte
 	patterns map[string]*regexp.Regexp
-	hits     []string
+	// textPatterns are checked in text (environment, files) only: bare
+	// prefixes that a megabyte of memory could hold by chance.
+	textPatterns map[string]*regexp.Regexp
+	hits         []string
 }
 
 func newCanaryScan(canaries map[string]string) *canaryScan {
@@ -412,6 +415,8 @@ func newCanaryScan(canaries map[string]string) *canaryScan {
 		"a JWT":                             regexp.MustCompile(`eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}`),
 		"a Vault service token (hvs.)":      regexp.MustCompile(`hvs\.[A-Za-z0-9_-]{20,}`),
 		"a Vault batch token (hvb.)":        regexp.MustCompile(`hvb\.[A-Za-z0-9_-]{20,}`),
+	}, textPatterns: map[string]*regexp.Regexp{
+		"a Vault token prefix (hvs., hvb., hvr.)": regexp.MustCompile(`hv[sbr]\.`),
 	}}
 	for name, v := range canaries {
 		s.canaries[name] = []byte(v)
@@ -419,9 +424,19 @@ func newCanaryScan(canaries map[string]string) *canaryScan {
 	return s
 }
 
-// text scans one piece of what the agent holds; what names it in a hit
+// text scans one piece of text the agent holds; what names it in a hit
 // (never the canary's value).
 func (s *canaryScan) text(what string, b []byte) {
+	s.memory(what, b)
+	for name, re := range s.textPatterns {
+		if loc := re.FindIndex(b); loc != nil {
+			s.hits = append(s.hits, fmt.Sprintf("%s holds %s (at byte %d)", what, name, loc[0]))
+		}
+	}
+}
+
+// memory scans a piece of memory: the canaries and the token shapes.
+func (s *canaryScan) memory(what string, b []byte) {
 	for name, c := range s.canaries {
 		if i := bytes.Index(b, c); i >= 0 {
 			s.hits = append(s.hits, fmt.Sprintf("%s holds the %s (at byte %d)", what, name, i))
@@ -471,7 +486,7 @@ func (s *canaryScan) process(t *testing.T, name string, pid int, dir string) int
 			t.Fatalf("reading the %s's files: %d files, %v", name, files, err)
 		}
 	}
-	memBytes, err := readMemory(pid, func(region []byte) { s.text(name+"'s memory", region) })
+	memBytes, err := readMemory(pid, func(region []byte) { s.memory(name+"'s memory", region) })
 	if err != nil {
 		t.Fatalf("reading the %s's memory: %v", name, err)
 	}
