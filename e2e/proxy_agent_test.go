@@ -300,7 +300,8 @@ func TestProxyAgentProcessVault(t *testing.T) {
 		scan.text(what, []byte(text))
 	}
 	scan.fail(t)
-	t.Logf("canary scan while the session is open: %d canaries and 4 patterns, no hit in %d bytes (environ, log, files, memory of the agent and psql)", len(canaries), scanned)
+	t.Logf("canary scan while the session is open: %d canaries and %d patterns, no hit in %d bytes (environ, log, files, memory of the agent and psql)",
+		len(canaries), len(scan.patterns)+len(scan.textPatterns), scanned)
 
 	// Complete at Valet with the task token (as the task's owner would):
 	// the proxy learns it from the revocation feed.
@@ -311,11 +312,14 @@ func TestProxyAgentProcessVault(t *testing.T) {
 	answered := time.Since(start)
 	select {
 	case ev := <-sessionEnded:
-		if ev.EndReason != pgwire.EndTask || ev.TaskID != d.id {
-			t.Fatalf("the psql session ended with %q for task %s, want %q", ev.EndReason, ev.TaskID, pgwire.EndTask)
+		// Valet revokes the lease before it answers, and the role's
+		// revocation statements end its sessions: the server side may
+		// close first (server_closed); else the proxy does (task_ended).
+		if (ev.EndReason != pgwire.EndTask && ev.EndReason != pgwire.EndServer) || ev.TaskID != d.id {
+			t.Fatalf("the psql session ended with %q for task %s, want %q or %q", ev.EndReason, ev.TaskID, pgwire.EndTask, pgwire.EndServer)
 		}
-		t.Logf("the proxy closed the open psql session %s after the completion's answer (the answer took %s)",
-			(time.Since(start) - answered).Round(100*time.Microsecond), answered.Round(100*time.Microsecond))
+		t.Logf("the open psql session was closed (%s) %s after the completion's answer (the answer took %s)",
+			ev.EndReason, (time.Since(start) - answered).Round(100*time.Microsecond), answered.Round(100*time.Microsecond))
 	case <-time.After(5 * time.Second):
 		t.Fatal("the open psql session is still open 5s after the task completed")
 	}
