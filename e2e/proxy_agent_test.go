@@ -176,9 +176,13 @@ func TestProxyAgentProcessVault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sessionEnded := make(chan pgwire.Event, 4)
+	type ended struct {
+		ev pgwire.Event
+		at time.Time
+	}
+	sessionEnded := make(chan ended, 4)
 	db := &pgwire.Server{Resolver: p.Database(w.pg.Addr(), nil), Logger: logger,
-		OnEnd: func(ev pgwire.Event) { sessionEnded <- ev }}
+		OnEnd: func(ev pgwire.Event) { sessionEnded <- ended{ev, time.Now()} }}
 	go func() { _ = db.Serve(pgLn) }()
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
@@ -311,15 +315,16 @@ func TestProxyAgentProcessVault(t *testing.T) {
 	}
 	answered := time.Since(start)
 	select {
-	case ev := <-sessionEnded:
+	case end := <-sessionEnded:
+		ev := end.ev
 		// Valet revokes the lease before it answers, and the role's
 		// revocation statements end its sessions: the server side may
 		// close first (server_closed); else the proxy does (task_ended).
 		if (ev.EndReason != pgwire.EndTask && ev.EndReason != pgwire.EndServer) || ev.TaskID != d.id {
 			t.Fatalf("the psql session ended with %q for task %s, want %q or %q", ev.EndReason, ev.TaskID, pgwire.EndTask, pgwire.EndServer)
 		}
-		t.Logf("the open psql session was closed (%s) %s after the completion's answer (the answer took %s)",
-			ev.EndReason, (time.Since(start) - answered).Round(100*time.Microsecond), answered.Round(100*time.Microsecond))
+		t.Logf("the open psql session was closed (%s) %s after the completion was sent (its answer came after %s)",
+			ev.EndReason, end.at.Sub(start).Round(100*time.Microsecond), answered.Round(100*time.Microsecond))
 	case <-time.After(5 * time.Second):
 		t.Fatal("the open psql session is still open 5s after the task completed")
 	}
