@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -261,19 +262,21 @@ func TestProxyAgentProcessVault(t *testing.T) {
 
 	// What the proxy holds, from Valet's answer to it.
 	rec.mu.Lock()
-	if len(rec.declared) != 1 {
-		t.Fatalf("the proxy declared %d tasks, want 1", len(rec.declared))
-	}
-	d := parseDeclared(t, rec.declared[0])
+	declared := slices.Clone(rec.declared)
 	rec.mu.Unlock()
+	if len(declared) != 1 {
+		t.Fatalf("the proxy declared %d tasks, want 1", len(declared))
+	}
+	d := parseDeclared(t, declared[0])
 	if d.id != taskID {
 		t.Fatalf("the agent's task %s, Valet's %s", taskID, d.id)
 	}
 	upMu.Lock()
-	if len(upTokens) != 1 || upTokens[0] != d.taskToken {
-		t.Fatalf("the upstream got %d token(s), want the task's token once", len(upTokens))
-	}
+	got := slices.Clone(upTokens)
 	upMu.Unlock()
+	if len(got) != 1 || got[0] != d.taskToken {
+		t.Fatalf("the upstream got %d token(s), want the task's token once", len(got))
+	}
 	if want := "rows=" + d.username + "|1000"; !strings.HasSuffix(ready, want) {
 		t.Fatalf("the agent's query answered %q, want %q (the Vault role, all orders)", ready, want)
 	}
@@ -282,14 +285,15 @@ func TestProxyAgentProcessVault(t *testing.T) {
 	}
 
 	idMu.Lock()
+	idToken := idTokens[0]
+	idMu.Unlock()
 	canaries := map[string]string{
 		"task token": d.taskToken, "task token signature": strings.Split(d.taskToken, ".")[2],
 		"task token claims": strings.Split(d.taskToken, ".")[1],
 		"Vault token":       d.vaultTok, "Vault token body": strings.TrimPrefix(d.vaultTok, "hvs."),
-		"database password": d.password, "proxy identity token": idTokens[0], "proxy client secret": clientSecret,
+		"database password": d.password, "proxy identity token": idToken, "proxy client secret": clientSecret,
 		"Valet's own Vault token": w.token,
 	}
-	idMu.Unlock()
 	for name, s := range map[string]string{"Vault token": strings.TrimPrefix(d.vaultTok, "hvs."), "database password": d.password} {
 		if len(s) < 16 {
 			t.Fatalf("%s is only %d characters", name, len(s))
