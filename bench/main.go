@@ -175,6 +175,9 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 		}
 	}
 
+	pb, proxyMissing := proxyCells(ctx, v, p, dir, progress) // bench/proxy.go
+	defer pb.stop()
+
 	progress("minting %d RS256 identity tokens...", o.idTokens)
 	idTokens, err := p.tokens(o.idTokens, runtime.GOMAXPROCS(0))
 	if err != nil {
@@ -185,7 +188,7 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 		return fmt.Errorf("preparing the ceiling: %w", err)
 	}
 
-	rep := &report{opts: o, vaultBin: vaultBin, vaultMissing: vaultMissing, cells: map[string]map[int][]result{}}
+	rep := &report{opts: o, vaultBin: vaultBin, vaultMissing: vaultMissing, proxyMissing: proxyMissing, cells: map[string]map[int][]result{}}
 	for r := range o.runs {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -194,12 +197,16 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 		if err != nil {
 			return fmt.Errorf("declaring tasks to introspect: %w", err)
 		}
-		wls := workloads(v, vt, idTokens, taskTokens)
+		wls, err := pb.addWorkloads(ctx, workloads(v, vt, idTokens, taskTokens))
+		if err != nil {
+			return err
+		}
 		for _, c := range o.conc {
 			for _, w := range wls {
 				progress("run %d/%d: %s at %d...", r+1, o.runs, w.name, c)
 				res := run(ctx, w, c, o.warmup, o.duration)
 				rep.add(w.name, c, res)
+				pb.settle(w.name)
 			}
 		}
 		progress("run %d/%d: ceiling benchmarks...", r+1, o.runs)
@@ -211,6 +218,8 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 		rep.parts = parts
 		rep.partRuns = append(rep.partRuns, pr)
 	}
+
+	pb.stop() // the proxy's queued tool-call reports would count in the round trips below
 
 	progress("counting Redis round trips per declaration and introspection...")
 	rep.trips, err = countTrips(ctx, v, rs, idTokens)

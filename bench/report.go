@@ -21,6 +21,7 @@ type report struct {
 	opts         options
 	vaultBin     string
 	vaultMissing string
+	proxyMissing string                      // bench/proxy.go
 	cells        map[string]map[int][]result // workload → concurrency → one result per run
 	order        []string
 	parts        []part
@@ -167,6 +168,8 @@ func (r *report) print(out io.Writer) {
 		text("Valet÷Vault ratios: missing, no Vault (see above)")
 	}
 
+	text("")
+	r.printProxy(line, text)
 	text("")
 	line("ceiling part (b.RunParallel)", "", "ns/op", "CPU µs/op", "allocs/op", "in ceiling", "")
 	for i, p := range r.parts {
