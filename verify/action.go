@@ -75,6 +75,9 @@ func (v *Verifier) checkAction(ctx context.Context, r *http.Request, c Claims, t
 	if err != nil || !tok.Valid {
 		return refuse(403, "invalid action token", err)
 	}
+	if err := expired(aw.ExpiresAt, v.cfg.Now()); err != nil {
+		return refuse(403, "invalid action token", err)
+	}
 	jkt := ""
 	if aw.Cnf != nil {
 		jkt = aw.Cnf.JKT

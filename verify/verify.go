@@ -156,10 +156,10 @@ func New(cfg Config) (*Verifier, error) {
 		cfg: cfg,
 		parser: jwt.NewParser(jwt.WithValidMethods([]string{"EdDSA", "ES256"}), jwt.WithIssuer(cfg.Issuer),
 			jwt.WithAudience(cfg.Audience), jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithTimeFunc(cfg.Now),
-			jwt.WithStrictDecoding()),
+			jwt.WithLeeway(ClockSkew), jwt.WithStrictDecoding()),
 		actionParser: jwt.NewParser(jwt.WithValidMethods([]string{"EdDSA", "ES256"}), jwt.WithIssuer(cfg.Issuer),
 			jwt.WithAudience(cfg.Audience), jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithTimeFunc(cfg.Now),
-			jwt.WithStrictDecoding()),
+			jwt.WithLeeway(ClockSkew), jwt.WithStrictDecoding()),
 		keys:    map[string]crypto.PublicKey{},
 		deny:    newDenySet(),
 		proof:   newReplay(),
@@ -271,6 +271,21 @@ func checkTool(c Claims, tool string) error {
 	return e
 }
 
+// ClockSkew is how far a tool server's clock may lag Valet's: a token's
+// iat and nbf may be that far in the future (Valet stamps them in whole
+// seconds, so a verifier a few milliseconds behind would otherwise refuse
+// fresh tokens). Its exp gets no leeway (expired): a task token never
+// outlives its task's deadline.
+const ClockSkew = 5 * time.Second
+
+// expired refuses a token at or past its exp, with no leeway.
+func expired(exp *jwt.NumericDate, now time.Time) error {
+	if exp == nil || !now.Before(exp.Time) {
+		return jwt.ErrTokenExpired
+	}
+	return nil
+}
+
 // checkToken checks the request's task token and, for a bound token, its
 // DPoP proof; not the tool, not revocation.
 func (v *Verifier) checkToken(ctx context.Context, r *http.Request) (Claims, error) {
@@ -284,6 +299,9 @@ func (v *Verifier) checkToken(ctx context.Context, r *http.Request) (Claims, err
 	var wc wireClaims
 	tok, err := v.parser.ParseWithClaims(raw, &wc, func(t *jwt.Token) (any, error) { return v.key(ctx, t, "at+jwt") })
 	if err != nil || !tok.Valid {
+		return Claims{}, refuse(401, "invalid task token", err)
+	}
+	if err := expired(wc.ExpiresAt, v.cfg.Now()); err != nil {
 		return Claims{}, refuse(401, "invalid task token", err)
 	}
 	if wc.ID == "" || wc.TaskID == "" || wc.Subject == "" {

@@ -318,3 +318,30 @@ func TestFeedReconnect(t *testing.T) {
 		t.Fatalf("an unrevoked token after the reconnection: %d", s)
 	}
 }
+
+// TestClockSkew: a tool server whose clock lags Valet's by less than
+// ClockSkew takes a fresh token (iat and nbf in its future); one lagging
+// more does not; exp gets no leeway at all.
+func TestClockSkew(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	valetClock, toolClock := testkit.NewClock(start.Add(2*time.Second)), testkit.NewClock(start)
+	v := newValet(t, valetClock.Now)
+	ver := newVerifier(t, v, toolClock.Now)
+	if s := check(ver, v.token(t, "ahead2s", v.kid, v.key)); s != 200 {
+		t.Fatalf("a token issued 2 s ahead of the tool server's clock: %d", s)
+	}
+	valetClock.Advance(verify.ClockSkew)
+	if s := check(ver, v.token(t, "ahead7s", v.kid, v.key)); s != 401 {
+		t.Fatalf("a token issued 7 s ahead of the tool server's clock: %d, want 401", s)
+	}
+	valetClock.Set(start)
+	tok := v.token(t, "expiring", v.kid, v.key) // exp = start + 10 min
+	toolClock.Set(start.Add(10*time.Minute - time.Millisecond))
+	if s := check(ver, tok); s != 200 {
+		t.Fatalf("a token 1 ms before its exp: %d", s)
+	}
+	toolClock.Set(start.Add(10 * time.Minute))
+	if s := check(ver, tok); s != 401 {
+		t.Fatalf("a token at its exp: %d, want 401 (no leeway on exp)", s)
+	}
+}
