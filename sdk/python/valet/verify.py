@@ -53,6 +53,11 @@ SSF_SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/sessi
 SSF_CREDENTIAL_CHANGE = "https://schemas.openid.net/secevent/caep/event-type/credential-change"
 SSF_ACCOUNT_DISABLED = "https://schemas.openid.net/secevent/risc/event-type/account-disabled"
 SSF_ACCOUNT_ENABLED = "https://schemas.openid.net/secevent/risc/event-type/account-enabled"
+
+# How far this clock may lag Valet's, in seconds: a token's iat and nbf
+# may be that far ahead (as the Go verify.ClockSkew).
+CLOCK_SKEW = 5.0
+
 # Bounds of a SET, as Valet's own SSF receiver checks the IdP's: size, clock
 # leeway, age (also how long an applied jti is remembered), events.
 MAX_SET = 16 << 10
@@ -480,10 +485,12 @@ class Verifier:
         if now >= exp:
             raise ValueError("token is expired")
         iat = payload.get("iat")
-        if iat is not None and (not isinstance(iat, (int, float)) or iat > now):
+        # iat and nbf may be up to CLOCK_SKEW ahead (Valet stamps whole
+        # seconds, and this clock may lag Valet's); exp gets no leeway.
+        if iat is not None and (not isinstance(iat, (int, float)) or iat > now + CLOCK_SKEW):
             raise ValueError("token used before issued")
         nbf = payload.get("nbf")
-        if nbf is not None and (not isinstance(nbf, (int, float)) or nbf > now):
+        if nbf is not None and (not isinstance(nbf, (int, float)) or nbf > now + CLOCK_SKEW):
             raise ValueError("token is not valid yet")
         return payload
 

@@ -153,6 +153,9 @@ const ssfSessionRevoked = "https://schemas.openid.net/secevent/caep/event-type/s
 const ssfCredentialChange = "https://schemas.openid.net/secevent/caep/event-type/credential-change";
 const ssfAccountDisabled = "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
 const ssfAccountEnabled = "https://schemas.openid.net/secevent/risc/event-type/account-enabled";
+/** How far this clock may lag Valet's, in seconds: a token's iat and nbf may be that far ahead (as the Go verify.ClockSkew). */
+export const clockSkewS = 5;
+
 /** Bounds of an SET and its poll, as Valet's own SSF receiver: size, clock leeway, age (also how long a jti is remembered), events. */
 const maxSET = 16 << 10;
 const setLeewayS = 30;
@@ -349,8 +352,9 @@ export class Verifier {
     if (!aud.includes(this.o.audience)) throw new Error("audience mismatch");
     if (typeof p.exp !== "number") throw new Error("exp is required");
     if (now >= p.exp) throw new Error("token is expired");
-    if (p.iat !== undefined && (typeof p.iat !== "number" || p.iat > now)) throw new Error("token used before issued");
-    if (p.nbf !== undefined && (typeof p.nbf !== "number" || p.nbf > now)) throw new Error("token is not valid yet");
+    // iat and nbf may be up to clockSkewS ahead (Valet stamps whole seconds, and this clock may lag Valet's); exp gets no leeway.
+    if (p.iat !== undefined && (typeof p.iat !== "number" || p.iat > now + clockSkewS)) throw new Error("token used before issued");
+    if (p.nbf !== undefined && (typeof p.nbf !== "number" || p.nbf > now + clockSkewS)) throw new Error("token is not valid yet");
     return p;
   }
 
