@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -46,12 +49,41 @@ func redisCPU(ctx context.Context, c *redis.Client) (time.Duration, bool) {
 	return time.Duration(total * float64(time.Second)), found == 2
 }
 
-// valetMeter reads this process's CPU, redis-server's and v's identity
-// cache.
-func valetMeter(ctx context.Context, admin *redis.Client, v *valet) func() meterSample {
+// procCPU is a process's user and system CPU so far, from /proc (clock
+// ticks of 10 ms, the Linux USER_HZ).
+func procCPU(pid int) (time.Duration, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// The command name, field 2, is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 { // utime and stime are fields 14 and 15, here 11 and 12 (0-based, after the name)
+		return 0, false
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond, true
+}
+
+// cellMeter reads this process's CPU, redis-server's, Vault's (when vt is
+// set) and v's identity cache (when v is set).
+func cellMeter(ctx context.Context, admin *redis.Client, v *valet, vt *vault) func() meterSample {
 	return func() meterSample {
 		s := meterSample{self: selfCPU()}
 		s.redis, s.ok = redisCPU(ctx, admin)
+		if vt != nil {
+			var ok bool
+			s.vault, ok = procCPU(vt.pid())
+			s.ok = s.ok && ok
+		}
 		if v != nil && v.identity != nil {
 			s.hits, s.misses = v.identity.CacheStats()
 		}
@@ -90,16 +122,17 @@ func benchCells(ctx context.Context, base []workload, v, vi *valet, vt *vault, a
 	for _, w := range base {
 		switch w.name {
 		case wValetDeclare:
-			out = append(out, declareCell(wValetDeclare, v, valetMeter(ctx, admin, v), idTokens))
-			reused := declareCell(wValetReused, v, valetMeter(ctx, admin, v), idTokens)
+			out = append(out, declareCell(wValetDeclare, v, cellMeter(ctx, admin, v, nil), idTokens))
+			reused := declareCell(wValetReused, v, cellMeter(ctx, admin, v, nil), idTokens)
 			reused.forAgents = func(n int) func(int) (*http.Request, error) {
 				return func(i int) (*http.Request, error) { return declareRequest(v, idTokens[i%n]) }
 			}
 			out = append(out, reused)
 			if vi != nil {
-				out = append(out, declareCell(wValetInterval, vi, valetMeter(ctx, admin, vi), idTokens))
+				out = append(out, declareCell(wValetInterval, vi, cellMeter(ctx, admin, vi, nil), idTokens))
 			}
 		case wVaultLogin:
+			w.meter = cellMeter(ctx, admin, nil, vt)
 			out = append(out, w)
 			aud := w
 			aud.name = wVaultLoginAud
@@ -114,6 +147,11 @@ func benchCells(ctx context.Context, base []workload, v, vi *valet, vt *vault, a
 			}
 			out = append(out, aud)
 		default:
+			if strings.HasPrefix(w.name, "Vault") {
+				w.meter = cellMeter(ctx, admin, nil, vt)
+			} else {
+				w.meter = cellMeter(ctx, admin, nil, nil)
+			}
 			out = append(out, w)
 		}
 	}

@@ -33,16 +33,17 @@ type workload struct {
 }
 
 // meterSample is what a cell costs besides time: CPU of this process
-// (broker and load generator alike) and of redis-server, and the identity
-// cache's lookups.
+// (broker and load generator alike), of redis-server and of Vault, and
+// the identity cache's lookups.
 type meterSample struct {
-	self, redis  time.Duration
-	hits, misses uint64
-	ok           bool
+	self, redis, vault time.Duration
+	hits, misses       uint64
+	ok                 bool
 }
 
 func (a meterSample) sub(b meterSample) meterSample {
-	return meterSample{self: a.self - b.self, redis: a.redis - b.redis, hits: a.hits - b.hits, misses: a.misses - b.misses, ok: a.ok && b.ok}
+	return meterSample{self: a.self - b.self, redis: a.redis - b.redis, vault: a.vault - b.vault,
+		hits: a.hits - b.hits, misses: a.misses - b.misses, ok: a.ok && b.ok}
 }
 
 // selfCPU is this process's user and system CPU so far.

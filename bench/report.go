@@ -107,20 +107,46 @@ func (r *report) ceilingCPU() []float64 {
 }
 
 // cpuPerRequest is the median over runs of a cell's CPU per request in ns:
-// this process's (broker and load generator) and redis-server's.
-func (r *report) cpuPerRequest(name string, conc int) (self, redis float64, ok bool) {
-	var ss, rs []float64
+// this process's (broker and load generator), redis-server's and Vault's.
+func (r *report) cpuPerRequest(name string, conc int) (self, redis, vault float64, ok bool) {
+	var ss, rs, vs []float64
 	for _, x := range r.cells[name][conc] {
 		if !x.use.ok || x.requests == 0 {
 			continue
 		}
 		ss = append(ss, float64(x.use.self)/float64(x.requests))
 		rs = append(rs, float64(x.use.redis)/float64(x.requests))
+		vs = append(vs, float64(x.use.vault)/float64(x.requests))
 	}
 	if len(ss) == 0 {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
-	return median(ss), median(rs), true
+	return median(ss), median(rs), median(vs), true
+}
+
+// cpuRatio is the median over runs of b's CPU per request (all processes)
+// ÷ a's, in the same run.
+func (r *report) cpuRatio(a, b string, conc int) (float64, bool) {
+	ra, rb := r.cells[a][conc], r.cells[b][conc]
+	if len(ra) == 0 || len(ra) != len(rb) {
+		return 0, false
+	}
+	var xs []float64
+	for i := range ra {
+		ua, ub := ra[i].use, rb[i].use
+		if !ua.ok || !ub.ok || ra[i].requests == 0 || rb[i].requests == 0 {
+			continue
+		}
+		ca := float64(ua.self+ua.redis+ua.vault) / float64(ra[i].requests)
+		cb := float64(ub.self+ub.redis+ub.vault) / float64(rb[i].requests)
+		if ca > 0 {
+			xs = append(xs, cb/ca)
+		}
+	}
+	if len(xs) == 0 {
+		return 0, false
+	}
+	return median(xs), true
 }
 
 // hitRatio is the identity cache's hits ÷ lookups over every run of a cell.
@@ -225,7 +251,7 @@ func (r *report) print(out io.Writer) {
 
 	text("")
 	if r.vaultMissing == "" {
-		line("ratio (median of per-run ratios)", "agents", "Valet÷Vault ops/s", "Vault p99÷Valet p99", "", "", "")
+		line("ratio (median of per-run ratios)", "agents", "Valet÷Vault ops/s", "Vault p99÷Valet p99", "Vault CPU÷Valet CPU per request", "", "")
 		pairs := [][2]string{
 			{wValetDeclare, wVaultLogin}, {wValetDeclare, wVaultLoginAud}, {wValetDeclare, wVaultService}, {wValetDeclare, wVaultBatch},
 			{wValetReused, wVaultLogin}, {wValetReused, wVaultLoginAud},
@@ -236,7 +262,11 @@ func (r *report) print(out io.Writer) {
 				tr, ok1 := r.ratio(pair[0], pair[1], c, throughput, false)
 				pr, ok2 := r.ratio(pair[0], pair[1], c, p99, true)
 				if ok1 && ok2 {
-					line(shortName(pair[0])+" vs "+pair[1], fmt.Sprint(c), fmt.Sprintf("%.2f×", tr), fmt.Sprintf("%.2f×", pr), "", "", "")
+					cr := "-"
+					if x, ok := r.cpuRatio(pair[0], pair[1], c); ok {
+						cr = fmt.Sprintf("%.2f×", x)
+					}
+					line(shortName(pair[0])+" vs "+pair[1], fmt.Sprint(c), fmt.Sprintf("%.2f×", tr), fmt.Sprintf("%.2f×", pr), cr, "", "")
 				}
 			}
 		}
@@ -245,21 +275,22 @@ func (r *report) print(out io.Writer) {
 	}
 
 	text("")
-	line("declare cell", "agents", "identity cache hits", "CPU/request, bench process", "CPU/request, redis-server", "", "")
-	for _, name := range []string{wValetDeclare, wValetReused, wValetInterval} {
+	line("CPU per request (Δ over the measured window ÷ requests)", "agents", "identity cache hits", "bench process", "redis-server", "vault", "all")
+	for _, name := range r.order {
 		for _, c := range o.conc {
-			hr, okH := r.hitRatio(name, c)
-			self, red, okC := r.cpuPerRequest(name, c)
-			if !okH && !okC {
+			self, red, vlt, okC := r.cpuPerRequest(name, c)
+			if !okC {
 				continue
 			}
 			hit := "-"
-			if okH {
+			if hr, ok := r.hitRatio(name, c); ok {
 				hit = fmt.Sprintf("%.1f%%", 100*hr)
 			}
-			line(shortName(name), fmt.Sprint(c), hit, fmt.Sprintf("%.0f µs", self/1e3), fmt.Sprintf("%.0f µs", red/1e3), "", "")
+			line(shortName(name), fmt.Sprint(c), hit, fmt.Sprintf("%.0f µs", self/1e3), fmt.Sprintf("%.0f µs", red/1e3), fmt.Sprintf("%.0f µs", vlt/1e3),
+				fmt.Sprintf("%.0f µs", (self+red+vlt)/1e3))
 		}
 	}
+	text("(bench process = the load generator, plus the broker for Valet's cells; vault = the Vault server's CPU, for its cells)")
 
 	text("")
 	line("ceiling part (b.RunParallel)", "", "ns/op (wall)", "CPU µs/op", "allocs/op", "in ceiling", "")
@@ -292,7 +323,7 @@ func (r *report) print(out io.Writer) {
 		if !ok {
 			continue
 		}
-		self, red, okC := r.cpuPerRequest(wValetDeclare, c)
+		self, red, _, okC := r.cpuPerRequest(wValetDeclare, c)
 		if okC {
 			text("Valet declare at %d agents: %.2f of the ceiling's throughput; CPU per declaration %.1f µs (bench process %.1f, redis-server %.1f), ceiling's share of it %.2f",
 				c, x, (self+red)/1e3, self/1e3, red/1e3, ceilCPU/(self+red))
