@@ -292,6 +292,13 @@ func startValetWith(ctx context.Context, p *idp, redisURL, dir string, cfg valet
 	}
 	v.redis.AddHook(v.hook)
 	v.close = append(v.close, func() { v.redis.Close() })
+	// As serve (serveRedis): the audit trail's copy in the Redis stream,
+	// written by a chain of its own.
+	trail, err := audit.NewRedisWriter(v.redis, audit.RedisWriterOptions{Prefix: cfg.prefix})
+	if err != nil {
+		return nil, err
+	}
+	stream := audit.NewLog(trail)
 	v.ledger, err = revocation.NewRedisLedger(v.redis, revocation.RedisOptions{Prefix: cfg.prefix})
 	if err != nil {
 		return nil, err
@@ -329,11 +336,6 @@ func startValetWith(ctx context.Context, p *idp, redisURL, dir string, cfg valet
 		}
 		v.close = append(v.close, func() { _ = stopSync() })
 	}
-	// As serve: the trail is also copied to the Redis audit stream.
-	trail, err := audit.NewRedisWriter(v.redis, audit.RedisWriterOptions{Prefix: cfg.prefix})
-	if err != nil {
-		return nil, err
-	}
 	controls, err := revocation.NewControls(v.redis, cfg.prefix, 5*time.Second)
 	if err != nil {
 		return nil, err
@@ -342,7 +344,7 @@ func startValetWith(ctx context.Context, p *idp, redisURL, dir string, cfg valet
 	v.close = append(v.close, func() { feedClient.Close() })
 	srv, err := server.New(ctx, server.Options{
 		PublicURL: v.url, Identity: verifier, Tokens: tokens, Ledger: v.ledger, Epochs: v.ledger, Loss: v.ledger, Controls: controls,
-		Auditors: []broker.Auditor{auditor, audit.NewLog(trail)}, Templates: templates, Agent: broker.AgentConfig{Limiter: v.ledger}, Records: v.ledger,
+		Auditors: []broker.Auditor{auditor, stream}, Templates: templates, Agent: broker.AgentConfig{Limiter: v.ledger}, Records: v.ledger,
 		Clients: []clientauth.Client{{ID: clientID, SecretSHA256: sha256Of(clientSecret)}},
 		Feed:    revocation.NewFeed(feedClient, cfg.prefix), Ready: []func(context.Context) error{verifier.Ready},
 		ReapInterval: time.Second, Logger: log,
