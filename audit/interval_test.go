@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -203,4 +204,31 @@ func TestSyncEveryRejectsIntervalsOutOfBounds(t *testing.T) {
 			t.Errorf("SyncEvery(%s) accepted", d)
 		}
 	}
+}
+
+// BenchmarkRecordFileInterval is BenchmarkRecordFile with SyncEvery(100ms):
+// Record returns once the line is written.
+func BenchmarkRecordFileInterval(b *testing.B) {
+	l, c, err := OpenFile(filepath.Join(b.TempDir(), "audit.jsonl"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	stop, err := l.SyncEvery(100 * time.Millisecond)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stop()
+	e := broker.Event{Time: time.Now(), Type: "task.granted", TaskID: "tsk_abcdefghijklmnopqrstuvwxyz", Actor: "agent-1",
+		Creds: []string{"jti-abcdefghijklmnop"}, Detail: map[string]any{"intent": "triage ticket 4521", "ttl_seconds": 600}}
+	b.SetParallelism(16)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := l.Record(context.Background(), e); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
