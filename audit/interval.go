@@ -29,7 +29,8 @@ type lazySync struct {
 
 // SyncEvery trades durability per grant for throughput: Record returns
 // once its line is written, and a background fsync covers it at most
-// interval (plus the time an fsync itself takes) later. A crash of the
+// interval later, plus the time of the fsyncs themselves (the one running
+// when the line was written, and its own). A crash of the
 // machine within that window can lose records of grants already answered;
 // a crash of the process alone loses nothing (the lines are in the
 // kernel). A failed background fsync poisons the log as in the default

@@ -51,7 +51,7 @@ func applyAuditSync(l *audit.Log, file io.Closer, a AuditConfig, log *slog.Logge
 		return nil, fmt.Errorf("audit.sync_interval: %w", err)
 	}
 	log.Warn("audit durability: grants are answered before their record is fsynced; a record reaches the disk at most audit.sync_interval "+
-		"(plus one fsync) after its grant was answered, so a machine crash can lose that much of the trail",
+		"(plus the time of at most two fsyncs) after its grant was answered, so a machine crash can lose that much of the trail",
 		"audit_sync", auditSyncInterval, "audit_sync_interval", time.Duration(a.SyncInterval).String())
 	return closerFunc(func() error {
 		errStop := stop()
