@@ -424,14 +424,26 @@ func profileDeclare(ctx context.Context, path string, o options, v *valet, idTok
 	return nil
 }
 
-// pprofTop is the top cumulative entries of a CPU profile, as
-// `go tool pprof -top -cum` prints them.
+// declareRoot is where the profile summary starts: the HTTP server and
+// middleware frames above it say nothing about where a declaration goes.
+const declareRoot = `broker\.\(\*Service\)\.DeclareWith`
+
+// pprofTop is the top cumulative entries of a CPU profile under
+// Service.DeclareWith, as `go tool pprof -top -cum -show_from` prints
+// them, without the profile's file header.
 func pprofTop(ctx context.Context, path string) string {
-	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=25", path).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=30", "-show_from="+declareRoot, path).CombinedOutput()
 	if err != nil {
-		return fmt.Sprintf("(go tool pprof failed: %v; read %s with go tool pprof -top -cum)", err, path)
+		return fmt.Sprintf("(go tool pprof failed: %v; read %s with go tool pprof -top -cum)\n", err, path)
 	}
-	return string(out)
+	var keep []string
+	for l := range strings.SplitSeq(string(out), "\n") {
+		if strings.HasPrefix(l, "File:") || strings.HasPrefix(l, "Build ID:") || strings.HasPrefix(l, "Type:") || strings.HasPrefix(l, "Time:") {
+			continue
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(keep, "\n")
 }
 
 // declareAnswer is the size of one declaration's answer over HTTP, so the

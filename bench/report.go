@@ -443,7 +443,8 @@ func (r *report) print(out io.Writer) {
 	}
 	w.Flush()
 	if r.profileTop != "" {
-		fmt.Fprintf(out, "\nA throughput target is not met. Where Valet's declare at 32 agents spends its CPU (go tool pprof -top -cum, this run):\n%s", r.profileTop)
+		fmt.Fprintf(out, "\nA throughput target is not met. Where Valet's declare at 32 agents spends its CPU, from Service.DeclareWith down\n"+
+			"(go tool pprof -top -cum -show_from; percentages of all of the bench process's samples, load generator included):\n%s", r.profileTop)
 	}
 }
 
