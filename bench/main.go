@@ -60,7 +60,7 @@ func parseOptions(args []string, stderr io.Writer) (options, int, error) {
 	fs.IntVar(&o.idTokens, "tokens", 20000, "distinct identity tokens (one agent each) the clients cycle through; more than a cell sends, so none repeats in a cell")
 	bulk := fs.String("bulk", "10000,100000", "bulk revocation sizes, comma-separated")
 	fs.IntVar(&o.memoryTasks, "memory-tasks", 100000, "live tasks held by the broker whose RSS is measured")
-	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of Valet declarations at concurrency 32 to this file")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of Valet declarations at concurrency 32 to this file (one is taken anyway, and summarised, when a throughput target is not met)")
 	fs.BoolVar(&o.quick, "quick", false, "a short run: 1s cells, 1 run, concurrency 1 and 32, bulk 10,000, 6,000 tokens, 20,000 tasks for RSS")
 	child := fs.Int("memory-child", 0, "internal: run the memory measurement child with this many tasks")
 	if err := fs.Parse(args); err != nil {
