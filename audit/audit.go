@@ -54,6 +54,11 @@ type Log struct {
 	written atomic.Uint64
 	synced  uint64 // guarded by syncMu
 	syncErr error  // guarded by syncMu; sticky
+
+	// lazy is set by SyncEvery: Record no longer waits for the fsync (see
+	// interval.go); lazyErr is the first failed background fsync, sticky.
+	lazy    *lazySync
+	lazyErr atomic.Pointer[error]
 }
 
 // NewLog appends to w. If w is an *os.File, each record is fsynced before
@@ -220,6 +225,9 @@ func (l *Log) Record(_ context.Context, e broker.Event) error {
 	l.mu.Unlock()
 	if l.sync == nil {
 		return nil
+	}
+	if l.lazy != nil {
+		return l.syncLater(r.Seq)
 	}
 	return l.syncThrough(r.Seq)
 }

@@ -11,8 +11,9 @@ import (
 //
 //	go test -run '^$' -bench Ceiling ./bench
 //
-// Ceiling ops/s = 1e9 / Σ ns/op of the four BenchmarkCeiling parts (each at
-// full parallelism); the Info benchmarks are what the broker actually runs
+// In `go run ./bench` the ceiling is GOMAXPROCS / Σ CPU per op of the five
+// BenchmarkCeiling parts (each at full parallelism, CPU counted by
+// getrusage, plus redis-server's for the Redis part); the Info benchmarks are what the broker actually runs
 // for the first and third part.
 
 func newTestFixture(b *testing.B) *ceilingFixture {
@@ -30,6 +31,7 @@ func newTestFixture(b *testing.B) *ceilingFixture {
 	return f
 }
 
+func BenchmarkCeilingHTTP(b *testing.B)        { newTestFixture(b).benchHTTP(b) }
 func BenchmarkCeilingVerifyRS256(b *testing.B) { newTestFixture(b).benchVerifyRS256(b) }
 func BenchmarkCeilingCEL(b *testing.B)         { newTestFixture(b).benchCEL(b) }
 func BenchmarkCeilingSignEdDSA(b *testing.B)   { newTestFixture(b).benchSignEdDSA(b) }
@@ -51,8 +53,12 @@ func TestFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, pt := range f.parts() {
-		if r := testing.Benchmark(pt.bench); r.N == 0 {
-			t.Errorf("%s: benchmark did not run", pt.name)
+		r := f.measure(pt)
+		if r.failed || r.cpuPerOp <= 0 {
+			t.Errorf("%s: benchmark did not run or counted no CPU: %+v", pt.name, r)
+		}
+		if pt.redisCPU && r.redisNs <= 0 {
+			t.Errorf("%s: no redis-server CPU counted", pt.name)
 		}
 	}
 }

@@ -233,9 +233,8 @@ func (h *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 // valet is a broker built through internal/server as `valet serve` builds
 // it (Redis ledger, EdDSA task tokens, the trusted issuer, templates,
 // controls and epochs, the revocation feed, the reaper every second, audit
-// to a file, JSON logs at info), serving on a real loopback listener.
-// Unlike `valet serve`, it does not copy the audit trail to the Redis
-// stream (see README).
+// to a file and its copy to the Redis audit stream, JSON logs at info),
+// serving on a real loopback listener.
 type valet struct {
 	url string
 	svc *broker.Service
@@ -244,10 +243,28 @@ type valet struct {
 	ledger      *revocation.RedisLedger
 	redis       *redis.Client
 	hook        *countHook
+	identity    *identity.Verifier
 	close       []func()
 }
 
+// valetConfig is what differs between the bench's brokers.
+type valetConfig struct {
+	// prefix of the Redis keys (ledger, controls, feed, audit stream) and
+	// of the audit file's name; default "valet".
+	prefix string
+	// syncInterval, when set, is audit.sync: interval with this bound;
+	// otherwise audit.sync: grant (an fsync before every answer).
+	syncInterval time.Duration
+}
+
 func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, error) {
+	return startValetWith(ctx, p, redisURL, dir, valetConfig{})
+}
+
+func startValetWith(ctx context.Context, p *idp, redisURL, dir string, cfg valetConfig) (*valet, error) {
+	if cfg.prefix == "" {
+		cfg.prefix = "valet"
+	}
 	v := &valet{hook: &countHook{}}
 	ok := false
 	defer func() {
@@ -262,7 +279,7 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	v.close = append(v.close, func() { ln.Close() })
 	v.url = "http://" + ln.Addr().String()
 
-	logFile, err := os.Create(filepath.Join(dir, "valet.log"))
+	logFile, err := os.Create(filepath.Join(dir, cfg.prefix+".log"))
 	if err != nil {
 		return nil, err
 	}
@@ -275,7 +292,14 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	}
 	v.redis.AddHook(v.hook)
 	v.close = append(v.close, func() { v.redis.Close() })
-	v.ledger, err = revocation.NewRedisLedger(v.redis, revocation.RedisOptions{Prefix: "valet"})
+	// As serve (serveRedis): the audit trail's copy in the Redis stream,
+	// written by a chain of its own.
+	trail, err := audit.NewRedisWriter(v.redis, audit.RedisWriterOptions{Prefix: cfg.prefix})
+	if err != nil {
+		return nil, err
+	}
+	stream := audit.NewLog(trail)
+	v.ledger, err = revocation.NewRedisLedger(v.redis, revocation.RedisOptions{Prefix: cfg.prefix})
 	if err != nil {
 		return nil, err
 	}
@@ -292,6 +316,7 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	if err != nil {
 		return nil, err
 	}
+	v.identity = verifier
 	if err := verifier.Ready(ctx); err != nil {
 		return nil, fmt.Errorf("loading the issuer's keys: %w", err)
 	}
@@ -299,12 +324,19 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	if err != nil {
 		return nil, err
 	}
-	auditor, auditFile, err := audit.OpenFile(filepath.Join(dir, "audit.jsonl"))
+	auditor, auditFile, err := audit.OpenFile(filepath.Join(dir, cfg.prefix+".audit.jsonl"))
 	if err != nil {
 		return nil, err
 	}
 	v.close = append(v.close, func() { auditFile.Close() })
-	controls, err := revocation.NewControls(v.redis, "valet", 5*time.Second)
+	if cfg.syncInterval > 0 {
+		stopSync, err := auditor.SyncEvery(cfg.syncInterval)
+		if err != nil {
+			return nil, err
+		}
+		v.close = append(v.close, func() { _ = stopSync() })
+	}
+	controls, err := revocation.NewControls(v.redis, cfg.prefix, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -312,9 +344,9 @@ func startValet(ctx context.Context, p *idp, redisURL, dir string) (*valet, erro
 	v.close = append(v.close, func() { feedClient.Close() })
 	srv, err := server.New(ctx, server.Options{
 		PublicURL: v.url, Identity: verifier, Tokens: tokens, Ledger: v.ledger, Epochs: v.ledger, Loss: v.ledger, Controls: controls,
-		Auditors: []broker.Auditor{auditor}, Templates: templates, Agent: broker.AgentConfig{Limiter: v.ledger}, Records: v.ledger,
+		Auditors: []broker.Auditor{auditor, stream}, Templates: templates, Agent: broker.AgentConfig{Limiter: v.ledger}, Records: v.ledger,
 		Clients: []clientauth.Client{{ID: clientID, SecretSHA256: sha256Of(clientSecret)}},
-		Feed:    revocation.NewFeed(feedClient, ""), Ready: []func(context.Context) error{verifier.Ready},
+		Feed:    revocation.NewFeed(feedClient, cfg.prefix), Ready: []func(context.Context) error{verifier.Ready},
 		ReapInterval: time.Second, Logger: log,
 	})
 	if err != nil {

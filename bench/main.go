@@ -13,7 +13,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -55,11 +57,11 @@ func parseOptions(args []string, stderr io.Writer) (options, int, error) {
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured time before each cell")
 	fs.IntVar(&o.runs, "runs", 3, "runs of every cell; the table shows the median")
 	conc := fs.String("concurrency", "1,8,32,128", "concurrent clients, comma-separated")
-	fs.IntVar(&o.idTokens, "tokens", 4096, "distinct identity tokens (one agent each) the clients cycle through")
+	fs.IntVar(&o.idTokens, "tokens", 20000, "distinct identity tokens (one agent each) the clients cycle through; more than a cell sends, so none repeats in a cell")
 	bulk := fs.String("bulk", "10000,100000", "bulk revocation sizes, comma-separated")
 	fs.IntVar(&o.memoryTasks, "memory-tasks", 100000, "live tasks held by the broker whose RSS is measured")
-	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of Valet declarations at concurrency 32 to this file")
-	fs.BoolVar(&o.quick, "quick", false, "a short run: 1s cells, 1 run, concurrency 1 and 32, bulk 10,000, 1,024 tokens, 20,000 tasks for RSS")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of Valet declarations at concurrency 32 to this file (one is taken anyway, and summarised, when a throughput target is not met)")
+	fs.BoolVar(&o.quick, "quick", false, "a short run: 1s cells, 1 run, concurrency 1 and 32, bulk 10,000, 6,000 tokens, 20,000 tasks for RSS")
 	child := fs.Int("memory-child", 0, "internal: run the memory measurement child with this many tasks")
 	if err := fs.Parse(args); err != nil {
 		return o, 0, err
@@ -80,7 +82,7 @@ func parseOptions(args []string, stderr io.Writer) (options, int, error) {
 			*bulk = "10000"
 		}
 		if !set["tokens"] {
-			o.idTokens = 1024
+			o.idTokens = 6000
 		}
 		if !set["memory-tasks"] {
 			o.memoryTasks = 20000
@@ -117,7 +119,7 @@ func intList(s string) ([]int, error) {
 
 // workload names, in table order.
 const (
-	wValetDeclare    = "Valet declare (POST /v1/tasks)"
+	wValetDeclare    = "Valet declare, distinct tokens (POST /v1/tasks)"
 	wVaultLogin      = "Vault auth/jwt/login"
 	wVaultService    = "Vault token create, service"
 	wVaultBatch      = "Vault token create, batch"
@@ -156,6 +158,13 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 		return fmt.Errorf("starting valet: %w", err)
 	}
 	defer v.stop()
+	vi, err := startValetWith(ctx, p, rs.url(), dir, valetConfig{prefix: "valeti", syncInterval: auditInterval})
+	if err != nil {
+		return fmt.Errorf("starting valet with audit.sync interval: %w", err)
+	}
+	defer vi.stop()
+	admin := redis.NewClient(&redis.Options{Addr: rs.addr})
+	defer admin.Close()
 
 	var vt *vault
 	vaultBin := vaultBinary(getenv)
@@ -187,6 +196,9 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return fmt.Errorf("preparing the ceiling: %w", err)
 	}
+	if cf.answer, err = declareAnswer(v, idTokens[0]); err != nil {
+		return fmt.Errorf("sizing a declaration's answer: %w", err)
+	}
 
 	rep := &report{opts: o, vaultBin: vaultBin, vaultMissing: vaultMissing, proxyMissing: proxyMissing, cells: map[string]map[int][]result{}}
 	for r := range o.runs {
@@ -197,7 +209,7 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 		if err != nil {
 			return fmt.Errorf("declaring tasks to introspect: %w", err)
 		}
-		wls, err := pb.addWorkloads(ctx, workloads(v, vt, idTokens, taskTokens))
+		wls, err := pb.addWorkloads(ctx, benchCells(ctx, workloads(v, vt, idTokens, taskTokens), v, vi, vt, admin, idTokens, dir))
 		if err != nil {
 			return err
 		}
@@ -213,7 +225,7 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 		parts := cf.parts()
 		pr := make([]partResult, len(parts))
 		for i, pt := range parts {
-			pr[i] = measurePart(pt)
+			pr[i] = cf.measure(pt)
 		}
 		rep.parts = parts
 		rep.partRuns = append(rep.partRuns, pr)
@@ -248,10 +260,17 @@ func runMain(ctx context.Context, args []string, getenv func(string) string, std
 			rep.vaultRSS = rss
 		}
 	}
-	if o.cpuprofile != "" {
+	if o.cpuprofile != "" || rep.throughputMissed() {
 		progress("profiling Valet declarations at concurrency 32 for %s...", o.duration)
-		if err := profileDeclare(ctx, o, v, idTokens); err != nil {
+		path := o.cpuprofile
+		if path == "" {
+			path = filepath.Join(dir, "declare.prof")
+		}
+		if err := profileDeclare(ctx, path, o, v, idTokens); err != nil {
 			return err
+		}
+		if rep.throughputMissed() {
+			rep.profileTop = pprofTop(ctx, path)
 		}
 	}
 	rep.print(stdout)
@@ -399,8 +418,8 @@ func countTrips(ctx context.Context, v *valet, rs *redisServer, idTokens []strin
 	return tc, nil
 }
 
-func profileDeclare(ctx context.Context, o options, v *valet, idTokens []string) error {
-	f, err := os.Create(o.cpuprofile)
+func profileDeclare(ctx context.Context, path string, o options, v *valet, idTokens []string) error {
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
@@ -408,10 +427,54 @@ func profileDeclare(ctx context.Context, o options, v *valet, idTokens []string)
 	if err := pprof.StartCPUProfile(f); err != nil {
 		return err
 	}
-	res := run(ctx, workloads(v, nil, idTokens, nil)[0], 32, o.warmup, o.duration)
+	res := run(ctx, declareCell(wValetDeclare, v, nil, idTokens), 32, o.warmup, o.duration)
 	pprof.StopCPUProfile()
-	fmt.Fprintf(os.Stderr, "profiled %d declarations (%.0f/s); read it with: go tool pprof -top %s\n", res.ops, res.throughput, o.cpuprofile)
+	fmt.Fprintf(os.Stderr, "profiled %d declarations (%.0f/s); read it with: go tool pprof -top %s\n", res.ops, res.throughput, path)
 	return nil
+}
+
+// declareRoot is where the profile summary starts: the HTTP server and
+// middleware frames above it say nothing about where a declaration goes.
+const declareRoot = `broker\.\(\*Service\)\.DeclareWith`
+
+// pprofTop is the top cumulative entries of a CPU profile under
+// Service.DeclareWith, as `go tool pprof -top -cum -show_from` prints
+// them, without the profile's file header.
+func pprofTop(ctx context.Context, path string) string {
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=30", "-show_from="+declareRoot, path).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("(go tool pprof failed: %v; read %s with go tool pprof -top -cum)\n", err, path)
+	}
+	var keep []string
+	for l := range strings.SplitSeq(string(out), "\n") {
+		if strings.HasPrefix(l, "File:") || strings.HasPrefix(l, "Build ID:") || strings.HasPrefix(l, "Type:") || strings.HasPrefix(l, "Time:") {
+			continue
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(keep, "\n")
+}
+
+// declareAnswer is the size of one declaration's answer over HTTP, so the
+// ceiling's HTTP part writes as many bytes.
+func declareAnswer(v *valet, idToken string) (int, error) {
+	req, err := declareRequest(v, idToken)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusCreated {
+		return 0, fmt.Errorf("status %d: %s", resp.StatusCode, truncate(string(b), 200))
+	}
+	return len(b), nil
 }
 
 func median(xs []float64) float64 {

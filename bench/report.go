@@ -33,6 +33,7 @@ type report struct {
 	memoryErr    error
 	redisRSS     int64
 	vaultRSS     int64
+	profileTop   string // pprof's top of Valet's declare at 32, when a throughput target is missed
 }
 
 func (r *report) add(name string, conc int, res result) {
@@ -80,19 +81,114 @@ func (r *report) ratio(a, b string, conc int, f func(result) float64, invert boo
 func throughput(x result) float64 { return x.throughput }
 func p99(x result) float64        { return float64(x.p99) }
 
-// ceiling returns the ceiling in ops/s of every run.
+// ceilings returns the ceiling in ops/s of every run: GOMAXPROCS ÷ the
+// CPU per op of the parts.
 func (r *report) ceilings() []float64 {
+	var out []float64
+	for _, cpu := range r.ceilingCPU() {
+		out = append(out, float64(runtime.GOMAXPROCS(0))*1e9/cpu)
+	}
+	return out
+}
+
+// ceilingCPU returns, for every run, the ceiling's CPU per declaration
+// in ns: Σ CPU per op of the parts in it.
+func (r *report) ceilingCPU() []float64 {
 	var out []float64
 	for _, run := range r.partRuns {
 		sum := 0.0
 		for i, p := range r.parts {
 			if p.inSum {
-				sum += run[i].nsPerOp
+				sum += run[i].cpuPerOp
 			}
 		}
-		out = append(out, 1e9/sum)
+		out = append(out, sum)
 	}
 	return out
+}
+
+// cpuPerRequest is the median over runs of a cell's CPU per request in ns:
+// this process's (broker and load generator), redis-server's and Vault's.
+func (r *report) cpuPerRequest(name string, conc int) (self, redis, vault float64, ok bool) {
+	var ss, rs, vs []float64
+	for _, x := range r.cells[name][conc] {
+		if !x.use.ok || x.requests == 0 {
+			continue
+		}
+		ss = append(ss, float64(x.use.self)/float64(x.requests))
+		rs = append(rs, float64(x.use.redis)/float64(x.requests))
+		vs = append(vs, float64(x.use.vault)/float64(x.requests))
+	}
+	if len(ss) == 0 {
+		return 0, 0, 0, false
+	}
+	return median(ss), median(rs), median(vs), true
+}
+
+// cpuRatio is the median over runs of b's CPU per request (all processes)
+// ÷ a's, in the same run.
+func (r *report) cpuRatio(a, b string, conc int) (float64, bool) {
+	ra, rb := r.cells[a][conc], r.cells[b][conc]
+	if len(ra) == 0 || len(ra) != len(rb) {
+		return 0, false
+	}
+	var xs []float64
+	for i := range ra {
+		ua, ub := ra[i].use, rb[i].use
+		if !ua.ok || !ub.ok || ra[i].requests == 0 || rb[i].requests == 0 {
+			continue
+		}
+		ca := float64(ua.self+ua.redis+ua.vault) / float64(ra[i].requests)
+		cb := float64(ub.self+ub.redis+ub.vault) / float64(rb[i].requests)
+		if ca > 0 {
+			xs = append(xs, cb/ca)
+		}
+	}
+	if len(xs) == 0 {
+		return 0, false
+	}
+	return median(xs), true
+}
+
+// hitRatio is the identity cache's hits ÷ lookups over every run of a cell.
+func (r *report) hitRatio(name string, conc int) (float64, bool) {
+	var hits, lookups uint64
+	for _, x := range r.cells[name][conc] {
+		if x.use.ok {
+			hits += x.use.hits
+			lookups += x.use.hits + x.use.misses
+		}
+	}
+	if lookups == 0 {
+		return 0, false
+	}
+	return float64(hits) / float64(lookups), true
+}
+
+// declareTargets are the issue's throughput targets, Valet declare ÷
+// Vault auth/jwt/login: 2× at 1 agent, 4× at 8 and more.
+func declareTarget(conc int) float64 {
+	if conc == 1 {
+		return 2
+	}
+	return 4
+}
+
+// ceilingTarget is the issue's Valet ÷ ceiling target at 32 agents.
+const ceilingTarget = 0.6
+
+// throughputMissed says whether a throughput target was measured and
+// missed, so the report explains it with a profile.
+func (r *report) throughputMissed() bool {
+	if x, ok := r.valetToCeiling(32); ok && x < ceilingTarget {
+		return true
+	}
+	for _, c := range r.opts.conc {
+		if tr, ok := r.ratio(wValetDeclare, wVaultLogin, c, throughput, false); ok && tr < declareTarget(c) {
+			return true
+		}
+	}
+	return false
 }
 
 // valetToCeiling is the median over runs of Valet declarations/s at conc
@@ -122,9 +218,11 @@ func (r *report) print(out io.Writer) {
 	if r.vaultMissing != "" {
 		text("Vault columns missing: %s", r.vaultMissing)
 	} else {
-		text("Vault: %s (dev server: in-memory storage, no audit device)", r.vaultBin)
+		text("Vault: %s (dev server: in-memory storage; no audit device, and a second column with a file audit device, enabled for that cell only)", r.vaultBin)
 	}
-	text("Valet: in-process, loopback HTTP, Redis ledger, RS256 identity in, EdDSA task token out, CEL template, audit file with fsync, JSON info log to a file")
+	text("Valet: in-process, loopback HTTP, built as valet serve builds it: Redis ledger, RS256 identity in, EdDSA task token out, CEL template,")
+	text("       audit file (audit.sync grant: fsync before answering; one cell with audit.sync interval %s) and its copy to the Redis audit stream, JSON info log to a file", auditInterval)
+	text("Identity cache purged before every declare cell; distinct-token cells present each token once (%d tokens, more than a cell sends)", o.idTokens)
 	text("")
 	line("workload", "agents", "ops/s", "p50", "p99", "p99.9", "errors")
 	for _, name := range r.order {
@@ -154,13 +252,22 @@ func (r *report) print(out io.Writer) {
 
 	text("")
 	if r.vaultMissing == "" {
-		line("ratio (median of per-run ratios)", "agents", "Valet÷Vault ops/s", "Vault p99÷Valet p99", "", "", "")
-		for _, vw := range []string{wVaultLogin, wVaultService, wVaultBatch} {
+		line("ratio (median of per-run ratios)", "agents", "Valet÷Vault ops/s", "Vault p99÷Valet p99", "Vault CPU÷Valet CPU per request", "", "")
+		pairs := [][2]string{
+			{wValetDeclare, wVaultLogin}, {wValetDeclare, wVaultLoginAud}, {wValetDeclare, wVaultService}, {wValetDeclare, wVaultBatch},
+			{wValetReused, wVaultLogin}, {wValetReused, wVaultLoginAud},
+			{wValetInterval, wVaultLogin}, {wValetInterval, wVaultLoginAud},
+		}
+		for _, pair := range pairs {
 			for _, c := range o.conc {
-				tr, ok1 := r.ratio(wValetDeclare, vw, c, throughput, false)
-				pr, ok2 := r.ratio(wValetDeclare, vw, c, p99, true)
+				tr, ok1 := r.ratio(pair[0], pair[1], c, throughput, false)
+				pr, ok2 := r.ratio(pair[0], pair[1], c, p99, true)
 				if ok1 && ok2 {
-					line("Valet declare vs "+vw, fmt.Sprint(c), fmt.Sprintf("%.2f×", tr), fmt.Sprintf("%.2f×", pr), "", "", "")
+					cr := "-"
+					if x, ok := r.cpuRatio(pair[0], pair[1], c); ok {
+						cr = fmt.Sprintf("%.2f×", x)
+					}
+					line(shortName(pair[0])+" vs "+pair[1], fmt.Sprint(c), fmt.Sprintf("%.2f×", tr), fmt.Sprintf("%.2f×", pr), cr, "", "")
 				}
 			}
 		}
@@ -171,27 +278,59 @@ func (r *report) print(out io.Writer) {
 	text("")
 	r.printProxy(line, text)
 	text("")
-	line("ceiling part (b.RunParallel)", "", "ns/op", "CPU µs/op", "allocs/op", "in ceiling", "")
+	line("CPU per request (Δ over the measured window ÷ requests)", "agents", "identity cache hits", "bench process", "redis-server", "vault", "all")
+	for _, name := range r.order {
+		for _, c := range o.conc {
+			self, red, vlt, okC := r.cpuPerRequest(name, c)
+			if !okC {
+				continue
+			}
+			hit := "-"
+			if hr, ok := r.hitRatio(name, c); ok {
+				hit = fmt.Sprintf("%.1f%%", 100*hr)
+			}
+			line(shortName(name), fmt.Sprint(c), hit, fmt.Sprintf("%.0f µs", self/1e3), fmt.Sprintf("%.0f µs", red/1e3), fmt.Sprintf("%.0f µs", vlt/1e3),
+				fmt.Sprintf("%.0f µs", (self+red+vlt)/1e3))
+		}
+	}
+	text("(bench process = the load generator, plus the broker for Valet's cells; vault = the Vault server's CPU, for its cells)")
+
+	text("")
+	line("ceiling part (b.RunParallel)", "", "ns/op (wall)", "CPU µs/op", "allocs/op", "in ceiling", "")
 	for i, p := range r.parts {
-		var ns []float64
+		var ns, cpu, red []float64
 		var allocs int64
 		failed := false
 		for _, run := range r.partRuns {
 			ns = append(ns, run[i].nsPerOp)
+			cpu = append(cpu, run[i].cpuPerOp)
+			red = append(red, run[i].redisNs)
 			allocs = run[i].allocs
 			failed = failed || run[i].failed
 		}
-		m := median(ns)
 		in := map[bool]string{true: "yes", false: "no"}[p.inSum]
 		if failed {
 			in += " (FAILED)"
 		}
-		line(p.name, "", fmt.Sprintf("%.0f", m), fmt.Sprintf("%.1f", m*float64(runtime.GOMAXPROCS(0))/1000), fmt.Sprint(allocs), in, "")
+		cpuCell := fmt.Sprintf("%.1f", median(cpu)/1e3)
+		if p.redisCPU {
+			cpuCell += fmt.Sprintf(" (redis-server %.1f)", median(red)/1e3)
+		}
+		line(p.name, "", fmt.Sprintf("%.0f", median(ns)), cpuCell, fmt.Sprint(allocs), in, "")
 	}
 	cs := r.ceilings()
-	text("ceiling = 1 / Σ ns/op (parallel) = GOMAXPROCS / Σ CPU cost per op = %.0f declarations/s", median(cs))
+	ceilCPU := median(r.ceilingCPU())
+	text("ceiling CPU per declaration = Σ CPU µs/op (in ceiling) = %.1f µs; ceiling = GOMAXPROCS / that = %.0f declarations/s", ceilCPU/1e3, median(cs))
 	for _, c := range o.conc {
-		if x, ok := r.valetToCeiling(c); ok {
+		x, ok := r.valetToCeiling(c)
+		if !ok {
+			continue
+		}
+		self, red, _, okC := r.cpuPerRequest(wValetDeclare, c)
+		if okC {
+			text("Valet declare at %d agents: %.2f of the ceiling's throughput; CPU per declaration %.1f µs (bench process %.1f, redis-server %.1f), ceiling's share of it %.2f",
+				c, x, (self+red)/1e3, self/1e3, red/1e3, ceilCPU/(self+red))
+		} else {
 			text("Valet declare at %d agents ÷ ceiling = %.2f", c, x)
 		}
 	}
@@ -249,26 +388,49 @@ func (r *report) print(out io.Writer) {
 	}
 
 	text("")
-	line("target", "", "measured", "holds", "", "", "")
-	verdict := func(ok bool) string { return map[bool]string{true: "yes", false: "NO"}[ok] }
-	if x, ok := r.valetToCeiling(32); ok {
-		line("Valet declarations/s ÷ ceiling at 32 ≥ 0.5", "", fmt.Sprintf("%.2f", x), verdict(x >= 0.5), "", "", "")
-	} else {
-		line("Valet declarations/s ÷ ceiling at 32 ≥ 0.5", "", "not measured (no 32 in -concurrency)", "", "", "", "")
-	}
+	line("target (issue 14; Valet declare = distinct tokens, audit.sync grant)", "", "measured", "", "", "", "")
+	verdict := func(ok bool) string { return map[bool]string{true: "met", false: "not met"}[ok] }
 	if r.vaultMissing != "" {
-		line("Valet ÷ Vault jwt login ops/s ≥ 4×, p99 ≥ 5×", "", "missing: no Vault", "", "", "", "")
+		line("Valet declare ÷ Vault jwt login ops/s, Vault p99 ÷ Valet p99", "", "not measured: no Vault", "", "", "", "")
 	} else {
 		for _, c := range o.conc {
-			tr, ok1 := r.ratio(wValetDeclare, wVaultLogin, c, throughput, false)
-			pr, ok2 := r.ratio(wValetDeclare, wVaultLogin, c, p99, true)
-			if ok1 && ok2 {
-				line(fmt.Sprintf("Valet ÷ Vault jwt login ops/s ≥ 4× at %d", c), "", fmt.Sprintf("%.2f×", tr), verdict(tr >= 4), "", "", "")
+			if tr, ok := r.ratio(wValetDeclare, wVaultLogin, c, throughput, false); ok {
+				line(fmt.Sprintf("Valet declare ÷ Vault jwt login ops/s ≥ %.0f× at %d", declareTarget(c), c), "", fmt.Sprintf("%.2f×", tr), verdict(tr >= declareTarget(c)), "", "", "")
+			}
+		}
+		for _, c := range o.conc {
+			if pr, ok := r.ratio(wValetDeclare, wVaultLogin, c, p99, true); ok {
 				line(fmt.Sprintf("Vault p99 ÷ Valet p99 ≥ 5× at %d", c), "", fmt.Sprintf("%.2f×", pr), verdict(pr >= 5), "", "", "")
 			}
 		}
 	}
-	line("Redis round trips per declaration = 1", "", fmt.Sprintf("%.2f", tc.declTrips), verdict(math.Abs(tc.declTrips-1) < 0.01), "", "", "")
+	if x, ok := r.valetToCeiling(32); ok {
+		measured := fmt.Sprintf("%.2f", x)
+		if self, red, _, ok := r.cpuPerRequest(wValetDeclare, 32); ok && self+red > 0 {
+			measured += fmt.Sprintf(" (CPU: ceiling's share of Valet's %.2f)", median(r.ceilingCPU())/(self+red))
+		}
+		line(fmt.Sprintf("Valet ÷ ceiling ≥ %.1f at 32 (declarations/s)", ceilingTarget), "", measured, verdict(x >= ceilingTarget), "", "", "")
+	} else {
+		line(fmt.Sprintf("Valet ÷ ceiling ≥ %.1f at 32", ceilingTarget), "", "not measured (no 32 in -concurrency)", "", "", "", "")
+	}
+	line("Redis commands per declaration ≤ 8 (commandstats, incl. in-script)", "", fmt.Sprintf("%.2f", tc.declCalls), verdict(tc.declCalls <= 8), "", "", "")
+	line("Redis round trips per declaration in serve's wiring = 1", "", fmt.Sprintf("%.2f", tc.declTrips), verdict(math.Abs(tc.declTrips-1) < 0.01), "", "", "")
+	hundredK := false
+	for _, b := range r.bulk {
+		if b.err == nil && b.n == 100000 {
+			line("100,000 individual bulk ends < 10 s", "", dur(float64(b.jobDone)), verdict(b.jobDone < 10*time.Second), "", "", "")
+			hundredK = true
+		}
+	}
+	if !hundredK {
+		note := "not measured (-bulk has no 100000)"
+		if b, ok := r.largestBulk(); ok && b.jobDone > 0 {
+			note += fmt.Sprintf("; %s took %s, %.0f/s", thousands(b.n), dur(float64(b.jobDone)), float64(b.n)/b.jobDone.Seconds())
+		}
+		line("100,000 individual bulk ends < 10 s", "", note, "", "", "", "")
+	}
+	text("")
+	line("other checks", "", "measured", "holds", "", "", "")
 	if vr := r.verifier; vr.err == nil && vr.checks > 0 {
 		line("round trips per warm revocation check = 0", "", fmt.Sprintf("%d HTTP", vr.httpCalls), verdict(vr.httpCalls == 0), "", "", "")
 	}
@@ -278,14 +440,15 @@ func (r *report) print(out io.Writer) {
 		}
 		line(fmt.Sprintf("bulk revoke of one agent < 100 ms (epoch), %s", thousands(b.n)), "", dur(float64(b.answered)),
 			verdict(b.answered < 100*time.Millisecond), "", "", "")
-		if b.n == 100000 {
-			line("100,000 individual credentials revoked < 10 s", "", dur(float64(b.jobDone)), verdict(b.jobDone < 10*time.Second), "", "", "")
-		}
 	}
 	if m := r.memory; r.memoryErr == nil && m.Tasks == 100000 {
 		line("broker with 100,000 live tasks < 200 MB RSS", "", mb(m.RSSAfter), verdict(m.RSSAfter < 200<<20), "", "", "")
 	}
 	w.Flush()
+	if r.profileTop != "" {
+		fmt.Fprintf(out, "\nA throughput target is not met. Where Valet's declare at 32 agents spends its CPU, from Service.DeclareWith down\n"+
+			"(go tool pprof -top -cum -show_from; percentages of all of the bench process's samples, load generator included):\n%s", r.profileTop)
+	}
 }
 
 func (r *report) largestBulk() (epochResult, bool) {
@@ -330,4 +493,10 @@ func truncate(s string, n int) string {
 		return s[:n] + "..."
 	}
 	return s
+}
+
+// shortName is a declare cell's name without the route, for the ratio rows.
+func shortName(name string) string {
+	n, _, _ := strings.Cut(name, " (POST")
+	return n
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valet-dev/valet/broker"
@@ -25,6 +26,8 @@ type tokenCache struct {
 	mu  sync.Mutex
 	max int
 	m   map[[32]byte]cachedToken
+
+	hits, misses atomic.Uint64 // lookups answered from the cache, and not
 }
 
 type cachedToken struct {
@@ -58,8 +61,10 @@ func (c *tokenCache) get(key [32]byte, now time.Time) (broker.Principal, bool) {
 	}
 	c.mu.Unlock()
 	if !ok {
+		c.misses.Add(1)
 		return broker.Principal{}, false
 	}
+	c.hits.Add(1)
 	p := e.p
 	p.Claims = maps.Clone(e.p.Claims) // callers may annotate their copy
 	return p, true
@@ -114,5 +119,15 @@ func (c *tokenCache) len() int {
 // refuses a distrusted issuer's principals whether they came from the
 // cache or not.
 func (v *Verifier) Purge() { v.cache.purge() }
+
+// CacheStats counts the lookups of the verified-token cache since start:
+// answered from the cache (hits) and verified in full (misses). Both are 0
+// with the cache off.
+func (v *Verifier) CacheStats() (hits, misses uint64) {
+	if v.cache == nil {
+		return 0, 0
+	}
+	return v.cache.hits.Load(), v.cache.misses.Load()
+}
 
 func tokenKey(raw string) [32]byte { return sha256.Sum256([]byte(raw)) }

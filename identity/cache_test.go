@@ -133,3 +133,20 @@ func BenchmarkAuthenticate(b *testing.B) {
 		}
 	})
 }
+
+// TestCacheStatsCountHitsAndMisses: the bench's hit ratio comes from
+// CacheStats, so it must count a full check as a miss and a reuse as a hit.
+func TestCacheStatsCountHitsAndMisses(t *testing.T) {
+	iss := oidctest.New(t)
+	clock := testkit.NewClock(time.Now())
+	id := newTestIdentity(t, clock, devIssuer(iss))
+	tok := iss.Token(t, map[string]any{"exp": clock.Now().Add(2 * time.Minute).Unix()})
+	for range 3 {
+		if _, err := id.Authenticate(context.Background(), tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if hits, misses := id.CacheStats(); hits != 2 || misses != 1 {
+		t.Fatalf("CacheStats = %d hits, %d misses; want 2, 1", hits, misses)
+	}
+}

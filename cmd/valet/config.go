@@ -156,6 +156,12 @@ type AuditConfig struct {
 	// 100,000) are trimmed. The file is the durable copy.
 	StreamRetention Duration `yaml:"stream_retention"`
 	StreamMaxLen    int64    `yaml:"stream_max_len"`
+	// Sync is when a grant's audit record is on disk: "grant" (default)
+	// answers only after an fsync covered it; "interval" answers once it
+	// is written and fsyncs within SyncInterval (10ms to 1s, default
+	// 100ms) after (audit.Log.SyncEvery).
+	Sync         string   `yaml:"sync"`
+	SyncInterval Duration `yaml:"sync_interval"`
 }
 
 type ReaperConfig struct {
@@ -359,6 +365,12 @@ func (c *Config) defaults() {
 	if c.Audit.StreamMaxLen == 0 {
 		c.Audit.StreamMaxLen = audit.DefaultStreamMaxLen
 	}
+	if c.Audit.Sync == "" {
+		c.Audit.Sync = auditSyncGrant
+	}
+	if c.Audit.Sync == auditSyncInterval && c.Audit.SyncInterval == 0 {
+		c.Audit.SyncInterval = Duration(defaultAuditSyncInterval)
+	}
 	if c.Reaper.Interval == 0 {
 		c.Reaper.Interval = Duration(time.Second)
 	}
@@ -460,6 +472,7 @@ func (c *Config) validate() error {
 	if c.Audit.StreamMaxLen < 1000 {
 		bad("audit.stream_max_len", "must be at least 1000")
 	}
+	errs = append(errs, c.Audit.validateSync()...)
 	if c.Identity.Leeway > Duration(time.Minute) {
 		bad("identity.leeway", "must be at most 60s")
 	}

@@ -86,6 +86,9 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if closeAudit, err = applyAuditSync(auditor, closeAudit, cfg.Audit, log); err != nil {
+		return err
+	}
 	defer closeAudit.Close()
 	secrets, err := cfg.clientSecrets(e.getenv)
 	if err != nil {
