@@ -95,12 +95,7 @@ func (rt *recordingTransport) RoundTrip(req *http.Request) (*http.Response, erro
 // recognisable token prefix. The task is completed at Valet; the open psql
 // session is closed, the next request is refused, and Vault's role is gone.
 func TestProxyAgentProcessVault(t *testing.T) {
-	if os.Getenv(vaulttest.BinEnv) == "" {
-		root, _ := vaulttest.RepoRoot()
-		if _, err := os.Stat(filepath.Join(root, ".bin", "vault")); err != nil {
-			t.Skipf("needs a vault binary: set %s (scripts/vault-build builds one)", vaulttest.BinEnv)
-		}
-	}
+	skipWithoutVault(t)
 	psql, err := exec.LookPath("psql")
 	if err != nil {
 		t.Skip("needs psql (Debian package postgresql-client)")
@@ -144,60 +139,22 @@ func TestProxyAgentProcessVault(t *testing.T) {
 	w.withOrders()
 	e := w.broker(func(o *envOptions) { o.templates, o.incident = tmpl, true })
 
-	// `valet proxy --postgres`, as cmd/valet/proxy.go assembles it; its
-	// client to Valet records the declarations' answers.
-	set, err := policy.Load([]policy.File{{Name: "secretless.yaml", Data: []byte(tmpl)}}, e.issuerNames)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// `valet proxy --postgres`; its client to Valet records the
+	// declarations' answers.
 	rec := &recordingTransport{}
 	var idMu sync.Mutex
 	var idTokens []string
-	proxyLog, trail := &syncBuffer{}, &syncBuffer{}
-	logger := slog.New(slog.NewJSONHandler(proxyLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := proxy.New(proxy.Config{
-		Valet: e.srv.URL, ClientID: clientID, ClientSecret: clientSecret, Audience: "valet-proxy", Templates: set,
-		Identity: func(context.Context) (string, error) {
+	sp := startSecretlessProxy(t, w, e, tmpl, func(c *proxy.Config) {
+		c.HTTPClient = &http.Client{Timeout: 10 * time.Second, Transport: rec}
+		c.Identity = func(context.Context) (string, error) {
 			tok := e.identity("agent-secretless")
 			idMu.Lock()
 			idTokens = append(idTokens, tok)
 			idMu.Unlock()
 			return tok, nil
-		},
-		Auditor: audit.NewLog(trail), Now: w.clock.Now, Logger: logger,
-		HTTPClient: &http.Client{Timeout: 10 * time.Second, Transport: rec},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	type ended struct {
-		ev pgwire.Event
-		at time.Time
-	}
-	sessionEnded := make(chan ended, 4)
-	db := &pgwire.Server{Resolver: p.Database(w.pg.Addr(), nil), Logger: logger,
-		OnEnd: func(ev pgwire.Event) { sessionEnded <- ended{ev, time.Now()} }}
-	go func() { _ = db.Serve(pgLn) }()
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ctx, httpLn) }()
-	t.Cleanup(func() {
-		_ = db.Close()
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("proxy: %v", err)
 		}
 	})
-	proxyURL := "http://" + httpLn.Addr().String()
-	waitFeedLive(t, proxyURL)
+	proxyURL, proxyLog, trail, sessionEnded := sp.url, sp.logs, sp.trail, sp.ended
 
 	// The agent: a process of its own, with an environment of PATH and
 	// HOME only, and the proxy's two addresses as arguments.
@@ -210,7 +167,7 @@ func TestProxyAgentProcessVault(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stderr.Close()
-	cmd := exec.Command(agentBin, "-proxy", proxyURL, "-pg", pgLn.Addr().String(), "-dir", agentDir)
+	cmd := exec.Command(agentBin, "-proxy", proxyURL, "-pg", sp.pgAddr, "-dir", agentDir)
 	cmd.Env = []string{"PATH=" + filepath.Dir(psql) + ":/usr/bin:/bin", "HOME=" + agentDir}
 	cmd.Dir, cmd.Stderr = agentDir, stderr
 	stdin, err := cmd.StdinPipe()
@@ -384,6 +341,85 @@ func TestProxyAgentProcessVault(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the agent: %v", err)
+	}
+}
+
+// secretlessProxy is `valet proxy --postgres` in front of a broker on a
+// vaultWorld: its HTTP side (the embedded proxyEnv, whose agent names the
+// proxy's workload identity) and its PostgreSQL listener, whose ended
+// sessions arrive on ended.
+type secretlessProxy struct {
+	*proxyEnv
+	pgAddr string
+	ended  chan sessionEnd
+}
+
+// sessionEnd is one session the listener ended, and when.
+type sessionEnd struct {
+	ev pgwire.Event
+	at time.Time
+}
+
+// startSecretlessProxy starts the proxy as cmd/valet/proxy.go assembles
+// it, with tmpl's templates, the shipped watch interval, and the
+// PostgreSQL listener in front of w's PostgreSQL; adjust changes the
+// configuration before the proxy is built. It returns once the proxy
+// follows Valet's feed. Whoever opens sessions reads their ends from
+// ended (OnEnd blocks when it is full).
+func startSecretlessProxy(t *testing.T, w *vaultWorld, e *env, tmpl string, adjust func(*proxy.Config)) *secretlessProxy {
+	t.Helper()
+	set, err := policy.Load([]policy.File{{Name: "secretless.yaml", Data: []byte(tmpl)}}, e.issuerNames)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp := &secretlessProxy{proxyEnv: &proxyEnv{env: e, logs: &syncBuffer{}, trail: &syncBuffer{}}, ended: make(chan sessionEnd, 16)}
+	sp.agent.Store("agent-secretless")
+	logger := slog.New(slog.NewJSONHandler(sp.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := proxy.Config{
+		Valet: e.srv.URL, ClientID: clientID, ClientSecret: clientSecret, Audience: "valet-proxy", Templates: set,
+		Identity: func(context.Context) (string, error) { return e.identity(sp.agent.Load().(string)), nil },
+		Auditor:  audit.NewLog(sp.trail), Now: w.clock.Now, Logger: logger,
+	}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	if sp.p, err = proxy.New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.url, sp.pgAddr = "http://"+httpLn.Addr().String(), pgLn.Addr().String()
+	db := &pgwire.Server{Resolver: sp.p.Database(w.pg.Addr(), nil), Logger: logger,
+		OnEnd: func(ev pgwire.Event) { sp.ended <- sessionEnd{ev, time.Now()} }}
+	go func() { _ = db.Serve(pgLn) }()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- sp.p.Serve(ctx, httpLn) }()
+	t.Cleanup(func() {
+		_ = db.Close()
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("proxy: %v", err)
+		}
+	})
+	waitFeedLive(t, sp.url)
+	return sp
+}
+
+// skipWithoutVault skips a test when there is no vault binary to run.
+func skipWithoutVault(t *testing.T) {
+	t.Helper()
+	if os.Getenv(vaulttest.BinEnv) == "" {
+		root, _ := vaulttest.RepoRoot()
+		if _, err := os.Stat(filepath.Join(root, ".bin", "vault")); err != nil {
+			t.Skipf("needs a vault binary: set %s (scripts/vault-build builds one)", vaulttest.BinEnv)
+		}
 	}
 }
 
