@@ -167,6 +167,22 @@ type Event struct {
 	Reason    string         `json:"reason,omitempty"`
 	Creds     []string       `json:"credentials,omitempty"` // ids: jti, accessor, lease id
 	Detail    map[string]any `json:"detail,omitempty"`
+	// Chained, when set, is the audit chain that holds this event already
+	// (a GrantRecorder wrote it with the records it is about); that
+	// chain's auditor skips it. It is never written.
+	Chained any `json:"-"`
+}
+
+// GrantRecorder is a Ledger that can write a grant's audit event into one
+// of the auditors' chains in the same atomic write as the task's records,
+// so that a declaration takes one round trip to the ledger's store.
+// RecordGranted is Record plus that: chain is the chain that now holds ev
+// (the broker sets it as ev.Chained before auditing ev everywhere else), or
+// nil when ev was written nowhere. An error means neither the records nor
+// the event were written, or that what was written is being undone, as
+// for Record. Implementations must be safe for concurrent use.
+type GrantRecorder interface {
+	RecordGranted(ctx context.Context, t Task, creds []Credential, ev Event) (chain any, err error)
 }
 
 // Auditor writes audit events. Record returns only once the event is
