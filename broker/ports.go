@@ -151,6 +151,45 @@ type Ledger interface {
 	Renew(ctx context.Context, id string, from, to time.Time, creds []Credential) (Task, error)
 	// DueEnder is how the reaper ends tasks past their deadline.
 	DueEnder
+	// ManyEnder is how bulk revocation ends tasks in batches.
+	ManyEnder
+}
+
+// MaxEndMany is the most tasks one EndMany call takes: one batch script
+// holds Redis for a few milliseconds, never longer.
+const MaxEndMany = 256
+
+// ManyEnder ends many tasks at once (bulk revocation jobs). EndMany does
+// to each of ids what End does (final state, reason, ended at at, every
+// credential denied and each JWT on the revocation feed), each task
+// atomically and all in one round trip, and answers one EndResult per id,
+// in order. Of concurrent calls (and End) exactly one ends each task. At
+// most MaxEndMany ids; an error means none of them was ended, or, for an
+// error from the store, that it cannot be known which were (every retry
+// is safe: a task is ended once).
+type ManyEnder interface {
+	EndMany(ctx context.Context, ids []string, state State, reason string, at time.Time) ([]EndResult, error)
+}
+
+// EndOutcome is what EndMany found for one task.
+type EndOutcome string
+
+const (
+	EndedNow       EndOutcome = "ended"      // it was active and is ended now
+	EndedNotActive EndOutcome = "not_active" // it had ended before: Task is as stored
+	EndedNotFound  EndOutcome = "not_found"  // no records (never, or expired)
+)
+
+// EndResult is one task of an EndMany: the task and its credentials as
+// stored (empty when not found), the ids of its direct children, and, once
+// the broker has revoked what has a source, how many of its credentials
+// could not be (Failed; they wait in the retry queue).
+type EndResult struct {
+	Outcome  EndOutcome
+	Task     Task
+	Creds    []Credential
+	Children []string
+	Failed   int
 }
 
 // Event is one audit record. It carries ids, never secrets.
