@@ -16,7 +16,10 @@ import (
 // credential goes on the deny list, each JWT on the revocation feed too. It
 // answers per id {"ended"|"not_active", task hash, cred records, children}
 // or {"not_found"} (and drops a missing task from the deadlines, as End
-// does). One script per batch of at most broker.MaxEndMany tasks.
+// does). One script per batch of at most broker.MaxEndMany tasks; per task
+// it runs HGETALL, LRANGE, SMEMBERS, and for an active one HSET, then SET
+// per credential and XADD per JWT; one ZREM takes the batch off the
+// deadlines.
 //
 // KEYS: deadlines, revocation feed. ARGV: state, reason, ended-at ms, key
 // prefix, feed max length, feed trim-below ms, feed life ms, then the ids.
@@ -25,12 +28,20 @@ local now = now_ms()
 local fed = false
 local deny = ARGV[4] .. ':deny:'
 local out = {}
+local gone = {}
 for i = 8, #ARGV do
   local id = ARGV[i]
   local tk = ARGV[4] .. ':task:' .. part(id)
-  local state = redis.call('HGET', tk, 'state')
+  local hash = redis.call('HGETALL', tk)
+  local state
+  for j = 1, #hash, 2 do
+    if hash[j] == 'state' then
+      state = hash[j + 1]
+      break
+    end
+  end
   if not state then
-    redis.call('ZREM', KEYS[1], id)
+    table.insert(gone, id)
     table.insert(out, {'not_found'})
   else
     local creds = redis.call('LRANGE', tk .. ':creds', 0, -1)
@@ -39,7 +50,12 @@ for i = 8, #ARGV do
     if state == 'active' then
       outcome = 'ended'
       redis.call('HSET', tk, 'state', ARGV[1], 'end_reason', ARGV[2], 'ended_at', ARGV[3])
-      redis.call('ZREM', KEYS[1], id)
+      -- The reply's hash is the one read above with the fields just
+      -- set appended: the later of a repeated field is the one read.
+      table.insert(hash, 'state'); table.insert(hash, ARGV[1])
+      table.insert(hash, 'end_reason'); table.insert(hash, ARGV[2])
+      table.insert(hash, 'ended_at'); table.insert(hash, ARGV[3])
+      table.insert(gone, id)
       for _, rec in ipairs(creds) do
         local c = cjson.decode(rec)
         local ttl = math.max(tonumber(c.expires_at) - now, 1000)
@@ -51,8 +67,13 @@ for i = 8, #ARGV do
         end
       end
     end
-    table.insert(out, {outcome, redis.call('HGETALL', tk), creds, kids})
+    table.insert(out, {outcome, hash, creds, kids})
   end
+end
+-- Off the deadlines in one command: every task ended here, and every id
+-- whose records are gone (as End drops it).
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
 end
 if fed then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[6])

@@ -16,7 +16,7 @@ import (
 
 // servedLedger is the ledger as `valet serve` builds it: the audit stream
 // chain is its Trail (cmd/valet serveRedis).
-func servedLedger(t *testing.T, c redis.UniversalClient, prefix string) (*revocation.RedisLedger, *audit.RedisWriter, *audit.Log) {
+func servedLedger(t testing.TB, c redis.UniversalClient, prefix string) (*revocation.RedisLedger, *audit.RedisWriter, *audit.Log) {
 	t.Helper()
 	w, err := audit.NewRedisWriter(c, audit.RedisWriterOptions{Prefix: prefix})
 	if err != nil {

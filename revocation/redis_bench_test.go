@@ -109,3 +109,59 @@ func scriptUsec(b *testing.B, c *redis.Client) int64 {
 	}
 	return 0
 }
+
+// BenchmarkRedisRecordCommands counts the commands Redis runs per
+// declaration, as the bench's "Redis commands per declaration" row does
+// (INFO commandstats: the EVALSHA itself and every command of its script),
+// for a task with one JWT: the ledger alone, and as `valet serve` writes
+// it, with the grant's audit line in the same script.
+func BenchmarkRedisRecordCommands(b *testing.B) {
+	for _, served := range []bool{false, true} {
+		b.Run(map[bool]string{false: "ledger", true: "serve"}[served], func(b *testing.B) {
+			ctx := b.Context()
+			c := newClient(b, redistest.Start(b).URL())
+			var l *revocation.RedisLedger
+			if served {
+				l, _, _ = servedLedger(b, c, "cmds")
+			} else {
+				l = newRedisLedger(b, c, revocation.RedisOptions{Prefix: "cmds", Logger: quiet})
+			}
+			if err := l.Ping(ctx); err != nil {
+				b.Fatal(err)
+			}
+			now := time.Now().Truncate(time.Second)
+			before := redisCalls(b, c)
+			for i := range b.N {
+				task := activeTask(fmt.Sprintf("cmds-%d-%d", b.N, i), now, 10*time.Minute)
+				creds := []broker.Credential{jwt(task.ID, "jti-"+task.ID, task.Deadline)}
+				if _, err := l.RecordGranted(ctx, task, creds, grantEvent(task, creds)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// The second INFO counts the first once.
+			b.ReportMetric(float64(redisCalls(b, c)-before-1)/float64(b.N), "cmds/decl")
+		})
+	}
+}
+
+// redisCalls sums the calls of every command in INFO commandstats.
+func redisCalls(b *testing.B, c *redis.Client) int64 {
+	info, err := c.Info(b.Context(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total int64
+	for line := range strings.SplitSeq(info, "\r\n") {
+		_, rest, ok := strings.Cut(line, ":calls=")
+		if !ok {
+			continue
+		}
+		n, _, _ := strings.Cut(rest, ",")
+		v, err := strconv.ParseInt(n, 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		total += v
+	}
+	return total
+}
