@@ -18,7 +18,7 @@ type DryRun struct {
 }
 
 const (
-	jobBatch   = 500
+	jobBatch   = 1024
 	sampleSize = 10
 )
 
@@ -332,5 +332,8 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 }
 
 // jobParallelism is how many EndMany calls a revocation job has in flight:
-// two overlap one batch's audit fsync with the next one's script.
-const jobParallelism = 2
+// a step of jobBatch tasks is four calls, and while Redis runs one batch's
+// script the broker decodes another's reply and writes its audit records
+// (BenchmarkBulkRevokeJob: 100,000 credentials in 27 s with 500 and 2, 16-20
+// s with 1024 and 4, on a loaded 2-core machine).
+const jobParallelism = 4
