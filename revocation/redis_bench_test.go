@@ -133,6 +133,7 @@ func BenchmarkRedisRecordCommands(b *testing.B) {
 			before := redisCalls(b, c)
 			for i := range b.N {
 				task := activeTask(fmt.Sprintf("cmds-%d-%d", b.N, i), now, 10*time.Minute)
+				task.Agent = fmt.Sprint("agent-", i%32) // agents declare many tasks, as in the bench
 				creds := []broker.Credential{jwt(task.ID, "jti-"+task.ID, task.Deadline)}
 				if _, err := l.RecordGranted(ctx, task, creds, grantEvent(task, creds)); err != nil {
 					b.Fatal(err)
