@@ -155,9 +155,16 @@ type Ledger interface {
 	ManyEnder
 }
 
-// MaxEndMany is the most tasks one EndMany call takes: one batch script
-// holds Redis for a few milliseconds, never longer.
-const MaxEndMany = 256
+// MaxEndMany is the most tasks one EndMany call takes, and
+// MaxEndManyCredentials the most credentials a caller that knows its
+// tasks' credentials puts in one call (a task with more goes alone): a
+// batch script's time grows with both (each credential is a deny entry and,
+// for a JWT, a feed entry), and it must hold Redis for milliseconds, not
+// for the half second after which other callers time out.
+const (
+	MaxEndMany            = 256
+	MaxEndManyCredentials = 1024
+)
 
 // ManyEnder ends many tasks at once (bulk revocation jobs). EndMany does
 // to each of ids what End does (final state, reason, ended at at, every

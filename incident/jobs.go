@@ -258,8 +258,9 @@ func (a *Admin) runJob(ctx context.Context, id string) (bool, error) {
 }
 
 // revokeBatch ends every active matching task of one batch, in calls of
-// up to broker.MaxEndMany tasks (one ledger script and one audit record
-// per broker.MaxAuditList tasks each), jobParallelism calls at once.
+// up to broker.MaxEndMany tasks and broker.MaxEndManyCredentials
+// credentials (one ledger script, and one audit record per
+// broker.MaxAuditList tasks, each), jobParallelism calls at once.
 func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string, tasks []broker.Task, creds [][]broker.Credential) (RevocationJob, error) {
 	var (
 		mu    sync.Mutex
@@ -295,8 +296,14 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 		active = append(active, i)
 	}
 	for len(active) > 0 {
-		part := active[:min(len(active), broker.MaxEndMany)]
-		active = active[len(part):]
+		// Up to MaxEndMany tasks holding up to MaxEndManyCredentials.
+		n, held := 0, 0
+		for n < len(active) && n < broker.MaxEndMany && (n == 0 || held+len(creds[active[n]]) <= broker.MaxEndManyCredentials) {
+			held += len(creds[active[n]])
+			n++
+		}
+		part := active[:n]
+		active = active[n:]
 		ids := make([]string, len(part))
 		for k, i := range part {
 			ids[k] = tasks[i].ID
