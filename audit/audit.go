@@ -192,8 +192,12 @@ func newSegment(path string, last Record, br *BreakError) (*Log, io.Closer, erro
 	return l, f, nil
 }
 
-// Record appends e to the chain.
+// Record appends e to the chain. An event whose Chained is this Log is in
+// the chain already (RecordVia) and is skipped.
 func (l *Log) Record(_ context.Context, e broker.Event) error {
+	if e.Chained != nil && e.Chained == any(l) {
+		return nil
+	}
 	e, err := bound(e)
 	if err != nil {
 		return err
@@ -352,3 +356,57 @@ func Verify(r io.Reader) (Record, error) {
 		}
 	}
 }
+
+// RecordVia appends e to the chain like Record, but hands the line to write
+// instead of the Log's writer, which must be a *RedisWriter: write gets the
+// keys and arguments of the stream append (RedisWriter.AppendCall) and runs
+// it inside a script of its own, so a ledger writes a grant's records and
+// its audit line in one round trip, or neither (revocation's Record
+// script). The chain moves on only when write returns nil. After an error
+// the line may or may not have landed (a reply lost in a stall, a write
+// that reached Redis but not its replicas), so the next record first reads
+// the chain's head back from Redis (resync): the chain never skips or
+// reuses a seq, and `valet audit verify` finds no gap.
+//
+// write runs under the chain's lock: records of one chain reach Redis one
+// at a time, as they do through Record.
+func (l *Log) RecordVia(_ context.Context, e broker.Event, write func(keys []string, args []any) error) error {
+	rw, ok := l.w.(*RedisWriter)
+	if !ok {
+		return errors.New("audit: RecordVia needs a Log over a RedisWriter")
+	}
+	e, err := bound(e)
+	if err != nil {
+		return err
+	}
+	ev, err := encodeBounded(e)
+	if err != nil {
+		return fmt.Errorf("encoding audit event: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.resync(); err != nil {
+		return err
+	}
+	r := Record{Seq: l.seq + 1, Prev: l.prev, Event: ev}
+	r.Hash = hashOf(r)
+	line, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encoding audit event: %w", err)
+	}
+	keys, args, err := rw.AppendCall(line)
+	if err != nil {
+		return err
+	}
+	if err := write(keys, args); err != nil {
+		l.unsure = true
+		return err
+	}
+	l.seq, l.prev = r.Seq, r.Hash
+	l.written.Store(r.Seq)
+	return nil
+}
+
+// AppendLua is StreamAppendLua: with RecordVia, it makes a Log over a
+// RedisWriter a revocation.Trail.
+func (l *Log) AppendLua() string { return StreamAppendLua }

@@ -127,36 +127,81 @@ func (w *RedisWriter) taskIndex(id string) string {
 	return w.prefix + ":audit:task:" + strings.NewReplacer("%", "%25", ":", "%3A").Replace(id)
 }
 
-// appendScript appends a record to its chain once. KEYS: stream, chain
-// head, then the index of every task the record names. ARGV: chain, line, seq, hash, prev, ttl ms, maxlen,
-// minid (ms; never past the new entry, whatever the clocks). A record
-// equal to the head (a retry that already landed) is a
-// no-op; any other record must be the head's successor.
-var appendScript = redis.NewScript(`
-local head = redis.call('HMGET', KEYS[2], 'seq', 'hash')
-local last, seq = tonumber(head[1]), tonumber(ARGV[3])
-if last then
-  if seq == last and head[2] == ARGV[4] then
-    return 'duplicate'
+// StreamAppendLua defines two Lua functions that append one record line to
+// its chain in the audit stream, for appendScript and for any script that
+// writes the line together with records of its own (revocation's Record
+// script, through RecordVia):
+//
+//	audit_check(K, A)  nil if the line may be appended; otherwise the reply
+//	                   to return: 'duplicate' (the line is the chain's head
+//	                   already: a retry that landed) or an error
+//	audit_append(K, A) appends it and answers the stream entry id
+//
+// K: stream, chain head, then the index of every task the record names.
+// A: chain, line, seq, hash, prev, ttl ms, maxlen, minid (ms; never past
+// the new entry, whatever the clocks). RedisWriter.AppendCall builds both.
+// A record equal to the head is a no-op; any other must be the head's
+// successor. Every append trims the stream by length (MAXLEN ~) and by
+// age (MINID).
+const StreamAppendLua = `
+local function audit_check(K, A)
+  local head = redis.call('HMGET', K[2], 'seq', 'hash')
+  local last, seq = tonumber(head[1]), tonumber(A[3])
+  if last then
+    if seq == last and head[2] == A[4] then
+      return 'duplicate'
+    end
+    if seq ~= last + 1 or head[2] ~= A[5] then
+      return redis.error_reply('VALETAUDIT chain ' .. A[1] .. ' is at seq ' .. last .. ': record seq ' .. seq .. ' does not follow it')
+    end
   end
-  if seq ~= last + 1 or head[2] ~= ARGV[5] then
-    return redis.error_reply('VALETAUDIT chain ' .. ARGV[1] .. ' is at seq ' .. last .. ': record seq ' .. seq .. ' does not follow it')
+  return nil
+end
+local function audit_append(K, A)
+  local id = redis.call('XADD', K[1], 'MAXLEN', '~', A[7], '*', 'chain', A[1], 'line', A[2])
+  local ms = tonumber(string.match(id, '^(%d+)'))
+  redis.call('XTRIM', K[1], 'MINID', string.format('%d', math.min(tonumber(A[8]), ms)))
+  redis.call('HSET', K[2], 'seq', A[3], 'hash', A[4])
+  redis.call('PEXPIRE', K[2], A[6])
+  for i = 3, #K do
+    redis.call('RPUSH', K[i], id)
+    redis.call('PEXPIRE', K[i], A[6])
   end
+  return id
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], '*', 'chain', ARGV[1], 'line', ARGV[2])
-local ms = tonumber(string.match(id, '^(%d+)'))
-redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', math.min(tonumber(ARGV[8]), ms)))
-redis.call('HSET', KEYS[2], 'seq', ARGV[3], 'hash', ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-for i = 3, #KEYS do
-  redis.call('RPUSH', KEYS[i], id)
-  redis.call('PEXPIRE', KEYS[i], ARGV[6])
+`
+
+// appendScript appends a record to its chain once (StreamAppendLua).
+var appendScript = redis.NewScript(StreamAppendLua + `
+local r = audit_check(KEYS, ARGV)
+if r then
+  return r
 end
-return id
+return audit_append(KEYS, ARGV)
 `)
 
 // Write implements io.Writer for Log: p is one record line.
 func (w *RedisWriter) Write(p []byte) (int, error) {
+	keys, args, err := w.AppendCall(p)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
+	defer cancel()
+	if w.durable != nil {
+		err = w.durable.Run(ctx, w.c, appendScript, keys, args...).Err()
+	} else {
+		err = appendScript.Run(ctx, w.c, keys, args...).Err()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("writing audit event to redis: %w", err)
+	}
+	return len(p), nil
+}
+
+// AppendCall is the keys and arguments of StreamAppendLua for one record
+// line p of this writer's chain.
+func (w *RedisWriter) AppendCall(p []byte) (keys []string, args []any, err error) {
 	line := strings.TrimSuffix(string(p), "\n")
 	var rec struct {
 		Seq   uint64 `json:"seq"`
@@ -172,9 +217,9 @@ func (w *RedisWriter) Write(p []byte) (int, error) {
 		} `json:"event"`
 	}
 	if err := json.Unmarshal([]byte(line), &rec); err != nil {
-		return 0, fmt.Errorf("audit stream: line is not a record: %w", err)
+		return nil, nil, fmt.Errorf("audit stream: line is not a record: %w", err)
 	}
-	keys := []string{w.stream(), w.head()}
+	keys = []string{w.stream(), w.head()}
 	seen := map[string]bool{"": true}
 	for _, id := range append([]string{rec.Event.TaskID}, rec.Event.Detail.Tasks...) {
 		if !seen[id] {
@@ -183,19 +228,7 @@ func (w *RedisWriter) Write(p []byte) (int, error) {
 		}
 	}
 	minID := strconv.FormatInt(w.now().Add(-w.ttl).UnixMilli(), 10)
-	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
-	defer cancel()
-	args := []any{w.chain, line, rec.Seq, rec.Hash, rec.Prev, w.ttl.Milliseconds(), w.maxLen, minID}
-	var err error
-	if w.durable != nil {
-		err = w.durable.Run(ctx, w.c, appendScript, keys, args...).Err()
-	} else {
-		err = appendScript.Run(ctx, w.c, keys, args...).Err()
-	}
-	if err != nil {
-		return 0, fmt.Errorf("writing audit event to redis: %w", err)
-	}
-	return len(p), nil
+	return keys, []any{w.chain, line, rec.Seq, rec.Hash, rec.Prev, w.ttl.Milliseconds(), w.maxLen, minID}, nil
 }
 
 // Head implements the Log's resync after a failed write: the seq and hash

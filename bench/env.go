@@ -299,7 +299,7 @@ func startValetWith(ctx context.Context, p *idp, redisURL, dir string, cfg valet
 		return nil, err
 	}
 	stream := audit.NewLog(trail)
-	v.ledger, err = revocation.NewRedisLedger(v.redis, revocation.RedisOptions{Prefix: cfg.prefix})
+	v.ledger, err = revocation.NewRedisLedger(v.redis, revocation.RedisOptions{Prefix: cfg.prefix, Trail: stream})
 	if err != nil {
 		return nil, err
 	}

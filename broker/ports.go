@@ -151,6 +151,52 @@ type Ledger interface {
 	Renew(ctx context.Context, id string, from, to time.Time, creds []Credential) (Task, error)
 	// DueEnder is how the reaper ends tasks past their deadline.
 	DueEnder
+	// ManyEnder is how bulk revocation ends tasks in batches.
+	ManyEnder
+}
+
+// MaxEndMany is the most tasks one EndMany call takes, and
+// MaxEndManyCredentials the most credentials a caller that knows its
+// tasks' credentials puts in one call (a task with more goes alone): a
+// batch script's time grows with both (each credential is a deny entry and,
+// for a JWT, a feed entry), and it must hold Redis for milliseconds, not
+// for the half second after which other callers time out.
+const (
+	MaxEndMany            = 256
+	MaxEndManyCredentials = 1024
+)
+
+// ManyEnder ends many tasks at once (bulk revocation jobs). EndMany does
+// to each of ids what End does (final state, reason, ended at at, every
+// credential denied and each JWT on the revocation feed), each task
+// atomically and all in one round trip, and answers one EndResult per id,
+// in order. Of concurrent calls (and End) exactly one ends each task. At
+// most MaxEndMany ids; an error means none of them was ended, or, for an
+// error from the store, that it cannot be known which were (every retry
+// is safe: a task is ended once).
+type ManyEnder interface {
+	EndMany(ctx context.Context, ids []string, state State, reason string, at time.Time) ([]EndResult, error)
+}
+
+// EndOutcome is what EndMany found for one task.
+type EndOutcome string
+
+const (
+	EndedNow       EndOutcome = "ended"      // it was active and is ended now
+	EndedNotActive EndOutcome = "not_active" // it had ended before: Task is as stored
+	EndedNotFound  EndOutcome = "not_found"  // no records (never, or expired)
+)
+
+// EndResult is one task of an EndMany: the task and its credentials as
+// stored (empty when not found), the ids of its direct children, and, once
+// the broker has revoked what has a source, how many of its credentials
+// could not be (Failed; they wait in the retry queue).
+type EndResult struct {
+	Outcome  EndOutcome
+	Task     Task
+	Creds    []Credential
+	Children []string
+	Failed   int
 }
 
 // Event is one audit record. It carries ids, never secrets.
@@ -167,6 +213,22 @@ type Event struct {
 	Reason    string         `json:"reason,omitempty"`
 	Creds     []string       `json:"credentials,omitempty"` // ids: jti, accessor, lease id
 	Detail    map[string]any `json:"detail,omitempty"`
+	// Chained, when set, is the audit chain that holds this event already
+	// (a GrantRecorder wrote it with the records it is about); that
+	// chain's auditor skips it. It is never written.
+	Chained any `json:"-"`
+}
+
+// GrantRecorder is a Ledger that can write a grant's audit event into one
+// of the auditors' chains in the same atomic write as the task's records,
+// so that a declaration takes one round trip to the ledger's store.
+// RecordGranted is Record plus that: chain is the chain that now holds ev
+// (the broker sets it as ev.Chained before auditing ev everywhere else), or
+// nil when ev was written nowhere. An error means neither the records nor
+// the event were written, or that what was written is being undone, as
+// for Record. Implementations must be safe for concurrent use.
+type GrantRecorder interface {
+	RecordGranted(ctx context.Context, t Task, creds []Credential, ev Event) (chain any, err error)
 }
 
 // Auditor writes audit events. Record returns only once the event is

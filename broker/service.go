@@ -326,8 +326,15 @@ func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, is
 		return nil, err
 	}
 	creds := credentialsOf(minted)
+	ev.Time, ev.Outcome, ev.Creds = s.now().UTC(), "granted", credentialIDs(minted)
 	lctx, cancel := LedgerCtx(ctx)
-	err = s.ledger.Record(lctx, task, creds)
+	if gr, ok := s.ledger.(GrantRecorder); ok {
+		// One round trip: the records and the grant's line in the audit
+		// stream (valet serve); the other auditors follow below.
+		ev.Chained, err = gr.RecordGranted(lctx, task, creds, ev)
+	} else {
+		err = s.ledger.Record(lctx, task, creds)
+	}
 	cancel()
 	if err != nil {
 		s.revokeAtSource(ctx, creds, "ledger write failed")
@@ -336,7 +343,6 @@ func (s *Service) Issue(ctx context.Context, task Task, p Principal, g Grant, is
 		}
 		return nil, Unavailable("the credential ledger", fmt.Errorf("recording task %s: %w", task.ID, err))
 	}
-	ev.Time, ev.Outcome, ev.Creds = s.now().UTC(), "granted", credentialIDs(minted)
 	if err := s.audit.Record(ctx, ev); err != nil {
 		s.RefuseUnaudited(ctx, task, creds, err)
 		return nil, Unavailable("the audit log", err)

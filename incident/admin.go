@@ -67,6 +67,10 @@ type Core interface {
 	// with its record when it has ended already, ErrRevocationPending when
 	// a credential could not be revoked at its source yet.
 	End(ctx context.Context, id string, state broker.State, reason, actor string) (broker.Task, []broker.Credential, error)
+	// EndMany ends a batch of at most broker.MaxEndMany tasks (see
+	// broker.Service.EndMany): one EndResult per id, in order; an error
+	// without results means none is known to have ended.
+	EndMany(ctx context.Context, ids []string, state broker.State, reason, actor string) ([]broker.EndResult, error)
 	// Templates is the template set in force.
 	Templates() *policy.Set
 }

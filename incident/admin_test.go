@@ -63,6 +63,10 @@ func (core) End(context.Context, string, broker.State, string, string) (broker.T
 	return broker.Task{}, nil, errors.New("not in this test")
 }
 
+func (core) EndMany(context.Context, []string, broker.State, string, string) ([]broker.EndResult, error) {
+	return nil, errors.New("not in this test")
+}
+
 func (core) Templates() *policy.Set { return nil }
 
 // untouched are the stores Authorize must not use: any call panics. (Not

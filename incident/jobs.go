@@ -18,7 +18,7 @@ type DryRun struct {
 }
 
 const (
-	jobBatch   = 500
+	jobBatch   = 1024
 	sampleSize = 10
 )
 
@@ -257,8 +257,10 @@ func (a *Admin) runJob(ctx context.Context, id string) (bool, error) {
 	}
 }
 
-// revokeBatch ends every active matching task of one batch, a few at a
-// time.
+// revokeBatch ends every active matching task of one batch, in calls of
+// up to broker.MaxEndMany tasks and broker.MaxEndManyCredentials
+// credentials (one ledger script, and one audit record per
+// broker.MaxAuditList tasks, each), jobParallelism calls at once.
 func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string, tasks []broker.Task, creds [][]broker.Credential) (RevocationJob, error) {
 	var (
 		mu    sync.Mutex
@@ -271,7 +273,6 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 	// denied, but killing some at their source failed and waits in the
 	// retry queue), or as neither.
 	count := func(n int, revoked, failed bool) {
-		mu.Lock()
 		out.Tasks++
 		out.Matched += n
 		switch {
@@ -280,8 +281,8 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 		case failed:
 			out.Failed += n
 		}
-		mu.Unlock()
 	}
+	var active []int // indexes into tasks
 	for i, t := range tasks {
 		if !j.Selector.Matches(t) {
 			continue
@@ -292,39 +293,54 @@ func (a *Admin) revokeBatch(ctx context.Context, j RevocationJob, reason string,
 			}
 			continue
 		}
+		active = append(active, i)
+	}
+	for len(active) > 0 {
+		// Up to MaxEndMany tasks holding up to MaxEndManyCredentials.
+		n, held := 0, 0
+		for n < len(active) && n < broker.MaxEndMany && (n == 0 || held+len(creds[active[n]]) <= broker.MaxEndManyCredentials) {
+			held += len(creds[active[n]])
+			n++
+		}
+		part := active[:n]
+		active = active[n:]
+		ids := make([]string, len(part))
+		for k, i := range part {
+			ids[k] = tasks[i].ID
+		}
 		wg.Add(1)
 		sem <- struct{}{}
-		go func(t broker.Task) {
+		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ended, cs, err := a.core.End(context.WithoutCancel(ctx), t.ID, broker.StateRevoked, reason, j.By)
-			switch {
-			case err == nil:
-				count(len(cs), true, false)
-			case errors.Is(err, broker.ErrRevocationPending):
-				count(len(cs), false, true)
-			case errors.Is(err, broker.ErrNotActive):
-				// Ended by this job: directly, or through the cascade of
-				// an ancestor the job ended first (a delegated child the
-				// selector covers too, with the ancestor's end reason;
-				// the ledger keeps end times in milliseconds).
-				if ended.State == broker.StateRevoked && (ended.EndReason == reason || !ended.EndedAt.Before(j.Created.Truncate(time.Millisecond))) {
-					count(len(creds[i]), true, false)
-				}
-			case broker.ErrorCode(err) == broker.CodeNotFound:
-			default:
-				mu.Lock()
-				if first == nil {
-					first = err
-				}
-				mu.Unlock()
+			res, err := a.core.EndMany(context.WithoutCancel(ctx), ids, broker.StateRevoked, reason, j.By)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && first == nil {
+				first = err
 			}
-		}(t)
+			for k, r := range res {
+				switch r.Outcome {
+				case broker.EndedNow:
+					count(len(r.Creds), r.Failed == 0, r.Failed > 0)
+				case broker.EndedNotActive:
+					// Ended by this job: directly, or through the cascade
+					// of an ancestor the job ended first (a delegated child
+					// the selector covers too, with the ancestor's end
+					// reason; the ledger keeps end times in milliseconds).
+					if r.Task.State == broker.StateRevoked && (r.Task.EndReason == reason || !r.Task.EndedAt.Before(j.Created.Truncate(time.Millisecond))) {
+						count(len(creds[part[k]]), true, false)
+					}
+				}
+			}
+		}()
 	}
 	wg.Wait()
 	return out, first
 }
 
-// jobParallelism is how many tasks a revocation job ends at once. Each end
-// is one ledger script and one audit event; with the audit log's group
-// commit, more in flight means fewer fsyncs per task.
-const jobParallelism = 32
+// jobParallelism is how many EndMany calls a revocation job has in flight:
+// a step of jobBatch tasks is four calls, and while Redis runs one batch's
+// script the broker decodes another's reply and writes its audit records
+// (BenchmarkBulkRevokeJob: 100,000 credentials in 27 s with 500 and 2, 16-20
+// s with 1024 and 4, on a loaded 2-core machine).
+const jobParallelism = 4

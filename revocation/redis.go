@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -103,6 +104,25 @@ type RedisOptions struct {
 	// the task it recorded is ended at once, so nothing is handed out that
 	// a promoted replica would not know.
 	Durable *replwait.Waiter
+	// Trail, when set, is the audit stream chain RecordGranted writes a
+	// grant's audit line to, in the Record script's own round trip
+	// (`valet serve` sets it to the chain of its audit.RedisWriter).
+	Trail Trail
+}
+
+// Trail is an audit chain that hands its next line to a script of the
+// ledger instead of writing it itself: audit.Log over an audit.RedisWriter.
+// It is safe for concurrent use.
+type Trail interface {
+	// RecordVia chains e under the chain's lock and calls write with the
+	// keys and arguments of the line's stream append (AppendLua's
+	// functions); the chain moves on only when write returns nil, and
+	// re-reads its head from Redis after an error (the line may or may
+	// not have landed).
+	RecordVia(ctx context.Context, e broker.Event, write func(keys []string, args []any) error) error
+	// AppendLua is Lua defining audit_check(K, A) and audit_append(K, A)
+	// (audit.StreamAppendLua), which the Record script runs.
+	AppendLua() string
 }
 
 // RedisLedger is the broker.Ledger kept in Redis, shared by every broker
@@ -116,11 +136,26 @@ type RedisLedger struct {
 	gen       *generation
 	reapLease time.Duration
 	durable   *replwait.Waiter
+	trail     Trail
+	// auditedScript is the Record script with the trail's append.
+	auditedScript *redis.Script
+	// scriptsLoaded: a Ping has loaded the hot scripts (Ping).
+	scriptsLoaded atomic.Bool
+}
+
+// hotScripts are the sources of the scripts Ping loads.
+func (l *RedisLedger) hotScripts() []string {
+	out := []string{luaCommon + recordLua, endLua}
+	if l.trail != nil {
+		out = append(out, luaCommon+l.trail.AppendLua()+recordLua)
+	}
+	return out
 }
 
 var (
-	_ broker.Ledger       = (*RedisLedger)(nil)
-	_ broker.LossReporter = (*RedisLedger)(nil)
+	_ broker.Ledger        = (*RedisLedger)(nil)
+	_ broker.LossReporter  = (*RedisLedger)(nil)
+	_ broker.GrantRecorder = (*RedisLedger)(nil)
 )
 
 // NewRedisLedger returns a ledger that keeps its records in c.
@@ -144,7 +179,12 @@ func NewRedisLedger(c redis.UniversalClient, opts RedisOptions) (*RedisLedger, e
 		opts.ReapLease = DefaultReapLease
 	}
 	k := keys{prefix: opts.Prefix}
-	return &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger, opts.Now), reapLease: opts.ReapLease, durable: opts.Durable}, nil
+	l := &RedisLedger{c: c, keys: k, retention: opts.Retention, gen: newGeneration(c, k, opts.Logger, opts.Now),
+		reapLease: opts.ReapLease, durable: opts.Durable, trail: opts.Trail}
+	if opts.Trail != nil {
+		l.auditedScript = redis.NewScript(luaCommon + opts.Trail.AppendLua() + recordLua)
+	}
+	return l, nil
 }
 
 // keys names every key the ledger writes; see the package documentation.
@@ -193,50 +233,79 @@ end
 // every record was a third of the script.
 const trimEvery = "16"
 
-// recordScript writes a new task and its credentials, or nothing. It
+// indexExpiryStep rounds an index key's expiry up (ms): the expiry of a
+// sorted set many tasks share then moves once a minute, not with every
+// record, and a record pays one PEXPIRETIME to learn it need not move it.
+// An index outlives its newest task by at most a minute more.
+const indexExpiryStep = "60000"
+
+// recordLua writes a new task and its credentials, or nothing, and (in
+// recordAuditedScript) the grant's audit line in the same atomic step. It
 // refuses a write to a generation other than the one the caller knows
 // (generation.go), so a ledger that lost its data never takes a record as
-// if nothing had happened.
+// if nothing had happened. Every check comes before the first write.
 //
 // KEYS: task, task creds, deadlines, generation, then ni index keys
 // (template, and the agent and issuer index of every link of the task: see
-// Task.Links), then one cred key per credential.
-// ARGV: task id, deadline ms, records expire-at ms, retention ms, number of
-// task hash arguments nf, number of index keys ni, nf hash arguments
-// (field, value, ...), one JSON record per credential, then the parent's
-// task key and children key ("" if none), then the generation id the
-// caller knows.
-var recordScript = redis.NewScript(luaCommon + `
-local nf, ni = tonumber(ARGV[5]), tonumber(ARGV[6])
+// Task.Links), then nc cred keys, then nt keys of the audit stream append
+// (audit.StreamAppendLua).
+// ARGV: task id, deadline ms, records expire-at ms, retention ms, nf, ni,
+// nc, parent task key and children key ("" if none), the generation id the
+// caller knows, nt, then nf task hash arguments (field, value, ...), then
+// one JSON record per credential, then the audit append's arguments.
+//
+// Commands per record of one credential, besides the EVALSHA: HGET
+// (generation), one EXISTS for every key it creates, HSET and PEXPIREAT
+// (task), SET, RPUSH and PEXPIREAT (credential), ZADD and PEXPIRETIME per
+// index (4), and, on one record in trimEvery, TIME and ZREMRANGEBYSCORE per
+// index.
+const recordLua = `
+local nf, ni, nc, nt = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[11])
 local first_cred = 5 + ni
-local ncreds = #KEYS - first_cred + 1
+local last_cred = first_cred + nc - 1
+local first_field = 12
+local first_rec = first_field + nf
 local gen = redis.call('HGET', KEYS[4], 'id')
-if gen ~= ARGV[6 + nf + ncreds + 3] then
+if gen ~= ARGV[10] then
   return redis.error_reply('VALET_GENERATION ' .. (gen or ''))
 end
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
-  return redis.error_reply('VALET_DUPLICATE task ' .. ARGV[1])
-end
-for i = first_cred, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) > 0 then
-    return redis.error_reply('VALET_DUPLICATE credential key ' .. KEYS[i])
+if redis.call('EXISTS', KEYS[1], KEYS[2], unpack(KEYS, first_cred, last_cred)) > 0 then
+  if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+    return redis.error_reply('VALET_DUPLICATE task ' .. ARGV[1])
+  end
+  for i = first_cred, last_cred do
+    if redis.call('EXISTS', KEYS[i]) > 0 then
+      return redis.error_reply('VALET_DUPLICATE credential key ' .. KEYS[i])
+    end
   end
 end
-local parent_key = ARGV[6 + nf + ncreds + 1]
+local parent_key = ARGV[8]
 if parent_key ~= '' then
   if redis.call('HGET', parent_key, 'state') ~= 'active' then
     return redis.error_reply('VALET_PARENT_NOT_ACTIVE ' .. parent_key)
   end
 end
+local AK, AA
+if nt > 0 then
+  AK = {unpack(KEYS, last_cred + 1, last_cred + nt)}
+  AA = {unpack(ARGV, first_rec + nc)}
+  local r = audit_check(AK, AA)
+  if r then
+    if r == 'duplicate' then
+      return redis.error_reply('VALETAUDIT duplicate line')
+    end
+    return r
+  end
+end
 local id, deadline, expire_at = ARGV[1], ARGV[2], ARGV[3]
-redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + nf))
+redis.call('HSET', KEYS[1], unpack(ARGV, first_field, first_rec - 1))
 redis.call('PEXPIREAT', KEYS[1], expire_at)
-for i = first_cred, #KEYS do
-  local rec = ARGV[6 + nf + i - first_cred + 1]
+for i = first_cred, last_cred do
+  local rec = ARGV[first_rec + i - first_cred]
   redis.call('SET', KEYS[i], rec, 'PXAT', expire_at)
   redis.call('RPUSH', KEYS[2], rec)
 end
-if ncreds > 0 then
+if nc > 0 then
   redis.call('PEXPIREAT', KEYS[2], expire_at)
 end
 -- The indexes are trimmed of tasks past their retention on one record in
@@ -248,22 +317,33 @@ local trim_below
 if trim then
   trim_below = '(' .. string.format('%d', now_ms() - tonumber(ARGV[4]))
 end
+local step = ` + indexExpiryStep + `
+local index_at = math.ceil(tonumber(expire_at) / step) * step
 for i = 3, 4 + ni do
   if i ~= 4 then -- KEYS[4] is the generation, not an index
     redis.call('ZADD', KEYS[i], deadline, id)
     if trim then
       redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', trim_below)
     end
-    expire_at_least(KEYS[i], expire_at)
+    local cur = redis.call('PEXPIRETIME', KEYS[i])
+    if cur < index_at then -- -1: no expiry yet (a new index)
+      redis.call('PEXPIREAT', KEYS[i], string.format('%d', index_at))
+    end
   end
 end
 if parent_key ~= '' then
-  local children_key = ARGV[6 + nf + ncreds + 2]
+  local children_key = ARGV[9]
   redis.call('SADD', children_key, id)
   expire_at_least(children_key, expire_at)
 end
+if nt > 0 then
+  audit_append(AK, AA)
+end
 return 'OK'
-`)
+`
+
+// recordScript is recordLua without an audit append (nt 0).
+var recordScript = redis.NewScript(luaCommon + recordLua)
 
 // endScript moves an active task to a final state and denies its
 // credentials. It answers {"ended"|"not_active", task hash, cred records} or
@@ -274,7 +354,9 @@ return 'OK'
 // ARGV: task id, state, reason, ended-at ms, deny key prefix, feed max
 // length, feed trim-below ms, feed life ms. Each denied JWT is also appended to the feed
 // (governance.go), in the same script so no revocation can miss it.
-var endScript = redis.NewScript(luaCommon + `
+var endScript = redis.NewScript(endLua)
+
+const endLua = luaCommon + `
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[3], ARGV[1])
   return {'not_found'}
@@ -302,11 +384,43 @@ if KEYS[4] then
   end
 end
 return {'ended', redis.call('HGETALL', KEYS[1]), creds}
-`)
+`
 
 // Record implements broker.Ledger: one script, one round trip. A task or
 // credential id the ledger already holds gives ErrDuplicate.
 func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.Credential) error {
+	return l.record(ctx, t, creds, nil, nil)
+}
+
+// RecordGranted implements broker.GrantRecorder: with RedisOptions.Trail
+// set, the grant's audit line goes to the audit stream in the Record
+// script itself, so a declaration costs one Redis round trip, and the line
+// is there exactly when the records are; chain is then the Trail. Without
+// a trail it is Record, and chain is nil.
+func (l *RedisLedger) RecordGranted(ctx context.Context, t broker.Task, creds []broker.Credential, ev broker.Event) (chain any, err error) {
+	if l.trail == nil {
+		return nil, l.Record(ctx, t, creds)
+	}
+	if err := validateRecord(t, creds); err != nil {
+		return nil, err
+	}
+	var recErr error
+	err = l.trail.RecordVia(ctx, ev, func(keys []string, args []any) error {
+		recErr = l.record(ctx, t, creds, keys, args)
+		return recErr
+	})
+	if recErr != nil {
+		return nil, recErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("recording task %s: writing its audit line: %w: %w", t.ID, broker.ErrUnavailable, err)
+	}
+	return l.trail, nil
+}
+
+// record runs the Record script, with the audit stream append of
+// auditKeys and auditArgs (audit.StreamAppendLua) when they are given.
+func (l *RedisLedger) record(ctx context.Context, t broker.Task, creds []broker.Credential, auditKeys []string, auditArgs []any) error {
 	if err := validateRecord(t, creds); err != nil {
 		return err
 	}
@@ -315,15 +429,22 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 		return fmt.Errorf("recording task %s: %w", t.ID, err)
 	}
 	expireAt := recordsExpireAt(t, creds, l.retention).UnixMilli()
-	keys := []string{l.keys.task(t.ID), l.keys.taskCreds(t.ID), l.keys.deadlines(), l.keys.generation()}
+	keys := make([]string, 0, 4+4+len(creds)+len(auditKeys))
+	keys = append(keys, l.keys.task(t.ID), l.keys.taskCreds(t.ID), l.keys.deadlines(), l.keys.generation())
 	indexes := l.indexesOf(t)
 	keys = append(keys, indexes...)
 	fields, err := taskFields(t)
 	if err != nil {
 		return fmt.Errorf("recording task %s: %w", t.ID, err)
 	}
-	args := make([]any, 0, 9+len(fields)+len(creds))
-	args = append(args, t.ID, t.Deadline.UnixMilli(), expireAt, l.retention.Milliseconds(), len(fields), len(indexes))
+	parentKey, childrenKey := "", ""
+	if t.Parent != "" {
+		// The parent's records and children set (see redis_tree.go).
+		parentKey, childrenKey = l.keys.task(t.Parent), l.keys.children(t.Parent)
+	}
+	args := make([]any, 0, 11+len(fields)+len(creds)+len(auditArgs))
+	args = append(args, t.ID, t.Deadline.UnixMilli(), expireAt, l.retention.Milliseconds(), len(fields), len(indexes),
+		len(creds), parentKey, childrenKey, gen, len(auditKeys))
 	args = append(args, fields...)
 	for _, c := range creds {
 		keys = append(keys, l.keys.cred(c.ID))
@@ -335,16 +456,14 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 		}
 		args = append(args, rec)
 	}
-	if t.Parent != "" {
-		// The parent's records and children set, named in ARGV after the
-		// credential records (see redis_tree.go).
-		args = append(args, l.keys.task(t.Parent), l.keys.children(t.Parent))
-	} else {
-		args = append(args, "", "")
+	keys = append(keys, auditKeys...)
+	args = append(args, auditArgs...)
+	script := recordScript
+	if len(auditKeys) > 0 {
+		script = l.auditedScript
 	}
-	args = append(args, gen)
 	if l.durable != nil {
-		err = l.durable.Run(ctx, l.c, recordScript, keys, args...).Err()
+		err = l.durable.Run(ctx, l.c, script, keys, args...).Err()
 		if errors.Is(err, replwait.ErrNotReplicated) {
 			// The primary holds the task but a promoted replica might
 			// not: end it now (its JWTs go on the deny list), so it is
@@ -358,7 +477,7 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 			return fmt.Errorf("recording task %s: %w: %w", t.ID, broker.ErrUnavailable, err)
 		}
 	} else {
-		err = recordScript.Eval(ctx, l.c, keys, args...).Err()
+		err = script.Run(ctx, l.c, keys, args...).Err()
 	}
 	if redis.HasErrorPrefix(err, "VALET_GENERATION") {
 		// The data this process knew is gone: start (or adopt) the new
@@ -375,6 +494,9 @@ func (l *RedisLedger) Record(ctx context.Context, t broker.Task, creds []broker.
 	}
 	if redis.HasErrorPrefix(err, "VALET_PARENT_NOT_ACTIVE") {
 		return fmt.Errorf("recording task %s: parent %s: %w", t.ID, t.Parent, broker.ErrNotActive)
+	}
+	if redis.HasErrorPrefix(err, "VALETAUDIT") {
+		return fmt.Errorf("recording task %s: the audit chain refused its line: %w: %w", t.ID, broker.ErrUnavailable, err)
 	}
 	return wrapErr("recording task "+t.ID, err)
 }
@@ -536,16 +658,29 @@ func (l *RedisLedger) LossWarning() string {
 }
 
 // Ping implements broker.Ledger. It reads the generation marker in the
-// same round trip, so /readyz notices a loss too.
+// same round trip, so /readyz notices a loss too. Until one Ping has
+// succeeded it also loads the scripts of the hot paths (Record, End), so
+// that their first EVALSHA finds them: one round trip from the first call.
+// (A Redis that restarts empty, or a SCRIPT FLUSH, costs each script one
+// more trip once: Script.Run falls back to EVAL on NOSCRIPT.)
 func (l *RedisLedger) Ping(ctx context.Context) error {
 	var marker *redis.SliceCmd
+	load := !l.scriptsLoaded.Load()
 	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Ping(ctx)
 		marker = l.gen.readMarker(ctx, p)
+		if load {
+			for _, src := range l.hotScripts() {
+				p.ScriptLoad(ctx, src)
+			}
+		}
 		return nil
 	})
 	if err != nil {
 		return wrapErr("pinging redis", err)
+	}
+	if load {
+		l.scriptsLoaded.Store(true)
 	}
 	id, _, ok := markerSeen(marker)
 	return l.gen.observe(ctx, id, ok)

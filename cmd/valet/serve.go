@@ -56,7 +56,7 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	log := newLogger(e.stderr, cfg.Log.Level, cfg.Log.Format)
 	redis.SetLogger(newRedisLogger(log))
 
-	redisClient, ledger, err := serveRedis(ctx, cfg, e.getenv, log)
+	redisClient, ledger, trail, stream, err := serveRedis(ctx, cfg, e.getenv, log)
 	if err != nil {
 		return err
 	}
@@ -116,15 +116,6 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	durable, err := cfg.Redis.waiter()
-	if err != nil {
-		return err
-	}
-	trail, err := audit.NewRedisWriter(redisClient, audit.RedisWriterOptions{Prefix: cfg.Redis.Prefix,
-		Retention: time.Duration(cfg.Audit.StreamRetention), MaxLen: cfg.Audit.StreamMaxLen, Durable: durable})
-	if err != nil {
-		return err
-	}
 	admin, err := adminOptions(ctx, cfg.Admin, cfg.PublicURL, names, nil, cfg.Rollback.AllowedHosts, ledger, trail, log)
 	if err != nil {
 		return err
@@ -156,7 +147,7 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	}
 	opts := server.Options{
 		PublicURL: cfg.PublicURL, Identity: verifier, Tokens: tokens, Ledger: ledger, Epochs: ledger, Loss: ledger, Controls: controls,
-		Queue: retryQ, Auditors: []broker.Auditor{auditor, audit.NewLog(trail)}, Templates: templates,
+		Queue: retryQ, Auditors: []broker.Auditor{auditor, stream}, Templates: templates,
 		Reload:  &server.TemplateReload{Paths: cfg.Templates.Paths, Watch: *cfg.Templates.Watch, Issuers: names},
 		Clients: clients, IntrospectionClients: cfg.introspectionRules(), Agent: agentCfg, Records: ledger, StepUp: stepUp, Admin: admin,
 		Feed: revocation.NewFeed(feedClient, cfg.Redis.Prefix), FeedLimits: feedLimits, Metrics: metricsOpts,
@@ -193,31 +184,46 @@ func cmdServe(ctx context.Context, e env, args []string) error {
 	return srv.Run(ctx, ln)
 }
 
-// serveRedis opens the Redis client and ledger of `serve`. Redis down at
+// serveRedis opens the Redis client and ledger of `serve`, and the audit
+// stream (trail, and stream, the chain written to it). Redis down at
 // start is one clear log line, not a refusal: Valet serves, /readyz says
 // 503 and nothing is issued until Redis answers.
-func serveRedis(ctx context.Context, cfg *Config, getenv func(string) string, log *slog.Logger) (redis.UniversalClient, *revocation.RedisLedger, error) {
-	rc, err := revocation.NewModeClient(cfg.Redis.modeOptions(getenv))
+//
+// The ledger writes a grant's line of the stream chain in its Record
+// script (revocation.RedisOptions.Trail), so a declaration is one Redis
+// round trip; every other event reaches the stream through the chain as
+// an auditor.
+func serveRedis(ctx context.Context, cfg *Config, getenv func(string) string, log *slog.Logger) (
+	rc redis.UniversalClient, ledger *revocation.RedisLedger, trail *audit.RedisWriter, stream *audit.Log, err error) {
+	rc, err = revocation.NewModeClient(cfg.Redis.modeOptions(getenv))
 	if err != nil {
 		if cfg.Redis.single() {
-			return nil, nil, fmt.Errorf("redis.url: %w", err)
+			return nil, nil, nil, nil, fmt.Errorf("redis.url: %w", err)
 		}
-		return nil, nil, fmt.Errorf("redis: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("redis: %w", err)
 	}
 	durable, err := cfg.Redis.waiter()
 	if err != nil {
 		rc.Close()
-		return nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	pingCtx, cancelPing := context.WithTimeout(ctx, 2*time.Second)
 	if err := rc.Ping(pingCtx).Err(); err != nil {
 		log.Error("redis is unreachable at start: Valet serves, answers /readyz with 503 and refuses to issue until it is reachable", "err", err)
 	}
 	cancelPing()
-	ledger, err := revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention), Logger: log, Durable: durable})
+	trail, err = audit.NewRedisWriter(rc, audit.RedisWriterOptions{Prefix: cfg.Redis.Prefix,
+		Retention: time.Duration(cfg.Audit.StreamRetention), MaxLen: cfg.Audit.StreamMaxLen, Durable: durable})
 	if err != nil {
 		rc.Close()
-		return nil, nil, err
+		return nil, nil, nil, nil, err
+	}
+	stream = audit.NewLog(trail)
+	ledger, err = revocation.NewRedisLedger(rc, revocation.RedisOptions{Prefix: cfg.Redis.Prefix, Retention: time.Duration(cfg.Redis.Retention),
+		Logger: log, Durable: durable, Trail: stream})
+	if err != nil {
+		rc.Close()
+		return nil, nil, nil, nil, err
 	}
 	// Read (or start) the ledger generation now, so a first start's global
 	// epoch predates every credential this process issues; if Redis is
@@ -225,7 +231,7 @@ func serveRedis(ctx context.Context, cfg *Config, getenv func(string) string, lo
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	_ = ledger.Ping(pctx)
 	cancel()
-	return rc, ledger, nil
+	return rc, ledger, trail, stream, nil
 }
 
 // serveIdentity builds the verifier of the agents' (and users') trusted

@@ -25,6 +25,7 @@ type feedEnv struct {
 var feedCases = []namedCase[feedEnv]{
 	{"EmptyFeed", emptyFeed},
 	{"EndPublishesEveryJWT", endPublishesEveryJWT},
+	{"EndManyPublishesEveryJWT", endManyPublishesEveryJWT},
 	{"SnapshotLeavesOutExpired", snapshotLeavesOutExpired},
 	{"FollowFromCursorSeesLaterEnds", followFromCursorSeesLaterEnds},
 	{"FollowFromNowSkipsThePast", followFromNowSkipsThePast},
@@ -111,6 +112,23 @@ func endPublishesEveryJWT(t *testing.T, e feedEnv) {
 		if en.TaskID != task.ID || !en.Exp.Equal(creds[0].ExpiresAt.Truncate(time.Second)) {
 			t.Errorf("entry %+v, want task %s and exp %v", en, task.ID, creds[0].ExpiresAt.Truncate(time.Second))
 		}
+	}
+}
+
+// endManyPublishesEveryJWT: EndMany puts each JWT of every task it ends
+// on the feed, as End does.
+func endManyPublishesEveryJWT(t *testing.T, e feedEnv) {
+	a, aCreds := newTask(e.clock.Now(), "feed-many-a", 2)
+	b, bCreds := newTask(e.clock.Now(), "feed-many-b", 2)
+	bCreds[1].Kind = broker.KindVaultToken
+	e.record(t, a, aCreds)
+	e.record(t, b, bCreds)
+	if _, err := e.l.EndMany(e.ctx, []string{a.ID, b.ID}, broker.StateRevoked, "bulk", e.clock.Now()); err != nil {
+		t.Fatalf("EndMany: %v", err)
+	}
+	entries, _ := e.snapshot(t, e.clock.Now())
+	if got, want := jtis(entries), idsOf(aCreds[0], aCreds[1], bCreds[0]); !slices.Equal(got, want) {
+		t.Fatalf("Snapshot JTIs = %v, want the JWTs %v", got, want)
 	}
 }
 

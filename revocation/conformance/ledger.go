@@ -56,6 +56,10 @@ var ledgerCases = []namedCase[ledgerEnv]{
 	{"RenewExactlyOnceUnderConcurrency", renewExactlyOnceUnderConcurrency},
 	{"RenewedRecordsLiveUntilNewDeadlinePlusRetention", renewedRecordsLiveUntilNewDeadlinePlusRetention},
 	{"EndAfterRenewDeniesEveryCredential", endAfterRenewDeniesEveryCredential},
+	{"EndManyEndsEachAsEnd", endManyEndsEachAsEnd},
+	{"EndManyListsChildren", endManyListsChildren},
+	{"EndManyRefusesTooManyOrBadInput", endManyRefusesTooManyOrBadInput},
+	{"EndManyExactlyOnceUnderConcurrency", endManyExactlyOnceUnderConcurrency},
 }
 
 // Ledger runs the broker.Ledger suite, and the broker.EpochStore and
