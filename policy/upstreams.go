@@ -273,15 +273,7 @@ func hasKey(n *yaml.Node, key string) bool {
 // PostgreSQL listener.
 var postgresEntryFields = []field[*PostgresUpstream]{
 	{key: "name", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, pg *PostgresUpstream) {
-		s, ok := l.str(n, path)
-		if !ok {
-			return
-		}
-		if !upstreamNameRE.MatchString(s) {
-			l.report(n, path, "%q is not a valid upstream name: use 1 to 63 of a-z, 0-9, '_', '-', starting with a letter or digit", truncate(s, 64))
-			return
-		}
-		pg.Name = s
+		pg.Name = l.upstreamName(n, path)
 	}},
 	{key: "postgres", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, pg *PostgresUpstream) {
 		decodeMapping(l, n, path, postgresFields, pg)
@@ -305,6 +297,20 @@ var postgresFields = []field[*PostgresUpstream]{
 	}},
 }
 
+// upstreamName decodes an upstream entry's name: "" (reported) when it is
+// not one.
+func (l *templateLoader) upstreamName(n *yaml.Node, path string) string {
+	s, ok := l.str(n, path)
+	if !ok {
+		return ""
+	}
+	if !upstreamNameRE.MatchString(s) {
+		l.report(n, path, "%q is not a valid upstream name: use 1 to 63 of a-z, 0-9, '_', '-', starting with a letter or digit", truncate(s, 64))
+		return ""
+	}
+	return s
+}
+
 func (l *templateLoader) checkCredentialPlacement(n *yaml.Node, path string, u *Upstream) {
 	c := u.Credential
 	for _, h := range u.PassHeaders {
@@ -316,15 +322,7 @@ func (l *templateLoader) checkCredentialPlacement(n *yaml.Node, path string, u *
 
 var upstreamFields = []field[*Upstream]{
 	{key: "name", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, u *Upstream) {
-		s, ok := l.str(n, path)
-		if !ok {
-			return
-		}
-		if !upstreamNameRE.MatchString(s) {
-			l.report(n, path, "%q is not a valid upstream name: use 1 to 63 of a-z, 0-9, '_', '-', starting with a letter or digit", truncate(s, 64))
-			return
-		}
-		u.Name = s
+		u.Name = l.upstreamName(n, path)
 	}},
 	{key: "url", required: true, decode: func(l *templateLoader, n *yaml.Node, path string, u *Upstream) {
 		s, ok := l.str(n, path)

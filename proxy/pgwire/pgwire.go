@@ -432,6 +432,9 @@ func (s *Server) relay(agent, server net.Conn, sess Session) {
 	case <-sess.Done:
 		reason = EndTask
 	}
+	if reason == EndServer && st.terminated.Load() {
+		reason = EndClient // the server closed because the agent said Terminate
+	}
 	if s.stopping.Load() {
 		reason = EndStopped
 	}
@@ -457,8 +460,12 @@ type agentStream struct {
 	sqlText bool
 	n       atomic.Int64
 	queries atomic.Int64
-	mu      sync.Mutex
-	stmts   []string
+	// terminated is set once the agent's Terminate is read, before it is
+	// relayed: the server then closes, and the session still ended at
+	// the agent's word.
+	terminated atomic.Bool
+	mu         sync.Mutex
+	stmts      []string
 }
 
 // maxDecoded is the largest message relayed whole (and, for a Query or
@@ -488,6 +495,9 @@ func (a *agentStream) copy(server io.Writer, agent io.Reader) string {
 			return EndServer
 		}
 		typ := hdr[0]
+		if typ == 'X' {
+			a.terminated.Store(true)
+		}
 		isStatement := typ == 'Q' || typ == 'P'
 		if isStatement {
 			a.queries.Add(1)
