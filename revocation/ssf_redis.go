@@ -61,6 +61,7 @@ func (s *RedisSSFStore) key(parts ...string) string {
 func (s *RedisSSFStore) streamKey(id string) string { return s.prefix + ":ssf:stream:" + part(id) }
 func (s *RedisSSFStore) qKey(id string) string      { return s.prefix + ":ssf:q:" + part(id) }
 func (s *RedisSSFStore) qsetKey(id string) string   { return s.prefix + ":ssf:qset:" + part(id) }
+func (s *RedisSSFStore) qseqKey(id string) string   { return s.prefix + ":ssf:qseq:" + part(id) }
 
 // PutStream implements ssf.Store.
 func (s *RedisSSFStore) PutStream(ctx context.Context, st ssf.Stream) error {
@@ -127,7 +128,7 @@ func (s *RedisSSFStore) DeleteStream(ctx context.Context, id string) (bool, erro
 	_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		del = p.Del(ctx, s.streamKey(id))
 		p.SRem(ctx, s.key("streams"), id)
-		p.Del(ctx, s.qKey(id), s.qsetKey(id))
+		p.Del(ctx, s.qKey(id), s.qsetKey(id), s.qseqKey(id))
 		return nil
 	})
 	if err != nil {
@@ -141,9 +142,12 @@ var ssfEnqueueScript = redis.NewScript(`
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+-- Ordered by a sequence, not the clock: two SETs queued in one
+-- millisecond (a freeze and its lift) must leave in the order they came.
+redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
 return 1`)
 
 // Enqueue implements ssf.Store.
@@ -152,7 +156,7 @@ func (s *RedisSSFStore) Enqueue(ctx context.Context, streamID string, q ssf.Queu
 	if err != nil {
 		return false, fmt.Errorf("encoding queued SET: %w", err)
 	}
-	n, err := ssfEnqueueScript.Run(ctx, s.c, []string{s.qKey(streamID), s.qsetKey(streamID)},
+	n, err := ssfEnqueueScript.Run(ctx, s.c, []string{s.qKey(streamID), s.qsetKey(streamID), s.qseqKey(streamID)},
 		q.JTI, b, max, s.now().UnixMilli(), SSFQueueRetention.Milliseconds()).Int()
 	if err != nil {
 		return false, wrapErr("queueing SET", err)

@@ -111,20 +111,26 @@ func ssfDeleteDropsQueue(t *testing.T, e ssfEnv) {
 
 // ssfQueueOrderedAndBounded: SETs come back oldest first, up to limit; a
 // full queue refuses more.
+//
+// The order is the order of Enqueue, even within one millisecond and
+// whatever the jtis (a freeze and its lift, queued together, must leave
+// in that order): the jtis here sort against it.
 func ssfQueueOrderedAndBounded(t *testing.T, e ssfEnv) {
-	for i := range 3 {
-		ok, err := e.s.Enqueue(e.ctx, "s1", ssfQ(fmt.Sprintf("j%d", i)), 3)
+	for _, jti := range []string{"j9", "j5", "j1"} {
+		ok, err := e.s.Enqueue(e.ctx, "s1", ssfQ(jti), 3)
 		if !ok || err != nil {
-			t.Fatalf("Enqueue %d = %v, %v", i, ok, err)
+			t.Fatalf("Enqueue %s = %v, %v", jti, ok, err)
 		}
-		time.Sleep(2 * time.Millisecond) // distinct enqueue times for a store that orders by time
 	}
-	if ok, err := e.s.Enqueue(e.ctx, "s1", ssfQ("j3"), 3); ok || err != nil {
+	if ok, err := e.s.Enqueue(e.ctx, "s1", ssfQ("j0"), 3); ok || err != nil {
 		t.Fatalf("Enqueue into a full queue = %v, %v; want false", ok, err)
 	}
 	qs, err := e.s.Pending(e.ctx, "s1", 2)
-	if err != nil || fmt.Sprint(ssfJTIs(qs)) != "[j0 j1]" || qs[0].SET != "set-j0" {
+	if err != nil || fmt.Sprint(ssfJTIs(qs)) != "[j9 j5]" || qs[0].SET != "set-j9" {
 		t.Fatalf("Pending(2) = %+v, %v", qs, err)
+	}
+	if qs, _ := e.s.Pending(e.ctx, "s1", 3); fmt.Sprint(ssfJTIs(qs)) != "[j9 j5 j1]" {
+		t.Fatalf("Pending(3) = %v, want the order of Enqueue", ssfJTIs(qs))
 	}
 }
 
