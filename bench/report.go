@@ -362,7 +362,7 @@ func (r *report) print(out io.Writer) {
 		}
 		line(fmt.Sprintf("bulk revoke of one agent, %s credentials: Admin.Revoke answered", thousands(b.n)), "", dur(float64(b.answered)), "epoch set", "", "", "")
 		line(fmt.Sprintf("  %s sampled tokens introspected inactive", thousands(b.sample)), "", dur(float64(b.inactive)), fmt.Sprintf("since the call; %d pass(es) of 1,000 introspections", b.passes), "", "", "")
-		line("  the job ended every task, one by one", "", dur(float64(b.jobDone)), fmt.Sprintf("%.0f/s", float64(b.n)/b.jobDone.Seconds()), "", "", "")
+		line("  the job ended every task (EndMany batches)", "", dur(float64(b.jobDone)), fmt.Sprintf("%.0f/s", float64(b.n)/b.jobDone.Seconds()), "", "", "")
 		line("  seeding them through ledger Record", "", dur(float64(b.seed)), fmt.Sprintf("%.0f/s", float64(b.n)/b.seed.Seconds()), "", "", "")
 	}
 	if b, ok := r.largestBulk(); ok {
