@@ -74,19 +74,9 @@ func TestProxyEndsTasksAndSessionsFast(t *testing.T) {
 			}
 		}
 		answered[kind] = append(answered[kind], time.Since(start))
-		for {
-			r := sp.agentDo(t, http.MethodGet, "/u/orders/orders/4521", handle, nil, nil)
-			if r.Status == http.StatusForbidden && refusalRule(t, r) == "task_ended" {
-				break
-			}
-			if r.Status != http.StatusOK {
-				t.Fatalf("trial %d (%s): %d %s", i, kind, r.Status, r.Body)
-			}
-			if time.Since(start) > 5*time.Second {
-				t.Fatalf("trial %d (%s): still served after %s", i, kind, time.Since(start))
-			}
-			time.Sleep(2 * time.Millisecond) // bounded polling of real background work
-		}
+		waitTaskEnded(t, fmt.Sprintf("trial %d (%s)", i, kind), start, func() response {
+			return sp.agentDo(t, http.MethodGet, "/u/orders/orders/4521", handle, nil, nil)
+		})
 		refused[kind] = append(refused[kind], time.Since(start))
 		select {
 		case at := <-sessionClosed:

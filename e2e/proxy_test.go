@@ -436,6 +436,25 @@ func TestProxyRefusals(t *testing.T) {
 // through the proxy, the next request through the proxy is refused, and an
 // in-flight streaming answer is cut. The delays over 100 trials are
 // logged (p50/p99); only a generous bound is asserted.
+// waitTaskEnded polls call (bounded: 2 ms apart, 5 s after start) until
+// the proxy refuses it as task_ended; any other answer than 200 fails.
+func waitTaskEnded(t *testing.T, label string, start time.Time, call func() response) {
+	t.Helper()
+	for {
+		r := call()
+		if r.Status == http.StatusForbidden && refusalRule(t, r) == "task_ended" {
+			return
+		}
+		if r.Status != http.StatusOK {
+			t.Fatalf("%s: %d %s", label, r.Status, r.Body)
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("%s: still served after %s", label, time.Since(start))
+		}
+		time.Sleep(2 * time.Millisecond) // bounded polling of real background work
+	}
+}
+
 func TestProxyRefusesEndedTasksFast(t *testing.T) {
 	pe := newProxyEnv(t)
 	rita := pe.adminToken("rita", "valet-responders")
@@ -468,19 +487,9 @@ func TestProxyRefusesEndedTasksFast(t *testing.T) {
 				t.Fatalf("complete: %d %s", r.Status, r.Body)
 			}
 		}
-		for {
-			r := pe.agentDo(t, http.MethodGet, "/u/tickets/tickets/1", handle, nil, nil)
-			if r.Status == http.StatusForbidden && refusalRule(t, r) == "task_ended" {
-				break
-			}
-			if r.Status != http.StatusOK {
-				t.Fatalf("trial %d (%s): %d %s", i, kind, r.Status, r.Body)
-			}
-			if time.Since(start) > 5*time.Second {
-				t.Fatalf("trial %d (%s): still served after %s", i, kind, time.Since(start))
-			}
-			time.Sleep(2 * time.Millisecond) // bounded polling of real background work
-		}
+		waitTaskEnded(t, fmt.Sprintf("trial %d (%s)", i, kind), start, func() response {
+			return pe.agentDo(t, http.MethodGet, "/u/tickets/tickets/1", handle, nil, nil)
+		})
 		delays[kind] = append(delays[kind], time.Since(start))
 	}
 	var all []time.Duration

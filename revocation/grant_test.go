@@ -42,13 +42,13 @@ func grantEvent(task broker.Task, creds []broker.Credential) broker.Event {
 func TestRedisServeDeclarationOneRoundTrip(t *testing.T) {
 	ctx := t.Context()
 	c := newClient(t, redistest.Start(t).URL())
-	hook := &countingHook{}
+	hook := &redistest.TripCounter{}
 	c.AddHook(hook)
 	l, w, stream := servedLedger(t, c, "serve")
 	if err := l.Ping(ctx); err != nil { // serveRedis pings at start
 		t.Fatal(err)
 	}
-	hook.take()
+	hook.Take()
 	now := time.Now()
 	for i := range 3 {
 		task := activeTask(fmt.Sprint("serve-", i), now, time.Hour)
@@ -58,7 +58,7 @@ func TestRedisServeDeclarationOneRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("RecordGranted %d: %v", i, err)
 		}
-		if calls := hook.take(); len(calls) != 1 || calls[0] != "evalsha" {
+		if calls := hook.Take(); len(calls) != 1 || calls[0] != "evalsha" {
 			t.Fatalf("declaration %d took %d round trips, want 1 EVALSHA: %v", i, len(calls), calls)
 		}
 		// The broker then audits the event everywhere else; the stream's
@@ -67,14 +67,14 @@ func TestRedisServeDeclarationOneRoundTrip(t *testing.T) {
 		if err := stream.Record(ctx, ev); err != nil {
 			t.Fatal(err)
 		}
-		if calls := hook.take(); len(calls) != 0 {
+		if calls := hook.Take(); len(calls) != 0 {
 			t.Fatalf("the stream chain wrote a grant it had already: %v", calls)
 		}
 		tl, err := w.Timeline(ctx, task.ID)
 		if err != nil || len(tl) != 1 || tl[0].Outcome != "granted" || tl[0].TaskID != task.ID {
 			t.Fatalf("timeline of %s = %+v, %v; want its one grant", task.ID, tl, err)
 		}
-		hook.take()
+		hook.Take()
 	}
 	rep, err := audit.VerifyStream(ctx, c, "serve")
 	if err != nil || rep.Chains[w.Chain()] != 3 || rep.Events != 3 {

@@ -205,51 +205,10 @@ func TestRedisEveryKeyExpires(t *testing.T) {
 	}
 }
 
-// countingHook counts what reaches Redis: one call per command or pipeline.
-type countingHook struct {
-	mu    sync.Mutex
-	calls []string
-}
-
-func (h *countingHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *countingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.add(cmd.Name())
-		return next(ctx, cmd)
-	}
-}
-
-func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		names := make([]string, len(cmds))
-		for i, c := range cmds {
-			names[i] = c.Name()
-		}
-		h.add("pipeline(" + strings.Join(names, " ") + ")")
-		return next(ctx, cmds)
-	}
-}
-
-func (h *countingHook) add(s string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.calls = append(h.calls, s)
-}
-
-// take returns and forgets the calls seen so far.
-func (h *countingHook) take() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	calls := h.calls
-	h.calls = nil
-	return calls
-}
-
 func TestRedisOneRoundTripEach(t *testing.T) {
 	ctx := t.Context()
 	c := newClient(t, redistest.Start(t).URL())
-	hook := &countingHook{}
+	hook := &redistest.TripCounter{}
 	c.AddHook(hook)
 	l := newRedisLedger(t, c, revocation.RedisOptions{})
 
@@ -274,13 +233,13 @@ func TestRedisOneRoundTripEach(t *testing.T) {
 	if err := l.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
-	hook.take()
+	hook.Take()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if err := tt.op(); err != nil {
 				t.Fatalf("%s: %v", tt.name, err)
 			}
-			if calls := hook.take(); len(calls) != 1 {
+			if calls := hook.Take(); len(calls) != 1 {
 				t.Errorf("%s took %d round trips, want 1: %v", tt.name, len(calls), calls)
 			}
 		})

@@ -2,13 +2,9 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/valet-dev/valet/audit"
 	"github.com/valet-dev/valet/broker"
@@ -17,39 +13,6 @@ import (
 	"github.com/valet-dev/valet/internal/testkit"
 	"github.com/valet-dev/valet/revocation"
 )
-
-// tripHook counts round trips to Redis: one per command sent alone, one
-// per pipeline.
-type tripHook struct {
-	mu    sync.Mutex
-	trips []string
-}
-
-func (h *tripHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *tripHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.add(cmd.Name())
-		return next(ctx, cmd)
-	}
-}
-func (h *tripHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		names := make([]string, len(cmds))
-		for i, c := range cmds {
-			names[i] = c.Name()
-		}
-		h.add("pipeline(" + strings.Join(names, " ") + ")")
-		return next(ctx, cmds)
-	}
-}
-func (h *tripHook) add(s string) { h.mu.Lock(); h.trips = append(h.trips, s); h.mu.Unlock() }
-func (h *tripHook) take() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	t := h.trips
-	h.trips = nil
-	return t
-}
 
 // TestServeDeclarationIsOneRedisRoundTrip: a declaration on a server wired
 // as `valet serve` wires it (cmd/valet serveRedis: Redis ledger whose
@@ -66,7 +29,7 @@ func TestServeDeclarationIsOneRedisRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	hook := &tripHook{}
+	hook := &redistest.TripCounter{}
 	rc.AddHook(hook)
 	trail, err := audit.NewRedisWriter(rc, audit.RedisWriterOptions{})
 	if err != nil {
@@ -91,7 +54,7 @@ func TestServeDeclarationIsOneRedisRoundTrip(t *testing.T) {
 	if err := ledger.Ping(ctx); err != nil { // serveRedis pings at start
 		t.Fatal(err)
 	}
-	hook.take()
+	hook.Take()
 	for i := range 3 {
 		tok := idp.Token(t, map[string]any{"sub": "agent-7"}, oidctest.WithNow(clock.Now()))
 		task, _, err := srv.Service().Declare(ctx, tok, broker.Declaration{Template: "triage", Intent: "triage ticket 1",
@@ -99,7 +62,7 @@ func TestServeDeclarationIsOneRedisRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("declaration %d: %v", i, err)
 		}
-		if trips := hook.take(); len(trips) != 1 {
+		if trips := hook.Take(); len(trips) != 1 {
 			t.Fatalf("declaration %d took %d Redis round trips, want 1: %v", i, len(trips), trips)
 		}
 		if !strings.Contains(file.String(), task.ID) {
@@ -109,7 +72,7 @@ func TestServeDeclarationIsOneRedisRoundTrip(t *testing.T) {
 		if err != nil || len(tl) != 1 || tl[0].Outcome != "granted" {
 			t.Fatalf("timeline of %s = %+v, %v; want its grant", task.ID, tl, err)
 		}
-		hook.take()
+		hook.Take()
 	}
 	if _, err := audit.Verify(bytes.NewReader(file.Bytes())); err != nil {
 		t.Fatalf("audit file: %v", err)
